@@ -1,0 +1,112 @@
+"""The one typed settings object. Read once at start-up from ``LEADPULSE_*`` env vars, frozen, passed down.
+
+Why wrap pydantic's error: a user who mistypes ``LEADPULSE_WEB_PORT=80x`` should read the variable's name,
+not a pydantic location tuple.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import Field, SecretStr, ValidationError, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+ENV_PREFIX = "LEADPULSE_"
+
+
+class SettingsError(Exception):
+    """A setting is wrong; the message names the environment variable and the problem."""
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix=ENV_PREFIX, frozen=True, extra="ignore")
+
+    # Kafka. Unset bootstrap = start (or reuse) the embedded Tansu broker on loopback.
+    kafka_bootstrap: str | None = None
+    topic_prefix: str = Field(default="", pattern=r"^[A-Za-z0-9._-]*$")
+    kafka_security_protocol: Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"] = "PLAINTEXT"
+    kafka_sasl_mechanism: Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"] | None = None
+    kafka_sasl_username: str | None = None
+    kafka_sasl_password: SecretStr | None = None
+    kafka_ssl_cafile: Path | None = None
+    broker_host: str = "127.0.0.1"
+    broker_port: int = Field(default=9092, ge=1, le=65535)
+    tansu_bin: Path | None = None
+
+    # ClickHouse. Unset DSN = embedded chDB under the data directory.
+    clickhouse_dsn: str | None = None
+    clickhouse_user: str | None = None
+    clickhouse_password: SecretStr | None = None
+
+    data_dir: Path = Path(".leadpulse")
+    rules: Path | None = None
+
+    # HTTP endpoints: worker web (metrics/health), collector, sink (metrics + read-only query API).
+    web_host: str = "127.0.0.1"
+    web_port: int = Field(default=6066, ge=0, le=65535)
+    collector_port: int = Field(default=8088, ge=0, le=65535)
+    sink_port: int = Field(default=6067, ge=0, le=65535)
+
+    # Collector write keys: JSON object {"source name": "key"}; webhook targets and signing secret.
+    write_keys: dict[str, SecretStr] = Field(default_factory=dict)
+    webhook_urls: list[str] = Field(default_factory=list)
+    slack_webhook_urls: list[str] = Field(default_factory=list)
+    webhook_secret: SecretStr | None = None
+
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+
+    @field_validator("kafka_bootstrap")
+    @classmethod
+    def _bootstrap_hosts(cls, value: str | None) -> str | None:
+        if value is None or value == "":
+            return None
+        for part in value.split(","):
+            host, sep, port = part.strip().rpartition(":")
+            if not sep or not host or not port.isdigit():
+                raise ValueError(f"expected host:port[,host:port...], got {part.strip()!r}")
+        return value
+
+    @field_validator("clickhouse_dsn")
+    @classmethod
+    def _dsn_scheme(cls, value: str | None) -> str | None:
+        if value is None or value == "":
+            return None
+        if not value.startswith(("chdb://", "http://", "https://", "clickhouse://", "clickhouses://")):
+            raise ValueError(f"expected a chdb://, http:// or https:// DSN, got {value!r}")
+        return value
+
+    @property
+    def embedded_broker(self) -> bool:
+        return self.kafka_bootstrap is None
+
+    @property
+    def bootstrap(self) -> str:
+        return self.kafka_bootstrap or f"{self.broker_host}:{self.broker_port}"
+
+    @property
+    def chdb_path(self) -> Path:
+        return (self.data_dir / "clickhouse").resolve()
+
+    @property
+    def dsn(self) -> str:
+        return self.clickhouse_dsn or f"chdb://{self.chdb_path}"
+
+    @property
+    def embedded_clickhouse(self) -> bool:
+        return self.dsn.startswith("chdb://")
+
+    def topic(self, name: str) -> str:
+        return f"{self.topic_prefix}{name}"
+
+
+def load_settings(**overrides: Any) -> Settings:
+    """Build and validate settings; on error raise SettingsError naming each bad ``LEADPULSE_*`` variable."""
+    try:
+        return Settings(**overrides)
+    except ValidationError as exc:
+        problems = []
+        for err in exc.errors():
+            field = str(err["loc"][0]) if err["loc"] else "?"
+            problems.append(f"{ENV_PREFIX}{field.upper()}: {err['msg']}")
+        raise SettingsError("invalid settings: " + "; ".join(problems)) from None

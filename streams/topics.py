@@ -1,0 +1,61 @@
+"""The topic catalogue: every topic leadpulse uses, its schema, partitions and retention, in one place.
+
+All six input topics share one partition count so that Faust co-partitions them: one lead's events from
+every input land on the same partition number, hence the same worker, in order.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+Role = Literal["input", "output", "dlq", "internal"]
+
+INPUT_PARTITIONS = 8
+DAY_MS = 24 * 3600 * 1000
+
+
+@dataclass(frozen=True)
+class TopicSpec:
+    name: str  # contract name without prefix (DESIGN §5)
+    schema: str  # value schema in schemas/
+    role: Role
+    partitions: int = INPUT_PARTITIONS
+    compacted: bool = False
+    retention_ms: int | None = 30 * DAY_MS  # None = keep forever
+
+    def configs(self) -> dict[str, str]:
+        configs = {"cleanup.policy": "compact" if self.compacted else "delete"}
+        configs["retention.ms"] = "-1" if self.retention_ms is None else str(self.retention_ms)
+        return configs
+
+
+WEB_VISITS = TopicSpec("events.web_visits", "web_visit", "input")
+EMAIL_CLICKS = TopicSpec("events.email_clicks", "email_click", "input")
+DOWNLOADS = TopicSpec("events.downloads", "download", "input")
+CONTENT_VIEWS = TopicSpec("events.content_views", "content_view", "input")
+PROFILES = TopicSpec("leads.profiles", "lead_identified", "input", retention_ms=None)
+SALES_ACTIVITIES = TopicSpec("sales.activities", "sales_activity", "input", retention_ms=None)
+SCORES = TopicSpec("leads.scores", "lead_score", "output", compacted=True, retention_ms=None)
+STAGE_TRANSITIONS = TopicSpec("leads.stage_transitions", "stage_transition", "output")
+SLA_TIMEOUTS = TopicSpec("leads.sla_timeouts", "sla_timeout", "output")
+HOT_LEADS = TopicSpec("leads.hot", "hot_lead", "output")
+DLQ = TopicSpec("dlq", "dead_letter", "dlq", partitions=4)
+
+TOPICS: tuple[TopicSpec, ...] = (
+    WEB_VISITS, EMAIL_CLICKS, DOWNLOADS, CONTENT_VIEWS, PROFILES, SALES_ACTIVITIES,
+    SCORES, STAGE_TRANSITIONS, SLA_TIMEOUTS, HOT_LEADS, DLQ,
+)
+INPUTS: tuple[TopicSpec, ...] = tuple(t for t in TOPICS if t.role == "input")
+OUTPUTS: tuple[TopicSpec, ...] = tuple(t for t in TOPICS if t.role == "output")
+BY_NAME: dict[str, TopicSpec] = {t.name: t for t in TOPICS}
+BY_SCHEMA: dict[str, TopicSpec] = {t.schema: t for t in TOPICS}
+
+
+def spec_for(topic: str, prefix: str = "") -> TopicSpec:
+    """Catalogue entry of a (possibly prefixed) topic name."""
+    name = topic[len(prefix):] if prefix and topic.startswith(prefix) else topic
+    try:
+        return BY_NAME[name]
+    except KeyError:
+        raise KeyError(f"unknown topic {topic!r}; known: {', '.join(BY_NAME)}") from None
