@@ -53,6 +53,8 @@ class Settings(BaseSettings):
     webhook_urls: list[str] = Field(default_factory=list)
     slack_webhook_urls: list[str] = Field(default_factory=list)
     webhook_secret: SecretStr | None = None
+    # Key of the HMAC that turns emails into the keyed hashes stored in ClickHouse (DESIGN §10).
+    email_hash_key: SecretStr = SecretStr("leadpulse-local-default-change-me")
 
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
 

@@ -1,41 +1,104 @@
-"""CLI commands: broker."""
+"""CLI commands: the local broker, topic creation and publishing JSONL files."""
 
 from __future__ import annotations
 
+import signal
+import threading
+from pathlib import Path
+
 import typer
+from rich.console import Console
+from rich.table import Table
 
 from leadpulse.commands.not_built import not_built
+from leadpulse.commands.settings_arg import cli_settings
+from streams.broker import BrokerError, create_topics, kafka_client_config, running_broker
+from streams.producer import DeliveryError, produce_file, resolve
+from streams.topics import TOPICS
+
+console = Console(stderr=True)
+topics_app = typer.Typer(help="Manage the topic catalogue.", no_args_is_help=True)
+
+
+def wait_for_signal() -> None:
+    """Block until SIGINT or SIGTERM."""
+    stop = threading.Event()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, lambda *_: stop.set())
+    stop.wait()
+
+
+@topics_app.command("create", help="Create every catalogue topic that does not exist yet.")
+def topics_create() -> None:
+    settings = cli_settings()
+    if settings.embedded_broker:
+        with running_broker(settings) as bootstrap:
+            created = create_topics(bootstrap, settings.topic_prefix)
+    else:
+        created = create_topics(settings.bootstrap, settings.topic_prefix, admin_config=kafka_client_config(settings))
+    console.print(f"created {len(created)} topic(s): {', '.join(created) or '(all existed)'}")
+
+
+@topics_app.command("list", help="Show the topic catalogue (names, schemas, partitions, retention).")
+def topics_list() -> None:
+    settings = cli_settings()
+    table = Table("topic", "schema", "role", "partitions", "cleanup", "retention")
+    for spec in TOPICS:
+        configs = spec.configs()
+        retention = "forever" if spec.retention_ms is None else f"{spec.retention_ms // 86_400_000} d"
+        table.add_row(settings.topic(spec.name), spec.schema, spec.role, str(spec.partitions),
+                      configs["cleanup.policy"], retention)
+    Console().print(table)
 
 
 def register(app: typer.Typer) -> None:
-    @app.command(
-        "broker",
-        help="Start the local Tansu broker (not built yet: issue #2)",
-        context_settings={"allow_extra_args": True, "ignore_unknown_options": True},
-    )
-    def broker_cmd() -> None:
-        not_built("broker", 2)
+    app.add_typer(topics_app, name="topics")
 
-    @app.command(
-        "topics",
-        help="Create topics (not built yet: issue #2)",
-        context_settings={"allow_extra_args": True, "ignore_unknown_options": True},
-    )
-    def topics_cmd() -> None:
-        not_built("topics", 2)
+    @app.command("broker", help="Start the embedded Tansu broker on loopback, create the topics, run until "
+                 "Ctrl-C / SIGTERM. Does nothing local when LEADPULSE_KAFKA_BOOTSTRAP is set.")
+    def broker_cmd(port: int = typer.Option(None, help="Listen port (default LEADPULSE_BROKER_PORT, 9092).")
+                   ) -> None:
+        settings = cli_settings(broker_port=port)
+        if not settings.embedded_broker:
+            console.print(f"LEADPULSE_KAFKA_BOOTSTRAP is set ({settings.bootstrap}): not starting a local broker.")
+            raise typer.Exit(0)
+        try:
+            with running_broker(settings, log_file=_log_file(settings.data_dir)) as bootstrap:
+                console.print(f"[green]Tansu broker ready on {bootstrap}[/] (in-memory storage; Ctrl-C stops)")
+                wait_for_signal()
+        except BrokerError as exc:
+            console.print(f"[red]error:[/] {exc}")
+            raise typer.Exit(1) from None
+        console.print("broker stopped")
 
-    @app.command(
-        "produce",
-        help="Publish JSONL events (not built yet: issue #2)",
-        context_settings={"allow_extra_args": True, "ignore_unknown_options": True},
-    )
-    def produce_cmd() -> None:
-        not_built("produce", 2)
+    @app.command("produce", help="Validate and publish a JSONL file (one event per line) to a topic.")
+    def produce_cmd(
+        file: Path = typer.Argument(..., exists=True, dir_okay=False, readable=True),
+        topic: str = typer.Option(..., "--topic", "-t", help="Topic (e.g. events.web_visits) or schema name."),
+    ) -> None:
+        settings = cli_settings()
+        try:
+            resolve(topic, settings.topic_prefix)
+        except ValueError as exc:
+            console.print(f"[red]error:[/] {exc}")
+            raise typer.Exit(2) from None
+        try:
+            with running_broker(settings) as bootstrap:
+                report = produce_file(settings, file, topic, bootstrap=bootstrap)
+        except (BrokerError, DeliveryError) as exc:
+            console.print(f"[red]error:[/] {exc}")
+            raise typer.Exit(1) from None
+        for line, reason in report.rejected:
+            console.print(f"[yellow]line {line}:[/] {reason}")
+        console.print(f"sent {report.sent}, rejected {len(report.rejected)}")
+        raise typer.Exit(1 if report.rejected else 0)
 
-    @app.command(
-        "replay",
-        help="Re-publish stored history (not built yet: issue #4)",
-        context_settings={"allow_extra_args": True, "ignore_unknown_options": True},
-    )
+    @app.command("replay", help="Re-publish stored history (not built yet: issue #4)",
+                 context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
     def replay_cmd() -> None:
         not_built("replay", 4)
+
+
+def _log_file(data_dir: Path) -> Path:
+    data_dir.mkdir(parents=True, exist_ok=True)
+    return data_dir / "tansu.log"

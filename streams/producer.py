@@ -1,0 +1,144 @@
+"""Producer SDK: validate, Avro-encode (Single Object Encoding) and publish events, keyed by lead identity.
+
+Keying by ``lead_id`` else ``anonymous_id`` is what makes one lead's events land on one partition, hence
+one worker, in order (DESIGN §5). Delivery errors are collected and raised on ``flush``/``close`` so that a
+caller never believes an unacknowledged event was sent.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import threading
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from kafka import KafkaProducer
+from kafka.producer.future import FutureRecordMetadata
+
+from schemas.registry import SchemaError, SchemaRegistry, default_registry
+from streams.broker import kafka_client_config
+from streams.settings import Settings
+from streams.topics import BY_NAME, BY_SCHEMA, TopicSpec
+
+
+class DeliveryError(Exception):
+    """The broker did not acknowledge some records; ``failures`` lists (topic, key, error)."""
+
+    def __init__(self, failures: list[tuple[str, str | None, str]]) -> None:
+        self.failures = failures
+        first = failures[0]
+        super().__init__(f"{len(failures)} record(s) not delivered; first: topic {first[0]} key {first[1]}: {first[2]}")
+
+
+def lead_key(record: Mapping[str, Any]) -> str | None:
+    """Partition key: the lead when known, else the anonymous visitor."""
+    return record.get("lead_id") or record.get("anonymous_id") or None
+
+
+def resolve(schema_or_topic: str, prefix: str = "") -> TopicSpec:
+    name = schema_or_topic[len(prefix):] if prefix and schema_or_topic.startswith(prefix) else schema_or_topic
+    spec = BY_SCHEMA.get(name) or BY_NAME.get(name)
+    if spec is None:
+        known = ", ".join(sorted(BY_NAME))
+        raise ValueError(f"unknown topic or schema {schema_or_topic!r}; topics: {known}")
+    return spec
+
+
+class Producer:
+    """Thread-safe publisher of leadpulse records. Use as a context manager so ``close`` flushes."""
+
+    def __init__(self, settings: Settings, *, bootstrap: str | None = None, registry: SchemaRegistry | None = None,
+                 linger_ms: int = 10, batch_size: int = 512 * 1024, **kafka_config: Any) -> None:
+        self.settings = settings
+        self.registry = registry or default_registry()
+        config: dict[str, Any] = {
+            "bootstrap_servers": bootstrap or settings.bootstrap,
+            "acks": "all",
+            "linger_ms": linger_ms,
+            "batch_size": batch_size,
+            "retries": 5,
+            "max_in_flight_requests_per_connection": 1,  # keep per-key order across retries
+            **kafka_client_config(settings),
+        }
+        config.update(kafka_config)
+        self._producer = KafkaProducer(**config)
+        self._lock = threading.Lock()
+        self._failures: list[tuple[str, str | None, str]] = []
+        self.sent = 0
+
+    def send(self, schema_or_topic: str, event: Mapping[str, Any] | Any, *, validate: bool = True
+             ) -> FutureRecordMetadata:
+        """Validate and publish one event. Raises SchemaValidationError naming the bad fields."""
+        spec = resolve(schema_or_topic, self.settings.topic_prefix)
+        record = dataclasses.asdict(event) if dataclasses.is_dataclass(event) and not isinstance(event, type) \
+            else dict(event)
+        if validate:
+            record = self.registry.validate(spec.schema, record)
+        value = self.registry.encode(spec.schema, record)
+        return self.send_encoded(self.settings.topic(spec.name), lead_key(record), value)
+
+    def send_encoded(self, topic: str, key: str | bytes | None, value: bytes | None) -> FutureRecordMetadata:
+        key_bytes = key.encode() if isinstance(key, str) else key
+        future = self._producer.send(topic, key=key_bytes, value=value)
+        future.add_errback(self._record_failure, topic, key)
+        self.sent += 1
+        return future
+
+    def _record_failure(self, exc: BaseException, topic: str, key: str | bytes | None) -> None:
+        with self._lock:
+            shown = key.decode(errors="replace") if isinstance(key, bytes) else key
+            self._failures.append((topic, shown, f"{type(exc).__name__}: {exc}"))
+
+    def flush(self, timeout: float | None = None) -> None:
+        self._producer.flush(timeout)
+        with self._lock:
+            failures, self._failures = self._failures, []
+        if failures:
+            raise DeliveryError(failures)
+
+    def close(self, timeout: float | None = 30.0) -> None:
+        try:
+            self.flush(timeout)
+        finally:
+            self._producer.close(timeout)
+
+    def __enter__(self) -> Producer:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+@dataclass
+class ProduceReport:
+    sent: int = 0
+    rejected: list[tuple[int, str]] = field(default_factory=list)  # (line number, reason)
+
+
+def produce_lines(producer: Producer, topic: str, lines: Iterable[str]) -> ProduceReport:
+    """Publish JSON lines to a topic; bad lines are reported with their line number, good ones still sent."""
+    report = ProduceReport()
+    for number, line in enumerate(lines, start=1):
+        if not line.strip():
+            continue
+        try:
+            event = json.loads(line)
+            if not isinstance(event, dict):
+                raise ValueError(f"expected a JSON object, got {type(event).__name__}")
+            producer.send(topic, event)
+            report.sent += 1
+        except json.JSONDecodeError as exc:
+            report.rejected.append((number, f"not JSON: {exc.msg} at column {exc.colno}"))
+        except (SchemaError, ValueError) as exc:
+            report.rejected.append((number, str(exc)))
+    producer.flush()
+    return report
+
+
+def produce_file(settings: Settings, path: Path, topic: str, bootstrap: str | None = None) -> ProduceReport:
+    resolve(topic, settings.topic_prefix)  # fail before connecting when the topic is wrong
+    with path.open(encoding="utf-8") as handle, Producer(settings, bootstrap=bootstrap) as producer:
+        return produce_lines(producer, topic, handle)

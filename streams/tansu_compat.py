@@ -1,0 +1,80 @@
+"""Workaround for a Tansu 0.6 bug, applied only when leadpulse talks to the embedded broker.
+
+Bug: Tansu answers ListOffsets(latest) with ``base offset of the last batch + 1`` instead of the log end
+offset whenever that batch held more than one record (the high watermark in Fetch responses is right).
+Faust reads end offsets to know when table recovery is complete, so without this a restarted worker stops
+restoring its changelog early and runs on stale state (or dies with ConsistencyError on rocksdb).
+
+Correction: for every partition whose reported end is > 0, fetch from ``reported - 1`` (the start of the
+last batch) and take the high watermark of that fetch response.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterable, Mapping
+from typing import Any
+
+from aiokafka import AIOKafkaConsumer
+from aiokafka.structs import TopicPartition
+
+log = logging.getLogger(__name__)
+
+_applied = False
+
+
+async def true_end_offsets(bootstrap: str, reported: Mapping[Any, int], timeout_ms: int = 2000) -> dict[Any, int]:
+    """Correct ListOffsets(latest) answers with Fetch high watermarks."""
+    todo = {tp: end for tp, end in reported.items() if end > 0}
+    result: dict[Any, int] = dict(reported)
+    if not todo:
+        return result
+    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False, group_id=None)
+    await consumer.start()
+    try:
+        tps = {TopicPartition(tp.topic, tp.partition): tp for tp in todo}
+        consumer.assign(list(tps))
+        for tp, original in tps.items():
+            consumer.seek(tp, todo[original] - 1)
+        pending = set(tps)
+        for _ in range(10):
+            if not pending:
+                break
+            await consumer.getmany(*pending, timeout_ms=timeout_ms // 10, max_records=1)
+            for tp in list(pending):
+                high = consumer.highwater(tp)
+                if high is not None:
+                    result[tps[tp]] = max(high, todo[tps[tp]])
+                    pending.discard(tp)
+        if pending:
+            log.warning("tansu_compat: no high watermark for %s; keeping ListOffsets answer", sorted(pending))
+    finally:
+        await consumer.stop()
+    return result
+
+
+def patch_faust_end_offsets(bootstrap: str) -> None:
+    """Make Faust's aiokafka driver use corrected end offsets (idempotent)."""
+    global _applied
+    if _applied:
+        return
+    from faust.transport.drivers import aiokafka as faust_aiokafka
+
+    original = faust_aiokafka.AIOKafkaConsumerThread._highwaters
+
+    async def _highwaters(self: Any, partitions: Iterable[Any]) -> Mapping[Any, int]:
+        reported = await original(self, list(partitions))
+        if self.consumer.in_transaction:
+            return reported
+        return await true_end_offsets(bootstrap, reported)
+
+    faust_aiokafka.AIOKafkaConsumerThread._highwaters = _highwaters
+    _applied = True
+    log.info("tansu_compat: Faust end offsets corrected from fetch high watermarks (embedded broker)")
+
+
+async def end_offsets(consumer: AIOKafkaConsumer, bootstrap: str, tps: list[TopicPartition],
+                      embedded: bool) -> dict[Any, int]:
+    """End offsets for plain aiokafka consumers (sinks, lag metrics), corrected on the embedded broker."""
+    reported = await consumer.end_offsets(tps)
+    return await true_end_offsets(bootstrap, reported) if embedded else dict(reported)

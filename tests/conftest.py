@@ -1,0 +1,66 @@
+"""Session fixtures: one real Tansu broker and one embedded ClickHouse (chDB) per test session.
+
+Tests isolate themselves by topic prefix (``fresh_prefix``) rather than by starting more brokers: a broker
+start is cheap, but topics with a unique prefix are cheaper and exercise ``LEADPULSE_TOPIC_PREFIX``.
+chDB allows one engine per process, so ClickHouse tests share one data directory and clean their tables.
+"""
+
+from __future__ import annotations
+
+import itertools
+import os
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from streams.broker import EmbeddedBroker, create_topics, free_port, tansu_binary
+from streams.settings import Settings, load_settings
+
+_prefixes = itertools.count(1)
+
+
+@pytest.fixture(scope="session")
+def broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[EmbeddedBroker]:
+    """A real Kafka-protocol broker (Tansu) on a free loopback port, with the catalogue topics created."""
+    log = tmp_path_factory.mktemp("tansu") / "tansu.log"
+    instance = EmbeddedBroker(tansu_binary(load_settings()), "127.0.0.1", free_port(), log)
+    instance.start()
+    create_topics(instance.bootstrap)
+    yield instance
+    instance.stop()
+
+
+@pytest.fixture(scope="session")
+def clickhouse_dsn(tmp_path_factory: pytest.TempPathFactory) -> str:
+    """``chdb://`` DSN of the session's embedded ClickHouse data directory (or LEADPULSE_TEST_CLICKHOUSE_DSN)."""
+    override = os.environ.get("LEADPULSE_TEST_CLICKHOUSE_DSN")
+    if override:
+        return override
+    return f"chdb://{tmp_path_factory.mktemp('chdb') / 'clickhouse'}"
+
+
+@pytest.fixture
+def fresh_prefix(broker: EmbeddedBroker) -> str:
+    """A topic prefix no other test uses, with every catalogue topic created under it."""
+    prefix = f"t{next(_prefixes)}-{os.getpid()}."
+    create_topics(broker.bootstrap, prefix)
+    return prefix
+
+
+@pytest.fixture
+def make_settings(tmp_path: Path) -> Callable[..., Settings]:
+    """Settings for a test: data dir in tmp_path; pass kafka_bootstrap/topic_prefix/clickhouse_dsn as needed."""
+
+    def build(**overrides: Any) -> Settings:
+        overrides.setdefault("data_dir", tmp_path / "data")
+        return load_settings(**overrides)
+
+    return build
+
+
+@pytest.fixture
+def broker_settings(broker: EmbeddedBroker, fresh_prefix: str, make_settings: Callable[..., Settings]) -> Settings:
+    """Settings pointing at the session broker with this test's own topics."""
+    return make_settings(kafka_bootstrap=broker.bootstrap, topic_prefix=fresh_prefix)

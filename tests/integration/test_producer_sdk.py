@@ -1,0 +1,84 @@
+"""The producer SDK against the real local broker (Tansu): round trip, rejection, poison records."""
+
+from __future__ import annotations
+
+import struct
+from collections import Counter
+
+import pytest
+from kafka import KafkaConsumer
+
+from schemas.registry import SchemaValidationError, UnknownFingerprint, default_registry
+from streams.producer import Producer, lead_key, produce_file
+from streams.reader import Decoded, Undecodable, read_topic
+from streams.samples import sample_events
+from streams.settings import Settings
+from streams.topics import INPUTS
+
+pytestmark = pytest.mark.integration
+
+
+def test_ten_thousand_events_of_each_input_type_round_trip_identically(broker_settings: Settings) -> None:
+    registry = default_registry()
+    sent: dict[str, dict[str, dict[str, object]]] = {}
+    with Producer(broker_settings) as producer:
+        for spec in INPUTS:
+            events = [registry.validate(spec.schema, e) for e in sample_events(spec.schema, 10_000)]
+            sent[spec.name] = {str(e["event_id"]): e for e in events}
+            for event in events:
+                producer.send(spec.schema, event)
+    for spec in INPUTS:
+        got = list(read_topic(broker_settings, broker_settings.topic(spec.name)))
+        assert all(isinstance(r, Decoded) for r in got)
+        decoded = [r for r in got if isinstance(r, Decoded)]
+        assert len(decoded) == 10_000, spec.name
+        assert {r.record["event_id"]: r.record for r in decoded} == sent[spec.name]
+        assert all(r.schema == spec.schema for r in decoded)
+        # keyed by lead identity, so a lead's events share one partition
+        for r in decoded:
+            assert r.key == str(lead_key(r.record)).encode()
+        by_key = {}
+        for r in decoded:
+            assert by_key.setdefault(r.key, r.partition) == r.partition
+
+
+def test_invalid_event_is_rejected_with_the_field_named_and_nothing_sent(broker_settings: Settings) -> None:
+    with Producer(broker_settings) as producer, pytest.raises(SchemaValidationError, match="url: required"):
+        producer.send("web_visit", {"event_id": "x", "event_time": 1, "lead_id": "L1", "source": "t"})
+    assert list(read_topic(broker_settings, broker_settings.topic("events.web_visits"), idle_ms=500)) == []
+
+
+def test_unknown_fingerprint_is_reported_and_reading_goes_on(broker_settings: Settings) -> None:
+    registry = default_registry()
+    good = registry.validate("download", next(sample_events("download", 1)))
+    with Producer(broker_settings) as producer:
+        producer.send_encoded(broker_settings.topic("events.downloads"), b"L1",
+                              b"\xc3\x01" + struct.pack("<Q", 42) + b"\x02x")
+        producer.send_encoded(broker_settings.topic("events.downloads"), b"L1", b"not avro")
+        producer.send("download", good)
+    got = list(read_topic(broker_settings, broker_settings.topic("events.downloads")))
+    kinds = Counter(type(r).__name__ for r in got)
+    assert kinds == {"Undecodable": 2, "Decoded": 1}
+    poison = [r for r in got if isinstance(r, Undecodable)]
+    assert any(isinstance(r.error, UnknownFingerprint) for r in poison)
+    assert all("events.downloads" in r.reason and "@" in r.reason for r in poison)
+
+
+def test_produce_file_reports_sent_and_rejected_lines(broker_settings: Settings, tmp_path) -> None:
+    import json
+
+    path = tmp_path / "events.jsonl"
+    good = next(sample_events("web_visit", 1))
+    path.write_text("\n".join([
+        json.dumps(good),
+        "{not json",
+        json.dumps({**good, "event_id": "e2", "url": None}),
+        json.dumps({**good, "event_id": "e3"}),
+    ]) + "\n")
+    report = produce_file(broker_settings, path, "events.web_visits")
+    assert report.sent == 2
+    assert [n for n, _ in report.rejected] == [2, 3]
+    assert "not JSON" in report.rejected[0][1]
+    assert "url" in report.rejected[1][1]
+    consumer_topics = KafkaConsumer(bootstrap_servers=broker_settings.bootstrap).topics()
+    assert broker_settings.topic("events.web_visits") in consumer_topics

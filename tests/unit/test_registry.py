@@ -1,0 +1,193 @@
+"""Avro Single Object Encoding, schema resolution and JSON validation (DESIGN §6)."""
+
+from __future__ import annotations
+
+import io
+import json
+import struct
+
+import fastavro
+import pytest
+from fastavro.schema import fingerprint as fastavro_fingerprint
+from fastavro.schema import to_parsing_canonical_form
+
+from schemas.registry import (
+    SCHEMA_DIR,
+    SchemaRegistry,
+    SchemaValidationError,
+    UnknownFingerprint,
+    WireFormatError,
+    crc64_avro,
+    default_registry,
+)
+
+pytestmark = pytest.mark.unit
+
+# (canonical form, signed 64-bit fingerprint) from the Avro project's share/test/data/schema-tests.txt,
+# which the Java reference implementation cross-checks.
+SPEC_VECTORS = [
+    ('"null"', 7195948357588979594),
+    ('"boolean"', -6970731678124411036),
+    ('"int"', 8247732601305521295),
+    ('"string"', -8142146995180207161),
+    ('{"name":"foo","type":"record","fields":[]}', -4824392279771201922),
+    ('{"name":"x.y.foo","type":"record","fields":[]}', 5916914534497305771),
+    ('{"name":"foo","type":"record","fields":[{"name":"f1","type":"boolean"}]}', 7843277075252814651),
+    ('{"name":"x.y.z.foo","type":"enum","symbols":["A1","A2"]}', -4448647247586288245),
+    ('{"type":"map","values":"string"}', -8732877298790414990),
+]
+
+
+def _independent_crc64(data: bytes) -> int:
+    """A second, bit-by-bit implementation of CRC-64-AVRO (no lookup table), written from the spec."""
+    poly = 0xC15D213AA4D7A795
+    fp = poly
+    for byte in data:
+        fp ^= byte
+        for _ in range(8):
+            fp = (fp >> 1) ^ (poly if fp & 1 else 0)
+    return fp
+
+
+def _minimal_web_visit(**over: object) -> dict[str, object]:
+    event: dict[str, object] = {
+        "event_id": "ev-1", "event_time": 1_790_000_000_000, "anonymous_id": "anon-1", "source": "test",
+        "url": "https://example.com/pricing", "page_category": "pricing",
+    }
+    event.update(over)
+    return event
+
+
+@pytest.mark.parametrize(("canonical", "expected"), SPEC_VECTORS)
+def test_crc64_matches_the_avro_spec_test_vectors(canonical: str, expected: int) -> None:
+    assert crc64_avro(canonical.encode()) == expected & 0xFFFFFFFFFFFFFFFF
+
+
+@pytest.mark.parametrize("path", sorted(SCHEMA_DIR.glob("**/*.avsc")), ids=lambda p: p.name)
+def test_header_is_c301_plus_little_endian_fingerprint_per_independent_implementations(path) -> None:
+    registry = default_registry()
+    raw = json.loads(path.read_text())
+    canonical = to_parsing_canonical_form(raw).encode()
+    independent = _independent_crc64(canonical)
+    version = registry.by_fingerprint[independent]
+    assert version.header == b"\xc3\x01" + struct.pack("<Q", independent)
+    # fastavro's own CRC-64-AVRO returns the 8 little-endian bytes as hex
+    assert version.header[2:].hex() == fastavro_fingerprint(canonical.decode(), "CRC-64-AVRO")
+
+
+def test_encoded_bytes_decode_with_fastavro_schemaless_reader() -> None:
+    registry = default_registry()
+    event = registry.validate("web_visit", _minimal_web_visit())
+    data = registry.encode("web_visit", event)
+    raw = json.loads((SCHEMA_DIR / "web_visit.avsc").read_text())
+    assert data[:2] == b"\xc3\x01"
+    assert struct.unpack("<Q", data[2:10])[0] == _independent_crc64(to_parsing_canonical_form(raw).encode())
+    decoded = fastavro.schemaless_reader(io.BytesIO(data[10:]), fastavro.parse_schema(raw))
+    assert decoded["event_id"] == "ev-1"
+    assert decoded["url"] == "https://example.com/pricing"
+    assert int(decoded["event_time"].timestamp() * 1000) == 1_790_000_000_000
+
+
+@pytest.mark.parametrize("name", default_registry().names)
+def test_every_schema_documents_every_field(name: str) -> None:
+    raw = default_registry().schema(name).raw
+    assert raw.get("doc")
+    missing = [f["name"] for f in raw["fields"] if not f.get("doc")]
+    assert missing == []
+
+
+def test_round_trip_preserves_every_field() -> None:
+    registry = default_registry()
+    event = registry.validate("web_visit", _minimal_web_visit(utm_source="newsletter", referrer="https://a"))
+    name, decoded = registry.decode(registry.encode("web_visit", event))
+    assert name == "web_visit"
+    assert decoded == event
+
+
+def test_older_writer_version_resolves_to_current_reader_with_defaults() -> None:
+    registry = default_registry()
+    old = json.loads((SCHEMA_DIR / "history" / "web_visit.v1.avsc").read_text())
+    buf = io.BytesIO()
+    buf.write(b"\xc3\x01" + struct.pack("<Q", _independent_crc64(to_parsing_canonical_form(old).encode())))
+    fastavro.schemaless_writer(buf, fastavro.parse_schema(old), {
+        "event_id": "old-1", "event_time": 1_700_000_000_000, "anonymous_id": None, "lead_id": "L1",
+        "source": "v1", "url": "https://x", "page_category": None, "referrer": None,
+    })
+    name, record = registry.decode(buf.getvalue())
+    assert name == "web_visit"
+    assert record["lead_id"] == "L1"
+    assert record["utm_source"] is None and record["received_at"] is None
+
+
+def test_unknown_fingerprint_is_a_typed_error_naming_the_fingerprint() -> None:
+    data = b"\xc3\x01" + struct.pack("<Q", 0x1234) + b"\x00"
+    with pytest.raises(UnknownFingerprint, match="0x0000000000001234") as info:
+        default_registry().decode(data)
+    assert info.value.fingerprint == 0x1234
+
+
+@pytest.mark.parametrize("data", [b"", b"{}", b"\xc3\x02" + bytes(8), b"\xc3\x01\x00"])
+def test_bytes_without_soe_header_are_a_wire_format_error(data: bytes) -> None:
+    with pytest.raises(WireFormatError):
+        default_registry().decode(data)
+
+
+def test_truncated_body_is_a_wire_format_error_not_a_crash() -> None:
+    registry = default_registry()
+    data = registry.encode("web_visit", registry.validate("web_visit", _minimal_web_visit()))
+    with pytest.raises(WireFormatError, match="corrupt web_visit body"):
+        registry.decode(data[:15])
+
+
+def test_validation_names_every_bad_field() -> None:
+    bad = _minimal_web_visit(event_id=7, event_time="yesterday", bogus=1)
+    del bad["url"]
+    with pytest.raises(SchemaValidationError) as info:
+        default_registry().validate("web_visit", bad)
+    fields = {e.field: e.problem for e in info.value.errors}
+    assert set(fields) == {"event_id", "event_time", "url", "bogus"}
+    assert "expected string" in fields["event_id"]
+    assert "required" in fields["url"]
+    assert "unknown field" in fields["bogus"]
+
+
+def test_validation_requires_a_lead_or_anonymous_identity() -> None:
+    with pytest.raises(SchemaValidationError, match="lead_id: one of lead_id or anonymous_id"):
+        default_registry().validate("web_visit", _minimal_web_visit(anonymous_id=None))
+
+
+def test_validation_accepts_iso_timestamps_and_rejects_bad_enum_values() -> None:
+    registry = default_registry()
+    record = registry.validate("sales_activity", {
+        "event_id": "s1", "event_time": "2026-11-01T09:00:00+09:00", "lead_id": "L1", "source": "crm",
+        "activity": "accepted",
+    })
+    assert record["event_time"] == 1_793_491_200_000  # 2026-11-01T00:00:00Z
+    with pytest.raises(SchemaValidationError, match="activity: must be one of"):
+        registry.validate("sales_activity", {**record, "activity": "called"})
+
+
+def test_content_view_ranges_are_checked() -> None:
+    with pytest.raises(SchemaValidationError) as info:
+        default_registry().validate("content_view", {
+            "event_id": "c1", "event_time": 1, "lead_id": "L1", "source": "t", "content_id": "wp-1",
+            "content_type": "whitepaper", "dwell_ms": -5, "percent_viewed": 120,
+        })
+    assert {e.field for e in info.value.errors} == {"dwell_ms", "percent_viewed"}
+
+
+def test_nested_records_report_their_path() -> None:
+    registry = default_registry()
+    with pytest.raises(SchemaValidationError, match=r"reasons\[0\]\.points: expected double"):
+        registry.validate("lead_score", {
+            "lead_id": "L1", "score": 1.0, "fit": 0.0, "behaviour": 1.0, "previous_score": 0.0, "band": "cold",
+            "stage": "lead", "as_of": 1, "trigger_event_id": "e", "computed_at": 1, "change_reason": "x",
+            "reasons": [{"rule": "r", "event_type": "web_visit", "event_id": "e", "event_time": 1,
+                         "points": "many", "current_points": 1.0}],
+        })
+
+
+def test_registry_loads_history_versions_for_decoding_only(tmp_path) -> None:
+    registry = SchemaRegistry()
+    assert len(registry.by_fingerprint) == len(registry.current) + 1
+    assert set(registry.current) == {p.stem for p in SCHEMA_DIR.glob("*.avsc")}

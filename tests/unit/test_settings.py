@@ -1,0 +1,55 @@
+"""Settings are validated at start-up and errors name the LEADPULSE_* variable."""
+
+from __future__ import annotations
+
+import pytest
+
+from streams.settings import SettingsError, load_settings
+
+pytestmark = pytest.mark.unit
+
+
+def test_defaults_start_the_embedded_broker_and_chdb(monkeypatch: pytest.MonkeyPatch, tmp_path) -> None:
+    monkeypatch.delenv("LEADPULSE_KAFKA_BOOTSTRAP", raising=False)
+    monkeypatch.delenv("LEADPULSE_CLICKHOUSE_DSN", raising=False)
+    settings = load_settings(data_dir=tmp_path)
+    assert settings.embedded_broker
+    assert settings.dsn == f"chdb://{(tmp_path / 'clickhouse').resolve()}"
+
+
+def test_env_vars_are_read_with_the_leadpulse_prefix(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("LEADPULSE_KAFKA_BOOTSTRAP", "kafka-1:9092,kafka-2:9092")
+    monkeypatch.setenv("LEADPULSE_TOPIC_PREFIX", "prod.")
+    monkeypatch.setenv("LEADPULSE_CLICKHOUSE_DSN", "http://ch:8123")
+    settings = load_settings()
+    assert not settings.embedded_broker
+    assert settings.topic("leads.hot") == "prod.leads.hot"
+    assert not settings.embedded_clickhouse
+
+
+@pytest.mark.parametrize(("var", "value"), [
+    ("LEADPULSE_WEB_PORT", "80x"),
+    ("LEADPULSE_KAFKA_BOOTSTRAP", "no-port-here"),
+    ("LEADPULSE_CLICKHOUSE_DSN", "mysql://x"),
+    ("LEADPULSE_TOPIC_PREFIX", "bad prefix!"),
+    ("LEADPULSE_LOG_LEVEL", "LOUD"),
+])
+def test_a_wrong_value_names_the_variable(monkeypatch: pytest.MonkeyPatch, var: str, value: str) -> None:
+    monkeypatch.setenv(var, value)
+    with pytest.raises(SettingsError, match=var):
+        load_settings()
+
+
+def test_settings_are_frozen() -> None:
+    settings = load_settings()
+    with pytest.raises(Exception, match="frozen"):
+        settings.topic_prefix = "x"  # type: ignore[misc]
+
+
+def test_secrets_do_not_appear_in_repr(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("LEADPULSE_KAFKA_SASL_PASSWORD", "hunter2-secret")
+    monkeypatch.setenv("LEADPULSE_WRITE_KEYS", '{"site": "wk-very-secret"}')
+    settings = load_settings()
+    assert "hunter2-secret" not in repr(settings) and "hunter2-secret" not in str(settings.model_dump())
+    assert "wk-very-secret" not in repr(settings)
+    assert settings.write_keys["site"].get_secret_value() == "wk-very-secret"
