@@ -15,6 +15,7 @@ from leadpulse.commands import (
     demo_cmds,
     edge_cmds,
     privacy_cmds,
+    rescore_cmds,
     sink_cmds,
     worker_cmds,
 )
@@ -35,6 +36,7 @@ for module in (
     analytics_cmds,
     demo_cmds,
     privacy_cmds,
+    rescore_cmds,
     bench_cmds,
 ):
     module.register(app)

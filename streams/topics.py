@@ -41,15 +41,18 @@ STAGE_TRANSITIONS = TopicSpec("leads.stage_transitions", "stage_transition", "ou
 SLA_TIMEOUTS = TopicSpec("leads.sla_timeouts", "sla_timeout", "output")
 HOT_LEADS = TopicSpec("leads.hot", "hot_lead", "output")
 DLQ = TopicSpec("dlq", "dead_letter", "dlq", partitions=4)
+# Worker-internal hop of the identity stitch (alias instructions and forwarded anonymous events, any input
+# schema, keyed by the target identity). Not part of the contract; co-partitioned with the inputs.
+IDENTITY = TopicSpec("leadpulse.internal.identity", "", "internal", retention_ms=7 * DAY_MS)
 
 TOPICS: tuple[TopicSpec, ...] = (
     WEB_VISITS, EMAIL_CLICKS, DOWNLOADS, CONTENT_VIEWS, PROFILES, SALES_ACTIVITIES,
-    SCORES, STAGE_TRANSITIONS, SLA_TIMEOUTS, HOT_LEADS, DLQ,
+    SCORES, STAGE_TRANSITIONS, SLA_TIMEOUTS, HOT_LEADS, DLQ, IDENTITY,
 )
 INPUTS: tuple[TopicSpec, ...] = tuple(t for t in TOPICS if t.role == "input")
 OUTPUTS: tuple[TopicSpec, ...] = tuple(t for t in TOPICS if t.role == "output")
 BY_NAME: dict[str, TopicSpec] = {t.name: t for t in TOPICS}
-BY_SCHEMA: dict[str, TopicSpec] = {t.schema: t for t in TOPICS}
+BY_SCHEMA: dict[str, TopicSpec] = {t.schema: t for t in TOPICS if t.role != "internal"}
 
 
 def spec_for(topic: str, prefix: str = "") -> TopicSpec:

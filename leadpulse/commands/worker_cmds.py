@@ -1,25 +1,27 @@
-"""CLI commands: worker."""
+"""CLI commands: the scoring/stage/SLA worker."""
 
 from __future__ import annotations
 
 import typer
 
-from leadpulse.commands.not_built import not_built
+from leadpulse.commands.settings_arg import cli_settings
 
 
 def register(app: typer.Typer) -> None:
-    @app.command(
-        "worker",
-        help="Run the scoring/stage/SLA worker (not built yet: issue #3)",
-        context_settings={"allow_extra_args": True, "ignore_unknown_options": True},
-    )
-    def worker_cmd() -> None:
-        not_built("worker", 3)
+    @app.command("worker", help="Run the scoring / funnel-stage / SLA worker (Faust). Starts the embedded "
+                 "broker first when LEADPULSE_KAFKA_BOOTSTRAP is unset and none is running.")
+    def worker_cmd(
+        port: int = typer.Option(None, "--web-port", help="Port of /metrics /health /ready (default 6066)."),
+    ) -> None:
+        from agents.rules import RulesError, load_rules
+        from agents.worker import run_worker
+        from streams.broker import running_broker
 
-    @app.command(
-        "rescore",
-        help="Replay history through new rules (dry run) (not built yet: issue #3)",
-        context_settings={"allow_extra_args": True, "ignore_unknown_options": True},
-    )
-    def rescore_cmd() -> None:
-        not_built("rescore", 3)
+        settings = cli_settings(web_port=port)
+        try:
+            rules = load_rules(settings.rules)
+        except RulesError as exc:
+            typer.echo(f"error: {exc}", err=True)
+            raise typer.Exit(2) from None
+        with running_broker(settings):
+            run_worker(settings, rules, loglevel=settings.log_level.lower())
