@@ -18,6 +18,7 @@ from streams.topics import INPUT_PARTITIONS
 
 def create_app(settings: Settings, app_id: str = "leadpulse-worker") -> faust.App:
     register_codecs()
+    (settings.data_dir / "faust").mkdir(parents=True, exist_ok=True)
     if settings.embedded_broker:
         from streams.tansu_compat import patch_faust_end_offsets
 

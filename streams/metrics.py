@@ -1,0 +1,239 @@
+"""Every Prometheus metric leadpulse exports, declared once, against an injectable registry.
+
+Why a class and not module-level metrics: module globals register on prometheus_client's process-wide
+``REGISTRY`` at import time, so two tests (or a worker and a sink in one ``leadpulse demo`` process) would
+share counters and collide on names. Here each process builds one ``Metrics(registry)`` at start-up and
+passes it down; a test builds a fresh ``CollectorRegistry`` and reads exact values with
+``registry.get_sample_value(...)``.
+
+Naming follows Prometheus conventions: base units (seconds, not ms), counters end in ``_total``, the
+timestamp gauge ends in ``_timestamp_seconds``. ``deploy/prometheus/alerts.yml`` and the Grafana dashboards
+use only these names; ``tests/integration/test_deploy_static.py`` checks that they do.
+
+Labels carry only bounded, non-secret values: catalogue topic names (without the deployment prefix, so
+dashboards work whatever the prefix), table names, stage ids, SLA names, error kinds and webhook target
+*names* — never a URL with a token in it, a write key, an email or a lead id.
+"""
+
+from __future__ import annotations
+
+from importlib import metadata
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, disable_created_metrics
+from prometheus_client.gc_collector import GCCollector
+from prometheus_client.platform_collector import PlatformCollector
+from prometheus_client.process_collector import ProcessCollector
+
+from streams.topics import INPUTS
+
+NAMESPACE = "leadpulse"
+
+# SLA names and levels of DESIGN §4; their counters start at 0 so that the first breach shows in increase().
+SLA_NAMES = ("hot_lead_follow_up", "rejection_feedback")
+SLA_LEVELS = ("warning", "breach")
+
+# Seconds from a record's Kafka timestamp to its lead_score output. A hot lead must reach a rep "within
+# seconds" (DESIGN §1), so resolution is fine below 1 s; the long tail shows rebalances and recovery.
+EVENT_TO_SCORE_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0)
+# One ClickHouse insert of a batch (10k-100k rows): tens of ms normally, seconds under merge pressure.
+SINK_INSERT_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
+# One collector HTTP request (validate + hand to the producer buffer): sub-millisecond to tens of ms.
+COLLECTOR_REQUEST_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)
+
+
+def package_version() -> str:
+    """Installed leadpulse version, or ``unknown`` when running from a tree that was never installed."""
+    try:
+        return metadata.version("leadpulse")
+    except metadata.PackageNotFoundError:
+        return "unknown"
+
+
+class Metrics:
+    """All leadpulse metrics registered on ``registry``. Build one per process and pass it down.
+
+    ``component`` (``worker``, ``sink``, ``collector``, ``notifier``, ``demo``) only sets the
+    ``leadpulse_build_info`` label; Prometheus' ``job``/``instance`` labels say which process a series
+    is from.
+    ``process_metrics`` adds the standard ``process_*``/``python_*`` collectors (CPU, RSS, open fds, GC) to
+    the registry, which the default global registry would have had.
+    """
+
+    def __init__(
+        self,
+        registry: CollectorRegistry,
+        *,
+        component: str = "unknown",
+        version: str | None = None,
+        process_metrics: bool = False,
+    ) -> None:
+        self.registry = registry
+        r = registry
+        # The ``*_created`` gauges prometheus_client adds beside every counter double the series count and
+        # Prometheus 2.x ignores them in the text format. The switch is process-wide; it is idempotent.
+        disable_created_metrics()  # type: ignore[no-untyped-call]
+
+        # --- process identity ---------------------------------------------------------------------------
+        self.build_info = Gauge(
+            "leadpulse_build_info",
+            "Always 1; labels say which leadpulse version and component this process runs.",
+            ["version", "component"],
+            registry=r,
+        )
+        self.build_info.labels(version=version or package_version(), component=component).set(1)
+
+        # --- worker: consume, score, stage, SLA -------------------------------------------------------
+        self.events_consumed = Counter(
+            "leadpulse_events_consumed_total",
+            "Records read from an input topic by the worker (valid or not).",
+            ["topic"],
+            registry=r,
+        )
+        self.events_invalid = Counter(
+            "leadpulse_events_invalid_total",
+            "Records the worker could not use, by topic and reason (undecodable, unknown_schema, invalid, "
+            "future_event, ...); each also goes to the DLQ.",
+            ["topic", "reason"],
+            registry=r,
+        )
+        self.event_to_score_seconds = Histogram(
+            "leadpulse_event_to_score_seconds",
+            "Seconds from a record's Kafka timestamp to the lead_score it produced (arrival to output, not "
+            "event time, so late events do not skew it).",
+            buckets=EVENT_TO_SCORE_BUCKETS,
+            registry=r,
+        )
+        self.score_updates = Counter(
+            "leadpulse_score_updates_total",
+            "lead_score records emitted (one per score change).",
+            registry=r,
+        )
+        self.stage_transitions = Counter(
+            "leadpulse_stage_transitions_total",
+            "stage_transition events emitted, by from/to stage id.",
+            ["from_stage", "to_stage"],
+            registry=r,
+        )
+        self.hot_leads = Counter(
+            "leadpulse_hot_leads_total",
+            "hot_lead notifications emitted (lead became mql).",
+            registry=r,
+        )
+        self.sla_events = Counter(
+            "leadpulse_sla_events_total",
+            "sla_timeout events emitted, by SLA name and level (warning, breach).",
+            ["sla", "level"],
+            registry=r,
+        )
+        self.consumer_lag = Gauge(
+            "leadpulse_consumer_lag",
+            "Records between the group's committed/processed position and the log end, per partition "
+            "this process owns (a count of records, hence no unit suffix).",
+            ["group", "topic", "partition"],
+            registry=r,
+        )
+        self.dlq_records = Counter(
+            "leadpulse_dlq_records_total",
+            "Records written to the dead-letter topic, by the topic they came from and the pipeline step "
+            "that rejected them (decode, validate, score, sink, collector, ...).",
+            ["source_topic", "stage"],
+            registry=r,
+        )
+
+        # --- sink: Kafka -> ClickHouse ------------------------------------------------------------------
+        self.sink_rows = Counter(
+            "leadpulse_sink_rows_total",
+            "Rows inserted into ClickHouse, by table.",
+            ["table"],
+            registry=r,
+        )
+        self.sink_batches = Counter(
+            "leadpulse_sink_batches_total",
+            "Successful batch inserts into ClickHouse, by table.",
+            ["table"],
+            registry=r,
+        )
+        self.sink_insert_seconds = Histogram(
+            "leadpulse_sink_insert_seconds",
+            "Seconds one batch insert took (successful or not).",
+            buckets=SINK_INSERT_BUCKETS,
+            registry=r,
+        )
+        self.sink_failures = Counter(
+            "leadpulse_sink_failures_total",
+            "Failed batch inserts, by table and kind (retryable: re-sent; permanent: rows to DLQ).",
+            ["table", "kind"],
+            registry=r,
+        )
+        self.sink_last_success = Gauge(
+            "leadpulse_sink_last_success_timestamp_seconds",
+            "Unix time of the last successful insert; 0 until the first one.",
+            registry=r,
+        )
+
+        # --- notifier: webhooks -------------------------------------------------------------------------
+        self.webhook_deliveries = Counter(
+            "leadpulse_webhook_deliveries_total",
+            "Webhook deliveries acknowledged (2xx), by target name (never the URL: it may hold a token).",
+            ["target"],
+            registry=r,
+        )
+        self.webhook_failures = Counter(
+            "leadpulse_webhook_failures_total",
+            "Webhook deliveries given up on after retries, by target name.",
+            ["target"],
+            registry=r,
+        )
+        self.webhook_retries = Counter(
+            "leadpulse_webhook_retries_total",
+            "Webhook delivery attempts that failed and were retried, by target name.",
+            ["target"],
+            registry=r,
+        )
+
+        # --- collector: HTTP -> Kafka -------------------------------------------------------------------
+        self.collector_requests = Counter(
+            "leadpulse_collector_requests_total",
+            "HTTP requests answered by the collector, by status code.",
+            ["status"],
+            registry=r,
+        )
+        self.collector_events = Counter(
+            "leadpulse_collector_events_total",
+            "Events in collector requests, by source (write-key name) and result (accepted, invalid, bot, "
+            "unauthorized, too_large, rate_limited).",
+            ["source", "result"],
+            registry=r,
+        )
+        self.collector_request_seconds = Histogram(
+            "leadpulse_collector_request_seconds",
+            "Seconds to answer one collector request.",
+            buckets=COLLECTOR_REQUEST_BUCKETS,
+            registry=r,
+        )
+        self.bots_dropped = Counter(
+            "leadpulse_bots_dropped_total",
+            "Events dropped at the collector because the user agent is a known bot.",
+            registry=r,
+        )
+        self.events_ingested = Counter(
+            "leadpulse_events_ingested_total",
+            "Events published to an input topic by leadpulse's own producers (collector, produce, SDK).",
+            ["topic"],
+            registry=r,
+        )
+
+        # Series Prometheus should see from the start: rate()/increase() miss the first increment of a
+        # series that appears already at 1, so a lone SLA breach or the first event on a topic would vanish.
+        for spec in INPUTS:
+            self.events_consumed.labels(topic=spec.name)
+            self.events_ingested.labels(topic=spec.name)
+        for sla in SLA_NAMES:
+            for level in SLA_LEVELS:
+                self.sla_events.labels(sla=sla, level=level)
+
+        if process_metrics:
+            # Fresh collectors bound to this registry; the library's module-level ones belong to REGISTRY.
+            ProcessCollector(registry=r)
+            PlatformCollector(registry=r)
+            GCCollector(registry=r)
