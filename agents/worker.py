@@ -57,25 +57,43 @@ class BatchState:
 class LeadWorker:
     """Declares the topology on a Faust app: one agent, one table, one timer."""
 
-    def __init__(self, settings: Settings, rules: Rules, metrics: Metrics | None = None,
-                 registry: SchemaRegistry | None = None, scan_interval_s: float = 2.0) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        rules: Rules,
+        metrics: Metrics | None = None,
+        registry: SchemaRegistry | None = None,
+        scan_interval_s: float = 2.0,
+    ) -> None:
         self.settings = settings
         self.rules = rules
         self.metrics = metrics
         self.registry = registry or default_registry()
         self.app = app = create_app(settings)
-        raw = {"key_serializer": "raw", "value_serializer": "raw"}
-        self.identity_topic = app.topic(settings.topic(IDENTITY_TOPIC), partitions=INPUT_PARTITIONS,
-                                        internal=True, **raw)
-        self.inputs = app.topic(*[settings.topic(s.name) for s in INPUTS], settings.topic(IDENTITY_TOPIC), **raw)
-        self.outputs = {schema: app.topic(settings.topic(spec.name), **raw)
-                        for schema, spec in BY_SCHEMA.items() if spec.role == "output"}
-        self.dlq = app.topic(settings.topic(DLQ.name), **raw)
-        self.table = app.Table("lead-state", default=None, partitions=INPUT_PARTITIONS, use_partitioner=True,
-                               key_type=bytes, value_type=bytes)
+
+        def raw_topic(*names: str) -> faust.TopicT:
+            return app.topic(*names, key_serializer="raw", value_serializer="raw")
+
+        self.identity_topic = raw_topic(settings.topic(IDENTITY_TOPIC))
+        self.inputs = raw_topic(*[settings.topic(s.name) for s in INPUTS], settings.topic(IDENTITY_TOPIC))
+        self.outputs = {
+            schema: raw_topic(settings.topic(spec.name))
+            for schema, spec in BY_SCHEMA.items()
+            if spec.role == "output"
+        }
+        self.dlq = raw_topic(settings.topic(DLQ.name))
+        self.table = app.Table(
+            "lead-state",
+            default=None,
+            partitions=INPUT_PARTITIONS,
+            use_partitioner=True,
+            key_type=bytes,
+            value_type=bytes,
+        )
         self.lock = asyncio.Lock()
         self.deadlines: dict[bytes, int] = {}  # key -> next timer due (wall clock ms), rebuilt on assignment
         self.deadlines_stale = True
+        self.ops_runner: Any = None
         app.agent(self.inputs, name="leads")(self._agent)
         app.timer(interval=scan_interval_s)(self._scan)
         app.on_partitions_assigned.connect(self._on_assigned)
@@ -83,11 +101,11 @@ class LeadWorker:
     # -- the stream ------------------------------------------------------------------------------------
 
     async def _agent(self, stream: faust.StreamT[Any]) -> None:
-        async for events in stream.take_events(BATCH_MAX, within=BATCH_WITHIN_S):
+        async for events in stream.take_events(BATCH_MAX, within=BATCH_WITHIN_S):  # type: ignore[attr-defined]
             async with self.lock:
                 await self.process_batch(events)
 
-    async def process_batch(self, events: Iterable[EventT]) -> None:
+    async def process_batch(self, events: Iterable[EventT[Any]]) -> None:
         batch = BatchState()
         now = now_ms()
         for event in events:
@@ -102,8 +120,13 @@ class LeadWorker:
                 continue
             key = message.key or (lead_key(record) or "").encode()
             if not key:
-                await self._dead_letter(message, "validate", ValueError(
-                    "lead_id: one of lead_id or anonymous_id is required (record has neither and no key)"))
+                await self._dead_letter(
+                    message,
+                    "validate",
+                    ValueError(
+                        "lead_id: one of lead_id or anonymous_id is required (record has neither and no key)"
+                    ),
+                )
                 continue
             state = self._get(batch, key)
             try:
@@ -157,15 +180,18 @@ class LeadWorker:
         if output.schema == "lead_score":
             self.metrics.score_updates.inc()
         elif output.schema == "stage_transition":
-            self.metrics.stage_transitions.labels(from_stage=record["from_stage"], to_stage=record["to_stage"]).inc()
+            self.metrics.stage_transitions.labels(
+                from_stage=record["from_stage"], to_stage=record["to_stage"]
+            ).inc()
         elif output.schema == "hot_lead":
             self.metrics.hot_leads.inc()
         elif output.schema == "sla_timeout":
             self.metrics.sla_events.labels(sla=record["sla"], level=record["level"]).inc()
 
     async def _dead_letter(self, message: Any, stage: str, exc: BaseException) -> None:
-        record = dead_letter(message.topic, message.partition, message.offset, message.key, message.value,
-                             stage, exc)
+        record = dead_letter(
+            message.topic, message.partition, message.offset, message.key, message.value, stage, exc
+        )
         await self.dlq.send(key=message.key, value=self.registry.encode("dead_letter", record))
         if self.metrics:
             self.metrics.dlq_records.labels(source_topic=message.topic, stage=stage).inc()
@@ -201,9 +227,16 @@ class LeadWorker:
 
     def ready(self) -> tuple[bool, dict[str, Any]]:
         assigned = len(self.app.consumer.assignment()) if self.app.consumer else 0
-        ok = not self.app.rebalancing and not self.app.in_recovery and self.app.tables.recovery.completed.is_set()
-        return ok, {"rebalancing": self.app.rebalancing, "in_recovery": self.app.in_recovery,
-                    "assigned_partitions": assigned}
+        ok = (
+            not self.app.rebalancing
+            and not self.app.in_recovery
+            and self.app.tables.recovery.completed.is_set()  # type: ignore[attr-defined]
+        )
+        return ok, {
+            "rebalancing": self.app.rebalancing,
+            "in_recovery": self.app.in_recovery,
+            "assigned_partitions": assigned,
+        }
 
 
 def build_worker(settings: Settings, rules: Rules, metrics: Metrics) -> LeadWorker:
@@ -212,10 +245,14 @@ def build_worker(settings: Settings, rules: Rules, metrics: Metrics) -> LeadWork
 
     worker = LeadWorker(settings, rules, metrics)
 
-    @worker.app.task
+    @worker.app.task  # type: ignore[untyped-decorator]
     async def serve_ops() -> None:
-        await start_ops_server(settings.web_host, settings.web_port, metrics.registry, worker.ready)
-        log.info("ops endpoints on http://%s:%s (/metrics /health /ready)", settings.web_host, settings.web_port)
+        worker.ops_runner = await start_ops_server(
+            settings.web_host, settings.web_port, metrics.registry, worker.ready
+        )
+        log.info(
+            "ops endpoints on http://%s:%s (/metrics /health /ready)", settings.web_host, settings.web_port
+        )
 
     return worker
 
@@ -224,6 +261,8 @@ def run_worker(settings: Settings, rules: Rules, loglevel: str = "info") -> None
     """Run until SIGINT/SIGTERM (Faust's worker handles both and shuts down cleanly)."""
     from prometheus_client import CollectorRegistry
 
-    worker = build_worker(settings, rules, Metrics(CollectorRegistry(), component="worker", process_metrics=True))
+    worker = build_worker(
+        settings, rules, Metrics(CollectorRegistry(), component="worker", process_metrics=True)
+    )
     faust_worker = faust.Worker(worker.app, loglevel=loglevel, quiet=True, redirect_stdouts=False)
     faust_worker.execute_from_commandline()

@@ -53,7 +53,9 @@ def crc64_avro(data: bytes) -> int:
 
 def schema_fingerprint(schema: Mapping[str, Any] | str) -> int:
     """Fingerprint of a schema's Parsing Canonical Form, as Single Object Encoding requires."""
-    return crc64_avro(to_parsing_canonical_form(schema).encode("utf-8"))
+    return crc64_avro(
+        to_parsing_canonical_form(dict(schema) if isinstance(schema, Mapping) else schema).encode()
+    )
 
 
 class SchemaError(Exception):
@@ -70,7 +72,8 @@ class UnknownFingerprint(SchemaError):
     def __init__(self, fingerprint: int) -> None:
         self.fingerprint = fingerprint
         super().__init__(
-            f"unknown writer schema fingerprint {fingerprint:#018x}: add that schema version to schemas/history/"
+            f"unknown writer schema fingerprint {fingerprint:#018x}: "
+            "add that schema version to schemas/history/"
         )
 
 
@@ -166,14 +169,16 @@ class SchemaRegistry:
         try:
             fastavro.schemaless_writer(buf, version.parsed, dict(record))
         except (ValueError, TypeError, KeyError, AttributeError) as exc:
-            raise SchemaValidationError(name, validation_errors(version.raw, record) or [
-                FieldError("<record>", str(exc))]) from exc
+            raise SchemaValidationError(
+                name, validation_errors(version.raw, record) or [FieldError("<record>", str(exc))]
+            ) from exc
         return buf.getvalue()
 
     def writer_of(self, data: bytes) -> SchemaVersion:
         if len(data) < HEADER_LEN or data[:2] != SOE_MAGIC:
             raise WireFormatError(
-                f"not Avro Single Object Encoding: expected header C3 01 + 8-byte fingerprint, got {data[:10].hex()!r}"
+                "not Avro Single Object Encoding: expected header C3 01 + 8-byte fingerprint, "
+                f"got {data[:10].hex()!r}"
             )
         (fingerprint,) = struct.unpack_from("<Q", data, 2)
         try:
@@ -193,6 +198,8 @@ class SchemaRegistry:
             record = fastavro.schemaless_reader(io.BytesIO(data[HEADER_LEN:]), writer.parsed, reader.parsed)
         except Exception as exc:  # fastavro raises many types on corrupt bodies; all mean "bad bytes"
             raise WireFormatError(f"corrupt {writer.name} body: {type(exc).__name__}: {exc}") from exc
+        if not isinstance(record, dict):
+            raise WireFormatError(f"{writer.name} body did not decode to a record")
         return reader.name, record
 
     def validate(self, name: str, data: Mapping[str, Any]) -> dict[str, Any]:
@@ -311,15 +318,16 @@ def _coerce(t: Any, value: Any, path: str, errors: list[FieldError]) -> Any:
     if not isinstance(value, expected):
         errors.append(FieldError(path, f"expected {t}, got {type(value).__name__} {value!r}"[:200]))
         return value
-    if t == "int" and not _INT32[0] <= value <= _INT32[1]:
+    if t == "int" and isinstance(value, int) and not _INT32[0] <= value <= _INT32[1]:
         errors.append(FieldError(path, f"out of range for int: {value}"))
-    if t in ("double", "float"):
+    if t in ("double", "float") and isinstance(value, int | float):
         return float(value)
     return value
 
 
-def _coerce_record(schema: Mapping[str, Any], data: Mapping[str, Any], prefix: str) -> tuple[
-        dict[str, Any], list[FieldError]]:
+def _coerce_record(
+    schema: Mapping[str, Any], data: Mapping[str, Any], prefix: str
+) -> tuple[dict[str, Any], list[FieldError]]:
     errors: list[FieldError] = []
     out: dict[str, Any] = {}
     known = set()

@@ -8,6 +8,8 @@ end-offset workaround applied only when talking to the embedded broker.
 
 from __future__ import annotations
 
+from typing import Any
+
 import faust
 
 from streams.broker import kafka_client_config
@@ -23,7 +25,7 @@ def create_app(settings: Settings, app_id: str = "leadpulse-worker") -> faust.Ap
         from streams.tansu_compat import patch_faust_end_offsets
 
         patch_faust_end_offsets(settings.bootstrap)
-    extra: dict[str, object] = {}
+    extra: dict[str, Any] = {}
     client = kafka_client_config(settings)
     if client.get("sasl_mechanism"):
         from faust.auth import SASLCredentials

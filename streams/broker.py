@@ -88,9 +88,21 @@ class EmbeddedBroker:
         url = f"tcp://{self.host}:{self.port}"
         out = open(self.log_file, "ab") if self.log_file else subprocess.DEVNULL  # noqa: SIM115
         self.process = subprocess.Popen(
-            [str(self.binary), "broker", "--listener-url", url, "--advertised-listener-url", url,
-             "--storage-engine", "memory://tansu/", "--cluster-id", "leadpulse"],
-            stdout=out, stderr=subprocess.STDOUT, start_new_session=True,
+            [
+                str(self.binary),
+                "broker",
+                "--listener-url",
+                url,
+                "--advertised-listener-url",
+                url,
+                "--storage-engine",
+                "memory://tansu/",
+                "--cluster-id",
+                "leadpulse",
+            ],
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
         )
         self.wait_ready(timeout)
 
@@ -131,8 +143,12 @@ class EmbeddedBroker:
         self.stop()
 
 
-def create_topics(bootstrap: str, prefix: str = "", specs: Iterable[TopicSpec] = TOPICS,
-                  admin_config: dict[str, object] | None = None) -> list[str]:
+def create_topics(
+    bootstrap: str,
+    prefix: str = "",
+    specs: Iterable[TopicSpec] = TOPICS,
+    admin_config: dict[str, object] | None = None,
+) -> list[str]:
     """Create every catalogue topic that does not exist yet; returns the names it created."""
     admin = KafkaAdminClient(bootstrap_servers=bootstrap, **(admin_config or {}))
     try:

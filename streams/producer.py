@@ -13,7 +13,7 @@ import threading
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 from kafka import KafkaProducer
 from kafka.producer.future import FutureRecordMetadata
@@ -30,7 +30,9 @@ class DeliveryError(Exception):
     def __init__(self, failures: list[tuple[str, str | None, str]]) -> None:
         self.failures = failures
         first = failures[0]
-        super().__init__(f"{len(failures)} record(s) not delivered; first: topic {first[0]} key {first[1]}: {first[2]}")
+        super().__init__(
+            f"{len(failures)} record(s) not delivered; first: topic {first[0]} key {first[1]}: {first[2]}"
+        )
 
 
 def lead_key(record: Mapping[str, Any]) -> str | None:
@@ -39,7 +41,9 @@ def lead_key(record: Mapping[str, Any]) -> str | None:
 
 
 def resolve(schema_or_topic: str, prefix: str = "") -> TopicSpec:
-    name = schema_or_topic[len(prefix):] if prefix and schema_or_topic.startswith(prefix) else schema_or_topic
+    name = (
+        schema_or_topic[len(prefix) :] if prefix and schema_or_topic.startswith(prefix) else schema_or_topic
+    )
     spec = BY_SCHEMA.get(name) or BY_NAME.get(name)
     if spec is None:
         known = ", ".join(sorted(BY_NAME))
@@ -50,8 +54,16 @@ def resolve(schema_or_topic: str, prefix: str = "") -> TopicSpec:
 class Producer:
     """Thread-safe publisher of leadpulse records. Use as a context manager so ``close`` flushes."""
 
-    def __init__(self, settings: Settings, *, bootstrap: str | None = None, registry: SchemaRegistry | None = None,
-                 linger_ms: int = 10, batch_size: int = 512 * 1024, **kafka_config: Any) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        *,
+        bootstrap: str | None = None,
+        registry: SchemaRegistry | None = None,
+        linger_ms: int = 10,
+        batch_size: int = 512 * 1024,
+        **kafka_config: Any,
+    ) -> None:
         self.settings = settings
         self.registry = registry or default_registry()
         config: dict[str, Any] = {
@@ -69,12 +81,16 @@ class Producer:
         self._failures: list[tuple[str, str | None, str]] = []
         self.sent = 0
 
-    def send(self, schema_or_topic: str, event: Mapping[str, Any] | Any, *, validate: bool = True
-             ) -> FutureRecordMetadata:
+    def send(
+        self, schema_or_topic: str, event: Mapping[str, Any] | Any, *, validate: bool = True
+    ) -> FutureRecordMetadata:
         """Validate and publish one event. Raises SchemaValidationError naming the bad fields."""
         spec = resolve(schema_or_topic, self.settings.topic_prefix)
-        record = dataclasses.asdict(event) if dataclasses.is_dataclass(event) and not isinstance(event, type) \
-            else dict(event)
+        record = (
+            dataclasses.asdict(event)
+            if dataclasses.is_dataclass(event) and not isinstance(event, type)
+            else dict(cast(Mapping[str, Any], event))
+        )
         if validate:
             record = self.registry.validate(spec.schema, record)
         value = self.registry.encode(spec.schema, record)

@@ -42,17 +42,28 @@ class Undecodable:
         return f"{self.topic}[{self.partition}]@{self.offset}: {type(self.error).__name__}: {self.error}"
 
 
-def read_topic(settings: Settings, topic: str, *, bootstrap: str | None = None, idle_ms: int = 1500,
-               registry: SchemaRegistry | None = None, max_seconds: float = 120.0
-               ) -> Iterator[Decoded | Undecodable]:
+def read_topic(
+    settings: Settings,
+    topic: str,
+    *,
+    bootstrap: str | None = None,
+    idle_ms: int = 1500,
+    registry: SchemaRegistry | None = None,
+    max_seconds: float = 120.0,
+) -> Iterator[Decoded | Undecodable]:
     """Every record on ``topic`` (already prefixed) from offset 0 until the partitions are drained.
 
     Drained = the position reached each partition's fetch high watermark and nothing new arrived for
     ``idle_ms``. The high watermark comes from fetch responses, which Tansu reports correctly.
     """
     registry = registry or default_registry()
-    consumer = KafkaConsumer(bootstrap_servers=bootstrap or settings.bootstrap, enable_auto_commit=False,
-                             group_id=None, auto_offset_reset="earliest", **kafka_client_config(settings))
+    consumer = KafkaConsumer(
+        bootstrap_servers=bootstrap or settings.bootstrap,
+        enable_auto_commit=False,
+        group_id=None,
+        auto_offset_reset="earliest",
+        **kafka_client_config(settings),
+    )
     try:
         partitions = consumer.partitions_for_topic(topic) or set()
         tps = [TopicPartition(topic, p) for p in sorted(partitions)]

@@ -23,7 +23,9 @@ log = logging.getLogger(__name__)
 _applied = False
 
 
-async def true_end_offsets(bootstrap: str, reported: Mapping[Any, int], timeout_ms: int = 2000) -> dict[Any, int]:
+async def true_end_offsets(
+    bootstrap: str, reported: Mapping[Any, int], timeout_ms: int = 2000
+) -> dict[Any, int]:
     """Correct ListOffsets(latest) answers with Fetch high watermarks."""
     todo = {tp: end for tp, end in reported.items() if end > 0}
     result: dict[Any, int] = dict(reported)
@@ -68,13 +70,14 @@ def patch_faust_end_offsets(bootstrap: str) -> None:
             return reported
         return await true_end_offsets(bootstrap, reported)
 
-    faust_aiokafka.AIOKafkaConsumerThread._highwaters = _highwaters
+    faust_aiokafka.AIOKafkaConsumerThread._highwaters = _highwaters  # type: ignore[method-assign]
     _applied = True
     log.info("tansu_compat: Faust end offsets corrected from fetch high watermarks (embedded broker)")
 
 
-async def end_offsets(consumer: AIOKafkaConsumer, bootstrap: str, tps: list[TopicPartition],
-                      embedded: bool) -> dict[Any, int]:
+async def end_offsets(
+    consumer: AIOKafkaConsumer, bootstrap: str, tps: list[TopicPartition], embedded: bool
+) -> dict[Any, int]:
     """End offsets for plain aiokafka consumers (sinks, lag metrics), corrected on the embedded broker."""
     reported = await consumer.end_offsets(tps)
     return await true_end_offsets(bootstrap, reported) if embedded else dict(reported)

@@ -46,8 +46,18 @@ DLQ = TopicSpec("dlq", "dead_letter", "dlq", partitions=4)
 IDENTITY = TopicSpec("leadpulse.internal.identity", "", "internal", retention_ms=7 * DAY_MS)
 
 TOPICS: tuple[TopicSpec, ...] = (
-    WEB_VISITS, EMAIL_CLICKS, DOWNLOADS, CONTENT_VIEWS, PROFILES, SALES_ACTIVITIES,
-    SCORES, STAGE_TRANSITIONS, SLA_TIMEOUTS, HOT_LEADS, DLQ, IDENTITY,
+    WEB_VISITS,
+    EMAIL_CLICKS,
+    DOWNLOADS,
+    CONTENT_VIEWS,
+    PROFILES,
+    SALES_ACTIVITIES,
+    SCORES,
+    STAGE_TRANSITIONS,
+    SLA_TIMEOUTS,
+    HOT_LEADS,
+    DLQ,
+    IDENTITY,
 )
 INPUTS: tuple[TopicSpec, ...] = tuple(t for t in TOPICS if t.role == "input")
 OUTPUTS: tuple[TopicSpec, ...] = tuple(t for t in TOPICS if t.role == "output")
@@ -57,7 +67,7 @@ BY_SCHEMA: dict[str, TopicSpec] = {t.schema: t for t in TOPICS if t.role != "int
 
 def spec_for(topic: str, prefix: str = "") -> TopicSpec:
     """Catalogue entry of a (possibly prefixed) topic name."""
-    name = topic[len(prefix):] if prefix and topic.startswith(prefix) else topic
+    name = topic[len(prefix) :] if prefix and topic.startswith(prefix) else topic
     try:
         return BY_NAME[name]
     except KeyError:

@@ -34,7 +34,7 @@ def broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[EmbeddedBroker]
 
 @pytest.fixture(scope="session")
 def clickhouse_dsn(tmp_path_factory: pytest.TempPathFactory) -> str:
-    """``chdb://`` DSN of the session's embedded ClickHouse data directory (or LEADPULSE_TEST_CLICKHOUSE_DSN)."""
+    """``chdb://`` DSN of the session's embedded ClickHouse (or LEADPULSE_TEST_CLICKHOUSE_DSN)."""
     override = os.environ.get("LEADPULSE_TEST_CLICKHOUSE_DSN")
     if override:
         return override
@@ -51,7 +51,7 @@ def fresh_prefix(broker: EmbeddedBroker) -> str:
 
 @pytest.fixture
 def make_settings(tmp_path: Path) -> Callable[..., Settings]:
-    """Settings for a test: data dir in tmp_path; pass kafka_bootstrap/topic_prefix/clickhouse_dsn as needed."""
+    """Settings for a test with its data dir in tmp_path; pass other settings as keywords."""
 
     def build(**overrides: Any) -> Settings:
         overrides.setdefault("data_dir", tmp_path / "data")
@@ -61,6 +61,8 @@ def make_settings(tmp_path: Path) -> Callable[..., Settings]:
 
 
 @pytest.fixture
-def broker_settings(broker: EmbeddedBroker, fresh_prefix: str, make_settings: Callable[..., Settings]) -> Settings:
+def broker_settings(
+    broker: EmbeddedBroker, fresh_prefix: str, make_settings: Callable[..., Settings]
+) -> Settings:
     """Settings pointing at the session broker with this test's own topics."""
     return make_settings(kafka_bootstrap=broker.bootstrap, topic_prefix=fresh_prefix)

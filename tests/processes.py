@@ -29,8 +29,9 @@ class CliProcess:
         self.args = args
         self.log = log
         self._out = log.open("ab")
-        self.proc = subprocess.Popen([*LEADPULSE, *args], env=env, stdout=self._out, stderr=subprocess.STDOUT,
-                                     start_new_session=True)
+        self.proc = subprocess.Popen(
+            [*LEADPULSE, *args], env=env, stdout=self._out, stderr=subprocess.STDOUT, start_new_session=True
+        )
 
     def kill9(self) -> None:
         os.killpg(self.proc.pid, signal.SIGKILL)
@@ -51,13 +52,17 @@ class CliProcess:
         return self.log.read_text(errors="replace")
 
 
-def wait_until(predicate: Callable[[], bool], timeout: float, what: str, proc: CliProcess | None = None) -> None:
+def wait_until(
+    predicate: Callable[[], bool], timeout: float, what: str, proc: CliProcess | None = None
+) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if predicate():
             return
         if proc is not None and proc.proc.poll() is not None:
-            raise AssertionError(f"{what}: process exited with {proc.proc.returncode}:\n{proc.output()[-3000:]}")
+            raise AssertionError(
+                f"{what}: process exited with {proc.proc.returncode}:\n{proc.output()[-3000:]}"
+            )
         time.sleep(0.25)
     tail = proc.output()[-3000:] if proc else ""
     raise AssertionError(f"timed out after {timeout}s waiting for {what}\n{tail}")

@@ -1,25 +1,149 @@
-"""CLI commands: analytics."""
+"""CLI commands for analysts: ``report content|health|funnel|sla|plan`` and ``sql`` (read-only)."""
 
 from __future__ import annotations
 
+import time
+from collections.abc import Callable
+
 import typer
 
-from leadpulse.commands.not_built import not_built
+from leadpulse.commands.settings_arg import cli_settings
+
+SINCE = typer.Option(
+    None, "--since", help="start: 2026-01-31, an ISO datetime, or an age like 30d (default 90d)"
+)
+UNTIL = typer.Option(None, "--until", help="end, exclusive (default now)")
+FORMAT = typer.Option("table", "--format", help="table, csv or json")
+
+
+def _run_report(
+    since: str | None, until: str | None, fmt: str, build: Callable[..., object], needs_data: bool = True
+) -> None:
+    from sinks.query_service import QueryError, query_runner
+    from sinks.reports.period import make_period
+    from sinks.reports.render import FORMATS, render
+
+    if fmt not in FORMATS:
+        typer.echo(f"error: --format must be one of {', '.join(FORMATS)}", err=True)
+        raise typer.Exit(code=2)
+    settings = cli_settings()
+    try:
+        period = make_period(since, until, int(time.time() * 1000))
+    except ValueError as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(code=2) from None
+    run, close = None, None
+    try:
+        if needs_data:
+            run, close = query_runner(settings)
+        sections = build(run, period)
+    except (QueryError, ValueError) as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(code=2) from None
+    finally:
+        if close is not None:
+            close()
+    typer.echo(render(sections, fmt))  # type: ignore[arg-type]
 
 
 def register(app: typer.Typer) -> None:
-    @app.command(
-        "report",
-        help="Content, health, funnel, SLA and plan reports (not built yet: issue #4)",
-        context_settings={"allow_extra_args": True, "ignore_unknown_options": True},
-    )
-    def report_cmd() -> None:
-        not_built("report", 4)
+    report = typer.Typer(help="Content, health, funnel, SLA and plan reports.", no_args_is_help=True)
+    app.add_typer(report, name="report")
+
+    @report.command("content", help="Content performance per item.")
+    def content_cmd(
+        since: str = SINCE,
+        until: str = UNTIL,
+        fmt: str = FORMAT,
+        window_days: int = typer.Option(30, min=1, help="attribution window in days"),
+    ) -> None:
+        from sinks.reports.content import content_report
+
+        _run_report(since, until, fmt, lambda run, period: content_report(run, period, window_days))
+
+    @report.command("health", help="Unused and stale content, funnel-stage coverage.")
+    def health_cmd(
+        since: str = SINCE,
+        until: str = UNTIL,
+        fmt: str = FORMAT,
+        unused_days: int = typer.Option(90, min=1, help="unused: no touch in this many days"),
+        stale_days: int = typer.Option(365, min=1, help="stale: not updated in this many days"),
+    ) -> None:
+        from sinks.reports.health import health_report
+
+        _run_report(
+            since, until, fmt, lambda run, period: health_report(run, period, unused_days, stale_days)
+        )
+
+    @report.command("funnel", help="Leads per stage, conversion, velocity, recycles.")
+    def funnel_cmd(since: str = SINCE, until: str = UNTIL, fmt: str = FORMAT) -> None:
+        from sinks.reports.funnel import funnel_report
+
+        _run_report(since, until, fmt, funnel_report)
+
+    @report.command("sla", help="Follow-up time percentiles, compliance, breaches per owner.")
+    def sla_cmd(
+        since: str = SINCE,
+        until: str = UNTIL,
+        fmt: str = FORMAT,
+        sla_hours: float = typer.Option(24.0, min=0.01, help="follow-up SLA in hours"),
+    ) -> None:
+        from sinks.reports.sla import sla_report
+
+        _run_report(since, until, fmt, lambda run, period: sla_report(run, period, sla_hours))
+
+    @report.command("plan", help="The Model reverse calculation from a revenue target.")
+    def plan_cmd(
+        target: float = typer.Option(..., help="revenue target for the period"),
+        deal_size: float = typer.Option(..., help="average deal size"),
+        rates: str = typer.Option(
+            None,
+            help="override rates, e.g. visitor_to_lead=5%,lead_to_mql=0.1,"
+            "mql_to_opportunity=0.25,opportunity_to_customer=0.5",
+        ),
+        since: str = SINCE,
+        until: str = UNTIL,
+        fmt: str = FORMAT,
+    ) -> None:
+        from sinks.reports.plan import RATE_KEYS, parse_rates, plan_report
+
+        try:
+            overrides = parse_rates(rates)
+        except ValueError as exc:
+            typer.echo(f"error: {exc}", err=True)
+            raise typer.Exit(code=2) from None
+        needs_data = bool(set(RATE_KEYS) - set(overrides))
+        _run_report(
+            since,
+            until,
+            fmt,
+            lambda run, period: plan_report(run, period, target, deal_size, overrides),
+            needs_data,
+        )
 
     @app.command(
-        "sql",
-        help="Run a read-only SQL query (not built yet: issue #4)",
-        context_settings={"allow_extra_args": True, "ignore_unknown_options": True},
+        "sql", help='Run one read-only query, e.g. leadpulse sql "SELECT count() FROM leadpulse.events"'
     )
-    def sql_cmd() -> None:
-        not_built("sql", 4)
+    def sql_cmd(query: str = typer.Argument(...), fmt: str = FORMAT) -> None:
+        from sinks.query_service import QueryError, query_runner
+        from sinks.reports.render import render
+
+        settings = cli_settings()
+        try:
+            run, close = query_runner(settings)
+        except QueryError as exc:
+            typer.echo(f"error: {exc}", err=True)
+            raise typer.Exit(code=2) from None
+        try:
+            result = run(query, None)
+        except QueryError as exc:
+            typer.echo(f"error: {exc}", err=True)
+            raise typer.Exit(code=2) from None
+        except Exception as exc:
+            typer.echo(
+                f"error: {type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}", err=True
+            )
+            raise typer.Exit(code=1) from None
+        finally:
+            close()
+        typer.echo(render({"result": result.dicts()}, fmt))

@@ -35,7 +35,9 @@ def topics_create() -> None:
         with running_broker(settings) as bootstrap:
             created = create_topics(bootstrap, settings.topic_prefix)
     else:
-        created = create_topics(settings.bootstrap, settings.topic_prefix, admin_config=kafka_client_config(settings))
+        created = create_topics(
+            settings.bootstrap, settings.topic_prefix, admin_config=kafka_client_config(settings)
+        )
     console.print(f"created {len(created)} topic(s): {', '.join(created) or '(all existed)'}")
 
 
@@ -46,25 +48,39 @@ def topics_list() -> None:
     for spec in TOPICS:
         configs = spec.configs()
         retention = "forever" if spec.retention_ms is None else f"{spec.retention_ms // 86_400_000} d"
-        table.add_row(settings.topic(spec.name), spec.schema, spec.role, str(spec.partitions),
-                      configs["cleanup.policy"], retention)
+        table.add_row(
+            settings.topic(spec.name),
+            spec.schema,
+            spec.role,
+            str(spec.partitions),
+            configs["cleanup.policy"],
+            retention,
+        )
     Console().print(table)
 
 
 def register(app: typer.Typer) -> None:
     app.add_typer(topics_app, name="topics")
 
-    @app.command("broker", help="Start the embedded Tansu broker on loopback, create the topics, run until "
-                 "Ctrl-C / SIGTERM. Does nothing local when LEADPULSE_KAFKA_BOOTSTRAP is set.")
-    def broker_cmd(port: int = typer.Option(None, help="Listen port (default LEADPULSE_BROKER_PORT, 9092).")
-                   ) -> None:
+    @app.command(
+        "broker",
+        help="Start the embedded Tansu broker on loopback, create the topics, run until "
+        "Ctrl-C / SIGTERM. Does nothing local when LEADPULSE_KAFKA_BOOTSTRAP is set.",
+    )
+    def broker_cmd(
+        port: int = typer.Option(None, help="Listen port (default LEADPULSE_BROKER_PORT, 9092)."),
+    ) -> None:
         settings = cli_settings(broker_port=port)
         if not settings.embedded_broker:
-            console.print(f"LEADPULSE_KAFKA_BOOTSTRAP is set ({settings.bootstrap}): not starting a local broker.")
+            console.print(
+                f"LEADPULSE_KAFKA_BOOTSTRAP is set ({settings.bootstrap}): not starting a local broker."
+            )
             raise typer.Exit(0)
         try:
             with running_broker(settings, log_file=_log_file(settings.data_dir)) as bootstrap:
-                console.print(f"[green]Tansu broker ready on {bootstrap}[/] (in-memory storage; Ctrl-C stops)")
+                console.print(
+                    f"[green]Tansu broker ready on {bootstrap}[/] (in-memory storage; Ctrl-C stops)"
+                )
                 wait_for_signal()
         except BrokerError as exc:
             console.print(f"[red]error:[/] {exc}")
@@ -74,7 +90,9 @@ def register(app: typer.Typer) -> None:
     @app.command("produce", help="Validate and publish a JSONL file (one event per line) to a topic.")
     def produce_cmd(
         file: Path = typer.Argument(..., exists=True, dir_okay=False, readable=True),
-        topic: str = typer.Option(..., "--topic", "-t", help="Topic (e.g. events.web_visits) or schema name."),
+        topic: str = typer.Option(
+            ..., "--topic", "-t", help="Topic (e.g. events.web_visits) or schema name."
+        ),
     ) -> None:
         settings = cli_settings()
         try:
@@ -93,8 +111,11 @@ def register(app: typer.Typer) -> None:
         console.print(f"sent {report.sent}, rejected {len(report.rejected)}")
         raise typer.Exit(1 if report.rejected else 0)
 
-    @app.command("replay", help="Re-publish stored history (not built yet: issue #4)",
-                 context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
+    @app.command(
+        "replay",
+        help="Re-publish stored history (not built yet: issue #4)",
+        context_settings={"allow_extra_args": True, "ignore_unknown_options": True},
+    )
     def replay_cmd() -> None:
         not_built("replay", 4)
 

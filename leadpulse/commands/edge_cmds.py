@@ -1,33 +1,198 @@
-"""CLI commands: edge."""
+"""CLI commands: the ingestion edge (``collector``), dead letters (``dlq list|show|replay``), ``notifier``."""
 
 from __future__ import annotations
 
-import typer
+import asyncio
+import json
+import signal
+from datetime import UTC, datetime
 
-from leadpulse.commands.not_built import not_built
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from leadpulse.commands.settings_arg import cli_settings
+from streams.broker import BrokerError, running_broker
+from streams.dlq import DeadLetter, find_dead_letters, list_dead_letters, parse_since, replay
+
+console = Console(stderr=True)
+dlq_app = typer.Typer(help="Inspect and replay dead letters (topic dlq).", no_args_is_help=True)
+
+
+def _when(ms: int) -> str:
+    return datetime.fromtimestamp(ms / 1000, UTC).strftime("%Y-%m-%d %H:%M:%S")
+
+
+def _since(text: str | None) -> int | None:
+    try:
+        return parse_since(text)
+    except ValueError as exc:
+        console.print(f"[red]error:[/] {exc}")
+        raise typer.Exit(2) from None
+
+
+def _show_bytes(data: bytes | None) -> str:
+    if data is None:
+        return "(none)"
+    text = data.decode("utf-8", errors="replace")
+    return f"{data.hex()}  ({len(data)} bytes; as text: {text[:200]!r})"
+
+
+def describe(letter: DeadLetter) -> str:
+    """Full text of one dead letter: where it came from, why, and the original bytes with a decode attempt."""
+    r = letter.record
+    lines = [
+        f"dlq {letter.address}",
+        f"  source      {r['source_topic']}[{r['partition']}]@{r['offset']}",
+        f"  stage       {r['stage']}",
+        f"  error_type  {r['error_type']}",
+        f"  error       {r['error']}",
+        f"  failed_at   {_when(r['failed_at'])} UTC",
+        f"  event_id    {r.get('event_id')}",
+        f"  key         {_show_bytes(r.get('key'))}",
+        f"  value       {_show_bytes(r.get('value'))}",
+    ]
+    decoded = letter.decoded_original()
+    if isinstance(decoded, tuple):
+        lines.append(f"  decoded     {decoded[0]}: {json.dumps(decoded[1], default=str, sort_keys=True)}")
+    else:
+        lines.append(f"  decoded     not decodable: {decoded}")
+    return "\n".join(lines)
+
+
+@dlq_app.command("list", help="Table of recent dead letters: topic/partition/offset/stage/error.")
+def dlq_list(
+    topic: str = typer.Option(None, "--topic", "-t", help="Only this source topic."),
+    since: str = typer.Option(None, help="Only newer: 30m, 2h, 7d or an ISO-8601 time."),
+    stage: str = typer.Option(None, help="Only this stage (decode, validate, process, sink, webhook)."),
+    limit: int = typer.Option(50, help="Most recent N."),
+    as_json: bool = typer.Option(False, "--json", help="One JSON object per line instead of a table."),
+) -> None:
+    settings = cli_settings()
+    since_ms = _since(since)
+    with running_broker(settings) as bootstrap:
+        letters = list_dead_letters(
+            settings, topic=topic, since_ms=since_ms, stage=stage, limit=limit, bootstrap=bootstrap
+        )
+    if as_json:
+        for letter in letters:
+            row = {k: v for k, v in letter.record.items() if k not in ("key", "value")}
+            typer.echo(json.dumps({"dlq": letter.address, **row}, sort_keys=True))
+        return
+    table = Table("dlq", "failed at (UTC)", "source topic", "partition", "offset", "stage", "error")
+    for letter in letters:
+        r = letter.record
+        table.add_row(
+            letter.address,
+            _when(r["failed_at"]),
+            r["source_topic"],
+            str(r["partition"]),
+            str(r["offset"]),
+            r["stage"],
+            f"{r['error_type']}: {r['error']}"[:120],
+        )
+    Console().print(table)
+    console.print(f"{len(letters)} dead letter(s)")
+
+
+@dlq_app.command("show", help="One dead letter in full, incl. original bytes (hex) and a decode attempt.")
+def dlq_show(address: str = typer.Argument(..., help="OFFSET or PARTITION:OFFSET on the dlq topic.")) -> None:
+    settings = cli_settings()
+    with running_broker(settings) as bootstrap:
+        try:
+            letters = find_dead_letters(settings, address, bootstrap=bootstrap)
+        except ValueError as exc:
+            console.print(f"[red]error:[/] {exc}")
+            raise typer.Exit(2) from None
+    if not letters:
+        console.print(f"[red]no dead letter at {address} on {settings.topic('dlq')}[/]")
+        raise typer.Exit(1)
+    typer.echo("\n\n".join(describe(letter) for letter in letters))
+
+
+@dlq_app.command(
+    "replay",
+    help="Re-publish the original bytes of dead letters to their source topics "
+    "(after a fix). Safe to repeat: downstream dedups by event id.",
+)
+def dlq_replay(
+    topic: str = typer.Option(None, "--topic", "-t", help="Only dead letters from this topic."),
+    since: str = typer.Option(None, help="Only newer: 30m, 2h, 7d or an ISO-8601 time."),
+    stage: str = typer.Option(None, help="Only this stage."),
+    dry_run: bool = typer.Option(False, "--dry-run", help="Count what would be replayed."),
+) -> None:
+    settings = cli_settings()
+    since_ms = _since(since)
+    with running_broker(settings) as bootstrap:
+        report = replay(
+            settings, topic=topic, since_ms=since_ms, stage=stage, dry_run=dry_run, bootstrap=bootstrap
+        )
+    verb = "would replay" if dry_run else "replayed"
+    count = sum(report.by_topic.values())
+    console.print(
+        f"{verb} {count} record(s): " + (", ".join(f"{t}: {n}" for t, n in report.by_topic.items()) or "none")
+    )
+    for address, reason in report.skipped:
+        console.print(f"  skipped dlq {address}: {reason}")
+
+
+def _stop_on_signals(loop: asyncio.AbstractEventLoop, stop: asyncio.Event) -> None:
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
 
 
 def register(app: typer.Typer) -> None:
-    @app.command(
-        "collector",
-        help="Run the HTTP collector (not built yet: issue #5)",
-        context_settings={"allow_extra_args": True, "ignore_unknown_options": True},
-    )
-    def collector_cmd() -> None:
-        not_built("collector", 5)
+    app.add_typer(dlq_app, name="dlq")
 
     @app.command(
-        "dlq",
-        help="Inspect and replay dead letters (not built yet: issue #5)",
-        context_settings={"allow_extra_args": True, "ignore_unknown_options": True},
+        "collector",
+        help="Run the HTTP collector (POST /v1/events, /v1/tracker.js, /health, /ready, "
+        "/metrics) until Ctrl-C / SIGTERM. API: docs/ingestion.md.",
     )
-    def dlq_cmd() -> None:
-        not_built("dlq", 5)
+    def collector_cmd(
+        host: str = typer.Option(None, help="Listen address (default LEADPULSE_WEB_HOST)."),
+        port: int = typer.Option(None, help="Listen port (default LEADPULSE_COLLECTOR_PORT)."),
+    ) -> None:
+        from streams.collector import AioKafkaPublisher, run_collector
+
+        settings = cli_settings()
+        try:
+            with running_broker(settings) as bootstrap:
+                console.print(
+                    f"collector on {host or settings.web_host}:{port or settings.collector_port} "
+                    f"→ {bootstrap}, sources: {', '.join(settings.write_keys) or '(none)'}"
+                )
+                run_collector(settings, host, port, publisher=AioKafkaPublisher(settings, bootstrap))
+        except (ValueError, OSError, BrokerError) as exc:
+            console.print(f"[red]error:[/] {exc}")
+            raise typer.Exit(1) from None
 
     @app.command(
         "notifier",
-        help="Deliver hot-lead webhooks (not built yet: issue #5)",
-        context_settings={"allow_extra_args": True, "ignore_unknown_options": True},
+        help="Deliver hot-lead notifications (leads.hot) to LEADPULSE_WEBHOOK_URLS and "
+        "LEADPULSE_SLACK_WEBHOOK_URLS, signed with LEADPULSE_WEBHOOK_SECRET, until Ctrl-C / SIGTERM.",
     )
-    def notifier_cmd() -> None:
-        not_built("notifier", 5)
+    def notifier_cmd(
+        ops_port: int = typer.Option(None, help="Serve /metrics, /health, /ready on this port."),
+    ) -> None:
+        from agents.notifications import run_notifier
+
+        settings = cli_settings()
+
+        async def main(bootstrap: str) -> None:
+            stop = asyncio.Event()
+            _stop_on_signals(asyncio.get_running_loop(), stop)
+            await run_notifier(
+                settings.model_copy(update={"kafka_bootstrap": bootstrap}), stop, ops_port=ops_port
+            )
+
+        try:
+            with running_broker(settings) as bootstrap:
+                console.print(
+                    f"notifier → {len(settings.webhook_urls) + len(settings.slack_webhook_urls)} "
+                    f"target(s), consuming {settings.topic('leads.hot')} on {bootstrap}"
+                )
+                asyncio.run(main(bootstrap))
+        except (ValueError, OSError, BrokerError) as exc:
+            console.print(f"[red]error:[/] {exc}")
+            raise typer.Exit(1) from None

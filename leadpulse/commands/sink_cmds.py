@@ -1,33 +1,125 @@
-"""CLI commands: sink."""
+"""CLI commands of the ClickHouse side: ``migrate``, ``sink``, ``content load``, ``replay``."""
 
 from __future__ import annotations
 
+import logging
+import signal
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
 import typer
 
-from leadpulse.commands.not_built import not_built
+from leadpulse.commands.settings_arg import cli_settings
+
+
+def _fail(message: str, code: int = 1) -> typer.Exit:
+    typer.echo(f"error: {message}", err=True)
+    return typer.Exit(code=code)
 
 
 def register(app: typer.Typer) -> None:
-    @app.command(
-        "migrate",
-        help="Apply ClickHouse migrations (not built yet: issue #4)",
-        context_settings={"allow_extra_args": True, "ignore_unknown_options": True},
-    )
-    def migrate_cmd() -> None:
-        not_built("migrate", 4)
+    @app.command("migrate", help="Apply pending ClickHouse migrations (idempotent).")
+    def migrate_cmd(
+        dsn: str = typer.Option(None, help="ClickHouse DSN (default LEADPULSE_CLICKHOUSE_DSN)"),
+    ) -> None:
+        from sinks.clickhouse import get_client
+        from sinks.migrate import migrate
+
+        settings = cli_settings(clickhouse_dsn=dsn)
+        try:
+            client = get_client(settings)
+        except Exception as exc:
+            raise _fail(f"cannot open ClickHouse at {settings.dsn}: {exc}") from None
+        try:
+            applied = migrate(client)
+        finally:
+            client.close()
+        typer.echo("applied: " + ", ".join(applied) if applied else "up to date")
 
     @app.command(
         "sink",
-        help="Run the ClickHouse sink (not built yet: issue #4)",
-        context_settings={"allow_extra_args": True, "ignore_unknown_options": True},
+        help="Consume every input/output topic into ClickHouse; serves /metrics, /health, "
+        "/ready and (embedded ClickHouse) the read-only query API on LEADPULSE_SINK_PORT.",
     )
-    def sink_cmd() -> None:
-        not_built("sink", 4)
+    def sink_cmd(
+        batch_rows: int = typer.Option(50_000, min=1, help="flush a table's batch at this many rows"),
+        batch_seconds: float = typer.Option(1.0, min=0.01, help="... or this long after its first row"),
+    ) -> None:
+        from sinks.batch import BatchPolicy
+        from sinks.clickhouse_sink import run_sink
+
+        settings = cli_settings()
+        logging.basicConfig(level=settings.log_level, format="%(asctime)s %(levelname)s %(name)s %(message)s")
+        stop = threading.Event()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            signal.signal(sig, lambda *_: stop.set())
+        stats = run_sink(settings, stop, policy=BatchPolicy(batch_rows, batch_seconds))
+        typer.echo(
+            f"sink stopped: consumed {stats.consumed}, inserted {stats.inserted}, "
+            f"dead-lettered {stats.dead_lettered}",
+            err=True,
+        )
+
+    content_app = typer.Typer(help="The content catalogue.", no_args_is_help=True)
+    app.add_typer(content_app, name="content")
+
+    @content_app.command(
+        "load", help="Load a content catalogue (.csv, .json, .jsonl) into leadpulse.content."
+    )
+    def content_load_cmd(path: Path = typer.Argument(..., exists=True, dir_okay=False)) -> None:
+        from sinks.clickhouse import get_client
+        from sinks.content_catalogue import CatalogueError, load_catalogue
+        from sinks.migrate import migrate
+
+        settings = cli_settings()
+        try:
+            client = get_client(settings)
+        except Exception as exc:
+            hint = (
+                " (a running `leadpulse sink` owns the embedded directory: stop it first)"
+                if "Cannot lock file" in str(exc)
+                else ""
+            )
+            raise _fail(f"cannot open ClickHouse at {settings.dsn}: {exc}{hint}") from None
+        try:
+            migrate(client)
+            count = load_catalogue(client, path)
+        except CatalogueError as exc:
+            raise _fail(str(exc), 2) from None
+        finally:
+            client.close()
+        typer.echo(f"loaded {count} content item(s) from {path}")
 
     @app.command(
-        "content",
-        help="Load the content catalogue (not built yet: issue #4)",
-        context_settings={"allow_extra_args": True, "ignore_unknown_options": True},
+        "replay",
+        help="Re-publish stored events and sales activities from ClickHouse to the input "
+        "topics for reprocessing (profiles are not replayed: their emails are stored hashed).",
     )
-    def content_cmd() -> None:
-        not_built("content", 4)
+    def replay_cmd(
+        since: str = typer.Option(None, help="start (2026-01-31, ISO datetime, or 30d ago); default 90d"),
+        until: str = typer.Option(None, help="end, exclusive; default now"),
+    ) -> None:
+        from sinks.query_service import QueryError, query_runner
+        from sinks.replay import replay
+        from sinks.reports.period import make_period
+        from streams.broker import running_broker
+        from streams.producer import Producer
+
+        settings = cli_settings()
+        try:
+            period = make_period(since, until, int(time.time() * 1000))
+            run, close = query_runner(settings)
+        except (ValueError, QueryError) as exc:
+            raise _fail(str(exc), 2) from None
+        try:
+            with running_broker(settings) as bootstrap, Producer(settings, bootstrap=bootstrap) as producer:
+
+                def send(schema: str, record: dict[str, Any]) -> None:
+                    producer.send(schema, record)
+
+                counts = replay(run, send, period.since_ms, period.until_ms)
+        finally:
+            close()
+        typer.echo("replayed: " + (", ".join(f"{k} {v}" for k, v in sorted(counts.items())) or "nothing"))

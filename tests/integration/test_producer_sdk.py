@@ -52,8 +52,9 @@ def test_unknown_fingerprint_is_reported_and_reading_goes_on(broker_settings: Se
     registry = default_registry()
     good = registry.validate("download", next(sample_events("download", 1)))
     with Producer(broker_settings) as producer:
-        producer.send_encoded(broker_settings.topic("events.downloads"), b"L1",
-                              b"\xc3\x01" + struct.pack("<Q", 42) + b"\x02x")
+        producer.send_encoded(
+            broker_settings.topic("events.downloads"), b"L1", b"\xc3\x01" + struct.pack("<Q", 42) + b"\x02x"
+        )
         producer.send_encoded(broker_settings.topic("events.downloads"), b"L1", b"not avro")
         producer.send("download", good)
     got = list(read_topic(broker_settings, broker_settings.topic("events.downloads")))
@@ -69,12 +70,17 @@ def test_produce_file_reports_sent_and_rejected_lines(broker_settings: Settings,
 
     path = tmp_path / "events.jsonl"
     good = next(sample_events("web_visit", 1))
-    path.write_text("\n".join([
-        json.dumps(good),
-        "{not json",
-        json.dumps({**good, "event_id": "e2", "url": None}),
-        json.dumps({**good, "event_id": "e3"}),
-    ]) + "\n")
+    path.write_text(
+        "\n".join(
+            [
+                json.dumps(good),
+                "{not json",
+                json.dumps({**good, "event_id": "e2", "url": None}),
+                json.dumps({**good, "event_id": "e3"}),
+            ]
+        )
+        + "\n"
+    )
     report = produce_file(broker_settings, path, "events.web_visits")
     assert report.sent == 2
     assert [n for n, _ in report.rejected] == [2, 3]

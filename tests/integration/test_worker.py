@@ -30,8 +30,12 @@ ID_FIELD = {"stage_transition": "transition_id", "hot_lead": "notification_id", 
 
 def start_worker(settings: Settings, broker: EmbeddedBroker, log: Path) -> tuple[CliProcess, int]:
     port = free_port()
-    env = leadpulse_env(kafka_bootstrap=broker.bootstrap, topic_prefix=settings.topic_prefix,
-                        data_dir=settings.data_dir, web_port=port)
+    env = leadpulse_env(
+        kafka_bootstrap=broker.bootstrap,
+        topic_prefix=settings.topic_prefix,
+        data_dir=settings.data_dir,
+        web_port=port,
+    )
     proc = CliProcess(["worker"], env, log)
     wait_until(lambda: http_ok(f"http://127.0.0.1:{port}/ready"), 60, "worker ready", proc)
     return proc, port
@@ -51,14 +55,27 @@ def ids(records: list[dict[str, Any]], schema: str) -> list[str]:
 
 
 def profile(lead: str, now: int, **extra: Any) -> dict[str, Any]:
-    return {"event_id": f"{lead}-profile", "event_time": now - 3 * HOUR, "lead_id": lead, "source": "crm",
-            "email": f"{lead.lower()}@buyer.example", "company_domain": "buyer.example", "company_size": 1200,
-            "industry": "software", "job_title": "CTO", "seniority": "c_level", "country": "JP",
-            "flags": [], "owner": "rep-1", **extra}
+    return {
+        "event_id": f"{lead}-profile",
+        "event_time": now - 3 * HOUR,
+        "lead_id": lead,
+        "source": "crm",
+        "email": f"{lead.lower()}@buyer.example",
+        "company_domain": "buyer.example",
+        "company_size": 1200,
+        "industry": "software",
+        "job_title": "CTO",
+        "seniority": "c_level",
+        "country": "JP",
+        "flags": [],
+        "owner": "rep-1",
+        **extra,
+    }
 
 
 def test_scripted_scenario_produces_exactly_the_expected_outputs(
-        broker: EmbeddedBroker, broker_settings: Settings, tmp_path: Path) -> None:
+    broker: EmbeddedBroker, broker_settings: Settings, tmp_path: Path
+) -> None:
     now = int(time.time() * 1000)
     worker, _ = start_worker(broker_settings, broker, tmp_path / "worker.log")
     try:
@@ -69,28 +86,70 @@ def test_scripted_scenario_produces_exactly_the_expected_outputs(
             producer.send("lead_identified", profile("STUDENT", now, flags=["student"]))
             # ANON: anonymous pricing visits, later identified: the visits count for the lead.
             for i in range(3):
-                producer.send("web_visit", {"event_id": f"anon-{i}", "event_time": now - 5 * HOUR + i,
-                                            "anonymous_id": "A-77", "source": "web",
-                                            "url": "https://x.example/pricing", "page_category": "pricing"})
+                producer.send(
+                    "web_visit",
+                    {
+                        "event_id": f"anon-{i}",
+                        "event_time": now - 5 * HOUR + i,
+                        "anonymous_id": "A-77",
+                        "source": "web",
+                        "url": "https://x.example/pricing",
+                        "page_category": "pricing",
+                    },
+                )
             # FOLLOWED: immediate MQL a minute ago, then accepted by sales -> sal, no SLA events.
             producer.send("lead_identified", profile("FOLLOWED", now))
-        wait_until(lambda: len(outputs(broker_settings)["stage_transition"]) >= 3, 60, "profiles processed",
-                   worker)
+        wait_until(
+            lambda: len(outputs(broker_settings)["stage_transition"]) >= 3, 60, "profiles processed", worker
+        )
         with Producer(broker_settings) as producer:
-            producer.send("download", {"event_id": "hot-demo", "event_time": now - 2 * HOUR, "lead_id": "HOT",
-                                       "source": "web", "content_id": "demo", "asset_type": "demo_request"})
-            producer.send("download", {"event_id": "stu-demo", "event_time": now - 2 * HOUR,
-                                       "lead_id": "STUDENT", "source": "web", "content_id": "demo",
-                                       "asset_type": "demo_request"})
-            producer.send("download", {"event_id": "fol-demo", "event_time": now - 60_000,
-                                       "lead_id": "FOLLOWED", "source": "web", "content_id": "demo",
-                                       "asset_type": "inquiry"})
+            producer.send(
+                "download",
+                {
+                    "event_id": "hot-demo",
+                    "event_time": now - 2 * HOUR,
+                    "lead_id": "HOT",
+                    "source": "web",
+                    "content_id": "demo",
+                    "asset_type": "demo_request",
+                },
+            )
+            producer.send(
+                "download",
+                {
+                    "event_id": "stu-demo",
+                    "event_time": now - 2 * HOUR,
+                    "lead_id": "STUDENT",
+                    "source": "web",
+                    "content_id": "demo",
+                    "asset_type": "demo_request",
+                },
+            )
+            producer.send(
+                "download",
+                {
+                    "event_id": "fol-demo",
+                    "event_time": now - 60_000,
+                    "lead_id": "FOLLOWED",
+                    "source": "web",
+                    "content_id": "demo",
+                    "asset_type": "inquiry",
+                },
+            )
             producer.send("lead_identified", {**profile("ANON", now), "anonymous_id": "A-77"})
         wait_until(lambda: len(outputs(broker_settings)["hot_lead"]) >= 2, 60, "hot leads", worker)
         with Producer(broker_settings) as producer:
-            producer.send("sales_activity", {"event_id": "fol-acc", "event_time": now - 30_000,
-                                             "lead_id": "FOLLOWED", "source": "crm", "activity": "accepted",
-                                             "owner": "rep-1"})
+            producer.send(
+                "sales_activity",
+                {
+                    "event_id": "fol-acc",
+                    "event_time": now - 30_000,
+                    "lead_id": "FOLLOWED",
+                    "source": "crm",
+                    "activity": "accepted",
+                    "owner": "rep-1",
+                },
+            )
         wait_until(lambda: len(outputs(broker_settings)["sla_timeout"]) >= 2, 60, "SLA events", worker)
         time.sleep(3)  # two more scans: nothing else may fire
         out = outputs(broker_settings)
@@ -98,18 +157,27 @@ def test_scripted_scenario_produces_exactly_the_expected_outputs(
         worker.stop()
 
     moves = sorted((t["lead_id"], t["from_stage"], t["to_stage"]) for t in out["stage_transition"])
-    assert moves == sorted([
-        ("HOT", "awareness", "lead"), ("HOT", "lead", "mql"),
-        ("STUDENT", "awareness", "lead"), ("STUDENT", "lead", "disqualified"),
-        ("FOLLOWED", "awareness", "lead"), ("FOLLOWED", "lead", "mql"), ("FOLLOWED", "mql", "sal"),
-        ("ANON", "awareness", "lead"), ("ANON", "lead", "nurturing"),  # pricing visits = engaged
-    ])
+    assert moves == sorted(
+        [
+            ("HOT", "awareness", "lead"),
+            ("HOT", "lead", "mql"),
+            ("STUDENT", "awareness", "lead"),
+            ("STUDENT", "lead", "disqualified"),
+            ("FOLLOWED", "awareness", "lead"),
+            ("FOLLOWED", "lead", "mql"),
+            ("FOLLOWED", "mql", "sal"),
+            ("ANON", "awareness", "lead"),
+            ("ANON", "lead", "nurturing"),  # pricing visits = engaged
+        ]
+    )
     assert sorted(h["lead_id"] for h in out["hot_lead"]) == ["FOLLOWED", "HOT"]
     hot = next(h for h in out["hot_lead"] if h["lead_id"] == "HOT")
     assert hot["signals"] and hot["signals"][0]["event_id"] == "hot-demo"
     assert hot["sla_due_at"] == now - 2 * HOUR + HOUR
     assert sorted((s["lead_id"], s["sla"], s["level"]) for s in out["sla_timeout"]) == [
-        ("HOT", "hot_lead_follow_up", "breach"), ("HOT", "hot_lead_follow_up", "warning")]
+        ("HOT", "hot_lead_follow_up", "breach"),
+        ("HOT", "hot_lead_follow_up", "warning"),
+    ]
     anon_scores = [s for s in out["lead_score"] if s["lead_id"] == "ANON"]
     signals = {r["event_id"] for s in anon_scores for r in s["reasons"]}
     assert {"anon-0", "anon-1", "anon-2"} <= signals
@@ -124,9 +192,16 @@ def _history(seed: int, now: int, leads: int) -> list[dict[str, Any]]:
         visits = rng.randrange(5, 30)
         for i in range(visits):
             category = rng.choice(["pricing", "pricing", "product", "blog", "case_study"])
-            events.append({"event_id": f"L{lead}-{i}", "event_time": now - 5 * DAY + i * 4 * HOUR,
-                           "lead_id": f"L{lead}", "source": "web", "url": f"https://x.example/{category}",
-                           "page_category": category})
+            events.append(
+                {
+                    "event_id": f"L{lead}-{i}",
+                    "event_time": now - 5 * DAY + i * 4 * HOUR,
+                    "lead_id": f"L{lead}",
+                    "source": "web",
+                    "url": f"https://x.example/{category}",
+                    "page_category": category,
+                }
+            )
     rng.shuffle(events)  # interleave leads; each lead's own events keep their relative order below
     order: dict[str, int] = defaultdict(int)
     for event in events:  # re-number per lead so per-lead topic order == event-time order
@@ -156,7 +231,8 @@ def _oracle(events: list[dict[str, Any]], now: int) -> dict[str, Any]:
 
 
 def test_worker_killed_mid_stream_recovers_without_losing_or_duplicating_outputs(
-        broker: EmbeddedBroker, broker_settings: Settings, tmp_path: Path) -> None:
+    broker: EmbeddedBroker, broker_settings: Settings, tmp_path: Path
+) -> None:
     now = int(time.time() * 1000)
     events = _history(11, now, 300)
     oracle = _oracle(events, now)
@@ -173,8 +249,14 @@ def test_worker_killed_mid_stream_recovers_without_losing_or_duplicating_outputs
 
     worker, _ = start_worker(broker_settings, broker, tmp_path / "worker1.log")
     produce(encoded[:half], events[:half])
-    wait_until(lambda: any(True for _ in read_topic(broker_settings, broker_settings.topic("leads.scores"),
-                                                   idle_ms=200)), 60, "first scores", worker)
+    wait_until(
+        lambda: any(
+            True for _ in read_topic(broker_settings, broker_settings.topic("leads.scores"), idle_ms=200)
+        ),
+        60,
+        "first scores",
+        worker,
+    )
     time.sleep(1.0)
     worker.kill9()
     produce(encoded[half:], events[half:])
@@ -184,6 +266,7 @@ def test_worker_killed_mid_stream_recovers_without_losing_or_duplicating_outputs
     def settled() -> bool:
         out = outputs(broker_settings)
         return len(set(ids(out["sla_timeout"], "sla_timeout"))) >= expected_sla
+
     try:
         wait_until(settled, 120, "all SLA events after restart", worker)
         time.sleep(3)
@@ -198,8 +281,11 @@ def test_worker_killed_mid_stream_recovers_without_losing_or_duplicating_outputs
         # at-least-once: a replay after kill -9 may re-send an output, always with the same id (dropped
         # downstream by id); records with the same id must be identical apart from wall-clock stamps.
         for dup in duplicates:
-            variants = {tuple(sorted((k, str(v)) for k, v in r.items() if k not in ("fired_at", "computed_at")))
-                        for r in out[schema] if r[ID_FIELD[schema]] == dup}
+            variants = {
+                tuple(sorted((k, str(v)) for k, v in r.items() if k not in ("fired_at", "computed_at")))
+                for r in out[schema]
+                if r[ID_FIELD[schema]] == dup
+            }
             assert len(variants) == 1, (schema, dup)
     final: dict[str, dict[str, Any]] = {}
     for record in out["lead_score"]:

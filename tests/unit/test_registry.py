@@ -51,8 +51,12 @@ def _independent_crc64(data: bytes) -> int:
 
 def _minimal_web_visit(**over: object) -> dict[str, object]:
     event: dict[str, object] = {
-        "event_id": "ev-1", "event_time": 1_790_000_000_000, "anonymous_id": "anon-1", "source": "test",
-        "url": "https://example.com/pricing", "page_category": "pricing",
+        "event_id": "ev-1",
+        "event_time": 1_790_000_000_000,
+        "anonymous_id": "anon-1",
+        "source": "test",
+        "url": "https://example.com/pricing",
+        "page_category": "pricing",
     }
     event.update(over)
     return event
@@ -109,10 +113,20 @@ def test_older_writer_version_resolves_to_current_reader_with_defaults() -> None
     old = json.loads((SCHEMA_DIR / "history" / "web_visit.v1.avsc").read_text())
     buf = io.BytesIO()
     buf.write(b"\xc3\x01" + struct.pack("<Q", _independent_crc64(to_parsing_canonical_form(old).encode())))
-    fastavro.schemaless_writer(buf, fastavro.parse_schema(old), {
-        "event_id": "old-1", "event_time": 1_700_000_000_000, "anonymous_id": None, "lead_id": "L1",
-        "source": "v1", "url": "https://x", "page_category": None, "referrer": None,
-    })
+    fastavro.schemaless_writer(
+        buf,
+        fastavro.parse_schema(old),
+        {
+            "event_id": "old-1",
+            "event_time": 1_700_000_000_000,
+            "anonymous_id": None,
+            "lead_id": "L1",
+            "source": "v1",
+            "url": "https://x",
+            "page_category": None,
+            "referrer": None,
+        },
+    )
     name, record = registry.decode(buf.getvalue())
     assert name == "web_visit"
     assert record["lead_id"] == "L1"
@@ -158,10 +172,16 @@ def test_validation_requires_a_lead_or_anonymous_identity() -> None:
 
 def test_validation_accepts_iso_timestamps_and_rejects_bad_enum_values() -> None:
     registry = default_registry()
-    record = registry.validate("sales_activity", {
-        "event_id": "s1", "event_time": "2026-11-01T09:00:00+09:00", "lead_id": "L1", "source": "crm",
-        "activity": "accepted",
-    })
+    record = registry.validate(
+        "sales_activity",
+        {
+            "event_id": "s1",
+            "event_time": "2026-11-01T09:00:00+09:00",
+            "lead_id": "L1",
+            "source": "crm",
+            "activity": "accepted",
+        },
+    )
     assert record["event_time"] == 1_793_491_200_000  # 2026-11-01T00:00:00Z
     with pytest.raises(SchemaValidationError, match="activity: must be one of"):
         registry.validate("sales_activity", {**record, "activity": "called"})
@@ -169,22 +189,51 @@ def test_validation_accepts_iso_timestamps_and_rejects_bad_enum_values() -> None
 
 def test_content_view_ranges_are_checked() -> None:
     with pytest.raises(SchemaValidationError) as info:
-        default_registry().validate("content_view", {
-            "event_id": "c1", "event_time": 1, "lead_id": "L1", "source": "t", "content_id": "wp-1",
-            "content_type": "whitepaper", "dwell_ms": -5, "percent_viewed": 120,
-        })
+        default_registry().validate(
+            "content_view",
+            {
+                "event_id": "c1",
+                "event_time": 1,
+                "lead_id": "L1",
+                "source": "t",
+                "content_id": "wp-1",
+                "content_type": "whitepaper",
+                "dwell_ms": -5,
+                "percent_viewed": 120,
+            },
+        )
     assert {e.field for e in info.value.errors} == {"dwell_ms", "percent_viewed"}
 
 
 def test_nested_records_report_their_path() -> None:
     registry = default_registry()
     with pytest.raises(SchemaValidationError, match=r"reasons\[0\]\.points: expected double"):
-        registry.validate("lead_score", {
-            "lead_id": "L1", "score": 1.0, "fit": 0.0, "behaviour": 1.0, "previous_score": 0.0, "band": "cold",
-            "stage": "lead", "as_of": 1, "trigger_event_id": "e", "computed_at": 1, "change_reason": "x",
-            "reasons": [{"rule": "r", "event_type": "web_visit", "event_id": "e", "event_time": 1,
-                         "points": "many", "current_points": 1.0}],
-        })
+        registry.validate(
+            "lead_score",
+            {
+                "lead_id": "L1",
+                "score": 1.0,
+                "fit": 0.0,
+                "behaviour": 1.0,
+                "previous_score": 0.0,
+                "band": "cold",
+                "stage": "lead",
+                "as_of": 1,
+                "trigger_event_id": "e",
+                "computed_at": 1,
+                "change_reason": "x",
+                "reasons": [
+                    {
+                        "rule": "r",
+                        "event_type": "web_visit",
+                        "event_id": "e",
+                        "event_time": 1,
+                        "points": "many",
+                        "current_points": 1.0,
+                    }
+                ],
+            },
+        )
 
 
 def test_registry_loads_history_versions_for_decoding_only(tmp_path) -> None:

@@ -27,13 +27,16 @@ def test_env_vars_are_read_with_the_leadpulse_prefix(monkeypatch: pytest.MonkeyP
     assert not settings.embedded_clickhouse
 
 
-@pytest.mark.parametrize(("var", "value"), [
-    ("LEADPULSE_WEB_PORT", "80x"),
-    ("LEADPULSE_KAFKA_BOOTSTRAP", "no-port-here"),
-    ("LEADPULSE_CLICKHOUSE_DSN", "mysql://x"),
-    ("LEADPULSE_TOPIC_PREFIX", "bad prefix!"),
-    ("LEADPULSE_LOG_LEVEL", "LOUD"),
-])
+@pytest.mark.parametrize(
+    ("var", "value"),
+    [
+        ("LEADPULSE_WEB_PORT", "80x"),
+        ("LEADPULSE_KAFKA_BOOTSTRAP", "no-port-here"),
+        ("LEADPULSE_CLICKHOUSE_DSN", "mysql://x"),
+        ("LEADPULSE_TOPIC_PREFIX", "bad prefix!"),
+        ("LEADPULSE_LOG_LEVEL", "LOUD"),
+    ],
+)
 def test_a_wrong_value_names_the_variable(monkeypatch: pytest.MonkeyPatch, var: str, value: str) -> None:
     monkeypatch.setenv(var, value)
     with pytest.raises(SettingsError, match=var):
