@@ -112,7 +112,7 @@ class LeadWorker:
             message = event.message
             topic = message.topic
             if self.metrics:
-                self.metrics.events_consumed.labels(topic=topic).inc()
+                self.metrics.events_consumed.labels(topic=self._unprefixed(topic)).inc()
             try:
                 schema, record = self.registry.decode(message.value or b"")
             except SchemaError as exc:
@@ -194,8 +194,14 @@ class LeadWorker:
         )
         await self.dlq.send(key=message.key, value=self.registry.encode("dead_letter", record))
         if self.metrics:
-            self.metrics.dlq_records.labels(source_topic=message.topic, stage=stage).inc()
-            self.metrics.events_invalid.labels(topic=message.topic, reason=type(exc).__name__).inc()
+            topic = self._unprefixed(message.topic)
+            self.metrics.dlq_records.labels(source_topic=topic, stage=stage).inc()
+            self.metrics.events_invalid.labels(topic=topic, reason=type(exc).__name__).inc()
+
+    def _unprefixed(self, topic: str) -> str:
+        """Metric labels use catalogue names, so dashboards work whatever the prefix."""
+        prefix = self.settings.topic_prefix
+        return topic[len(prefix) :] if prefix and topic.startswith(prefix) else topic
 
     # -- timers ----------------------------------------------------------------------------------------
 

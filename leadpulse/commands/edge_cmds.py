@@ -156,6 +156,9 @@ def register(app: typer.Typer) -> None:
         from streams.collector import AioKafkaPublisher, run_collector
 
         settings = cli_settings()
+        if not settings.write_keys:  # say so before starting a local broker for nothing
+            console.print('[red]error:[/] no write keys: set LEADPULSE_WRITE_KEYS=\'{"web": "<key>"}\'')
+            raise typer.Exit(1)
         try:
             with running_broker(settings) as bootstrap:
                 console.print(

@@ -1,0 +1,341 @@
+"""The notifier: consumes ``leads.hot`` in its own consumer group and delivers each notification to every
+configured webhook target.
+
+Why its own process and group: delivery waits on other people's servers. Running it apart from the worker
+means a slow or dead endpoint can never hold back scoring, and its offsets move independently.
+
+Why one lane (queue + tasks) per target: targets do not wait for each other. A notification is "done" when
+every lane has delivered it or given up on it (then it is a dead letter on ``dlq`` with the original bytes,
+stage ``webhook``); ``PendingOffsets`` commits a partition only up to its lowest unfinished offset, so a crash
+re-delivers, never loses (receivers dedup by the idempotency key). A hanging target is bounded by its
+per-attempt timeout times its attempts; meanwhile its lane's queue absorbs up to ``queue_size`` notifications
+before the consumer waits.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections import OrderedDict
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import aiohttp
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRebalanceListener, TopicPartition
+from prometheus_client import CollectorRegistry
+
+from schemas.registry import SchemaError, SchemaRegistry, default_registry
+from sinks.webhook import RetryPolicy, WebhookSender, WebhookTarget, targets_from_settings
+from streams.collector import aiokafka_security
+from streams.dlq import dead_letter, encode_dead_letter
+from streams.metrics import Metrics
+from streams.settings import Settings
+from streams.topics import DLQ, HOT_LEADS
+
+log = logging.getLogger(__name__)
+GROUP_ID = "leadpulse-notifier"
+
+
+class PendingOffsets:
+    """Which offsets still have deliveries in flight; the committable position is the lowest of them."""
+
+    def __init__(self) -> None:
+        self._open: dict[TopicPartition, dict[int, int]] = {}
+        self._next: dict[TopicPartition, int] = {}
+
+    def add(self, tp: TopicPartition, offset: int, parts: int) -> None:
+        if parts > 0:
+            self._open.setdefault(tp, {})[offset] = parts
+        self._next[tp] = max(self._next.get(tp, 0), offset + 1)
+
+    def done(self, tp: TopicPartition, offset: int) -> None:
+        open_ = self._open.get(tp)
+        if open_ is None or offset not in open_:
+            return  # partition revoked meanwhile: its new owner re-delivers
+        open_[offset] -= 1
+        if open_[offset] <= 0:
+            del open_[offset]
+
+    def committable(self) -> dict[TopicPartition, int]:
+        """Per partition, the offset to commit: everything below it is finished."""
+        return {tp: min(self._open[tp]) if self._open.get(tp) else nxt for tp, nxt in self._next.items()}
+
+    def drop(self, tps: Sequence[TopicPartition]) -> None:
+        for tp in tps:
+            self._open.pop(tp, None)
+            self._next.pop(tp, None)
+
+    @property
+    def in_flight(self) -> int:
+        return sum(len(v) for v in self._open.values())
+
+
+@dataclass(frozen=True)
+class Job:
+    tp: TopicPartition
+    offset: int
+    key: bytes | None
+    value: bytes
+    hot: dict[str, Any]
+
+
+class Lane:
+    """One target's queue, workers and memory of recent notification ids.
+
+    A replayed duplicate of a notification already handled (delivered or dead-lettered), or still being
+    delivered, is not sent again: it waits for the first copy's outcome. Receivers still dedup by the
+    idempotency key, since this memory is per process and bounded.
+    """
+
+    def __init__(self, target: WebhookTarget, queue_size: int, remember: int = 10_000) -> None:
+        self.target = target
+        self.queue: asyncio.Queue[Job] = asyncio.Queue(maxsize=queue_size)
+        self.handled: OrderedDict[str, asyncio.Future[None]] = OrderedDict()
+        self.remember = remember
+
+    def claim(self, notification_id: str) -> asyncio.Future[None] | None:
+        """None when this caller must deliver; else the first copy's outcome to wait for."""
+        existing = self.handled.get(notification_id)
+        if existing is not None:
+            return existing
+        self.handled[notification_id] = asyncio.get_running_loop().create_future()
+        while len(self.handled) > self.remember:
+            oldest, future = next(iter(self.handled.items()))
+            if not future.done():
+                break
+            del self.handled[oldest]
+        return None
+
+    def finish(self, notification_id: str) -> None:
+        future = self.handled.get(notification_id)
+        if future is not None and not future.done():
+            future.set_result(None)
+
+
+class Notifier:
+    """Build, then ``await run(stop_event)``. Tests pass ``targets`` and a short ``policy``."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        *,
+        targets: Sequence[WebhookTarget] | None = None,
+        metrics: Metrics | None = None,
+        registry: SchemaRegistry | None = None,
+        policy: RetryPolicy | None = None,
+        group_id: str = GROUP_ID,
+        concurrency: int = 4,
+        queue_size: int = 10_000,
+        commit_interval_s: float = 0.5,
+        bootstrap: str | None = None,
+    ) -> None:
+        self.settings = settings
+        self.targets = list(targets if targets is not None else targets_from_settings(settings))
+        if not self.targets:
+            raise ValueError(
+                "no webhook targets: set LEADPULSE_WEBHOOK_URLS and/or LEADPULSE_SLACK_WEBHOOK_URLS "
+                "(JSON lists of URLs)"
+            )
+        self.metrics = metrics or Metrics(CollectorRegistry(), component="notifier")
+        self.registry = registry or default_registry()
+        self.policy = policy or RetryPolicy()
+        self.group_id = group_id
+        self.concurrency = concurrency
+        self.commit_interval_s = commit_interval_s
+        self.bootstrap = bootstrap or settings.bootstrap
+        self.lanes = [Lane(t, queue_size) for t in self.targets]
+        self.pending = PendingOffsets()
+        self.topic = settings.topic(HOT_LEADS.name)
+        self.assigned = False
+        self._committed: dict[TopicPartition, int] = {}
+        secret = settings.webhook_secret.get_secret_value() if settings.webhook_secret else None
+        if secret is None:
+            log.warning("LEADPULSE_WEBHOOK_SECRET is not set: webhooks are sent unsigned")
+        self._secret = secret
+
+    def ready(self) -> tuple[bool, dict[str, Any]]:
+        return self.assigned, {"targets": [t.name for t in self.targets], "in_flight": self.pending.in_flight}
+
+    async def run(self, stop: asyncio.Event) -> None:
+        consumer = AIOKafkaConsumer(
+            self.topic,
+            bootstrap_servers=self.bootstrap,
+            group_id=self.group_id,
+            enable_auto_commit=False,
+            auto_offset_reset="earliest",
+            session_timeout_ms=6000,
+            heartbeat_interval_ms=1000,
+            **aiokafka_security(self.settings),
+        )
+        producer = AIOKafkaProducer(
+            bootstrap_servers=self.bootstrap,
+            acks="all",
+            enable_idempotence=False,
+            **aiokafka_security(self.settings),
+        )
+        consumer.subscribe([self.topic], listener=_Rebalance(self, consumer))
+        await producer.start()
+        await consumer.start()
+        try:
+            async with aiohttp.ClientSession() as session:
+                sender = WebhookSender(session, self._secret, policy=self.policy, metrics=self.metrics)
+                workers = [
+                    asyncio.create_task(self._work(lane, sender, producer), name=f"lane-{lane.target.name}")
+                    for lane in self.lanes
+                    for _ in range(self.concurrency)
+                ]
+                committer = asyncio.create_task(self._commit_loop(consumer, stop))
+                try:
+                    await self._consume(consumer, producer, stop)
+                    await self._drain(timeout_s=self.policy.timeout_s)
+                finally:
+                    committer.cancel()
+                    for task in workers:
+                        task.cancel()
+                    await asyncio.gather(committer, *workers, return_exceptions=True)
+                    await self._commit(consumer)
+        finally:
+            await consumer.stop()
+            await producer.stop()
+
+    async def _consume(
+        self, consumer: AIOKafkaConsumer, producer: AIOKafkaProducer, stop: asyncio.Event
+    ) -> None:
+        while not stop.is_set():
+            batches = await consumer.getmany(timeout_ms=200, max_records=500)
+            for tp, messages in batches.items():
+                for msg in messages:
+                    value = msg.value or b""
+                    try:
+                        _, hot = self.registry.decode(value, expect="hot_lead")
+                    except SchemaError as exc:
+                        self.pending.add(tp, msg.offset, 0)
+                        await self._dead_letter(producer, tp, msg.offset, msg.key, value, "decode", exc)
+                        continue
+                    self.pending.add(tp, msg.offset, len(self.lanes))
+                    for lane in self.lanes:
+                        await lane.queue.put(Job(tp, msg.offset, msg.key, value, hot))
+
+    async def _work(self, lane: Lane, sender: WebhookSender, producer: AIOKafkaProducer) -> None:
+        while True:
+            job = await lane.queue.get()
+            try:
+                notification_id = str(job.hot["notification_id"])
+                first = lane.claim(notification_id)
+                if first is not None:
+                    await first
+                else:
+                    try:
+                        await self._deliver(lane, sender, producer, job)
+                    finally:
+                        lane.finish(notification_id)
+                self.pending.done(job.tp, job.offset)
+            except Exception:  # a bug in one delivery must not kill the lane; the offset stays uncommitted
+                log.exception("notifier lane %s failed on %s@%s", lane.target.name, job.tp, job.offset)
+            finally:
+                lane.queue.task_done()
+
+    async def _deliver(self, lane: Lane, sender: WebhookSender, producer: AIOKafkaProducer, job: Job) -> None:
+        result = await sender.deliver(lane.target, job.hot)
+        if not result.ok:
+            reason = result.describe()
+            log.warning(
+                "%s; lead %s notification %s to the DLQ",
+                reason,
+                job.hot["lead_id"],
+                job.hot["notification_id"],
+            )
+            await self._dead_letter(
+                producer,
+                job.tp,
+                job.offset,
+                job.key,
+                job.value,
+                "webhook",
+                reason,
+                error_type="WebhookDeliveryFailed",
+            )
+
+    async def _dead_letter(
+        self,
+        producer: AIOKafkaProducer,
+        tp: TopicPartition,
+        offset: int,
+        key: bytes | None,
+        value: bytes,
+        stage: str,
+        error: BaseException | str,
+        error_type: str | None = None,
+    ) -> None:
+        record = dead_letter(tp.topic, tp.partition, offset, key, value, stage, error, registry=self.registry)
+        if error_type:
+            record["error_type"] = error_type
+        dlq_key, dlq_value = encode_dead_letter(record, self.registry)
+        await producer.send_and_wait(self.settings.topic(DLQ.name), value=dlq_value, key=dlq_key)
+        self.metrics.dlq_records.labels(source_topic=HOT_LEADS.name, stage=stage).inc()
+
+    async def _drain(self, timeout_s: float) -> None:
+        try:
+            await asyncio.wait_for(asyncio.gather(*(lane.queue.join() for lane in self.lanes)), timeout_s)
+        except TimeoutError:
+            log.warning(
+                "notifier stopping with %d notification(s) in flight; they are re-delivered on restart",
+                self.pending.in_flight,
+            )
+
+    async def _commit_loop(self, consumer: AIOKafkaConsumer, stop: asyncio.Event) -> None:
+        while True:
+            await asyncio.sleep(self.commit_interval_s)
+            await self._commit(consumer)
+
+    async def _commit(self, consumer: AIOKafkaConsumer) -> None:
+        offsets = {
+            tp: off
+            for tp, off in self.pending.committable().items()
+            if self._committed.get(tp) != off and tp in consumer.assignment()
+        }
+        if not offsets:
+            return
+        try:
+            await consumer.commit(offsets)
+            self._committed.update(offsets)
+        except Exception as exc:  # a failed commit only means re-delivery after a restart
+            log.warning("notifier commit failed (will retry): %s: %s", type(exc).__name__, exc)
+
+    @property
+    def committed(self) -> dict[TopicPartition, int]:
+        return dict(self._committed)
+
+
+class _Rebalance(ConsumerRebalanceListener):  # type: ignore[misc]
+    def __init__(self, notifier: Notifier, consumer: AIOKafkaConsumer) -> None:
+        self.notifier = notifier
+        self.consumer = consumer
+
+    async def on_partitions_revoked(self, revoked: Any) -> None:
+        await self.notifier._commit(self.consumer)
+        self.notifier.pending.drop(list(revoked))
+        for tp in revoked:
+            self.notifier._committed.pop(tp, None)
+
+    async def on_partitions_assigned(self, assigned: Any) -> None:
+        self.notifier.assigned = True
+
+
+async def run_notifier(
+    settings: Settings, stop: asyncio.Event, *, metrics: Metrics | None = None, ops_port: int | None = None
+) -> None:
+    """Entry point of ``leadpulse notifier``: serve /metrics, /health, /ready and deliver until ``stop``."""
+    from streams.web import start_ops_server
+
+    metrics = metrics or Metrics(CollectorRegistry(), component="notifier", process_metrics=True)
+    notifier = Notifier(settings, metrics=metrics)
+    runner = None
+    if ops_port is not None:
+        runner = await start_ops_server(settings.web_host, ops_port, metrics.registry, notifier.ready)
+    try:
+        await notifier.run(stop)
+    finally:
+        if runner is not None:
+            await runner.cleanup()

@@ -1,0 +1,277 @@
+"""Signed webhook delivery of hot-lead notifications: generic JSON or a Slack-compatible body.
+
+Signature (documented in ``docs/ingestion.md``; the scheme Stripe and others use, so receivers know it):
+
+    X-Leadpulse-Signature: t=<unix seconds>,v1=<hex HMAC-SHA256(secret, "<t>.<raw body>")>
+    X-Leadpulse-Idempotency-Key: <notification_id>
+
+The timestamp is inside the MAC so a captured request cannot be replayed later (receivers reject ``t``
+older than a tolerance); it is fresh on each attempt. The idempotency key is the notification id, stable
+across retries and pipeline replays, so a receiver that stores the keys it has seen shows each lead once.
+Several ``v1=`` values may appear during a secret rotation; ``verify_signature`` accepts any that matches.
+
+Retries: network errors, timeouts, 408/425/429 and 5xx are retried with exponential backoff and jitter
+(``Retry-After`` honoured up to the cap); other answers are permanent. A delivery that gives up is returned
+as failed, and the notifier turns it into a dead letter: nothing is dropped silently.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import hmac
+import json
+import random
+import time
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any, Literal
+from urllib.parse import urlsplit
+
+import aiohttp
+
+from streams.metrics import Metrics
+from streams.settings import Settings
+
+SIGNATURE_HEADER = "X-Leadpulse-Signature"
+IDEMPOTENCY_HEADER = "X-Leadpulse-Idempotency-Key"
+RETRYABLE_STATUS = frozenset({408, 425, 429, 500, 502, 503, 504})
+TargetKind = Literal["json", "slack"]
+
+
+def _secret_bytes(secret: str | bytes) -> bytes:
+    return secret.encode("utf-8") if isinstance(secret, str) else secret
+
+
+def sign(secret: str | bytes, timestamp: int, body: bytes) -> str:
+    """Hex HMAC-SHA256 of ``"<timestamp>.<body>"``."""
+    return hmac.new(_secret_bytes(secret), str(timestamp).encode() + b"." + body, hashlib.sha256).hexdigest()
+
+
+def signature_header(secret: str | bytes, body: bytes, timestamp: int | None = None) -> str:
+    ts = int(time.time()) if timestamp is None else timestamp
+    return f"t={ts},v1={sign(secret, ts, body)}"
+
+
+def verify_signature(
+    secret: str | bytes, header: str | None, body: bytes, tolerance_s: float = 300, now: float | None = None
+) -> bool:
+    """Receiver side: True when ``header`` carries a valid MAC of ``body`` made within ``tolerance_s``.
+
+    Pass the raw request body exactly as received (parsing and re-serialising JSON changes the bytes).
+    """
+    if not header:
+        return False
+    timestamp: int | None = None
+    candidates: list[str] = []
+    for part in header.split(","):
+        name, _, value = part.strip().partition("=")
+        if name == "t" and value.isdigit():
+            timestamp = int(value)
+        elif name == "v1" and value:
+            candidates.append(value)
+    if timestamp is None or not candidates:
+        return False
+    current = time.time() if now is None else now
+    if abs(current - timestamp) > tolerance_s:
+        return False
+    expected = sign(secret, timestamp, body)
+    return any(hmac.compare_digest(expected, c) for c in candidates)
+
+
+@dataclass(frozen=True)
+class WebhookTarget:
+    """One endpoint. Logs and metrics show ``name`` (``json-0``, ``slack-1``): URLs may hold tokens."""
+
+    name: str
+    url: str
+    kind: TargetKind = "json"
+
+    @property
+    def host(self) -> str:
+        return urlsplit(self.url).hostname or "?"
+
+
+def targets_from_settings(settings: Settings) -> list[WebhookTarget]:
+    """``LEADPULSE_WEBHOOK_URLS`` get the JSON body, ``LEADPULSE_SLACK_WEBHOOK_URLS`` the Slack one."""
+    targets = [WebhookTarget(f"json-{i}", url, "json") for i, url in enumerate(settings.webhook_urls)]
+    targets += [
+        WebhookTarget(f"slack-{i}", url, "slack") for i, url in enumerate(settings.slack_webhook_urls)
+    ]
+    return targets
+
+
+def _iso(ms: int | None) -> str | None:
+    return None if ms is None else datetime.fromtimestamp(ms / 1000, UTC).isoformat().replace("+00:00", "Z")
+
+
+def json_body(hot: dict[str, Any]) -> bytes:
+    """The hot_lead record as JSON with ``type`` and ISO copies of its timestamps (epoch ms kept too)."""
+    payload = {
+        "type": "lead.hot",
+        **hot,
+        "became_hot_at_iso": _iso(hot.get("became_hot_at")),
+        "sla_due_at_iso": _iso(hot.get("sla_due_at")),
+    }
+    return json.dumps(payload, sort_keys=True, separators=(",", ":")).encode()
+
+
+def slack_body(hot: dict[str, Any], top: int = 5) -> bytes:
+    """Incoming-webhook message: who, why (top signals), profile and the SLA due time."""
+    who = hot.get("email") or hot["lead_id"]
+    company = hot.get("company_name") or hot.get("company_domain") or "unknown company"
+    headline = f":fire: Hot lead {who} ({company}), score {hot['score']:.0f}: {hot['reason']}"
+    signals = sorted(hot.get("signals") or [], key=lambda s: -abs(s.get("current_points", 0.0)))[:top]
+    why = (
+        "\n".join(
+            f"• {s['rule']} ({s['event_type']}): {s['current_points']:+.0f}"
+            + (f" — {s['detail']}" if s.get("detail") else "")
+            for s in signals
+        )
+        or "• (no signals)"
+    )
+    profile = ", ".join(
+        str(v)
+        for v in (
+            hot.get("job_title"),
+            hot.get("industry"),
+            hot.get("country"),
+            hot.get("company_size") and f"{hot['company_size']} employees",
+        )
+        if v
+    )
+    due = _iso(hot.get("sla_due_at"))
+    lines = [f"*Why:*\n{why}"]
+    if profile:
+        lines.append(f"*Profile:* {profile}")
+    if due:
+        lines.append(f"*Follow up before:* {due}" + (f" (owner {hot['owner']})" if hot.get("owner") else ""))
+    blocks = [
+        {"type": "section", "text": {"type": "mrkdwn", "text": headline}},
+        {"type": "section", "text": {"type": "mrkdwn", "text": "\n".join(lines)}},
+    ]
+    return json.dumps({"text": headline, "blocks": blocks}, separators=(",", ":")).encode()
+
+
+def render(target: WebhookTarget, hot: dict[str, Any]) -> bytes:
+    return slack_body(hot) if target.kind == "slack" else json_body(hot)
+
+
+@dataclass(frozen=True)
+class RetryPolicy:
+    """Attempts, per-attempt timeout and backoff; ``delay`` is exponential with "equal jitter"."""
+
+    max_attempts: int = 6
+    base_s: float = 0.5
+    cap_s: float = 30.0
+    timeout_s: float = 10.0
+
+    def delay(self, attempt: int, rnd: random.Random, retry_after_s: float | None = None) -> float:
+        """Wait before attempt ``attempt + 1`` (attempt counts from 1): half fixed, half random."""
+        if retry_after_s is not None:
+            return min(self.cap_s, max(0.0, retry_after_s))
+        ceiling = min(self.cap_s, self.base_s * 2.0 ** (attempt - 1))
+        return ceiling / 2 + rnd.uniform(0, ceiling / 2)
+
+
+@dataclass(frozen=True)
+class DeliveryResult:
+    target: WebhookTarget
+    ok: bool
+    attempts: int
+    status: int | None = None
+    error: str | None = None
+
+    def describe(self) -> str:
+        return f"webhook target {self.target.name} ({self.target.host}): " + (
+            f"delivered after {self.attempts} attempt(s)"
+            if self.ok
+            else f"gave up after {self.attempts} attempt(s): {self.error}"
+        )
+
+
+def _retry_after(headers: Any) -> float | None:
+    value = headers.get("Retry-After") if headers is not None else None
+    try:
+        return float(str(value)) if value is not None else None
+    except ValueError:
+        return None
+
+
+class WebhookSender:
+    """Delivers one notification to one target with retries. Safe to share between concurrent tasks."""
+
+    def __init__(
+        self,
+        session: aiohttp.ClientSession,
+        secret: str | bytes | None,
+        *,
+        policy: RetryPolicy | None = None,
+        metrics: Metrics | None = None,
+        sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
+        rnd: random.Random | None = None,
+    ) -> None:
+        self.session = session
+        self.secret = secret
+        self.policy = policy or RetryPolicy()
+        self.metrics = metrics
+        self.sleep = sleep
+        self.rnd = rnd or random.Random()
+
+    def headers(self, body: bytes, idempotency_key: str) -> dict[str, str]:
+        headers = {
+            "Content-Type": "application/json",
+            "User-Agent": "leadpulse-webhook/1",
+            IDEMPOTENCY_HEADER: idempotency_key,
+        }
+        if self.secret:
+            headers[SIGNATURE_HEADER] = signature_header(self.secret, body)
+        return headers
+
+    async def deliver(self, target: WebhookTarget, hot: dict[str, Any]) -> DeliveryResult:
+        body = render(target, hot)
+        key = str(hot["notification_id"])
+        timeout = aiohttp.ClientTimeout(total=self.policy.timeout_s)
+        status: int | None = None
+        error = "no attempt made"
+        for attempt in range(1, self.policy.max_attempts + 1):
+            retry_after: float | None = None
+            try:
+                async with self.session.post(
+                    target.url,
+                    data=body,
+                    headers=self.headers(body, key),
+                    timeout=timeout,
+                    allow_redirects=False,
+                ) as response:
+                    status = response.status
+                    await response.read()
+                    if 200 <= status < 300:
+                        if self.metrics:
+                            self.metrics.webhook_deliveries.labels(target=target.name).inc()
+                        return DeliveryResult(target, True, attempt, status)
+                    error = f"HTTP {status}"
+                    retry_after = _retry_after(response.headers)
+                    if status not in RETRYABLE_STATUS:
+                        error += " (permanent: not retried)"
+                        break
+            except (TimeoutError, aiohttp.ClientError) as exc:
+                status = None
+                error = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
+                if isinstance(exc, TimeoutError):
+                    error = f"no answer within {self.policy.timeout_s:g} s"
+            if attempt < self.policy.max_attempts:
+                if self.metrics:
+                    self.metrics.webhook_retries.labels(target=target.name).inc()
+                await self.sleep(self.policy.delay(attempt, self.rnd, retry_after))
+        if self.metrics:
+            self.metrics.webhook_failures.labels(target=target.name).inc()
+        return DeliveryResult(target, False, attempt, status, error)
+
+
+async def deliver_all(
+    sender: WebhookSender, targets: Sequence[WebhookTarget], hot: dict[str, Any]
+) -> list[DeliveryResult]:
+    """One notification to every target concurrently (a slow target does not delay the others)."""
+    return list(await asyncio.gather(*(sender.deliver(t, hot) for t in targets)))

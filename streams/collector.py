@@ -1,0 +1,400 @@
+"""The HTTP collector: ``POST /v1/events`` → validate → Avro → Kafka, answering only after the broker acked.
+
+Why 202 waits for the broker: a tracker that got 202 drops its copy of the events, so answering before the
+acknowledgement would lose them whenever the broker is down. The wait costs a few milliseconds with an
+aiokafka producer (linger 5 ms), and the measured throughput is in ``bench/collector_bench.py``.
+
+Request rules live in the pure ``streams/intake.py``; this module is the aiohttp shell: auth, CORS, limits,
+metrics, publishing. The API is documented in ``docs/ingestion.md``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Awaitable, Callable, Sequence
+from pathlib import Path
+from typing import Any, Protocol
+
+from aiohttp import web
+from prometheus_client import CollectorRegistry
+
+from schemas.registry import SchemaRegistry, default_registry
+from streams.bots import is_bot
+from streams.intake import (
+    BROWSER_TYPES,
+    EVENT_TYPES,
+    Accepted,
+    BodyError,
+    Limits,
+    Outcome,
+    key_from_authorization,
+    normalise_event,
+    parse_body,
+    source_for_key,
+)
+from streams.metrics import Metrics
+from streams.producer import lead_key
+from streams.settings import Settings
+from streams.topics import BY_SCHEMA
+from streams.web import add_ops_routes
+
+log = logging.getLogger(__name__)
+
+TRACKER_JS = Path(__file__).resolve().parent / "tracker.js"
+Message = tuple[str, bytes | None, bytes]  # (topic, key, value)
+
+
+class PublishError(Exception):
+    """The broker did not acknowledge a batch; the client gets 503 and should retry."""
+
+
+class Publisher(Protocol):
+    async def start(self) -> None: ...
+    async def publish(self, messages: Sequence[Message]) -> None: ...
+    async def stop(self) -> None: ...
+
+
+class AioKafkaPublisher:
+    """aiokafka producer: native asyncio, measured faster than bridging kafka-python futures (see bench)."""
+
+    def __init__(self, settings: Settings, bootstrap: str | None = None, linger_ms: int = 5) -> None:
+        self.settings = settings
+        self.bootstrap = bootstrap or settings.bootstrap
+        self.linger_ms = linger_ms
+        self._producer: Any = None
+
+    async def start(self) -> None:
+        from aiokafka import AIOKafkaProducer
+
+        self._producer = AIOKafkaProducer(
+            bootstrap_servers=self.bootstrap,
+            acks="all",
+            linger_ms=self.linger_ms,
+            max_batch_size=256 * 1024,
+            enable_idempotence=False,  # idempotence fails on Tansu (DESIGN §11)
+            **aiokafka_security(self.settings),
+        )
+        await self._producer.start()
+
+    async def publish(self, messages: Sequence[Message]) -> None:
+        try:
+            futures = [
+                await self._producer.send(topic, value=value, key=key) for topic, key, value in messages
+            ]
+            await asyncio.gather(*futures)
+        except Exception as exc:  # aiokafka raises KafkaError subclasses and asyncio timeouts
+            raise PublishError(
+                f"broker {self.bootstrap} did not acknowledge: {type(exc).__name__}: {exc}"
+            ) from exc
+
+    async def stop(self) -> None:
+        if self._producer is not None:
+            await self._producer.stop()
+
+
+class KafkaPythonPublisher:
+    """The SDK's kafka-python producer with its futures bridged into asyncio (kept for the bench)."""
+
+    def __init__(self, settings: Settings, bootstrap: str | None = None) -> None:
+        self.settings = settings
+        self.bootstrap = bootstrap
+        self._producer: Any = None
+
+    async def start(self) -> None:
+        from streams.producer import Producer
+
+        self._producer = await asyncio.to_thread(
+            Producer, self.settings, bootstrap=self.bootstrap, linger_ms=5
+        )
+
+    async def publish(self, messages: Sequence[Message]) -> None:
+        loop = asyncio.get_running_loop()
+        waits: list[asyncio.Future[Any]] = []
+        for topic, key, value in messages:
+            waiter: asyncio.Future[Any] = loop.create_future()
+            future = self._producer.send_encoded(topic, key, value)
+            future.add_callback(_resolve, loop, waiter)
+            future.add_errback(_reject, loop, waiter)
+            waits.append(waiter)
+        try:
+            await asyncio.gather(*waits)
+        except Exception as exc:
+            raise PublishError(f"broker did not acknowledge: {type(exc).__name__}: {exc}") from exc
+
+    async def stop(self) -> None:
+        if self._producer is not None:
+            await asyncio.to_thread(self._producer.close)
+
+
+def _resolve(loop: asyncio.AbstractEventLoop, waiter: asyncio.Future[Any], metadata: Any) -> None:
+    """Runs on kafka-python's sender thread: hand the result to the event loop's thread."""
+    loop.call_soon_threadsafe(_settle, waiter, metadata, None)
+
+
+def _reject(loop: asyncio.AbstractEventLoop, waiter: asyncio.Future[Any], exc: BaseException) -> None:
+    loop.call_soon_threadsafe(_settle, waiter, None, exc)
+
+
+def _settle(waiter: asyncio.Future[Any], result: Any, exc: BaseException | None) -> None:
+    if waiter.done():
+        return
+    if exc is None:
+        waiter.set_result(result)
+    else:
+        waiter.set_exception(exc)
+
+
+def aiokafka_security(settings: Settings) -> dict[str, Any]:
+    """SASL/TLS settings in aiokafka's spelling (it takes an SSL context, not a CA file path)."""
+    config: dict[str, Any] = {"security_protocol": settings.kafka_security_protocol}
+    if settings.kafka_sasl_mechanism:
+        config["sasl_mechanism"] = settings.kafka_sasl_mechanism
+        config["sasl_plain_username"] = settings.kafka_sasl_username
+        if settings.kafka_sasl_password is not None:
+            config["sasl_plain_password"] = settings.kafka_sasl_password.get_secret_value()
+    if settings.kafka_ssl_cafile or settings.kafka_security_protocol in ("SSL", "SASL_SSL"):
+        from aiokafka.helpers import create_ssl_context
+
+        cafile = str(settings.kafka_ssl_cafile) if settings.kafka_ssl_cafile else None
+        config["ssl_context"] = create_ssl_context(cafile=cafile)
+    return config
+
+
+def default_server_sources(sources: Sequence[str]) -> frozenset[str]:
+    """Sources allowed to send ``sales_activity``: by convention write keys named ``crm*`` (see docs)."""
+    return frozenset(s for s in sources if s.lower().startswith("crm"))
+
+
+def _error(status: int, code: str, message: str, **headers: str) -> web.Response:
+    return web.json_response({"error": code, "message": message}, status=status, headers=headers or None)
+
+
+class Collector:
+    """One collector process: build with settings, serve ``app()``; the publisher starts with the app."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        *,
+        metrics: Metrics | None = None,
+        registry: SchemaRegistry | None = None,
+        limits: Limits | None = None,
+        publisher: Publisher | None = None,
+        allowed_origin: str = "*",
+        server_sources: frozenset[str] | None = None,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.settings = settings
+        self.metrics = metrics or Metrics(CollectorRegistry(), component="collector")
+        self.registry = registry or default_registry()
+        self.limits = limits or Limits()
+        self.publisher: Publisher = publisher or AioKafkaPublisher(settings)
+        self.allowed_origin = allowed_origin
+        self.keys = {source: key.get_secret_value().encode() for source, key in settings.write_keys.items()}
+        self.server_sources = (
+            default_server_sources(list(self.keys)) if server_sources is None else server_sources
+        )
+        self.clock = clock
+        self.started = False
+        self.last_publish_error: str | None = None
+
+    def app(self) -> web.Application:
+        app = web.Application(client_max_size=self.limits.max_body_bytes, middlewares=[self._middleware])
+        app.router.add_post("/v1/events", self.handle_events)
+        app.router.add_route("OPTIONS", "/v1/events", self.handle_preflight)
+        app.router.add_get("/v1/tracker.js", self.handle_tracker)
+        add_ops_routes(app, self.metrics.registry, self.ready)
+        app.on_startup.append(self._start)
+        app.on_cleanup.append(self._stop)
+        return app
+
+    async def _start(self, app: web.Application) -> None:
+        await self.publisher.start()
+        self.started = True
+
+    async def _stop(self, app: web.Application) -> None:
+        self.started = False
+        await self.publisher.stop()
+
+    def ready(self) -> tuple[bool, dict[str, Any]]:
+        detail: dict[str, Any] = {"producer_started": self.started, "write_keys": len(self.keys)}
+        if self.last_publish_error:
+            detail["last_publish_error"] = self.last_publish_error
+        return self.started and bool(self.keys), detail
+
+    @web.middleware
+    async def _middleware(
+        self, request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
+    ) -> web.StreamResponse:
+        """CORS on every answer (errors included, or the browser hides them) and request metrics."""
+        start = time.perf_counter()
+        try:
+            response = await handler(request)
+        except web.HTTPException as exc:
+            response = exc
+        response.headers["Access-Control-Allow-Origin"] = self.allowed_origin
+        if request.path.startswith("/v1/"):
+            self.metrics.collector_requests.labels(status=str(response.status)).inc()
+            self.metrics.collector_request_seconds.observe(time.perf_counter() - start)
+        return response
+
+    async def handle_preflight(self, request: web.Request) -> web.Response:
+        return web.Response(
+            status=204,
+            headers={
+                "Access-Control-Allow-Methods": "POST, OPTIONS",
+                "Access-Control-Allow-Headers": "Authorization, Content-Type",
+                "Access-Control-Max-Age": "86400",
+            },
+        )
+
+    async def handle_tracker(self, request: web.Request) -> web.Response:
+        return web.Response(
+            body=TRACKER_JS.read_bytes(),
+            content_type="application/javascript",
+            headers={"Cache-Control": "public, max-age=3600"},
+        )
+
+    async def handle_events(self, request: web.Request) -> web.Response:
+        received_at = int(self.clock() * 1000)
+        if request.content_length is not None and request.content_length > self.limits.max_body_bytes:
+            return self._too_large(request.content_length)
+        try:
+            raw = await request.read()
+        except web.HTTPRequestEntityTooLarge:
+            return self._too_large(None)
+        header_key = key_from_authorization(request.headers.get("Authorization"))
+        try:
+            envelope = parse_body(raw, self.limits)
+        except BodyError as exc:
+            if exc.status == 413:
+                self.metrics.collector_events.labels(source="unknown", result="too_large").inc()
+            return _error(exc.status, exc.code, str(exc))
+        presented = header_key or envelope.write_key or request.query.get("write_key")
+        source = source_for_key(self.keys, presented)
+        if source is None:
+            self.metrics.collector_events.labels(source="unknown", result="unauthorized").inc(
+                len(envelope.events)
+            )
+            problem = "missing write key" if not presented else "unknown write key"
+            return _error(
+                401,
+                "unauthorized",
+                f"{problem}: send Authorization: Bearer <write key>, basic auth with "
+                "the key as user name, or write_key in the body",
+                **{"WWW-Authenticate": "Bearer"},
+            )
+        # Bot filtering looks at the visitor's user agent: the browser's own (tracker requests carry an
+        # Origin or a key in the body), or one forwarded per event by a server-side integration.
+        browser = header_key is None or "Origin" in request.headers
+        header_ua = request.headers.get("User-Agent")
+        allowed = EVENT_TYPES if source in self.server_sources else BROWSER_TYPES
+        outcome = Outcome()
+        for index, event in enumerate(envelope.events):
+            forwarded_ua = event.get("user_agent") if isinstance(event, dict) else None
+            if (isinstance(forwarded_ua, str) and is_bot(forwarded_ua)) or (
+                browser and forwarded_ua is None and is_bot(header_ua)
+            ):
+                outcome.bots_dropped += 1
+                continue
+            result = normalise_event(
+                event,
+                index,
+                source=source,
+                received_at=received_at,
+                batch_sent_at=envelope.sent_at,
+                registry=self.registry,
+                limits=self.limits,
+                allowed_types=allowed,
+            )
+            if isinstance(result, Accepted):
+                outcome.accepted.append(result)
+            else:
+                outcome.rejected.append(result)
+        if outcome.accepted:
+            messages = [
+                (
+                    self.settings.topic(BY_SCHEMA[a.schema].name),
+                    _key(a.record),
+                    self.registry.encode(a.schema, a.record),
+                )
+                for a in outcome.accepted
+            ]
+            try:
+                await self.publisher.publish(messages)
+            except PublishError as exc:
+                self.last_publish_error = str(exc)
+                log.warning("collector: %s", exc)
+                self.metrics.collector_events.labels(source=source, result="unavailable").inc(len(messages))
+                return _error(
+                    503,
+                    "broker_unavailable",
+                    f"{exc}; nothing was accepted, retry the request",
+                    **{"Retry-After": "5"},
+                )
+            for accepted in outcome.accepted:
+                self.metrics.events_ingested.labels(topic=BY_SCHEMA[accepted.schema].name).inc()
+        self._count(source, outcome)
+        return web.json_response(outcome.body(), status=outcome.status)
+
+    def _count(self, source: str, outcome: Outcome) -> None:
+        events = self.metrics.collector_events
+        if outcome.accepted:
+            events.labels(source=source, result="accepted").inc(len(outcome.accepted))
+        if outcome.rejected:
+            events.labels(source=source, result="invalid").inc(len(outcome.rejected))
+        if outcome.bots_dropped:
+            events.labels(source=source, result="bot").inc(outcome.bots_dropped)
+            self.metrics.bots_dropped.inc(outcome.bots_dropped)
+
+    def _too_large(self, length: int | None) -> web.Response:
+        self.metrics.collector_events.labels(source="unknown", result="too_large").inc()
+        size = f"{length} bytes" if length is not None else "body"
+        return _error(
+            413,
+            "body_too_large",
+            f"{size} exceeds the limit of {self.limits.max_body_bytes} bytes; "
+            f"send at most {self.limits.max_batch} events per request",
+        )
+
+
+def _key(record: dict[str, Any]) -> bytes | None:
+    key = lead_key(record)
+    return key.encode() if key else None
+
+
+async def serve(collector: Collector, host: str, port: int) -> web.AppRunner:
+    """Start serving; returns the runner (``await runner.cleanup()`` stops it, flushing the producer)."""
+    runner = web.AppRunner(collector.app(), access_log=None)
+    await runner.setup()
+    site = web.TCPSite(runner, host, port)
+    try:
+        await site.start()
+    except OSError as exc:
+        await runner.cleanup()
+        raise OSError(
+            exc.errno, f"collector cannot listen on {host}:{port} (LEADPULSE_COLLECTOR_PORT): {exc.strerror}"
+        ) from exc
+    return runner
+
+
+def run_collector(
+    settings: Settings, host: str | None = None, port: int | None = None, publisher: Publisher | None = None
+) -> None:
+    """Blocking entry point of ``leadpulse collector``: serve until SIGINT/SIGTERM, then flush and stop."""
+    if not settings.write_keys:
+        raise ValueError(
+            'no write keys: set LEADPULSE_WRITE_KEYS=\'{"web": "<key>"}\' before starting the '
+            "collector (every request needs one)"
+        )
+    metrics = Metrics(CollectorRegistry(), component="collector", process_metrics=True)
+    collector = Collector(settings, metrics=metrics, publisher=publisher)
+    web.run_app(
+        collector.app(),
+        host=host or settings.web_host,
+        port=port if port is not None else settings.collector_port,
+        access_log=None,
+        print=None,
+    )

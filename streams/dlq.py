@@ -1,0 +1,239 @@
+"""Dead letters: the one piece of middleware turning a typed error into a ``dead_letter`` record on ``dlq``.
+
+Why one module: the worker (decode/validate/process), the ClickHouse sink (permanent insert errors) and the
+notifier (webhook give-up) must write the same record, with the original key and value bytes and the source
+topic/partition/offset, so that ``leadpulse dlq replay`` can put the *original bytes* back on their topic
+after a fix. Steps return or raise typed errors; only this module knows the record's shape.
+
+``dead_letter(...)`` is pure (no clock unless none is passed, no I/O); ``publish``/``list_dead_letters``/
+``replay`` are the imperative shell used by the CLI (``leadpulse dlq list|show|replay``) and tests.
+"""
+
+from __future__ import annotations
+
+import re
+import time
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+from schemas.registry import SchemaError, SchemaRegistry, default_registry
+from streams.producer import Producer
+from streams.reader import Decoded, read_topic
+from streams.settings import Settings
+from streams.topics import BY_NAME, DLQ
+
+STAGES = ("decode", "validate", "process", "sink", "webhook", "collector")
+
+
+def dead_letter(
+    topic: str,
+    partition: int,
+    offset: int,
+    key: bytes | str | None,
+    value: bytes | None,
+    stage: str,
+    error: BaseException | str,
+    *,
+    event_id: str | None = None,
+    failed_at: int | None = None,
+    registry: SchemaRegistry | None = None,
+) -> dict[str, Any]:
+    """A ``dead_letter`` record for a failed record; ``partition``/``offset`` are -1 when not from Kafka.
+
+    The event id is read from the value when it decodes (a sink or webhook failure), so that a dead letter
+    can be matched to the event; undecodable bytes simply have none.
+    """
+    if stage not in STAGES:
+        raise ValueError(f"stage: {stage!r} is not one of {', '.join(STAGES)}")
+    if event_id is None and value:
+        try:
+            record = (registry or default_registry()).decode(value)[1]
+            found = record.get("event_id") or record.get("notification_id")
+            event_id = found if isinstance(found, str) else None
+        except SchemaError:
+            event_id = None
+    error_type = error if isinstance(error, str) else type(error).__name__
+    message = error if isinstance(error, str) else (str(error) or error_type)
+    return {
+        "source_topic": topic,
+        "partition": int(partition),
+        "offset": int(offset),
+        "stage": stage,
+        "error_type": "Error" if isinstance(error, str) else error_type,
+        "error": message[:4000],
+        "key": key.encode() if isinstance(key, str) else key,
+        "value": value,
+        "failed_at": int(time.time() * 1000) if failed_at is None else failed_at,
+        "event_id": event_id,
+    }
+
+
+def encode_dead_letter(
+    record: dict[str, Any], registry: SchemaRegistry | None = None
+) -> tuple[bytes | None, bytes]:
+    """(key, value) to produce on the DLQ topic: the original key, so a lead's dead letters stay together."""
+    return record.get("key"), (registry or default_registry()).encode("dead_letter", record)
+
+
+def publish(producer: Producer, records: Iterable[dict[str, Any]]) -> int:
+    """Write dead letters through the SDK producer and wait for the broker; returns how many."""
+    count = 0
+    topic = producer.settings.topic(DLQ.name)
+    for record in records:
+        key, value = encode_dead_letter(record, producer.registry)
+        producer.send_encoded(topic, key, value)
+        count += 1
+    producer.flush()
+    return count
+
+
+@dataclass(frozen=True)
+class DeadLetter:
+    """One dead letter as read back: where it sits on ``dlq`` and the decoded record."""
+
+    dlq_partition: int
+    dlq_offset: int
+    record: dict[str, Any]
+
+    @property
+    def address(self) -> str:
+        return f"{self.dlq_partition}:{self.dlq_offset}"
+
+    def decoded_original(self, registry: SchemaRegistry | None = None) -> tuple[str, dict[str, Any]] | str:
+        """Decoding attempt of the original value: (schema, record), or the reason it does not decode."""
+        value = self.record.get("value")
+        if not value:
+            return "no original value"
+        try:
+            return (registry or default_registry()).decode(value)
+        except SchemaError as exc:
+            return f"{type(exc).__name__}: {exc}"
+
+
+def parse_since(text: str | None, now_ms: int | None = None) -> int | None:
+    """``--since``: a duration back from now (``90s``, ``30m``, ``2h``, ``7d``) or an ISO-8601 time, in ms."""
+    if not text:
+        return None
+    now_ms = int(time.time() * 1000) if now_ms is None else now_ms
+    match = re.fullmatch(r"\s*(\d+)\s*([smhd])\s*", text)
+    if match:
+        unit = {"s": 1000, "m": 60_000, "h": 3_600_000, "d": 86_400_000}[match.group(2)]
+        return now_ms - int(match.group(1)) * unit
+    try:
+        moment = datetime.fromisoformat(text.replace("Z", "+00:00"))
+    except ValueError:
+        raise ValueError(
+            f"--since: expected a duration like 30m/2h/7d or an ISO-8601 time, got {text!r}"
+        ) from None
+    if moment.tzinfo is None:
+        moment = moment.replace(tzinfo=UTC)
+    return int(moment.timestamp() * 1000)
+
+
+def matches(
+    record: dict[str, Any], *, topic: str | None, since_ms: int | None, stage: str | None, prefix: str = ""
+) -> bool:
+    """Filter of list/replay: ``topic`` may be given with or without the deployment prefix."""
+    if topic is not None and record["source_topic"] not in (topic, prefix + topic):
+        return False
+    if since_ms is not None and record["failed_at"] < since_ms:
+        return False
+    return stage is None or record["stage"] == stage
+
+
+def read_dead_letters(
+    settings: Settings, *, bootstrap: str | None = None, idle_ms: int = 1000
+) -> Iterator[DeadLetter]:
+    """Every dead letter on the DLQ topic, oldest first per partition; undecodable DLQ records are skipped."""
+    for item in read_topic(settings, settings.topic(DLQ.name), bootstrap=bootstrap, idle_ms=idle_ms):
+        if isinstance(item, Decoded) and item.schema == "dead_letter":
+            yield DeadLetter(item.partition, item.offset, item.record)
+
+
+def list_dead_letters(
+    settings: Settings,
+    *,
+    topic: str | None = None,
+    since_ms: int | None = None,
+    stage: str | None = None,
+    limit: int = 50,
+    bootstrap: str | None = None,
+) -> list[DeadLetter]:
+    """The most recent ``limit`` dead letters matching the filters, newest last."""
+    found = [
+        d
+        for d in read_dead_letters(settings, bootstrap=bootstrap)
+        if matches(d.record, topic=topic, since_ms=since_ms, stage=stage, prefix=settings.topic_prefix)
+    ]
+    found.sort(key=lambda d: (d.record["failed_at"], d.dlq_partition, d.dlq_offset))
+    return found[-limit:] if limit > 0 else found
+
+
+def find_dead_letters(settings: Settings, address: str, *, bootstrap: str | None = None) -> list[DeadLetter]:
+    """Dead letters at ``OFFSET`` (any DLQ partition) or ``PARTITION:OFFSET`` on the DLQ topic."""
+    part_text, _, offset_text = address.rpartition(":")
+    if not offset_text.isdigit() or (part_text and not part_text.isdigit()):
+        raise ValueError(f"expected OFFSET or PARTITION:OFFSET of the dlq topic, got {address!r}")
+    offset, partition = int(offset_text), int(part_text) if part_text else None
+    return [
+        d
+        for d in read_dead_letters(settings, bootstrap=bootstrap)
+        if d.dlq_offset == offset and (partition is None or d.dlq_partition == partition)
+    ]
+
+
+@dataclass
+class ReplayReport:
+    replayed: int = 0
+    by_topic: dict[str, int] = field(default_factory=dict)
+    skipped: list[tuple[str, str]] = field(default_factory=list)  # (dlq address, reason)
+
+
+def replayable(record: dict[str, Any], prefix: str) -> str | None:
+    """Why a dead letter cannot go back to its source topic, or None when it can."""
+    if not record.get("value"):
+        return "no original value bytes"
+    name = record["source_topic"]
+    name = name[len(prefix) :] if prefix and name.startswith(prefix) else name
+    if name not in BY_NAME or name == DLQ.name:
+        return f"source {record['source_topic']!r} is not a catalogue topic"
+    return None
+
+
+def replay(
+    settings: Settings,
+    *,
+    topic: str | None = None,
+    since_ms: int | None = None,
+    stage: str | None = None,
+    dry_run: bool = False,
+    bootstrap: str | None = None,
+) -> ReplayReport:
+    """Re-publish the original key and value bytes of matching dead letters to their source topics.
+
+    Safe to repeat: downstream dedups by event id (worker) and notification id (webhook receivers). Run it
+    after the fix (schema added to ``schemas/history/``, bug fixed, endpoint back), or the records come back.
+    """
+    report = ReplayReport()
+    letters = list_dead_letters(
+        settings, topic=topic, since_ms=since_ms, stage=stage, limit=0, bootstrap=bootstrap
+    )
+    todo = []
+    for letter in letters:
+        reason = replayable(letter.record, settings.topic_prefix)
+        if reason:
+            report.skipped.append((letter.address, reason))
+        else:
+            todo.append(letter.record)
+    for record in todo:
+        report.by_topic[record["source_topic"]] = report.by_topic.get(record["source_topic"], 0) + 1
+    if dry_run or not todo:
+        return report
+    with Producer(settings, bootstrap=bootstrap) as producer:
+        for record in todo:
+            producer.send_encoded(record["source_topic"], record.get("key"), record["value"])
+        producer.flush()
+    report.replayed = len(todo)
+    return report

@@ -1,0 +1,236 @@
+"""The collector's pure core: parse a request body, authenticate its write key, normalise each event.
+
+Kept free of HTTP and Kafka so every rule a client can hit (batch shapes, limits, clock-skew correction,
+the 23 h future limit, per-event errors) is tested without a server. ``streams/collector.py`` is the
+aiohttp shell around it.
+
+Clock-skew correction (Segment-style): a browser's clock can be hours off. The client stamps each event's
+``event_time`` and the request's ``sent_at`` with the *same* wrong clock, so ``received_at - sent_at`` is the
+skew (plus network delay), and the corrected event time is ``event_time + (received_at - sent_at)``. Without
+``sent_at`` the client's ``event_time`` is trusted as is (server-side sources have good clocks).
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import hmac
+import json
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from schemas.registry import FieldError, SchemaError, SchemaRegistry, SchemaValidationError, to_millis
+
+#: ``type`` values the collector accepts; each is also the schema name (topic from the catalogue).
+BROWSER_TYPES = ("web_visit", "email_click", "download", "content_view", "lead_identified")
+SERVER_TYPES = ("sales_activity",)
+EVENT_TYPES = BROWSER_TYPES + SERVER_TYPES
+#: Fields the collector reads and removes before schema validation (they are not in the Avro schemas).
+ENVELOPE_FIELDS = ("type", "sent_at", "user_agent")
+HOUR_MS = 3600 * 1000
+
+
+@dataclass(frozen=True)
+class Limits:
+    """Request limits; each breach is a 413 naming the limit."""
+
+    max_body_bytes: int = 512 * 1024
+    max_batch: int = 500
+    max_future_ms: int = 23 * HOUR_MS  # DESIGN §3: events more than 23 h in the future are rejected
+
+
+class BodyError(Exception):
+    """The request as a whole is unusable; ``status`` is the HTTP answer, ``code`` a stable error id."""
+
+    def __init__(self, status: int, code: str, message: str) -> None:
+        self.status = status
+        self.code = code
+        super().__init__(message)
+
+
+@dataclass(frozen=True)
+class Envelope:
+    """A parsed body: the raw events plus request-level ``sent_at`` and ``write_key`` (browser tracker)."""
+
+    events: list[Any]
+    sent_at: Any = None
+    write_key: str | None = None
+
+
+@dataclass(frozen=True)
+class Accepted:
+    index: int
+    schema: str
+    record: dict[str, Any]
+
+
+@dataclass(frozen=True)
+class Rejected:
+    index: int
+    event_id: str | None
+    errors: list[FieldError]
+
+    def as_json(self) -> dict[str, Any]:
+        return {
+            "index": self.index,
+            "event_id": self.event_id,
+            "errors": [{"field": e.field, "problem": e.problem} for e in self.errors],
+        }
+
+
+@dataclass
+class Outcome:
+    """Per-request tally that becomes the response body."""
+
+    accepted: list[Accepted] = field(default_factory=list)
+    rejected: list[Rejected] = field(default_factory=list)
+    bots_dropped: int = 0
+
+    @property
+    def status(self) -> int:
+        """202 all accepted (bots silently dropped), 207 some rejected, 400 every event rejected."""
+        if not self.rejected:
+            return 202
+        return 207 if self.accepted else 400
+
+    def body(self) -> dict[str, Any]:
+        return {
+            "accepted": len(self.accepted),
+            "rejected": len(self.rejected),
+            "bots_dropped": self.bots_dropped,
+            "errors": [r.as_json() for r in self.rejected],
+        }
+
+
+def parse_body(raw: bytes, limits: Limits) -> Envelope:
+    """One event object, ``{"batch": [...], "sent_at": ..., "write_key": ...}``, or a JSON array of events."""
+    try:
+        data = json.loads(raw)
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise BodyError(400, "invalid_json", f"body is not JSON: {exc}") from None
+    if isinstance(data, list):
+        envelope = Envelope(events=data)
+    elif isinstance(data, dict) and "batch" in data:
+        events = data["batch"]
+        if not isinstance(events, list):
+            raise BodyError(400, "invalid_batch", f"batch: expected an array, got {type(events).__name__}")
+        write_key = data.get("write_key")
+        envelope = Envelope(events, data.get("sent_at"), write_key if isinstance(write_key, str) else None)
+    elif isinstance(data, dict):
+        write_key = data.pop("write_key", None)
+        envelope = Envelope([data], None, write_key if isinstance(write_key, str) else None)
+    else:
+        raise BodyError(
+            400,
+            "invalid_body",
+            f"expected an event object, a batch object or an array, got {type(data).__name__}",
+        )
+    if not envelope.events:
+        raise BodyError(400, "empty_batch", "batch: no events")
+    if len(envelope.events) > limits.max_batch:
+        raise BodyError(
+            413,
+            "batch_too_large",
+            f"batch: {len(envelope.events)} events, the limit is {limits.max_batch} per request",
+        )
+    return envelope
+
+
+def key_from_authorization(header: str | None) -> str | None:
+    """``Bearer <key>`` or HTTP basic auth with the key as user name (password ignored)."""
+    if not header:
+        return None
+    scheme, _, value = header.strip().partition(" ")
+    scheme = scheme.lower()
+    if scheme == "bearer":
+        return value.strip() or None
+    if scheme == "basic":
+        try:
+            user = base64.b64decode(value.strip(), validate=True).decode("utf-8").partition(":")[0]
+        except (binascii.Error, UnicodeDecodeError):
+            return None
+        return user or None
+    return None
+
+
+def source_for_key(keys: Mapping[str, bytes], presented: str | None) -> str | None:
+    """The source whose write key equals ``presented``; compares against every key in constant time each,
+    without stopping at the first match, so response time does not tell which key prefix was right."""
+    if not presented:
+        return None
+    candidate = presented.encode("utf-8")
+    found = None
+    for source, key in keys.items():
+        if hmac.compare_digest(candidate, key):
+            found = source
+    return found
+
+
+def normalise_event(
+    raw: Any,
+    index: int,
+    *,
+    source: str,
+    received_at: int,
+    batch_sent_at: Any,
+    registry: SchemaRegistry,
+    limits: Limits,
+    allowed_types: tuple[str, ...] = EVENT_TYPES,
+) -> Accepted | Rejected:
+    """Validate one event and stamp it: ``source`` from the key, server ``received_at``, corrected time."""
+    if not isinstance(raw, dict):
+        return Rejected(
+            index, None, [FieldError("<event>", f"expected a JSON object, got {type(raw).__name__}")]
+        )
+    event = dict(raw)
+    event_id = event.get("event_id") if isinstance(event.get("event_id"), str) else None
+    kind = event.pop("type", None)
+    sent_at = event.pop("sent_at", batch_sent_at)
+    event.pop("user_agent", None)
+    if kind not in EVENT_TYPES:
+        problem = "required field is missing" if kind is None else f"unknown type {kind!r}"
+        return Rejected(index, event_id, [FieldError("type", f"{problem}; one of {', '.join(EVENT_TYPES)}")])
+    if kind not in allowed_types:
+        return Rejected(
+            index,
+            event_id,
+            [
+                FieldError(
+                    "type", f"{kind} is not accepted from source {source!r}: use a server-side write key"
+                )
+            ],
+        )
+    event["source"] = source
+    event["received_at"] = received_at
+    event.setdefault("event_time", received_at)
+    errors: list[FieldError] = []
+    try:
+        record = registry.validate(kind, event)
+    except SchemaValidationError as exc:
+        errors.extend(exc.errors)
+        record = {}
+    except SchemaError as exc:
+        errors.append(FieldError("<event>", str(exc)))
+        record = {}
+    if sent_at is not None:
+        try:
+            skew = received_at - to_millis(sent_at)
+        except ValueError as exc:
+            errors.append(FieldError("sent_at", str(exc)))
+        else:
+            if isinstance(record.get("event_time"), int):
+                record["event_time"] += skew
+    event_time = record.get("event_time")
+    if isinstance(event_time, int) and event_time > received_at + limits.max_future_ms:
+        ahead_h = (event_time - received_at) / HOUR_MS
+        errors.append(
+            FieldError(
+                "event_time",
+                f"is {ahead_h:.1f} h in the future (after clock-skew correction); "
+                f"the limit is {limits.max_future_ms / HOUR_MS:g} h",
+            )
+        )
+    if errors:
+        return Rejected(index, event_id, errors)
+    return Accepted(index, kind, record)

@@ -1,0 +1,287 @@
+"""The HTTP collector against the real broker: every documented answer, and accepted events land once."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import json
+import time
+import uuid
+from collections import Counter
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass
+from typing import Any
+
+import aiohttp
+import pytest
+from prometheus_client import CollectorRegistry
+
+from streams.broker import EmbeddedBroker
+from streams.collector import Collector, serve
+from streams.intake import Limits
+from streams.metrics import Metrics
+from streams.reader import Decoded, read_topic
+from streams.settings import Settings
+from streams.web import bound_port
+
+pytestmark = pytest.mark.integration
+
+WEB_KEY = "wk_public_web_123"
+CRM_KEY = "wk_server_crm_456"
+BROWSER_UA = (
+    "Mozilla/5.0 (X11; Linux x86_64) AppleWebKit/537.36 (KHTML, like Gecko) Chrome/126.0 Safari/537.36"
+)
+HOUR_MS = 3_600_000
+
+
+@dataclass
+class Running:
+    url: str
+    settings: Settings
+    metrics: Metrics
+    session: aiohttp.ClientSession
+
+    async def post(
+        self,
+        body: Any,
+        *,
+        key: str | None = WEB_KEY,
+        raw: bytes | None = None,
+        headers: dict[str, str] | None = None,
+    ) -> tuple[int, dict[str, Any], aiohttp.ClientResponse]:
+        all_headers = {"Authorization": f"Bearer {key}"} if key else {}
+        all_headers.update(headers or {})
+        data = raw if raw is not None else json.dumps(body).encode()
+        async with self.session.post(self.url + "/v1/events", data=data, headers=all_headers) as response:
+            return response.status, await response.json(), response
+
+    def value(self, name: str, **labels: str) -> float:
+        return self.metrics.registry.get_sample_value(name, labels) or 0.0
+
+    async def topic(self, name: str) -> list[Decoded]:
+        items = await asyncio.to_thread(
+            lambda: list(read_topic(self.settings, self.settings.topic(name), idle_ms=800))
+        )
+        return [i for i in items if isinstance(i, Decoded)]
+
+
+@pytest.fixture
+async def collector(
+    broker: EmbeddedBroker, fresh_prefix: str, make_settings: Callable[..., Settings]
+) -> AsyncIterator[Running]:
+    settings = make_settings(
+        kafka_bootstrap=broker.bootstrap,
+        topic_prefix=fresh_prefix,
+        write_keys={"web": WEB_KEY, "crm": CRM_KEY},
+    )
+    metrics = Metrics(CollectorRegistry(), component="collector")
+    runner = await serve(
+        Collector(settings, metrics=metrics, limits=Limits(max_body_bytes=64 * 1024, max_batch=50)),
+        "127.0.0.1",
+        0,
+    )
+    try:
+        async with aiohttp.ClientSession() as session:
+            yield Running(f"http://127.0.0.1:{bound_port(runner)}", settings, metrics, session)
+    finally:
+        await runner.cleanup()
+
+
+def now_ms() -> int:
+    return int(time.time() * 1000)
+
+
+def visit(**fields: Any) -> dict[str, Any]:
+    return {
+        "type": "web_visit",
+        "event_id": str(uuid.uuid4()),
+        "event_time": now_ms(),
+        "anonymous_id": "a-1",
+        "url": "https://example.com/pricing",
+        **fields,
+    }
+
+
+def download(**fields: Any) -> dict[str, Any]:
+    return {
+        "type": "download",
+        "event_id": str(uuid.uuid4()),
+        "event_time": now_ms(),
+        "lead_id": "L-1",
+        "content_id": "wp-1",
+        "asset_type": "whitepaper",
+        **fields,
+    }
+
+
+def content_view(**fields: Any) -> dict[str, Any]:
+    return {
+        "type": "content_view",
+        "event_id": str(uuid.uuid4()),
+        "event_time": now_ms(),
+        "lead_id": "L-1",
+        "content_id": "cs-9",
+        "content_type": "case_study",
+        "dwell_ms": 5000,
+        "percent_viewed": 80,
+        **fields,
+    }
+
+
+async def test_one_event_is_acknowledged_after_the_broker_and_stamped_by_the_server(
+    collector: Running,
+) -> None:
+    event = visit(source="spoofed")
+    before = now_ms()
+    status, body, _ = await collector.post(event)
+    assert (status, body["accepted"], body["errors"]) == (202, 1, [])
+    [got] = await collector.topic("events.web_visits")
+    assert got.record["event_id"] == event["event_id"]
+    assert got.record["source"] == "web"  # from the write key, never from the body
+    assert before <= got.record["received_at"] <= now_ms()
+    assert got.key == b"a-1"
+    assert collector.value("leadpulse_events_ingested_total", topic="events.web_visits") == 1
+    assert collector.value("leadpulse_collector_requests_total", status="202") == 1
+
+
+async def test_batch_accepts_good_events_and_names_each_bad_field_by_index(collector: Running) -> None:
+    good = [visit(), download(), content_view(), visit(lead_id="L-2", anonymous_id=None)]
+    bad_missing = download()
+    del bad_missing["content_id"]
+    bad_range = content_view(percent_viewed=150)
+    bad_type = visit(type="page_view")
+    batch = [good[0], bad_missing, good[1], bad_range, good[2], bad_type, good[3]]
+    status, body, _ = await collector.post({"batch": batch})
+    assert status == 207
+    assert (body["accepted"], body["rejected"]) == (4, 3)
+    errors = {e["index"]: {f["field"] for f in e["errors"]} for e in body["errors"]}
+    assert errors == {1: {"content_id"}, 3: {"percent_viewed"}, 5: {"type"}}
+    assert body["errors"][0]["event_id"] == bad_missing["event_id"]
+    landed: Counter[str] = Counter()
+    for name in ("events.web_visits", "events.downloads", "events.content_views"):
+        for item in await collector.topic(name):
+            landed[item.record["event_id"]] += 1
+    assert landed == Counter({e["event_id"]: 1 for e in good})  # the good ones, exactly once each
+
+
+async def test_request_whose_every_event_is_invalid_gets_400(collector: Running) -> None:
+    status, body, _ = await collector.post([{"type": "web_visit", "event_id": "x"}])
+    assert status == 400
+    fields = {f["field"] for f in body["errors"][0]["errors"]}
+    assert {"url", "lead_id"} <= fields
+    status, body, _ = await collector.post(None, raw=b"{not json")
+    assert (status, body["error"]) == (400, "invalid_json")
+
+
+async def test_oversized_body_and_oversized_batch_get_413(collector: Running) -> None:
+    status, body, _ = await collector.post([visit() for _ in range(51)])
+    assert (status, body["error"]) == (413, "batch_too_large")
+    assert "50" in body["message"]
+    huge = visit(url="https://example.com/" + "x" * 70_000)
+    status, body, _ = await collector.post(huge)
+    assert (status, body["error"]) == (413, "body_too_large")
+    assert await collector.topic("events.web_visits") == []
+
+
+async def test_event_more_than_23_hours_ahead_is_rejected_but_skewed_clocks_are_corrected(
+    collector: Running,
+) -> None:
+    future = visit(event_time=now_ms() + 25 * HOUR_MS)
+    # A client whose clock is 25 h fast stamps both event_time and sent_at with it: corrected, accepted.
+    skewed_clock = now_ms() + 25 * HOUR_MS
+    skewed = visit(event_time=skewed_clock - 60_000)
+    status, body, _ = await collector.post({"batch": [future]})
+    assert status == 400
+    assert body["errors"][0]["errors"][0]["field"] == "event_time"
+    assert "future" in body["errors"][0]["errors"][0]["problem"]
+    status, body, _ = await collector.post({"sent_at": skewed_clock, "batch": [skewed]})
+    assert status == 202
+    [got] = await collector.topic("events.web_visits")
+    assert got.record["event_id"] == skewed["event_id"]
+    # corrected to about one minute before the server received it
+    assert abs(got.record["received_at"] - 60_000 - got.record["event_time"]) < 5_000
+
+
+async def test_known_bots_are_dropped_and_counted(collector: Running) -> None:
+    browser_bot = {"Origin": "https://example.com", "User-Agent": "Mozilla/5.0 (compatible; Googlebot/2.1)"}
+    status, body, _ = await collector.post([visit(), visit()], headers=browser_bot)
+    assert (status, body["accepted"], body["bots_dropped"]) == (202, 0, 2)
+    # a server-side integration forwarding its visitors' user agents: only the bot's event is dropped
+    human = visit(user_agent=BROWSER_UA)
+    status, body, _ = await collector.post([human, visit(user_agent="AhrefsBot/7.0")])
+    assert (status, body["accepted"], body["bots_dropped"]) == (202, 1, 1)
+    assert collector.value("leadpulse_bots_dropped_total") == 3
+    assert collector.value("leadpulse_collector_events_total", source="web", result="bot") == 3
+    assert [r.record["event_id"] for r in await collector.topic("events.web_visits")] == [human["event_id"]]
+
+
+async def test_requests_without_a_valid_write_key_get_401_and_nothing_lands(collector: Running) -> None:
+    for key in (None, "wrong-key"):
+        status, body, response = await collector.post(visit(), key=key)
+        assert (status, body["error"]) == (401, "unauthorized")
+        assert response.headers["WWW-Authenticate"] == "Bearer"
+    assert await collector.topic("events.web_visits") == []
+
+
+async def test_key_in_basic_auth_body_or_query_string_is_accepted(collector: Running) -> None:
+    basic = "Basic " + base64.b64encode(f"{WEB_KEY}:".encode()).decode()
+    events = [visit(), visit(), visit()]
+    assert (await collector.post(events[0], key=None, headers={"Authorization": basic}))[0] == 202
+    # A key outside the Authorization header means a browser: its user agent is checked for bots.
+    browser = {"Content-Type": "text/plain", "User-Agent": BROWSER_UA}
+    beacon = json.dumps({"write_key": WEB_KEY, "batch": [events[1]]}).encode()  # text/plain, like sendBeacon
+    assert (await collector.post(None, key=None, raw=beacon, headers=browser))[:2] == (
+        202,
+        {"accepted": 1, "rejected": 0, "bots_dropped": 0, "errors": []},
+    )
+    async with collector.session.post(
+        collector.url + f"/v1/events?write_key={WEB_KEY}", data=json.dumps(events[2]), headers=browser
+    ) as response:
+        assert (response.status, (await response.json())["accepted"]) == (202, 1)
+    got = sorted(r.record["event_id"] for r in await collector.topic("events.web_visits"))
+    assert got == sorted(e["event_id"] for e in events)
+
+
+async def test_sales_activity_needs_a_server_side_key(collector: Running) -> None:
+    activity = {
+        "type": "sales_activity",
+        "event_id": str(uuid.uuid4()),
+        "event_time": now_ms(),
+        "lead_id": "L-1",
+        "activity": "accepted",
+        "owner": "rep-1",
+    }
+    status, body, _ = await collector.post(activity, key=WEB_KEY)
+    assert status == 400
+    assert body["errors"][0]["errors"][0]["field"] == "type"
+    status, body, _ = await collector.post(activity, key=CRM_KEY)
+    assert status == 202
+    [got] = await collector.topic("sales.activities")
+    assert (got.record["source"], got.record["activity"]) == ("crm", "accepted")
+
+
+async def test_cors_preflight_and_error_answers_are_readable_by_browsers(collector: Running) -> None:
+    headers = {
+        "Origin": "https://www.example.com",
+        "Access-Control-Request-Method": "POST",
+        "Access-Control-Request-Headers": "authorization,content-type",
+    }
+    async with collector.session.options(collector.url + "/v1/events", headers=headers) as response:
+        assert response.status == 204
+        assert response.headers["Access-Control-Allow-Origin"] == "*"
+        assert "POST" in response.headers["Access-Control-Allow-Methods"]
+        assert "Authorization" in response.headers["Access-Control-Allow-Headers"]
+    _, _, response = await collector.post(visit(), key="nope", headers={"Origin": "https://www.example.com"})
+    assert response.headers["Access-Control-Allow-Origin"] == "*"
+
+
+async def test_health_ready_metrics_and_tracker_are_served(collector: Running) -> None:
+    for path, status in (("/health", 200), ("/ready", 200), ("/metrics", 200), ("/v1/tracker.js", 200)):
+        async with collector.session.get(collector.url + path) as response:
+            assert response.status == status, path
+            text = await response.text()
+            if path == "/v1/tracker.js":
+                assert response.content_type == "application/javascript"
+                assert "sendBeacon" in text
+            if path == "/metrics":
+                assert "leadpulse_collector_requests_total" in text or "leadpulse_build_info" in text

@@ -1,0 +1,115 @@
+"""Metrics of running processes move by the expected amounts, and a real Prometheus server scrapes them."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import time
+import urllib.parse
+import urllib.request
+from pathlib import Path
+
+import pytest
+from prometheus_client.parser import text_string_to_metric_families
+
+from streams.broker import EmbeddedBroker, free_port
+from streams.producer import Producer
+from streams.settings import Settings
+from tests.integration.test_worker import profile, start_worker
+from tests.processes import wait_until
+
+pytestmark = pytest.mark.integration
+
+
+def scrape(port: int) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as response:
+        text = response.read().decode()
+    samples = {}
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            samples[(sample.name, tuple(sorted(sample.labels.items())))] = sample.value
+    return samples
+
+
+def total(samples: dict[tuple[str, tuple[tuple[str, str], ...]], float], name: str, **labels: str) -> float:
+    return sum(v for (n, lbls), v in samples.items()
+               if n == name and all(dict(lbls).get(k) == want for k, want in labels.items()))
+
+
+def test_worker_metrics_count_the_scripted_run(broker: EmbeddedBroker, broker_settings: Settings,
+                                                tmp_path: Path) -> None:
+    now = int(time.time() * 1000)
+    worker, port = start_worker(broker_settings, broker, tmp_path / "worker.log")
+    try:
+        before = scrape(port)
+        assert total(before, "leadpulse_events_consumed_total") == 0
+        with Producer(broker_settings) as producer:
+            for i in range(5):  # 5 profiles, 3 demo requests (hot), 2 blog visits, 1 poison record
+                producer.send("lead_identified", profile(f"M{i}", now))
+            for i in range(3):
+                producer.send("download", {"event_id": f"m-demo-{i}", "event_time": now - 60_000,
+                                           "lead_id": f"M{i}", "source": "web", "content_id": "demo",
+                                           "asset_type": "demo_request"})
+            for i in range(2):
+                producer.send("web_visit", {"event_id": f"m-blog-{i}", "event_time": now - 30_000,
+                                            "lead_id": f"M{3 + i}", "source": "web",
+                                            "url": "https://x.example/blog/1", "page_category": "blog"})
+            producer.send_encoded(broker_settings.topic("events.downloads"), b"M0", b"\x00poison")
+        wait_until(lambda: total(scrape(port), "leadpulse_events_consumed_total") >= 11, 60, "11 consumed", worker)
+        wait_until(lambda: total(scrape(port), "leadpulse_hot_leads_total") >= 3, 30, "3 hot leads", worker)
+        after = scrape(port)
+    finally:
+        worker.stop()
+    assert total(after, "leadpulse_events_consumed_total", topic="leads.profiles") == 5
+    assert total(after, "leadpulse_events_consumed_total", topic="events.downloads") == 4
+    assert total(after, "leadpulse_events_consumed_total", topic="events.web_visits") == 2
+    assert total(after, "leadpulse_hot_leads_total") == 3
+    assert total(after, "leadpulse_stage_transitions_total", from_stage="awareness", to_stage="lead") == 5
+    assert total(after, "leadpulse_stage_transitions_total", from_stage="lead", to_stage="mql") == 3
+    assert total(after, "leadpulse_dlq_records_total", stage="decode") == 1
+    assert total(after, "leadpulse_events_invalid_total", topic="events.downloads") == 1
+    assert total(after, "leadpulse_event_to_score_seconds_count") == 10
+    assert total(after, "leadpulse_score_updates_total") >= 8
+
+
+@pytest.mark.skipif(shutil.which("prometheus") is None,
+                    reason="Prometheus server not installed: run bash .ci/system-deps.sh (Debian 'prometheus')")
+def test_a_real_prometheus_server_scrapes_the_worker(broker: EmbeddedBroker, broker_settings: Settings,
+                                                      tmp_path: Path) -> None:
+    worker, port = start_worker(broker_settings, broker, tmp_path / "worker.log")
+    prom_port = free_port()
+    config = tmp_path / "prometheus.yml"
+    config.write_text(
+        "global: {scrape_interval: 1s, evaluation_interval: 1s}\n"
+        "scrape_configs:\n"
+        f"  - job_name: leadpulse-worker\n    static_configs: [{{targets: ['127.0.0.1:{port}']}}]\n"
+    )
+    log = (tmp_path / "prometheus.log").open("wb")
+    prom = subprocess.Popen(
+        ["prometheus", f"--config.file={config}", f"--storage.tsdb.path={tmp_path / 'tsdb'}",
+         f"--web.listen-address=127.0.0.1:{prom_port}"],
+        stdout=log, stderr=subprocess.STDOUT,
+    )
+
+    def query(expr: str) -> list[dict[str, object]]:
+        url = f"http://127.0.0.1:{prom_port}/api/v1/query?" + urllib.parse.urlencode({"query": expr})
+        try:
+            with urllib.request.urlopen(url, timeout=2) as response:
+                return list(json.load(response)["data"]["result"])
+        except OSError:
+            return []
+
+    try:
+        with Producer(broker_settings) as producer:
+            producer.send("lead_identified", profile("PROM", int(time.time() * 1000)))
+        wait_until(lambda: bool(query('up{job="leadpulse-worker"} == 1')), 60, "Prometheus scraping the worker")
+        wait_until(lambda: bool(query('sum(leadpulse_events_consumed_total{job="leadpulse-worker"}) >= 1')),
+                   60, "the consumed counter in Prometheus")
+        series = query('leadpulse_build_info{job="leadpulse-worker"}')
+        assert series and series[0]["metric"]["component"] == "worker"  # type: ignore[index]
+    finally:
+        prom.terminate()
+        prom.wait(10)
+        log.close()
+        worker.stop()

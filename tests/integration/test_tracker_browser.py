@@ -1,0 +1,191 @@
+"""The browser tracker in a real headless Chromium: a page on loopback includes /v1/tracker.js from the
+collector (another origin, so CORS is exercised) and its events arrive on the topics.
+
+Needs Debian's ``chromium`` (``.ci/system-deps.sh``) and Playwright for Python; never ``playwright install``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass
+
+import pytest
+from aiohttp import web
+from playwright.async_api import Browser, async_playwright
+from prometheus_client import CollectorRegistry
+
+from streams.broker import EmbeddedBroker
+from streams.collector import Collector, serve
+from streams.metrics import Metrics
+from streams.reader import Decoded, read_topic
+from streams.settings import Settings
+from streams.web import bound_port
+
+pytestmark = [pytest.mark.integration, pytest.mark.browser]
+
+KEY = "wk_public_site"
+CHROMIUM = "/usr/bin/chromium"
+CHROMIUM_ARGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--no-first-run",
+]
+DESKTOP_UA = (
+    "Mozilla/5.0 (X11; Linux x86_64) AppleWebKit/537.36 (KHTML, like Gecko) Chrome/126.0 Safari/537.36"
+)
+PAGE = """<!doctype html>
+<html><head><meta charset="utf-8"><meta name="leadpulse:page-category" content="pricing">
+<title>Pricing</title></head><body>
+<div style="height: 1400px">Plans and prices</div>
+<article id="story" data-lp-content-id="cs-42" data-lp-content-type="case_study" style="height: 500px">
+  How Acme cut churn by 30%</article>
+<div style="height: 1400px"></div>
+<a id="dl" href="#" data-lp-download data-lp-content-id="wp-7" data-lp-asset-type="whitepaper">Get the PDF</a>
+<script async src="COLLECTOR/v1/tracker.js" data-write-key="KEY"></script>
+</body></html>
+"""
+
+
+@dataclass
+class Site:
+    collector: str
+    page: str
+    settings: Settings
+    metrics: Metrics
+
+
+@pytest.fixture
+async def site(
+    broker: EmbeddedBroker, fresh_prefix: str, make_settings: Callable[..., Settings]
+) -> AsyncIterator[Site]:
+    settings = make_settings(
+        kafka_bootstrap=broker.bootstrap, topic_prefix=fresh_prefix, write_keys={"site": KEY}
+    )
+    metrics = Metrics(CollectorRegistry(), component="collector")
+    collector = await serve(Collector(settings, metrics=metrics), "127.0.0.1", 0)
+    collector_url = f"http://127.0.0.1:{bound_port(collector)}"
+    html = PAGE.replace("COLLECTOR", collector_url).replace("KEY", KEY)
+
+    async def pricing(request: web.Request) -> web.Response:
+        return web.Response(text=html, content_type="text/html")
+
+    async def bye(request: web.Request) -> web.Response:
+        return web.Response(text="<p>bye</p>", content_type="text/html")
+
+    pages = web.Application()
+    pages.router.add_get("/pricing", pricing)
+    pages.router.add_get("/bye", bye)
+    page_runner = web.AppRunner(pages)
+    await page_runner.setup()
+    await web.TCPSite(page_runner, "127.0.0.1", 0).start()
+    try:
+        yield Site(collector_url, f"http://localhost:{bound_port(page_runner)}", settings, metrics)
+    finally:
+        await page_runner.cleanup()
+        await collector.cleanup()
+
+
+@pytest.fixture
+async def launch() -> AsyncIterator[Callable[..., Awaitable[Browser]]]:
+    """Start Chromium, optionally with a desktop user agent. The flag, not a context override: Chromium
+    sends beacons fired during page unload with the process' own (HeadlessChrome) user agent."""
+    browsers: list[Browser] = []
+    async with async_playwright() as pw:
+
+        async def start(user_agent: str | None = None) -> Browser:
+            args = CHROMIUM_ARGS + ([f"--user-agent={user_agent}"] if user_agent else [])
+            browsers.append(await pw.chromium.launch(executable_path=CHROMIUM, headless=True, args=args))
+            return browsers[-1]
+
+        try:
+            yield start
+        finally:
+            for instance in browsers:
+                await instance.close()
+
+
+def ingested(site: Site) -> float:
+    value = site.metrics.registry.get_sample_value
+    return sum(
+        value("leadpulse_events_ingested_total", {"topic": t}) or 0
+        for t in ("events.web_visits", "events.downloads", "events.content_views")
+    )
+
+
+async def wait_for(condition: Callable[[], bool], timeout_s: float, what: str) -> None:
+    deadline = time.monotonic() + timeout_s
+    while not condition():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout_s} s waiting for {what}")
+        await asyncio.sleep(0.05)
+
+
+async def records(site: Site, topic: str) -> list[dict[str, object]]:
+    items = await asyncio.to_thread(
+        lambda: list(read_topic(site.settings, site.settings.topic(topic), idle_ms=800))
+    )
+    return [i.record for i in items if isinstance(i, Decoded)]
+
+
+async def test_page_view_content_view_and_download_arrive_from_a_real_browser(
+    site: Site, launch: Callable[..., Awaitable[Browser]]
+) -> None:
+    browser = await launch(DESKTOP_UA)
+    context = await browser.new_context()
+    page = await context.new_page()
+    await page.goto(site.page + "/pricing?utm_source=newsletter&utm_campaign=spring&utm_medium=email")
+    await page.wait_for_function("window.leadpulse && typeof window.leadpulse.track === 'function'")
+    await page.locator("#story").scroll_into_view_if_needed()
+    await page.wait_for_timeout(600)  # let the visitor read: dwell time to measure
+    await page.locator("#dl").click()  # flushes the page view and the download at once
+    await wait_for(lambda: ingested(site) >= 2, 15, "page view and download at the collector")
+    await page.goto(site.page + "/bye")  # pagehide: the content view goes out by sendBeacon
+    await wait_for(lambda: ingested(site) >= 3, 15, "the content view sent on page hide")
+    anonymous_id = next(c["value"] for c in await context.cookies() if c["name"] == "lp_aid")
+    await context.close()
+
+    [visit] = await records(site, "events.web_visits")
+    assert visit["url"] == site.page + "/pricing?utm_source=newsletter&utm_campaign=spring&utm_medium=email"
+    assert (visit["page_category"], visit["utm_source"], visit["utm_medium"], visit["utm_campaign"]) == (
+        "pricing",
+        "newsletter",
+        "email",
+        "spring",
+    )
+    assert visit["utm_term"] is None and visit["referrer"] is None
+    [download] = await records(site, "events.downloads")
+    assert (download["content_id"], download["asset_type"]) == ("wp-7", "whitepaper")
+    [view] = await records(site, "events.content_views")
+    assert (view["content_id"], view["content_type"], view["channel"]) == ("cs-42", "case_study", "web")
+    assert isinstance(view["dwell_ms"], int) and view["dwell_ms"] >= 300
+    assert isinstance(view["percent_viewed"], float) and 0 < view["percent_viewed"] <= 100
+    for record in (visit, download, view):
+        assert record["anonymous_id"] == anonymous_id
+        assert record["source"] == "site"
+        assert isinstance(record["received_at"], int)
+    assert len({visit["event_id"], download["event_id"], view["event_id"]}) == 3
+
+
+async def test_headless_browser_with_its_default_user_agent_is_dropped_as_a_bot(
+    site: Site, launch: Callable[..., Awaitable[Browser]]
+) -> None:
+    browser = await launch()
+    context = await browser.new_context()  # "HeadlessChrome" in the user agent
+    page = await context.new_page()
+    await page.goto(site.page + "/pricing")
+    await page.wait_for_function("window.leadpulse && typeof window.leadpulse.track === 'function'")
+    await page.locator("#dl").click()
+    await wait_for(
+        lambda: (site.metrics.registry.get_sample_value("leadpulse_bots_dropped_total") or 0) >= 2,
+        15,
+        "the bot's events to be dropped",
+    )
+    await context.close()
+    assert ingested(site) == 0
+    assert await records(site, "events.web_visits") == []

@@ -1,0 +1,267 @@
+"""The notifier against the real broker and real HTTP receivers on loopback."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections import Counter, defaultdict
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import pytest
+from aiohttp import web
+from kafka import KafkaConsumer, TopicPartition
+from prometheus_client import CollectorRegistry
+
+from agents.notifications import Notifier
+from schemas.registry import default_registry
+from sinks.webhook import IDEMPOTENCY_HEADER, SIGNATURE_HEADER, RetryPolicy, WebhookTarget, verify_signature
+from streams.broker import EmbeddedBroker
+from streams.metrics import Metrics
+from streams.producer import Producer
+from streams.reader import Decoded, read_topic
+from streams.settings import Settings
+from streams.web import bound_port
+
+pytestmark = pytest.mark.integration
+
+SECRET = "whsec_integration"
+FAST = RetryPolicy(max_attempts=6, base_s=0.02, cap_s=0.1, timeout_s=5.0)
+
+
+@dataclass
+class Receiver:
+    """A webhook receiver that dedups by idempotency key, as the docs tell receivers to."""
+
+    url: str = ""
+    attempts: Counter[str] = field(default_factory=Counter)
+    accepted: dict[str, list[bytes]] = field(default_factory=lambda: defaultdict(list))
+    bad_signatures: int = 0
+    arrivals: dict[str, float] = field(default_factory=dict)
+    in_flight: int = 0
+    changed: asyncio.Event = field(default_factory=asyncio.Event)
+
+    def unique(self, path: str) -> set[str]:
+        return {key for key, bodies in self.accepted.items() if key.startswith(path + "|")}
+
+
+async def wait_until(condition: Callable[[], bool], timeout_s: float, what: str) -> None:
+    deadline = time.monotonic() + timeout_s
+    while not condition():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout_s} s waiting for {what}")
+        await asyncio.sleep(0.02)
+
+
+@pytest.fixture
+async def receiver() -> AsyncIterator[tuple[Receiver, asyncio.Event]]:
+    state = Receiver()
+    release = asyncio.Event()
+
+    def handler(
+        path: str, behaviour: Callable[[str], Awaitable[int]]
+    ) -> Callable[[web.Request], Awaitable[Any]]:
+        async def handle(request: web.Request) -> web.Response:
+            body = await request.read()
+            key = request.headers.get(IDEMPOTENCY_HEADER, "")
+            if not verify_signature(SECRET, request.headers.get(SIGNATURE_HEADER), body, tolerance_s=60):
+                state.bad_signatures += 1
+                return web.Response(status=401)
+            state.attempts[f"{path}|{key}"] += 1
+            state.in_flight += 1
+            try:
+                status = await behaviour(key)
+            finally:
+                state.in_flight -= 1
+            if status == 200:
+                state.accepted[f"{path}|{key}"].append(body)
+                state.arrivals.setdefault(f"{path}|{key}", time.monotonic())
+            state.changed.set()
+            return web.Response(status=status)
+
+        return handle
+
+    async def flaky(key: str) -> int:
+        return 503 if state.attempts[f"flaky|{key}"] <= 3 else 200
+
+    async def ok(key: str) -> int:
+        return 200
+
+    async def hang(key: str) -> int:
+        await release.wait()
+        return 200
+
+    async def gone(key: str) -> int:
+        return 410
+
+    app = web.Application()
+    for path, behaviour in (("flaky", flaky), ("ok", ok), ("hang", hang), ("gone", gone)):
+        app.router.add_post(f"/{path}", handler(path, behaviour))
+    runner = web.AppRunner(app)
+    await runner.setup()
+    await web.TCPSite(runner, "127.0.0.1", 0).start()
+    state.url = f"http://127.0.0.1:{bound_port(runner)}"
+    try:
+        yield state, release
+    finally:
+        release.set()
+        await runner.cleanup()
+
+
+@pytest.fixture
+def hot_settings(
+    broker: EmbeddedBroker, fresh_prefix: str, make_settings: Callable[..., Settings]
+) -> Settings:
+    return make_settings(kafka_bootstrap=broker.bootstrap, topic_prefix=fresh_prefix, webhook_secret=SECRET)
+
+
+def hot_lead(n: int, lead_id: str | None = None) -> dict[str, Any]:
+    return {
+        "lead_id": lead_id or f"L-{n}",
+        "notification_id": f"hot-{n}",
+        "score": 130.0,
+        "fit": 50.0,
+        "behaviour": 80.0,
+        "reason": "score_threshold",
+        "became_hot_at": 1_750_000_000_000 + n,
+        "email": f"lead{n}@acme.io",
+        "company_name": "Acme",
+        "signals": [
+            {
+                "rule": "pricing_page",
+                "event_type": "web_visit",
+                "event_id": f"e{n}",
+                "event_time": 1_750_000_000_000,
+                "points": 30.0,
+                "current_points": 30.0,
+            }
+        ],
+    }
+
+
+def publish(settings: Settings, records: list[dict[str, Any]]) -> None:
+    with Producer(settings) as producer:
+        for record in records:
+            producer.send("hot_lead", record)
+
+
+def committed_total(settings: Settings, group: str) -> int:
+    consumer = KafkaConsumer(bootstrap_servers=settings.bootstrap, group_id=group, enable_auto_commit=False)
+    try:
+        topic = settings.topic("leads.hot")
+        return sum(
+            consumer.committed(TopicPartition(topic, p)) or 0 for p in consumer.partitions_for_topic(topic)
+        )
+    finally:
+        consumer.close()
+
+
+async def start(notifier: Notifier) -> tuple[asyncio.Event, asyncio.Task[None]]:
+    stop = asyncio.Event()
+    return stop, asyncio.create_task(notifier.run(stop))
+
+
+async def test_receiver_failing_three_times_gets_each_notification_once_with_valid_signatures(
+    hot_settings: Settings, receiver: tuple[Receiver, asyncio.Event]
+) -> None:
+    state, _ = receiver
+    metrics = Metrics(CollectorRegistry(), component="notifier")
+    targets = [
+        WebhookTarget("json-0", state.url + "/flaky"),
+        WebhookTarget("slack-0", state.url + "/ok", "slack"),
+    ]
+    notifier = Notifier(hot_settings, targets=targets, metrics=metrics, policy=FAST, group_id="n-flaky")
+    records = [hot_lead(n) for n in range(3)]
+    await asyncio.to_thread(publish, hot_settings, [*records, records[0]])  # the last is a replayed duplicate
+    stop, task = await start(notifier)
+    await wait_until(
+        lambda: len(state.unique("flaky")) == 3 and len(state.unique("ok")) == 3,
+        60,
+        "3 notifications at both receivers",
+    )
+    await wait_until(lambda: notifier.pending.in_flight == 0, 10, "all deliveries finished")
+    stop.set()
+    await asyncio.wait_for(task, 30)
+    assert state.bad_signatures == 0
+    assert {k: len(v) for k, v in state.accepted.items()} == {
+        f"{p}|hot-{n}": 1 for p in ("flaky", "ok") for n in range(3)
+    }
+    assert all(state.attempts[f"flaky|hot-{n}"] == 4 for n in range(3))  # 3 failures, then success
+    value = metrics.registry.get_sample_value
+    assert value("leadpulse_webhook_retries_total", {"target": "json-0"}) == 9
+    assert value("leadpulse_webhook_deliveries_total", {"target": "json-0"}) == 3
+    assert value("leadpulse_webhook_deliveries_total", {"target": "slack-0"}) == 3
+    assert (value("leadpulse_webhook_failures_total", {"target": "json-0"}) or 0) == 0
+    assert (
+        await asyncio.to_thread(committed_total, hot_settings, "n-flaky") == 4
+    )  # after delivery, all of them
+
+
+async def test_a_hanging_receiver_does_not_delay_notifications_to_the_others(
+    hot_settings: Settings, receiver: tuple[Receiver, asyncio.Event]
+) -> None:
+    state, release = receiver
+    targets = [WebhookTarget("json-0", state.url + "/hang"), WebhookTarget("json-1", state.url + "/ok")]
+    policy = RetryPolicy(max_attempts=2, base_s=0.02, cap_s=0.1, timeout_s=60.0)
+    notifier = Notifier(hot_settings, targets=targets, policy=policy, group_id="n-hang", concurrency=2)
+    stop, task = await start(notifier)
+    await wait_until(lambda: notifier.assigned, 30, "partition assignment")
+    sent_at = time.monotonic()
+    await asyncio.to_thread(publish, hot_settings, [hot_lead(n, lead_id="L-same") for n in range(5)])
+    await wait_until(lambda: len(state.unique("ok")) == 5, 30, "5 notifications at the healthy receiver")
+    healthy_s = max(state.arrivals[f"ok|hot-{n}"] for n in range(5)) - sent_at
+    # Every healthy delivery finished while the hanging receiver still held requests open and had answered
+    # none: the healthy lane never waited for the hanging one.
+    assert state.in_flight == 2 and not state.unique("hang")
+    assert not release.is_set()
+    # ... and nothing was committed past the first notification the hanging target still owes.
+    assert set(notifier.pending.committable().values()) == {0}
+    print(f"healthy receiver got 5 notifications {healthy_s * 1000:.0f} ms after publishing, other hanging")
+    release.set()
+    await wait_until(lambda: len(state.unique("hang")) == 5, 30, "the hanging receiver to catch up")
+    await wait_until(lambda: notifier.pending.in_flight == 0, 10, "all deliveries finished")
+    stop.set()
+    await asyncio.wait_for(task, 30)
+    assert await asyncio.to_thread(committed_total, hot_settings, "n-hang") == 5
+
+
+async def test_delivery_given_up_becomes_a_dead_letter_with_the_original_bytes(
+    hot_settings: Settings, receiver: tuple[Receiver, asyncio.Event]
+) -> None:
+    state, _ = receiver
+    metrics = Metrics(CollectorRegistry(), component="notifier")
+    targets = [WebhookTarget("json-0", state.url + "/gone"), WebhookTarget("json-1", state.url + "/ok")]
+    notifier = Notifier(hot_settings, targets=targets, metrics=metrics, policy=FAST, group_id="n-gone")
+    record = hot_lead(7)
+    await asyncio.to_thread(publish, hot_settings, [record])
+    stop, task = await start(notifier)
+    await wait_until(lambda: len(state.unique("ok")) == 1, 30, "delivery to the healthy target")
+    await wait_until(lambda: notifier.pending.in_flight == 0, 10, "the give-up")
+    stop.set()
+    await asyncio.wait_for(task, 30)
+    assert state.attempts["gone|hot-7"] == 1  # 410 is permanent: not retried
+    letters = [
+        i
+        for i in await asyncio.to_thread(
+            lambda: list(read_topic(hot_settings, hot_settings.topic("dlq"), idle_ms=800))
+        )
+        if isinstance(i, Decoded)
+    ]
+    assert len(letters) == 1
+    dead = letters[0].record
+    assert (dead["source_topic"], dead["stage"], dead["event_id"]) == (
+        hot_settings.topic("leads.hot"),
+        "webhook",
+        "hot-7",
+    )
+    assert "json-0" in dead["error"] and "410" in dead["error"]
+    assert default_registry().decode(dead["value"])[1] == default_registry().validate("hot_lead", record)
+    assert metrics.registry.get_sample_value("leadpulse_webhook_failures_total", {"target": "json-0"}) == 1
+    assert (
+        metrics.registry.get_sample_value(
+            "leadpulse_dlq_records_total", {"source_topic": "leads.hot", "stage": "webhook"}
+        )
+        == 1
+    )
+    assert await asyncio.to_thread(committed_total, hot_settings, "n-gone") == 1
