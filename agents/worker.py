@@ -138,7 +138,7 @@ class LeadWorker:
             await self._apply(batch, key, result)
             if self.metrics and message.timestamp:
                 self.metrics.event_to_score_seconds.observe(max(0.0, time.time() - message.timestamp))
-        self._write_back(batch)
+        await self._durable_outputs_then_write_back(batch)
 
     def _get(self, batch: BatchState, key: bytes) -> LeadState | None:
         if key not in batch.states:
@@ -155,6 +155,14 @@ class LeadWorker:
         for forward in result.forwards:
             value = self.registry.encode(forward.schema, forward.event)
             await self.identity_topic.send(key=forward.key.encode(), value=value)
+
+    async def _durable_outputs_then_write_back(self, batch: BatchState) -> None:
+        """Outputs first, flushed; state after. A crash in between replays the batch and re-sends the same
+        outputs (same deterministic ids, dropped downstream); the reverse order could store "seen" state
+        whose outputs never reached the broker, losing them."""
+        if batch.dirty:
+            await self.app.producer.flush()
+        self._write_back(batch)
 
     def _write_back(self, batch: BatchState) -> None:
         for key in batch.dirty:
@@ -229,7 +237,7 @@ class LeadWorker:
                     self.deadlines.pop(key, None)
                     continue
                 await self._apply(batch, key, check_timers(state, self.rules, now))
-            self._write_back(batch)
+            await self._durable_outputs_then_write_back(batch)
 
     def ready(self) -> tuple[bool, dict[str, Any]]:
         assigned = len(self.app.consumer.assignment()) if self.app.consumer else 0

@@ -113,3 +113,36 @@ def test_a_real_prometheus_server_scrapes_the_worker(broker: EmbeddedBroker, bro
         prom.wait(10)
         log.close()
         worker.stop()
+
+
+def test_collector_metrics_count_requests_events_and_bots(broker: EmbeddedBroker, broker_settings: Settings,
+                                                          tmp_path: Path) -> None:
+    from tests.processes import CliProcess, http_ok, leadpulse_env
+
+    port = free_port()
+    env = leadpulse_env(kafka_bootstrap=broker.bootstrap, topic_prefix=broker_settings.topic_prefix,
+                        data_dir=broker_settings.data_dir, collector_port=port,
+                        write_keys='{"site": "wk-live-1"}')
+    collector = CliProcess(["collector"], env, tmp_path / "collector.log")
+    try:
+        wait_until(lambda: http_ok(f"http://127.0.0.1:{port}/ready"), 60, "collector ready", collector)
+        now = int(time.time() * 1000)
+        good = [{"type": "web_visit", "event_id": f"c-{i}", "event_time": now - 1000, "anonymous_id": "A1",
+                 "url": "https://x.example/pricing", "page_category": "pricing"} for i in range(7)]
+        bad = {"type": "web_visit", "event_id": "c-bad", "event_time": now, "anonymous_id": "A1"}  # no url
+        bot = {"type": "web_visit", "event_id": "c-bot", "event_time": now, "anonymous_id": "A2",
+               "url": "https://x.example/", "user_agent": "Googlebot/2.1 (+http://www.google.com/bot.html)"}
+        body = json.dumps({"batch": [*good, bad, bot]}).encode()
+        request = urllib.request.Request(f"http://127.0.0.1:{port}/v1/events", data=body, method="POST",
+                                         headers={"Authorization": "Bearer wk-live-1",
+                                                  "Content-Type": "application/json"})
+        with urllib.request.urlopen(request, timeout=10) as response:
+            assert response.status == 207  # some events rejected: the good ones are accepted
+        samples = scrape(port)
+    finally:
+        collector.stop()
+    assert total(samples, "leadpulse_collector_events_total", source="site", result="accepted") == 7
+    assert total(samples, "leadpulse_collector_events_total", source="site", result="invalid") == 1
+    assert total(samples, "leadpulse_bots_dropped_total") == 1
+    assert total(samples, "leadpulse_collector_requests_total", status="207") == 1
+    assert total(samples, "leadpulse_events_ingested_total", topic="events.web_visits") == 7

@@ -1,0 +1,69 @@
+"""Account roll-up: leads sharing a company domain form one buying committee with one account score.
+
+Why the sum of the latest scores: every engaged member of a buying committee adds evidence that the account is
+in market, and the sum is what B2B account-based scoring practice uses (a max would hide a committee of five
+warm leads behind one). Each lead counts once, with its newest score by ``as_of`` (scores replayed out of
+order
+do not roll back), and disqualified leads are passed in with ``score=0`` or removed by the caller.
+
+The shell keeps one ``AccountState`` per domain (keyed by ``company_domain``, fed from ``leads.scores``), so
+this
+is a separate agent from the lead agent; ``lead_score.account_score`` is filled by that shell, not by the
+core.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+MAX_LEADS = 500
+TOP_LEADS = 5
+
+
+@dataclass(frozen=True, slots=True)
+class AccountState:
+    domain: str
+    leads: dict[str, tuple[float, int]] = field(default_factory=dict)  # lead_id -> (score, as_of)
+
+    @property
+    def score(self) -> float:
+        return sum(score for score, _ in self.leads.values())
+
+    def top_leads(self, n: int = TOP_LEADS) -> list[tuple[str, float]]:
+        """The n highest scoring leads, ties by lead id so the list is deterministic."""
+        ranked = sorted(self.leads.items(), key=lambda kv: (-kv[1][0], kv[0]))
+        return [(lead_id, score) for lead_id, (score, _) in ranked[:n]]
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"domain": self.domain, "leads": {k: [s, t] for k, (s, t) in self.leads.items()}}
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> AccountState:
+        return cls(data["domain"], {k: (float(v[0]), int(v[1])) for k, v in data.get("leads", {}).items()})
+
+
+def normalise_domain(domain: str) -> str:
+    """``WWW.Acme.com.`` and ``acme.com`` are one account."""
+    domain = domain.strip().lower().rstrip(".")
+    return domain.removeprefix("www.")
+
+
+def new_account(domain: str) -> AccountState:
+    return AccountState(normalise_domain(domain))
+
+
+def apply_lead_score(account: AccountState, lead_id: str, score: float, as_of: int) -> AccountState:
+    """Account after one ``lead_score``: the lead's newest score replaces its older one.
+
+    Bounded to ``MAX_LEADS`` leads per account (the lowest scores drop out first).
+    """
+    current = account.leads.get(lead_id)
+    if current is not None and as_of < current[1]:
+        return account
+    leads = dict(account.leads)
+    leads[lead_id] = (score, as_of)
+    if len(leads) > MAX_LEADS:
+        keep = sorted(leads.items(), key=lambda kv: (-kv[1][0], kv[0]))[:MAX_LEADS]
+        leads = dict(keep)
+    return AccountState(account.domain, leads)

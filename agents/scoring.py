@@ -1,0 +1,234 @@
+"""Lead scoring: fit from the profile, behaviour from events with per-rule decay and daily caps.
+
+Pure functions over ``LeadState``; time is always a parameter (event time in ms). Why exponential decay per
+rule:
+a decayed sum can be carried as one (value, reference time) pair per rule and moved to any time exactly
+(value(t) = value(t0)·2^(-(t-t0)/h)), so out-of-order and late events land at their own event time with no
+event log kept in state.
+
+Why caps keep "the earliest N events of the day" rather than "the first N that arrived": the kept set is then
+the same whatever order events arrive in, so caps do not break out-of-order replay (see docs/scoring.md).
+"""
+
+from __future__ import annotations
+
+import math
+from bisect import insort
+from dataclasses import dataclass
+from typing import Any, Literal
+
+from agents.rules import DAY_MS, CompiledRule, Rules
+from agents.state import LeadState, Signal
+
+Band = Literal["cold", "warm", "hot"]
+_exp = math.exp
+
+
+@dataclass(frozen=True, slots=True)
+class Scored:
+    """What one behavioural event did to the score: ``outcome`` is scored, capped or replaced (it displaced a
+    later event of the same capped day, whose id is ``displaced``)."""
+
+    rule: CompiledRule
+    outcome: Literal["scored", "capped", "replaced"]
+    displaced: str | None = None
+    displaced_at: int = 0
+
+    def change_at(self, t: int, as_of: int) -> float:
+        """How much this event changed the behaviour score as of ``as_of`` (t = the event's time)."""
+        if self.outcome == "capped":
+            return 0.0
+        rule = self.rule
+        change = rule.points * _exp(-rule.k * (as_of - t))
+        if self.outcome == "replaced":
+            change -= rule.points * _exp(-rule.k * (as_of - self.displaced_at))
+        return change
+
+
+# --- fit and disqualification ---------------------------------------------------------------------
+
+
+def profile_fit(profile: dict[str, Any], rules: Rules) -> float:
+    """Fit points: company size band + industry + seniority (or best title keyword) + country. Never
+    decays."""
+    fit = rules.fit
+    points = 0.0
+    size = profile.get("company_size")
+    if isinstance(size, int):
+        for minimum, band_points in rules.compiled.sizes:
+            if size >= minimum:
+                points += band_points
+                break
+    points += fit.industry.get(profile.get("industry") or "", 0.0)
+    seniority = profile.get("seniority")
+    if seniority and seniority in fit.seniority:
+        points += fit.seniority[seniority]
+    else:
+        title = (profile.get("job_title") or "").lower()
+        if title:
+            matches = [pts for pattern, pts in rules.compiled.title_fit if pattern.search(title)]
+            if matches:
+                points += max(matches)
+    points += fit.country.get((profile.get("country") or "").upper(), 0.0)
+    return points
+
+
+def disqualification(profile: dict[str, Any], rules: Rules) -> str | None:
+    """Why the profile is not a buyer (``flag:student``, ``email_domain:u.ac.jp``, ``job_title:Student``),
+    or None."""
+    dq = rules.disqualify
+    for flag in profile.get("flags") or ():
+        if flag in dq.flags:
+            return f"flag:{flag}"
+    email = profile.get("email") or ""
+    if "@" in email:
+        domain = email.rsplit("@", 1)[1].lower()
+        for listed in dq.email_domains:
+            if domain == listed or domain.endswith("." + listed):
+                return f"email_domain:{domain}"
+        for suffix in dq.email_domain_suffixes:
+            if domain.endswith(suffix):
+                return f"email_domain:{domain}"
+    title = profile.get("job_title") or ""
+    pattern = rules.compiled.title_dq
+    if title and pattern is not None and pattern.search(title.lower()):
+        return f"job_title:{title}"
+    return None
+
+
+# --- behaviour ------------------------------------------------------------------------------------
+
+
+def _accumulate(acc: dict[str, list[float]], rule: CompiledRule, points: float, t: int) -> None:
+    slot = acc.get(rule.name)
+    if slot is None:
+        acc[rule.name] = [points, float(t)]
+    elif t >= slot[1]:
+        slot[0] = slot[0] * _exp(-rule.k * (t - slot[1])) + points
+        slot[1] = float(t)
+    else:
+        slot[0] += points * _exp(-rule.k * (slot[1] - t))
+
+
+def apply_event(state: LeadState, rule: CompiledRule, event_id: str, t: int) -> Scored:
+    """Add one event's points at its event time, honouring the rule's daily cap (earliest N of the UTC
+    day)."""
+    cap = rule.daily_cap
+    if cap is None:
+        _accumulate(state.acc, rule, rule.points, t)
+        return Scored(rule, "scored")
+    bucket_key = f"{rule.name}|{t // DAY_MS}"
+    bucket = state.caps.get(bucket_key)
+    if bucket is None:
+        state.caps[bucket_key] = [[t, event_id]]
+        _accumulate(state.acc, rule, rule.points, t)
+        return Scored(rule, "scored")
+    if len(bucket) < cap:
+        insort(bucket, [t, event_id])
+        _accumulate(state.acc, rule, rule.points, t)
+        return Scored(rule, "scored")
+    last_t, last_id = bucket[-1]
+    if (t, event_id) >= (last_t, last_id):
+        return Scored(rule, "capped")
+    bucket.pop()
+    insort(bucket, [t, event_id])
+    _accumulate(state.acc, rule, -rule.points, int(last_t))
+    _accumulate(state.acc, rule, rule.points, t)
+    return Scored(rule, "replaced", displaced=str(last_id), displaced_at=int(last_t))
+
+
+def behaviour_at(state: LeadState, rules: Rules, as_of: int) -> float:
+    """Sum of every rule's decayed points at ``as_of`` (rules no longer in the file contribute nothing)."""
+    by_name = rules.compiled.by_name
+    total = 0.0
+    for name, (value, ref) in state.acc.items():
+        rule = by_name.get(name)
+        if rule is not None:
+            total += value * _exp(-rule.k * (as_of - ref))
+    return total
+
+
+def reset_behaviour(state: LeadState, at: int) -> None:
+    """Clean slate on recycle: behaviour, caps and signals cleared; events before ``at`` no longer score."""
+    state.acc = {}
+    state.caps = {}
+    state.signals = []
+    state.behaviour_since = max(state.behaviour_since, at)
+
+
+def band(score: float, rules: Rules) -> Band:
+    if score > rules.stages.mql_threshold:
+        return "hot"
+    return "warm" if score >= rules.stages.warm_from else "cold"
+
+
+# --- signals (the "why") --------------------------------------------------------------------------
+
+
+def detail_of(schema: str, event: dict[str, Any]) -> str | None:
+    if schema == "web_visit":
+        return event.get("url")
+    if schema == "download":
+        return f"{event.get('asset_type')}:{event.get('content_id')}"
+    if schema == "content_view":
+        return f"{event.get('content_type')}:{event.get('content_id')}"
+    if schema == "email_click":
+        return f"{event.get('campaign_id')}:{event.get('link_url')}"
+    return None
+
+
+def _currents(signals: list[Signal], rules: Rules, as_of: int) -> list[float]:
+    by_name = rules.compiled.by_name
+    out = []
+    for s in signals:
+        rule = by_name.get(s[0])
+        out.append(0.0 if rule is None else float(s[4]) * _exp(-rule.k * (as_of - int(s[3]))))
+    return out
+
+
+def record_signal(state: LeadState, rules: Rules, scored: Scored, schema: str, event: dict[str, Any]) -> None:
+    """Keep the ``state.top_signals`` largest contributions (by |current points| at the newest event time).
+
+    The list may grow by half the bound (at least 5) before it is trimmed, so trimming (a sort) is amortised.
+    """
+    signals = state.signals
+    if scored.displaced is not None:
+        signals[:] = [s for s in signals if s[2] != scored.displaced]
+    signals.append(
+        [
+            scored.rule.name,
+            schema,
+            event["event_id"],
+            int(event["event_time"]),
+            scored.rule.points,
+            detail_of(schema, event),
+        ]
+    )
+    limit = rules.state.top_signals
+    if len(signals) > limit + max(5, limit // 2):
+        currents = _currents(signals, rules, state.max_time)
+        order = sorted(range(len(signals)), key=lambda i: -abs(currents[i]))[:limit]
+        state.signals = [signals[i] for i in sorted(order)]
+
+
+def reasons(state: LeadState, rules: Rules, as_of: int) -> list[dict[str, Any]]:
+    """Top contributing signals for a ``lead_score``/``hot_lead`` record, largest current points first."""
+    signals = state.signals
+    currents = _currents(signals, rules, as_of)
+    ranked = sorted(zip(currents, signals, strict=True), key=_first, reverse=True)[: rules.state.reasons]
+    return [
+        {
+            "rule": s[0],
+            "event_type": s[1],
+            "event_id": s[2],
+            "event_time": int(s[3]),
+            "points": float(s[4]),
+            "current_points": current,
+            "detail": s[5],
+        }
+        for current, s in ranked
+    ]
+
+
+def _first(pair: tuple[float, Signal]) -> float:
+    return pair[0]

@@ -1,0 +1,201 @@
+"""Everything the agent remembers about one identity key (a lead_id, or an anonymous_id before stitching).
+
+Why one small record per key: it is stored in one Faust table and written once per lead per batch (each
+write is
+also a changelog record), so everything the core needs lives here and every growing part is bounded:
+
+- ``seen`` (event id -> event time) keeps ids whose event time is within ``state.dedup_window_days`` of the
+newest
+  event, at most ``state.max_seen_ids``. Events older than ``dedup_floor()`` are not scored at all
+  ("stale"), so
+  a duplicate can never score twice: either its id is still remembered, or it is below the floor. The price:
+  an
+  event arriving more than the window behind the lead's newest event (default 30 days) is ignored.
+- ``caps`` keeps, per rule and event-time UTC day, the (time, id) of the events that scored, only for days
+inside
+  the same window.
+- ``signals`` keeps the ``state.top_signals`` largest contributions; ``buffer`` (anonymous keys only) keeps
+at most
+  ``state.anonymous_buffer`` raw events for stitching; ``aliases`` at most ``MAX_ALIASES``.
+
+Behaviour is kept as one exponentially decayed accumulator per rule: ``acc[rule] = [value, ref_ms]`` meaning
+the
+rule's points summed and decayed to ``ref_ms``. Because value(t) = value(t0)·2^(-(t-t0)/h) for any t, adding
+an
+event before or after ``ref_ms`` is exact, so out-of-order events give the same sum as in-order ones.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from typing import Any
+
+MAX_ALIASES = 20
+NEVER = -(2**62)  # "no time yet"; an int so arithmetic and JSON stay simple
+
+Signal = list[Any]  # [rule, event_type, event_id, event_time, points, detail]
+
+
+@dataclass(slots=True)
+class SlaTimer:
+    """A running SLA clock: started on event time, fired by wall clock; ``fired`` lists levels already
+    sent."""
+
+    sla: str
+    started_at: int
+    due_at: int
+    owner: str | None = None
+    fired: list[str] = field(default_factory=list)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "sla": self.sla,
+            "started_at": self.started_at,
+            "due_at": self.due_at,
+            "owner": self.owner,
+            "fired": list(self.fired),
+        }
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> SlaTimer:
+        return cls(
+            data["sla"],
+            int(data["started_at"]),
+            int(data["due_at"]),
+            data.get("owner"),
+            list(data.get("fired", [])),
+        )
+
+
+@dataclass(slots=True)
+class LeadState:
+    key: str
+    lead_id: str | None = None
+    aliases: list[str] = field(default_factory=list)
+    profile: dict[str, Any] = field(default_factory=dict)
+    profile_at: int = NEVER  # event time of the profile in use (newest by event time wins)
+    profile_event_id: str = ""
+    fit: float = 0.0
+    disqualified_by: str | None = None
+    acc: dict[str, list[float]] = field(default_factory=dict)
+    behaviour_since: int = NEVER  # recycles reset behaviour: events before this time no longer score
+    caps: dict[str, list[list[Any]]] = field(default_factory=dict)  # "rule|day" -> [[time, event_id], ...]
+    stage: str = "awareness"
+    stage_at: int = NEVER
+    seq: int = 0
+    mql_at: int | None = None
+    last_sales_at: int | None = None
+    owner: str | None = None
+    timers: dict[str, SlaTimer] = field(default_factory=dict)
+    signals: list[Signal] = field(default_factory=list)
+    seen: dict[str, int] = field(default_factory=dict)
+    evicted_to: int = NEVER  # newest event time ever evicted from ``seen`` by the count bound
+    max_time: int = NEVER
+    last_score: float = 0.0
+    last_as_of: int = NEVER
+    merged_into: str | None = None
+    buffer: list[list[Any]] = field(default_factory=list)  # anonymous only: [[schema, event], ...]
+
+    @property
+    def is_lead(self) -> bool:
+        return self.lead_id is not None
+
+    def dedup_floor(self, window_ms: int) -> int:
+        """Events with event_time below this are stale: their ids may have been forgotten."""
+        if self.max_time == NEVER:
+            return self.evicted_to
+        return max(self.max_time - window_ms, self.evicted_to)
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-safe dict (keys kept short to keep table and changelog records small)."""
+        return {
+            "key": self.key,
+            "lead_id": self.lead_id,
+            "aliases": self.aliases,
+            "profile": self.profile,
+            "profile_at": self.profile_at,
+            "profile_event_id": self.profile_event_id,
+            "fit": self.fit,
+            "dq": self.disqualified_by,
+            "acc": self.acc,
+            "since": self.behaviour_since,
+            "caps": self.caps,
+            "stage": self.stage,
+            "stage_at": self.stage_at,
+            "seq": self.seq,
+            "mql_at": self.mql_at,
+            "last_sales_at": self.last_sales_at,
+            "owner": self.owner,
+            "timers": {k: t.to_dict() for k, t in self.timers.items()},
+            "signals": self.signals,
+            "seen": self.seen,
+            "evicted_to": self.evicted_to,
+            "max_time": self.max_time,
+            "last_score": self.last_score,
+            "last_as_of": self.last_as_of,
+            "merged_into": self.merged_into,
+            "buffer": self.buffer,
+        }
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> LeadState:
+        return cls(
+            key=d["key"],
+            lead_id=d.get("lead_id"),
+            aliases=list(d.get("aliases", [])),
+            profile=dict(d.get("profile", {})),
+            profile_at=int(d.get("profile_at", NEVER)),
+            profile_event_id=d.get("profile_event_id", ""),
+            fit=float(d.get("fit", 0.0)),
+            disqualified_by=d.get("dq"),
+            acc={k: [float(v[0]), float(v[1])] for k, v in d.get("acc", {}).items()},
+            behaviour_since=int(d.get("since", NEVER)),
+            caps={k: [list(x) for x in v] for k, v in d.get("caps", {}).items()},
+            stage=d.get("stage", "awareness"),
+            stage_at=int(d.get("stage_at", NEVER)),
+            seq=int(d.get("seq", 0)),
+            mql_at=d.get("mql_at"),
+            last_sales_at=d.get("last_sales_at"),
+            owner=d.get("owner"),
+            timers={k: SlaTimer.from_dict(t) for k, t in d.get("timers", {}).items()},
+            signals=[list(s) for s in d.get("signals", [])],
+            seen=dict(d.get("seen", {})),
+            evicted_to=int(d.get("evicted_to", NEVER)),
+            max_time=int(d.get("max_time", NEVER)),
+            last_score=float(d.get("last_score", 0.0)),
+            last_as_of=int(d.get("last_as_of", NEVER)),
+            merged_into=d.get("merged_into"),
+            buffer=[list(b) for b in d.get("buffer", [])],
+        )
+
+    def to_bytes(self) -> bytes:
+        return json.dumps(self.to_dict(), separators=(",", ":")).encode("utf-8")
+
+    @classmethod
+    def from_bytes(cls, data: bytes) -> LeadState:
+        return cls.from_dict(json.loads(data))
+
+
+def remember(state: LeadState, event_id: str, event_time: int, window_ms: int, max_ids: int) -> None:
+    """Record a scored event id; prune by window and count in amortised batches (not on every event)."""
+    seen = state.seen
+    seen[event_id] = event_time
+    if len(seen) <= max_ids + max_ids // 4:
+        return
+    floor = state.dedup_floor(window_ms)
+    kept = sorted(((t, i) for i, t in seen.items() if t >= floor), reverse=True)
+    if len(kept) > max_ids:
+        state.evicted_to = max(state.evicted_to, kept[max_ids][0] + 1)
+        kept = kept[:max_ids]
+    state.seen = {i: t for t, i in kept}
+
+
+def prune_window(state: LeadState, window_ms: int) -> None:
+    """Drop cap buckets and buffered anonymous events older than the dedup window (called on window moves)."""
+    floor = state.dedup_floor(window_ms)
+    floor_day = floor // 86_400_000
+    if state.caps:
+        state.caps = {k: v for k, v in state.caps.items() if int(k.rsplit("|", 1)[1]) >= floor_day}
+    if state.buffer:
+        state.buffer = [b for b in state.buffer if int(b[1]["event_time"]) >= floor]

@@ -1,0 +1,81 @@
+"""CLI command: ``leadpulse rescore --rules NEW.yaml --dry-run FILE`` (DESIGN §3, safe re-scoring).
+
+Thin: parses arguments, loads both rule sets and the history, calls ``agents.rescore.rescore`` and prints.
+Only ``--dry-run`` exists: applying new rules to live leads is the worker's job (restart it with the new
+file).
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from enum import StrEnum
+from pathlib import Path
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from agents.rescore import HistoryError, RescoreReport, read_history, rescore
+from agents.rules import RulesError, load_rules
+from schemas.registry import to_millis
+
+
+class Format(StrEnum):
+    table = "table"
+    json = "json"
+
+
+def render_table(report: RescoreReport, console: Console) -> None:
+    table = Table(
+        title=f"rescore dry run: {report.events} events, {report.leads} leads, "
+        f"{len(report.changes)} would change ({report.stage_changes} stage)"
+    )
+    for column in ("lead", "stage", "band", "score old", "score new", "delta"):
+        table.add_column(column, justify="right" if column.startswith(("score", "delta")) else "left")
+    for c in report.changes:
+        stage = c.old_stage if not c.stage_changed else f"{c.old_stage} -> {c.new_stage}"
+        band = c.old_band if c.old_band == c.new_band else f"{c.old_band} -> {c.new_band}"
+        table.add_row(c.lead_id, stage, band, f"{c.old_score:.1f}", f"{c.new_score:.1f}", f"{c.delta:+.1f}")
+    console.print(table)
+
+
+def register(app: typer.Typer) -> None:
+    @app.command("rescore", help="Replay history with new rules and show who would change stage or band.")
+    def rescore_cmd(
+        history: Path = typer.Argument(
+            ..., exists=True, dir_okay=False, help='JSONL history: one {"type": schema, ...fields} per line'
+        ),
+        rules: Path = typer.Option(..., "--rules", exists=True, dir_okay=False, help="The new rules YAML"),
+        old_rules: Path | None = typer.Option(
+            None, "--old-rules", help="Rules in use (default: LEADPULSE_RULES, else the shipped defaults)"
+        ),
+        dry_run: bool = typer.Option(False, "--dry-run", help="Required: report only, emit nothing"),
+        fmt: Format = typer.Option(Format.table, "--format", help="table or json"),
+        now: str | None = typer.Option(
+            None, "--now", help="Wall-clock time for SLA/recycle timers (ISO-8601 or epoch ms; default: now)"
+        ),
+    ) -> None:
+        if not dry_run:
+            typer.echo(
+                "leadpulse rescore: only --dry-run is supported; to apply new rules, restart the "
+                "worker with LEADPULSE_RULES pointing at the new file.",
+                err=True,
+            )
+            raise typer.Exit(code=2)
+        try:
+            if old_rules is None:
+                from streams.settings import load_settings
+
+                old_rules = load_settings().rules
+            old = load_rules(old_rules)
+            new = load_rules(rules)
+            now_ms = to_millis(int(now) if now and now.isdigit() else now) if now else int(time.time() * 1000)
+            report = rescore(read_history(history), old, new, now_ms)
+        except (RulesError, HistoryError, ValueError) as exc:
+            typer.echo(f"leadpulse rescore: {exc}", err=True)
+            raise typer.Exit(code=2) from None
+        if fmt is Format.json:
+            typer.echo(json.dumps(report.to_dict(), indent=2))
+        else:
+            render_table(report, Console())

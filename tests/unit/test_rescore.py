@@ -1,0 +1,174 @@
+"""Safe re-scoring: replay history with old and new rules, report stage/band changes, emit nothing."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import typer
+from typer.testing import CliRunner
+
+from agents.rescore import HistoryError, read_history, replay, rescore
+from agents.rules import DEFAULT_RULES_PATH
+from leadpulse.commands import rescore_cmds
+from tests.unit.builders import DAY, HOUR, MIN, T0, activity, download, identified, rules, view, visit
+
+pytestmark = pytest.mark.unit
+
+HISTORY = [
+    identified(lead="L1", t=T0, company_size=6000, seniority="c_level", country="JP", event_id="p1"),
+    view(lead="L1", t=T0 + MIN, content_type="webinar", event_id="v1"),
+    view(lead="L1", t=T0 + 2 * MIN, content_type="webinar", event_id="v2"),
+    download(lead="L1", t=T0 + 3 * MIN, asset="whitepaper", event_id="d1"),
+    identified(lead="L2", t=T0, event_id="p2"),
+    visit(lead="L2", t=T0 + MIN, category="blog", event_id="w2"),
+    visit(lead=None, anon="A3", t=T0, category="pricing", event_id="w3"),
+    identified(lead="L3", t=T0 + HOUR, anon="A3", event_id="p3"),
+]
+NOW = T0 + 2 * HOUR
+
+
+def test_same_rules_report_no_change() -> None:
+    report = rescore(HISTORY, rules(), rules(), NOW)
+    assert report.changes == []
+    assert report.events == len(HISTORY) and report.leads == 3
+
+
+def test_lower_threshold_reports_who_would_become_mql() -> None:
+    new = rules(stages={"mql_threshold": 90, "warm_from": 50})
+    report = rescore(HISTORY, rules(), new, NOW)
+    [change] = report.changes
+    assert change.lead_id == "L1"
+    assert (change.old_stage, change.new_stage) == ("lead", "mql")
+    assert (change.old_band, change.new_band) == ("warm", "hot")
+    assert change.delta == pytest.approx(0.0, abs=1e-9)
+    assert report.stage_changes == 1
+
+
+def test_changed_points_report_the_score_delta() -> None:
+    new = rules(scoring={**rules().scoring.model_dump(), "content_type": {"webinar": 40}})
+    report = rescore(HISTORY, rules(), new, NOW)
+    change = next(c for c in report.changes if c.lead_id == "L1")
+    assert change.new_stage == "mql"
+    assert change.delta == pytest.approx(2 * 40 * 0.5 ** ((2 * MIN - MIN) / (30 * DAY)) - 30, abs=0.01)
+
+
+def test_replay_follows_identity_forwards() -> None:
+    states = replay(HISTORY, rules(), NOW)
+    assert states["A3"].merged_into == "L3"
+    assert states["L3"].acc  # the anonymous pricing visit was scored on the lead
+
+
+def test_replay_runs_timers_at_now() -> None:
+    history = [download(lead="L1", t=T0, asset="inquiry", event_id="d")]
+    assert replay(history, rules(), T0 + HOUR)["L1"].stage == "mql"
+    assert replay(history, rules(), T0 + 15 * DAY)["L1"].stage == "nurturing"
+
+
+def write_jsonl(path: Path, lines: list[object]) -> Path:
+    path.write_text("\n".join(json.dumps(line) for line in lines) + "\n")
+    return path
+
+
+def test_history_reads_type_lines_and_wrapped_records(tmp_path: Path) -> None:
+    schema, record = visit(lead="L1", t=T0, category="pricing", event_id="w1")
+    path = write_jsonl(
+        tmp_path / "h.jsonl",
+        [
+            {"type": schema, **{**record, "event_time": "2024-01-01T00:00:00Z"}},
+            {"schema": "sales_activity", "record": activity("accepted", t=T0 + 1, event_id="s1")[1]},
+        ],
+    )
+    events = list(read_history(path))
+    assert events[0] == ("web_visit", record)
+    assert events[1][0] == "sales_activity" and events[1][1]["activity"] == "accepted"
+
+
+@pytest.mark.parametrize(
+    ("line", "problem"),
+    [
+        ("not json", "not JSON"),
+        ('{"type": "page_view", "event_id": "x"}', "type: expected one of"),
+        (
+            '{"type": "web_visit", "event_id": "x", "event_time": 1, "source": "s", "lead_id": "L"}',
+            "url: required field is missing",
+        ),
+    ],
+)
+def test_history_errors_name_the_line(tmp_path: Path, line: str, problem: str) -> None:
+    path = tmp_path / "bad.jsonl"
+    path.write_text(
+        '{"type": "lead_identified", "event_id": "p", "event_time": 1, "lead_id": "L", '
+        '"source": "s", "flags": []}\n\n' + line + "\n"
+    )
+    with pytest.raises(HistoryError, match=rf"bad\.jsonl:3: .*{problem}"):
+        list(read_history(path))
+
+
+@pytest.fixture()
+def cli() -> typer.Typer:
+    app = typer.Typer()
+    rescore_cmds.register(app)
+
+    @app.command("noop")
+    def noop() -> None:  # a second command keeps typer from collapsing the app into a single command
+        pass
+
+    return app
+
+
+def cli_files(tmp_path: Path) -> tuple[Path, Path]:
+    history = write_jsonl(tmp_path / "history.jsonl", [{"type": s, **e} for s, e in HISTORY])
+    new_rules = tmp_path / "new.yaml"
+    shipped = DEFAULT_RULES_PATH.read_text()
+    new_rules.write_text(shipped.replace("mql_threshold: 100", "mql_threshold: 90"))
+    return history, new_rules
+
+
+def test_cli_dry_run_prints_a_table(tmp_path: Path, cli: typer.Typer) -> None:
+    history, new_rules = cli_files(tmp_path)
+    result = CliRunner().invoke(
+        cli,
+        ["rescore", "--rules", str(new_rules), "--dry-run", "--now", str(NOW), str(history)],
+        env={"COLUMNS": "200"},
+    )
+    assert result.exit_code == 0, result.output
+    assert "L1" in result.output and "lead -> mql" in result.output and "warm -> hot" in result.output
+
+
+def test_cli_json_format(tmp_path: Path, cli: typer.Typer) -> None:
+    history, new_rules = cli_files(tmp_path)
+    result = CliRunner().invoke(
+        cli,
+        [
+            "rescore",
+            "--rules",
+            str(new_rules),
+            "--dry-run",
+            "--format",
+            "json",
+            "--now",
+            "2024-01-01T02:00:00Z",
+            str(history),
+        ],
+    )
+    assert result.exit_code == 0, result.output
+    doc = json.loads(result.output)
+    assert doc["stage_changes"] == 1 and doc["changes"][0]["lead_id"] == "L1"
+    assert doc["changes"][0]["new_stage"] == "mql"
+
+
+def test_cli_refuses_to_run_without_dry_run(tmp_path: Path, cli: typer.Typer) -> None:
+    history, new_rules = cli_files(tmp_path)
+    result = CliRunner().invoke(cli, ["rescore", "--rules", str(new_rules), str(history)])
+    assert result.exit_code == 2
+    assert "only --dry-run" in result.output
+
+
+def test_cli_reports_a_bad_rules_file_by_key(tmp_path: Path, cli: typer.Typer) -> None:
+    history, new_rules = cli_files(tmp_path)
+    new_rules.write_text("sla:\n  warning_fraction: 3\n")
+    result = CliRunner().invoke(cli, ["rescore", "--rules", str(new_rules), "--dry-run", str(history)])
+    assert result.exit_code == 2
+    assert "new.yaml: sla.warning_fraction: must be < 1" in result.output

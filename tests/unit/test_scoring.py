@@ -1,0 +1,347 @@
+"""Scoring: fit, per-rule decay on event time, caps, negatives, duplicates, order, late events, accounts."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from agents.account import AccountState, apply_lead_score, new_account
+from agents.core import step
+from agents.scoring import band, disqualification, profile_fit
+from schemas.registry import default_registry
+from tests.unit.builders import (
+    DAY,
+    HOUR,
+    MIN,
+    T0,
+    Lead,
+    activity,
+    click,
+    download,
+    identified,
+    rules,
+    view,
+    visit,
+)
+
+pytestmark = pytest.mark.unit
+
+
+def closed_form(points: float, age_ms: int, half_life_days: float) -> float:
+    return points * 0.5 ** (age_ms / (half_life_days * DAY))
+
+
+def assert_valid(lead: Lead) -> None:
+    registry = default_registry()
+    for output in lead.outputs:
+        registry.validate(output.schema, output.record)
+        registry.encode(output.schema, output.record)
+
+
+# --- fit ------------------------------------------------------------------------------------------
+
+
+def test_fit_adds_size_band_industry_seniority_and_country() -> None:
+    profile = {"company_size": 250, "industry": "software", "seniority": "director", "country": "jp"}
+    assert profile_fit(profile, rules()) == 10 + 10 + 12 + 10
+
+
+def test_title_keywords_count_only_when_seniority_is_missing() -> None:
+    r = rules()
+    assert profile_fit({"job_title": "VP of Sales"}, r) == 15
+    assert profile_fit({"job_title": "VP of Sales", "seniority": "manager"}, r) == 8
+    assert profile_fit({"job_title": "Head of IT, Director"}, r) == 12
+
+
+def test_fit_never_decays() -> None:
+    lead = Lead()
+    lead.send(identified(t=T0, company_size=6000, seniority="c_level"))
+    lead.send(visit(t=T0 + 300 * DAY, category="blog"))
+    assert lead.state().fit == 40
+    assert lead.score() == pytest.approx(40 + 1)
+
+
+# --- decay ----------------------------------------------------------------------------------------
+
+
+def test_behaviour_decays_with_the_rules_half_life_on_event_time() -> None:
+    lead = Lead()
+    lead.send(visit(t=T0, category="pricing"))  # 10 points, half-life 14 days
+    lead.send(visit(t=T0 + 10 * DAY, category="blog"))  # 1 point, default 30 days; moves as_of by 10 days
+    expected = closed_form(10, 10 * DAY, 14) + 1
+    assert lead.score() == pytest.approx(expected, abs=1e-9)
+    record = lead.of("lead_score")[-1]
+    assert record["behaviour"] == pytest.approx(expected, abs=1e-9)
+    assert record["previous_score"] == pytest.approx(closed_form(10, 10 * DAY, 14), abs=1e-9)
+
+
+@pytest.mark.parametrize(
+    ("event", "points", "half_life"),
+    [
+        (lambda t: visit(t=t, category="pricing"), 10, 14),
+        (lambda t: download(t=t, asset="whitepaper"), 15, 60),
+        (lambda t: view(t=t, content_type="webinar"), 15, 30),
+        (lambda t: click(t=t), 5, 30),
+    ],
+)
+def test_each_rule_decays_with_its_own_half_life(event: Any, points: float, half_life: float) -> None:
+    lead = Lead()
+    lead.send(event(T0))
+    lead.send(identified(t=T0 + 45 * DAY))  # advances the as-of time, adds no points
+    assert lead.score() == pytest.approx(closed_form(points, 45 * DAY, half_life), abs=1e-9)
+
+
+def test_demo_request_decays_over_ninety_days() -> None:
+    lead = Lead()
+    lead.send(download(t=T0, asset="demo_request"), identified(t=T0 + 90 * DAY))
+    assert lead.score() == pytest.approx(25.0, abs=1e-9)
+
+
+def test_out_of_order_event_is_scored_at_its_own_event_time() -> None:
+    lead = Lead()
+    lead.send(visit(t=T0 + 20 * DAY, category="blog"))
+    lead.send(visit(t=T0 + 6 * DAY, category="pricing"))  # arrives later, happened earlier
+    assert lead.score() == pytest.approx(1 + closed_form(10, 14 * DAY, 14), abs=1e-9)
+
+
+def test_in_order_and_reversed_order_give_the_same_score() -> None:
+    events = [
+        visit(t=T0 + i * 7 * HOUR, category=c, event_id=f"e{i}")
+        for i, c in enumerate(["pricing", "product", "blog", "careers", "pricing", "case_study"])
+    ] + [download(t=T0 + 3 * DAY, asset="whitepaper", event_id="d"), click(t=T0 + 2 * DAY, event_id="c")]
+    forward, backward = Lead(), Lead()
+    forward.send(*events)
+    backward.send(*reversed(events))
+    assert forward.score() == pytest.approx(backward.score(), abs=1e-9)
+
+
+# --- caps, negatives, duplicates ------------------------------------------------------------------
+
+
+def test_daily_cap_limits_scored_events_per_rule_per_utc_day() -> None:
+    lead = Lead()
+    lead.send(*[visit(t=T0 + i * MIN, category="pricing") for i in range(3)])  # cap 3
+    capped = lead.send(*[visit(t=T0 + (3 + i) * MIN, category="pricing") for i in range(2)])
+    assert lead.score() == pytest.approx(sum(closed_form(10, (4 - i) * MIN, 14) for i in range(3)), abs=1e-9)
+    assert capped == []  # decay over two minutes is below the reporting threshold: no lead_score flood
+
+
+def test_capped_event_that_moves_the_score_says_it_was_capped() -> None:
+    lead = Lead()
+    lead.send(*[visit(t=T0 + i * MIN, category="pricing") for i in range(3)])
+    lead.send(visit(t=T0 + 20 * HOUR, category="pricing", event_id="late-in-day"))
+    assert (
+        "page_category.pricing capped at 3/day (event late-in-day)"
+        in lead.of("lead_score")[-1]["change_reason"]
+    )
+
+
+def test_cap_resets_on_the_next_utc_day() -> None:
+    lead = Lead()
+    lead.send(*[visit(t=T0 + 23 * HOUR + i * MIN, category="pricing") for i in range(4)])
+    lead.send(visit(t=T0 + DAY + MIN, category="pricing"))
+    assert len(lead.state().caps) == 2
+    behaviour = sum(closed_form(10, DAY + MIN - (23 * HOUR + i * MIN), 14) for i in range(3)) + 10
+    assert lead.score() == pytest.approx(behaviour, abs=1e-9)
+
+
+def test_cap_keeps_the_earliest_events_of_the_day_whatever_the_arrival_order() -> None:
+    events = [visit(t=T0 + i * HOUR, category="pricing", event_id=f"p{i}") for i in range(5)]
+    in_order, shuffled = Lead(), Lead()
+    in_order.send(*events)
+    shuffled.send(events[4], events[3], events[0], events[2], events[1])
+    assert shuffled.score() == pytest.approx(in_order.score(), abs=1e-9)
+    assert [e for _, e in shuffled.state().caps["page_category.pricing|" + str(T0 // DAY)]] == [
+        "p0",
+        "p1",
+        "p2",
+    ]
+
+
+@pytest.mark.parametrize(
+    ("event", "points"),
+    [
+        (visit(t=T0, category="careers"), -10),
+        (click(t=T0, link="https://mail.example/unsubscribe?id=1"), -25),
+        (click(t=T0, link="bounce://hard/550"), -15),
+    ],
+)
+def test_negative_signals_lower_the_score(event: tuple[str, dict[str, Any]], points: float) -> None:
+    lead = Lead()
+    lead.send(event)
+    assert lead.score() == pytest.approx(points)
+    assert lead.of("lead_score")[-1]["behaviour"] == pytest.approx(points)
+
+
+def test_duplicate_event_id_never_scores_twice() -> None:
+    lead = Lead()
+    event = download(t=T0, asset="whitepaper", event_id="dup")
+    lead.send(event)
+    outputs = lead.send(event, download(t=T0 + 5 * DAY, asset="whitepaper", event_id="dup"))
+    assert outputs == []
+    assert lead.results[-1].dropped == "duplicate" and not lead.results[-1].changed
+    assert lead.score() == pytest.approx(15)
+
+
+def test_event_older_than_the_dedup_window_is_not_scored() -> None:
+    lead = Lead()
+    lead.send(visit(t=T0 + 40 * DAY, category="blog"))
+    lead.send(visit(t=T0, category="pricing"))
+    assert lead.results[-1].dropped == "stale"
+    assert lead.score() == pytest.approx(1)
+
+
+def test_seen_ids_are_bounded_and_evicted_ids_cannot_score_again() -> None:
+    r = rules(state={"max_seen_ids": 10})
+    lead = Lead(r)
+    events = [visit(t=T0 + i * MIN, category="blog", event_id=f"b{i}") for i in range(40)]
+    lead.send(*events)
+    state = lead.state()
+    assert len(state.seen) <= 10 + 10 // 4
+    before = lead.score()
+    lead.send(events[0])  # evicted id: below the eviction floor, so dropped as stale
+    assert lead.results[-1].dropped == "stale"
+    assert lead.score() == before
+
+
+# --- late events, disqualification ----------------------------------------------------------------
+
+
+def test_late_event_is_scored_but_fires_no_hot_lead() -> None:
+    lead = Lead()
+    lead.send(identified(t=T0 + 10 * DAY, company_size=6000, seniority="c_level", country="JP"))  # fit 50
+    lead.send(download(t=T0 + 5 * DAY, asset="whitepaper"), download(t=T0 + 5 * DAY, asset="ebook"))
+    lead.send(view(t=T0 + 5 * DAY, content_type="webinar"), view(t=T0 + 5 * DAY, content_type="case_study"))
+    assert lead.state().stage == "mql"
+    assert lead.score() > 100
+    assert lead.of("hot_lead") == []
+    assert "late event" in lead.of("lead_score")[-1]["change_reason"]
+    assert "hot_lead_follow_up" not in lead.state().timers
+
+
+def test_event_within_the_late_window_still_fires_a_hot_lead() -> None:
+    lead = Lead()
+    lead.send(identified(t=T0 + 2 * DAY))
+    lead.send(download(t=T0, asset="demo_request"))
+    assert len(lead.of("hot_lead")) == 1
+
+
+@pytest.mark.parametrize(
+    ("profile", "reason"),
+    [
+        ({"flags": ["student"]}, "flag:student"),
+        ({"flags": ["competitor"]}, "flag:competitor"),
+        ({"email": "ann@lab.u-tokyo.ac.jp"}, "email_domain:lab.u-tokyo.ac.jp"),
+        ({"email": "bob@cs.stanford.edu"}, "email_domain:cs.stanford.edu"),
+        ({"email": "eve@sales.competitor.example"}, "email_domain:sales.competitor.example"),
+        ({"job_title": "Graduate Student"}, "job_title:Graduate Student"),
+        ({"job_title": "Retired engineer"}, "job_title:Retired engineer"),
+    ],
+)
+def test_disqualification_by_flag_domain_or_title(profile: dict[str, Any], reason: str) -> None:
+    assert disqualification(profile, rules()) == reason
+
+
+def test_title_keywords_match_whole_words_only() -> None:
+    assert disqualification({"job_title": "Studentship coordinator"}, rules()) is None
+    assert disqualification({"email": "a@edu.example.com"}, rules()) is None
+
+
+def test_disqualified_lead_is_scored_but_never_hot() -> None:
+    lead = Lead()
+    lead.send(identified(flags=["student"]))
+    lead.send(
+        download(t=T0 + MIN, asset="demo_request"),
+        *[view(t=T0 + i, content_type="webinar") for i in range(2)],
+    )
+    assert lead.state().stage == "disqualified"
+    assert lead.score() > 50
+    assert lead.of("hot_lead") == []
+    assert lead.of("lead_score")[-1]["stage"] == "disqualified"
+
+
+# --- outputs --------------------------------------------------------------------------------------
+
+
+def test_score_change_says_why_with_rule_and_event() -> None:
+    lead = Lead()
+    lead.send(visit(t=T0, category="pricing", event_id="w-1"))
+    record = lead.of("lead_score")[-1]
+    assert record["change_reason"] == "page_category.pricing +10 (event w-1)"
+    assert record["reasons"][0]["rule"] == "page_category.pricing"
+    assert record["reasons"][0]["event_id"] == "w-1"
+    assert record["trigger_event_id"] == "w-1"
+
+
+def test_reasons_are_the_largest_current_contributions_first() -> None:
+    lead = Lead()
+    lead.send(visit(t=T0, category="blog"), download(t=T0 + 1, asset="whitepaper"), click(t=T0 + 2))
+    reasons = lead.of("lead_score")[-1]["reasons"]
+    assert [r["rule"] for r in reasons] == [
+        "asset_type.whitepaper",
+        "event_type.email_click",
+        "page_category.blog",
+    ]
+    assert reasons[0]["current_points"] <= reasons[0]["points"]
+
+
+def test_no_lead_score_when_nothing_changes() -> None:
+    lead = Lead()
+    lead.send(visit(t=T0, category="support"))  # 0 points
+    outputs = lead.send(visit(t=T0, category="support"))
+    assert [o.schema for o in outputs] == []
+
+
+@pytest.mark.parametrize(("score", "expected"), [(10, "cold"), (50, "warm"), (100, "warm"), (100.01, "hot")])
+def test_bands_hot_means_strictly_above_the_threshold(score: float, expected: str) -> None:
+    assert band(score, rules()) == expected
+
+
+def test_every_output_of_a_full_journey_validates_against_its_schema() -> None:
+    lead = Lead()
+    lead.send(
+        identified(company_size=500, seniority="vp", email="a@acme.example", company_domain="acme.example")
+    )
+    lead.send(
+        visit(t=T0 + MIN, category="pricing"),
+        click(t=T0 + 2 * MIN),
+        download(t=T0 + 3 * MIN, asset="catalog"),
+    )
+    lead.send(activity("accepted", t=T0 + HOUR), activity("opportunity_created", t=T0 + DAY))
+    lead.send(activity("closed_won", t=T0 + 2 * DAY), activity("upsell_opened", t=T0 + 30 * DAY))
+    lead.tick(T0 + 400 * DAY)
+    assert {o.schema for o in lead.outputs} == {"lead_score", "stage_transition", "hot_lead"}
+    assert_valid(lead)
+    assert lead.of("lead_score")[0]["account_domain"] == "acme.example"
+
+
+def test_step_creates_state_for_a_new_key() -> None:
+    schema, event = visit(lead="L9", t=T0)
+    result = step(None, "L9", schema, event, rules(), now_ms=T0 + 5)
+    assert result.state.lead_id == "L9"
+    assert result.outputs[0].record["computed_at"] == T0 + 5
+
+
+# --- account roll-up ------------------------------------------------------------------------------
+
+
+def test_account_score_is_the_sum_of_the_latest_lead_scores() -> None:
+    account = new_account("WWW.Acme.Example.")
+    account = apply_lead_score(account, "L1", 40.0, T0)
+    account = apply_lead_score(account, "L2", 30.0, T0)
+    account = apply_lead_score(account, "L1", 55.0, T0 + 1)
+    assert account.domain == "acme.example"
+    assert account.score == pytest.approx(85.0)
+    assert account.top_leads() == [("L1", 55.0), ("L2", 30.0)]
+
+
+def test_older_lead_score_does_not_roll_the_account_back() -> None:
+    account = apply_lead_score(new_account("acme.example"), "L1", 55.0, T0 + 10)
+    account = apply_lead_score(account, "L1", 10.0, T0)
+    assert account.score == 55.0
+
+
+def test_account_state_round_trips() -> None:
+    account = apply_lead_score(new_account("acme.example"), "L1", 55.0, T0)
+    assert AccountState.from_dict(account.to_dict()) == account
