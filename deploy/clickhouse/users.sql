@@ -1,0 +1,22 @@
+-- Users and roles for a ClickHouse server or cluster (not for embedded chDB, which has no users).
+-- Passwords come from your secret store; never commit them. Apply with a privileged account.
+
+-- Analysts: read every leadpulse table and view, nothing else, no writes, no DDL; bounded queries.
+CREATE ROLE IF NOT EXISTS leadpulse_analyst ON CLUSTER '{cluster}';
+GRANT SELECT ON leadpulse.* TO leadpulse_analyst ON CLUSTER '{cluster}';
+CREATE SETTINGS PROFILE IF NOT EXISTS leadpulse_analyst_profile ON CLUSTER '{cluster}'
+    SETTINGS readonly = 2, max_execution_time = 120, max_memory_usage = 8000000000
+    TO leadpulse_analyst;
+CREATE USER IF NOT EXISTS analyst ON CLUSTER '{cluster}'
+    IDENTIFIED WITH sha256_password BY 'CHANGE-ME' DEFAULT ROLE leadpulse_analyst;
+
+-- The sink: insert into the sink tables, read them back (resume positions), run migrations.
+CREATE ROLE IF NOT EXISTS leadpulse_sink ON CLUSTER '{cluster}';
+GRANT SELECT, INSERT ON leadpulse.* TO leadpulse_sink ON CLUSTER '{cluster}';
+GRANT CREATE TABLE, CREATE VIEW, CREATE DATABASE, TRUNCATE, ALTER ON leadpulse.* TO leadpulse_sink
+    ON CLUSTER '{cluster}';
+CREATE SETTINGS PROFILE IF NOT EXISTS leadpulse_sink_profile ON CLUSTER '{cluster}'
+    SETTINGS insert_distributed_sync = 1, async_insert = 0 TO leadpulse_sink;
+CREATE USER IF NOT EXISTS leadpulse_sink ON CLUSTER '{cluster}'
+    IDENTIFIED WITH sha256_password BY 'CHANGE-ME' DEFAULT ROLE leadpulse_sink;
+-- Point the sink at it: LEADPULSE_CLICKHOUSE_USER=leadpulse_sink LEADPULSE_CLICKHOUSE_PASSWORD=...

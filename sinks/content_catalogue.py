@@ -1,0 +1,130 @@
+"""Load the content catalogue (``leadpulse content load FILE.csv|json``) into ``leadpulse.content``.
+
+Why validate everything before inserting: a catalogue is small and hand-edited; one bad date should be
+reported with its line and field, not half-load the file. Reloading an item replaces it (ReplacingMergeTree
+on content_id, latest ``loaded_at`` wins).
+"""
+
+from __future__ import annotations
+
+import csv
+import datetime as dt
+import json
+import time
+from collections.abc import Iterable, Mapping
+from pathlib import Path
+from typing import Any
+
+from clickhouse_connect.driver.client import Client
+
+STAGES = ("awareness", "lead", "nurturing", "mql", "sal", "opportunity", "customer", "expansion")
+COLUMNS = (
+    "content_id",
+    "title",
+    "content_type",
+    "funnel_stage",
+    "url",
+    "published_date",
+    "updated_date",
+    "loaded_at",
+)
+# Accepted spellings of each column in a file (DESIGN §7 says "id, title, type, funnel stage, ...").
+ALIASES = {
+    "content_id": ("content_id", "id"),
+    "title": ("title",),
+    "content_type": ("content_type", "type"),
+    "funnel_stage": ("funnel_stage", "stage", "funnel stage"),
+    "url": ("url",),
+    "published_date": ("published_date", "published", "published_at"),
+    "updated_date": ("updated_date", "updated", "updated_at"),
+}
+
+
+class CatalogueError(Exception):
+    """The file has invalid entries; ``problems`` lists (entry number, field, problem)."""
+
+    def __init__(self, path: str, problems: list[tuple[int, str, str]]) -> None:
+        self.problems = problems
+        shown = "; ".join(f"entry {n} {field}: {problem}" for n, field, problem in problems[:10])
+        more = f" (and {len(problems) - 10} more)" if len(problems) > 10 else ""
+        super().__init__(
+            f"{path}: {len(problems)} invalid entr{'y' if len(problems) == 1 else 'ies'}: {shown}{more}"
+        )
+
+
+def _pick(entry: Mapping[str, Any], column: str) -> Any:
+    for name in ALIASES[column]:
+        if name in entry and entry[name] not in (None, ""):
+            return entry[name]
+    return None
+
+
+def _date(value: Any) -> dt.date:
+    if isinstance(value, dt.date):
+        return value
+    return dt.date.fromisoformat(str(value).strip()[:10])
+
+
+def parse_entries(
+    entries: Iterable[Mapping[str, Any]], path: str = "<input>", loaded_at_ms: int | None = None
+) -> list[tuple[Any, ...]]:
+    """Rows for ``leadpulse.content``; raises CatalogueError naming every bad entry and field."""
+    loaded = loaded_at_ms if loaded_at_ms is not None else int(time.time() * 1000)
+    rows, problems = [], []
+    for number, entry in enumerate(entries, start=1):
+        values = {column: _pick(entry, column) for column in ALIASES}
+        for required in ("content_id", "title", "content_type", "funnel_stage", "published_date"):
+            if values[required] is None:
+                problems.append((number, required, "missing"))
+        stage = values["funnel_stage"]
+        if stage is not None and str(stage) not in STAGES:
+            problems.append((number, "funnel_stage", f"{stage!r} is not one of {', '.join(STAGES)}"))
+        dates = {}
+        for column in ("published_date", "updated_date"):
+            if values[column] is not None:
+                try:
+                    dates[column] = _date(values[column])
+                except ValueError:
+                    problems.append((number, column, f"{values[column]!r} is not a YYYY-MM-DD date"))
+        if problems and problems[-1][0] == number:
+            continue
+        published = dates["published_date"]
+        rows.append(
+            (
+                str(values["content_id"]),
+                str(values["title"]),
+                str(values["content_type"]),
+                str(stage),
+                values["url"],
+                published,
+                dates.get("updated_date", published),
+                loaded,
+            )
+        )
+    if problems:
+        raise CatalogueError(path, problems)
+    return rows
+
+
+def read_file(path: Path) -> list[dict[str, Any]]:
+    if path.suffix.lower() == ".csv":
+        with path.open(encoding="utf-8", newline="") as handle:
+            return list(csv.DictReader(handle))
+    if path.suffix.lower() in (".json", ".jsonl"):
+        text = path.read_text(encoding="utf-8")
+        if path.suffix.lower() == ".jsonl":
+            return [json.loads(line) for line in text.splitlines() if line.strip()]
+        data = json.loads(text)
+        items = data.get("content", data) if isinstance(data, dict) else data
+        if not isinstance(items, list):
+            raise CatalogueError(str(path), [(0, "<file>", 'expected a JSON list or {"content": [...]}')])
+        return items
+    raise CatalogueError(str(path), [(0, "<file>", "expected a .csv, .json or .jsonl file")])
+
+
+def load_catalogue(client: Client, path: Path) -> int:
+    """Validate and insert a catalogue file; returns the number of items loaded."""
+    rows = parse_entries(read_file(path), str(path))
+    if rows:
+        client.insert("leadpulse.content", rows, column_names=list(COLUMNS), settings={"async_insert": 0})
+    return len(rows)

@@ -1,0 +1,212 @@
+"""Read-only SQL for ``leadpulse sql`` and ``leadpulse report``, wherever the data lives.
+
+Why a service: an embedded chDB directory is owned by one process (a second open fails with "Cannot lock
+file .../status"). So in embedded mode the sink, which owns the engine, answers read-only queries over HTTP
+(``POST /query`` on ``settings.sink_port``); with no sink running, the CLI opens the directory itself; with
+a server DSN every command talks to the server directly. Callers see one function, ``query_runner``.
+
+Read-only is enforced twice: the statement must start with a reading verb, and it runs with ``readonly=2``
+(ClickHouse refuses writes and DDL, yet the client may still pass per-query settings).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import decimal
+import json
+import threading
+import urllib.error
+import urllib.request
+import uuid
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from aiohttp import web
+from clickhouse_connect.driver.client import Client
+
+from sinks.clickhouse import get_client
+from streams.settings import Settings
+
+READ_VERBS = ("SELECT", "WITH", "SHOW", "DESCRIBE", "DESC", "EXPLAIN", "EXISTS")
+READ_ONLY_SETTINGS = {"readonly": 2}
+
+
+class QueryError(Exception):
+    """A query was refused or failed; the message says why and, for connection problems, what to do."""
+
+
+@dataclass(frozen=True)
+class QueryResult:
+    columns: list[str]
+    rows: list[list[Any]]
+
+    def dicts(self) -> list[dict[str, Any]]:
+        return [dict(zip(self.columns, row, strict=True)) for row in self.rows]
+
+
+Runner = Callable[[str, Mapping[str, Any] | None], QueryResult]
+
+
+def check_read_only(sql: str) -> str:
+    stripped = sql.strip().rstrip(";").strip()
+    words = stripped.split(None, 1)
+    if not words or words[0].upper() not in READ_VERBS:
+        raise QueryError(
+            f"only read-only statements are allowed ({', '.join(READ_VERBS)}); got {stripped[:40]!r}"
+        )
+    if ";" in stripped:
+        raise QueryError("one statement per query: remove the ';' separated second statement")
+    return stripped
+
+
+def jsonable(value: Any) -> Any:
+    """Plain JSON values, the same whether a result came over HTTP or from a local client."""
+    if isinstance(value, dt.datetime):
+        return value.isoformat(sep=" ")
+    if isinstance(value, dt.date):
+        return value.isoformat()
+    if isinstance(value, decimal.Decimal):
+        return float(value)
+    if isinstance(value, uuid.UUID):
+        return str(value)
+    if isinstance(value, bytes):
+        return value.decode("utf-8", errors="replace")
+    if isinstance(value, (list, tuple)):
+        return [jsonable(v) for v in value]
+    if isinstance(value, dict):
+        return {str(k): jsonable(v) for k, v in value.items()}
+    return value
+
+
+def client_runner(client: Client, lock: threading.Lock | None = None) -> Runner:
+    """Run read-only queries on an open client (the sink's own, a test's, or a server connection)."""
+    guard = lock or threading.Lock()
+
+    def run(sql: str, parameters: Mapping[str, Any] | None = None) -> QueryResult:
+        statement = check_read_only(sql)
+        with guard:
+            result = client.query(statement, parameters=dict(parameters or {}), settings=READ_ONLY_SETTINGS)
+        return QueryResult(
+            list(result.column_names), [[jsonable(v) for v in row] for row in result.result_rows]
+        )
+
+    return run
+
+
+# --- server side: the routes the sink serves ------------------------------------------------------------
+def add_query_routes(app: web.Application, runner: Runner) -> None:
+    async def query(request: web.Request) -> web.Response:
+        try:
+            body = await request.json()
+            sql, parameters = body["sql"], body.get("parameters") or {}
+        except (ValueError, KeyError, TypeError):
+            return web.json_response(
+                {"error": 'expected a JSON body {"sql": "...", "parameters": {...}}'}, status=400
+            )
+        try:
+            result = await asyncio.get_running_loop().run_in_executor(None, runner, sql, parameters)
+        except QueryError as exc:
+            return web.json_response({"error": str(exc)}, status=400)
+        except Exception as exc:
+            return web.json_response({"error": f"{type(exc).__name__}: {exc}"}, status=400)
+        return web.json_response({"columns": result.columns, "rows": result.rows})
+
+    app.router.add_post("/query", query)
+
+
+class HttpThread:
+    """An aiohttp application served from its own thread and event loop (the sink loop is synchronous)."""
+
+    def __init__(self, app: web.Application, host: str, port: int) -> None:
+        self.app, self.host, self.port = app, host, port
+        self.loop = asyncio.new_event_loop()
+        self._runner: web.AppRunner | None = None
+        self._started = threading.Event()
+        self._error: BaseException | None = None
+        self._thread = threading.Thread(target=self._serve, name="sink-http", daemon=True)
+
+    def start(self) -> HttpThread:
+        self._thread.start()
+        self._started.wait(10)
+        if self._error is not None:
+            raise OSError(
+                f"cannot serve the sink API on {self.host}:{self.port} "
+                f"(set LEADPULSE_SINK_PORT): {self._error}"
+            ) from self._error
+        return self
+
+    def _serve(self) -> None:
+        asyncio.set_event_loop(self.loop)
+        try:
+            self._runner = web.AppRunner(self.app, access_log=None)
+            self.loop.run_until_complete(self._runner.setup())
+            site = web.TCPSite(self._runner, self.host, self.port)
+            self.loop.run_until_complete(site.start())
+            for address in self._runner.addresses:
+                if isinstance(address, tuple):
+                    self.port = int(address[1])
+        except BaseException as exc:
+            self._error = exc
+            self._started.set()
+            return
+        self._started.set()
+        self.loop.run_forever()
+        self.loop.run_until_complete(self._runner.cleanup())
+        self.loop.close()
+
+    def stop(self) -> None:
+        if self.loop.is_running():
+            self.loop.call_soon_threadsafe(self.loop.stop)
+        self._thread.join(10)
+
+
+# --- client side: what `leadpulse sql` / `report` call --------------------------------------------------
+def http_runner(base_url: str, timeout: float = 120.0) -> Runner:
+    def run(sql: str, parameters: Mapping[str, Any] | None = None) -> QueryResult:
+        check_read_only(sql)
+        data = json.dumps({"sql": sql, "parameters": dict(parameters or {})}, default=str).encode()
+        request = urllib.request.Request(
+            f"{base_url}/query", data=data, headers={"Content-Type": "application/json"}
+        )
+        try:
+            with urllib.request.urlopen(request, timeout=timeout) as response:
+                body = json.loads(response.read())
+        except urllib.error.HTTPError as exc:
+            detail = json.loads(exc.read() or b"{}").get("error", exc.reason)
+            raise QueryError(f"query refused by the sink at {base_url}: {detail}") from None
+        return QueryResult(body["columns"], body["rows"])
+
+    return run
+
+
+def sink_url(settings: Settings) -> str:
+    return f"http://{settings.web_host}:{settings.sink_port}"
+
+
+def sink_serving(settings: Settings, timeout: float = 1.0) -> bool:
+    try:
+        with urllib.request.urlopen(f"{sink_url(settings)}/health", timeout=timeout) as response:
+            return bool(response.status == 200)
+    except (OSError, urllib.error.URLError):
+        return False
+
+
+def query_runner(settings: Settings) -> tuple[Runner, Callable[[], None]]:
+    """A runner for the configured ClickHouse and a ``close`` callable.
+
+    Server DSN → direct client. Embedded → the running sink's query API, else the directory opened here.
+    """
+    if settings.embedded_clickhouse and sink_serving(settings):
+        return http_runner(sink_url(settings)), lambda: None
+    try:
+        client = get_client(settings)
+    except Exception as exc:
+        if "Cannot lock file" in str(exc):
+            raise QueryError(
+                f"{settings.dsn} is locked by another process that does not serve queries on "
+                f"{sink_url(settings)}; run `leadpulse sink` (it serves the query API) or stop that process"
+            ) from None
+        raise QueryError(f"cannot open ClickHouse at {settings.dsn}: {type(exc).__name__}: {exc}") from None
+    return client_runner(client), client.close

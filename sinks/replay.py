@@ -1,0 +1,74 @@
+"""Re-publish stored history from ClickHouse to the input topics, so workers can reprocess it.
+
+Why only events and sales activities: they are stored complete. Profiles (``lead_identified``) are stored
+with the email as a keyed hash, so they cannot be rebuilt faithfully; re-send those from their source.
+Records keep their ``event_id``, so downstream dedup (worker state, ReplacingMergeTree) makes a replay safe.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from typing import Any
+
+from sinks.query_service import Runner
+from sinks.rows import EVENT_FIELDS
+
+EVENT_SCHEMA_FIELDS = {
+    "web_visit": (
+        "url",
+        "page_category",
+        "referrer",
+        "utm_source",
+        "utm_medium",
+        "utm_campaign",
+        "utm_term",
+        "utm_content",
+    ),
+    "email_click": ("campaign_id", "email_id", "link_url"),
+    "download": ("content_id", "asset_type"),
+    "content_view": ("content_id", "content_type", "dwell_ms", "percent_viewed", "channel"),
+}
+COMMON = ("event_id", "event_time", "anonymous_id", "lead_id", "source", "received_at")
+TIMES = ("event_time", "received_at")
+
+
+def _select(table: str, columns: tuple[str, ...]) -> str:
+    spelled = ", ".join(f"toUnixTimestamp64Milli({c}) AS {c}" if c in TIMES else c for c in columns)
+    return (
+        f"SELECT {spelled} FROM leadpulse.{table} FINAL "
+        "WHERE event_time >= fromUnixTimestamp64Milli({since:Int64}) "
+        "AND event_time < fromUnixTimestamp64Milli({until:Int64}) ORDER BY event_time"
+    )
+
+
+def stored_records(run: Runner, since_ms: int, until_ms: int) -> Iterator[tuple[str, dict[str, Any]]]:
+    """(schema, record) for every stored event and sales activity in [since, until), oldest first."""
+    params = {"since": since_ms, "until": until_ms}
+    for row in run(_select("events", EVENT_FIELDS), params).dicts():
+        schema = row["event_type"]
+        fields = COMMON + EVENT_SCHEMA_FIELDS[schema]
+        yield schema, {f: row[f] for f in fields}
+    activity_columns = (
+        "event_id",
+        "event_time",
+        "lead_id",
+        "source",
+        "received_at",
+        "activity",
+        "owner",
+        "reason",
+        "amount",
+    )
+    for row in run(_select("sales_activities", activity_columns), params).dicts():
+        yield "sales_activity", row
+
+
+def replay(
+    run: Runner, send: Callable[[str, dict[str, Any]], Any], since_ms: int, until_ms: int
+) -> dict[str, int]:
+    """Send stored records through ``send(schema, record)``; returns counts per schema."""
+    counts: dict[str, int] = {}
+    for schema, record in stored_records(run, since_ms, until_ms):
+        send(schema, record)
+        counts[schema] = counts.get(schema, 0) + 1
+    return counts

@@ -1,0 +1,103 @@
+"""Funnel: leads entering and currently in each stage, stage-to-stage conversion, velocity (median days
+from entering a stage to entering the next), and recycles.
+
+Period semantics: *entered* counts distinct leads with a transition into the stage inside the period
+(awareness: leads leaving awareness); *current* is each lead's latest stage as of ``until``; conversion
+is entered(next) / entered(stage); velocity pairs a lead's first entry into a stage with its first entry
+into the next stage, counted when the latter falls inside the period.
+"""
+
+from __future__ import annotations
+
+from sinks.query_service import Runner
+from sinks.reports import Sections
+from sinks.reports.period import DAY_MS, Period
+
+PATH = ("awareness", "lead", "nurturing", "mql", "sal", "opportunity", "customer", "expansion")
+
+TRANSITIONS = """
+SELECT lead_id, from_stage, to_stage, reason, toUnixTimestamp64Milli(occurred_at) AS at
+FROM leadpulse.stage_transitions FINAL
+WHERE occurred_at < fromUnixTimestamp64Milli({until:Int64})
+"""
+
+ENTERED = """
+SELECT stage, uniqExact(lead_id) AS leads FROM (
+    SELECT lead_id, to_stage AS stage FROM leadpulse.stage_transitions FINAL
+    WHERE occurred_at >= fromUnixTimestamp64Milli({since:Int64})
+      AND occurred_at < fromUnixTimestamp64Milli({until:Int64})
+    UNION ALL
+    SELECT lead_id, from_stage AS stage FROM leadpulse.stage_transitions FINAL
+    WHERE from_stage = 'awareness'
+      AND occurred_at >= fromUnixTimestamp64Milli({since:Int64})
+        AND occurred_at < fromUnixTimestamp64Milli({until:Int64})
+) GROUP BY stage
+"""
+
+CURRENT = """
+SELECT stage, count() AS leads FROM (
+    SELECT lead_id, argMax(to_stage, (occurred_at, transition_id)) AS stage
+    FROM leadpulse.stage_transitions FINAL
+    WHERE occurred_at < fromUnixTimestamp64Milli({until:Int64}) GROUP BY lead_id
+) GROUP BY stage
+"""
+
+VELOCITY = f"""
+WITH firsts AS (
+    SELECT lead_id, to_stage AS stage, min(toUnixTimestamp64Milli(occurred_at)) AS at
+    FROM leadpulse.stage_transitions FINAL
+    WHERE occurred_at < fromUnixTimestamp64Milli({{until:Int64}}) GROUP BY lead_id, stage
+)
+SELECT a.stage AS stage, quantileExactInclusive(0.5)((b.at - a.at) / {DAY_MS}) AS median_days,
+       count() AS leads
+FROM firsts AS a INNER JOIN firsts AS b ON a.lead_id = b.lead_id
+WHERE indexOf({{path:Array(String)}}, b.stage) = indexOf({{path:Array(String)}}, a.stage) + 1
+  AND b.at >= a.at AND b.at >= {{since:Int64}}
+GROUP BY a.stage
+"""
+
+RECYCLES = """
+SELECT from_stage, reason, count() AS recycles FROM leadpulse.stage_transitions FINAL
+WHERE startsWith(reason, 'recycled')
+  AND occurred_at >= fromUnixTimestamp64Milli({since:Int64})
+    AND occurred_at < fromUnixTimestamp64Milli({until:Int64})
+GROUP BY from_stage, reason ORDER BY recycles DESC, from_stage, reason
+"""
+
+
+def entered_counts(run: Runner, period: Period) -> dict[str, int]:
+    return {r["stage"]: int(r["leads"]) for r in run(ENTERED, period.params).dicts()}
+
+
+def funnel_report(run: Runner, period: Period) -> Sections:
+    entered = entered_counts(run, period)
+    current = {r["stage"]: int(r["leads"]) for r in run(CURRENT, period.params).dicts()}
+    velocity = {r["stage"]: r for r in run(VELOCITY, {**period.params, "path": list(PATH)}).dicts()}
+    stages = []
+    for index, stage in enumerate(PATH):
+        following = PATH[index + 1] if index + 1 < len(PATH) else None
+        here = entered.get(stage, 0)
+        conversion = round(entered.get(following, 0) / here, 4) if following and here else None
+        median = velocity.get(stage, {}).get("median_days")
+        stages.append(
+            {
+                "stage": stage,
+                "entered": here,
+                "current": current.get(stage, 0),
+                "next_stage": following,
+                "conversion_to_next": conversion,
+                "median_days_to_next": round(median, 2) if median is not None and median == median else None,
+            }
+        )
+    for extra in ("disqualified",):
+        stages.append(
+            {
+                "stage": extra,
+                "entered": entered.get(extra, 0),
+                "current": current.get(extra, 0),
+                "next_stage": None,
+                "conversion_to_next": None,
+                "median_days_to_next": None,
+            }
+        )
+    return {"stages": stages, "recycles": run(RECYCLES, period.params).dicts()}

@@ -1,0 +1,50 @@
+"""Content health: unused items (no touch in ``unused_days``), stale items (not updated in ``stale_days``)
+and, per funnel stage, how many items cover it and how many of those are in use and fresh.
+
+Measured as of ``period.until``; touches are looked for in the ``unused_days`` before it.
+"""
+
+from __future__ import annotations
+
+from sinks.query_service import Runner
+from sinks.reports import Sections
+from sinks.reports.identity import RESOLVED_EVENTS
+from sinks.reports.period import DAY_MS, Period
+
+STAGES = ("awareness", "lead", "nurturing", "mql", "sal", "opportunity", "customer", "expansion")
+
+ITEMS = f"""
+WITH {RESOLVED_EVENTS},
+last AS (SELECT content_id, max(t) AS last_touch, count() AS touches FROM touches GROUP BY content_id)
+SELECT c.content_id AS content_id, c.title AS title, c.content_type AS content_type,
+       c.funnel_stage AS funnel_stage, toString(c.updated_date) AS updated_date,
+       if(l.content_id = '', NULL, l.last_touch) AS last_touch_ms, ifNull(l.touches, 0) AS touches,
+       l.content_id = '' AS unused,
+       dateDiff('day', c.updated_date, toDate(fromUnixTimestamp64Milli({{until:Int64}})))
+           > {{stale_days:Int64}} AS stale
+FROM catalogue AS c LEFT JOIN last AS l ON l.content_id = c.content_id
+ORDER BY funnel_stage, content_id
+"""
+
+
+def health_report(run: Runner, period: Period, unused_days: int = 90, stale_days: int = 365) -> Sections:
+    window = Period(max(period.since_ms, period.until_ms - unused_days * DAY_MS), period.until_ms)
+    items = run(ITEMS, {**window.params, "stale_days": stale_days}).dicts()
+    for item in items:
+        item["unused"], item["stale"] = bool(item["unused"]), bool(item["stale"])
+        last = item.pop("last_touch_ms")
+        item["days_since_touch"] = None if last is None else round((period.until_ms - last) / DAY_MS, 1)
+    coverage = []
+    for stage in STAGES:
+        in_stage = [i for i in items if i["funnel_stage"] == stage]
+        coverage.append(
+            {
+                "funnel_stage": stage,
+                "items": len(in_stage),
+                "used": sum(not i["unused"] for i in in_stage),
+                "fresh": sum(not i["stale"] for i in in_stage),
+                "covered": any(not i["unused"] and not i["stale"] for i in in_stage),
+            }
+        )
+    flagged = [i for i in items if i["unused"] or i["stale"]]
+    return {"flagged": flagged, "coverage": coverage}

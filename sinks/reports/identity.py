@@ -1,0 +1,47 @@
+"""SQL shared by the reports: events resolved to a lead, and touches of catalogue content.
+
+Why resolve here: an anonymous visitor who later identifies (a ``lead_identified`` with that
+``anonymous_id``) is the same lead; their earlier views and downloads count for the lead (DESIGN §3).
+Beware ClickHouse aliases: ``assumeNotNull(x) AS x`` would make a later ``WHERE x IS NOT NULL`` test the
+alias, never NULL; so nullable columns and their not-null aliases carry different names here.
+Times are converted to Int64 epoch milliseconds once, so the attribution arithmetic stays integer.
+"""
+
+from __future__ import annotations
+
+TARGET_STAGES = "('mql', 'opportunity', 'customer')"
+
+RESOLVED_EVENTS = """
+identity AS (
+    SELECT assumeNotNull(anonymous_id) AS anon, argMax(lead_id, event_time) AS resolved
+    FROM leadpulse.leads FINAL WHERE anonymous_id IS NOT NULL GROUP BY anon
+),
+ev AS (
+    SELECT e.event_type AS event_type, toUnixTimestamp64Milli(e.event_time) AS t, e.dwell_ms AS dwell_ms,
+           e.content_id AS item_id, coalesce(e.url, e.link_url) AS touch_url,
+           coalesce(e.lead_id, nullIf(i.resolved, '')) AS lead,
+           coalesce(e.lead_id, nullIf(i.resolved, ''), e.anonymous_id) AS visitor
+    FROM leadpulse.events AS e FINAL
+    LEFT JOIN identity AS i ON i.anon = ifNull(e.anonymous_id, '')
+    WHERE e.event_time >= fromUnixTimestamp64Milli({since:Int64})
+      AND e.event_time < fromUnixTimestamp64Milli({until:Int64})
+),
+catalogue AS (
+    SELECT content_id, title, content_type, funnel_stage, url, published_date, updated_date
+    FROM leadpulse.content FINAL
+),
+touches AS (
+    SELECT assumeNotNull(item_id) AS content_id, event_type, t, dwell_ms, lead
+    FROM ev WHERE item_id IS NOT NULL
+    UNION ALL
+    SELECT c.content_id AS content_id, ev.event_type AS event_type, ev.t AS t, ev.dwell_ms AS dwell_ms,
+           ev.lead AS lead
+    FROM ev
+    INNER JOIN (SELECT content_id, assumeNotNull(url) AS url FROM catalogue WHERE url IS NOT NULL) AS c
+        ON c.url = assumeNotNull(ev.touch_url)
+    WHERE ev.item_id IS NULL AND ev.touch_url IS NOT NULL
+),
+tr AS (
+    SELECT lead_id, to_stage, from_stage, reason, toUnixTimestamp64Milli(occurred_at) AS at
+    FROM leadpulse.stage_transitions FINAL
+)"""

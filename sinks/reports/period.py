@@ -1,0 +1,45 @@
+"""The report period ``[since, until)`` in epoch milliseconds, parsed from CLI-friendly spellings."""
+
+from __future__ import annotations
+
+import datetime as dt
+import re
+from dataclasses import dataclass
+
+DAY_MS = 86_400_000
+_RELATIVE = re.compile(r"^(\d+)([dhw])$")
+
+
+@dataclass(frozen=True)
+class Period:
+    since_ms: int
+    until_ms: int
+
+    @property
+    def params(self) -> dict[str, int]:
+        return {"since": self.since_ms, "until": self.until_ms}
+
+
+def parse_instant(text: str, now_ms: int) -> int:
+    """``2026-01-31``, ``2026-01-31T12:00:00`` (UTC unless an offset is given), or ``30d``/``2w`` ago."""
+    match = _RELATIVE.match(text.strip())
+    if match:
+        unit = {"d": DAY_MS, "h": 3_600_000, "w": 7 * DAY_MS}[match.group(2)]
+        return now_ms - int(match.group(1)) * unit
+    try:
+        value = dt.datetime.fromisoformat(text.strip())
+    except ValueError:
+        raise ValueError(
+            f"expected a date (2026-01-31), a datetime or a relative age (30d), got {text!r}"
+        ) from None
+    if value.tzinfo is None:
+        value = value.replace(tzinfo=dt.UTC)
+    return int(value.timestamp() * 1000)
+
+
+def make_period(since: str | None, until: str | None, now_ms: int, default_days: int = 90) -> Period:
+    until_ms = parse_instant(until, now_ms) if until else now_ms
+    since_ms = parse_instant(since, now_ms) if since else until_ms - default_days * DAY_MS
+    if since_ms >= until_ms:
+        raise ValueError(f"--since must be before --until (got {since_ms} >= {until_ms} ms)")
+    return Period(since_ms, until_ms)

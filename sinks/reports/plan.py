@@ -1,0 +1,111 @@
+"""The Model's reverse calculation: from a revenue target and an average deal size, how many wins,
+opportunities, MQLs, leads and visitors the period needs, using conversion rates measured in ClickHouse
+(or overridden with ``--rates``).
+
+Worked example (reference/the-model-process): 10M target / 1M deal → 10 wins; 50% win rate → 20
+opportunities (deals); 25% → 80 MQLs ("opportunities" in the book's wording); 10% → 800 leads; 5% →
+16,000 visitors. Each step rounds up: you cannot close half a deal.
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+from collections.abc import Mapping
+
+from sinks.query_service import Runner
+from sinks.reports import Sections
+from sinks.reports.funnel import entered_counts
+from sinks.reports.period import Period
+
+# (stage, label, rate key from the previous stage into this one), from the top of the funnel down.
+STEPS = (
+    ("awareness", "visitors", None),
+    ("lead", "leads", "visitor_to_lead"),
+    ("mql", "qualified leads (mql)", "lead_to_mql"),
+    ("opportunity", "opportunities (deals)", "mql_to_opportunity"),
+    ("customer", "wins", "opportunity_to_customer"),
+)
+RATE_KEYS = tuple(key for _, _, key in STEPS if key)
+
+VISITORS = """
+SELECT uniqExact(coalesce(lead_id, anonymous_id)) AS visitors FROM leadpulse.events FINAL
+WHERE event_time >= fromUnixTimestamp64Milli({since:Int64})
+  AND event_time < fromUnixTimestamp64Milli({until:Int64})
+"""
+
+
+def parse_rates(text: str | None) -> dict[str, float]:
+    """``visitor_to_lead=0.05,lead_to_mql=0.1`` (fractions or percentages like ``5%``)."""
+    rates: dict[str, float] = {}
+    for part in (text or "").split(","):
+        if not part.strip():
+            continue
+        key, sep, value = part.partition("=")
+        key = key.strip()
+        if not sep or key not in RATE_KEYS:
+            raise ValueError(
+                f"--rates: expected KEY=RATE with KEY one of {', '.join(RATE_KEYS)}, got {part!r}"
+            )
+        raw = value.strip()
+        rate = float(raw[:-1]) / 100 if raw.endswith("%") else float(raw)
+        if not 0 < rate <= 1:
+            raise ValueError(f"--rates: {key} must be in (0, 1] (or 0-100%), got {raw}")
+        rates[key] = rate
+    return rates
+
+
+def measured_rates(run: Runner, period: Period) -> dict[str, float | None]:
+    entered = entered_counts(run, period)
+    counts = {**entered, "awareness": int(run(VISITORS, period.params).dicts()[0]["visitors"])}
+    rates: dict[str, float | None] = {}
+    for (above, _, _), (stage, _, key) in itertools.pairwise(STEPS):
+        assert key is not None
+        rates[key] = counts.get(stage, 0) / counts[above] if counts.get(above) else None
+    return rates
+
+
+def reverse_plan(
+    target_revenue: float, average_deal: float, rates: Mapping[str, float | None]
+) -> list[dict[str, object]]:
+    if target_revenue <= 0 or average_deal <= 0:
+        raise ValueError("--target and --deal-size must be positive amounts")
+    needed: float | None = math.ceil(target_revenue / average_deal - 1e-9)
+    rows: list[dict[str, object]] = []
+    for stage, label, key in reversed(STEPS):
+        rows.append({"stage": stage, "label": label, "needed": needed})
+        if key is None:
+            break
+        rate = rates.get(key)
+        rows[-1]["rate_from_previous"] = rate
+        rows[-1]["rate_key"] = key
+        # -1e-9: 80 / 0.1 is 799.999... or 800.000...1 in floating point; neither should become 801.
+        needed = math.ceil(needed / rate - 1e-9) if needed is not None and rate else None
+    for row in rows:
+        row.setdefault("rate_from_previous", None)
+        row.setdefault("rate_key", None)
+    return rows
+
+
+def plan_report(
+    run: Runner | None,
+    period: Period | None,
+    target_revenue: float,
+    average_deal: float,
+    overrides: Mapping[str, float] | None = None,
+) -> Sections:
+    """Plan rows, wins first. With every rate overridden no query runs (``run`` may be None)."""
+    overrides = dict(overrides or {})
+    measured: dict[str, float | None] = {}
+    if set(RATE_KEYS) - set(overrides):
+        if run is None or period is None:
+            raise ValueError("measured rates need ClickHouse: pass --rates for every step or run with data")
+        measured = measured_rates(run, period)
+    rates = {key: overrides.get(key, measured.get(key)) for key in RATE_KEYS}
+    rows = reverse_plan(target_revenue, average_deal, rates)
+    for row in rows:
+        key = row["rate_key"]
+        row["rate_source"] = None if key is None else ("override" if key in overrides else "measured")
+        if isinstance(row["rate_from_previous"], float):
+            row["rate_from_previous"] = round(row["rate_from_previous"], 4)
+    return {"plan": rows}

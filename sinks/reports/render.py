@@ -1,0 +1,68 @@
+"""Render report sections as an aligned text table, CSV or JSON (``--format table|csv|json``)."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+FORMATS = ("table", "csv", "json")
+
+
+def _cell(value: Any) -> str:
+    if value is None:
+        return "-"
+    if isinstance(value, float):
+        return f"{value:,.4g}" if abs(value) < 1000 else f"{value:,.0f}"
+    if isinstance(value, int) and not isinstance(value, bool):
+        return f"{value:,}"
+    return str(value)
+
+
+def _columns(rows: Sequence[Mapping[str, Any]]) -> list[str]:
+    columns: list[str] = []
+    for row in rows:
+        columns.extend(c for c in row if c not in columns)
+    return columns
+
+
+def render_table(sections: Mapping[str, Sequence[Mapping[str, Any]]]) -> str:
+    out = []
+    for name, rows in sections.items():
+        out.append(f"== {name} ({len(rows)} row{'s' if len(rows) != 1 else ''})")
+        if not rows:
+            out.append("(none)\n")
+            continue
+        columns = _columns(rows)
+        cells = [[_cell(row.get(c)) for c in columns] for row in rows]
+        widths = [max(len(c), *(len(r[i]) for r in cells)) for i, c in enumerate(columns)]
+        out.append("  ".join(c.ljust(w) for c, w in zip(columns, widths, strict=True)).rstrip())
+        for row_cells in cells:
+            out.append("  ".join(v.ljust(w) for v, w in zip(row_cells, widths, strict=True)).rstrip())
+        out.append("")
+    return "\n".join(out)
+
+
+def render_csv(sections: Mapping[str, Sequence[Mapping[str, Any]]]) -> str:
+    """One CSV block per section; with several sections each starts with a ``# name`` line."""
+    buffer = io.StringIO()
+    for name, rows in sections.items():
+        if len(sections) > 1:
+            buffer.write(f"# {name}\n")
+        columns = _columns(rows)
+        writer = csv.DictWriter(buffer, fieldnames=columns, lineterminator="\n")
+        writer.writeheader()
+        writer.writerows(rows)
+    return buffer.getvalue()
+
+
+def render(sections: Mapping[str, Sequence[Mapping[str, Any]]], fmt: str) -> str:
+    if fmt == "table":
+        return render_table(sections)
+    if fmt == "csv":
+        return render_csv(sections)
+    if fmt == "json":
+        return json.dumps(sections, indent=2, default=str)
+    raise ValueError(f"--format must be one of {', '.join(FORMATS)}, got {fmt!r}")

@@ -1,0 +1,71 @@
+"""SLA: follow-up time after a lead becomes MQL (percentiles), compliance with the follow-up SLA, and
+warnings/breaches per owner from ``sla_events``.
+
+Follow-up = the first ``first_touch``, ``accepted`` or ``rejected`` activity at/after the MQL transition.
+Compliance = MQL entries in the period followed up within ``sla_hours`` / all MQL entries in the period
+(an MQL nobody followed up counts as not compliant).
+"""
+
+from __future__ import annotations
+
+from sinks.query_service import Runner
+from sinks.reports import Sections
+from sinks.reports.period import Period
+
+FOLLOW_UP = """
+WITH mqls AS (
+    SELECT lead_id, toUnixTimestamp64Milli(occurred_at) AS at FROM leadpulse.stage_transitions FINAL
+    WHERE to_stage = 'mql'
+      AND occurred_at >= fromUnixTimestamp64Milli({since:Int64})
+        AND occurred_at < fromUnixTimestamp64Milli({until:Int64})
+),
+acts AS (
+    SELECT lead_id, toUnixTimestamp64Milli(event_time) AS at FROM leadpulse.sales_activities FINAL
+    WHERE activity IN ('first_touch', 'accepted', 'rejected')
+),
+answered AS (
+    SELECT m.lead_id AS lead_id, m.at AS mql_at,
+           minIf(a.at, a.lead_id != '' AND a.at >= m.at) AS answer_at,
+           countIf(a.lead_id != '' AND a.at >= m.at) > 0 AS followed
+    FROM mqls AS m LEFT JOIN acts AS a ON a.lead_id = m.lead_id
+    GROUP BY m.lead_id, m.at
+)
+SELECT count() AS mqls, countIf(followed) AS followed_up,
+       countIf(followed AND answer_at - mql_at <= {sla_ms:Int64}) AS within_sla,
+       quantilesExactInclusiveIf(0.5, 0.9, 0.95)((answer_at - mql_at) / 3600000, followed) AS hours
+FROM answered
+"""
+
+BY_OWNER = """
+SELECT ifNull(owner, '(unassigned)') AS owner, countIf(level = 'warning') AS warnings,
+       countIf(level = 'breach') AS breaches
+FROM leadpulse.sla_events FINAL
+WHERE sla = {sla:String}
+  AND fired_at >= fromUnixTimestamp64Milli({since:Int64})
+    AND fired_at < fromUnixTimestamp64Milli({until:Int64})
+GROUP BY owner ORDER BY breaches DESC, warnings DESC, owner
+"""
+
+
+def _num(value: float | None) -> float | None:
+    return round(value, 2) if value is not None and value == value else None
+
+
+def sla_report(
+    run: Runner, period: Period, sla_hours: float = 24.0, sla: str = "hot_lead_follow_up"
+) -> Sections:
+    row = run(FOLLOW_UP, {**period.params, "sla_ms": int(sla_hours * 3_600_000)}).dicts()[0]
+    hours = row.pop("hours") or [None, None, None]
+    mqls = int(row["mqls"])
+    follow_up = {
+        "mqls": mqls,
+        "followed_up": int(row["followed_up"]),
+        "within_sla": int(row["within_sla"]),
+        "sla_hours": sla_hours,
+        "compliance": round(int(row["within_sla"]) / mqls, 4) if mqls else None,
+        "p50_hours": _num(hours[0]) if row["followed_up"] else None,
+        "p90_hours": _num(hours[1]) if row["followed_up"] else None,
+        "p95_hours": _num(hours[2]) if row["followed_up"] else None,
+    }
+    owners = run(BY_OWNER, {**period.params, "sla": sla}).dicts()
+    return {"follow_up": [follow_up], "by_owner": owners}

@@ -1,0 +1,395 @@
+"""The ClickHouse sink against a real Tansu broker and embedded chDB: every record stored once, offsets
+committed only after the insert, retries deduplicated (views included), bad rows dead-lettered, and a
+``kill -9``-ed sink process restarted without losing or doubling an event."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+import urllib.request
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import clickhouse_connect
+import pytest
+from clickhouse_connect.driver.client import Client
+from clickhouse_connect.driver.exceptions import OperationalError
+from kafka import KafkaAdminClient, KafkaConsumer, TopicPartition
+
+from schemas.registry import default_registry
+from sinks.batch import BatchPolicy
+from sinks.clickhouse_sink import ClickHouseSinkLoop, sink_group
+from sinks.migrate import migrate
+from streams.broker import free_port
+from streams.producer import Producer
+from streams.samples import sample_events
+from streams.settings import Settings
+
+pytestmark = pytest.mark.integration
+
+EVENT_SCHEMAS = ("web_visit", "email_click", "download", "content_view")
+
+
+@pytest.fixture(scope="module")
+def ch(clickhouse_dsn: str) -> Iterator[Client]:
+    client = clickhouse_connect.get_client(dsn=clickhouse_dsn)
+    migrate(client)
+    yield client
+    client.close()
+
+
+class FaultyClient:
+    """A real client with injected faults: ``fail_before`` refuses inserts without storing anything;
+    ``lose_ack`` stores the first insert then raises as if the connection dropped before the answer."""
+
+    def __init__(self, real: Client) -> None:
+        self.real = real
+        self.fail_before = False
+        self.lose_ack = 0
+        self.insert_calls = 0
+
+    def insert(self, *args: Any, **kwargs: Any) -> Any:
+        return self._faulty(self.real.insert, *args, **kwargs)
+
+    def raw_insert(self, *args: Any, **kwargs: Any) -> Any:
+        return self._faulty(self.real.raw_insert, *args, **kwargs)
+
+    def _faulty(self, insert: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+        self.insert_calls += 1
+        if self.fail_before:
+            raise OperationalError("injected: ClickHouse unreachable")
+        result = insert(*args, **kwargs)
+        if self.lose_ack > 0:
+            self.lose_ack -= 1
+            raise OperationalError("injected: connection reset after the insert was sent")
+        return result
+
+    def query(self, *args: Any, **kwargs: Any) -> Any:
+        return self.real.query(*args, **kwargs)
+
+
+class RunningSink:
+    def __init__(self, loop: ClickHouseSinkLoop) -> None:
+        self.loop = loop
+        self.stop = threading.Event()
+        self.thread = threading.Thread(target=loop.run, args=(self.stop,), daemon=True)
+        self.thread.start()
+
+    def close(self) -> None:
+        self.stop.set()
+        self.thread.join(30)
+        assert not self.thread.is_alive(), "sink loop did not stop"
+
+
+@pytest.fixture
+def start_sink(broker_settings: Settings) -> Iterator[Callable[..., RunningSink]]:
+    started: list[RunningSink] = []
+
+    def start(client: Any, policy: BatchPolicy | None = None) -> RunningSink:
+        loop = ClickHouseSinkLoop(broker_settings, client, policy=policy or BatchPolicy(500, 0.2))
+        running = RunningSink(loop)
+        started.append(running)
+        return running
+
+    yield start
+    for running in started:
+        if running.thread.is_alive():
+            running.close()
+
+
+def wait_for(condition: Callable[[], bool], timeout: float = 60.0, what: str = "condition") -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if condition():
+            return
+        time.sleep(0.1)
+    raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+
+
+def count(ch: Client, sql: str, **params: Any) -> int:
+    return int(ch.query(sql, parameters=params).result_rows[0][0])
+
+
+def produce(settings: Settings, schema: str, n: int, seed: int, **changes: Any) -> list[dict[str, Any]]:
+    records = []
+    with Producer(settings) as producer:
+        for record in sample_events(schema, n, seed=seed):
+            record = {**record, "event_id": f"{settings.topic_prefix}{record['event_id']}", **changes}
+            producer.send(schema, record)
+            records.append(record)
+    return records
+
+
+def committed_offsets(settings: Settings) -> dict[tuple[str, int], int]:
+    admin = KafkaAdminClient(bootstrap_servers=settings.bootstrap)
+    try:
+        group = sink_group(settings)
+        offsets = admin.list_group_offsets({group: None}).get(group, {})
+    finally:
+        admin.close()
+    return {(tp.topic, tp.partition): meta.offset for tp, meta in offsets.items() if meta.offset >= 0}
+
+
+def end_offsets(settings: Settings, topic: str) -> dict[tuple[str, int], int]:
+    """Log end per partition from fetch high watermarks (Tansu's ListOffsets is wrong, DESIGN §11)."""
+    consumer = KafkaConsumer(bootstrap_servers=settings.bootstrap, enable_auto_commit=False, group_id=None)
+    try:
+        tps = [TopicPartition(topic, p) for p in sorted(consumer.partitions_for_topic(topic) or [])]
+        consumer.assign(tps)
+        consumer.seek_to_beginning(*tps)
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline and any(consumer.highwater(tp) is None for tp in tps):
+            consumer.poll(timeout_ms=200)
+        return {(tp.topic, tp.partition): consumer.highwater(tp) or 0 for tp in tps}
+    finally:
+        consumer.close()
+
+
+def topic_rows(ch: Client, table: str, settings: Settings) -> int:
+    return count(
+        ch,
+        f"SELECT count() FROM leadpulse.{table} WHERE startsWith(topic, {{p:String}})",
+        p=settings.topic_prefix,
+    )
+
+
+def test_records_of_every_input_and_output_topic_land_in_their_tables_and_offsets_commit(
+    ch: Client, broker_settings: Settings, start_sink: Callable[..., RunningSink]
+) -> None:
+    settings = broker_settings
+    for schema in EVENT_SCHEMAS:
+        produce(settings, schema, 30, seed=1)
+    produce(settings, "lead_identified", 20, seed=1)
+    produce(settings, "sales_activity", 10, seed=1)
+    with Producer(settings) as producer:
+        producer.send(
+            "stage_transition",
+            {
+                "lead_id": "L1",
+                "from_stage": "lead",
+                "to_stage": "mql",
+                "reason": "score_threshold",
+                "trigger_event_id": "e1",
+                "score": 101.0,
+                "occurred_at": 1_790_000_000_000,
+                "transition_id": f"{settings.topic_prefix}t1",
+            },
+        )
+    sink = start_sink(ch)
+    wait_for(
+        lambda: (
+            topic_rows(ch, "events", settings) == 120
+            and topic_rows(ch, "leads", settings) == 20
+            and topic_rows(ch, "sales_activities", settings) == 10
+            and topic_rows(ch, "stage_transitions", settings) == 1
+        ),
+        what="all rows stored",
+    )
+    wait_for(
+        lambda: (
+            committed_offsets(settings).get((settings.topic("events.web_visits"), 0)) is not None
+            or sum(committed_offsets(settings).values()) >= 161
+        ),
+        what="offsets committed",
+    )
+    sink.close()
+    committed = committed_offsets(settings)
+    for topic in ("events.web_visits", "leads.profiles", "leads.stage_transitions"):
+        for tp, end in end_offsets(settings, settings.topic(topic)).items():
+            assert committed.get(tp, 0) == end, tp
+    stored_emails = ch.query(
+        "SELECT email_hash FROM leadpulse.leads WHERE startsWith(topic, {p:String})",
+        parameters={"p": settings.topic_prefix},
+    ).result_rows
+    assert all(len(h) == 64 and "@" not in h for (h,) in stored_emails)
+
+
+def test_batch_resent_after_lost_acknowledgement_is_stored_once_also_in_the_views(
+    ch: Client, broker_settings: Settings, start_sink: Callable[..., RunningSink]
+) -> None:
+    settings = broker_settings
+    records = produce(settings, "content_view", 200, seed=2, content_id=f"{settings.topic_prefix}item")
+    faulty = FaultyClient(ch)
+    faulty.lose_ack = 1  # the first insert is stored, but the sink sees a failure and re-sends it
+    sink = start_sink(faulty, BatchPolicy(10_000, 0.5))
+    wait_for(
+        lambda: topic_rows(ch, "events", settings) >= len(records) and faulty.insert_calls >= 2,
+        what="events stored and re-sent",
+    )
+    wait_for(lambda: sum(committed_offsets(settings).values()) == len(records), what="offsets committed")
+    sink.close()
+    assert sink.loop.stats.failures >= 1
+    assert topic_rows(ch, "events", settings) == len(records)  # raw rows, no FINAL: the dedup token worked
+    usage = count(
+        ch,
+        "SELECT sum(events) FROM leadpulse.content_usage_daily WHERE content_id = {c:String}",
+        c=f"{settings.topic_prefix}item",
+    )
+    assert usage == len(records)
+
+
+def test_offsets_are_not_committed_while_clickhouse_refuses_inserts(
+    ch: Client, broker_settings: Settings, start_sink: Callable[..., RunningSink]
+) -> None:
+    settings = broker_settings
+    records = produce(settings, "download", 50, seed=3)
+    faulty = FaultyClient(ch)
+    faulty.fail_before = True
+    sink = start_sink(faulty)
+    wait_for(lambda: sink.loop.stats.failures >= 3, what="repeated insert failures")
+    assert committed_offsets(settings) == {}
+    assert topic_rows(ch, "events", settings) == 0
+    assert sink.thread.is_alive()
+    faulty.fail_before = False  # ClickHouse is back: the same batch goes in, then offsets move
+    wait_for(lambda: topic_rows(ch, "events", settings) == len(records), what="rows after recovery")
+    wait_for(lambda: sum(committed_offsets(settings).values()) == len(records), what="commit after recovery")
+    sink.close()
+
+
+def test_rows_clickhouse_rejects_and_undecodable_records_go_to_the_dlq(
+    ch: Client, broker_settings: Settings, start_sink: Callable[..., RunningSink]
+) -> None:
+    settings = broker_settings
+    registry = default_registry()
+    good = list(sample_events("content_view", 20, seed=4))
+    bad = {**good[7], "event_id": f"{settings.topic_prefix}negative-dwell", "dwell_ms": -5}
+    topic = settings.topic("events.content_views")
+    with Producer(settings) as producer:
+        for record in [*good[:7], bad, *good[8:]]:
+            record = (
+                {**record, "event_id": f"{settings.topic_prefix}{record['event_id']}"}
+                if record is not bad
+                else record
+            )
+            producer.send_encoded(topic, b"k", registry.encode("content_view", record))
+        producer.send_encoded(topic, b"k", b"not avro at all")  # same key: same partition
+    sink = start_sink(ch, BatchPolicy(10_000, 0.3))
+    wait_for(
+        lambda: topic_rows(ch, "events", settings) == 19 and sink.loop.stats.dead_lettered == 2,
+        what="good rows stored and two dead letters",
+    )
+    wait_for(lambda: sum(committed_offsets(settings).values()) == 21, what="all offsets committed")
+    sink.close()
+    letters = []
+    consumer = KafkaConsumer(
+        settings.topic("dlq"),
+        bootstrap_servers=settings.bootstrap,
+        group_id=None,
+        auto_offset_reset="earliest",
+        consumer_timeout_ms=3000,
+    )
+    for message in consumer:
+        letters.append(registry.decode(message.value)[1])
+    consumer.close()
+    by_stage = {letter["stage"]: letter for letter in letters}
+    assert set(by_stage) == {"decode", "sink"}
+    assert by_stage["sink"]["source_topic"] == topic and by_stage["sink"]["offset"] == 7
+    assert "dwell_ms_not_negative" in by_stage["sink"]["error"]
+    assert by_stage["decode"]["value"] == b"not avro at all" and by_stage["decode"]["offset"] == 20
+    assert by_stage["decode"]["error_type"] == "WireFormatError"
+
+
+# --- the sink as a process, killed with SIGKILL mid-stream ---------------------------------------------
+def _query(port: int, sql: str) -> list[list[Any]]:
+    request = urllib.request.Request(
+        f"http://127.0.0.1:{port}/query",
+        data=json.dumps({"sql": sql}).encode(),
+        headers={"Content-Type": "application/json"},
+    )
+    with urllib.request.urlopen(request, timeout=10) as response:
+        return list(json.loads(response.read())["rows"])
+
+
+def _try_count(port: int, sql: str) -> int | None:
+    try:
+        return int(_query(port, sql)[0][0])
+    except (OSError, ValueError, KeyError, IndexError):
+        return None
+
+
+def _start_process(env: dict[str, str], log: Path) -> subprocess.Popen[bytes]:
+    return subprocess.Popen(
+        [sys.executable, "-m", "leadpulse.cli", "sink", "--batch-rows", "300", "--batch-seconds", "0.2"],
+        env=env,
+        stdout=log.open("ab"),
+        stderr=subprocess.STDOUT,
+    )
+
+
+def test_sink_killed_with_sigkill_and_restarted_stores_every_event_exactly_once(
+    broker_settings: Settings, tmp_path: Path
+) -> None:
+    settings = broker_settings
+    port = free_port()
+    env = {
+        **os.environ,
+        "LEADPULSE_KAFKA_BOOTSTRAP": settings.bootstrap,
+        "LEADPULSE_TOPIC_PREFIX": settings.topic_prefix,
+        "LEADPULSE_DATA_DIR": str(tmp_path / "data"),
+        "LEADPULSE_CLICKHOUSE_DSN": f"chdb://{tmp_path / 'sink-chdb'}",
+        "LEADPULSE_SINK_PORT": str(port),
+        "LEADPULSE_LOG_LEVEL": "WARNING",
+    }
+    log = tmp_path / "sink.log"
+    total = 6000
+    stored = "SELECT count() FROM leadpulse.events"
+
+    killed = threading.Event()
+
+    def publish() -> None:
+        """Half the events paced while the first sink runs, the rest only after it was killed."""
+        with Producer(settings) as producer:
+            for i, record in enumerate(sample_events("web_visit", total, seed=5)):
+                if i == total // 2:
+                    killed.wait(60)
+                producer.send("web_visit", record)
+                if i % 200 == 199:
+                    producer.flush()
+                    time.sleep(0.05)
+
+    publisher = threading.Thread(target=publish)
+    proc = _start_process(env, log)
+    try:
+        wait_for(lambda: _try_count(port, stored) is not None, what=f"sink serving (log: {log})")
+        publisher.start()
+        wait_for(lambda: (_try_count(port, stored) or 0) >= 600, what=f"first rows (log: {log})")
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(10)
+        killed.set()
+        publisher.join(60)
+        committed_at_kill = sum(committed_offsets(settings).values())
+        assert committed_at_kill < total, "the kill should land mid-stream"
+        proc = _start_process(env, log)
+        wait_for(
+            lambda: _try_count(port, stored) == total, timeout=120, what=f"all rows after restart ({log})"
+        )
+        wait_for(lambda: sum(committed_offsets(settings).values()) == total, what="offsets committed")
+        assert _try_count(port, "SELECT uniqExact(event_id) FROM leadpulse.events") == total
+        assert _try_count(port, "SELECT count() FROM leadpulse.events FINAL") == total
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10) as response:
+            metrics = response.read().decode()
+        assert 'leadpulse_sink_rows_total{table="events"}' in metrics
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/ready", timeout=10) as response:
+            assert json.loads(response.read())["ready"] is True
+        # The query API is read-only.
+        with pytest.raises(urllib.error.HTTPError):
+            _query(port, "DROP TABLE leadpulse.events")
+        with pytest.raises(urllib.error.HTTPError):
+            _query(port, "SELECT 1; DROP TABLE leadpulse.events")
+    finally:
+        killed.set()
+        if publisher.is_alive():
+            publisher.join(60)
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+    assert proc.returncode == 0, log.read_text()[-2000:]
