@@ -1,0 +1,120 @@
+"""CLI command: ``leadpulse generate`` (synthetic B2B traffic, issue #7; see docs/traffic.md).
+
+Thin: plans the traffic with ``streams.traffic.plan_traffic`` and hands it to ``publish`` with a sink that
+writes JSONL (``--out``) or sends through the producer SDK to the configured broker.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+from typing import Any
+
+import typer
+
+from leadpulse.commands.settings_arg import cli_settings
+from streams.traffic import PublishStats, TrafficPlan, jsonl_line, plan_traffic, publish
+from streams.traffic_catalogue import TrafficCatalogueError, read_catalogue_file, write_catalogue
+from streams.traffic_journey import HOUR_MS
+
+
+def summary(plan: TrafficPlan, stats: PublishStats, where: str) -> str:
+    personas = ", ".join(f"{p} {n}" for p, n in sorted(plan.personas().items()))
+    misses = sorted(plan.sla_misses)
+    shown = ", ".join(misses[:10]) + (" ..." if len(misses) > 10 else "")
+    stopped = "" if stats.complete else f" (stopped by --duration after {stats.elapsed_s:.1f} s)"
+    return (
+        f"sent {stats.sent} of {len(plan.events)} events to {where}{stopped}\n"
+        f"leads {len(plan.leads)} + {len(plan.anonymous_visitors)} anonymous visitors ({personas})\n"
+        f"hot leads {len(plan.hot_leads)}; left without follow-up (hot_lead_follow_up breaches as of "
+        f"{time.strftime('%Y-%m-%d %H:%M:%S', time.gmtime(plan.end_ms / 1000))} UTC): {len(misses)}"
+        + (f": {shown}" if misses else "")
+    )
+
+
+def register(app: typer.Typer) -> None:
+    @app.command("generate", help="Generate realistic synthetic B2B traffic (seeded, reproducible).")
+    def generate_cmd(
+        seed: int = typer.Option(7, "--seed", help="Random seed: the same seed gives the same traffic"),
+        leads: int = typer.Option(200, "--leads", min=0, help="Leads (anonymous visitors come on top)"),
+        rate: float | None = typer.Option(
+            None, "--rate", min=0.001, help="Events per second (default: as fast as possible)"
+        ),
+        duration: float | None = typer.Option(None, "--duration", min=0.0, help="Stop after S seconds"),
+        out: Path | None = typer.Option(
+            None,
+            "--out",
+            dir_okay=False,
+            help='Write JSONL ({"type": schema, ...fields}) instead of publishing',
+        ),
+        content_out: Path | None = typer.Option(
+            None,
+            "--content-out",
+            dir_okay=False,
+            help="Write the content catalogue (.csv, or .json) for `leadpulse content load`",
+        ),
+        catalogue: Path | None = typer.Option(
+            None,
+            "--catalogue",
+            exists=True,
+            dir_okay=False,
+            help="Your content catalogue (.csv/.json, the `content load` columns + optional roles) to use",
+        ),
+        manifest: Path | None = typer.Option(
+            None,
+            "--manifest",
+            dir_okay=False,
+            help="Write what the plan promises (hot leads, SLA misses, personas) as JSON",
+        ),
+        span_hours: float = typer.Option(
+            72.0, "--span-hours", min=12.0, help="Event times cover the past H hours up to now"
+        ),
+        live: bool = typer.Option(False, "--live", help="Stamp event_time with the wall clock when sent"),
+    ) -> None:
+        span_ms = int(span_hours * HOUR_MS)
+        now_ms = int(time.time() * 1000)
+        try:
+            own = read_catalogue_file(catalogue) if catalogue is not None else None
+        except (TrafficCatalogueError, ValueError) as exc:
+            typer.echo(f"leadpulse generate: --catalogue {exc}", err=True)
+            raise typer.Exit(code=2) from None
+        plan = plan_traffic(seed, leads, now_ms - span_ms, span_ms, own)
+        if content_out is not None:
+            write_catalogue(plan.catalogue, content_out)
+            typer.echo(f"wrote {len(plan.catalogue)} content items to {content_out}", err=True)
+        if manifest is not None:
+            manifest.write_text(json.dumps(plan.manifest(), indent=2) + "\n", encoding="utf-8")
+        if out is not None:
+            with out.open("w", encoding="utf-8") as handle:
+
+                def write(schema: str, record: dict[str, Any]) -> None:
+                    handle.write(jsonl_line(schema, record) + "\n")
+
+                stats = publish(plan, write, rate, duration, live=live)
+            typer.echo(summary(plan, stats, str(out)), err=True)
+            return
+        stats, where = _publish_to_broker(plan, rate, duration, live)
+        typer.echo(summary(plan, stats, where), err=True)
+
+
+def _publish_to_broker(
+    plan: TrafficPlan, rate: float | None, duration: float | None, live: bool
+) -> tuple[PublishStats, str]:
+    from streams.broker import port_open, running_broker
+    from streams.producer import DeliveryError, Producer
+
+    settings = cli_settings()
+    if settings.embedded_broker and not port_open(settings.broker_host, settings.broker_port):
+        typer.echo(
+            "note: no broker is running, so one is started for this command only and its in-memory topics "
+            "go with it; start `leadpulse broker` first (or set LEADPULSE_KAFKA_BOOTSTRAP) to keep them.",
+            err=True,
+        )
+    try:
+        with running_broker(settings) as bootstrap, Producer(settings, bootstrap=bootstrap) as producer:
+            stats = publish(plan, producer.send, rate, duration, live=live)
+    except DeliveryError as exc:
+        typer.echo(f"leadpulse generate: {exc}", err=True)
+        raise typer.Exit(code=1) from None
+    return stats, f"{bootstrap} (topic prefix {settings.topic_prefix!r})"

@@ -1,0 +1,306 @@
+"""The synthetic content catalogue of ``leadpulse generate``: what a B2B marketing site publishes, which
+funnel stage each item serves, and how visitors touch it (page visit, content view, download).
+
+Why a fixed table rather than random items: reports and docs can then name real items ("the 2019 trends post
+is stale and unused"), and the same catalogue loads with ``leadpulse content load`` whatever the seed. Dates
+are relative to the plan's end so that "stale" (not updated for over a year) and "unused" (never touched)
+stay true whenever the generator runs. Items marked ``unused`` are never offered to any persona.
+"""
+
+from __future__ import annotations
+
+import csv
+import datetime as dt
+import io
+import json
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+SITE = "https://www.example.com"
+CATALOGUE_COLUMNS = ("id", "title", "type", "funnel_stage", "url", "published", "updated")
+# The pools persona scripts draw from (docs/traffic.md says which persona uses which).
+ROLES = (
+    "read", "gated", "webinar", "video", "case_study", "product", "integration", "evaluation", "sales_deck",
+    "pricing", "comparison", "immediate", "support", "expansion", "expansion_view",
+)  # fmt: skip
+IMMEDIATE_ASSETS = ("catalog", "demo_request", "inquiry")  # the immediate pool needs one of each
+# content type -> how it is touched (page_category, content_view type, asset_type) and its default roles
+TYPE_TOUCHES: dict[str, tuple[str | None, str | None, str | None, tuple[str, ...]]] = {
+    "blog": ("blog", "blog", None, ("read",)),
+    "whitepaper": (None, "whitepaper", "whitepaper", ("gated",)),
+    "ebook": (None, "ebook", "ebook", ("gated",)),
+    "webinar": (None, "webinar", None, ("webinar",)),
+    "video": (None, "video", None, ("video",)),
+    "case_study": ("case_study", "case_study", "case_study", ("case_study",)),
+    "product_page": ("product", None, None, ("product",)),
+    "integration": ("integration", None, None, ("integration",)),
+    "slide": (None, "slide", None, ("sales_deck",)),
+    "pricing_page": ("pricing", None, None, ("pricing",)),
+    "comparison": ("comparison", None, None, ("comparison",)),
+    "catalog": (None, None, "catalog", ("immediate",)),
+    "demo_request": (None, None, "demo_request", ("immediate",)),
+    "inquiry": (None, None, "inquiry", ("immediate",)),
+    "documentation": ("support", None, None, ("support",)),
+}
+
+
+class TrafficCatalogueError(ValueError):
+    """Rows of a catalogue for the generator are unusable; the message names each row and column."""
+
+
+@dataclass(frozen=True, slots=True)
+class ContentItem:
+    """One catalogue entry. ``page``/``view``/``asset`` say how a visitor touches it: a web_visit with that
+    ``page_category``, a content_view with that ``content_type``, a download with that ``asset_type``."""
+
+    content_id: str
+    title: str
+    content_type: str
+    funnel_stage: str
+    url: str
+    published: dt.date
+    updated: dt.date
+    page: str | None
+    view: str | None
+    asset: str | None
+    roles: tuple[str, ...]  # what personas use it for; empty = nobody touches it (unused)
+
+    @property
+    def unused(self) -> bool:
+        return not self.roles
+
+    def row(self) -> dict[str, str]:
+        """The entry as ``leadpulse content load`` reads it (CSV header / JSON keys = CATALOGUE_COLUMNS)."""
+        return {
+            "id": self.content_id,
+            "title": self.title,
+            "type": self.content_type,
+            "funnel_stage": self.funnel_stage,
+            "url": self.url,
+            "published": self.published.isoformat(),
+            "updated": self.updated.isoformat(),
+        }
+
+
+# id, title, type, funnel stage, path, published (days before the end), updated (days before), touched as
+# (page_category, content_type, asset_type), roles: the pools personas draw from (no roles = unused).
+# fmt: off
+_ITEMS: tuple[tuple[str, str, str, str, str, int, int, tuple[str | None, str | None, str | None],
+                     tuple[str, ...]], ...] = (
+    ("blog-lead-scoring-101", "Lead scoring 101: fit versus behaviour", "blog", "awareness",
+     "/blog/lead-scoring-101", 420, 40, ("blog", "blog", None), ("read",)),
+    ("blog-the-model", "The Model: reverse-calculating your funnel", "blog", "awareness",
+     "/blog/the-model", 300, 300, ("blog", "blog", None), ("read",)),
+    ("blog-hot-leads-go-cold", "Why hot leads go cold: follow-up SLAs that work", "blog", "awareness",
+     "/blog/hot-leads-go-cold", 120, 15, ("blog", "blog", None), ("read",)),
+    ("blog-content-roi", "Measuring content ROI in B2B", "blog", "awareness",
+     "/blog/content-roi", 200, 90, ("blog", "blog", None), ("read",)),
+    ("blog-intent-data", "Intent data without the hype", "blog", "awareness",
+     "/blog/intent-data", 60, 60, ("blog", "blog", None), ("read",)),
+    ("blog-gdpr-checklist", "A GDPR checklist for marketers", "blog", "awareness",
+     "/blog/gdpr-checklist", 1500, 900, ("blog", "blog", None), ("read",)),  # stale but still read
+    ("blog-trends-2019", "B2B marketing trends for 2019", "blog", "awareness",
+     "/blog/trends-2019", 2400, 2300, ("blog", "blog", None), ()),  # stale and unused
+    ("wp-revenue-ops", "The revenue operations playbook", "whitepaper", "lead",
+     "/resources/revenue-ops-playbook", 250, 30, (None, "whitepaper", "whitepaper"), ("gated",)),
+    ("wp-abm-at-scale", "Account-based marketing at scale", "whitepaper", "lead",
+     "/resources/abm-at-scale", 500, 500, (None, "whitepaper", "whitepaper"), ("gated",)),  # stale
+    ("wp-legacy-crm", "Migrating from a legacy CRM", "whitepaper", "lead",
+     "/resources/legacy-crm", 1900, 1800, (None, "whitepaper", "whitepaper"), ()),  # stale and unused
+    ("ebook-content-strategy", "The B2B content strategy e-book", "ebook", "lead",
+     "/resources/content-strategy-ebook", 150, 20, (None, "ebook", "ebook"), ("gated",)),
+    ("webinar-scoring-live", "Live: tuning scoring rules with real data", "webinar", "nurturing",
+     "/webinars/scoring-live", 45, 45, (None, "webinar", None), ("webinar",)),
+    ("webinar-customer-panel", "Customer panel: from MQL to revenue", "webinar", "nurturing",
+     "/webinars/customer-panel", 90, 90, (None, "webinar", None), ("webinar",)),
+    ("webinar-kickoff-2021", "2021 kickoff webinar", "webinar", "nurturing",
+     "/webinars/kickoff-2021", 1400, 1400, (None, "webinar", None), ()),  # stale and unused
+    ("video-product-tour", "Product tour in 6 minutes", "video", "nurturing",
+     "/videos/product-tour", 180, 25, (None, "video", None), ("video",)),
+    ("cs-acme-manufacturing", "How Acme Manufacturing doubled SQLs", "case_study", "nurturing",
+     "/customers/acme-manufacturing", 365, 100, ("case_study", "case_study", "case_study"), ("case_study",)),
+    ("cs-globex-finance", "Globex Finance: a 4-hour follow-up SLA", "case_study", "mql",
+     "/customers/globex-finance", 220, 60, ("case_study", "case_study", "case_study"), ("case_study",)),
+    ("cs-initech-software", "Initech: content that sells", "case_study", "mql",
+     "/customers/initech-software", 80, 80, ("case_study", "case_study", "case_study"), ("case_study",)),
+    ("cs-hooli-retail", "Hooli Retail (draft, just published)", "case_study", "mql",
+     "/customers/hooli-retail", 5, 5, ("case_study", "case_study", "case_study"), ()),  # fresh but unused
+    ("product-overview", "Product overview", "product_page", "nurturing",
+     "/product", 700, 10, ("product", None, None), ("product",)),
+    ("product-integrations", "Integrations", "product_page", "nurturing",
+     "/product/integrations", 600, 30, ("integration", None, None), ("integration",)),
+    ("product-security", "Security and compliance", "product_page", "sal",
+     "/product/security", 650, 200, ("product", None, None), ("evaluation",)),
+    ("slides-product-overview", "Product overview deck (shared by sales)", "slide", "opportunity",
+     "/decks/product-overview", 100, 14, (None, "slide", None), ("sales_deck",)),
+    ("pricing", "Pricing", "pricing_page", "mql",
+     "/pricing", 700, 7, ("pricing", None, None), ("pricing",)),
+    ("compare-spreadsheets", "leadpulse vs. spreadsheets", "comparison", "mql",
+     "/compare/spreadsheets", 300, 120, ("comparison", None, None), ("comparison",)),
+    ("compare-legacy-suites", "leadpulse vs. legacy marketing suites", "comparison", "mql",
+     "/compare/legacy-suites", 800, 600, ("comparison", None, None), ("comparison",)),  # stale, still used
+    ("catalog-2025", "Product catalog (PDF)", "catalog", "mql",
+     "/resources/catalog", 160, 40, (None, None, "catalog"), ("immediate",)),
+    ("form-demo", "Request a demo", "demo_request", "mql",
+     "/demo", 700, 60, (None, None, "demo_request"), ("immediate",)),
+    ("form-contact-sales", "Contact sales", "inquiry", "mql",
+     "/contact-sales", 700, 60, (None, None, "inquiry"), ("immediate",)),
+    ("docs-onboarding", "Onboarding guide", "documentation", "customer",
+     "/docs/onboarding", 400, 12, ("support", None, None), ("support",)),
+    ("docs-api", "API reference", "documentation", "customer",
+     "/docs/api", 400, 3, ("support", None, None), ("support",)),
+    ("product-advanced-analytics", "Advanced analytics add-on", "product_page", "expansion",
+     "/product/advanced-analytics", 60, 20, ("product", None, None), ("expansion",)),
+    ("webinar-power-users", "Power users: advanced scoring", "webinar", "expansion",
+     "/webinars/power-users", 30, 30, (None, "webinar", None), ("expansion_view",)),
+)
+# fmt: on
+
+
+def build_catalogue(end_ms: int) -> list[ContentItem]:
+    """The catalogue with dates counted back from the UTC date of ``end_ms``."""
+    end = dt.datetime.fromtimestamp(end_ms / 1000, tz=dt.UTC).date()
+    items = []
+    for cid, title, ctype, stage, path, published, updated, (page, view, asset), roles in _ITEMS:
+        items.append(
+            ContentItem(
+                cid,
+                title,
+                ctype,
+                stage,
+                SITE + path,
+                end - dt.timedelta(days=published),
+                end - dt.timedelta(days=updated),
+                page,
+                view,
+                asset,
+                roles,
+            )
+        )
+    return items
+
+
+_ROW_COLUMNS = {  # column -> accepted spellings (the same as `leadpulse content load`, plus generator extras)
+    "id": ("id", "content_id"),
+    "title": ("title",),
+    "type": ("type", "content_type"),
+    "funnel_stage": ("funnel_stage", "stage"),
+    "url": ("url",),
+    "published": ("published", "published_date"),
+    "updated": ("updated", "updated_date"),
+    "roles": ("roles",),
+    "page_category": ("page_category",),
+    "view_type": ("view_type",),
+    "asset_type": ("asset_type",),
+}
+
+
+def _pick(row: Mapping[str, Any], names: tuple[str, ...]) -> str | None:
+    return next((str(row[n]).strip() for n in names if row.get(n) not in (None, "")), None)
+
+
+def catalogue_from_rows(rows: Iterable[Mapping[str, Any]], where: str = "<rows>") -> list[ContentItem]:
+    """Your own catalogue for the generator, from the rows ``leadpulse content load`` takes (id, title, type,
+    funnel_stage, url, published, updated) plus optional columns ``roles`` (``;``-separated names from
+    ROLES, ``none`` = nobody touches it), ``page_category``, ``view_type`` and ``asset_type``; the type
+    gives the defaults (TYPE_TOUCHES)."""
+    items: list[ContentItem] = []
+    problems: list[str] = []
+    for number, row in enumerate(rows, start=1):
+        values = {column: _pick(row, names) for column, names in _ROW_COLUMNS.items()}
+        missing = [c for c in ("id", "type", "funnel_stage", "url", "published") if values[c] is None]
+        problems.extend(f"row {number} {column}: missing" for column in missing)
+        page, view, asset, roles = TYPE_TOUCHES.get(values["type"] or "", (None, None, None, ()))
+        if values["roles"] is not None:
+            listed = values["roles"].replace(",", ";").split(";")
+            roles = tuple(r.strip() for r in listed if r.strip() not in ("", "none"))
+        unknown = [r for r in roles if r not in ROLES]
+        problems.extend(
+            f"row {number} roles: unknown role {r!r} (known: {', '.join(ROLES)})" for r in unknown
+        )
+        if missing:
+            continue
+        try:
+            published = dt.date.fromisoformat((values["published"] or "")[:10])
+            updated = dt.date.fromisoformat((values["updated"] or str(published))[:10])
+        except ValueError as exc:
+            problems.append(f"row {number} published/updated: {exc} (expected YYYY-MM-DD)")
+            continue
+        cid, ctype, stage, url = values["id"], values["type"], values["funnel_stage"], values["url"]
+        if cid is None or ctype is None or stage is None or url is None:
+            continue
+        page, view, asset = (
+            values["page_category"] or page,
+            values["view_type"] or view,
+            values["asset_type"] or asset,
+        )
+        if "immediate" in roles and asset not in IMMEDIATE_ASSETS:
+            problems.append(f"row {number} asset_type: the immediate role needs one of {IMMEDIATE_ASSETS}")
+        if "gated" in roles and asset is None:
+            problems.append(f"row {number} asset_type: the gated role needs a downloadable asset type")
+        title = values["title"] or cid
+        items.append(ContentItem(cid, title, ctype, stage, url, published, updated, page, view, asset, roles))
+    if problems:
+        raise TrafficCatalogueError(f"{where}: " + "; ".join(problems[:10]))
+    return items
+
+
+def with_builtin_fallbacks(items: Sequence[ContentItem], end_ms: int) -> list[ContentItem]:
+    """``items`` plus the built-in items for every role (and immediate asset) ``items`` leave empty, so any
+    catalogue can drive every persona; the exported catalogue then lists what the events touch."""
+    pools = by_role(items)
+    assets = {i.asset for i in pools.get("immediate", [])}
+    ids = {i.content_id for i in items}
+    extra = [
+        b for b in build_catalogue(end_ms)
+        if b.roles and b.content_id not in ids
+        and (any(r not in pools for r in b.roles) or ("immediate" in b.roles and b.asset not in assets))
+    ]  # fmt: skip
+    return [*items, *extra]
+
+
+def by_role(items: Iterable[ContentItem]) -> dict[str, list[ContentItem]]:
+    pools: dict[str, list[ContentItem]] = {}
+    for item in items:
+        for role in item.roles:
+            pools.setdefault(role, []).append(item)
+    return pools
+
+
+def stale_items(items: Iterable[ContentItem], end_ms: int, days: int = 365) -> list[ContentItem]:
+    """Items not updated for more than ``days`` before the end date (the health report's default)."""
+    end = dt.datetime.fromtimestamp(end_ms / 1000, tz=dt.UTC).date()
+    return [i for i in items if (end - i.updated).days > days]
+
+
+def catalogue_csv(items: Sequence[ContentItem]) -> str:
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=CATALOGUE_COLUMNS, lineterminator="\n")
+    writer.writeheader()
+    writer.writerows(item.row() for item in items)
+    return buffer.getvalue()
+
+
+def catalogue_json(items: Sequence[ContentItem]) -> str:
+    return json.dumps([item.row() for item in items], indent=2) + "\n"
+
+
+def read_catalogue_file(path: Path) -> list[ContentItem]:
+    """A catalogue for the generator from a ``.csv`` or ``.json`` file (a list, or ``{"content": [...]}``)."""
+    text = path.read_text(encoding="utf-8")
+    if path.suffix.lower() == ".json":
+        data = json.loads(text)
+        rows = data.get("content", data) if isinstance(data, dict) else data
+        if not isinstance(rows, list):
+            raise TrafficCatalogueError(f'{path}: expected a JSON list or {{"content": [...]}}')
+    else:
+        rows = list(csv.DictReader(io.StringIO(text)))
+    return catalogue_from_rows(rows, str(path))
+
+
+def write_catalogue(items: Sequence[ContentItem], path: Path) -> None:
+    """Write the catalogue as CSV, or JSON when the file name ends in ``.json``."""
+    text = catalogue_json(items) if path.suffix.lower() == ".json" else catalogue_csv(items)
+    path.write_text(text, encoding="utf-8")
