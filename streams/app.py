@@ -1,9 +1,9 @@
 """The Faust app factory: one place that turns Settings into a configured ``faust.App``.
 
 Choices (DESIGN §11): ``at_least_once`` (Tansu cannot run aiokafka's transactional producer, so outputs are
-made idempotent by deterministic ids instead), short session timeouts on the embedded broker (group joins
+made idempotent by deterministic ids instead), short session timeouts on Tansu (group joins
 take about half the session timeout), in-memory table store recovered from the changelog, and the Tansu
-end-offset workaround applied only when talking to the embedded broker.
+end-offset workaround applied only when talking to Tansu (see ``streams.broker.is_tansu``).
 """
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ from typing import Any
 
 import faust
 
-from streams.broker import kafka_client_config
+from streams.broker import is_tansu, kafka_client_config
 from streams.codec import register_codecs
 from streams.settings import Settings
 from streams.topics import INPUT_PARTITIONS
@@ -21,7 +21,8 @@ from streams.topics import INPUT_PARTITIONS
 def create_app(settings: Settings, app_id: str = "leadpulse-worker") -> faust.App:
     register_codecs()
     (settings.data_dir / "faust").mkdir(parents=True, exist_ok=True)
-    if settings.embedded_broker:
+    tansu = is_tansu(settings)
+    if tansu:
         from streams.tansu_compat import patch_faust_end_offsets
 
         patch_faust_end_offsets(settings.bootstrap)
@@ -44,8 +45,8 @@ def create_app(settings: Settings, app_id: str = "leadpulse-worker") -> faust.Ap
         topic_replication_factor=1,
         topic_allow_declare=True,
         table_standby_replicas=0,
-        broker_session_timeout=6.0 if settings.embedded_broker else 30.0,
-        broker_heartbeat_interval=1.0 if settings.embedded_broker else 3.0,
+        broker_session_timeout=6.0 if tansu else 30.0,
+        broker_heartbeat_interval=1.0 if tansu else 3.0,
         broker_commit_every=1000,
         broker_commit_interval=1.0,
         stream_buffer_maxsize=8192,

@@ -165,6 +165,33 @@ def create_topics(
         admin.close()
 
 
+#: Cluster ids of Tansu brokers: ours (EmbeddedBroker) and Tansu's own default.
+TANSU_CLUSTER_IDS = frozenset({"leadpulse", "tansu_cluster"})
+
+
+def is_tansu(settings: Settings) -> bool:
+    """Whether the configured broker is Tansu, so its ListOffsets workaround must be applied.
+
+    ``LEADPULSE_TANSU_WORKAROUND`` decides when set; otherwise the embedded broker is Tansu by definition and
+    a configured one is recognised by its cluster id (a Tansu started by ``leadpulse broker`` in another
+    terminal and reached through ``LEADPULSE_KAFKA_BOOTSTRAP`` needs the workaround just as much).
+    """
+    if settings.tansu_workaround is not None:
+        return settings.tansu_workaround
+    if settings.embedded_broker:
+        return True
+    try:
+        admin = KafkaAdminClient(bootstrap_servers=settings.bootstrap, request_timeout_ms=5000,
+                                 **kafka_client_config(settings))
+        try:
+            return str(admin.describe_cluster().get("cluster_id")) in TANSU_CLUSTER_IDS
+        finally:
+            admin.close()
+    except KafkaError as exc:
+        log.warning("could not read the cluster id (%s); assuming Apache Kafka, no Tansu workaround", exc)
+        return False
+
+
 def kafka_client_config(settings: Settings) -> dict[str, object]:
     """Security settings for kafka-python clients (SASL/TLS); secrets are unwrapped only here."""
     config: dict[str, object] = {"security_protocol": settings.kafka_security_protocol}

@@ -33,6 +33,8 @@ class Settings(BaseSettings):
     broker_host: str = "127.0.0.1"
     broker_port: int = Field(default=9092, ge=1, le=65535)
     tansu_bin: Path | None = None
+    # Tansu end-offset workaround (streams/tansu_compat.py): None = auto-detect by the broker's cluster id.
+    tansu_workaround: bool | None = None
 
     # ClickHouse. Unset DSN = embedded chDB under the data directory.
     clickhouse_dsn: str | None = None

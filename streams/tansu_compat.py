@@ -1,4 +1,4 @@
-"""Workaround for a Tansu 0.6 bug, applied only when leadpulse talks to the embedded broker.
+"""Workaround for a Tansu 0.6 bug, applied only when leadpulse talks to Tansu (``streams.broker.is_tansu``).
 
 Bug: Tansu answers ListOffsets(latest) with ``base offset of the last batch + 1`` instead of the log end
 offset whenever that batch held more than one record (the high watermark in Fetch responses is right).
@@ -72,7 +72,7 @@ def patch_faust_end_offsets(bootstrap: str) -> None:
 
     faust_aiokafka.AIOKafkaConsumerThread._highwaters = _highwaters  # type: ignore[method-assign]
     _applied = True
-    log.info("tansu_compat: Faust end offsets corrected from fetch high watermarks (embedded broker)")
+    log.info("tansu_compat: Faust end offsets corrected from fetch high watermarks (Tansu broker)")
 
 
 async def end_offsets(

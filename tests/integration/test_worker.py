@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import random
 import time
+import urllib.request
 from collections import Counter, defaultdict
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import pytest
+from kafka import KafkaConsumer
 
 from agents.core import check_timers, step
 from agents.rules import load_rules
@@ -39,6 +40,14 @@ def start_worker(settings: Settings, broker: EmbeddedBroker, log: Path) -> tuple
     proc = CliProcess(["worker"], env, log)
     wait_until(lambda: http_ok(f"http://127.0.0.1:{port}/ready"), 60, "worker ready", proc)
     return proc, port
+
+
+def consumed(port: int) -> float:
+    """Sum of the worker's leadpulse_events_consumed_total, read from its /metrics."""
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as response:
+        lines = response.read().decode().splitlines()
+    return sum(float(line.rsplit(" ", 1)[1]) for line in lines
+               if line.startswith("leadpulse_events_consumed_total{"))
 
 
 def outputs(settings: Settings) -> dict[str, list[dict[str, Any]]]:
@@ -184,6 +193,15 @@ def test_scripted_scenario_produces_exactly_the_expected_outputs(
     assert out.get("dead_letter", []) == []
 
 
+def raw_messages(settings: Settings, topic: str) -> list[Any]:
+    consumer = KafkaConsumer(topic, bootstrap_servers=settings.bootstrap, auto_offset_reset="earliest",
+                             group_id=None, consumer_timeout_ms=3000)
+    try:
+        return list(consumer)
+    finally:
+        consumer.close()
+
+
 def _history(seed: int, now: int, leads: int) -> list[dict[str, Any]]:
     """Web visits keyed by lead over the last 5 days: enough pricing for some leads to cross 100."""
     rng = random.Random(seed)
@@ -294,6 +312,13 @@ def test_worker_killed_mid_stream_recovers_without_losing_or_duplicating_outputs
         assert state is not None
         assert final[lead]["stage"] == state.stage, lead
     assert out.get("dead_letter", []) == []
+    # the state itself: the newest changelog entry of every lead equals the oracle's (same events seen)
+    changelog = broker_settings.topic("leadpulse-worker-lead-state-changelog")
+    stored: dict[str, LeadState] = {}
+    for message in raw_messages(broker_settings, changelog):
+        stored[message.key.decode()] = LeadState.from_bytes(message.value)
+    for lead, state in oracle["states"].items():
+        assert state is not None
+        assert stored[lead].seen == state.seen, lead
+        assert stored[lead].stage == state.stage, lead
 
-
-Builder = Callable[..., Settings]
