@@ -196,8 +196,10 @@ def _apply_activity(run: _Run, event: dict[str, Any]) -> None:
         state.owner = event["owner"]
     state.last_sales_at = t if state.last_sales_at is None else max(state.last_sales_at, t)
     follow_up = state.timers.get(sla.FOLLOW_UP)
-    if activity in sla.FOLLOW_UP_ACTIVITIES and follow_up is not None and t >= follow_up.started_at:
-        sla.stop(state, sla.FOLLOW_UP)
+    if activity in sla.FOLLOW_UP_ACTIVITIES:
+        state.last_follow_up_at = t if state.last_follow_up_at is None else max(state.last_follow_up_at, t)
+        if follow_up is not None and t >= follow_up.started_at:
+            sla.stop(state, sla.FOLLOW_UP)
     if activity == "rejected":
         if (event.get("reason") or "").strip():
             sla.stop(state, sla.REJECTION_FEEDBACK)
@@ -232,7 +234,12 @@ def _enter_mql(run: _Run, reason: str, hot_reason: str, immediate: bool) -> None
     state = run.state
     tr = run.move("mql", reason, run.t)
     state.mql_at = tr.occurred_at
-    timer = None if run.late else sla.start_follow_up(state, tr.occurred_at, immediate, run.rules)
+    followed_already = state.last_follow_up_at is not None and state.last_follow_up_at >= tr.occurred_at
+    timer = (
+        None
+        if run.late or followed_already
+        else sla.start_follow_up(state, tr.occurred_at, immediate, run.rules)
+    )
     if run.late:
         run.why.append(f"late event {run.trigger}: mql without notification")
     else:

@@ -86,6 +86,9 @@ class LeadState:
     seq: int = 0
     mql_at: int | None = None
     last_sales_at: int | None = None
+    # newest event time of a follow-up activity (first_touch/accepted/rejected): one that arrives before the
+    # MQL event it follows up (another topic, no cross-topic order) must still count as the follow-up
+    last_follow_up_at: int | None = None
     owner: str | None = None
     timers: dict[str, SlaTimer] = field(default_factory=dict)
     signals: list[Signal] = field(default_factory=list)
@@ -126,6 +129,7 @@ class LeadState:
             "seq": self.seq,
             "mql_at": self.mql_at,
             "last_sales_at": self.last_sales_at,
+            "last_follow_up_at": self.last_follow_up_at,
             "owner": self.owner,
             "timers": {k: t.to_dict() for k, t in self.timers.items()},
             "signals": self.signals,
@@ -157,6 +161,7 @@ class LeadState:
             seq=int(d.get("seq", 0)),
             mql_at=d.get("mql_at"),
             last_sales_at=d.get("last_sales_at"),
+            last_follow_up_at=d.get("last_follow_up_at"),
             owner=d.get("owner"),
             timers={k: SlaTimer.from_dict(t) for k, t in d.get("timers", {}).items()},
             signals=[list(s) for s in d.get("signals", [])],

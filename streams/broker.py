@@ -181,8 +181,9 @@ def is_tansu(settings: Settings) -> bool:
     if settings.embedded_broker:
         return True
     try:
-        admin = KafkaAdminClient(bootstrap_servers=settings.bootstrap, request_timeout_ms=5000,
-                                 **kafka_client_config(settings))
+        admin = KafkaAdminClient(
+            bootstrap_servers=settings.bootstrap, request_timeout_ms=5000, **kafka_client_config(settings)
+        )
         try:
             return str(admin.describe_cluster().get("cluster_id")) in TANSU_CLUSTER_IDS
         finally:

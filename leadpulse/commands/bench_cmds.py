@@ -1,17 +1,41 @@
-"""CLI commands: bench."""
+"""CLI commands: benchmarks. Each prints its baseline, measured in the same run, and the ratio."""
 
 from __future__ import annotations
 
 import typer
 
-from leadpulse.commands.not_built import not_built
+bench_app = typer.Typer(
+    help="Benchmarks (each compares with a baseline measured in the same run).", no_args_is_help=True
+)
+
+
+@bench_app.command(
+    "worker", help="Real worker vs a naive one-table-per-concern Faust worker; latency at half load."
+)
+def bench_worker(
+    events: int = typer.Option(200_000, min=1000),
+    seed: int = typer.Option(1),
+    naive_events: int = typer.Option(None, help="Events for the naive worker (default 50k)."),
+    latency_seconds: float = typer.Option(20.0, min=1),
+) -> None:
+    from bench.worker_bench import run_worker_bench
+
+    run_worker_bench(events, seed, naive_events=naive_events, latency_seconds=latency_seconds)
+
+
+@bench_app.command("sink", help="Sink end to end (topic -> ClickHouse) vs a bare clickhouse-connect insert.")
+def bench_sink(events: int = typer.Option(200_000, min=1000)) -> None:
+    from bench.sink_bench import run_sink_bench
+
+    run_sink_bench(events=events)
+
+
+@bench_app.command("collector", help="Collector (batches of 100) vs producing straight through the SDK.")
+def bench_collector(events: int = typer.Option(40_000, min=1000)) -> None:
+    from bench.collector_bench import run_collector_bench
+
+    run_collector_bench(events=events)
 
 
 def register(app: typer.Typer) -> None:
-    @app.command(
-        "bench",
-        help="Run benchmarks (not built yet: issue #3)",
-        context_settings={"allow_extra_args": True, "ignore_unknown_options": True},
-    )
-    def bench_cmd() -> None:
-        not_built("bench", 3)
+    app.add_typer(bench_app, name="bench")

@@ -1,25 +1,81 @@
-"""CLI commands: demo."""
+"""CLI commands: the demo."""
 
 from __future__ import annotations
 
-import typer
+import time
+from pathlib import Path
+from typing import Any
 
-from leadpulse.commands.not_built import not_built
+import typer
+from rich.console import Console
+
+from leadpulse.commands.settings_arg import cli_settings
 
 
 def register(app: typer.Typer) -> None:
     @app.command(
         "demo",
-        help="Run the whole pipeline with synthetic traffic (not built yet: issue #7)",
-        context_settings={"allow_extra_args": True, "ignore_unknown_options": True},
+        help="Run the whole pipeline locally (broker, worker, sink on embedded ClickHouse, "
+        "collector, notifier) on synthetic B2B traffic, with a live view; ends with the reports and "
+        "an offline HTML report. Data stays under LEADPULSE_DATA_DIR for `leadpulse report`/`sql`.",
     )
-    def demo_cmd() -> None:
-        not_built("demo", 7)
+    def demo_cmd(
+        duration: float = typer.Option(
+            None, "--duration", min=1, help="Seconds of traffic (default: the whole plan of --leads)."
+        ),
+        rate: float = typer.Option(500.0, "--rate", min=1, help="Events per second to publish."),
+        leads: int = typer.Option(
+            None, "--leads", min=10, help="Leads to simulate (default: sized to rate x duration, or 1000)."
+        ),
+        seed: int = typer.Option(7, "--seed", help="Traffic seed: the same seed gives the same traffic."),
+        reset: bool = typer.Option(False, "--reset", help="Delete the data directory first."),
+        live: bool = typer.Option(None, "--live/--no-live", help="Live view (default: when on a terminal)."),
+    ) -> None:
+        from leadpulse.demo import DemoError, run_demo
+        from sinks.reports.render import render
 
-    @app.command(
-        "generate",
-        help="Generate synthetic B2B traffic (not built yet: issue #7)",
-        context_settings={"allow_extra_args": True, "ignore_unknown_options": True},
+        settings = cli_settings()
+        console = Console()
+        try:
+            result = run_demo(
+                settings,
+                duration_s=duration,
+                rate=rate,
+                leads=leads,
+                seed=seed,
+                reset=reset,
+                live=console.is_terminal if live is None else live,
+                console=console,
+            )
+        except DemoError as exc:
+            console.print(f"[red]demo failed:[/] {exc}")
+            raise typer.Exit(1) from None
+        for name in ("content", "funnel", "sla"):
+            console.rule(f"leadpulse report {name}")
+            console.print(render(result.reports[name], "table"), markup=False, highlight=False)
+        path = _write_html(result.report_path, result.reports, result)
+        console.rule("summary")
+        console.print(
+            f"published {result.published:,} events · {result.hot_leads} hot leads notified "
+            f"({result.webhooks_delivered} signed webhooks delivered) · {result.sla_breaches} SLA "
+            f"breaches (the traffic made {len(result.expected_sla_misses)} leads miss their SLA)"
+        )
+        console.print(f"HTML report: {path}" if path else "HTML report: not written (renderer unavailable)")
+        console.print(f"data kept in {settings.data_dir.resolve()}: try `leadpulse report content`")
+
+
+def _write_html(path: Path, reports: dict[str, Any], result: object) -> Path | None:
+    try:
+        from sinks.reports.html import write_html_report
+    except ImportError:
+        return None
+    summary = {
+        k: getattr(result, k) for k in ("published", "hot_leads", "webhooks_delivered", "sla_breaches")
+    }
+    return write_html_report(
+        path,
+        reports,
+        title="leadpulse demo report",
+        generated_at_ms=int(time.time() * 1000),
+        summary=summary,
     )
-    def generate_cmd() -> None:
-        not_built("generate", 7)

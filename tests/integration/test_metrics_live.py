@@ -33,12 +33,16 @@ def scrape(port: int) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
 
 
 def total(samples: dict[tuple[str, tuple[tuple[str, str], ...]], float], name: str, **labels: str) -> float:
-    return sum(v for (n, lbls), v in samples.items()
-               if n == name and all(dict(lbls).get(k) == want for k, want in labels.items()))
+    return sum(
+        v
+        for (n, lbls), v in samples.items()
+        if n == name and all(dict(lbls).get(k) == want for k, want in labels.items())
+    )
 
 
-def test_worker_metrics_count_the_scripted_run(broker: EmbeddedBroker, broker_settings: Settings,
-                                                tmp_path: Path) -> None:
+def test_worker_metrics_count_the_scripted_run(
+    broker: EmbeddedBroker, broker_settings: Settings, tmp_path: Path
+) -> None:
     now = int(time.time() * 1000)
     worker, port = start_worker(broker_settings, broker, tmp_path / "worker.log")
     try:
@@ -48,15 +52,33 @@ def test_worker_metrics_count_the_scripted_run(broker: EmbeddedBroker, broker_se
             for i in range(5):  # 5 profiles, 3 demo requests (hot), 2 blog visits, 1 poison record
                 producer.send("lead_identified", profile(f"M{i}", now))
             for i in range(3):
-                producer.send("download", {"event_id": f"m-demo-{i}", "event_time": now - 60_000,
-                                           "lead_id": f"M{i}", "source": "web", "content_id": "demo",
-                                           "asset_type": "demo_request"})
+                producer.send(
+                    "download",
+                    {
+                        "event_id": f"m-demo-{i}",
+                        "event_time": now - 60_000,
+                        "lead_id": f"M{i}",
+                        "source": "web",
+                        "content_id": "demo",
+                        "asset_type": "demo_request",
+                    },
+                )
             for i in range(2):
-                producer.send("web_visit", {"event_id": f"m-blog-{i}", "event_time": now - 30_000,
-                                            "lead_id": f"M{3 + i}", "source": "web",
-                                            "url": "https://x.example/blog/1", "page_category": "blog"})
+                producer.send(
+                    "web_visit",
+                    {
+                        "event_id": f"m-blog-{i}",
+                        "event_time": now - 30_000,
+                        "lead_id": f"M{3 + i}",
+                        "source": "web",
+                        "url": "https://x.example/blog/1",
+                        "page_category": "blog",
+                    },
+                )
             producer.send_encoded(broker_settings.topic("events.downloads"), b"M0", b"\x00poison")
-        wait_until(lambda: total(scrape(port), "leadpulse_events_consumed_total") >= 11, 60, "11 consumed", worker)
+        wait_until(
+            lambda: total(scrape(port), "leadpulse_events_consumed_total") >= 11, 60, "11 consumed", worker
+        )
         wait_until(lambda: total(scrape(port), "leadpulse_hot_leads_total") >= 3, 30, "3 hot leads", worker)
         after = scrape(port)
     finally:
@@ -73,10 +95,13 @@ def test_worker_metrics_count_the_scripted_run(broker: EmbeddedBroker, broker_se
     assert total(after, "leadpulse_score_updates_total") >= 8
 
 
-@pytest.mark.skipif(shutil.which("prometheus") is None,
-                    reason="Prometheus server not installed: run bash .ci/system-deps.sh (Debian 'prometheus')")
-def test_a_real_prometheus_server_scrapes_the_worker(broker: EmbeddedBroker, broker_settings: Settings,
-                                                      tmp_path: Path) -> None:
+@pytest.mark.skipif(
+    shutil.which("prometheus") is None,
+    reason="Prometheus server not installed: run bash .ci/system-deps.sh (Debian 'prometheus')",
+)
+def test_a_real_prometheus_server_scrapes_the_worker(
+    broker: EmbeddedBroker, broker_settings: Settings, tmp_path: Path
+) -> None:
     worker, port = start_worker(broker_settings, broker, tmp_path / "worker.log")
     prom_port = free_port()
     config = tmp_path / "prometheus.yml"
@@ -87,9 +112,14 @@ def test_a_real_prometheus_server_scrapes_the_worker(broker: EmbeddedBroker, bro
     )
     log = (tmp_path / "prometheus.log").open("wb")
     prom = subprocess.Popen(
-        ["prometheus", f"--config.file={config}", f"--storage.tsdb.path={tmp_path / 'tsdb'}",
-         f"--web.listen-address=127.0.0.1:{prom_port}"],
-        stdout=log, stderr=subprocess.STDOUT,
+        [
+            "prometheus",
+            f"--config.file={config}",
+            f"--storage.tsdb.path={tmp_path / 'tsdb'}",
+            f"--web.listen-address=127.0.0.1:{prom_port}",
+        ],
+        stdout=log,
+        stderr=subprocess.STDOUT,
     )
 
     def query(expr: str) -> list[dict[str, object]]:
@@ -103,9 +133,14 @@ def test_a_real_prometheus_server_scrapes_the_worker(broker: EmbeddedBroker, bro
     try:
         with Producer(broker_settings) as producer:
             producer.send("lead_identified", profile("PROM", int(time.time() * 1000)))
-        wait_until(lambda: bool(query('up{job="leadpulse-worker"} == 1')), 60, "Prometheus scraping the worker")
-        wait_until(lambda: bool(query('sum(leadpulse_events_consumed_total{job="leadpulse-worker"}) >= 1')),
-                   60, "the consumed counter in Prometheus")
+        wait_until(
+            lambda: bool(query('up{job="leadpulse-worker"} == 1')), 60, "Prometheus scraping the worker"
+        )
+        wait_until(
+            lambda: bool(query('sum(leadpulse_events_consumed_total{job="leadpulse-worker"}) >= 1')),
+            60,
+            "the consumed counter in Prometheus",
+        )
         series = query('leadpulse_build_info{job="leadpulse-worker"}')
         assert series and series[0]["metric"]["component"] == "worker"  # type: ignore[index]
     finally:
@@ -115,27 +150,50 @@ def test_a_real_prometheus_server_scrapes_the_worker(broker: EmbeddedBroker, bro
         worker.stop()
 
 
-def test_collector_metrics_count_requests_events_and_bots(broker: EmbeddedBroker, broker_settings: Settings,
-                                                          tmp_path: Path) -> None:
+def test_collector_metrics_count_requests_events_and_bots(
+    broker: EmbeddedBroker, broker_settings: Settings, tmp_path: Path
+) -> None:
     from tests.processes import CliProcess, http_ok, leadpulse_env
 
     port = free_port()
-    env = leadpulse_env(kafka_bootstrap=broker.bootstrap, topic_prefix=broker_settings.topic_prefix,
-                        data_dir=broker_settings.data_dir, collector_port=port,
-                        write_keys='{"site": "wk-live-1"}')
+    env = leadpulse_env(
+        kafka_bootstrap=broker.bootstrap,
+        topic_prefix=broker_settings.topic_prefix,
+        data_dir=broker_settings.data_dir,
+        collector_port=port,
+        write_keys='{"site": "wk-live-1"}',
+    )
     collector = CliProcess(["collector"], env, tmp_path / "collector.log")
     try:
         wait_until(lambda: http_ok(f"http://127.0.0.1:{port}/ready"), 60, "collector ready", collector)
         now = int(time.time() * 1000)
-        good = [{"type": "web_visit", "event_id": f"c-{i}", "event_time": now - 1000, "anonymous_id": "A1",
-                 "url": "https://x.example/pricing", "page_category": "pricing"} for i in range(7)]
+        good = [
+            {
+                "type": "web_visit",
+                "event_id": f"c-{i}",
+                "event_time": now - 1000,
+                "anonymous_id": "A1",
+                "url": "https://x.example/pricing",
+                "page_category": "pricing",
+            }
+            for i in range(7)
+        ]
         bad = {"type": "web_visit", "event_id": "c-bad", "event_time": now, "anonymous_id": "A1"}  # no url
-        bot = {"type": "web_visit", "event_id": "c-bot", "event_time": now, "anonymous_id": "A2",
-               "url": "https://x.example/", "user_agent": "Googlebot/2.1 (+http://www.google.com/bot.html)"}
+        bot = {
+            "type": "web_visit",
+            "event_id": "c-bot",
+            "event_time": now,
+            "anonymous_id": "A2",
+            "url": "https://x.example/",
+            "user_agent": "Googlebot/2.1 (+http://www.google.com/bot.html)",
+        }
         body = json.dumps({"batch": [*good, bad, bot]}).encode()
-        request = urllib.request.Request(f"http://127.0.0.1:{port}/v1/events", data=body, method="POST",
-                                         headers={"Authorization": "Bearer wk-live-1",
-                                                  "Content-Type": "application/json"})
+        request = urllib.request.Request(
+            f"http://127.0.0.1:{port}/v1/events",
+            data=body,
+            method="POST",
+            headers={"Authorization": "Bearer wk-live-1", "Content-Type": "application/json"},
+        )
         with urllib.request.urlopen(request, timeout=10) as response:
             assert response.status == 207  # some events rejected: the good ones are accepted
         samples = scrape(port)

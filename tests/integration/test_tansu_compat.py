@@ -34,7 +34,8 @@ def test_end_offsets_are_corrected_from_fetch_high_watermarks(broker_settings: S
     assert [corrected[tp] for tp in tps[1:]] == [0, 0, 0]
 
 
-def test_a_configured_tansu_is_recognised_by_its_cluster_id(broker: EmbeddedBroker, broker_settings: Settings,
-                                                            make_settings) -> None:  # type: ignore[no-untyped-def]
+def test_a_configured_tansu_is_recognised_by_its_cluster_id(
+    broker: EmbeddedBroker, broker_settings: Settings, make_settings
+) -> None:  # type: ignore[no-untyped-def]
     assert is_tansu(broker_settings)  # LEADPULSE_KAFKA_BOOTSTRAP points at a Tansu: still worked around
     assert not is_tansu(make_settings(kafka_bootstrap=broker.bootstrap, tansu_workaround=False))

@@ -46,8 +46,9 @@ def consumed(port: int) -> float:
     """Sum of the worker's leadpulse_events_consumed_total, read from its /metrics."""
     with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as response:
         lines = response.read().decode().splitlines()
-    return sum(float(line.rsplit(" ", 1)[1]) for line in lines
-               if line.startswith("leadpulse_events_consumed_total{"))
+    return sum(
+        float(line.rsplit(" ", 1)[1]) for line in lines if line.startswith("leadpulse_events_consumed_total{")
+    )
 
 
 def outputs(settings: Settings) -> dict[str, list[dict[str, Any]]]:
@@ -194,8 +195,13 @@ def test_scripted_scenario_produces_exactly_the_expected_outputs(
 
 
 def raw_messages(settings: Settings, topic: str) -> list[Any]:
-    consumer = KafkaConsumer(topic, bootstrap_servers=settings.bootstrap, auto_offset_reset="earliest",
-                             group_id=None, consumer_timeout_ms=3000)
+    consumer = KafkaConsumer(
+        topic,
+        bootstrap_servers=settings.bootstrap,
+        auto_offset_reset="earliest",
+        group_id=None,
+        consumer_timeout_ms=3000,
+    )
     try:
         return list(consumer)
     finally:
@@ -321,4 +327,3 @@ def test_worker_killed_mid_stream_recovers_without_losing_or_duplicating_outputs
         assert state is not None
         assert stored[lead].seen == state.seen, lead
         assert stored[lead].stage == state.stage, lead
-

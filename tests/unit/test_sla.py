@@ -209,3 +209,47 @@ def test_timer_outputs_validate_against_their_schemas() -> None:
         registry.encode(output.schema, output.record)
         kinds.add(output.schema)
     assert kinds == {"lead_score", "stage_transition", "hot_lead", "sla_timeout"}
+
+
+def test_follow_up_that_arrives_before_its_mql_event_still_stops_the_sla() -> None:
+    """Sales activities and downloads travel on different topics, so a first_touch can be processed before
+    the demo request it answers; the SLA clock must not start (and breach) for a lead already touched."""
+    from agents.core import check_timers, step
+    from agents.rules import load_rules
+
+    rules = load_rules(None)
+    t0 = 1_790_000_000_000
+    profile = {
+        "event_id": "p",
+        "event_time": t0,
+        "lead_id": "L",
+        "source": "crm",
+        "flags": [],
+        "email": "x@buyer.example",
+    }
+    touch = {
+        "event_id": "s",
+        "event_time": t0 + 600_000,
+        "lead_id": "L",
+        "source": "crm",
+        "activity": "first_touch",
+        "owner": "rep",
+        "reason": None,
+        "amount": None,
+    }
+    demo = {
+        "event_id": "d",
+        "event_time": t0 + 60_000,
+        "lead_id": "L",
+        "source": "web",
+        "content_id": "demo",
+        "asset_type": "demo_request",
+        "anonymous_id": None,
+    }
+    state = step(None, "L", "lead_identified", profile, rules, t0).state
+    state = step(state, "L", "sales_activity", touch, rules, t0).state  # arrives first
+    result = step(state, "L", "download", demo, rules, t0)
+    assert result.state.stage == "mql"
+    assert [o.schema for o in result.outputs].count("hot_lead") == 1
+    later = check_timers(result.state, rules, t0 + 10 * 24 * 3_600_000)
+    assert [o for o in later.outputs if o.schema == "sla_timeout"] == []

@@ -1,0 +1,374 @@
+"""``leadpulse demo``: the whole pipeline on one machine, fed with synthetic B2B traffic.
+
+Runs the embedded broker in this process and every service as the same ``leadpulse`` subprocess a user or a
+deployment would run (worker, sink with embedded ClickHouse, collector, notifier), plus a local webhook
+receiver standing in for the sales team's endpoint. At the end the reports are read through the sink's
+query API, printed, and written as an offline HTML report; the data stays under the data directory.
+"""
+
+from __future__ import annotations
+
+import json
+import secrets
+import shutil
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Any
+
+from rich.console import Console
+from rich.live import Live
+
+from leadpulse.live_view import HotLeadFeed, LiveState, render, scrape, total
+from sinks.webhook import IDEMPOTENCY_HEADER, SIGNATURE_HEADER, verify_signature
+from streams.broker import free_port, port_open, running_broker
+from streams.producer import Producer
+from streams.settings import Settings
+from streams.traffic import TrafficPlan, plan_traffic, publish
+from streams.traffic_catalogue import write_catalogue
+
+HOUR_MS = 3_600_000
+
+
+class DemoError(RuntimeError):
+    """A demo step failed; the message says which and where its log is."""
+
+
+@dataclass
+class WebhookReceiver:
+    """The sales team's endpoint: verifies signatures and counts notifications once by idempotency key."""
+
+    secret: str
+    keys: set[str] = field(default_factory=set)
+    bad_signatures: int = 0
+    server: ThreadingHTTPServer | None = None
+
+    def start(self) -> str:
+        receiver = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_POST(self) -> None:
+                body = self.rfile.read(int(self.headers.get("Content-Length", 0)))
+                if verify_signature(receiver.secret, self.headers.get(SIGNATURE_HEADER), body):
+                    receiver.keys.add(self.headers.get(IDEMPOTENCY_HEADER, ""))
+                    self.send_response(200)
+                else:
+                    receiver.bad_signatures += 1
+                    self.send_response(401)
+                self.end_headers()
+
+            def log_message(self, *args: Any) -> None:
+                pass
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+        return f"http://127.0.0.1:{self.server.server_address[1]}/hooks/sales"
+
+    def stop(self) -> None:
+        if self.server:
+            self.server.shutdown()
+
+
+@dataclass
+class Service:
+    name: str
+    args: list[str]
+    port: int
+    log: Path
+    proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def start(self, env: dict[str, str]) -> None:
+        out = self.log.open("ab")
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "leadpulse.cli", *self.args],
+            env=env,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+        out.close()
+
+    def wait_ready(self, timeout: float = 90.0) -> None:
+        import urllib.request
+
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.proc is not None and self.proc.poll() is not None:
+                raise DemoError(f"{self.name} exited with {self.proc.returncode}; see {self.log}")
+            try:
+                with urllib.request.urlopen(self.url + "/ready", timeout=1) as response:
+                    if response.status == 200:
+                        return
+            except OSError:
+                pass
+            time.sleep(0.3)
+        raise DemoError(f"{self.name} not ready after {timeout:.0f}s; see {self.log}")
+
+    def stop(self, timeout: float = 30.0) -> None:
+        if self.proc is None or self.proc.poll() is not None:
+            return
+        self.proc.terminate()
+        try:
+            self.proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
+
+
+def _port(wanted: int) -> int:
+    return wanted if wanted and not port_open("127.0.0.1", wanted) else free_port()
+
+
+@dataclass
+class DemoResult:
+    published: int
+    hot_leads: int
+    webhooks_delivered: int
+    sla_breaches: int
+    expected_sla_misses: list[str]
+    report_path: Path
+    reports: dict[str, Any]
+
+
+def run_demo(
+    settings: Settings,
+    *,
+    duration_s: float | None,
+    rate: float,
+    leads: int | None,
+    seed: int,
+    reset: bool,
+    live: bool,
+    console: Console,
+) -> DemoResult:
+    data = settings.data_dir.resolve()
+    if reset and data.exists():
+        shutil.rmtree(data)
+    logs = data / "logs"
+    logs.mkdir(parents=True, exist_ok=True)
+    if leads is None:  # about 11 events per lead: size the plan to what the duration can stream
+        leads = max(50, int(rate * duration_s / 11)) if duration_s else 1000
+    now = int(time.time() * 1000)
+    with console.status("planning synthetic traffic"):
+        plan = plan_traffic(seed, leads, start_ms=now - 72 * HOUR_MS, span_ms=72 * HOUR_MS)
+    (data / "manifest.json").write_text(json.dumps(plan.manifest(), indent=1))
+    catalogue = data / "content.csv"
+    write_catalogue(plan.catalogue, catalogue)
+    console.print(
+        f"planned {len(plan.events):,} events for {leads:,} leads "
+        f"({len(plan.hot_leads)} will become hot, {len(plan.sla_misses)} will miss their SLA)"
+    )
+    with running_broker(settings, log_file=logs / "tansu.log") as bootstrap:
+        return _run(settings, bootstrap, plan, catalogue, logs, duration_s, rate, live, console)
+
+
+def _run(
+    settings: Settings,
+    bootstrap: str,
+    plan: TrafficPlan,
+    catalogue: Path,
+    logs: Path,
+    duration_s: float | None,
+    rate: float,
+    live: bool,
+    console: Console,
+) -> DemoResult:
+    secret = secrets.token_hex(16)
+    receiver = WebhookReceiver(secret)
+    hook_url = receiver.start()
+    worker = Service("worker", ["worker"], _port(settings.web_port), logs / "worker.log")
+    sink = Service("sink", ["sink"], _port(settings.sink_port), logs / "sink.log")
+    collector = Service("collector", ["collector"], _port(settings.collector_port), logs / "collector.log")
+    notifier = Service("notifier", ["notifier", "--ops-port", str(free_port())], 0, logs / "notifier.log")
+    notifier.port = int(notifier.args[-1])
+    env = _env(settings, bootstrap, worker.port, sink.port, collector.port, hook_url, secret)
+    loaded = subprocess.run(
+        [sys.executable, "-m", "leadpulse.cli", "content", "load", str(catalogue)],
+        env=env,
+        capture_output=True,
+        text=True,
+    )
+    if loaded.returncode != 0:
+        raise DemoError(f"content load failed: {loaded.stdout}{loaded.stderr}")
+    services = [worker, sink, collector, notifier]
+    feed = HotLeadFeed(settings.model_copy(update={"kafka_bootstrap": bootstrap}))
+    state = LiveState()
+    try:
+        with console.status("starting worker, sink, collector and notifier"):
+            for service in services:
+                service.start(env)
+            for service in services:
+                service.wait_ready()
+        console.print(f"worker {worker.url} · sink {sink.url} · collector {collector.url} · logs in {logs}")
+        feed.start()
+        publisher = _Publisher(settings, bootstrap, plan, rate, duration_s)
+        publisher.start()
+        refresh = _refresher(state, feed, receiver, publisher, worker, sink, notifier)
+        if live:
+            with Live(render(state, feed), console=console, refresh_per_second=2) as view:
+                _drive(state, publisher, plan, refresh, lambda: view.update(render(state, feed)))
+        else:
+            _drive(state, publisher, plan, refresh, lambda: console.print(_status_line(state, feed)))
+        if publisher.error:
+            raise DemoError(f"publishing failed: {publisher.error}")
+        reports = _reports(settings.model_copy(update={"kafka_bootstrap": bootstrap, "sink_port": sink.port}))
+    finally:
+        feed.stop()
+        for service in reversed(services):
+            service.stop()
+        receiver.stop()
+    return DemoResult(
+        publisher.sent,
+        feed.count,
+        len(receiver.keys),
+        int(total(state.worker, "leadpulse_sla_events_total", level="breach")),
+        sorted(plan.sla_misses),
+        settings.data_dir / "report.html",
+        reports,
+    )
+
+
+def _env(
+    settings: Settings, bootstrap: str, web: int, sink: int, collector: int, hook: str, secret: str
+) -> dict[str, str]:
+    import os
+
+    env = {k: v for k, v in os.environ.items() if not k.startswith("LEADPULSE_")}
+    env.update(
+        {
+            "LEADPULSE_KAFKA_BOOTSTRAP": bootstrap,
+            "LEADPULSE_TOPIC_PREFIX": settings.topic_prefix,
+            "LEADPULSE_DATA_DIR": str(settings.data_dir.resolve()),
+            "LEADPULSE_WEB_PORT": str(web),
+            "LEADPULSE_SINK_PORT": str(sink),
+            "LEADPULSE_COLLECTOR_PORT": str(collector),
+            "LEADPULSE_WEBHOOK_URLS": json.dumps([hook]),
+            "LEADPULSE_WEBHOOK_SECRET": secret,
+            "LEADPULSE_WRITE_KEYS": json.dumps({"demo-site": secrets.token_hex(8)}),
+            "LEADPULSE_LOG_LEVEL": "WARNING",
+            "PYTHONUNBUFFERED": "1",
+        }
+    )
+    if settings.clickhouse_dsn:
+        env["LEADPULSE_CLICKHOUSE_DSN"] = settings.clickhouse_dsn
+    return env
+
+
+class _Publisher(threading.Thread):
+    def __init__(
+        self, settings: Settings, bootstrap: str, plan: TrafficPlan, rate: float, duration_s: float | None
+    ) -> None:
+        super().__init__(name="publisher", daemon=True)
+        self.settings, self.bootstrap, self.plan = settings, bootstrap, plan
+        self.rate, self.duration_s = rate, duration_s
+        self.sent = 0
+        self.error: str | None = None
+
+    def run(self) -> None:
+        try:
+            with Producer(self.settings, bootstrap=self.bootstrap) as producer:
+
+                def send(schema: str, record: dict[str, Any]) -> None:
+                    producer.send(schema, record, validate=False)
+                    self.sent += 1
+
+                publish(self.plan, send, rate=self.rate, duration_s=self.duration_s)
+        except Exception as exc:  # surfaced by the demo as a DemoError
+            self.error = f"{type(exc).__name__}: {exc}"
+
+
+def _refresher(
+    state: LiveState,
+    feed: HotLeadFeed,
+    receiver: WebhookReceiver,
+    publisher: _Publisher,
+    worker: Service,
+    sink: Service,
+    notifier: Service,
+) -> Callable[[], None]:
+    last = [time.monotonic(), 0.0]
+
+    def refresh() -> None:
+        state.published = publisher.sent
+        state.worker = scrape(worker.url + "/metrics") or state.worker
+        state.sink = scrape(sink.url + "/metrics") or state.sink
+        state.webhook_received = len(receiver.keys)
+        consumed = total(state.worker, "leadpulse_events_consumed_total")
+        now = time.monotonic()
+        state.rate = (consumed - last[1]) / max(now - last[0], 1e-6)
+        last[0], last[1] = now, consumed
+
+    return refresh
+
+
+def _drive(
+    state: LiveState,
+    publisher: _Publisher,
+    plan: TrafficPlan,
+    refresh: Callable[[], None],
+    show: Callable[[], None],
+) -> None:
+    """Stream until the publisher is done, then settle: scored, SLA timers fired, sink caught up."""
+    while publisher.is_alive():
+        refresh()
+        show()
+        time.sleep(1.0)
+    state.phase = "settling"
+    deadline = time.monotonic() + 90
+    quiet_since = time.monotonic()
+    while time.monotonic() < deadline:
+        time.sleep(1.0)
+        refresh()
+        show()
+        breaches = total(state.worker, "leadpulse_sla_events_total", sla="hot_lead_follow_up", level="breach")
+        lag = total(state.sink, "leadpulse_consumer_lag")
+        if state.rate > 0 or lag > 0 or breaches < len(plan.sla_misses):
+            quiet_since = time.monotonic()
+        elif time.monotonic() - quiet_since > 3:
+            break
+    state.phase = "done"
+    show()
+
+
+def _status_line(state: LiveState, feed: HotLeadFeed) -> str:
+    w = state.worker
+    return (
+        f"[{state.phase}] published {state.published:,} · scored "
+        f"{total(w, 'leadpulse_events_consumed_total'):,.0f} · hot {feed.count} · webhooks "
+        f"{state.webhook_received} · SLA breaches "
+        f"{total(w, 'leadpulse_sla_events_total', level='breach'):,.0f} · stored "
+        f"{total(state.sink, 'leadpulse_sink_rows_total'):,.0f}"
+    )
+
+
+def _reports(settings: Settings) -> dict[str, Any]:
+    from sinks.query_service import query_runner
+    from sinks.reports.content import content_report
+    from sinks.reports.funnel import funnel_report
+    from sinks.reports.health import health_report
+    from sinks.reports.period import make_period
+    from sinks.reports.plan import plan_report
+    from sinks.reports.sla import sla_report
+
+    run, close = query_runner(settings)
+    period = make_period(None, None, int(time.time() * 1000), default_days=30)
+    try:
+        return {
+            "content": content_report(run, period),
+            "health": health_report(run, period),
+            "funnel": funnel_report(run, period),
+            "sla": sla_report(run, period),
+            # The Model's worked example (reference/the-model-process): 10M revenue, 1M per deal
+            "plan": plan_report(run, period, target_revenue=10_000_000, average_deal=1_000_000),
+        }
+    finally:
+        close()

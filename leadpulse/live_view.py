@@ -1,0 +1,142 @@
+"""The demo's live terminal view: process metrics scraped from /metrics and hot leads read from the topic.
+
+Kept apart from the orchestration so the view can be reused (e.g. a future ``leadpulse top``).
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+import urllib.request
+from collections import deque
+from dataclasses import dataclass, field
+from typing import Any
+
+from kafka import KafkaConsumer
+from prometheus_client.parser import text_string_to_metric_families
+from rich.console import Group
+from rich.panel import Panel
+from rich.table import Table
+
+from schemas.registry import SchemaError, default_registry
+from streams.broker import kafka_client_config
+from streams.settings import Settings
+
+Samples = dict[tuple[str, tuple[tuple[str, str], ...]], float]
+
+
+def scrape(url: str, timeout: float = 2.0) -> Samples:
+    """Every sample of a /metrics page; empty when the process does not answer (yet)."""
+    try:
+        with urllib.request.urlopen(url, timeout=timeout) as response:
+            text = response.read().decode()
+    except OSError:
+        return {}
+    samples: Samples = {}
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            samples[(sample.name, tuple(sorted(sample.labels.items())))] = sample.value
+    return samples
+
+
+def total(samples: Samples, name: str, **labels: str) -> float:
+    return sum(
+        v
+        for (n, lbls), v in samples.items()
+        if n == name and all(dict(lbls).get(k) == want for k, want in labels.items())
+    )
+
+
+@dataclass
+class HotLeadFeed:
+    """Follows ``leads.hot`` in a background thread, keeping the newest notifications for display."""
+
+    settings: Settings
+    keep: int = 8
+    recent: deque[dict[str, Any]] = field(default_factory=deque)
+    count: int = 0
+    _stop: threading.Event = field(default_factory=threading.Event)
+    _thread: threading.Thread | None = None
+
+    def start(self) -> HotLeadFeed:
+        self._thread = threading.Thread(target=self._run, name="hot-lead-feed", daemon=True)
+        self._thread.start()
+        return self
+
+    def _run(self) -> None:
+        registry = default_registry()
+        consumer = KafkaConsumer(
+            self.settings.topic("leads.hot"),
+            bootstrap_servers=self.settings.bootstrap,
+            group_id=None,
+            auto_offset_reset="earliest",
+            **kafka_client_config(self.settings),
+        )
+        seen: set[str] = set()
+        try:
+            while not self._stop.is_set():
+                for messages in consumer.poll(timeout_ms=300).values():
+                    for message in messages:
+                        try:
+                            record = registry.decode(message.value or b"")[1]
+                        except SchemaError:
+                            continue
+                        if record["notification_id"] in seen:  # at-least-once: drop replays by id
+                            continue
+                        seen.add(record["notification_id"])
+                        self.count += 1
+                        self.recent.appendleft(record)
+                        while len(self.recent) > self.keep:
+                            self.recent.pop()
+        finally:
+            consumer.close()
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._thread:
+            self._thread.join(5)
+
+
+@dataclass
+class LiveState:
+    started: float = field(default_factory=time.monotonic)
+    published: int = 0
+    worker: Samples = field(default_factory=dict)
+    sink: Samples = field(default_factory=dict)
+    notifier: Samples = field(default_factory=dict)
+    webhook_received: int = 0
+    rate: float = 0.0  # events/s consumed by the worker, over the last refresh
+    phase: str = "streaming"
+
+
+def render(state: LiveState, feed: HotLeadFeed) -> Group:
+    w, s = state.worker, state.sink
+    stats = Table.grid(padding=(0, 3))
+    stats.add_row(
+        f"[bold]{state.phase}[/] {time.monotonic() - state.started:5.0f} s",
+        f"published [cyan]{state.published:,}[/]",
+        f"scored [cyan]{total(w, 'leadpulse_events_consumed_total'):,.0f}[/] ({state.rate:,.0f}/s)",
+        f"stored [cyan]{total(s, 'leadpulse_sink_rows_total'):,.0f}[/] rows",
+        f"sink lag [cyan]{total(s, 'leadpulse_consumer_lag'):,.0f}[/]",
+    )
+    stages = Table("stage", "entered", box=None, pad_edge=False)
+    for stage in ("lead", "nurturing", "mql", "sal", "opportunity", "customer", "expansion", "disqualified"):
+        stages.add_row(stage, f"{total(w, 'leadpulse_stage_transitions_total', to_stage=stage):,.0f}")
+    sla = Table("SLA", "warnings", "breaches", box=None, pad_edge=False)
+    for name in ("hot_lead_follow_up", "rejection_feedback"):
+        sla.add_row(
+            name,
+            f"{total(w, 'leadpulse_sla_events_total', sla=name, level='warning'):,.0f}",
+            f"[red]{total(w, 'leadpulse_sla_events_total', sla=name, level='breach'):,.0f}[/]",
+        )
+    hot = Table("hot lead", "score", "company", "why (top signals)", box=None, pad_edge=False)
+    for record in feed.recent:
+        why = ", ".join(f"{sig['rule']} +{sig['points']:.0f}" for sig in record["signals"][:3])
+        hot.add_row(record["lead_id"], f"{record['score']:.0f}", str(record.get("company_name") or ""), why)
+    side = Table.grid(padding=(0, 4))
+    side.add_row(stages, sla)
+    title = (
+        f"hot leads: {feed.count:,} · webhooks delivered: {state.webhook_received:,} · "
+        f"recycled: {total(w, 'leadpulse_stage_transitions_total', to_stage='nurturing'):,.0f} entries"
+    )
+    return Group(Panel(stats, title="leadpulse demo"), side, Panel(hot, title=title))
