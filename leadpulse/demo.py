@@ -27,6 +27,7 @@ from rich.live import Live
 from leadpulse.live_view import HotLeadFeed, LiveState, render, scrape, total
 from sinks.webhook import IDEMPOTENCY_HEADER, SIGNATURE_HEADER, verify_signature
 from streams.broker import free_port, port_open, running_broker
+from streams.collector_client import CollectorClient
 from streams.producer import Producer
 from streams.settings import Settings
 from streams.traffic import TrafficPlan, plan_traffic, publish
@@ -149,6 +150,7 @@ def run_demo(
     reset: bool,
     live: bool,
     console: Console,
+    via: str = "sdk",
 ) -> DemoResult:
     data = settings.data_dir.resolve()
     if reset and data.exists():
@@ -168,7 +170,7 @@ def run_demo(
         f"({len(plan.hot_leads)} will become hot, {len(plan.sla_misses)} will miss their SLA)"
     )
     with running_broker(settings, log_file=logs / "tansu.log") as bootstrap:
-        return _run(settings, bootstrap, plan, catalogue, logs, duration_s, rate, live, console)
+        return _run(settings, bootstrap, plan, catalogue, logs, duration_s, rate, live, console, via)
 
 
 def _run(
@@ -181,6 +183,7 @@ def _run(
     rate: float,
     live: bool,
     console: Console,
+    via: str = "sdk",
 ) -> DemoResult:
     secret = secrets.token_hex(16)
     receiver = WebhookReceiver(secret)
@@ -190,7 +193,8 @@ def _run(
     collector = Service("collector", ["collector"], _port(settings.collector_port), logs / "collector.log")
     notifier = Service("notifier", ["notifier", "--ops-port", str(free_port())], 0, logs / "notifier.log")
     notifier.port = int(notifier.args[-1])
-    env = _env(settings, bootstrap, worker.port, sink.port, collector.port, hook_url, secret)
+    keys = {"demo-site": secrets.token_hex(8), "crm-demo": secrets.token_hex(8)}
+    env = _env(settings, bootstrap, worker.port, sink.port, collector.port, hook_url, secret, keys)
     loaded = subprocess.run(
         [sys.executable, "-m", "leadpulse.cli", "content", "load", str(catalogue)],
         env=env,
@@ -210,7 +214,12 @@ def _run(
                 service.wait_ready()
         console.print(f"worker {worker.url} · sink {sink.url} · collector {collector.url} · logs in {logs}")
         feed.start()
-        publisher = _Publisher(settings, bootstrap, plan, rate, duration_s)
+        client = (
+            CollectorClient(collector.url, keys["demo-site"], keys["crm-demo"])
+            if via == "collector"
+            else None
+        )
+        publisher = _Publisher(settings, bootstrap, plan, rate, duration_s, client)
         publisher.start()
         refresh = _refresher(state, feed, receiver, publisher, worker, sink, notifier)
         if live:
@@ -238,7 +247,14 @@ def _run(
 
 
 def _env(
-    settings: Settings, bootstrap: str, web: int, sink: int, collector: int, hook: str, secret: str
+    settings: Settings,
+    bootstrap: str,
+    web: int,
+    sink: int,
+    collector: int,
+    hook: str,
+    secret: str,
+    keys: dict[str, str],
 ) -> dict[str, str]:
     import os
 
@@ -253,7 +269,7 @@ def _env(
             "LEADPULSE_COLLECTOR_PORT": str(collector),
             "LEADPULSE_WEBHOOK_URLS": json.dumps([hook]),
             "LEADPULSE_WEBHOOK_SECRET": secret,
-            "LEADPULSE_WRITE_KEYS": json.dumps({"demo-site": secrets.token_hex(8)}),
+            "LEADPULSE_WRITE_KEYS": json.dumps(keys),
             "LEADPULSE_LOG_LEVEL": "WARNING",
             "PYTHONUNBUFFERED": "1",
         }
@@ -265,16 +281,31 @@ def _env(
 
 class _Publisher(threading.Thread):
     def __init__(
-        self, settings: Settings, bootstrap: str, plan: TrafficPlan, rate: float, duration_s: float | None
+        self,
+        settings: Settings,
+        bootstrap: str,
+        plan: TrafficPlan,
+        rate: float,
+        duration_s: float | None,
+        collector: CollectorClient | None = None,
     ) -> None:
         super().__init__(name="publisher", daemon=True)
         self.settings, self.bootstrap, self.plan = settings, bootstrap, plan
-        self.rate, self.duration_s = rate, duration_s
+        self.rate, self.duration_s, self.collector = rate, duration_s, collector
         self.sent = 0
         self.error: str | None = None
 
     def run(self) -> None:
         try:
+            if self.collector is not None:  # the way a web site and a CRM integration would send
+                with self.collector as client:
+
+                    def post(schema: str, record: dict[str, Any]) -> None:
+                        client.send(schema, record)
+                        self.sent += 1
+
+                    publish(self.plan, post, rate=self.rate, duration_s=self.duration_s)
+                return
             with Producer(self.settings, bootstrap=self.bootstrap) as producer:
 
                 def send(schema: str, record: dict[str, Any]) -> None:

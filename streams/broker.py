@@ -189,8 +189,11 @@ def is_tansu(settings: Settings) -> bool:
         finally:
             admin.close()
     except KafkaError as exc:
-        log.warning("could not read the cluster id (%s); assuming Apache Kafka, no Tansu workaround", exc)
-        return False
+        # fail safe: on Apache Kafka the correction costs one fetch; missing it on Tansu restores stale state
+        log.warning(
+            "could not read the cluster id (%s); applying the Tansu end-offset correction anyway", exc
+        )
+        return True
 
 
 def kafka_client_config(settings: Settings) -> dict[str, object]:

@@ -12,6 +12,7 @@ last batch) and take the high watermark of that fetch response.
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Iterable, Mapping
 from typing import Any
 
@@ -24,9 +25,12 @@ _applied = False
 
 
 async def true_end_offsets(
-    bootstrap: str, reported: Mapping[Any, int], timeout_ms: int = 2000
+    bootstrap: str, reported: Mapping[Any, int], timeout_s: float = 60.0
 ) -> dict[Any, int]:
-    """Correct ListOffsets(latest) answers with Fetch high watermarks."""
+    """Correct ListOffsets(latest) answers with Fetch high watermarks.
+
+    Waits until every partition has answered a fetch: giving up early would hand back the buggy value and
+    so a stale restore (seen under CI load, where a 2-second budget was not enough)."""
     todo = {tp: end for tp, end in reported.items() if end > 0}
     result: dict[Any, int] = dict(reported)
     if not todo:
@@ -39,17 +43,19 @@ async def true_end_offsets(
         for tp, original in tps.items():
             consumer.seek(tp, todo[original] - 1)
         pending = set(tps)
-        for _ in range(10):
-            if not pending:
-                break
-            await consumer.getmany(*pending, timeout_ms=timeout_ms // 10, max_records=1)
+        deadline = time.monotonic() + timeout_s
+        while pending and time.monotonic() < deadline:
+            await consumer.getmany(*pending, timeout_ms=500, max_records=1)
             for tp in list(pending):
                 high = consumer.highwater(tp)
                 if high is not None:
                     result[tps[tp]] = max(high, todo[tps[tp]])
                     pending.discard(tp)
         if pending:
-            log.warning("tansu_compat: no high watermark for %s; keeping ListOffsets answer", sorted(pending))
+            raise TimeoutError(
+                f"tansu_compat: no fetch high watermark within {timeout_s}s for {sorted(map(str, pending))}; "
+                "refusing to use Tansu's ListOffsets answer (it would restore stale state)"
+            )
     finally:
         await consumer.stop()
     return result

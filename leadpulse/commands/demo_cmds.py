@@ -30,10 +30,15 @@ def register(app: typer.Typer) -> None:
         seed: int = typer.Option(7, "--seed", help="Traffic seed: the same seed gives the same traffic."),
         reset: bool = typer.Option(False, "--reset", help="Delete the data directory first."),
         live: bool = typer.Option(None, "--live/--no-live", help="Live view (default: when on a terminal)."),
+        via: str = typer.Option(
+            "sdk", "--via", help="Publish through the Python SDK (sdk) or the HTTP collector (collector)."
+        ),
     ) -> None:
         from leadpulse.demo import DemoError, run_demo
         from sinks.reports.render import render
 
+        if via not in ("sdk", "collector"):
+            raise typer.BadParameter("must be sdk or collector", param_hint="--via")
         settings = cli_settings()
         console = Console()
         try:
@@ -46,6 +51,7 @@ def register(app: typer.Typer) -> None:
                 reset=reset,
                 live=console.is_terminal if live is None else live,
                 console=console,
+                via=via,
             )
         except DemoError as exc:
             console.print(f"[red]demo failed:[/] {exc}")

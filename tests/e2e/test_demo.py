@@ -190,3 +190,28 @@ async def test_html_report_renders_its_charts_in_headless_chromium(
         finally:
             await browser.close()
     assert (cwd / "report.png").stat().st_size > 10_000
+
+
+def test_demo_through_the_http_collector_stores_every_published_event(tmp_path: Path) -> None:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("LEADPULSE_")}
+    env["LEADPULSE_BROKER_PORT"] = str(free_port())
+    result = leadpulse(
+        ["demo", "--duration", "15", "--rate", "400", "--no-live", "--via", "collector"], tmp_path, env
+    )
+    assert result.returncode == 0, result.stdout[-4000:] + result.stderr[-4000:]
+    published = int(re.search(r"published ([\d,]+) events", result.stdout).group(1).replace(",", ""))  # type: ignore[union-attr]
+    stored = as_json(
+        leadpulse(
+            [
+                "sql",
+                "SELECT (SELECT count() FROM leadpulse.events FINAL) + "
+                "(SELECT count() FROM leadpulse.leads FINAL) + "
+                "(SELECT count() FROM leadpulse.sales_activities FINAL) AS n",
+                "--format",
+                "json",
+            ],
+            tmp_path,
+            env,
+        )
+    )["result"][0]["n"]
+    assert int(stored) == published > 0

@@ -1,0 +1,78 @@
+"""A small HTTP client for the collector: buffers events and posts them in batches (``POST /v1/events``).
+
+Used by ``leadpulse demo --via collector``, so synthetic traffic can enter the pipeline the way
+a web site or CRM integration would. Server-side types (``sales_activity``) go with the server write key.
+"""
+
+from __future__ import annotations
+
+import http.client
+import json
+from dataclasses import dataclass, field
+from typing import Any
+from urllib.parse import urlsplit
+
+SERVER_TYPES = frozenset({"sales_activity"})
+STAMPED_BY_COLLECTOR = ("source", "received_at")
+
+
+class CollectorRejected(RuntimeError):
+    """The collector refused a request or some of its events; the message carries its answer."""
+
+
+@dataclass
+class CollectorClient:
+    url: str
+    browser_key: str
+    server_key: str
+    batch_size: int = 100
+    accepted: int = 0
+    _buffers: dict[str, list[dict[str, Any]]] = field(default_factory=dict)
+    _conn: http.client.HTTPConnection | None = None
+
+    def send(self, schema: str, record: dict[str, Any]) -> None:
+        key = self.server_key if schema in SERVER_TYPES else self.browser_key
+        event = {k: v for k, v in record.items() if k not in STAMPED_BY_COLLECTOR}
+        buffer = self._buffers.setdefault(key, [])
+        buffer.append({"type": schema, **event})
+        if len(buffer) >= self.batch_size:
+            self._post(key)
+
+    def flush(self) -> None:
+        for key in list(self._buffers):
+            self._post(key)
+
+    def close(self) -> None:
+        try:
+            self.flush()
+        finally:
+            if self._conn is not None:
+                self._conn.close()
+
+    def _post(self, key: str) -> None:
+        batch = self._buffers.pop(key, [])
+        if not batch:
+            return
+        parts = urlsplit(self.url)
+        if self._conn is None:
+            self._conn = http.client.HTTPConnection(
+                parts.hostname or "127.0.0.1", parts.port or 80, timeout=30
+            )
+        body = json.dumps({"batch": batch}).encode()
+        self._conn.request(
+            "POST",
+            "/v1/events",
+            body=body,
+            headers={"Authorization": f"Bearer {key}", "Content-Type": "application/json"},
+        )
+        response = self._conn.getresponse()
+        answer = response.read().decode(errors="replace")
+        if response.status != 202:
+            raise CollectorRejected(f"collector answered {response.status}: {answer[:500]}")
+        self.accepted += len(batch)
+
+    def __enter__(self) -> CollectorClient:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
