@@ -258,7 +258,7 @@ def _oracle(events: list[dict[str, Any]], now: int) -> dict[str, Any]:
     strict=False,
     reason="known bug, under investigation: in about 1 run in 3, a worker restarted after kill -9 skips a "
     "contiguous run of input records per partition (seen: 69 leads each missing exactly one event produced "
-    "after the kill), so some scores/SLA clocks differ from the oracle. Not the Tansu ListOffsets bug (fixed, "
+    "after the kill), so some scores/SLA clocks differ from the oracle. Not Tansu's ListOffsets bug (fixed, "
     "see test_tansu_compat) nor mid-batch fetches (checked). Suspect Faust's take_events acking/offset "
     "tracking on restart. Tracked in the session note on issue #3/#8.",
 )
