@@ -256,11 +256,11 @@ def _oracle(events: list[dict[str, Any]], now: int) -> dict[str, Any]:
 
 @pytest.mark.xfail(
     strict=False,
-    reason="known bug, under investigation: in about 1 run in 3, a worker restarted after kill -9 skips a "
-    "contiguous run of input records per partition (seen: 69 leads each missing exactly one event produced "
-    "after the kill), so some scores/SLA clocks differ from the oracle. Not Tansu's ListOffsets bug (fixed, "
-    "see test_tansu_compat) nor mid-batch fetches (checked). Suspect Faust's take_events acking/offset "
-    "tracking on restart. Tracked in the session note on issue #3/#8.",
+    reason="known bug, under investigation: a worker restarted after kill -9 with committed offsets skips one "
+    "contiguous run of input records in every partition (same length in each, starting ~35 records after "
+    "the committed offset; records never reach the agent), so some scores/SLA clocks differ from the "
+    "oracle. Not Tansu's ListOffsets bug (fixed, see test_tansu_compat) nor mid-batch fetches (checked). "
+    "Suspect Faust's consumer flow control around recovery/seek. See the session note on issue #3.",
 )
 def test_worker_killed_mid_stream_recovers_without_losing_or_duplicating_outputs(
     broker: EmbeddedBroker, broker_settings: Settings, tmp_path: Path
