@@ -256,8 +256,8 @@ def _oracle(events: list[dict[str, Any]], now: int) -> dict[str, Any]:
 
 @pytest.mark.xfail(
     strict=False,
-    reason="known bug, under investigation: a worker restarted after kill -9 with committed offsets skips one "
-    "contiguous run of input records in every partition (same length in each, starting ~35 records after "
+    reason="known bug, under investigation: a worker restarted after kill -9 with committed offsets skips "
+    "one contiguous run of input records in every partition (same length in each, ~35 records after "
     "the committed offset; records never reach the agent), so some scores/SLA clocks differ from the "
     "oracle. Not Tansu's ListOffsets bug (fixed, see test_tansu_compat) nor mid-batch fetches (checked). "
     "Suspect Faust's consumer flow control around recovery/seek. See the session note on issue #3.",
