@@ -11,8 +11,9 @@ import urllib.request
 from pathlib import Path
 
 import pytest
-from prometheus_client.parser import text_string_to_metric_families
 
+from leadpulse.live_view import Samples, total
+from leadpulse.live_view import scrape as scrape_url
 from streams.broker import EmbeddedBroker, free_port
 from streams.producer import Producer
 from streams.settings import Settings
@@ -22,22 +23,11 @@ from tests.processes import wait_until
 pytestmark = pytest.mark.integration
 
 
-def scrape(port: int) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
-    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as response:
-        text = response.read().decode()
-    samples = {}
-    for family in text_string_to_metric_families(text):
-        for sample in family.samples:
-            samples[(sample.name, tuple(sorted(sample.labels.items())))] = sample.value
+def scrape(port: int) -> Samples:
+    """Every sample of a process's /metrics; an unreachable endpoint fails the test rather than reading 0."""
+    samples = scrape_url(f"http://127.0.0.1:{port}/metrics")
+    assert samples, f"no metrics from 127.0.0.1:{port}"
     return samples
-
-
-def total(samples: dict[tuple[str, tuple[tuple[str, str], ...]], float], name: str, **labels: str) -> float:
-    return sum(
-        v
-        for (n, lbls), v in samples.items()
-        if n == name and all(dict(lbls).get(k) == want for k, want in labels.items())
-    )
 
 
 def test_worker_metrics_count_the_scripted_run(

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import random
 import time
-import urllib.request
 from collections import Counter, defaultdict
 from pathlib import Path
 from typing import Any
@@ -15,6 +14,7 @@ from kafka import KafkaConsumer
 from agents.core import check_timers, step
 from agents.rules import load_rules
 from agents.state import LeadState
+from leadpulse.live_view import scrape, total
 from schemas.registry import default_registry
 from streams.broker import EmbeddedBroker, free_port
 from streams.producer import Producer
@@ -44,11 +44,7 @@ def start_worker(settings: Settings, broker: EmbeddedBroker, log: Path) -> tuple
 
 def consumed(port: int) -> float:
     """Sum of the worker's leadpulse_events_consumed_total, read from its /metrics."""
-    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as response:
-        lines = response.read().decode().splitlines()
-    return sum(
-        float(line.rsplit(" ", 1)[1]) for line in lines if line.startswith("leadpulse_events_consumed_total{")
-    )
+    return total(scrape(f"http://127.0.0.1:{port}/metrics"), "leadpulse_events_consumed_total")
 
 
 def outputs(settings: Settings) -> dict[str, list[dict[str, Any]]]:
