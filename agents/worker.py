@@ -1,62 +1,96 @@
-"""Faust wiring of the pure core: decode → stitch identity → score → stage → SLA → emit.
+"""The lead worker: a batch consumer around the pure core (decode → stitch → score → stage → SLA → emit).
 
-Shape, chosen from measurement (DESIGN §11: every table write is also a changelog record, and per-event
-writes dominate): the agent takes events in batches, keeps the batch's lead states in a plain dict, runs
-the pure core per event, and writes each touched lead **once per batch** to the single ``lead-state`` table.
-The table uses the key partitioner (``use_partitioner=True``), so its changelog partition equals the input
-partition without needing "the current event", which also lets the SLA scan write state from a timer.
+Why not Faust's stream path (it was the first version; measured, see docs/scoring.md "Worker runtime"):
+- it lost records after a restart: records fetched while table recovery ran were dropped when Faust then
+  seeked its stream partitions to the committed offsets (faust-streaming #216/#221 family);
+- its per-message machinery cost ~225 µs/event before our code ran, capping a worker near 1k events/s.
 
-Offsets: Faust acks a ``take_events`` batch after this code returns, and its commit flushes the producer
-(outputs and changelog) before committing offsets, so offsets move only after the outputs are durable.
-Outputs carry deterministic ids (transition_id, notification_id, timeout_id) so a replay after a crash is
-dropped downstream.
+What replaces it, one loop per process:
+- one consumer group over the six inputs and the internal identity topic, range-assigned, so partition *p*
+  of every topic (one lead's events) lands on the same worker;
+- each lead's whole state in memory for the owned partitions, durable in the compacted
+  ``leadpulse.internal.lead_state`` topic (partition = the lead's input partition), restored on assignment
+  before any of the partition's records are processed;
+- per batch: outputs and dead letters sent and acknowledged → each touched lead's state written once and
+  acknowledged → offsets committed. A crash anywhere repeats work, never loses it: repeated outputs carry
+  the same deterministic ids (dropped downstream), repeated events are recognised by the state's seen ids.
 """
 
 from __future__ import annotations
 
 import asyncio
+import heapq
 import logging
+import signal
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
-import faust
-from faust.types import EventT
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRecord, TopicPartition
+from aiokafka.abc import ConsumerRebalanceListener
+from aiokafka.coordinator.assignors.range import RangePartitionAssignor
+from aiokafka.errors import CommitFailedError, IllegalStateError, KafkaError
+from aiokafka.partitioner import DefaultPartitioner
 
 from agents.core import Output, StepResult, check_timers, next_deadline, step
+from agents.lead_store import LeadStore, due_from_headers, due_header
 from agents.rules import Rules
 from agents.state import LeadState
 from schemas.registry import SchemaError, SchemaRegistry, default_registry
-from streams.app import create_app
+from streams.broker import aiokafka_client_config, create_topics, is_tansu, kafka_client_config
 from streams.dlq import dead_letter
 from streams.metrics import Metrics
 from streams.producer import lead_key
 from streams.settings import Settings
-from streams.topics import BY_SCHEMA, DLQ, IDENTITY, INPUT_PARTITIONS, INPUTS
+from streams.tansu_compat import end_offsets
+from streams.topics import BY_SCHEMA, DLQ, IDENTITY, INPUTS, LEAD_STATE, TOPICS
 
 log = logging.getLogger(__name__)
 
-IDENTITY_TOPIC = IDENTITY.name
-BATCH_MAX = 2000
-BATCH_WITHIN_S = 0.05
+BATCH_MAX = 5000
+GROUP = "leadpulse-worker"  # dashboards and alerts match this group label
+_partition_of_key = DefaultPartitioner()  # murmur2, the Java client's default, as the SDK uses
 
 
 def now_ms() -> int:
     return int(time.time() * 1000)
 
 
+class ErasureSource(Protocol):
+    """What the worker needs from ``streams.erasures.ErasureLog``."""
+
+    def is_erased(self, identity: str | None) -> bool: ...
+    def drain_new(self) -> list[dict[str, Any]]: ...
+
+
 @dataclass
-class BatchState:
-    """Lead states touched by one batch, written back once each at the end."""
+class Batch:
+    """What one batch produced, sent in two acknowledged waves: outputs first, then state."""
 
     states: dict[bytes, LeadState | None] = field(default_factory=dict)
+    home: dict[bytes, int] = field(default_factory=dict)  # key -> state partition
     dirty: set[bytes] = field(default_factory=set)
+    sends: list[tuple[str, bytes | None, bytes, list[tuple[str, bytes]] | None]] = field(default_factory=list)
+    counted: list[Output] = field(default_factory=list)
+
+
+class _Rebalance(ConsumerRebalanceListener):  # type: ignore[misc]
+    def __init__(self, worker: LeadWorker) -> None:
+        self.worker = worker
+
+    async def on_partitions_revoked(self, revoked: Any) -> None:
+        # Waits for the batch in flight, which commits its offsets before the partitions move.
+        async with self.worker.lock:
+            self.worker.restoring = True
+
+    async def on_partitions_assigned(self, assigned: Any) -> None:
+        async with self.worker.lock:
+            self.worker.generation += 1
+            await self.worker.restore({tp.partition for tp in assigned})
 
 
 class LeadWorker:
-    """Declares the topology on a Faust app: one agent, one table, one timer."""
-
     def __init__(
         self,
         settings: Settings,
@@ -64,132 +98,289 @@ class LeadWorker:
         metrics: Metrics | None = None,
         registry: SchemaRegistry | None = None,
         scan_interval_s: float = 2.0,
+        erasures: ErasureSource | None = None,
     ) -> None:
         self.settings = settings
         self.rules = rules
         self.metrics = metrics
         self.registry = registry or default_registry()
-        self.app = app = create_app(settings)
-
-        def raw_topic(*names: str) -> faust.TopicT:
-            return app.topic(*names, key_serializer="raw", value_serializer="raw")
-
-        self.identity_topic = raw_topic(settings.topic(IDENTITY_TOPIC))
-        self.inputs = raw_topic(*[settings.topic(s.name) for s in INPUTS], settings.topic(IDENTITY_TOPIC))
-        self.outputs = {
-            schema: raw_topic(settings.topic(spec.name))
-            for schema, spec in BY_SCHEMA.items()
-            if spec.role == "output"
-        }
-        self.dlq = raw_topic(settings.topic(DLQ.name))
-        self.table = app.Table(
-            "lead-state",
-            default=None,
-            partitions=INPUT_PARTITIONS,
-            use_partitioner=True,
-            key_type=bytes,
-            value_type=bytes,
-        )
+        self.scan_interval_s = scan_interval_s
+        self.erasures = erasures
+        self.store = LeadStore()
         self.lock = asyncio.Lock()
-        self.deadlines: dict[bytes, int] = {}  # key -> next timer due (wall clock ms), rebuilt on assignment
-        self.deadlines_stale = True
-        self.ops_runner: Any = None
+        self.restoring = True
+        self.identity_topic = settings.topic(IDENTITY.name)
+        self.state_topic = settings.topic(LEAD_STATE.name)
+        self.dlq_topic = settings.topic(DLQ.name)
+        self.input_topics = [settings.topic(s.name) for s in INPUTS] + [self.identity_topic]
+        self.output_topics = {
+            schema: settings.topic(spec.name) for schema, spec in BY_SCHEMA.items() if spec.role == "output"
+        }
+        self.consumer: AIOKafkaConsumer | None = None
+        self.producer: AIOKafkaProducer | None = None
+        self.tansu = False
         # Event-time watermark for the SLA scan: the newest event time seen and when (wall clock) it was.
         self.watermark_ms: int | None = None
         self.watermark_seen_at_ms = 0
-        app.agent(self.inputs, name="leads")(self._agent)
-        app.timer(interval=scan_interval_s)(self._scan)
-        app.on_partitions_assigned.connect(self._on_assigned)
+        self._partitions_per_topic: dict[str, int] = {}
+        self._next_scan = 0.0
+        self._next_lag = 0.0
+        self.generation = 0  # assignments seen; a batch fetched under an older one is dropped
+        self.committed: dict[TopicPartition, int] = {}
 
-    # -- the stream ------------------------------------------------------------------------------------
+    # -- lifecycle -------------------------------------------------------------------------------------
 
-    async def _agent(self, stream: faust.StreamT[Any]) -> None:
-        async for events in stream.take_events(BATCH_MAX, within=BATCH_WITHIN_S):  # type: ignore[attr-defined]
-            async with self.lock:
-                await self.process_batch(events)
+    async def run(self, stop: asyncio.Event) -> None:
+        settings = self.settings
+        self.tansu = await asyncio.to_thread(is_tansu, settings)
+        await asyncio.to_thread(
+            create_topics, settings.bootstrap, settings.topic_prefix, TOPICS, kafka_client_config(settings)
+        )
+        security = aiokafka_client_config(settings)
+        self.producer = AIOKafkaProducer(
+            bootstrap_servers=settings.bootstrap,
+            acks="all",
+            linger_ms=5,
+            max_batch_size=512 * 1024,
+            max_request_size=8 * 1024 * 1024,
+            **security,
+        )
+        self.consumer = AIOKafkaConsumer(
+            bootstrap_servers=settings.bootstrap,
+            group_id=settings.topic_prefix + GROUP,
+            enable_auto_commit=False,
+            auto_offset_reset="earliest",
+            partition_assignment_strategy=(RangePartitionAssignor,),
+            session_timeout_ms=6000 if self.tansu else 30000,
+            heartbeat_interval_ms=1000 if self.tansu else 3000,
+            max_partition_fetch_bytes=4 * 1024 * 1024,
+            **security,
+        )
+        await self.producer.start()
+        try:
+            self.consumer.subscribe(self.input_topics, listener=_Rebalance(self))
+            await self.consumer.start()
+            try:
+                while not stop.is_set():
+                    await self.poll_once()
+            finally:
+                await self.consumer.stop()  # leaves the group: the partitions move at once
+        finally:
+            await self.producer.stop()
 
-    async def process_batch(self, events: Iterable[EventT[Any]]) -> None:
-        batch = BatchState()
+    async def poll_once(self) -> None:
+        assert self.consumer is not None
+        timeout = max(0.0, min(0.2, self._next_scan - time.monotonic()))
+        generation = self.generation
+        fetched = await self.consumer.getmany(timeout_ms=int(timeout * 1000), max_records=BATCH_MAX)
+        async with self.lock:
+            if self.erasures is not None:
+                await self.apply_erasures(self.erasures.drain_new())
+            if fetched and generation == self.generation:
+                # (after a rebalance the consumer re-fetches from the committed offsets; records fetched
+                # before it would be processed twice, and a poison record dead-lettered twice)
+                await self.process(fetched)
+            if time.monotonic() >= self._next_scan:
+                self._next_scan = time.monotonic() + self.scan_interval_s
+                await self.scan()
+            if self.metrics and time.monotonic() >= self._next_lag:
+                self._next_lag = time.monotonic() + 5.0
+                self._report_lag()
+
+    # -- restore -----------------------------------------------------------------------------------------
+
+    async def restore(self, partitions: set[int]) -> None:
+        """Load the owned partitions' states from the changelog, to its end, before processing them.
+
+        Every rebalance reloads everything: with eager rebalancing all partitions are revoked anyway, and
+        a partition kept across rebalances may have been owned by someone else in between."""
+        self.restoring = True
+        started = time.monotonic()
+        self.store = LeadStore()
+        self.store.partitions = set(partitions)
+        if partitions:
+            await self._read_changelog(partitions)
+        self.restoring = False
+        log.info(
+            "restored %d lead states of partitions %s in %.1f s",
+            len(self.store),
+            sorted(partitions),
+            time.monotonic() - started,
+        )
+
+    async def _read_changelog(self, partitions: set[int]) -> None:
+        consumer = AIOKafkaConsumer(
+            bootstrap_servers=self.settings.bootstrap,
+            group_id=None,
+            enable_auto_commit=False,
+            max_partition_fetch_bytes=8 * 1024 * 1024,
+            **aiokafka_client_config(self.settings),
+        )
+        await consumer.start()
+        try:
+            tps = [TopicPartition(self.state_topic, p) for p in sorted(partitions)]
+            consumer.assign(tps)
+            await consumer.seek_to_beginning(*tps)
+            ends = await end_offsets(consumer, self.settings.bootstrap, tps, self.tansu)
+            pending = {tp for tp in tps if ends[tp] > 0}
+            while pending:
+                got = await consumer.getmany(*pending, timeout_ms=500, max_records=20_000)
+                for tp, records in got.items():
+                    for r in records:
+                        self.store.restore(tp.partition, r.key, r.value, due_from_headers(r.headers))
+                for tp in list(pending):
+                    if await consumer.position(tp) >= ends[tp]:
+                        pending.discard(tp)
+        finally:
+            await consumer.stop()
+
+    # -- a batch -----------------------------------------------------------------------------------------
+
+    async def process(self, fetched: dict[TopicPartition, list[ConsumerRecord]]) -> None:
+        assert self.consumer is not None
+        owned = self.consumer.assignment()
+        parts = {tp: records for tp, records in fetched.items() if tp in owned and records}
+        if not parts:
+            return
+        batch = Batch()
         now = now_ms()
-        for event in events:
-            message = event.message
-            topic = message.topic
-            if self.metrics:
-                self.metrics.events_consumed.labels(topic=self._unprefixed(topic)).inc()
-            try:
-                schema, record = self.registry.decode(message.value or b"")
-            except SchemaError as exc:
-                await self._dead_letter(message, "decode", exc)
-                continue
-            event_time = record.get("event_time")
-            if isinstance(event_time, int) and (self.watermark_ms is None or event_time > self.watermark_ms):
-                self.watermark_ms, self.watermark_seen_at_ms = event_time, now
-            key = message.key or (lead_key(record) or "").encode()
-            if not key:
-                await self._dead_letter(
-                    message,
-                    "validate",
-                    ValueError(
-                        "lead_id: one of lead_id or anonymous_id is required (record has neither and no key)"
-                    ),
-                )
-                continue
-            state = self._get(batch, key)
-            try:
-                result = step(state, key.decode(), schema, record, self.rules, now)
-            except Exception as exc:  # a bug or a record the core rejects must not stop the partition
-                log.exception("core rejected %s[%s]@%s", topic, message.partition, message.offset)
-                await self._dead_letter(message, "process", exc)
-                continue
-            await self._apply(batch, key, result)
-            if self.metrics and message.timestamp:
-                self.metrics.event_to_score_seconds.observe(max(0.0, time.time() - message.timestamp))
-        await self._durable_outputs_then_write_back(batch)
+        # Across topics, take records in producer-timestamp order (within a partition, offset order is kept
+        # by merge): a follow-up is more often seen after the MQL it answers.
+        for record in heapq.merge(*parts.values(), key=_timestamp):
+            self._handle(record, batch, now)
+        await self._flush(batch)
+        await self._commit({tp: records[-1].offset + 1 for tp, records in parts.items()})
 
-    def _get(self, batch: BatchState, key: bytes) -> LeadState | None:
+    def _handle(self, message: ConsumerRecord, batch: Batch, now: int) -> None:
+        topic = message.topic
+        if self.metrics:
+            self.metrics.events_consumed.labels(topic=self._unprefixed(topic)).inc()
+        try:
+            schema, record = self.registry.decode(message.value or b"")
+        except SchemaError as exc:
+            self._dead_letter(batch, message, "decode", exc)
+            return
+        event_time = record.get("event_time")
+        if isinstance(event_time, int) and (self.watermark_ms is None or event_time > self.watermark_ms):
+            self.watermark_ms, self.watermark_seen_at_ms = event_time, now
+        key = message.key or (lead_key(record) or "").encode()
+        if not key:
+            reason = "lead_id: one of lead_id or anonymous_id is required (record has neither and no key)"
+            self._dead_letter(batch, message, "validate", ValueError(reason))
+            return
+        if self.erasures is not None and self._erased(key, record):
+            if self.metrics:
+                self.metrics.events_erased.labels(topic=self._unprefixed(topic)).inc()
+            return
+        home = self._home(key, topic)
+        if home != message.partition or not message.key:
+            # Keyed differently from the lead partitioning (no key, or another partitioner): route it to
+            # the lead's partition through the identity topic rather than split the lead's state.
+            batch.sends.append((self.identity_topic, key, message.value or b"", None))
+            return
+        state = self._get(batch, key, home)
+        try:
+            result = step(state, key.decode(), schema, record, self.rules, now)
+        except Exception as exc:  # a bug or a record the core rejects must not stop the partition
+            log.exception("core rejected %s[%s]@%s", topic, message.partition, message.offset)
+            self._dead_letter(batch, message, "process", exc)
+            return
+        self._apply(batch, key, home, result)
+        if self.metrics and message.timestamp:
+            self.metrics.event_to_score_seconds.observe(max(0.0, time.time() - message.timestamp / 1000))
+
+    def _erased(self, key: bytes, record: dict[str, Any]) -> bool:
+        assert self.erasures is not None
+        return (
+            self.erasures.is_erased(key.decode())
+            or self.erasures.is_erased(record.get("lead_id"))
+            or self.erasures.is_erased(record.get("anonymous_id"))
+        )
+
+    def _home(self, key: bytes, topic: str) -> int:
+        known = self.store.partition_of(key)
+        if known is not None:
+            return known
+        count = self._partitions_per_topic.get(topic)
+        if count is None:
+            assert self.consumer is not None
+            count = len(self.consumer.partitions_for_topic(topic) or ()) or 1
+            self._partitions_per_topic[topic] = count
+        partitions = list(range(count))
+        return int(_partition_of_key(key, partitions, partitions))
+
+    def _get(self, batch: Batch, key: bytes, home: int) -> LeadState | None:
         if key not in batch.states:
-            raw = self.table.get(key)
-            batch.states[key] = LeadState.from_bytes(raw) if raw else None
+            batch.states[key] = self.store.get(key)
+            batch.home[key] = home
         return batch.states[key]
 
-    async def _apply(self, batch: BatchState, key: bytes, result: StepResult) -> None:
+    def _apply(self, batch: Batch, key: bytes, home: int, result: StepResult) -> None:
         batch.states[key] = result.state
+        batch.home[key] = home
         if result.changed:
             batch.dirty.add(key)
         for output in result.outputs:
-            await self._emit(output)
+            value = self.registry.encode(output.schema, output.record)
+            batch.sends.append((self.output_topics[output.schema], output.key.encode(), value, None))
+            batch.counted.append(output)
         for forward in result.forwards:
             value = self.registry.encode(forward.schema, forward.event)
-            await self.identity_topic.send(key=forward.key.encode(), value=value)
+            batch.sends.append((self.identity_topic, forward.key.encode(), value, None))
 
-    async def _durable_outputs_then_write_back(self, batch: BatchState) -> None:
-        """Outputs first, flushed; state after. A crash in between replays the batch and re-sends the same
-        outputs (same deterministic ids, dropped downstream); the reverse order could store "seen" state
-        whose outputs never reached the broker, losing them."""
-        if batch.dirty:
-            await self.app.producer.flush()
-        self._write_back(batch)
+    def _dead_letter(self, batch: Batch, message: ConsumerRecord, stage: str, exc: BaseException) -> None:
+        record = dead_letter(
+            message.topic, message.partition, message.offset, message.key, message.value, stage, exc
+        )
+        batch.sends.append((self.dlq_topic, message.key, self.registry.encode("dead_letter", record), None))
+        if self.metrics:
+            topic = self._unprefixed(message.topic)
+            self.metrics.dlq_records.labels(source_topic=topic, stage=stage).inc()
+            self.metrics.events_invalid.labels(topic=topic, reason=type(exc).__name__).inc()
 
-    def _write_back(self, batch: BatchState) -> None:
+    async def _flush(self, batch: Batch) -> None:
+        """Outputs first, acknowledged; state after. The reverse order could store "seen" state whose
+        outputs never reached the broker, losing them on a crash."""
+        await self._send_all(batch.sends)
+        for output in batch.counted:
+            self._count(output)
+        writes = []
         for key in batch.dirty:
             state = batch.states[key]
             if state is None:
                 continue
-            self.table[key] = state.to_bytes()
             due = next_deadline(state, self.rules)
-            if due is None:
-                self.deadlines.pop(key, None)
-            else:
-                self.deadlines[key] = due
+            self.store.put(key, batch.home[key], state, due)
+            writes.append((self.state_topic, key, state.to_bytes(), due_header(due), batch.home[key]))
+        await self._send_state(writes)
 
-    async def _emit(self, output: Output) -> None:
-        topic = self.outputs[output.schema]
-        await topic.send(key=output.key.encode(), value=self.registry.encode(output.schema, output.record))
-        if self.metrics:
-            self._count(output)
+    async def _send_all(self, sends: Sequence[tuple[str, bytes | None, bytes, Any]]) -> None:
+        assert self.producer is not None
+        futures = [await self.producer.send(topic, value, key=key) for topic, key, value, _ in sends]
+        if futures:
+            await asyncio.gather(*futures)
+
+    async def _send_state(self, writes: Iterable[tuple[str, bytes, bytes | None, Any, int]]) -> None:
+        assert self.producer is not None
+        futures = [
+            await self.producer.send(topic, value, key=key, partition=partition, headers=headers)
+            for topic, key, value, headers, partition in writes
+        ]
+        if futures:
+            await asyncio.gather(*futures)
+
+    async def _commit(self, offsets: dict[TopicPartition, int]) -> None:
+        assert self.consumer is not None
+        try:
+            await self.consumer.commit(offsets)
+            self.committed.update(offsets)
+        except (CommitFailedError, IllegalStateError, KafkaError) as exc:
+            # The partitions moved: their next owner re-reads the batch; its state already has these events.
+            log.warning("offset commit refused (%s); the next owner re-reads the batch", exc)
 
     def _count(self, output: Output) -> None:
-        assert self.metrics is not None
+        if not self.metrics:
+            return
         record = output.record
         if output.schema == "lead_score":
             self.metrics.score_updates.inc()
@@ -202,48 +393,47 @@ class LeadWorker:
         elif output.schema == "sla_timeout":
             self.metrics.sla_events.labels(sla=record["sla"], level=record["level"]).inc()
 
-    async def _dead_letter(self, message: Any, stage: str, exc: BaseException) -> None:
-        record = dead_letter(
-            message.topic, message.partition, message.offset, message.key, message.value, stage, exc
-        )
-        await self.dlq.send(key=message.key, value=self.registry.encode("dead_letter", record))
-        if self.metrics:
-            topic = self._unprefixed(message.topic)
-            self.metrics.dlq_records.labels(source_topic=topic, stage=stage).inc()
-            self.metrics.events_invalid.labels(topic=topic, reason=type(exc).__name__).inc()
-
     def _unprefixed(self, topic: str) -> str:
         """Metric labels use catalogue names, so dashboards work whatever the prefix."""
         prefix = self.settings.topic_prefix
         return topic[len(prefix) :] if prefix and topic.startswith(prefix) else topic
 
-    # -- timers ----------------------------------------------------------------------------------------
+    # -- erasure -----------------------------------------------------------------------------------------
 
-    async def _on_assigned(self, *args: Any, **kwargs: Any) -> None:
-        self.deadlines_stale = True
-
-    async def _scan(self) -> None:
-        """Fire due SLA warnings/breaches and timed recycles; each fires once (the marker is in state)."""
-        if self.app.rebalancing or self.app.in_recovery:
-            return
-        async with self.lock:
-            now = self.timer_clock(now_ms())
-            if self.deadlines_stale:
-                self.deadlines = {}
-                for key, raw in list(self.table.items()):
-                    if raw:
-                        due = next_deadline(LeadState.from_bytes(raw), self.rules)
-                        if due is not None:
-                            self.deadlines[key] = due
-                self.deadlines_stale = False
-            batch = BatchState()
-            for key in [k for k, due in self.deadlines.items() if due <= now]:
-                state = self._get(batch, key)
-                if state is None:
-                    self.deadlines.pop(key, None)
+    async def apply_erasures(self, records: list[dict[str, Any]]) -> None:
+        """Drop an erased lead's states (lead and stitched anonymous ids) and tombstone them durably."""
+        writes = []
+        for record in records:
+            lead = self.store.get(record["lead_id"].encode())
+            aliases = lead.aliases if lead is not None else []
+            for identity in {record["lead_id"], *record.get("anonymous_ids", []), *aliases}:
+                key = identity.encode()
+                partition = self.store.partition_of(key)
+                if partition is None:
                     continue
-                await self._apply(batch, key, check_timers(state, self.rules, now))
-            await self._durable_outputs_then_write_back(batch)
+                self.store.delete(key)
+                writes.append((self.state_topic, key, None, None, partition))
+        await self._send_state(writes)
+
+    # -- timers ------------------------------------------------------------------------------------------
+
+    async def scan(self) -> None:
+        """Fire due SLA warnings/breaches and timed recycles; each fires once (the marker is in state)."""
+        if self.restoring:
+            return
+        now = self.timer_clock(now_ms())
+        batch = Batch()
+        for key in self.store.due(now):
+            home = self.store.partition_of(key)
+            state = self.store.get(key)
+            if state is None or home is None:
+                self.store.delete(key)
+                continue
+            self._get(batch, key, home)
+            self._apply(batch, key, home, check_timers(state, self.rules, now))
+            if key not in batch.dirty:  # nothing fired after all: do not look at it again until it is due
+                self.store.put(key, home, state, next_deadline(state, self.rules))
+        await self._flush(batch)
 
     def timer_clock(self, wall_ms: int) -> int:
         """The time SLA deadlines are compared with: the wall clock, held back while a backlog of older events
@@ -254,47 +444,60 @@ class LeadWorker:
             return wall_ms
         return min(wall_ms, self.watermark_ms + (wall_ms - self.watermark_seen_at_ms))
 
+    # -- ops ---------------------------------------------------------------------------------------------
+
+    def _report_lag(self) -> None:
+        assert self.consumer is not None and self.metrics is not None
+        for tp in self.consumer.assignment():
+            high = self.consumer.highwater(tp)
+            if high is None:
+                continue
+            committed = self.committed.get(tp, 0)
+            self.metrics.consumer_lag.labels(
+                group=GROUP, topic=self._unprefixed(tp.topic), partition=str(tp.partition)
+            ).set(max(0, high - committed))
+
     def ready(self) -> tuple[bool, dict[str, Any]]:
-        assigned = len(self.app.consumer.assignment()) if self.app.consumer else 0
-        ok = (
-            not self.app.rebalancing
-            and not self.app.in_recovery
-            and self.app.tables.recovery.completed.is_set()  # type: ignore[attr-defined]
-        )
-        return ok, {
-            "rebalancing": self.app.rebalancing,
-            "in_recovery": self.app.in_recovery,
+        assigned = len(self.consumer.assignment()) if self.consumer else 0
+        return (not self.restoring and assigned > 0), {
+            "restoring": self.restoring,
             "assigned_partitions": assigned,
+            "leads_in_memory": len(self.store),
         }
 
 
-def build_worker(settings: Settings, rules: Rules, metrics: Metrics) -> LeadWorker:
-    """The worker plus a task serving /metrics, /health and /ready on the web host/port."""
+def _timestamp(record: ConsumerRecord) -> int:
+    return int(record.timestamp or 0)
+
+
+async def serve_worker(settings: Settings, rules: Rules, metrics: Metrics, stop: asyncio.Event) -> None:
+    """The worker plus /metrics, /health and /ready on the web host/port, until ``stop`` is set."""
     from streams.web import start_ops_server
 
     worker = LeadWorker(settings, rules, metrics)
-
-    @worker.app.task  # type: ignore[untyped-decorator]
-    async def serve_ops() -> None:
-        worker.ops_runner = await start_ops_server(
-            settings.web_host, settings.web_port, metrics.registry, worker.ready
-        )
-        log.info(
-            "ops endpoints on http://%s:%s (/metrics /health /ready)", settings.web_host, settings.web_port
-        )
-
-    return worker
+    runner = await start_ops_server(settings.web_host, settings.web_port, metrics.registry, worker.ready)
+    log.info("ops endpoints on http://%s:%s (/metrics /health /ready)", settings.web_host, settings.web_port)
+    try:
+        await worker.run(stop)
+    finally:
+        await runner.cleanup()
 
 
 def run_worker(settings: Settings, rules: Rules, loglevel: str = "info") -> None:
-    """Run until SIGINT/SIGTERM (Faust's worker handles both and shuts down cleanly)."""
+    """Run until SIGINT/SIGTERM, then finish the batch in flight, commit and leave the group."""
     from prometheus_client import CollectorRegistry
 
-    worker = build_worker(
-        settings, rules, Metrics(CollectorRegistry(), component="worker", process_metrics=True)
+    logging.basicConfig(
+        level=loglevel.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s", force=True
     )
-    faust_worker = faust.Worker(worker.app, loglevel=loglevel, quiet=True, redirect_stdouts=False)
-    # Faust's terminal spinner sets the root logger to DEBUG below INFO, making every aiokafka debug call
-    # build a log record (measured: ~13% of a worker's CPU at LEADPULSE_LOG_LEVEL=WARNING).
-    faust_worker.spinner = None
-    faust_worker.execute_from_commandline()
+    logging.getLogger("aiokafka").setLevel(max(logging.WARNING, logging.getLogger().level))
+    metrics = Metrics(CollectorRegistry(), component="worker", process_metrics=True)
+
+    async def main() -> None:
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, stop.set)
+        await serve_worker(settings, rules, metrics, stop)
+
+    asyncio.run(main())

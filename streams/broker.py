@@ -17,6 +17,7 @@ import time
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from kafka import KafkaAdminClient
 from kafka.admin import NewTopic
@@ -206,6 +207,17 @@ def kafka_client_config(settings: Settings) -> dict[str, object]:
             config["sasl_plain_password"] = settings.kafka_sasl_password.get_secret_value()
     if settings.kafka_ssl_cafile:
         config["ssl_cafile"] = str(settings.kafka_ssl_cafile)
+    return config
+
+
+def aiokafka_client_config(settings: Settings) -> dict[str, Any]:
+    """The same security settings in aiokafka's spelling (it takes an SSL context, not a CA file name)."""
+    keep = ("security_protocol", "sasl_mechanism", "sasl_plain_username", "sasl_plain_password")
+    config: dict[str, Any] = {k: v for k, v in kafka_client_config(settings).items() if k in keep}
+    if settings.kafka_ssl_cafile is not None:
+        from aiokafka.helpers import create_ssl_context
+
+        config["ssl_context"] = create_ssl_context(cafile=str(settings.kafka_ssl_cafile))
     return config
 
 

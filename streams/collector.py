@@ -162,11 +162,6 @@ def aiokafka_security(settings: Settings) -> dict[str, Any]:
     return config
 
 
-def default_server_sources(sources: Sequence[str]) -> frozenset[str]:
-    """Sources allowed to send ``sales_activity``: by convention write keys named ``crm*`` (see docs)."""
-    return frozenset(s for s in sources if s.lower().startswith("crm"))
-
-
 def _error(status: int, code: str, message: str, **headers: str) -> web.Response:
     return web.json_response({"error": code, "message": message}, status=status, headers=headers or None)
 
@@ -193,9 +188,8 @@ class Collector:
         self.publisher: Publisher = publisher or AioKafkaPublisher(settings)
         self.allowed_origin = allowed_origin
         self.keys = {source: key.get_secret_value().encode() for source, key in settings.write_keys.items()}
-        self.server_sources = (
-            default_server_sources(list(self.keys)) if server_sources is None else server_sources
-        )
+        # Sources that may send server-side types: LEADPULSE_CRM_WRITE_KEY_SOURCES (see docs/ingestion.md).
+        self.server_sources = settings.crm_sources if server_sources is None else server_sources
         self.clock = clock
         self.started = False
         self.last_publish_error: str | None = None

@@ -96,6 +96,12 @@ class Metrics:
             ["topic", "reason"],
             registry=r,
         )
+        self.events_erased = Counter(
+            "leadpulse_events_erased_total",
+            "Input records dropped because their lead was erased with `leadpulse forget`.",
+            ["topic"],
+            registry=r,
+        )
         self.event_to_score_seconds = Histogram(
             "leadpulse_event_to_score_seconds",
             "Seconds from a record's Kafka timestamp to the lead_score it produced (arrival to output, not "

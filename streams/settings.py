@@ -9,7 +9,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import Field, SecretStr, ValidationError, field_validator
+from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 ENV_PREFIX = "LEADPULSE_"
@@ -52,6 +52,9 @@ class Settings(BaseSettings):
 
     # Collector write keys: JSON object {"source name": "key"}; webhook targets and signing secret.
     write_keys: dict[str, SecretStr] = Field(default_factory=dict)
+    # Write-key sources allowed to send server-side types (``sales_activity``): a JSON list of names from
+    # write_keys. Unset = the historical convention, every source whose name starts with "crm".
+    crm_write_key_sources: list[str] | None = None
     webhook_urls: list[str] = Field(default_factory=list)
     slack_webhook_urls: list[str] = Field(default_factory=list)
     webhook_secret: SecretStr | None = None
@@ -79,6 +82,30 @@ class Settings(BaseSettings):
         if not value.startswith(("chdb://", "http://", "https://", "clickhouse://", "clickhouses://")):
             raise ValueError(f"expected a chdb://, http:// or https:// DSN, got {value!r}")
         return value
+
+    @model_validator(mode="after")
+    def _crm_sources_have_keys(self) -> Settings:
+        """A CRM source without a write key is a typo that would silently refuse the CRM's activities.
+
+        Checked only when write keys are configured: processes other than the collector do not need them.
+        """
+        if self.crm_write_key_sources and self.write_keys:
+            unknown = [s for s in self.crm_write_key_sources if s not in self.write_keys]
+            if unknown:
+                names = ", ".join(repr(s) for s in unknown)
+                known = ", ".join(sorted(self.write_keys))
+                raise ValueError(
+                    f"{ENV_PREFIX}CRM_WRITE_KEY_SOURCES: {names} is not a source in "
+                    f"{ENV_PREFIX}WRITE_KEYS (sources: {known}); add its write key or remove it from the list"
+                )
+        return self
+
+    @property
+    def crm_sources(self) -> frozenset[str]:
+        """Write-key sources that may send ``sales_activity`` (see ``crm_write_key_sources``)."""
+        if self.crm_write_key_sources is not None:
+            return frozenset(self.crm_write_key_sources)
+        return frozenset(s for s in self.write_keys if s.lower().startswith("crm"))
 
     @property
     def embedded_broker(self) -> bool:
@@ -111,6 +138,8 @@ def load_settings(**overrides: Any) -> Settings:
     except ValidationError as exc:
         problems = []
         for err in exc.errors():
-            field = str(err["loc"][0]) if err["loc"] else "?"
-            problems.append(f"{ENV_PREFIX}{field.upper()}: {err['msg']}")
+            if not err["loc"]:  # a check across fields: its message names the variables itself
+                problems.append(str(err["msg"]).removeprefix("Value error, "))
+                continue
+            problems.append(f"{ENV_PREFIX}{str(err['loc'][0]).upper()}: {err['msg']}")
         raise SettingsError("invalid settings: " + "; ".join(problems)) from None

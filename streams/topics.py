@@ -44,6 +44,14 @@ DLQ = TopicSpec("dlq", "dead_letter", "dlq", partitions=4)
 # Worker-internal hop of the identity stitch (alias instructions and forwarded anonymous events, any input
 # schema, keyed by the target identity). Not part of the contract; co-partitioned with the inputs.
 IDENTITY = TopicSpec("leadpulse.internal.identity", "", "internal", retention_ms=7 * DAY_MS)
+# The worker's durable lead state (one record per lead, latest wins; tombstones on erasure). Restored into
+# memory for the partitions a worker is assigned; partition = input partition of the lead.
+LEAD_STATE = TopicSpec("leadpulse.internal.lead_state", "", "internal", compacted=True, retention_ms=None)
+# Erasure log written by `leadpulse forget` (keyed by lead_id, value `lead_erased`): every worker and sink
+# reads all of it, so one partition; kept forever so a replay of history cannot bring an erased lead back.
+ERASURES = TopicSpec(
+    "leadpulse.internal.erasures", "lead_erased", "internal", partitions=1, compacted=True, retention_ms=None
+)
 
 TOPICS: tuple[TopicSpec, ...] = (
     WEB_VISITS,
@@ -58,6 +66,8 @@ TOPICS: tuple[TopicSpec, ...] = (
     HOT_LEADS,
     DLQ,
     IDENTITY,
+    LEAD_STATE,
+    ERASURES,
 )
 INPUTS: tuple[TopicSpec, ...] = tuple(t for t in TOPICS if t.role == "input")
 OUTPUTS: tuple[TopicSpec, ...] = tuple(t for t in TOPICS if t.role == "output")

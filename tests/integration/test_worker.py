@@ -1,4 +1,4 @@
-"""The Faust worker against the real local broker: a scripted scenario, then kill -9 and recovery."""
+"""The lead worker against the real local broker: a scripted scenario, then kill -9 and recovery."""
 
 from __future__ import annotations
 
@@ -250,14 +250,6 @@ def _oracle(events: list[dict[str, Any]], now: int) -> dict[str, Any]:
     return {"emitted": emitted, "states": states}
 
 
-@pytest.mark.xfail(
-    strict=False,
-    reason="known bug, under investigation: a worker restarted after kill -9 with committed offsets skips "
-    "one contiguous run of input records in every partition (same length in each, ~35 records after "
-    "the committed offset; records never reach the agent), so some scores/SLA clocks differ from the "
-    "oracle. Not Tansu's ListOffsets bug (fixed, see test_tansu_compat) nor mid-batch fetches (checked). "
-    "Suspect Faust's consumer flow control around recovery/seek. See the session note on issue #3.",
-)
 def test_worker_killed_mid_stream_recovers_without_losing_or_duplicating_outputs(
     broker: EmbeddedBroker, broker_settings: Settings, tmp_path: Path
 ) -> None:
@@ -323,7 +315,7 @@ def test_worker_killed_mid_stream_recovers_without_losing_or_duplicating_outputs
         assert final[lead]["stage"] == state.stage, lead
     assert out.get("dead_letter", []) == []
     # the state itself: the newest changelog entry of every lead equals the oracle's (same events seen)
-    changelog = broker_settings.topic("leadpulse-worker-lead-state-changelog")
+    changelog = broker_settings.topic("leadpulse.internal.lead_state")
     stored: dict[str, LeadState] = {}
     for message in raw_messages(broker_settings, changelog):
         stored[message.key.decode()] = LeadState.from_bytes(message.value)

@@ -56,3 +56,36 @@ def test_secrets_do_not_appear_in_repr(monkeypatch: pytest.MonkeyPatch) -> None:
     assert "hunter2-secret" not in repr(settings) and "hunter2-secret" not in str(settings.model_dump())
     assert "wk-very-secret" not in repr(settings)
     assert settings.write_keys["site"].get_secret_value() == "wk-very-secret"
+
+
+def test_crm_sources_default_to_write_keys_named_crm(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("LEADPULSE_CRM_WRITE_KEY_SOURCES", raising=False)
+    monkeypatch.setenv("LEADPULSE_WRITE_KEYS", '{"web": "k1", "crm": "k2", "CRM-hubspot": "k3"}')
+    assert load_settings().crm_sources == frozenset({"crm", "CRM-hubspot"})
+
+
+def test_explicit_crm_sources_replace_the_naming_convention(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("LEADPULSE_WRITE_KEYS", '{"web": "k1", "crm": "k2", "backoffice": "k3"}')
+    monkeypatch.setenv("LEADPULSE_CRM_WRITE_KEY_SOURCES", '["backoffice"]')
+    assert load_settings().crm_sources == frozenset({"backoffice"})
+    monkeypatch.setenv("LEADPULSE_CRM_WRITE_KEY_SOURCES", "[]")
+    assert load_settings().crm_sources == frozenset()  # nobody may send sales_activity
+
+
+def test_a_crm_source_without_a_write_key_is_refused_naming_it(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("LEADPULSE_WRITE_KEYS", '{"web": "k1", "crm": "k2"}')
+    monkeypatch.setenv("LEADPULSE_CRM_WRITE_KEY_SOURCES", '["crm", "salesforce"]')
+    with pytest.raises(SettingsError) as caught:
+        load_settings()
+    message = str(caught.value)
+    assert "LEADPULSE_CRM_WRITE_KEY_SOURCES" in message and "'salesforce'" in message
+    assert "'crm'" not in message.split("(sources")[0]  # only the unknown one is named
+    assert "k1" not in message and "k2" not in message  # key values never shown
+
+
+def test_crm_sources_are_not_checked_by_processes_without_write_keys(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.delenv("LEADPULSE_WRITE_KEYS", raising=False)
+    monkeypatch.setenv("LEADPULSE_CRM_WRITE_KEY_SOURCES", '["salesforce"]')
+    assert load_settings().crm_sources == frozenset({"salesforce"})

@@ -1,0 +1,95 @@
+"""The lead states of the partitions one worker owns: in memory, restored from and written to a changelog.
+
+Why not decode on restore: a restart restores every lead of its partitions, but a batch touches few of them.
+Entries stay as the changelog's bytes until a batch or the SLA scan needs them; the scan finds due leads
+from the ``due`` header written next to each state, so it never decodes a lead with nothing pending.
+
+Pure: no Kafka here. The worker feeds ``restore`` from the changelog topic and writes what
+``changelog_records`` returns.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+from agents.state import LeadState
+
+DUE_HEADER = "due"
+
+
+def due_header(due: int | None) -> list[tuple[str, bytes]]:
+    return [] if due is None else [(DUE_HEADER, str(due).encode())]
+
+
+def due_from_headers(headers: Iterable[tuple[str, bytes]] | None) -> int | None:
+    for name, value in headers or ():
+        if name == DUE_HEADER:
+            return int(value)
+    return None
+
+
+@dataclass(slots=True)
+class Entry:
+    partition: int
+    raw: bytes | None  # changelog bytes, dropped once decoded (the state may change afterwards)
+    state: LeadState | None
+
+
+class LeadStore:
+    """Key (lead identity bytes) → state, for the owned partitions; plus the next SLA deadline per key."""
+
+    def __init__(self) -> None:
+        self._entries: dict[bytes, Entry] = {}
+        self.deadlines: dict[bytes, int] = {}
+        self.partitions: set[int] = set()
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+    def __contains__(self, key: bytes) -> bool:
+        return key in self._entries
+
+    def partition_of(self, key: bytes) -> int | None:
+        entry = self._entries.get(key)
+        return None if entry is None else entry.partition
+
+    def restore(self, partition: int, key: bytes, value: bytes | None, due: int | None) -> None:
+        """Apply one changelog record (latest wins; ``None`` is a tombstone)."""
+        if value is None:
+            self.delete(key)
+            return
+        self._entries[key] = Entry(partition, value, None)
+        if due is None:
+            self.deadlines.pop(key, None)
+        else:
+            self.deadlines[key] = due
+
+    def get(self, key: bytes) -> LeadState | None:
+        entry = self._entries.get(key)
+        if entry is None:
+            return None
+        if entry.state is None and entry.raw is not None:
+            entry.state, entry.raw = LeadState.from_bytes(entry.raw), None
+        return entry.state
+
+    def put(self, key: bytes, partition: int, state: LeadState, due: int | None) -> None:
+        self._entries[key] = Entry(partition, None, state)
+        if due is None:
+            self.deadlines.pop(key, None)
+        else:
+            self.deadlines[key] = due
+
+    def delete(self, key: bytes) -> None:
+        self._entries.pop(key, None)
+        self.deadlines.pop(key, None)
+
+    def due(self, now_ms: int) -> list[bytes]:
+        return [key for key, due in self.deadlines.items() if due <= now_ms]
+
+    def keep_only(self, partitions: set[int]) -> None:
+        """Forget partitions this worker no longer owns (their new owner restores them)."""
+        gone = [k for k, e in self._entries.items() if e.partition not in partitions]
+        for key in gone:
+            self.delete(key)
+        self.partitions = self.partitions & partitions
