@@ -195,7 +195,9 @@ class SchemaRegistry:
         if expect is not None and reader.name != expect:
             raise SchemaValidationError(expect, [FieldError("<record>", f"got a {reader.name} record")])
         try:
-            record = fastavro.schemaless_reader(io.BytesIO(data[HEADER_LEN:]), writer.parsed, reader.parsed)
+            # same schema on both sides (the common case): skip fastavro's resolution pass (~20% faster)
+            resolve_to = None if reader is writer else reader.parsed
+            record = fastavro.schemaless_reader(io.BytesIO(data[HEADER_LEN:]), writer.parsed, resolve_to)
         except Exception as exc:  # fastavro raises many types on corrupt bodies; all mean "bad bytes"
             raise WireFormatError(f"corrupt {writer.name} body: {type(exc).__name__}: {exc}") from exc
         if not isinstance(record, dict):

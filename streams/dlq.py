@@ -27,6 +27,10 @@ from streams.topics import BY_NAME, DLQ
 STAGES = ("decode", "validate", "process", "sink", "webhook", "collector")
 
 
+#: Largest original value copied into a dead letter (brokers default to 1 MB messages).
+MAX_VALUE_BYTES = 256 * 1024
+
+
 def dead_letter(
     topic: str,
     partition: int,
@@ -56,6 +60,10 @@ def dead_letter(
             event_id = None
     error_type = error if isinstance(error, str) else type(error).__name__
     message = error if isinstance(error, str) else (str(error) or error_type)
+    if value is not None and len(value) > MAX_VALUE_BYTES:
+        # keep the dead letter itself under the broker's message size; the original stays at its offset
+        message = f"{message[:3000]} [value truncated to {MAX_VALUE_BYTES} of {len(value)} bytes]"
+        value = value[:MAX_VALUE_BYTES]
     return {
         "source_topic": topic,
         "partition": int(partition),
