@@ -140,14 +140,16 @@ class Workload:
     expected_events: int = 200_000  # sizes the populations and spreads event time over ``span_days``
     now_ms: int = field(default_factory=lambda: int(time.time() * 1000))
     span_days: float = 10.0
+    population: int | None = None  # leads (visitors: 40% of it); default grows with expected_events
     rng: random.Random = field(init=False)
     produced: int = field(default=0, init=False)
     _recent: list[tuple[str, dict[str, Any]]] = field(default_factory=list, init=False)
 
     def __post_init__(self) -> None:
         self.rng = random.Random(self.seed)
-        self.leads = [f"L{self.seed}-{i}" for i in range(max(20, self.expected_events // 10))]
-        visitors = max(10, self.expected_events // 25)
+        leads = self.population or max(20, self.expected_events // 10)
+        self.leads = [f"L{self.seed}-{i}" for i in range(leads)]
+        visitors = max(10, leads * 2 // 5)
         self.lead_weights = zipf_cum_weights(len(self.leads))
         self.visitor_weights = zipf_cum_weights(visitors)
         self.visitors = []

@@ -37,5 +37,16 @@ def bench_collector(events: int = typer.Option(40_000, min=1000)) -> None:
     run_collector_bench(events=events)
 
 
+@bench_app.command("soak", help="Worker RSS over >= 1M events from a fixed lead population.")
+def bench_soak(
+    events: int = typer.Option(1_000_000, min=10_000),
+    leads: int = typer.Option(10_000, min=100),
+    chunk: int = typer.Option(50_000, min=1000),
+) -> None:
+    from bench.soak import run_soak
+
+    run_soak(events, leads, chunk)
+
+
 def register(app: typer.Typer) -> None:
     app.add_typer(bench_app, name="bench")
