@@ -91,3 +91,22 @@ def read_topic(
                     return
     finally:
         consumer.close()
+
+
+def read_input_history(
+    settings: Settings, topics: list[str], skipped: list[Undecodable] | None = None
+) -> list[tuple[str, dict[str, Any]]]:
+    """``(schema, record)`` of every decodable record on the given (prefixed) topics, in event-time order.
+
+    Why event-time order: records of one lead on different topics have no common offset order; the worker
+    sees them in arrival order and the core scores by event time, so event time is the faithful replay.
+    Undecodable records (already dead-lettered by the worker) are appended to ``skipped``."""
+    events: list[tuple[str, dict[str, Any]]] = []
+    for topic in topics:
+        for item in read_topic(settings, topic, idle_ms=500):
+            if isinstance(item, Decoded):
+                events.append((item.schema, item.record))
+            elif skipped is not None:
+                skipped.append(item)
+    events.sort(key=lambda e: int(e[1].get("event_time") or 0))
+    return events

@@ -1,4 +1,7 @@
-"""CLI command: ``leadpulse rescore --rules NEW.yaml --dry-run FILE`` (DESIGN §3, safe re-scoring).
+"""CLI command: ``leadpulse rescore --rules NEW.yaml --dry-run FILE_OR_TOPIC`` (DESIGN §3, safe re-scoring).
+
+The history is a JSONL file, one input topic (``events.web_visits``, ...) or ``inputs`` (all six input topics
+of the configured broker and prefix), replayed in event-time order.
 
 Thin: parses arguments, loads both rule sets and the history, calls ``agents.rescore.rescore`` and prints.
 Only ``--dry-run`` exists: applying new rules to live leads is the worker's job (restart it with the new
@@ -11,6 +14,7 @@ import json
 import time
 from enum import StrEnum
 from pathlib import Path
+from typing import Any
 
 import typer
 from rich.console import Console
@@ -19,6 +23,7 @@ from rich.table import Table
 from agents.rescore import HistoryError, RescoreReport, read_history, rescore
 from agents.rules import RulesError, load_rules
 from schemas.registry import to_millis
+from streams.topics import INPUTS
 
 
 class Format(StrEnum):
@@ -40,11 +45,44 @@ def render_table(report: RescoreReport, console: Console) -> None:
     console.print(table)
 
 
+def _history(source: str) -> Any:
+    """Events of a file, or of input topics read from the configured broker (nothing is consumed)."""
+    path = Path(source)
+    if path.is_file():
+        return read_history(path)
+    names = [t.name for t in INPUTS] if source == "inputs" else [source]
+    unknown = [n for n in names if n not in {t.name for t in INPUTS}]
+    if unknown:
+        raise HistoryError(
+            f"history: {source!r} is neither a file nor an input topic; use a JSONL file, 'inputs' or one "
+            f"of {', '.join(t.name for t in INPUTS)}"
+        )
+    from streams.broker import port_open
+    from streams.reader import read_input_history
+    from streams.settings import load_settings
+
+    settings = load_settings()
+    if settings.embedded_broker and not port_open(settings.broker_host, settings.broker_port):
+        raise HistoryError(
+            f"history: reading topics needs a running broker; none at {settings.bootstrap} (start "
+            "`leadpulse broker`, or set LEADPULSE_KAFKA_BOOTSTRAP)"
+        )
+    skipped: list[Any] = []
+    events = read_input_history(settings, [settings.topic(n) for n in names], skipped)
+    if skipped:
+        typer.echo(
+            f"leadpulse rescore: skipped {len(skipped)} undecodable records (see the dlq topic)", err=True
+        )
+    return events
+
+
 def register(app: typer.Typer) -> None:
     @app.command("rescore", help="Replay history with new rules and show who would change stage or band.")
     def rescore_cmd(
-        history: Path = typer.Argument(
-            ..., exists=True, dir_okay=False, help='JSONL history: one {"type": schema, ...fields} per line'
+        history: str = typer.Argument(
+            ...,
+            help='JSONL file (one {"type": schema, ...fields} per line), an input topic name such as '
+            "events.web_visits, or 'inputs' for all six input topics",
         ),
         rules: Path = typer.Option(..., "--rules", exists=True, dir_okay=False, help="The new rules YAML"),
         old_rules: Path | None = typer.Option(
@@ -71,7 +109,7 @@ def register(app: typer.Typer) -> None:
             old = load_rules(old_rules)
             new = load_rules(rules)
             now_ms = to_millis(int(now) if now and now.isdigit() else now) if now else int(time.time() * 1000)
-            report = rescore(read_history(history), old, new, now_ms)
+            report = rescore(_history(history), old, new, now_ms)
         except (RulesError, HistoryError, ValueError) as exc:
             typer.echo(f"leadpulse rescore: {exc}", err=True)
             raise typer.Exit(code=2) from None
