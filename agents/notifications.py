@@ -26,7 +26,13 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRebalanceListen
 from prometheus_client import CollectorRegistry
 
 from schemas.registry import SchemaError, SchemaRegistry, default_registry
-from sinks.webhook import RetryPolicy, WebhookSender, WebhookTarget, targets_from_settings
+from sinks.webhook import (
+    RetryPolicy,
+    WebhookSender,
+    WebhookTarget,
+    policy_from_settings,
+    targets_from_settings,
+)
 from streams.collector import aiokafka_security
 from streams.dlq import dead_letter, encode_dead_letter
 from streams.metrics import Metrics
@@ -125,7 +131,7 @@ class Notifier:
         registry: SchemaRegistry | None = None,
         policy: RetryPolicy | None = None,
         group_id: str = GROUP_ID,
-        concurrency: int = 4,
+        concurrency: int | None = None,
         queue_size: int = 10_000,
         commit_interval_s: float = 0.5,
         bootstrap: str | None = None,
@@ -139,9 +145,9 @@ class Notifier:
             )
         self.metrics = metrics or Metrics(CollectorRegistry(), component="notifier")
         self.registry = registry or default_registry()
-        self.policy = policy or RetryPolicy()
+        self.policy = policy or policy_from_settings(settings)
         self.group_id = group_id
-        self.concurrency = concurrency
+        self.concurrency = concurrency if concurrency is not None else settings.webhook_concurrency
         self.commit_interval_s = commit_interval_s
         self.bootstrap = bootstrap or settings.bootstrap
         self.lanes = [Lane(t, queue_size) for t in self.targets]

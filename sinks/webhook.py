@@ -175,6 +175,16 @@ class RetryPolicy:
         return ceiling / 2 + rnd.uniform(0, ceiling / 2)
 
 
+def policy_from_settings(settings: Settings) -> RetryPolicy:
+    """The policy of ``LEADPULSE_WEBHOOK_MAX_ATTEMPTS``, ``_TIMEOUT_S``, ``_BACKOFF_BASE_S``, ``_CAP_S``."""
+    return RetryPolicy(
+        max_attempts=settings.webhook_max_attempts,
+        base_s=settings.webhook_backoff_base_s,
+        cap_s=settings.webhook_backoff_cap_s,
+        timeout_s=settings.webhook_timeout_s,
+    )
+
+
 @dataclass(frozen=True)
 class DeliveryResult:
     target: WebhookTarget

@@ -57,12 +57,25 @@ class Publisher(Protocol):
 
 
 class AioKafkaPublisher:
-    """aiokafka producer: native asyncio, measured faster than bridging kafka-python futures (see bench)."""
+    """aiokafka producer: native asyncio, measured faster than bridging kafka-python futures (see bench).
 
-    def __init__(self, settings: Settings, bootstrap: str | None = None, linger_ms: int = 5) -> None:
+    Why a publish timeout: with the broker unreachable aiokafka would hold a request for its default 40 s
+    before failing. ``LEADPULSE_COLLECTOR_PUBLISH_TIMEOUT_S`` bounds the wait, and the producer's own
+    request timeout (which also expires queued batches) is set to the same value, so a 503 comes back in
+    time for the client to retry, and events of a failed request are not sent much later behind its back.
+    """
+
+    def __init__(
+        self,
+        settings: Settings,
+        bootstrap: str | None = None,
+        linger_ms: int = 5,
+        timeout_s: float | None = None,
+    ) -> None:
         self.settings = settings
         self.bootstrap = bootstrap or settings.bootstrap
         self.linger_ms = linger_ms
+        self.timeout_s = settings.collector_publish_timeout_s if timeout_s is None else timeout_s
         self._producer: Any = None
 
     async def start(self) -> None:
@@ -74,17 +87,24 @@ class AioKafkaPublisher:
             linger_ms=self.linger_ms,
             max_batch_size=256 * 1024,
             enable_idempotence=False,  # idempotence fails on Tansu (DESIGN §11)
+            request_timeout_ms=int(self.timeout_s * 1000),
             **aiokafka_security(self.settings),
         )
         await self._producer.start()
 
     async def publish(self, messages: Sequence[Message]) -> None:
         try:
-            futures = [
-                await self._producer.send(topic, value=value, key=key) for topic, key, value in messages
-            ]
-            await asyncio.gather(*futures)
-        except Exception as exc:  # aiokafka raises KafkaError subclasses and asyncio timeouts
+            async with asyncio.timeout(self.timeout_s):
+                futures = [
+                    await self._producer.send(topic, value=value, key=key) for topic, key, value in messages
+                ]
+                await asyncio.gather(*futures)
+        except TimeoutError as exc:
+            raise PublishError(
+                f"broker {self.bootstrap} did not acknowledge within {self.timeout_s:g} s "
+                "(LEADPULSE_COLLECTOR_PUBLISH_TIMEOUT_S)"
+            ) from exc
+        except Exception as exc:  # aiokafka raises KafkaError subclasses
             raise PublishError(
                 f"broker {self.bootstrap} did not acknowledge: {type(exc).__name__}: {exc}"
             ) from exc
@@ -325,7 +345,8 @@ class Collector:
                 return _error(
                     503,
                     "broker_unavailable",
-                    f"{exc}; nothing was accepted, retry the request",
+                    f"{exc}; the request was not accepted, retry it with the same event_ids "
+                    "(duplicates are removed downstream)",
                     **{"Retry-After": "5"},
                 )
             for accepted in outcome.accepted:

@@ -25,13 +25,20 @@ from streams.topics import BY_NAME, BY_SCHEMA, TopicSpec
 
 
 class DeliveryError(Exception):
-    """The broker did not acknowledge some records; ``failures`` lists (topic, key, error)."""
+    """The broker did not acknowledge some records; ``failures`` lists (topic, key, error) and
+    ``event_ids`` their event ids in the same order (None for records sent without one), so a caller can
+    re-send exactly those: a re-sent event is deduplicated downstream by its ``event_id``."""
 
-    def __init__(self, failures: list[tuple[str, str | None, str]]) -> None:
+    def __init__(
+        self, failures: list[tuple[str, str | None, str]], event_ids: list[str | None] | None = None
+    ) -> None:
         self.failures = failures
+        self.event_ids: list[str | None] = event_ids if event_ids is not None else [None] * len(failures)
         first = failures[0]
+        shown = self.event_ids[0]
         super().__init__(
-            f"{len(failures)} record(s) not delivered; first: topic {first[0]} key {first[1]}: {first[2]}"
+            f"{len(failures)} record(s) not acknowledged by the broker, re-send them; first: topic "
+            f"{first[0]} key {first[1]}" + (f" event_id {shown}" if shown else "") + f": {first[2]}"
         )
 
 
@@ -79,6 +86,7 @@ class Producer:
         self._producer = KafkaProducer(**config)
         self._lock = threading.Lock()
         self._failures: list[tuple[str, str | None, str]] = []
+        self._failed_ids: list[str | None] = []
         self.sent = 0
 
     def send(
@@ -94,26 +102,47 @@ class Producer:
         if validate:
             record = self.registry.validate(spec.schema, record)
         value = self.registry.encode(spec.schema, record)
-        return self.send_encoded(self.settings.topic(spec.name), lead_key(record), value)
+        event_id = record.get("event_id")
+        return self.send_encoded(
+            self.settings.topic(spec.name),
+            lead_key(record),
+            value,
+            event_id=event_id if isinstance(event_id, str) else None,
+        )
 
-    def send_encoded(self, topic: str, key: str | bytes | None, value: bytes | None) -> FutureRecordMetadata:
+    def send_encoded(
+        self,
+        topic: str,
+        key: str | bytes | None,
+        value: bytes | None,
+        *,
+        event_id: str | None = None,
+    ) -> FutureRecordMetadata:
         key_bytes = key.encode() if isinstance(key, str) else key
         future = self._producer.send(topic, key=key_bytes, value=value)
-        future.add_errback(self._record_failure, topic, key)
+        future.add_errback(self._record_failure, topic, key, event_id)
         self.sent += 1
         return future
 
-    def _record_failure(self, exc: BaseException, topic: str, key: str | bytes | None) -> None:
+    def _record_failure(
+        self, topic: str, key: str | bytes | None, event_id: str | None, exc: BaseException
+    ) -> None:
+        """kafka-python calls an errback with its bound arguments first and the exception last."""
         with self._lock:
             shown = key.decode(errors="replace") if isinstance(key, bytes) else key
-            self._failures.append((topic, shown, f"{type(exc).__name__}: {exc}"))
+            text = str(exc)
+            name = type(exc).__name__
+            self._failures.append((topic, shown, text if text.startswith(name) else f"{name}: {text}"))
+            self._failed_ids.append(event_id)
 
     def flush(self, timeout: float | None = None) -> None:
+        """Wait for every acknowledgement; raise DeliveryError naming the records the broker never acked."""
         self._producer.flush(timeout)
         with self._lock:
             failures, self._failures = self._failures, []
+            failed_ids, self._failed_ids = self._failed_ids, []
         if failures:
-            raise DeliveryError(failures)
+            raise DeliveryError(failures, failed_ids)
 
     def close(self, timeout: float | None = 30.0) -> None:
         try:

@@ -48,6 +48,8 @@ class Settings(BaseSettings):
     web_host: str = "127.0.0.1"
     web_port: int = Field(default=6066, ge=0, le=65535)
     collector_port: int = Field(default=8088, ge=0, le=65535)
+    # How long the collector waits for the broker's acknowledgement before answering 503 (client retries).
+    collector_publish_timeout_s: float = Field(default=10.0, gt=0, le=300)
     sink_port: int = Field(default=6067, ge=0, le=65535)
 
     # Collector write keys: JSON object {"source name": "key"}; webhook targets and signing secret.
@@ -58,6 +60,13 @@ class Settings(BaseSettings):
     webhook_urls: list[str] = Field(default_factory=list)
     slack_webhook_urls: list[str] = Field(default_factory=list)
     webhook_secret: SecretStr | None = None
+    # Notifier delivery policy per target (sinks/webhook.py RetryPolicy): attempts, per-attempt timeout,
+    # exponential backoff base and cap, and concurrent deliveries per target.
+    webhook_max_attempts: int = Field(default=6, ge=1, le=100)
+    webhook_timeout_s: float = Field(default=10.0, gt=0, le=600)
+    webhook_backoff_base_s: float = Field(default=0.5, ge=0, le=600)
+    webhook_backoff_cap_s: float = Field(default=30.0, ge=0, le=3600)
+    webhook_concurrency: int = Field(default=4, ge=1, le=256)
     # Key of the HMAC that turns emails into the keyed hashes stored in ClickHouse (DESIGN §10).
     email_hash_key: SecretStr = SecretStr("leadpulse-local-default-change-me")
 

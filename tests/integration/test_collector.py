@@ -260,6 +260,41 @@ async def test_sales_activity_needs_a_server_side_key(collector: Running) -> Non
     assert (got.record["source"], got.record["activity"]) == ("crm", "accepted")
 
 
+async def test_sales_activity_sources_are_the_configured_ones_not_crm_named_keys(
+    broker: EmbeddedBroker, fresh_prefix: str, make_settings: Callable[..., Settings]
+) -> None:
+    backoffice_key = "wk_server_backoffice_789"
+    settings = make_settings(
+        kafka_bootstrap=broker.bootstrap,
+        topic_prefix=fresh_prefix,
+        write_keys={"web": WEB_KEY, "crm": CRM_KEY, "backoffice": backoffice_key},
+        crm_write_key_sources=["backoffice"],
+    )
+    runner = await serve(Collector(settings), "127.0.0.1", 0)
+    try:
+        async with aiohttp.ClientSession() as session:
+            running = Running(
+                f"http://127.0.0.1:{bound_port(runner)}", settings, Metrics(CollectorRegistry()), session
+            )
+            activity = {
+                "type": "sales_activity",
+                "event_id": str(uuid.uuid4()),
+                "event_time": now_ms(),
+                "lead_id": "L-1",
+                "activity": "accepted",
+                "owner": "rep-1",
+            }
+            status, body, _ = await running.post(activity, key=CRM_KEY)  # named crm*, but not listed
+            assert status == 400
+            assert "not accepted from source 'crm'" in body["errors"][0]["errors"][0]["problem"]
+            status, _, _ = await running.post(activity, key=backoffice_key)
+            assert status == 202
+            [got] = await running.topic("sales.activities")
+            assert got.record["source"] == "backoffice"
+    finally:
+        await runner.cleanup()
+
+
 async def test_cors_preflight_and_error_answers_are_readable_by_browsers(collector: Running) -> None:
     headers = {
         "Origin": "https://www.example.com",

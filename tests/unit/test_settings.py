@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
 from streams.settings import SettingsError, load_settings
@@ -9,7 +11,7 @@ from streams.settings import SettingsError, load_settings
 pytestmark = pytest.mark.unit
 
 
-def test_defaults_start_the_embedded_broker_and_chdb(monkeypatch: pytest.MonkeyPatch, tmp_path) -> None:
+def test_defaults_start_the_embedded_broker_and_chdb(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     monkeypatch.delenv("LEADPULSE_KAFKA_BOOTSTRAP", raising=False)
     monkeypatch.delenv("LEADPULSE_CLICKHOUSE_DSN", raising=False)
     settings = load_settings(data_dir=tmp_path)
