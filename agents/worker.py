@@ -504,7 +504,9 @@ class LeadWorker:
 
     def ready(self) -> tuple[bool, dict[str, Any]]:
         assigned = len(self.consumer.assignment()) if self.consumer else 0
-        return (not self.restoring and assigned > 0), {
+        # joined the group and restored what it got (an extra worker with no partitions is ready too: it
+        # stands by for a rebalance)
+        return (self.generation > 0 and not self.restoring), {
             "restoring": self.restoring,
             "assigned_partitions": assigned,
             "leads_in_memory": len(self.store),
