@@ -1,13 +1,16 @@
 """CLI command: ``leadpulse generate`` (synthetic B2B traffic, issue #7; see docs/traffic.md).
 
 Thin: plans the traffic with ``streams.traffic.plan_traffic`` and hands it to ``publish`` with a sink that
-writes JSONL (``--out``) or sends through the producer SDK to the configured broker.
+writes JSONL (``--out``), sends through the producer SDK to the configured broker (``--via sdk``) or posts
+batches to a running HTTP collector (``--via collector``), with a progress bar on stderr.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import time
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -71,7 +74,19 @@ def register(app: typer.Typer) -> None:
             72.0, "--span-hours", min=12.0, help="Event times cover the past H hours up to now"
         ),
         live: bool = typer.Option(False, "--live", help="Stamp event_time with the wall clock when sent"),
+        via: str = typer.Option(
+            "sdk",
+            "--via",
+            help="Publish through the Python SDK (sdk) or a running HTTP collector (collector)",
+        ),
+        collector_url: str | None = typer.Option(
+            None,
+            "--collector-url",
+            help="Collector base URL (default: http://127.0.0.1:LEADPULSE_COLLECTOR_PORT)",
+        ),
     ) -> None:
+        if via not in ("sdk", "collector"):
+            raise typer.BadParameter("must be sdk or collector", param_hint="--via")
         span_ms = int(span_hours * HOUR_MS)
         now_ms = int(time.time() * 1000)
         try:
@@ -91,11 +106,70 @@ def register(app: typer.Typer) -> None:
                 def write(schema: str, record: dict[str, Any]) -> None:
                     handle.write(jsonl_line(schema, record) + "\n")
 
-                stats = publish(plan, write, rate, duration, live=live)
+                with _progress(len(plan.events)) as advance:
+                    stats = publish(plan, _tracked(write, advance), rate, duration, live=live)
             typer.echo(summary(plan, stats, str(out)), err=True)
             return
-        stats, where = _publish_to_broker(plan, rate, duration, live)
+        if via == "collector":
+            stats, where = _publish_to_collector(plan, rate, duration, live, collector_url)
+        else:
+            stats, where = _publish_to_broker(plan, rate, duration, live)
         typer.echo(summary(plan, stats, where), err=True)
+
+
+Sink = Callable[[str, dict[str, Any]], Any]
+
+
+@contextlib.contextmanager
+def _progress(total: int) -> Iterator[Callable[[], None]]:
+    """A progress bar on stderr (plain, not animated, when stderr is not a terminal)."""
+    from rich.console import Console
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+    console = Console(stderr=True)
+    columns = (TextColumn("publishing"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn())
+    with Progress(*columns, console=console, disable=not console.is_terminal) as progress:
+        task = progress.add_task("publishing", total=total)
+        yield lambda: progress.advance(task)
+
+
+def _tracked(sink: Sink, advance: Callable[[], None]) -> Sink:
+    def send(schema: str, record: dict[str, Any]) -> None:
+        sink(schema, record)
+        advance()
+
+    return send
+
+
+def _publish_to_collector(
+    plan: TrafficPlan, rate: float | None, duration: float | None, live: bool, url: str | None
+) -> tuple[PublishStats, str]:
+    """Through the collector's public API, as a site tracker and a CRM integration would send."""
+    from streams.collector_client import CollectorClient, CollectorRejected
+
+    settings = cli_settings()
+    crm = sorted(settings.crm_sources)
+    browser = sorted(set(settings.write_keys) - set(crm))
+    if not crm or not browser:
+        typer.echo(
+            "leadpulse generate: --via collector needs LEADPULSE_WRITE_KEYS with a site source and a CRM "
+            "source (see LEADPULSE_CRM_WRITE_KEY_SOURCES), the same keys the collector runs with",
+            err=True,
+        )
+        raise typer.Exit(code=2)
+    url = url or f"http://127.0.0.1:{settings.collector_port}"
+    client = CollectorClient(
+        url,
+        settings.write_keys[browser[0]].get_secret_value(),
+        settings.write_keys[crm[0]].get_secret_value(),
+    )
+    try:
+        with _progress(len(plan.events)) as advance, client:
+            stats = publish(plan, _tracked(client.send, advance), rate, duration, live=live)
+    except (CollectorRejected, OSError) as exc:
+        typer.echo(f"leadpulse generate: collector at {url}: {exc}", err=True)
+        raise typer.Exit(code=1) from None
+    return stats, f"the collector at {url} ({client.accepted} accepted)"
 
 
 def _publish_to_broker(
@@ -112,8 +186,12 @@ def _publish_to_broker(
             err=True,
         )
     try:
-        with running_broker(settings) as bootstrap, Producer(settings, bootstrap=bootstrap) as producer:
-            stats = publish(plan, producer.send, rate, duration, live=live)
+        with (
+            running_broker(settings) as bootstrap,
+            Producer(settings, bootstrap=bootstrap) as producer,
+            _progress(len(plan.events)) as advance,
+        ):
+            stats = publish(plan, _tracked(producer.send, advance), rate, duration, live=live)
     except DeliveryError as exc:
         typer.echo(f"leadpulse generate: {exc}", err=True)
         raise typer.Exit(code=1) from None
