@@ -3,13 +3,14 @@
 Why the sum of the latest scores: every engaged member of a buying committee adds evidence that the account is
 in market, and the sum is what B2B account-based scoring practice uses (a max would hide a committee of five
 warm leads behind one). Each lead counts once, with its newest score by ``as_of`` (scores replayed out of
-order
-do not roll back), and disqualified leads are passed in with ``score=0`` or removed by the caller.
+order do not roll back), and disqualified leads count 0.
 
-The shell keeps one ``AccountState`` per domain (keyed by ``company_domain``, fed from ``leads.scores``), so
-this
-is a separate agent from the lead agent; ``lead_score.account_score`` is filled by that shell, not by the
-core.
+The worker keeps one ``AccountState`` per domain, on the domain's partition: every ``lead_score`` with an
+``account_domain`` is also sent, keyed by domain, to the internal ``leadpulse.internal.accounts`` topic, and
+the account step folds it in and emits one ``account_score`` per touched account per batch to
+``accounts.scores``. Data flows one way (lead → account); so a ``lead_score`` cannot carry the account total
+(it would need every other lead's partition) and its ``account_score`` field stays null: the account's score
+is its own record.
 """
 
 from __future__ import annotations
@@ -67,3 +68,30 @@ def apply_lead_score(account: AccountState, lead_id: str, score: float, as_of: i
         keep = sorted(leads.items(), key=lambda kv: (-kv[1][0], kv[0]))[:MAX_LEADS]
         leads = dict(keep)
     return AccountState(account.domain, leads)
+
+
+def fold_lead_score(account: AccountState | None, record: dict[str, Any]) -> AccountState | None:
+    """The account after one ``lead_score`` record (None: the record names no account)."""
+    domain = record.get("account_domain")
+    if not domain:
+        return account
+    account = account if account is not None else new_account(domain)
+    score = 0.0 if record.get("stage") == "disqualified" else float(record["score"])
+    return apply_lead_score(account, str(record["lead_id"]), score, int(record["as_of"]))
+
+
+def without_lead(account: AccountState, lead_id: str) -> AccountState:
+    """The account with one lead taken out (erasure)."""
+    return AccountState(account.domain, {k: v for k, v in account.leads.items() if k != lead_id})
+
+
+def account_score_record(account: AccountState, computed_at: int) -> dict[str, Any]:
+    """The ``account_score`` output record (schemas/account_score.avsc)."""
+    return {
+        "domain": account.domain,
+        "score": account.score,
+        "leads": len(account.leads),
+        "top_leads": [{"lead_id": lead, "score": score} for lead, score in account.top_leads()],
+        "as_of": max((t for _, t in account.leads.values()), default=0),
+        "computed_at": computed_at,
+    }

@@ -10,12 +10,16 @@ Pure: no Kafka here. The worker feeds ``restore`` from the changelog topic and w
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterable
 from dataclasses import dataclass
 
+from agents.account import AccountState
 from agents.state import LeadState
 
 DUE_HEADER = "due"
+#: Changelog keys of account states (on the domain's partition); NUL keeps them apart from any lead key.
+ACCOUNT_PREFIX = b"\x00account:"
 
 
 def due_header(due: int | None) -> list[tuple[str, bytes]]:
@@ -41,6 +45,7 @@ class LeadStore:
 
     def __init__(self) -> None:
         self._entries: dict[bytes, Entry] = {}
+        self._accounts: dict[bytes, tuple[int, AccountState | bytes]] = {}
         self.deadlines: dict[bytes, int] = {}
         self.partitions: set[int] = set()
 
@@ -56,6 +61,12 @@ class LeadStore:
 
     def restore(self, partition: int, key: bytes, value: bytes | None, due: int | None) -> None:
         """Apply one changelog record (latest wins; ``None`` is a tombstone)."""
+        if key.startswith(ACCOUNT_PREFIX):
+            if value is None:
+                self._accounts.pop(key, None)
+            else:
+                self._accounts[key] = (partition, value)
+            return
         if value is None:
             self.delete(key)
             return
@@ -84,6 +95,28 @@ class LeadStore:
         self._entries.pop(key, None)
         self.deadlines.pop(key, None)
 
+    def get_account(self, key: bytes) -> AccountState | None:
+        found = self._accounts.get(key)
+        if found is None:
+            return None
+        partition, value = found
+        if isinstance(value, bytes):
+            value = AccountState.from_dict(json.loads(value))
+            self._accounts[key] = (partition, value)
+        return value
+
+    def put_account(self, key: bytes, partition: int, account: AccountState) -> None:
+        self._accounts[key] = (partition, account)
+
+    def accounts_with_lead(self, lead_id: str) -> list[tuple[bytes, int, AccountState]]:
+        """Accounts counting ``lead_id`` (decodes every account: for erasures, which are rare)."""
+        found = []
+        for key in list(self._accounts):
+            account = self.get_account(key)
+            if account is not None and lead_id in account.leads:
+                found.append((key, self._accounts[key][0], account))
+        return found
+
     def due(self, now_ms: int) -> list[bytes]:
         return [key for key, due in self.deadlines.items() if due <= now_ms]
 
@@ -92,4 +125,6 @@ class LeadStore:
         gone = [k for k, e in self._entries.items() if e.partition not in partitions]
         for key in gone:
             self.delete(key)
+        for key in [k for k, (p, _) in self._accounts.items() if p not in partitions]:
+            del self._accounts[key]
         self.partitions = self.partitions & partitions

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import asyncio
 import heapq
+import json
 import logging
 import random
 import signal
@@ -34,8 +35,9 @@ from aiokafka.coordinator.assignors.range import RangePartitionAssignor
 from aiokafka.errors import CommitFailedError, IllegalStateError, KafkaError
 from aiokafka.partitioner import murmur2
 
+from agents.account import AccountState, account_score_record, fold_lead_score, normalise_domain, without_lead
 from agents.core import Output, StepResult, check_timers, next_deadline, step
-from agents.lead_store import LeadStore, due_from_headers, due_header
+from agents.lead_store import ACCOUNT_PREFIX, LeadStore, due_from_headers, due_header
 from agents.rules import Rules
 from agents.state import LeadState
 from schemas.registry import SchemaError, SchemaRegistry, default_registry
@@ -45,7 +47,7 @@ from streams.metrics import Metrics
 from streams.producer import lead_key
 from streams.settings import Settings
 from streams.tansu_compat import end_offsets
-from streams.topics import BY_SCHEMA, DLQ, IDENTITY, INPUTS, LEAD_STATE, TOPICS
+from streams.topics import ACCOUNTS, BY_SCHEMA, DLQ, IDENTITY, INPUTS, LEAD_STATE, TOPICS
 
 log = logging.getLogger(__name__)
 
@@ -80,6 +82,7 @@ class Batch:
     sends: list[tuple[str, bytes | None, bytes, list[tuple[str, bytes]] | None]] = field(default_factory=list)
     counted: list[Output] = field(default_factory=list)
     consumed: dict[str, int] = field(default_factory=dict)  # per topic, added to the metric once per batch
+    accounts: dict[bytes, tuple[int, AccountState]] = field(default_factory=dict)  # touched, by state key
 
 
 class _Rebalance(ConsumerRebalanceListener):  # type: ignore[misc]
@@ -117,9 +120,13 @@ class LeadWorker:
         self.lock = asyncio.Lock()
         self.restoring = True
         self.identity_topic = settings.topic(IDENTITY.name)
+        self.accounts_topic = settings.topic(ACCOUNTS.name)
         self.state_topic = settings.topic(LEAD_STATE.name)
         self.dlq_topic = settings.topic(DLQ.name)
-        self.input_topics = [settings.topic(s.name) for s in INPUTS] + [self.identity_topic]
+        self.input_topics = [settings.topic(s.name) for s in INPUTS] + [
+            self.identity_topic,
+            self.accounts_topic,
+        ]
         self.output_topics = {
             schema: settings.topic(spec.name) for schema, spec in BY_SCHEMA.items() if spec.role == "output"
         }
@@ -267,6 +274,9 @@ class LeadWorker:
         except SchemaError as exc:
             self._dead_letter(batch, message, "decode", exc)
             return
+        if topic == self.accounts_topic:
+            self._fold_account(message, record, batch)
+            return
         event_time = record.get("event_time")
         if isinstance(event_time, int) and (self.watermark_ms is None or event_time > self.watermark_ms):
             self.watermark_ms, self.watermark_seen_at_ms = event_time, now
@@ -295,6 +305,21 @@ class LeadWorker:
         self._apply(batch, key, home, result)
         if self.metrics and message.timestamp:
             self.metrics.event_to_score_seconds.observe(max(0.0, time.time() - message.timestamp / 1000))
+
+    def _fold_account(self, message: ConsumerRecord, record: dict[str, Any], batch: Batch) -> None:
+        """A lead's new score, on its account's partition: fold it into the account (lead → account)."""
+        if not message.key:
+            return  # the worker always keys these by domain
+        key = ACCOUNT_PREFIX + message.key
+        if key in batch.accounts:
+            account: AccountState | None = batch.accounts[key][1]
+        else:
+            account = self.store.get_account(key)
+        if self.erasures is not None and self.erasures.is_erased(record.get("lead_id")):
+            return
+        folded = fold_lead_score(account, record)
+        if folded is not None and folded is not account:
+            batch.accounts[key] = (message.partition, folded)
 
     def _erased(self, key: bytes, record: dict[str, Any]) -> bool:
         assert self.erasures is not None
@@ -330,6 +355,9 @@ class LeadWorker:
             value = self.registry.encode(output.schema, output.record)
             batch.sends.append((self.output_topics[output.schema], output.key.encode(), value, None))
             batch.counted.append(output)
+            domain = output.record.get("account_domain") if output.schema == "lead_score" else None
+            if domain:
+                batch.sends.append((self.accounts_topic, normalise_domain(domain).encode(), value, None))
         for forward in result.forwards:
             value = self.registry.encode(forward.schema, forward.event)
             batch.sends.append((self.identity_topic, forward.key.encode(), value, None))
@@ -347,13 +375,17 @@ class LeadWorker:
     async def _flush(self, batch: Batch) -> None:
         """Outputs first, acknowledged; state after. The reverse order could store "seen" state whose
         outputs never reached the broker, losing them on a crash."""
+        computed_at = now_ms()
+        for _partition, account in batch.accounts.values():
+            value = self.registry.encode("account_score", account_score_record(account, computed_at))
+            batch.sends.append((self.output_topics["account_score"], account.domain.encode(), value, None))
         await self._send_all(batch.sends)
         for output in batch.counted:
             self._count(output)
         if self.metrics:
             for topic, n in batch.consumed.items():
                 self.metrics.events_consumed.labels(topic=self._unprefixed(topic)).inc(n)
-        writes = []
+        writes: list[Record] = []
         for key in batch.dirty:
             state = batch.states[key]
             if state is None:
@@ -361,12 +393,15 @@ class LeadWorker:
             due = next_deadline(state, self.rules)
             self.store.put(key, batch.home[key], state, due)
             writes.append((self.state_topic, key, state.to_bytes(), due_header(due), batch.home[key]))
+        for key, (partition, account) in batch.accounts.items():
+            self.store.put_account(key, partition, account)
+            writes.append((self.state_topic, key, json.dumps(account.to_dict()).encode(), None, partition))
         await self._send_state(writes)
 
     async def _send_all(self, sends: Sequence[tuple[str, bytes | None, bytes, Any]]) -> None:
         await self._send([(topic, key, value, None, None) for topic, key, value, _ in sends])
 
-    async def _send_state(self, writes: Iterable[tuple[str, bytes, bytes | None, Any, int]]) -> None:
+    async def _send_state(self, writes: Iterable[Record]) -> None:
         await self._send(list(writes))
 
     async def _send(self, records: Sequence[Record]) -> None:
@@ -446,19 +481,26 @@ class LeadWorker:
     # -- erasure -----------------------------------------------------------------------------------------
 
     async def apply_erasures(self, records: list[dict[str, Any]]) -> None:
-        """Drop an erased lead's states (lead and stitched anonymous ids) and tombstone them durably."""
-        writes = []
+        """Drop an erased lead's states (lead and stitched anonymous ids) and tombstone them durably; take
+        the lead out of its account's score."""
+        if not records:
+            return
+        batch = Batch()
+        tombstones: list[Record] = []
         for record in records:
-            lead = self.store.get(record["lead_id"].encode())
+            lead_id = record["lead_id"]
+            lead = self.store.get(lead_id.encode())
             aliases = lead.aliases if lead is not None else []
-            for identity in {record["lead_id"], *record.get("anonymous_ids", []), *aliases}:
+            for identity in {lead_id, *record.get("anonymous_ids", []), *aliases}:
                 key = identity.encode()
                 partition = self.store.partition_of(key)
-                if partition is None:
-                    continue
-                self.store.delete(key)
-                writes.append((self.state_topic, key, None, None, partition))
-        await self._send_state(writes)
+                if partition is not None:
+                    self.store.delete(key)
+                    tombstones.append((self.state_topic, key, None, None, partition))
+            for key, partition, account in self.store.accounts_with_lead(lead_id):
+                batch.accounts[key] = (partition, without_lead(account, lead_id))
+        await self._flush(batch)
+        await self._send_state(tombstones)
 
     # -- timers ------------------------------------------------------------------------------------------
 

@@ -91,6 +91,10 @@ def _lead_score(schema: str, r: Mapping[str, Any], key: bytes) -> Row:
     )
 
 
+def _account_score(schema: str, r: Mapping[str, Any], key: bytes) -> Row:
+    return (r["domain"], r["score"], r["leads"], _json(r["top_leads"]), r["as_of"], r["computed_at"])
+
+
 def _stage_transition(schema: str, r: Mapping[str, Any], key: bytes) -> Row:
     return (
         r["transition_id"],
@@ -215,6 +219,9 @@ LEAD_SCORES = TableSpec(
     ),
     _lead_score,
 )
+ACCOUNT_SCORES = TableSpec(
+    "account_scores", ("domain", "score", "leads", "top_leads", "as_of", "computed_at"), _account_score
+)
 STAGE_TRANSITIONS = TableSpec(
     "stage_transitions",
     (
@@ -291,6 +298,7 @@ SALES_ACTIVITIES = TableSpec(
 TABLE_FOR_SCHEMA: dict[str, TableSpec] = {
     **dict.fromkeys(EVENT_TYPES, EVENTS),
     "lead_score": LEAD_SCORES,
+    "account_score": ACCOUNT_SCORES,
     "stage_transition": STAGE_TRANSITIONS,
     "sla_timeout": SLA_EVENTS,
     "hot_lead": HOT_LEADS,
@@ -300,6 +308,7 @@ TABLE_FOR_SCHEMA: dict[str, TableSpec] = {
 TABLES: tuple[TableSpec, ...] = (
     EVENTS,
     LEAD_SCORES,
+    ACCOUNT_SCORES,
     STAGE_TRANSITIONS,
     SLA_EVENTS,
     HOT_LEADS,

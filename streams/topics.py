@@ -40,6 +40,8 @@ SCORES = TopicSpec("leads.scores", "lead_score", "output", compacted=True, reten
 STAGE_TRANSITIONS = TopicSpec("leads.stage_transitions", "stage_transition", "output")
 SLA_TIMEOUTS = TopicSpec("leads.sla_timeouts", "sla_timeout", "output")
 HOT_LEADS = TopicSpec("leads.hot", "hot_lead", "output")
+# Not in DESIGN §5's table (an addition, nothing there changed): one record per account per worker batch.
+ACCOUNT_SCORES = TopicSpec("accounts.scores", "account_score", "output", compacted=True, retention_ms=None)
 DLQ = TopicSpec("dlq", "dead_letter", "dlq", partitions=4)
 # Worker-internal hop of the identity stitch (alias instructions and forwarded anonymous events, any input
 # schema, keyed by the target identity). Not part of the contract; co-partitioned with the inputs.
@@ -49,6 +51,8 @@ IDENTITY = TopicSpec("leadpulse.internal.identity", "", "internal", retention_ms
 LEAD_STATE = TopicSpec("leadpulse.internal.lead_state", "", "internal", compacted=True, retention_ms=None)
 # Erasure log written by `leadpulse forget` (keyed by lead_id, value `lead_erased`): every worker and sink
 # reads all of it, so one partition; kept forever so a replay of history cannot bring an erased lead back.
+# lead_score records re-keyed by company domain: the hop from the lead's partition to the account's.
+ACCOUNTS = TopicSpec("leadpulse.internal.accounts", "", "internal", retention_ms=7 * DAY_MS)
 ERASURES = TopicSpec(
     "leadpulse.internal.erasures", "lead_erased", "internal", partitions=1, compacted=True, retention_ms=None
 )
@@ -64,9 +68,11 @@ TOPICS: tuple[TopicSpec, ...] = (
     STAGE_TRANSITIONS,
     SLA_TIMEOUTS,
     HOT_LEADS,
+    ACCOUNT_SCORES,
     DLQ,
     IDENTITY,
     LEAD_STATE,
+    ACCOUNTS,
     ERASURES,
 )
 INPUTS: tuple[TopicSpec, ...] = tuple(t for t in TOPICS if t.role == "input")

@@ -181,6 +181,18 @@ def test_records_of_every_input_and_output_topic_land_in_their_tables_and_offset
                 "transition_id": f"{settings.topic_prefix}t1",
             },
         )
+        domain = f"{settings.topic_prefix}acme.example"
+        producer.send(
+            "account_score",
+            {
+                "domain": domain,
+                "score": 150.5,
+                "leads": 2,
+                "top_leads": [{"lead_id": "L1", "score": 100.5}, {"lead_id": "L2", "score": 50.0}],
+                "as_of": 1_790_000_000_000,
+                "computed_at": 1_790_000_000_500,
+            },
+        )
     sink = start_sink(ch)
     wait_for(
         lambda: (
@@ -188,9 +200,15 @@ def test_records_of_every_input_and_output_topic_land_in_their_tables_and_offset
             and topic_rows(ch, "leads", settings) == 20
             and topic_rows(ch, "sales_activities", settings) == 10
             and topic_rows(ch, "stage_transitions", settings) == 1
+            and topic_rows(ch, "account_scores", settings) == 1
         ),
         what="all rows stored",
     )
+    latest = ch.query(
+        "SELECT score, leads, top_leads FROM leadpulse.account_scores_latest WHERE domain = {d:String}",
+        parameters={"d": domain},
+    ).result_rows
+    assert [(r[0], r[1], json.loads(r[2])[0]["lead_id"]) for r in latest] == [(150.5, 2, "L1")]
     wait_for(
         lambda: (
             committed_offsets(settings).get((settings.topic("events.web_visits"), 0)) is not None

@@ -49,7 +49,14 @@ def consumed(port: int) -> float:
 
 def outputs(settings: Settings) -> dict[str, list[dict[str, Any]]]:
     found: dict[str, list[dict[str, Any]]] = defaultdict(list)
-    for topic in ("leads.scores", "leads.stage_transitions", "leads.hot", "leads.sla_timeouts", "dlq"):
+    for topic in (
+        "leads.scores",
+        "leads.stage_transitions",
+        "leads.hot",
+        "leads.sla_timeouts",
+        "accounts.scores",
+        "dlq",
+    ):
         for item in read_topic(settings, settings.topic(topic), idle_ms=300):
             assert isinstance(item, Decoded), item
             found[item.schema].append(item.record)
@@ -188,6 +195,14 @@ def test_scripted_scenario_produces_exactly_the_expected_outputs(
     signals = {r["event_id"] for s in anon_scores for r in s["reasons"]}
     assert {"anon-0", "anon-1", "anon-2"} <= signals
     assert out.get("dead_letter", []) == []
+    # the account roll-up: every lead has company_domain buyer.example; the account's newest record is the
+    # sum of each lead's newest score, the disqualified student counting 0
+    newest = {s["lead_id"]: s for s in out["lead_score"]}  # per-lead topic order: last = newest
+    counted = {lead: 0.0 if s["stage"] == "disqualified" else s["score"] for lead, s in newest.items()}
+    account = out["account_score"][-1]
+    assert (account["domain"], account["leads"]) == ("buyer.example", len(newest))
+    assert account["score"] == pytest.approx(sum(counted.values()))
+    assert account["top_leads"][0]["lead_id"] == max(counted, key=lambda lead: counted[lead])
 
 
 def raw_messages(settings: Settings, topic: str) -> list[Any]:

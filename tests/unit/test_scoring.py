@@ -6,7 +6,14 @@ from typing import Any
 
 import pytest
 
-from agents.account import AccountState, apply_lead_score, new_account
+from agents.account import (
+    AccountState,
+    account_score_record,
+    apply_lead_score,
+    fold_lead_score,
+    new_account,
+    without_lead,
+)
 from agents.core import step
 from agents.scoring import band, disqualification, profile_fit
 from schemas.registry import default_registry
@@ -345,3 +352,40 @@ def test_older_lead_score_does_not_roll_the_account_back() -> None:
 def test_account_state_round_trips() -> None:
     account = apply_lead_score(new_account("acme.example"), "L1", 55.0, T0)
     assert AccountState.from_dict(account.to_dict()) == account
+
+
+def _score_record(lead: str, score: float, as_of: int, domain: str | None, stage: str = "lead") -> dict:
+    return {"lead_id": lead, "score": score, "as_of": as_of, "account_domain": domain, "stage": stage}
+
+
+def test_folding_lead_scores_builds_the_account_and_emits_its_record() -> None:
+    account = fold_lead_score(None, _score_record("L1", 40.0, T0, "www.Acme.example"))
+    account = fold_lead_score(account, _score_record("L2", 70.0, T0 + 5, "acme.example"))
+    assert account is not None and account.domain == "acme.example"
+    record = account_score_record(account, computed_at=T0 + 9)
+    assert record == {
+        "domain": "acme.example",
+        "score": pytest.approx(110.0),
+        "leads": 2,
+        "top_leads": [{"lead_id": "L2", "score": 70.0}, {"lead_id": "L1", "score": 40.0}],
+        "as_of": T0 + 5,
+        "computed_at": T0 + 9,
+    }
+    registry_check = default_registry().encode("account_score", record)  # valid against the schema
+    assert default_registry().decode(registry_check)[1]["leads"] == 2
+
+
+def test_a_disqualified_lead_counts_zero_and_a_lead_without_domain_is_no_account() -> None:
+    account = fold_lead_score(None, _score_record("L1", 40.0, T0, "acme.example"))
+    account = fold_lead_score(
+        account, _score_record("L1", 90.0, T0 + 1, "acme.example", stage="disqualified")
+    )
+    assert account is not None and account.score == 0.0
+    assert fold_lead_score(None, _score_record("L3", 50.0, T0, None)) is None
+
+
+def test_an_erased_lead_leaves_its_account() -> None:
+    account = fold_lead_score(None, _score_record("L1", 40.0, T0, "acme.example"))
+    account = fold_lead_score(account, _score_record("L2", 20.0, T0, "acme.example"))
+    assert account is not None
+    assert without_lead(account, "L1").score == 20.0 and "L1" not in without_lead(account, "L1").leads
