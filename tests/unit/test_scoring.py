@@ -212,6 +212,18 @@ def test_seen_ids_are_bounded_and_evicted_ids_cannot_score_again() -> None:
     assert lead.score() == before
 
 
+def test_seen_ids_older_than_the_window_are_forgotten_as_the_window_slides() -> None:
+    lead = Lead()  # default window 30 days, max_seen_ids 2000: far more than these events
+    events = [visit(t=T0 + i * DAY, category="blog", event_id=f"d{i}") for i in range(60)]
+    lead.send(*events)
+    kept = lead.state().seen
+    assert set(kept) == {f"d{i}" for i in range(29, 60)}  # the 30-day window behind the newest (day 59)
+    before = lead.score()
+    lead.send(events[0])  # forgotten, and below the floor: stale, cannot score twice
+    assert lead.results[-1].dropped == "stale"
+    assert lead.score() == before
+
+
 # --- late events, disqualification ----------------------------------------------------------------
 
 
