@@ -55,6 +55,18 @@ class LeadStore:
     def __contains__(self, key: bytes) -> bool:
         return key in self._entries
 
+    def lead_keys(self) -> list[bytes]:
+        return list(self._entries)
+
+    def accounts(self) -> list[tuple[bytes, int, AccountState]]:
+        """Every account (decodes them all: for erasures, which are rare)."""
+        found = []
+        for key in list(self._accounts):
+            account = self.get_account(key)
+            if account is not None:
+                found.append((key, self._accounts[key][0], account))
+        return found
+
     def partition_of(self, key: bytes) -> int | None:
         entry = self._entries.get(key)
         return None if entry is None else entry.partition
@@ -109,13 +121,8 @@ class LeadStore:
         self._accounts[key] = (partition, account)
 
     def accounts_with_lead(self, lead_id: str) -> list[tuple[bytes, int, AccountState]]:
-        """Accounts counting ``lead_id`` (decodes every account: for erasures, which are rare)."""
-        found = []
-        for key in list(self._accounts):
-            account = self.get_account(key)
-            if account is not None and lead_id in account.leads:
-                found.append((key, self._accounts[key][0], account))
-        return found
+        """Accounts counting ``lead_id``."""
+        return [found for found in self.accounts() if lead_id in found[2].leads]
 
     def due(self, now_ms: int) -> list[bytes]:
         return [key for key, due in self.deadlines.items() if due <= now_ms]

@@ -215,6 +215,7 @@ class LeadWorker:
         self.store.partitions = set(partitions)
         if partitions:
             await self._read_changelog(partitions)
+        await self._purge_erased()
         self.restoring = False
         log.info(
             "restored %d lead states of partitions %s in %.1f s",
@@ -502,6 +503,18 @@ class LeadWorker:
         await self._flush(batch)
         await self._send_state(tombstones)
 
+    async def _purge_erased(self) -> None:
+        """After a restore: drop states and account entries of leads erased while this worker did not own
+        their partitions (or before the tombstones were written), so no SLA timer or account keeps them."""
+        if self.erasures is None:
+            return
+        erased = [k.decode() for k in self.store.lead_keys() if self.erasures.is_erased(k.decode())]
+        for _key, _partition, account in self.store.accounts():
+            erased += [lead for lead in account.leads if self.erasures.is_erased(lead)]
+        if erased:
+            records = [{"lead_id": lead, "anonymous_ids": []} for lead in sorted(set(erased))]
+            await self.apply_erasures(records)
+
     # -- timers ------------------------------------------------------------------------------------------
 
     async def scan(self) -> None:
@@ -561,15 +574,19 @@ def _timestamp(record: ConsumerRecord) -> int:
 
 async def serve_worker(settings: Settings, rules: Rules, metrics: Metrics, stop: asyncio.Event) -> None:
     """The worker plus /metrics, /health and /ready on the web host/port, until ``stop`` is set."""
+    from streams.erasures import ErasureLog
     from streams.web import start_ops_server
 
-    worker = LeadWorker(settings, rules, metrics)
+    erasures = ErasureLog(settings)
+    await erasures.start()  # every erasure known before the first record is processed
+    worker = LeadWorker(settings, rules, metrics, erasures=erasures)
     runner = await start_ops_server(settings.web_host, settings.web_port, metrics.registry, worker.ready)
     log.info("ops endpoints on http://%s:%s (/metrics /health /ready)", settings.web_host, settings.web_port)
     try:
         await worker.run(stop)
     finally:
         await runner.cleanup()
+        await erasures.stop()
 
 
 def run_worker(settings: Settings, rules: Rules, loglevel: str = "info") -> None:

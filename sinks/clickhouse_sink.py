@@ -11,7 +11,10 @@ The loop's contract (DESIGN §7, STYLE "commit after durable"):
   (same dedup token); nothing is committed meanwhile and the process never exits for it;
 - rows ClickHouse rejects as invalid, and records that cannot be decoded, go to the ``dlq`` topic;
 - on (re)assignment it resumes after the highest offset already stored per partition, so a crash between
-  insert and commit does not store a batch twice even if the re-read batch is cut differently.
+  insert and commit does not store a batch twice even if the re-read batch is cut differently;
+- records of leads erased with ``leadpulse forget`` (the erasure log, ``streams.erasures``) are dropped
+  before insert, so a replay cannot bring them back; with embedded ClickHouse the sink owns the engine and
+  also deletes the lead's stored rows when an erasure arrives (``sinks.erase``).
 """
 
 from __future__ import annotations
@@ -33,9 +36,11 @@ from clickhouse_connect.driver.client import Client
 from schemas.registry import HEADER_LEN, SOE_MAGIC, SchemaError, SchemaRegistry, default_registry
 from sinks.avro_ocf import ContainerFormat, container_format, origin_prefix, zigzag
 from sinks.batch import BatchPolicy, ClickHouseBatchSink
+from sinks.erase import already_applied, apply_erasure, event_identities, record_erased
 from sinks.errors import SinkBackpressure
 from sinks.rows import EVENT_TYPES, EVENTS, TABLE_FOR_SCHEMA, Origin, TableSpec, to_row
 from streams.broker import kafka_client_config
+from streams.erasures import ErasureLog
 from streams.settings import Settings
 from streams.topics import INPUTS, OUTPUTS, spec_for
 
@@ -53,6 +58,7 @@ class SinkStats:
     consumed: int = 0
     inserted: dict[str, int] = field(default_factory=dict)
     dead_lettered: int = 0
+    erased: int = 0
     failures: int = 0
     commits: int = 0
     last_success: float = 0.0
@@ -65,6 +71,7 @@ class SinkHooks:
     def inserted(self, table: str, rows: int, seconds: float, failure: str | None) -> None: ...
     def dead_lettered(self, source_topic: str, stage: str) -> None: ...
     def lag(self, group: str, topic: str, partition: int, lag: int) -> None: ...
+    def erased(self, table: str, rows: int) -> None: ...
 
 
 class MetricsHooks(SinkHooks):
@@ -85,6 +92,9 @@ class MetricsHooks(SinkHooks):
 
     def lag(self, group: str, topic: str, partition: int, lag: int) -> None:
         self.m.consumer_lag.labels(group=group, topic=topic, partition=str(partition)).set(lag)
+
+    def erased(self, table: str, rows: int) -> None:
+        self.m.sink_rows_erased.labels(table=table).inc(rows)
 
 
 def stored_positions(
@@ -151,6 +161,11 @@ class ClickHouseSinkLoop:
         self._listener = _Listener()
         self._producer: Any = None
         self.consumer: AIOKafkaConsumer | None = None
+        # Erasures: read at start, tailed while running; applied to ClickHouse here only when this process
+        # owns the embedded engine (otherwise `leadpulse forget` deletes on the server itself).
+        self.erasures: ErasureLog | None = None
+        self.apply_erasures = settings.embedded_clickhouse
+        self._pending_erasures: list[dict[str, Any]] = []
         # Per topic: (catalogue schema, its current writer fingerprint, container format if fast path).
         self._topic_info: dict[str, tuple[str, int, ContainerFormat | None]] = {}
         for spec in SINK_TOPICS:
@@ -189,6 +204,8 @@ class ClickHouseSinkLoop:
             **config,
         )
         self.consumer.subscribe(self.topics, listener=self._listener)
+        self.erasures = ErasureLog(self.settings)
+        await self.erasures.start()
         await self.consumer.start()
         try:
             while not stop.is_set():
@@ -196,6 +213,7 @@ class ClickHouseSinkLoop:
             await self.drain()
         finally:
             await self.consumer.stop()
+            await self.erasures.stop()
             if self._producer is not None:
                 await asyncio.to_thread(self._producer.close)
 
@@ -215,6 +233,7 @@ class ClickHouseSinkLoop:
                     self._take(tp, messages)
         try:
             await self._flush()
+            await self._apply_erasures()
         except SinkBackpressure as exc:
             log.warning("%s", exc)
             self.stats.failures += 1
@@ -228,6 +247,37 @@ class ClickHouseSinkLoop:
             await self._flush(force=True)
         except SinkBackpressure as exc:
             log.warning("shutdown with unflushed batches, they will be re-read: %s", exc)
+
+    # --- erasures ---------------------------------------------------------------------------------------
+    async def _apply_erasures(self) -> None:
+        """Delete newly erased leads from the embedded engine this process owns. Rows of the lead taken
+        before the erasure arrived are flushed first, so the deletion removes them too."""
+        if self.erasures is None:
+            return
+        self._pending_erasures.extend(self.erasures.drain_new())
+        if not self.apply_erasures:
+            self._pending_erasures.clear()
+            return
+        if not self._pending_erasures:
+            return
+        await self._flush(force=True)
+        while self._pending_erasures:
+            record = self._pending_erasures[0]
+            try:
+                await asyncio.to_thread(self._apply_erasure, record)
+            except Exception as exc:  # ClickHouse busy/away: keep it pending, back off like an insert
+                raise SinkBackpressure("erasures", 5.0, exc) from exc
+            self._pending_erasures.pop(0)
+
+    def _apply_erasure(self, record: dict[str, Any]) -> None:
+        if already_applied(self.client, record):
+            return
+        result = apply_erasure(self.client, record, applied_by="sink")
+        log.info("erasure %s applied: %d row(s) deleted", result.erasure_id, result.total)
+
+    def _erased(self, table: str) -> None:
+        self.stats.erased += 1
+        self.hooks.erased(table, 1)
 
     # --- rebalance -------------------------------------------------------------------------------------
     async def _apply_rebalance(self) -> None:
@@ -271,18 +321,29 @@ class ClickHouseSinkLoop:
         prefix = origin_prefix(expected, tp.topic, tp.partition) if fmt is not None else b""
         current_header = SOE_MAGIC + struct.pack("<Q", fingerprint)
         self.stats.consumed += len(messages)
+        erasures = self.erasures if self.erasures is not None and self.erasures.active else None
         for msg in messages:
             self.next_offsets[key_tp] = msg.offset + 1
             if msg.offset <= skip_through:
                 continue
-            value = msg.value or b""
+            if msg.value is None:  # a tombstone on a compacted output (e.g. an erased lead's score)
+                continue
+            value = msg.value
             if fmt is not None and value[:HEADER_LEN] == current_header:
+                if erasures is not None and any(
+                    map(erasures.is_erased, event_identities(value[HEADER_LEN:]))
+                ):
+                    self._erased(EVENTS.table)
+                    continue
                 # Fast path: the current writer schema; ClickHouse decodes the body itself.
                 body = value[HEADER_LEN:] + prefix + zigzag(msg.offset)
                 self.sink.add(EVENTS, (body, tp.topic, tp.partition, msg.offset), msg.key, msg.value, fmt)
                 continue
             try:
                 schema, record = self.registry.decode(value, expect=expected)
+                if erasures is not None and record_erased(schema, record, erasures.is_erased):
+                    self._erased(TABLE_FOR_SCHEMA[schema].table)
+                    continue
                 if fmt is not None:  # an older writer version: resolve in Python, ship as current
                     body = self.registry.encode(schema, record)[HEADER_LEN:] + prefix + zigzag(msg.offset)
                     self.sink.add(EVENTS, (body, tp.topic, tp.partition, msg.offset), msg.key, msg.value, fmt)

@@ -205,8 +205,9 @@ def query_runner(settings: Settings) -> tuple[Runner, Callable[[], None]]:
     except Exception as exc:
         if "Cannot lock file" in str(exc):
             raise QueryError(
-                f"{settings.dsn} is locked by another process that does not serve queries on "
+                f"{settings.shown_dsn} is locked by another process that does not serve queries on "
                 f"{sink_url(settings)}; run `leadpulse sink` (it serves the query API) or stop that process"
             ) from None
-        raise QueryError(f"cannot open ClickHouse at {settings.dsn}: {type(exc).__name__}: {exc}") from None
+        where = settings.shown_dsn
+        raise QueryError(f"cannot open ClickHouse at {where}: {type(exc).__name__}: {exc}") from None
     return client_runner(client), client.close

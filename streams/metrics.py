@@ -171,6 +171,13 @@ class Metrics:
             ["table", "kind"],
             registry=r,
         )
+        self.sink_rows_erased = Counter(
+            "leadpulse_sink_rows_erased_total",
+            "Records the sink dropped instead of storing because their lead was erased with "
+            "`leadpulse forget`, by the table they were bound for.",
+            ["table"],
+            registry=r,
+        )
         self.sink_last_success = Gauge(
             "leadpulse_sink_last_success_timestamp_seconds",
             "Unix time of the last successful insert; 0 until the first one.",

@@ -8,9 +8,11 @@ from __future__ import annotations
 
 from pathlib import Path
 from typing import Any, Literal
+from urllib.parse import urlsplit, urlunsplit
 
 from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic_settings import SettingsError as SourceError
 
 ENV_PREFIX = "LEADPULSE_"
 
@@ -89,7 +91,8 @@ class Settings(BaseSettings):
         if value is None or value == "":
             return None
         if not value.startswith(("chdb://", "http://", "https://", "clickhouse://", "clickhouses://")):
-            raise ValueError(f"expected a chdb://, http:// or https:// DSN, got {value!r}")
+            scheme = value.split(":", 1)[0]  # only the scheme: a DSN may carry a password
+            raise ValueError(f"expected a chdb://, http:// or https:// DSN, got scheme {scheme!r}")
         return value
 
     @model_validator(mode="after")
@@ -133,6 +136,16 @@ class Settings(BaseSettings):
         return self.clickhouse_dsn or f"chdb://{self.chdb_path}"
 
     @property
+    def shown_dsn(self) -> str:
+        """The DSN for messages and logs: a password written into it is masked."""
+        parts = urlsplit(self.dsn)
+        if parts.password is None:
+            return self.dsn
+        port = f":{parts.port}" if parts.port else ""
+        netloc = f"{parts.username or ''}:***@{parts.hostname or ''}{port}"
+        return urlunsplit(parts._replace(netloc=netloc))
+
+    @property
     def embedded_clickhouse(self) -> bool:
         return self.dsn.startswith("chdb://")
 
@@ -144,6 +157,10 @@ def load_settings(**overrides: Any) -> Settings:
     """Build and validate settings; on error raise SettingsError naming each bad ``LEADPULSE_*`` variable."""
     try:
         return Settings(**overrides)
+    except SourceError as exc:  # e.g. LEADPULSE_WRITE_KEYS is not JSON; names the field, not the value
+        cause = f" ({type(exc.__cause__).__name__}: {exc.__cause__})" if exc.__cause__ else ""
+        field = str(exc).split('"')[1] if str(exc).count('"') >= 2 else "?"
+        raise SettingsError(f"invalid settings: {ENV_PREFIX}{field.upper()}: not valid JSON{cause}") from None
     except ValidationError as exc:
         problems = []
         for err in exc.errors():

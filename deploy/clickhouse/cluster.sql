@@ -276,3 +276,53 @@ SELECT
     toUInt64(countIf(startsWith(reason, 'recycled'))) AS recycles
 FROM leadpulse.stage_transitions_local
 GROUP BY day, from_stage, to_stage;
+
+-- Erasures applied by `leadpulse forget` (sinks/migrations/007_erasures.sql). On a cluster, forget runs its
+-- ALTER ... DELETE on the <name>_local tables ON CLUSTER (a Distributed table cannot mutate) and records
+-- the erasure here through the Distributed table.
+CREATE TABLE IF NOT EXISTS leadpulse.erasures_local ON CLUSTER '{cluster}'
+(
+    erasure_id    String,
+    lead_id       String,
+    requested_at  DateTime64(3, 'UTC'),
+    erased_at     DateTime64(3, 'UTC'),
+    rows_deleted  Map(String, UInt64) COMMENT 'rows deleted per table; daily views: keys recomputed',
+    applied_by    LowCardinality(String) COMMENT 'cli (forget opened ClickHouse itself) or sink (embedded owner)'
+)
+ENGINE = ReplicatedReplacingMergeTree('/clickhouse/tables/{shard}/leadpulse/erasures', '{replica}')
+ORDER BY (lead_id, erasure_id, requested_at, erased_at)
+SETTINGS non_replicated_deduplication_window = 1000;
+
+CREATE TABLE IF NOT EXISTS leadpulse.erasures ON CLUSTER '{cluster}' AS leadpulse.erasures_local
+ENGINE = Distributed('{cluster}', leadpulse, erasures_local, cityHash64(lead_id));
+
+-- Account roll-up (sinks/migrations/006_account_scores.sql).
+CREATE TABLE IF NOT EXISTS leadpulse.account_scores_local ON CLUSTER '{cluster}'
+(
+    domain       String,
+    score        Float64,
+    leads        UInt32,
+    top_leads    String COMMENT 'JSON array of {lead_id, score}, best first',
+    as_of        DateTime64(3, 'UTC'),
+    computed_at  DateTime64(3, 'UTC'),
+    topic        LowCardinality(String),
+    partition    UInt32,
+    offset       UInt64,
+    inserted_at  DateTime64(3, 'UTC') DEFAULT now64(3)
+)
+ENGINE = ReplicatedReplacingMergeTree('/clickhouse/tables/{shard}/leadpulse/account_scores', '{replica}')
+ORDER BY (domain, computed_at)
+SETTINGS non_replicated_deduplication_window = 1000;
+
+CREATE TABLE IF NOT EXISTS leadpulse.account_scores ON CLUSTER '{cluster}' AS leadpulse.account_scores_local
+ENGINE = Distributed('{cluster}', leadpulse, account_scores_local, cityHash64(domain));
+
+CREATE VIEW IF NOT EXISTS leadpulse.account_scores_latest ON CLUSTER '{cluster}' AS
+SELECT
+    domain,
+    argMax(score, computed_at)     AS score,
+    argMax(leads, computed_at)     AS leads,
+    argMax(top_leads, computed_at) AS top_leads,
+    max(as_of)                     AS as_of
+FROM leadpulse.account_scores
+GROUP BY domain;

@@ -1,17 +1,44 @@
-"""CLI commands: privacy."""
+"""CLI commands: privacy (``forget``). The work is in ``sinks.erase.forget_lead``; docs/privacy.md."""
 
 from __future__ import annotations
 
 import typer
 
-from leadpulse.commands.not_built import not_built
+from leadpulse.commands.settings_arg import cli_settings
 
 
 def register(app: typer.Typer) -> None:
     @app.command(
         "forget",
-        help="Erase a lead everywhere (not built yet: issue #8)",
-        context_settings={"allow_extra_args": True, "ignore_unknown_options": True},
+        help="Erase a lead (and its linked anonymous ids) from ClickHouse and agent state, for good: "
+        "a replay does not bring it back. See docs/privacy.md.",
     )
-    def forget_cmd() -> None:
-        not_built("forget", 8)
+    def forget_cmd(
+        lead_id: str = typer.Argument(..., help="the lead's id (lead_id)"),
+        yes: bool = typer.Option(False, "--yes", "-y", help="do not ask for confirmation"),
+        timeout: float = typer.Option(
+            60.0, min=1.0, help="seconds to wait for a running sink to apply the erasure"
+        ),
+    ) -> None:
+        from sinks.erase import ForgetError, forget_lead
+
+        settings = cli_settings()
+        if not lead_id.strip():
+            typer.echo("error: LEAD_ID must not be empty", err=True)
+            raise typer.Exit(code=2)
+        if not yes:
+            typer.confirm(
+                f"Erase lead {lead_id!r} and everything linked to it? This cannot be undone", abort=True
+            )
+        try:
+            result = forget_lead(settings, lead_id, timeout_s=timeout, note=lambda m: typer.echo(m, err=True))
+        except ForgetError as exc:
+            typer.echo(f"error: forget {lead_id}: {exc}", err=True)
+            raise typer.Exit(code=1) from None
+        width = max(len(t) for t in result.rows)
+        typer.echo(
+            f"erased lead {result.lead_id} (erasure {result.erasure_id}, applied by {result.applied_by})"
+        )
+        for table, rows in result.rows.items():
+            unit = "key(s) recomputed" if table.endswith("_daily") else "row(s) removed"
+            typer.echo(f"  leadpulse.{table:<{width}}  {rows} {unit}")

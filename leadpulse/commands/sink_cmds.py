@@ -31,7 +31,7 @@ def register(app: typer.Typer) -> None:
         try:
             client = get_client(settings)
         except Exception as exc:
-            raise _fail(f"cannot open ClickHouse at {settings.dsn}: {exc}") from None
+            raise _fail(f"cannot open ClickHouse at {settings.shown_dsn}: {exc}") from None
         try:
             applied = migrate(client)
         finally:
@@ -82,7 +82,7 @@ def register(app: typer.Typer) -> None:
                 if "Cannot lock file" in str(exc)
                 else ""
             )
-            raise _fail(f"cannot open ClickHouse at {settings.dsn}: {exc}{hint}") from None
+            raise _fail(f"cannot open ClickHouse at {settings.shown_dsn}: {exc}{hint}") from None
         try:
             migrate(client)
             count = load_catalogue(client, path)

@@ -91,3 +91,24 @@ def test_crm_sources_are_not_checked_by_processes_without_write_keys(
     monkeypatch.delenv("LEADPULSE_WRITE_KEYS", raising=False)
     monkeypatch.setenv("LEADPULSE_CRM_WRITE_KEY_SOURCES", '["salesforce"]')
     assert load_settings().crm_sources == frozenset({"salesforce"})
+
+
+def test_a_password_in_the_dsn_is_masked_wherever_the_dsn_is_shown() -> None:
+    settings = load_settings(clickhouse_dsn="https://analyst:s3cr3t-pw@ch.example:8443/leadpulse")
+    assert settings.shown_dsn == "https://analyst:***@ch.example:8443/leadpulse"
+    assert load_settings(clickhouse_dsn="http://ch.example:8123").shown_dsn == "http://ch.example:8123"
+
+
+def test_a_bad_dsn_scheme_is_named_without_echoing_the_dsn() -> None:
+    with pytest.raises(SettingsError) as err:
+        load_settings(clickhouse_dsn="mysql://root:s3cr3t-pw@db:3306")
+    assert "LEADPULSE_CLICKHOUSE_DSN" in str(err.value) and "'mysql'" in str(err.value)
+    assert "s3cr3t-pw" not in str(err.value)
+
+
+def test_write_keys_that_are_not_json_name_the_variable_not_the_keys(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("LEADPULSE_WRITE_KEYS", '{site: "k-0123456789-secret"}')
+    with pytest.raises(SettingsError) as err:
+        load_settings()
+    assert "LEADPULSE_WRITE_KEYS" in str(err.value) and "not valid JSON" in str(err.value)
+    assert "k-0123456789-secret" not in str(err.value)

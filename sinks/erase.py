@@ -1,0 +1,420 @@
+"""Erase one lead from ClickHouse: every table holding its rows, and the daily views built from them.
+
+Who calls it: ``leadpulse forget`` directly when it can open ClickHouse (a server DSN, or an embedded
+directory no process owns), otherwise the running sink, which owns the embedded engine (DESIGN §7), when it
+reads the erasure from the erasure log. Both paths run ``apply_erasure``, which is idempotent: a second run
+finds nothing left to delete and recomputes the same aggregates.
+
+Order, chosen so that a crash at any point leaves a state a re-run repairs:
+1. find the daily-view keys (day, content, event type; day, from, to stage) the lead's rows contributed to;
+2. recompute those keys from the base rows *without* the lead's (uniq states cannot be edited row-wise), so
+   a crash after this step still finds the base rows, hence the same keys, on the re-run;
+3. delete the base rows (``mutations_sync`` so they are gone when the call returns) and scrub the lead from
+   the account roll-ups' top-lead lists;
+4. record the erasure in ``leadpulse.erasures`` (ids and row counts only: nothing about the lead itself).
+
+Identities: the lead id and every anonymous id linked to it. A row carrying any of them is the lead's data.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from clickhouse_connect.driver.client import Client
+
+from sinks.query_service import Runner
+from streams.settings import Settings
+
+MUTATION_SETTINGS = {"mutations_sync": 2}
+# The recompute inserts must never be dropped as a repeat of an earlier identical block (a re-run of an
+# erasure inserts exactly the same aggregate rows after deleting them).
+RECOMPUTE_SETTINGS = {"insert_deduplicate": 0, "async_insert": 0}
+
+# Base tables and the condition selecting a lead's rows; {ids} is an Array(String) parameter.
+# ifNull: a NULL identity makes ``x IN ids`` NULL, and ``NOT (... OR NULL)`` would drop the row from the
+# recompute of the daily views (ids never contain '').
+ANY_IDENTITY = (
+    "(ifNull(lead_id, '') IN {ids:Array(String)} OR ifNull(anonymous_id, '') IN {ids:Array(String)})"
+)
+BY_LEAD = "lead_id IN {ids:Array(String)}"
+BASE_TABLES: tuple[tuple[str, str], ...] = (
+    ("events", ANY_IDENTITY),
+    ("leads", ANY_IDENTITY),
+    ("lead_scores", BY_LEAD),
+    ("stage_transitions", BY_LEAD),
+    ("sla_events", BY_LEAD),
+    ("hot_leads", BY_LEAD),
+    ("sales_activities", BY_LEAD),
+)
+# Account roll-ups name their top leads inside a JSON column: the lead is removed from the list, the
+# account's row (an aggregate over many leads) stays.
+TOP_LEADS_MATCH = (
+    "arrayExists(x -> JSONExtractString(x, 'lead_id') IN {ids:Array(String)}, JSONExtractArrayRaw(top_leads))"
+)
+TOP_LEADS_SCRUBBED = (
+    "concat('[', arrayStringConcat(arrayFilter(x -> JSONExtractString(x, 'lead_id') NOT IN "
+    "{ids:Array(String)}, JSONExtractArrayRaw(top_leads)), ','), ']')"
+)
+
+
+@dataclass(frozen=True)
+class DailyView:
+    """A materialized-view target and how to rebuild some of its keys from its base table.
+
+    ``select`` is the view's own SELECT (sinks/migrations/004_daily_views.sql) with a ``{where}`` slot;
+    ``key`` the target's ORDER BY expressed over the base table's columns.
+    """
+
+    target: str
+    base: str
+    key_columns: tuple[str, ...]
+    key_exprs: tuple[str, ...]
+    lead_condition: str
+    select: str
+
+
+CONTENT_USAGE = DailyView(
+    "content_usage_daily",
+    "events",
+    ("day", "content_id", "event_type"),
+    ("toDate(event_time)", "ifNull(content_id, '')", "event_type"),
+    ANY_IDENTITY,
+    "SELECT toDate(event_time) AS day, ifNull(content_id, '') AS content_id, event_type, "
+    "toUInt64(count()) AS events, toInt64(sum(ifNull(dwell_ms, 0))) AS dwell_ms, "
+    "uniqStateIf(assumeNotNull(lead_id), lead_id IS NOT NULL) AS leads, "
+    "uniqState(assumeNotNull(coalesce(lead_id, anonymous_id, ''))) AS visitors "
+    "FROM leadpulse.events WHERE ifNull(content_id, '') != '' AND {where} "
+    "GROUP BY day, content_id, event_type",
+)
+FUNNEL = DailyView(
+    "funnel_daily",
+    "stage_transitions",
+    ("day", "from_stage", "to_stage"),
+    ("toDate(occurred_at)", "from_stage", "to_stage"),
+    BY_LEAD,
+    "SELECT toDate(occurred_at) AS day, from_stage, to_stage, toUInt64(count()) AS transitions, "
+    "toUInt64(countIf(startsWith(reason, 'recycled'))) AS recycles "
+    "FROM leadpulse.stage_transitions WHERE {where} GROUP BY day, from_stage, to_stage",
+)
+DAILY_VIEWS = (CONTENT_USAGE, FUNNEL)
+
+
+@dataclass
+class ErasureResult:
+    erasure_id: str
+    lead_id: str
+    rows: dict[str, int] = field(default_factory=dict)  # table -> rows deleted (views: keys recomputed)
+    applied_by: str = "cli"
+    skipped: bool = False  # already applied (recorded in leadpulse.erasures)
+
+    @property
+    def total(self) -> int:
+        return sum(self.rows.values())
+
+
+# --- pure helpers ------------------------------------------------------------------------------------------
+def record_identities(record: Mapping[str, Any]) -> list[str]:
+    return sorted({str(record["lead_id"]), *(str(a) for a in record.get("anonymous_ids") or [])})
+
+
+def keys_condition(view: DailyView) -> str:
+    """``(expr1, expr2, expr3) IN {keys:Array(Tuple(...))}``: the view keys, over the base table."""
+    return f"({', '.join(view.key_exprs)}) IN {{keys:Array(Tuple(Date, String, String))}}"
+
+
+def target_keys_condition(view: DailyView) -> str:
+    """The same keys, over the target table's columns."""
+    return f"({', '.join(view.key_columns)}) IN {{keys:Array(Tuple(Date, String, String))}}"
+
+
+_DISTRIBUTED = re.compile(r"^Distributed\(\s*'?([^',\s]+)'?\s*,\s*'?(\w+)'?\s*,\s*'?(\w+)'?")
+
+
+def mutation_target(engine_full: str, table: str) -> str:
+    """Where an ALTER ... DELETE must run: the table itself, or, for a ``Distributed`` table of the cluster
+    layout (deploy/clickhouse/cluster.sql), its local table on every node (Distributed cannot mutate)."""
+    match = _DISTRIBUTED.match(engine_full.strip())
+    if not match:
+        return f"leadpulse.{table}"
+    cluster, database, local = match.groups()
+    return f"{database}.{local} ON CLUSTER '{cluster}'"
+
+
+def scrub_top_leads(top_leads: list[dict[str, Any]], is_erased: Callable[[str | None], bool]) -> list[Any]:
+    """An account roll-up's top-lead list without erased leads (the sink applies it before insert)."""
+    return [item for item in top_leads if not is_erased(item.get("lead_id"))]
+
+
+# --- ClickHouse ---------------------------------------------------------------------------------------
+def linked_anonymous_ids(run: Runner, lead_id: str) -> list[str]:
+    """Anonymous ids the stored data links to the lead (profiles and events), through a read-only runner."""
+    result = run(
+        "SELECT DISTINCT assumeNotNull(anonymous_id) AS a FROM leadpulse.leads "
+        "WHERE lead_id = {lead:String} AND anonymous_id IS NOT NULL AND anonymous_id != '' "
+        "UNION DISTINCT SELECT DISTINCT assumeNotNull(anonymous_id) AS a FROM leadpulse.events "
+        "WHERE lead_id = {lead:String} AND anonymous_id IS NOT NULL AND anonymous_id != ''",
+        {"lead": lead_id},
+    )
+    return sorted({str(row[0]) for row in result.rows})
+
+
+def already_applied(client: Client, record: Mapping[str, Any]) -> bool:
+    result = client.query(
+        "SELECT count() FROM leadpulse.erasures WHERE erasure_id = {e:String} "
+        "AND requested_at = fromUnixTimestamp64Milli({r:Int64})",
+        parameters={"e": record["erasure_id"], "r": int(record["requested_at"])},
+    )
+    return int(result.result_rows[0][0]) > 0
+
+
+def _count(client: Client, table: str, condition: str, ids: list[str]) -> int:
+    result = client.query(f"SELECT count() FROM leadpulse.{table} WHERE {condition}", parameters={"ids": ids})
+    return int(result.result_rows[0][0])
+
+
+def _engines(client: Client) -> dict[str, str]:
+    result = client.query("SELECT name, engine_full FROM system.tables WHERE database = 'leadpulse'")
+    return {str(name): str(engine) for name, engine in result.result_rows}
+
+
+def _recompute(client: Client, view: DailyView, ids: list[str], engines: Mapping[str, str]) -> int:
+    """Rebuild the view keys the lead contributed to from the other rows; returns the number of keys."""
+    found = client.query(
+        f"SELECT DISTINCT {', '.join(view.key_exprs)} FROM leadpulse.{view.base} WHERE {view.lead_condition}"
+        + (" AND ifNull(content_id, '') != ''" if view is CONTENT_USAGE else ""),
+        parameters={"ids": ids},
+    )
+    keys = [tuple(row) for row in found.result_rows]
+    if not keys:
+        return 0
+    params = {"ids": ids, "keys": keys}
+    target = mutation_target(engines.get(view.target, ""), view.target)
+    client.command(
+        f"ALTER TABLE {target} DELETE WHERE {target_keys_condition(view)}",
+        parameters=params,
+        settings=MUTATION_SETTINGS,
+    )
+    where = f"{keys_condition(view)} AND NOT {view.lead_condition}"
+    client.command(
+        f"INSERT INTO leadpulse.{view.target} ({', '.join(_target_columns(view))}) "
+        + view.select.format(where=where),
+        parameters=params,
+        settings=RECOMPUTE_SETTINGS,
+    )
+    return len(keys)
+
+
+def _target_columns(view: DailyView) -> tuple[str, ...]:
+    if view is CONTENT_USAGE:
+        return ("day", "content_id", "event_type", "events", "dwell_ms", "leads", "visitors")
+    return ("day", "from_stage", "to_stage", "transitions", "recycles")
+
+
+def apply_erasure(
+    client: Client, record: Mapping[str, Any], *, applied_by: str = "cli", now_ms: int | None = None
+) -> ErasureResult:
+    """Delete the lead's rows everywhere, rebuild the daily views they fed, record the erasure."""
+    ids = record_identities(record)
+    result = ErasureResult(str(record["erasure_id"]), str(record["lead_id"]), applied_by=applied_by)
+    engines = _engines(client)
+    for view in DAILY_VIEWS:
+        result.rows[view.target] = _recompute(client, view, ids, engines)
+    for table, condition in BASE_TABLES:
+        found = _count(client, table, condition, ids)
+        result.rows[table] = found
+        if found:
+            client.command(
+                f"ALTER TABLE {mutation_target(engines.get(table, ''), table)} DELETE WHERE {condition}",
+                parameters={"ids": ids},
+                settings=MUTATION_SETTINGS,
+            )
+    scrubbed = _count(client, "account_scores", TOP_LEADS_MATCH, ids)
+    result.rows["account_scores"] = scrubbed
+    if scrubbed:
+        target = mutation_target(engines.get("account_scores", ""), "account_scores")
+        client.command(
+            f"ALTER TABLE {target} UPDATE top_leads = {TOP_LEADS_SCRUBBED} WHERE {TOP_LEADS_MATCH}",
+            parameters={"ids": ids},
+            settings=MUTATION_SETTINGS,
+        )
+    client.insert(
+        "leadpulse.erasures",
+        [
+            (
+                result.erasure_id,
+                result.lead_id,
+                int(record["requested_at"]),
+                now_ms if now_ms is not None else int(time.time() * 1000),
+                result.rows,
+                applied_by,
+            )
+        ],
+        column_names=["erasure_id", "lead_id", "requested_at", "erased_at", "rows_deleted", "applied_by"],
+        settings={"async_insert": 0, "insert_deduplicate": 0},
+    )
+    return result
+
+
+def remaining_rows(run: Runner, record: Mapping[str, Any]) -> dict[str, int]:
+    """Rows still holding any of the lead's identities, per base table (all 0 after an erasure)."""
+    ids = record_identities(record)
+    out: dict[str, int] = {}
+    for table, condition in BASE_TABLES:
+        rows = run(f"SELECT count() FROM leadpulse.{table} WHERE {condition}", {"ids": ids}).rows
+        out[table] = int(rows[0][0])
+    rows = run(f"SELECT count() FROM leadpulse.account_scores WHERE {TOP_LEADS_MATCH}", {"ids": ids}).rows
+    out["account_scores"] = int(rows[0][0])
+    return out
+
+
+def recorded_erasure(run: Runner, record: Mapping[str, Any]) -> dict[str, int] | None:
+    """Row counts of this erasure request as recorded in ``leadpulse.erasures``, or None if not yet."""
+    rows = run(
+        "SELECT toJSONString(rows_deleted) FROM leadpulse.erasures WHERE erasure_id = {e:String} "
+        "AND requested_at = fromUnixTimestamp64Milli({r:Int64}) ORDER BY erased_at DESC LIMIT 1",
+        {"e": record["erasure_id"], "r": int(record["requested_at"])},
+    ).rows
+    if not rows:
+        return None
+    return {str(k): int(v) for k, v in json.loads(rows[0][0]).items()}
+
+
+# --- the sink's side: drop erased identities before insert ----------------------------------------------
+def _varint(data: bytes, pos: int) -> tuple[int, int]:
+    shift = result = 0
+    while True:
+        byte = data[pos]
+        pos += 1
+        result |= (byte & 0x7F) << shift
+        if not byte & 0x80:
+            return (result >> 1) ^ -(result & 1), pos
+        shift += 7
+
+
+def _string(data: bytes, pos: int) -> tuple[str, int]:
+    length, pos = _varint(data, pos)
+    return data[pos : pos + length].decode("utf-8", errors="replace"), pos + length
+
+
+def event_identities(body: bytes) -> tuple[str | None, str | None]:
+    """(anonymous_id, lead_id) read from the start of a behavioural event's Avro body, without decoding
+    the rest: every event schema begins ``event_id: string, event_time: long, anonymous_id: [null,
+    string], lead_id: [null, string]`` (checked by ``tests/unit/test_erasures.py``), so the sink's
+    undecoded fast path can still drop erased identities."""
+    found: list[str | None] = []
+    try:
+        _, pos = _string(body, 0)  # event_id
+        _, pos = _varint(body, pos)  # event_time
+        for _ in range(2):
+            branch, pos = _varint(body, pos)
+            if branch == 0:
+                found.append(None)
+            else:
+                value, pos = _string(body, pos)
+                found.append(value)
+    except IndexError:  # a truncated body: ClickHouse rejects it and the sink dead-letters it
+        return None, None
+    return found[0], found[1]
+
+
+def record_erased(schema: str, record: dict[str, Any], is_erased: Callable[[str | None], bool]) -> bool:
+    """Whether a decoded record belongs to an erased identity (then it is not stored). An account
+    roll-up is never dropped: its erased top leads are removed from it in place."""
+    if schema == "account_score":
+        record["top_leads"] = scrub_top_leads(list(record.get("top_leads") or []), is_erased)
+        return False
+    return is_erased(record.get("lead_id")) or is_erased(record.get("anonymous_id"))
+
+
+# --- `leadpulse forget` ---------------------------------------------------------------------------------
+class ForgetError(Exception):
+    """``forget`` could not finish; the message says which step failed and whether the erasure is logged."""
+
+
+def forget_lead(
+    settings: Settings,
+    lead_id: str,
+    *,
+    now_ms: int | None = None,
+    timeout_s: float = 60.0,
+    note: Callable[[str], None] = lambda _: None,
+) -> ErasureResult:
+    """Erase ``lead_id``: log the erasure first (workers and sinks stop accepting the lead even if the
+    ClickHouse part fails), then delete it from ClickHouse here, or wait for the running sink that owns
+    the embedded engine to do it. Raises ForgetError."""
+    from sinks.clickhouse import get_client
+    from sinks.migrate import migrate
+    from sinks.query_service import client_runner, http_runner, sink_serving, sink_url
+    from streams.broker import port_open, running_broker
+    from streams.erasures import erasure_record, publish_erasure, read_all
+
+    now = now_ms if now_ms is not None else int(time.time() * 1000)
+    via_sink = settings.embedded_clickhouse and sink_serving(settings)
+    client: Client | None = None
+    try:
+        if via_sink:
+            run = http_runner(sink_url(settings))
+            owner = f"the running sink at {sink_url(settings)} owns {settings.shown_dsn}"
+            note(f"{owner}: it will apply the erasure")
+        else:
+            try:
+                client = get_client(settings)
+            except Exception as exc:
+                hint = (
+                    f"; a process owns it without serving queries on {sink_url(settings)}: stop it or "
+                    "run `leadpulse sink`, which applies erasures itself"
+                    if "Cannot lock file" in str(exc)
+                    else ""
+                )
+                raise ForgetError(f"cannot open ClickHouse at {settings.shown_dsn}: {exc}{hint}") from None
+            migrate(client)
+            run = client_runner(client)
+        anonymous = set(linked_anonymous_ids(run, lead_id))
+        if settings.embedded_broker and not port_open(settings.broker_host, settings.broker_port):
+            note(
+                "no broker is running: the erasure is logged in a broker started for this command only; "
+                "workers and sinks started later will not see it"
+            )
+        with running_broker(settings) as bootstrap:
+            local = settings.model_copy(update={"kafka_bootstrap": bootstrap})
+            # A repeated forget must keep the anonymous ids erased before: the log is compacted by lead,
+            # so the new record replaces the old one.
+            for earlier in read_all(local):
+                if earlier["lead_id"] == lead_id:
+                    anonymous.update(earlier.get("anonymous_ids") or [])
+            record = erasure_record(lead_id, anonymous, now)
+            try:
+                publish_erasure(local, record)
+            except Exception as exc:
+                raise ForgetError(
+                    f"could not log the erasure on {local.topic('leadpulse.internal.erasures')}: {exc}; "
+                    "nothing was deleted, re-run `leadpulse forget`"
+                ) from None
+        note(f"erasure {record['erasure_id']} logged ({len(record['anonymous_ids'])} anonymous id(s))")
+        if client is not None:
+            try:
+                return apply_erasure(client, record, applied_by="cli")
+            except Exception as exc:
+                raise ForgetError(
+                    f"the erasure is logged (no new rows of the lead will be stored) but deleting from "
+                    f"ClickHouse failed: {type(exc).__name__}: {exc}; re-run `leadpulse forget {lead_id}`"
+                ) from None
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            rows = recorded_erasure(run, record)
+            if rows is not None:
+                return ErasureResult(record["erasure_id"], lead_id, rows, applied_by="sink")
+            time.sleep(0.25)
+        raise ForgetError(
+            f"the erasure is logged but the sink at {sink_url(settings)} did not apply it within "
+            f"{timeout_s:.0f}s (is it backing off?); it applies it when it can: re-run "
+            f"`leadpulse forget {lead_id}` to check"
+        )
+    finally:
+        if client is not None:
+            client.close()
