@@ -74,7 +74,7 @@ class WorkerProcess:
             LEADPULSE_TOPIC_PREFIX=settings.topic_prefix,
             LEADPULSE_DATA_DIR=str(settings.data_dir),
             LEADPULSE_WEB_PORT=str(self.port),
-            LEADPULSE_LOG_LEVEL="INFO",  # WARNING+ turns Faust's spinner on: root logger at DEBUG
+            LEADPULSE_LOG_LEVEL="INFO",  # naive worker: WARNING+ turns Faust's spinner on (root at DEBUG)
             PYTHONUNBUFFERED="1",
         )
         self.log = log
@@ -338,7 +338,7 @@ def _run(
         "workload_now_ms": workload.now_ms,
     }
 
-    out("real worker (agents/worker.py): one table, written once per lead per batch")
+    out("real worker (agents/worker.py): batch loop, state in memory, written once per lead per batch")
     real_settings = settings_for("real")
     real, worker = throughput_run(REAL, real_settings, records, root / "real.log", 600.0, out)
     try:

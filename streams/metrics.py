@@ -18,6 +18,7 @@ dashboards work whatever the prefix), table names, stage ids, SLA names, error k
 from __future__ import annotations
 
 from importlib import metadata
+from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, disable_created_metrics
 from prometheus_client.gc_collector import GCCollector
@@ -250,3 +251,14 @@ class Metrics:
             ProcessCollector(registry=r)
             PlatformCollector(registry=r)
             GCCollector(registry=r)
+
+    def count_output(self, schema: str, record: dict[str, Any]) -> None:
+        """Count one acknowledged worker output by its kind."""
+        if schema == "lead_score":
+            self.score_updates.inc()
+        elif schema == "stage_transition":
+            self.stage_transitions.labels(from_stage=record["from_stage"], to_stage=record["to_stage"]).inc()
+        elif schema == "hot_lead":
+            self.hot_leads.inc()
+        elif schema == "sla_timeout":
+            self.sla_events.labels(sla=record["sla"], level=record["level"]).inc()

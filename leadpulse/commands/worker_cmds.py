@@ -17,7 +17,7 @@ def register(app: typer.Typer) -> None:
         port: int = typer.Option(None, "--web-port", help="Port of /metrics /health /ready (default 6066)."),
     ) -> None:
         from agents.rules import RulesError, load_rules
-        from agents.worker import run_worker
+        from agents.worker_process import run_worker
         from streams.broker import running_broker
 
         settings = cli_settings(web_port=port)

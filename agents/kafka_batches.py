@@ -1,0 +1,112 @@
+"""The worker's bulk Kafka I/O: acknowledged sends built as one producer batch per topic-partition, and
+reading a compacted changelog's partitions to their end.
+
+Why its own module: the worker loop decides *what* to write and *when* it must be durable; this holds *how*,
+so the loop reads as the protocol it implements (outputs acknowledged → state acknowledged → commit).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random
+from collections.abc import Callable, Sequence
+from typing import Any
+
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
+from aiokafka.partitioner import murmur2
+
+from streams.broker import aiokafka_client_config
+from streams.settings import Settings
+from streams.tansu_compat import end_offsets
+
+#: (topic, key, value, headers, partition); partition None = by key, as the Java client's partitioner.
+Record = tuple[str, bytes | None, bytes | None, list[tuple[str, bytes]] | None, int | None]
+Headers = list[tuple[str, bytes]] | None
+
+
+def murmur2_partition(key: bytes, count: int) -> int:
+    """The Java client's default partitioner (the SDK's too): one lead's records share a partition."""
+    return int(murmur2(key) & 0x7FFFFFFF) % count
+
+
+class BatchSender:
+    """Sends records and waits for every acknowledgement.
+
+    Why not ``producer.send`` per record: each creates a future and an accumulator lookup; building the
+    batches here costs a third of that (measured in the worker profile)."""
+
+    def __init__(self, producer: AIOKafkaProducer) -> None:
+        self.producer = producer
+        self._partitions: dict[str, int] = {}
+        self._key_partition: dict[tuple[bytes, int], int] = {}
+
+    async def send(self, records: Sequence[Record]) -> None:
+        open_batches: dict[tuple[str, int], Any] = {}
+        futures = []
+        for topic, key, value, headers, partition in records:
+            if partition is None:
+                partition = await self.partition_for(topic, key)
+            builder = open_batches.get((topic, partition))
+            if builder is None:
+                builder = open_batches[(topic, partition)] = self.producer.create_batch()
+            if builder.append(key=key, value=value, timestamp=None, headers=headers or []) is None:
+                futures.append(await self.producer.send_batch(builder, topic, partition=partition))
+                builder = open_batches[(topic, partition)] = self.producer.create_batch()
+                if builder.append(key=key, value=value, timestamp=None, headers=headers or []) is None:
+                    # bigger than a batch on its own: a plain send takes up to max_request_size
+                    futures.append(
+                        await self.producer.send(topic, value, key=key, partition=partition, headers=headers)
+                    )
+        for (topic, partition), builder in open_batches.items():
+            if builder.record_count():
+                futures.append(await self.producer.send_batch(builder, topic, partition=partition))
+        if futures:
+            await asyncio.gather(*futures)
+
+    async def partition_for(self, topic: str, key: bytes | None) -> int:
+        count = self._partitions.get(topic)
+        if count is None:
+            count = self._partitions[topic] = len(await self.producer.partitions_for(topic))
+        if key is None:
+            return random.randrange(count)
+        partition = self._key_partition.get((key, count))
+        if partition is None:
+            if len(self._key_partition) > 200_000:
+                self._key_partition.clear()
+            partition = self._key_partition[(key, count)] = murmur2_partition(key, count)
+        return partition
+
+
+async def read_to_end(
+    settings: Settings,
+    topic: str,
+    partitions: set[int],
+    tansu: bool,
+    apply: Callable[[int, bytes, bytes | None, Headers], None],
+) -> None:
+    """Feed every record of ``topic``'s ``partitions`` to ``apply`` from the beginning to the end offsets
+    seen at the start (corrected on Tansu), without a consumer group."""
+    consumer = AIOKafkaConsumer(
+        bootstrap_servers=settings.bootstrap,
+        group_id=None,
+        enable_auto_commit=False,
+        max_partition_fetch_bytes=8 * 1024 * 1024,
+        **aiokafka_client_config(settings),
+    )
+    await consumer.start()
+    try:
+        tps = [TopicPartition(topic, p) for p in sorted(partitions)]
+        consumer.assign(tps)
+        await consumer.seek_to_beginning(*tps)
+        ends = await end_offsets(consumer, settings.bootstrap, tps, tansu)
+        pending = {tp for tp in tps if ends[tp] > 0}
+        while pending:
+            got = await consumer.getmany(*pending, timeout_ms=500, max_records=20_000)
+            for tp, records in got.items():
+                for r in records:
+                    apply(tp.partition, r.key, r.value, r.headers)
+            for tp in list(pending):
+                if await consumer.position(tp) >= ends[tp]:
+                    pending.discard(tp)
+    finally:
+        await consumer.stop()

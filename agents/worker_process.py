@@ -1,0 +1,51 @@
+"""``leadpulse worker`` as a process: the erasure log, the lead worker and its ops endpoints, signals."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+
+from agents.rules import Rules
+from agents.worker import LeadWorker
+from streams.metrics import Metrics
+from streams.settings import Settings
+
+log = logging.getLogger(__name__)
+
+
+async def serve_worker(settings: Settings, rules: Rules, metrics: Metrics, stop: asyncio.Event) -> None:
+    """The worker plus /metrics, /health and /ready on the web host/port, until ``stop`` is set."""
+    from streams.erasures import ErasureLog
+    from streams.web import start_ops_server
+
+    erasures = ErasureLog(settings)
+    await erasures.start()  # every erasure known before the first record is processed
+    worker = LeadWorker(settings, rules, metrics, erasures=erasures)
+    runner = await start_ops_server(settings.web_host, settings.web_port, metrics.registry, worker.ready)
+    log.info("ops endpoints on http://%s:%s (/metrics /health /ready)", settings.web_host, settings.web_port)
+    try:
+        await worker.run(stop)
+    finally:
+        await runner.cleanup()
+        await erasures.stop()
+
+
+def run_worker(settings: Settings, rules: Rules, loglevel: str = "info") -> None:
+    """Run until SIGINT/SIGTERM, then finish the batch in flight, commit and leave the group."""
+    from prometheus_client import CollectorRegistry
+
+    logging.basicConfig(
+        level=loglevel.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s", force=True
+    )
+    logging.getLogger("aiokafka").setLevel(max(logging.WARNING, logging.getLogger().level))
+    metrics = Metrics(CollectorRegistry(), component="worker", process_metrics=True)
+
+    async def main() -> None:
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, stop.set)
+        await serve_worker(settings, rules, metrics, stop)
+
+    asyncio.run(main())
