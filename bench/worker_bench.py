@@ -7,7 +7,7 @@ Method (docs/benchmarks.md has the numbers):
    Avro-encode it once.
 2. For each worker: create the catalogue topics under a fresh prefix, pre-produce the workload, start the
    worker as a subprocess (``python -m leadpulse.cli worker`` / ``python -m bench.naive_worker``) and poll
-   its ``/metrics``: the rate is (events consumed from the input topics between the first poll that saw any
+   its ``/metrics``: the rate is (events consumed from the input topics between the last poll that saw none
    and the poll that saw all of them) / (time between those polls). Identity-topic hops are work the
    worker does but are not counted as events. Tansu's ListOffsets(latest) is wrong (DESIGN §11), so
    "done" is the count we produced, never an end offset.
@@ -156,17 +156,20 @@ def wait_consumed(
 ) -> Throughput:
     """Poll /metrics until ``total`` input events were consumed (or ``budget_s`` after the first one)."""
     deadline = time.monotonic() + start_timeout_s
-    first: tuple[float, float, float] | None = (
-        None  # (monotonic, consumed, cpu) at the first poll with events
-    )
+    # (monotonic, consumed, cpu) at the start of the window: the last poll that saw nothing consumed yet
+    # (or, if /metrics came up after consumption began, the first poll that saw events)
+    first: tuple[float, float, float] | None = None
+    idle: tuple[float, float, float] | None = None
     last = (0.0, 0.0, 0.0)
     while True:
         now = time.monotonic()
         seen = worker.sample(inputs)
+        if seen is not None and seen[0] == 0:
+            idle = (now, 0.0, seen[1])
         if seen is not None and seen[0] > 0:
             last = (now, seen[0], seen[1])
             if first is None:
-                first = last
+                first = idle or last
                 deadline = now + budget_s
             if seen[0] >= total:
                 break
