@@ -44,7 +44,16 @@ from streams.dlq import dead_letter
 from streams.metrics import Metrics
 from streams.producer import lead_key
 from streams.settings import Settings
-from streams.topics import ACCOUNTS, BY_SCHEMA, DLQ, IDENTITY, INPUTS, LEAD_STATE, TOPICS
+from streams.topics import (
+    ACCOUNTS,
+    BY_SCHEMA,
+    DLQ,
+    IDENTITY,
+    INPUTS,
+    LEAD_STATE,
+    MAX_INPUT_RECORD_BYTES,
+    TOPICS,
+)
 
 log = logging.getLogger(__name__)
 
@@ -118,6 +127,8 @@ class LeadWorker:
             self.identity_topic,
             self.accounts_topic,
         ]
+        # a contract topic carries its own schema only (the internal hops carry any)
+        self.input_schema = {settings.topic(s.name): s.schema for s in INPUTS}
         self.output_topics = {
             schema: settings.topic(spec.name) for schema, spec in BY_SCHEMA.items() if spec.role == "output"
         }
@@ -242,8 +253,14 @@ class LeadWorker:
     def _handle(self, message: ConsumerRecord, batch: Batch, now: int) -> None:
         topic = message.topic
         batch.consumed[topic] = batch.consumed.get(topic, 0) + 1
+        expected = self.input_schema.get(topic)
+        size = len(message.value or b"")
+        if expected is not None and size > MAX_INPUT_RECORD_BYTES:
+            reason = f"record of {size} bytes exceeds the {MAX_INPUT_RECORD_BYTES}-byte input event limit"
+            self._dead_letter(batch, message, "validate", ValueError(reason))
+            return
         try:
-            schema, record = self.registry.decode(message.value or b"")
+            schema, record = self.registry.decode(message.value or b"", expect=expected)
         except SchemaError as exc:
             self._dead_letter(batch, message, "decode", exc)
             return

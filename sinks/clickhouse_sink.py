@@ -41,8 +41,9 @@ from sinks.errors import SinkBackpressure
 from sinks.rows import EVENT_TYPES, EVENTS, TABLE_FOR_SCHEMA, Origin, TableSpec, to_row
 from streams.broker import kafka_client_config
 from streams.erasures import ErasureLog
+from streams.producer import lead_key
 from streams.settings import Settings
-from streams.topics import INPUTS, OUTPUTS, spec_for
+from streams.topics import INPUTS, MAX_INPUT_RECORD_BYTES, OUTPUTS, spec_for
 
 log = logging.getLogger(__name__)
 
@@ -151,6 +152,7 @@ class ClickHouseSinkLoop:
         self.sink = ClickHouseBatchSink(client, policy, on_insert=self.hooks.inserted)
         self.group = sink_group(settings)
         self.topics = [settings.topic(t.name) for t in SINK_TOPICS]
+        self._input_topics = {settings.topic(t.name) for t in INPUTS}
         self.stats = SinkStats()
         self.next_offsets: dict[tuple[str, int], int] = {}
         self.committed: dict[tuple[str, int], int] = {}
@@ -329,10 +331,18 @@ class ClickHouseSinkLoop:
             if msg.value is None:  # a tombstone on a compacted output (e.g. an erased lead's score)
                 continue
             value = msg.value
-            if fmt is not None and value[:HEADER_LEN] == current_header:
-                if erasures is not None and any(
-                    map(erasures.is_erased, event_identities(value[HEADER_LEN:]))
-                ):
+            if tp.topic in self._input_topics and len(value) > MAX_INPUT_RECORD_BYTES:
+                limit = MAX_INPUT_RECORD_BYTES
+                reason = f"record of {len(value)} bytes exceeds the {limit}-byte input event limit"
+                self._dead_letter(
+                    tp.topic, tp.partition, msg.offset, msg.key, value, "validate", "ValueError", reason
+                )
+                continue
+            # (no identity read from the body: a truncated or anonymous-and-leadless record; the full decode
+            # below names which, as a dead letter)
+            identities = event_identities(value[HEADER_LEN:]) if fmt is not None else (None, None)
+            if fmt is not None and value[:HEADER_LEN] == current_header and any(identities):
+                if erasures is not None and any(map(erasures.is_erased, identities)):
                     self._erased(EVENTS.table)
                     continue
                 # Fast path: the current writer schema; ClickHouse decodes the body itself.
@@ -341,6 +351,9 @@ class ClickHouseSinkLoop:
                 continue
             try:
                 schema, record = self.registry.decode(value, expect=expected)
+                if tp.topic in self._input_topics and not lead_key(record):
+                    self._no_identity(tp.topic, tp.partition, msg.offset, msg.key, value)
+                    continue
                 if erasures is not None and record_erased(schema, record, erasures.is_erased):
                     self._erased(TABLE_FOR_SCHEMA[schema].table)
                     continue
@@ -390,6 +403,11 @@ class ClickHouseSinkLoop:
             assert self.consumer is not None
             self.consumer.resume(*self.consumer.assignment())
         await self._commit()
+
+    def _no_identity(self, topic: str, partition: int, offset: int, key: bytes | None, value: bytes) -> None:
+        """DESIGN §6: every input event names a lead_id or an anonymous_id; a row of nobody is poison."""
+        reason = "lead_id: one of lead_id or anonymous_id is required (record has neither)"
+        self._dead_letter(topic, partition, offset, key, value, "validate", "ValueError", reason)
 
     def _dead_letter(
         self,

@@ -12,6 +12,9 @@ from typing import Literal
 Role = Literal["input", "output", "dlq", "internal"]
 
 INPUT_PARTITIONS = 8
+#: An input record larger than this is a poison record (dead-lettered by the worker and the sink): a
+#: behavioural event is ~300 bytes and a profile under 2 KB, so 64 KiB only catches garbage or abuse.
+MAX_INPUT_RECORD_BYTES = 64 * 1024
 DAY_MS = 24 * 3600 * 1000
 
 
