@@ -479,6 +479,39 @@ class ClickHouseSinkLoop:
 TABLE_FOR_SCHEMA_BY_TABLE: dict[str, TableSpec] = {spec.table: spec for spec in TABLE_FOR_SCHEMA.values()}
 
 
+def _connect(
+    settings: Settings,
+    stop_event: threading.Event,
+    get_client: Callable[[Settings], Client],
+    migrate: Callable[[Client], Any],
+) -> Client | None:
+    """Open and migrate ClickHouse, retrying with backoff while it is unreachable.
+
+    Why not exit: a sink that dies when ClickHouse is away is restarted in a loop by its supervisor and
+    floods the logs; nothing is consumed (so nothing committed) until ClickHouse answers, then it resumes
+    from the committed offsets."""
+    delay = 1.0
+    while not stop_event.is_set():
+        try:
+            client = get_client(settings)
+            migrate(client)
+            return client
+        except Exception as exc:  # connection refused, DNS, auth, a server starting up: all retried
+            if "Cannot lock file" in str(exc):  # embedded: another process owns the directory
+                raise
+            first_line = str(exc).splitlines()[0][:300] if str(exc) else type(exc).__name__
+            log.warning(
+                "ClickHouse at %s unavailable (%s: %s); retrying in %.0f s",
+                settings.shown_dsn,
+                type(exc).__name__,
+                first_line,
+                delay,
+            )
+            stop_event.wait(delay)
+            delay = min(delay * 2, 30.0)
+    return None
+
+
 def run_sink(
     settings: Settings,
     stop_event: threading.Event,
@@ -501,8 +534,12 @@ def run_sink(
     from streams.web import add_ops_routes
 
     own_client = client is None
-    client = client or get_client(settings)
-    migrate(client)
+    if client is None:
+        client = _connect(settings, stop_event, get_client, migrate)
+        if client is None:  # stopped while ClickHouse was still unreachable
+            return SinkStats()
+    else:
+        migrate(client)
     if metrics is None:
         metrics = Metrics(CollectorRegistry(), component="sink", process_metrics=True)
     loop = ClickHouseSinkLoop(settings, client, policy=policy, hooks=MetricsHooks(metrics))

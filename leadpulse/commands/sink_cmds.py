@@ -52,6 +52,9 @@ def register(app: typer.Typer) -> None:
 
         settings = cli_settings()
         logging.basicConfig(level=settings.log_level, format="%(asctime)s %(levelname)s %(name)s %(message)s")
+        # the sink logs one line per failed ClickHouse attempt; the drivers' own tracebacks add nothing
+        for noisy in ("urllib3.connectionpool", "clickhouse_connect.driver._backend.http_sync"):
+            logging.getLogger(noisy).setLevel(logging.ERROR)
         stop = threading.Event()
         for sig in (signal.SIGINT, signal.SIGTERM):
             signal.signal(sig, lambda *_: stop.set())
