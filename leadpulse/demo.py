@@ -8,6 +8,7 @@ query API, printed, and written as an offline HTML report; the data stays under 
 
 from __future__ import annotations
 
+import contextlib
 import json
 import secrets
 import shutil
@@ -15,7 +16,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -23,6 +24,7 @@ from typing import Any
 
 from rich.console import Console
 from rich.live import Live
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 from leadpulse.live_view import HotLeadFeed, LiveState, render, scrape, total
 from sinks.webhook import IDEMPOTENCY_HEADER, SIGNATURE_HEADER, verify_signature
@@ -207,11 +209,12 @@ def _run(
     feed = HotLeadFeed(settings.model_copy(update={"kafka_bootstrap": bootstrap}))
     state = LiveState()
     try:
-        with console.status("starting worker, sink, collector and notifier"):
+        with _steps(console, "starting worker, sink, collector and notifier", len(services)) as advance:
             for service in services:
                 service.start(env)
             for service in services:
                 service.wait_ready()
+                advance()
         console.print(f"worker {worker.url} · sink {sink.url} · collector {collector.url} · logs in {logs}")
         feed.start()
         client = (
@@ -392,14 +395,29 @@ def _reports(settings: Settings) -> dict[str, Any]:
 
     run, close = query_runner(settings)
     period = make_period(None, None, int(time.time() * 1000), default_days=30)
+    reports: dict[str, Callable[[], Any]] = {
+        "content": lambda: content_report(run, period),
+        "health": lambda: health_report(run, period),
+        "funnel": lambda: funnel_report(run, period),
+        "sla": lambda: sla_report(run, period),
+        # The Model's worked example (reference/the-model-process): 10M revenue, 1M per deal
+        "plan": lambda: plan_report(run, period, target_revenue=10_000_000, average_deal=1_000_000),
+    }
+    done: dict[str, Any] = {}
     try:
-        return {
-            "content": content_report(run, period),
-            "health": health_report(run, period),
-            "funnel": funnel_report(run, period),
-            "sla": sla_report(run, period),
-            # The Model's worked example (reference/the-model-process): 10M revenue, 1M per deal
-            "plan": plan_report(run, period, target_revenue=10_000_000, average_deal=1_000_000),
-        }
+        with _steps(Console(stderr=True), "building the reports", len(reports)) as advance:
+            for name, build in reports.items():
+                done[name] = build()
+                advance()
+        return done
     finally:
         close()
+
+
+@contextlib.contextmanager
+def _steps(console: Console, what: str, total: int) -> Iterator[Callable[[], None]]:
+    """A progress bar for a step made of ``total`` parts (transient: gone once done)."""
+    columns = (TextColumn(what), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
+    with Progress(*columns, console=console, transient=True, disable=not console.is_terminal) as progress:
+        task = progress.add_task(what, total=total)
+        yield lambda: progress.advance(task)
