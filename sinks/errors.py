@@ -35,6 +35,11 @@ PERMANENT_CODES = frozenset(
         469,  # VIOLATED_CONSTRAINT (a table CHECK, e.g. events.dwell_ms_not_negative)
     }
 )
+# STD_EXCEPTION: a C++ exception the server wraps; permanent only when it is the Avro input format's parser
+# failing on a body (the sink's fast path ships Avro bodies undecoded: a truncated or mistyped record gives
+# "type: avro::Exception, e.what() = EOF reached / Cannot have negative length", measured on chDB 26.9).
+STD_EXCEPTION = 1001
+AVRO_PARSE_ERROR = "avro::Exception"
 # Client-side serialisation failures of a value into its column type.
 PERMANENT_TYPES: tuple[type[BaseException], ...] = (
     TypeError,
@@ -75,6 +80,8 @@ def classify(exc: BaseException) -> Kind:
         return "retryable"
     if isinstance(exc, DatabaseError):
         code = error_code(exc)
+        if code == STD_EXCEPTION and AVRO_PARSE_ERROR in str(exc):
+            return "permanent"
         return "permanent" if code in PERMANENT_CODES else "retryable"
     if isinstance(exc, PERMANENT_TYPES):
         return "permanent"

@@ -169,3 +169,15 @@ def test_zigzag_matches_avro_long_encoding() -> None:
         b"\x80\x01",
         b"\x81\x01",
     ]
+
+
+def test_an_avro_body_chdb_cannot_parse_is_permanent_other_wrapped_cpp_errors_retryable() -> None:
+    from clickhouse_connect.driver.exceptions import DatabaseError
+
+    def wrapped(message: str) -> DatabaseError:
+        exc = DatabaseError(f"Code: 1001. DB::Exception: {message}")
+        exc.code = 1001  # type: ignore[attr-defined]
+        return exc
+
+    assert classify(wrapped("type: avro::Exception, e.what() = EOF reached")) == "permanent"
+    assert classify(wrapped("type: std::bad_alloc, e.what() = std::bad_alloc")) == "retryable"
