@@ -33,7 +33,7 @@ from sinks.webhook import (
     policy_from_settings,
     targets_from_settings,
 )
-from streams.collector import aiokafka_security
+from streams.broker import aiokafka_client_config
 from streams.dlq import dead_letter, encode_dead_letter
 from streams.metrics import Metrics
 from streams.settings import Settings
@@ -172,13 +172,13 @@ class Notifier:
             auto_offset_reset="earliest",
             session_timeout_ms=6000,
             heartbeat_interval_ms=1000,
-            **aiokafka_security(self.settings),
+            **aiokafka_client_config(self.settings),
         )
         producer = AIOKafkaProducer(
             bootstrap_servers=self.bootstrap,
             acks="all",
             enable_idempotence=False,
-            **aiokafka_security(self.settings),
+            **aiokafka_client_config(self.settings),
         )
         consumer.subscribe([self.topic], listener=_Rebalance(self, consumer))
         await producer.start()

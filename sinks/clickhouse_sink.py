@@ -39,7 +39,7 @@ from sinks.batch import BatchPolicy, ClickHouseBatchSink
 from sinks.erase import already_applied, apply_erasure, event_identities, record_erased
 from sinks.errors import SinkBackpressure
 from sinks.rows import EVENT_TYPES, EVENTS, TABLE_FOR_SCHEMA, Origin, TableSpec, to_row
-from streams.broker import kafka_client_config
+from streams.broker import aiokafka_client_config
 from streams.erasures import ErasureLog
 from streams.producer import lead_key
 from streams.settings import Settings
@@ -185,15 +185,7 @@ class ClickHouseSinkLoop:
         return self.stats
 
     async def run_async(self, stop: threading.Event) -> None:
-        config: dict[str, Any] = {
-            k: v
-            for k, v in kafka_client_config(self.settings).items()
-            if k in ("security_protocol", "sasl_mechanism", "sasl_plain_username", "sasl_plain_password")
-        }
-        if self.settings.kafka_ssl_cafile is not None:  # aiokafka takes an SSL context, not a file name
-            from aiokafka.helpers import create_ssl_context
-
-            config["ssl_context"] = create_ssl_context(cafile=str(self.settings.kafka_ssl_cafile))
+        config = aiokafka_client_config(self.settings)
         self.consumer = AIOKafkaConsumer(
             bootstrap_servers=self.settings.bootstrap,
             group_id=self.group,

@@ -211,13 +211,15 @@ def kafka_client_config(settings: Settings) -> dict[str, object]:
 
 
 def aiokafka_client_config(settings: Settings) -> dict[str, Any]:
-    """The same security settings in aiokafka's spelling (it takes an SSL context, not a CA file name)."""
+    """The same security settings in aiokafka's spelling (it takes an SSL context, not a CA file name;
+    with TLS and no CA file, the system's trust store)."""
     keep = ("security_protocol", "sasl_mechanism", "sasl_plain_username", "sasl_plain_password")
     config: dict[str, Any] = {k: v for k, v in kafka_client_config(settings).items() if k in keep}
-    if settings.kafka_ssl_cafile is not None:
+    if settings.kafka_ssl_cafile or settings.kafka_security_protocol in ("SSL", "SASL_SSL"):
         from aiokafka.helpers import create_ssl_context
 
-        config["ssl_context"] = create_ssl_context(cafile=str(settings.kafka_ssl_cafile))
+        cafile = str(settings.kafka_ssl_cafile) if settings.kafka_ssl_cafile else None
+        config["ssl_context"] = create_ssl_context(cafile=cafile)
     return config
 
 

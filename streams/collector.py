@@ -22,6 +22,7 @@ from prometheus_client import CollectorRegistry
 
 from schemas.registry import SchemaRegistry, default_registry
 from streams.bots import is_bot
+from streams.broker import aiokafka_client_config
 from streams.intake import (
     BROWSER_TYPES,
     EVENT_TYPES,
@@ -88,7 +89,7 @@ class AioKafkaPublisher:
             max_batch_size=256 * 1024,
             enable_idempotence=False,  # idempotence fails on Tansu (DESIGN §11)
             request_timeout_ms=int(self.timeout_s * 1000),
-            **aiokafka_security(self.settings),
+            **aiokafka_client_config(self.settings),
         )
         await self._producer.start()
 
@@ -164,22 +165,6 @@ def _settle(waiter: asyncio.Future[Any], result: Any, exc: BaseException | None)
         waiter.set_result(result)
     else:
         waiter.set_exception(exc)
-
-
-def aiokafka_security(settings: Settings) -> dict[str, Any]:
-    """SASL/TLS settings in aiokafka's spelling (it takes an SSL context, not a CA file path)."""
-    config: dict[str, Any] = {"security_protocol": settings.kafka_security_protocol}
-    if settings.kafka_sasl_mechanism:
-        config["sasl_mechanism"] = settings.kafka_sasl_mechanism
-        config["sasl_plain_username"] = settings.kafka_sasl_username
-        if settings.kafka_sasl_password is not None:
-            config["sasl_plain_password"] = settings.kafka_sasl_password.get_secret_value()
-    if settings.kafka_ssl_cafile or settings.kafka_security_protocol in ("SSL", "SASL_SSL"):
-        from aiokafka.helpers import create_ssl_context
-
-        cafile = str(settings.kafka_ssl_cafile) if settings.kafka_ssl_cafile else None
-        config["ssl_context"] = create_ssl_context(cafile=cafile)
-    return config
 
 
 def _error(status: int, code: str, message: str, **headers: str) -> web.Response:
