@@ -205,6 +205,22 @@ def test_scripted_scenario_produces_exactly_the_expected_outputs(
     assert account["top_leads"][0]["lead_id"] == max(counted, key=lambda lead: counted[lead])
 
 
+def assert_emitted_once(out: dict[str, list[dict[str, Any]]], oracle: dict[str, Any]) -> None:
+    """Every output id the oracle emits, and no other; at-least-once: a replay after a crash may re-send
+    an output, always with the same id (dropped downstream by id), so records with the same id must be
+    identical apart from wall-clock stamps."""
+    for schema in ID_FIELD:
+        got = ids(out[schema], schema)
+        assert set(got) == oracle["emitted"][schema], schema
+        for dup in [k for k, n in Counter(got).items() if n > 1]:
+            variants = {
+                tuple(sorted((k, str(v)) for k, v in r.items() if k not in ("fired_at", "computed_at")))
+                for r in out[schema]
+                if r[ID_FIELD[schema]] == dup
+            }
+            assert len(variants) == 1, (schema, dup)
+
+
 def raw_messages(settings: Settings, topic: str) -> list[Any]:
     consumer = KafkaConsumer(
         topic,
@@ -309,19 +325,7 @@ def test_worker_killed_mid_stream_recovers_without_losing_or_duplicating_outputs
     finally:
         worker.stop()
 
-    for schema in ID_FIELD:
-        got = ids(out[schema], schema)
-        assert set(got) == oracle["emitted"][schema], schema
-        duplicates = {k: n for k, n in Counter(got).items() if n > 1}
-        # at-least-once: a replay after kill -9 may re-send an output, always with the same id (dropped
-        # downstream by id); records with the same id must be identical apart from wall-clock stamps.
-        for dup in duplicates:
-            variants = {
-                tuple(sorted((k, str(v)) for k, v in r.items() if k not in ("fired_at", "computed_at")))
-                for r in out[schema]
-                if r[ID_FIELD[schema]] == dup
-            }
-            assert len(variants) == 1, (schema, dup)
+    assert_emitted_once(out, oracle)
     final: dict[str, dict[str, Any]] = {}
     for record in out["lead_score"]:
         final[record["lead_id"]] = record  # per-lead topic order: the last one is the newest
