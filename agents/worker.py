@@ -195,15 +195,37 @@ class LeadWorker:
             if self.erasures is not None:
                 await self.apply_erasures(self.erasures.drain_new())
             if fetched and generation == self.generation:
-                # (after a rebalance the consumer re-fetches from the committed offsets; records fetched
-                # before it would be processed twice, and a poison record dead-lettered twice)
                 await self.process(fetched)
+            elif fetched:
+                await self._refetch(fetched)
             if time.monotonic() >= self._next_scan:
                 self._next_scan = time.monotonic() + self.scan_interval_s
                 await self.scan()
             if self.metrics and time.monotonic() >= self._next_lag:
                 self._next_lag = time.monotonic() + 5.0
                 self._report_lag()
+
+    async def _refetch(self, fetched: dict[TopicPartition, list[ConsumerRecord]]) -> None:
+        """A batch from a getmany that a rebalance overlapped: not processed, and fetched again from the
+        committed offsets of the partitions still owned.
+
+        Why not just drop it: the fetch may have started under the new assignment, so the consumer's
+        position is already past these records; dropped, they would never come back (found by the scale
+        1 → 2 → 1 fault test: a whole partition's tail missing). Why not process it: records fetched under
+        the old assignment would be processed twice (and a poison record dead-lettered twice)."""
+        assert self.consumer is not None
+        owned = self.consumer.assignment()
+        for tp in fetched:
+            if tp not in owned:
+                continue
+            try:
+                offset = await self.consumer.committed(tp)
+                if offset is None:
+                    await self.consumer.seek_to_beginning(tp)
+                else:
+                    self.consumer.seek(tp, offset)
+            except (IllegalStateError, KafkaError) as exc:  # moved again meanwhile: its next owner reads it
+                log.info("no re-fetch of %s[%d] (%s)", tp.topic, tp.partition, exc)
 
     # -- restore -----------------------------------------------------------------------------------------
 

@@ -65,9 +65,18 @@ def _check_against_oracle(settings: Settings, oracle: dict[str, Any]) -> None:
         assert stored[lead].last_score == pytest.approx(state.last_score), lead
 
 
-def _settled(settings: Settings, oracle: dict[str, Any]) -> bool:
+def _missing(settings: Settings, oracle: dict[str, Any]) -> dict[str, list[str]]:
     out = outputs(settings)
-    return all(set(ids(out[s], s)) >= oracle["emitted"][s] for s in ID_FIELD)
+    return {s: sorted(oracle["emitted"][s] - set(ids(out[s], s))) for s in ID_FIELD}
+
+
+def _wait_settled(settings: Settings, oracle: dict[str, Any], what: str, worker: CliProcess) -> None:
+    """Wait for every output the oracle emits; on timeout, say which are missing (the first few of each)."""
+    try:
+        wait_until(lambda: not any(_missing(settings, oracle).values()), 120, what, worker)
+    except AssertionError as exc:
+        missing = {s: (len(m), m[:5]) for s, m in _missing(settings, oracle).items() if m}
+        raise AssertionError(f"missing outputs {missing}\n{exc}") from None
 
 
 def test_worker_killed_mid_batch_recovers_with_outputs_and_state_equal_to_the_oracle(
@@ -83,7 +92,7 @@ def test_worker_killed_mid_batch_recovers_with_outputs_and_state_equal_to_the_or
     killed_at = time.monotonic()
     worker, port = start_worker(broker_settings, broker, tmp_path / "worker2.log")
     try:
-        wait_until(lambda: _settled(broker_settings, oracle), 120, "outputs after restart", worker)
+        _wait_settled(broker_settings, oracle, "outputs after restart", worker)
         recovered = time.monotonic() - killed_at
         print(f"\nworker kill -9 mid-batch: all outputs present {recovered:.1f} s after the kill")
         time.sleep(2)
@@ -120,7 +129,7 @@ def test_second_worker_joining_and_leaving_loses_and_duplicates_nothing(
         _produce(broker_settings, rest)
         left_at = time.monotonic()
         assert worker_b.stop() == 0, worker_b.output()[-2000:]  # 2 → 1 while the last third flows
-        wait_until(lambda: _settled(broker_settings, oracle), 120, "outputs after scale-in", worker_a)
+        _wait_settled(broker_settings, oracle, "outputs after scale-in", worker_a)
         print(f"\nscale 2 -> 1: all outputs present {time.monotonic() - left_at:.1f} s after the leave")
         time.sleep(2)
         _check_against_oracle(broker_settings, oracle)
