@@ -24,7 +24,7 @@ import logging
 import struct
 import threading
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -521,39 +521,61 @@ def run_sink(
 
     from sinks.clickhouse import get_client
     from sinks.migrate import migrate
-    from sinks.query_service import HttpThread, add_query_routes, client_runner
+    from sinks.query_service import (
+        HttpThread,
+        QueryError,
+        QueryResult,
+        add_query_routes,
+        client_runner,
+    )
     from streams.metrics import Metrics
     from streams.web import add_ops_routes
 
-    own_client = client is None
-    if client is None:
-        client = _connect(settings, stop_event, get_client, migrate)
-        if client is None:  # stopped while ClickHouse was still unreachable
-            return SinkStats()
-    else:
-        migrate(client)
     if metrics is None:
         metrics = Metrics(CollectorRegistry(), component="sink", process_metrics=True)
-    loop = ClickHouseSinkLoop(settings, client, policy=policy, hooks=MetricsHooks(metrics))
+    # Served from the start, so a sink waiting for ClickHouse answers /health and /metrics and says on /ready
+    # what it waits for (an orchestrator probing a silent port restarts it in a loop).
+    running: dict[str, Any] = {}
+
+    def ready() -> tuple[bool, dict[str, Any]]:
+        sink: ClickHouseSinkLoop | None = running.get("loop")
+        if sink is None:
+            return False, {"waiting_for": f"ClickHouse at {settings.shown_dsn}"}
+        ok = bool(sink.stats.assigned) and sink.retry_at is None
+        return ok, {
+            "assigned_partitions": len(sink.stats.assigned),
+            "backing_off": sink.retry_at is not None,
+            "last_success": sink.stats.last_success,
+        }
+
+    def query(sql: str, parameters: Mapping[str, Any] | None = None) -> QueryResult:
+        runner = running.get("query")
+        if runner is None:
+            raise QueryError("the sink is still waiting for ClickHouse; try again when /ready says ready")
+        result: QueryResult = runner(sql, parameters)
+        return result
+
     http: HttpThread | None = None
-    query_client: Client | None = None
     if serve:
-
-        def ready() -> tuple[bool, dict[str, Any]]:
-            ok = bool(loop.stats.assigned) and loop.retry_at is None
-            return ok, {
-                "assigned_partitions": len(loop.stats.assigned),
-                "backing_off": loop.retry_at is not None,
-                "last_success": loop.stats.last_success,
-            }
-
         app = web.Application()
         add_ops_routes(app, metrics.registry, ready)
         if settings.embedded_clickhouse:
-            query_client = get_client(settings)  # a second handle on the same engine, with its own lock
-            add_query_routes(app, client_runner(query_client))
+            add_query_routes(app, query)
         http = HttpThread(app, settings.web_host, settings.sink_port).start()
+    own_client = client is None
+    query_client: Client | None = None
     try:
+        if client is None:
+            client = _connect(settings, stop_event, get_client, migrate)
+            if client is None:  # stopped while ClickHouse was still unreachable
+                return SinkStats()
+        else:
+            migrate(client)
+        loop = ClickHouseSinkLoop(settings, client, policy=policy, hooks=MetricsHooks(metrics))
+        if serve and settings.embedded_clickhouse:
+            query_client = get_client(settings)  # a second handle on the same engine, with its own lock
+            running["query"] = client_runner(query_client)
+        running["loop"] = loop
         if on_started is not None:
             on_started(loop)
         return loop.run(stop_event)
@@ -562,5 +584,5 @@ def run_sink(
             http.stop()
         if query_client is not None:
             query_client.close()
-        if own_client:
+        if own_client and client is not None:
             client.close()

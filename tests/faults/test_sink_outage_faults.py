@@ -4,14 +4,17 @@ Without a ClickHouse server on this machine (embedded chDB only), "unreachable" 
 pointed at a server DSN where nothing listens, and "back" is the sink restarted against a working engine
 (the embedded one). Pass: while ClickHouse is away the sink stays up (no crash loop), says why in one log
 line per attempt, commits no offset and stores nothing; once ClickHouse is there every acknowledged event is
-stored exactly once. (Insert failures *during* a run — offsets held, batches retried with the same dedup
-token — are covered in-process by tests/integration/test_clickhouse_sink.py, and a sink killed mid-insert by
-its SIGKILL test.)
+stored exactly once. While it waits, its /health and /metrics answer and /ready says what it waits for.
+(Insert failures *during* a run — offsets held, batches retried with the same dedup token — are covered
+in-process by tests/integration/test_clickhouse_sink.py, and a sink killed mid-insert by its SIGKILL test.)
 """
 
 from __future__ import annotations
 
+import json
 import time
+import urllib.error
+import urllib.request
 from pathlib import Path
 
 import pytest
@@ -55,15 +58,24 @@ def test_sink_waits_out_an_unreachable_clickhouse_and_then_stores_everything_onc
         "data_dir": tmp_path / "data",
     }
     closed = free_port()  # nothing listens here
+    away_port = free_port()
     away = CliProcess(
         ["sink"],
-        leadpulse_env(**common, clickhouse_dsn=f"http://127.0.0.1:{closed}", sink_port=free_port()),
+        leadpulse_env(**common, clickhouse_dsn=f"http://127.0.0.1:{closed}", sink_port=away_port),
         tmp_path / "sink-away.log",
     )
     try:
         wait_until(lambda: away.output().count("unavailable") >= 3, 60, "three retries logged", away)
         assert away.proc.poll() is None, away.output()[-2000:]  # still running: no crash loop
         assert _committed(broker_settings) == 0
+        # its ops endpoints answer meanwhile: alive, scrapeable, and not ready, saying what it waits for
+        base = f"http://127.0.0.1:{away_port}"
+        assert http_ok(f"{base}/health")
+        assert "leadpulse_build_info" in urllib.request.urlopen(f"{base}/metrics", timeout=5).read().decode()
+        with pytest.raises(urllib.error.HTTPError) as not_ready:
+            urllib.request.urlopen(f"{base}/ready", timeout=5)
+        assert not_ready.value.code == 503
+        assert json.loads(not_ready.value.read())["waiting_for"] == f"ClickHouse at http://127.0.0.1:{closed}"
     finally:
         code = away.stop()
     log = away.output()
