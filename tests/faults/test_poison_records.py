@@ -1,0 +1,246 @@
+"""Fault 3: poison records on every input topic, among realistic traffic, through the real worker and sink.
+
+Six kinds of poison per input topic (36 among ~3,200 valid events), each planted between valid records:
+truncated Avro (valid header, the body cut short), an unknown fingerprint (valid SOE header, random
+fingerprint), another topic's record, a field written with the wrong type (event_time as a string under the
+topic's own fingerprint), an oversized record (a valid record with a 70 KB field: over
+``MAX_INPUT_RECORD_BYTES``, the 64 KiB input limit both the worker and the sink check before decoding) and a
+record with no key and neither lead_id nor anonymous_id.
+
+Pass criteria (issue #8): every poison record is on ``dlq`` with its source topic, partition, offset and a
+reason, exactly once from each consumer that reads its topic (the worker and the sink both consume every
+input topic and both skip poison, so two dead letters per poison record, told apart by who wrote them); no
+valid record is dead-lettered; every acknowledged valid event is stored in ClickHouse exactly once (no
+duplicate even before merges); the worker's outputs equal the pure-core oracle over the valid events for
+every lead the oracle can judge (``tests/faults/oracle.py``); neither process exits.
+"""
+
+from __future__ import annotations
+
+import copy
+import io
+import json
+import os
+import time
+from collections import Counter, defaultdict
+from typing import Any
+
+import fastavro
+import pytest
+
+from agents.rules import load_rules
+from schemas.registry import HEADER_LEN, SOE_MAGIC, SchemaError, default_registry
+from streams.producer import Producer
+from streams.settings import Settings
+from streams.topics import INPUTS, MAX_INPUT_RECORD_BYTES
+from tests.faults.oracle import (
+    ID_FIELD,
+    INPUT_TOPICS,
+    Acknowledged,
+    Event,
+    RecoveryTimer,
+    build_traffic,
+    expected_final_state,
+    mismatches,
+    produce,
+    read_dead_letters,
+    read_outputs,
+    stored_rows,
+    table_of,
+)
+from tests.faults.services import Services
+from tests.processes import wait_until
+
+pytestmark = pytest.mark.faults
+
+LEADS = 300
+OUTPUT_TABLES = {
+    "stage_transition": "stage_transitions",
+    "hot_lead": "hot_leads",
+    "sla_timeout": "sla_events",
+}
+
+
+def poison_kinds(schema: str, good: dict[str, Any]) -> dict[str, tuple[bytes | None, bytes]]:
+    """(key, value) of each poison kind for a topic of ``schema``, made from one of its valid records."""
+    registry = default_registry()
+    valid = registry.encode(schema, good)
+    header, body = valid[:HEADER_LEN], valid[HEADER_LEN:]
+    other_schema = "email_click" if schema == "web_visit" else "web_visit"
+    other = {**good, "event_id": f"{good['event_id']}-other"}
+    other_record = registry.validate(other_schema, _sample(other_schema, other))
+    big = dict(good, event_id=f"{good['event_id']}-big", source="x" * (MAX_INPUT_RECORD_BYTES + 6_000))
+    anonymous = {**good, "event_id": f"{good['event_id']}-nobody", "lead_id": None, "anonymous_id": None}
+    if schema in ("lead_identified", "sales_activity"):  # lead_id is required there: empty instead
+        anonymous["lead_id"] = ""
+    kinds: dict[str, tuple[bytes | None, bytes]] = {
+        "truncated_avro": (b"P", header + body[: len(body) - 3]),
+        "unknown_fingerprint": (b"P", SOE_MAGIC + os.urandom(8) + body),
+        "other_topic_record": (b"P", registry.encode(other_schema, other_record)),
+        "wrong_field_type": (b"P", header + _with_string_event_time(schema, good)),
+        "oversized": (b"P", registry.encode(schema, big)),
+        "no_key_no_identity": (None, registry.encode(schema, anonymous)),
+    }
+    for kind, (_, value) in kinds.items():
+        if kind in ("oversized", "no_key_no_identity"):
+            continue  # well-formed Avro: poison by size / by content
+        with pytest.raises(SchemaError):  # the test is only meaningful if the bytes are really undecodable
+            registry.decode(value, expect=schema)
+    assert len(kinds["oversized"][1]) > MAX_INPUT_RECORD_BYTES
+    return kinds
+
+
+def _sample(schema: str, base: dict[str, Any]) -> dict[str, Any]:
+    """A valid record of ``schema`` carrying ``base``'s identity."""
+    from streams.samples import sample_events
+
+    record = next(sample_events(schema, 1, seed=99))
+    return {**record, "event_id": base["event_id"], "lead_id": base.get("lead_id") or "L-other"}
+
+
+def _with_string_event_time(schema: str, good: dict[str, Any]) -> bytes:
+    """The body of ``good`` written by a schema whose event_time is a string (a producer with a wrong
+    schema that kept the topic's fingerprint)."""
+    raw = copy.deepcopy(default_registry().schema(schema).raw)
+    for f in raw["fields"]:
+        if f["name"] == "event_time":
+            f["type"] = "string"
+    out = io.BytesIO()
+    record = {**good, "event_time": "2026-11-28T09:00:00Z, an ISO string where epoch millis belong"}
+    fastavro.schemaless_writer(out, fastavro.parse_schema(json.loads(json.dumps(raw))), record)
+    return out.getvalue()
+
+
+def plant(
+    settings: Settings, events: list[Event]
+) -> tuple[Acknowledged, dict[tuple[str, int, int], tuple[str, str]]]:
+    """Produce the valid events through the SDK with every poison record spread among them; returns the
+    acknowledged valid events and the position of each poison record -> (topic, kind)."""
+    first: dict[str, dict[str, Any]] = {}
+    for schema, record in events:
+        first.setdefault(schema, record)
+    poison = [
+        (spec.name, kind, kv)
+        for spec in INPUTS
+        for kind, kv in poison_kinds(spec.schema, first[spec.schema]).items()
+    ]
+    every = len(events) // (len(poison) + 1)
+    acked = Acknowledged()
+    planted: dict[tuple[str, int, int], tuple[str, str]] = {}
+    with Producer(settings) as producer:
+        for i, (name, kind, (key, value)) in enumerate(poison):
+            chunk = produce(settings, events[i * every : (i + 1) * every], producer)
+            acked.positions.update(chunk.positions)
+            for schema, ids in chunk.by_schema.items():
+                acked.by_schema[schema] |= ids
+            meta = producer.send_encoded(settings.topic(name), key, value).get(timeout=30)
+            planted[(meta.topic, meta.partition, meta.offset)] = (name, kind)
+        rest = produce(settings, events[len(poison) * every :], producer)
+        acked.positions.update(rest.positions)
+        for schema, ids in rest.by_schema.items():
+            acked.by_schema[schema] |= ids
+    return acked, planted
+
+
+def written_by(letter: dict[str, Any]) -> str:
+    """Which consumer wrote a dead letter. The record has no such field (see the issue note): the sink
+    prefixes its reason with ``topic[partition]@offset: ``, the worker's ``streams.dlq.dead_letter`` does
+    not."""
+    origin = f"{letter['source_topic']}[{letter['partition']}]@{letter['offset']}: "
+    return "sink" if letter["error"].startswith(origin) else "worker"
+
+
+def test_poison_on_every_input_topic_is_dead_lettered_once_per_consumer_and_the_rest_is_exact(
+    broker_settings: Settings, services: Services
+) -> None:
+    settings = broker_settings
+    now = int(time.time() * 1000)
+    events = build_traffic(83, LEADS, id_prefix=settings.topic_prefix, now_ms=now)
+    acked, planted = plant(settings, events)
+    assert not acked.failed and len(acked.ids) == len(events)
+    assert {topic for topic, _ in planted.values()} == set(INPUT_TOPICS.values())
+    print(f"\npoison: {len(planted)} records among {len(events):,} valid ({len(planted) / len(events):.1%})")
+
+    started = RecoveryTimer("poison (processes started on the backlog)")
+    worker = services.start("worker")
+    sink = services.start("sink", "--batch-seconds", "0.5")
+    run = sink.query()
+    want_rows: dict[str, set[str]] = defaultdict(set)
+    for schema, ids in acked.by_schema.items():
+        want_rows[table_of(schema)] |= ids
+
+    def all_stored() -> bool:
+        return all(
+            set(stored_rows(run, t, settings.topic_prefix).final) >= ids for t, ids in want_rows.items()
+        )
+
+    wait_until(all_stored, 180, "every acknowledged valid event stored", sink.proc)
+    started.mark("every valid event stored")
+    inputs = len(events) + len(planted)
+    wait_until(
+        lambda: worker.metric("leadpulse_events_consumed_total") >= inputs,
+        180,
+        "worker consumed",
+        worker.proc,
+    )
+    expected = expected_final_state(events, load_rules(None), int(time.time() * 1000))
+    print(f"poison: oracle {expected.summary()}")
+    # the comparison must cover most leads, and hot leads and SLA events too
+    assert len(expected.judged("stage")) >= LEADS // 2, expected.summary()
+    assert all(expected.emitted(s) for s in ID_FIELD), expected.summary()
+    differences: list[str] = []
+
+    def outputs_match() -> bool:
+        differences[:] = mismatches(expected, read_outputs(settings))
+        return not differences
+
+    try:
+        wait_until(outputs_match, 90, "worker outputs equal to the oracle", worker.proc)
+    except AssertionError:
+        raise AssertionError("\n".join(differences[:40])) from None
+    started.mark("worker outputs equal the oracle")
+    observed = read_outputs(settings)
+    wait_until(
+        lambda: all(
+            set(stored_rows(run, t, settings.topic_prefix).final) >= set(observed.ids(s))
+            for s, t in OUTPUT_TABLES.items()
+        ),
+        60,
+        "the worker's outputs stored",
+        sink.proc,
+    )
+    time.sleep(2)  # two more worker scans and sink batches: nothing else may arrive
+    letters = [item.record for item in read_dead_letters(settings)]
+    observed = read_outputs(settings)
+    assert not mismatches(expected, observed)
+    unexcused = mismatches(expected.judging_all(), observed)
+    print(f"poison: the sensitive leads differ from the list-order replay in {len(unexcused)} point(s)")
+    print("\n".join(f"  (not asserted) {line}" for line in unexcused[:5]))
+    stored = {t: stored_rows(run, t, settings.topic_prefix) for t in [*want_rows, *OUTPUT_TABLES.values()]}
+    assert worker.alive() and sink.alive(), "a process exited"
+    assert worker.proc.output().count("Traceback") == 0, worker.proc.output()[-3000:]
+
+    # every poison record dead-lettered once by the worker and once by the sink, nothing else
+    by_origin: dict[tuple[str, int, int], list[dict[str, Any]]] = defaultdict(list)
+    for letter in letters:
+        by_origin[(letter["source_topic"], letter["partition"], letter["offset"])].append(letter)
+    assert set(by_origin) - set(planted) == set(), "a valid record was dead-lettered"
+    assert set(planted) - set(by_origin) == set(), "a poison record is missing from the DLQ"
+    for origin, found in by_origin.items():
+        writers = Counter(written_by(letter) for letter in found)
+        assert writers == Counter({"worker": 1, "sink": 1}), (planted[origin], found)
+        for letter in found:
+            assert letter["stage"] in ("decode", "validate", "sink") and letter["error"], letter
+            assert letter["key"] == (None if planted[origin][1] == "no_key_no_identity" else b"P")
+    kinds = Counter(kind for _, kind in planted.values())
+    print(f"poison: {len(letters)} dead letters for {len(planted)} records {dict(kinds)}")
+
+    # every acknowledged valid event stored exactly once, and only those
+    for table, ids in want_rows.items():
+        assert set(stored[table].final) == ids, table
+        assert stored[table].duplicates_stored == {}, table  # not even a raw duplicate before merges
+    # the worker's outputs in ClickHouse: each id once after dedup, all of the topic's ids
+    for schema, table in OUTPUT_TABLES.items():
+        assert set(stored[table].final) == set(observed.ids(schema)), table
+        assert stored[table].duplicates_after_dedup == {}, table
+    assert all(observed.ids(s) for s in ID_FIELD), "the traffic must exercise every output"
