@@ -19,7 +19,6 @@ What replaces it, one loop per process:
 from __future__ import annotations
 
 import asyncio
-import heapq
 import json
 import logging
 import time
@@ -59,6 +58,7 @@ log = logging.getLogger(__name__)
 
 BATCH_MAX = 5000
 GROUP = "leadpulse-worker"  # dashboards and alerts match this group label
+Decoded = tuple[ConsumerRecord, str, dict[str, Any]]  # (message, schema, record)
 
 
 def now_ms() -> int:
@@ -265,14 +265,20 @@ class LeadWorker:
             return
         batch = Batch()
         now = now_ms()
-        # Across topics, take records in producer-timestamp order (within a partition, offset order is kept
-        # by merge): a follow-up is more often seen after the MQL it answers.
-        for record in heapq.merge(*parts.values(), key=_timestamp):
-            self._handle(record, batch, now)
+        decoded = [d for records in parts.values() for m in records if (d := self._decode(m, batch))]
+        # The batch's records in event-time order across topics (DESIGN §2: transitions follow event time):
+        # a lead's download and the profile that disqualifies it, or an MQL and the follow-up answering it,
+        # are applied in the order they happened, however far apart their topics were read. Stable sort:
+        # records of one time keep their partition order. (Across batches arrival order still decides:
+        # docs/scoring.md, "Event time and arrival order".)
+        decoded.sort(key=_event_time)
+        for message, schema, record in decoded:
+            self._handle(message, schema, record, batch, now)
         await self._flush(batch)
         await self._commit({tp: records[-1].offset + 1 for tp, records in parts.items()})
 
-    def _handle(self, message: ConsumerRecord, batch: Batch, now: int) -> None:
+    def _decode(self, message: ConsumerRecord, batch: Batch) -> Decoded | None:
+        """The record's schema and fields, or None after dead-lettering it."""
         topic = message.topic
         batch.consumed[topic] = batch.consumed.get(topic, 0) + 1
         expected = self.input_schema.get(topic)
@@ -280,12 +286,18 @@ class LeadWorker:
         if expected is not None and size > MAX_INPUT_RECORD_BYTES:
             reason = f"record of {size} bytes exceeds the {MAX_INPUT_RECORD_BYTES}-byte input event limit"
             self._dead_letter(batch, message, "validate", ValueError(reason))
-            return
+            return None
         try:
             schema, record = self.registry.decode(message.value or b"", expect=expected)
         except SchemaError as exc:
             self._dead_letter(batch, message, "decode", exc)
-            return
+            return None
+        return message, schema, record
+
+    def _handle(
+        self, message: ConsumerRecord, schema: str, record: dict[str, Any], batch: Batch, now: int
+    ) -> None:
+        topic = message.topic
         if topic == self.accounts_topic:
             self._fold_account(message, record, batch)
             return
@@ -522,5 +534,8 @@ class LeadWorker:
         }
 
 
-def _timestamp(record: ConsumerRecord) -> int:
-    return int(record.timestamp or 0)
+def _event_time(decoded: Decoded) -> int:
+    """Input events by event time; records without one (account hops) by their Kafka timestamp."""
+    message, _schema, record = decoded
+    event_time = record.get("event_time")
+    return event_time if isinstance(event_time, int) else int(message.timestamp or 0)
