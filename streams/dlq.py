@@ -221,20 +221,30 @@ def replay(
 ) -> ReplayReport:
     """Re-publish the original key and value bytes of matching dead letters to their source topics.
 
-    Safe to repeat: downstream dedups by event id (worker) and notification id (webhook receivers). Run it
-    after the fix (schema added to ``schemas/history/``, bug fixed, endpoint back), or the records come back.
+    Each original record (source topic, partition, offset) goes back once, however many consumers
+    dead-lettered it. Safe to repeat: downstream dedups by event id (worker) and notification id (webhook
+    receivers). Run it after the fix (schema added to ``schemas/history/``, bug fixed, endpoint back), or the
+    records come back.
     """
     report = ReplayReport()
     letters = list_dead_letters(
         settings, topic=topic, since_ms=since_ms, stage=stage, limit=0, bootstrap=bootstrap
     )
     todo = []
+    first_of: dict[tuple[str, int, int], str] = {}  # original record's address -> dlq address replaying it
     for letter in letters:
-        reason = replayable(letter.record, settings.topic_prefix)
+        record = letter.record
+        reason = replayable(record, settings.topic_prefix)
+        # The worker and the sink both consume the inputs, so a poison record has two dead letters (and a
+        # retried delivery may have more): its original goes back once.
+        origin = (record["source_topic"], record["partition"], record["offset"])
+        if reason is None and record["offset"] >= 0 and origin in first_of:
+            reason = f"same original record as dead letter {first_of[origin]}"
         if reason:
             report.skipped.append((letter.address, reason))
         else:
-            todo.append(letter.record)
+            first_of.setdefault(origin, letter.address)
+            todo.append(record)
     for record in todo:
         report.by_topic[record["source_topic"]] = report.by_topic.get(record["source_topic"], 0) + 1
     if dry_run or not todo:

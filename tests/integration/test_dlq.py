@@ -122,3 +122,15 @@ def test_replay_skips_letters_without_a_catalogue_topic_or_bytes(settings: Setti
     assert len(find_dead_letters(settings, "0")) + len(find_dead_letters(settings, "1")) >= 1
     with pytest.raises(ValueError, match="PARTITION:OFFSET"):
         find_dead_letters(settings, "x:y")
+
+
+def test_replay_sends_an_original_dead_lettered_by_two_consumers_back_once(settings: Settings) -> None:
+    seed(settings)
+    poison = next(d for d in list_dead_letters(settings) if d.record["stage"] == "decode").record
+    with Producer(settings) as producer:  # the sink's dead letter of the same poison record
+        publish(producer, [{**poison, "failed_at": poison["failed_at"] + 1}])
+    report = replay(settings, stage="decode")
+    assert report.replayed == 1
+    assert [reason.split(" dead letter ")[0] for _, reason in report.skipped] == ["same original record as"]
+    source = list(read_topic(settings, settings.topic("events.downloads"), idle_ms=800))
+    assert sum(isinstance(i, Undecodable) for i in source) == 2  # the original and one replayed copy
