@@ -37,9 +37,6 @@ from streams.settings import Settings, load_settings
 
 KEY = "bench-key"
 PUBLISHERS = ("aiokafka", "kafka-python")
-LOOPS = ("uvloop", "asyncio")
-#: What is measured: "publisher" runs it on the collector's default loop (uvloop), "publisher/loop" picks one.
-VARIANTS = ("aiokafka", "aiokafka/asyncio", "kafka-python")
 
 
 def make_events(count: int) -> list[dict[str, Any]]:
@@ -63,21 +60,16 @@ def sdk_rate(settings: Settings, events: list[dict[str, Any]]) -> float:
         return len(events) / (time.perf_counter() - start)
 
 
-def _serve(bootstrap: str, prefix: str, port: int, publisher: str, loop: str) -> None:
-    """Child process: one collector on loopback, served as ``leadpulse collector`` serves it."""
+def _serve(bootstrap: str, prefix: str, port: int, publisher: str) -> None:
+    """Child process: one collector on loopback."""
     from aiohttp import web
 
-    from streams.collector import AioKafkaPublisher, Collector, KafkaPythonPublisher, new_event_loop
+    from streams.collector import AioKafkaPublisher, Collector, KafkaPythonPublisher
 
     settings = load_settings(kafka_bootstrap=bootstrap, topic_prefix=prefix, write_keys={"bench": KEY})
     chosen = AioKafkaPublisher(settings) if publisher == "aiokafka" else KafkaPythonPublisher(settings)
     web.run_app(
-        Collector(settings, publisher=chosen).app(),
-        host="127.0.0.1",
-        port=port,
-        access_log=None,
-        print=None,
-        loop=new_event_loop(loop),
+        Collector(settings, publisher=chosen).app(), host="127.0.0.1", port=port, access_log=None, print=None
     )
 
 
@@ -126,18 +118,11 @@ def _wait_ready(url: str, timeout_s: float = 30.0) -> None:
 
 
 def collector_rate(
-    bootstrap: str,
-    prefix: str,
-    events: list[dict[str, Any]],
-    batch: int,
-    concurrency: int,
-    publisher: str,
-    loop: str = "uvloop",
+    bootstrap: str, prefix: str, events: list[dict[str, Any]], batch: int, concurrency: int, publisher: str
 ) -> dict[str, Any]:
     port = free_port()
-    script = str(Path(__file__).resolve())
     child = subprocess.Popen(
-        [sys.executable, script, "--serve", bootstrap, prefix, str(port), publisher, loop],
+        [sys.executable, str(Path(__file__).resolve()), "--serve", bootstrap, prefix, str(port), publisher],
         env={**os.environ, "PYTHONUNBUFFERED": "1"},
     )
     url = f"http://127.0.0.1:{port}"
@@ -192,13 +177,9 @@ def run_collector_bench(
     batch: int = 100,
     concurrency: int = 8,
     bootstrap: str | None = None,
-    variants: tuple[str, ...] = VARIANTS,
+    publishers: tuple[str, ...] = PUBLISHERS,
 ) -> dict[str, Any]:
     """Measure SDK and collector rates in one run; returns the numbers and prints a summary."""
-    for variant in variants:
-        publisher, _, loop = variant.partition("/")
-        if publisher not in PUBLISHERS or loop not in ("", *LOOPS):
-            raise ValueError(f"unknown variant {variant!r}: publisher {PUBLISHERS}, optional /loop {LOOPS}")
     with ExitStack() as stack:
         if bootstrap is None:
             broker = EmbeddedBroker(tansu_binary(load_settings()), "127.0.0.1", free_port(), None)
@@ -215,21 +196,17 @@ def run_collector_bench(
             "concurrency": concurrency,
             "sdk_events_per_s": sdk_rate(settings, data),
         }
-        for variant in variants:
-            publisher, _, loop = variant.partition("/")
+        for publisher in publishers:
             for event in data:
                 event["event_id"] = str(uuid.uuid4())  # fresh ids: each run is new traffic
-            measured = collector_rate(
-                bootstrap, prefix, data, batch, concurrency, publisher, loop or LOOPS[0]
-            )
-            measured["ratio_to_sdk"] = measured["events_per_s"] / result["sdk_events_per_s"]
-            result[variant] = measured
+            result[publisher] = collector_rate(bootstrap, prefix, data, batch, concurrency, publisher)
+            result[publisher]["ratio_to_sdk"] = result[publisher]["events_per_s"] / result["sdk_events_per_s"]
     print(f"SDK (kafka-python, same events, same run): {result['sdk_events_per_s']:,.0f} events/s")
-    for variant in variants:
-        r = result[variant]
+    for publisher in publishers:
+        r = result[publisher]
         verdict = "meets" if r["events_per_s"] >= 20_000 and r["ratio_to_sdk"] >= 0.5 else "MISSES"
         print(
-            f"collector via {variant:16s}: {r['events_per_s']:,.0f} events/s = "
+            f"collector via {publisher:12s}: {r['events_per_s']:,.0f} events/s = "
             f"{r['ratio_to_sdk']:.0%} of SDK; "
             f"request p50 {r['p50_ms']:.1f} ms, p99 {r['p99_ms']:.1f} ms; "
             + (f"CPU {r['cpu_us_per_event']:.0f} us/event " if r["cpu_us_per_event"] is not None else "")
@@ -240,7 +217,7 @@ def run_collector_bench(
 
 def main() -> None:
     if len(sys.argv) > 1 and sys.argv[1] == "--serve":
-        _serve(sys.argv[2], sys.argv[3], int(sys.argv[4]), sys.argv[5], sys.argv[6])
+        _serve(sys.argv[2], sys.argv[3], int(sys.argv[4]), sys.argv[5])
         return
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -249,18 +226,14 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=100)
     parser.add_argument("--concurrency", type=int, default=8)
     parser.add_argument("--bootstrap", default=None)
-    parser.add_argument(
-        "--variant",
-        action="append",
-        help=f"publisher[/loop] to measure, repeatable (default: {', '.join(VARIANTS)})",
-    )
+    parser.add_argument("--publisher", choices=PUBLISHERS, action="append")
     args = parser.parse_args()
     run_collector_bench(
         events=args.events,
         batch=args.batch,
         concurrency=args.concurrency,
         bootstrap=args.bootstrap,
-        variants=tuple(args.variant or VARIANTS),
+        publishers=tuple(args.publisher or PUBLISHERS),
     )
 
 

@@ -12,10 +12,12 @@ import math
 from typing import Any
 
 import pytest
+from aiokafka.partitioner import DefaultPartitioner
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from schemas.registry import SchemaError, SchemaRegistry, SchemaValidationError, default_registry
+from streams.collector import partition_for
 from streams.intake import EVENT_TYPES, Accepted, EventCodec, Limits, Rejected, codec_for, normalise_event
 
 pytestmark = pytest.mark.unit
@@ -206,3 +208,12 @@ def test_normalise_event_gives_the_same_answers_with_and_without_the_fast_path()
         slow = normalise_event(dict(event), index, codec=reference, **args)
         assert fast == slow, event
         assert isinstance(fast, Accepted | Rejected)
+
+
+@SETTINGS
+@given(st.binary(max_size=40), st.integers(min_value=1, max_value=64))
+def test_collector_partitions_keys_as_kafkas_default_partitioner(key: bytes, count: int) -> None:
+    all_partitions = list(range(count))
+    expected = DefaultPartitioner()(key, all_partitions, all_partitions)
+    assert partition_for(key, all_partitions) == expected
+    assert partition_for(key, all_partitions) == expected  # memoised: same answer
