@@ -10,8 +10,9 @@ from leadpulse.commands.settings_arg import cli_settings
 def register(app: typer.Typer) -> None:
     @app.command(
         "worker",
-        help="Run the scoring / funnel-stage / SLA worker (Faust). Starts the embedded "
-        "broker first when LEADPULSE_KAFKA_BOOTSTRAP is unset and none is running.",
+        help="Run the scoring / funnel-stage / SLA worker (a batch loop over the input topics; "
+        "docs/scoring.md). Starts the embedded broker first when LEADPULSE_KAFKA_BOOTSTRAP is unset "
+        "and none is running.",
     )
     def worker_cmd(
         port: int = typer.Option(None, "--web-port", help="Port of /metrics /health /ready (default 6066)."),
