@@ -37,6 +37,7 @@ from agents.kafka_batches import BatchSender, Headers, Record, murmur2_partition
 from agents.lead_store import ACCOUNT_PREFIX, LeadStore, due_from_headers, due_header
 from agents.rules import Rules
 from agents.state import LeadState
+from schemas.fast_codec import codec_for
 from schemas.registry import SchemaError, SchemaRegistry, default_registry
 from streams.broker import aiokafka_client_config, create_topics, is_tansu, kafka_client_config
 from streams.dlq import dead_letter
@@ -114,6 +115,7 @@ class LeadWorker:
         self.rules = rules
         self.metrics = metrics
         self.registry = registry or default_registry()
+        self.codec = codec_for(self.registry)  # compiled Avro, fastavro's results (schemas/fast_codec.py)
         self.scan_interval_s = scan_interval_s
         self.erasures = erasures
         self.store = LeadStore()
@@ -288,7 +290,7 @@ class LeadWorker:
             self._dead_letter(batch, message, "validate", ValueError(reason))
             return None
         try:
-            schema, record = self.registry.decode(message.value or b"", expect=expected)
+            schema, record = self.codec.decode(message.value or b"", expect=expected)
         except SchemaError as exc:
             self._dead_letter(batch, message, "decode", exc)
             return None
@@ -376,7 +378,7 @@ class LeadWorker:
         if result.changed:
             batch.dirty.add(key)
         for output in result.outputs:
-            value = self.registry.encode(output.schema, output.record)
+            value = self.codec.encode(output.schema, output.record)
             batch.sends.append((self.output_topics[output.schema], output.key.encode(), value, None, None))
             batch.counted.append(output)
             domain = output.record.get("account_domain") if output.schema == "lead_score" else None
@@ -385,7 +387,7 @@ class LeadWorker:
                     (self.accounts_topic, normalise_domain(domain).encode(), value, None, None)
                 )
         for forward in result.forwards:
-            value = self.registry.encode(forward.schema, forward.event)
+            value = self.codec.encode(forward.schema, forward.event)
             batch.sends.append((self.identity_topic, forward.key.encode(), value, None, None))
 
     def _dead_letter(self, batch: Batch, message: ConsumerRecord, stage: str, exc: BaseException) -> None:
@@ -404,7 +406,7 @@ class LeadWorker:
         outputs never reached the broker, losing them on a crash."""
         computed_at = now_ms()
         for _partition, account in batch.accounts.values():
-            value = self.registry.encode("account_score", account_score_record(account, computed_at))
+            value = self.codec.encode("account_score", account_score_record(account, computed_at))
             batch.sends.append(
                 (self.output_topics["account_score"], account.domain.encode(), value, None, None)
             )

@@ -23,6 +23,7 @@ from aiohttp import web
 from aiokafka.partitioner import murmur2
 from prometheus_client import CollectorRegistry
 
+from schemas.fast_codec import codec_for
 from schemas.registry import SchemaRegistry, default_registry
 from streams.bots import is_bot
 from streams.broker import aiokafka_client_config
@@ -33,7 +34,6 @@ from streams.intake import (
     BodyError,
     Limits,
     Outcome,
-    codec_for,
     key_from_authorization,
     normalise_event,
     parse_body,

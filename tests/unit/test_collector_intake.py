@@ -1,4 +1,4 @@
-"""The collector's compiled fast path (``streams.intake.EventCodec``) gives exactly the registry's answers.
+"""The collector's compiled fast path (``schemas.fast_codec.EventCodec``) gives exactly the registry's answers.
 
 The fast path only speeds up events it can vouch for and hands the rest to ``SchemaRegistry``; these tests
 generate valid and broken events for every type the collector accepts and check that both paths accept the
@@ -16,9 +16,10 @@ from aiokafka.partitioner import DefaultPartitioner
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from schemas.fast_codec import EventCodec, codec_for
 from schemas.registry import SchemaError, SchemaRegistry, SchemaValidationError, default_registry
 from streams.collector import partition_for
-from streams.intake import EVENT_TYPES, Accepted, EventCodec, Limits, Rejected, codec_for, normalise_event
+from streams.intake import EVENT_TYPES, Accepted, Limits, Rejected, normalise_event
 
 pytestmark = pytest.mark.unit
 
