@@ -52,17 +52,23 @@ _SMALL = 4096
 _SMALL_VARINTS = tuple(_varint(n) for n in range(_SMALL))  # string lengths, union and enum indexes
 
 
+_LARGE_VARINTS: dict[int, bytes] = {}  # timestamps recur (a signal's event time is in every later score)
+_LARGE_VARINTS_MAX = 65_536
+
+
 def _write_long(buf: bytearray, value: int) -> None:
     if 0 <= value < _SMALL:
         buf += _SMALL_VARINTS[value]
         return
-    if not _LONG_MIN <= value <= _LONG_MAX:
-        raise _Slow
-    n = (value << 1) ^ (value >> 63)
-    while n > 0x7F:
-        buf.append((n & 0x7F) | 0x80)
-        n >>= 7
-    buf.append(n)
+    encoded = _LARGE_VARINTS.get(value)
+    if encoded is None:
+        if not _LONG_MIN <= value <= _LONG_MAX:
+            raise _Slow
+        encoded = _varint(value)
+        if len(_LARGE_VARINTS) >= _LARGE_VARINTS_MAX:
+            _LARGE_VARINTS.clear()
+        _LARGE_VARINTS[value] = encoded
+    buf += encoded
 
 
 Check = Callable[[Any], Any]  # returns the coerced value or raises _Slow
