@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import random
 from typing import Any
 
 import pytest
@@ -394,6 +395,50 @@ def test_a_disqualified_lead_counts_zero_and_a_lead_without_domain_is_no_account
     )
     assert account is not None and account.score == 0.0
     assert fold_lead_score(None, _score_record("L3", 50.0, T0, None)) is None
+
+
+def test_an_account_forgets_leads_not_scored_within_its_window() -> None:
+    account = fold_lead_score(None, _score_record("L1", 40.0, T0, "acme.example"))
+    account = fold_lead_score(account, _score_record("L2", 20.0, T0 + 29 * DAY, "acme.example"))
+    assert account is not None and account.score == pytest.approx(60.0)  # both within 30 days
+    account = fold_lead_score(account, _score_record("L2", 25.0, T0 + 31 * DAY, "acme.example"))
+    assert account is not None and set(account.leads) == {"L2"} and account.score == 25.0
+    # a score older than the window is ignored: the account does not change
+    assert fold_lead_score(account, _score_record("L3", 90.0, T0, "acme.example")) is account
+
+
+def test_account_window_keeps_the_same_leads_whatever_the_arrival_order() -> None:
+    records = [
+        _score_record(f"L{i % 7}", float(i), T0 + i * 3 * DAY + i % 5, "acme.example") for i in range(30)
+    ]
+    expected = None
+    for seed in range(20):
+        shuffled = records[:]
+        random.Random(seed).shuffle(shuffled)
+        account = None
+        for record in shuffled:
+            account = fold_lead_score(account, record)
+        assert account is not None
+        expected = expected or account
+        assert account.leads == expected.leads
+
+
+def test_account_entries_stay_bounded_when_leads_move_between_domains() -> None:
+    """Leads that change company domain left a stale entry in every account they had scored in (issue #8):
+    50 leads moving weekly over 20 domains for 140 days reached 1,000 entries. Within the 30-day window a
+    lead is in at most 6 accounts (6 distinct weeks)."""
+    accounts: dict[str, AccountState | None] = {}
+    for day in range(140):
+        for lead in range(50):
+            domain = f"d{(lead + day // 7) % 20}.example"
+            record = _score_record(f"L{lead}", 10.0 + day, T0 + day * DAY + lead, domain)
+            accounts[domain] = fold_lead_score(accounts.get(domain), record)
+    entries = sum(len(a.leads) for a in accounts.values() if a is not None)
+    assert entries <= 50 * 6, entries
+    for account in accounts.values():
+        assert account is not None
+        newest = max(t for _, t in account.leads.values())
+        assert all(t >= newest - 30 * DAY for _, t in account.leads.values())
 
 
 def test_an_erased_lead_leaves_its_account() -> None:
