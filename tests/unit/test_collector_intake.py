@@ -1,4 +1,4 @@
-"""The collector's compiled fast path (``schemas.fast_codec.EventCodec``) gives exactly the registry's answers.
+"""The compiled fast path (``schemas.fast_codec.EventCodec``) gives exactly the registry's answers.
 
 The fast path only speeds up events it can vouch for and hands the rest to ``SchemaRegistry``; these tests
 generate valid and broken events for every type the collector accepts and check that both paths accept the
