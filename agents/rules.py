@@ -124,6 +124,7 @@ class StateRules(_Model):
     anonymous_buffer: int = Field(default=200, ge=0)
     top_signals: int = Field(default=10, ge=1)
     reasons: int = Field(default=5, ge=1)
+    account_window_days: float = Field(default=30.0, gt=0)
 
 
 EVENT_TYPES = ("web_visit", "email_click", "download", "content_view")
@@ -184,6 +185,11 @@ class Rules(_Model):
     @property
     def dedup_window_ms(self) -> int:
         return self.compiled.dedup_window_ms
+
+    @property
+    def account_window_ms(self) -> int:
+        """Leads count in an account while their newest score is this close to the account's newest."""
+        return int(self.state.account_window_days * DAY_MS)
 
 
 class Compiled:

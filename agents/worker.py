@@ -343,7 +343,7 @@ class LeadWorker:
             account = self.store.get_account(key)
         if self.erasures is not None and self.erasures.is_erased(record.get("lead_id")):
             return
-        folded = fold_lead_score(account, record)
+        folded = fold_lead_score(account, record, self.rules.account_window_ms)
         if folded is not None and folded is not account:
             batch.accounts[key] = (message.partition, folded)
 

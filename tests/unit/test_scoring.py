@@ -16,6 +16,7 @@ from agents.account import (
     without_lead,
 )
 from agents.core import step
+from agents.rules import RulesError, load_rules, rules_from_mapping
 from agents.scoring import band, disqualification, profile_fit
 from schemas.registry import default_registry
 from tests.unit.builders import (
@@ -446,3 +447,13 @@ def test_an_erased_lead_leaves_its_account() -> None:
     account = fold_lead_score(account, _score_record("L2", 20.0, T0, "acme.example"))
     assert account is not None
     assert without_lead(account, "L1").score == 20.0 and "L1" not in without_lead(account, "L1").leads
+
+
+def test_the_account_window_is_the_rules_state_account_window_days() -> None:
+    rules = rules_from_mapping({"state": {"account_window_days": 2}})
+    assert rules.account_window_ms == 2 * DAY and load_rules(None).account_window_ms == 30 * DAY
+    account = fold_lead_score(None, _score_record("L1", 40.0, T0, "acme.example"), rules.account_window_ms)
+    account = fold_lead_score(account, _score_record("L2", 20.0, T0 + 3 * DAY, "acme.example"), 2 * DAY)
+    assert account is not None and set(account.leads) == {"L2"}  # L1 is 3 days behind: out of a 2-day window
+    with pytest.raises(RulesError, match=r"state\.account_window_days: must be > 0"):
+        rules_from_mapping({"state": {"account_window_days": 0}})
