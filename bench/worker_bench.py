@@ -351,6 +351,9 @@ def _run(
             wait_idle(worker)
             stages["real"] = final_stages(real_settings)
         if latency_seconds > 0:
+            # from an idle worker with warm state: the identity and account hops left by the throughput run
+            # would otherwise be in the first seconds' latencies
+            wait_idle(worker)
             rate = 0.5 * real.events_per_s
             out(f"  latency: producing live events at {rate:,.0f}/s (half the max) for {latency_seconds:g} s")
             result["latency"] = paced_latency(real_settings, worker, workload, rate, latency_seconds, events)
