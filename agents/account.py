@@ -12,13 +12,14 @@ the account step folds it in and emits one ``account_score`` per touched account
 (it would need every other lead's partition) and its ``account_score`` field stays null: the account's score
 is its own record.
 
-Bounded state: an account counts the leads whose newest score is within ``WINDOW_DAYS`` (30) of event time
-of the account's newest score (``as_of``); older entries are dropped, and a score older than that window is
-ignored. Without this an account kept every lead that ever scored on its domain, including leads that have
-since moved to another domain (their new scores go to the new account, the old entry was never replaced):
-the soak workload accumulated 67k entries for 10k leads over 1M events, growing linearly (issue #8). The
-floor only moves forward with the account's newest ``as_of``, so the kept set does not depend on the order
-the scores arrive in (short of the ``MAX_LEADS`` trim).
+Bounded state: an account counts the leads whose newest score is within ``WINDOW_DAYS`` (30; the worker
+passes the rules' ``state.account_window_days``) of event time of the account's newest score (``as_of``);
+older entries are dropped, and a score older than that window is ignored. Without this an account kept
+every lead that ever scored on its domain, including leads that have since moved to another domain (their
+new scores go to the new account, the old entry was never replaced): the soak workload accumulated 67k
+entries for 10k leads over 1M events, growing linearly (issue #8). The floor only moves forward with the
+account's newest ``as_of``, so the kept set does not depend on the order the scores arrive in (short of
+the ``MAX_LEADS`` trim).
 """
 
 from __future__ import annotations
@@ -26,9 +27,10 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
+from agents.rules import DAY_MS
+
 MAX_LEADS = 500
 TOP_LEADS = 5
-DAY_MS = 86_400_000
 WINDOW_DAYS = 30.0
 WINDOW_MS = int(WINDOW_DAYS * DAY_MS)
 

@@ -217,9 +217,9 @@ class LeadWorker:
         the old assignment would be processed twice (and a poison record dead-lettered twice)."""
         assert self.consumer is not None
         owned = self.consumer.assignment()
-        for tp in fetched:
-            if tp not in owned:
-                continue
+        again = [tp for tp in fetched if tp in owned]
+        log.info("a rebalance overlapped a fetch: fetching %d partition(s) again from commits", len(again))
+        for tp in again:
             try:
                 offset = await self.consumer.committed(tp)
                 if offset is None:
