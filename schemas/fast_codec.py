@@ -21,9 +21,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from schemas.fast_decode import Reader, Undecidable, compile_reader, decode_body
-from schemas.registry import HEADER_LEN, SOE_MAGIC, SchemaRegistry, _domain_checks
-
-_FINGERPRINT = struct.Struct("<Q").unpack_from
+from schemas.registry import HEADER_LEN, SchemaError, SchemaRegistry, _domain_checks
 
 
 class _Slow(Exception):
@@ -37,7 +35,7 @@ _PACK_DOUBLE = struct.Struct("<d").pack
 _PACK_FLOAT = struct.Struct("<f").pack
 
 
-def _varint(n: int) -> bytes:
+def zigzag(n: int) -> bytes:
     """Avro ``long``: zig-zag, then 7 bits per byte, least significant group first."""
     n = (n << 1) ^ (n >> 63)
     out = bytearray()
@@ -49,7 +47,7 @@ def _varint(n: int) -> bytes:
 
 
 _SMALL = 4096
-_SMALL_VARINTS = tuple(_varint(n) for n in range(_SMALL))  # string lengths, union and enum indexes
+_SMALL_VARINTS = tuple(zigzag(n) for n in range(_SMALL))  # string lengths, union and enum indexes
 
 
 _LARGE_VARINTS: dict[int, bytes] = {}  # timestamps recur (a signal's event time is in every later score)
@@ -64,7 +62,7 @@ def _write_long(buf: bytearray, value: int) -> None:
     if encoded is None:
         if not _LONG_MIN <= value <= _LONG_MAX:
             raise _Slow
-        encoded = _varint(value)
+        encoded = zigzag(value)
         if len(_LARGE_VARINTS) >= _LARGE_VARINTS_MAX:
             _LARGE_VARINTS.clear()
         _LARGE_VARINTS[value] = encoded
@@ -307,7 +305,7 @@ def _namespace() -> dict[str, Any]:
         "SMALL": _SMALL_VARINTS,
         "S": _SMALL,
         "write_long": _write_long,
-        "varint": _varint,
+        "varint": zigzag,
         "LONG_MIN": _LONG_MIN,
         "LONG_MAX": _LONG_MAX,
         "pack_double": _PACK_DOUBLE,
@@ -456,13 +454,16 @@ class EventCodec:
     def decode(self, data: bytes, expect: str | None = None) -> tuple[str, dict[str, Any]]:
         """``SchemaRegistry.decode``'s answer; compiled when the writer schema is the current one
         (``schemas/fast_decode.py``), else, and for any bytes it cannot vouch for, the registry's."""
-        if len(data) >= HEADER_LEN and data[:2] == SOE_MAGIC:
-            found = self._readers.get(_FINGERPRINT(data, 2)[0])
-            if found is not None and (expect is None or found[0] == expect):
-                try:
-                    return found[0], decode_body(found[1], data, HEADER_LEN)
-                except Undecidable:
-                    pass
+        try:
+            writer = self.registry.writer_of(data)
+        except SchemaError:
+            writer = None  # the registry raises its own error below
+        found = self._readers.get(writer.fingerprint) if writer is not None else None
+        if found is not None and (expect is None or found[0] == expect):
+            try:
+                return found[0], decode_body(found[1], data, HEADER_LEN)
+            except Undecidable:
+                pass
         return self.registry.decode(data, expect)
 
     def compiled(self, name: str) -> bool:

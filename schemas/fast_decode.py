@@ -209,8 +209,6 @@ def decode_body(reader: Reader, data: bytes, start: int) -> dict[str, Any]:
     """The record in ``data[start:]``; raises ``Undecidable`` when fastavro must judge the bytes."""
     try:
         record, _end = reader(data, start)
-    except Undecidable:
-        raise
     except (IndexError, struct.error, UnicodeDecodeError) as exc:
         raise Undecidable from exc
     if not isinstance(record, dict):

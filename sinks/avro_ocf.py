@@ -21,6 +21,8 @@ from dataclasses import dataclass
 from functools import lru_cache
 from typing import Any
 
+from schemas.fast_codec import zigzag
+
 OCF_MAGIC = b"Obj\x01"
 SYNC = b"leadpulse-sync16"  # any 16 bytes; fixed so identical batches give identical files
 ORIGIN_FIELDS = (
@@ -29,17 +31,6 @@ ORIGIN_FIELDS = (
     {"name": "partition", "type": "int"},
     {"name": "offset", "type": "long"},
 )
-
-
-def zigzag(value: int) -> bytes:
-    """Avro int/long encoding: zig-zag, then base-128 varint."""
-    n = (value << 1) ^ (value >> 63)
-    out = bytearray()
-    while n & ~0x7F:
-        out.append((n & 0x7F) | 0x80)
-        n >>= 7
-    out.append(n)
-    return bytes(out)
 
 
 def avro_string(text: str) -> bytes:

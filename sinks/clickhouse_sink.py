@@ -33,8 +33,9 @@ from aiokafka.abc import ConsumerRebalanceListener
 from aiokafka.errors import CommitFailedError, IllegalStateError, KafkaError
 from clickhouse_connect.driver.client import Client
 
+from schemas.fast_codec import zigzag
 from schemas.registry import HEADER_LEN, SOE_MAGIC, SchemaError, SchemaRegistry, default_registry
-from sinks.avro_ocf import ContainerFormat, container_format, origin_prefix, zigzag
+from sinks.avro_ocf import ContainerFormat, container_format, origin_prefix
 from sinks.batch import BatchPolicy, ClickHouseBatchSink
 from sinks.erase import already_applied, apply_erasure, event_identities, record_erased
 from sinks.errors import SinkBackpressure
