@@ -77,6 +77,16 @@ def _log_end(settings: Settings) -> dict[tuple[str, int], int]:
     return ends
 
 
+def _wait_committed_to_log_end(settings: Settings, sink: Service, timeout: float, what: str) -> None:
+    ends = _log_end(settings)
+    wait_until(
+        lambda: all(committed_offsets(settings).get(tp, 0) >= end for tp, end in ends.items()),
+        timeout,
+        what,
+        sink.proc,
+    )
+
+
 def _assert_stored_exactly_once(sink: Service, tables: dict[str, set[str]], prefix: str) -> None:
     for table, ids in tables.items():
         stored = stored_rows(sink.query(), table, prefix)
@@ -120,13 +130,7 @@ def test_sink_killed_mid_insert_of_a_backlog_loses_and_duplicates_nothing(
         sink.proc,
     )
     timer.mark(f"all {total:,} events stored")
-    ends = _log_end(settings)
-    wait_until(
-        lambda: all(committed_offsets(settings).get(tp, 0) >= end for tp, end in ends.items()),
-        60,
-        "offsets committed to the log end",
-        sink.proc,
-    )
+    _wait_committed_to_log_end(settings, sink, 60, "offsets committed to the log end")
     timer.mark("offsets committed to the log end")
     _assert_stored_exactly_once(sink, tables, settings.topic_prefix)
     assert sink.alive()
@@ -141,13 +145,7 @@ def test_clickhouse_away_mid_stream_holds_offsets_and_then_everything_is_stored_
     first = produce(settings, events[:half])
     sink = services.start("sink", "--batch-seconds", "0.2")
     first_tables = _tables(first)
-    ends = _log_end(settings)
-    wait_until(
-        lambda: all(committed_offsets(settings).get(tp, 0) >= end for tp, end in ends.items()),
-        90,
-        "first half stored and committed",
-        sink.proc,
-    )
+    _wait_committed_to_log_end(settings, sink, 90, "first half stored and committed")
     _assert_stored_exactly_once(sink, first_tables, settings.topic_prefix)
     assert sink.proc.stop() == 0
 
