@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any, cast
 
 from kafka import KafkaProducer
+from kafka.errors import KafkaTimeoutError
 from kafka.producer.future import FutureRecordMetadata
 
 from schemas.registry import SchemaError, SchemaRegistry, default_registry
@@ -87,6 +88,8 @@ class Producer:
         self._lock = threading.Lock()
         self._failures: list[tuple[str, str | None, str]] = []
         self._failed_ids: list[str | None] = []
+        # records sent and not yet acknowledged or failed, by send number: a flush that times out names them
+        self._pending: dict[int, tuple[str, str | bytes | None, str | None]] = {}
         self.sent = 0
 
     def send(
@@ -120,24 +123,42 @@ class Producer:
     ) -> FutureRecordMetadata:
         key_bytes = key.encode() if isinstance(key, str) else key
         future = self._producer.send(topic, key=key_bytes, value=value)
-        future.add_errback(self._record_failure, topic, key, event_id)
-        self.sent += 1
+        with self._lock:
+            number = self.sent
+            self.sent += 1
+            self._pending[number] = (topic, key, event_id)
+        future.add_callback(self._acknowledged, number)
+        future.add_errback(self._record_failure, number)
         return future
 
-    def _record_failure(
-        self, topic: str, key: str | bytes | None, event_id: str | None, exc: BaseException
-    ) -> None:
+    def _acknowledged(self, number: int, _metadata: Any) -> None:
+        with self._lock:
+            self._pending.pop(number, None)
+
+    def _record_failure(self, number: int, exc: BaseException) -> None:
         """kafka-python calls an errback with its bound arguments first and the exception last."""
         with self._lock:
-            shown = key.decode(errors="replace") if isinstance(key, bytes) else key
-            text = str(exc)
-            name = type(exc).__name__
-            self._failures.append((topic, shown, text if text.startswith(name) else f"{name}: {text}"))
-            self._failed_ids.append(event_id)
+            sent = self._pending.pop(number, None)
+            if sent is not None:  # (None: already reported by a flush that timed out)
+                self._fail(sent, str(exc), type(exc).__name__)
+
+    def _fail(self, sent: tuple[str, str | bytes | None, str | None], text: str, name: str) -> None:
+        topic, key, event_id = sent
+        shown = key.decode(errors="replace") if isinstance(key, bytes) else key
+        self._failures.append((topic, shown, text if text.startswith(name) else f"{name}: {text}"))
+        self._failed_ids.append(event_id)
 
     def flush(self, timeout: float | None = None) -> None:
-        """Wait for every acknowledgement; raise DeliveryError naming the records the broker never acked."""
-        self._producer.flush(timeout)
+        """Wait for every acknowledgement; raise DeliveryError naming the records the broker never acked
+        (failed, or still unacknowledged when ``timeout`` ran out: the client does not always expire its
+        batches by ``delivery_timeout_ms`` while no broker is reachable)."""
+        try:
+            self._producer.flush(timeout)
+        except KafkaTimeoutError as exc:
+            with self._lock:
+                for sent in self._pending.values():
+                    self._fail(sent, f"not acknowledged within the {timeout} s flush ({exc})", "Timeout")
+                self._pending.clear()
         with self._lock:
             failures, self._failures = self._failures, []
             failed_ids, self._failed_ids = self._failed_ids, []

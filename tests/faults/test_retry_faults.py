@@ -356,6 +356,35 @@ def test_sdk_names_every_unacknowledged_event_while_the_broker_is_unreachable_an
     assert_exactly_once_after_dedup(on_topic, set(resend), set(resend), "SDK re-send")
 
 
+def test_sdk_flush_that_times_out_names_the_unacknowledged_events(
+    proxied: ProxiedBroker, settings: Settings
+) -> None:
+    """A flush that runs out of time before the client expires its batches (here: a delivery timeout far
+    longer than the flush) raises DeliveryError naming every unacknowledged event, not the client's bare
+    KafkaTimeoutError; it had reached a caller of the previous test in one CI run."""
+    run = uuid.uuid4().hex[:6]
+    events = [visit(n, run) for n in range(20)]
+    slow: dict[str, Any] = {
+        "delivery_timeout_ms": 120_000,
+        "request_timeout_ms": 60_000,
+        "max_block_ms": 3000,
+    }
+    with Producer(settings, linger_ms=5, **slow) as producer:
+        producer.send("web_visit", events[0])
+        producer.flush(10)
+        proxied.proxy.refuse()
+        try:
+            for event in events[1:]:
+                producer.send("web_visit", event)
+            with pytest.raises(DeliveryError) as caught:
+                producer.flush(2)
+        finally:
+            proxied.proxy.accept()
+        assert sorted(i for i in caught.value.event_ids if i) == sorted(e["event_id"] for e in events[1:])
+        assert "not acknowledged within the 2 s flush" in str(caught.value)
+        producer.flush(60)  # the same records are acknowledged later: nothing is reported twice
+
+
 # --- HTTP collector ---------------------------------------------------------------------------------
 
 
