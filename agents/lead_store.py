@@ -10,9 +10,10 @@ Pure: no Kafka here. The worker feeds ``restore`` from the changelog topic and w
 
 from __future__ import annotations
 
-import json
 from collections.abc import Iterable
 from dataclasses import dataclass
+
+import orjson
 
 from agents.account import AccountState
 from agents.state import LeadState
@@ -113,7 +114,7 @@ class LeadStore:
             return None
         partition, value = found
         if isinstance(value, bytes):
-            value = AccountState.from_dict(json.loads(value))
+            value = AccountState.from_dict(orjson.loads(value))
             self._accounts[key] = (partition, value)
         return value
 

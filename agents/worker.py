@@ -19,13 +19,13 @@ What replaces it, one loop per process:
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
+import orjson
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRecord, TopicPartition
 from aiokafka.abc import ConsumerRebalanceListener
 from aiokafka.coordinator.assignors.range import RangePartitionAssignor
@@ -426,7 +426,7 @@ class LeadWorker:
             writes.append((self.state_topic, key, state.to_bytes(), due_header(due), batch.home[key]))
         for key, (partition, account) in batch.accounts.items():
             self.store.put_account(key, partition, account)
-            writes.append((self.state_topic, key, json.dumps(account.to_dict()).encode(), None, partition))
+            writes.append((self.state_topic, key, orjson.dumps(account.to_dict()), None, partition))
         await self._send(writes)
 
     async def _send(self, records: Sequence[Record]) -> None:
