@@ -249,14 +249,14 @@ def _record(t: Mapping[str, Any]) -> tuple[Check, Write] | None:
         compiled = _compile_type(spec["type"])
         if compiled is None:
             return None
-        # a missing field: fastavro would fill a default, so the registry decides
-        lines += [f"    v = r.get({spec['name']!r}, M)", "    if v is M:", "        raise Slow"]
+        lines.append(f"    v = r[{spec['name']!r}]")  # missing: KeyError -> Slow (see _guarded)
         inline = _inline(spec["type"])
         if inline is None:
             namespace[f"write{i}"] = compiled[1]
             lines.append(f"    write{i}(buf, v)")
         else:
             lines += _inline_encode(*inline)
+    lines = _guarded(lines)
     exec(compile("\n".join(lines), f"<leadpulse codec {t.get('name', 'record')}>", "exec"), namespace)
 
     def check(value: Any) -> Any:
@@ -340,6 +340,15 @@ def _inline_encode(kind: str, null_index: int | None, value_index: int | None) -
     return lines
 
 
+def _guarded(lines: list[str]) -> list[str]:
+    """A generated writer's body inside ``try``: a missing field (``r[name]`` raises KeyError; fastavro would
+    fill a default) goes the registry's way. Subscripting instead of ``r.get(name, M)`` saved ~15% of a
+    ``lead_score`` encode (one method call per field, ~50 per record with its reasons)."""
+    head, body = lines[0], lines[1:]
+    indented = ["    " + line for line in body]
+    return [head, "    try:", *indented, "    except KeyError:", "        raise Slow from None"]
+
+
 def _generate(name: str, fields: list[_Field]) -> tuple[Callable[..., Any], Callable[..., Any]]:
     """Straight-line ``coerce(data)`` and ``encode(record)`` for one schema (one call per event instead of
     a few per field: the generated code is what the loops over ``fields`` would do, unrolled)."""
@@ -354,7 +363,7 @@ def _generate(name: str, fields: list[_Field]) -> tuple[Callable[..., Any], Call
         if f.null_takes_default:
             coerce += ["    elif v is None:", "        n += 1", f"        x{i} = {default}"]
         coerce += ["    else:", "        n += 1"]
-        encode += [f"    v = r.get({f.name!r}, M)", "    if v is M:", "        raise Slow"]
+        encode.append(f"    v = r[{f.name!r}]")
         if f.inline is None:
             coerce.append(f"        x{i} = check{i}(v)")
             encode.append(f"    write{i}(buf, v)")
@@ -379,6 +388,7 @@ def _generate(name: str, fields: list[_Field]) -> tuple[Callable[..., Any], Call
         "    return out",
     ]
     encode.append("    return bytes(buf)")
+    encode = _guarded(encode)
     exec(compile("\n".join([*coerce, "", *encode]), f"<leadpulse codec {name}>", "exec"), namespace)
     return namespace["coerce"], namespace["encode"]
 
