@@ -11,7 +11,7 @@ No I/O and no clock here: ``now_ms`` only stamps ``computed_at``/``fired_at`` an
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 from agents import identity, scoring, sla, stages
@@ -46,16 +46,32 @@ class Output:
     record: dict[str, Any]
 
 
-@dataclass(slots=True)
+@dataclass(slots=True, init=False)
 class StepResult:
     state: LeadState
-    outputs: list[Output] = field(default_factory=list)
-    forwards: list[Forward] = field(default_factory=list)
-    dropped: str | None = None  # duplicate | stale | foreign_lead; None = processed or forwarded
-    changed: bool = True  # False = state untouched, no need to write it back
+    outputs: list[Output]
+    forwards: list[Forward]
+    dropped: str | None  # duplicate | stale | foreign_lead; None = processed or forwarded
+    changed: bool  # False = state untouched, no need to write it back
+
+    # Hand-written __init__s here and in _Run: a dataclass's default_factory fields cost ~0.5 us per object,
+    # and both are built once per event (the worker's budget is ~60 us per event, docs/benchmarks.md).
+    def __init__(
+        self,
+        state: LeadState,
+        outputs: list[Output] | None = None,
+        forwards: list[Forward] | None = None,
+        dropped: str | None = None,
+        changed: bool = True,
+    ) -> None:
+        self.state = state
+        self.outputs = [] if outputs is None else outputs
+        self.forwards = [] if forwards is None else forwards
+        self.dropped = dropped
+        self.changed = changed
 
 
-@dataclass(slots=True)
+@dataclass(slots=True, init=False)
 class _Run:
     """Scratch of one step: what happened, to be emitted at the end with the final score."""
 
@@ -64,12 +80,21 @@ class _Run:
     trigger: str
     t: int
     late: bool
-    transitions: list[Transition] = field(default_factory=list)
-    hot: list[tuple[Transition, str, SlaTimer | None]] = field(default_factory=list)
-    why: list[str] = field(default_factory=list)
-    forwards: list[Forward] = field(default_factory=list)
-    delta: float = 0.0  # behaviour change as of the newest event time, so the sum is not recomputed
-    reset: bool = False  # behaviour was reset (recycle): recompute instead of adding ``delta``
+    transitions: list[Transition]
+    hot: list[tuple[Transition, str, SlaTimer | None]]
+    why: list[str]
+    forwards: list[Forward]
+    delta: float  # behaviour change as of the newest event time, so the sum is not recomputed
+    reset: bool  # behaviour was reset (recycle): recompute instead of adding ``delta``
+
+    def __init__(self, state: LeadState, rules: Rules, trigger: str, t: int, late: bool) -> None:
+        self.state, self.rules, self.trigger, self.t, self.late = state, rules, trigger, t, late
+        self.transitions = []
+        self.hot = []
+        self.why = []
+        self.forwards = []
+        self.delta = 0.0
+        self.reset = False
 
     def move(self, to_stage: str, reason: str, at: int) -> Transition:
         state = self.state
