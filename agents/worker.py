@@ -58,6 +58,7 @@ from streams.topics import (
 log = logging.getLogger(__name__)
 
 BATCH_MAX = 5000
+IDLE_AFTER_S = 30.0  # caught up this long: SLA timers follow the wall clock again (see timer_clock)
 GROUP = "leadpulse-worker"  # dashboards and alerts match this group label
 Decoded = tuple[ConsumerRecord, str, dict[str, Any]]  # (message, schema, record)
 
@@ -110,6 +111,7 @@ class LeadWorker:
         registry: SchemaRegistry | None = None,
         scan_interval_s: float = 2.0,
         erasures: ErasureSource | None = None,
+        idle_after_s: float = IDLE_AFTER_S,
     ) -> None:
         self.settings = settings
         self.rules = rules
@@ -140,6 +142,9 @@ class LeadWorker:
         # Event-time watermark for the SLA scan: the newest event time seen and when (wall clock) it was.
         self.watermark_ms: int | None = None
         self.watermark_seen_at_ms = 0
+        # Wall time since which fetches have come back empty (caught up), None while records are arriving.
+        self.idle_since_ms: int | None = None
+        self.idle_after_ms = int(idle_after_s * 1000)
         self._partitions_per_topic: dict[str, int] = {}
         self.sender: BatchSender | None = None
         self._next_scan = 0.0
@@ -193,6 +198,10 @@ class LeadWorker:
         timeout = max(0.0, min(0.2, self._next_scan - time.monotonic()))
         generation = self.generation
         fetched = await self.consumer.getmany(timeout_ms=int(timeout * 1000), max_records=BATCH_MAX)
+        if fetched:
+            self.idle_since_ms = None
+        elif self.idle_since_ms is None:
+            self.idle_since_ms = now_ms()
         async with self.lock:
             if self.erasures is not None:
                 await self.apply_erasures(self.erasures.drain_new())
@@ -506,9 +515,15 @@ class LeadWorker:
     def timer_clock(self, wall_ms: int) -> int:
         """The time SLA deadlines are compared with: the wall clock, held back while a backlog of older events
         is being processed (a replay or catch-up), so that a follow-up still in the backlog is not reported as
-        missed. Live, the newest event time tracks the wall clock and this is just ``wall_ms``; with no events
-        the held-back clock advances with the wall clock from the newest event seen."""
+        missed. Live, the newest event time tracks the wall clock and this is just ``wall_ms``; between
+        batches the held-back clock advances with the wall clock from the newest event seen.
+
+        Once the worker has been caught up (every fetch empty) for ``idle_after_s``, the backlog is gone and
+        the clock is the wall clock again (Flink's ``withIdleness``). Without this, after a replay of events
+        hours old and no live traffic since, timers due in that gap would wait for newer events."""
         if self.watermark_ms is None:
+            return wall_ms
+        if self.idle_since_ms is not None and wall_ms - self.idle_since_ms >= self.idle_after_ms:
             return wall_ms
         return min(wall_ms, self.watermark_ms + (wall_ms - self.watermark_seen_at_ms))
 
