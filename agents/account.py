@@ -29,6 +29,7 @@ from typing import Any
 
 from agents.rules import DAY_MS
 
+HOP_FIELDS = ("lead_id", "score", "stage", "as_of", "account_domain")  # what fold_lead_score reads
 MAX_LEADS = 500
 TOP_LEADS = 5
 WINDOW_DAYS = 30.0

@@ -449,6 +449,7 @@ class EventCodec:
         self.registry = registry
         self._compiled: dict[str, _CompiledSchema] = {}
         self._readers: dict[int, tuple[str, Reader]] = {}  # current versions' fingerprints
+        self._heads: dict[tuple[str, str], tuple[int, Reader | None]] = {}  # see decode_head
         for name, version in registry.current.items():
             compiled = _compile_schema(name, version.raw, version.header)
             if compiled is not None:
@@ -456,6 +457,35 @@ class EventCodec:
             reader = compile_reader(version.raw)
             if reader is not None:
                 self._readers[version.fingerprint] = (name, reader)
+
+    def decode_head(self, data: bytes, name: str, last_field: str) -> tuple[str, dict[str, Any]]:
+        """The fields of a ``name`` record up to ``last_field``, not reading the rest (the worker's account
+        hop needs five fields of a ``lead_score`` and not its reasons). A record of another writer schema,
+        or bytes the fast path cannot vouch for, decode whole, as ``decode`` does. Bytes after ``last_field``
+        are not read, so a corrupt tail goes unnoticed: only for records this process's own kind wrote."""
+        head = self._heads.get((name, last_field))
+        if head is None:
+            head = self._heads[(name, last_field)] = self._compile_head(name, last_field)
+        fingerprint, reader = head
+        try:
+            writer = self.registry.writer_of(data)
+        except SchemaError:
+            writer = None
+        if reader is not None and writer is not None and writer.fingerprint == fingerprint:
+            try:
+                return name, decode_body(reader, data, HEADER_LEN)
+            except Undecidable:
+                pass
+        return self.decode(data, expect=name)
+
+    def _compile_head(self, name: str, last_field: str) -> tuple[int, Reader | None]:
+        version = self.registry.current[name]
+        fields = version.raw["fields"]
+        names = [f["name"] for f in fields]
+        if last_field not in names:
+            raise ValueError(f"{name} has no field {last_field!r}")
+        head = {**version.raw, "fields": fields[: names.index(last_field) + 1]}
+        return version.fingerprint, compile_reader(head)
 
     def compiled_decoder(self, name: str) -> bool:
         """Whether records written with ``name``'s current schema decode without fastavro."""

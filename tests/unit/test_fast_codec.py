@@ -16,9 +16,10 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from agents.account import AccountState, account_score_record, fold_lead_score
+from agents.account import HOP_FIELDS, AccountState, account_score_record, fold_lead_score
 from agents.core import step
 from agents.rules import load_rules
+from agents.worker import ACCOUNT_HOP_LAST
 from bench.workload import Workload
 from schemas.fast_codec import codec_for
 from schemas.registry import SchemaError, default_registry
@@ -135,6 +136,28 @@ def test_inputs_and_outputs_decode_to_the_registrys_records() -> None:
         expected = REGISTRY.decode(data)
         assert CODEC.decode(data) == expected
         assert CODEC.decode(data, expect=expected[0]) == expected
+
+
+def test_the_account_hop_head_holds_what_the_account_fold_reads() -> None:
+    """The worker decodes account hops only up to ``ACCOUNT_HOP_LAST``: every field the fold reads is there,
+    and folding the head gives the same account as folding the whole record."""
+    scores = [r for s, r in _core_outputs(1500) if s == "lead_score" and r["account_domain"]]
+    assert len(scores) > 100
+    accounts: dict[str, AccountState | None] = {}
+    from_heads: dict[str, AccountState | None] = {}
+    for record in scores:
+        data = REGISTRY.encode("lead_score", record)
+        full = REGISTRY.decode(data)[1]
+        schema, head = CODEC.decode_head(data, "lead_score", ACCOUNT_HOP_LAST)
+        assert schema == "lead_score" and "reasons" not in head
+        assert {f: head[f] for f in HOP_FIELDS} == {f: full[f] for f in HOP_FIELDS}
+        domain = record["account_domain"]
+        accounts[domain] = fold_lead_score(accounts.get(domain), full)
+        from_heads[domain] = fold_lead_score(from_heads.get(domain), head)
+    assert from_heads == accounts
+    with pytest.raises(SchemaError):  # another schema's bytes: the registry's answer
+        visit = REGISTRY.encode(*Workload(seed=1, expected_events=1).take(1)[0])
+        CODEC.decode_head(visit, "lead_score", "as_of")
 
 
 def _decoded(decode: Any, data: bytes, expect: str | None) -> tuple[str, dict[str, Any]] | str:
