@@ -220,7 +220,7 @@ def prune_window(state: LeadState, window_ms: int) -> None:
     30-day window holds ~330k (issue #8, bounded state)."""
     floor = state.dedup_floor(window_ms)
     floor_day = floor // 86_400_000
-    if state.seen:
+    if state.seen and min(state.seen.values()) < floor:  # usually nothing has left the window yet
         state.seen = {i: t for i, t in state.seen.items() if t >= floor}
     if state.caps:
         state.caps = {k: v for k, v in state.caps.items() if int(k.rsplit("|", 1)[1]) >= floor_day}

@@ -41,7 +41,7 @@ from schemas.fast_codec import codec_for
 from schemas.registry import SchemaError, SchemaRegistry, default_registry
 from streams.broker import aiokafka_client_config, create_topics, is_tansu, kafka_client_config
 from streams.dlq import dead_letter
-from streams.metrics import Metrics
+from streams.metrics import Metrics, observe_many
 from streams.producer import lead_key
 from streams.settings import Settings
 from streams.topics import (
@@ -86,6 +86,7 @@ class Batch:
     counted: list[Output] = field(default_factory=list)
     consumed: dict[str, int] = field(default_factory=dict)  # per topic, added to the metric once per batch
     accounts: dict[bytes, tuple[int, AccountState]] = field(default_factory=dict)  # touched, by state key
+    arrived: list[int] = field(default_factory=list)  # Kafka timestamps (ms) of the events scored
 
 
 class _Rebalance(ConsumerRebalanceListener):  # type: ignore[misc]
@@ -342,8 +343,8 @@ class LeadWorker:
             self._dead_letter(batch, message, "process", exc)
             return
         self._apply(batch, key, home, result)
-        if self.metrics and message.timestamp:
-            self.metrics.event_to_score_seconds.observe(max(0.0, time.time() - message.timestamp / 1000))
+        if message.timestamp:
+            batch.arrived.append(message.timestamp)
 
     def _fold_account(self, message: ConsumerRecord, record: dict[str, Any], batch: Batch) -> None:
         """A lead's new score, on its account's partition: fold it into the account (lead → account)."""
@@ -425,6 +426,10 @@ class LeadWorker:
             )
         await self._send(batch.sends)
         if self.metrics:
+            now = time.time()  # outputs acknowledged: the events' scores are out
+            observe_many(
+                self.metrics.event_to_score_seconds, [max(0.0, now - t / 1000) for t in batch.arrived]
+            )
             for output in batch.counted:
                 self.metrics.count_output(output.schema, output.record)
             for topic, n in batch.consumed.items():

@@ -8,7 +8,7 @@ import pytest
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
-from streams.metrics import SLA_LEVELS, SLA_NAMES, Metrics
+from streams.metrics import SLA_LEVELS, SLA_NAMES, Metrics, observe_many
 from streams.topics import INPUTS
 
 pytestmark = pytest.mark.unit
@@ -161,3 +161,15 @@ def test_process_metrics_are_opt_in() -> None:
     with_process = CollectorRegistry()
     Metrics(with_process, process_metrics=True)
     assert with_process.get_sample_value("process_cpu_seconds_total") is not None
+
+
+def test_observe_many_exposes_exactly_what_observe_does() -> None:
+    """observe_many reads prometheus_client internals: a client upgrade that changes them must fail here."""
+    values = [0.0, 0.0, 0.004, 0.025, 0.0625, 1.0, 2.5, 3.0, 7.25, 60.0, 1e6]  # bounds included, sums exact
+    one_by_one, bulk = CollectorRegistry(), CollectorRegistry()
+    by_observe = Metrics(one_by_one)
+    for value in values:
+        by_observe.event_to_score_seconds.observe(value)
+    observe_many(Metrics(bulk).event_to_score_seconds, values)
+    assert generate_latest(bulk) == generate_latest(one_by_one)
+    assert bulk.get_sample_value("leadpulse_event_to_score_seconds_count") == len(values)
