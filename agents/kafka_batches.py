@@ -43,9 +43,12 @@ class BatchSender:
     async def send(self, records: Sequence[Record]) -> None:
         open_batches: dict[tuple[str, int], Any] = {}
         futures = []
+        known = self._key_partition
         for topic, key, value, headers, partition in records:
             if partition is None:
-                partition = await self.partition_for(topic, key)
+                count = self._partitions.get(topic)
+                found = known.get((key, count)) if key is not None and count is not None else None
+                partition = found if found is not None else await self.partition_for(topic, key)
             builder = open_batches.get((topic, partition))
             if builder is None:
                 builder = open_batches[(topic, partition)] = self.producer.create_batch()

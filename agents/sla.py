@@ -95,8 +95,13 @@ def due_firings(state: LeadState, rules: Rules, now_ms: int) -> list[Firing]:
     return firings
 
 
+_TIMED_STAGES = frozenset({"mql", "customer", "expansion"})  # stages with a timed recycle
+
+
 def next_due(state: LeadState, rules: Rules) -> int | None:
     """Earliest wall-clock time a timer level or a recycle falls due, so a scan can skip quiet leads."""
+    if not state.timers and state.stage not in _TIMED_STAGES:  # most leads: asked once per batch written
+        return None
     times = [at for t in state.timers.values() for level, at in level_times(t, rules) if level not in t.fired]
     if state.stage == "mql" and state.mql_at is not None:
         times.append(state.mql_at + int(rules.recycle.mql_not_accepted_days * DAY_MS))
