@@ -26,6 +26,7 @@ import faust
 from agents.core import StepResult, step
 from agents.rules import Rules, load_rules
 from agents.state import LeadState
+from agents.worker_process import tune_gc
 from schemas.registry import SchemaError, SchemaRegistry, default_registry
 from streams.app import create_app
 from streams.metrics import Metrics
@@ -170,6 +171,7 @@ def main() -> None:
     settings = load_settings()
     logging.basicConfig(level=settings.log_level)
     metrics = Metrics(CollectorRegistry(), component="naive-worker", process_metrics=True)
+    tune_gc()  # the same GC settings as the real worker, so the comparison measures the design only
     worker = NaiveWorker(settings, load_rules(settings.rules), metrics)
 
     @worker.app.task  # type: ignore[untyped-decorator]
