@@ -467,15 +467,10 @@ class EventCodec:
         if head is None:
             head = self._heads[(name, last_field)] = self._compile_head(name, last_field)
         fingerprint, reader = head
-        try:
-            writer = self.registry.writer_of(data)
-        except SchemaError:
-            writer = None
-        if reader is not None and writer is not None and writer.fingerprint == fingerprint:
-            try:
-                return name, decode_body(reader, data, HEADER_LEN)
-            except Undecidable:
-                pass
+        if reader is not None and self._writer(data) == fingerprint:
+            record = _compiled_body(reader, data)
+            if record is not None:
+                return name, record
         return self.decode(data, expect=name)
 
     def _compile_head(self, name: str, last_field: str) -> tuple[int, Reader | None]:
@@ -494,17 +489,20 @@ class EventCodec:
     def decode(self, data: bytes, expect: str | None = None) -> tuple[str, dict[str, Any]]:
         """``SchemaRegistry.decode``'s answer; compiled when the writer schema is the current one
         (``schemas/fast_decode.py``), else, and for any bytes it cannot vouch for, the registry's."""
-        try:
-            writer = self.registry.writer_of(data)
-        except SchemaError:
-            writer = None  # the registry raises its own error below
-        found = self._readers.get(writer.fingerprint) if writer is not None else None
+        fingerprint = self._writer(data)
+        found = self._readers.get(fingerprint) if fingerprint is not None else None
         if found is not None and (expect is None or found[0] == expect):
-            try:
-                return found[0], decode_body(found[1], data, HEADER_LEN)
-            except Undecidable:
-                pass
+            record = _compiled_body(found[1], data)
+            if record is not None:
+                return found[0], record
         return self.registry.decode(data, expect)
+
+    def _writer(self, data: bytes) -> int | None:
+        """The writer schema's fingerprint, or None (the registry's own decode then says what is wrong)."""
+        try:
+            return self.registry.writer_of(data).fingerprint
+        except SchemaError:
+            return None
 
     def compiled(self, name: str) -> bool:
         """Whether ``name`` has a fast path (a schema without one is always handled by the registry)."""
@@ -535,6 +533,14 @@ class EventCodec:
 
 
 _CODECS: weakref.WeakKeyDictionary[SchemaRegistry, EventCodec] = weakref.WeakKeyDictionary()
+
+
+def _compiled_body(reader: Reader, data: bytes) -> dict[str, Any] | None:
+    """The record after the header by a compiled reader, or None when fastavro must judge the bytes."""
+    try:
+        return decode_body(reader, data, HEADER_LEN)
+    except Undecidable:
+        return None
 
 
 def codec_for(registry: SchemaRegistry) -> EventCodec:
