@@ -189,13 +189,14 @@ class Rules(_Model):
     @property
     def account_window_ms(self) -> int:
         """Leads count in an account while their newest score is this close to the account's newest."""
-        return int(self.state.account_window_days * DAY_MS)
+        return self.compiled.account_window_ms
 
 
 class Compiled:
     """Plain-Python lookups compiled from a ``Rules`` (pydantic attribute access is too slow per event)."""
 
     __slots__ = (
+        "account_window_ms",
         "by_name",
         "dedup_window_ms",
         "email_links",
@@ -215,6 +216,7 @@ class Compiled:
         self.sizes: tuple[tuple[int, float], ...] = ()  # (min employees, points), largest minimum first
         self.late_window_ms = 0
         self.dedup_window_ms = 0
+        self.account_window_ms = 0
 
     @classmethod
     def build(cls, rules: Rules) -> Compiled:
@@ -242,6 +244,7 @@ class Compiled:
         c.sizes = tuple(sorted(((b.min, b.points) for b in rules.fit.company_size), reverse=True))
         c.late_window_ms = int(rules.late_window_days * DAY_MS)
         c.dedup_window_ms = int(rules.state.dedup_window_days * DAY_MS)
+        c.account_window_ms = int(rules.state.account_window_days * DAY_MS)
         return c
 
     def match(self, schema: str, event: dict[str, Any]) -> CompiledRule | None:
