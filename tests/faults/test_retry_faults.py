@@ -316,6 +316,24 @@ def test_sdk_events_acknowledged_through_dropped_connections_are_on_the_topic_on
     assert len(acked) > len(futures) // 2, "most events should get through between the drops"
 
 
+def flush_while_unreachable(
+    producer: Producer, proxied: ProxiedBroker, events: list[dict[str, Any]], flush_s: float
+) -> DeliveryError:
+    """The first event acknowledged (metadata known), the rest sent while the broker refuses connections;
+    the DeliveryError their flush must raise (the broker is reachable again afterwards)."""
+    producer.send("web_visit", events[0])
+    producer.flush(10)
+    proxied.proxy.refuse()
+    try:
+        for event in events[1:]:
+            producer.send("web_visit", event)
+        with pytest.raises(DeliveryError) as caught:
+            producer.flush(flush_s)
+    finally:
+        proxied.proxy.accept()
+    return caught.value
+
+
 def test_sdk_names_every_unacknowledged_event_while_the_broker_is_unreachable_and_resends_them(
     proxied: ProxiedBroker, settings: Settings
 ) -> None:
@@ -323,17 +341,7 @@ def test_sdk_names_every_unacknowledged_event_while_the_broker_is_unreachable_an
     events = [visit(n, run) for n in range(50)]
     quick: dict[str, Any] = {"delivery_timeout_ms": 3000, "request_timeout_ms": 1500, "max_block_ms": 3000}
     with Producer(settings, linger_ms=5, **quick) as producer:
-        producer.send("web_visit", events[0])
-        producer.flush(10)  # metadata known, first event acknowledged
-        proxied.proxy.refuse()
-        try:
-            for event in events[1:]:
-                producer.send("web_visit", event)
-            with pytest.raises(DeliveryError) as caught:
-                producer.flush(30)
-        finally:
-            proxied.proxy.accept()
-        error = caught.value
+        error = flush_while_unreachable(producer, proxied, events, flush_s=30)
         print(f"SDK while unreachable: {error}")
         assert sorted(i for i in error.event_ids if i) == sorted(e["event_id"] for e in events[1:])
         assert settings.topic("events.web_visits") in str(error) and "re-send" in str(error)
@@ -370,18 +378,9 @@ def test_sdk_flush_that_times_out_names_the_unacknowledged_events(
         "max_block_ms": 3000,
     }
     with Producer(settings, linger_ms=5, **slow) as producer:
-        producer.send("web_visit", events[0])
-        producer.flush(10)
-        proxied.proxy.refuse()
-        try:
-            for event in events[1:]:
-                producer.send("web_visit", event)
-            with pytest.raises(DeliveryError) as caught:
-                producer.flush(2)
-        finally:
-            proxied.proxy.accept()
-        assert sorted(i for i in caught.value.event_ids if i) == sorted(e["event_id"] for e in events[1:])
-        assert "not acknowledged within the 2 s flush" in str(caught.value)
+        error = flush_while_unreachable(producer, proxied, events, flush_s=2)
+        assert sorted(i for i in error.event_ids if i) == sorted(e["event_id"] for e in events[1:])
+        assert "not acknowledged within the 2 s flush" in str(error)
         producer.flush(60)  # the same records are acknowledged later: nothing is reported twice
 
 
