@@ -34,7 +34,7 @@ from sinks.webhook import (
     targets_from_settings,
 )
 from streams.broker import aiokafka_client_config
-from streams.dlq import dead_letter, encode_dead_letter
+from streams.dlq import dead_letter, encode_dead_letter, writer_headers
 from streams.metrics import Metrics
 from streams.settings import Settings
 from streams.topics import DLQ, HOT_LEADS
@@ -274,11 +274,21 @@ class Notifier:
         error: BaseException | str,
         error_type: str | None = None,
     ) -> None:
-        record = dead_letter(tp.topic, tp.partition, offset, key, value, stage, error, registry=self.registry)
-        if error_type:
-            record["error_type"] = error_type
+        record = dead_letter(
+            tp.topic,
+            tp.partition,
+            offset,
+            key,
+            value,
+            stage,
+            error,
+            registry=self.registry,
+            error_type=error_type,
+        )
         dlq_key, dlq_value = encode_dead_letter(record, self.registry)
-        await producer.send_and_wait(self.settings.topic(DLQ.name), value=dlq_value, key=dlq_key)
+        await producer.send_and_wait(
+            self.settings.topic(DLQ.name), value=dlq_value, key=dlq_key, headers=writer_headers("notifier")
+        )
         self.metrics.dlq_records.labels(source_topic=HOT_LEADS.name, stage=stage).inc()
 
     async def _drain(self, timeout_s: float) -> None:

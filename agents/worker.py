@@ -40,7 +40,7 @@ from agents.state import LeadState
 from schemas.fast_codec import codec_for
 from schemas.registry import SchemaError, SchemaRegistry, default_registry
 from streams.broker import aiokafka_client_config, create_topics, is_tansu, kafka_client_config
-from streams.dlq import dead_letter
+from streams.dlq import dead_letter, writer_headers
 from streams.metrics import Metrics, observe_many
 from streams.producer import lead_key
 from streams.settings import Settings
@@ -58,6 +58,7 @@ from streams.topics import (
 log = logging.getLogger(__name__)
 
 BATCH_MAX = 5000
+DLQ_HEADERS = writer_headers("worker")
 ACCOUNT_HOP_LAST = "account_domain"  # lead_score fields up to this one hold all of HOP_FIELDS
 IDLE_AFTER_S = 30.0  # caught up this long: SLA timers follow the wall clock again (see timer_clock)
 GROUP = "leadpulse-worker"  # dashboards and alerts match this group label
@@ -409,7 +410,7 @@ class LeadWorker:
             message.topic, message.partition, message.offset, message.key, message.value, stage, exc
         )
         value = self.registry.encode("dead_letter", record)
-        batch.sends.append((self.dlq_topic, message.key, value, None, None))
+        batch.sends.append((self.dlq_topic, message.key, value, DLQ_HEADERS, None))
         if self.metrics:
             topic = self._unprefixed(message.topic)
             self.metrics.dlq_records.labels(source_topic=topic, stage=stage).inc()

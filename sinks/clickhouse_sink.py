@@ -41,6 +41,7 @@ from sinks.erase import already_applied, apply_erasure, event_identities, record
 from sinks.errors import SinkBackpressure
 from sinks.rows import EVENT_TYPES, EVENTS, TABLE_FOR_SCHEMA, Origin, TableSpec, to_row
 from streams.broker import aiokafka_client_config
+from streams.dlq import dead_letter, writer_headers
 from streams.erasures import ErasureLog
 from streams.producer import lead_key
 from streams.settings import Settings
@@ -49,6 +50,7 @@ from streams.topics import INPUTS, MAX_INPUT_RECORD_BYTES, OUTPUTS, spec_for
 log = logging.getLogger(__name__)
 
 SINK_TOPICS = INPUTS + OUTPUTS
+DLQ_HEADERS = writer_headers("sink")
 
 
 def sink_group(settings: Settings) -> str:
@@ -413,24 +415,23 @@ class ClickHouseSinkLoop:
         error_type: str,
         reason: str,
     ) -> None:
-        record = {
-            "source_topic": topic,
-            "partition": partition,
-            "offset": offset,
-            "stage": stage,
-            "error_type": error_type,
-            "error": f"{topic}[{partition}]@{offset}: {reason}",
-            "key": key,
-            "value": value,
-            "failed_at": int(time.time() * 1000),
-            "event_id": None,
-        }
+        record = dead_letter(
+            topic,
+            partition,
+            offset,
+            key,
+            value,
+            stage,
+            f"{topic}[{partition}]@{offset}: {reason}",
+            error_type=error_type,
+            registry=self.registry,
+        )
         if self._producer is None:
             from streams.producer import Producer
 
             self._producer = Producer(self.settings)
         self._producer.send_encoded(
-            self.settings.topic("dlq"), key, self.registry.encode("dead_letter", record)
+            self.settings.topic("dlq"), key, self.registry.encode("dead_letter", record), headers=DLQ_HEADERS
         )
         self.stats.dead_lettered += 1
         self.hooks.dead_lettered(spec_for(topic, self.settings.topic_prefix).name, stage)

@@ -26,6 +26,27 @@ from streams.topics import BY_NAME, DLQ
 
 STAGES = ("decode", "validate", "process", "sink", "webhook", "collector")
 
+#: Kafka header naming the component that wrote a dead letter. A poison input record is dead-lettered by
+#: each consumer of its topic (the worker and the sink), and the two letters differ only by this. A header,
+#: not a field: adding a field to ``dead_letter`` would be a schema change for every DLQ reader.
+WRITER_HEADER = "leadpulse-writer"
+WRITERS = ("worker", "sink", "notifier", "cli")
+
+
+def writer_headers(writer: str) -> list[tuple[str, bytes]]:
+    """The headers of a dead letter written by ``writer``."""
+    if writer not in WRITERS:
+        raise ValueError(f"writer: {writer!r} is not one of {', '.join(WRITERS)}")
+    return [(WRITER_HEADER, writer.encode())]
+
+
+def writer_of(headers: Iterable[tuple[str, bytes | None]]) -> str | None:
+    """Who wrote a dead letter, from its headers; None for letters written before the header existed."""
+    for name, value in headers:
+        if name == WRITER_HEADER and value:
+            return value.decode("utf-8", errors="replace")
+    return None
+
 
 #: Largest original value copied into a dead letter (brokers default to 1 MB messages).
 MAX_VALUE_BYTES = 256 * 1024
@@ -43,11 +64,13 @@ def dead_letter(
     event_id: str | None = None,
     failed_at: int | None = None,
     registry: SchemaRegistry | None = None,
+    error_type: str | None = None,
 ) -> dict[str, Any]:
     """A ``dead_letter`` record for a failed record; ``partition``/``offset`` are -1 when not from Kafka.
 
     The event id is read from the value when it decodes (a sink or webhook failure), so that a dead letter
-    can be matched to the event; undecodable bytes simply have none.
+    can be matched to the event; undecodable bytes simply have none. ``error_type`` overrides the type
+    taken from ``error`` (a message given as text has type ``Error``).
     """
     if stage not in STAGES:
         raise ValueError(f"stage: {stage!r} is not one of {', '.join(STAGES)}")
@@ -58,8 +81,8 @@ def dead_letter(
             event_id = found if isinstance(found, str) else None
         except SchemaError:
             event_id = None
-    error_type = error if isinstance(error, str) else type(error).__name__
-    message = error if isinstance(error, str) else (str(error) or error_type)
+    kind = "Error" if isinstance(error, str) else type(error).__name__
+    message = error if isinstance(error, str) else (str(error) or kind)
     if value is not None and len(value) > MAX_VALUE_BYTES:
         # keep the dead letter itself under the broker's message size; the original stays at its offset
         message = f"{message[:3000]} [value truncated to {MAX_VALUE_BYTES} of {len(value)} bytes]"
@@ -69,7 +92,7 @@ def dead_letter(
         "partition": int(partition),
         "offset": int(offset),
         "stage": stage,
-        "error_type": "Error" if isinstance(error, str) else error_type,
+        "error_type": error_type or kind,
         "error": message[:4000],
         "key": key.encode() if isinstance(key, str) else key,
         "value": value,
@@ -85,13 +108,14 @@ def encode_dead_letter(
     return record.get("key"), (registry or default_registry()).encode("dead_letter", record)
 
 
-def publish(producer: Producer, records: Iterable[dict[str, Any]]) -> int:
+def publish(producer: Producer, records: Iterable[dict[str, Any]], writer: str = "cli") -> int:
     """Write dead letters through the SDK producer and wait for the broker; returns how many."""
     count = 0
     topic = producer.settings.topic(DLQ.name)
+    headers = writer_headers(writer)
     for record in records:
         key, value = encode_dead_letter(record, producer.registry)
-        producer.send_encoded(topic, key, value)
+        producer.send_encoded(topic, key, value, headers=headers)
         count += 1
     producer.flush()
     return count
@@ -104,6 +128,7 @@ class DeadLetter:
     dlq_partition: int
     dlq_offset: int
     record: dict[str, Any]
+    writer: str | None = None  # WRITER_HEADER; None for letters written before it existed
 
     @property
     def address(self) -> str:
@@ -157,7 +182,7 @@ def read_dead_letters(
     """Every dead letter on the DLQ topic, oldest first per partition; undecodable DLQ records are skipped."""
     for item in read_topic(settings, settings.topic(DLQ.name), bootstrap=bootstrap, idle_ms=idle_ms):
         if isinstance(item, Decoded) and item.schema == "dead_letter":
-            yield DeadLetter(item.partition, item.offset, item.record)
+            yield DeadLetter(item.partition, item.offset, item.record, writer_of(item.headers))
 
 
 def list_dead_letters(

@@ -120,9 +120,10 @@ class Producer:
         value: bytes | None,
         *,
         event_id: str | None = None,
+        headers: list[tuple[str, bytes]] | None = None,
     ) -> FutureRecordMetadata:
         key_bytes = key.encode() if isinstance(key, str) else key
-        future = self._producer.send(topic, key=key_bytes, value=value)
+        future = self._producer.send(topic, key=key_bytes, value=value, headers=headers)
         with self._lock:
             number = self.sent
             self.sent += 1

@@ -26,6 +26,7 @@ class Decoded:
     key: bytes | None
     schema: str
     record: dict[str, Any]
+    headers: tuple[tuple[str, bytes], ...] = ()
 
 
 @dataclass(frozen=True)
@@ -79,7 +80,8 @@ def read_topic(
                 for msg in messages:
                     try:
                         schema, record = registry.decode(msg.value or b"")
-                        yield Decoded(tp.topic, tp.partition, msg.offset, msg.key, schema, record)
+                        headers = tuple(msg.headers or ())
+                        yield Decoded(tp.topic, tp.partition, msg.offset, msg.key, schema, record, headers)
                     except SchemaError as exc:
                         yield Undecodable(tp.topic, tp.partition, msg.offset, msg.key, msg.value, exc)
             if not batch and (time.monotonic() - idle_since) * 1000 >= idle_ms:

@@ -45,6 +45,7 @@ def describe(letter: DeadLetter) -> str:
         f"dlq {letter.address}",
         f"  source      {r['source_topic']}[{r['partition']}]@{r['offset']}",
         f"  stage       {r['stage']}",
+        f"  written by  {letter.writer or '(not recorded)'}",
         f"  error_type  {r['error_type']}",
         f"  error       {r['error']}",
         f"  failed_at   {_when(r['failed_at'])} UTC",
@@ -60,7 +61,7 @@ def describe(letter: DeadLetter) -> str:
     return "\n".join(lines)
 
 
-@dlq_app.command("list", help="Table of recent dead letters: topic/partition/offset/stage/error.")
+@dlq_app.command("list", help="Table of recent dead letters: topic/partition/offset/stage/writer/error.")
 def dlq_list(
     topic: str = typer.Option(None, "--topic", "-t", help="Only this source topic."),
     since: str = typer.Option(None, help="Only newer: 30m, 2h, 7d or an ISO-8601 time."),
@@ -77,9 +78,11 @@ def dlq_list(
     if as_json:
         for letter in letters:
             row = {k: v for k, v in letter.record.items() if k not in ("key", "value")}
-            typer.echo(json.dumps({"dlq": letter.address, **row}, sort_keys=True))
+            typer.echo(
+                json.dumps({"dlq": letter.address, "written_by": letter.writer, **row}, sort_keys=True)
+            )
         return
-    table = Table("dlq", "failed at (UTC)", "source topic", "partition", "offset", "stage", "error")
+    table = Table("dlq", "failed at (UTC)", "source topic", "partition", "offset", "stage", "by", "error")
     for letter in letters:
         r = letter.record
         table.add_row(
@@ -89,6 +92,7 @@ def dlq_list(
             str(r["partition"]),
             str(r["offset"]),
             r["stage"],
+            letter.writer or "-",
             f"{r['error_type']}: {r['error']}"[:120],
         )
     Console().print(table)

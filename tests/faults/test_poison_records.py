@@ -30,7 +30,9 @@ import pytest
 
 from agents.rules import load_rules
 from schemas.registry import HEADER_LEN, SOE_MAGIC, SchemaError, default_registry
+from streams.dlq import writer_of
 from streams.producer import Producer
+from streams.reader import Decoded
 from streams.settings import Settings
 from streams.topics import INPUTS, MAX_INPUT_RECORD_BYTES
 from tests.faults.oracle import (
@@ -142,14 +144,6 @@ def plant(
     return acked, planted
 
 
-def written_by(letter: dict[str, Any]) -> str:
-    """Which consumer wrote a dead letter. The record has no such field (see the issue note): the sink
-    prefixes its reason with ``topic[partition]@offset: ``, the worker's ``streams.dlq.dead_letter`` does
-    not."""
-    origin = f"{letter['source_topic']}[{letter['partition']}]@{letter['offset']}: "
-    return "sink" if letter["error"].startswith(origin) else "worker"
-
-
 def test_poison_on_every_input_topic_is_dead_lettered_once_per_consumer_and_the_rest_is_exact(
     broker_settings: Settings, services: Services
 ) -> None:
@@ -210,7 +204,7 @@ def test_poison_on_every_input_topic_is_dead_lettered_once_per_consumer_and_the_
         sink.proc,
     )
     time.sleep(2)  # two more worker scans and sink batches: nothing else may arrive
-    letters = [item.record for item in read_dead_letters(settings)]
+    letters = read_dead_letters(settings)
     observed = read_outputs(settings)
     assert not mismatches(expected, observed)
     unexcused = mismatches(expected.judging_all(), observed)
@@ -221,17 +215,19 @@ def test_poison_on_every_input_topic_is_dead_lettered_once_per_consumer_and_the_
     assert worker.proc.output().count("Traceback") == 0, worker.proc.output()[-3000:]
 
     # every poison record dead-lettered once by the worker and once by the sink, nothing else
-    by_origin: dict[tuple[str, int, int], list[dict[str, Any]]] = defaultdict(list)
+    by_origin: dict[tuple[str, int, int], list[Decoded]] = defaultdict(list)
     for letter in letters:
-        by_origin[(letter["source_topic"], letter["partition"], letter["offset"])].append(letter)
+        r = letter.record
+        by_origin[(r["source_topic"], r["partition"], r["offset"])].append(letter)
     assert set(by_origin) - set(planted) == set(), "a valid record was dead-lettered"
     assert set(planted) - set(by_origin) == set(), "a poison record is missing from the DLQ"
     for origin, found in by_origin.items():
-        writers = Counter(written_by(letter) for letter in found)
+        writers = Counter(writer_of(letter.headers) for letter in found)  # the leadpulse-writer header
         assert writers == Counter({"worker": 1, "sink": 1}), (planted[origin], found)
         for letter in found:
-            assert letter["stage"] in ("decode", "validate", "sink") and letter["error"], letter
-            assert letter["key"] == (None if planted[origin][1] == "no_key_no_identity" else b"P")
+            r = letter.record
+            assert r["stage"] in ("decode", "validate", "sink") and r["error"], letter
+            assert r["key"] == (None if planted[origin][1] == "no_key_no_identity" else b"P")
     kinds = Counter(kind for _, kind in planted.values())
     print(f"poison: {len(letters)} dead letters for {len(planted)} records {dict(kinds)}")
 

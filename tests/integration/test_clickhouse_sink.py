@@ -27,6 +27,7 @@ from sinks.batch import BatchPolicy
 from sinks.clickhouse_sink import ClickHouseSinkLoop, sink_group
 from sinks.migrate import migrate
 from streams.broker import free_port
+from streams.dlq import writer_of
 from streams.producer import Producer
 from streams.samples import sample_events
 from streams.settings import Settings
@@ -302,11 +303,15 @@ def test_rows_clickhouse_rejects_and_undecodable_records_go_to_the_dlq(
         auto_offset_reset="earliest",
         consumer_timeout_ms=3000,
     )
+    writers = []
     for message in consumer:
         letters.append(registry.decode(message.value)[1])
+        writers.append(writer_of(message.headers))
     consumer.close()
+    assert writers == ["sink", "sink"]
     by_stage = {letter["stage"]: letter for letter in letters}
     assert set(by_stage) == {"decode", "sink"}
+    assert by_stage["sink"]["event_id"] == bad["event_id"]  # read from the original bytes
     assert by_stage["sink"]["source_topic"] == topic and by_stage["sink"]["offset"] == 7
     assert "dwell_ms_not_negative" in by_stage["sink"]["error"]
     assert by_stage["decode"]["value"] == b"not avro at all" and by_stage["decode"]["offset"] == 20

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import struct
 from collections.abc import Callable
 
@@ -83,6 +84,7 @@ def test_dead_letters_carry_source_position_error_and_original_bytes(settings: S
     assert processed["value"] == valid_bytes
     assert processed["event_id"] == valid.record["event_id"]  # read from the original bytes
     assert processed["error"] == "content_id: not in catalogue"
+    assert [d.writer for d in letters] == ["cli", "cli"]  # publish's default writer header
     assert [d.record["stage"] for d in list_dead_letters(settings, stage="process")] == ["process"]
     assert list_dead_letters(settings, topic="events.web_visits") == []
 
@@ -92,10 +94,13 @@ def test_cli_lists_shows_and_replays_dead_letters(settings: Settings) -> None:
     listing = cli(settings, "dlq", "list")
     assert "events.downloads" in listing and "decode" in listing and "process" in listing
     assert "UnknownFingerprint" in listing
+    rows = [json.loads(line) for line in cli(settings, "dlq", "list", "--json").splitlines()]
+    assert [(row["stage"], row["written_by"]) for row in rows] == [("decode", "cli"), ("process", "cli")]
     poison = next(d for d in list_dead_letters(settings) if d.record["stage"] == "decode")
     shown = cli(settings, "dlq", "show", poison.address)
     assert POISON.hex() in shown
     assert "not decodable: UnknownFingerprint" in shown
+    assert "written by  cli" in shown
     processed = next(d for d in list_dead_letters(settings) if d.record["stage"] == "process")
     assert valid.record["event_id"] in cli(settings, "dlq", "show", processed.address)  # decoded original
 

@@ -18,6 +18,7 @@ from agents.notifications import Notifier
 from schemas.registry import default_registry
 from sinks.webhook import IDEMPOTENCY_HEADER, SIGNATURE_HEADER, RetryPolicy, WebhookTarget, verify_signature
 from streams.broker import EmbeddedBroker
+from streams.dlq import writer_of
 from streams.metrics import Metrics
 from streams.producer import Producer
 from streams.reader import Decoded, read_topic
@@ -249,6 +250,7 @@ async def test_delivery_given_up_becomes_a_dead_letter_with_the_original_bytes(
         if isinstance(i, Decoded)
     ]
     assert len(letters) == 1
+    assert writer_of(letters[0].headers) == "notifier"
     dead = letters[0].record
     assert (dead["source_topic"], dead["stage"], dead["event_id"]) == (
         hot_settings.topic("leads.hot"),
