@@ -1,0 +1,62 @@
+"""The pure half of ``streams.dlq``: the dead-letter record every component writes, and its writer header."""
+
+from __future__ import annotations
+
+import pytest
+
+from schemas.registry import default_registry
+from streams.dlq import MAX_VALUE_BYTES, WRITER_HEADER, dead_letter, writer_headers, writer_of
+from streams.samples import sample_events
+
+pytestmark = pytest.mark.unit
+
+
+def test_a_decodable_original_gives_its_event_id_and_an_exception_its_type() -> None:
+    registry = default_registry()
+    event = next(iter(sample_events("download", 1, seed=3)))
+    value = registry.encode("download", event)
+    letter = dead_letter(
+        "events.downloads", 2, 41, "L-1", value, "process", KeyError("content_id"), failed_at=7
+    )
+    assert letter["event_id"] == event["event_id"]
+    assert (letter["error_type"], letter["error"]) == ("KeyError", "'content_id'")
+    assert (letter["key"], letter["value"], letter["failed_at"]) == (b"L-1", value, 7)
+    registry.encode("dead_letter", letter)  # a valid record of the schema
+
+
+def test_a_text_error_has_type_error_unless_the_writer_names_one() -> None:
+    plain = dead_letter("leads.hot", 0, 1, None, b"\x00", "webhook", "HTTP 410", failed_at=1)
+    named = dead_letter(
+        "leads.hot",
+        0,
+        1,
+        None,
+        b"\x00",
+        "webhook",
+        "HTTP 410",
+        failed_at=1,
+        error_type="WebhookDeliveryFailed",
+    )
+    assert plain["error_type"] == "Error" and plain["event_id"] is None  # undecodable bytes: no event id
+    assert named["error_type"] == "WebhookDeliveryFailed" and named["error"] == "HTTP 410"
+
+
+def test_an_oversized_original_is_truncated_and_the_message_says_so() -> None:
+    value = b"x" * (MAX_VALUE_BYTES + 10)
+    letter = dead_letter("events.web_visits", 0, 5, b"k", value, "decode", "too big", failed_at=1)
+    assert len(letter["value"]) == MAX_VALUE_BYTES
+    assert f"[value truncated to {MAX_VALUE_BYTES} of {MAX_VALUE_BYTES + 10} bytes]" in letter["error"]
+
+
+def test_an_unknown_stage_is_refused_by_name() -> None:
+    with pytest.raises(ValueError, match="stage: 'parse' is not one of decode"):
+        dead_letter("events.web_visits", 0, 5, None, None, "parse", "x")
+
+
+def test_the_writer_header_round_trips_and_is_absent_on_older_letters() -> None:
+    for writer in ("worker", "sink", "notifier", "cli"):
+        assert writer_of([("other", b"v"), *writer_headers(writer)]) == writer
+    assert writer_of([]) is None
+    assert writer_of([(WRITER_HEADER, None)]) is None
+    with pytest.raises(ValueError, match="writer: 'collector' is not one of worker"):
+        writer_headers("collector")
