@@ -26,6 +26,7 @@ from rich.console import Console
 from rich.live import Live
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
+from agents.sla import FOLLOW_UP, REJECTION_FEEDBACK
 from leadpulse.live_view import HotLeadFeed, LiveState, render, scrape, total
 from sinks.webhook import IDEMPOTENCY_HEADER, SIGNATURE_HEADER, verify_signature
 from streams.broker import free_port, port_open, running_broker
@@ -138,6 +139,7 @@ class DemoResult:
     webhooks_delivered: int
     sla_breaches: int
     expected_sla_misses: list[str]
+    breaches_by_sla: dict[str, int]  # hot_lead_follow_up, rejection_feedback
     report_path: Path
     reports: dict[str, Any]
 
@@ -244,6 +246,10 @@ def _run(
         len(receiver.keys),
         int(total(state.worker, "leadpulse_sla_events_total", level="breach")),
         sorted(plan.sla_misses),
+        {
+            sla: int(total(state.worker, "leadpulse_sla_events_total", sla=sla, level="breach"))
+            for sla in (FOLLOW_UP, REJECTION_FEEDBACK)
+        },
         settings.data_dir / "report.html",
         reports,
     )

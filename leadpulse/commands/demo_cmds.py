@@ -34,6 +34,7 @@ def register(app: typer.Typer) -> None:
             "sdk", "--via", help="Publish through the Python SDK (sdk) or the HTTP collector (collector)."
         ),
     ) -> None:
+        from agents.sla import FOLLOW_UP, REJECTION_FEEDBACK
         from leadpulse.demo import DemoError, run_demo
         from sinks.reports.render import render
 
@@ -61,10 +62,13 @@ def register(app: typer.Typer) -> None:
             console.print(render(result.reports[name], "table"), markup=False, highlight=False)
         path = _write_html(result.report_path, result.reports, result)
         console.rule("summary")
+        by_sla = result.breaches_by_sla
         console.print(
             f"published {result.published:,} events · {result.hot_leads} hot leads notified "
             f"({result.webhooks_delivered} signed webhooks delivered) · {result.sla_breaches} SLA "
-            f"breaches (the traffic made {len(result.expected_sla_misses)} leads miss their SLA)"
+            f"breaches: {by_sla[FOLLOW_UP]} hot-lead follow-ups (the traffic made "
+            f"{len(result.expected_sla_misses)} leads miss it) and {by_sla[REJECTION_FEEDBACK]} "
+            "rejections without feedback"
         )
         console.print(f"HTML report: {path}" if path else "HTML report: not written (renderer unavailable)")
         console.print(f"data kept in {settings.data_dir.resolve()}: try `leadpulse report content`")

@@ -65,9 +65,36 @@ def test_demo_exits_zero_and_notifies_hot_leads(demo: tuple[Path, dict[str, str]
 def test_leads_made_to_miss_their_sla_are_reported_as_breached(
     demo: tuple[Path, dict[str, str], Any],
 ) -> None:
-    cwd, env, _ = demo
+    cwd, env, result = demo
     manifest = json.loads((cwd / ".leadpulse" / "manifest.json").read_text())
     assert manifest["sla_misses"]
+    # the summary splits the breaches by SLA, and each count is what the sla_events table holds
+    summary = re.search(
+        r"([\d,]+)\s+SLA\s+breaches:\s+(\d+)\s+hot-lead\s+follow-ups\s+\(the\s+traffic\s+made\s+(\d+)\s+leads"
+        r"\s+miss\s+it\)\s+and\s+(\d+)\s+rejections\s+without\s+feedback",
+        result.stdout,
+    )
+    assert summary, result.stdout[-2000:]
+    printed_total, follow_ups, planned, rejections = (int(g.replace(",", "")) for g in summary.groups())
+    assert printed_total == follow_ups + rejections and planned == len(manifest["sla_misses"])
+    stored = as_json(
+        leadpulse(
+            [
+                "sql",
+                "SELECT sla, count() AS n FROM leadpulse.sla_events FINAL "
+                "WHERE level = 'breach' GROUP BY sla",
+                "--format",
+                "json",
+            ],
+            cwd,
+            env,
+        )
+    )["result"]
+    by_sla = {r["sla"]: int(r["n"]) for r in stored}
+    assert (by_sla.get("hot_lead_follow_up", 0), by_sla.get("rejection_feedback", 0)) == (
+        follow_ups,
+        rejections,
+    )
     rows = as_json(
         leadpulse(
             [
