@@ -17,7 +17,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from agents.state import MAX_ALIASES, LeadState
+from agents.state import MAX_ALIASES, LeadState, has_non_finite
 
 # The alias instruction travels as a ``lead_identified`` record keyed by the anonymous id: real ones are
 # keyed by
@@ -96,6 +96,7 @@ def apply_alias(state: LeadState, instruction: dict[str, Any]) -> list[Forward]:
     state.merged_into = lead_id
     forwards = [Forward(lead_id, schema, retarget(event, lead_id)) for schema, event in state.buffer]
     state.buffer = []
+    state.non_finite = False
     return forwards
 
 
@@ -111,6 +112,8 @@ def buffer_event(state: LeadState, schema: str, event: dict[str, Any], limit: in
     if limit <= 0:
         return
     state.buffer.append([schema, event])
+    if state.non_finite is False and has_non_finite(event):
+        state.non_finite = True
     if len(state.buffer) > limit:
         oldest = min(range(len(state.buffer)), key=lambda i: int(state.buffer[i][1]["event_time"]))
         del state.buffer[oldest]

@@ -25,6 +25,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from agents.core import check_timers, step
+from agents.identity import buffer_event
 from agents.rules import Rules, load_rules, rules_from_mapping
 from agents.scoring import behaviour_at
 from agents.stages import ALLOWED_EDGES
@@ -264,3 +265,18 @@ def test_a_buffered_event_with_nan_or_infinity_survives_the_state_round_trip() -
     restored = LeadState.from_bytes(state.to_bytes()).buffer
     assert restored[0][1]["percent_viewed"] != restored[0][1]["percent_viewed"]  # NaN
     assert restored[1][1]["percent_viewed"] == float("inf")
+
+
+def test_a_nan_buffered_after_a_restore_still_survives_the_next_write() -> None:
+    """A state read back with finite buffers is not rescanned on every write (``non_finite``); the event
+    that brings a NaN must still switch the write to the json path."""
+    state = LeadState(key="anon-1")
+    buffer_event(state, "content_view", {"event_id": "e1", "event_time": 1, "percent_viewed": 0.5}, 10)
+    restored = LeadState.from_bytes(state.to_bytes())
+    assert restored.non_finite is False
+    buffer_event(
+        restored, "content_view", {"event_id": "e2", "event_time": 2, "percent_viewed": float("nan")}, 10
+    )
+    again = LeadState.from_bytes(restored.to_bytes()).buffer
+    assert [e["event_id"] for _, e in again] == ["e1", "e2"]
+    assert again[1][1]["percent_viewed"] != again[1][1]["percent_viewed"]  # NaN, not null
