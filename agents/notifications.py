@@ -40,6 +40,7 @@ from streams.settings import Settings
 from streams.topics import DLQ, HOT_LEADS
 
 log = logging.getLogger(__name__)
+DLQ_HEADERS = writer_headers("notifier")
 GROUP_ID = "leadpulse-notifier"
 
 
@@ -287,7 +288,7 @@ class Notifier:
         )
         dlq_key, dlq_value = encode_dead_letter(record, self.registry)
         await producer.send_and_wait(
-            self.settings.topic(DLQ.name), value=dlq_value, key=dlq_key, headers=writer_headers("notifier")
+            self.settings.topic(DLQ.name), value=dlq_value, key=dlq_key, headers=DLQ_HEADERS
         )
         self.metrics.dlq_records.labels(source_topic=HOT_LEADS.name, stage=stage).inc()
 

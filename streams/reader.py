@@ -26,7 +26,7 @@ class Decoded:
     key: bytes | None
     schema: str
     record: dict[str, Any]
-    headers: tuple[tuple[str, bytes], ...] = ()
+    headers: tuple[tuple[str, bytes | None], ...] = ()
 
 
 @dataclass(frozen=True)
