@@ -40,7 +40,7 @@ from agents.state import LeadState
 from schemas.fast_codec import codec_for
 from schemas.registry import SchemaError, SchemaRegistry, default_registry
 from streams.broker import aiokafka_client_config, create_topics, is_tansu, kafka_client_config
-from streams.dlq import dead_letter, writer_headers
+from streams.dlq import dead_letter, encode_dead_letter, writer_headers
 from streams.metrics import Metrics, observe_many
 from streams.producer import lead_key
 from streams.settings import Settings
@@ -409,8 +409,8 @@ class LeadWorker:
         record = dead_letter(
             message.topic, message.partition, message.offset, message.key, message.value, stage, exc
         )
-        value = self.registry.encode("dead_letter", record)
-        batch.sends.append((self.dlq_topic, message.key, value, DLQ_HEADERS, None))
+        dlq_key, dlq_value = encode_dead_letter(record, self.registry)
+        batch.sends.append((self.dlq_topic, dlq_key, dlq_value, DLQ_HEADERS, None))
         if self.metrics:
             topic = self._unprefixed(message.topic)
             self.metrics.dlq_records.labels(source_topic=topic, stage=stage).inc()

@@ -41,7 +41,7 @@ from sinks.erase import already_applied, apply_erasure, event_identities, record
 from sinks.errors import SinkBackpressure
 from sinks.rows import EVENT_TYPES, EVENTS, TABLE_FOR_SCHEMA, Origin, TableSpec, to_row
 from streams.broker import aiokafka_client_config
-from streams.dlq import dead_letter, writer_headers
+from streams.dlq import dead_letter, encode_dead_letter, writer_headers
 from streams.erasures import ErasureLog
 from streams.producer import lead_key
 from streams.settings import Settings
@@ -430,9 +430,8 @@ class ClickHouseSinkLoop:
             from streams.producer import Producer
 
             self._producer = Producer(self.settings)
-        self._producer.send_encoded(
-            self.settings.topic("dlq"), key, self.registry.encode("dead_letter", record), headers=DLQ_HEADERS
-        )
+        dlq_key, dlq_value = encode_dead_letter(record, self.registry)
+        self._producer.send_encoded(self.settings.topic("dlq"), dlq_key, dlq_value, headers=DLQ_HEADERS)
         self.stats.dead_lettered += 1
         self.hooks.dead_lettered(spec_for(topic, self.settings.topic_prefix).name, stage)
 
