@@ -53,6 +53,7 @@ class BatchSender:
             if builder is None:
                 builder = open_batches[(topic, partition)] = self.producer.create_batch()
             if builder.append(key=key, value=value, timestamp=None, headers=headers or []) is None:
+                builder.close()
                 futures.append(await self.producer.send_batch(builder, topic, partition=partition))
                 builder = open_batches[(topic, partition)] = self.producer.create_batch()
                 if builder.append(key=key, value=value, timestamp=None, headers=headers or []) is None:
@@ -62,6 +63,9 @@ class BatchSender:
                     )
         for (topic, partition), builder in open_batches.items():
             if builder.record_count():
+                # closed = complete: the producer sends it at once instead of lingering (linger_ms) for
+                # records that will never come, which held every flush ~5 ms per round trip
+                builder.close()
                 futures.append(await self.producer.send_batch(builder, topic, partition=partition))
         if futures:
             await asyncio.gather(*futures)

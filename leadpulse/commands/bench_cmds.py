@@ -10,7 +10,8 @@ bench_app = typer.Typer(
 
 
 @bench_app.command(
-    "worker", help="Real worker vs a naive one-table-per-concern Faust worker; latency at half load."
+    "worker",
+    help="Real worker vs a naive one-table-per-concern Faust worker; latency at half and a tenth of the max.",
 )
 def bench_worker(
     events: int = typer.Option(200_000, min=1000),
