@@ -33,11 +33,14 @@ TIMES = ("event_time", "received_at")
 
 
 def _select(table: str, columns: tuple[str, ...]) -> str:
+    """The window is applied in a subquery: in ClickHouse an output alias shadows the column of the same name
+    in WHERE, so ``toUnixTimestamp64Milli(event_time) AS event_time`` made the bounds compare milliseconds
+    with a DateTime64, and every window came back empty."""
     spelled = ", ".join(f"toUnixTimestamp64Milli({c}) AS {c}" if c in TIMES else c for c in columns)
     return (
-        f"SELECT {spelled} FROM leadpulse.{table} FINAL "
+        f"SELECT {spelled} FROM (SELECT * FROM leadpulse.{table} FINAL "
         "WHERE event_time >= fromUnixTimestamp64Milli({since:Int64}) "
-        "AND event_time < fromUnixTimestamp64Milli({until:Int64}) ORDER BY event_time"
+        "AND event_time < fromUnixTimestamp64Milli({until:Int64})) ORDER BY event_time"
     )
 
 

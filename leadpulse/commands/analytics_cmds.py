@@ -16,16 +16,23 @@ UNTIL = typer.Option(None, "--until", help="end, exclusive (default now)")
 FORMAT = typer.Option("table", "--format", help="table, csv or json")
 
 
+def _check_format(fmt: str) -> None:
+    """Before any query runs: a bad --format is the user's typo, not a reason to print a traceback."""
+    from sinks.reports.render import FORMATS
+
+    if fmt not in FORMATS:
+        typer.echo(f"error: --format must be one of {', '.join(FORMATS)}, got {fmt!r}", err=True)
+        raise typer.Exit(code=2)
+
+
 def _run_report(
     since: str | None, until: str | None, fmt: str, build: Callable[..., object], needs_data: bool = True
 ) -> None:
     from sinks.query_service import QueryError, query_runner
     from sinks.reports.period import make_period
-    from sinks.reports.render import FORMATS, render
+    from sinks.reports.render import render
 
-    if fmt not in FORMATS:
-        typer.echo(f"error: --format must be one of {', '.join(FORMATS)}", err=True)
-        raise typer.Exit(code=2)
+    _check_format(fmt)
     settings = cli_settings()
     try:
         period = make_period(since, until, int(time.time() * 1000))
@@ -128,6 +135,7 @@ def register(app: typer.Typer) -> None:
         from sinks.query_service import QueryError, query_runner
         from sinks.reports.render import render
 
+        _check_format(fmt)
         settings = cli_settings()
         try:
             run, close = query_runner(settings)
