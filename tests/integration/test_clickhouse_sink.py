@@ -26,6 +26,7 @@ from schemas.registry import default_registry
 from sinks.batch import BatchPolicy
 from sinks.clickhouse_sink import ClickHouseSinkLoop, sink_group
 from sinks.migrate import migrate
+from sinks.rows import Origin, to_row
 from streams.broker import free_port
 from streams.dlq import writer_of
 from streams.producer import Producer
@@ -416,3 +417,30 @@ def test_sink_killed_with_sigkill_and_restarted_stores_every_event_exactly_once(
             proc.kill()
             proc.wait()
     assert proc.returncode == 0, log.read_text()[-2000:]
+
+
+def test_rows_stored_from_an_earlier_log_do_not_make_the_sink_skip_a_new_one(
+    ch: Client, broker_settings: Settings, start_sink: Callable[..., RunningSink]
+) -> None:
+    """ClickHouse keeps rows of a log that is gone (the embedded broker restarted, counting offsets from 0
+    again): their offsets are above the new log's end, and the new records are stored, not skipped."""
+    settings = broker_settings
+    topic = settings.topic("events.web_visits")
+    old = [
+        {**r, "event_id": f"{settings.topic_prefix}old-{i}"}
+        for i, r in enumerate(sample_events("web_visit", 8))
+    ]
+    for partition in range(8):  # the earlier log reached offset 5 000 on every partition
+        spec, row = to_row("web_visit", old[partition], Origin(topic, partition, 5_000), b"key")
+        ch.insert(spec.qualified, [row], column_names=list(spec.insert_columns))
+    records = produce(settings, "web_visit", 40, seed=5)
+    sink = start_sink(ch)
+    wait_for(lambda: topic_rows(ch, "events", settings) >= len(old) + len(records), what="new events stored")
+    sink.close()
+    stored = {
+        row[0]
+        for row in ch.query(
+            "SELECT event_id FROM leadpulse.events WHERE topic = {t:String}", parameters={"t": topic}
+        ).result_rows
+    }
+    assert {r["event_id"] for r in records} <= stored
