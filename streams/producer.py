@@ -186,8 +186,13 @@ class ProduceReport:
 
 
 def produce_lines(producer: Producer, topic: str, lines: Iterable[str]) -> ProduceReport:
-    """Publish JSON lines to a topic; bad lines are reported with their line number, good ones still sent."""
+    """Publish JSON lines to a topic; bad lines are reported with their line number, good ones still sent.
+
+    A line may carry ``"type": "<schema>"``, as history files do (``leadpulse generate``, ``rescore``), so
+    one format works for every command; the type must then be the topic's schema (no schema has a field of
+    that name)."""
     report = ProduceReport()
+    spec = resolve(topic, producer.settings.topic_prefix)
     for number, line in enumerate(lines, start=1):
         if not line.strip():
             continue
@@ -195,6 +200,12 @@ def produce_lines(producer: Producer, topic: str, lines: Iterable[str]) -> Produ
             event = json.loads(line)
             if not isinstance(event, dict):
                 raise ValueError(f"expected a JSON object, got {type(event).__name__}")
+            if "type" in event:
+                kind = event.pop("type")
+                if kind != spec.schema:
+                    raise ValueError(
+                        f"type: {kind!r} does not go to {spec.name} (its records are {spec.schema!r})"
+                    )
             producer.send(topic, event)
             report.sent += 1
         except json.JSONDecodeError as exc:

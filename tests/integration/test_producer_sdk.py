@@ -77,14 +77,24 @@ def test_produce_file_reports_sent_and_rejected_lines(broker_settings: Settings,
                 "{not json",
                 json.dumps({**good, "event_id": "e2", "url": None}),
                 json.dumps({**good, "event_id": "e3"}),
+                json.dumps({"type": "web_visit", **good, "event_id": "e4"}),  # the history-file format
+                json.dumps({"type": "download", **good, "event_id": "e5"}),
             ]
         )
         + "\n"
     )
     report = produce_file(broker_settings, path, "events.web_visits")
-    assert report.sent == 2
-    assert [n for n, _ in report.rejected] == [2, 3]
+    assert report.sent == 3
+    assert [n for n, _ in report.rejected] == [2, 3, 6]
     assert "not JSON" in report.rejected[0][1]
     assert "url" in report.rejected[1][1]
+    assert (
+        report.rejected[2][1]
+        == "type: 'download' does not go to events.web_visits (its records are 'web_visit')"
+    )
+    sent = [
+        r.record["event_id"] for r in read_topic(broker_settings, broker_settings.topic("events.web_visits"))
+    ]
+    assert sorted(sent) == sorted([good["event_id"], "e3", "e4"])
     consumer_topics = KafkaConsumer(bootstrap_servers=broker_settings.bootstrap).topics()
     assert broker_settings.topic("events.web_visits") in consumer_topics
