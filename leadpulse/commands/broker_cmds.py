@@ -11,7 +11,7 @@ from rich.console import Console
 from rich.table import Table
 
 from leadpulse.commands.not_built import not_built
-from leadpulse.commands.settings_arg import cli_settings
+from leadpulse.commands.settings_arg import cli_settings, note_temporary_broker
 from streams.broker import BrokerError, create_topics, kafka_client_config, running_broker
 from streams.producer import DeliveryError, produce_file, resolve
 from streams.topics import TOPICS
@@ -100,6 +100,7 @@ def register(app: typer.Typer) -> None:
         except ValueError as exc:
             console.print(f"[red]error:[/] {exc}")
             raise typer.Exit(2) from None
+        note_temporary_broker(settings)
         try:
             with running_broker(settings) as bootstrap:
                 report = produce_file(settings, file, topic, bootstrap=bootstrap)

@@ -16,7 +16,7 @@ from typing import Any
 
 import typer
 
-from leadpulse.commands.settings_arg import cli_settings
+from leadpulse.commands.settings_arg import cli_settings, note_temporary_broker
 from streams.traffic import PublishStats, TrafficPlan, jsonl_line, plan_traffic, publish
 from streams.traffic_catalogue import TrafficCatalogueError, read_catalogue_file, write_catalogue
 from streams.traffic_journey import HOUR_MS
@@ -175,16 +175,11 @@ def _publish_to_collector(
 def _publish_to_broker(
     plan: TrafficPlan, rate: float | None, duration: float | None, live: bool
 ) -> tuple[PublishStats, str]:
-    from streams.broker import port_open, running_broker
+    from streams.broker import running_broker
     from streams.producer import DeliveryError, Producer
 
     settings = cli_settings()
-    if settings.embedded_broker and not port_open(settings.broker_host, settings.broker_port):
-        typer.echo(
-            "note: no broker is running, so one is started for this command only and its in-memory topics "
-            "go with it; start `leadpulse broker` first (or set LEADPULSE_KAFKA_BOOTSTRAP) to keep them.",
-            err=True,
-        )
+    note_temporary_broker(settings)
     try:
         with (
             running_broker(settings) as bootstrap,

@@ -15,3 +15,16 @@ def cli_settings(**overrides: Any) -> Settings:
     except SettingsError as exc:
         typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(code=2) from None
+
+
+def note_temporary_broker(settings: Settings) -> None:
+    """Publishing commands start an embedded broker for themselves when none runs; its in-memory topics end
+    with the command, so say so rather than report "sent" for records nobody will read."""
+    from streams.broker import port_open
+
+    if settings.embedded_broker and not port_open(settings.broker_host, settings.broker_port):
+        typer.echo(
+            "note: no broker is running, so one is started for this command only and its in-memory topics "
+            "go with it; start `leadpulse broker` first (or set LEADPULSE_KAFKA_BOOTSTRAP) to keep them.",
+            err=True,
+        )
