@@ -15,6 +15,7 @@ import asyncio
 import datetime as dt
 import decimal
 import json
+import re
 import threading
 import urllib.error
 import urllib.request
@@ -49,6 +50,59 @@ class QueryResult:
 Runner = Callable[[str, Mapping[str, Any] | None], QueryResult]
 
 
+# Table functions (and the scalar file()) that read files, URLs or other servers. ClickHouse's readonly
+# setting still allows them, so `leadpulse sql` and the sink's query API, which are meant to read the
+# leadpulse tables only, refuse them by name.
+OUTSIDE_READERS = frozenset(
+    name.lower()
+    for name in [
+        "file",
+        "fileCluster",
+        "url",
+        "urlCluster",
+        "s3",
+        "s3Cluster",
+        "gcs",
+        "oss",
+        "cosn",
+        "azureBlobStorage",
+        "azureBlobStorageCluster",
+        "hdfs",
+        "hdfsCluster",
+        "hive",
+        "remote",
+        "remoteSecure",
+        "cluster",
+        "clusterAllReplicas",
+        "mysql",
+        "postgresql",
+        "odbc",
+        "jdbc",
+        "sqlite",
+        "mongodb",
+        "redis",
+        "executable",
+        "input",
+    ]
+)
+OUTSIDE_READER_FAMILIES = ("deltalake", "hudi", "iceberg", "paimon", "ytsaurus", "arrowflight")
+_LITERAL_OR_COMMENT = re.compile(r"'(?:[^'\\]|\\.|'')*'|--[^\n]*|/\*.*?\*/", re.S)
+_QUOTED_NAME = re.compile(r'"([^"]*)"|`([^`]*)`')
+_CALL = re.compile(r"([A-Za-z_][A-Za-z0-9_]*)\s*\(")
+
+
+def outside_reader(sql: str) -> str | None:
+    """The first function in ``sql`` that reads outside ClickHouse's own tables, if any (string literals
+    and comments are not looked at; quoted names are)."""
+    code = _LITERAL_OR_COMMENT.sub(" ", sql)
+    code = _QUOTED_NAME.sub(lambda m: m.group(1) if m.group(1) is not None else m.group(2), code)
+    for match in _CALL.finditer(code):
+        name = match.group(1).lower()
+        if name in OUTSIDE_READERS or name.startswith(OUTSIDE_READER_FAMILIES):
+            return match.group(1)
+    return None
+
+
 def check_read_only(sql: str) -> str:
     stripped = sql.strip().rstrip(";").strip()
     words = stripped.split(None, 1)
@@ -58,6 +112,11 @@ def check_read_only(sql: str) -> str:
         )
     if ";" in stripped:
         raise QueryError("one statement per query: remove the ';' separated second statement")
+    reader = outside_reader(stripped)
+    if reader is not None:
+        raise QueryError(
+            f"{reader}() reads files, URLs or other servers; queries here may read the leadpulse tables only"
+        )
     return stripped
 
 

@@ -1,0 +1,48 @@
+"""``leadpulse sql`` and the sink's query API read the leadpulse tables only: statements that write, and
+functions that read files, URLs or other servers (which ClickHouse's readonly setting still allows), are
+refused before they reach the engine."""
+
+from __future__ import annotations
+
+import pytest
+
+from sinks.query_service import QueryError, check_read_only
+
+pytestmark = pytest.mark.unit
+
+
+@pytest.mark.parametrize(
+    ("sql", "named"),
+    [
+        ("SELECT * FROM file('/etc/passwd', 'LineAsString') LIMIT 2", "file()"),
+        ("SELECT * FROM URL('http://127.0.0.1:6066/health', 'JSONAsString')", "URL()"),
+        ("select * from \"file\"('/etc/hostname', 'LineAsString')", "file()"),
+        ("SELECT * FROM `s3` ('https://bucket/x.csv')", "s3()"),
+        ("WITH x AS (SELECT * FROM remote('10.0.0.1', system.one)) SELECT * FROM x", "remote()"),
+        ("SELECT * FROM icebergS3('https://bucket/table')", "icebergS3()"),
+        ("SELECT 'a string' AS s, file('/etc/passwd') AS f", "file()"),
+    ],
+)
+def test_functions_reading_outside_clickhouse_are_refused(sql: str, named: str) -> None:
+    with pytest.raises(QueryError, match=rf"^{named.replace('(', '[(]').replace(')', '[)]')} reads files"):
+        check_read_only(sql)
+
+
+@pytest.mark.parametrize(
+    "sql",
+    [
+        "SELECT domain(url), path(url), URLHierarchy(url) FROM leadpulse.events WHERE url LIKE '%file(%'",
+        "SELECT count() FROM leadpulse.events -- no file('/x') here",
+        "SELECT /* remote(a) */ 1",
+        "SELECT 'it''s file(' AS s",
+        "SELECT url AS file FROM leadpulse.events",
+    ],
+)
+def test_queries_on_the_tables_pass_whatever_their_strings_and_names_say(sql: str) -> None:
+    assert check_read_only(sql) == sql
+
+
+@pytest.mark.parametrize("sql", ["DROP TABLE leadpulse.events", "INSERT INTO t VALUES (1)", ""])
+def test_statements_that_are_not_reads_are_refused(sql: str) -> None:
+    with pytest.raises(QueryError, match="only read-only statements"):
+        check_read_only(sql)
