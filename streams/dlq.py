@@ -165,6 +165,16 @@ def parse_since(text: str | None, now_ms: int | None = None) -> int | None:
     return int(moment.timestamp() * 1000)
 
 
+def check_filters(topic: str | None, stage: str | None, prefix: str = "") -> None:
+    """A filter that can match nothing is a typo: say so, naming the option, instead of listing nothing."""
+    if topic is not None:
+        name = topic[len(prefix) :] if prefix and topic.startswith(prefix) else topic
+        if name not in BY_NAME:
+            raise ValueError(f"--topic: unknown topic {topic!r}; topics: {', '.join(sorted(BY_NAME))}")
+    if stage is not None and stage not in STAGES:
+        raise ValueError(f"--stage: expected one of {', '.join(STAGES)}, got {stage!r}")
+
+
 def matches(
     record: dict[str, Any], *, topic: str | None, since_ms: int | None, stage: str | None, prefix: str = ""
 ) -> bool:

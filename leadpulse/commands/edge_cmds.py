@@ -13,7 +13,15 @@ from rich.table import Table
 
 from leadpulse.commands.settings_arg import cli_settings
 from streams.broker import BrokerError, running_broker
-from streams.dlq import DeadLetter, find_dead_letters, list_dead_letters, parse_since, replay
+from streams.dlq import (
+    STAGES,
+    DeadLetter,
+    check_filters,
+    find_dead_letters,
+    list_dead_letters,
+    parse_since,
+    replay,
+)
 
 console = Console(stderr=True)
 dlq_app = typer.Typer(help="Inspect and replay dead letters (topic dlq).", no_args_is_help=True)
@@ -26,6 +34,14 @@ def _when(ms: int) -> str:
 def _since(text: str | None) -> int | None:
     try:
         return parse_since(text)
+    except ValueError as exc:
+        console.print(f"[red]error:[/] {exc}")
+        raise typer.Exit(2) from None
+
+
+def _filters(topic: str | None, stage: str | None, prefix: str) -> None:
+    try:
+        check_filters(topic, stage, prefix)
     except ValueError as exc:
         console.print(f"[red]error:[/] {exc}")
         raise typer.Exit(2) from None
@@ -65,12 +81,13 @@ def describe(letter: DeadLetter) -> str:
 def dlq_list(
     topic: str = typer.Option(None, "--topic", "-t", help="Only this source topic."),
     since: str = typer.Option(None, help="Only newer: 30m, 2h, 7d or an ISO-8601 time."),
-    stage: str = typer.Option(None, help="Only this stage (decode, validate, process, sink, webhook)."),
+    stage: str = typer.Option(None, help=f"Only this stage ({', '.join(STAGES)})."),
     limit: int = typer.Option(50, help="Most recent N."),
     as_json: bool = typer.Option(False, "--json", help="One JSON object per line instead of a table."),
 ) -> None:
     settings = cli_settings()
     since_ms = _since(since)
+    _filters(topic, stage, settings.topic_prefix)
     with running_broker(settings) as bootstrap:
         letters = list_dead_letters(
             settings, topic=topic, since_ms=since_ms, stage=stage, limit=limit, bootstrap=bootstrap
@@ -122,11 +139,12 @@ def dlq_show(address: str = typer.Argument(..., help="OFFSET or PARTITION:OFFSET
 def dlq_replay(
     topic: str = typer.Option(None, "--topic", "-t", help="Only dead letters from this topic."),
     since: str = typer.Option(None, help="Only newer: 30m, 2h, 7d or an ISO-8601 time."),
-    stage: str = typer.Option(None, help="Only this stage."),
+    stage: str = typer.Option(None, help=f"Only this stage ({', '.join(STAGES)})."),
     dry_run: bool = typer.Option(False, "--dry-run", help="Count what would be replayed."),
 ) -> None:
     settings = cli_settings()
     since_ms = _since(since)
+    _filters(topic, stage, settings.topic_prefix)
     with running_broker(settings) as bootstrap:
         report = replay(
             settings, topic=topic, since_ms=since_ms, stage=stage, dry_run=dry_run, bootstrap=bootstrap

@@ -5,7 +5,15 @@ from __future__ import annotations
 import pytest
 
 from schemas.registry import default_registry
-from streams.dlq import MAX_VALUE_BYTES, WRITER_HEADER, dead_letter, writer_headers, writer_of
+from streams.dlq import (
+    MAX_VALUE_BYTES,
+    STAGES,
+    WRITER_HEADER,
+    check_filters,
+    dead_letter,
+    writer_headers,
+    writer_of,
+)
 from streams.samples import sample_events
 
 pytestmark = pytest.mark.unit
@@ -60,3 +68,25 @@ def test_the_writer_header_round_trips_and_is_absent_on_older_letters() -> None:
     assert writer_of([(WRITER_HEADER, None)]) is None
     with pytest.raises(ValueError, match="writer: 'collector' is not one of worker"):
         writer_headers("collector")
+
+
+@pytest.mark.parametrize(
+    ("topic", "stage", "message"),
+    [
+        ("events.nope", None, "--topic: unknown topic 'events.nope'; topics: accounts.scores, dlq"),
+        (None, "bogus", "--stage: expected one of decode, validate, process, sink, webhook, collector"),
+    ],
+)
+def test_a_list_or_replay_filter_that_can_match_nothing_is_refused_naming_the_option(
+    topic: str | None, stage: str | None, message: str
+) -> None:
+    with pytest.raises(ValueError, match="^" + message.replace(".", r"\.")):
+        check_filters(topic, stage, prefix="acme.")
+
+
+@pytest.mark.parametrize("topic", ["events.web_visits", "acme.events.web_visits", None])
+@pytest.mark.parametrize("stage", [*STAGES, None])
+def test_known_topics_with_or_without_the_prefix_and_every_stage_pass(
+    topic: str | None, stage: str | None
+) -> None:
+    check_filters(topic, stage, prefix="acme.")
