@@ -39,6 +39,18 @@ ALIASES = {
     "updated_date": ("updated_date", "updated", "updated_at"),
 }
 
+# The names the docs use (docs/clickhouse.md, docs/traffic.md): errors speak the file's vocabulary.
+DOCUMENTED = {
+    "content_id": "id",
+    "title": "title",
+    "content_type": "type",
+    "funnel_stage": "funnel_stage",
+    "url": "url",
+    "published_date": "published",
+    "updated_date": "updated",
+}
+KNOWN = frozenset(name for names in ALIASES.values() for name in names)
+
 
 class CatalogueError(Exception):
     """The file has invalid entries; ``problems`` lists (entry number, field, problem)."""
@@ -71,11 +83,21 @@ def parse_entries(
     """Rows for ``leadpulse.content``; raises CatalogueError naming every bad entry and field."""
     loaded = loaded_at_ms if loaded_at_ms is not None else int(time.time() * 1000)
     rows, problems = [], []
+    unknown_seen: set[str] = set()
+    documented = ", ".join(DOCUMENTED.values())
     for number, entry in enumerate(entries, start=1):
         values = {column: _pick(entry, column) for column in ALIASES}
-        for required in ("content_id", "title", "content_type", "funnel_stage", "published_date"):
-            if values[required] is None:
-                problems.append((number, required, "missing"))
+        missing = [
+            c
+            for c in ("content_id", "title", "content_type", "funnel_stage", "published_date")
+            if values[c] is None
+        ]
+        if missing:  # extra columns are fine; next to a missing one they are probably its misspelling
+            for name in entry:
+                if name not in KNOWN and name not in unknown_seen:
+                    unknown_seen.add(name)
+                    problems.append((number, str(name), f"unknown column (the columns are {documented})"))
+        problems += [(number, DOCUMENTED[column], "missing") for column in missing]
         stage = values["funnel_stage"]
         if stage is not None and str(stage) not in STAGES:
             problems.append((number, "funnel_stage", f"{stage!r} is not one of {', '.join(STAGES)}"))
@@ -85,7 +107,9 @@ def parse_entries(
                 try:
                     dates[column] = _date(values[column])
                 except ValueError:
-                    problems.append((number, column, f"{values[column]!r} is not a YYYY-MM-DD date"))
+                    problems.append(
+                        (number, DOCUMENTED[column], f"{values[column]!r} is not a YYYY-MM-DD date")
+                    )
         if problems and problems[-1][0] == number:
             continue
         published = dates["published_date"]
