@@ -11,7 +11,7 @@ from rich.console import Console
 from rich.table import Table
 
 from leadpulse.commands.not_built import not_built
-from leadpulse.commands.settings_arg import cli_settings, note_temporary_broker
+from leadpulse.commands.settings_arg import cli_settings, note_temporary_broker, stdout_console
 from streams.broker import BrokerError, create_topics, kafka_client_config, running_broker
 from streams.producer import DeliveryError, produce_file, resolve
 from streams.topics import TOPICS
@@ -56,7 +56,7 @@ def topics_list() -> None:
             configs["cleanup.policy"],
             retention,
         )
-    Console().print(table)
+    stdout_console().print(table)
 
 
 def register(app: typer.Typer) -> None:

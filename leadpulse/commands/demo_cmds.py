@@ -7,9 +7,8 @@ from pathlib import Path
 from typing import Any
 
 import typer
-from rich.console import Console
 
-from leadpulse.commands.settings_arg import cli_settings
+from leadpulse.commands.settings_arg import cli_settings, stdout_console
 
 
 def register(app: typer.Typer) -> None:
@@ -41,7 +40,7 @@ def register(app: typer.Typer) -> None:
         if via not in ("sdk", "collector"):
             raise typer.BadParameter("must be sdk or collector", param_hint="--via")
         settings = cli_settings()
-        console = Console()
+        console = stdout_console()
         try:
             result = run_demo(
                 settings,

@@ -11,7 +11,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from leadpulse.commands.settings_arg import cli_settings
+from leadpulse.commands.settings_arg import cli_settings, stdout_console
 from streams.broker import BrokerError, running_broker
 from streams.dlq import (
     STAGES,
@@ -112,7 +112,7 @@ def dlq_list(
             letter.writer or "-",
             f"{r['error_type']}: {r['error']}"[:120],
         )
-    Console().print(table)
+    stdout_console().print(table)
     console.print(f"{len(letters)} dead letter(s)")
 
 

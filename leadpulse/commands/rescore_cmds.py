@@ -22,6 +22,7 @@ from rich.table import Table
 
 from agents.rescore import HistoryError, RescoreReport, read_history, rescore
 from agents.rules import RulesError, load_rules
+from leadpulse.commands.settings_arg import stdout_console
 from schemas.registry import to_millis
 from streams.topics import INPUTS
 
@@ -116,4 +117,4 @@ def register(app: typer.Typer) -> None:
         if fmt is Format.json:
             typer.echo(json.dumps(report.to_dict(), indent=2))
         else:
-            render_table(report, Console())
+            render_table(report, stdout_console())

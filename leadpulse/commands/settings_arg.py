@@ -5,8 +5,11 @@ from __future__ import annotations
 from typing import Any
 
 import typer
+from rich.console import Console
 
 from streams.settings import Settings, SettingsError, load_settings
+
+PIPED_WIDTH = 400  # columns for tables written to a pipe or file
 
 
 def cli_settings(**overrides: Any) -> Settings:
@@ -28,3 +31,10 @@ def note_temporary_broker(settings: Settings) -> None:
             "go with it; start `leadpulse broker` first (or set LEADPULSE_KAFKA_BOOTSTRAP) to keep them.",
             err=True,
         )
+
+
+def stdout_console() -> Console:
+    """A console for tables on stdout. Piped or redirected, rich would lay tables out for 80 columns and
+    cut or wrap cells (topic names ended in "…"); there is no terminal to fit, so give them room."""
+    console = Console()
+    return console if console.is_terminal else Console(width=PIPED_WIDTH)
