@@ -40,5 +40,16 @@ def register(app: typer.Typer) -> None:
             f"erased lead {result.lead_id} (erasure {result.erasure_id}, applied by {result.applied_by})"
         )
         for table, rows in result.rows.items():
-            unit = "key(s) recomputed" if table.endswith("_daily") else "row(s) removed"
+            if table.endswith("_daily"):
+                unit = "key(s) recomputed"
+            elif table == "account_scores":  # the account's row stays; the lead leaves its top-lead list
+                unit = "row(s) rewritten without the lead"
+            else:
+                unit = "row(s) removed"
             typer.echo(f"  leadpulse.{table:<{width}}  {rows} {unit}")
+        if not result.skipped and result.total == 0:
+            typer.echo(
+                f"note: nothing stored for {lead_id!r} in ClickHouse (check the id: ids are case-sensitive); "
+                "the erasure is recorded anyway, so records of it that arrive later are dropped",
+                err=True,
+            )

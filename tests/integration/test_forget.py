@@ -230,6 +230,10 @@ def test_forget_without_a_running_sink_erases_directly_and_the_sink_keeps_it_out
     done = forget(env, "L-G2")  # nobody owns the directory: the CLI opens it and deletes itself
     assert done.returncode == 0, done.stdout + done.stderr
     assert "applied by cli" in done.stdout and "leadpulse.stage_transitions" in done.stdout
+    assert "note: nothing stored" not in done.stderr
+    typo = forget(env, "l-g2")  # ids are case-sensitive: nothing of it is stored, and the CLI says so
+    assert typo.returncode == 0, typo.stdout + typo.stderr
+    assert "note: nothing stored for 'l-g2' in ClickHouse (check the id" in typo.stderr
     again = forget(env, "L-G2")  # idempotent: nothing left, still a success
     assert again.returncode == 0, again.stdout + again.stderr
     assert "leadpulse.events" in again.stdout and " 0 row(s) removed" in again.stdout
