@@ -38,8 +38,22 @@ def parse_instant(text: str, now_ms: int) -> int:
 
 
 def make_period(since: str | None, until: str | None, now_ms: int, default_days: int = 90) -> Period:
-    until_ms = parse_instant(until, now_ms) if until else now_ms
-    since_ms = parse_instant(since, now_ms) if since else until_ms - default_days * DAY_MS
+    """Errors name the option and show instants as UTC times, never as epoch milliseconds."""
+    try:
+        until_ms = parse_instant(until, now_ms) if until else now_ms
+    except ValueError as exc:
+        raise ValueError(f"--until: {exc}") from None
+    try:
+        since_ms = parse_instant(since, now_ms) if since else until_ms - default_days * DAY_MS
+    except ValueError as exc:
+        raise ValueError(f"--since: {exc}") from None
     if since_ms >= until_ms:
-        raise ValueError(f"--since must be before --until (got {since_ms} >= {until_ms} ms)")
+        raise ValueError(
+            f"--since must be before --until (got {since or f'{default_days}d before --until'} = "
+            f"{_utc(since_ms)} and {until or 'now'} = {_utc(until_ms)})"
+        )
     return Period(since_ms, until_ms)
+
+
+def _utc(ms: int) -> str:
+    return dt.datetime.fromtimestamp(ms / 1000, dt.UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
