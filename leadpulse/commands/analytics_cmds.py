@@ -101,8 +101,8 @@ def register(app: typer.Typer) -> None:
 
     @report.command("plan", help="The Model reverse calculation from a revenue target.")
     def plan_cmd(
-        target: float = typer.Option(..., help="revenue target for the period"),
-        deal_size: float = typer.Option(..., help="average deal size"),
+        target: str = typer.Option(..., help="revenue target for the period (10000000, 10M, 250k)"),
+        deal_size: str = typer.Option(..., help="average deal size (1000000, 1M, 250k)"),
         rates: str = typer.Option(
             None,
             help="override rates, e.g. visitor_to_lead=5%,lead_to_mql=0.1,"
@@ -112,9 +112,10 @@ def register(app: typer.Typer) -> None:
         until: str = UNTIL,
         fmt: str = FORMAT,
     ) -> None:
-        from sinks.reports.plan import RATE_KEYS, parse_rates, plan_report
+        from sinks.reports.plan import RATE_KEYS, parse_amount, parse_rates, plan_report
 
         try:
+            amount, deal = parse_amount(target, "--target"), parse_amount(deal_size, "--deal-size")
             overrides = parse_rates(rates)
         except ValueError as exc:
             typer.echo(f"error: {exc}", err=True)
@@ -124,7 +125,7 @@ def register(app: typer.Typer) -> None:
             since,
             until,
             fmt,
-            lambda run, period: plan_report(run, period, target, deal_size, overrides),
+            lambda run, period: plan_report(run, period, amount, deal, overrides),
             needs_data,
         )
 

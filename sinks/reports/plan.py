@@ -35,6 +35,24 @@ WHERE event_time >= fromUnixTimestamp64Milli({since:Int64})
 """
 
 
+AMOUNT_SUFFIXES = {"k": 1e3, "m": 1e6, "b": 1e9, "g": 1e9}
+
+
+def parse_amount(text: str, option: str) -> float:
+    """``10M``, ``250k``, ``1.5m``, ``10,000,000`` or ``10_000_000``: targets are written the way planners
+    write them (the docs' worked example is "10M / 1M")."""
+    cleaned = text.strip().replace(",", "").replace("_", "")
+    scale = AMOUNT_SUFFIXES.get(cleaned[-1:].lower(), 1.0) if cleaned else 1.0
+    number = cleaned[:-1] if scale != 1.0 else cleaned
+    try:
+        value = float(number) * scale
+    except ValueError:
+        raise ValueError(f"{option}: expected an amount like 10000000, 10M or 250k, got {text!r}") from None
+    if not value > 0 or value == float("inf"):
+        raise ValueError(f"{option}: must be a positive amount, got {text!r}")
+    return value
+
+
 def parse_rates(text: str | None) -> dict[str, float]:
     """``visitor_to_lead=0.05,lead_to_mql=0.1`` (fractions or percentages like ``5%``)."""
     rates: dict[str, float] = {}

@@ -530,16 +530,19 @@ def test_plan_reverse_calculation_reproduces_the_model_worked_example() -> None:
     ]
 
 
-def test_plan_cli_with_rates_prints_the_worked_example_as_json() -> None:
+@pytest.mark.parametrize(
+    ("target", "deal_size"), [("10000000", "1000000"), ("10M", "1m"), ("10,000k", "1_000_000")]
+)
+def test_plan_cli_with_rates_prints_the_worked_example_as_json(target: str, deal_size: str) -> None:
     result = CliRunner().invoke(
         app,
         [
             "report",
             "plan",
             "--target",
-            "10000000",
+            target,
             "--deal-size",
-            "1000000",
+            deal_size,
             "--format",
             "json",
             "--rates",
@@ -582,3 +585,19 @@ def test_reports_render_as_table_csv_and_json(run: Runner) -> None:
     assert "== stages" in render(sections, "table")
     assert render(sections, "csv").splitlines()[1].startswith("stage,entered,current")
     assert json.loads(render(sections, "json"))["stages"][0]["stage"] == "awareness"
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (
+            ["--target", "ten", "--deal-size", "1M"],
+            "error: --target: expected an amount like 10000000, 10M or 250k",
+        ),
+        (["--target", "10M", "--deal-size", "-1"], "error: --deal-size: must be a positive amount, got '-1'"),
+    ],
+)
+def test_plan_cli_refuses_an_amount_naming_the_option(args: list[str], message: str) -> None:
+    result = CliRunner().invoke(app, ["report", "plan", *args, "--rates", "visitor_to_lead=5%"])
+    assert result.exit_code == 2
+    assert message in result.output
