@@ -88,6 +88,7 @@ OUTSIDE_READERS = frozenset(
 OUTSIDE_READER_FAMILIES = ("deltalake", "hudi", "iceberg", "paimon", "ytsaurus", "arrowflight")
 _LITERAL_OR_COMMENT = re.compile(r"'(?:[^'\\]|\\.|'')*'|--[^\n]*|/\*.*?\*/", re.S)
 _QUOTED_NAME = re.compile(r'"([^"]*)"|`([^`]*)`')
+_INTO_OUTFILE = re.compile(r"\bINTO\s+OUTFILE\b", re.I)
 _CALL = re.compile(r"([A-Za-z_][A-Za-z0-9_]*)\s*\(")
 
 
@@ -112,6 +113,8 @@ def check_read_only(sql: str) -> str:
         )
     if ";" in stripped:
         raise QueryError("one statement per query: remove the ';' separated second statement")
+    if _INTO_OUTFILE.search(_LITERAL_OR_COMMENT.sub(" ", stripped)):  # a SELECT that writes a file
+        raise QueryError("INTO OUTFILE writes a file; use --format csv or json and redirect the output")
     reader = outside_reader(stripped)
     if reader is not None:
         raise QueryError(

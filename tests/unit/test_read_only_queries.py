@@ -46,3 +46,21 @@ def test_queries_on_the_tables_pass_whatever_their_strings_and_names_say(sql: st
 def test_statements_that_are_not_reads_are_refused(sql: str) -> None:
     with pytest.raises(QueryError, match="only read-only statements"):
         check_read_only(sql)
+
+
+@pytest.mark.parametrize(
+    "sql",
+    [
+        "SELECT 1 INTO OUTFILE '/tmp/out.txt'",
+        "select 'x' into   outfile '/tmp/victim.txt' TRUNCATE",
+        "SELECT * FROM leadpulse.events INTO OUTFILE 'e.csv' FORMAT CSV",
+    ],
+)
+def test_a_select_that_writes_a_file_is_refused(sql: str) -> None:
+    with pytest.raises(QueryError, match=r"^INTO OUTFILE writes a file"):
+        check_read_only(sql)
+
+
+def test_into_outfile_inside_a_string_is_only_text() -> None:
+    sql = "SELECT count() FROM leadpulse.events WHERE url = 'into outfile'"
+    assert check_read_only(sql) == sql
