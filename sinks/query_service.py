@@ -92,11 +92,14 @@ _INTO_OUTFILE = re.compile(r"\bINTO\s+OUTFILE\b", re.I)
 _CALL = re.compile(r"([A-Za-z_][A-Za-z0-9_]*)\s*\(")
 
 
-def outside_reader(sql: str) -> str | None:
-    """The first function in ``sql`` that reads outside ClickHouse's own tables, if any (string literals
-    and comments are not looked at; quoted names are)."""
+def _code(sql: str) -> str:
+    """``sql`` without string literals and comments, quoted names unquoted: what the checks look at."""
     code = _LITERAL_OR_COMMENT.sub(" ", sql)
-    code = _QUOTED_NAME.sub(lambda m: m.group(1) if m.group(1) is not None else m.group(2), code)
+    return _QUOTED_NAME.sub(lambda m: m.group(1) if m.group(1) is not None else m.group(2), code)
+
+
+def outside_reader(code: str) -> str | None:
+    """The first function in ``code`` (see ``_code``) that reads outside ClickHouse's own tables, if any."""
     for match in _CALL.finditer(code):
         name = match.group(1).lower()
         if name in OUTSIDE_READERS or name.startswith(OUTSIDE_READER_FAMILIES):
@@ -113,9 +116,10 @@ def check_read_only(sql: str) -> str:
         )
     if ";" in stripped:
         raise QueryError("one statement per query: remove the ';' separated second statement")
-    if _INTO_OUTFILE.search(_LITERAL_OR_COMMENT.sub(" ", stripped)):  # a SELECT that writes a file
+    code = _code(stripped)
+    if _INTO_OUTFILE.search(code):  # a SELECT that writes a file
         raise QueryError("INTO OUTFILE writes a file; use --format csv or json and redirect the output")
-    reader = outside_reader(stripped)
+    reader = outside_reader(code)
     if reader is not None:
         raise QueryError(
             f"{reader}() reads files, URLs or other servers; queries here may read the leadpulse tables only"

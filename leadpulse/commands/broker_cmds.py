@@ -10,8 +10,9 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from leadpulse.commands.cli_output import note_temporary_broker, stdout_console
 from leadpulse.commands.not_built import not_built
-from leadpulse.commands.settings_arg import cli_settings, note_temporary_broker, stdout_console
+from leadpulse.commands.settings_arg import cli_settings
 from streams.broker import BrokerError, create_topics, kafka_client_config, running_broker
 from streams.producer import DeliveryError, produce_file, resolve
 from streams.topics import TOPICS

@@ -8,7 +8,8 @@ from typing import Any
 
 import typer
 
-from leadpulse.commands.settings_arg import cli_settings, stdout_console
+from leadpulse.commands.cli_output import stdout_console
+from leadpulse.commands.settings_arg import cli_settings
 
 
 def register(app: typer.Typer) -> None:

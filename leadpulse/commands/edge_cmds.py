@@ -11,7 +11,8 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from leadpulse.commands.settings_arg import cli_settings, stdout_console
+from leadpulse.commands.cli_output import stdout_console
+from leadpulse.commands.settings_arg import cli_settings
 from streams.broker import BrokerError, running_broker
 from streams.dlq import (
     STAGES,

@@ -16,7 +16,8 @@ from typing import Any
 
 import typer
 
-from leadpulse.commands.settings_arg import cli_settings, note_temporary_broker
+from leadpulse.commands.cli_output import note_temporary_broker
+from leadpulse.commands.settings_arg import cli_settings
 from streams.traffic import PublishStats, TrafficPlan, jsonl_line, plan_traffic, publish
 from streams.traffic_catalogue import TrafficCatalogueError, read_catalogue_file, write_catalogue
 from streams.traffic_journey import HOUR_MS

@@ -22,7 +22,7 @@ from rich.table import Table
 
 from agents.rescore import HistoryError, RescoreReport, read_history, rescore
 from agents.rules import RulesError, load_rules
-from leadpulse.commands.settings_arg import stdout_console
+from leadpulse.commands.cli_output import stdout_console
 from schemas.registry import to_millis
 from streams.topics import INPUTS
 

@@ -18,21 +18,21 @@ pytestmark = pytest.mark.e2e
 NOTE = "note: no broker is running, so one is started for this command only"
 
 
-def _file(tmp_path: Path) -> Path:
+def _produce_one_visit(env: dict[str, str], tmp_path: Path) -> subprocess.CompletedProcess[str]:
     path = tmp_path / "visits.jsonl"
     path.write_text(json.dumps({"type": "web_visit", **next(sample_events("web_visit", 1))}) + "\n")
-    return path
-
-
-def test_produce_without_a_running_broker_says_its_records_go_with_the_command(tmp_path: Path) -> None:
-    env = leadpulse_env(broker_port=free_port(), data_dir=tmp_path / "data")
-    done = subprocess.run(
-        [*LEADPULSE, "produce", str(_file(tmp_path)), "--topic", "events.web_visits"],
+    return subprocess.run(
+        [*LEADPULSE, "produce", str(path), "--topic", "events.web_visits"],
         env=env,
         capture_output=True,
         text=True,
         timeout=120,
     )
+
+
+def test_produce_without_a_running_broker_says_its_records_go_with_the_command(tmp_path: Path) -> None:
+    env = leadpulse_env(broker_port=free_port(), data_dir=tmp_path / "data")
+    done = _produce_one_visit(env, tmp_path)
     assert done.returncode == 0, done.stderr
     assert NOTE in done.stderr
     assert "sent 1, rejected 0" in done.stderr  # status lines go to stderr
@@ -44,13 +44,7 @@ def test_produce_to_a_running_broker_adds_no_note(
     env = leadpulse_env(
         kafka_bootstrap=broker.bootstrap, topic_prefix=broker_settings.topic_prefix, data_dir=tmp_path / "d"
     )
-    done = subprocess.run(
-        [*LEADPULSE, "produce", str(_file(tmp_path)), "--topic", "events.web_visits"],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
+    done = _produce_one_visit(env, tmp_path)
     assert done.returncode == 0, done.stderr
     assert NOTE not in done.stderr
     assert "sent 1, rejected 0" in done.stderr  # status lines go to stderr
