@@ -41,6 +41,7 @@ from schemas.fast_codec import codec_for
 from schemas.registry import SchemaError, SchemaRegistry, default_registry
 from streams.broker import aiokafka_client_config, create_topics, is_tansu, kafka_client_config
 from streams.dlq import dead_letter, encode_dead_letter, writer_headers
+from streams.event_hygiene import InadmissibleEvent, check_admissible, invalid_reason
 from streams.metrics import Metrics, observe_many
 from streams.producer import lead_key
 from streams.settings import Settings
@@ -299,7 +300,7 @@ class LeadWorker:
         size = len(message.value or b"")
         if expected is not None and size > MAX_INPUT_RECORD_BYTES:
             reason = f"record of {size} bytes exceeds the {MAX_INPUT_RECORD_BYTES}-byte input event limit"
-            self._dead_letter(batch, message, "validate", ValueError(reason))
+            self._dead_letter(batch, message, "validate", InadmissibleEvent("too_large", reason))
             return None
         try:
             if topic == self.accounts_topic:  # only the fields the account fold reads, not the reasons
@@ -318,14 +319,15 @@ class LeadWorker:
         if topic == self.accounts_topic:
             self._fold_account(message, record, batch)
             return
+        try:  # the record's timestamp, not now: a batch re-read after a crash is judged the same way
+            check_admissible(record, message.timestamp or now)
+        except InadmissibleEvent as exc:
+            self._dead_letter(batch, message, "validate", exc)
+            return
         event_time = record.get("event_time")
         if isinstance(event_time, int) and (self.watermark_ms is None or event_time > self.watermark_ms):
             self.watermark_ms, self.watermark_seen_at_ms = event_time, now
         key = message.key or (lead_key(record) or "").encode()
-        if not key:
-            reason = "lead_id: one of lead_id or anonymous_id is required (record has neither and no key)"
-            self._dead_letter(batch, message, "validate", ValueError(reason))
-            return
         if self.erasures is not None and self._erased(key, record):
             if self.metrics:
                 self.metrics.events_erased.labels(topic=self._unprefixed(topic)).inc()
@@ -414,7 +416,7 @@ class LeadWorker:
         if self.metrics:
             topic = self._unprefixed(message.topic)
             self.metrics.dlq_records.labels(source_topic=topic, stage=stage).inc()
-            self.metrics.events_invalid.labels(topic=topic, reason=type(exc).__name__).inc()
+            self.metrics.events_invalid.labels(topic=topic, reason=invalid_reason(exc)).inc()
 
     async def _flush(self, batch: Batch) -> None:
         """Outputs first, acknowledged; state after. The reverse order could store "seen" state whose

@@ -37,13 +37,13 @@ from schemas.fast_codec import zigzag
 from schemas.registry import HEADER_LEN, SOE_MAGIC, SchemaError, SchemaRegistry, default_registry
 from sinks.avro_ocf import ContainerFormat, container_format, origin_prefix
 from sinks.batch import BatchPolicy, ClickHouseBatchSink
-from sinks.erase import already_applied, apply_erasure, event_identities, record_erased
+from sinks.erase import already_applied, apply_erasure, event_head, record_erased
 from sinks.errors import SinkBackpressure
 from sinks.rows import EVENT_TYPES, EVENTS, TABLE_FOR_SCHEMA, Origin, TableSpec, to_row
 from streams.broker import aiokafka_client_config
 from streams.dlq import dead_letter, encode_dead_letter, writer_headers
 from streams.erasures import ErasureLog
-from streams.producer import lead_key
+from streams.event_hygiene import InadmissibleEvent, check_admissible, future_problem
 from streams.settings import Settings
 from streams.topics import INPUTS, MAX_INPUT_RECORD_BYTES, OUTPUTS, spec_for
 
@@ -359,8 +359,14 @@ class ClickHouseSinkLoop:
                 continue
             # (no identity read from the body: a truncated or anonymous-and-leadless record; the full decode
             # below names which, as a dead letter)
-            identities = event_identities(value[HEADER_LEN:]) if fmt is not None else (None, None)
+            event_time, *identities = (
+                event_head(value[HEADER_LEN:]) if fmt is not None else (None, None, None)
+            )
             if fmt is not None and value[:HEADER_LEN] == current_header and any(identities):
+                problem = future_problem(event_time, msg.timestamp or int(time.time() * 1000))
+                if problem is not None:
+                    self._inadmissible(tp, msg, InadmissibleEvent("future_event", f"event_time: {problem}"))
+                    continue
                 if erasures is not None and any(map(erasures.is_erased, identities)):
                     self._erased(EVENTS.table)
                     continue
@@ -370,9 +376,12 @@ class ClickHouseSinkLoop:
                 continue
             try:
                 schema, record = self.registry.decode(value, expect=expected)
-                if tp.topic in self._input_topics and not lead_key(record):
-                    self._no_identity(tp.topic, tp.partition, msg.offset, msg.key, value)
-                    continue
+                if tp.topic in self._input_topics:
+                    try:
+                        check_admissible(record, msg.timestamp or int(time.time() * 1000))
+                    except InadmissibleEvent as exc:
+                        self._inadmissible(tp, msg, exc)
+                        continue
                 if erasures is not None and record_erased(schema, record, erasures.is_erased):
                     self._erased(TABLE_FOR_SCHEMA[schema].table)
                     continue
@@ -423,10 +432,13 @@ class ClickHouseSinkLoop:
             self.consumer.resume(*self.consumer.assignment())
         await self._commit()
 
-    def _no_identity(self, topic: str, partition: int, offset: int, key: bytes | None, value: bytes) -> None:
-        """DESIGN §6: every input event names a lead_id or an anonymous_id; a row of nobody is poison."""
-        reason = "lead_id: one of lead_id or anonymous_id is required (record has neither)"
-        self._dead_letter(topic, partition, offset, key, value, "validate", "ValueError", reason)
+    def _inadmissible(
+        self, tp: TopicPartition, msg: ConsumerRecord[bytes, bytes], exc: InadmissibleEvent
+    ) -> None:
+        """An event the worker also refuses (no identity, from the future): not history, a dead letter."""
+        self._dead_letter(
+            tp.topic, tp.partition, msg.offset, msg.key, msg.value, "validate", type(exc).__name__, str(exc)
+        )
 
     def _dead_letter(
         self,

@@ -28,6 +28,7 @@ from schemas.registry import (
     SchemaValidationError,
     to_millis,
 )
+from streams.event_hygiene import MAX_FUTURE_MS, future_problem
 
 #: ``type`` values the collector accepts; each is also the schema name (topic from the catalogue).
 BROWSER_TYPES = ("web_visit", "email_click", "download", "content_view", "lead_identified")
@@ -35,7 +36,6 @@ SERVER_TYPES = ("sales_activity",)
 EVENT_TYPES = BROWSER_TYPES + SERVER_TYPES
 #: Fields the collector reads and removes before schema validation (they are not in the Avro schemas).
 ENVELOPE_FIELDS = ("type", "sent_at", "user_agent")
-HOUR_MS = 3600 * 1000
 
 
 @dataclass(frozen=True)
@@ -44,7 +44,7 @@ class Limits:
 
     max_body_bytes: int = 512 * 1024
     max_batch: int = 500
-    max_future_ms: int = 23 * HOUR_MS  # DESIGN §3: events more than 23 h in the future are rejected
+    max_future_ms: int = MAX_FUTURE_MS
 
 
 class BodyError(Exception):
@@ -231,16 +231,9 @@ def normalise_event(
         else:
             if isinstance(record.get("event_time"), int):
                 record["event_time"] += skew
-    event_time = record.get("event_time")
-    if isinstance(event_time, int) and event_time > received_at + limits.max_future_ms:
-        ahead_h = (event_time - received_at) / HOUR_MS
-        errors.append(
-            FieldError(
-                "event_time",
-                f"is {ahead_h:.1f} h in the future (after clock-skew correction); "
-                f"the limit is {limits.max_future_ms / HOUR_MS:g} h",
-            )
-        )
+    ahead = future_problem(record.get("event_time"), received_at, limits.max_future_ms)
+    if ahead is not None:
+        errors.append(FieldError("event_time", f"{ahead} (after clock-skew correction)"))
     if errors:
         return Rejected(index, event_id, errors)
     return Accepted(index, kind, record)

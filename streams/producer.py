@@ -10,6 +10,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import threading
+import time
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -19,8 +20,9 @@ from kafka import KafkaProducer
 from kafka.errors import KafkaTimeoutError
 from kafka.producer.future import FutureRecordMetadata
 
-from schemas.registry import SchemaError, SchemaRegistry, default_registry
+from schemas.registry import FieldError, SchemaError, SchemaRegistry, SchemaValidationError, default_registry
 from streams.broker import kafka_client_config
+from streams.event_hygiene import future_problem
 from streams.settings import Settings
 from streams.topics import BY_NAME, BY_SCHEMA, TopicSpec
 
@@ -95,7 +97,8 @@ class Producer:
     def send(
         self, schema_or_topic: str, event: Mapping[str, Any] | Any, *, validate: bool = True
     ) -> FutureRecordMetadata:
-        """Validate and publish one event. Raises SchemaValidationError naming the bad fields."""
+        """Validate and publish one event. Raises SchemaValidationError naming the bad fields, also for an
+        event more than 23 h in the future."""
         spec = resolve(schema_or_topic, self.settings.topic_prefix)
         record = (
             dataclasses.asdict(event)
@@ -104,6 +107,10 @@ class Producer:
         )
         if validate:
             record = self.registry.validate(spec.schema, record)
+            # the worker would dead-letter it (DESIGN §3): say so to the caller instead
+            ahead = future_problem(record.get("event_time"), int(time.time() * 1000))
+            if ahead is not None:
+                raise SchemaValidationError(spec.schema, [FieldError("event_time", ahead)])
         value = self.registry.encode(spec.schema, record)
         event_id = record.get("event_id")
         return self.send_encoded(

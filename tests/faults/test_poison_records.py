@@ -1,11 +1,12 @@
 """Fault 3: poison records on every input topic, among realistic traffic, through the real worker and sink.
 
-Six kinds of poison per input topic (36 among ~3,200 valid events), each planted between valid records:
+Eight kinds of poison per input topic (48 among ~3,200 valid events), each planted between valid records:
 truncated Avro (valid header, the body cut short), an unknown fingerprint (valid SOE header, random
 fingerprint), another topic's record, a field written with the wrong type (event_time as a string under the
 topic's own fingerprint), an oversized record (a valid record with a 70 KB field: over
-``MAX_INPUT_RECORD_BYTES``, the 64 KiB input limit both the worker and the sink check before decoding) and a
-record with no key and neither lead_id nor anonymous_id.
+``MAX_INPUT_RECORD_BYTES``, the 64 KiB input limit both the worker and the sink check before decoding), a
+record with neither lead_id nor anonymous_id, with and without a key, and an event 30 h in the future
+(DESIGN §3 rejects more than 23 h).
 
 Pass criteria (issue #8): every poison record is on ``dlq`` with its source topic, partition, offset and a
 reason, exactly once from each consumer that reads its topic (the worker and the sink both consume every
@@ -56,6 +57,9 @@ from tests.processes import wait_until
 pytestmark = pytest.mark.faults
 
 LEADS = 300
+HOUR = 3600 * 1000
+#: Poison kinds that decode: refused for their size or content, not their bytes.
+WELL_FORMED = ("oversized", "no_key_no_identity", "keyed_no_identity", "future_event")
 OUTPUT_TABLES = {
     "stage_transition": "stage_transitions",
     "hot_lead": "hot_leads",
@@ -75,6 +79,12 @@ def poison_kinds(schema: str, good: dict[str, Any]) -> dict[str, tuple[bytes | N
     anonymous = {**good, "event_id": f"{good['event_id']}-nobody", "lead_id": None, "anonymous_id": None}
     if schema in ("lead_identified", "sales_activity"):  # lead_id is required there: empty instead
         anonymous["lead_id"] = ""
+    # DESIGN §3: more than 23 h ahead of when it entered Kafka (now)
+    future = {
+        **good,
+        "event_id": f"{good['event_id']}-future",
+        "event_time": int(time.time() * 1000) + 30 * HOUR,
+    }
     kinds: dict[str, tuple[bytes | None, bytes]] = {
         "truncated_avro": (b"P", header + body[: len(body) - 3]),
         "unknown_fingerprint": (b"P", SOE_MAGIC + os.urandom(8) + body),
@@ -82,9 +92,14 @@ def poison_kinds(schema: str, good: dict[str, Any]) -> dict[str, tuple[bytes | N
         "wrong_field_type": (b"P", header + _with_string_event_time(schema, good)),
         "oversized": (b"P", registry.encode(schema, big)),
         "no_key_no_identity": (None, registry.encode(schema, anonymous)),
+        "keyed_no_identity": (
+            b"P",
+            registry.encode(schema, {**anonymous, "event_id": f"{good['event_id']}-k"}),
+        ),
+        "future_event": (b"P", registry.encode(schema, future)),
     }
     for kind, (_, value) in kinds.items():
-        if kind in ("oversized", "no_key_no_identity"):
+        if kind in WELL_FORMED:
             continue  # well-formed Avro: poison by size / by content
         with pytest.raises(SchemaError):  # the test is only meaningful if the bytes are really undecodable
             registry.decode(value, expect=schema)
@@ -228,6 +243,10 @@ def test_poison_on_every_input_topic_is_dead_lettered_once_per_consumer_and_the_
             r = letter.record
             assert r["stage"] in ("decode", "validate", "sink") and r["error"], letter
             assert r["key"] == (None if planted[origin][1] == "no_key_no_identity" else b"P")
+            if planted[origin][1] == "future_event":
+                assert r["stage"] == "validate" and "event_time: is 30." in r["error"], r
+            elif planted[origin][1].endswith("no_identity"):
+                assert r["stage"] == "validate" and "lead_id: one of" in r["error"], r
     kinds = Counter(kind for _, kind in planted.values())
     print(f"poison: {len(letters)} dead letters for {len(planted)} records {dict(kinds)}")
 

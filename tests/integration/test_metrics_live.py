@@ -80,7 +80,7 @@ def test_worker_metrics_count_the_scripted_run(
     assert total(after, "leadpulse_stage_transitions_total", from_stage="awareness", to_stage="lead") == 5
     assert total(after, "leadpulse_stage_transitions_total", from_stage="lead", to_stage="mql") == 3
     assert total(after, "leadpulse_dlq_records_total", stage="decode") == 1
-    assert total(after, "leadpulse_events_invalid_total", topic="events.downloads") == 1
+    assert total(after, "leadpulse_events_invalid_total", topic="events.downloads", reason="undecodable") == 1
     assert total(after, "leadpulse_event_to_score_seconds_count") == 10
     assert total(after, "leadpulse_score_updates_total") >= 8
 

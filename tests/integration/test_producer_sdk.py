@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import struct
+import time
 from collections import Counter
 
 import pytest
@@ -79,19 +80,22 @@ def test_produce_file_reports_sent_and_rejected_lines(broker_settings: Settings,
                 json.dumps({**good, "event_id": "e3"}),
                 json.dumps({"type": "web_visit", **good, "event_id": "e4"}),  # the history-file format
                 json.dumps({"type": "download", **good, "event_id": "e5"}),
+                json.dumps({**good, "event_id": "e6", "event_time": int(time.time() * 1000) + 30 * 3600_000}),
             ]
         )
         + "\n"
     )
     report = produce_file(broker_settings, path, "events.web_visits")
     assert report.sent == 3
-    assert [n for n, _ in report.rejected] == [2, 3, 6]
+    assert [n for n, _ in report.rejected] == [2, 3, 6, 7]
     assert "not JSON" in report.rejected[0][1]
     assert "url" in report.rejected[1][1]
     assert (
         report.rejected[2][1]
         == "type: 'download' does not go to events.web_visits (its records are 'web_visit')"
     )
+    # DESIGN §3: the worker would dead-letter it, so the command refuses it naming the field
+    assert report.rejected[3][1].startswith("invalid web_visit: event_time: is 30.0 h in the future")
     sent = [
         r.record["event_id"] for r in read_topic(broker_settings, broker_settings.topic("events.web_visits"))
     ]
