@@ -14,6 +14,7 @@ Fields are validated and normalised against ``schemas/<schema>.avsc`` (ISO times
 from __future__ import annotations
 
 import json
+import time
 from collections import deque
 from collections.abc import Iterable, Iterator
 from dataclasses import asdict, dataclass
@@ -25,6 +26,7 @@ from agents.rules import Rules
 from agents.scoring import band, behaviour_at
 from agents.state import LeadState
 from schemas.registry import SchemaValidationError, default_registry
+from streams.event_hygiene import InadmissibleEvent, check_admissible
 
 INPUT_SCHEMAS = ("web_visit", "email_click", "download", "content_view", "lead_identified", "sales_activity")
 Event = tuple[str, dict[str, Any]]
@@ -148,6 +150,9 @@ def read_history(path: Path) -> Iterator[Event]:
                     f"{where}: type: expected one of {', '.join(INPUT_SCHEMAS)}, got {schema!r}"
                 )
             try:
-                yield schema, registry.validate(schema, fields)
-            except SchemaValidationError as exc:
+                record = registry.validate(schema, fields)
+                # what the worker would dead-letter is not history (DESIGN §3, §6)
+                check_admissible(record, int(time.time() * 1000))
+            except (SchemaValidationError, InadmissibleEvent) as exc:
                 raise HistoryError(f"{where}: {exc}") from None
+            yield schema, record

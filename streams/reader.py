@@ -15,7 +15,9 @@ from kafka import KafkaConsumer, TopicPartition
 
 from schemas.registry import SchemaError, SchemaRegistry, default_registry
 from streams.broker import kafka_client_config
+from streams.event_hygiene import InadmissibleEvent, check_admissible
 from streams.settings import Settings
+from streams.topics import INPUTS
 
 
 @dataclass(frozen=True)
@@ -27,6 +29,7 @@ class Decoded:
     schema: str
     record: dict[str, Any]
     headers: tuple[tuple[str, bytes | None], ...] = ()
+    timestamp: int = 0  # the Kafka record timestamp, ms
 
 
 @dataclass(frozen=True)
@@ -81,7 +84,16 @@ def read_topic(
                     try:
                         schema, record = registry.decode(msg.value or b"")
                         headers = tuple(msg.headers or ())
-                        yield Decoded(tp.topic, tp.partition, msg.offset, msg.key, schema, record, headers)
+                        yield Decoded(
+                            tp.topic,
+                            tp.partition,
+                            msg.offset,
+                            msg.key,
+                            schema,
+                            record,
+                            headers,
+                            msg.timestamp,
+                        )
                     except SchemaError as exc:
                         yield Undecodable(tp.topic, tp.partition, msg.offset, msg.key, msg.value, exc)
             if not batch and (time.monotonic() - idle_since) * 1000 >= idle_ms:
@@ -96,19 +108,35 @@ def read_topic(
 
 
 def read_input_history(
-    settings: Settings, topics: list[str], skipped: list[Undecodable] | None = None
+    settings: Settings, topics: list[str], skipped: list[str] | None = None
 ) -> list[tuple[str, dict[str, Any]]]:
-    """``(schema, record)`` of every decodable record on the given (prefixed) topics, in event-time order.
+    """``(schema, record)`` of every input record the worker scores, from the given (prefixed) topics, in
+    event-time order.
 
     Why event-time order: records of one lead on different topics have no common offset order; the worker
     sees them in arrival order and the core scores by event time, so event time is the faithful replay.
-    Undecodable records (already dead-lettered by the worker) are appended to ``skipped``."""
+    What the worker dead-letters (undecodable bytes, another topic's schema, no identity, from the future)
+    is left out, and a line naming it is appended to ``skipped``."""
+    by_topic = {settings.topic(spec.name): spec.schema for spec in INPUTS}
     events: list[tuple[str, dict[str, Any]]] = []
     for topic in topics:
+        expected = by_topic[topic]
         for item in read_topic(settings, topic, idle_ms=500):
-            if isinstance(item, Decoded):
+            where = f"{item.topic}[{item.partition}]@{item.offset}"
+            if isinstance(item, Undecodable):
+                problem: str | None = f"{type(item.error).__name__}: {item.error}"
+            elif item.schema != expected:
+                problem = f"a {item.schema} record on a topic of {expected} records"
+            else:
+                try:
+                    check_admissible(item.record, item.timestamp or int(time.time() * 1000))
+                    problem = None
+                except InadmissibleEvent as exc:
+                    problem = str(exc)
+            if problem is None:
+                assert isinstance(item, Decoded)
                 events.append((item.schema, item.record))
             elif skipped is not None:
-                skipped.append(item)
+                skipped.append(f"{where}: {problem}")
     events.sort(key=lambda e: int(e[1].get("event_time") or 0))
     return events

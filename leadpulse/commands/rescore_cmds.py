@@ -1,7 +1,9 @@
-"""CLI command: ``leadpulse rescore --rules NEW.yaml --dry-run FILE_OR_TOPIC`` (DESIGN §3, safe re-scoring).
+"""CLI command: ``leadpulse rescore --rules NEW.yaml --dry-run [FILE_OR_TOPIC]`` (DESIGN §3, safe re-scoring).
 
 The history is a JSONL file, one input topic (``events.web_visits``, ...) or ``inputs`` (all six input topics
-of the configured broker and prefix), replayed in event-time order.
+of the configured broker and prefix, the default: DESIGN §3 writes the command without a history), replayed
+in event-time order. Why the topics and not ClickHouse: ClickHouse keeps a keyed hash of each profile's email,
+not the email, so the email-domain disqualification rules could not be replayed from it.
 
 Thin: parses arguments, loads both rule sets and the history, calls ``agents.rescore.rescore`` and prints.
 Only ``--dry-run`` exists: applying new rules to live leads is the worker's job (restart it with the new
@@ -25,6 +27,8 @@ from agents.rules import RulesError, load_rules
 from leadpulse.commands.cli_output import stdout_console
 from schemas.registry import to_millis
 from streams.topics import INPUTS
+
+SHOWN_SKIPPED = 5
 
 
 class Format(StrEnum):
@@ -65,14 +69,19 @@ def _history(source: str) -> Any:
     settings = load_settings()
     if settings.embedded_broker and not port_open(settings.broker_host, settings.broker_port):
         raise HistoryError(
-            f"history: reading topics needs a running broker; none at {settings.bootstrap} (start "
-            "`leadpulse broker`, or set LEADPULSE_KAFKA_BOOTSTRAP)"
+            f"history: reading {source!r} needs a running broker; none at {settings.bootstrap} (start "
+            "`leadpulse broker`, set LEADPULSE_KAFKA_BOOTSTRAP, or give a history file such as "
+            "`leadpulse generate` writes)"
         )
-    skipped: list[Any] = []
+    skipped: list[str] = []
     events = read_input_history(settings, [settings.topic(n) for n in names], skipped)
     if skipped:
+        shown = "".join(f"\n  {line}" for line in skipped[:SHOWN_SKIPPED])
+        more = f"\n  ... and {len(skipped) - SHOWN_SKIPPED} more" if len(skipped) > SHOWN_SKIPPED else ""
         typer.echo(
-            f"leadpulse rescore: skipped {len(skipped)} undecodable records (see the dlq topic)", err=True
+            f"leadpulse rescore: skipped {len(skipped)} records the worker dead-letters (see `leadpulse dlq "
+            f"list`):{shown}{more}",
+            err=True,
         )
     return events
 
@@ -81,9 +90,10 @@ def register(app: typer.Typer) -> None:
     @app.command("rescore", help="Replay history with new rules and show who would change stage or band.")
     def rescore_cmd(
         history: str = typer.Argument(
-            ...,
+            "inputs",
             help='JSONL file (one {"type": schema, ...fields} per line), an input topic name such as '
-            "events.web_visits, or 'inputs' for all six input topics",
+            "events.web_visits, or 'inputs' for all six input topics of the configured broker",
+            show_default=True,
         ),
         rules: Path = typer.Option(..., "--rules", exists=True, dir_okay=False, help="The new rules YAML"),
         old_rules: Path | None = typer.Option(

@@ -4,16 +4,19 @@ from __future__ import annotations
 
 import json
 import subprocess
+import time
 from pathlib import Path
 
 import pytest
 
 from agents.rescore import rescore
 from agents.rules import DEFAULT_RULES_PATH, load_rules
+from schemas.registry import default_registry
 from streams.producer import Producer
 from streams.reader import read_topic
 from streams.settings import Settings
 from tests.processes import LEADPULSE, leadpulse_env
+from tests.unit.builders import HOUR, MIN, T0, download
 from tests.unit.test_rescore import HISTORY, NOW
 
 pytestmark = pytest.mark.integration
@@ -29,9 +32,21 @@ def _run(settings: Settings, *args: str) -> subprocess.CompletedProcess[str]:
 def test_rescore_from_the_input_topics_reports_what_the_pure_replay_reports(
     broker_settings: Settings, tmp_path: Path
 ) -> None:
+    registry = default_registry()
+    # records the worker dead-letters, written by some other Kafka client: not history
+    stranger = download(lead="L9", t=T0 + MIN, asset="whitepaper", event_id="wrong-topic")[1]
+    future = download(lead="L9", t=int(time.time() * 1000) + 30 * HOUR, event_id="future")[1]
+    nobody = download(lead=None, t=T0 + MIN, event_id="nobody")[1]
     with Producer(broker_settings) as producer:
         for schema, record in HISTORY:
             producer.send(schema, record)
+        poison = [
+            ("events.web_visits", registry.encode("download", stranger)),
+            ("events.downloads", registry.encode("download", future)),
+            ("events.downloads", registry.encode("download", nobody)),
+        ]
+        for topic, value in poison:
+            producer.send_encoded(broker_settings.topic(topic), b"L9", value).get(timeout=30)
     new_rules = tmp_path / "new.yaml"
     new_rules.write_text(DEFAULT_RULES_PATH.read_text().replace("mql_threshold: 100", "mql_threshold: 90"))
     expected = rescore(HISTORY, load_rules(None), load_rules(new_rules), NOW).to_dict()
@@ -45,10 +60,13 @@ def test_rescore_from_the_input_topics_reports_what_the_pure_replay_reports(
         "json",
         "--now",
         str(NOW),
-        "inputs",
-    )
+    )  # no history argument, as DESIGN §3 writes the command: the input topics
 
     assert result.returncode == 0, result.stderr
+    assert "skipped 3 records the worker dead-letters" in result.stderr
+    assert "a download record on a topic of web_visit records" in result.stderr
+    assert "event_time: is 30.0 h in the future" in result.stderr
+    assert "lead_id: one of lead_id or anonymous_id" in result.stderr
     assert json.loads(result.stdout) == expected
     assert expected["stage_changes"] == 1  # the scenario does change someone
     # a dry run emits nothing

@@ -94,6 +94,16 @@ def test_history_reads_type_lines_and_wrapped_records(tmp_path: Path) -> None:
             '{"type": "web_visit", "event_id": "x", "event_time": 1, "source": "s", "lead_id": "L"}',
             "url: required field is missing",
         ),
+        (  # what the worker dead-letters is not history
+            '{"type": "download", "event_id": "x", "event_time": 1, "source": "s", "content_id": "c", '
+            '"asset_type": "whitepaper"}',
+            "lead_id: one of lead_id or anonymous_id is required",
+        ),
+        (
+            '{"type": "download", "event_id": "x", "event_time": "2999-01-01T00:00:00Z", "source": "s", '
+            '"lead_id": "L", "content_id": "c", "asset_type": "whitepaper"}',
+            "event_time: is .* h in the future",
+        ),
     ],
 )
 def test_history_errors_name_the_line(tmp_path: Path, line: str, problem: str) -> None:
