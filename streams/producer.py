@@ -130,7 +130,11 @@ class Producer:
         headers: list[tuple[str, bytes]] | None = None,
     ) -> FutureRecordMetadata:
         key_bytes = key.encode() if isinstance(key, str) else key
-        future = self._producer.send(topic, key=key_bytes, value=value, headers=headers)
+        try:
+            future = self._producer.send(topic, key=key_bytes, value=value, headers=headers)
+        except KafkaTimeoutError as exc:  # no metadata (no broker) within max_block_ms: nothing was sent
+            shown = key_bytes.decode(errors="replace") if key_bytes is not None else None
+            raise DeliveryError([(topic, shown, f"KafkaTimeoutError: {exc}")], [event_id]) from exc
         with self._lock:
             number = self.sent
             self.sent += 1

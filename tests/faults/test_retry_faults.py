@@ -348,20 +348,45 @@ def test_sdk_names_every_unacknowledged_event_while_the_broker_is_unreachable_an
         # the broker is back: re-send exactly the named events until acknowledged, as a caller would
         # (the client may still be in its reconnect backoff for the first round)
         resend = {e["event_id"]: e for e in events}
-        todo: list[str | None] = list(error.event_ids)
+        todo = {str(i) for i in error.event_ids}
         for _ in range(10):
-            for event_id in todo:
-                assert event_id is not None
-                producer.send("web_visit", resend[event_id])
+            try:
+                for event_id in sorted(todo):
+                    producer.send("web_visit", resend[event_id])
+            except DeliveryError as refused:  # no metadata within max_block_ms (a loaded machine): again
+                print(f"a re-send was refused, trying the whole round again: {refused}")
+                time.sleep(1)
+                continue
             try:
                 producer.flush(30)
                 break
             except DeliveryError as again:
-                todo = again.event_ids
+                todo = {str(i) for i in again.event_ids}
         else:
             raise AssertionError(f"{len(todo)} event(s) still not acknowledged after 10 re-sends")
     on_topic = topic_ids(settings)
     assert_exactly_once_after_dedup(on_topic, set(resend), set(resend), "SDK re-send")
+
+
+def test_sdk_send_that_finds_no_broker_raises_delivery_error_naming_the_event(
+    proxied: ProxiedBroker, settings: Settings
+) -> None:
+    """A send that cannot learn its topic's partitions within ``max_block_ms`` sends nothing; the caller gets
+    the SDK's DeliveryError naming the event, not the client's bare KafkaTimeoutError. (A topic the client
+    has no metadata for, while the broker refuses connections: the metadata wait is what blocks.)"""
+    run = uuid.uuid4().hex[:6]
+    unknown_topic = settings.topic(f"fault.no-metadata-{run}")
+    with Producer(settings, linger_ms=5, max_block_ms=1000) as producer:
+        producer.send("web_visit", visit(0, run))
+        producer.flush(10)
+        proxied.proxy.refuse()
+        try:
+            with pytest.raises(DeliveryError) as caught:
+                producer.send_encoded(unknown_topic, b"L1", b"x", event_id=f"{run}-1")
+        finally:
+            proxied.proxy.accept()
+    assert caught.value.event_ids == [f"{run}-1"]
+    assert unknown_topic in str(caught.value) and "KafkaTimeoutError" in str(caught.value)
 
 
 def test_sdk_flush_that_times_out_names_the_unacknowledged_events(
