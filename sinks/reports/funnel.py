@@ -2,9 +2,14 @@
 from entering a stage to entering the next), and recycles.
 
 Period semantics: *entered* counts distinct leads with a transition into the stage inside the period
-(awareness: leads leaving awareness); *current* is each lead's latest stage as of ``until``; conversion
-is entered(next) / entered(stage); velocity pairs a lead's first entry into a stage with its first entry
-into the next stage, counted when the latter falls inside the period.
+(awareness: leads leaving awareness); *current* is each lead's latest stage as of ``until``; velocity pairs
+a lead's first entry into a stage with its first entry into the next stage, counted when the latter falls
+inside the period.
+
+*Conversion* is a cohort share: of the leads that entered the stage in the period, those that reached any
+later stage of the path by ``until`` (at or after their first entry in the period). Why not
+entered(next) / entered(stage): stages can be skipped (a direct inquiry goes lead → mql, past nurturing),
+so that ratio counted leads that never were in the stage and could exceed 1. A cohort share cannot.
 """
 
 from __future__ import annotations
@@ -42,6 +47,33 @@ SELECT stage, count() AS leads FROM (
 ) GROUP BY stage
 """
 
+ADVANCED = """
+WITH entries AS (
+    SELECT lead_id, to_stage AS stage, min(toUnixTimestamp64Milli(occurred_at)) AS at
+    FROM leadpulse.stage_transitions FINAL
+    WHERE occurred_at >= fromUnixTimestamp64Milli({since:Int64})
+      AND occurred_at < fromUnixTimestamp64Milli({until:Int64})
+    GROUP BY lead_id, stage
+    UNION ALL
+    SELECT lead_id, 'awareness' AS stage, min(toUnixTimestamp64Milli(occurred_at)) AS at
+    FROM leadpulse.stage_transitions FINAL
+    WHERE from_stage = 'awareness'
+      AND occurred_at >= fromUnixTimestamp64Milli({since:Int64})
+      AND occurred_at < fromUnixTimestamp64Milli({until:Int64})
+    GROUP BY lead_id
+),
+moves AS (
+    SELECT lead_id, to_stage AS stage, toUnixTimestamp64Milli(occurred_at) AS at
+    FROM leadpulse.stage_transitions FINAL
+    WHERE occurred_at < fromUnixTimestamp64Milli({until:Int64})
+)
+SELECT e.stage AS stage, uniqExact(e.lead_id) AS advanced
+FROM entries AS e INNER JOIN moves AS m ON e.lead_id = m.lead_id
+WHERE indexOf({path:Array(String)}, m.stage) > indexOf({path:Array(String)}, e.stage)
+  AND indexOf({path:Array(String)}, e.stage) > 0 AND m.at >= e.at
+GROUP BY e.stage
+"""
+
 VELOCITY = f"""
 WITH firsts AS (
     SELECT lead_id, to_stage AS stage, min(toUnixTimestamp64Milli(occurred_at)) AS at
@@ -72,12 +104,14 @@ def entered_counts(run: Runner, period: Period) -> dict[str, int]:
 def funnel_report(run: Runner, period: Period) -> Sections:
     entered = entered_counts(run, period)
     current = {r["stage"]: int(r["leads"]) for r in run(CURRENT, period.params).dicts()}
-    velocity = {r["stage"]: r for r in run(VELOCITY, {**period.params, "path": list(PATH)}).dicts()}
+    with_path = {**period.params, "path": list(PATH)}
+    velocity = {r["stage"]: r for r in run(VELOCITY, with_path).dicts()}
+    advanced = {r["stage"]: int(r["advanced"]) for r in run(ADVANCED, with_path).dicts()}
     stages = []
     for index, stage in enumerate(PATH):
         following = PATH[index + 1] if index + 1 < len(PATH) else None
         here = entered.get(stage, 0)
-        conversion = round(entered.get(following, 0) / here, 4) if following and here else None
+        conversion = round(advanced.get(stage, 0) / here, 4) if following and here else None
         median = velocity.get(stage, {}).get("median_days")
         stages.append(
             {

@@ -195,7 +195,12 @@ def funnel_charts(sections: Sections) -> list[str]:
         else None
     )
     return [
-        _figure("Funnel", "leads entering each stage; ↓ conversion to the next", funnel, "No stage changes."),
+        _figure(
+            "Funnel",
+            "leads entering each stage; ↓ share of them that went further",
+            funnel,
+            "No stage changes.",
+        ),
         _figure("Stage velocity", "median days to the next stage", velocity, "No stage pairs to time."),
     ]
 

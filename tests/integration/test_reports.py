@@ -121,9 +121,11 @@ def build_history(seed: int = 11) -> History:
         # The journey: along the path, sometimes recycled or disqualified.
         at, stage, seq = start, "awareness", 0
         depth = rng.randrange(1, len(PATH))
-        for target in PATH[1 : depth + 1]:
+        # every 7th lead is a direct inquiry: lead -> mql, skipping nurturing (conversion must stay <= 1)
+        skipped = "nurturing" if i % 7 == 0 else None
+        for target in [s for s in PATH[1 : depth + 1] if s != skipped]:
             at += rng.randrange(1, 15 * DAY_MS)
-            reason = "score_threshold" if target == "mql" else target
+            reason = ("inquiry" if skipped else "score_threshold") if target == "mql" else target
             h.transitions.append(
                 {
                     "transition_id": f"R-{lead}-{seq}",
@@ -388,6 +390,29 @@ def entered(h: History) -> dict[str, int]:
     return {stage: len(ids) for stage, ids in leads.items()}
 
 
+def advanced(h: History, stage: str) -> int:
+    """Leads that entered ``stage`` in the period and reached a later stage of PATH by UNTIL, at or after
+    their first entry in the period (skipping stages counts)."""
+    entry: dict[str, int] = {}
+    for t in h.transitions:
+        if in_period(t["occurred_at"]) and stage in (
+            t["to_stage"],
+            "awareness" if t["from_stage"] == "awareness" else None,
+        ):
+            entry[t["lead_id"]] = min(entry.get(t["lead_id"], t["occurred_at"]), t["occurred_at"])
+    rank = {s: i for i, s in enumerate(PATH)}
+    return len(
+        {
+            t["lead_id"]
+            for t in h.transitions
+            if t["lead_id"] in entry
+            and t["occurred_at"] < UNTIL
+            and t["occurred_at"] >= entry[t["lead_id"]]
+            and rank.get(t["to_stage"], -1) > rank[stage]
+        }
+    )
+
+
 # --- the tests ------------------------------------------------------------------------------------------
 def test_content_report_matches_independent_computation(run: Runner, history: History) -> None:
     got = {row["content_id"]: row for row in content_report(run, PERIOD)["content"]}
@@ -464,7 +489,9 @@ def test_funnel_report_counts_conversion_velocity_and_recycles(run: Runner, hist
         if index + 1 < len(PATH):
             nxt = PATH[index + 1]
             here = want_entered.get(stage, 0)
-            assert row["conversion_to_next"] == (round(want_entered.get(nxt, 0) / here, 4) if here else None)
+            want_conversion = round(advanced(history, stage) / here, 4) if here else None
+            assert row["conversion_to_next"] == want_conversion, stage
+            assert want_conversion is None or want_conversion <= 1, stage
             days = [
                 (firsts[(lead, nxt)] - at) / DAY_MS
                 for (lead, s), at in firsts.items()
