@@ -108,15 +108,17 @@ def outside_reader(code: str) -> str | None:
 
 
 def check_read_only(sql: str) -> str:
+    """The query to run, or QueryError. The checks read the code without literals and comments, so a query
+    may start with a ``-- comment`` line and a string may hold a ';'."""
     stripped = sql.strip().rstrip(";").strip()
-    words = stripped.split(None, 1)
+    code = _code(sql).strip().rstrip(";").strip()
+    words = code.split(None, 1)
     if not words or words[0].upper() not in READ_VERBS:
         raise QueryError(
             f"only read-only statements are allowed ({', '.join(READ_VERBS)}); got {stripped[:40]!r}"
         )
-    if ";" in stripped:
+    if ";" in code:
         raise QueryError("one statement per query: remove the ';' separated second statement")
-    code = _code(stripped)
     if _INTO_OUTFILE.search(code):  # a SELECT that writes a file
         raise QueryError("INTO OUTFILE writes a file; use --format csv or json and redirect the output")
     reader = outside_reader(code)

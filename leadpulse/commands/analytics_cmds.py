@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 import time
 from collections.abc import Callable
 
@@ -130,13 +131,21 @@ def register(app: typer.Typer) -> None:
         )
 
     @app.command(
-        "sql", help='Run one read-only query, e.g. leadpulse sql "SELECT count() FROM leadpulse.events"'
+        "sql",
+        help='Run one read-only query, e.g. leadpulse sql "SELECT count() FROM leadpulse.events"; '
+        "QUERY - reads it from standard input",
+        # a query that starts with a "-- comment" line is the query, not an unknown option
+        context_settings={"ignore_unknown_options": True},
     )
-    def sql_cmd(query: str = typer.Argument(...), fmt: str = FORMAT) -> None:
+    def sql_cmd(
+        query: str = typer.Argument(..., help="SQL, or - for standard input"), fmt: str = FORMAT
+    ) -> None:
         from sinks.query_service import QueryError, query_runner
         from sinks.reports.render import render
 
         _check_format(fmt)
+        if query == "-":
+            query = sys.stdin.read()
         settings = cli_settings()
         try:
             run, close = query_runner(settings)

@@ -64,3 +64,23 @@ def test_a_select_that_writes_a_file_is_refused(sql: str) -> None:
 def test_into_outfile_inside_a_string_is_only_text() -> None:
     sql = "SELECT count() FROM leadpulse.events WHERE url = 'into outfile'"
     assert check_read_only(sql) == sql
+
+
+@pytest.mark.parametrize(
+    "sql",
+    [
+        "-- funnel by week\nSELECT count() FROM leadpulse.stage_transitions",
+        "/* a note */ WITH 1 AS x SELECT x",
+        "SELECT 'a;b' AS s;",
+    ],
+)
+def test_comments_before_a_read_and_semicolons_in_strings_are_allowed(sql: str) -> None:
+    assert check_read_only(sql) == sql.strip().rstrip(";")
+
+
+@pytest.mark.parametrize(
+    "sql", ["-- SELECT\nDROP TABLE leadpulse.events", "/* SELECT */ INSERT INTO leadpulse.events VALUES (1)"]
+)
+def test_a_write_behind_a_comment_is_refused(sql: str) -> None:
+    with pytest.raises(QueryError, match="only read-only statements"):
+        check_read_only(sql)

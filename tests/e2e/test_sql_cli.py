@@ -1,0 +1,47 @@
+"""``leadpulse sql`` as an analyst types it: a query may start with a ``-- comment`` line, or come from a
+file on standard input (``leadpulse sql - < query.sql``)."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from tests.processes import LEADPULSE, leadpulse_env
+
+pytestmark = pytest.mark.e2e
+
+QUERY = "-- how many funnel stages does the path have?\nSELECT length(['a', 'b;c']) AS n, 'x -- y' AS s\n"
+
+
+def _sql(tmp_path: Path, *args: str, stdin: str | None = None) -> subprocess.CompletedProcess[str]:
+    env = leadpulse_env(data_dir=tmp_path / "d")
+    return subprocess.run(
+        [*LEADPULSE, "sql", *args],
+        env=env,
+        input=stdin,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+
+
+def test_a_query_starting_with_a_comment_line_runs(tmp_path: Path) -> None:
+    done = _sql(tmp_path, "--format", "json", QUERY)
+    assert done.returncode == 0, done.stderr
+    assert json.loads(done.stdout)["result"] == [{"n": 2, "s": "x -- y"}]
+
+
+def test_a_query_from_standard_input_runs(tmp_path: Path) -> None:
+    done = _sql(tmp_path, "-", "--format", "json", stdin=QUERY)
+    assert done.returncode == 0, done.stderr
+    assert json.loads(done.stdout)["result"] == [{"n": 2, "s": "x -- y"}]
+
+
+def test_a_write_hidden_behind_a_comment_is_still_refused(tmp_path: Path) -> None:
+    done = _sql(tmp_path, "/* looks harmless */ DROP TABLE leadpulse.events")
+    assert done.returncode == 2
+    assert "only read-only statements are allowed" in done.stderr
