@@ -7,6 +7,7 @@ Records keep their ``event_id``, so downstream dedup (worker state, ReplacingMer
 
 from __future__ import annotations
 
+import heapq
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -30,6 +31,17 @@ EVENT_SCHEMA_FIELDS = {
 }
 COMMON = ("event_id", "event_time", "anonymous_id", "lead_id", "source", "received_at")
 TIMES = ("event_time", "received_at")
+ACTIVITY_FIELDS = (
+    "event_id",
+    "event_time",
+    "lead_id",
+    "source",
+    "received_at",
+    "activity",
+    "owner",
+    "reason",
+    "amount",
+)
 
 
 def _select(table: str, columns: tuple[str, ...]) -> str:
@@ -45,25 +57,18 @@ def _select(table: str, columns: tuple[str, ...]) -> str:
 
 
 def stored_records(run: Runner, since_ms: int, until_ms: int) -> Iterator[tuple[str, dict[str, Any]]]:
-    """(schema, record) for every stored event and sales activity in [since, until), oldest first."""
+    """(schema, record) for every stored event and sales activity in [since, until), oldest first across
+    both tables. Why merged, not events then activities: a worker replaying an MQL a week old would see its
+    follow-up deadline overdue and report a breach before the follow-up activity, replayed later, arrived."""
     params = {"since": since_ms, "until": until_ms}
-    for row in run(_select("events", EVENT_FIELDS), params).dicts():
-        schema = row["event_type"]
-        fields = COMMON + EVENT_SCHEMA_FIELDS[schema]
-        yield schema, {f: row[f] for f in fields}
-    activity_columns = (
-        "event_id",
-        "event_time",
-        "lead_id",
-        "source",
-        "received_at",
-        "activity",
-        "owner",
-        "reason",
-        "amount",
+    events = (
+        (row["event_type"], {f: row[f] for f in COMMON + EVENT_SCHEMA_FIELDS[row["event_type"]]})
+        for row in run(_select("events", EVENT_FIELDS), params).dicts()
     )
-    for row in run(_select("sales_activities", activity_columns), params).dicts():
-        yield "sales_activity", row
+    activities = (
+        ("sales_activity", row) for row in run(_select("sales_activities", ACTIVITY_FIELDS), params).dicts()
+    )
+    yield from heapq.merge(events, activities, key=lambda item: int(item[1]["event_time"]))
 
 
 def replay(

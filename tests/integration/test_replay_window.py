@@ -29,6 +29,7 @@ def test_replay_reads_back_the_window_and_nothing_outside_it(clickhouse_dsn: str
     records = [
         visit("L1", T - 2 * HOUR, event_id=f"{tag}-before"),
         visit("L1", T, event_id=f"{tag}-at-since"),  # since is inclusive
+        activity("first_touch", "L1", T + HOUR // 2, event_id=f"{tag}-early-activity"),
         visit(None, T + HOUR, anon="A1", event_id=f"{tag}-inside-anonymous"),
         activity("accepted", "L1", T + 2 * HOUR, event_id=f"{tag}-inside-activity"),
         visit("L1", T + 3 * HOUR, event_id=f"{tag}-at-until"),  # until is exclusive
@@ -47,12 +48,19 @@ def test_replay_reads_back_the_window_and_nothing_outside_it(clickhouse_dsn: str
     ]
     client.close()
 
+    # oldest first across both tables: a follow-up is replayed where it happened, not after every event
     assert [record["event_id"] for _, record in replayed] == [
         f"{tag}-at-since",
+        f"{tag}-early-activity",
         f"{tag}-inside-anonymous",
         f"{tag}-inside-activity",
     ]
-    assert [schema for schema, _ in replayed] == ["web_visit", "web_visit", "sales_activity"]
+    assert [schema for schema, _ in replayed] == [
+        "web_visit",
+        "sales_activity",
+        "web_visit",
+        "sales_activity",
+    ]
     sent = {record["event_id"]: record for _, record in records}
     for _, record in replayed:  # event times come back as the epoch milliseconds they were sent with
         assert record["event_time"] == sent[record["event_id"]]["event_time"]
