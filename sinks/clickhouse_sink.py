@@ -51,6 +51,8 @@ log = logging.getLogger(__name__)
 
 SINK_TOPICS = INPUTS + OUTPUTS
 DLQ_HEADERS = writer_headers("sink")
+#: How long a restarting sink waits to read the record at each highest stored offset (``_same_log_only``).
+SAME_LOG_READ_S = 5.0
 
 
 def sink_group(settings: Settings) -> str:
@@ -296,7 +298,8 @@ class ClickHouseSinkLoop:
         self.stats.assigned = {(tp.topic, tp.partition) for tp in self.consumer.assignment()}
         if listener.assigned:
             assigned, listener.assigned = listener.assigned, set()
-            self.skip_through.update(await asyncio.to_thread(self._stored_for, assigned))
+            stored = await asyncio.to_thread(self._stored_for, assigned)
+            self.skip_through.update(await self._same_log_only(stored))
 
     def _stored_for(self, assigned: set[tuple[str, int]]) -> dict[tuple[str, int], int]:
         """Highest stored offset of each newly assigned partition: records up to it are already in
@@ -307,13 +310,107 @@ class ClickHouseSinkLoop:
         stored = stored_positions(self.client, specs, sorted({t for t, _ in assigned}))
         return {tp: offset for tp, offset in stored.items() if tp in assigned}
 
+    async def _same_log_only(self, stored: dict[tuple[str, int], int]) -> dict[tuple[str, int], int]:
+        """``stored`` without the partitions whose log is not the one the rows were read from.
+
+        The record now at each partition's highest stored offset is read and its id (the table's first
+        column: event_id, transition_id, ...) compared with the stored row's. A different id means another
+        log (the topic recreated, or the embedded broker restarted and counting from 0 again) that has
+        already grown past the old one's end: skipping would drop that many new records without a word.
+        When the record cannot be read (compacted away, log shorter: see ``_check_same_log``), the positions
+        are kept: skipping is what keeps a crash between insert and commit from storing rows twice."""
+        if not stored:
+            return stored
+        now_at = await self._records_at(stored)
+        if not now_at:
+            return stored
+        ids = await asyncio.to_thread(self._stored_ids, {tp: stored[tp] for tp in now_at})
+        kept = dict(stored)
+        for tp, value in now_at.items():
+            stored_id = ids.get(tp)
+            log_id = self._first_column(tp, stored[tp], value)
+            if stored_id is None or log_id is None or log_id == stored_id:
+                continue
+            log.warning(
+                "%s[%d]: offset %d holds %s in ClickHouse but %s in the log: a new log (topic recreated or "
+                "broker restarted), so nothing is skipped as already stored",
+                tp[0],
+                tp[1],
+                stored[tp],
+                stored_id,
+                log_id,
+            )
+            del kept[tp]
+        return kept
+
+    async def _records_at(self, positions: dict[tuple[str, int], int]) -> dict[tuple[str, int], bytes]:
+        """The value of the record at each position, for those that can be read within a few seconds."""
+        reader = AIOKafkaConsumer(
+            bootstrap_servers=self.settings.bootstrap,
+            group_id=None,
+            enable_auto_commit=False,
+            **aiokafka_client_config(self.settings),
+        )
+        found: dict[tuple[str, int], bytes] = {}
+        await reader.start()
+        try:
+            reader.assign([TopicPartition(t, p) for t, p in positions])
+            for (t, p), offset in positions.items():
+                reader.seek(TopicPartition(t, p), offset)
+            pending = set(positions)
+            deadline = time.monotonic() + SAME_LOG_READ_S
+            while pending and time.monotonic() < deadline:
+                fetched = await reader.getmany(timeout_ms=200, max_records=len(positions))
+                for tp, messages in fetched.items():
+                    key = (tp.topic, tp.partition)
+                    if key in pending and messages:
+                        pending.discard(key)
+                        reader.pause(tp)
+                        if messages[0].offset == positions[key] and messages[0].value is not None:
+                            found[key] = messages[0].value
+                for key in list(pending):  # a log that ends at or before the position has no record there
+                    high = reader.highwater(TopicPartition(*key))
+                    if high is not None and high <= positions[key]:
+                        pending.discard(key)
+        finally:
+            await reader.stop()
+        return found
+
+    def _stored_ids(self, positions: dict[tuple[str, int], int]) -> dict[tuple[str, int], str]:
+        """The first column (the row's id) of the row stored at each position."""
+        prefix = self.settings.topic_prefix
+        by_table: dict[str, list[tuple[str, int, int]]] = {}
+        for (topic, partition), offset in positions.items():
+            table = TABLE_FOR_SCHEMA[spec_for(topic, prefix).schema]
+            by_table.setdefault(table.table, []).append((topic, partition, offset))
+        ids: dict[tuple[str, int], str] = {}
+        for name, wanted in by_table.items():
+            spec = TABLE_FOR_SCHEMA_BY_TABLE[name]
+            result = self.client.query(
+                f"SELECT topic, partition, toString({spec.columns[0]}) FROM {spec.qualified} "
+                "WHERE (topic, partition, offset) IN {wanted:Array(Tuple(String, UInt32, UInt64))}",
+                parameters={"wanted": wanted},
+            )
+            for topic, partition, row_id in result.result_rows:
+                ids[(str(topic), int(partition))] = str(row_id)
+        return ids
+
+    def _first_column(self, tp: tuple[str, int], offset: int, value: bytes) -> str | None:
+        """The id the sink would store for this record, or None when it does not decode."""
+        try:
+            schema, record = self.registry.decode(value)
+            _table, row = to_row(schema, record, Origin(tp[0], tp[1], offset), self.email_key)
+        except (SchemaError, KeyError, TypeError, ValueError):
+            return None
+        return str(row[0])
+
     def _check_same_log(self, tp: TopicPartition, skip_through: int) -> int:
         """The stored rows name offsets of the log they were read from. A log that ends at or before the
         highest of them is another log: the topic was recreated, or the embedded broker (memory storage)
         restarted and counts from 0 again. Skipping would then drop that many new records without a word
         (seen: a second demo stored 80 of 9,655 events), so the stored positions are ignored for it.
-        The fetch high watermark is used, not ListOffsets, which Tansu answers short (DESIGN §11). Not
-        caught: a new log that has already grown past the old one's end before the sink starts."""
+        The fetch high watermark is used, not ListOffsets, which Tansu answers short (DESIGN §11). A new log
+        that has already grown past the old one's end is caught by ``_same_log_only``."""
         assert self.consumer is not None
         high = self.consumer.highwater(tp)
         if high is None or high > skip_through:

@@ -444,3 +444,30 @@ def test_rows_stored_from_an_earlier_log_do_not_make_the_sink_skip_a_new_one(
         ).result_rows
     }
     assert {r["event_id"] for r in records} <= stored
+
+
+def test_a_new_log_already_longer_than_the_stored_rows_is_not_skipped(
+    ch: Client, broker_settings: Settings, start_sink: Callable[..., RunningSink]
+) -> None:
+    """The same, when the new log has grown past the old one's end before the sink starts: the high watermark
+    cannot tell, the record at the stored offset can (another event id there)."""
+    settings = broker_settings
+    topic = settings.topic("events.web_visits")
+    old = [
+        {**r, "event_id": f"{settings.topic_prefix}older-{i}"}
+        for i, r in enumerate(sample_events("web_visit", 8))
+    ]
+    for partition in range(8):  # the earlier log's rows at offset 0 of every partition
+        spec, row = to_row("web_visit", old[partition], Origin(topic, partition, 0), b"key")
+        ch.insert(spec.qualified, [row], column_names=list(spec.insert_columns))
+    records = produce(settings, "web_visit", 40, seed=6)
+    sink = start_sink(ch)
+    wait_for(lambda: topic_rows(ch, "events", settings) >= len(old) + len(records), what="new events stored")
+    sink.close()
+    stored = {
+        row[0]
+        for row in ch.query(
+            "SELECT event_id FROM leadpulse.events WHERE topic = {t:String}", parameters={"t": topic}
+        ).result_rows
+    }
+    assert {r["event_id"] for r in records} <= stored
