@@ -114,10 +114,15 @@ class Lane:
             del self.handled[oldest]
         return None
 
-    def finish(self, notification_id: str) -> None:
+    def finish(self, notification_id: str, delivered: bool) -> None:
+        """Wake the copies waiting for this outcome. A notification given up (dead-lettered) is forgotten,
+        so that ``leadpulse dlq replay --stage webhook`` delivers it once the receiver is fixed, without a
+        restart of this process."""
         future = self.handled.get(notification_id)
         if future is not None and not future.done():
             future.set_result(None)
+        if not delivered:
+            self.handled.pop(notification_id, None)
 
 
 class Notifier:
@@ -233,17 +238,19 @@ class Notifier:
                 if first is not None:
                     await first
                 else:
+                    delivered = False
                     try:
-                        await self._deliver(lane, sender, producer, job)
+                        delivered = await self._deliver(lane, sender, producer, job)
                     finally:
-                        lane.finish(notification_id)
+                        lane.finish(notification_id, delivered)
                 self.pending.done(job.tp, job.offset)
             except Exception:  # a bug in one delivery must not kill the lane; the offset stays uncommitted
                 log.exception("notifier lane %s failed on %s@%s", lane.target.name, job.tp, job.offset)
             finally:
                 lane.queue.task_done()
 
-    async def _deliver(self, lane: Lane, sender: WebhookSender, producer: AIOKafkaProducer, job: Job) -> None:
+    async def _deliver(self, lane: Lane, sender: WebhookSender, producer: AIOKafkaProducer, job: Job) -> bool:
+        """Whether the receiver took it; a notification it did not take goes to the DLQ."""
         result = await sender.deliver(lane.target, job.hot)
         if not result.ok:
             reason = result.describe()
@@ -263,6 +270,7 @@ class Notifier:
                 reason,
                 error_type="WebhookDeliveryFailed",
             )
+        return bool(result.ok)
 
     async def _dead_letter(
         self,

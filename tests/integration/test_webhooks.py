@@ -42,6 +42,7 @@ class Receiver:
     arrivals: dict[str, float] = field(default_factory=dict)
     in_flight: int = 0
     changed: asyncio.Event = field(default_factory=asyncio.Event)
+    fixed: bool = False  # the "fixable" receiver answers 410 until this is set
 
     def unique(self, path: str) -> set[str]:
         return {key for key, bodies in self.accepted.items() if key.startswith(path + "|")}
@@ -96,8 +97,17 @@ async def receiver() -> AsyncIterator[tuple[Receiver, asyncio.Event]]:
     async def gone(key: str) -> int:
         return 410
 
+    async def fixable(key: str) -> int:
+        return 200 if state.fixed else 410
+
     app = web.Application()
-    for path, behaviour in (("flaky", flaky), ("ok", ok), ("hang", hang), ("gone", gone)):
+    for path, behaviour in (
+        ("flaky", flaky),
+        ("ok", ok),
+        ("hang", hang),
+        ("gone", gone),
+        ("fixable", fixable),
+    ):
         app.router.add_post(f"/{path}", handler(path, behaviour))
     runner = web.AppRunner(app)
     await runner.setup()
@@ -267,3 +277,28 @@ async def test_delivery_given_up_becomes_a_dead_letter_with_the_original_bytes(
         == 1
     )
     assert await asyncio.to_thread(committed_total, hot_settings, "n-gone") == 1
+
+
+async def test_a_given_up_notification_replayed_from_the_dlq_is_delivered_by_the_running_notifier(
+    hot_settings: Settings, receiver: tuple[Receiver, asyncio.Event]
+) -> None:
+    """``leadpulse dlq replay --stage webhook`` re-publishes the original record to leads.hot; the running
+    notifier delivers it to the receiver that gave up before, and not again to the one that took it."""
+    state, _ = receiver
+    targets = [WebhookTarget("json-0", state.url + "/fixable"), WebhookTarget("json-1", state.url + "/ok")]
+    notifier = Notifier(hot_settings, targets=targets, policy=FAST, group_id="n-replay")
+    record = hot_lead(8)
+    await asyncio.to_thread(publish, hot_settings, [record])
+    stop, task = await start(notifier)
+    try:
+        await wait_until(lambda: state.attempts["fixable|hot-8"] == 1, 30, "the permanent failure")
+        await wait_until(lambda: notifier.pending.in_flight == 0, 10, "the give-up")
+        state.fixed = True
+        await asyncio.to_thread(publish, hot_settings, [record])  # what dlq replay sends
+        await wait_until(lambda: len(state.unique("fixable")) == 1, 30, "the replayed notification delivered")
+        await wait_until(lambda: notifier.pending.in_flight == 0, 10, "the replay handled")
+    finally:
+        stop.set()
+        await asyncio.wait_for(task, 30)
+    assert state.attempts["fixable|hot-8"] == 2
+    assert state.attempts["ok|hot-8"] == 1  # delivered once; the replayed copy is remembered there
