@@ -38,11 +38,12 @@ from streams.intake import (
     normalise_event,
     parse_body,
     source_for_key,
+    too_large,
 )
 from streams.metrics import Metrics
 from streams.producer import lead_key
 from streams.settings import Settings
-from streams.topics import BY_SCHEMA
+from streams.topics import BY_SCHEMA, MAX_INPUT_RECORD_BYTES
 from streams.web import add_ops_routes
 
 log = logging.getLogger(__name__)
@@ -363,9 +364,19 @@ class Collector:
         if outcome.accepted:
             topics = self._topics
             encode = codec.encode
-            messages = [
-                (topics[a.schema][0], _key(a.record), encode(a.schema, a.record)) for a in outcome.accepted
-            ]
+            messages = []
+            kept = []
+            for a in outcome.accepted:
+                value = encode(a.schema, a.record)
+                if len(value) > MAX_INPUT_RECORD_BYTES:  # the worker and the sink would dead-letter it
+                    outcome.rejected.append(too_large(a, len(value)))
+                else:
+                    kept.append(a)
+                    messages.append((topics[a.schema][0], _key(a.record), value))
+            if len(kept) < len(outcome.accepted):
+                outcome.accepted = kept
+                outcome.rejected.sort(key=lambda r: r.index)
+        if outcome.accepted:
             try:
                 await self.publisher.publish(messages)
             except PublishError as exc:

@@ -29,6 +29,7 @@ from schemas.registry import (
     to_millis,
 )
 from streams.event_hygiene import MAX_FUTURE_MS, future_problem
+from streams.topics import MAX_INPUT_RECORD_BYTES
 
 #: ``type`` values the collector accepts; each is also the schema name (topic from the catalogue).
 BROWSER_TYPES = ("web_visit", "email_click", "download", "content_view", "lead_identified")
@@ -108,6 +109,15 @@ class Outcome:
             "bots_dropped": self.bots_dropped,
             "errors": [r.as_json() for r in self.rejected],
         }
+
+
+def too_large(accepted: Accepted, size: int) -> Rejected:
+    """An event valid by its schema whose record is over the per-record input limit (a huge url, say)."""
+    event_id = accepted.record.get("event_id")
+    problem = f"encodes to {size} bytes; the input event limit is {MAX_INPUT_RECORD_BYTES} bytes"
+    return Rejected(
+        accepted.index, event_id if isinstance(event_id, str) else None, [FieldError("<event>", problem)]
+    )
 
 
 def parse_body(raw: bytes, limits: Limits) -> Envelope:

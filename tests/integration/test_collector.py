@@ -76,7 +76,7 @@ async def collector(
     )
     metrics = Metrics(CollectorRegistry(), component="collector")
     runner = await serve(
-        Collector(settings, metrics=metrics, limits=Limits(max_body_bytes=64 * 1024, max_batch=50)),
+        Collector(settings, metrics=metrics, limits=Limits(max_body_bytes=128 * 1024, max_batch=50)),
         "127.0.0.1",
         0,
     )
@@ -164,6 +164,20 @@ async def test_batch_accepts_good_events_and_names_each_bad_field_by_index(colle
     assert landed == Counter({e["event_id"]: 1 for e in good})  # the good ones, exactly once each
 
 
+async def test_an_event_over_the_input_record_limit_is_rejected_not_acknowledged(collector: Running) -> None:
+    """A valid event whose record is over 64 KiB (a huge url) would be dead-lettered by the worker and the
+    sink; the collector refuses it in the response instead of answering 202."""
+    huge = visit(url="https://example.com/?q=" + "x" * 100_000)
+    small = visit()
+    status, body, _ = await collector.post({"batch": [huge, small]})
+    assert (status, body["accepted"], body["rejected"]) == (207, 1, 1)
+    [error] = body["errors"]
+    assert (error["index"], error["event_id"]) == (0, huge["event_id"])
+    assert error["errors"][0]["field"] == "<event>"
+    assert "the input event limit is 65536 bytes" in error["errors"][0]["problem"]
+    assert [i.record["event_id"] for i in await collector.topic("events.web_visits")] == [small["event_id"]]
+
+
 async def test_request_whose_every_event_is_invalid_gets_400(collector: Running) -> None:
     status, body, _ = await collector.post([{"type": "web_visit", "event_id": "x"}])
     assert status == 400
@@ -177,7 +191,7 @@ async def test_oversized_body_and_oversized_batch_get_413(collector: Running) ->
     status, body, _ = await collector.post([visit() for _ in range(51)])
     assert (status, body["error"]) == (413, "batch_too_large")
     assert "50" in body["message"]
-    huge = visit(url="https://example.com/" + "x" * 70_000)
+    huge = visit(url="https://example.com/" + "x" * 140_000)
     status, body, _ = await collector.post(huge)
     assert (status, body["error"]) == (413, "body_too_large")
     assert await collector.topic("events.web_visits") == []
