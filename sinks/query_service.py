@@ -26,6 +26,7 @@ from typing import Any
 
 from aiohttp import web
 from clickhouse_connect.driver.client import Client
+from clickhouse_connect.driver.exceptions import DatabaseError
 
 from sinks.clickhouse import get_client
 from streams.settings import Settings
@@ -148,14 +149,29 @@ def jsonable(value: Any) -> Any:
     return value
 
 
+#: ClickHouse error names of a database or table that does not exist (a fresh data directory).
+MISSING_SCHEMA = ("UNKNOWN_DATABASE", "UNKNOWN_TABLE")
+
+
 def client_runner(client: Client, lock: threading.Lock | None = None) -> Runner:
     """Run read-only queries on an open client (the sink's own, a test's, or a server connection)."""
     guard = lock or threading.Lock()
 
     def run(sql: str, parameters: Mapping[str, Any] | None = None) -> QueryResult:
         statement = check_read_only(sql)
-        with guard:
-            result = client.query(statement, parameters=dict(parameters or {}), settings=READ_ONLY_SETTINGS)
+        try:
+            with guard:
+                result = client.query(
+                    statement, parameters=dict(parameters or {}), settings=READ_ONLY_SETTINGS
+                )
+        except DatabaseError as exc:
+            missing = next((code for code in MISSING_SCHEMA if code in str(exc)), None)
+            if missing is None:
+                raise
+            raise QueryError(
+                f"{missing}: {str(exc).splitlines()[0][:300]}. No leadpulse tables here yet: "
+                "`leadpulse migrate` creates them, and `leadpulse sink` (or `leadpulse demo`) fills them"
+            ) from None
         return QueryResult(
             list(result.column_names), [[jsonable(v) for v in row] for row in result.result_rows]
         )

@@ -1,4 +1,4 @@
-"""``leadpulse sql`` as an analyst types it: a query may start with a ``-- comment`` line, or come from a
+"""``leadpulse sql`` and ``report`` as an analyst types them: a query may start with a ``-- comment`` line, or come from a
 file on standard input (``leadpulse sql - < query.sql``)."""
 
 from __future__ import annotations
@@ -45,3 +45,13 @@ def test_a_write_hidden_behind_a_comment_is_still_refused(tmp_path: Path) -> Non
     done = _sql(tmp_path, "/* looks harmless */ DROP TABLE leadpulse.events")
     assert done.returncode == 2
     assert "only read-only statements are allowed" in done.stderr
+
+
+def test_a_report_on_a_fresh_data_directory_says_how_to_get_tables_not_a_traceback(tmp_path: Path) -> None:
+    env = leadpulse_env(data_dir=tmp_path / "fresh")
+    done = subprocess.run(
+        [*LEADPULSE, "report", "funnel"], env=env, capture_output=True, text=True, timeout=120, check=False
+    )
+    assert done.returncode == 2
+    assert "Traceback" not in done.stderr
+    assert "UNKNOWN_DATABASE" in done.stderr and "leadpulse migrate" in done.stderr
