@@ -1,5 +1,5 @@
-"""``leadpulse sql`` and ``report`` as an analyst types them: a query may start with a ``-- comment`` line, or come from a
-file on standard input (``leadpulse sql - < query.sql``)."""
+"""``leadpulse sql`` and ``report`` as an analyst types them: a query may start with a ``-- comment``
+line, or come from a file on standard input (``leadpulse sql - < query.sql``); no tables yet is one line."""
 
 from __future__ import annotations
 
