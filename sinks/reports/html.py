@@ -205,6 +205,13 @@ def funnel_charts(sections: Sections) -> list[str]:
     ]
 
 
+def _owner_label(row: Mapping[str, Any]) -> str:
+    """The owner, and the SLA when it is not the follow-up (rejection feedback has its own bars)."""
+    owner = str(row.get("owner") or "(unassigned)")
+    sla = row.get("sla")
+    return owner if sla in (None, "hot_lead_follow_up") else f"{owner} ({sla})"
+
+
 def sla_charts(sections: Sections) -> list[str]:
     follow = next(iter(sections.get("follow_up", [])), {})
     sla_hours = _num(follow.get("sla_hours")) or 24.0
@@ -220,7 +227,7 @@ def sla_charts(sections: Sections) -> list[str]:
         bar_chart(
             "sla-owners",
             "Breaches per owner",
-            [str(r.get("owner") or "(unassigned)") for r in owners],
+            [_owner_label(r) for r in owners],
             [
                 Series("breaches", [_num(r.get("breaches")) for r in owners], RED),
                 Series("warnings", [_num(r.get("warnings")) for r in owners], AMBER),

@@ -1,13 +1,17 @@
 """SLA: follow-up time after a lead becomes MQL (percentiles), compliance with the follow-up SLA, and
 warnings/breaches per owner from ``sla_events``.
 
-Follow-up = the first ``first_touch``, ``accepted`` or ``rejected`` activity at/after the MQL transition.
-Compliance = MQL entries in the period followed up within ``sla_hours`` / all MQL entries in the period
-(an MQL nobody followed up counts as not compliant).
+Follow-up = the first activity at/after the MQL transition that stops the worker's follow-up clock
+(``agents.sla.FOLLOW_UP_ACTIVITIES``: first_touch, accepted, rejected, meeting_booked, ...), so the report and
+the ``sla_timeout`` events judge the same thing. Compliance = MQL entries in the period followed up within
+``sla_hours`` / all MQL entries in the period (an MQL nobody followed up counts as not compliant).
+``by_owner`` counts every SLA's warnings and breaches (follow-up and rejection feedback), one row per SLA and
+owner.
 """
 
 from __future__ import annotations
 
+from agents.sla import FOLLOW_UP_ACTIVITIES
 from sinks.query_service import Runner
 from sinks.reports import Sections
 from sinks.reports.period import Period
@@ -21,7 +25,7 @@ WITH mqls AS (
 ),
 acts AS (
     SELECT lead_id, toUnixTimestamp64Milli(event_time) AS at FROM leadpulse.sales_activities FINAL
-    WHERE activity IN ('first_touch', 'accepted', 'rejected')
+    WHERE activity IN {activities:Array(String)}
 ),
 answered AS (
     SELECT m.lead_id AS lead_id, m.at AS mql_at,
@@ -37,13 +41,12 @@ FROM answered
 """
 
 BY_OWNER = """
-SELECT ifNull(owner, '(unassigned)') AS owner, countIf(level = 'warning') AS warnings,
+SELECT sla, ifNull(owner, '(unassigned)') AS owner, countIf(level = 'warning') AS warnings,
        countIf(level = 'breach') AS breaches
 FROM leadpulse.sla_events FINAL
-WHERE sla = {sla:String}
-  AND fired_at >= fromUnixTimestamp64Milli({since:Int64})
+WHERE fired_at >= fromUnixTimestamp64Milli({since:Int64})
     AND fired_at < fromUnixTimestamp64Milli({until:Int64})
-GROUP BY owner ORDER BY breaches DESC, warnings DESC, owner
+GROUP BY sla, owner ORDER BY sla, breaches DESC, warnings DESC, owner
 """
 
 
@@ -51,10 +54,13 @@ def _num(value: float | None) -> float | None:
     return round(value, 2) if value is not None and value == value else None
 
 
-def sla_report(
-    run: Runner, period: Period, sla_hours: float = 24.0, sla: str = "hot_lead_follow_up"
-) -> Sections:
-    row = run(FOLLOW_UP, {**period.params, "sla_ms": int(sla_hours * 3_600_000)}).dicts()[0]
+def sla_report(run: Runner, period: Period, sla_hours: float = 24.0) -> Sections:
+    params = {
+        **period.params,
+        "sla_ms": int(sla_hours * 3_600_000),
+        "activities": sorted(FOLLOW_UP_ACTIVITIES),
+    }
+    row = run(FOLLOW_UP, params).dicts()[0]
     hours = row.pop("hours") or [None, None, None]
     mqls = int(row["mqls"])
     follow_up = {
@@ -67,5 +73,5 @@ def sla_report(
         "p90_hours": _num(hours[1]) if row["followed_up"] else None,
         "p95_hours": _num(hours[2]) if row["followed_up"] else None,
     }
-    owners = run(BY_OWNER, {**period.params, "sla": sla}).dicts()
+    owners = run(BY_OWNER, period.params).dicts()
     return {"follow_up": [follow_up], "by_owner": owners}

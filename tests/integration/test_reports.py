@@ -145,7 +145,8 @@ def build_history(seed: int = 11) -> History:
                         {
                             "event_id": f"R-a{i}",
                             "lead_id": lead,
-                            "activity": "first_touch",
+                            # a booked meeting follows a lead up too (agents.sla.FOLLOW_UP_ACTIVITIES)
+                            "activity": "meeting_booked" if i % 4 == 1 else "first_touch",
                             "event_time": at + rng.randrange(1, 60) * H,
                             "owner": owner,
                         }
@@ -176,6 +177,19 @@ def build_history(seed: int = 11) -> History:
                         "occurred_at": at,
                     }
                 )
+                if i % 2:  # rejected without a reason: the feedback SLA breached two days later
+                    h.sla.append(
+                        {
+                            "timeout_id": f"R-{lead}-feedback",
+                            "lead_id": lead,
+                            "sla": "rejection_feedback",
+                            "level": "breach",
+                            "started_at": at,
+                            "due_at": at + 48 * H,
+                            "owner": f"rep{i % 3}",
+                            "fired_at": at + 48 * H,
+                        }
+                    )
                 seq += 1
                 break
         if i % 13 == 0:
@@ -531,13 +545,18 @@ def test_sla_report_follow_up_percentiles_compliance_and_breaches_per_owner(
     assert follow["compliance"] == round(within / total, 4)
     for key, q in (("p50_hours", 0.5), ("p90_hours", 0.9), ("p95_hours", 0.95)):
         assert follow[key] == pytest.approx(linear_quantile(hours, q), abs=0.011), key
-    owners: dict[str, dict[str, int]] = defaultdict(lambda: {"warnings": 0, "breaches": 0})
+    owners: dict[tuple[str, str], dict[str, int]] = defaultdict(lambda: {"warnings": 0, "breaches": 0})
     for s in history.sla:
         if in_period(s["fired_at"]):
-            owners[s["owner"] or "(unassigned)"]["warnings" if s["level"] == "warning" else "breaches"] += 1
-    got = {r["owner"]: {"warnings": r["warnings"], "breaches": r["breaches"]} for r in report["by_owner"]}
+            level = "warnings" if s["level"] == "warning" else "breaches"
+            owners[(s["sla"], s["owner"] or "(unassigned)")][level] += 1
+    got = {
+        (r["sla"], r["owner"]): {"warnings": r["warnings"], "breaches": r["breaches"]}
+        for r in report["by_owner"]
+    }
     assert got == dict(owners)
-    assert "(unassigned)" in got
+    assert ("hot_lead_follow_up", "(unassigned)") in got
+    assert any(sla == "rejection_feedback" for sla, _ in got)  # every SLA, not only the follow-up
 
 
 def test_plan_reverse_calculation_reproduces_the_model_worked_example() -> None:
