@@ -13,7 +13,7 @@ import re
 from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
@@ -87,10 +87,20 @@ class DisqualifyRules(_Model):
 
 
 class StageRules(_Model):
-    mql_threshold: float = 100.0
+    # > 0: at 0 or below every identified lead would be hot at once
+    mql_threshold: float = Field(default=100.0, gt=0)
     engaged_event_types: list[str] = Field(default_factory=lambda: ["email_click"])
     engaged_page_categories: list[str] = Field(default_factory=lambda: ["product", "pricing"])
-    warm_from: float = 50.0  # band: cold < warm_from <= warm <= mql_threshold < hot
+    warm_from: float = Field(default=50.0, ge=0)  # band: cold < warm_from <= warm <= mql_threshold < hot
+
+    @model_validator(mode="after")
+    def _known_event_types(self) -> StageRules:
+        unknown = [t for t in self.engaged_event_types if t not in EVENT_TYPES]
+        if unknown:
+            raise ValueError(
+                f"engaged_event_types: unknown event type(s) {unknown}; known: {list(EVENT_TYPES)}"
+            )
+        return self
 
 
 class FollowUp(_Model):
@@ -143,7 +153,7 @@ class CompiledRule:
 
 
 class Rules(_Model):
-    version: int = 1
+    version: Literal[1] = 1  # the only format there is; a later one must not be read as this one
     scoring: ScoringRules = ScoringRules()
     fit: FitRules = FitRules()
     disqualify: DisqualifyRules = DisqualifyRules()
@@ -318,7 +328,29 @@ def load_rules(path: Path | str | None = None) -> Rules:
     except OSError as exc:
         raise RulesError(f"{path}: cannot read rules file: {exc.strerror or exc}") from None
     try:
-        data = yaml.safe_load(text)
+        data = yaml.load(text, Loader=_UniqueKeyLoader)  # a SafeLoader subclass
     except yaml.YAMLError as exc:
         raise RulesError(f"{path.name}: not valid YAML: {exc}") from None
+    if data is None:  # the file is the whole rule set: an empty one would score nothing, silently
+        raise RulesError(
+            f"{path.name}: the file is empty; start from a copy of {DEFAULT_RULES_PATH.name} and edit it"
+        )
     return rules_from_mapping(data, source=path.name)
+
+
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """SafeLoader that refuses a key given twice in one mapping (PyYAML keeps the last one, silently)."""
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
+        seen: set[Any] = set()
+        for key_node, _value in node.value:
+            key = self.construct_object(key_node, deep=deep)
+            if key in seen:
+                raise yaml.constructor.ConstructorError(
+                    "while reading a mapping",
+                    node.start_mark,
+                    f"the key {key!r} is given twice (line {key_node.start_mark.line + 1})",
+                    key_node.start_mark,
+                )
+            seen.add(key)
+        return super().construct_mapping(node, deep=deep)

@@ -80,6 +80,45 @@ def test_unknown_event_type_is_rejected() -> None:
         rules_from_mapping({"scoring": {"event_type": {"page_view": 1}}})
 
 
+@pytest.mark.parametrize(
+    ("stages", "problem"),
+    [
+        (
+            {"engaged_event_types": ["email_clik"]},
+            r"stages: engaged_event_types: unknown event type\(s\) \['email_clik'\]",
+        ),
+        ({"mql_threshold": -5, "warm_from": -10}, r"stages\.mql_threshold: must be > 0"),
+        ({"warm_from": -10}, r"stages\.warm_from: must be >= 0"),
+    ],
+)
+def test_stage_rules_that_would_make_everyone_hot_or_never_engaged_are_refused(
+    stages: dict[str, object], problem: str
+) -> None:
+    with pytest.raises(RulesError, match=problem):
+        rules_from_mapping({"stages": stages})
+
+
+def test_an_unknown_rules_version_is_refused() -> None:
+    with pytest.raises(RulesError, match=r"version: .*1"):
+        rules_from_mapping({"version": 2})
+
+
+def test_an_empty_rules_file_is_refused_not_read_as_no_rules(tmp_path: Path) -> None:
+    path = tmp_path / "empty.yaml"
+    path.write_text("# nothing yet\n")
+    with pytest.raises(RulesError, match=r"^empty\.yaml: the file is empty; start from a copy of"):
+        load_rules(path)
+
+
+def test_a_key_given_twice_is_refused_naming_it_and_its_line(tmp_path: Path) -> None:
+    path = tmp_path / "twice.yaml"
+    path.write_text("sla:\n  escalation:\n    breach: [owner]\n    breach: [manager]\n")
+    with pytest.raises(
+        RulesError, match=r"(?s)^twice\.yaml: not valid YAML: .*the key 'breach' is given twice \(line 4\)"
+    ):
+        load_rules(path)
+
+
 def test_missing_file_error_names_the_path(tmp_path: Path) -> None:
     with pytest.raises(RulesError, match="cannot read rules file"):
         load_rules(tmp_path / "absent.yaml")
