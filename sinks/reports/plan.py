@@ -15,7 +15,7 @@ from collections.abc import Mapping
 
 from sinks.query_service import Runner
 from sinks.reports import Sections
-from sinks.reports.funnel import entered_counts
+from sinks.reports.funnel import PATH
 from sinks.reports.period import Period
 
 # (stage, label, rate key from the previous stage into this one), from the top of the funnel down.
@@ -28,10 +28,51 @@ STEPS = (
 )
 RATE_KEYS = tuple(key for _, _, key in STEPS if key)
 
+# People who visited in the period (a visitor later identified counts once, as the lead) and how many of them
+# became leads in the period.
 VISITORS = """
-SELECT uniqExact(coalesce(lead_id, anonymous_id)) AS visitors FROM leadpulse.events FINAL
-WHERE event_time >= fromUnixTimestamp64Milli({since:Int64})
-  AND event_time < fromUnixTimestamp64Milli({until:Int64})
+WITH links AS (
+    SELECT anonymous_id, any(lead_id) AS lead FROM leadpulse.leads FINAL
+    WHERE anonymous_id IS NOT NULL AND anonymous_id != '' GROUP BY anonymous_id
+),
+people AS (
+    SELECT coalesce(e.lead_id, nullIf(l.lead, ''), e.anonymous_id) AS who,
+           coalesce(e.lead_id, nullIf(l.lead, '')) AS lead
+    FROM leadpulse.events AS e FINAL LEFT JOIN links AS l ON e.anonymous_id = l.anonymous_id
+    WHERE e.event_time >= fromUnixTimestamp64Milli({since:Int64})
+      AND e.event_time < fromUnixTimestamp64Milli({until:Int64})
+)
+SELECT uniqExact(who) AS entered,
+       uniqExactIf(who, lead IN (
+           SELECT lead_id FROM leadpulse.stage_transitions FINAL
+           WHERE to_stage = 'lead' AND occurred_at >= fromUnixTimestamp64Milli({since:Int64})
+             AND occurred_at < fromUnixTimestamp64Milli({until:Int64})
+       )) AS reached
+FROM people
+"""
+
+# Leads that entered ``stage`` in the period, and how many of them reached ``target`` or a later stage of the
+# path by ``until`` (skipping stages counts; a customer imported from the CRM was never an opportunity).
+REACHED = """
+WITH entries AS (
+    SELECT lead_id, min(toUnixTimestamp64Milli(occurred_at)) AS at FROM leadpulse.stage_transitions FINAL
+    WHERE to_stage = {stage:String}
+      AND occurred_at >= fromUnixTimestamp64Milli({since:Int64})
+      AND occurred_at < fromUnixTimestamp64Milli({until:Int64})
+    GROUP BY lead_id
+),
+moves AS (
+    SELECT lead_id, to_stage AS stage, toUnixTimestamp64Milli(occurred_at) AS at
+    FROM leadpulse.stage_transitions FINAL
+    WHERE occurred_at < fromUnixTimestamp64Milli({until:Int64})
+)
+SELECT count() AS entered, countIf(reached) AS reached FROM (
+    SELECT e.lead_id,
+           max(m.at >= e.at AND indexOf({path:Array(String)}, m.stage)
+               >= indexOf({path:Array(String)}, {target:String})) AS reached
+    FROM entries AS e LEFT JOIN moves AS m ON e.lead_id = m.lead_id
+    GROUP BY e.lead_id
+)
 """
 
 
@@ -74,12 +115,20 @@ def parse_rates(text: str | None) -> dict[str, float]:
 
 
 def measured_rates(run: Runner, period: Period) -> dict[str, float | None]:
-    entered = entered_counts(run, period)
-    counts = {**entered, "awareness": int(run(VISITORS, period.params).dicts()[0]["visitors"])}
+    """Each step's rate is a cohort share, never above 1: of those who entered the upper stage in the
+    period, the share that reached the lower one (or a later stage) by ``until``. Why not entered(lower) /
+    entered(upper): stages are skipped (a direct inquiry, a customer imported from the CRM), so that ratio
+    counted people who were never in the upper stage, and gave win rates above 1."""
     rates: dict[str, float | None] = {}
     for (above, _, _), (stage, _, key) in itertools.pairwise(STEPS):
         assert key is not None
-        rates[key] = counts.get(stage, 0) / counts[above] if counts.get(above) else None
+        if above == "awareness":
+            row = run(VISITORS, period.params).dicts()[0]
+        else:
+            params = {**period.params, "stage": above, "target": stage, "path": list(PATH)}
+            row = run(REACHED, params).dicts()[0]
+        entered, reached = int(row["entered"]), int(row["reached"])
+        rates[key] = reached / entered if entered else None
     return rates
 
 

@@ -606,19 +606,44 @@ def test_plan_cli_with_rates_prints_the_worked_example_as_json(target: str, deal
     }
 
 
+def plan_rates(h: History) -> dict[str, float]:
+    """The plan's step rates, by the stage stepped into: cohort shares (see sinks/reports/plan.py)."""
+    link = {p["anonymous_id"]: p["lead_id"] for p in h.leads if p.get("anonymous_id")}
+    people: dict[str, str | None] = {}
+    for e in h.events:
+        if in_period(e["event_time"]):
+            lead = e["lead_id"] or link.get(e["anonymous_id"])
+            people[lead or e["anonymous_id"]] = lead
+    new_leads = {
+        t["lead_id"] for t in h.transitions if t["to_stage"] == "lead" and in_period(t["occurred_at"])
+    }
+    rates = {"lead": sum(lead in new_leads for lead in people.values()) / len(people)}
+    rank = {s: i for i, s in enumerate(PATH)}
+    for above, below in (("lead", "mql"), ("mql", "opportunity"), ("opportunity", "customer")):
+        entry: dict[str, int] = {}
+        for t in h.transitions:
+            if t["to_stage"] == above and in_period(t["occurred_at"]):
+                entry[t["lead_id"]] = min(entry.get(t["lead_id"], t["occurred_at"]), t["occurred_at"])
+        reached = {
+            t["lead_id"]
+            for t in h.transitions
+            if t["lead_id"] in entry
+            and entry[t["lead_id"]] <= t["occurred_at"] < UNTIL
+            and rank.get(t["to_stage"], -1) >= rank[below]
+        }
+        rates[below] = len(reached) / len(entry)
+    return rates
+
+
 def test_plan_with_measured_rates_uses_the_funnel_of_the_period(run: Runner, history: History) -> None:
     rows = {r["stage"]: r for r in plan_report(run, PERIOD, 5_000_000, 1_000_000)["plan"]}
-    counts = {
-        **entered(history),
-        "awareness": len(
-            {e["lead_id"] or e["anonymous_id"] for e in history.events if in_period(e["event_time"])}
-        ),
-    }
+    rates = plan_rates(history)
+    assert all(0 < r <= 1 for r in rates.values()), rates
     chain = ["awareness", "lead", "mql", "opportunity", "customer"]
     needed = 5.0
     assert rows["customer"]["needed"] == 5
     for below, above in zip(reversed(chain), list(reversed(chain))[1:], strict=False):
-        rate = counts[below] / counts[above]
+        rate = rates[below]
         assert (
             rows[below]["rate_from_previous"] == round(rate, 4) and rows[below]["rate_source"] == "measured"
         )
