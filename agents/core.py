@@ -296,7 +296,7 @@ def _emit(run: _Run, previous: float, behaviour: float, stage_before: str, now_m
                     "fit": state.fit,
                     "behaviour": behaviour,
                     "previous_score": previous,
-                    "band": scoring.band(score, rules),
+                    "band": scoring.band(score, rules, state.stage),
                     "stage": state.stage,
                     "as_of": as_of,
                     "trigger_event_id": run.trigger,

@@ -107,7 +107,7 @@ def outcomes(states: dict[str, LeadState], rules: Rules) -> dict[str, LeadOutcom
         if state.lead_id is None:
             continue
         score = state.fit + behaviour_at(state, rules, state.max_time)
-        result[state.lead_id] = LeadOutcome(state.stage, score, band(score, rules))
+        result[state.lead_id] = LeadOutcome(state.stage, score, band(score, rules, state.stage))
     return result
 
 

@@ -166,7 +166,11 @@ def reset_behaviour(state: LeadState, at: int) -> None:
     state.behaviour_since = max(state.behaviour_since, at)
 
 
-def band(score: float, rules: Rules) -> Band:
+def band(score: float, rules: Rules, stage: str | None = None) -> Band:
+    """cold, warm or hot by score; a disqualified lead is cold whatever its score (DESIGN §2: disqualified
+    leads are never scored hot; the score itself is still stored)."""
+    if stage == "disqualified":
+        return "cold"
     if score > rules.stages.mql_threshold:
         return "hot"
     return "warm" if score >= rules.stages.warm_from else "cold"

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 
+from agents.rules import load_rules
 from agents.stages import ALLOWED_EDGES, STAGES, IllegalTransition, activity_move, move
 from agents.state import LeadState
 from tests.unit.builders import DAY, HOUR, MIN, T0, Lead, activity, click, download, identified, view, visit
@@ -204,6 +205,19 @@ def test_disqualifying_profile_moves_any_pre_customer_stage_to_disqualified() ->
     lead.send(identified(t=T0 + HOUR, email="x@uni.ac.jp"))
     assert lead.stages()[-1] == ("mql", "disqualified", "disqualified:email_domain:uni.ac.jp")
     assert "hot_lead_follow_up" not in lead.state().timers
+
+
+def test_a_disqualified_lead_is_never_in_the_hot_band_whatever_its_score() -> None:
+    lead = Lead()
+    lead.send(identified(t=T0, company_size=6000, seniority="c_level", country="JP", event_id="p1"))
+    for i, asset in enumerate(("demo_request", "whitepaper", "case_study", "catalog")):
+        lead.send(download(t=T0 + (i + 1) * MIN, asset=asset, event_id=f"d{i}"))
+    assert lead.of("lead_score")[-1]["band"] == "hot"
+    lead.send(identified(t=T0 + HOUR, email="x@uni.ac.jp", event_id="p2"))
+    last = lead.of("lead_score")[-1]
+    assert last["stage"] == "disqualified"
+    assert last["score"] > load_rules(None).stages.mql_threshold  # the score is kept ...
+    assert last["band"] == "cold"  # ... but it is not a hot lead (DESIGN §2)
 
 
 def test_disqualified_lead_is_requalified_by_a_newer_clean_profile() -> None:
