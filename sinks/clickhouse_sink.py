@@ -661,6 +661,7 @@ def run_sink(
         QueryResult,
         add_query_routes,
         client_runner,
+        embedded_path,
     )
     from streams.metrics import Metrics
     from streams.web import add_ops_routes
@@ -694,7 +695,7 @@ def run_sink(
         app = web.Application()
         add_ops_routes(app, metrics.registry, ready)
         if settings.embedded_clickhouse:
-            add_query_routes(app, query)
+            add_query_routes(app, query, embedded_path(settings))
         http = HttpThread(app, settings.web_host, settings.sink_port).start()
     own_client = client is None
     query_client: Client | None = None

@@ -22,6 +22,7 @@ import urllib.request
 import uuid
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from aiohttp import web
@@ -180,7 +181,17 @@ def client_runner(client: Client, lock: threading.Lock | None = None) -> Runner:
 
 
 # --- server side: the routes the sink serves ------------------------------------------------------------
-def add_query_routes(app: web.Application, runner: Runner) -> None:
+def embedded_path(settings: Settings) -> str:
+    """The chDB directory a DSN names, absolute: how a CLI and a sink tell they mean the same engine."""
+    return str(Path(settings.dsn.removeprefix("chdb://")).resolve())
+
+
+def add_query_routes(app: web.Application, runner: Runner, owns: str) -> None:
+    """``POST /query`` runs a read-only query; ``GET /query`` says which chDB directory this sink owns."""
+
+    async def owner(request: web.Request) -> web.Response:
+        return web.json_response({"owns": owns})
+
     async def query(request: web.Request) -> web.Response:
         try:
             body = await request.json()
@@ -198,6 +209,7 @@ def add_query_routes(app: web.Application, runner: Runner) -> None:
         return web.json_response({"columns": result.columns, "rows": result.rows})
 
     app.router.add_post("/query", query)
+    app.router.add_get("/query", owner)
 
 
 class HttpThread:
@@ -270,11 +282,15 @@ def sink_url(settings: Settings) -> str:
 
 
 def sink_serving(settings: Settings, timeout: float = 1.0) -> bool:
+    """Whether a sink on the configured port serves queries for *this* chDB directory. A sink of another
+    data directory (another LEADPULSE_DATA_DIR on the default port) must not answer for it: its numbers
+    would be another dataset's, and a ``forget`` sent to it would erase nothing here."""
     try:
-        with urllib.request.urlopen(f"{sink_url(settings)}/health", timeout=timeout) as response:
-            return bool(response.status == 200)
-    except (OSError, urllib.error.URLError):
+        with urllib.request.urlopen(f"{sink_url(settings)}/query", timeout=timeout) as response:
+            owns = json.loads(response.read()).get("owns")
+    except (OSError, urllib.error.URLError, ValueError, AttributeError):
         return False
+    return bool(owns == embedded_path(settings))
 
 
 def query_runner(settings: Settings) -> tuple[Runner, Callable[[], None]]:
