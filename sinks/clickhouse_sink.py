@@ -300,6 +300,7 @@ class ClickHouseSinkLoop:
             assigned, listener.assigned = listener.assigned, set()
             stored = await asyncio.to_thread(self._stored_for, assigned)
             self.skip_through.update(await self._same_log_only(stored))
+            await self._load_commits(assigned)
 
     def _stored_for(self, assigned: set[tuple[str, int]]) -> dict[tuple[str, int], int]:
         """Highest stored offset of each newly assigned partition: records up to it are already in
@@ -309,6 +310,21 @@ class ClickHouseSinkLoop:
         specs = [TABLE_FOR_SCHEMA_BY_TABLE[name] for name in sorted(tables)]
         stored = stored_positions(self.client, specs, sorted({t for t, _ in assigned}))
         return {tp: offset for tp, offset in stored.items() if tp in assigned}
+
+    async def _load_commits(self, assigned: set[tuple[str, int]]) -> None:
+        """The group's committed offset of each newly assigned partition, so the lag metric is right from
+        the start (it counted from 0 for a partition with nothing new since a restart: a false lag of the
+        partition's whole length, and a false LeadpulseSinkStalled)."""
+        assert self.consumer is not None
+        tps = [TopicPartition(t, p) for t, p in sorted(assigned)]
+        try:
+            found = await asyncio.gather(*(self.consumer.committed(tp) for tp in tps))
+        except KafkaError as exc:  # only the metric suffers: it is corrected by the next commit
+            log.warning("could not read the group's committed offsets for the lag metric: %s", exc)
+            return
+        for tp, offset in zip(tps, found, strict=True):
+            if offset is not None:
+                self.committed.setdefault((tp.topic, tp.partition), offset)
 
     async def _same_log_only(self, stored: dict[tuple[str, int], int]) -> dict[tuple[str, int], int]:
         """``stored`` without the partitions whose log is not the one the rows were read from.
@@ -433,9 +449,10 @@ class ClickHouseSinkLoop:
         skip_through = self.skip_through.get(key_tp, -1)
         if skip_through >= 0 and messages:
             skip_through = self._check_same_log(tp, skip_through)
-        if messages:
-            # Where the group's position started: committing it again would be a no-op.
-            self.committed.setdefault(key_tp, messages[0].offset)
+        if messages and messages[0].offset < self.committed.get(key_tp, messages[0].offset + 1):
+            # Where the group's position started: committing it again would be a no-op. (Also when the
+            # position went back below the loaded commit: a reset to a new, shorter log must commit again.)
+            self.committed[key_tp] = messages[0].offset
         prefix = origin_prefix(expected, tp.topic, tp.partition) if fmt is not None else b""
         current_header = SOE_MAGIC + struct.pack("<Q", fingerprint)
         self.stats.consumed += len(messages)

@@ -24,7 +24,7 @@ from kafka import KafkaAdminClient, KafkaConsumer, TopicPartition
 
 from schemas.registry import default_registry
 from sinks.batch import BatchPolicy
-from sinks.clickhouse_sink import ClickHouseSinkLoop, sink_group
+from sinks.clickhouse_sink import ClickHouseSinkLoop, SinkHooks, sink_group
 from sinks.migrate import migrate
 from sinks.rows import Origin, to_row
 from streams.broker import free_port
@@ -457,3 +457,39 @@ def test_rows_stored_from_an_earlier_log_do_not_make_the_sink_skip_a_new_one(
         ).result_rows
     }
     assert {r["event_id"] for r in records} <= stored
+
+
+class LagHooks(SinkHooks):
+    def __init__(self) -> None:
+        self.lags: dict[tuple[str, int], int] = {}
+
+    def lag(self, group: str, topic: str, partition: int, lag: int) -> None:
+        self.lags[(topic, partition)] = lag
+
+
+def test_lag_after_a_restart_counts_from_the_groups_commits_not_from_zero(
+    ch: Client, broker_settings: Settings, start_sink: Callable[..., RunningSink]
+) -> None:
+    """A restarted sink reported every partition with nothing new as lagging by its whole length (the lag
+    counted from 0 until the partition's first commit in this process): a false LeadpulseSinkStalled."""
+    settings = broker_settings
+    first = produce(settings, "web_visit", 40, seed=7)
+    sink = start_sink(ch)
+    wait_for(lambda: topic_rows(ch, "events", settings) >= len(first), what="first events stored")
+    time.sleep(1)  # the commit after the insert
+    sink.close()
+    hooks = LagHooks()
+    loop = ClickHouseSinkLoop(settings, ch, policy=BatchPolicy(500, 0.2), hooks=hooks)
+    again = RunningSink(loop)
+    try:
+        wait_for(lambda: bool(loop.stats.assigned), what="partitions assigned")
+        produce(settings, "web_visit", 1, seed=8)  # one new record: one commit, then a lag report
+        wait_for(lambda: topic_rows(ch, "events", settings) >= len(first) + 1, what="the new event stored")
+        wait_for(
+            lambda: sum(topic == "events.web_visits" for topic, _ in hooks.lags) == 8, what="lag reported"
+        )
+    finally:
+        again.close()
+    visits = {p: lag for (topic, p), lag in hooks.lags.items() if topic == "events.web_visits"}
+    assert len(visits) == 8, hooks.lags
+    assert visits == dict.fromkeys(range(8), 0), visits
