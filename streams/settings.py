@@ -53,6 +53,7 @@ class Settings(BaseSettings):
     # How long the collector waits for the broker's acknowledgement before answering 503 (client retries).
     collector_publish_timeout_s: float = Field(default=10.0, gt=0, le=300)
     sink_port: int = Field(default=6067, ge=0, le=65535)
+    notifier_port: int = Field(default=6068, ge=0, le=65535)  # the notifier's /metrics, /health, /ready
 
     # Collector write keys: JSON object {"source name": "key"}; webhook targets and signing secret.
     write_keys: dict[str, SecretStr] = Field(default_factory=dict)

@@ -199,11 +199,15 @@ def register(app: typer.Typer) -> None:
         "LEADPULSE_SLACK_WEBHOOK_URLS, signed with LEADPULSE_WEBHOOK_SECRET, until Ctrl-C / SIGTERM.",
     )
     def notifier_cmd(
-        ops_port: int = typer.Option(None, help="Serve /metrics, /health, /ready on this port."),
+        ops_port: int = typer.Option(
+            None, help="Serve /metrics, /health, /ready on this port (default LEADPULSE_NOTIFIER_PORT, 6068)."
+        ),
     ) -> None:
         from agents.notifications import run_notifier
 
         settings = cli_settings()
+        if ops_port is None:
+            ops_port = settings.notifier_port
 
         async def main(bootstrap: str) -> None:
             stop = asyncio.Event()

@@ -34,7 +34,7 @@ DASHBOARDS = sorted((GRAFANA / "dashboards").glob("*.json"))
 CONTRACT_TABLES = {"events", "lead_scores", "stage_transitions", "sla_events", "hot_leads", "content"}
 # Tables beyond DESIGN §7's list that the dashboards may read (written by the same sink).
 EXTRA_TABLES = {"sales_activities"}
-JOBS = {"leadpulse-worker", "leadpulse-sink", "leadpulse-collector"}
+JOBS = {"leadpulse-worker", "leadpulse-sink", "leadpulse-collector", "leadpulse-notifier"}
 
 
 def promtool() -> str:
@@ -128,8 +128,10 @@ def test_scrape_jobs_are_the_ones_the_alerts_match() -> None:
     assert targets["leadpulse-worker"] == ["worker:6066"]
     assert targets["leadpulse-sink"] == ["sink:6067"]
     assert targets["leadpulse-collector"] == ["collector:8088"]
+    assert targets["leadpulse-notifier"] == ["notifier:6068"]
     settings = load_settings()
     assert (settings.web_port, settings.sink_port, settings.collector_port) == (6066, 6067, 8088)
+    assert settings.notifier_port == 6068
 
 
 def test_alerts_and_dashboards_only_use_metrics_that_are_exported() -> None:
@@ -272,6 +274,7 @@ def test_compose_has_the_stack_wired_with_health_conditions() -> None:
         "worker",
         "sink",
         "collector",
+        "notifier",
     } <= set(services)
     assert services["kafka"]["image"].startswith("apache/kafka:")
     assert services["kafka"]["environment"]["KAFKA_PROCESS_ROLES"] == "broker,controller"
@@ -289,7 +292,7 @@ def test_compose_has_the_stack_wired_with_health_conditions() -> None:
                 assert "healthcheck" in services[dependency], f"{name} waits for {dependency}'s health"
             if condition["condition"] == "service_completed_successfully":
                 assert services[dependency]["restart"] == "no", f"{dependency} must be one-shot"
-    for name, port in (("worker", 6066), ("sink", 6067), ("collector", 8088)):
+    for name, port in (("worker", 6066), ("sink", 6067), ("collector", 8088), ("notifier", 6068)):
         assert services[name]["healthcheck"]["test"][-1] == f"http://127.0.0.1:{port}/ready", name
     assert "GF_PLUGINS_PREINSTALL" in services["grafana"]["environment"]
     assert "grafana-clickhouse-datasource" in services["grafana"]["environment"]["GF_PLUGINS_PREINSTALL"]
