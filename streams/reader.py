@@ -15,6 +15,7 @@ from kafka import KafkaConsumer, TopicPartition
 
 from schemas.registry import SchemaError, SchemaRegistry, default_registry
 from streams.broker import kafka_client_config
+from streams.erasures import identities, read_all
 from streams.event_hygiene import InadmissibleEvent, check_admissible
 from streams.settings import Settings
 from streams.topics import INPUTS
@@ -107,18 +108,28 @@ def read_topic(
         consumer.close()
 
 
-def read_input_history(
-    settings: Settings, topics: list[str], skipped: list[str] | None = None
-) -> list[tuple[str, dict[str, Any]]]:
+@dataclass
+class InputHistory:
+    events: list[tuple[str, dict[str, Any]]]
+    skipped: list[str]  # "topic[p]@offset: problem" of each record the worker dead-letters
+    erased: int  # records of identities erased with `leadpulse forget` (dropped, as the worker does)
+
+
+def read_input_history(settings: Settings, topics: list[str]) -> InputHistory:
     """``(schema, record)`` of every input record the worker scores, from the given (prefixed) topics, in
     event-time order.
 
     Why event-time order: records of one lead on different topics have no common offset order; the worker
     sees them in arrival order and the core scores by event time, so event time is the faithful replay.
     What the worker dead-letters (undecodable bytes, another topic's schema, no identity, from the future)
-    is left out, and a line naming it is appended to ``skipped``."""
+    is left out, and a line naming it is appended to ``skipped``. Records of erased identities are dropped
+    and only counted (DESIGN §10: a replay does not bring an erased lead back)."""
     by_topic = {settings.topic(spec.name): spec.schema for spec in INPUTS}
-    events: list[tuple[str, dict[str, Any]]] = []
+    gone: set[str] = set()
+    for erasure in read_all(settings):
+        gone |= identities(erasure)
+    history = InputHistory([], [], 0)
+    events, skipped = history.events, history.skipped
     for topic in topics:
         expected = by_topic[topic]
         for item in read_topic(settings, topic, idle_ms=500):
@@ -133,10 +144,13 @@ def read_input_history(
                     problem = None
                 except InadmissibleEvent as exc:
                     problem = str(exc)
-            if problem is None:
-                assert isinstance(item, Decoded)
-                events.append((item.schema, item.record))
-            elif skipped is not None:
+            if problem is not None:
                 skipped.append(f"{where}: {problem}")
+                continue
+            assert isinstance(item, Decoded)
+            if gone and (item.record.get("lead_id") in gone or item.record.get("anonymous_id") in gone):
+                history.erased += 1
+                continue
+            events.append((item.schema, item.record))
     events.sort(key=lambda e: int(e[1].get("event_time") or 0))
-    return events
+    return history

@@ -73,8 +73,13 @@ def _history(source: str) -> Any:
             "`leadpulse broker`, set LEADPULSE_KAFKA_BOOTSTRAP, or give a history file such as "
             "`leadpulse generate` writes)"
         )
-    skipped: list[str] = []
-    events = read_input_history(settings, [settings.topic(n) for n in names], skipped)
+    history = read_input_history(settings, [settings.topic(n) for n in names])
+    skipped = history.skipped
+    if history.erased:
+        typer.echo(
+            f"leadpulse rescore: left out {history.erased} records of leads erased with `leadpulse forget`",
+            err=True,
+        )
     if skipped:
         shown = "".join(f"\n  {line}" for line in skipped[:SHOWN_SKIPPED])
         more = f"\n  ... and {len(skipped) - SHOWN_SKIPPED} more" if len(skipped) > SHOWN_SKIPPED else ""
@@ -83,7 +88,7 @@ def _history(source: str) -> Any:
             f"list`):{shown}{more}",
             err=True,
         )
-    return events
+    return history.events
 
 
 def register(app: typer.Typer) -> None:

@@ -12,6 +12,7 @@ import pytest
 from agents.rescore import rescore
 from agents.rules import DEFAULT_RULES_PATH, load_rules
 from schemas.registry import default_registry
+from streams.erasures import erasure_record, publish_erasure
 from streams.producer import Producer
 from streams.reader import read_topic
 from streams.settings import Settings
@@ -79,3 +80,25 @@ def test_rescore_names_the_problem_when_the_history_is_neither_a_file_nor_a_topi
     result = _run(broker_settings, "--rules", str(DEFAULT_RULES_PATH), "--dry-run", "events.nope")
     assert result.returncode == 2
     assert "neither a file nor an input topic" in result.stderr and "events.web_visits" in result.stderr
+
+
+def test_rescore_leaves_out_leads_erased_with_forget(broker_settings: Settings, tmp_path: Path) -> None:
+    """DESIGN §10: a replay does not bring an erased lead back; a dry run reads history as a replay would."""
+    with Producer(broker_settings) as producer:
+        for schema, record in HISTORY:
+            producer.send(schema, record)
+    publish_erasure(broker_settings, erasure_record("L1", [], int(time.time() * 1000)))
+    new_rules = tmp_path / "new.yaml"
+    new_rules.write_text(DEFAULT_RULES_PATH.read_text().replace("mql_threshold: 100", "mql_threshold: 90"))
+    kept = [(schema, record) for schema, record in HISTORY if record.get("lead_id") != "L1"]
+    expected = rescore(kept, load_rules(None), load_rules(new_rules), NOW).to_dict()
+
+    result = _run(
+        broker_settings, "--rules", str(new_rules), "--dry-run", "--format", "json", "--now", str(NOW)
+    )
+
+    assert result.returncode == 0, result.stderr
+    assert json.loads(result.stdout) == expected
+    assert "L1" not in result.stdout
+    erased = len(HISTORY) - len(kept)
+    assert f"left out {erased} records of leads erased with `leadpulse forget`" in result.stderr
