@@ -45,7 +45,32 @@ for module in (
 
 
 def main() -> None:
-    app()
+    """Broker connection failures end in one line naming the broker, not a traceback of the client
+    library: every command that talks to Kafka can meet them (a typo in LEADPULSE_KAFKA_BOOTSTRAP, a
+    stopped broker)."""
+    import sys
+
+    from aiokafka.errors import KafkaError as AioKafkaError
+    from kafka.errors import KafkaError
+
+    try:
+        app()
+    except (KafkaError, AioKafkaError) as exc:
+        print(f"leadpulse: error: {_broker_problem(exc)}", file=sys.stderr)
+        raise SystemExit(1) from None
+
+
+def _broker_problem(exc: BaseException) -> str:
+    try:
+        from streams.settings import load_settings
+
+        where = f" at {load_settings().bootstrap}"
+    except Exception:  # the settings are not the problem being reported
+        where = ""
+    return (
+        f"cannot reach the Kafka broker{where} ({type(exc).__name__}: {exc}); is it running? Set "
+        "LEADPULSE_KAFKA_BOOTSTRAP, or start the local one with `leadpulse broker`"
+    )
 
 
 if __name__ == "__main__":

@@ -48,3 +48,21 @@ def test_produce_to_a_running_broker_adds_no_note(
     assert done.returncode == 0, done.stderr
     assert NOTE not in done.stderr
     assert "sent 1, rejected 0" in done.stderr  # status lines go to stderr
+
+
+def test_an_unreachable_broker_is_one_line_naming_it_not_a_traceback(tmp_path: Path) -> None:
+    """`produce` (and every command that talks to Kafka) with a bootstrap nobody answers on."""
+    path = tmp_path / "one.jsonl"
+    path.write_text('{"event_id": "e1", "event_time": 1, "lead_id": "L1", "source": "s", "url": "u"}\n')
+    port = free_port()
+    done = subprocess.run(
+        [*LEADPULSE, "produce", str(path), "--topic", "events.web_visits"],
+        env=leadpulse_env(kafka_bootstrap=f"127.0.0.1:{port}", data_dir=tmp_path / "d"),
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert done.returncode == 1
+    assert "Traceback" not in done.stderr
+    assert f"cannot reach the Kafka broker at 127.0.0.1:{port}" in done.stderr
