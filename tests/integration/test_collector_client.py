@@ -1,0 +1,74 @@
+"""The collector client (``generate --via collector``, ``demo --via collector``) against a real HTTP server:
+sales activities are posted with the browser events around them, not a hundred at a time later."""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+import pytest
+
+from streams.collector_client import CollectorClient
+
+pytestmark = pytest.mark.integration
+
+
+@pytest.fixture
+def server() -> Iterator[tuple[str, list[tuple[str, list[str]]]]]:
+    posted: list[tuple[str, list[str]]] = []  # (write key, event ids) per request, in arrival order
+
+    class Handler(BaseHTTPRequestHandler):
+        def do_POST(self) -> None:
+            body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+            key = self.headers["Authorization"].removeprefix("Bearer ")
+            posted.append((key, [e["event_id"] for e in body["batch"]]))
+            self.send_response(202)
+            self.send_header("Content-Length", "2")
+            self.end_headers()
+            self.wfile.write(b"{}")
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    thread = threading.Thread(target=httpd.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{httpd.server_address[1]}", posted
+    finally:
+        httpd.shutdown()
+
+
+def visit(n: int) -> dict[str, object]:
+    return {"event_id": f"v{n}", "event_time": 1, "lead_id": "L1", "url": "u"}
+
+
+def activity(n: int) -> dict[str, object]:
+    return {"event_id": f"a{n}", "event_time": 1, "lead_id": "L1", "activity": "first_touch"}
+
+
+def test_a_full_browser_batch_takes_the_waiting_sales_activities_with_it(
+    server: tuple[str, list[tuple[str, list[str]]]],
+) -> None:
+    url, posted = server
+    with CollectorClient(url, "web", "crm", batch_size=10, max_wait_s=60) as client:
+        for n in range(10):
+            client.send("web_visit", visit(n))
+            if n in (2, 5):
+                client.send("sales_activity", activity(n))
+        # the tenth visit filled its batch: both buffers went out, the activities did not wait for ten
+        assert sorted(key for key, _ in posted) == ["crm", "web"]
+        assert dict(posted)["crm"] == ["a2", "a5"]
+
+
+def test_an_activity_waits_at_most_max_wait(server: tuple[str, list[tuple[str, list[str]]]]) -> None:
+    url, posted = server
+    with CollectorClient(url, "web", "crm", batch_size=100, max_wait_s=0.3) as client:
+        client.send("sales_activity", activity(1))
+        assert posted == []
+        time.sleep(0.4)
+        client.send("web_visit", visit(1))  # the next send finds the activity overdue
+        assert ("crm", ["a1"]) in posted and ("web", ["v1"]) in posted
