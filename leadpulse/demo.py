@@ -9,6 +9,7 @@ query API, printed, and written as an offline HTML report; the data stays under 
 from __future__ import annotations
 
 import contextlib
+import itertools
 import json
 import secrets
 import shutil
@@ -144,13 +145,51 @@ class DemoResult:
     reports: dict[str, Any]
 
 
+SEEDS_FILE = "demo-seeds.json"  # the traffic seeds whose data the directory holds
+DEFAULT_SEED = 7
+
+
+def _seeds_used(data: Path) -> set[int]:
+    """Seeds of earlier demos in ``data``. A directory from before this file existed has a manifest.json
+    naming its last seed."""
+    seeds: set[int] = set()
+    for name, read in ((SEEDS_FILE, lambda d: d), ("manifest.json", lambda d: [d.get("seed")])):
+        try:
+            found = read(json.loads((data / name).read_text()))
+        except (OSError, ValueError, AttributeError):
+            continue
+        seeds |= {int(s) for s in found if isinstance(s, int)}
+    return seeds
+
+
+def choose_seed(data: Path, seed: int | None, console: Console) -> int:
+    """The traffic seed for a demo in ``data``: the one asked for, unless the directory already holds its
+    traffic (an error); by default 7, or the next seed the directory has no traffic of (with a note)."""
+    used = _seeds_used(data)
+    if seed is None:  # the default: 7, or the next seed this directory has no data of
+        seed = next(n for n in itertools.count(DEFAULT_SEED) if n not in used)
+        if seed != DEFAULT_SEED:
+            console.print(
+                f"{data} holds earlier demo traffic (seeds {', '.join(map(str, sorted(used)))}): adding seed "
+                f"{seed}, so no event id repeats (--reset starts fresh)"
+            )
+    if seed in used:
+        raise DemoError(
+            f"{data} already holds the demo traffic of seed {seed}: the same seed makes the same event ids, "
+            "here with other times and contents, so the stored history would mix two datasets under one id. "
+            "Run with --reset to start fresh, or with another --seed to add a second dataset "
+            f"(seeds used here: {', '.join(map(str, sorted(used)))})"
+        )
+    return seed
+
+
 def run_demo(
     settings: Settings,
     *,
     duration_s: float | None,
     rate: float,
     leads: int | None,
-    seed: int,
+    seed: int | None,
     reset: bool,
     live: bool,
     console: Console,
@@ -159,8 +198,10 @@ def run_demo(
     data = settings.data_dir.resolve()
     if reset and data.exists():
         shutil.rmtree(data)
+    seed = choose_seed(data, seed, console)
     logs = data / "logs"
     logs.mkdir(parents=True, exist_ok=True)
+    (data / SEEDS_FILE).write_text(json.dumps(sorted({*_seeds_used(data), seed})))
     if leads is None:  # about 11 events per lead: size the plan to what the duration can stream
         leads = max(50, int(rate * duration_s / 11)) if duration_s else 1000
     now = int(time.time() * 1000)

@@ -27,7 +27,12 @@ def register(app: typer.Typer) -> None:
         leads: int = typer.Option(
             None, "--leads", min=10, help="Leads to simulate (default: sized to rate x duration, or 1000)."
         ),
-        seed: int = typer.Option(7, "--seed", help="Traffic seed: the same seed gives the same traffic."),
+        seed: int = typer.Option(
+            None,
+            "--seed",
+            help="Traffic seed: the same seed gives the same traffic (default 7, or the next seed the data "
+            "directory has no traffic of).",
+        ),
         reset: bool = typer.Option(False, "--reset", help="Delete the data directory first."),
         live: bool = typer.Option(None, "--live/--no-live", help="Live view (default: when on a terminal)."),
         via: str = typer.Option(
