@@ -166,6 +166,37 @@ def create_topics(
         admin.close()
 
 
+def partition_mismatches(
+    bootstrap: str,
+    prefix: str = "",
+    specs: Iterable[TopicSpec] = TOPICS,
+    admin_config: dict[str, object] | None = None,
+) -> list[str]:
+    """One line per catalogue topic whose partition count is not the catalogue's.
+
+    Why it matters: a client that reconnects to a restarted in-memory broker before ``create_topics`` runs
+    gets the topic auto-created with the broker's default count. The six input topics must share one count
+    (a lead's events on one partition number everywhere), and records on the missing partitions are stored
+    by the sink but never scored. ``topics create`` and ``broker`` say so instead of "all existed"."""
+    wanted = {prefix + spec.name: spec.partitions for spec in specs}
+    admin = KafkaAdminClient(bootstrap_servers=bootstrap, **(admin_config or {}))
+    try:
+        existing = sorted(set(admin.list_topics()) & set(wanted))
+        described = admin.describe_topics(existing) if existing else []
+    finally:
+        admin.close()
+    problems = []
+    for topic in described:
+        name, count = topic["name"], len(topic.get("partitions") or [])
+        if count != wanted[name]:
+            problems.append(
+                f"{name} has {count} partition(s), the catalogue says {wanted[name]}: probably created by "
+                "a client before the topics were (stop the worker, sink and collector, then restart the "
+                "in-memory broker; on a real cluster, recreate the topic)"
+            )
+    return problems
+
+
 #: Cluster ids of Tansu brokers: ours (EmbeddedBroker) and Tansu's own default.
 TANSU_CLUSTER_IDS = frozenset({"leadpulse", "tansu_cluster"})
 

@@ -13,7 +13,13 @@ from rich.table import Table
 from leadpulse.commands.cli_output import note_temporary_broker, stdout_console
 from leadpulse.commands.not_built import not_built
 from leadpulse.commands.settings_arg import cli_settings
-from streams.broker import BrokerError, create_topics, kafka_client_config, running_broker
+from streams.broker import (
+    BrokerError,
+    create_topics,
+    kafka_client_config,
+    partition_mismatches,
+    running_broker,
+)
 from streams.producer import DeliveryError, produce_file, resolve
 from streams.topics import TOPICS
 
@@ -32,14 +38,15 @@ def wait_for_signal() -> None:
 @topics_app.command("create", help="Create every catalogue topic that does not exist yet.")
 def topics_create() -> None:
     settings = cli_settings()
-    if settings.embedded_broker:
-        with running_broker(settings) as bootstrap:
-            created = create_topics(bootstrap, settings.topic_prefix)
-    else:
-        created = create_topics(
-            settings.bootstrap, settings.topic_prefix, admin_config=kafka_client_config(settings)
-        )
+    config = None if settings.embedded_broker else kafka_client_config(settings)
+    with running_broker(settings) as bootstrap:
+        created = create_topics(bootstrap, settings.topic_prefix, admin_config=config)
+        problems = partition_mismatches(bootstrap, settings.topic_prefix, admin_config=config)
     console.print(f"created {len(created)} topic(s): {', '.join(created) or '(all existed)'}")
+    for problem in problems:
+        console.print(f"[red]error:[/] {problem}", soft_wrap=True)
+    if problems:
+        raise typer.Exit(1)
 
 
 @topics_app.command("list", help="Show the topic catalogue (names, schemas, partitions, retention).")
@@ -82,6 +89,8 @@ def register(app: typer.Typer) -> None:
                 console.print(
                     f"[green]Tansu broker ready on {bootstrap}[/] (in-memory storage; Ctrl-C stops)"
                 )
+                for problem in partition_mismatches(bootstrap, settings.topic_prefix):
+                    console.print(f"[red]error:[/] {problem}", soft_wrap=True)
                 wait_for_signal()
         except BrokerError as exc:
             console.print(f"[red]error:[/] {exc}")
