@@ -9,6 +9,7 @@ import signal
 
 from agents.rules import Rules
 from agents.worker import LeadWorker
+from streams.logs import setup_logging
 from streams.metrics import Metrics
 from streams.settings import Settings
 
@@ -49,10 +50,7 @@ def run_worker(settings: Settings, rules: Rules, loglevel: str = "info") -> None
     """Run until SIGINT/SIGTERM, then finish the batch in flight, commit and leave the group."""
     from prometheus_client import CollectorRegistry
 
-    logging.basicConfig(
-        level=loglevel.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s", force=True
-    )
-    logging.getLogger("aiokafka").setLevel(max(logging.WARNING, logging.getLogger().level))
+    setup_logging(loglevel)
     metrics = Metrics(CollectorRegistry(), component="worker", process_metrics=True)
     tune_gc()
 
@@ -62,5 +60,6 @@ def run_worker(settings: Settings, rules: Rules, loglevel: str = "info") -> None
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(sig, stop.set)
         await serve_worker(settings, rules, metrics, stop)
+        log.info("worker stopped: the batch in flight finished, offsets committed, group left")
 
     asyncio.run(main())

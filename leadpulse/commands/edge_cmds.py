@@ -23,6 +23,7 @@ from streams.dlq import (
     parse_since,
     replay,
 )
+from streams.logs import setup_logging
 
 console = Console(stderr=True)
 dlq_app = typer.Typer(help="Inspect and replay dead letters (topic dlq).", no_args_is_help=True)
@@ -188,10 +189,12 @@ def register(app: typer.Typer) -> None:
                     f"collector on {host or settings.web_host}:{port or settings.collector_port} "
                     f"→ {bootstrap}, sources: {', '.join(settings.write_keys) or '(none)'}"
                 )
+                setup_logging(settings.log_level)
                 run_collector(settings, host, port, publisher=AioKafkaPublisher(settings, bootstrap))
         except (ValueError, OSError, BrokerError) as exc:
             console.print(f"[red]error:[/] {exc}")
             raise typer.Exit(1) from None
+        console.print("collector stopped")
 
     @app.command(
         "notifier",
@@ -222,7 +225,9 @@ def register(app: typer.Typer) -> None:
                     f"notifier → {len(settings.webhook_urls) + len(settings.slack_webhook_urls)} "
                     f"target(s), consuming {settings.topic('leads.hot')} on {bootstrap}"
                 )
+                setup_logging(settings.log_level)
                 asyncio.run(main(bootstrap))
         except (ValueError, OSError, BrokerError) as exc:
             console.print(f"[red]error:[/] {exc}")
             raise typer.Exit(1) from None
+        console.print("notifier stopped")

@@ -51,7 +51,9 @@ def register(app: typer.Typer) -> None:
         from sinks.clickhouse_sink import run_sink
 
         settings = cli_settings()
-        logging.basicConfig(level=settings.log_level, format="%(asctime)s %(levelname)s %(name)s %(message)s")
+        from streams.logs import setup_logging
+
+        setup_logging(settings.log_level)
         # the sink logs one line per failed ClickHouse attempt; the drivers' own tracebacks add nothing
         for noisy in ("urllib3.connectionpool", "clickhouse_connect.driver._backend.http_sync"):
             logging.getLogger(noisy).setLevel(logging.ERROR)
