@@ -66,7 +66,9 @@ def _serve(bootstrap: str, prefix: str, port: int, publisher: str) -> None:
 
     from streams.collector import AioKafkaPublisher, Collector, KafkaPythonPublisher
 
-    settings = load_settings(kafka_bootstrap=bootstrap, topic_prefix=prefix, write_keys={"bench": KEY})
+    settings = load_settings(  # no rate limit: the bench measures what the collector can take
+        kafka_bootstrap=bootstrap, topic_prefix=prefix, write_keys={"bench": KEY}, collector_rate_limit=0
+    )
     chosen = AioKafkaPublisher(settings) if publisher == "aiokafka" else KafkaPythonPublisher(settings)
     web.run_app(
         Collector(settings, publisher=chosen).app(), host="127.0.0.1", port=port, access_log=None, print=None

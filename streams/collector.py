@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
 import time
 from collections import Counter
 from collections.abc import Awaitable, Callable, Sequence
@@ -42,6 +43,7 @@ from streams.intake import (
 )
 from streams.metrics import Metrics
 from streams.producer import lead_key
+from streams.rate_limit import TokenBuckets
 from streams.settings import Settings
 from streams.topics import BY_SCHEMA, MAX_INPUT_RECORD_BYTES
 from streams.web import add_ops_routes
@@ -242,6 +244,7 @@ class Collector:
         # Sources that may send server-side types: LEADPULSE_CRM_WRITE_KEY_SOURCES (see docs/ingestion.md).
         self.server_sources = settings.crm_sources if server_sources is None else server_sources
         self.clock = clock
+        self.rate_limits = TokenBuckets(settings.collector_rate_limit, settings.collector_rate_burst)
         self.started = False
         self.last_publish_error: str | None = None
 
@@ -330,6 +333,19 @@ class Collector:
                 f"{problem}: send Authorization: Bearer <write key>, basic auth with "
                 "the key as user name, or write_key in the body",
                 **{"WWW-Authenticate": "Bearer"},
+            )
+        wait_s = self.rate_limits.take(source, len(envelope.events), self.clock())
+        if wait_s:
+            self.metrics.collector_events.labels(source=source, result="rate_limited").inc(
+                len(envelope.events)
+            )
+            retry = "never as one request: split it" if math.isinf(wait_s) else f"in {math.ceil(wait_s)} s"
+            return _error(
+                429,
+                "rate_limited",
+                f"write key {source!r} is over {self.settings.collector_rate_limit:g} events/s (bursts to "
+                f"{self.settings.collector_rate_burst}); nothing was accepted, retry the same batch {retry}",
+                **({} if math.isinf(wait_s) else {"Retry-After": str(math.ceil(wait_s))}),
             )
         # Bot filtering looks at the visitor's user agent: the browser's own (tracker requests carry an
         # Origin or a key in the body), or one forwarded per event by a server-side integration.

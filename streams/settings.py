@@ -52,6 +52,9 @@ class Settings(BaseSettings):
     collector_port: int = Field(default=8088, ge=0, le=65535)
     # How long the collector waits for the broker's acknowledgement before answering 503 (client retries).
     collector_publish_timeout_s: float = Field(default=10.0, gt=0, le=300)
+    # Per write key: events per second (0 = no limit) and the burst above it (429 + Retry-After beyond).
+    collector_rate_limit: float = Field(default=2000.0, ge=0)
+    collector_rate_burst: int = Field(default=10_000, ge=500)  # >= the largest batch (500 events)
     sink_port: int = Field(default=6067, ge=0, le=65535)
     notifier_port: int = Field(default=6068, ge=0, le=65535)  # the notifier's /metrics, /health, /ready
 

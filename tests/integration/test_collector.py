@@ -66,13 +66,23 @@ class Running:
 
 
 @pytest.fixture
+def collector_settings() -> dict[str, Any]:
+    """Settings a test overrides for its collector (see the rate-limit test)."""
+    return {}
+
+
+@pytest.fixture
 async def collector(
-    broker: EmbeddedBroker, fresh_prefix: str, make_settings: Callable[..., Settings]
+    broker: EmbeddedBroker,
+    fresh_prefix: str,
+    make_settings: Callable[..., Settings],
+    collector_settings: dict[str, Any],
 ) -> AsyncIterator[Running]:
     settings = make_settings(
         kafka_bootstrap=broker.bootstrap,
         topic_prefix=fresh_prefix,
         write_keys={"web": WEB_KEY, "crm": CRM_KEY},
+        **collector_settings,
     )
     metrics = Metrics(CollectorRegistry(), component="collector")
     runner = await serve(
@@ -334,3 +344,25 @@ async def test_health_ready_metrics_and_tracker_are_served(collector: Running) -
                 assert "sendBeacon" in text
             if path == "/metrics":
                 assert "leadpulse_collector_requests_total" in text or "leadpulse_build_info" in text
+
+
+@pytest.mark.parametrize("collector_settings", [{"collector_rate_limit": 1, "collector_rate_burst": 500}])
+async def test_a_write_key_over_its_rate_gets_429_with_retry_after_and_nothing_lands(
+    collector: Running,
+) -> None:
+    for _ in range(9):  # 450 of the 500-event burst
+        status, body, _ = await collector.post({"batch": [visit() for _ in range(50)]})
+        assert (status, body["accepted"]) == (202, 50)
+    status, body, _ = await collector.post({"batch": [visit() for _ in range(50)]})  # the last 50 tokens
+    assert status == 202
+    refused = [visit() for _ in range(50)]
+    status, body, response = await collector.post({"batch": refused})
+    assert (status, body["error"]) == (429, "rate_limited")
+    assert "'web' is over 1 events/s" in body["message"]
+    assert 30 <= int(response.headers["Retry-After"]) <= 51  # up to 50 events at 1 event/s
+    status, body, _ = await collector.post([visit()], key=CRM_KEY)  # another key has its own budget
+    assert status == 202
+    landed = {i.record["event_id"] for i in await collector.topic("events.web_visits")}
+    assert landed.isdisjoint(e["event_id"] for e in refused)  # refused whole
+    assert len(landed) == 501
+    assert collector.value("leadpulse_collector_events_total", source="web", result="rate_limited") == 50
