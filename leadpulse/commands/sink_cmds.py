@@ -6,17 +6,38 @@ import logging
 import signal
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import typer
 
 from leadpulse.commands.settings_arg import cli_settings
 
+if TYPE_CHECKING:
+    from clickhouse_connect.driver.client import Client
+
+    from streams.settings import Settings
+
 
 def _fail(message: str, code: int = 1) -> typer.Exit:
     typer.echo(f"error: {message}", err=True)
     return typer.Exit(code=code)
+
+
+def _open(settings: Settings, get_client: Callable[[Settings], Client], when_owned: str) -> Client:
+    """A client, or a one-line error; an embedded directory a running sink owns says so, not chDB's lock
+    error."""
+    try:
+        return get_client(settings)
+    except Exception as exc:
+        if "Cannot lock file" in str(exc):
+            raise _fail(
+                f"{settings.shown_dsn} is owned by another process, normally a running `leadpulse sink` "
+                f"({when_owned})"
+            ) from None
+        first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        raise _fail(f"cannot open ClickHouse at {settings.shown_dsn}: {first}") from None
 
 
 def register(app: typer.Typer) -> None:
@@ -28,10 +49,7 @@ def register(app: typer.Typer) -> None:
         from sinks.migrate import migrate
 
         settings = cli_settings(clickhouse_dsn=dsn)
-        try:
-            client = get_client(settings)
-        except Exception as exc:
-            raise _fail(f"cannot open ClickHouse at {settings.shown_dsn}: {exc}") from None
+        client = _open(settings, get_client, "it applied the migrations when it started")
         try:
             applied = migrate(client)
         finally:
@@ -79,15 +97,7 @@ def register(app: typer.Typer) -> None:
         from sinks.migrate import migrate
 
         settings = cli_settings()
-        try:
-            client = get_client(settings)
-        except Exception as exc:
-            hint = (
-                " (a running `leadpulse sink` owns the embedded directory: stop it first)"
-                if "Cannot lock file" in str(exc)
-                else ""
-            )
-            raise _fail(f"cannot open ClickHouse at {settings.shown_dsn}: {exc}{hint}") from None
+        client = _open(settings, get_client, "stop it, load the catalogue, start it again")
         try:
             migrate(client)
             count = load_catalogue(client, path)

@@ -62,5 +62,16 @@ def test_sql_reads_its_own_data_directory_not_the_one_a_running_sink_owns(
         own = sql(other)  # another directory: opened here, and it has no tables yet
         assert own.returncode == 0, own.stderr
         assert json.loads(own.stdout)["result"][0]["tables"] == 0
+        locked = subprocess.run(  # a command that needs the directory itself says who owns it
+            [*LEADPULSE, "migrate"],
+            env=leadpulse_env(data_dir=owned, **common),
+            capture_output=True,
+            text=True,
+            timeout=120,
+            check=False,
+        )
+        assert locked.returncode == 1
+        assert "is owned by another process, normally a running `leadpulse sink`" in locked.stderr
+        assert "Cannot lock file" not in locked.stderr
     finally:
         sink.stop()
