@@ -7,6 +7,9 @@ password can never reach a log line or a repr by way of a caller.
 
 from __future__ import annotations
 
+import fcntl
+import os
+from pathlib import Path
 from typing import Any
 
 import clickhouse_connect
@@ -27,6 +30,49 @@ def chdb_location(dsn: str) -> str:
     return rest.split("?", 1)[0] or ":memory:"
 
 
+class EmbeddedEngineBusy(OSError):
+    """Another process owns the chDB directory (chDB allows one); the message says so and who it usually
+    is, instead of chDB's "Error initializing EmbeddedServer"."""
+
+    def __init__(self, location: str) -> None:
+        self.location = location
+        super().__init__(
+            f"chdb://{location} is owned by another process, normally a running `leadpulse sink`"
+        )
+
+
+def _locked(location: str) -> bool:
+    """Whether another process holds the engine's lock (ClickHouse flocks ``<dir>/status``). Asked only after
+    opening failed: within one process a second flock on a new descriptor conflicts too."""
+    status = Path(location) / "status"
+    try:
+        with status.open("rb") as handle:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            fcntl.flock(handle, fcntl.LOCK_UN)
+    except BlockingIOError:
+        return True
+    except OSError:
+        return False
+    return False
+
+
+def _held_elsewhere(location: str) -> bool:
+    """Whether another process holds the engine's lock, read from /proc/locks (Linux): unlike trying the
+    lock, this tells this process's own engine (a second client in one process is fine) from another's."""
+    try:
+        status = (Path(location) / "status").stat()
+        locks = Path("/proc/locks").read_text()
+    except OSError:
+        return False
+    file_id = f"{os.major(status.st_dev):02x}:{os.minor(status.st_dev):02x}:{status.st_ino}"
+    me = str(os.getpid())
+    for line in locks.splitlines():  # "1: FLOCK  ADVISORY  WRITE <pid> <maj:min:inode> 0 EOF"
+        fields = line.split()
+        if len(fields) > 5 and fields[1] == "FLOCK" and fields[5] == file_id and fields[4] != me:
+            return True
+    return False
+
+
 def get_client(settings: Settings, *, dsn: str | None = None, **kwargs: Any) -> Client:
     """A clickhouse-connect client for ``dsn`` (default ``settings.dsn``).
 
@@ -35,7 +81,15 @@ def get_client(settings: Settings, *, dsn: str | None = None, **kwargs: Any) -> 
     """
     target = dsn or settings.dsn
     if is_embedded(target):
-        return clickhouse_connect.get_client(dsn=f"chdb://{chdb_location(target)}", **kwargs)
+        location = chdb_location(target)
+        if _held_elsewhere(location):  # before chDB prints its own lock error to stderr
+            raise EmbeddedEngineBusy(location)
+        try:
+            return clickhouse_connect.get_client(dsn=f"chdb://{location}", **kwargs)
+        except Exception as exc:
+            if _locked(location):
+                raise EmbeddedEngineBusy(location) from exc
+            raise
     if settings.clickhouse_user is not None:
         kwargs.setdefault("username", settings.clickhouse_user)
     if settings.clickhouse_password is not None:

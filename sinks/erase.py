@@ -347,7 +347,7 @@ def forget_lead(
     """Erase ``lead_id``: log the erasure first (workers and sinks stop accepting the lead even if the
     ClickHouse part fails), then delete it from ClickHouse here, or wait for the running sink that owns
     the embedded engine to do it. Raises ForgetError."""
-    from sinks.clickhouse import get_client
+    from sinks.clickhouse import EmbeddedEngineBusy, get_client
     from sinks.migrate import migrate
     from sinks.query_service import client_runner, http_runner, sink_serving, sink_url
     from streams.broker import port_open, running_broker
@@ -368,7 +368,7 @@ def forget_lead(
                 hint = (
                     f"; a process owns it without serving queries on {sink_url(settings)}: stop it or "
                     "run `leadpulse sink`, which applies erasures itself"
-                    if "Cannot lock file" in str(exc)
+                    if isinstance(exc, EmbeddedEngineBusy)
                     else ""
                 )
                 raise ForgetError(f"cannot open ClickHouse at {settings.shown_dsn}: {exc}{hint}") from None

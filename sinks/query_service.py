@@ -29,7 +29,7 @@ from aiohttp import web
 from clickhouse_connect.driver.client import Client
 from clickhouse_connect.driver.exceptions import DatabaseError
 
-from sinks.clickhouse import get_client
+from sinks.clickhouse import EmbeddedEngineBusy, get_client
 from streams.settings import Settings
 
 READ_VERBS = ("SELECT", "WITH", "SHOW", "DESCRIBE", "DESC", "EXPLAIN", "EXISTS")
@@ -303,7 +303,7 @@ def query_runner(settings: Settings) -> tuple[Runner, Callable[[], None]]:
     try:
         client = get_client(settings)
     except Exception as exc:
-        if "Cannot lock file" in str(exc):
+        if isinstance(exc, EmbeddedEngineBusy):
             raise QueryError(
                 f"{settings.shown_dsn} is locked by another process that does not serve queries on "
                 f"{sink_url(settings)}; run `leadpulse sink` (it serves the query API) or stop that process"

@@ -28,14 +28,13 @@ def _fail(message: str, code: int = 1) -> typer.Exit:
 def _open(settings: Settings, get_client: Callable[[Settings], Client], when_owned: str) -> Client:
     """A client, or a one-line error; an embedded directory a running sink owns says so, not chDB's lock
     error."""
+    from sinks.clickhouse import EmbeddedEngineBusy
+
     try:
         return get_client(settings)
+    except EmbeddedEngineBusy as exc:
+        raise _fail(f"{exc} ({when_owned})") from None
     except Exception as exc:
-        if "Cannot lock file" in str(exc):
-            raise _fail(
-                f"{settings.shown_dsn} is owned by another process, normally a running `leadpulse sink` "
-                f"({when_owned})"
-            ) from None
         first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
         raise _fail(f"cannot open ClickHouse at {settings.shown_dsn}: {first}") from None
 
@@ -78,7 +77,12 @@ def register(app: typer.Typer) -> None:
         stop = threading.Event()
         for sig in (signal.SIGINT, signal.SIGTERM):
             signal.signal(sig, lambda *_: stop.set())
-        stats = run_sink(settings, stop, policy=BatchPolicy(batch_rows, batch_seconds))
+        from sinks.clickhouse import EmbeddedEngineBusy
+
+        try:
+            stats = run_sink(settings, stop, policy=BatchPolicy(batch_rows, batch_seconds))
+        except EmbeddedEngineBusy as exc:  # a second sink on the same directory
+            raise _fail(f"{exc}: one sink per embedded directory (set LEADPULSE_DATA_DIR)") from None
         typer.echo(
             f"sink stopped: consumed {stats.consumed}, inserted {stats.inserted}, "
             f"dead-lettered {stats.dead_lettered}",
