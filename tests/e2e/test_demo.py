@@ -148,8 +148,7 @@ def test_funnel_and_sla_reports_match_the_stored_rows(demo: tuple[Path, dict[str
         leadpulse(
             [
                 "sql",
-                "SELECT owner, level, lead_id FROM leadpulse.sla_events FINAL "
-                "WHERE sla = 'hot_lead_follow_up'",
+                "SELECT sla, owner, level, lead_id FROM leadpulse.sla_events FINAL",
                 "--format",
                 "json",
             ],
@@ -157,13 +156,13 @@ def test_funnel_and_sla_reports_match_the_stored_rows(demo: tuple[Path, dict[str
             env,
         )
     )["result"]
-    per_owner = Counter((e["owner"] or "(unassigned)", e["level"]) for e in events)
+    per_owner = Counter((e["sla"], e["owner"] or "(unassigned)", e["level"]) for e in events)
     sla = as_json(leadpulse(["report", "sla", "--format", "json"], cwd, env))
-    for row in sla["by_owner"]:
-        assert row["breaches"] == per_owner[(row["owner"], "breach")], row
-        assert row["warnings"] == per_owner[(row["owner"], "warning")], row
+    for row in sla["by_owner"]:  # one row per SLA and owner: follow-up and rejection feedback
+        assert row["breaches"] == per_owner[(row["sla"], row["owner"], "breach")], row
+        assert row["warnings"] == per_owner[(row["sla"], row["owner"], "warning")], row
     assert sum(r["breaches"] for r in sla["by_owner"]) == sum(
-        n for (_, lvl), n in per_owner.items() if lvl == "breach"
+        n for (_, _, lvl), n in per_owner.items() if lvl == "breach"
     )
 
 
