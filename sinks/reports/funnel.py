@@ -14,6 +14,8 @@ so that ratio counted leads that never were in the stage and could exceed 1. A c
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 from sinks.query_service import Runner
 from sinks.reports import Sections
 from sinks.reports.period import DAY_MS, Period
@@ -47,7 +49,10 @@ SELECT stage, count() AS leads FROM (
 ) GROUP BY stage
 """
 
-ADVANCED = """
+# Per stage entered in the period: how many of those leads got how far along the path by ``until`` (the
+# furthest path index reached at or after their first entry in the period; 0 = nowhere further). Funnel
+# conversion and the plan's rates are both cohort shares read from this one distribution.
+PROGRESS = """
 WITH entries AS (
     SELECT lead_id, to_stage AS stage, min(toUnixTimestamp64Milli(occurred_at)) AS at
     FROM leadpulse.stage_transitions FINAL
@@ -67,11 +72,13 @@ moves AS (
     FROM leadpulse.stage_transitions FINAL
     WHERE occurred_at < fromUnixTimestamp64Milli({until:Int64})
 )
-SELECT e.stage AS stage, uniqExact(e.lead_id) AS advanced
-FROM entries AS e INNER JOIN moves AS m ON e.lead_id = m.lead_id
-WHERE indexOf({path:Array(String)}, m.stage) > indexOf({path:Array(String)}, e.stage)
-  AND indexOf({path:Array(String)}, e.stage) > 0 AND m.at >= e.at
-GROUP BY e.stage
+SELECT stage, furthest, count() AS leads FROM (
+    SELECT e.stage AS stage, e.lead_id,
+           max(if(m.at >= e.at, indexOf({path:Array(String)}, m.stage), 0)) AS furthest
+    FROM entries AS e LEFT JOIN moves AS m ON e.lead_id = m.lead_id
+    WHERE indexOf({path:Array(String)}, e.stage) > 0
+    GROUP BY e.stage, e.lead_id
+) GROUP BY stage, furthest
 """
 
 VELOCITY = f"""
@@ -101,17 +108,39 @@ def entered_counts(run: Runner, period: Period) -> dict[str, int]:
     return {r["stage"]: int(r["leads"]) for r in run(ENTERED, period.params).dicts()}
 
 
+@dataclass(frozen=True)
+class Progress:
+    """Per path stage entered in the period: leads by the furthest path position (1-based) they reached."""
+
+    furthest: dict[str, dict[int, int]]
+
+    def entered(self, stage: str) -> int:
+        return sum(self.furthest.get(stage, {}).values())
+
+    def reached(self, stage: str, target: str) -> int:
+        """Of the leads that entered ``stage``, those that reached ``target`` or a later path stage."""
+        at_least = PATH.index(target) + 1
+        return sum(n for where, n in self.furthest.get(stage, {}).items() if where >= at_least)
+
+
+def cohort_progress(run: Runner, period: Period) -> Progress:
+    furthest: dict[str, dict[int, int]] = {}
+    for row in run(PROGRESS, {**period.params, "path": list(PATH)}).dicts():
+        furthest.setdefault(row["stage"], {})[int(row["furthest"])] = int(row["leads"])
+    return Progress(furthest)
+
+
 def funnel_report(run: Runner, period: Period) -> Sections:
     entered = entered_counts(run, period)
     current = {r["stage"]: int(r["leads"]) for r in run(CURRENT, period.params).dicts()}
     with_path = {**period.params, "path": list(PATH)}
     velocity = {r["stage"]: r for r in run(VELOCITY, with_path).dicts()}
-    advanced = {r["stage"]: int(r["advanced"]) for r in run(ADVANCED, with_path).dicts()}
+    progress = cohort_progress(run, period)
     stages = []
     for index, stage in enumerate(PATH):
         following = PATH[index + 1] if index + 1 < len(PATH) else None
         here = entered.get(stage, 0)
-        conversion = round(advanced.get(stage, 0) / here, 4) if following and here else None
+        conversion = round(progress.reached(stage, following) / here, 4) if following and here else None
         median = velocity.get(stage, {}).get("median_days")
         stages.append(
             {

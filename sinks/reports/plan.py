@@ -15,7 +15,7 @@ from collections.abc import Mapping
 
 from sinks.query_service import Runner
 from sinks.reports import Sections
-from sinks.reports.funnel import PATH
+from sinks.reports.funnel import cohort_progress
 from sinks.reports.period import Period
 
 # (stage, label, rate key from the previous stage into this one), from the top of the funnel down.
@@ -49,30 +49,6 @@ SELECT uniqExact(who) AS entered,
              AND occurred_at < fromUnixTimestamp64Milli({until:Int64})
        )) AS reached
 FROM people
-"""
-
-# Leads that entered ``stage`` in the period, and how many of them reached ``target`` or a later stage of the
-# path by ``until`` (skipping stages counts; a customer imported from the CRM was never an opportunity).
-REACHED = """
-WITH entries AS (
-    SELECT lead_id, min(toUnixTimestamp64Milli(occurred_at)) AS at FROM leadpulse.stage_transitions FINAL
-    WHERE to_stage = {stage:String}
-      AND occurred_at >= fromUnixTimestamp64Milli({since:Int64})
-      AND occurred_at < fromUnixTimestamp64Milli({until:Int64})
-    GROUP BY lead_id
-),
-moves AS (
-    SELECT lead_id, to_stage AS stage, toUnixTimestamp64Milli(occurred_at) AS at
-    FROM leadpulse.stage_transitions FINAL
-    WHERE occurred_at < fromUnixTimestamp64Milli({until:Int64})
-)
-SELECT count() AS entered, countIf(reached) AS reached FROM (
-    SELECT e.lead_id,
-           max(m.at >= e.at AND indexOf({path:Array(String)}, m.stage)
-               >= indexOf({path:Array(String)}, {target:String})) AS reached
-    FROM entries AS e LEFT JOIN moves AS m ON e.lead_id = m.lead_id
-    GROUP BY e.lead_id
-)
 """
 
 
@@ -119,15 +95,15 @@ def measured_rates(run: Runner, period: Period) -> dict[str, float | None]:
     period, the share that reached the lower one (or a later stage) by ``until``. Why not entered(lower) /
     entered(upper): stages are skipped (a direct inquiry, a customer imported from the CRM), so that ratio
     counted people who were never in the upper stage, and gave win rates above 1."""
+    progress = cohort_progress(run, period)
     rates: dict[str, float | None] = {}
     for (above, _, _), (stage, _, key) in itertools.pairwise(STEPS):
         assert key is not None
-        if above == "awareness":
+        if above == "awareness":  # people, not leads: a visitor is known before being a lead
             row = run(VISITORS, period.params).dicts()[0]
+            entered, reached = int(row["entered"]), int(row["reached"])
         else:
-            params = {**period.params, "stage": above, "target": stage, "path": list(PATH)}
-            row = run(REACHED, params).dicts()[0]
-        entered, reached = int(row["entered"]), int(row["reached"])
+            entered, reached = progress.entered(above), progress.reached(above, stage)
         rates[key] = reached / entered if entered else None
     return rates
 

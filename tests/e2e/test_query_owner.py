@@ -6,24 +6,15 @@ from __future__ import annotations
 
 import json
 import subprocess
-import urllib.request
 from pathlib import Path
 
 import pytest
 
 from streams.broker import EmbeddedBroker, free_port
 from streams.settings import Settings
-from tests.processes import LEADPULSE, CliProcess, leadpulse_env, wait_until
+from tests.processes import LEADPULSE, CliProcess, http_ok, leadpulse_env, wait_until
 
 pytestmark = pytest.mark.e2e
-
-
-def _health(url: str) -> bool:
-    try:
-        with urllib.request.urlopen(url, timeout=2) as response:
-            return bool(response.status == 200)
-    except OSError:
-        return False
 
 
 def test_sql_reads_its_own_data_directory_not_the_one_a_running_sink_owns(
@@ -38,7 +29,7 @@ def test_sql_reads_its_own_data_directory_not_the_one_a_running_sink_owns(
     owned, other = tmp_path / "owned", tmp_path / "other"
     sink = CliProcess(["sink"], leadpulse_env(data_dir=owned, **common), tmp_path / "sink.log")
     try:
-        wait_until(lambda: _health(f"http://127.0.0.1:{port}/ready"), 90, "the sink ready", sink)
+        wait_until(lambda: http_ok(f"http://127.0.0.1:{port}/ready"), 90, "the sink ready", sink)
 
         def sql(data_dir: Path) -> subprocess.CompletedProcess[str]:
             return subprocess.run(
