@@ -16,6 +16,7 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.partitioner import murmur2
 
 from streams.broker import aiokafka_client_config
+from streams.kafka_close import stop_consumer
 from streams.settings import Settings
 from streams.tansu_compat import end_offsets
 
@@ -116,4 +117,4 @@ async def read_to_end(
                 if await consumer.position(tp) >= ends[tp]:
                     pending.discard(tp)
     finally:
-        await consumer.stop()
+        await stop_consumer(consumer)

@@ -35,6 +35,7 @@ from sinks.webhook import (
 )
 from streams.broker import aiokafka_client_config
 from streams.dlq import dead_letter, encode_dead_letter, writer_headers
+from streams.kafka_close import commit, stop_consumer
 from streams.metrics import Metrics
 from streams.settings import Settings
 from streams.topics import DLQ, HOT_LEADS
@@ -208,7 +209,7 @@ class Notifier:
                     await asyncio.gather(committer, *workers, return_exceptions=True)
                     await self._commit(consumer)
         finally:
-            await consumer.stop()
+            await stop_consumer(consumer)
             await producer.stop()
 
     async def _consume(
@@ -323,7 +324,7 @@ class Notifier:
         if not offsets:
             return
         try:
-            await consumer.commit(offsets)
+            await commit(consumer, offsets)
             self._committed.update(offsets)
         except Exception as exc:  # a failed commit only means re-delivery after a restart
             log.warning("notifier commit failed (will retry): %s: %s", type(exc).__name__, exc)

@@ -42,6 +42,7 @@ from schemas.registry import SchemaError, SchemaRegistry, default_registry
 from streams.broker import aiokafka_client_config, create_topics, is_tansu, kafka_client_config
 from streams.dlq import dead_letter, encode_dead_letter, writer_headers
 from streams.event_hygiene import InadmissibleEvent, check_admissible, invalid_reason
+from streams.kafka_close import commit, committed, stop_consumer
 from streams.metrics import Metrics, observe_many
 from streams.producer import lead_key
 from streams.settings import Settings
@@ -193,7 +194,7 @@ class LeadWorker:
                 while not stop.is_set():
                     await self.poll_once()
             finally:
-                await self.consumer.stop()  # leaves the group: the partitions move at once
+                await stop_consumer(self.consumer)  # leaves the group: the partitions move at once
         finally:
             await self.producer.stop()
 
@@ -234,7 +235,7 @@ class LeadWorker:
         log.info("a rebalance overlapped a fetch: fetching %d partition(s) again from commits", len(again))
         for tp in again:
             try:
-                offset = await self.consumer.committed(tp)
+                offset = await committed(self.consumer, tp)
                 if offset is None:
                     await self.consumer.seek_to_beginning(tp)
                 else:
@@ -457,7 +458,7 @@ class LeadWorker:
     async def _commit(self, offsets: dict[TopicPartition, int]) -> None:
         assert self.consumer is not None
         try:
-            await self.consumer.commit(offsets)
+            await commit(self.consumer, offsets)
             self.committed.update(offsets)
         except (CommitFailedError, IllegalStateError, KafkaError) as exc:
             # The partitions moved: their next owner re-reads the batch; its state already has these events.
@@ -547,10 +548,10 @@ class LeadWorker:
             high = self.consumer.highwater(tp)
             if high is None:
                 continue
-            committed = self.committed.get(tp, 0)
+            done = self.committed.get(tp, 0)
             self.metrics.consumer_lag.labels(
                 group=GROUP, topic=self._unprefixed(tp.topic), partition=str(tp.partition)
-            ).set(max(0, high - committed))
+            ).set(max(0, high - done))
 
     def ready(self) -> tuple[bool, dict[str, Any]]:
         assigned = len(self.consumer.assignment()) if self.consumer else 0

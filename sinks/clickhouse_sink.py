@@ -45,6 +45,7 @@ from streams.broker import aiokafka_client_config
 from streams.dlq import dead_letter, encode_dead_letter, writer_headers
 from streams.erasures import ErasureLog
 from streams.event_hygiene import InadmissibleEvent, check_admissible, future_problem
+from streams.kafka_close import commit, committed, stop_consumer
 from streams.settings import Settings
 from streams.topics import INPUTS, MAX_INPUT_RECORD_BYTES, OUTPUTS, spec_for
 
@@ -212,7 +213,7 @@ class ClickHouseSinkLoop:
                 await self.step()
             await self.drain()
         finally:
-            await self.consumer.stop()
+            await stop_consumer(self.consumer)
             await self.erasures.stop()
             if self._producer is not None:
                 await asyncio.to_thread(self._producer.close)
@@ -319,7 +320,7 @@ class ClickHouseSinkLoop:
         assert self.consumer is not None
         tps = [TopicPartition(t, p) for t, p in sorted(assigned)]
         try:
-            found = await asyncio.gather(*(self.consumer.committed(tp) for tp in tps))
+            found = await asyncio.gather(*(committed(self.consumer, tp) for tp in tps))
         except KafkaError as exc:  # only the metric suffers: it is corrected by the next commit
             log.warning("could not read the group's committed offsets for the lag metric: %s", exc)
             return
@@ -390,7 +391,7 @@ class ClickHouseSinkLoop:
                     if high is not None and high <= positions[key]:
                         pending.discard(key)
         finally:
-            await reader.stop()
+            await stop_consumer(reader)
         return found
 
     def _stored_ids(self, positions: dict[tuple[str, int], int]) -> dict[tuple[str, int], str]:
@@ -600,7 +601,7 @@ class ClickHouseSinkLoop:
         if self._producer is not None:
             await asyncio.to_thread(self._producer.flush)  # dead letters durable before skipping them
         try:
-            await self.consumer.commit(todo)
+            await commit(self.consumer, todo)
         except (CommitFailedError, IllegalStateError, KafkaError) as exc:
             # A rebalance moved the partitions: their next owner resumes from the stored rows.
             log.warning("offset commit refused (%s); will be retried or re-read by the next owner", exc)

@@ -27,6 +27,7 @@ from kafka.errors import KafkaError
 
 from schemas.registry import SchemaError, default_registry
 from streams.broker import aiokafka_client_config, create_topics, is_tansu, kafka_client_config
+from streams.kafka_close import stop_consumer
 from streams.settings import Settings
 from streams.tansu_compat import end_offsets
 from streams.topics import ERASURES
@@ -221,4 +222,4 @@ class ErasureLog:
                 await task
         consumer, self._consumer = self._consumer, None
         if consumer is not None:
-            await consumer.stop()
+            await stop_consumer(consumer)

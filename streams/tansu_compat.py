@@ -19,6 +19,8 @@ from typing import Any
 from aiokafka import AIOKafkaConsumer
 from aiokafka.structs import TopicPartition
 
+from streams.kafka_close import stop_consumer
+
 log = logging.getLogger(__name__)
 
 _applied = False
@@ -57,7 +59,7 @@ async def true_end_offsets(
                 "refusing to use Tansu's ListOffsets answer (it would restore stale state)"
             )
     finally:
-        await consumer.stop()
+        await stop_consumer(consumer)
     return result
 
 

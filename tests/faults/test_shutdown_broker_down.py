@@ -1,0 +1,79 @@
+"""SIGTERM during a broker outage: every long-running process exits 0, promptly, without a traceback.
+
+Why: an operator stops the fleet while Kafka is down (a maintenance window, a failed cluster). aiokafka's
+``consumer.stop()`` then raised a stray ``CancelledError`` (aio-libs/aiokafka#647, see
+``streams/kafka_close.py``): the worker and the sink died with a 40-line traceback, exit code 1 and
+"Unclosed AIOKafkaConsumer", which looks like a crash to the orchestrator and to whoever reads the log.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+import pytest
+
+from streams.broker import EmbeddedBroker, create_topics, free_port, tansu_binary
+from streams.settings import load_settings
+from tests.processes import CliProcess, http_ok, leadpulse_env, wait_until
+
+pytestmark = pytest.mark.faults
+
+
+def test_sigterm_while_the_broker_is_down_exits_cleanly(tmp_path: Path) -> None:
+    broker = EmbeddedBroker(tansu_binary(load_settings()), "127.0.0.1", free_port(), tmp_path / "tansu.log")
+    broker.start()
+    prefix = "down."
+    create_topics(broker.bootstrap, prefix)
+    ports = {name: free_port() for name in ("worker", "sink", "collector", "notifier")}
+    common = {"kafka_bootstrap": broker.bootstrap, "topic_prefix": prefix}
+    procs = {
+        "worker": CliProcess(
+            ["worker"],
+            leadpulse_env(**common, data_dir=tmp_path / "worker", web_port=ports["worker"]),
+            tmp_path / "worker.log",
+        ),
+        "sink": CliProcess(
+            ["sink"],
+            leadpulse_env(**common, data_dir=tmp_path / "sink", sink_port=ports["sink"]),
+            tmp_path / "sink.log",
+        ),
+        "collector": CliProcess(
+            ["collector", "--port", str(ports["collector"])],
+            leadpulse_env(**common, data_dir=tmp_path / "collector", write_keys='{"web": "k"}'),
+            tmp_path / "collector.log",
+        ),
+        "notifier": CliProcess(
+            ["notifier"],
+            leadpulse_env(
+                **common,
+                data_dir=tmp_path / "notifier",
+                notifier_port=ports["notifier"],
+                webhook_urls=json.dumps([f"http://127.0.0.1:{free_port()}/hook"]),
+                webhook_secret="s3cret-for-test",
+            ),
+            tmp_path / "notifier.log",
+        ),
+    }
+    try:
+        for name, proc in procs.items():
+            url = f"http://127.0.0.1:{ports[name]}/ready"
+            wait_until(lambda url=url: http_ok(url), 90, f"{name} ready", proc)  # type: ignore[misc]
+        broker.stop()
+        time.sleep(4)  # long enough for every consumer to fail a fetch and sit in its retry backoff
+        for name, proc in procs.items():
+            assert proc.proc.poll() is None, f"{name} exited when the broker went away:\n{proc.output()}"
+        for name, proc in procs.items():
+            started = time.monotonic()
+            code = proc.stop(timeout=30)
+            took = time.monotonic() - started
+            out = proc.output()
+            assert code == 0, f"{name} exited with {code} after SIGTERM:\n{out[-4000:]}"
+            assert took < 25, f"{name} took {took:.1f}s to stop"
+            for bad in ("Traceback", "Unclosed", "CancelledError"):
+                assert bad not in out, f"{name}: {bad!r} in its output:\n{out[-4000:]}"
+    finally:
+        for proc in procs.values():
+            proc.stop(timeout=5)
+        broker.stop()
