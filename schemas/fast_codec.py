@@ -80,7 +80,7 @@ def _check_string(value: Any) -> Any:
 
 
 def _check_long(value: Any) -> Any:
-    if type(value) is int:  # bool is not int here, as in the registry
+    if type(value) is int and _LONG_MIN <= value <= _LONG_MAX:  # bool is not int here, as in the registry
         return value
     raise _Slow
 
@@ -93,7 +93,7 @@ def _check_int(value: Any) -> Any:
 
 def _check_double(value: Any) -> Any:
     kind = type(value)
-    if kind is float:
+    if kind is float and value - value == 0.0:  # finite: NaN and ±inf give NaN
         return value
     if kind is int and _LONG_MIN <= value <= _LONG_MAX:
         return float(value)
@@ -295,6 +295,12 @@ def _inline(t: Any) -> tuple[str, int | None, int | None] | None:
 
 
 _INLINE_CHECK = {"string": "type(v) is str", "long": "type(v) is int", "double": "type(v) is float"}
+#: What ``coerce`` vouches for; anything else (a long beyond 64 bits, NaN, ±inf) is the registry's to refuse.
+_COERCE_CHECK = {
+    "string": "type(v) is str",
+    "long": "type(v) is int and LONG_MIN <= v <= LONG_MAX",
+    "double": "type(v) is float and v - v == 0.0",
+}
 
 
 def _namespace() -> dict[str, Any]:
@@ -369,13 +375,13 @@ def _generate(name: str, fields: list[_Field]) -> tuple[Callable[..., Any], Call
             encode.append(f"    write{i}(buf, v)")
             continue
         kind, null_index, value_index = f.inline
-        test = _INLINE_CHECK[kind]
+        test = _COERCE_CHECK[kind]
         guard = "" if null_index is None else "v is not None and "
         if kind == "double":  # the registry takes ints for doubles and makes them floats
             coerce += ["        if type(v) is int and LONG_MIN <= v <= LONG_MAX:", "            v = float(v)"]
-            coerce += [f"        elif {guard}not {test}:", "            raise Slow"]
+            coerce += [f"        elif {guard}not ({test}):", "            raise Slow"]
         else:
-            coerce += [f"        if {guard}not {test}:", "            raise Slow"]
+            coerce += [f"        if {guard}not ({test}):", "            raise Slow"]
         coerce.append(f"        x{i} = v")
         encode += _inline_encode(kind, null_index, value_index)
     record = ", ".join(f"{f.name!r}: x{i}" for i, f in enumerate(fields))

@@ -11,6 +11,7 @@ from __future__ import annotations
 import copy
 import io
 import json
+import math
 import struct
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
@@ -235,6 +236,7 @@ _AVRO_PY: dict[str, tuple[type, ...]] = {
     "bytes": (bytes,),
 }
 _INT32 = (-(2**31), 2**31 - 1)
+_INT64 = (-(2**63), 2**63 - 1)
 
 
 def to_millis(value: Any) -> int:
@@ -242,9 +244,11 @@ def to_millis(value: Any) -> int:
     if isinstance(value, bool):
         raise ValueError("expected a timestamp, got a boolean")
     if isinstance(value, int):
+        if not _INT64[0] <= value <= _INT64[1]:
+            raise ValueError(f"out of range for a timestamp in epoch milliseconds: {_short(value)}")
         return value
     if isinstance(value, float) and value.is_integer():
-        return int(value)
+        return to_millis(int(value))
     if isinstance(value, str):
         try:
             value = datetime.fromisoformat(value.replace("Z", "+00:00"))
@@ -321,10 +325,25 @@ def _coerce(t: Any, value: Any, path: str, errors: list[FieldError]) -> Any:
         errors.append(FieldError(path, f"expected {t}, got {type(value).__name__} {value!r}"[:200]))
         return value
     if t == "int" and isinstance(value, int) and not _INT32[0] <= value <= _INT32[1]:
-        errors.append(FieldError(path, f"out of range for int: {value}"))
+        errors.append(FieldError(path, f"out of range for int: {_short(value)}"))
+    elif t == "long" and isinstance(value, int) and not _INT64[0] <= value <= _INT64[1]:
+        errors.append(FieldError(path, f"out of range for long: {_short(value)}"))
     if t in ("double", "float") and isinstance(value, int | float):
-        return float(value)
+        try:
+            number = float(value)
+        except OverflowError:  # an int beyond float's range
+            errors.append(FieldError(path, f"out of range for {t}: {_short(value)}"))
+            return value
+        if not math.isfinite(number):  # JSON NaN/Infinity: would sum into every report as nan
+            errors.append(FieldError(path, f"must be a finite number, got {value}"))
+        return number
     return value
+
+
+def _short(value: object) -> str:
+    """A number for an error message: a 300-digit one is cut, so the message stays readable."""
+    text = str(value)
+    return text if len(text) <= 24 else f"{text[:12]}…({len(text)} digits)"
 
 
 def _coerce_record(
@@ -359,8 +378,8 @@ def _domain_checks(name: str, record: Mapping[str, Any]) -> Iterable[FieldError]
         yield FieldError("lead_id", "one of lead_id or anonymous_id is required")
     if name == "content_view":
         dwell = record.get("dwell_ms")
-        if isinstance(dwell, int) and dwell < 0:
+        if isinstance(dwell, int) and _INT64[0] <= dwell < 0:  # out of range is reported by the type check
             yield FieldError("dwell_ms", f"must be >= 0, got {dwell}")
         pct = record.get("percent_viewed")
-        if isinstance(pct, float) and not 0.0 <= pct <= 100.0:
+        if isinstance(pct, float) and math.isfinite(pct) and not 0.0 <= pct <= 100.0:
             yield FieldError("percent_viewed", f"must be between 0 and 100, got {pct}")

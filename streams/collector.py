@@ -33,8 +33,10 @@ from streams.intake import (
     EVENT_TYPES,
     Accepted,
     BodyError,
+    Envelope,
     Limits,
     Outcome,
+    decompress,
     key_from_authorization,
     normalise_event,
     parse_body,
@@ -249,7 +251,11 @@ class Collector:
         self.last_publish_error: str | None = None
 
     def app(self) -> web.Application:
-        app = web.Application(client_max_size=self.limits.max_body_bytes, middlewares=[self._middleware])
+        app = web.Application(
+            client_max_size=self.limits.max_body_bytes,
+            middlewares=[self._middleware],
+            handler_args={"auto_decompress": False},  # decoded by streams.intake.decompress, with JSON errors
+        )
         app.router.add_post("/v1/events", self.handle_events)
         app.router.add_route("OPTIONS", "/v1/events", self.handle_preflight)
         app.router.add_get("/v1/tracker.js", self.handle_tracker)
@@ -282,6 +288,9 @@ class Collector:
             response = await handler(request)
         except web.HTTPException as exc:
             response = exc
+        except Exception:  # a bug must still answer JSON with CORS, and be counted
+            log.exception("collector: unexpected error answering %s %s", request.method, request.path)
+            response = _error(500, "internal_error", "the collector failed on this request; see its log")
         response.headers["Access-Control-Allow-Origin"] = self.allowed_origin
         if request.path.startswith("/v1/"):
             self.metrics.collector_requests.labels(status=str(response.status)).inc()
@@ -309,31 +318,43 @@ class Collector:
         received_at = int(self.clock() * 1000)
         if request.content_length is not None and request.content_length > self.limits.max_body_bytes:
             return self._too_large(request.content_length)
+        header_key = key_from_authorization(request.headers.get("Authorization"))
+        outside_body = header_key or request.query.get("write_key")
+        if outside_body and source_for_key(self.keys, outside_body) is None:  # refused unread
+            return self._unauthorized(outside_body, events=0)
         try:
             raw = await request.read()
         except web.HTTPRequestEntityTooLarge:
             return self._too_large(None)
-        header_key = key_from_authorization(request.headers.get("Authorization"))
         try:
-            envelope = parse_body(raw, self.limits)
+            body = decompress(raw, request.headers.get("Content-Encoding"), self.limits.max_body_bytes)
+            envelope = parse_body(body, self.limits)
         except BodyError as exc:
             if exc.status == 413:
                 self.metrics.collector_events.labels(source="unknown", result="too_large").inc()
             return _error(exc.status, exc.code, str(exc))
-        presented = header_key or envelope.write_key or request.query.get("write_key")
+        presented = outside_body or envelope.write_key
         source = source_for_key(self.keys, presented)
         if source is None:
-            self.metrics.collector_events.labels(source="unknown", result="unauthorized").inc(
-                len(envelope.events)
-            )
-            problem = "missing write key" if not presented else "unknown write key"
-            return _error(
-                401,
-                "unauthorized",
-                f"{problem}: send Authorization: Bearer <write key>, basic auth with "
-                "the key as user name, or write_key in the body",
-                **{"WWW-Authenticate": "Bearer"},
-            )
+            return self._unauthorized(presented, events=len(envelope.events))
+        return await self._accept(request, source, envelope, received_at)
+
+    def _unauthorized(self, presented: str | None, events: int) -> web.Response:
+        if events:
+            self.metrics.collector_events.labels(source="unknown", result="unauthorized").inc(events)
+        problem = "missing write key" if not presented else "unknown write key"
+        return _error(
+            401,
+            "unauthorized",
+            f"{problem}: send Authorization: Bearer <write key>, basic auth with "
+            "the key as user name, or write_key in the body",
+            **{"WWW-Authenticate": "Bearer"},
+        )
+
+    async def _accept(
+        self, request: web.Request, source: str, envelope: Envelope, received_at: int
+    ) -> web.Response:
+        """Rate limit, bot filter, validate, publish: a request whose key is known."""
         wait_s = self.rate_limits.take(source, len(envelope.events), self.clock())
         if wait_s:
             self.metrics.collector_events.labels(source=source, result="rate_limited").inc(
@@ -347,9 +368,10 @@ class Collector:
                 f"{self.settings.collector_rate_burst}); nothing was accepted, retry the same batch {retry}",
                 **({} if math.isinf(wait_s) else {"Retry-After": str(math.ceil(wait_s))}),
             )
-        # Bot filtering looks at the visitor's user agent: the browser's own (tracker requests carry an
-        # Origin or a key in the body), or one forwarded per event by a server-side integration.
-        browser = header_key is None or "Origin" in request.headers
+        # Bot filtering looks at the visitor's user agent: the browser's own (browsers send an Origin with
+        # every POST, the tracker's beacons included), or one forwarded per event by a server-side
+        # integration. Where the key was put says nothing: a server-side curl may use ?write_key= too.
+        browser = "Origin" in request.headers
         header_is_bot = browser and is_bot(request.headers.get("User-Agent"))  # once per request
         allowed = EVENT_TYPES if source in self.server_sources else BROWSER_TYPES
         outcome = Outcome()

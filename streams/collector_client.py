@@ -1,7 +1,8 @@
 """A small HTTP client for the collector: buffers events and posts them in batches (``POST /v1/events``).
 
 Used by ``leadpulse demo --via collector``, so synthetic traffic can enter the pipeline the way
-a web site or CRM integration would. Server-side types (``sales_activity``) go with the server write key.
+a web site or CRM integration would. Server-side types (``sales_activity``) and profiles that set CRM fields
+go with the server write key.
 """
 
 from __future__ import annotations
@@ -13,8 +14,17 @@ from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import urlsplit
 
-SERVER_TYPES = frozenset({"sales_activity"})
+from streams.intake import CRM_PROFILE_FIELDS, SERVER_TYPES
+
 STAMPED_BY_COLLECTOR = ("source", "received_at")
+
+
+def _server_side(schema: str, record: dict[str, Any]) -> bool:
+    """Sales activities, and profiles that set CRM fields (flags, owner, segment), need the server key."""
+    if schema in SERVER_TYPES:
+        return True
+    crm_fields = (record.get(name) for name in CRM_PROFILE_FIELDS)
+    return schema == "lead_identified" and any(value not in (None, "", []) for value in crm_fields)
 
 
 class CollectorRejected(RuntimeError):
@@ -38,7 +48,7 @@ class CollectorClient:
         ``max_wait_s``: the sales activities (a few per hundred events, another write key) used to wait for
         a hundred of their own, reaching the worker seconds after the MQLs they follow up, which then
         counted as missed."""
-        key = self.server_key if schema in SERVER_TYPES else self.browser_key
+        key = self.server_key if _server_side(schema, record) else self.browser_key
         event = {k: v for k, v in record.items() if k not in STAMPED_BY_COLLECTOR}
         buffer = self._buffers.setdefault(key, [])
         buffer.append({"type": schema, **event})

@@ -16,6 +16,7 @@ import base64
 import binascii
 import hmac
 import json
+import zlib
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -37,6 +38,11 @@ SERVER_TYPES = ("sales_activity",)
 EVENT_TYPES = BROWSER_TYPES + SERVER_TYPES
 #: Fields the collector reads and removes before schema validation (they are not in the Avro schemas).
 ENVELOPE_FIELDS = ("type", "sent_at", "user_agent")
+#: ``lead_identified`` fields only a server-side key may set. A browser key is public (anyone can read it
+#: from the page), and these disqualify a lead (flags), route it (owner) and choose its SLA (segment).
+CRM_PROFILE_FIELDS = ("flags", "owner", "segment")
+#: The keys of a batch object (``{"batch": [...], ...}``); anything else is refused.
+BATCH_FIELDS = ("batch", "sent_at", "write_key")
 
 
 @dataclass(frozen=True)
@@ -120,18 +126,59 @@ def too_large(accepted: Accepted, size: int) -> Rejected:
     )
 
 
+#: Content-Encodings the collector decodes itself (aiohttp's own decoding is off: a zstd or brotli body it
+#: could not decode dropped the connection or answered plain text, never the JSON error a client reads).
+ENCODINGS = ("identity", "gzip", "x-gzip", "deflate")
+
+
+def decompress(raw: bytes, content_encoding: str | None, limit: int) -> bytes:
+    """The body with its Content-Encoding undone, refused past ``limit`` bytes decoded (a gzip bomb)."""
+    encoding = (content_encoding or "identity").strip().lower()
+    if encoding == "identity":
+        return raw
+    if encoding not in ENCODINGS:
+        raise BodyError(
+            415, "unsupported_encoding", f"Content-Encoding {encoding!r}: send gzip, deflate or no encoding"
+        )
+    # gzip header for gzip, zlib header (or raw deflate, as some clients send it) for deflate
+    wbits = 16 + zlib.MAX_WBITS if encoding in ("gzip", "x-gzip") else -zlib.MAX_WBITS
+    if encoding == "deflate" and raw[:1] == b"\x78":
+        wbits = zlib.MAX_WBITS
+    inflater = zlib.decompressobj(wbits)
+    try:
+        out = inflater.decompress(raw, limit + 1)
+        if len(out) <= limit and not inflater.eof:
+            out += inflater.flush()
+    except zlib.error as exc:
+        raise BodyError(400, "undecodable_body", f"body is not valid {encoding}: {exc}") from None
+    if len(out) > limit or inflater.unconsumed_tail:
+        raise BodyError(413, "body_too_large", f"body decodes to more than the limit of {limit} bytes")
+    if not inflater.eof:
+        raise BodyError(400, "undecodable_body", f"body is truncated {encoding}")
+    return out
+
+
 def parse_body(raw: bytes, limits: Limits) -> Envelope:
     """One event object, ``{"batch": [...], "sent_at": ..., "write_key": ...}``, or a JSON array of events."""
     try:
         data = json.loads(raw)
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise BodyError(400, "invalid_json", f"body is not JSON: {exc}") from None
+    except RecursionError:  # '[[[[…' 100k deep: json raises instead of answering
+        raise BodyError(400, "invalid_json", "body is not JSON we accept: nested too deeply") from None
     if isinstance(data, list):
         envelope = Envelope(events=data)
     elif isinstance(data, dict) and "batch" in data:
         events = data["batch"]
         if not isinstance(events, list):
             raise BodyError(400, "invalid_batch", f"batch: expected an array, got {type(events).__name__}")
+        unknown = sorted(set(data) - set(BATCH_FIELDS))
+        if unknown:  # a typo such as sentAt would silently lose the clock-skew correction
+            raise BodyError(
+                400,
+                "invalid_batch",
+                f"unknown batch field(s) {unknown}; a batch object has {', '.join(BATCH_FIELDS)}",
+            )
         write_key = data.get("write_key")
         envelope = Envelope(events, data.get("sent_at"), write_key if isinstance(write_key, str) else None)
     elif isinstance(data, dict):
@@ -207,7 +254,11 @@ def normalise_event(
     event_id = event.get("event_id") if isinstance(event.get("event_id"), str) else None
     kind = event.pop("type", None)
     sent_at = event.pop("sent_at", batch_sent_at)
-    event.pop("user_agent", None)
+    user_agent = event.pop("user_agent", None)
+    if user_agent is not None and not isinstance(user_agent, str):  # it decides bot filtering: no guessing
+        return Rejected(
+            index, event_id, [FieldError("user_agent", f"expected a string, got {type(user_agent).__name__}")]
+        )
     if kind not in EVENT_TYPES:
         problem = "required field is missing" if kind is None else f"unknown type {kind!r}"
         return Rejected(index, event_id, [FieldError("type", f"{problem}; one of {', '.join(EVENT_TYPES)}")])
@@ -221,6 +272,11 @@ def normalise_event(
                 )
             ],
         )
+    if kind == "lead_identified" and not set(SERVER_TYPES) <= set(allowed_types):
+        crm_only = [name for name in CRM_PROFILE_FIELDS if event.get(name) not in (None, "", [])]
+        if crm_only:
+            problem = f"set only with a server-side write key; source {source!r} is a browser key (public)"
+            return Rejected(index, event_id, [FieldError(name, problem) for name in crm_only])
     event["source"] = source
     event["received_at"] = received_at
     event.setdefault("event_time", received_at)

@@ -236,7 +236,9 @@ class Metrics:
         self.collector_events = Counter(
             "leadpulse_collector_events_total",
             "Events in collector requests, by source (write-key name) and result (accepted, invalid, bot, "
-            "unauthorized, too_large, rate_limited).",
+            "unauthorized, too_large, rate_limited, unavailable). A body too large to read counts 1 as "
+            "too_large (its events are unknown); a wrong key in the header is refused unread and counted "
+            "only in leadpulse_collector_requests_total.",
             ["source", "result"],
             registry=r,
         )

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import gzip
 import json
 import time
 import uuid
@@ -366,3 +367,98 @@ async def test_a_write_key_over_its_rate_gets_429_with_retry_after_and_nothing_l
     assert landed.isdisjoint(e["event_id"] for e in refused)  # refused whole
     assert len(landed) == 501
     assert collector.value("leadpulse_collector_events_total", source="web", result="rate_limited") == 50
+
+
+# --- found by the stop-17 security audit ------------------------------------------------------------------
+
+
+async def test_a_number_avro_cannot_hold_is_a_per_event_error_not_a_500(collector: Running) -> None:
+    good = visit()
+    status, body, _ = await collector.post([good, content_view(dwell_ms=10**25)])
+    assert status == 207, body
+    assert [(e["index"], [f["field"] for f in e["errors"]]) for e in body["errors"]] == [(1, ["dwell_ms"])]
+    status, body, _ = await collector.post([visit(event_time=-(10**25))])
+    assert (status, body["errors"][0]["errors"][0]["field"]) == (400, "event_time")
+    assert [r.record["event_id"] for r in await collector.topic("events.web_visits")] == [good["event_id"]]
+
+
+async def test_hostile_bodies_get_a_json_4xx_with_cors_never_a_500(collector: Running) -> None:
+    deep = ("[" * 60_000 + "]" * 60_000).encode()  # within the test limit of 128 KiB
+    cases = [
+        ("nested 60k deep", deep, {}, 400, "invalid_json"),
+        ("not gzip", b"notgzip", {"Content-Encoding": "gzip"}, 400, "undecodable_body"),
+        ("zstd", json.dumps(visit()).encode(), {"Content-Encoding": "zstd"}, 415, "unsupported_encoding"),
+        ("gzip bomb", gzip.compress(b" " * 10_000_000), {"Content-Encoding": "gzip"}, 413, "body_too_large"),
+        ("envelope typo", json.dumps({"batch": [visit()], "sentAt": 1}).encode(), {}, 400, "invalid_batch"),
+    ]
+    for what, raw, headers, status, code in cases:
+        async with collector.session.post(
+            collector.url + "/v1/events",
+            data=raw,
+            headers={"Authorization": f"Bearer {WEB_KEY}", "Origin": "https://a.example", **headers},
+        ) as response:
+            assert response.status == status, (what, await response.text())
+            assert (await response.json())["error"] == code, what
+            assert response.headers["Access-Control-Allow-Origin"] == "*", what
+    assert collector.value("leadpulse_collector_requests_total", status="500") == 0
+    assert collector.value("leadpulse_collector_requests_total", status="400") == 3
+    zipped = visit()
+    async with collector.session.post(
+        collector.url + "/v1/events",
+        data=gzip.compress(json.dumps(zipped).encode()),
+        headers={"Authorization": f"Bearer {WEB_KEY}", "Content-Encoding": "gzip"},
+    ) as response:
+        assert response.status == 202
+    assert [r.record["event_id"] for r in await collector.topic("events.web_visits")] == [zipped["event_id"]]
+
+
+async def test_a_wrong_key_in_the_header_is_refused_before_the_body_is_read(collector: Running) -> None:
+    status, body, _ = await collector.post(None, key="wrong", raw=b"{not json")
+    assert (status, body["error"]) == (401, "unauthorized")
+
+
+async def test_server_side_clients_are_not_bots_wherever_their_key_is(collector: Running) -> None:
+    """curl or python-requests with ?write_key= (documented) was taken for a browser and dropped as a bot
+    behind a 202. Browsers send an Origin with every POST; only then is the request's user agent the
+    visitor's."""
+    curl = {"User-Agent": "curl/8.5.0"}
+    server_side = visit()
+    async with collector.session.post(
+        collector.url + f"/v1/events?write_key={WEB_KEY}", data=json.dumps(server_side), headers=curl
+    ) as response:
+        assert (response.status, (await response.json())["bots_dropped"]) == (202, 0)
+    headless = {"User-Agent": "Mozilla/5.0 HeadlessChrome/120.0", "Origin": "https://www.example.com"}
+    status, body, _ = await collector.post(
+        visit(),
+        key=None,
+        raw=json.dumps({"write_key": WEB_KEY, "batch": [visit()]}).encode(),
+        headers=headless,
+    )
+    assert (status, body["accepted"], body["bots_dropped"]) == (202, 0, 1)
+    status, body, _ = await collector.post([visit(user_agent=123)])
+    assert (status, body["errors"][0]["errors"][0]["field"]) == (400, "user_agent")
+    got = [r.record["event_id"] for r in await collector.topic("events.web_visits")]
+    assert got == [server_side["event_id"]]
+
+
+async def test_a_browser_key_cannot_set_the_crm_fields_of_a_profile(collector: Running) -> None:
+    """The browser key is public: with it anyone could disqualify a lead (flags), take it over (owner) or
+    change its SLA (segment). A form may still identify a visitor and say who they are."""
+    profile = {
+        "type": "lead_identified",
+        "event_id": str(uuid.uuid4()),
+        "event_time": now_ms(),
+        "anonymous_id": "a-1",
+        "lead_id": "L-7",
+        "email": "ceo@victim.example",
+        "job_title": "CTO",
+    }
+    spoof = {**profile, "event_id": "spoof", "flags": ["competitor"], "owner": "rep-x", "segment": "smb"}
+    status, body, _ = await collector.post([profile, spoof])
+    assert status == 207, body
+    assert [f["field"] for f in body["errors"][0]["errors"]] == ["flags", "owner", "segment"]
+    assert "server-side write key" in body["errors"][0]["errors"][0]["problem"]
+    crm = {**spoof, "event_id": "from-crm"}
+    assert (await collector.post([crm], key=CRM_KEY))[0] == 202
+    got = sorted(r.record["event_id"] for r in await collector.topic("leads.profiles"))
+    assert got == sorted([profile["event_id"], "from-crm"])

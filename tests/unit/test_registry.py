@@ -205,6 +205,47 @@ def test_content_view_ranges_are_checked() -> None:
     assert {e.field for e in info.value.errors} == {"dwell_ms", "percent_viewed"}
 
 
+CONTENT_VIEW = {
+    "event_id": "c1",
+    "event_time": 1_793_491_200_000,
+    "lead_id": "L1",
+    "source": "t",
+    "content_id": "wp-1",
+    "content_type": "whitepaper",
+    "dwell_ms": 5,
+    "percent_viewed": 50,
+}
+
+
+@pytest.mark.parametrize(
+    ("field", "value", "problem"),
+    [
+        ("dwell_ms", 10**25, "out of range for long: 100000000000…(26 digits)"),
+        ("dwell_ms", -(2**63) - 1, "out of range for long"),
+        ("event_time", -(10**25), "out of range for a timestamp in epoch milliseconds"),
+        ("event_time", 1e300, "out of range for a timestamp in epoch milliseconds"),
+        ("percent_viewed", float("nan"), "must be a finite number, got nan"),
+        ("percent_viewed", 10**400, "out of range for double"),
+    ],
+)
+def test_numbers_avro_cannot_hold_are_field_errors_not_encoder_crashes(
+    field: str, value: object, problem: str
+) -> None:
+    """Found by a security audit: a long beyond int64 passed validation and fastavro's encoder raised
+    OverflowError, a 500 from the collector for the whole batch; NaN amounts were stored as nan."""
+    with pytest.raises(SchemaValidationError) as info:
+        default_registry().validate("content_view", {**CONTENT_VIEW, field: value})
+    assert [(e.field, problem in e.problem) for e in info.value.errors] == [(field, True)]
+    default_registry().validate("content_view", {**CONTENT_VIEW, field: CONTENT_VIEW[field]})  # in range
+
+
+def test_a_non_finite_sales_amount_is_refused() -> None:
+    record = {"event_id": "s", "event_time": 1, "lead_id": "L", "source": "crm", "activity": "closed_won"}
+    with pytest.raises(SchemaValidationError, match="amount: must be a finite number, got inf"):
+        default_registry().validate("sales_activity", {**record, "amount": float("inf")})
+    assert default_registry().validate("sales_activity", {**record, "amount": 1200.5})["amount"] == 1200.5
+
+
 def test_nested_records_report_their_path() -> None:
     registry = default_registry()
     with pytest.raises(SchemaValidationError, match=r"reasons\[0\]\.points: expected double"):
