@@ -163,8 +163,13 @@ class Notifier:
         self.assigned = False
         self._committed: dict[TopicPartition, int] = {}
         secret = settings.webhook_secret.get_secret_value() if settings.webhook_secret else None
-        if secret is None:
-            log.warning("LEADPULSE_WEBHOOK_SECRET is not set: webhooks are sent unsigned")
+        if not secret and any(t.kind == "json" for t in self.targets):
+            # DESIGN §10: bodies are signed. Unsigned, a receiver cannot tell our webhooks from anyone's.
+            # Slack's incoming-webhook URL is its own secret, so Slack-only setups need none.
+            raise ValueError(
+                "LEADPULSE_WEBHOOK_SECRET is not set: webhooks to LEADPULSE_WEBHOOK_URLS are signed with it "
+                "(HMAC-SHA256, docs/ingestion.md); set a random secret and give it to the receivers"
+            )
         self._secret = secret
 
     def ready(self) -> tuple[bool, dict[str, Any]]:

@@ -687,6 +687,11 @@ def run_sink(
 
     if metrics is None:
         metrics = Metrics(CollectorRegistry(), component="sink", process_metrics=True)
+    if settings.default_email_hash_key and not settings.embedded_clickhouse:
+        log.warning(
+            "LEADPULSE_EMAIL_HASH_KEY is the shipped default: anyone with a list of emails can match the "
+            "stored email hashes; set a random key before storing real data (docs/privacy.md)"
+        )
     # Served from the start, so a sink waiting for ClickHouse answers /health and /metrics and says on /ready
     # what it waits for (an orchestrator probing a silent port restarts it in a loop).
     running: dict[str, Any] = {}

@@ -8,7 +8,8 @@ Signature (documented in ``docs/ingestion.md``; the scheme Stripe and others use
 The timestamp is inside the MAC so a captured request cannot be replayed later (receivers reject ``t``
 older than a tolerance); it is fresh on each attempt. The idempotency key is the notification id, stable
 across retries and pipeline replays, so a receiver that stores the keys it has seen shows each lead once.
-Several ``v1=`` values may appear during a secret rotation; ``verify_signature`` accepts any that matches.
+The sender signs with one secret; ``verify_signature`` accepts any matching ``v1=`` value, so receivers
+written against it keep working if a later version signs with the old and new secret during a rotation.
 
 Retries: network errors, timeouts, 408/425/429 and 5xx are retried with exponential backoff and jitter
 (``Retry-After`` honoured up to the cap); other answers are permanent. A delivery that gives up is returned
@@ -269,6 +270,9 @@ class WebhookSender:
             except (TimeoutError, aiohttp.ClientError) as exc:
                 status = None
                 error = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
+                error = error.replace(
+                    target.url, f"<{target.name} at {target.host}>"
+                )  # the URL may hold a token
                 if isinstance(exc, TimeoutError):
                     error = f"no answer within {self.policy.timeout_s:g} s"
             if attempt < self.policy.max_attempts:

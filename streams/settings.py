@@ -15,6 +15,21 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 from pydantic_settings import SettingsError as SourceError
 
 ENV_PREFIX = "LEADPULSE_"
+#: The shipped email-hash key: public, so only for local data (``Settings.default_email_hash_key``).
+DEFAULT_EMAIL_HASH_KEY = "leadpulse-local-default-change-me"
+MIN_EMAIL_HASH_KEY = 16
+
+
+def _check_host_and_port(url: str) -> None:
+    """A URL's host is present and its port a number; the message never shows the URL (it may hold a
+    password or a token)."""
+    parts = urlsplit(url)
+    try:
+        parts.port  # noqa: B018 - parsing the port is the check
+    except ValueError:
+        raise ValueError("the port is not a number between 0 and 65535") from None
+    if not parts.hostname or any(c.isspace() for c in parts.hostname):
+        raise ValueError("no valid host name")
 
 
 class SettingsError(Exception):
@@ -74,7 +89,7 @@ class Settings(BaseSettings):
     webhook_backoff_cap_s: float = Field(default=30.0, ge=0, le=3600)
     webhook_concurrency: int = Field(default=4, ge=1, le=256)
     # Key of the HMAC that turns emails into the keyed hashes stored in ClickHouse (DESIGN §10).
-    email_hash_key: SecretStr = SecretStr("leadpulse-local-default-change-me")
+    email_hash_key: SecretStr = SecretStr(DEFAULT_EMAIL_HASH_KEY)
 
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
 
@@ -97,6 +112,32 @@ class Settings(BaseSettings):
         if not value.startswith(("chdb://", "http://", "https://", "clickhouse://", "clickhouses://")):
             scheme = value.split(":", 1)[0]  # only the scheme: a DSN may carry a password
             raise ValueError(f"expected a chdb://, http:// or https:// DSN, got scheme {scheme!r}")
+        if not value.startswith("chdb://"):
+            _check_host_and_port(value)
+        return value
+
+    @field_validator("webhook_urls", "slack_webhook_urls")
+    @classmethod
+    def _webhook_urls(cls, value: list[str]) -> list[str]:
+        """Refused at start, not at the first hot lead (where it was retried as if temporary). Messages
+        name the position, scheme and host only: a webhook URL's path is often its secret token."""
+        for i, url in enumerate(value):
+            scheme = urlsplit(url).scheme.lower() if "://" in url else ""
+            if scheme not in ("http", "https"):
+                raise ValueError(
+                    f"[{i}]: expected an http:// or https:// URL, got scheme {scheme or '(none)'!r}"
+                )
+            try:
+                _check_host_and_port(url)
+            except ValueError as exc:
+                raise ValueError(f"[{i}]: {exc}") from None
+        return value
+
+    @field_validator("email_hash_key")
+    @classmethod
+    def _email_key_length(cls, value: SecretStr) -> SecretStr:
+        if len(value.get_secret_value()) < MIN_EMAIL_HASH_KEY:
+            raise ValueError(f"must be at least {MIN_EMAIL_HASH_KEY} characters (a random string)")
         return value
 
     @model_validator(mode="after")
@@ -122,6 +163,12 @@ class Settings(BaseSettings):
         if self.crm_write_key_sources is not None:
             return frozenset(self.crm_write_key_sources)
         return frozenset(s for s in self.write_keys if s.lower().startswith("crm"))
+
+    @property
+    def default_email_hash_key(self) -> bool:
+        """True while the key is the public placeholder: the stored hashes can then be reversed by anyone
+        with a list of emails (fine for a local demo, not for real data)."""
+        return self.email_hash_key.get_secret_value() == DEFAULT_EMAIL_HASH_KEY
 
     @property
     def embedded_broker(self) -> bool:

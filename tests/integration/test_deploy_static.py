@@ -366,7 +366,7 @@ def test_deployments_probe_health_and_readiness_and_set_resources() -> None:
 
 
 def test_credentials_come_from_the_secret_never_from_plain_values() -> None:
-    secret_like = re.compile(r"PASSWORD|SECRET|WRITE_KEYS|USERNAME|USER$")
+    secret_like = re.compile(r"PASSWORD|SECRET|WRITE_KEYS|USERNAME|USER$|HASH_KEY")
     for name, deployment in by_kind("Deployment").items():
         for container in deployment["spec"]["template"]["spec"]["containers"]:
             for env in container.get("env", []):

@@ -112,3 +112,42 @@ def test_write_keys_that_are_not_json_name_the_variable_not_the_keys(monkeypatch
         load_settings()
     assert "LEADPULSE_WRITE_KEYS" in str(err.value) and "not valid JSON" in str(err.value)
     assert "k-0123456789-secret" not in str(err.value)
+
+
+@pytest.mark.parametrize(
+    ("setting", "value", "message"),
+    [
+        (
+            "clickhouse_dsn",
+            "http://u:pw-7f3a@127.0.0.1:notaport/",
+            "LEADPULSE_CLICKHOUSE_DSN: .*port is not a number",
+        ),
+        (
+            "webhook_urls",
+            ["ftp://127.0.0.1/TOKEN888"],
+            r"LEADPULSE_WEBHOOK_URLS: .*\[0\]: .*got scheme 'ftp'",
+        ),
+        ("webhook_urls", ["hooks.example.com/TOKEN888"], r"\[0\]: expected an http:// or https:// URL"),
+        (
+            "slack_webhook_urls",
+            ["https://hooks.slack.com/services/ok", "http://bad host/TOKEN888"],
+            r"LEADPULSE_SLACK_WEBHOOK_URLS: .*\[1\]: no valid host name",
+        ),
+        ("email_hash_key", "", "LEADPULSE_EMAIL_HASH_KEY: .*at least 16 characters"),
+    ],
+)
+def test_urls_and_keys_are_checked_at_start_without_echoing_them(
+    setting: str, value: object, message: str
+) -> None:
+    """Found by an audit: a malformed DSN crashed the CLI with a traceback when shown; a webhook URL that
+    could never work was accepted and failed (and was retried) at the first hot lead; an empty email key
+    made the 'keyed' hashes plain SHA-256."""
+    with pytest.raises(SettingsError, match=message) as info:
+        load_settings(**{setting: value})
+    for secret in ("pw-7f3a", "TOKEN888"):
+        assert secret not in str(info.value)
+
+
+def test_the_shipped_email_hash_key_is_recognised_as_the_default() -> None:
+    assert load_settings().default_email_hash_key
+    assert not load_settings(email_hash_key="a-random-key-of-enough-length").default_email_hash_key

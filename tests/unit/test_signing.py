@@ -251,3 +251,34 @@ def test_skew_is_corrected_before_the_future_limit_applies() -> None:
 )
 def test_known_bots_are_recognised_by_user_agent(agent: str | None, bot: bool) -> None:
     assert is_bot(agent) is bot
+
+
+def test_the_notifier_refuses_to_send_unsigned_json_webhooks_but_slack_needs_no_secret() -> None:
+    from agents.notifications import Notifier
+    from streams.settings import load_settings
+
+    json_target = [WebhookTarget("json-0", "https://crm.example.com/hook")]
+    with pytest.raises(ValueError, match="LEADPULSE_WEBHOOK_SECRET is not set"):
+        Notifier(load_settings(), targets=json_target)
+    slack = [WebhookTarget("slack-0", "https://hooks.slack.com/services/T/B/x", "slack")]
+    assert Notifier(load_settings(), targets=slack).targets == slack
+    assert Notifier(load_settings(webhook_secret="s3cret-value"), targets=json_target).targets == json_target
+
+
+async def test_a_delivery_error_names_the_target_not_its_url() -> None:
+    """A URL's path is often its token; aiohttp's error for a URL it cannot use printed it in full into the
+    notifier's log and the dead letter's ``error``."""
+    import aiohttp
+
+    from sinks.webhook import WebhookSender
+
+    async def no_wait(_: float) -> None:
+        return None
+
+    target = WebhookTarget("json-3", "ftp://hooks.example.com/TOKEN888")
+    async with aiohttp.ClientSession() as session:
+        sender = WebhookSender(session, SECRET, policy=RetryPolicy(max_attempts=1), sleep=no_wait)
+        result = await sender.deliver(target, {"notification_id": "n-1", "lead_id": "L-1"})
+    assert not result.ok
+    assert "TOKEN888" not in (result.error or "")
+    assert "<json-3 at hooks.example.com>" in (result.error or "")
