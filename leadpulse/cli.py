@@ -67,8 +67,15 @@ def _broker_problem(exc: BaseException) -> str:
         where = f" at {load_settings().bootstrap}"
     except Exception:  # the settings are not the problem being reported
         where = ""
+    name = type(exc).__name__
+    if any(word in name for word in ("Sasl", "Authentication", "Authorization", "Ssl")):
+        # the broker answered: "is it running?" would send the operator the wrong way
+        return (
+            f"the Kafka broker{where} refused this client ({name}: {exc}); check LEADPULSE_KAFKA_SECURITY_"
+            "PROTOCOL, LEADPULSE_KAFKA_SASL_MECHANISM, _USERNAME, _PASSWORD and LEADPULSE_KAFKA_SSL_CAFILE"
+        )
     return (
-        f"cannot reach the Kafka broker{where} ({type(exc).__name__}: {exc}); is it running? Set "
+        f"cannot reach the Kafka broker{where} ({name}: {exc}); is it running? Set "
         "LEADPULSE_KAFKA_BOOTSTRAP, or start the local one with `leadpulse broker`"
     )
 

@@ -7,6 +7,7 @@ caller never believes an unacknowledged event was sent.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import threading
@@ -24,7 +25,7 @@ from schemas.registry import FieldError, SchemaError, SchemaRegistry, SchemaVali
 from streams.broker import kafka_client_config
 from streams.event_hygiene import future_problem
 from streams.settings import Settings
-from streams.topics import BY_NAME, BY_SCHEMA, TopicSpec
+from streams.topics import BY_NAME, BY_SCHEMA, INPUTS, MAX_INPUT_RECORD_BYTES, TopicSpec
 
 
 class DeliveryError(Exception):
@@ -43,6 +44,10 @@ class DeliveryError(Exception):
             f"{len(failures)} record(s) not acknowledged by the broker, re-send them; first: topic "
             f"{first[0]} key {first[1]}" + (f" event_id {shown}" if shown else "") + f": {first[2]}"
         )
+
+
+class BrokerUnavailable(KafkaTimeoutError):  # type: ignore[misc]  # kafka-python is untyped
+    """No broker answered while the producer started (a ``KafkaTimeoutError``, as kafka-python raises)."""
 
 
 def lead_key(record: Mapping[str, Any]) -> str | None:
@@ -86,7 +91,13 @@ class Producer:
             **kafka_client_config(settings),
         }
         config.update(kafka_config)
-        self._producer = KafkaProducer(**config)
+        try:
+            self._producer = KafkaProducer(**config)
+        except KafkaTimeoutError as exc:
+            raise BrokerUnavailable(
+                f"no Kafka broker answered at {config['bootstrap_servers']} ({exc}); nothing was sent. Is it "
+                "running? Check LEADPULSE_KAFKA_BOOTSTRAP and the SASL/TLS settings"
+            ) from exc
         self._lock = threading.Lock()
         self._failures: list[tuple[str, str | None, str]] = []
         self._failed_ids: list[str | None] = []
@@ -112,6 +123,12 @@ class Producer:
             if ahead is not None:
                 raise SchemaValidationError(spec.schema, [FieldError("event_time", ahead)])
         value = self.registry.encode(spec.schema, record)
+        if validate and spec in INPUTS and len(value) > MAX_INPUT_RECORD_BYTES:
+            # the worker and the sink would each dead-letter it; the collector refuses it the same way
+            problem = (
+                f"encodes to {len(value)} bytes; the input event limit is {MAX_INPUT_RECORD_BYTES} bytes"
+            )
+            raise SchemaValidationError(spec.schema, [FieldError("<event>", problem)])
         event_id = record.get("event_id")
         return self.send_encoded(
             self.settings.topic(spec.name),
@@ -181,7 +198,10 @@ class Producer:
         try:
             self.flush(timeout)
         finally:
-            self._producer.close(timeout)
+            # kafka-python may not close in time (no broker): flush has already raised DeliveryError for
+            # every record it held, and that is the error the caller must see, not this one
+            with contextlib.suppress(KafkaTimeoutError):
+                self._producer.close(timeout)
 
     def __enter__(self) -> Producer:
         return self

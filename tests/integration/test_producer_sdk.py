@@ -102,3 +102,52 @@ def test_produce_file_reports_sent_and_rejected_lines(broker_settings: Settings,
     assert sorted(sent) == sorted([good["event_id"], "e3", "e4"])
     consumer_topics = KafkaConsumer(bootstrap_servers=broker_settings.bootstrap).topics()
     assert broker_settings.topic("events.web_visits") in consumer_topics
+
+
+def test_an_event_over_the_input_record_limit_is_refused_by_the_sdk(broker_settings: Settings) -> None:
+    """The worker and the sink dead-letter an input record over 64 KiB; the collector refuses it per event.
+    The SDK published it (found by an audit), leaving the caller to believe it was scored."""
+    event = {"event_id": "big", "event_time": 1, "lead_id": "L1", "source": "t", "url": "u" * 70_000}
+    with (
+        Producer(broker_settings) as producer,
+        pytest.raises(
+            SchemaValidationError, match=r"<event>: encodes to 700\d\d bytes; the input event limit is 65536"
+        ),
+    ):
+        producer.send("web_visit", event)
+    assert list(read_topic(broker_settings, broker_settings.topic("events.web_visits"), idle_ms=500)) == []
+
+
+def test_no_broker_at_start_is_one_clear_error(broker_settings: Settings) -> None:
+    from kafka.errors import KafkaTimeoutError
+
+    from streams.broker import free_port
+    from streams.producer import BrokerUnavailable
+
+    with pytest.raises(BrokerUnavailable, match=r"no Kafka broker answered at 127\.0\.0\.1:\d+"):
+        Producer(broker_settings, bootstrap=f"127.0.0.1:{free_port()}", bootstrap_timeout_ms=1000)
+    assert issubclass(BrokerUnavailable, KafkaTimeoutError)  # what callers caught before still works
+
+
+def test_close_after_the_broker_went_away_raises_the_delivery_error_naming_the_events(tmp_path) -> None:
+    """kafka-python's own close() then timed out too, and its KafkaTimeoutError replaced the DeliveryError
+    that names the events to re-send."""
+    from streams.broker import EmbeddedBroker, create_topics, free_port, tansu_binary
+    from streams.producer import DeliveryError
+    from streams.settings import load_settings
+
+    broker = EmbeddedBroker(tansu_binary(load_settings()), "127.0.0.1", free_port(), tmp_path / "tansu.log")
+    broker.start()
+    try:
+        create_topics(broker.bootstrap)
+        settings = load_settings(kafka_bootstrap=broker.bootstrap, data_dir=tmp_path)
+        producer = Producer(settings, max_block_ms=2000, request_timeout_ms=1000, linger_ms=500)
+        producer.send(
+            "web_visit", {"event_id": "e-1", "event_time": 1, "lead_id": "L1", "source": "t", "url": "u"}
+        )
+        broker.stop()
+        with pytest.raises(DeliveryError) as info:
+            producer.close(timeout=2)
+        assert info.value.event_ids == ["e-1"]
+    finally:
+        broker.stop()

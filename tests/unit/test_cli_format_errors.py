@@ -16,3 +16,18 @@ def test_bad_format_is_a_usage_error_naming_the_flag(args: list[str]) -> None:
     assert result.exit_code == 2
     assert "error: --format must be one of table, csv, json, got 'yaml'" in result.output
     assert result.exception is None or isinstance(result.exception, SystemExit)
+
+
+def test_a_broker_that_refuses_the_credentials_is_not_reported_as_unreachable() -> None:
+    """An unsupported SASL mechanism or a wrong password used to print "cannot reach the Kafka broker ...
+    is it running?", sending the operator to check a broker that was up."""
+    from aiokafka.errors import KafkaConnectionError
+    from kafka.errors import SaslAuthenticationFailedError, UnsupportedSaslMechanismError
+
+    from leadpulse.cli import _broker_problem
+
+    for exc in (UnsupportedSaslMechanismError("PLAIN"), SaslAuthenticationFailedError("bad password")):
+        message = _broker_problem(exc)
+        assert "refused this client" in message and "LEADPULSE_KAFKA_SASL_MECHANISM" in message
+        assert "is it running" not in message
+    assert "is it running?" in _broker_problem(KafkaConnectionError("connection refused"))
