@@ -16,7 +16,7 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.partitioner import murmur2
 
 from streams.broker import aiokafka_client_config
-from streams.kafka_close import stop_consumer
+from streams.kafka_close import start_client, stop_consumer
 from streams.settings import Settings
 from streams.tansu_compat import end_offsets
 
@@ -101,7 +101,7 @@ async def read_to_end(
         max_partition_fetch_bytes=8 * 1024 * 1024,
         **aiokafka_client_config(settings),
     )
-    await consumer.start()
+    await start_client(consumer)
     try:
         tps = [TopicPartition(topic, p) for p in sorted(partitions)]
         consumer.assign(tps)

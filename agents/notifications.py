@@ -35,7 +35,7 @@ from sinks.webhook import (
 )
 from streams.broker import aiokafka_client_config
 from streams.dlq import dead_letter, encode_dead_letter, writer_headers
-from streams.kafka_close import commit, stop_consumer
+from streams.kafka_close import commit, start_client, stop_consumer
 from streams.metrics import Metrics
 from streams.settings import Settings
 from streams.topics import DLQ, HOT_LEADS
@@ -193,8 +193,8 @@ class Notifier:
             **aiokafka_client_config(self.settings),
         )
         consumer.subscribe([self.topic], listener=_Rebalance(self, consumer))
-        await producer.start()
-        await consumer.start()
+        await start_client(producer)
+        await start_client(consumer)
         try:
             async with aiohttp.ClientSession() as session:
                 sender = WebhookSender(session, self._secret, policy=self.policy, metrics=self.metrics)

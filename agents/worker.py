@@ -42,7 +42,7 @@ from schemas.registry import SchemaError, SchemaRegistry, default_registry
 from streams.broker import aiokafka_client_config, create_topics, is_tansu, kafka_client_config
 from streams.dlq import dead_letter, encode_dead_letter, writer_headers
 from streams.event_hygiene import InadmissibleEvent, check_admissible, invalid_reason
-from streams.kafka_close import commit, committed, stop_consumer
+from streams.kafka_close import commit, committed, start_client, stop_consumer
 from streams.metrics import Metrics, observe_many
 from streams.producer import lead_key
 from streams.settings import Settings
@@ -185,11 +185,11 @@ class LeadWorker:
             max_partition_fetch_bytes=4 * 1024 * 1024,
             **security,
         )
-        await self.producer.start()
+        await start_client(self.producer)
         self.sender = BatchSender(self.producer)
         try:
             self.consumer.subscribe(self.input_topics, listener=_Rebalance(self))
-            await self.consumer.start()
+            await start_client(self.consumer)
             try:
                 while not stop.is_set():
                     await self.poll_once()

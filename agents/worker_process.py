@@ -36,13 +36,17 @@ async def serve_worker(settings: Settings, rules: Rules, metrics: Metrics, stop:
 
     erasures = ErasureLog(settings)
     await erasures.start()  # every erasure known before the first record is processed
-    worker = LeadWorker(settings, rules, metrics, erasures=erasures)
-    runner = await start_ops_server(settings.web_host, settings.web_port, metrics.registry, worker.ready)
-    log.info("ops endpoints on http://%s:%s (/metrics /health /ready)", settings.web_host, settings.web_port)
     try:
-        await worker.run(stop)
+        worker = LeadWorker(settings, rules, metrics, erasures=erasures)
+        runner = await start_ops_server(settings.web_host, settings.web_port, metrics.registry, worker.ready)
+        log.info(
+            "ops endpoints on http://%s:%s (/metrics /health /ready)", settings.web_host, settings.web_port
+        )
+        try:
+            await worker.run(stop)
+        finally:
+            await runner.cleanup()
     finally:
-        await runner.cleanup()
         await erasures.stop()
 
 

@@ -47,16 +47,21 @@ for module in (
 def main() -> None:
     """Broker connection failures end in one line naming the broker, not a traceback of the client
     library: every command that talks to Kafka can meet them (a typo in LEADPULSE_KAFKA_BOOTSTRAP, a
-    stopped broker)."""
+    stopped broker). So does a port another process holds."""
     import sys
 
     from aiokafka.errors import KafkaError as AioKafkaError
     from kafka.errors import KafkaError
 
+    from streams.web import PortInUse
+
     try:
         app()
     except (KafkaError, AioKafkaError) as exc:
         print(f"leadpulse: error: {_broker_problem(exc)}", file=sys.stderr)
+        raise SystemExit(1) from None
+    except PortInUse as exc:
+        print(f"leadpulse: error: {exc}", file=sys.stderr)
         raise SystemExit(1) from None
 
 

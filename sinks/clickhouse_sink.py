@@ -45,7 +45,7 @@ from streams.broker import aiokafka_client_config
 from streams.dlq import dead_letter, encode_dead_letter, writer_headers
 from streams.erasures import ErasureLog
 from streams.event_hygiene import InadmissibleEvent, check_admissible, future_problem
-from streams.kafka_close import commit, committed, stop_consumer
+from streams.kafka_close import commit, committed, start_client, stop_consumer
 from streams.settings import Settings
 from streams.topics import INPUTS, MAX_INPUT_RECORD_BYTES, OUTPUTS, spec_for
 
@@ -207,7 +207,7 @@ class ClickHouseSinkLoop:
         self.consumer.subscribe(self.topics, listener=self._listener)
         self.erasures = ErasureLog(self.settings)
         await self.erasures.start()
-        await self.consumer.start()
+        await start_client(self.consumer)
         try:
             while not stop.is_set():
                 await self.step()
@@ -370,7 +370,7 @@ class ClickHouseSinkLoop:
             **aiokafka_client_config(self.settings),
         )
         found: dict[tuple[str, int], bytes] = {}
-        await reader.start()
+        await start_client(reader)
         try:
             reader.assign([TopicPartition(t, p) for t, p in positions])
             for (t, p), offset in positions.items():

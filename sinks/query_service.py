@@ -31,6 +31,7 @@ from clickhouse_connect.driver.exceptions import DatabaseError
 
 from sinks.clickhouse import EmbeddedEngineBusy, get_client
 from streams.settings import Settings
+from streams.web import PortInUse
 
 READ_VERBS = ("SELECT", "WITH", "SHOW", "DESCRIBE", "DESC", "EXPLAIN", "EXISTS")
 READ_ONLY_SETTINGS = {"readonly": 2}
@@ -227,7 +228,7 @@ class HttpThread:
         self._thread.start()
         self._started.wait(10)
         if self._error is not None:
-            raise OSError(
+            raise PortInUse(
                 f"cannot serve the sink API on {self.host}:{self.port} "
                 f"(set LEADPULSE_SINK_PORT): {self._error}"
             ) from self._error

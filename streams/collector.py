@@ -43,6 +43,7 @@ from streams.intake import (
     source_for_key,
     too_large,
 )
+from streams.kafka_close import start_client
 from streams.metrics import Metrics
 from streams.producer import lead_key
 from streams.rate_limit import TokenBuckets
@@ -100,7 +101,7 @@ class AioKafkaPublisher:
             request_timeout_ms=int(self.timeout_s * 1000),
             **aiokafka_client_config(self.settings),
         )
-        await self._producer.start()
+        await start_client(self._producer)
 
     async def publish(self, messages: Sequence[Message]) -> None:
         futures: list[asyncio.Future[Any]] = []

@@ -27,7 +27,7 @@ from kafka.errors import KafkaError
 
 from schemas.registry import SchemaError, default_registry
 from streams.broker import aiokafka_client_config, create_topics, is_tansu, kafka_client_config
-from streams.kafka_close import stop_consumer
+from streams.kafka_close import start_client, stop_consumer
 from streams.settings import Settings
 from streams.tansu_compat import end_offsets
 from streams.topics import ERASURES
@@ -180,7 +180,7 @@ class ErasureLog:
             auto_offset_reset="earliest",
             **aiokafka_client_config(self.settings),
         )
-        await consumer.start()
+        await start_client(consumer)
         self._consumer = consumer
         tp = TopicPartition(self.topic, 0)
         try:

@@ -1,4 +1,4 @@
-"""Stopping an aiokafka consumer, and committing with it, when the broker is gone.
+"""Starting, stopping and committing with aiokafka clients when the broker is gone.
 
 aiokafka 0.14 bug (aio-libs/aiokafka#647, open): ``AIOKafkaConsumer.stop()`` cancels the fetcher's pending
 fetch tasks and awaits them. A fetch task that failed to reach the broker sits in ``asyncio.sleep(retry
@@ -15,6 +15,9 @@ aiokafka's ``commit()`` and ``committed()`` wait for a group coordinator *foreve
 it was killed (the sink, when the broker went away while it read its new partitions' commits).
 ``COMMIT_TIMEOUT_S`` bounds them: a commit that does not happen only means records are read again after a
 restart, and every output is idempotent.
+
+``start_client`` closes a client whose ``start()`` failed (no broker at start-up): aiokafka leaves it open,
+and the process then ended with "Unclosed AIOKafkaConsumer" after its one-line error.
 """
 
 from __future__ import annotations
@@ -24,7 +27,7 @@ import contextlib
 import logging
 from typing import Any
 
-from aiokafka import AIOKafkaConsumer, TopicPartition
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.errors import KafkaError
 
 log = logging.getLogger(__name__)
@@ -79,3 +82,16 @@ async def stop_consumer(consumer: AIOKafkaConsumer) -> None:
     if client is not None:
         with contextlib.suppress(Exception):
             await client.close()
+
+
+async def start_client(client: AIOKafkaConsumer | AIOKafkaProducer) -> None:
+    """``client.start()``; if it fails, the client is closed before the error propagates."""
+    try:
+        await client.start()
+    except BaseException:
+        with contextlib.suppress(Exception):
+            if isinstance(client, AIOKafkaConsumer):
+                await stop_consumer(client)
+            else:
+                await client.stop()
+        raise

@@ -19,7 +19,7 @@ from typing import Any
 from aiokafka import AIOKafkaConsumer
 from aiokafka.structs import TopicPartition
 
-from streams.kafka_close import stop_consumer
+from streams.kafka_close import start_client, stop_consumer
 
 log = logging.getLogger(__name__)
 
@@ -38,7 +38,7 @@ async def true_end_offsets(
     if not todo:
         return result
     consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False, group_id=None)
-    await consumer.start()
+    await start_client(consumer)
     try:
         tps = {TopicPartition(tp.topic, tp.partition): tp for tp in todo}
         consumer.assign(list(tps))

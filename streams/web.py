@@ -56,6 +56,11 @@ def add_ops_routes(app: web.Application, registry: CollectorRegistry, ready: Rea
     app.router.add_get("/ready", readiness)
 
 
+class PortInUse(OSError):
+    """A process's HTTP port cannot be bound; the message names it and the setting that moves it. The CLI
+    prints it as one line (``leadpulse.cli.main``)."""
+
+
 async def start_ops_server(
     host: str, port: int, registry: CollectorRegistry, ready: ReadyCheck
 ) -> web.AppRunner:
@@ -73,7 +78,7 @@ async def start_ops_server(
         await site.start()
     except OSError as exc:
         await runner.cleanup()
-        raise OSError(exc.errno, f"cannot serve ops endpoints on {host}:{port}: {exc.strerror}") from exc
+        raise PortInUse(f"cannot serve ops endpoints on {host}:{port}: {exc.strerror}") from exc
     return runner
 
 
