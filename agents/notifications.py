@@ -36,7 +36,7 @@ from sinks.webhook import (
 from streams.broker import aiokafka_client_config
 from streams.dlq import dead_letter, encode_dead_letter, writer_headers
 from streams.kafka_close import commit, start_client, stop_consumer
-from streams.metrics import Metrics
+from streams.metrics import LagGauge, Metrics
 from streams.settings import Settings
 from streams.topics import DLQ, HOT_LEADS
 
@@ -151,6 +151,7 @@ class Notifier:
                 "(JSON lists of URLs)"
             )
         self.metrics = metrics or Metrics(CollectorRegistry(), component="notifier")
+        self.lag_gauge = LagGauge(self.metrics.consumer_lag, group_id)
         self.registry = registry or default_registry()
         self.policy = policy or policy_from_settings(settings)
         self.group_id = group_id
@@ -326,13 +327,22 @@ class Notifier:
             for tp, off in self.pending.committable().items()
             if self._committed.get(tp) != off and tp in consumer.assignment()
         }
-        if not offsets:
-            return
-        try:
-            await commit(consumer, offsets)
-            self._committed.update(offsets)
-        except Exception as exc:  # a failed commit only means re-delivery after a restart
-            log.warning("notifier commit failed (will retry): %s: %s", type(exc).__name__, exc)
+        if offsets:
+            try:
+                await commit(consumer, offsets)
+                self._committed.update(offsets)
+            except Exception as exc:  # a failed commit only means re-delivery after a restart
+                log.warning("notifier commit failed (will retry): %s: %s", type(exc).__name__, exc)
+        self._report_lag(consumer)  # also when nothing moved: a stuck receiver is exactly that case
+
+    def _report_lag(self, consumer: AIOKafkaConsumer) -> None:
+        """Notifications not yet delivered (or given up) per partition: a stuck receiver shows as lag."""
+        lags = {}
+        for tp in consumer.assignment():
+            high = consumer.highwater(tp)
+            if high is not None:
+                lags[(HOT_LEADS.name, tp.partition)] = max(0, high - self._committed.get(tp, 0))
+        self.lag_gauge.report(lags)
 
     @property
     def committed(self) -> dict[TopicPartition, int]:

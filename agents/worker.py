@@ -43,7 +43,7 @@ from streams.broker import aiokafka_client_config, create_topics, is_tansu, kafk
 from streams.dlq import dead_letter, encode_dead_letter, writer_headers
 from streams.event_hygiene import InadmissibleEvent, check_admissible, invalid_reason
 from streams.kafka_close import commit, committed, start_client, stop_consumer
-from streams.metrics import Metrics, observe_many
+from streams.metrics import LagGauge, Metrics, observe_many
 from streams.producer import lead_key
 from streams.settings import Settings
 from streams.topics import (
@@ -121,6 +121,7 @@ class LeadWorker:
         self.settings = settings
         self.rules = rules
         self.metrics = metrics
+        self.lag_gauge = LagGauge(metrics.consumer_lag, GROUP) if metrics is not None else None
         self.registry = registry or default_registry()
         self.codec = codec_for(self.registry)  # compiled Avro, fastavro's results (schemas/fast_codec.py)
         self.scan_interval_s = scan_interval_s
@@ -543,15 +544,13 @@ class LeadWorker:
     # -- ops ---------------------------------------------------------------------------------------------
 
     def _report_lag(self) -> None:
-        assert self.consumer is not None and self.metrics is not None
+        assert self.consumer is not None and self.lag_gauge is not None
+        lags = {}
         for tp in self.consumer.assignment():
             high = self.consumer.highwater(tp)
-            if high is None:
-                continue
-            done = self.committed.get(tp, 0)
-            self.metrics.consumer_lag.labels(
-                group=GROUP, topic=self._unprefixed(tp.topic), partition=str(tp.partition)
-            ).set(max(0, high - done))
+            if high is not None:
+                lags[(self._unprefixed(tp.topic), tp.partition)] = max(0, high - self.committed.get(tp, 0))
+        self.lag_gauge.report(lags)
 
     def ready(self) -> tuple[bool, dict[str, Any]]:
         assigned = len(self.consumer.assignment()) if self.consumer else 0

@@ -46,6 +46,7 @@ from streams.dlq import dead_letter, encode_dead_letter, writer_headers
 from streams.erasures import ErasureLog
 from streams.event_hygiene import InadmissibleEvent, check_admissible, future_problem
 from streams.kafka_close import commit, committed, start_client, stop_consumer
+from streams.metrics import LagGauge
 from streams.settings import Settings
 from streams.topics import INPUTS, MAX_INPUT_RECORD_BYTES, OUTPUTS, spec_for
 
@@ -78,13 +79,14 @@ class SinkHooks:
 
     def inserted(self, table: str, rows: int, seconds: float, failure: str | None) -> None: ...
     def dead_lettered(self, source_topic: str, stage: str) -> None: ...
-    def lag(self, group: str, topic: str, partition: int, lag: int) -> None: ...
+    def lags(self, group: str, lags: dict[tuple[str, int], int]) -> None: ...
     def erased(self, table: str, rows: int) -> None: ...
 
 
 class MetricsHooks(SinkHooks):
     def __init__(self, metrics: Any) -> None:
         self.m = metrics
+        self._lag_gauges: dict[str, LagGauge] = {}
 
     def inserted(self, table: str, rows: int, seconds: float, failure: str | None) -> None:
         self.m.sink_insert_seconds.observe(seconds)
@@ -98,8 +100,11 @@ class MetricsHooks(SinkHooks):
     def dead_lettered(self, source_topic: str, stage: str) -> None:
         self.m.dlq_records.labels(source_topic=source_topic, stage=stage).inc()
 
-    def lag(self, group: str, topic: str, partition: int, lag: int) -> None:
-        self.m.consumer_lag.labels(group=group, topic=topic, partition=str(partition)).set(lag)
+    def lags(self, group: str, lags: dict[tuple[str, int], int]) -> None:
+        gauge = self._lag_gauges.get(group)
+        if gauge is None:
+            gauge = self._lag_gauges[group] = LagGauge(self.m.consumer_lag, group)
+        gauge.report(lags)
 
     def erased(self, table: str, rows: int) -> None:
         self.m.sink_rows_erased.labels(table=table).inc(rows)
@@ -613,12 +618,14 @@ class ClickHouseSinkLoop:
 
     def _report_lag(self) -> None:
         assert self.consumer is not None
+        lags = {}
         for tp in self.consumer.assignment():
             high = self.consumer.highwater(tp)
             if high is not None:
                 position = self.committed.get((tp.topic, tp.partition), 0)
                 name = spec_for(tp.topic, self.settings.topic_prefix).name
-                self.hooks.lag(self.group, name, tp.partition, max(0, high - position))
+                lags[(name, tp.partition)] = max(0, high - position)
+        self.hooks.lags(self.group, lags)
 
 
 TABLE_FOR_SCHEMA_BY_TABLE: dict[str, TableSpec] = {spec.table: spec for spec in TABLE_FOR_SCHEMA.values()}

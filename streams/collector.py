@@ -429,6 +429,7 @@ class Collector:
                     "(duplicates are removed downstream)",
                     **{"Retry-After": "5"},
                 )
+            self.last_publish_error = None  # acknowledged again: /ready must not show the old error
             ingested = self.metrics.events_ingested
             for schema, count in Counter(a.schema for a in outcome.accepted).items():
                 ingested.labels(topic=topics[schema][1]).inc(count)

@@ -17,8 +17,9 @@ dashboards work whatever the prefix), table names, stage ids, SLA names, error k
 
 from __future__ import annotations
 
+import contextlib
 from bisect import bisect_left
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from importlib import metadata
 from typing import Any
 
@@ -69,6 +70,27 @@ def package_version() -> str:
         return metadata.version("leadpulse")
     except metadata.PackageNotFoundError:
         return "unknown"
+
+
+class LagGauge:
+    """``leadpulse_consumer_lag`` for one consumer group: each report sets the partitions owned now and
+    removes the series of those owned no longer. Found by an ops audit: after a scale-out the old owner
+    kept exporting its last lag for the partitions it gave away, and ``sum by (group, topic)`` (alerts,
+    dashboards, autoscaling) overstated the lag until it restarted."""
+
+    def __init__(self, gauge: Gauge, group: str) -> None:
+        self.gauge = gauge
+        self.group = group
+        self._shown: set[tuple[str, int]] = set()
+
+    def report(self, lags: Mapping[tuple[str, int], int]) -> None:
+        """``lags``: (topic without prefix, partition) -> records behind, for every partition owned now."""
+        for (topic, partition), lag in lags.items():
+            self.gauge.labels(group=self.group, topic=topic, partition=str(partition)).set(lag)
+        for topic, partition in self._shown - lags.keys():
+            with contextlib.suppress(KeyError):
+                self.gauge.remove(self.group, topic, str(partition))
+        self._shown = set(lags)
 
 
 class Metrics:

@@ -480,6 +480,7 @@ async def test_collector_answers_503_with_a_reason_while_the_broker_is_unreachab
         recovered_at = time.monotonic()
         await client.post_until_accepted([visit(1, run)])
         recover_s = time.monotonic() - recovered_at
+        assert "last_publish_error" not in collector.ready()[1]  # cleared once the broker acknowledges again
         print(
             f"collector: 503 after {answered_s:.1f} s with the broker unreachable "
             f"(publish timeout 2 s); 202 again {recover_s:.2f} s after the broker came back"

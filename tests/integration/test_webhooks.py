@@ -215,7 +215,20 @@ async def test_a_hanging_receiver_does_not_delay_notifications_to_the_others(
     state, release = receiver
     targets = [WebhookTarget("json-0", state.url + "/hang"), WebhookTarget("json-1", state.url + "/ok")]
     policy = RetryPolicy(max_attempts=2, base_s=0.02, cap_s=0.1, timeout_s=60.0)
-    notifier = Notifier(hot_settings, targets=targets, policy=policy, group_id="n-hang", concurrency=2)
+    metrics = Metrics(CollectorRegistry(), component="notifier")
+    notifier = Notifier(
+        hot_settings, targets=targets, policy=policy, group_id="n-hang", concurrency=2, metrics=metrics
+    )
+
+    def lag() -> float:  # leadpulse_consumer_lag of the notifier's group, all partitions
+        return sum(
+            s.value
+            for family in metrics.registry.collect()
+            if family.name == "leadpulse_consumer_lag"
+            for s in family.samples
+            if s.labels["group"] == "n-hang"
+        )
+
     stop, task = await start(notifier)
     await wait_until(lambda: notifier.assigned, 30, "partition assignment")
     sent_at = time.monotonic()
@@ -228,6 +241,8 @@ async def test_a_hanging_receiver_does_not_delay_notifications_to_the_others(
     assert not release.is_set()
     # ... and nothing was committed past the first notification the hanging target still owes.
     assert set(notifier.pending.committable().values()) == {0}
+    # ... and the stuck receiver shows as lag (the notifier exported none before the ops audit)
+    await wait_until(lambda: lag() == 5, 10, "the notifier's lag to show the 5 owed notifications")
     print(f"healthy receiver got 5 notifications {healthy_s * 1000:.0f} ms after publishing, other hanging")
     release.set()
     await wait_until(lambda: len(state.unique("hang")) == 5, 30, "the hanging receiver to catch up")
@@ -235,6 +250,7 @@ async def test_a_hanging_receiver_does_not_delay_notifications_to_the_others(
     stop.set()
     await asyncio.wait_for(task, 30)
     assert await asyncio.to_thread(committed_total, hot_settings, "n-hang") == 5
+    assert lag() == 0
 
 
 async def test_delivery_given_up_becomes_a_dead_letter_with_the_original_bytes(

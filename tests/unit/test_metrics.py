@@ -173,3 +173,27 @@ def test_observe_many_exposes_exactly_what_observe_does() -> None:
     observe_many(Metrics(bulk).event_to_score_seconds, values)
     assert generate_latest(bulk) == generate_latest(one_by_one)
     assert bulk.get_sample_value("leadpulse_event_to_score_seconds_count") == len(values)
+
+
+def test_lag_series_of_partitions_given_away_are_removed() -> None:
+    """After a scale-out the old owner kept exporting its last lag for the partitions it gave away, so
+    ``sum by (group, topic)`` overstated the lag (ops audit)."""
+    from streams.metrics import LagGauge
+
+    metrics = Metrics(CollectorRegistry(), component="worker")
+    lag = LagGauge(metrics.consumer_lag, "leadpulse-worker")
+
+    def shown() -> dict[str, float]:
+        return {
+            s.labels["partition"]: s.value
+            for family in metrics.registry.collect()
+            if family.name == "leadpulse_consumer_lag"
+            for s in family.samples
+        }
+
+    lag.report({("events.web_visits", p): 10 + p for p in range(4)})
+    assert shown() == {"0": 10, "1": 11, "2": 12, "3": 13}
+    lag.report({("events.web_visits", 2): 0, ("events.web_visits", 3): 5})  # 0 and 1 moved away
+    assert shown() == {"2": 0, "3": 5}
+    lag.report({})
+    assert shown() == {}
