@@ -177,6 +177,14 @@ class Notifier:
         return self.assigned, {"targets": [t.name for t in self.targets], "in_flight": self.pending.in_flight}
 
     async def run(self, stop: asyncio.Event) -> None:
+        producer = AIOKafkaProducer(
+            bootstrap_servers=self.bootstrap,
+            acks="all",
+            enable_idempotence=False,
+            **aiokafka_client_config(self.settings),
+        )
+        await start_client(producer)
+        # built only now: an aiokafka client that is never started still complains "Unclosed" at exit
         consumer = AIOKafkaConsumer(
             self.topic,
             bootstrap_servers=self.bootstrap,
@@ -187,15 +195,12 @@ class Notifier:
             heartbeat_interval_ms=1000,
             **aiokafka_client_config(self.settings),
         )
-        producer = AIOKafkaProducer(
-            bootstrap_servers=self.bootstrap,
-            acks="all",
-            enable_idempotence=False,
-            **aiokafka_client_config(self.settings),
-        )
         consumer.subscribe([self.topic], listener=_Rebalance(self, consumer))
-        await start_client(producer)
-        await start_client(consumer)
+        try:
+            await start_client(consumer)
+        except BaseException:
+            await producer.stop()
+            raise
         try:
             async with aiohttp.ClientSession() as session:
                 sender = WebhookSender(session, self._secret, policy=self.policy, metrics=self.metrics)

@@ -175,20 +175,21 @@ class LeadWorker:
             max_request_size=8 * 1024 * 1024,
             **security,
         )
-        self.consumer = AIOKafkaConsumer(
-            bootstrap_servers=settings.bootstrap,
-            group_id=settings.topic_prefix + GROUP,
-            enable_auto_commit=False,
-            auto_offset_reset="earliest",
-            partition_assignment_strategy=(RangePartitionAssignor,),
-            session_timeout_ms=6000 if self.tansu else 30000,
-            heartbeat_interval_ms=1000 if self.tansu else 3000,
-            max_partition_fetch_bytes=4 * 1024 * 1024,
-            **security,
-        )
         await start_client(self.producer)
         self.sender = BatchSender(self.producer)
         try:
+            # built only now: an aiokafka client that is never started still complains "Unclosed" at exit
+            self.consumer = AIOKafkaConsumer(
+                bootstrap_servers=settings.bootstrap,
+                group_id=settings.topic_prefix + GROUP,
+                enable_auto_commit=False,
+                auto_offset_reset="earliest",
+                partition_assignment_strategy=(RangePartitionAssignor,),
+                session_timeout_ms=6000 if self.tansu else 30000,
+                heartbeat_interval_ms=1000 if self.tansu else 3000,
+                max_partition_fetch_bytes=4 * 1024 * 1024,
+                **security,
+            )
             self.consumer.subscribe(self.input_topics, listener=_Rebalance(self))
             await start_client(self.consumer)
             try:

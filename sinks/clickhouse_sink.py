@@ -198,6 +198,8 @@ class ClickHouseSinkLoop:
 
     async def run_async(self, stop: threading.Event) -> None:
         config = aiokafka_client_config(self.settings)
+        self.erasures = ErasureLog(self.settings)
+        await self.erasures.start()  # first: an aiokafka client never started still complains "Unclosed"
         self.consumer = AIOKafkaConsumer(
             bootstrap_servers=self.settings.bootstrap,
             group_id=self.group,
@@ -210,9 +212,11 @@ class ClickHouseSinkLoop:
             **config,
         )
         self.consumer.subscribe(self.topics, listener=self._listener)
-        self.erasures = ErasureLog(self.settings)
-        await self.erasures.start()
-        await start_client(self.consumer)
+        try:
+            await start_client(self.consumer)
+        except BaseException:
+            await self.erasures.stop()
+            raise
         try:
             while not stop.is_set():
                 await self.step()

@@ -171,8 +171,6 @@ class ErasureLog:
 
     async def start(self, timeout_s: float = 60.0) -> None:
         """Read the whole log (to its end offset at start) before returning, then tail it."""
-        await asyncio.to_thread(ensure_topic, self.settings)
-        tansu = await asyncio.to_thread(is_tansu, self.settings)
         consumer = AIOKafkaConsumer(
             bootstrap_servers=self.settings.bootstrap,
             enable_auto_commit=False,
@@ -180,8 +178,16 @@ class ErasureLog:
             auto_offset_reset="earliest",
             **aiokafka_client_config(self.settings),
         )
+        # First: with no broker this fails in about a second. The admin calls below would each wait 30 s
+        # for a bootstrap and only warn (found by an ops audit: a worker took 61 s to say "cannot reach").
         await start_client(consumer)
         self._consumer = consumer
+        try:
+            await asyncio.to_thread(ensure_topic, self.settings)
+            tansu = await asyncio.to_thread(is_tansu, self.settings)
+        except BaseException:
+            await self.stop()
+            raise
         tp = TopicPartition(self.topic, 0)
         try:
             consumer.assign([tp])
