@@ -41,6 +41,25 @@ class EmbeddedEngineBusy(OSError):
         )
 
 
+class EmbeddedDirectoryUnusable(OSError):
+    """The chDB directory cannot be created or written (a file in its place, no permission): not something
+    a retry fixes, so the sink says it once instead of retrying "unavailable" forever."""
+
+    def __init__(self, location: str, reason: str) -> None:
+        self.location = location
+        super().__init__(f"chdb://{location} cannot be used: {reason} (set LEADPULSE_DATA_DIR)")
+
+
+def _usable(location: str) -> None:
+    path = Path(location)
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise EmbeddedDirectoryUnusable(location, exc.strerror or str(exc)) from None
+    if not os.access(path, os.W_OK | os.X_OK):
+        raise EmbeddedDirectoryUnusable(location, "not writable by this user")
+
+
 def _locked(location: str) -> bool:
     """Whether another process holds the engine's lock (ClickHouse flocks ``<dir>/status``). Asked only after
     opening failed: within one process a second flock on a new descriptor conflicts too."""
@@ -82,6 +101,7 @@ def get_client(settings: Settings, *, dsn: str | None = None, **kwargs: Any) -> 
     target = dsn or settings.dsn
     if is_embedded(target):
         location = chdb_location(target)
+        _usable(location)
         if _held_elsewhere(location):  # before chDB prints its own lock error to stderr
             raise EmbeddedEngineBusy(location)
         try:

@@ -37,7 +37,7 @@ from schemas.fast_codec import zigzag
 from schemas.registry import HEADER_LEN, SOE_MAGIC, SchemaError, SchemaRegistry, default_registry
 from sinks.avro_ocf import ContainerFormat, container_format, origin_prefix
 from sinks.batch import BatchPolicy, ClickHouseBatchSink
-from sinks.clickhouse import EmbeddedEngineBusy
+from sinks.clickhouse import EmbeddedDirectoryUnusable, EmbeddedEngineBusy
 from sinks.erase import already_applied, apply_erasure, event_head, record_erased
 from sinks.errors import SinkBackpressure
 from sinks.rows import EVENT_TYPES, EVENTS, TABLE_FOR_SCHEMA, Origin, TableSpec, to_row
@@ -653,7 +653,7 @@ def _connect(
             migrate(client)
             return client
         except Exception as exc:  # connection refused, DNS, auth, a server starting up: all retried
-            if isinstance(exc, EmbeddedEngineBusy):  # another process owns the directory: not transient
+            if isinstance(exc, EmbeddedEngineBusy | EmbeddedDirectoryUnusable):  # not transient
                 raise
             first_line = str(exc).splitlines()[0][:300] if str(exc) else type(exc).__name__
             log.warning(

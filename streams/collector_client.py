@@ -38,6 +38,7 @@ class CollectorClient:
     server_key: str
     batch_size: int = 100
     max_wait_s: float = 1.0
+    retry_for_s: float = 60.0  # how long one buffer is retried while the collector is away or busy
     accepted: int = 0
     _buffers: dict[str, list[dict[str, Any]]] = field(default_factory=dict)
     _conn: http.client.HTTPConnection | None = None
@@ -71,15 +72,35 @@ class CollectorClient:
                 self._conn.close()
 
     def _post(self, key: str) -> None:
+        """Post one buffer; retry it (same event ids: duplicates are removed downstream) on a dropped
+        connection, 429 or 503, as docs/ingestion.md tells clients to, for up to ``retry_for_s``. A
+        collector restart mid-run used to end ``generate --via collector`` with a BrokenPipeError."""
         batch = self._buffers.pop(key, [])
         if not batch:
             return
-        parts = urlsplit(self.url)
+        body = json.dumps({"batch": batch}).encode()
+        deadline = time.monotonic() + self.retry_for_s
+        attempt = 0
+        while True:
+            attempt += 1
+            try:
+                status, retry_after, answer = self._request(key, body)
+            except (OSError, http.client.HTTPException) as exc:
+                self._reset()
+                status, retry_after, answer = None, None, f"{type(exc).__name__}: {exc}"
+            if status == 202:
+                self.accepted += len(batch)
+                return
+            if status not in (None, 429, 503) or time.monotonic() >= deadline:
+                raise CollectorRejected(f"collector answered {status or 'nothing'}: {answer[:500]}")
+            time.sleep(min(retry_after if retry_after is not None else 0.2 * 2**attempt, 5.0))
+
+    def _request(self, key: str, body: bytes) -> tuple[int, float | None, str]:
         if self._conn is None:
+            parts = urlsplit(self.url)
             self._conn = http.client.HTTPConnection(
                 parts.hostname or "127.0.0.1", parts.port or 80, timeout=30
             )
-        body = json.dumps({"batch": batch}).encode()
         self._conn.request(
             "POST",
             "/v1/events",
@@ -88,9 +109,13 @@ class CollectorClient:
         )
         response = self._conn.getresponse()
         answer = response.read().decode(errors="replace")
-        if response.status != 202:
-            raise CollectorRejected(f"collector answered {response.status}: {answer[:500]}")
-        self.accepted += len(batch)
+        retry_after = response.getheader("Retry-After")
+        return response.status, float(retry_after) if retry_after else None, answer
+
+    def _reset(self) -> None:
+        if self._conn is not None:
+            self._conn.close()
+            self._conn = None
 
     def __enter__(self) -> CollectorClient:
         return self

@@ -77,12 +77,14 @@ def register(app: typer.Typer) -> None:
         stop = threading.Event()
         for sig in (signal.SIGINT, signal.SIGTERM):
             signal.signal(sig, lambda *_: stop.set())
-        from sinks.clickhouse import EmbeddedEngineBusy
+        from sinks.clickhouse import EmbeddedDirectoryUnusable, EmbeddedEngineBusy
 
         try:
             stats = run_sink(settings, stop, policy=BatchPolicy(batch_rows, batch_seconds))
         except EmbeddedEngineBusy as exc:  # a second sink on the same directory
             raise _fail(f"{exc}: one sink per embedded directory (set LEADPULSE_DATA_DIR)") from None
+        except EmbeddedDirectoryUnusable as exc:
+            raise _fail(str(exc)) from None
         typer.echo(
             f"sink stopped: consumed {stats.consumed}, inserted {stats.inserted}, "
             f"dead-lettered {stats.dead_lettered}",

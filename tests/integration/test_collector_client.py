@@ -11,7 +11,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 
-from streams.collector_client import CollectorClient
+from streams.collector_client import CollectorClient, CollectorRejected
 
 pytestmark = pytest.mark.integration
 
@@ -72,3 +72,60 @@ def test_an_activity_waits_at_most_max_wait(server: tuple[str, list[tuple[str, l
         time.sleep(0.4)
         client.send("web_visit", visit(1))  # the next send finds the activity overdue
         assert ("crm", ["a1"]) in posted and ("web", ["v1"]) in posted
+
+
+@pytest.fixture
+def flaky_server() -> Iterator[tuple[str, list[str | int], list[list[str]]]]:
+    """Answers requests in the order of ``script``: "drop" closes the connection unanswered, an int is the
+    status (503/429 with Retry-After: 0); when the script is used up, 202."""
+    script: list[str | int] = []
+    posted: list[list[str]] = []
+
+    class Handler(BaseHTTPRequestHandler):
+        def do_POST(self) -> None:
+            body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+            posted.append([e["event_id"] for e in body["batch"]])
+            step = script.pop(0) if script else 202
+            if step == "drop":
+                self.close_connection = True
+                self.connection.shutdown(2)
+                return
+            self.send_response(int(step))
+            if step in (429, 503):
+                self.send_header("Retry-After", "0")
+            self.send_header("Content-Length", "2")
+            self.end_headers()
+            self.wfile.write(b"{}")
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    threading.Thread(target=httpd.serve_forever, daemon=True).start()
+    try:
+        yield f"http://127.0.0.1:{httpd.server_address[1]}", script, posted
+    finally:
+        httpd.shutdown()
+
+
+def test_a_dropped_connection_and_503s_are_retried_with_the_same_events(
+    flaky_server: tuple[str, list[str | int], list[list[str]]],
+) -> None:
+    """A collector restarted mid-run ended ``generate --via collector`` with a BrokenPipeError (ops audit);
+    the client contract in docs/ingestion.md is to retry the same batch."""
+    url, script, posted = flaky_server
+    script.extend(["drop", 503, 429])
+    with CollectorClient(url, "web", "crm", batch_size=3, max_wait_s=60) as client:
+        for n in range(3):
+            client.send("web_visit", visit(n))
+        assert client.accepted == 3
+    assert posted == [["v0", "v1", "v2"]] * 4
+
+
+def test_a_refusal_is_not_retried(flaky_server: tuple[str, list[str | int], list[list[str]]]) -> None:
+    url, script, posted = flaky_server
+    script.append(400)
+    client = CollectorClient(url, "web", "crm", batch_size=1)
+    with pytest.raises(CollectorRejected, match="collector answered 400"):
+        client.send("web_visit", visit(1))
+    assert posted == [["v1"]]
