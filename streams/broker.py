@@ -7,14 +7,17 @@ machine needs. It keeps everything in memory: fine for demos and tests, not a pr
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import logging
 import os
 import shutil
 import signal
 import socket
 import subprocess
+import sys
+import threading
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -104,6 +107,7 @@ class EmbeddedBroker:
             stdout=out,
             stderr=subprocess.STDOUT,
             start_new_session=True,
+            preexec_fn=_die_with_parent_hook(),
         )
         self.wait_ready(timeout)
 
@@ -254,6 +258,50 @@ def aiokafka_client_config(settings: Settings) -> dict[str, Any]:
     return config
 
 
+def speaks_kafka(bootstrap: str, timeout_ms: int = 3000) -> bool:
+    """Whether a Kafka broker answers at ``bootstrap`` (an open port may be any other server)."""
+    try:
+        admin = KafkaAdminClient(
+            bootstrap_servers=bootstrap, request_timeout_ms=timeout_ms, bootstrap_timeout_ms=timeout_ms
+        )
+    except KafkaError:
+        return False
+    try:
+        admin.list_topics()
+        return True
+    except KafkaError:
+        return False
+    finally:
+        admin.close()
+
+
+def _die_with_parent_hook() -> Callable[[], None] | None:
+    """A ``preexec_fn`` that makes the broker get SIGKILL when the process that started it dies.
+
+    Why: the broker runs in its own session (so Ctrl-C in a terminal reaches leadpulse, which stops it in
+    order), and a ``kill -9`` of leadpulse left it running with its port and in-memory data; the next
+    ``leadpulse broker`` or worker then silently reused the orphan. Linux only (PR_SET_PDEATHSIG), and
+    only from the main thread: the signal follows the *thread* that forked, and a worker thread that
+    started the broker and ended would take the broker with it."""
+    if not sys.platform.startswith("linux") or threading.current_thread() is not threading.main_thread():
+        return None
+    try:
+        prctl = ctypes.CDLL(None, use_errno=True).prctl  # looked up now: the child only calls it
+    except (OSError, AttributeError):
+        return None
+    parent = os.getpid()
+
+    def hook() -> None:
+        prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
+        if os.getppid() != parent:  # the parent died before the prctl took effect
+            os._exit(1)
+
+    return hook
+
+
+PR_SET_PDEATHSIG = 1
+
+
 @contextlib.contextmanager
 def running_broker(settings: Settings, log_file: Path | None = None) -> Iterator[str]:
     """Yield a bootstrap address: the configured cluster, or an embedded Tansu started for the block.
@@ -265,6 +313,11 @@ def running_broker(settings: Settings, log_file: Path | None = None) -> Iterator
         yield settings.bootstrap
         return
     if port_open(settings.broker_host, settings.broker_port):
+        if not speaks_kafka(settings.bootstrap):
+            raise BrokerError(
+                f"port {settings.bootstrap} is in use by something that does not answer as a Kafka broker; "
+                "stop it or set LEADPULSE_BROKER_PORT"
+            )
         create_topics(settings.bootstrap, settings.topic_prefix)
         yield settings.bootstrap
         return

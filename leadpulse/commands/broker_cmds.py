@@ -18,7 +18,9 @@ from streams.broker import (
     create_topics,
     kafka_client_config,
     partition_mismatches,
+    port_open,
     running_broker,
+    speaks_kafka,
 )
 from streams.producer import DeliveryError, produce_file, resolve
 from streams.topics import TOPICS
@@ -85,6 +87,12 @@ def register(app: typer.Typer) -> None:
             )
             raise typer.Exit(0)
         try:
+            if port_open(settings.broker_host, settings.broker_port):  # nothing would be started
+                raise BrokerError(
+                    f"port {settings.bootstrap} is already in use"
+                    + (": a Kafka broker runs there" if speaks_kafka(settings.bootstrap) else "")
+                    + "; stop it, or set LEADPULSE_BROKER_PORT (--port) for another broker"
+                )
             with running_broker(settings, log_file=_log_file(settings.data_dir)) as bootstrap:
                 console.print(
                     f"[green]Tansu broker ready on {bootstrap}[/] (in-memory storage; Ctrl-C stops)"
