@@ -49,14 +49,20 @@ def _filters(topic: str | None, stage: str | None, prefix: str) -> None:
         raise typer.Exit(2) from None
 
 
-def _show_bytes(data: bytes | None) -> str:
+#: Bytes of a dead letter's key/value shown in hex unless ``dlq show --full`` (a 64 KiB record is 128k chars).
+SHOWN_BYTES = 256
+
+
+def _show_bytes(data: bytes | None, full: bool = False) -> str:
     if data is None:
         return "(none)"
     text = data.decode("utf-8", errors="replace")
-    return f"{data.hex()}  ({len(data)} bytes; as text: {text[:200]!r})"
+    shown = data if full or len(data) <= SHOWN_BYTES else data[:SHOWN_BYTES]
+    more = "" if len(shown) == len(data) else f"… first {SHOWN_BYTES} shown, --full for all;"
+    return f"{shown.hex()}  ({len(data)} bytes;{more} as text: {text[:200]!r})"
 
 
-def describe(letter: DeadLetter) -> str:
+def describe(letter: DeadLetter, full: bool = False) -> str:
     """Full text of one dead letter: where it came from, why, and the original bytes with a decode attempt."""
     r = letter.record
     lines = [
@@ -68,8 +74,8 @@ def describe(letter: DeadLetter) -> str:
         f"  error       {r['error']}",
         f"  failed_at   {_when(r['failed_at'])} UTC",
         f"  event_id    {r.get('event_id')}",
-        f"  key         {_show_bytes(r.get('key'))}",
-        f"  value       {_show_bytes(r.get('value'))}",
+        f"  key         {_show_bytes(r.get('key'), full)}",
+        f"  value       {_show_bytes(r.get('value'), full)}",
     ]
     decoded = letter.decoded_original()
     if isinstance(decoded, tuple):
@@ -119,7 +125,10 @@ def dlq_list(
 
 
 @dlq_app.command("show", help="One dead letter in full, incl. original bytes (hex) and a decode attempt.")
-def dlq_show(address: str = typer.Argument(..., help="OFFSET or PARTITION:OFFSET on the dlq topic.")) -> None:
+def dlq_show(
+    address: str = typer.Argument(..., help="OFFSET or PARTITION:OFFSET on the dlq topic."),
+    full: bool = typer.Option(False, "--full", help=f"All original bytes (default: first {SHOWN_BYTES})."),
+) -> None:
     settings = cli_settings()
     with running_broker(settings) as bootstrap:
         try:
@@ -130,7 +139,7 @@ def dlq_show(address: str = typer.Argument(..., help="OFFSET or PARTITION:OFFSET
     if not letters:
         console.print(f"[red]no dead letter at {address} on {settings.topic('dlq')}[/]")
         raise typer.Exit(1)
-    typer.echo("\n\n".join(describe(letter) for letter in letters))
+    typer.echo("\n\n".join(describe(letter, full) for letter in letters))
 
 
 @dlq_app.command(

@@ -31,3 +31,15 @@ def test_a_broker_that_refuses_the_credentials_is_not_reported_as_unreachable() 
         assert "refused this client" in message and "LEADPULSE_KAFKA_SASL_MECHANISM" in message
         assert "is it running" not in message
     assert "is it running?" in _broker_problem(KafkaConnectionError("connection refused"))
+
+
+def test_dlq_show_cuts_a_large_original_to_its_first_bytes_unless_full() -> None:
+    """A 64 KiB dead record printed 128k hex characters (cosmetic finding, stop 16)."""
+    from leadpulse.commands.edge_cmds import SHOWN_BYTES, _show_bytes
+
+    big = bytes(range(256)) * 40
+    short = _show_bytes(big)
+    assert short.startswith(big[:SHOWN_BYTES].hex() + "  (10240 bytes;… first 256 shown, --full for all;")
+    assert big[: SHOWN_BYTES + 1].hex() not in short
+    assert _show_bytes(big, full=True).startswith(big.hex() + "  (10240 bytes; as text:")
+    assert _show_bytes(b"\x02x") == "0278  (2 bytes; as text: '\\x02x')"
