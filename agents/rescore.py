@@ -25,7 +25,7 @@ from agents.core import check_timers, step
 from agents.rules import Rules
 from agents.scoring import band, behaviour_at
 from agents.state import LeadState
-from schemas.registry import SchemaValidationError, default_registry
+from schemas.registry import SchemaRegistry, SchemaValidationError, default_registry
 from streams.event_hygiene import InadmissibleEvent, check_admissible
 
 INPUT_SCHEMAS = ("web_visit", "email_click", "download", "content_view", "lead_identified", "sales_activity")
@@ -126,33 +126,55 @@ def rescore(events: Iterable[Event], old: Rules, new: Rules, now_ms: int) -> Res
     return RescoreReport(len(history), len(after), changes)
 
 
+#: Bad history lines named in the error; a file with more says how many others there are.
+SHOWN_BAD_LINES = 10
+
+
 def read_history(path: Path) -> Iterator[Event]:
-    """Events of a JSONL history file, validated against their schemas (see the module docstring)."""
+    """Events of a JSONL history file, validated against their schemas (see the module docstring).
+
+    Every line is checked before any is replayed, and the error names each bad line (up to
+    ``SHOWN_BAD_LINES``): fixing a file one line per run was the only way before."""
     registry = default_registry()
+    events: list[Event] = []
+    problems: list[str] = []
     with path.open(encoding="utf-8") as lines:
         for lineno, line in enumerate(lines, start=1):
             if not line.strip():
                 continue
-            where = f"{path}:{lineno}"
             try:
-                doc = json.loads(line)
-            except json.JSONDecodeError as exc:
-                raise HistoryError(f"{where}: not JSON: {exc.msg}") from None
-            if not isinstance(doc, dict):
-                raise HistoryError(f"{where}: expected a JSON object")
-            if "schema" in doc and "record" in doc:
-                schema, fields = doc["schema"], doc["record"]
-            else:
-                fields = dict(doc)
-                schema = fields.pop("type", None)
-            if schema not in INPUT_SCHEMAS:
-                raise HistoryError(
-                    f"{where}: type: expected one of {', '.join(INPUT_SCHEMAS)}, got {schema!r}"
-                )
-            try:
-                record = registry.validate(schema, fields)
-                # what the worker would dead-letter is not history (DESIGN §3, §6)
-                check_admissible(record, int(time.time() * 1000))
-            except (SchemaValidationError, InadmissibleEvent) as exc:
-                raise HistoryError(f"{where}: {exc}") from None
-            yield schema, record
+                events.append(_history_event(registry, line))
+            except HistoryError as exc:
+                problems.append(f"{path}:{lineno}: {exc}")
+    if problems:
+        shown = problems[:SHOWN_BAD_LINES]
+        more = len(problems) - len(shown)
+        raise HistoryError(
+            f"{len(problems)} bad line(s) in {path}; nothing was replayed:\n  "
+            + "\n  ".join(shown)
+            + (f"\n  ... and {more} more" if more else "")
+        )
+    yield from events
+
+
+def _history_event(registry: SchemaRegistry, line: str) -> Event:
+    try:
+        doc = json.loads(line)
+    except json.JSONDecodeError as exc:
+        raise HistoryError(f"not JSON: {exc.msg}") from None
+    if not isinstance(doc, dict):
+        raise HistoryError("expected a JSON object")
+    if "schema" in doc and "record" in doc:
+        schema, fields = doc["schema"], doc["record"]
+    else:
+        fields = dict(doc)
+        schema = fields.pop("type", None)
+    if schema not in INPUT_SCHEMAS:
+        raise HistoryError(f"type: expected one of {', '.join(INPUT_SCHEMAS)}, got {schema!r}")
+    try:
+        record = registry.validate(schema, fields)
+        # what the worker would dead-letter is not history (DESIGN §3, §6)
+        check_admissible(record, int(time.time() * 1000))
+    except (SchemaValidationError, InadmissibleEvent) as exc:
+        raise HistoryError(str(exc)) from None
+    return schema, record

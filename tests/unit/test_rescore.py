@@ -182,3 +182,18 @@ def test_cli_reports_a_bad_rules_file_by_key(tmp_path: Path, cli: typer.Typer) -
     result = CliRunner().invoke(cli, ["rescore", "--rules", str(new_rules), "--dry-run", str(history)])
     assert result.exit_code == 2
     assert "new.yaml: sla.warning_fraction: must be < 1" in result.output
+
+
+def test_every_bad_history_line_is_named_at_once(tmp_path: Path) -> None:
+    """One bad line per run was all rescore said; a file with a systematic problem took as many runs."""
+    from agents.rescore import SHOWN_BAD_LINES
+
+    good = '{"type": "lead_identified", "event_id": "p", "event_time": 1, "lead_id": "L", "source": "s"}'
+    path = tmp_path / "h.jsonl"
+    path.write_text("\n".join([good, "nope", good, *["[]"] * (SHOWN_BAD_LINES + 2)]) + "\n")
+    with pytest.raises(HistoryError) as info:
+        list(read_history(path))
+    message = str(info.value)
+    assert message.startswith(f"{SHOWN_BAD_LINES + 3} bad line(s) in {path}; nothing was replayed")
+    assert f"{path}:2: not JSON" in message and f"{path}:4: expected a JSON object" in message
+    assert message.endswith("... and 3 more")
