@@ -228,8 +228,12 @@ def _apply_activity(run: _Run, event: dict[str, Any]) -> None:
     if activity == "rejected":
         if (event.get("reason") or "").strip():
             sla.stop(state, sla.REJECTION_FEEDBACK)
-        elif sla.REJECTION_FEEDBACK not in state.timers:
-            sla.start_rejection_feedback(state, t, run.rules)
+        else:
+            running = state.timers.get(sla.REJECTION_FEEDBACK)
+            # a later rejection, once the earlier one's breach has fired, owes its own reason (audit: the
+            # fired timer stayed in the state and blocked every later clock)
+            if running is None or (sla.BREACH in running.fired and t > running.started_at):
+                sla.start_rejection_feedback(state, t, run.rules)
     target = stages.activity_move(state.stage, activity, t, state.stage_at)
     if target is not None:
         run.move(target[0], target[1], t)
@@ -248,7 +252,12 @@ def _score_event(run: _Run, schema: str, event: dict[str, Any]) -> None:
             run.why.append(f"{rule.name} {rule.points:+g} (event {run.trigger})")
     elif rule is not None:
         run.why.append(f"{rule.name} not scored: event before the last recycle (event {run.trigger})")
-    if state.stage == "lead" and state.disqualified_by is None and stages.is_engaging(schema, event, rules):
+    if (
+        state.stage == "lead"
+        and state.disqualified_by is None
+        and (rule is None or rule.points >= 0)  # an unsubscribe or a bounce "click" is no engagement
+        and stages.is_engaging(schema, event, rules)
+    ):
         run.move("nurturing", "engaged", t)
     if rule is not None and rule.immediate_mql and stages.can_become_mql(state):
         _enter_mql(run, "immediate_mql", f"immediate_mql:{rule.name}", immediate=True)

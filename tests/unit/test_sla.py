@@ -253,3 +253,18 @@ def test_follow_up_that_arrives_before_its_mql_event_still_stops_the_sla() -> No
     assert [o.schema for o in result.outputs].count("hot_lead") == 1
     later = check_timers(result.state, rules, t0 + 10 * 24 * 3_600_000)
     assert [o for o in later.outputs if o.schema == "sla_timeout"] == []
+
+
+def test_a_later_rejection_without_reason_gets_its_own_feedback_sla_after_the_first_breached() -> None:
+    lead = Lead()
+    lead.send(download(t=T0, asset="inquiry"))
+    lead.send(activity("rejected", t=T0 + HOUR, reason=None))
+    assert [o.record["level"] for o in lead.tick(T0 + HOUR + 2 * DAY)] == ["breach"]
+    lead.send(download(t=T0 + 5 * DAY, asset="inquiry", event_id="again"))  # hot again
+    lead.send(activity("rejected", t=T0 + 6 * DAY, reason=None, event_id="rejected-again"))
+    early = lead.tick(T0 + 8 * DAY - 1)
+    assert [o for o in early if o.schema == "sla_timeout"] == []
+    fired = [o for o in lead.tick(T0 + 8 * DAY) if o.schema == "sla_timeout"]
+    assert [(o.record["sla"], o.record["level"], o.record["started_at"]) for o in fired] == [
+        ("rejection_feedback", "breach", T0 + 6 * DAY)
+    ]

@@ -60,6 +60,16 @@ def test_email_click_or_product_page_makes_a_lead_nurturing(engaging: tuple[str,
     assert lead.stages()[-1] == ("lead", "nurturing", "engaged")
 
 
+@pytest.mark.parametrize("link", ["https://example.com/unsubscribe?u=1", "bounce://550"])
+def test_an_unsubscribe_or_bounce_click_is_not_engagement(link: str) -> None:
+    """Found by an audit: every email_click counted as engaged, so an unsubscribe moved a lead to
+    nurturing with a score of -25."""
+    lead = Lead()
+    lead.send(identified(), click(t=T0 + 1, link=link))
+    assert lead.state().stage == "lead"
+    assert lead.stages() == [("awareness", "lead", "identified")]
+
+
 def test_blog_visit_is_not_engagement() -> None:
     lead = Lead()
     lead.send(identified(), visit(t=T0 + 1, category="blog"))
