@@ -36,7 +36,7 @@ from sinks.webhook import (
 from streams.broker import aiokafka_client_config
 from streams.dlq import dead_letter, encode_dead_letter, writer_headers
 from streams.kafka_close import commit, start_client, stop_consumer
-from streams.metrics import LagGauge, Metrics
+from streams.metrics import LagGauge, Metrics, consumer_lags
 from streams.settings import Settings
 from streams.topics import DLQ, HOT_LEADS
 
@@ -198,10 +198,6 @@ class Notifier:
         consumer.subscribe([self.topic], listener=_Rebalance(self, consumer))
         try:
             await start_client(consumer)
-        except BaseException:
-            await producer.stop()
-            raise
-        try:
             async with aiohttp.ClientSession() as session:
                 sender = WebhookSender(session, self._secret, policy=self.policy, metrics=self.metrics)
                 workers = [
@@ -342,12 +338,8 @@ class Notifier:
 
     def _report_lag(self, consumer: AIOKafkaConsumer) -> None:
         """Notifications not yet delivered (or given up) per partition: a stuck receiver shows as lag."""
-        lags = {}
-        for tp in consumer.assignment():
-            high = consumer.highwater(tp)
-            if high is not None:
-                lags[(HOT_LEADS.name, tp.partition)] = max(0, high - self._committed.get(tp, 0))
-        self.lag_gauge.report(lags)
+        done = self._committed
+        self.lag_gauge.report(consumer_lags(consumer, lambda tp: done.get(tp, 0), lambda _: HOT_LEADS.name))
 
     @property
     def committed(self) -> dict[TopicPartition, int]:

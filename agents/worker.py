@@ -43,7 +43,7 @@ from streams.broker import aiokafka_client_config, create_topics, is_tansu, kafk
 from streams.dlq import dead_letter, encode_dead_letter, writer_headers
 from streams.event_hygiene import InadmissibleEvent, check_admissible, invalid_reason
 from streams.kafka_close import commit, committed, start_client, stop_consumer
-from streams.metrics import LagGauge, Metrics, observe_many
+from streams.metrics import LagGauge, Metrics, consumer_lags, observe_many
 from streams.producer import lead_key
 from streams.settings import Settings
 from streams.topics import (
@@ -546,12 +546,8 @@ class LeadWorker:
 
     def _report_lag(self) -> None:
         assert self.consumer is not None and self.lag_gauge is not None
-        lags = {}
-        for tp in self.consumer.assignment():
-            high = self.consumer.highwater(tp)
-            if high is not None:
-                lags[(self._unprefixed(tp.topic), tp.partition)] = max(0, high - self.committed.get(tp, 0))
-        self.lag_gauge.report(lags)
+        done = self.committed
+        self.lag_gauge.report(consumer_lags(self.consumer, lambda tp: done.get(tp, 0), self._unprefixed))
 
     def ready(self) -> tuple[bool, dict[str, Any]]:
         assigned = len(self.consumer.assignment()) if self.consumer else 0

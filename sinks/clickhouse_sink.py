@@ -46,7 +46,7 @@ from streams.dlq import dead_letter, encode_dead_letter, writer_headers
 from streams.erasures import ErasureLog
 from streams.event_hygiene import InadmissibleEvent, check_admissible, future_problem
 from streams.kafka_close import commit, committed, start_client, stop_consumer
-from streams.metrics import LagGauge
+from streams.metrics import LagGauge, consumer_lags
 from streams.settings import Settings
 from streams.topics import INPUTS, MAX_INPUT_RECORD_BYTES, OUTPUTS, spec_for
 
@@ -214,10 +214,6 @@ class ClickHouseSinkLoop:
         self.consumer.subscribe(self.topics, listener=self._listener)
         try:
             await start_client(self.consumer)
-        except BaseException:
-            await self.erasures.stop()
-            raise
-        try:
             while not stop.is_set():
                 await self.step()
             await self.drain()
@@ -622,13 +618,12 @@ class ClickHouseSinkLoop:
 
     def _report_lag(self) -> None:
         assert self.consumer is not None
-        lags = {}
-        for tp in self.consumer.assignment():
-            high = self.consumer.highwater(tp)
-            if high is not None:
-                position = self.committed.get((tp.topic, tp.partition), 0)
-                name = spec_for(tp.topic, self.settings.topic_prefix).name
-                lags[(name, tp.partition)] = max(0, high - position)
+        done, prefix = self.committed, self.settings.topic_prefix
+        lags = consumer_lags(
+            self.consumer,
+            lambda tp: done.get((tp.topic, tp.partition), 0),
+            lambda topic: spec_for(topic, prefix).name,
+        )
         self.hooks.lags(self.group, lags)
 
 

@@ -275,6 +275,9 @@ def speaks_kafka(bootstrap: str, timeout_ms: int = 3000) -> bool:
         admin.close()
 
 
+PR_SET_PDEATHSIG = 1  # <linux/prctl.h>
+
+
 def _die_with_parent_hook() -> Callable[[], None] | None:
     """A ``preexec_fn`` that makes the broker get SIGKILL when the process that started it dies.
 
@@ -297,9 +300,6 @@ def _die_with_parent_hook() -> Callable[[], None] | None:
             os._exit(1)
 
     return hook
-
-
-PR_SET_PDEATHSIG = 1
 
 
 @contextlib.contextmanager

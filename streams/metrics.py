@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import contextlib
 from bisect import bisect_left
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from importlib import metadata
 from typing import Any
 
@@ -70,6 +70,19 @@ def package_version() -> str:
         return metadata.version("leadpulse")
     except metadata.PackageNotFoundError:
         return "unknown"
+
+
+def consumer_lags(
+    consumer: Any, position: Callable[[Any], int], topic: Callable[[str], str]
+) -> dict[tuple[str, int], int]:
+    """Records behind, per partition ``consumer`` (an aiokafka consumer) owns now: its fetch high watermark
+    minus ``position(tp)`` (what the process has committed), keyed by (``topic(tp.topic)``, partition)."""
+    lags = {}
+    for tp in consumer.assignment():
+        high = consumer.highwater(tp)
+        if high is not None:
+            lags[(topic(tp.topic), tp.partition)] = max(0, high - position(tp))
+    return lags
 
 
 class LagGauge:

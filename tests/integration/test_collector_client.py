@@ -16,75 +16,22 @@ from streams.collector_client import CollectorClient, CollectorRejected
 pytestmark = pytest.mark.integration
 
 
+Posted = list[tuple[str, list[str]]]  # (write key, event ids) per request, in arrival order
+
+
 @pytest.fixture
-def server() -> Iterator[tuple[str, list[tuple[str, list[str]]]]]:
-    posted: list[tuple[str, list[str]]] = []  # (write key, event ids) per request, in arrival order
+def server() -> Iterator[tuple[str, list[str | int], Posted]]:
+    """A stand-in collector that records each request and answers in the order of ``script``: "drop" closes
+    the connection unanswered, an int is the status (429/503 with Retry-After: 0); once the script is used
+    up, 202."""
+    script: list[str | int] = []
+    posted: Posted = []
 
     class Handler(BaseHTTPRequestHandler):
         def do_POST(self) -> None:
             body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
             key = self.headers["Authorization"].removeprefix("Bearer ")
             posted.append((key, [e["event_id"] for e in body["batch"]]))
-            self.send_response(202)
-            self.send_header("Content-Length", "2")
-            self.end_headers()
-            self.wfile.write(b"{}")
-
-        def log_message(self, *args: object) -> None:
-            pass
-
-    httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    thread = threading.Thread(target=httpd.serve_forever, daemon=True)
-    thread.start()
-    try:
-        yield f"http://127.0.0.1:{httpd.server_address[1]}", posted
-    finally:
-        httpd.shutdown()
-
-
-def visit(n: int) -> dict[str, object]:
-    return {"event_id": f"v{n}", "event_time": 1, "lead_id": "L1", "url": "u"}
-
-
-def activity(n: int) -> dict[str, object]:
-    return {"event_id": f"a{n}", "event_time": 1, "lead_id": "L1", "activity": "first_touch"}
-
-
-def test_a_full_browser_batch_takes_the_waiting_sales_activities_with_it(
-    server: tuple[str, list[tuple[str, list[str]]]],
-) -> None:
-    url, posted = server
-    with CollectorClient(url, "web", "crm", batch_size=10, max_wait_s=60) as client:
-        for n in range(10):
-            client.send("web_visit", visit(n))
-            if n in (2, 5):
-                client.send("sales_activity", activity(n))
-        # the tenth visit filled its batch: both buffers went out, the activities did not wait for ten
-        assert sorted(key for key, _ in posted) == ["crm", "web"]
-        assert dict(posted)["crm"] == ["a2", "a5"]
-
-
-def test_an_activity_waits_at_most_max_wait(server: tuple[str, list[tuple[str, list[str]]]]) -> None:
-    url, posted = server
-    with CollectorClient(url, "web", "crm", batch_size=100, max_wait_s=0.3) as client:
-        client.send("sales_activity", activity(1))
-        assert posted == []
-        time.sleep(0.4)
-        client.send("web_visit", visit(1))  # the next send finds the activity overdue
-        assert ("crm", ["a1"]) in posted and ("web", ["v1"]) in posted
-
-
-@pytest.fixture
-def flaky_server() -> Iterator[tuple[str, list[str | int], list[list[str]]]]:
-    """Answers requests in the order of ``script``: "drop" closes the connection unanswered, an int is the
-    status (503/429 with Retry-After: 0); when the script is used up, 202."""
-    script: list[str | int] = []
-    posted: list[list[str]] = []
-
-    class Handler(BaseHTTPRequestHandler):
-        def do_POST(self) -> None:
-            body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
-            posted.append([e["event_id"] for e in body["batch"]])
             step = script.pop(0) if script else 202
             if step == "drop":
                 self.close_connection = True
@@ -108,24 +55,56 @@ def flaky_server() -> Iterator[tuple[str, list[str | int], list[list[str]]]]:
         httpd.shutdown()
 
 
+def visit(n: int) -> dict[str, object]:
+    return {"event_id": f"v{n}", "event_time": 1, "lead_id": "L1", "url": "u"}
+
+
+def activity(n: int) -> dict[str, object]:
+    return {"event_id": f"a{n}", "event_time": 1, "lead_id": "L1", "activity": "first_touch"}
+
+
+def test_a_full_browser_batch_takes_the_waiting_sales_activities_with_it(
+    server: tuple[str, list[str | int], Posted],
+) -> None:
+    url, _, posted = server
+    with CollectorClient(url, "web", "crm", batch_size=10, max_wait_s=60) as client:
+        for n in range(10):
+            client.send("web_visit", visit(n))
+            if n in (2, 5):
+                client.send("sales_activity", activity(n))
+        # the tenth visit filled its batch: both buffers went out, the activities did not wait for ten
+        assert sorted(key for key, _ in posted) == ["crm", "web"]
+        assert dict(posted)["crm"] == ["a2", "a5"]
+
+
+def test_an_activity_waits_at_most_max_wait(server: tuple[str, list[str | int], Posted]) -> None:
+    url, _, posted = server
+    with CollectorClient(url, "web", "crm", batch_size=100, max_wait_s=0.3) as client:
+        client.send("sales_activity", activity(1))
+        assert posted == []
+        time.sleep(0.4)
+        client.send("web_visit", visit(1))  # the next send finds the activity overdue
+        assert ("crm", ["a1"]) in posted and ("web", ["v1"]) in posted
+
+
 def test_a_dropped_connection_and_503s_are_retried_with_the_same_events(
-    flaky_server: tuple[str, list[str | int], list[list[str]]],
+    server: tuple[str, list[str | int], Posted],
 ) -> None:
     """A collector restarted mid-run ended ``generate --via collector`` with a BrokenPipeError (ops audit);
     the client contract in docs/ingestion.md is to retry the same batch."""
-    url, script, posted = flaky_server
+    url, script, posted = server
     script.extend(["drop", 503, 429])
     with CollectorClient(url, "web", "crm", batch_size=3, max_wait_s=60) as client:
         for n in range(3):
             client.send("web_visit", visit(n))
         assert client.accepted == 3
-    assert posted == [["v0", "v1", "v2"]] * 4
+    assert posted == [("web", ["v0", "v1", "v2"])] * 4
 
 
-def test_a_refusal_is_not_retried(flaky_server: tuple[str, list[str | int], list[list[str]]]) -> None:
-    url, script, posted = flaky_server
+def test_a_refusal_is_not_retried(server: tuple[str, list[str | int], Posted]) -> None:
+    url, script, posted = server
     script.append(400)
     client = CollectorClient(url, "web", "crm", batch_size=1)
     with pytest.raises(CollectorRejected, match="collector answered 400"):
         client.send("web_visit", visit(1))
-    assert posted == [["v1"]]
+    assert posted == [("web", ["v1"])]
