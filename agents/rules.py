@@ -22,6 +22,8 @@ DEFAULT_RULES_PATH = Path(__file__).resolve().parent / "rules.default.yaml"
 DAY_MS = 86_400_000
 HOUR_MS = 3_600_000
 LN2 = math.log(2.0)
+#: A recipient in ``sla.escalation``: a role (owner, manager), a team or an address, never blank or padded.
+ESCALATION_NAME = re.compile(r"[A-Za-z0-9_.@-]+")
 
 
 class RulesError(Exception):
@@ -113,6 +115,23 @@ class Escalation(_Model):
 
     warning: list[str] = Field(default_factory=lambda: ["owner"])
     breach: list[str] = Field(default_factory=lambda: ["owner", "manager"])
+
+    @model_validator(mode="after")
+    def _names(self) -> Escalation:
+        """Whoever routes ``sla_timeout.notify`` matches these names exactly: a blank, padded or repeated
+        name is a typo that would page nobody (or someone twice), so it is refused here, not downstream."""
+        for level in ("warning", "breach"):
+            names: list[str] = getattr(self, level)
+            for i, name in enumerate(names):
+                if not ESCALATION_NAME.fullmatch(name):
+                    raise ValueError(
+                        f"{level}[{i}]: {name!r} is not a recipient name (letters, digits, '_', '-', '.', "
+                        "'@'; no spaces)"
+                    )
+            repeated = sorted({n for n in names if names.count(n) > 1})
+            if repeated:
+                raise ValueError(f"{level}: {repeated} named more than once")
+        return self
 
 
 class SlaRules(_Model):

@@ -166,3 +166,22 @@ def test_rules_are_immutable() -> None:
     rules = load_rules()
     with pytest.raises(Exception, match="frozen"):
         rules.late_window_days = 9  # type: ignore[misc]
+
+
+@pytest.mark.parametrize(
+    ("ladder", "message"),
+    [
+        ({"breach": ["owner", ""]}, r"sla\.escalation: .*breach\[1\]: '' is not a recipient name"),
+        ({"warning": [" owner"]}, r"sla\.escalation: .*warning\[0\]: ' owner' is not a recipient name"),
+        ({"breach": ["owner", "manager", "owner"]}, r"sla\.escalation: .*breach: \['owner'\] named more"),
+    ],
+)
+def test_escalation_names_must_be_routable(ladder: dict[str, list[str]], message: str) -> None:
+    with pytest.raises(RulesError, match=message):
+        rules_from_mapping({"sla": {"escalation": ladder}})
+
+
+def test_escalation_accepts_roles_teams_and_addresses() -> None:
+    ladder = {"warning": ["owner", "inside-sales"], "breach": ["manager", "sales.ops@example.com"]}
+    rules = rules_from_mapping({"sla": {"escalation": ladder}})
+    assert rules.sla.escalation.breach == ["manager", "sales.ops@example.com"]
