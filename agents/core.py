@@ -116,12 +116,20 @@ def new_state(key: str, schema: str, event: dict[str, Any]) -> LeadState:
 
 
 def step(
-    state: LeadState | None, key: str, schema: str, event: dict[str, Any], rules: Rules, now_ms: int
+    state: LeadState | None,
+    key: str,
+    schema: str,
+    event: dict[str, Any],
+    rules: Rules,
+    now_ms: int,
+    received_ms: int | None = None,
 ) -> StepResult:
     """One input event for identity ``key``: dedup → stitch → score → stage → SLA → emit.
 
     ``state`` is consumed (updated in place); store the returned ``result.state``. On an anonymous key an
     alias instruction is a ``lead_identified`` record whose lead_id differs from the key (see identity.py).
+    ``received_ms`` is when the event entered Kafka (its record timestamp), for ``rules.late_by_arrival``;
+    a replay passes the stored timestamp, so it judges lateness as the first run did.
     """
     if state is None:
         state = new_state(key, schema, event)
@@ -136,7 +144,9 @@ def step(
         return StepResult(state, forwards=again, dropped="duplicate", changed=False)
     if t < state.dedup_floor(rules.dedup_window_ms):
         return StepResult(state, dropped="stale", changed=False)
-    late = state.max_time != NEVER and t < state.max_time - rules.late_window_ms
+    late = (state.max_time != NEVER and t < state.max_time - rules.late_window_ms) or rules.arrived_late(
+        t, received_ms
+    )
     _advance_clock(state, event_id, t, rules)
     as_of = state.max_time
     behaviour_before = scoring.behaviour_at(state, rules, as_of)

@@ -180,6 +180,9 @@ class Rules(_Model):
     sla: SlaRules = SlaRules()
     recycle: RecycleRules = RecycleRules()
     late_window_days: float = Field(default=3.0, gt=0)
+    # Also late: an event that entered Kafka more than late_window_days after its event_time (a backfill, an
+    # import of old CRM history). Off by default: see docs/scoring.md, "Late and stale events".
+    late_by_arrival: bool = False
     state: StateRules = StateRules()
 
     @model_validator(mode="after")
@@ -211,6 +214,11 @@ class Rules(_Model):
     def late_window_ms(self) -> int:
         return self.compiled.late_window_ms
 
+    def arrived_late(self, event_time: int, received_ms: int | None) -> bool:
+        """Whether ``late_by_arrival`` makes an event received (entered Kafka) at ``received_ms`` late."""
+        c = self.compiled
+        return c.late_by_arrival and received_ms is not None and event_time < received_ms - c.late_window_ms
+
     @property
     def dedup_window_ms(self) -> int:
         return self.compiled.dedup_window_ms
@@ -229,6 +237,7 @@ class Compiled:
         "by_name",
         "dedup_window_ms",
         "email_links",
+        "late_by_arrival",
         "late_window_ms",
         "sizes",
         "tables",
@@ -244,6 +253,7 @@ class Compiled:
         self.title_fit: tuple[tuple[re.Pattern[str], float], ...] = ()
         self.sizes: tuple[tuple[int, float], ...] = ()  # (min employees, points), largest minimum first
         self.late_window_ms = 0
+        self.late_by_arrival = False
         self.dedup_window_ms = 0
         self.account_window_ms = 0
 
@@ -272,6 +282,7 @@ class Compiled:
         c.title_fit = tuple((_words([kw]), pts) for kw, pts in rules.fit.title_keywords.items())
         c.sizes = tuple(sorted(((b.min, b.points) for b in rules.fit.company_size), reverse=True))
         c.late_window_ms = int(rules.late_window_days * DAY_MS)
+        c.late_by_arrival = rules.late_by_arrival
         c.dedup_window_ms = int(rules.state.dedup_window_days * DAY_MS)
         c.account_window_ms = int(rules.state.account_window_days * DAY_MS)
         return c

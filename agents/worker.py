@@ -343,7 +343,7 @@ class LeadWorker:
             return
         state = self._get(batch, key, home)
         try:
-            result = step(state, key.decode(), schema, record, self.rules, now)
+            result = step(state, key.decode(), schema, record, self.rules, now, message.timestamp or None)
         except Exception as exc:  # a bug or a record the core rejects must not stop the partition
             log.exception("core rejected %s[%s]@%s", topic, message.partition, message.offset)
             self._dead_letter(batch, message, "process", exc)

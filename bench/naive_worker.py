@@ -139,7 +139,9 @@ class NaiveWorker:
                 continue
             key = message.key or (lead_key(record) or "").encode()
             state = join_state({concern: table.get(key) for concern, table in self.tables.items()})
-            result = step(state, key.decode(), schema, record, self.rules, int(time.time() * 1000))
+            now = int(time.time() * 1000)
+            received = int(message.timestamp * 1000) if message.timestamp else None  # Faust: seconds
+            result = step(state, key.decode(), schema, record, self.rules, now, received)
             await self._send(key, result)
             if result.changed:
                 for concern, value in split_state(result.state).items():

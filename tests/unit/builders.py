@@ -174,13 +174,15 @@ class Lead:
         self.outputs: list[Output] = []
         self.results: list[StepResult] = []
 
-    def send(self, *events: tuple[str, dict[str, Any]], key: str | None = None) -> list[Output]:
+    def send(
+        self, *events: tuple[str, dict[str, Any]], key: str | None = None, received: int | None = None
+    ) -> list[Output]:
         produced: list[Output] = []
         for schema, event in events:
             queue = [(key or event.get("lead_id") or event.get("anonymous_id"), schema, event)]
             while queue:
                 k, s, e = queue.pop(0)
-                result = step(self.states.get(k), k, s, e, self.rules, self.now)
+                result = step(self.states.get(k), k, s, e, self.rules, self.now, received)
                 self.results.append(result)
                 self.states[k] = result.state
                 produced.extend(result.outputs)

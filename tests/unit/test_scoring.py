@@ -248,6 +248,41 @@ def test_event_within_the_late_window_still_fires_a_hot_lead() -> None:
     assert len(lead.of("hot_lead")) == 1
 
 
+def test_an_old_first_event_notifies_unless_lateness_is_measured_from_arrival() -> None:
+    """The documented default: a lead's first event is never late against the lead's own clock."""
+    by_lead, by_arrival = Lead(), Lead(rules(late_by_arrival=True))
+    for lead in (by_lead, by_arrival):
+        lead.send(download(t=T0, asset="demo_request"), received=T0 + 5 * DAY)
+    assert by_lead.state().stage == by_arrival.state().stage == "mql"
+    assert len(by_lead.of("hot_lead")) == 1
+    assert "hot_lead_follow_up" in by_lead.state().timers
+    assert by_arrival.of("hot_lead") == []
+    assert "hot_lead_follow_up" not in by_arrival.state().timers
+    assert "late event" in by_arrival.of("lead_score")[-1]["change_reason"]
+
+
+@pytest.mark.parametrize(
+    ("received", "hot"),
+    [(None, 1), (T0, 1), (T0 + 3 * DAY - 1, 1), (T0 + 3 * DAY, 1), (T0 + 3 * DAY + 1, 0)],
+)
+def test_arrival_lateness_starts_after_the_late_window(received: int | None, hot: int) -> None:
+    lead = Lead(rules(late_by_arrival=True))
+    lead.send(download(t=T0, asset="demo_request"), received=received)
+    assert len(lead.of("hot_lead")) == hot
+
+
+def test_a_late_arrival_still_scores_and_a_timely_one_then_notifies() -> None:
+    """A backfilled history lands in the score; the next live event that crosses the threshold notifies."""
+    lead = Lead(rules(late_by_arrival=True))
+    now = T0 + 10 * DAY
+    lead.send(identified(t=T0, company_size=6000, seniority="c_level", country="JP"), received=now)
+    lead.send(download(t=T0 + DAY, asset="whitepaper"), received=now)
+    backfilled = lead.score()
+    assert backfilled > 50 and lead.state().stage != "mql"
+    lead.send(download(t=now, asset="demo_request"), received=now)
+    assert [h["lead_id"] for h in lead.of("hot_lead")] == ["L1"]
+
+
 @pytest.mark.parametrize(
     ("profile", "reason"),
     [
