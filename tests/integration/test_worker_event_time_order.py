@@ -24,6 +24,7 @@ from agents.worker import LeadWorker
 from streams.producer import Producer
 from streams.settings import Settings
 from tests.integration.test_worker import HOUR, outputs, profile
+from tests.integration.worker_harness import running_worker, wait_until
 
 pytestmark = pytest.mark.integration
 
@@ -55,21 +56,13 @@ def test_profile_and_download_are_applied_in_event_time_order_whatever_order_the
 
     worker = LeadWorker(broker_settings, load_rules(None), scan_interval_s=3600)
 
-    def stage(lead: str) -> str | None:
-        state = worker.store.get(lead.encode())
-        return state.stage if state is not None else None
+    def stages() -> tuple[str | None, ...]:
+        states = [worker.store.get(lead) for lead in (b"BEFORE", b"AFTER")]
+        return tuple(state.stage if state is not None else None for state in states)
 
     async def scenario() -> None:
-        stop = asyncio.Event()
-        running = asyncio.create_task(worker.run(stop))
-        try:
-            deadline = time.monotonic() + 60
-            while not (stage("BEFORE") == stage("AFTER") == "disqualified"):
-                assert time.monotonic() < deadline and not running.done(), (stage("BEFORE"), stage("AFTER"))
-                await asyncio.sleep(0.1)
-        finally:
-            stop.set()
-            await running
+        async with running_worker(worker) as running:
+            await wait_until(lambda: stages() == ("disqualified", "disqualified"), running, seen=stages)
 
     asyncio.run(scenario())
     out = outputs(broker_settings)

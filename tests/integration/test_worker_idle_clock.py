@@ -20,6 +20,7 @@ from agents.worker import LeadWorker
 from streams.producer import Producer
 from streams.settings import Settings
 from tests.integration.test_worker import HOUR, outputs, profile
+from tests.integration.worker_harness import running_worker, wait_until
 
 pytestmark = pytest.mark.integration
 
@@ -47,23 +48,15 @@ def test_sla_of_a_replayed_mql_fires_once_the_worker_is_caught_up(broker_setting
         return state.timers.get(FOLLOW_UP) if state is not None and state.stage == "mql" else None
 
     async def scenario() -> None:
-        stop = asyncio.Event()
-        running = asyncio.create_task(worker.run(stop))
-        try:
-            deadline = time.monotonic() + 60
-            while follow_up() is None:
-                assert time.monotonic() < deadline and not running.done()
-                await asyncio.sleep(0.1)
+        async with running_worker(worker) as running:
+            started = time.monotonic()
+            await wait_until(lambda: follow_up() is not None, running)
             timer = follow_up()
             assert timer is not None and timer.due_at < time.time() * 1000  # due by the wall clock ...
             await asyncio.sleep(1.0)  # ... but held back: a few scans later nothing has fired
             assert timer.fired == []
-            while len(timer.fired) < 2:  # caught up for 5 s: the wall clock applies
-                assert time.monotonic() < deadline and not running.done()
-                await asyncio.sleep(0.1)
-        finally:
-            stop.set()
-            await running
+            # caught up for 5 s: the wall clock applies
+            await wait_until(lambda: len(timer.fired) >= 2, running, 60 - (time.monotonic() - started))
 
     asyncio.run(scenario())
     fired = outputs(broker_settings)["sla_timeout"]

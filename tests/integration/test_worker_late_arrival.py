@@ -22,6 +22,7 @@ from agents.worker import LeadWorker
 from streams.producer import Producer
 from streams.settings import Settings
 from tests.integration.test_worker import DAY, outputs
+from tests.integration.worker_harness import running_worker, wait_until
 
 pytestmark = pytest.mark.integration
 MINUTE = 60_000
@@ -51,23 +52,14 @@ def test_a_backfilled_demo_request_is_scored_but_notifies_nobody(broker_settings
     rules = Rules.model_validate({**data, "late_by_arrival": True})
     worker = LeadWorker(broker_settings, rules, scan_interval_s=0.2)
 
-    def stage(lead: str) -> str | None:
-        state = worker.store.get(lead.encode())
-        return state.stage if state is not None else None
+    def stages() -> tuple[str | None, ...]:
+        states = [worker.store.get(lead) for lead in (b"BACKFILLED", b"LIVE")]
+        return tuple(state.stage if state is not None else None for state in states)
 
     async def scenario() -> None:
-        stop = asyncio.Event()
-        running = asyncio.create_task(worker.run(stop))
-        try:
-            deadline = time.monotonic() + 60
-            while not (stage("BACKFILLED") == stage("LIVE") == "mql"):
-                seen = (stage("BACKFILLED"), stage("LIVE"))
-                assert time.monotonic() < deadline and not running.done(), seen
-                await asyncio.sleep(0.1)
+        async with running_worker(worker) as running:
+            await wait_until(lambda: stages() == ("mql", "mql"), running, seen=stages)
             await asyncio.sleep(2)  # ten timer scans: a started clock would have fired by now
-        finally:
-            stop.set()
-            await running
 
     asyncio.run(scenario())
     out = outputs(broker_settings)

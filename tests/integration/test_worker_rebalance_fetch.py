@@ -22,6 +22,7 @@ from agents.worker import LeadWorker
 from streams.producer import Producer
 from streams.settings import Settings
 from tests.integration.test_worker import HOUR
+from tests.integration.worker_harness import running_worker, wait_until
 
 pytestmark = pytest.mark.integration
 
@@ -69,22 +70,14 @@ def test_records_of_a_fetch_overlapped_by_a_rebalance_are_fetched_again_and_proc
         return found
 
     async def scenario() -> None:
-        stop = asyncio.Event()
-        running = asyncio.create_task(worker.run(stop))
-        try:
-            deadline = time.monotonic() + 60
-            while not worker.ready()[0]:
-                assert time.monotonic() < deadline and not running.done(), "worker never became ready"
-                await asyncio.sleep(0.1)
+        async with running_worker(worker) as running:
+            await wait_until(lambda: worker.ready()[0], running, seen=lambda: "worker never became ready")
             with Producer(broker_settings) as producer:
                 for event in events:
                     producer.send("web_visit", event)
             deadline = time.monotonic() + 30
             while len(seen()) < len(events) and time.monotonic() < deadline and not running.done():
                 await asyncio.sleep(0.2)
-        finally:
-            stop.set()
-            await running
 
     asyncio.run(scenario())
     assert overlapped and overlapped[0] > 0

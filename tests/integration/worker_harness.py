@@ -1,0 +1,41 @@
+"""Running a ``LeadWorker`` in-process inside a test, and waiting on its state without hanging forever.
+
+Why in-process: these tests look at the worker's state store and timers while it runs, which a CLI
+subprocess does not expose. Why the ``running`` task in every wait: a worker that crashed must fail the test
+at once with its own exception, not after the deadline.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
+from typing import Any
+
+from agents.worker import LeadWorker
+
+
+@asynccontextmanager
+async def running_worker(worker: LeadWorker) -> AsyncIterator[asyncio.Task[None]]:
+    """The worker's run loop as a task; stopped and awaited (its exception raised) on exit."""
+    stop = asyncio.Event()
+    running = asyncio.create_task(worker.run(stop))
+    try:
+        yield running
+    finally:
+        stop.set()
+        await running
+
+
+async def wait_until(
+    condition: Callable[[], bool],
+    running: asyncio.Task[None],
+    timeout_s: float = 60,
+    seen: Callable[[], Any] = lambda: None,
+) -> None:
+    """Poll ``condition`` every 0.1 s; fail naming ``seen()`` after ``timeout_s`` or if the worker stopped."""
+    deadline = time.monotonic() + timeout_s
+    while not condition():
+        assert time.monotonic() < deadline and not running.done(), seen()
+        await asyncio.sleep(0.1)
