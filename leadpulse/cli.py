@@ -20,6 +20,9 @@ from leadpulse.commands import (
     sink_cmds,
     worker_cmds,
 )
+from leadpulse.commands.flag_help import plain_flags_in_help
+
+plain_flags_in_help()
 
 app = typer.Typer(
     name="leadpulse",

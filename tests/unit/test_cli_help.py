@@ -1,0 +1,43 @@
+"""``--help`` shows boolean flags as plain flags: ``--dry-run``, not ``--dry-run <bool>``."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+import typer
+from typer.testing import CliRunner
+
+from leadpulse.cli import app
+
+pytestmark = pytest.mark.unit
+
+
+def command_paths(command: Any, path: tuple[str, ...] = ()) -> Iterator[tuple[str, ...]]:
+    yield path
+    for name, sub in getattr(command, "commands", {}).items():  # groups: every subcommand
+        yield from command_paths(sub, (*path, name))
+
+
+ALL = sorted(command_paths(typer.main.get_command(app)))
+
+
+@pytest.mark.parametrize("path", ALL, ids=lambda p: " ".join(p) or "leadpulse")
+def test_no_command_shows_a_value_type_for_a_flag(path: tuple[str, ...]) -> None:
+    result = CliRunner().invoke(app, [*path, "--help"], terminal_width=120)
+    assert result.exit_code == 0, result.output
+    assert "<bool>" not in result.output
+
+
+def test_flags_render_plain_and_valued_options_keep_their_type() -> None:
+    out = CliRunner().invoke(app, ["rescore", "--help"], terminal_width=120).output
+    dry_run = next(line for line in out.splitlines() if "--dry-run" in line)
+    assert "<" not in dry_run.split("Required")[0], dry_run
+    rules = next(line for line in out.splitlines() if "--rules" in line)
+    assert "<file>" in rules  # only flags lose the type column
+    assert any("--live" in line and "--no-live" in line for line in demo_help().splitlines())
+
+
+def demo_help() -> str:
+    return CliRunner().invoke(app, ["demo", "--help"], terminal_width=120).output
