@@ -11,9 +11,11 @@ from typing import Any
 FORMATS = ("table", "csv", "json")
 
 
-def _cell(value: Any) -> str:
+def _cell(value: Any, plain_numbers: bool = False) -> str:
     if value is None:
         return "-"
+    if plain_numbers and isinstance(value, (int, float)):
+        return str(value)  # as stored: no thousands separators, no rounding
     if isinstance(value, float):
         return f"{value:,.4g}" if abs(value) < 1000 else f"{value:,.0f}"
     if isinstance(value, int) and not isinstance(value, bool):
@@ -28,7 +30,9 @@ def _columns(rows: Sequence[Mapping[str, Any]]) -> list[str]:
     return columns
 
 
-def render_table(sections: Mapping[str, Sequence[Mapping[str, Any]]]) -> str:
+def render_table(sections: Mapping[str, Sequence[Mapping[str, Any]]], plain_numbers: bool = False) -> str:
+    """Reports are read by people: numbers get thousands separators and 4 significant digits. ``leadpulse
+    sql`` passes ``plain_numbers``: its tables are copied into other tools, where ``12,345`` is text."""
     out = []
     for name, rows in sections.items():
         out.append(f"== {name} ({len(rows)} row{'s' if len(rows) != 1 else ''})")
@@ -36,7 +40,7 @@ def render_table(sections: Mapping[str, Sequence[Mapping[str, Any]]]) -> str:
             out.append("(none)\n")
             continue
         columns = _columns(rows)
-        cells = [[_cell(row.get(c)) for c in columns] for row in rows]
+        cells = [[_cell(row.get(c), plain_numbers) for c in columns] for row in rows]
         widths = [max(len(c), *(len(r[i]) for r in cells)) for i, c in enumerate(columns)]
         out.append("  ".join(c.ljust(w) for c, w in zip(columns, widths, strict=True)).rstrip())
         for row_cells in cells:
@@ -58,9 +62,11 @@ def render_csv(sections: Mapping[str, Sequence[Mapping[str, Any]]]) -> str:
     return buffer.getvalue()
 
 
-def render(sections: Mapping[str, Sequence[Mapping[str, Any]]], fmt: str) -> str:
+def render(
+    sections: Mapping[str, Sequence[Mapping[str, Any]]], fmt: str, *, plain_numbers: bool = False
+) -> str:
     if fmt == "table":
-        return render_table(sections)
+        return render_table(sections, plain_numbers)
     if fmt == "csv":
         return render_csv(sections)
     if fmt == "json":

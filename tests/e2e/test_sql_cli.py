@@ -55,3 +55,10 @@ def test_a_report_on_a_fresh_data_directory_says_how_to_get_tables_not_a_traceba
     assert done.returncode == 2
     assert "Traceback" not in done.stderr
     assert "UNKNOWN_DATABASE" in done.stderr and "leadpulse migrate" in done.stderr
+
+
+def test_sql_tables_print_numbers_plainly_for_copying_into_other_tools(tmp_path: Path) -> None:
+    """``12,345`` pasted into a spreadsheet or a shell is text; the reports keep their separators."""
+    done = _sql(tmp_path, "SELECT 12345 AS n, 1234567.25 AS x, 0.123456789 AS f")
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.splitlines()[2].split() == ["12345", "1234567.25", "0.123456789"]

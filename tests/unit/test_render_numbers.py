@@ -1,0 +1,20 @@
+"""Report tables are for reading (``12,345``); ``leadpulse sql`` tables are for copying (``12345``)."""
+
+from __future__ import annotations
+
+import pytest
+
+from sinks.reports.render import render
+
+pytestmark = pytest.mark.unit
+
+ROWS = {"result": [{"n": 12345, "x": 1234567.25, "f": 0.123456789, "none": None}]}
+
+
+def test_report_tables_keep_thousands_separators() -> None:
+    assert render(ROWS, "table").splitlines()[2].split() == ["12,345", "1,234,567", "0.1235", "-"]
+
+
+def test_plain_numbers_print_as_stored() -> None:
+    line = render(ROWS, "table", plain_numbers=True).splitlines()[2]
+    assert line.split() == ["12345", "1234567.25", "0.123456789", "-"]
