@@ -331,8 +331,9 @@ class Collector:
             body = decompress(raw, request.headers.get("Content-Encoding"), self.limits.max_body_bytes)
             envelope = parse_body(body, self.limits)
         except BodyError as exc:
-            if exc.status == 413:
-                self.metrics.collector_events.labels(source="unknown", result="too_large").inc()
+            if exc.status == 413:  # a batch over the limit was parsed: its events count; a body was not: 1
+                refused = exc.events if exc.events is not None else 1
+                self.metrics.collector_events.labels(source="unknown", result="too_large").inc(refused)
             return _error(exc.status, exc.code, str(exc))
         presented = outside_body or envelope.write_key
         source = source_for_key(self.keys, presented)

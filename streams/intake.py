@@ -55,11 +55,13 @@ class Limits:
 
 
 class BodyError(Exception):
-    """The request as a whole is unusable; ``status`` is the HTTP answer, ``code`` a stable error id."""
+    """The request as a whole is unusable; ``status`` is the HTTP answer, ``code`` a stable error id;
+    ``events`` how many events the body held, when it was parsed far enough to know (else None)."""
 
-    def __init__(self, status: int, code: str, message: str) -> None:
+    def __init__(self, status: int, code: str, message: str, events: int | None = None) -> None:
         self.status = status
         self.code = code
+        self.events = events
         super().__init__(message)
 
 
@@ -197,6 +199,7 @@ def parse_body(raw: bytes, limits: Limits) -> Envelope:
             413,
             "batch_too_large",
             f"batch: {len(envelope.events)} events, the limit is {limits.max_batch} per request",
+            events=len(envelope.events),
         )
     return envelope
 

@@ -271,9 +271,10 @@ class Metrics:
         self.collector_events = Counter(
             "leadpulse_collector_events_total",
             "Events in collector requests, by source (write-key name) and result (accepted, invalid, bot, "
-            "unauthorized, too_large, rate_limited, unavailable). A body too large to read counts 1 as "
-            "too_large (its events are unknown); a wrong key in the header is refused unread and counted "
-            "only in leadpulse_collector_requests_total.",
+            "unauthorized, too_large, rate_limited, unavailable). A batch over the events-per-request limit "
+            "counts its events as too_large; a body over the byte limit (as sent or decompressed) is never "
+            "parsed, so its events are unknown and it counts 1; a wrong key in the header is refused unread "
+            "and counted only in leadpulse_collector_requests_total.",
             ["source", "result"],
             registry=r,
         )

@@ -206,6 +206,8 @@ async def test_oversized_body_and_oversized_batch_get_413(collector: Running) ->
     status, body, _ = await collector.post(huge)
     assert (status, body["error"]) == (413, "body_too_large")
     assert await collector.topic("events.web_visits") == []
+    # The batch was parsed, so its 51 events count; the unread body's events are unknown: it counts 1.
+    assert collector.value("leadpulse_collector_events_total", source="unknown", result="too_large") == 52
 
 
 async def test_event_more_than_23_hours_ahead_is_rejected_but_skewed_clocks_are_corrected(
