@@ -84,6 +84,7 @@ class _Run:
     hot: list[tuple[Transition, str, SlaTimer | None]]
     why: list[str]
     forwards: list[Forward]
+    timeouts: list[sla.Firing]  # SLA levels that fell due before the event that stopped their clock
     delta: float  # behaviour change as of the newest event time, so the sum is not recomputed
     reset: bool  # behaviour was reset (recycle): recompute instead of adding ``delta``
 
@@ -93,8 +94,13 @@ class _Run:
         self.hot = []
         self.why = []
         self.forwards = []
+        self.timeouts = []
         self.delta = 0.0
         self.reset = False
+
+    def stop_clock(self, name: str, at: int) -> None:
+        if name in self.state.timers:
+            self.timeouts.extend(sla.stop_at(self.state, name, at, self.rules))
 
     def move(self, to_stage: str, reason: str, at: int) -> Transition:
         state = self.state
@@ -102,7 +108,7 @@ class _Run:
         tr = stages.move(state, to_stage, reason, self.trigger, at)
         self.transitions.append(tr)
         if left == "mql":
-            sla.stop(state, sla.FOLLOW_UP)
+            self.stop_clock(sla.FOLLOW_UP, at)
         if reason.startswith(RECYCLED):
             scoring.reset_behaviour(state, tr.occurred_at)
             self.reset = True
@@ -214,7 +220,7 @@ def _apply_profile(run: _Run, event: dict[str, Any]) -> None:
     if reason is not None and state.disqualified_by is None:
         state.disqualified_by = reason
         run.why.append(f"disqualified ({reason})")
-        sla.stop(state, sla.FOLLOW_UP)
+        run.stop_clock(sla.FOLLOW_UP, run.t)
         if "disqualified" in stages.ALLOWED_EDGES[state.stage]:
             run.move("disqualified", f"disqualified:{reason}", run.t)
     elif reason is None and state.disqualified_by is not None:
@@ -234,10 +240,10 @@ def _apply_activity(run: _Run, event: dict[str, Any]) -> None:
     if activity in sla.FOLLOW_UP_ACTIVITIES:
         state.last_follow_up_at = t if state.last_follow_up_at is None else max(state.last_follow_up_at, t)
         if follow_up is not None and t >= follow_up.started_at:
-            sla.stop(state, sla.FOLLOW_UP)
+            run.stop_clock(sla.FOLLOW_UP, t)
     if activity == "rejected":
         if (event.get("reason") or "").strip():
-            sla.stop(state, sla.REJECTION_FEEDBACK)
+            run.stop_clock(sla.REJECTION_FEEDBACK, t)
         else:
             running = state.timers.get(sla.REJECTION_FEEDBACK)
             # a later rejection, once the earlier one's breach has fired, owes its own reason (audit: the
@@ -332,6 +338,8 @@ def _emit(run: _Run, previous: float, behaviour: float, stage_before: str, now_m
         outputs.append(transition_output(tr, score))
     for tr, hot_reason, timer in run.hot:
         outputs.append(hot_lead_output(state, rules, tr, hot_reason, timer, score, behaviour))
+    for firing in run.timeouts:
+        outputs.append(_timeout_output(state, lead_id, firing, now_ms))
     return outputs
 
 

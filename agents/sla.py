@@ -72,6 +72,18 @@ def stop(state: LeadState, sla: str) -> None:
     state.timers.pop(sla, None)
 
 
+def stop_at(state: LeadState, sla: str, at: int, rules: Rules) -> list[Firing]:
+    """Stop a clock answered (or ended) at event time ``at``; the levels that fell due before ``at`` and
+    have not fired yet fire now.
+
+    Why: whether an answer came in time is a fact of event times. Stopping silently would let the same
+    follow-up, 2 h after a 1 h deadline, breach or not depending on whether a timer scan ran between the
+    two records (a burst, a backlog or a replay has none). An answer exactly at the due time is in time."""
+    firings = due_firings(state, rules, at - 1, only=sla) if sla in state.timers else []
+    state.timers.pop(sla, None)
+    return firings
+
+
 def level_times(timer: SlaTimer, rules: Rules) -> list[tuple[str, int]]:
     """When each level of a timer is due. Follow-up: warning at the configured fraction, then breach;
     rejection feedback: breach only."""
@@ -81,10 +93,11 @@ def level_times(timer: SlaTimer, rules: Rules) -> list[tuple[str, int]]:
     return [(WARNING, warn_at), (BREACH, timer.due_at)]
 
 
-def due_firings(state: LeadState, rules: Rules, now_ms: int) -> list[Firing]:
-    """Levels due at ``now_ms`` and not fired yet; marks them fired in ``state`` (so each fires once)."""
+def due_firings(state: LeadState, rules: Rules, now_ms: int, only: str | None = None) -> list[Firing]:
+    """Levels due at ``now_ms`` and not fired yet (of timer ``only``, else of all); marks them fired in
+    ``state`` (so each fires once)."""
     firings: list[Firing] = []
-    for name in sorted(state.timers):
+    for name in sorted(state.timers) if only is None else [only] if only in state.timers else []:
         timer = state.timers[name]
         for level, at in level_times(timer, rules):
             if at <= now_ms and level not in timer.fired:

@@ -367,7 +367,9 @@ def test_every_output_of_a_full_journey_validates_against_its_schema() -> None:
     lead.send(activity("accepted", t=T0 + HOUR), activity("opportunity_created", t=T0 + DAY))
     lead.send(activity("closed_won", t=T0 + 2 * DAY), activity("upsell_opened", t=T0 + 30 * DAY))
     lead.tick(T0 + 400 * DAY)
-    assert {o.schema for o in lead.outputs} == {"lead_score", "stage_transition", "hot_lead"}
+    assert {o.schema for o in lead.outputs} == {"lead_score", "stage_transition", "hot_lead", "sla_timeout"}
+    # accepted 57 min into the catalog's 1 h follow-up: past the half-time warning, before the breach
+    assert [(t["sla"], t["level"]) for t in lead.of("sla_timeout")] == [("hot_lead_follow_up", "warning")]
     assert_valid(lead)
     assert lead.of("lead_score")[0]["account_domain"] == "acme.example"
 

@@ -268,3 +268,77 @@ def test_a_later_rejection_without_reason_gets_its_own_feedback_sla_after_the_fi
     assert [(o.record["sla"], o.record["level"], o.record["started_at"]) for o in fired] == [
         ("rejection_feedback", "breach", T0 + 6 * DAY)
     ]
+
+
+# --- a clock stopped by an answer that came too late ----------------------------------------------
+# Whether sales answered in time is a fact of event times: the same follow-up must give the same SLA events
+# whether or not a timer scan ran between the MQL and the follow-up (a burst, a backlog or a replay has no
+# scan in between). Black-box audit: a first_touch 2 h after a 1 h deadline, sent in one burst, breached
+# nothing.
+
+
+@pytest.mark.parametrize(
+    ("answered_after", "levels"),
+    [
+        (10 * MIN, []),  # before the half-time warning
+        (30 * MIN, []),  # exactly at the warning: in time for it
+        (30 * MIN + 1, ["warning"]),
+        (HOUR, ["warning"]),  # exactly at the due time: in time
+        (HOUR + 1, ["warning", "breach"]),
+        (2 * HOUR, ["warning", "breach"]),
+    ],
+)
+def test_a_follow_up_after_a_level_fell_due_fires_it(answered_after: int, levels: list[str]) -> None:
+    lead = Lead()
+    lead.send(download(t=T0, asset="demo_request"))  # 1 h follow-up
+    lead.send(activity("first_touch", t=T0 + answered_after))
+    assert timeouts(lead) == [("hot_lead_follow_up", level) for level in levels]
+    assert "hot_lead_follow_up" not in lead.state().timers
+    lead.tick(T0 + 30 * DAY)  # a scan long after: nothing more, ever
+    assert timeouts(lead) == [("hot_lead_follow_up", level) for level in levels]
+
+
+def test_with_or_without_a_scan_in_between_the_same_events_give_the_same_levels() -> None:
+    scanned, burst = Lead(), Lead()
+    for lead in (scanned, burst):
+        lead.send(download(t=T0, asset="demo_request"))
+    scanned.tick(T0 + 45 * MIN)  # the warning fires from the scan
+    for lead in (scanned, burst):
+        lead.send(activity("first_touch", t=T0 + 2 * HOUR))
+    both = [("hot_lead_follow_up", "warning"), ("hot_lead_follow_up", "breach")]
+    assert timeouts(scanned) == timeouts(burst) == both
+    ids = [r["timeout_id"] for r in scanned.of("sla_timeout")]
+    assert ids == [r["timeout_id"] for r in burst.of("sla_timeout")] and len(set(ids)) == 2
+
+
+@pytest.mark.parametrize(
+    "ending",
+    [
+        activity("accepted", t=T0 + 3 * HOUR),  # moves mql -> sal
+        identified(t=T0 + 3 * HOUR, flags=["competitor"]),  # disqualified
+    ],
+    ids=["accepted", "disqualified"],
+)
+def test_an_mql_left_after_its_deadline_still_breaches(ending: tuple[str, dict[str, object]]) -> None:
+    lead = Lead()
+    lead.send(download(t=T0, asset="demo_request"))
+    lead.send(ending)
+    assert timeouts(lead) == [("hot_lead_follow_up", "warning"), ("hot_lead_follow_up", "breach")]
+
+
+def test_a_rejection_reason_after_the_feedback_deadline_still_breaches() -> None:
+    lead = Lead()
+    lead.send(download(t=T0, asset="demo_request"))
+    lead.send(activity("rejected", t=T0 + MIN))  # no reason: 2-day feedback clock
+    lead.send(activity("rejected", t=T0 + 3 * DAY, reason="no budget"))
+    assert ("rejection_feedback", "breach") in timeouts(lead)
+    assert "rejection_feedback" not in lead.state().timers
+
+
+def test_a_rejection_reason_in_time_stops_the_feedback_clock_quietly() -> None:
+    lead = Lead()
+    lead.send(download(t=T0, asset="demo_request"))
+    lead.send(activity("rejected", t=T0 + MIN))
+    lead.send(activity("rejected", t=T0 + DAY, reason="no budget"))
+    lead.tick(T0 + 10 * DAY)
+    assert ("rejection_feedback", "breach") not in timeouts(lead)
