@@ -678,7 +678,9 @@ def run_sink(
     from aiohttp import web
     from prometheus_client import CollectorRegistry
 
+    from sinks.catalogue_service import add_catalogue_route
     from sinks.clickhouse import get_client
+    from sinks.content_catalogue import load_entries
     from sinks.migrate import migrate
     from sinks.query_service import (
         HttpThread,
@@ -720,12 +722,19 @@ def run_sink(
         result: QueryResult = runner(sql, parameters)
         return result
 
+    def load_content(entries: list[dict[str, Any]], source: str) -> int:
+        loader = running.get("content")
+        if loader is None:
+            raise QueryError("the sink is still waiting for ClickHouse; try again when /ready says ready")
+        return int(loader(entries, source))
+
     http: HttpThread | None = None
     if serve:
         app = web.Application()
         add_ops_routes(app, metrics.registry, ready)
         if settings.embedded_clickhouse:
             add_query_routes(app, query, embedded_path(settings))
+            add_catalogue_route(app, load_content)
         http = HttpThread(app, settings.web_host, settings.sink_port).start()
     own_client = client is None
     query_client: Client | None = None
@@ -739,7 +748,14 @@ def run_sink(
         loop = ClickHouseSinkLoop(settings, client, policy=policy, hooks=MetricsHooks(metrics))
         if serve and settings.embedded_clickhouse:
             query_client = get_client(settings)  # a second handle on the same engine, with its own lock
-            running["query"] = client_runner(query_client)
+            guard = threading.Lock()  # queries and catalogue loads share the handle, one at a time
+            running["query"] = client_runner(query_client, guard)
+
+            def load(entries: list[dict[str, Any]], source: str, handle: Client = query_client) -> int:
+                with guard:
+                    return load_entries(handle, entries, source)
+
+            running["content"] = load
         running["loop"] = loop
         if on_started is not None:
             on_started(loop)

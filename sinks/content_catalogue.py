@@ -148,7 +148,12 @@ def read_file(path: Path) -> list[dict[str, Any]]:
 
 def load_catalogue(client: Client, path: Path) -> int:
     """Validate and insert a catalogue file; returns the number of items loaded."""
-    rows = parse_entries(read_file(path), str(path))
+    return load_entries(client, read_file(path), str(path))
+
+
+def load_entries(client: Client, entries: list[dict[str, Any]], source: str) -> int:
+    """Validate and insert catalogue entries (a file's, or posted to a sink); the number loaded."""
+    rows = parse_entries(entries, source)
     if rows:
         client.insert("leadpulse.content", rows, column_names=list(COLUMNS), settings={"async_insert": 0})
     return len(rows)

@@ -39,6 +39,35 @@ def _open(settings: Settings, get_client: Callable[[Settings], Client], when_own
         raise _fail(f"cannot open ClickHouse at {settings.shown_dsn}: {first}") from None
 
 
+def _served_by_sink(settings: Settings) -> bool:
+    """An embedded directory a running sink owns and serves: commands that would open it go through it."""
+    from sinks.query_service import sink_serving
+
+    return settings.embedded_clickhouse and sink_serving(settings)
+
+
+def _migrations_of_running_sink(settings: Settings) -> str:
+    """``migrate`` with a sink owning the directory: the sink migrated it at start, so report (or refuse)
+    rather than fail on the lock. A pending migration means the sink runs older code than this CLI."""
+    from sinks.migrate import discover
+    from sinks.query_service import QueryError, http_runner, sink_url
+
+    try:
+        rows = http_runner(sink_url(settings))(
+            "SELECT DISTINCT version FROM leadpulse.schema_migrations", None
+        )
+    except QueryError as exc:
+        raise _fail(str(exc)) from None
+    applied = {int(row[0]) for row in rows.rows}
+    pending = [f"{m.version:03d}_{m.name}" for m in discover() if m.version not in applied]
+    if pending:
+        raise _fail(
+            f"the sink at {sink_url(settings)} owns {settings.shown_dsn} and has not applied "
+            f"{', '.join(pending)}: restart it (it applies pending migrations when it starts)"
+        )
+    return f"up to date (applied by the running sink at {sink_url(settings)})"
+
+
 def register(app: typer.Typer) -> None:
     @app.command("migrate", help="Apply pending ClickHouse migrations (idempotent).")
     def migrate_cmd(
@@ -48,6 +77,9 @@ def register(app: typer.Typer) -> None:
         from sinks.migrate import migrate
 
         settings = cli_settings(clickhouse_dsn=dsn)
+        if _served_by_sink(settings):
+            typer.echo(_migrations_of_running_sink(settings))
+            return
         client = _open(settings, get_client, "it applied the migrations when it started")
         try:
             applied = migrate(client)
@@ -98,11 +130,24 @@ def register(app: typer.Typer) -> None:
         "load", help="Load a content catalogue (.csv, .json, .jsonl) into leadpulse.content."
     )
     def content_load_cmd(path: Path = typer.Argument(..., exists=True, dir_okay=False)) -> None:
+        from sinks.catalogue_service import CatalogueServiceError, load_via_sink
         from sinks.clickhouse import get_client
-        from sinks.content_catalogue import CatalogueError, load_catalogue
+        from sinks.content_catalogue import CatalogueError, load_catalogue, parse_entries, read_file
         from sinks.migrate import migrate
+        from sinks.query_service import sink_url
 
         settings = cli_settings()
+        if _served_by_sink(settings):  # the sink owns the directory: it inserts what we validated here
+            try:
+                entries = read_file(path)
+                parse_entries(entries, str(path))
+                count = load_via_sink(sink_url(settings), entries, str(path))
+            except CatalogueError as exc:
+                raise _fail(str(exc), 2) from None
+            except CatalogueServiceError as exc:
+                raise _fail(str(exc)) from None
+            typer.echo(f"loaded {count} content item(s) from {path} (through the running sink)")
+            return
         client = _open(settings, get_client, "stop it, load the catalogue, start it again")
         try:
             migrate(client)

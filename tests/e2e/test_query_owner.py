@@ -53,16 +53,73 @@ def test_sql_reads_its_own_data_directory_not_the_one_a_running_sink_owns(
         own = sql(other)  # another directory: opened here, and it has no tables yet
         assert own.returncode == 0, own.stderr
         assert json.loads(own.stdout)["result"][0]["tables"] == 0
-        locked = subprocess.run(  # a command that needs the directory itself says who owns it
-            [*LEADPULSE, "migrate"],
-            env=leadpulse_env(data_dir=owned, **common),
-            capture_output=True,
-            text=True,
-            timeout=120,
-            check=False,
-        )
+        # A command that needs the directory itself says who owns it when that owner does not serve it
+        # (here: the CLI looks for a sink on another port).
+        elsewhere = leadpulse_env(data_dir=owned, **{**common, "sink_port": free_port()})
+        locked = cli(["content", "load", str(_catalogue(tmp_path))], elsewhere)
         assert locked.returncode == 1
         assert "is owned by another process, normally a running `leadpulse sink`" in locked.stderr
         assert "Cannot lock file" not in locked.stderr
+    finally:
+        sink.stop()
+
+
+def cli(args: list[str], env: dict[str, str]) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [*LEADPULSE, *args], env=env, capture_output=True, text=True, timeout=120, check=False
+    )
+
+
+def _catalogue(directory: Path, bad: bool = False) -> Path:
+    path = directory / ("bad.csv" if bad else "catalogue.csv")
+    rows = [
+        "content_id,title,content_type,funnel_stage,published_date",
+        "wp-1,Cost of delay,whitepaper,awareness,2026-01-05",
+        f"cs-1,Acme case,case_study,{'nowhere' if bad else 'mql'},2026-02-01",
+    ]
+    path.write_text("\n".join(rows) + "\n")
+    return path
+
+
+def test_migrate_and_content_load_go_through_the_sink_that_owns_the_directory(
+    broker: EmbeddedBroker, broker_settings: Settings, tmp_path: Path
+) -> None:
+    """Before: both failed with "owned by another process" while the sink ran; `migrate` is idempotent, and
+    marketing loads the catalogue while the pipeline runs."""
+    port = free_port()
+    env = leadpulse_env(
+        data_dir=tmp_path / "data",
+        kafka_bootstrap=broker.bootstrap,
+        topic_prefix=broker_settings.topic_prefix,
+        sink_port=port,
+    )
+    sink = CliProcess(["sink"], env, tmp_path / "sink.log")
+    try:
+        wait_until(lambda: http_ok(f"http://127.0.0.1:{port}/ready"), 90, "the sink ready", sink)
+        migrated = cli(["migrate"], env)
+        assert migrated.returncode == 0, migrated.stderr
+        assert migrated.stdout.startswith("up to date (applied by the running sink at")
+        bad = cli(["content", "load", str(_catalogue(tmp_path, bad=True))], env)
+        assert bad.returncode == 2
+        assert "entry 2 funnel_stage: 'nowhere' is not one of" in bad.stderr
+        loaded = cli(["content", "load", str(_catalogue(tmp_path))], env)
+        assert loaded.returncode == 0, loaded.stderr
+        assert loaded.stdout.strip().endswith(
+            f"loaded 2 content item(s) from {tmp_path / 'catalogue.csv'} (through the running sink)"
+        )
+        stored = cli(
+            [
+                "sql",
+                "--format",
+                "json",
+                "SELECT content_id, funnel_stage FROM leadpulse.content FINAL ORDER BY content_id",
+            ],
+            env,
+        )
+        assert stored.returncode == 0, stored.stderr
+        assert json.loads(stored.stdout)["result"] == [
+            {"content_id": "cs-1", "funnel_stage": "mql"},
+            {"content_id": "wp-1", "funnel_stage": "awareness"},
+        ]
     finally:
         sink.stop()
