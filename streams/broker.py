@@ -303,11 +303,15 @@ def _die_with_parent_hook() -> Callable[[], None] | None:
 
 
 @contextlib.contextmanager
-def running_broker(settings: Settings, log_file: Path | None = None) -> Iterator[str]:
+def running_broker(
+    settings: Settings, log_file: Path | None = None, with_topics: bool = True
+) -> Iterator[str]:
     """Yield a bootstrap address: the configured cluster, or an embedded Tansu started for the block.
 
     With ``LEADPULSE_KAFKA_BOOTSTRAP`` set nothing local is started. Without it, an embedded broker already
-    listening on the configured port (e.g. ``leadpulse broker`` in another terminal) is reused.
+    listening on the configured port (e.g. ``leadpulse broker`` in another terminal) is reused, and the
+    catalogue topics are created on it unless ``with_topics`` is False (``topics create`` creates them
+    itself, to report which were new).
     """
     if not settings.embedded_broker:
         yield settings.bootstrap
@@ -318,13 +322,15 @@ def running_broker(settings: Settings, log_file: Path | None = None) -> Iterator
                 f"port {settings.bootstrap} is in use by something that does not answer as a Kafka broker; "
                 "stop it or set LEADPULSE_BROKER_PORT"
             )
-        create_topics(settings.bootstrap, settings.topic_prefix)
+        if with_topics:
+            create_topics(settings.bootstrap, settings.topic_prefix)
         yield settings.bootstrap
         return
     broker = EmbeddedBroker(tansu_binary(settings), settings.broker_host, settings.broker_port, log_file)
     broker.start()
     try:
-        create_topics(broker.bootstrap, settings.topic_prefix)
+        if with_topics:
+            create_topics(broker.bootstrap, settings.topic_prefix)
         yield broker.bootstrap
     finally:
         broker.stop()

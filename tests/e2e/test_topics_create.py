@@ -12,6 +12,7 @@ from kafka.admin import KafkaAdminClient, NewTopic
 
 from streams.broker import EmbeddedBroker
 from streams.settings import Settings
+from streams.topics import TOPICS
 from tests.processes import LEADPULSE, leadpulse_env
 
 pytestmark = pytest.mark.e2e
@@ -38,3 +39,26 @@ def test_topics_create_names_a_topic_with_the_wrong_partition_count(
     )
     assert "created 0 topic(s): (all existed)" in again.stdout + again.stderr
     assert again.returncode == 1  # and the wrong count is still named
+
+
+def test_topics_create_on_the_embedded_broker_counts_the_topics_it_created(
+    broker: EmbeddedBroker, broker_settings: Settings, tmp_path: Path
+) -> None:
+    """Embedded mode reuses a broker already on the configured port (here the session's). The broker
+    start used to create the catalogue first, so the command always said 'created 0 (all existed)'."""
+    env = leadpulse_env(
+        broker_host=broker.host,
+        broker_port=broker.port,
+        topic_prefix=broker_settings.topic_prefix + "embedded.",
+        data_dir=tmp_path / "d",
+    )
+
+    def create() -> str:
+        args = [*LEADPULSE, "topics", "create"]
+        done = subprocess.run(args, env=env, capture_output=True, text=True, timeout=120, check=False)
+        assert done.returncode == 0, done.stdout + done.stderr
+        return done.stdout + done.stderr  # the report is on stderr, with the errors
+
+    first = create()
+    assert f"created {len(TOPICS)} topic(s): " in first, first
+    assert "created 0 topic(s): (all existed)" in create()
