@@ -153,6 +153,10 @@ def jsonable(value: Any) -> Any:
 
 #: ClickHouse error names of a database or table that does not exist (a fresh data directory).
 MISSING_SCHEMA = ("UNKNOWN_DATABASE", "UNKNOWN_TABLE")
+# A misspelt table among existing ones gets their names, not "run migrate" (black-box audit).
+LEADPULSE_TABLES = (
+    "SELECT name FROM system.tables WHERE database = 'leadpulse' AND name NOT LIKE '.%' ORDER BY name"
+)
 
 
 def client_runner(client: Client, lock: threading.Lock | None = None) -> Runner:
@@ -170,10 +174,15 @@ def client_runner(client: Client, lock: threading.Lock | None = None) -> Runner:
             missing = next((code for code in MISSING_SCHEMA if code in str(exc)), None)
             if missing is None:
                 raise
-            raise QueryError(
-                f"{missing}: {str(exc).splitlines()[0][:300]}. No leadpulse tables here yet: "
-                "`leadpulse migrate` creates them, and `leadpulse sink` (or `leadpulse demo`) fills them"
-            ) from None
+            with guard:
+                tables = [row[0] for row in client.query(LEADPULSE_TABLES).result_rows]
+            hint = (
+                f"the leadpulse tables are: {', '.join(tables)}"
+                if tables
+                else "No leadpulse tables here yet: `leadpulse migrate` creates them, and `leadpulse sink` "
+                "(or `leadpulse demo`) fills them"
+            )
+            raise QueryError(f"{missing}: {str(exc).splitlines()[0][:300]}. {hint}") from None
         return QueryResult(
             list(result.column_names), [[jsonable(v) for v in row] for row in result.result_rows]
         )

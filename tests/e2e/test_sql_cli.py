@@ -62,3 +62,19 @@ def test_sql_tables_print_numbers_plainly_for_copying_into_other_tools(tmp_path:
     done = _sql(tmp_path, "SELECT 12345 AS n, 1234567.25 AS x, 0.123456789 AS f")
     assert done.returncode == 0, done.stderr
     assert done.stdout.splitlines()[2].split() == ["12345", "1234567.25", "0.123456789"]
+
+
+def test_a_misspelt_table_gets_the_table_names_not_run_migrate(tmp_path: Path) -> None:
+    migrated = subprocess.run(
+        [*LEADPULSE, "migrate"],
+        env=leadpulse_env(data_dir=tmp_path / "d"),
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert migrated.returncode == 0, migrated.stderr
+    done = _sql(tmp_path, "SELECT count() FROM leadpulse.event")
+    assert done.returncode == 2
+    assert "UNKNOWN_TABLE" in done.stderr and "leadpulse migrate" not in done.stderr
+    assert "the leadpulse tables are: " in done.stderr and "events, " in done.stderr
