@@ -68,10 +68,6 @@ def start_rejection_feedback(state: LeadState, at: int, rules: Rules) -> SlaTime
     return timer
 
 
-def stop(state: LeadState, sla: str) -> None:
-    state.timers.pop(sla, None)
-
-
 def stop_at(state: LeadState, sla: str, at: int, rules: Rules) -> list[Firing]:
     """Stop a clock answered (or ended) at event time ``at``; the levels that fell due before ``at`` and
     have not fired yet fire now.
@@ -97,7 +93,8 @@ def due_firings(state: LeadState, rules: Rules, now_ms: int, only: str | None = 
     """Levels due at ``now_ms`` and not fired yet (of timer ``only``, else of all); marks them fired in
     ``state`` (so each fires once)."""
     firings: list[Firing] = []
-    for name in sorted(state.timers) if only is None else [only] if only in state.timers else []:
+    names = sorted(state.timers) if only is None else [only]
+    for name in names:
         timer = state.timers[name]
         for level, at in level_times(timer, rules):
             if at <= now_ms and level not in timer.fired:
