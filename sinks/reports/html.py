@@ -49,7 +49,14 @@ REPORT_TITLES = {
 }
 # Columns holding a share 0..1, shown as percentages.
 RATIO_COLUMNS = frozenset(
-    {"conversion_to_next", "compliance", "touched_conversion", "all_leads_conversion", "rate_from_previous"}
+    {
+        "conversion_to_next",
+        "compliance",
+        "own_sla_compliance",
+        "touched_conversion",
+        "all_leads_conversion",
+        "rate_from_previous",
+    }
 )
 
 CSS = """

@@ -28,7 +28,7 @@ from sinks.reports.period import DAY_MS, Period
 from sinks.reports.plan import plan_report
 from sinks.reports.render import render
 from sinks.reports.sla import sla_report
-from sinks.rows import EVENTS, LEADS, SALES_ACTIVITIES, SLA_EVENTS, STAGE_TRANSITIONS
+from sinks.rows import EVENTS, HOT_LEADS, LEADS, SALES_ACTIVITIES, SLA_EVENTS, STAGE_TRANSITIONS
 
 pytestmark = pytest.mark.integration
 
@@ -67,6 +67,7 @@ class History:
     transitions: list[dict[str, Any]] = field(default_factory=list)
     activities: list[dict[str, Any]] = field(default_factory=list)
     sla: list[dict[str, Any]] = field(default_factory=list)
+    hot: list[dict[str, Any]] = field(default_factory=list)
 
 
 def build_history(seed: int = 11) -> History:
@@ -140,6 +141,17 @@ def build_history(seed: int = 11) -> History:
             stage = target
             if target == "mql":
                 owner = f"rep{i % 3}" if i % 5 else None
+                if i % 8 != 3:  # the rest were late MQLs: no hot lead, no clock
+                    h.hot.append(
+                        {
+                            "notification_id": f"R-{lead}:hot:{seq}",
+                            "lead_id": lead,
+                            "became_hot_at": at,
+                            # direct inquiries get the 1 h clock, the others 24 h
+                            "sla_due_at": at + (1 if skipped else 24) * H,
+                            "owner": owner,
+                        }
+                    )
                 if i % 6:
                     h.activities.append(
                         {
@@ -257,6 +269,15 @@ def load_history(client: Client, h: History) -> None:
         "leadpulse.sla_events",
         _rows(SLA_EVENTS.insert_columns, h.sla, {**origin, "notify": []}),
         column_names=list(SLA_EVENTS.insert_columns),
+    )
+    client.insert(
+        "leadpulse.hot_leads",
+        _rows(
+            HOT_LEADS.insert_columns,
+            h.hot,
+            {**origin, "score": 120.0, "fit": 20.0, "behaviour": 100.0, "reason": "r", "signals": "[]"},
+        ),
+        column_names=list(HOT_LEADS.insert_columns),
     )
     until_day = dt.datetime.fromtimestamp(UNTIL / 1000, dt.UTC).date()
     client.insert(
@@ -543,6 +564,17 @@ def test_sla_report_follow_up_percentiles_compliance_and_breaches_per_owner(
     follow = report["follow_up"][0]
     assert (follow["mqls"], follow["followed_up"], follow["within_sla"]) == (total, len(hours), within)
     assert follow["compliance"] == round(within / total, 4)
+    # against each MQL's own clock (its hot lead's due time; late MQLs have none)
+    due = {(x["lead_id"], x["became_hot_at"]): x["sla_due_at"] for x in history.hot}
+    clocked = [
+        (t["occurred_at"], due[(t["lead_id"], t["occurred_at"])], answers[t["lead_id"]])
+        for t in history.transitions
+        if t["to_stage"] == "mql" and in_period(t["occurred_at"]) and (t["lead_id"], t["occurred_at"]) in due
+    ]
+    own = sum(any(at <= x <= until for x in answered) for at, until, answered in clocked)
+    assert 0 < len(clocked) < total and 0 < own < len(clocked)  # the fixture has all three kinds
+    assert (follow["with_own_sla"], follow["within_own_sla"]) == (len(clocked), own)
+    assert follow["own_sla_compliance"] == round(own / len(clocked), 4)
     for key, q in (("p50_hours", 0.5), ("p90_hours", 0.9), ("p95_hours", 0.95)):
         assert follow[key] == pytest.approx(linear_quantile(hours, q), abs=0.011), key
     owners: dict[tuple[str, str], dict[str, int]] = defaultdict(lambda: {"warnings": 0, "breaches": 0})
