@@ -129,6 +129,7 @@ class LeadWorker:
         self.store = LeadStore()
         self.lock = asyncio.Lock()
         self.restoring = True
+        self.restored_once = False  # the first assignment's states loaded: ready from then on
         self.identity_topic = settings.topic(IDENTITY.name)
         self.accounts_topic = settings.topic(ACCOUNTS.name)
         self.state_topic = settings.topic(LEAD_STATE.name)
@@ -260,6 +261,7 @@ class LeadWorker:
             await self._read_changelog(partitions)
         await self._purge_erased()
         self.restoring = False
+        self.restored_once = True
         log.info(
             "restored %d lead states of partitions %s in %.1f s",
             len(self.store),
@@ -553,7 +555,10 @@ class LeadWorker:
         assigned = len(self.consumer.assignment()) if self.consumer else 0
         # joined the group and restored what it got (an extra worker with no partitions is ready too: it
         # stands by for a rebalance)
-        return (self.generation > 0 and not self.restoring), {
+        # ... and then stays ready through later rebalances' reloads (2-3 s each, on every worker of the
+        # group): a worker reloading its share is doing its job, and flapping to 503 on every scale step
+        # held PodDisruptionBudgets and rollouts back. "restoring" in the body still says it.
+        return (self.generation > 0 and (self.restored_once or not self.restoring)), {
             "restoring": self.restoring,
             "assigned_partitions": assigned,
             "leads_in_memory": len(self.store),
