@@ -200,8 +200,19 @@ class Producer:
         finally:
             # kafka-python may not close in time (no broker): flush has already raised DeliveryError for
             # every record it held, and that is the error the caller must see, not this one
-            with contextlib.suppress(KafkaTimeoutError):
+            try:
                 self._producer.close(timeout)
+            except KafkaTimeoutError:
+                self._force_close()
+
+    def _force_close(self) -> None:
+        """kafka-python 3.0's close() raises from its own flush *before* it force-closes, so its sender
+        thread kept running (one leaked thread per failed close) and ``__del__`` tried again at garbage
+        collection ("Exception ignored in KafkaProducer.__del__"). Abort what it still holds (each record
+        is already in the DeliveryError) and close again: nothing is left to wait for."""
+        self._producer._accumulator.abort_batches(KafkaTimeoutError("producer closed with records unsent"))
+        with contextlib.suppress(KafkaTimeoutError):
+            self._producer.close(0)
 
     def __enter__(self) -> Producer:
         return self

@@ -19,6 +19,19 @@ from streams.broker import EmbeddedBroker, create_topics, free_port, tansu_binar
 from streams.settings import Settings, load_settings
 
 _prefixes = itertools.count(1)
+#: The suites CI selects (run.sh: ``-m "unit or integration or e2e or faults or browser"``).
+SUITES = frozenset({"unit", "integration", "e2e", "faults", "browser"})
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Refuse a test that belongs to no suite: CI selects by marker, so it would silently never run (stop 18:
+    tests/unit/test_event_hygiene.py had no marker, and its 11 tests were deselected in every CI run)."""
+    unmarked = [item.nodeid for item in items if not SUITES & {m.name for m in item.iter_markers()}]
+    if unmarked:
+        raise pytest.UsageError(
+            f"{len(unmarked)} test(s) carry none of the suite markers {sorted(SUITES)}, so CI would never "
+            f"run them: {', '.join(unmarked[:5])}"
+        )
 
 
 @pytest.fixture(scope="session")

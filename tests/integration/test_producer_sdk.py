@@ -149,5 +149,9 @@ def test_close_after_the_broker_went_away_raises_the_delivery_error_naming_the_e
         with pytest.raises(DeliveryError) as info:
             producer.close(timeout=2)
         assert info.value.event_ids == ["e-1"]
+        # and the client is really closed: no sender thread left running, nothing for __del__ to retry
+        client = producer._producer
+        client._sender.join(5)  # force-closed: it stops at its next loop
+        assert client._closed and not client._sender.is_alive()
     finally:
         broker.stop()

@@ -22,6 +22,8 @@ from streams.event_hygiene import (
 
 RECEIVED = 1_790_000_000_000
 
+pytestmark = pytest.mark.unit
+
 
 def test_the_future_limit_is_23_hours_and_inclusive() -> None:
     assert MAX_FUTURE_MS == 23 * HOUR_MS
