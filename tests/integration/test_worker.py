@@ -67,6 +67,18 @@ def ids(records: list[dict[str, Any]], schema: str) -> list[str]:
     return [r[ID_FIELD[schema]] for r in records]
 
 
+def demo_request(lead: str, at: int) -> dict[str, Any]:
+    """A direct inquiry: MQL at once, with the 1 h follow-up clock."""
+    return {
+        "event_id": f"{lead}-demo",
+        "event_time": at,
+        "lead_id": lead,
+        "source": "web",
+        "content_id": "demo-form",
+        "asset_type": "demo_request",
+    }
+
+
 def profile(lead: str, now: int, **extra: Any) -> dict[str, Any]:
     return {
         "event_id": f"{lead}-profile",

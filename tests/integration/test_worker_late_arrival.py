@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import asyncio
 import time
-from typing import Any
 
 import pytest
 import yaml
@@ -21,29 +20,18 @@ from agents.rules import DEFAULT_RULES_PATH, Rules
 from agents.worker import LeadWorker
 from streams.producer import Producer
 from streams.settings import Settings
-from tests.integration.test_worker import DAY, outputs
+from tests.integration.test_worker import DAY, demo_request, outputs
 from tests.integration.worker_harness import running_worker, wait_until
 
 pytestmark = pytest.mark.integration
 MINUTE = 60_000
 
 
-def _demo_request(lead: str, at: int) -> dict[str, Any]:
-    return {
-        "event_id": f"{lead}-demo",
-        "event_time": at,
-        "lead_id": lead,
-        "source": "web",
-        "content_id": "demo-form",
-        "asset_type": "demo_request",
-    }
-
-
 def test_a_backfilled_demo_request_is_scored_but_notifies_nobody(broker_settings: Settings) -> None:
     now = int(time.time() * 1000)
     with Producer(broker_settings) as producer:
-        producer.send("download", _demo_request("BACKFILLED", now - 5 * DAY))
-        producer.send("download", _demo_request("LIVE", now - 40 * MINUTE))  # SLA warning due at -10 min
+        producer.send("download", demo_request("BACKFILLED", now - 5 * DAY))
+        producer.send("download", demo_request("LIVE", now - 40 * MINUTE))  # SLA warning due at -10 min
         # The timer scan's clock is event time (the newest seen, plus the wall time since): bring it to now.
         clock = {"event_id": "clock", "event_time": now, "lead_id": "CLOCK", "source": "web", "url": "/"}
         producer.send("web_visit", clock)

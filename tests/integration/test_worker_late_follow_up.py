@@ -19,22 +19,11 @@ from agents.rules import load_rules
 from agents.worker import LeadWorker
 from streams.producer import Producer
 from streams.settings import Settings
-from tests.integration.test_worker import HOUR, outputs
+from tests.integration.test_worker import HOUR, demo_request, outputs
 from tests.integration.worker_harness import running_worker, wait_until
 
 pytestmark = pytest.mark.integration
 MINUTE = 60_000
-
-
-def _demo_request(lead: str, at: int) -> dict[str, Any]:
-    return {
-        "event_id": f"{lead}-demo",
-        "event_time": at,
-        "lead_id": lead,
-        "source": "web",
-        "content_id": "demo-form",
-        "asset_type": "demo_request",
-    }
 
 
 def _first_touch(lead: str, at: int) -> dict[str, Any]:
@@ -51,9 +40,9 @@ def _first_touch(lead: str, at: int) -> dict[str, Any]:
 def test_a_follow_up_after_the_deadline_breaches_in_one_batch(broker_settings: Settings) -> None:
     mql_at = int(time.time() * 1000) - 5 * HOUR
     with Producer(broker_settings) as producer:
-        producer.send("download", _demo_request("LATE", mql_at))
+        producer.send("download", demo_request("LATE", mql_at))
         producer.send("sales_activity", _first_touch("LATE", mql_at + 2 * HOUR))
-        producer.send("download", _demo_request("ONTIME", mql_at))
+        producer.send("download", demo_request("ONTIME", mql_at))
         producer.send("sales_activity", _first_touch("ONTIME", mql_at + 20 * MINUTE))
 
     worker = LeadWorker(broker_settings, load_rules(None), scan_interval_s=3600)  # no scan: the batch decides
