@@ -99,8 +99,7 @@ class _Run:
         self.reset = False
 
     def stop_clock(self, name: str, at: int) -> None:
-        if name in self.state.timers:
-            self.timeouts.extend(sla.stop_at(self.state, name, at, self.rules))
+        self.timeouts.extend(sla.stop_at(self.state, name, at, self.rules))
 
     def move(self, to_stage: str, reason: str, at: int) -> Transition:
         state = self.state

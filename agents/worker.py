@@ -555,9 +555,9 @@ class LeadWorker:
         assigned = len(self.consumer.assignment()) if self.consumer else 0
         # joined the group and restored what it got (an extra worker with no partitions is ready too: it
         # stands by for a rebalance)
-        # ... and then stays ready through later rebalances' reloads (2-3 s each, on every worker of the
-        # group): a worker reloading its share is doing its job, and flapping to 503 on every scale step
-        # held PodDisruptionBudgets and rollouts back. "restoring" in the body still says it.
+        # ... and then stays ready through later rebalances' reloads (every worker of the group reloads):
+        # a worker reloading its share is doing its job, and flapping to 503 on every scale step held
+        # PodDisruptionBudgets and rollouts back. "restoring" in the body still says it.
         return (self.generation > 0 and (self.restored_once or not self.restoring)), {
             "restoring": self.restoring,
             "assigned_partitions": assigned,

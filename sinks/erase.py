@@ -354,7 +354,7 @@ def forget_lead(
     from streams.erasures import erasure_record, publish_erasure, read_all
 
     now = now_ms if now_ms is not None else int(time.time() * 1000)
-    via_sink = settings.embedded_clickhouse and sink_serving(settings)
+    via_sink = sink_serving(settings)
     client: Client | None = None
     try:
         if via_sink:

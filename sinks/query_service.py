@@ -292,9 +292,12 @@ def sink_url(settings: Settings) -> str:
 
 
 def sink_serving(settings: Settings, timeout: float = 1.0) -> bool:
-    """Whether a sink on the configured port serves queries for *this* chDB directory. A sink of another
-    data directory (another LEADPULSE_DATA_DIR on the default port) must not answer for it: its numbers
-    would be another dataset's, and a ``forget`` sent to it would erase nothing here."""
+    """Whether a sink on the configured port serves queries for *this* chDB directory (never for a server
+    DSN: every command talks to a server itself). A sink of another data directory (another
+    LEADPULSE_DATA_DIR on the default port) must not answer for it: its numbers would be another dataset's,
+    and a ``forget`` sent to it would erase nothing here."""
+    if not settings.embedded_clickhouse:
+        return False
     try:
         with urllib.request.urlopen(f"{sink_url(settings)}/query", timeout=timeout) as response:
             owns = json.loads(response.read()).get("owns")
@@ -308,7 +311,7 @@ def query_runner(settings: Settings) -> tuple[Runner, Callable[[], None]]:
 
     Server DSN → direct client. Embedded → the running sink's query API, else the directory opened here.
     """
-    if settings.embedded_clickhouse and sink_serving(settings):
+    if sink_serving(settings):
         return http_runner(sink_url(settings)), lambda: None
     try:
         client = get_client(settings)

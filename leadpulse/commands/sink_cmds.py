@@ -39,13 +39,6 @@ def _open(settings: Settings, get_client: Callable[[Settings], Client], when_own
         raise _fail(f"cannot open ClickHouse at {settings.shown_dsn}: {first}") from None
 
 
-def _served_by_sink(settings: Settings) -> bool:
-    """An embedded directory a running sink owns and serves: commands that would open it go through it."""
-    from sinks.query_service import sink_serving
-
-    return settings.embedded_clickhouse and sink_serving(settings)
-
-
 def _migrations_of_running_sink(settings: Settings) -> str:
     """``migrate`` with a sink owning the directory: the sink migrated it at start, so report (or refuse)
     rather than fail on the lock. A pending migration means the sink runs older code than this CLI."""
@@ -75,9 +68,10 @@ def register(app: typer.Typer) -> None:
     ) -> None:
         from sinks.clickhouse import get_client
         from sinks.migrate import migrate
+        from sinks.query_service import sink_serving
 
         settings = cli_settings(clickhouse_dsn=dsn)
-        if _served_by_sink(settings):
+        if sink_serving(settings):  # the sink owns the directory and migrated it when it started
             typer.echo(_migrations_of_running_sink(settings))
             return
         client = _open(settings, get_client, "it applied the migrations when it started")
@@ -134,10 +128,10 @@ def register(app: typer.Typer) -> None:
         from sinks.clickhouse import get_client
         from sinks.content_catalogue import CatalogueError, load_catalogue, parse_entries, read_file
         from sinks.migrate import migrate
-        from sinks.query_service import sink_url
+        from sinks.query_service import sink_serving, sink_url
 
         settings = cli_settings()
-        if _served_by_sink(settings):  # the sink owns the directory: it inserts what we validated here
+        if sink_serving(settings):  # the sink owns the directory: it inserts what we validated here
             try:
                 entries = read_file(path)
                 parse_entries(entries, str(path))

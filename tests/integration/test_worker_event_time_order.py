@@ -14,6 +14,7 @@ produced the wrong way round before the worker starts (so they are in one batch)
 from __future__ import annotations
 
 import asyncio
+import functools
 import time
 from typing import Any
 
@@ -24,7 +25,7 @@ from agents.worker import LeadWorker
 from streams.producer import Producer
 from streams.settings import Settings
 from tests.integration.test_worker import HOUR, outputs, profile
-from tests.integration.worker_harness import running_worker, wait_until
+from tests.integration.worker_harness import running_worker, stages, wait_until
 
 pytestmark = pytest.mark.integration
 
@@ -56,13 +57,10 @@ def test_profile_and_download_are_applied_in_event_time_order_whatever_order_the
 
     worker = LeadWorker(broker_settings, load_rules(None), scan_interval_s=3600)
 
-    def stages() -> tuple[str | None, ...]:
-        states = [worker.store.get(lead) for lead in (b"BEFORE", b"AFTER")]
-        return tuple(state.stage if state is not None else None for state in states)
-
     async def scenario() -> None:
         async with running_worker(worker) as running:
-            await wait_until(lambda: stages() == ("disqualified", "disqualified"), running, seen=stages)
+            both = functools.partial(stages, worker, "BEFORE", "AFTER")
+            await wait_until(lambda: both() == ("disqualified", "disqualified"), running, seen=both)
 
     asyncio.run(scenario())
     out = outputs(broker_settings)

@@ -11,6 +11,7 @@ shows the timer scan ran. (The default, lateness against the lead's own newest e
 from __future__ import annotations
 
 import asyncio
+import functools
 import time
 
 import pytest
@@ -21,7 +22,7 @@ from agents.worker import LeadWorker
 from streams.producer import Producer
 from streams.settings import Settings
 from tests.integration.test_worker import DAY, demo_request, outputs
-from tests.integration.worker_harness import running_worker, wait_until
+from tests.integration.worker_harness import running_worker, stages, wait_until
 
 pytestmark = pytest.mark.integration
 MINUTE = 60_000
@@ -40,13 +41,10 @@ def test_a_backfilled_demo_request_is_scored_but_notifies_nobody(broker_settings
     rules = Rules.model_validate({**data, "late_by_arrival": True})
     worker = LeadWorker(broker_settings, rules, scan_interval_s=0.2)
 
-    def stages() -> tuple[str | None, ...]:
-        states = [worker.store.get(lead) for lead in (b"BACKFILLED", b"LIVE")]
-        return tuple(state.stage if state is not None else None for state in states)
-
     async def scenario() -> None:
         async with running_worker(worker) as running:
-            await wait_until(lambda: stages() == ("mql", "mql"), running, seen=stages)
+            both = functools.partial(stages, worker, "BACKFILLED", "LIVE")
+            await wait_until(lambda: both() == ("mql", "mql"), running, seen=both)
             await asyncio.sleep(2)  # ten timer scans: a started clock would have fired by now
 
     asyncio.run(scenario())

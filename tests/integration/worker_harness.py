@@ -28,6 +28,12 @@ async def running_worker(worker: LeadWorker) -> AsyncIterator[asyncio.Task[None]
         await running
 
 
+def stages(worker: LeadWorker, *leads: str) -> tuple[str | None, ...]:
+    """Each lead's stage in the worker's store (None: not seen yet)."""
+    states = [worker.store.get(lead.encode()) for lead in leads]
+    return tuple(state.stage if state is not None else None for state in states)
+
+
 async def wait_until(
     condition: Callable[[], bool],
     running: asyncio.Task[None],
