@@ -40,6 +40,7 @@ from sinks.batch import BatchPolicy, ClickHouseBatchSink
 from sinks.clickhouse import EmbeddedDirectoryUnusable, EmbeddedEngineBusy
 from sinks.erase import already_applied, apply_erasure, event_head, record_erased
 from sinks.errors import SinkBackpressure
+from sinks.recent_ids import RecentIds
 from sinks.rows import EVENT_TYPES, EVENTS, TABLE_FOR_SCHEMA, Origin, TableSpec, to_row
 from streams.broker import aiokafka_client_config
 from streams.dlq import dead_letter, encode_dead_letter, writer_headers
@@ -68,6 +69,7 @@ class SinkStats:
     inserted: dict[str, int] = field(default_factory=dict)
     dead_lettered: int = 0
     erased: int = 0
+    duplicates: int = 0
     failures: int = 0
     commits: int = 0
     last_success: float = 0.0
@@ -81,6 +83,7 @@ class SinkHooks:
     def dead_lettered(self, source_topic: str, stage: str) -> None: ...
     def lags(self, group: str, lags: dict[tuple[str, int], int]) -> None: ...
     def erased(self, table: str, rows: int) -> None: ...
+    def duplicate(self, table: str) -> None: ...
 
 
 class MetricsHooks(SinkHooks):
@@ -108,6 +111,9 @@ class MetricsHooks(SinkHooks):
 
     def erased(self, table: str, rows: int) -> None:
         self.m.sink_rows_erased.labels(table=table).inc(rows)
+
+    def duplicate(self, table: str) -> None:
+        self.m.sink_duplicates.labels(table=table).inc()
 
 
 def stored_positions(
@@ -169,6 +175,7 @@ class ClickHouseSinkLoop:
         self.next_offsets: dict[tuple[str, int], int] = {}
         self.committed: dict[tuple[str, int], int] = {}
         self.skip_through: dict[tuple[str, int], int] = {}
+        self.recent = RecentIds(settings.sink_recent_ids)
         self.retry_at: float | None = None
         self.max_poll_records = max_poll_records
         self.fast_path = fast_path
@@ -299,6 +306,7 @@ class ClickHouseSinkLoop:
                 self.retry_at = None
                 self.consumer.resume(*self.consumer.assignment())
             for tp in revoked:
+                self.recent.drop_partition(tp)
                 self.next_offsets.pop(tp, None)
                 self.committed.pop(tp, None)
                 self.skip_through.pop(tp, None)
@@ -480,8 +488,8 @@ class ClickHouseSinkLoop:
                 continue
             # (no identity read from the body: a truncated or anonymous-and-leadless record; the full decode
             # below names which, as a dead letter)
-            event_time, *identities = (
-                event_head(value[HEADER_LEN:]) if fmt is not None else (None, None, None)
+            event_id, event_time, *identities = (
+                event_head(value[HEADER_LEN:]) if fmt is not None else (None, None, None, None)
             )
             if fmt is not None and value[:HEADER_LEN] == current_header and any(identities):
                 problem = future_problem(event_time, msg.timestamp or int(time.time() * 1000))
@@ -490,6 +498,8 @@ class ClickHouseSinkLoop:
                     continue
                 if erasures is not None and any(map(erasures.is_erased, identities)):
                     self._erased(EVENTS.table)
+                    continue
+                if event_id is not None and self._repeat(key_tp, EVENTS, event_id):
                     continue
                 # Fast path: the current writer schema; ClickHouse decodes the body itself.
                 body = value[HEADER_LEN:] + prefix + zigzag(msg.offset)
@@ -507,6 +517,8 @@ class ClickHouseSinkLoop:
                     self._erased(TABLE_FOR_SCHEMA[schema].table)
                     continue
                 if fmt is not None:  # an older writer version: resolve in Python, ship as current
+                    if self._repeat(key_tp, EVENTS, record["event_id"]):
+                        continue
                     body = self.registry.encode(schema, record)[HEADER_LEN:] + prefix + zigzag(msg.offset)
                     self.sink.add(EVENTS, (body, tp.topic, tp.partition, msg.offset), msg.key, msg.value, fmt)
                     continue
@@ -525,7 +537,18 @@ class ClickHouseSinkLoop:
                     str(exc),
                 )
                 continue
+            if table.keyed_by_id and self._repeat(key_tp, table, str(row[0])):
+                continue
             self.sink.add(table, row, msg.key, msg.value)
+
+    def _repeat(self, tp: tuple[str, int], table: TableSpec, record_id: str) -> bool:
+        """Whether the record is a re-send of one taken lately on its partition (then it is not stored:
+        the daily views would count it twice); counted, and its offset is committed like any other."""
+        if not self.recent.repeat(tp, record_id):
+            return False
+        self.stats.duplicates += 1
+        self.hooks.duplicate(table.table)
+        return True
 
     async def _flush(self, force: bool = False) -> None:
         wrote = False
@@ -534,6 +557,11 @@ class ClickHouseSinkLoop:
             table = batch.table.table
             self.stats.inserted[table] = self.stats.inserted.get(table, 0) + batch.size - len(rejected)
             for bad in rejected:
+                # Not stored, so a corrected re-send of it is not a duplicate.
+                if batch.table.keyed_by_id and bad.value is not None:
+                    record_id = self._first_column((bad.topic, bad.partition), bad.offset, bad.value)
+                    if record_id is not None:
+                        self.recent.forget((bad.topic, bad.partition), record_id)
                 self._dead_letter(
                     bad.topic,
                     bad.partition,

@@ -301,14 +301,15 @@ def _string(data: bytes, pos: int) -> tuple[str, int]:
     return data[pos : pos + length].decode("utf-8", errors="replace"), pos + length
 
 
-def event_head(body: bytes) -> tuple[int | None, str | None, str | None]:
-    """(event_time, anonymous_id, lead_id) read from the start of a behavioural event's Avro body, without
-    decoding the rest: every event schema begins ``event_id: string, event_time: long, anonymous_id: [null,
-    string], lead_id: [null, string]`` (checked by ``tests/unit/test_erasures.py``), so the sink's
-    undecoded fast path can still drop erased identities and refuse events from the future."""
+def event_head(body: bytes) -> tuple[str | None, int | None, str | None, str | None]:
+    """(event_id, event_time, anonymous_id, lead_id) read from the start of a behavioural event's Avro
+    body, without decoding the rest: every event schema begins ``event_id: string, event_time: long,
+    anonymous_id: [null, string], lead_id: [null, string]`` (checked by ``tests/unit/test_erasures.py``), so
+    the sink's undecoded fast path can still drop erased identities and re-sent events and refuse events
+    from the future."""
     found: list[str | None] = []
     try:
-        _, pos = _string(body, 0)  # event_id
+        event_id, pos = _string(body, 0)
         event_time, pos = _varint(body, pos)
         for _ in range(2):
             branch, pos = _varint(body, pos)
@@ -318,8 +319,8 @@ def event_head(body: bytes) -> tuple[int | None, str | None, str | None]:
                 value, pos = _string(body, pos)
                 found.append(value)
     except IndexError:  # a truncated body: ClickHouse rejects it and the sink dead-letters it
-        return None, None, None
-    return event_time, found[0], found[1]
+        return None, None, None, None
+    return event_id, event_time, found[0], found[1]
 
 
 def record_erased(schema: str, record: dict[str, Any], is_erased: Callable[[str | None], bool]) -> bool:

@@ -183,11 +183,16 @@ def _sales_activity(schema: str, r: Mapping[str, Any], key: bytes) -> Row:
 
 @dataclass(frozen=True)
 class TableSpec:
-    """A sink table: its data columns (then topic/partition/offset) and the builder of one row."""
+    """A sink table: its data columns (then topic/partition/offset) and the builder of one row.
+
+    ``keyed_by_id``: the first column identifies the record (``event_id``, ``transition_id``, ...), so a
+    second row with the same value is a re-send (``sinks.recent_ids``). Scores are keyed by lead or domain
+    and every record is a new version: not keyed by id."""
 
     table: str
     columns: tuple[str, ...]
     build: Callable[[str, Mapping[str, Any], bytes], Row]
+    keyed_by_id: bool = True
 
     @property
     def qualified(self) -> str:
@@ -218,9 +223,13 @@ LEAD_SCORES = TableSpec(
         "change_reason",
     ),
     _lead_score,
+    keyed_by_id=False,
 )
 ACCOUNT_SCORES = TableSpec(
-    "account_scores", ("domain", "score", "leads", "top_leads", "as_of", "computed_at"), _account_score
+    "account_scores",
+    ("domain", "score", "leads", "top_leads", "as_of", "computed_at"),
+    _account_score,
+    keyed_by_id=False,
 )
 STAGE_TRANSITIONS = TableSpec(
     "stage_transitions",

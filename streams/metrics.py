@@ -235,6 +235,13 @@ class Metrics:
             ["table"],
             registry=r,
         )
+        self.sink_duplicates = Counter(
+            "leadpulse_sink_duplicates_total",
+            "Records the sink did not store because the same id (event_id, transition_id, ...) came lately "
+            "on the same partition: a client, producer or worker re-send. By the table they were bound for.",
+            ["table"],
+            registry=r,
+        )
         self.sink_last_success = Gauge(
             "leadpulse_sink_last_success_timestamp_seconds",
             "Unix time of the last successful insert; 0 until the first one.",

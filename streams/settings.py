@@ -71,6 +71,9 @@ class Settings(BaseSettings):
     collector_rate_limit: float = Field(default=2000.0, ge=0)
     collector_rate_burst: int = Field(default=10_000, ge=500)  # >= the largest batch (500 events)
     sink_port: int = Field(default=6067, ge=0, le=65535)
+    # Ids the sink remembers per partition to drop re-sent records before the insert (sinks/recent_ids.py);
+    # 0 = off (re-sends are then stored twice and collapse only under FINAL).
+    sink_recent_ids: int = Field(default=10_000, ge=0, le=10_000_000)
     notifier_port: int = Field(default=6068, ge=0, le=65535)  # the notifier's /metrics, /health, /ready
 
     # Collector write keys: JSON object {"source name": "key"}; webhook targets and signing secret.

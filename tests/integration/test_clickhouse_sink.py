@@ -4,9 +4,11 @@ committed only after the insert, retries deduplicated (views included), bad rows
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import signal
+import struct
 import subprocess
 import sys
 import threading
@@ -17,12 +19,13 @@ from pathlib import Path
 from typing import Any
 
 import clickhouse_connect
+import fastavro
 import pytest
 from clickhouse_connect.driver.client import Client
 from clickhouse_connect.driver.exceptions import OperationalError
 from kafka import KafkaAdminClient, KafkaConsumer, TopicPartition
 
-from schemas.registry import default_registry
+from schemas.registry import SCHEMA_DIR, SOE_MAGIC, default_registry, schema_fingerprint
 from sinks.batch import BatchPolicy
 from sinks.clickhouse_sink import ClickHouseSinkLoop, SinkHooks, sink_group
 from sinks.migrate import migrate
@@ -252,6 +255,92 @@ def test_batch_resent_after_lost_acknowledgement_is_stored_once_also_in_the_view
         c=f"{settings.topic_prefix}item",
     )
     assert usage == len(records)
+
+
+def _old_web_visit(event_id: str, lead_id: str) -> bytes:
+    """A web visit in the older writer schema (schemas/history/web_visit.v1.avsc): not on the fast path."""
+    old = json.loads((SCHEMA_DIR / "history" / "web_visit.v1.avsc").read_text())
+    body = io.BytesIO()
+    fastavro.schemaless_writer(
+        body,
+        fastavro.parse_schema(old),
+        {
+            "event_id": event_id,
+            "event_time": 1_790_000_000_000,
+            "anonymous_id": None,
+            "lead_id": lead_id,
+            "source": "v1",
+            "url": "https://x.example/pricing",
+            "page_category": "pricing",
+            "referrer": None,
+        },
+    )
+    return SOE_MAGIC + struct.pack("<Q", schema_fingerprint(old)) + body.getvalue()
+
+
+def test_records_re_sent_on_their_partition_are_stored_once_also_in_the_daily_views(
+    ch: Client, broker_settings: Settings, start_sink: Callable[..., RunningSink]
+) -> None:
+    """A client retrying a request whose first attempt landed, or a worker re-emitting after a crash, puts
+    the same record on the same partition at a new offset: one row, counted once by the views, without
+    FINAL. Only the partition's memory catches it: the same id under another key is stored again."""
+    settings = broker_settings
+    registry = default_registry()
+    content = f"{settings.topic_prefix}resent-item"
+    views = [
+        {**record, "event_id": f"{settings.topic_prefix}{record['event_id']}", "content_id": content}
+        for record in sample_events("content_view", 30, seed=5)
+    ]
+    transition = {
+        "lead_id": "L-resent",
+        "from_stage": "nurturing",
+        "to_stage": "mql",
+        "reason": "score_threshold",
+        "trigger_event_id": "e1",
+        "score": 101.0,
+        "occurred_at": 1_600_000_000_000,  # a day no other test of this module uses (funnel_daily)
+        "transition_id": f"{settings.topic_prefix}t-resent",
+    }
+    old_id = f"{settings.topic_prefix}old-writer-visit"
+    views_topic = settings.topic("events.content_views")
+    transitions = settings.topic("leads.stage_transitions")
+    visits = settings.topic("events.web_visits")
+
+    def send(view_records: list[dict[str, Any]], view_key: bytes, copies: int) -> None:
+        with Producer(settings) as producer:
+            for record in view_records:
+                producer.send_encoded(views_topic, view_key, registry.encode("content_view", record))
+            for _ in range(copies):
+                producer.send_encoded(
+                    transitions, b"L-resent", registry.encode("stage_transition", transition)
+                )
+                producer.send_encoded(visits, b"L-old", _old_web_visit(old_id, "L-old"))
+
+    sink = start_sink(ch, BatchPolicy(10_000, 0.3))
+    send(views, b"k", 1)
+    wait_for(
+        lambda: (
+            count(ch, "SELECT count() FROM leadpulse.events WHERE content_id = {c:String}", c=content) == 30
+        )
+    )
+    # The re-sends come later, in other inserts: ClickHouse would not collapse them within one block.
+    send(views[:10], b"k", 2)
+    send(views[:1], b"another-key", 0)
+    wait_for(lambda: sum(committed_offsets(settings).values()) == 47, what="all offsets committed")
+    sink.close()
+    assert sink.loop.stats.duplicates == 14  # 10 content views, 2 transitions, 2 old-writer visits
+    plain = "SELECT count() FROM leadpulse.{} WHERE {} = {{v:String}}"  # no FINAL: raw rows
+    assert count(ch, plain.format("events", "content_id"), v=content) == 31  # + the other partition's copy
+    assert count(ch, plain.format("events", "event_id"), v=old_id) == 1
+    assert count(ch, plain.format("stage_transitions", "transition_id"), v=transition["transition_id"]) == 1
+    usage = "SELECT sum(events) FROM leadpulse.content_usage_daily WHERE content_id = {c:String}"
+    assert count(ch, usage, c=content) == 31
+    funnel = count(
+        ch,
+        "SELECT sum(transitions) FROM leadpulse.funnel_daily WHERE day = toDate({t:DateTime64(3)})",
+        t=transition["occurred_at"] / 1000,
+    )
+    assert funnel == 1
 
 
 def test_offsets_are_not_committed_while_clickhouse_refuses_inserts(

@@ -86,16 +86,21 @@ def test_tombstones_and_undecodable_records_erase_nothing() -> None:
 
 
 @pytest.mark.parametrize("schema", EVENT_TYPES)
-def test_time_and_identities_are_read_from_an_undecoded_event_body(schema: str) -> None:
+def test_id_time_and_identities_are_read_from_an_undecoded_event_body(schema: str) -> None:
     registry = default_registry()
     for record in sample_events(schema, 20, seed=3):
         body = registry.encode(schema, record)[HEADER_LEN:]
-        expected = (record["event_time"], record.get("anonymous_id"), record.get("lead_id"))
+        expected = (
+            record["event_id"],
+            record["event_time"],
+            record.get("anonymous_id"),
+            record.get("lead_id"),
+        )
         assert event_head(body) == expected
 
 
 def test_a_truncated_event_body_has_no_identities() -> None:
-    assert event_head(b"\x08ab") == (None, None, None)
+    assert event_head(b"\x08ab") == (None, None, None, None)
 
 
 def test_records_of_erased_identities_are_dropped_but_account_rollups_only_lose_the_lead() -> None:
