@@ -41,6 +41,7 @@ from sinks.clickhouse import EmbeddedDirectoryUnusable, EmbeddedEngineBusy
 from sinks.erase import already_applied, apply_erasure, event_head, record_erased
 from sinks.errors import SinkBackpressure
 from sinks.recent_ids import RecentIds
+from sinks.replay import is_replayed
 from sinks.rows import EVENT_TYPES, EVENTS, TABLE_FOR_SCHEMA, Origin, TableSpec, to_row
 from streams.broker import aiokafka_client_config
 from streams.dlq import dead_letter, encode_dead_letter, writer_headers
@@ -478,6 +479,9 @@ class ClickHouseSinkLoop:
                 continue
             if msg.value is None:  # a tombstone on a compacted output (e.g. an erased lead's score)
                 continue
+            if msg.headers and is_replayed(msg.headers):  # read from ClickHouse by `leadpulse replay`
+                self._duplicate(TABLE_FOR_SCHEMA[expected])
+                continue
             value = msg.value
             if tp.topic in self._input_topics and len(value) > MAX_INPUT_RECORD_BYTES:
                 limit = MAX_INPUT_RECORD_BYTES
@@ -546,9 +550,12 @@ class ClickHouseSinkLoop:
         the daily views would count it twice); counted, and its offset is committed like any other."""
         if not self.recent.repeat(tp, record_id):
             return False
+        self._duplicate(table)
+        return True
+
+    def _duplicate(self, table: TableSpec) -> None:
         self.stats.duplicates += 1
         self.hooks.duplicate(table.table)
-        return True
 
     async def _flush(self, force: bool = False) -> None:
         wrote = False

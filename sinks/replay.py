@@ -3,13 +3,15 @@
 Why only events and sales activities: they are stored complete. Profiles (``lead_identified``) are stored
 with the email as a keyed hash, so they cannot be rebuilt faithfully; re-send those from their source.
 Records keep their ``event_id``, so downstream dedup (worker state, ReplacingMergeTree) makes a replay safe.
+They also carry the ``leadpulse-replayed`` header: they were read from ClickHouse, so the sink does not
+store them again (the daily views would count them twice: docs/clickhouse.md).
 """
 
 from __future__ import annotations
 
 import heapq
-from collections.abc import Callable, Iterator
-from typing import Any
+from collections.abc import Iterable, Iterator
+from typing import Any, Protocol
 
 from sinks.query_service import Runner
 from sinks.rows import EVENT_FIELDS
@@ -71,12 +73,28 @@ def stored_records(run: Runner, since_ms: int, until_ms: int) -> Iterator[tuple[
     yield from heapq.merge(events, activities, key=lambda item: int(item[1]["event_time"]))
 
 
-def replay(
-    run: Runner, send: Callable[[str, dict[str, Any]], Any], since_ms: int, until_ms: int
-) -> dict[str, int]:
-    """Send stored records through ``send(schema, record)``; returns counts per schema."""
+#: Kafka header on every record ``leadpulse replay`` publishes.
+REPLAYED_HEADER = "leadpulse-replayed"
+REPLAYED_HEADERS = [(REPLAYED_HEADER, b"1")]
+
+
+def is_replayed(headers: Iterable[tuple[str, bytes | None]]) -> bool:
+    """Whether a record was re-published from ClickHouse by ``leadpulse replay`` (so it is stored already)."""
+    return any(name == REPLAYED_HEADER for name, _ in headers)
+
+
+class Sender(Protocol):
+    """What ``replay`` needs of ``streams.producer.Producer``."""
+
+    def send(
+        self, schema_or_topic: str, event: Any, *, headers: list[tuple[str, bytes]] | None = ...
+    ) -> Any: ...
+
+
+def replay(run: Runner, producer: Sender, since_ms: int, until_ms: int) -> dict[str, int]:
+    """Publish stored records, marked as replayed; returns counts per schema."""
     counts: dict[str, int] = {}
     for schema, record in stored_records(run, since_ms, until_ms):
-        send(schema, record)
+        producer.send(schema, record, headers=REPLAYED_HEADERS)
         counts[schema] = counts.get(schema, 0) + 1
     return counts

@@ -237,8 +237,9 @@ class Metrics:
         )
         self.sink_duplicates = Counter(
             "leadpulse_sink_duplicates_total",
-            "Records the sink did not store because the same id (event_id, transition_id, ...) came lately "
-            "on the same partition: a client, producer or worker re-send. By the table they were bound for.",
+            "Records the sink did not store because they are stored already: the same id (event_id, "
+            "transition_id, ...) came lately on the same partition (a client, producer or worker re-send), "
+            "or `leadpulse replay` re-published them from ClickHouse. By the table they were bound for.",
             ["table"],
             registry=r,
         )

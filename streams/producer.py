@@ -106,7 +106,12 @@ class Producer:
         self.sent = 0
 
     def send(
-        self, schema_or_topic: str, event: Mapping[str, Any] | Any, *, validate: bool = True
+        self,
+        schema_or_topic: str,
+        event: Mapping[str, Any] | Any,
+        *,
+        validate: bool = True,
+        headers: list[tuple[str, bytes]] | None = None,
     ) -> FutureRecordMetadata:
         """Validate and publish one event. Raises SchemaValidationError naming the bad fields, also for an
         event more than 23 h in the future."""
@@ -135,6 +140,7 @@ class Producer:
             lead_key(record),
             value,
             event_id=event_id if isinstance(event_id, str) else None,
+            headers=headers,
         )
 
     def send_encoded(

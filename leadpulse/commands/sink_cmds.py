@@ -8,7 +8,7 @@ import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import typer
 
@@ -175,11 +175,7 @@ def register(app: typer.Typer) -> None:
             raise _fail(str(exc), 2) from None
         try:
             with running_broker(settings) as bootstrap, Producer(settings, bootstrap=bootstrap) as producer:
-
-                def send(schema: str, record: dict[str, Any]) -> None:
-                    producer.send(schema, record)
-
-                counts = replay(run, send, period.since_ms, period.until_ms)
+                counts = replay(run, producer, period.since_ms, period.until_ms)
         finally:
             close()
         typer.echo("replayed: " + (", ".join(f"{k} {v}" for k, v in sorted(counts.items())) or "nothing"))

@@ -29,10 +29,14 @@ from schemas.registry import SCHEMA_DIR, SOE_MAGIC, default_registry, schema_fin
 from sinks.batch import BatchPolicy
 from sinks.clickhouse_sink import ClickHouseSinkLoop, SinkHooks, sink_group
 from sinks.migrate import migrate
+from sinks.query_service import client_runner
+from sinks.recent_ids import RecentIds
+from sinks.replay import is_replayed, replay
 from sinks.rows import Origin, to_row
 from streams.broker import free_port
 from streams.dlq import writer_of
 from streams.producer import Producer
+from streams.reader import Decoded, read_topic
 from streams.samples import sample_events
 from streams.settings import Settings
 
@@ -341,6 +345,45 @@ def test_records_re_sent_on_their_partition_are_stored_once_also_in_the_daily_vi
         t=transition["occurred_at"] / 1000,
     )
     assert funnel == 1
+
+
+def test_records_leadpulse_replay_re_publishes_are_not_stored_again(
+    ch: Client, broker_settings: Settings, start_sink: Callable[..., RunningSink]
+) -> None:
+    """``leadpulse replay`` reads its records from ClickHouse: the workers need them again, ClickHouse does
+    not (beyond the recent-id memory, the views would count every replayed event twice)."""
+    settings = broker_settings
+    start = 1_500_000_000_000  # 2017: a window no other test of this module stores events in
+    content = f"{settings.topic_prefix}replayed-item"
+    views = produce(settings, "content_view", 20, seed=6, content_id=content, event_time=start)
+    activities = produce(settings, "sales_activity", 3, seed=6, event_time=start + 1)
+    sink = start_sink(ch, BatchPolicy(10_000, 0.3))
+    by_content = "SELECT count() FROM leadpulse.events WHERE content_id = {c:String}"
+    wait_for(lambda: count(ch, by_content, c=content) == len(views), what="views stored")
+    ours = "SELECT count() FROM leadpulse.sales_activities WHERE startsWith(event_id, {p:String})"
+    wait_for(lambda: count(ch, ours, p=settings.topic_prefix) == len(activities), what="activities stored")
+    sink.loop.recent = RecentIds(0)  # as after a restart: only the header tells the sink
+    with Producer(settings) as producer:
+        counts = replay(client_runner(ch), producer, start, start + 1000)
+    replayed = sum(counts.values())
+    assert counts["content_view"] >= len(views) and counts["sales_activity"] >= len(activities)
+    wait_for(lambda: sink.loop.stats.duplicates == replayed, what="replayed records recognised")
+    wait_for(
+        lambda: sum(committed_offsets(settings).values()) == len(views) + len(activities) + replayed,
+        what="all offsets committed",
+    )
+    sink.close()
+    assert count(ch, by_content, c=content) == len(views)  # no FINAL: no second row
+    assert count(ch, ours, p=settings.topic_prefix) == len(activities)
+    usage = "SELECT sum(events) FROM leadpulse.content_usage_daily WHERE content_id = {c:String}"
+    assert count(ch, usage, c=content) == len(views)
+    on_topic = [
+        item
+        for item in read_topic(settings, settings.topic("events.content_views"), idle_ms=500)
+        if isinstance(item, Decoded) and item.record["content_id"] == content
+    ]
+    assert len(on_topic) == 2 * len(views)  # the workers do get them again
+    assert [is_replayed(item.headers) for item in on_topic].count(True) == len(views)
 
 
 def test_offsets_are_not_committed_while_clickhouse_refuses_inserts(
