@@ -1,7 +1,8 @@
 """Content health: unused items (no touch in ``unused_days``), stale items (not updated in ``stale_days``)
 and, per funnel stage, how many items cover it and how many of those are in use and fresh.
 
-Measured as of ``period.until``; touches are looked for in the ``unused_days`` before it.
+Measured as of ``period.until``; touches are looked for in the ``unused_days`` before it (``since`` plays no
+part: "unused" is about the item, not about the period asked for).
 """
 
 from __future__ import annotations
@@ -28,7 +29,8 @@ ORDER BY funnel_stage, content_id
 
 
 def health_report(run: Runner, period: Period, unused_days: int = 90, stale_days: int = 365) -> Sections:
-    window = Period(max(period.since_ms, period.until_ms - unused_days * DAY_MS), period.until_ms)
+    # The unused_days before --until, whatever --since says: a narrow period must not make every item unused.
+    window = Period(period.until_ms - unused_days * DAY_MS, period.until_ms)
     items = run(ITEMS, {**window.params, "stale_days": stale_days}).dicts()
     for item in items:
         item["unused"], item["stale"] = bool(item["unused"]), bool(item["stale"])

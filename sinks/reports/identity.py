@@ -41,7 +41,9 @@ touches AS (
         ON c.url = assumeNotNull(ev.touch_url)
     WHERE ev.item_id IS NULL AND ev.touch_url IS NOT NULL
 ),
+-- transitions up to --until only: a closed period's report does not change as time passes (as in funnel)
 tr AS (
     SELECT lead_id, to_stage, from_stage, reason, toUnixTimestamp64Milli(occurred_at) AS at
     FROM leadpulse.stage_transitions FINAL
+    WHERE occurred_at < fromUnixTimestamp64Milli({until:Int64})
 )"""

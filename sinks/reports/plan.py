@@ -32,7 +32,8 @@ RATE_KEYS = tuple(key for _, _, key in STEPS if key)
 # became leads in the period.
 VISITORS = """
 WITH links AS (
-    SELECT anonymous_id, any(lead_id) AS lead FROM leadpulse.leads FINAL
+    -- the newest link, as in the content report (sinks/reports/identity.py)
+    SELECT anonymous_id, argMax(lead_id, event_time) AS lead FROM leadpulse.leads FINAL
     WHERE anonymous_id IS NOT NULL AND anonymous_id != '' GROUP BY anonymous_id
 ),
 people AS (

@@ -9,7 +9,9 @@ Own-SLA compliance = the same against each MQL's own clock, the ``sla_due_at`` o
 direct inquiry, per-segment hours), over the MQLs that had one (a late MQL notified nobody and has none); an
 answer exactly at the due time is in time, as for the worker.
 ``by_owner`` counts every SLA's warnings and breaches (follow-up and rejection feedback), one row per SLA and
-owner.
+owner, of the clocks started in the period (an MQL or a rejection in it), whenever they fell due: the same
+cohort as ``follow_up``, and in event time. Not by ``fired_at``: that is the worker's wall clock, so a backlog
+or a replay put breaches of last week into today, and a report for a past period left them out.
 """
 
 from __future__ import annotations
@@ -55,8 +57,8 @@ BY_OWNER = """
 SELECT sla, ifNull(owner, '(unassigned)') AS owner, countIf(level = 'warning') AS warnings,
        countIf(level = 'breach') AS breaches
 FROM leadpulse.sla_events FINAL
-WHERE fired_at >= fromUnixTimestamp64Milli({since:Int64})
-    AND fired_at < fromUnixTimestamp64Milli({until:Int64})
+WHERE started_at >= fromUnixTimestamp64Milli({since:Int64})
+    AND started_at < fromUnixTimestamp64Milli({until:Int64})
 GROUP BY sla, owner ORDER BY sla, breaches DESC, warnings DESC, owner
 """
 

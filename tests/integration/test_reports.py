@@ -174,7 +174,8 @@ def build_history(seed: int = 11) -> History:
                                 "started_at": at,
                                 "due_at": at + 24 * H,
                                 "owner": owner,
-                                "fired_at": at + int(frac * 24 * H),
+                                # some fired by a worker catching up on a backlog long after (wall clock)
+                                "fired_at": at + int(frac * 24 * H) if i % 9 != 4 else UNTIL + 10 * DAY_MS,
                             }
                         )
             if target == "mql" and rng.random() < 0.25:
@@ -215,6 +216,16 @@ def build_history(seed: int = 11) -> History:
                     "occurred_at": at + DAY_MS,
                 }
             )
+    # a shared device: R-A1 identifies as a second lead later; its events count for the newer lead everywhere
+    first = next(p for p in h.leads if p["anonymous_id"] == "R-A1")
+    h.leads.append(
+        {
+            "event_id": "R-id-shared",
+            "lead_id": "R-L1b",
+            "anonymous_id": "R-A1",
+            "event_time": first["event_time"] + DAY_MS,
+        }
+    )
     for j in range(15):  # visitors who never identify
         event(
             "content_view",
@@ -360,7 +371,8 @@ def touches(h: History) -> list[tuple[str, dict[str, Any], str | None]]:
 def expected_content(h: History, window_days: int = 30) -> dict[str, dict[str, Any]]:
     trans = defaultdict(list)
     for t in h.transitions:
-        trans[t["lead_id"]].append(t)
+        if t["occurred_at"] < UNTIL:  # as of --until: a later conversion does not count
+            trans[t["lead_id"]].append(t)
     ident = identity(h)
     first_seen: dict[str, int] = {}
     for e in h.events:
@@ -454,6 +466,9 @@ def test_content_report_matches_independent_computation(run: Runner, history: Hi
     want = expected_content(history)
     assert set(got) == set(want)
     assert "X9" in got and got["X9"]["title"] is None  # an id missing from the catalogue still reports
+    touching = {lead for _, _, lead in touches(history) if lead}
+    after = [t for t in history.transitions if t["occurred_at"] >= UNTIL and t["to_stage"] in TARGETS]
+    assert any(t["lead_id"] in touching for t in after)  # conversions after --until exist and must not count
     assert any(w["influenced_leads"] > 0 for w in want.values())
     for item, expected in want.items():
         for key, value in expected.items():
@@ -492,6 +507,9 @@ def test_health_report_flags_unused_and_stale_content_and_stage_coverage(
             assert row["days_since_touch"] == pytest.approx(
                 (UNTIL - last[row["content_id"]]) / DAY_MS, abs=0.06
             )
+    # a period narrower than unused_days looks back the same unused_days: the items are what they are
+    narrow = health_report(run, Period(UNTIL - 2 * DAY_MS, UNTIL), unused_days, stale_days)
+    assert narrow == report
     coverage = {row["funnel_stage"]: row for row in report["coverage"]}
     assert list(coverage) == list(STAGES)
     for stage in STAGES:
@@ -578,8 +596,10 @@ def test_sla_report_follow_up_percentiles_compliance_and_breaches_per_owner(
     for key, q in (("p50_hours", 0.5), ("p90_hours", 0.9), ("p95_hours", 0.95)):
         assert follow[key] == pytest.approx(linear_quantile(hours, q), abs=0.011), key
     owners: dict[tuple[str, str], dict[str, int]] = defaultdict(lambda: {"warnings": 0, "breaches": 0})
+    # the clocks started in the period (same cohort as follow_up), not the worker's wall-clock fired_at
+    assert any(in_period(s["started_at"]) and not in_period(s["fired_at"]) for s in history.sla)
     for s in history.sla:
-        if in_period(s["fired_at"]):
+        if in_period(s["started_at"]):
             level = "warnings" if s["level"] == "warning" else "breaches"
             owners[(s["sla"], s["owner"] or "(unassigned)")][level] += 1
     got = {
@@ -640,7 +660,7 @@ def test_plan_cli_with_rates_prints_the_worked_example_as_json(target: str, deal
 
 def plan_rates(h: History) -> dict[str, float]:
     """The plan's step rates, by the stage stepped into: cohort shares (see sinks/reports/plan.py)."""
-    link = {p["anonymous_id"]: p["lead_id"] for p in h.leads if p.get("anonymous_id")}
+    link = identity(h)
     people: dict[str, str | None] = {}
     for e in h.events:
         if in_period(e["event_time"]):
@@ -668,6 +688,8 @@ def plan_rates(h: History) -> dict[str, float]:
 
 
 def test_plan_with_measured_rates_uses_the_funnel_of_the_period(run: Runner, history: History) -> None:
+    shared = [e for e in history.events if e["anonymous_id"] == "R-A1" and in_period(e["event_time"])]
+    assert shared  # the shared device's anonymous events count for its newest lead, as in content
     rows = {r["stage"]: r for r in plan_report(run, PERIOD, 5_000_000, 1_000_000)["plan"]}
     rates = plan_rates(history)
     assert all(0 < r <= 1 for r in rates.values()), rates
