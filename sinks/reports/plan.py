@@ -147,9 +147,22 @@ def plan_report(
         measured = measured_rates(run, period)
     rates = {key: overrides.get(key, measured.get(key)) for key in RATE_KEYS}
     rows = reverse_plan(target_revenue, average_deal, rates)
+    upper = {key: stage for (stage, _, _), (_, _, key) in itertools.pairwise(STEPS)}
     for row in rows:
         key = row["rate_key"]
         row["rate_source"] = None if key is None else ("override" if key in overrides else "measured")
         if isinstance(row["rate_from_previous"], float):
             row["rate_from_previous"] = round(row["rate_from_previous"], 4)
+        row["note"] = (
+            _gap(key, row["rate_from_previous"], upper) if row["rate_source"] == "measured" else None
+        )
     return {"plan": rows}
+
+
+def _gap(key: object, rate: object, upper: Mapping[str | None, str]) -> str | None:
+    """Why a step (and every step above it) has no number: a planner otherwise sees only ``-``."""
+    if rate is None:
+        return f"nobody entered {upper[str(key)]} in the period: no rate measured; give --rates {key}=RATE"
+    if rate == 0:
+        return f"measured {key} is 0 in the period: the target cannot be reached; give --rates {key}=RATE"
+    return None

@@ -705,6 +705,23 @@ def test_plan_with_measured_rates_uses_the_funnel_of_the_period(run: Runner, his
         assert rows[above]["needed"] == needed, above
 
 
+def test_plan_says_why_a_step_has_no_number(run: Runner, history: History) -> None:
+    """A planner must not be left with a column of ``-``: the step whose rate is missing says so."""
+    empty = Period(SINCE - 400 * DAY_MS, SINCE - 390 * DAY_MS)  # nothing happened then
+    rows = {r["stage"]: r for r in plan_report(run, empty, 5_000_000, 1_000_000)["plan"]}
+    assert rows["customer"]["needed"] == 5 and rows["opportunity"]["needed"] is None
+    assert rows["customer"]["note"] == (
+        "nobody entered opportunity in the period: no rate measured; "
+        "give --rates opportunity_to_customer=RATE"
+    )
+    assert rows["lead"]["note"].startswith("nobody entered awareness in the period")
+    assert rows["awareness"]["note"] is None  # the top has no rate of its own
+    overridden = plan_report(run, empty, 5e6, 1e6, {"opportunity_to_customer": 0.5})["plan"]
+    assert [r["note"] is None for r in overridden][:2] == [True, False]  # an override needs no note
+    full = plan_report(run, PERIOD, 5_000_000, 1_000_000)["plan"]
+    assert all(r["note"] is None for r in full)  # every rate measured and above 0
+
+
 def test_reports_render_as_table_csv_and_json(run: Runner) -> None:
     sections = funnel_report(run, PERIOD)
     assert "== stages" in render(sections, "table")
