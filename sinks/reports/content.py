@@ -3,7 +3,8 @@ conversion of touched leads vs all leads, median days to the next stage (DESIGN 
 
 Definitions (also in docs/clickhouse.md):
 - a *touch* is a content_view or download of the item's id, or a web_visit / email_click whose url /
-  link_url is the item's catalogue url; views = content_view + web_visit touches;
+  link_url is the item's catalogue url (up to query string, fragment and trailing slash:
+  ``sinks/reports/identity.py``); views = content_view + web_visit touches;
 - *influenced*: leads with a touch in the period followed, within ``window_days``, by a transition to
   mql, opportunity or customer;
 - *touched conversion*: share of touching leads with such a transition at/after their first touch;

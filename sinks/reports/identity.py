@@ -30,16 +30,35 @@ catalogue AS (
     SELECT content_id, title, content_type, funnel_stage, url, published_date, updated_date
     FROM leadpulse.content FINAL
 ),
+-- A visit or click touches an item when its url is the item's catalogue url up to the query string (utm_*
+-- tags), the fragment and a trailing slash. A catalogue url with a query string (a CMS page such as
+-- /content?id=5) must match with its query, or every /content?id=N would be the same item.
+catalogue_urls AS (
+    SELECT content_id, position(assumeNotNull(url), '?') > 0 AS with_query,
+           if(with_query, cutFragment(assumeNotNull(url)),
+              trimRight(cutQueryStringAndFragment(assumeNotNull(url)), '/')) AS url_key
+    FROM catalogue WHERE url IS NOT NULL
+),
+url_touches AS (
+    SELECT event_type, t, dwell_ms, lead, cutFragment(assumeNotNull(touch_url)) AS full_key,
+           trimRight(cutQueryStringAndFragment(assumeNotNull(touch_url)), '/') AS page_key
+    FROM ev WHERE item_id IS NULL AND touch_url IS NOT NULL
+),
 touches AS (
     SELECT assumeNotNull(item_id) AS content_id, event_type, t, dwell_ms, lead
     FROM ev WHERE item_id IS NOT NULL
     UNION ALL
-    SELECT c.content_id AS content_id, ev.event_type AS event_type, ev.t AS t, ev.dwell_ms AS dwell_ms,
-           ev.lead AS lead
-    FROM ev
-    INNER JOIN (SELECT content_id, assumeNotNull(url) AS url FROM catalogue WHERE url IS NOT NULL) AS c
-        ON c.url = assumeNotNull(ev.touch_url)
-    WHERE ev.item_id IS NULL AND ev.touch_url IS NOT NULL
+    SELECT c.content_id AS content_id, u.event_type AS event_type, u.t AS t, u.dwell_ms AS dwell_ms,
+           u.lead AS lead
+    FROM url_touches AS u
+    INNER JOIN (SELECT content_id, url_key FROM catalogue_urls WHERE NOT with_query) AS c
+        ON c.url_key = u.page_key
+    UNION ALL
+    SELECT c.content_id AS content_id, u.event_type AS event_type, u.t AS t, u.dwell_ms AS dwell_ms,
+           u.lead AS lead
+    FROM url_touches AS u
+    INNER JOIN (SELECT content_id, url_key FROM catalogue_urls WHERE with_query) AS c
+        ON c.url_key = u.full_key
 ),
 -- transitions up to --until only: a closed period's report does not change as time passes (as in funnel)
 tr AS (

@@ -57,7 +57,18 @@ CATALOGUE = [  # content_id, type, stage, url, updated (days before UNTIL)
     ("C4", "webinar", "nurturing", "https://ex.test/webinar/c4", 100),
     ("C5", "slide", "sal", None, 800),
     ("C6", "page", "opportunity", "https://ex.test/pricing", 5),
+    ("C7", "page", "expansion", "https://ex.test/content?id=7", 20),  # a CMS page: its query names it
 ]
+
+
+def page_key(url: str, catalogue_url: str) -> bool:
+    """Whether a visited url touches a catalogue url: equal up to the query string, the fragment and a
+    trailing slash, or, for a catalogue url with a query string, up to the fragment."""
+    if "?" in catalogue_url:
+        return url.split("#")[0] == catalogue_url.split("#")[0]
+    return url.split("#")[0].split("?")[0].rstrip("/") == catalogue_url.split("#")[0].split("?")[0].rstrip(
+        "/"
+    )
 
 
 @dataclass
@@ -73,7 +84,7 @@ class History:
 def build_history(seed: int = 11) -> History:
     rng = random.Random(seed)
     h = History()
-    urls = [c[3] for c in CATALOGUE if c[3]] + ["https://ex.test/other"]
+    urls = [c[3] for c in CATALOGUE if c[3] and "?" not in c[3]] + ["https://ex.test/other"]
     n = 0
 
     def event(kind: str, t: int, lead: str | None, anon: str | None, **fields: Any) -> None:
@@ -226,6 +237,18 @@ def build_history(seed: int = 11) -> History:
             "event_time": first["event_time"] + DAY_MS,
         }
     )
+    # urls as trackers send them: utm tags, fragments, trailing slashes, a CMS page's query
+    for k, url in enumerate(
+        [
+            "https://ex.test/blog/c1?utm_source=news&utm_medium=email",
+            "https://ex.test/cases/c3/#results",
+            "https://ex.test/pricing/",
+            "https://ex.test/content?id=7#top",
+            "https://ex.test/content?id=8",  # another CMS page: not C7
+            "https://ex.test/content",  # not C7 either
+        ]
+    ):
+        event("web_visit", SINCE + (10 + k) * DAY_MS, f"R-L{2 + k}", None, url=url)
     for j in range(15):  # visitors who never identify
         event(
             "content_view",
@@ -356,13 +379,14 @@ def in_period(t: int) -> bool:
 
 
 def touches(h: History) -> list[tuple[str, dict[str, Any], str | None]]:
-    by_url = {url: cid for cid, _, _, url, _ in CATALOGUE if url}
     ident = identity(h)
     out = []
     for e in h.events:
         if not in_period(e["event_time"]):
             continue
-        item = e.get("content_id") or by_url.get(e.get("url") or e.get("link_url") or "")
+        url = e.get("url") or e.get("link_url")
+        by_url = [cid for cid, _, _, c_url, _ in CATALOGUE if url and c_url and page_key(url, c_url)]
+        item = e.get("content_id") or (by_url[0] if by_url else None)
         if item:
             out.append((item, e, e["lead_id"] or ident.get(e["anonymous_id"] or "")))
     return out
@@ -466,6 +490,7 @@ def test_content_report_matches_independent_computation(run: Runner, history: Hi
     want = expected_content(history)
     assert set(got) == set(want)
     assert "X9" in got and got["X9"]["title"] is None  # an id missing from the catalogue still reports
+    assert want["C7"]["views"] == 1  # ?id=7#top is C7; ?id=8 and the bare /content are not
     touching = {lead for _, _, lead in touches(history) if lead}
     after = [t for t in history.transitions if t["occurred_at"] >= UNTIL and t["to_stage"] in TARGETS]
     assert any(t["lead_id"] in touching for t in after)  # conversions after --until exist and must not count
