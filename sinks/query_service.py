@@ -30,6 +30,7 @@ from clickhouse_connect.driver.client import Client
 from clickhouse_connect.driver.exceptions import DatabaseError
 
 from sinks.clickhouse import EmbeddedEngineBusy, get_client
+from sinks.reports import Rows
 from streams.settings import Settings
 from streams.web import PortInUse
 
@@ -48,6 +49,10 @@ class QueryResult:
 
     def dicts(self) -> list[dict[str, Any]]:
         return [dict(zip(self.columns, row, strict=True)) for row in self.rows]
+
+    def section(self) -> Rows:
+        """The rows as a report section that keeps its columns when empty."""
+        return Rows(self.dicts(), self.columns)
 
 
 Runner = Callable[[str, Mapping[str, Any] | None], QueryResult]
@@ -183,11 +188,31 @@ def client_runner(client: Client, lock: threading.Lock | None = None) -> Runner:
                 "(or `leadpulse demo`) fills them"
             )
             raise QueryError(f"{missing}: {str(exc).splitlines()[0][:300]}. {hint}") from None
-        return QueryResult(
-            list(result.column_names), [[jsonable(v) for v in row] for row in result.result_rows]
-        )
+        columns = list(result.column_names)
+        if not columns and not result.result_rows:
+            columns = described_columns(client, guard, statement, parameters)
+        return QueryResult(columns, [[jsonable(v) for v in row] for row in result.result_rows])
 
     return run
+
+
+def described_columns(
+    client: Client, guard: threading.Lock, statement: str, parameters: Mapping[str, Any] | None
+) -> list[str]:
+    """The columns of a query that returned no rows. chDB (through clickhouse-connect 1.12) gives an empty
+    result no column names, so a report section or a `leadpulse sql` answer with no rows had no header;
+    ``DESCRIBE (query)`` names them. Only for SELECT/WITH (DESCRIBE takes no SHOW or EXISTS); [] if it
+    fails."""
+    if _code(statement).lstrip().split(None, 1)[0].upper() not in ("SELECT", "WITH"):
+        return []
+    try:
+        with guard:
+            described = client.query(
+                f"DESCRIBE ({statement})", parameters=dict(parameters or {}), settings=READ_ONLY_SETTINGS
+            )
+    except DatabaseError:
+        return []
+    return [str(row[0]) for row in described.result_rows]
 
 
 # --- server side: the routes the sink serves ------------------------------------------------------------

@@ -164,4 +164,4 @@ def register(app: typer.Typer) -> None:
             raise typer.Exit(code=1) from None
         finally:
             close()
-        typer.echo(render({"result": result.dicts()}, fmt, plain_numbers=True))
+        typer.echo(render({"result": result.section()}, fmt, plain_numbers=True))

@@ -7,6 +7,16 @@ with FINAL, so they count each event/transition once whatever merges have or hav
 
 from __future__ import annotations
 
+from collections.abc import Iterable, Sequence
 from typing import Any
 
 Sections = dict[str, list[dict[str, Any]]]
+
+
+class Rows(list[dict[str, Any]]):
+    """A section's rows that also know their columns, so an empty section still renders its CSV header (a
+    CSV reader given no header has no columns at all). JSON sees a plain list."""
+
+    def __init__(self, rows: Iterable[dict[str, Any]], columns: Sequence[str]) -> None:
+        super().__init__(rows)
+        self.columns = tuple(columns)

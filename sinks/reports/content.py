@@ -17,7 +17,7 @@ from __future__ import annotations
 from typing import Any
 
 from sinks.query_service import Runner
-from sinks.reports import Sections
+from sinks.reports import Rows, Sections
 from sinks.reports.identity import RESOLVED_EVENTS, TARGET_STAGES
 from sinks.reports.period import DAY_MS, Period
 
@@ -82,6 +82,24 @@ def _ratio(part: float, whole: float) -> float | None:
     return round(part / whole, 4) if whole else None
 
 
+COLUMNS = (
+    "content_id",
+    "title",
+    "content_type",
+    "funnel_stage",
+    "views",
+    "unique_leads",
+    "downloads",
+    "clicks",
+    "influenced_leads",
+    "mean_dwell_seconds",
+    "touched_conversion",
+    "all_leads_conversion",
+    "lift",
+    "median_days_to_next_stage",
+)
+
+
 def content_report(run: Runner, period: Period, window_days: int = 30) -> Sections:
     params: dict[str, Any] = {**period.params, "window": window_days * DAY_MS}
     items = run(PER_ITEM, params).dicts()
@@ -106,4 +124,4 @@ def content_report(run: Runner, period: Period, window_days: int = 30) -> Sectio
                 else None,
             }
         )
-    return {"content": rows}
+    return {"content": Rows(rows, COLUMNS)}

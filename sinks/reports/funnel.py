@@ -163,4 +163,4 @@ def funnel_report(run: Runner, period: Period) -> Sections:
                 "median_days_to_next": None,
             }
         )
-    return {"stages": stages, "recycles": run(RECYCLES, period.params).dicts()}
+    return {"stages": stages, "recycles": run(RECYCLES, period.params).section()}

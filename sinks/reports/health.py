@@ -8,10 +8,21 @@ part: "unused" is about the item, not about the period asked for).
 from __future__ import annotations
 
 from sinks.query_service import Runner
-from sinks.reports import Sections
+from sinks.reports import Rows, Sections
 from sinks.reports.identity import RESOLVED_EVENTS
 from sinks.reports.period import DAY_MS, Period
 
+FLAGGED_COLUMNS = (
+    "content_id",
+    "title",
+    "content_type",
+    "funnel_stage",
+    "updated_date",
+    "touches",
+    "unused",
+    "stale",
+    "days_since_touch",
+)
 STAGES = ("awareness", "lead", "nurturing", "mql", "sal", "opportunity", "customer", "expansion")
 
 ITEMS = f"""
@@ -48,5 +59,5 @@ def health_report(run: Runner, period: Period, unused_days: int = 90, stale_days
                 "covered": any(not i["unused"] and not i["stale"] for i in in_stage),
             }
         )
-    flagged = [i for i in items if i["unused"] or i["stale"]]
+    flagged = Rows((i for i in items if i["unused"] or i["stale"]), FLAGGED_COLUMNS)
     return {"flagged": flagged, "coverage": coverage}

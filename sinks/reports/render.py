@@ -24,7 +24,7 @@ def _cell(value: Any, plain_numbers: bool = False) -> str:
 
 
 def _columns(rows: Sequence[Mapping[str, Any]]) -> list[str]:
-    columns: list[str] = []
+    columns: list[str] = list(getattr(rows, "columns", ()))  # sinks.reports.Rows: known even when empty
     for row in rows:
         columns.extend(c for c in row if c not in columns)
     return columns

@@ -91,5 +91,5 @@ def sla_report(run: Runner, period: Period, sla_hours: float = 24.0) -> Sections
         "p90_hours": _num(hours[1]) if row["followed_up"] else None,
         "p95_hours": _num(hours[2]) if row["followed_up"] else None,
     }
-    owners = run(BY_OWNER, period.params).dicts()
+    owners = run(BY_OWNER, period.params).section()
     return {"follow_up": [follow_up], "by_owner": owners}

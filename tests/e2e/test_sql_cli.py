@@ -78,3 +78,12 @@ def test_a_misspelt_table_gets_the_table_names_not_run_migrate(tmp_path: Path) -
     assert done.returncode == 2
     assert "UNKNOWN_TABLE" in done.stderr and "leadpulse migrate" not in done.stderr
     assert "the leadpulse tables are: " in done.stderr and "events, " in done.stderr
+
+
+def test_an_empty_answer_as_csv_still_has_its_header(tmp_path: Path) -> None:
+    """A CSV reader given no header has no columns at all (pandas raises EmptyDataError)."""
+    done = _sql(
+        tmp_path, "--format", "csv", "SELECT number AS n, toString(number) AS s FROM numbers(3) WHERE n > 5"
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip().splitlines() == ["n,s"]

@@ -754,6 +754,31 @@ def test_reports_render_as_table_csv_and_json(run: Runner) -> None:
     assert json.loads(render(sections, "json"))["stages"][0]["stage"] == "awareness"
 
 
+def test_every_section_keeps_its_columns_when_a_period_has_no_rows(run: Runner) -> None:
+    """An empty section still gets its CSV header (a CSV reader given none has no columns at all), with the
+    columns the section has when it has rows."""
+    empty = Period(SINCE - 400 * DAY_MS, SINCE - 390 * DAY_MS)
+    reports = {
+        "content": lambda p: content_report(run, p),
+        "health": lambda p: health_report(run, p, 30, 365),
+        "funnel": lambda p: funnel_report(run, p),
+        "sla": lambda p: sla_report(run, p),
+    }
+    emptied = 0
+    for name, report in reports.items():
+        full, none = report(PERIOD), report(empty)
+        for section, rows in none.items():
+            assert full[section], (name, section)  # the fixture fills every section
+            expected = list(full[section][0])
+            if rows:
+                continue
+            emptied += 1
+            block = render({section: rows}, "csv")
+            assert block.splitlines() == [",".join(expected)], (name, section)
+            assert json.loads(render({section: rows}, "json")) == {section: []}
+    assert emptied == 3  # content, recycles, by_owner (health still lists the whole catalogue as unused)
+
+
 @pytest.mark.parametrize(
     ("args", "message"),
     [
