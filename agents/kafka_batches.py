@@ -13,6 +13,7 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
+from aiokafka.errors import IllegalStateError
 from aiokafka.partitioner import murmur2
 
 from streams.broker import aiokafka_client_config
@@ -23,6 +24,27 @@ from streams.tansu_compat import end_offsets
 #: (topic, key, value, headers, partition); partition None = by key, as the Java client's partitioner.
 Record = tuple[str, bytes | None, bytes | None, list[tuple[str, bytes]] | None, int | None]
 Headers = list[tuple[str, bytes]] | None
+
+
+def fetch_position(consumer: AIOKafkaConsumer, tp: TopicPartition) -> int | None:
+    """The consumer's position in ``tp`` without awaiting it (None while unknown or not assigned).
+
+    ``AIOKafkaConsumer.position`` is a coroutine that waits (up to the request timeout) for a position
+    still being reset; the alignment check runs every poll and must not block, so it reads aiokafka's
+    assignment state (0.14) and treats anything unexpected as unknown."""
+    try:
+        state = consumer._subscription._assigned_state(tp)
+        return int(state.position) if state.has_valid_position else None
+    except (AttributeError, AssertionError, IllegalStateError):
+        return None
+
+
+def caught_up(consumer: AIOKafkaConsumer, tp: TopicPartition) -> bool:
+    """Nothing left to read in ``tp``: the position reached the high watermark of the last fetch response
+    (fetch high watermarks are right on Tansu too, DESIGN §11)."""
+    high = consumer.highwater(tp)
+    position = fetch_position(consumer, tp)
+    return high is not None and position is not None and position >= high
 
 
 def murmur2_partition(key: bytes, count: int) -> int:

@@ -32,8 +32,9 @@ from aiokafka.coordinator.assignors.range import RangePartitionAssignor
 from aiokafka.errors import CommitFailedError, IllegalStateError, KafkaError
 
 from agents.account import AccountState, account_score_record, fold_lead_score, normalise_domain, without_lead
+from agents.alignment import TopicAligner
 from agents.core import Output, StepResult, check_timers, next_deadline, step
-from agents.kafka_batches import BatchSender, Headers, Record, murmur2_partition, read_to_end
+from agents.kafka_batches import BatchSender, Headers, Record, caught_up, murmur2_partition, read_to_end
 from agents.lead_store import ACCOUNT_PREFIX, LeadStore, due_from_headers, due_header
 from agents.rules import Rules
 from agents.state import LeadState
@@ -63,6 +64,7 @@ BATCH_MAX = 5000
 DLQ_HEADERS = writer_headers("worker")
 ACCOUNT_HOP_LAST = "account_domain"  # lead_score fields up to this one hold all of HOP_FIELDS
 IDLE_AFTER_S = 30.0  # caught up this long: SLA timers follow the wall clock again (see timer_clock)
+ALIGN_WAIT_S = 2.0  # longest a partition's records wait for a co-partitioned topic that is behind
 GROUP = "leadpulse-worker"  # dashboards and alerts match this group label
 Decoded = tuple[ConsumerRecord, str, dict[str, Any]]  # (message, schema, record)
 
@@ -100,6 +102,9 @@ class _Rebalance(ConsumerRebalanceListener):  # type: ignore[misc]
         # Waits for the batch in flight, which commits its offsets before the partitions move.
         async with self.worker.lock:
             self.worker.restoring = True
+            # held records are not committed: whoever owns the partitions next reads them again
+            self.worker.aligner.drop()
+            self.worker.paused.clear()
 
     async def on_partitions_assigned(self, assigned: Any) -> None:
         async with self.worker.lock:
@@ -158,6 +163,10 @@ class LeadWorker:
         self._next_lag = 0.0
         self.generation = 0  # assignments seen; a batch fetched under an older one is dropped
         self.committed: dict[TopicPartition, int] = {}
+        # Input records held back until co-partitioned topics catch up (agents/alignment.py), and the
+        # partitions paused meanwhile so that the fetches go to the topic that is behind.
+        self.aligner = TopicAligner((settings.topic(s.name) for s in INPUTS), ALIGN_WAIT_S)
+        self.paused: set[TopicPartition] = set()
 
     # -- lifecycle -------------------------------------------------------------------------------------
 
@@ -206,15 +215,17 @@ class LeadWorker:
         timeout = max(0.0, min(0.2, self._next_scan - time.monotonic()))
         generation = self.generation
         fetched = await self.consumer.getmany(timeout_ms=int(timeout * 1000), max_records=BATCH_MAX)
-        if fetched:
+        if fetched or self.aligner.held:
             self.idle_since_ms = None
         elif self.idle_since_ms is None:
             self.idle_since_ms = now_ms()
         async with self.lock:
             if self.erasures is not None:
                 await self.apply_erasures(self.erasures.drain_new())
-            if fetched and generation == self.generation:
-                await self.process(fetched)
+            if generation == self.generation:
+                ready = await self._aligned(fetched)
+                if ready:
+                    await self.process(ready)
             elif fetched:
                 await self._refetch(fetched)
             if time.monotonic() >= self._next_scan:
@@ -223,6 +234,33 @@ class LeadWorker:
             if self.metrics and time.monotonic() >= self._next_lag:
                 self._next_lag = time.monotonic() + 5.0
                 self._report_lag()
+
+    async def _aligned(
+        self, fetched: dict[TopicPartition, list[ConsumerRecord]]
+    ) -> dict[TopicPartition, list[ConsumerRecord]]:
+        """What to process now: internal hops at once, input records as far as every co-partitioned input
+        topic has been read (agents/alignment.py). Partitions whose records wait are paused, so the next
+        fetches bring the topic that is behind instead of more of what is already held."""
+        assert self.consumer is not None
+        ready = self.aligner.add(fetched)
+        if not self.aligner.held:
+            blocked: set[TopicPartition] = set()
+        else:
+            consumer = self.consumer
+            released, blocked = self.aligner.release(
+                consumer.assignment(), lambda tp: caught_up(consumer, tp), time.monotonic()
+            )
+            ready.update(released)
+        if blocked != self.paused:
+            owned = self.consumer.assignment()
+            resume = [tp for tp in self.paused - blocked if tp in owned]
+            if resume:
+                self.consumer.resume(*resume)
+            pause = [tp for tp in blocked - self.paused if tp in owned]
+            if pause:
+                self.consumer.pause(*pause)
+            self.paused = set(blocked)
+        return ready
 
     async def _refetch(self, fetched: dict[TopicPartition, list[ConsumerRecord]]) -> None:
         """A batch from a getmany that a rebalance overlapped: not processed, and fetched again from the
