@@ -110,6 +110,8 @@ class _Rebalance(ConsumerRebalanceListener):  # type: ignore[misc]
         async with self.worker.lock:
             self.worker.generation += 1
             await self.worker.restore({tp.partition for tp in assigned})
+            # read by the poll loop: a consumer request from inside the rebalance callback could wait on it
+            self.worker.commits_to_load = set(assigned)
 
 
 class LeadWorker:
@@ -167,6 +169,7 @@ class LeadWorker:
         # partitions paused meanwhile so that the fetches go to the topic that is behind.
         self.aligner = TopicAligner((settings.topic(s.name) for s in INPUTS), ALIGN_WAIT_S)
         self.paused: set[TopicPartition] = set()
+        self.commits_to_load: set[TopicPartition] = set()  # assigned, their group offsets not read yet
 
     # -- lifecycle -------------------------------------------------------------------------------------
 
@@ -220,6 +223,9 @@ class LeadWorker:
         elif self.idle_since_ms is None:
             self.idle_since_ms = now_ms()
         async with self.lock:
+            if self.commits_to_load:
+                assigned, self.commits_to_load = self.commits_to_load, set()
+                await self.load_commits(assigned)
             if self.erasures is not None:
                 await self.apply_erasures(self.erasures.drain_new())
             if generation == self.generation:
@@ -283,6 +289,21 @@ class LeadWorker:
                     self.consumer.seek(tp, offset)
             except (IllegalStateError, KafkaError) as exc:  # moved again meanwhile: its next owner reads it
                 log.info("no re-fetch of %s[%d] (%s)", tp.topic, tp.partition, exc)
+
+    async def load_commits(self, assigned: set[TopicPartition]) -> None:
+        """The group's committed offset of each assigned partition, so the lag metric is right from the
+        start: ``committed`` held only this process's own commits, so after a restart every partition with
+        nothing new counted its whole log as lag (and a partition that came back after another worker
+        owned it, a stale offset) until the next commit (ops audit)."""
+        assert self.consumer is not None
+        self.committed = {}
+        tps = sorted(assigned)
+        try:
+            found = await asyncio.gather(*(committed(self.consumer, tp) for tp in tps))
+        except KafkaError as exc:  # only the metric suffers, until the next commit
+            log.warning("could not read the group's committed offsets for the lag metric: %s", exc)
+            return
+        self.committed = {tp: offset for tp, offset in zip(tps, found, strict=True) if offset is not None}
 
     # -- restore -----------------------------------------------------------------------------------------
 
