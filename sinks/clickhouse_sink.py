@@ -473,6 +473,10 @@ class ClickHouseSinkLoop:
         current_header = SOE_MAGIC + struct.pack("<Q", fingerprint)
         self.stats.consumed += len(messages)
         erasures = self.erasures if self.erasures is not None and self.erasures.active else None
+        # Offsets from here on are not stored yet (this call's records, an earlier unwritten batch's):
+        # a copy of an id first taken there is stored too, since that first copy may yet be refused.
+        first_offset = messages[0].offset if messages else 0
+        unwritten = min(self.sink.open_offsets().get(key_tp, first_offset), first_offset)
         for msg in messages:
             self.next_offsets[key_tp] = msg.offset + 1
             if msg.offset <= skip_through:
@@ -503,12 +507,17 @@ class ClickHouseSinkLoop:
                 if erasures is not None and any(map(erasures.is_erased, identities)):
                     self._erased(EVENTS.table)
                     continue
-                if event_id is not None and self._repeat(key_tp, EVENTS, event_id):
+                if event_id is None or not self._stored_lately(key_tp, event_id, msg.offset, unwritten):
+                    # Fast path: the current writer schema; ClickHouse decodes the body itself.
+                    body = value[HEADER_LEN:] + prefix + zigzag(msg.offset)
+                    self.sink.add(EVENTS, (body, tp.topic, tp.partition, msg.offset), msg.key, msg.value, fmt)
                     continue
-                # Fast path: the current writer schema; ClickHouse decodes the body itself.
-                body = value[HEADER_LEN:] + prefix + zigzag(msg.offset)
-                self.sink.add(EVENTS, (body, tp.topic, tp.partition, msg.offset), msg.key, msg.value, fmt)
-                continue
+                # A stored id. Only bytes that decode are a re-send: a poison record that happens to
+                # start with a stored event_id (a producer writing a wrong schema under the topic's
+                # fingerprint) is dead-lettered below like any undecodable record, not dropped.
+                if self._decodes(value, expected):
+                    self._duplicate(EVENTS)
+                    continue
             try:
                 schema, record = self.registry.decode(value, expect=expected)
                 if tp.topic in self._input_topics:
@@ -521,7 +530,8 @@ class ClickHouseSinkLoop:
                     self._erased(TABLE_FOR_SCHEMA[schema].table)
                     continue
                 if fmt is not None:  # an older writer version: resolve in Python, ship as current
-                    if self._repeat(key_tp, EVENTS, record["event_id"]):
+                    if self._stored_lately(key_tp, record["event_id"], msg.offset, unwritten):
+                        self._duplicate(EVENTS)
                         continue
                     body = self.registry.encode(schema, record)[HEADER_LEN:] + prefix + zigzag(msg.offset)
                     self.sink.add(EVENTS, (body, tp.topic, tp.partition, msg.offset), msg.key, msg.value, fmt)
@@ -541,16 +551,26 @@ class ClickHouseSinkLoop:
                     str(exc),
                 )
                 continue
-            if table.keyed_by_id and self._repeat(key_tp, table, str(row[0])):
+            if table.keyed_by_id and self._stored_lately(key_tp, str(row[0]), msg.offset, unwritten):
+                self._duplicate(table)
                 continue
             self.sink.add(table, row, msg.key, msg.value)
 
-    def _repeat(self, tp: tuple[str, int], table: TableSpec, record_id: str) -> bool:
-        """Whether the record is a re-send of one taken lately on its partition (then it is not stored:
-        the daily views would count it twice); counted, and its offset is committed like any other."""
-        if not self.recent.repeat(tp, record_id):
+    def _stored_lately(self, tp: tuple[str, int], record_id: str, offset: int, unwritten: int) -> bool:
+        """Whether a copy of the record was stored lately from its partition: then this one is a re-send
+        and is not stored (the daily views would count it twice; counted, its offset committed like any
+        other). Otherwise the record is remembered as taken here."""
+        first = self.recent.first_offset(tp, record_id)
+        if first is None:
+            self.recent.take(tp, record_id, offset)
             return False
-        self._duplicate(table)
+        return first < unwritten  # the first copy is still in a batch: store this one as well
+
+    def _decodes(self, value: bytes, expected: str) -> bool:
+        try:
+            self.registry.decode(value, expect=expected)
+        except SchemaError:
+            return False
         return True
 
     def _duplicate(self, table: TableSpec) -> None:
@@ -566,9 +586,13 @@ class ClickHouseSinkLoop:
             for bad in rejected:
                 # Not stored, so a corrected re-send of it is not a duplicate.
                 if batch.table.keyed_by_id and bad.value is not None:
-                    record_id = self._first_column((bad.topic, bad.partition), bad.offset, bad.value)
+                    record_id = (
+                        event_head(bad.value[HEADER_LEN:])[0]  # may not decode: read like the fast path
+                        if batch.table is EVENTS
+                        else self._first_column((bad.topic, bad.partition), bad.offset, bad.value)
+                    )
                     if record_id is not None:
-                        self.recent.forget((bad.topic, bad.partition), record_id)
+                        self.recent.forget((bad.topic, bad.partition), record_id, bad.offset)
                 self._dead_letter(
                     bad.topic,
                     bad.partition,

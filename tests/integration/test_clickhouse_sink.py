@@ -347,6 +347,42 @@ def test_records_re_sent_on_their_partition_are_stored_once_also_in_the_daily_vi
     assert funnel == 1
 
 
+def test_a_refused_copy_never_hides_a_good_one_and_a_poison_copy_is_dead_lettered(
+    ch: Client, broker_settings: Settings, start_sink: Callable[..., RunningSink]
+) -> None:
+    """The recent-id memory must not turn a refused or undecodable record into a silent duplicate: a
+    corrected re-send after a refused first copy (same batch) is stored, and bytes that start with a stored
+    event_id but do not decode (a wrong schema under the topic's fingerprint) are dead-lettered."""
+    settings = broker_settings
+    registry = default_registry()
+    topic = settings.topic("events.content_views")
+    good = {
+        **next(iter(sample_events("content_view", 1, seed=8))),
+        "event_id": f"{settings.topic_prefix}fixed",
+    }
+    refused = {**good, "dwell_ms": -5}  # ClickHouse's CHECK refuses it
+    sink = start_sink(ch, BatchPolicy(10_000, 0.5))
+    with Producer(settings) as producer:  # one batch: the refused copy first
+        producer.send_encoded(topic, b"k", registry.encode("content_view", refused))
+        producer.send_encoded(topic, b"k", registry.encode("content_view", good))
+    by_id = "SELECT count() FROM leadpulse.events WHERE event_id = {e:String}"
+    wait_for(lambda: count(ch, by_id, e=good["event_id"]) == 1, what="the corrected copy stored")
+    valid = registry.encode("content_view", good)
+    poison = valid[: len(valid) - 3]  # its id, time and identities read, the rest truncated
+    with Producer(settings) as producer:
+        producer.send_encoded(topic, b"k", poison)
+    wait_for(lambda: sink.loop.stats.dead_lettered == 2, what="refused and poison copies dead-lettered")
+    wait_for(lambda: sum(committed_offsets(settings).values()) == 3, what="all offsets committed")
+    sink.close()
+    assert sink.loop.stats.duplicates == 0
+    assert count(ch, by_id, e=good["event_id"]) == 1
+    stored = ch.query(
+        "SELECT dwell_ms FROM leadpulse.events WHERE event_id = {e:String}",
+        parameters={"e": good["event_id"]},
+    ).result_rows
+    assert stored == [(good["dwell_ms"],)]
+
+
 def test_records_leadpulse_replay_re_publishes_are_not_stored_again(
     ch: Client, broker_settings: Settings, start_sink: Callable[..., RunningSink]
 ) -> None:

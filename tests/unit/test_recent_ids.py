@@ -1,5 +1,5 @@
-"""The sink's memory of lately stored ids: a re-send on the same partition is caught, the memory is bounded
-per partition, and a revoked partition or a refused row is never mistaken for a duplicate later."""
+"""The sink's memory of lately stored ids: where each id was first taken on its partition, bounded per
+partition, and a revoked partition or a refused row is never mistaken for a stored copy later."""
 
 from __future__ import annotations
 
@@ -14,60 +14,57 @@ TP = ("events.web_visits", 0)
 OTHER = ("events.web_visits", 1)
 
 
-def test_an_id_seen_on_the_same_partition_is_a_repeat_and_on_another_is_not() -> None:
+def test_an_id_is_known_on_its_own_partition_with_the_offset_of_its_first_copy() -> None:
     recent = RecentIds(10)
-    assert recent.repeat(TP, "e1") is False
-    assert recent.repeat(TP, "e1") is True
-    assert recent.repeat(TP, "e1") is True
-    assert recent.repeat(OTHER, "e1") is False
-    assert len(recent) == 2
+    assert recent.first_offset(TP, "e1") is None
+    recent.take(TP, "e1", 5)
+    recent.take(TP, "e1", 9)  # a later copy does not move it
+    assert recent.first_offset(TP, "e1") == 5
+    assert recent.first_offset(OTHER, "e1") is None
+    assert len(recent) == 1
 
 
 def test_the_oldest_id_of_a_partition_is_evicted_first_and_each_partition_has_its_own_bound() -> None:
     recent = RecentIds(3)
-    for record_id in ("a", "b", "c", "d"):
-        assert recent.repeat(TP, record_id) is False
-    assert recent.repeat(OTHER, "x") is False
+    for offset, record_id in enumerate(("a", "b", "c", "d")):
+        recent.take(TP, record_id, offset)
+    recent.take(OTHER, "x", 0)
     assert len(recent) == 4  # 3 kept on TP, 1 on OTHER
-    assert recent.repeat(TP, "a") is False  # evicted, so taken again (and "b" evicted in turn)
-    assert recent.repeat(TP, "c") is True
-    assert recent.repeat(TP, "d") is True
-    assert recent.repeat(TP, "b") is False
+    assert [recent.first_offset(TP, i) for i in "abcd"] == [None, 1, 2, 3]
 
 
-def test_a_repeat_does_not_refresh_an_ids_place_in_the_eviction_order() -> None:
+def test_a_later_copy_does_not_refresh_an_ids_place_in_the_eviction_order() -> None:
     """Eviction is by first sight: a burst of re-sends of one id must not keep it while newer ids go."""
     recent = RecentIds(2)
-    recent.repeat(TP, "a")
-    recent.repeat(TP, "b")
-    assert recent.repeat(TP, "a") is True
-    recent.repeat(TP, "c")  # evicts "a", the oldest first seen
-    assert recent.repeat(TP, "b") is True
-    assert recent.repeat(TP, "a") is False
+    recent.take(TP, "a", 0)
+    recent.take(TP, "b", 1)
+    recent.take(TP, "a", 2)
+    recent.take(TP, "c", 3)  # evicts "a", the oldest first seen
+    assert recent.first_offset(TP, "a") is None and recent.first_offset(TP, "b") == 1
 
 
 def test_a_revoked_partition_is_forgotten_so_its_re_read_records_are_stored() -> None:
     recent = RecentIds(10)
-    recent.repeat(TP, "e1")
-    recent.repeat(OTHER, "e2")
+    recent.take(TP, "e1", 0)
+    recent.take(OTHER, "e2", 0)
     recent.drop_partition(TP)
-    assert recent.repeat(TP, "e1") is False
-    assert recent.repeat(OTHER, "e2") is True
+    assert recent.first_offset(TP, "e1") is None and recent.first_offset(OTHER, "e2") == 0
 
 
-def test_a_refused_row_is_forgotten_so_a_corrected_re_send_is_stored() -> None:
+def test_only_the_refused_copy_is_forgotten() -> None:
     recent = RecentIds(10)
-    recent.repeat(TP, "e1")
-    recent.forget(TP, "e1")
-    recent.forget(OTHER, "never-seen")  # no error for an unknown partition or id
-    assert recent.repeat(TP, "e1") is False
+    recent.take(TP, "e1", 4)
+    recent.forget(TP, "e1", 7)  # another copy was refused: the stored first one stays known
+    assert recent.first_offset(TP, "e1") == 4
+    recent.forget(TP, "e1", 4)
+    recent.forget(OTHER, "never-seen", 0)  # no error for an unknown partition or id
+    assert recent.first_offset(TP, "e1") is None
 
 
 def test_capacity_zero_turns_the_memory_off() -> None:
     recent = RecentIds(0)
-    assert recent.repeat(TP, "e1") is False
-    assert recent.repeat(TP, "e1") is False
-    assert len(recent) == 0
+    recent.take(TP, "e1", 0)
+    assert recent.first_offset(TP, "e1") is None and len(recent) == 0
 
 
 def test_only_tables_whose_first_column_is_a_record_id_are_deduplicated() -> None:
