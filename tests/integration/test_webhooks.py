@@ -1,4 +1,5 @@
-"""The notifier against the real broker and real HTTP receivers on loopback."""
+"""The notifier against the real broker and real HTTP receivers on loopback; at the end, its lag metric after
+a restart (ops audit F1)."""
 
 from __future__ import annotations
 
@@ -318,3 +319,79 @@ async def test_a_given_up_notification_replayed_from_the_dlq_is_delivered_by_the
         await asyncio.wait_for(task, 30)
     assert state.attempts["fixable|hot-8"] == 2
     assert state.attempts["ok|hot-8"] == 1  # delivered once; the replayed copy is remembered there
+
+
+def dead_letter_count(settings: Settings) -> int:
+    items = read_topic(settings, settings.topic("dlq"), idle_ms=500)
+    return sum(1 for i in items if isinstance(i, Decoded))
+
+
+def lag_of(metrics: Metrics, group: str) -> dict[str, float]:
+    """leadpulse_consumer_lag of ``group``, by partition."""
+    return {
+        s.labels["partition"]: s.value
+        for family in metrics.registry.collect()
+        if family.name == "leadpulse_consumer_lag"
+        for s in family.samples
+        if s.labels["group"] == group
+    }
+
+
+async def deliver_rest(
+    settings: Settings, receiver: tuple[Receiver, asyncio.Event], group: str, count: int
+) -> None:
+    """A new notifier of ``group`` with the receiver up delivers all ``count`` notifications, each once."""
+    state, _ = receiver
+    notifier = Notifier(
+        settings, targets=[WebhookTarget("json-0", state.url + "/ok")], policy=FAST, group_id=group
+    )
+    stop, task = await start(notifier)
+    try:
+        await wait_until(lambda: len(state.unique("ok")) == count, 60, f"{count} notifications after restart")
+        await wait_until(lambda: notifier.pending.in_flight == 0, 10, "all deliveries finished")
+    finally:
+        stop.set()
+        await asyncio.wait_for(task, 30)
+    assert {k: len(v) for k, v in state.accepted.items()} == {f"ok|hot-{n}": 1 for n in range(count)}
+    assert await asyncio.to_thread(committed_total, settings, group) == count
+
+
+async def test_lag_after_a_restart_counts_from_the_groups_committed_offsets(
+    hot_settings: Settings, receiver: tuple[Receiver, asyncio.Event]
+) -> None:
+    """F1: a restarted notifier with nothing new to deliver exported the whole log as its lag."""
+    await asyncio.to_thread(publish, hot_settings, [hot_lead(n) for n in range(6)])
+    await deliver_rest(hot_settings, receiver, "n-lag", 6)
+
+    metrics = Metrics(CollectorRegistry(), component="notifier")
+    state, _ = receiver
+    notifier = Notifier(
+        hot_settings,
+        targets=[WebhookTarget("json-0", state.url + "/ok")],
+        metrics=metrics,
+        policy=FAST,
+        group_id="n-lag",
+        commit_interval_s=0.1,
+    )
+    # every partition of leads.hot shows a lag once its high watermark is known
+    partitions = len(await asyncio.to_thread(read_partitions, hot_settings))
+    stop, task = await start(notifier)
+    try:
+        await wait_until(
+            lambda: len(lag_of(metrics, "n-lag")) == partitions, 30, "a lag series per partition"
+        )
+        await asyncio.sleep(0.5)
+        lag = lag_of(metrics, "n-lag")
+    finally:
+        stop.set()
+        await asyncio.wait_for(task, 30)
+    assert sum(lag.values()) == 0, lag
+    assert len(state.unique("ok")) == 6  # nothing delivered again
+
+
+def read_partitions(settings: Settings) -> set[int]:
+    consumer = KafkaConsumer(bootstrap_servers=settings.bootstrap)
+    try:
+        return set(consumer.partitions_for_topic(settings.topic("leads.hot")) or ())
+    finally:
+        consumer.close()
