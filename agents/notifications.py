@@ -10,6 +10,13 @@ stage ``webhook``); ``PendingOffsets`` commits a partition only up to its lowest
 re-delivers, never loses (receivers dedup by the idempotency key). A hanging target is bounded by its
 per-attempt timeout times its attempts; meanwhile its lane's queue absorbs up to ``queue_size`` notifications
 before the consumer waits.
+
+Stopping (SIGTERM) takes about ``stop_grace_s`` at most, whatever the receivers do: the consumer stops
+waiting for room in a full lane queue, no new attempt starts, a retry backoff ends at once (the sender's
+``Stopping``), and an attempt still waiting for its answer after ``stop_grace_s`` is abandoned. A
+notification so left is not dead-lettered and its offset is not committed: the next process delivers it
+(a receiver that had it drops the copy by its idempotency key). Found by an ops audit: with the receiver
+down a stop took the 10 s HTTP timeout, and with a full lane queue it never happened.
 """
 
 from __future__ import annotations
@@ -29,6 +36,7 @@ from prometheus_client import CollectorRegistry
 from schemas.registry import SchemaError, SchemaRegistry, default_registry
 from sinks.webhook import (
     RetryPolicy,
+    Stopping,
     WebhookSender,
     WebhookTarget,
     policy_from_settings,
@@ -94,16 +102,18 @@ class Lane:
 
     A replayed duplicate of a notification already handled (delivered or dead-lettered), or still being
     delivered, is not sent again: it waits for the first copy's outcome. Receivers still dedup by the
-    idempotency key, since this memory is per process and bounded.
+    idempotency key, since this memory is per process and bounded. The outcome is whether the first copy
+    was settled (delivered or dead-lettered); when it was not (stopping, or a bug), the copy waiting for it
+    is not settled either and its offset stays uncommitted.
     """
 
     def __init__(self, target: WebhookTarget, queue_size: int, remember: int = 10_000) -> None:
         self.target = target
         self.queue: asyncio.Queue[Job] = asyncio.Queue(maxsize=queue_size)
-        self.handled: OrderedDict[str, asyncio.Future[None]] = OrderedDict()
+        self.handled: OrderedDict[str, asyncio.Future[bool]] = OrderedDict()
         self.remember = remember
 
-    def claim(self, notification_id: str) -> asyncio.Future[None] | None:
+    def claim(self, notification_id: str) -> asyncio.Future[bool] | None:
         """None when this caller must deliver; else the first copy's outcome to wait for."""
         existing = self.handled.get(notification_id)
         if existing is not None:
@@ -116,13 +126,13 @@ class Lane:
             del self.handled[oldest]
         return None
 
-    def finish(self, notification_id: str, delivered: bool) -> None:
+    def finish(self, notification_id: str, delivered: bool, settled: bool = True) -> None:
         """Wake the copies waiting for this outcome. A notification given up (dead-lettered) is forgotten,
         so that ``leadpulse dlq replay --stage webhook`` delivers it once the receiver is fixed, without a
-        restart of this process."""
+        restart of this process; so is one left unsettled (``settled=False``)."""
         future = self.handled.get(notification_id)
         if future is not None and not future.done():
-            future.set_result(None)
+            future.set_result(settled)
         if not delivered:
             self.handled.pop(notification_id, None)
 
@@ -143,6 +153,7 @@ class Notifier:
         queue_size: int = 10_000,
         commit_interval_s: float = 0.5,
         bootstrap: str | None = None,
+        stop_grace_s: float = 2.0,
     ) -> None:
         self.settings = settings
         self.targets = list(targets if targets is not None else targets_from_settings(settings))
@@ -158,6 +169,7 @@ class Notifier:
         self.group_id = group_id
         self.concurrency = concurrency if concurrency is not None else settings.webhook_concurrency
         self.commit_interval_s = commit_interval_s
+        self.stop_grace_s = stop_grace_s
         self.bootstrap = bootstrap or settings.bootstrap
         self.lanes = [Lane(t, queue_size) for t in self.targets]
         self.pending = PendingOffsets()
@@ -200,7 +212,9 @@ class Notifier:
         try:
             await start_client(consumer)
             async with aiohttp.ClientSession() as session:
-                sender = WebhookSender(session, self._secret, policy=self.policy, metrics=self.metrics)
+                sender = WebhookSender(
+                    session, self._secret, policy=self.policy, metrics=self.metrics, stop=stop
+                )
                 workers = [
                     asyncio.create_task(self._work(lane, sender, producer), name=f"lane-{lane.target.name}")
                     for lane in self.lanes
@@ -209,7 +223,7 @@ class Notifier:
                 committer = asyncio.create_task(self._commit_loop(consumer, stop))
                 try:
                     await self._consume(consumer, producer, stop)
-                    await self._drain(timeout_s=self.policy.timeout_s)
+                    await self._drain(timeout_s=self.stop_grace_s)
                 finally:
                     committer.cancel()
                     for task in workers:
@@ -236,27 +250,36 @@ class Notifier:
                         continue
                     self.pending.add(tp, msg.offset, len(self.lanes))
                     for lane in self.lanes:
-                        await lane.queue.put(Job(tp, msg.offset, msg.key, value, hot))
+                        if not await _put(lane.queue, Job(tp, msg.offset, msg.key, value, hot), stop):
+                            return  # stopping: this offset and the later ones stay uncommitted
 
     async def _work(self, lane: Lane, sender: WebhookSender, producer: AIOKafkaProducer) -> None:
         while True:
             job = await lane.queue.get()
             try:
-                notification_id = str(job.hot["notification_id"])
-                first = lane.claim(notification_id)
-                if first is not None:
-                    await first
-                else:
-                    delivered = False
-                    try:
-                        delivered = await self._deliver(lane, sender, producer, job)
-                    finally:
-                        lane.finish(notification_id, delivered)
-                self.pending.done(job.tp, job.offset)
+                if await self._settle(lane, sender, producer, job):
+                    self.pending.done(job.tp, job.offset)
             except Exception:  # a bug in one delivery must not kill the lane; the offset stays uncommitted
                 log.exception("notifier lane %s failed on %s@%s", lane.target.name, job.tp, job.offset)
             finally:
                 lane.queue.task_done()
+
+    async def _settle(self, lane: Lane, sender: WebhookSender, producer: AIOKafkaProducer, job: Job) -> bool:
+        """Whether ``job`` is settled for this lane: delivered or dead-lettered, here or by an earlier copy.
+        False when the notifier stopped first: no dead letter, and its offset is not committed."""
+        notification_id = str(job.hot["notification_id"])
+        first = lane.claim(notification_id)
+        if first is not None:
+            return await asyncio.shield(first)  # a cancelled waiter must not cancel the others' outcome
+        delivered = settled = False
+        try:
+            delivered = await self._deliver(lane, sender, producer, job)
+            settled = True
+        except Stopping:
+            pass
+        finally:
+            lane.finish(notification_id, delivered, settled)
+        return settled
 
     async def _deliver(self, lane: Lane, sender: WebhookSender, producer: AIOKafkaProducer, job: Job) -> bool:
         """Whether the receiver took it; a notification it did not take goes to the DLQ."""
@@ -310,11 +333,19 @@ class Notifier:
         self.metrics.dlq_records.labels(source_topic=HOT_LEADS.name, stage=stage).inc()
 
     async def _drain(self, timeout_s: float) -> None:
+        """Let attempts under way finish for up to ``timeout_s``; queued notifications and those in a
+        backoff are left at once (the sender stops)."""
         try:
             await asyncio.wait_for(asyncio.gather(*(lane.queue.join() for lane in self.lanes)), timeout_s)
         except TimeoutError:
             log.warning(
-                "notifier stopping with %d notification(s) in flight; they are re-delivered on restart",
+                "notifier stopping with attempts still waiting for an answer after %g s; abandoned",
+                timeout_s,
+            )
+        if self.pending.in_flight:
+            log.info(
+                "notifier stopping with %d notification(s) not delivered; they are delivered after a restart "
+                "(offsets not committed, no dead letters)",
                 self.pending.in_flight,
             )
 
@@ -374,6 +405,24 @@ class _Rebalance(ConsumerRebalanceListener):  # type: ignore[misc]
     async def on_partitions_assigned(self, assigned: Any) -> None:
         await self.notifier._load_commits(self.consumer, list(assigned))
         self.notifier.assigned = True
+
+
+async def _put(queue: asyncio.Queue[Job], job: Job, stop: asyncio.Event) -> bool:
+    """``queue.put(job)`` unless ``stop`` is set first (then False, and the job is not queued): with the
+    receiver down and the queue full, a plain put waited for room forever and the process never stopped."""
+    if stop.is_set():
+        return False
+    if not queue.full():
+        queue.put_nowait(job)
+        return True
+    putting = asyncio.ensure_future(queue.put(job))
+    stopping = asyncio.ensure_future(stop.wait())
+    try:
+        await asyncio.wait((putting, stopping), return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        putting.cancel()  # when it has not put the job yet, the job is not queued
+        stopping.cancel()
+    return putting.done() and not putting.cancelled()
 
 
 async def run_notifier(

@@ -19,6 +19,7 @@ from __future__ import annotations
 import asyncio
 import json
 import time
+import urllib.request
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -216,3 +217,58 @@ async def test_notifier_delivers_each_hot_lead_once_or_dead_letters_it_through_f
         f"copies removed by idempotency key; json-3 (refused): {len(letters)} dead letters, e.g. "
         f"{letters[0]['error']!r}"
     )
+
+
+@pytest.mark.parametrize("backlog", [3, 10_100], ids=["in-backoff", "lane-queue-full"])
+async def test_sigterm_with_the_receiver_down_stops_promptly_and_leaves_the_notifications_uncommitted(
+    broker: EmbeddedBroker,
+    fresh_prefix: str,
+    make_settings: Callable[..., Settings],
+    tmp_path: Path,
+    backlog: int,
+) -> None:
+    """Ops audit F4/F5 with the real process and the default timeout, lane workers and queue (10 s, 4,
+    10,000): SIGTERM took 10.6 s with 3 notifications in retry backoff, and never ended with the
+    lane queue full (the consumer waited for room). Now it ends within seconds, with no dead letter and no
+    offset committed: the next notifier delivers them (tests/integration/test_webhooks.py)."""
+    settings = make_settings(
+        kafka_bootstrap=broker.bootstrap, topic_prefix=fresh_prefix, webhook_secret=SECRET
+    )
+    ops_port = free_port()
+    env = leadpulse_env(
+        kafka_bootstrap=broker.bootstrap,
+        topic_prefix=fresh_prefix,
+        data_dir=tmp_path / "data",
+        webhook_urls=json.dumps([f"http://127.0.0.1:{free_port()}/down"]),  # nothing listens there
+        webhook_secret=SECRET,
+        webhook_max_attempts=50,  # no give-up (dead letter) before the SIGTERM, whatever the test's pace
+    )
+    await asyncio.to_thread(publish, settings, [hot_lead(n) for n in range(backlog)])
+    proc = CliProcess(["notifier", "--ops-port", str(ops_port)], env, tmp_path / "notifier.log")
+
+    def in_flight() -> int:
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{ops_port}/ready", timeout=1) as response:
+                return int(json.load(response).get("in_flight", 0))
+        except (OSError, ValueError):
+            return 0
+
+    expected = min(backlog, 10_000 + 4 + 1)  # queued + held by the 4 workers + the one waiting for room
+    try:
+        deadline = time.monotonic() + 120
+        while await asyncio.to_thread(in_flight) < expected:
+            assert proc.proc.poll() is None, proc.output()[-3000:]
+            assert time.monotonic() < deadline, f"in flight < {expected}\n{proc.output()[-3000:]}"
+            await asyncio.sleep(0.5)
+        await asyncio.sleep(1.0)  # every worker in a retry backoff
+        stopped_at = time.monotonic()
+        code = await asyncio.to_thread(proc.stop, 30.0)
+        stop_s = time.monotonic() - stopped_at
+    finally:
+        proc.stop()
+    print(f"notifier, receiver down, {backlog} hot leads: SIGTERM to exit {stop_s:.2f} s (exit code {code})")
+    assert stop_s < 5.0, proc.output()[-3000:]
+    assert code == 0, proc.output()[-3000:]
+    assert "Traceback" not in proc.output(), proc.output()[-3000:]
+    assert await asyncio.to_thread(dead_letters, settings) == []
+    assert await asyncio.to_thread(committed_total, settings, "leadpulse-notifier") == 0

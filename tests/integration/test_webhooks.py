@@ -1,5 +1,7 @@
-"""The notifier against the real broker and real HTTP receivers on loopback; at the end, its lag metric after
-a restart (ops audit F1)."""
+"""The notifier against the real broker and real HTTP receivers on loopback; at the end, the notifier stopping
+while a receiver is down and its lag metric after a restart (ops audit F1, F4, F5). A notification not
+delivered when the notifier stops is neither dead-lettered nor committed: the next process delivers it
+(receivers dedup by the idempotency key if it was sent before)."""
 
 from __future__ import annotations
 
@@ -18,7 +20,7 @@ from prometheus_client import CollectorRegistry
 from agents.notifications import Notifier
 from schemas.registry import default_registry
 from sinks.webhook import IDEMPOTENCY_HEADER, SIGNATURE_HEADER, RetryPolicy, WebhookTarget, verify_signature
-from streams.broker import EmbeddedBroker
+from streams.broker import EmbeddedBroker, free_port
 from streams.dlq import writer_of
 from streams.metrics import Metrics
 from streams.producer import Producer
@@ -354,6 +356,65 @@ async def deliver_rest(
         await asyncio.wait_for(task, 30)
     assert {k: len(v) for k, v in state.accepted.items()} == {f"ok|hot-{n}": 1 for n in range(count)}
     assert await asyncio.to_thread(committed_total, settings, group) == count
+
+
+async def test_stop_with_the_receiver_down_is_prompt_and_leaves_the_notifications_for_the_next_process(
+    hot_settings: Settings, receiver: tuple[Receiver, asyncio.Event]
+) -> None:
+    """F4: the stop waited the per-attempt HTTP timeout (10 s) while lanes slept in retry backoff."""
+    metrics = Metrics(CollectorRegistry(), component="notifier")
+    down = WebhookTarget("json-0", f"http://127.0.0.1:{free_port()}/hook")  # nothing listens there
+    policy = RetryPolicy(max_attempts=20, base_s=0.5, cap_s=5.0, timeout_s=10.0)  # the default timeout
+    notifier = Notifier(hot_settings, targets=[down], metrics=metrics, policy=policy, group_id="n-stop")
+    await asyncio.to_thread(publish, hot_settings, [hot_lead(n) for n in range(3)])
+    stop, task = await start(notifier)
+
+    def retries() -> float:
+        return metrics.registry.get_sample_value("leadpulse_webhook_retries_total", {"target": "json-0"}) or 0
+
+    await wait_until(lambda: retries() >= 3, 30, "every notification in its retry backoff")
+    stopped_at = time.monotonic()
+    stop.set()
+    await asyncio.wait_for(task, 30)
+    stop_s = time.monotonic() - stopped_at
+    print(f"notifier stopped {stop_s:.2f} s after stop, receiver down, 3 notifications in retry backoff")
+    assert stop_s < 3.0
+    assert (
+        metrics.registry.get_sample_value("leadpulse_webhook_failures_total", {"target": "json-0"}) or 0
+    ) == 0
+    assert await asyncio.to_thread(dead_letter_count, hot_settings) == 0
+    assert await asyncio.to_thread(committed_total, hot_settings, "n-stop") == 0
+    await deliver_rest(hot_settings, receiver, "n-stop", 3)
+
+
+async def test_stop_with_a_full_lane_queue_and_the_receiver_down(
+    hot_settings: Settings, receiver: tuple[Receiver, asyncio.Event]
+) -> None:
+    """F5: the consumer waited on a full lane queue without looking at stop, and never stopped."""
+    down = WebhookTarget("json-0", f"http://127.0.0.1:{free_port()}/hook")
+    policy = RetryPolicy(max_attempts=1000, base_s=0.05, cap_s=0.2, timeout_s=10.0)
+    notifier = Notifier(
+        hot_settings, targets=[down], policy=policy, group_id="n-full", concurrency=1, queue_size=5
+    )
+    await asyncio.to_thread(publish, hot_settings, [hot_lead(n) for n in range(30)])
+    stop, task = await start(notifier)
+    lane = notifier.lanes[0]
+    # one job held by the lane's only worker, five queued, the consumer waiting to put the seventh
+    await wait_until(lambda: lane.queue.full() and notifier.pending.in_flight == 7, 30, "a full lane queue")
+    stopped_at = time.monotonic()
+    stop.set()
+    try:
+        await asyncio.wait_for(asyncio.shield(task), 10)
+    except TimeoutError:
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+        raise AssertionError("the notifier was still running 10 s after stop") from None
+    stop_s = time.monotonic() - stopped_at
+    print(f"notifier stopped {stop_s:.2f} s after stop, lane queue full, receiver down")
+    assert stop_s < 3.0
+    assert await asyncio.to_thread(dead_letter_count, hot_settings) == 0
+    assert await asyncio.to_thread(committed_total, hot_settings, "n-full") == 0
+    await deliver_rest(hot_settings, receiver, "n-full", 30)
 
 
 async def test_lag_after_a_restart_counts_from_the_groups_committed_offsets(
