@@ -16,6 +16,17 @@ it was killed (the sink, when the broker went away while it read its new partiti
 ``COMMIT_TIMEOUT_S`` bounds them: a commit that does not happen only means records are read again after a
 restart, and every output is idempotent.
 
+A broker that accepts connections but never answers (hung, paused, a half-open network path) held
+``consumer.stop()`` for 40 to 80 s: ``GroupCoordinator.close()`` awaits its coordination task and then a
+LeaveGroup request, each bounded only by ``request_timeout_ms`` (40 s). Found by an ops audit (``kill -STOP``
+of the broker): SIGTERM took the worker 41 s, the sink 110 s and the notifier 120 s, past their grace
+periods. ``stop_consumer`` and ``stop_producer`` now give the clean close ``STOP_TIMEOUT_S`` and then close
+the client without it: leaving the group is best effort, the session timeout evicts a member that did not.
+``stop_consumer`` says whether the group was left (the coordinator acknowledged LeaveGroup), so a caller can
+log what happened. It also sends LeaveGroup for generation 0, the first generation on Tansu, which aiokafka
+skips (it only leaves when ``generation > 0``, Kafka's first generation being 1): before, a member of a
+group's first generation never left it on Tansu, and its partitions waited for the session timeout.
+
 ``start_client`` closes a client whose ``start()`` failed (no broker at start-up): aiokafka leaves it open,
 and the process then ended with "Unclosed AIOKafkaConsumer" after its one-line error.
 """
@@ -29,6 +40,7 @@ from typing import Any
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.errors import KafkaError
+from aiokafka.protocol.group import LeaveGroupRequest
 
 log = logging.getLogger(__name__)
 
@@ -40,6 +52,11 @@ class CoordinatorUnreachable(KafkaError):  # type: ignore[misc]  # aiokafka is u
 
 #: Longest wait for a commit or a committed-offset read (a healthy broker answers in milliseconds).
 COMMIT_TIMEOUT_S = 10.0
+#: Longest wait for a client's clean close (a consumer leaving its group, a producer flushing) before it is
+#: closed without it; a healthy broker answers in milliseconds, and the grace periods are 30 to 60 s.
+STOP_TIMEOUT_S = 10.0
+#: Longest wait for the connections to close once the clean close was given up.
+FORCE_CLOSE_TIMEOUT_S = 3.0
 
 
 async def commit(consumer: AIOKafkaConsumer, offsets: dict[TopicPartition, int]) -> None:
@@ -63,25 +80,132 @@ async def committed(consumer: AIOKafkaConsumer, tp: TopicPartition) -> int | Non
         ) from None
 
 
-async def stop_consumer(consumer: AIOKafkaConsumer) -> None:
-    """``consumer.stop()`` that completes during a broker outage; a cancellation of the caller still wins."""
+async def stop_consumer(consumer: AIOKafkaConsumer) -> bool:
+    """``consumer.stop()`` that completes during a broker outage, within about ``STOP_TIMEOUT_S`` even when
+    the broker does not answer; a cancellation of the caller still wins.
+
+    Returns whether the consumer left its group: True only when the group coordinator acknowledged the
+    LeaveGroup request (its partitions move to the other members at once). False for a consumer without a
+    group or membership, and when leaving failed or was given up: the coordinator evicts the member after the
+    session timeout."""
+    left = _watch_leave_group(consumer)
+    stopping = asyncio.ensure_future(consumer.stop())
     try:
-        await consumer.stop()
-        return
+        done, _ = await asyncio.wait({stopping}, timeout=STOP_TIMEOUT_S)
     except asyncio.CancelledError:
-        task = asyncio.current_task()
-        if task is not None and task.cancelling():
-            raise
-    log.debug("aiokafka#647: a fetch task's cancellation escaped consumer.stop(); finishing the close")
-    fetcher: Any = getattr(consumer, "_fetcher", None)
-    for pending in list(getattr(fetcher, "_pending_tasks", ())):
-        pending.cancel()
+        stopping.cancel()
+        raise
+    if not done:
+        log.warning(
+            "Kafka consumer did not close within %gs (the broker does not answer): closed without leaving "
+            "the group; the group coordinator evicts it after the session timeout",
+            STOP_TIMEOUT_S,
+        )
+        stopping.cancel()
         with contextlib.suppress(asyncio.CancelledError, Exception):
-            await pending
-    client: Any = getattr(consumer, "_client", None)
-    if client is not None:
-        with contextlib.suppress(Exception):
-            await client.close()
+            await stopping
+        await _force_close_consumer(consumer)
+        return False
+    if stopping.cancelled():
+        log.debug("aiokafka#647: a fetch task's cancellation escaped consumer.stop(); finishing the close")
+        await _force_close_consumer(consumer)
+    else:
+        stopping.result()  # stop()'s own error, if any, as before
+    return left[0]
+
+
+def _watch_leave_group(consumer: AIOKafkaConsumer) -> list[bool]:
+    """Replace the consumer's group coordinator's leave step (called by ``stop()``) with one that records
+    whether the coordinator acknowledged LeaveGroup, and that also leaves generation 0 (Tansu's first;
+    aiokafka skips it). Returns a one-item list set to True once the group is left."""
+    left = [False]
+    coordinator: Any = getattr(consumer, "_coordinator", None)
+    if coordinator is None or not hasattr(coordinator, "_maybe_leave_group"):  # no group (group_id=None)
+        return left
+
+    async def leave_group() -> None:
+        # As aiokafka's _maybe_leave_group: one attempt, not with a static membership (group_instance_id).
+        if coordinator.generation >= 0 and coordinator.member_id and coordinator._group_instance_id is None:
+            request = LeaveGroupRequest(coordinator.group_id, coordinator.member_id)
+            try:
+                response = await coordinator._send_req(request)
+            except KafkaError as exc:
+                log.warning("leaving consumer group %s failed: %s", coordinator.group_id, exc)
+            else:
+                left[0] = response.error_code == 0
+                if not left[0]:
+                    log.warning(
+                        "leaving consumer group %s refused (error code %d)",
+                        coordinator.group_id,
+                        response.error_code,
+                    )
+        coordinator.reset_generation()
+
+    coordinator._maybe_leave_group = leave_group
+    return left
+
+
+async def _force_close_consumer(consumer: AIOKafkaConsumer) -> None:
+    """Finish what an interrupted ``consumer.stop()`` skipped: the coordinator's and the fetcher's tasks, then
+    the client's connections (aiokafka's private attributes; every step tolerates a missing one)."""
+    coordinator: Any = getattr(consumer, "_coordinator", None)
+    fetcher: Any = getattr(consumer, "_fetcher", None)
+    tasks: list[Any] = [
+        getattr(coordinator, name, None)
+        for name in ("_coordination_task", "_heartbeat_task", "_commit_refresh_task", "_reset_committed_task")
+    ]
+    tasks.append(getattr(fetcher, "_fetch_task", None))
+    tasks.extend(getattr(fetcher, "_pending_tasks", ()))
+    if fetcher is not None:
+        fetcher._closed = True
+    for task in tasks:
+        if isinstance(task, asyncio.Future) and not task.done():
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await asyncio.wait_for(task, FORCE_CLOSE_TIMEOUT_S)
+    await _close_client(getattr(consumer, "_client", None))
+
+
+async def _close_client(client: Any) -> None:
+    if client is None:
+        return
+    try:
+        await asyncio.wait_for(client.close(), FORCE_CLOSE_TIMEOUT_S)
+    except TimeoutError:
+        log.warning("Kafka connections did not close within %gs; abandoned", FORCE_CLOSE_TIMEOUT_S)
+    except Exception as exc:  # closing is best effort here
+        log.debug("closing the Kafka client: %s", exc)
+
+
+async def stop_producer(producer: AIOKafkaProducer) -> bool:
+    """``producer.stop()`` (flush what is batched, close) within about ``STOP_TIMEOUT_S``; a broker that does
+    not answer no longer holds the process for ``request_timeout_ms`` per batch. Returns False when the flush
+    was given up: records not acknowledged by then are lost to this producer, so a caller must not have
+    committed the input they came from (leadpulse commits only after the acknowledgement)."""
+    stopping = asyncio.ensure_future(producer.stop())
+    try:
+        done, _ = await asyncio.wait({stopping}, timeout=STOP_TIMEOUT_S)
+    except asyncio.CancelledError:
+        stopping.cancel()
+        raise
+    if done:
+        stopping.result()
+        return True
+    log.warning(
+        "Kafka producer did not flush and close within %gs (the broker does not answer): closed without it",
+        STOP_TIMEOUT_S,
+    )
+    stopping.cancel()
+    with contextlib.suppress(asyncio.CancelledError, Exception):
+        await stopping
+    sender: Any = getattr(producer, "_sender", None)
+    task = getattr(sender, "sender_task", None)
+    if isinstance(task, asyncio.Future) and not task.done():
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError, Exception):
+            await asyncio.wait_for(task, FORCE_CLOSE_TIMEOUT_S)
+    await _close_client(getattr(producer, "client", None))
+    return False
 
 
 async def start_client(client: AIOKafkaConsumer | AIOKafkaProducer) -> None:
@@ -93,5 +217,5 @@ async def start_client(client: AIOKafkaConsumer | AIOKafkaProducer) -> None:
             if isinstance(client, AIOKafkaConsumer):
                 await stop_consumer(client)
             else:
-                await client.stop()
+                await stop_producer(client)
         raise
