@@ -47,7 +47,7 @@ from streams.broker import aiokafka_client_config
 from streams.dlq import dead_letter, encode_dead_letter, writer_headers
 from streams.erasures import ErasureLog
 from streams.event_hygiene import InadmissibleEvent, check_admissible, future_problem
-from streams.kafka_close import commit, committed, start_client, stop_consumer
+from streams.kafka_close import STOP_TIMEOUT_S, commit, committed, start_client, stop_consumer
 from streams.metrics import LagGauge, consumer_lags
 from streams.settings import Settings
 from streams.topics import INPUTS, MAX_INPUT_RECORD_BYTES, OUTPUTS, spec_for
@@ -58,6 +58,11 @@ SINK_TOPICS = INPUTS + OUTPUTS
 DLQ_HEADERS = writer_headers("sink")
 #: How long a restarting sink waits to read the record at each highest stored offset (``_same_log_only``).
 SAME_LOG_READ_S = 5.0
+#: How often the sink reports its consumer lag, whatever its inserts do (as the worker does).
+LAG_REPORT_S = 5.0
+#: The ``table`` label of ``leadpulse_sink_failures_total{kind="unavailable"}``: ClickHouse could not be
+#: reached or migrated at start, so no insert into any table can be tried.
+UNAVAILABLE_TABLE = "all"
 
 
 def sink_group(settings: Settings) -> str:
@@ -181,6 +186,7 @@ class ClickHouseSinkLoop:
         self.max_poll_records = max_poll_records
         self.fast_path = fast_path
         self._listener = _Listener()
+        self._next_lag = 0.0
         self._producer: Any = None
         self.consumer: AIOKafkaConsumer | None = None
         # Erasures: read at start, tailed while running; applied to ClickHouse here only when this process
@@ -228,8 +234,8 @@ class ClickHouseSinkLoop:
         finally:
             await stop_consumer(self.consumer)
             await self.erasures.stop()
-            if self._producer is not None:
-                await asyncio.to_thread(self._producer.close)
+            if self._producer is not None:  # dead letters: bounded like the consumer's close
+                await asyncio.to_thread(self._producer.close, STOP_TIMEOUT_S)
 
     async def step(self, poll_ms: int = 200) -> None:
         assert self.consumer is not None
@@ -238,6 +244,7 @@ class ClickHouseSinkLoop:
             if wait > 0:
                 await self.consumer.getmany(timeout_ms=int(min(wait, 0.5) * 1000))  # paused: nothing returned
                 await self._apply_rebalance()
+                self._report_lag_due()
                 return
         else:
             records = await self.consumer.getmany(timeout_ms=poll_ms, max_records=self.max_poll_records)
@@ -245,6 +252,7 @@ class ClickHouseSinkLoop:
             for tp, messages in records.items():
                 if (tp.topic, tp.partition) in self.stats.assigned:
                     self._take(tp, messages)
+        self._report_lag_due()
         try:
             await self._flush()
             await self._apply_erasures()
@@ -675,6 +683,16 @@ class ClickHouseSinkLoop:
         self.stats.commits += 1
         self._report_lag()
 
+    def _report_lag_due(self) -> None:
+        """Report the lag every ``LAG_REPORT_S``, not only after a commit: while inserts fail nothing is
+        committed, and the gauge froze at its last value (often 0), so LeadpulseSinkStalled and
+        LeadpulseConsumerLagGrowing could not fire during a ClickHouse outage (found by an ops audit).
+        While the partitions are paused (backing off) their fetch high watermark is not refreshed, so the
+        reported lag counts the records read before the pause, not those produced since."""
+        if time.monotonic() >= self._next_lag:
+            self._next_lag = time.monotonic() + LAG_REPORT_S
+            self._report_lag()
+
     def _report_lag(self) -> None:
         assert self.consumer is not None
         done, prefix = self.committed, self.settings.topic_prefix
@@ -694,8 +712,10 @@ def _connect(
     stop_event: threading.Event,
     get_client: Callable[[Settings], Client],
     migrate: Callable[[Client], Any],
+    on_failure: Callable[[], None] | None = None,
 ) -> Client | None:
-    """Open and migrate ClickHouse, retrying with backoff while it is unreachable.
+    """Open and migrate ClickHouse, retrying with backoff while it is unreachable; ``on_failure`` is called
+    for each failed attempt.
 
     Why not exit: a sink that dies when ClickHouse is away is restarted in a loop by its supervisor and
     floods the logs; nothing is consumed (so nothing committed) until ClickHouse answers, then it resumes
@@ -709,6 +729,8 @@ def _connect(
         except Exception as exc:  # connection refused, DNS, auth, a server starting up: all retried
             if isinstance(exc, EmbeddedEngineBusy | EmbeddedDirectoryUnusable):  # not transient
                 raise
+            if on_failure is not None:
+                on_failure()
             first_line = str(exc).splitlines()[0][:300] if str(exc) else type(exc).__name__
             log.warning(
                 "ClickHouse at %s unavailable (%s: %s); retrying in %.0f s",
@@ -799,7 +821,11 @@ def run_sink(
     query_client: Client | None = None
     try:
         if client is None:
-            client = _connect(settings, stop_event, get_client, migrate)
+            # Each failed attempt counts as a failure of kind "unavailable" (table="all"): before, a sink that
+            # could not reach ClickHouse at start exported no failure, no lag and last_success 0, so no alert
+            # could fire (found by an ops audit); now LeadpulseSinkFailing does.
+            unavailable = metrics.sink_failures.labels(table=UNAVAILABLE_TABLE, kind="unavailable")
+            client = _connect(settings, stop_event, get_client, migrate, on_failure=unavailable.inc)
             if client is None:  # stopped while ClickHouse was still unreachable
                 return SinkStats()
         else:

@@ -20,6 +20,7 @@ from pathlib import Path
 import pytest
 from kafka import KafkaAdminClient
 
+from leadpulse.live_view import scrape, total
 from sinks.clickhouse_sink import sink_group
 from sinks.query_service import http_runner
 from streams.broker import EmbeddedBroker, free_port
@@ -72,6 +73,10 @@ def test_sink_waits_out_an_unreachable_clickhouse_and_then_stores_everything_onc
         base = f"http://127.0.0.1:{away_port}"
         assert http_ok(f"{base}/health")
         assert "leadpulse_build_info" in urllib.request.urlopen(f"{base}/metrics", timeout=5).read().decode()
+        # every failed attempt counts, so LeadpulseSinkFailing fires (it exported no failure before: a sink
+        # waiting for ClickHouse was invisible to every alert)
+        failures = total(scrape(f"{base}/metrics"), "leadpulse_sink_failures_total", kind="unavailable")
+        assert failures >= 3, failures
         with pytest.raises(urllib.error.HTTPError) as not_ready:
             urllib.request.urlopen(f"{base}/ready", timeout=5)
         assert not_ready.value.code == 503

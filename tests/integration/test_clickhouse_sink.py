@@ -661,3 +661,32 @@ def test_lag_after_a_restart_counts_from_the_groups_commits_not_from_zero(
     visits = {p: lag for (topic, p), lag in hooks.seen.items() if topic == "events.web_visits"}
     assert len(visits) == 8, hooks.seen
     assert visits == dict.fromkeys(range(8), 0), visits
+
+
+def test_lag_is_reported_while_clickhouse_refuses_inserts(
+    ch: Client, broker_settings: Settings, start_sink: Callable[..., RunningSink]
+) -> None:
+    """The lag was reported only after a commit, and nothing is committed while inserts fail: during a
+    ClickHouse outage the gauge stayed at its last value (none at all for a sink that never stored a batch),
+    so LeadpulseSinkStalled and LeadpulseConsumerLagGrowing could not fire (ops audit). It is now reported
+    every few seconds whatever the inserts do."""
+    settings = broker_settings
+    records = produce(settings, "download", 50, seed=5)
+    faulty = FaultyClient(ch)
+    faulty.fail_before = True
+    hooks = LagHooks()
+    loop = ClickHouseSinkLoop(settings, faulty, policy=BatchPolicy(500, 0.2), hooks=hooks)
+    sink = RunningSink(loop)
+    try:
+        wait_for(lambda: loop.stats.failures >= 1, what="a failed insert")
+        wait_for(
+            lambda: (
+                sum(lag for (topic, _), lag in hooks.seen.items() if topic == "events.downloads")
+                == len(records)
+            ),
+            timeout=20,
+            what=f"a lag of {len(records)} reported with nothing stored",
+        )
+        assert committed_offsets(settings) == {}
+    finally:
+        sink.close()
