@@ -44,7 +44,7 @@ from sinks.webhook import (
 )
 from streams.broker import aiokafka_client_config
 from streams.dlq import dead_letter, encode_dead_letter, writer_headers
-from streams.kafka_close import commit, committed, start_client, stop_consumer
+from streams.kafka_close import commit, committed, start_client, stop_consumer, stop_producer
 from streams.metrics import LagGauge, Metrics, consumer_lags
 from streams.settings import Settings
 from streams.topics import DLQ, HOT_LEADS
@@ -232,7 +232,7 @@ class Notifier:
                     await self._commit(consumer)
         finally:
             await stop_consumer(consumer)
-            await producer.stop()
+            await stop_producer(producer)
 
     async def _consume(
         self, consumer: AIOKafkaConsumer, producer: AIOKafkaProducer, stop: asyncio.Event

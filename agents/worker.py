@@ -43,7 +43,7 @@ from schemas.registry import SchemaError, SchemaRegistry, default_registry
 from streams.broker import aiokafka_client_config, create_topics, is_tansu, kafka_client_config
 from streams.dlq import dead_letter, encode_dead_letter, writer_headers
 from streams.event_hygiene import InadmissibleEvent, check_admissible, invalid_reason
-from streams.kafka_close import commit, committed, start_client, stop_consumer
+from streams.kafka_close import commit, committed, start_client, stop_consumer, stop_producer
 from streams.metrics import LagGauge, Metrics, consumer_lags, observe_many
 from streams.producer import lead_key
 from streams.settings import Settings
@@ -170,6 +170,7 @@ class LeadWorker:
         self.aligner = TopicAligner((settings.topic(s.name) for s in INPUTS), ALIGN_WAIT_S)
         self.paused: set[TopicPartition] = set()
         self.commits_to_load: set[TopicPartition] = set()  # assigned, their group offsets not read yet
+        self.left_group = False  # the broker acknowledged our LeaveGroup at stop
 
     # -- lifecycle -------------------------------------------------------------------------------------
 
@@ -209,9 +210,10 @@ class LeadWorker:
                 while not stop.is_set():
                     await self.poll_once()
             finally:
-                await stop_consumer(self.consumer)  # leaves the group: the partitions move at once
+                # leaves the group, so the partitions move at once (unless the broker does not answer)
+                self.left_group = await stop_consumer(self.consumer)
         finally:
-            await self.producer.stop()
+            await stop_producer(self.producer)
 
     async def poll_once(self) -> None:
         assert self.consumer is not None

@@ -29,7 +29,7 @@ def tune_gc() -> None:
     gc.set_threshold(*GC_THRESHOLDS)
 
 
-async def serve_worker(settings: Settings, rules: Rules, metrics: Metrics, stop: asyncio.Event) -> None:
+async def serve_worker(settings: Settings, rules: Rules, metrics: Metrics, stop: asyncio.Event) -> LeadWorker:
     """The worker plus /metrics, /health and /ready on the web host/port, until ``stop`` is set."""
     from streams.erasures import ErasureLog
     from streams.web import start_ops_server
@@ -48,6 +48,7 @@ async def serve_worker(settings: Settings, rules: Rules, metrics: Metrics, stop:
             await runner.cleanup()
     finally:
         await erasures.stop()
+    return worker
 
 
 def run_worker(settings: Settings, rules: Rules, loglevel: str = "info") -> None:
@@ -63,7 +64,13 @@ def run_worker(settings: Settings, rules: Rules, loglevel: str = "info") -> None
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(sig, stop.set)
-        await serve_worker(settings, rules, metrics, stop)
-        log.info("worker stopped: the batch in flight finished, offsets committed, group left")
+        worker = await serve_worker(settings, rules, metrics, stop)
+        if worker.left_group:
+            log.info("worker stopped: the batch in flight finished, group left")
+        else:  # logged before too, while stopping, with the reason (streams/kafka_close.py)
+            log.warning(
+                "worker stopped: the batch in flight finished; the group was not left (the broker did not "
+                "answer), so its partitions move to other workers after the session timeout"
+            )
 
     asyncio.run(main())
