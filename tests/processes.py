@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -10,6 +11,8 @@ import time
 import urllib.request
 from collections.abc import Callable
 from pathlib import Path
+
+from streams.broker import free_port
 
 LEADPULSE = [sys.executable, "-m", "leadpulse.cli"]
 
@@ -74,3 +77,30 @@ def http_ok(url: str) -> bool:
             return bool(response.status == 200)
     except OSError:
         return False
+
+
+#: The settings naming each long-running command's ops port.
+OPS_PORT_SETTING = {"worker": "web_port", "sink": "sink_port", "notifier": "notifier_port"}
+
+
+def pipeline_processes(
+    tmp_path: Path, bootstrap: str, prefix: str, ports: dict[str, int]
+) -> dict[str, CliProcess]:
+    """The long-running commands named in ``ports`` (worker, sink, collector, notifier) against one broker,
+    each with its own data directory, log and ops port; the notifier posts to a closed port."""
+    common: dict[str, object] = {"kafka_bootstrap": bootstrap, "topic_prefix": prefix}
+    extra: dict[str, dict[str, object]] = {
+        "collector": {"write_keys": '{"web": "k"}'},
+        "notifier": {
+            "webhook_urls": json.dumps([f"http://127.0.0.1:{free_port()}/hook"]),
+            "webhook_secret": "s3cret-for-test",
+        },
+    }
+    procs = {}
+    for name, port in ports.items():
+        args = ["collector", "--port", str(port)] if name == "collector" else [name]
+        settings = {**common, "data_dir": tmp_path / name, **extra.get(name, {})}
+        if name in OPS_PORT_SETTING:
+            settings[OPS_PORT_SETTING[name]] = port
+        procs[name] = CliProcess(args, leadpulse_env(**settings), tmp_path / f"{name}.log")
+    return procs

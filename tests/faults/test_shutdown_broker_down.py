@@ -8,7 +8,6 @@ Why: an operator stops the fleet while Kafka is down (a maintenance window, a fa
 
 from __future__ import annotations
 
-import json
 import time
 from pathlib import Path
 
@@ -16,7 +15,7 @@ import pytest
 
 from streams.broker import EmbeddedBroker, create_topics, free_port, tansu_binary
 from streams.settings import load_settings
-from tests.processes import CliProcess, http_ok, leadpulse_env, wait_until
+from tests.processes import http_ok, pipeline_processes, wait_until
 
 pytestmark = pytest.mark.faults
 
@@ -27,35 +26,7 @@ def test_sigterm_while_the_broker_is_down_exits_cleanly(tmp_path: Path) -> None:
     prefix = "down."
     create_topics(broker.bootstrap, prefix)
     ports = {name: free_port() for name in ("worker", "sink", "collector", "notifier")}
-    common = {"kafka_bootstrap": broker.bootstrap, "topic_prefix": prefix}
-    procs = {
-        "worker": CliProcess(
-            ["worker"],
-            leadpulse_env(**common, data_dir=tmp_path / "worker", web_port=ports["worker"]),
-            tmp_path / "worker.log",
-        ),
-        "sink": CliProcess(
-            ["sink"],
-            leadpulse_env(**common, data_dir=tmp_path / "sink", sink_port=ports["sink"]),
-            tmp_path / "sink.log",
-        ),
-        "collector": CliProcess(
-            ["collector", "--port", str(ports["collector"])],
-            leadpulse_env(**common, data_dir=tmp_path / "collector", write_keys='{"web": "k"}'),
-            tmp_path / "collector.log",
-        ),
-        "notifier": CliProcess(
-            ["notifier"],
-            leadpulse_env(
-                **common,
-                data_dir=tmp_path / "notifier",
-                notifier_port=ports["notifier"],
-                webhook_urls=json.dumps([f"http://127.0.0.1:{free_port()}/hook"]),
-                webhook_secret="s3cret-for-test",
-            ),
-            tmp_path / "notifier.log",
-        ),
-    }
+    procs = pipeline_processes(tmp_path, broker.bootstrap, prefix, ports)
     try:
         for name, proc in procs.items():
             url = f"http://127.0.0.1:{ports[name]}/ready"

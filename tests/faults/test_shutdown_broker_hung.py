@@ -14,7 +14,6 @@ at once. In production every group has rebalanced (restarts, scaling), which is 
 from __future__ import annotations
 
 import asyncio
-import json
 import os
 import signal
 import time
@@ -27,7 +26,7 @@ from aiokafka.coordinator.assignors.roundrobin import RoundRobinPartitionAssigno
 
 from streams.broker import EmbeddedBroker, create_topics, free_port, tansu_binary
 from streams.settings import load_settings
-from tests.processes import CliProcess, http_ok, leadpulse_env, wait_until
+from tests.processes import http_ok, pipeline_processes, wait_until
 
 pytestmark = pytest.mark.faults
 
@@ -70,30 +69,7 @@ def test_sigterm_while_the_broker_hangs_exits_within_the_grace_period(tmp_path: 
     prefix = "hung."
     create_topics(broker.bootstrap, prefix)
     ports = {name: free_port() for name in ("worker", "sink", "notifier")}
-    common = {"kafka_bootstrap": broker.bootstrap, "topic_prefix": prefix}
-    procs = {
-        "worker": CliProcess(
-            ["worker"],
-            leadpulse_env(**common, data_dir=tmp_path / "worker", web_port=ports["worker"]),
-            tmp_path / "worker.log",
-        ),
-        "sink": CliProcess(
-            ["sink"],
-            leadpulse_env(**common, data_dir=tmp_path / "sink", sink_port=ports["sink"]),
-            tmp_path / "sink.log",
-        ),
-        "notifier": CliProcess(
-            ["notifier"],
-            leadpulse_env(
-                **common,
-                data_dir=tmp_path / "notifier",
-                notifier_port=ports["notifier"],
-                webhook_urls=json.dumps([f"http://127.0.0.1:{free_port()}/hook"]),
-                webhook_secret="s3cret-for-test",
-            ),
-            tmp_path / "notifier.log",
-        ),
-    }
+    procs = pipeline_processes(tmp_path, broker.bootstrap, prefix, ports)
     groups = {
         "worker": (f"{prefix}leadpulse-worker", f"{prefix}events.web_visits"),
         "sink": (f"{prefix}leadpulse-sink", f"{prefix}events.web_visits"),
