@@ -25,7 +25,7 @@ RUN groupadd --system --gid 10001 leadpulse \
 RUN --mount=type=bind,from=build,source=/wheels,target=/wheels pip install /wheels/*.whl
 USER 10001:10001
 WORKDIR /var/lib/leadpulse
-# worker (Faust web + ops), sink (ops + read-only query API), collector (HTTP ingestion + ops)
-EXPOSE 6066 6067 8088
+# worker (ops), sink (ops + read-only query API), collector (HTTP ingestion + ops), notifier (ops)
+EXPOSE 6066 6067 8088 6068
 ENTRYPOINT ["leadpulse"]
 CMD ["--help"]

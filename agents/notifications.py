@@ -172,6 +172,10 @@ class Notifier:
         self.stop_grace_s = stop_grace_s
         self.bootstrap = bootstrap or settings.bootstrap
         self.lanes = [Lane(t, queue_size) for t in self.targets]
+        for target in self.targets:  # at 0 from the start: rate() and increase() miss a series' first step
+            for counter in (self.metrics.webhook_deliveries, self.metrics.webhook_failures):
+                counter.labels(target=target.name)
+            self.metrics.webhook_retries.labels(target=target.name)
         self.pending = PendingOffsets()
         self.topic = settings.topic(HOT_LEADS.name)
         self.assigned = False

@@ -142,7 +142,8 @@ class Metrics:
         # --- worker: consume, score, stage, SLA -------------------------------------------------------
         self.events_consumed = Counter(
             "leadpulse_events_consumed_total",
-            "Records read from an input topic by the worker (valid or not).",
+            "Records read by the worker (valid or not), by topic: the input topics and its internal identity "
+            "and account hops (leadpulse.internal.*), which carry forwarded events and lead scores.",
             ["topic"],
             registry=r,
         )
