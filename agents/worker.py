@@ -104,7 +104,7 @@ class _Rebalance(ConsumerRebalanceListener):  # type: ignore[misc]
             self.worker.restoring = True
             # held records are not committed: whoever owns the partitions next reads them again
             self.worker.aligner.drop()
-            self.worker.paused.clear()
+            self.worker.held_back.clear()
 
     async def on_partitions_assigned(self, assigned: Any) -> None:
         async with self.worker.lock:
@@ -166,9 +166,9 @@ class LeadWorker:
         self.generation = 0  # assignments seen; a batch fetched under an older one is dropped
         self.committed: dict[TopicPartition, int] = {}
         # Input records held back until co-partitioned topics catch up (agents/alignment.py), and the
-        # partitions paused meanwhile so that the fetches go to the topic that is behind.
+        # partitions not read meanwhile, so that the next reads take the topic that is behind.
         self.aligner = TopicAligner((settings.topic(s.name) for s in INPUTS), ALIGN_WAIT_S)
-        self.paused: set[TopicPartition] = set()
+        self.held_back: set[TopicPartition] = set()
         self.commits_to_load: set[TopicPartition] = set()  # assigned, their group offsets not read yet
         self.left_group = False  # the broker acknowledged our LeaveGroup at stop
 
@@ -219,7 +219,10 @@ class LeadWorker:
         assert self.consumer is not None
         timeout = max(0.0, min(0.2, self._next_scan - time.monotonic()))
         generation = self.generation
-        fetched = await self.consumer.getmany(timeout_ms=int(timeout * 1000), max_records=BATCH_MAX)
+        # Not pause(): aiokafka drops a paused partition's fetched records, and they would be fetched again.
+        held_back = self.held_back
+        reading = [tp for tp in self.consumer.assignment() if tp not in held_back] if held_back else []
+        fetched = await self.consumer.getmany(*reading, timeout_ms=int(timeout * 1000), max_records=BATCH_MAX)
         if fetched or self.aligner.held:
             self.idle_since_ms = None
         elif self.idle_since_ms is None:
@@ -247,27 +250,17 @@ class LeadWorker:
         self, fetched: dict[TopicPartition, list[ConsumerRecord]]
     ) -> dict[TopicPartition, list[ConsumerRecord]]:
         """What to process now: internal hops at once, input records as far as every co-partitioned input
-        topic has been read (agents/alignment.py). Partitions whose records wait are paused, so the next
-        fetches bring the topic that is behind instead of more of what is already held."""
+        topic has been read (agents/alignment.py). Partitions whose records wait are not read meanwhile
+        (``held_back``), so the next reads bring the topic that is behind instead of more of what is held."""
         assert self.consumer is not None
         ready = self.aligner.add(fetched)
-        if not self.aligner.held:
-            blocked: set[TopicPartition] = set()
-        else:
+        self.held_back = set()
+        if self.aligner.held:
             consumer = self.consumer
-            released, blocked = self.aligner.release(
+            released, self.held_back = self.aligner.release(
                 consumer.assignment(), lambda tp: caught_up(consumer, tp), time.monotonic()
             )
             ready.update(released)
-        if blocked != self.paused:
-            owned = self.consumer.assignment()
-            resume = [tp for tp in self.paused - blocked if tp in owned]
-            if resume:
-                self.consumer.resume(*resume)
-            pause = [tp for tp in blocked - self.paused if tp in owned]
-            if pause:
-                self.consumer.pause(*pause)
-            self.paused = set(blocked)
         return ready
 
     async def _refetch(self, fetched: dict[TopicPartition, list[ConsumerRecord]]) -> None:
