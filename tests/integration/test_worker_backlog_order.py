@@ -24,6 +24,7 @@ from streams.settings import Settings
 from streams.topics import INPUTS
 from tests.integration.test_worker import HOUR, demo_request, outputs
 from tests.integration.worker_harness import running_worker, wait_until
+from tests.unit.builders import activity
 
 pytestmark = pytest.mark.integration
 
@@ -43,14 +44,7 @@ def _same_partition(prefix: str, partition: int, count: int, partitions: int) ->
 
 
 def _accepted(lead: str, at: int) -> dict[str, Any]:
-    return {
-        "event_id": f"{lead}-accepted",
-        "event_time": at,
-        "lead_id": lead,
-        "source": "crm",
-        "activity": "accepted",
-        "owner": "rep1",
-    }
+    return activity("accepted", lead, at, event_id=f"{lead}-accepted")[1]
 
 
 def test_answers_read_before_the_demo_requests_they_answer_still_follow_them(

@@ -21,20 +21,14 @@ from streams.producer import Producer
 from streams.settings import Settings
 from tests.integration.test_worker import HOUR, demo_request, outputs
 from tests.integration.worker_harness import running_worker, wait_until
+from tests.unit.builders import activity
 
 pytestmark = pytest.mark.integration
 MINUTE = 60_000
 
 
 def _first_touch(lead: str, at: int) -> dict[str, Any]:
-    return {
-        "event_id": f"{lead}-touch",
-        "event_time": at,
-        "lead_id": lead,
-        "source": "crm",
-        "activity": "first_touch",
-        "owner": "rep1",
-    }
+    return activity("first_touch", lead, at, event_id=f"{lead}-touch")[1]
 
 
 def test_a_follow_up_after_the_deadline_breaches_in_one_batch(broker_settings: Settings) -> None:
