@@ -30,7 +30,6 @@ from typing import Any
 
 import aiohttp
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRebalanceListener, TopicPartition
-from aiokafka.errors import KafkaError
 from prometheus_client import CollectorRegistry
 
 from schemas.registry import SchemaError, SchemaRegistry, default_registry
@@ -44,7 +43,7 @@ from sinks.webhook import (
 )
 from streams.broker import aiokafka_client_config
 from streams.dlq import dead_letter, encode_dead_letter, writer_headers
-from streams.kafka_close import commit, committed, start_client, stop_consumer, stop_producer
+from streams.kafka_close import commit, group_commits, start_client, stop_consumer, stop_producer
 from streams.metrics import LagGauge, Metrics, consumer_lags
 from streams.settings import Settings
 from streams.topics import DLQ, HOT_LEADS
@@ -375,15 +374,8 @@ class Notifier:
     async def _load_commits(self, consumer: AIOKafkaConsumer, assigned: Sequence[TopicPartition]) -> None:
         """The group's committed offset of each newly assigned partition, so that the lag counts from it
         (it counted from 0: after a restart with nothing new, the lag was the whole log)."""
-        tps = sorted(assigned)
-        try:
-            found = await asyncio.gather(*(committed(consumer, tp) for tp in tps))
-        except KafkaError as exc:  # only the metric suffers: it is corrected by the next commit
-            log.warning("could not read the group's committed offsets for the lag metric: %s", exc)
-            return
-        for tp, offset in zip(tps, found, strict=True):
-            if offset is not None:
-                self._committed.setdefault(tp, offset)
+        for tp, offset in (await group_commits(consumer, assigned) or {}).items():
+            self._committed.setdefault(tp, offset)
 
     def _report_lag(self, consumer: AIOKafkaConsumer) -> None:
         """Notifications not yet delivered (or given up) per partition: a stuck receiver shows as lag."""

@@ -43,7 +43,7 @@ from schemas.registry import SchemaError, SchemaRegistry, default_registry
 from streams.broker import aiokafka_client_config, create_topics, is_tansu, kafka_client_config
 from streams.dlq import dead_letter, encode_dead_letter, writer_headers
 from streams.event_hygiene import InadmissibleEvent, check_admissible, invalid_reason
-from streams.kafka_close import commit, committed, start_client, stop_consumer, stop_producer
+from streams.kafka_close import commit, committed, group_commits, start_client, stop_consumer, stop_producer
 from streams.metrics import LagGauge, Metrics, consumer_lags, observe_many
 from streams.producer import lead_key
 from streams.settings import Settings
@@ -291,14 +291,7 @@ class LeadWorker:
         nothing new counted its whole log as lag (and a partition that came back after another worker
         owned it, a stale offset) until the next commit (ops audit)."""
         assert self.consumer is not None
-        self.committed = {}
-        tps = sorted(assigned)
-        try:
-            found = await asyncio.gather(*(committed(self.consumer, tp) for tp in tps))
-        except KafkaError as exc:  # only the metric suffers, until the next commit
-            log.warning("could not read the group's committed offsets for the lag metric: %s", exc)
-            return
-        self.committed = {tp: offset for tp, offset in zip(tps, found, strict=True) if offset is not None}
+        self.committed = await group_commits(self.consumer, assigned) or {}
 
     # -- restore -----------------------------------------------------------------------------------------
 

@@ -47,7 +47,7 @@ from streams.broker import aiokafka_client_config
 from streams.dlq import dead_letter, encode_dead_letter, writer_headers
 from streams.erasures import ErasureLog
 from streams.event_hygiene import InadmissibleEvent, check_admissible, future_problem
-from streams.kafka_close import STOP_TIMEOUT_S, commit, committed, start_client, stop_consumer
+from streams.kafka_close import STOP_TIMEOUT_S, commit, group_commits, start_client, stop_consumer
 from streams.metrics import LagGauge, consumer_lags
 from streams.settings import Settings
 from streams.topics import INPUTS, MAX_INPUT_RECORD_BYTES, OUTPUTS, spec_for
@@ -340,15 +340,9 @@ class ClickHouseSinkLoop:
         the start (it counted from 0 for a partition with nothing new since a restart: a false lag of the
         partition's whole length, and a false LeadpulseSinkStalled)."""
         assert self.consumer is not None
-        tps = [TopicPartition(t, p) for t, p in sorted(assigned)]
-        try:
-            found = await asyncio.gather(*(committed(self.consumer, tp) for tp in tps))
-        except KafkaError as exc:  # only the metric suffers: it is corrected by the next commit
-            log.warning("could not read the group's committed offsets for the lag metric: %s", exc)
-            return
-        for tp, offset in zip(tps, found, strict=True):
-            if offset is not None:
-                self.committed.setdefault((tp.topic, tp.partition), offset)
+        found = await group_commits(self.consumer, (TopicPartition(t, p) for t, p in assigned)) or {}
+        for tp, offset in found.items():
+            self.committed.setdefault((tp.topic, tp.partition), offset)
 
     async def _same_log_only(self, stored: dict[tuple[str, int], int]) -> dict[tuple[str, int], int]:
         """``stored`` without the partitions whose log is not the one the rows were read from.

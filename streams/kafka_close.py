@@ -36,6 +36,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+from collections.abc import Iterable
 from typing import Any
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
@@ -78,6 +79,21 @@ async def committed(consumer: AIOKafkaConsumer, tp: TopicPartition) -> int | Non
             f"no group coordinator answered for the committed offset of {tp.topic}[{tp.partition}] "
             f"within {COMMIT_TIMEOUT_S:g}s"
         ) from None
+
+
+async def group_commits(
+    consumer: AIOKafkaConsumer, tps: Iterable[TopicPartition]
+) -> dict[TopicPartition, int] | None:
+    """The group's committed offset of each of ``tps`` that has one, so a lag metric is right from the
+    start (counted from 0, a restarted process showed each partition's whole log as lag). None, with a
+    warning, when the coordinator does not answer: only the metric suffers, until the next commit."""
+    ordered = sorted(tps)
+    try:
+        found = await asyncio.gather(*(committed(consumer, tp) for tp in ordered))
+    except KafkaError as exc:
+        log.warning("could not read the group's committed offsets for the lag metric: %s", exc)
+        return None
+    return {tp: offset for tp, offset in zip(ordered, found, strict=True) if offset is not None}
 
 
 async def stop_consumer(consumer: AIOKafkaConsumer) -> bool:
