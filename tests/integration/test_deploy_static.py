@@ -365,10 +365,15 @@ def test_deployments_probe_health_and_readiness_and_set_resources() -> None:
             assert container["args"] == [name.removeprefix("leadpulse-")]
 
 
+def pod_containers(workload: dict[str, Any]) -> list[dict[str, Any]]:
+    pod = workload["spec"]["template"]["spec"]
+    return [*pod.get("initContainers", []), *pod["containers"]]
+
+
 def test_credentials_come_from_the_secret_never_from_plain_values() -> None:
     secret_like = re.compile(r"PASSWORD|SECRET|WRITE_KEYS|USERNAME|USER$|HASH_KEY")
-    for name, deployment in by_kind("Deployment").items():
-        for container in deployment["spec"]["template"]["spec"]["containers"]:
+    for name, deployment in {**by_kind("Deployment"), **by_kind("Job")}.items():
+        for container in pod_containers(deployment):
             for env in container.get("env", []):
                 if secret_like.search(env["name"]):
                     ref = env["valueFrom"]["secretKeyRef"]
@@ -413,3 +418,35 @@ def test_rules_configmaps_are_generated_from_the_repository_files() -> None:
     assert alerts["data"]["alerts.yml"] == (PROMETHEUS / "alerts.yml").read_text()
     rules = next(cm for name, cm in config_maps.items() if name.startswith("leadpulse-rules"))
     assert rules["data"]["rules.yaml"] == (ROOT / "agents" / "rules.default.yaml").read_text()
+
+
+def test_setup_job_creates_topics_then_migrates_with_only_the_secrets_each_step_needs() -> None:
+    """docs/operations.md names two one-shot commands per deploy; the Job runs them in compose's order."""
+    jobs = by_kind("Job")
+    assert len(jobs) == 1, sorted(jobs)
+    job = next(iter(jobs.values()))
+    image = {
+        container["image"]
+        for deployment in by_kind("Deployment").values()
+        for container in pod_containers(deployment)
+    }
+    pod = job["spec"]["template"]["spec"]
+    steps = pod_containers(job)
+    assert [step["args"] for step in steps] == [["topics", "create"], ["migrate"]]
+    assert [step["name"] for step in pod["initContainers"]] == ["topics"], "topics must finish first"
+    assert pod["restartPolicy"] in {"Never", "OnFailure"}
+    assert pod["securityContext"]["runAsNonRoot"] is True
+    assert job["spec"]["backoffLimit"] >= 1, "Kafka or ClickHouse may still be starting"
+    assert "ttlSecondsAfterFinished" in job["spec"], "a finished Job would block re-applying the release"
+    secrets = {}
+    for step in steps:
+        assert {step["image"]} == image, step["name"]
+        assert step["securityContext"]["readOnlyRootFilesystem"] is True, step["name"]
+        assert "memory" in step["resources"]["limits"], step["name"]
+        mounted = {mount["mountPath"] for mount in step["volumeMounts"]}
+        assert {"/tmp", "/var/lib/leadpulse"} <= mounted, f"{step['name']}: read-only root needs scratch"
+        secrets[step["name"]] = {env["valueFrom"]["secretKeyRef"]["key"] for env in step.get("env", [])}
+    assert secrets == {
+        "topics": {"kafka-sasl-username", "kafka-sasl-password"},
+        "migrate": {"clickhouse-user", "clickhouse-password"},
+    }
