@@ -524,7 +524,11 @@ class LeadWorker:
 
     async def apply_erasures(self, records: list[dict[str, Any]]) -> None:
         """Drop an erased lead's states (lead and stitched anonymous ids) and tombstone them durably; take
-        the lead out of its account's score."""
+        the lead out of its account's score.
+
+        The worker also tombstones each identity's key on the compacted ``leads.scores``: it is that key's
+        only writer and drops the lead's inputs from now on, so no later score can land after the tombstone,
+        and compaction then removes the lead's scores from the topic (docs/privacy.md)."""
         if not records:
             return
         batch = Batch()
@@ -539,6 +543,7 @@ class LeadWorker:
                 if partition is not None:
                     self.store.delete(key)
                     tombstones.append((self.state_topic, key, None, None, partition))
+                    tombstones.append((self.output_topics["lead_score"], key, None, None, None))
             for key, partition, account in self.store.accounts_with_lead(lead_id):
                 batch.accounts[key] = (partition, without_lead(account, lead_id))
         await self._flush(batch)

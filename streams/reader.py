@@ -58,6 +58,7 @@ def read_topic(
 ) -> Iterator[Decoded | Undecodable]:
     """Every record on ``topic`` (already prefixed) from offset 0 until the partitions are drained.
 
+    Tombstones (null values, e.g. an erased lead's key on ``leads.scores``) are skipped.
     Drained = the position reached each partition's fetch high watermark and nothing new arrived for
     ``idle_ms``. The high watermark comes from fetch responses, which Tansu reports correctly.
     """
@@ -82,8 +83,10 @@ def read_topic(
                 idle_since = time.monotonic()
             for tp, messages in batch.items():
                 for msg in messages:
+                    if msg.value is None:  # a tombstone on a compacted topic: a deletion, not a record
+                        continue
                     try:
-                        schema, record = registry.decode(msg.value or b"")
+                        schema, record = registry.decode(msg.value)
                         headers = tuple(msg.headers or ())
                         yield Decoded(
                             tp.topic,

@@ -1,5 +1,5 @@
-"""``leadpulse forget`` as the worker sees it: the erased lead's state is tombstoned, it leaves its account,
-and its later or replayed events are dropped, also by a restarted worker."""
+"""``leadpulse forget`` as the worker sees it: the erased lead's state and score are tombstoned, it leaves
+its account, and its later or replayed events are dropped, also by a restarted worker."""
 
 from __future__ import annotations
 
@@ -34,11 +34,15 @@ def _erased_count(port: int) -> float:
     return total(scrape(f"http://127.0.0.1:{port}/metrics"), "leadpulse_events_erased_total")
 
 
-def _state_values(settings: Settings) -> dict[str, bytes | None]:
+def _latest_values(settings: Settings, topic: str) -> dict[str, bytes | None]:
     latest: dict[str, bytes | None] = {}
-    for message in raw_messages(settings, settings.topic("leadpulse.internal.lead_state")):
+    for message in raw_messages(settings, settings.topic(topic)):
         latest[message.key.decode()] = message.value  # topic order per key: last wins
     return latest
+
+
+def _state_values(settings: Settings) -> dict[str, bytes | None]:
+    return _latest_values(settings, "leadpulse.internal.lead_state")
 
 
 def test_erased_lead_loses_its_state_leaves_its_account_and_stays_out_after_a_restart(
@@ -59,6 +63,9 @@ def test_erased_lead_loses_its_state_leaves_its_account_and_stays_out_after_a_re
         )
         publish_erasure(broker_settings, erasure_record("GONE", [], now))
         wait_until(lambda: _state_values(broker_settings).get("GONE", b"") is None, 60, "tombstone", worker)
+        # The compacted score topic forgets the lead too (its newest record is a tombstone), not the other.
+        scores = _latest_values(broker_settings, "leads.scores")
+        assert scores["GONE"] is None and scores["STAYS"] is not None
         account = outputs(broker_settings)["account_score"][-1]
         assert account["leads"] == 1 and [t["lead_id"] for t in account["top_leads"]] == ["STAYS"]
 
