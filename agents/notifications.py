@@ -50,7 +50,13 @@ from streams.topics import DLQ, HOT_LEADS
 
 log = logging.getLogger(__name__)
 DLQ_HEADERS = writer_headers("notifier")
+#: Catalogue name of the notifier's consumer group; the group itself carries LEADPULSE_TOPIC_PREFIX, as the
+#: worker's and the sink's do, so that deployments sharing a Kafka cluster never share a group.
 GROUP_ID = "leadpulse-notifier"
+
+
+def notifier_group(settings: Settings) -> str:
+    return settings.topic_prefix + GROUP_ID
 
 
 class PendingOffsets:
@@ -147,7 +153,8 @@ class Notifier:
         metrics: Metrics | None = None,
         registry: SchemaRegistry | None = None,
         policy: RetryPolicy | None = None,
-        group_id: str = GROUP_ID,
+        group_id: str | None = None,
+        inherit_from: str | None = None,
         concurrency: int | None = None,
         queue_size: int = 10_000,
         commit_interval_s: float = 0.5,
@@ -162,7 +169,14 @@ class Notifier:
                 "(JSON lists of URLs)"
             )
         self.metrics = metrics or Metrics(CollectorRegistry(), component="notifier")
-        self.lag_gauge = LagGauge(self.metrics.consumer_lag, group_id)
+        if group_id is None:
+            group_id = notifier_group(settings)
+            if inherit_from is None and group_id != GROUP_ID:
+                inherit_from = GROUP_ID  # earlier releases used the unprefixed group
+        self.inherit_from = inherit_from if inherit_from != group_id else None
+        # labels use catalogue names, whatever the prefix (the alerts and dashboards match them)
+        label = group_id.removeprefix(settings.topic_prefix) if settings.topic_prefix else group_id
+        self.lag_gauge = LagGauge(self.metrics.consumer_lag, label)
         self.registry = registry or default_registry()
         self.policy = policy or policy_from_settings(settings)
         self.group_id = group_id
@@ -373,9 +387,55 @@ class Notifier:
 
     async def _load_commits(self, consumer: AIOKafkaConsumer, assigned: Sequence[TopicPartition]) -> None:
         """The group's committed offset of each newly assigned partition, so that the lag counts from it
-        (it counted from 0: after a restart with nothing new, the lag was the whole log)."""
-        for tp, offset in (await group_commits(consumer, assigned) or {}).items():
+        (it counted from 0: after a restart with nothing new, the lag was the whole log). A partition the
+        group has never committed starts where ``inherit_from`` left it, when that group committed it."""
+        found = await group_commits(consumer, assigned)
+        if found is None:
+            return  # the coordinator did not answer: aiokafka's own position fetch decides, as before
+        for tp, offset in found.items():
             self._committed.setdefault(tp, offset)
+        missing = [tp for tp in assigned if tp not in found]
+        if missing and self.inherit_from is not None:
+            await self._inherit(consumer, missing, self.inherit_from)
+
+    async def _inherit(self, consumer: AIOKafkaConsumer, tps: Sequence[TopicPartition], group: str) -> None:
+        """Start ``tps`` at ``group``'s committed offsets and commit them as this group's own.
+
+        Why: earlier releases used the unprefixed group id. A new group has no offsets, so without this the
+        first prefixed notifier would re-deliver every hot lead still in retention (``earliest``), and
+        ``latest`` would skip those published while it was down. The old group's offsets are per topic, so
+        deployments that shared it each take only their own. Best effort: if they cannot be read, the
+        notifier starts from the earliest offset and receivers drop what they had by the idempotency key."""
+        old = AIOKafkaConsumer(
+            bootstrap_servers=self.bootstrap,
+            group_id=group,
+            enable_auto_commit=False,
+            **aiokafka_client_config(self.settings),
+        )
+        try:
+            await start_client(old)
+            inherited = await group_commits(old, tps) or {}
+        except Exception as exc:  # the start position falls back to earliest
+            log.warning("could not read consumer group %s's offsets to take over: %s", group, exc)
+            inherited = {}
+        finally:
+            await stop_consumer(old)
+        if not inherited:
+            return
+        for tp, offset in inherited.items():
+            consumer.seek(tp, offset)
+            self._committed[tp] = offset
+        try:
+            await commit(consumer, inherited)
+        except Exception as exc:  # the seek stands; the next delivery commits past it
+            log.warning("could not commit the offsets taken over from %s: %s", group, exc)
+        log.info(
+            "consumer group %s took over %d partition offset(s) of %s on %s",
+            self.group_id,
+            len(inherited),
+            group,
+            self.topic,
+        )
 
     def _report_lag(self, consumer: AIOKafkaConsumer) -> None:
         """Notifications not yet delivered (or given up) per partition: a stuck receiver shows as lag."""

@@ -65,8 +65,13 @@ LAG_REPORT_S = 5.0
 UNAVAILABLE_TABLE = "all"
 
 
+#: Catalogue name of the sink's consumer group, and its ``group`` label on the lag metric whatever the prefix
+#: (LeadpulseSinkStalled matches ``group="leadpulse-sink"``; the group itself carries the topic prefix).
+SINK_GROUP = "leadpulse-sink"
+
+
 def sink_group(settings: Settings) -> str:
-    return f"{settings.topic_prefix}leadpulse-sink"
+    return f"{settings.topic_prefix}{SINK_GROUP}"
 
 
 @dataclass
@@ -695,7 +700,7 @@ class ClickHouseSinkLoop:
             lambda tp: done.get((tp.topic, tp.partition), 0),
             lambda topic: spec_for(topic, prefix).name,
         )
-        self.hooks.lags(self.group, lags)
+        self.hooks.lags(SINK_GROUP, lags)
 
 
 TABLE_FOR_SCHEMA_BY_TABLE: dict[str, TableSpec] = {spec.table: spec for spec in TABLE_FOR_SCHEMA.values()}

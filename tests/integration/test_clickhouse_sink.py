@@ -630,9 +630,11 @@ def test_rows_stored_from_an_earlier_log_do_not_make_the_sink_skip_a_new_one(
 class LagHooks(SinkHooks):
     def __init__(self) -> None:
         self.seen: dict[tuple[str, int], int] = {}
+        self.groups: set[str] = set()
 
     def lags(self, group: str, lags: dict[tuple[str, int], int]) -> None:
         self.seen.update(lags)
+        self.groups.add(group)
 
 
 def test_lag_after_a_restart_counts_from_the_groups_commits_not_from_zero(
@@ -661,6 +663,8 @@ def test_lag_after_a_restart_counts_from_the_groups_commits_not_from_zero(
     visits = {p: lag for (topic, p), lag in hooks.seen.items() if topic == "events.web_visits"}
     assert len(visits) == 8, hooks.seen
     assert visits == dict.fromkeys(range(8), 0), visits
+    # the catalogue name, not the prefixed group id: the alerts match group="leadpulse-sink"
+    assert settings.topic_prefix and hooks.groups == {"leadpulse-sink"}
 
 
 def test_lag_is_reported_while_clickhouse_refuses_inserts(

@@ -17,7 +17,7 @@ from aiohttp import web
 from kafka import KafkaConsumer, TopicPartition
 from prometheus_client import CollectorRegistry
 
-from agents.notifications import Notifier
+from agents.notifications import GROUP_ID, Notifier
 from schemas.registry import default_registry
 from sinks.webhook import IDEMPOTENCY_HEADER, SIGNATURE_HEADER, RetryPolicy, WebhookTarget, verify_signature
 from streams.broker import EmbeddedBroker, free_port
@@ -459,3 +459,32 @@ def read_partitions(settings: Settings) -> set[int]:
         return set(consumer.partitions_for_topic(settings.topic("leads.hot")) or ())
     finally:
         consumer.close()
+
+
+async def test_prefixed_group_takes_over_where_the_unprefixed_group_of_earlier_releases_left_off(
+    hot_settings: Settings, receiver: tuple[Receiver, asyncio.Event]
+) -> None:
+    """The notifier's group was ``leadpulse-notifier`` whatever LEADPULSE_TOPIC_PREFIX said, so deployments
+    sharing a cluster shared it. It is now prefixed like the worker's and the sink's; the first prefixed
+    notifier starts at the old group's offsets: nothing delivered again, nothing skipped."""
+    assert hot_settings.topic_prefix
+    state, _ = receiver
+    await asyncio.to_thread(publish, hot_settings, [hot_lead(n) for n in range(3)])
+    await deliver_rest(hot_settings, receiver, GROUP_ID, 3)  # an earlier release's notifier
+    await asyncio.to_thread(publish, hot_settings, [hot_lead(n) for n in range(3, 5)])
+
+    metrics = Metrics(CollectorRegistry(), component="notifier")
+    notifier = Notifier(hot_settings, targets=[WebhookTarget("json-0", state.url + "/ok")], metrics=metrics)
+    assert notifier.group_id == hot_settings.topic_prefix + GROUP_ID
+    stop, task = await start(notifier)
+    try:
+        await wait_until(lambda: len(state.unique("ok")) == 5, 60, "the two new notifications")
+        await wait_until(lambda: notifier.pending.in_flight == 0, 10, "all deliveries finished")
+        await asyncio.sleep(1.0)  # the commit loop, and time for a wrong re-delivery to show
+    finally:
+        stop.set()
+        await asyncio.wait_for(task, 30)
+    assert {k: len(v) for k, v in state.accepted.items()} == {f"ok|hot-{n}": 1 for n in range(5)}
+    assert await asyncio.to_thread(committed_total, hot_settings, notifier.group_id) == 5
+    assert await asyncio.to_thread(committed_total, hot_settings, GROUP_ID) == 3  # left as it was
+    assert set(lag_of(metrics, GROUP_ID)) and not lag_of(metrics, notifier.group_id)  # catalogue label
