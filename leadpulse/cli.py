@@ -75,6 +75,16 @@ def _broker_problem(exc: BaseException) -> str:
         where = f" at {load_settings().bootstrap}"
     except Exception:  # the settings are not the problem being reported
         where = ""
+    from streams.producer import BrokerUnavailable
+
+    if isinstance(exc, BrokerUnavailable) and exc.__cause__ is not None:
+        cause = exc.__cause__
+        detail = cause.args[0] if cause.args else ""
+        return (
+            f"cannot reach the Kafka broker{where} ({type(cause).__name__}: {detail})"
+            "; nothing was sent. Is it running? Set LEADPULSE_KAFKA_BOOTSTRAP, or start the local one with "
+            "`leadpulse broker`"
+        )
     name = type(exc).__name__
     if any(word in name for word in ("Sasl", "Authentication", "Authorization", "Ssl")):
         # the broker answered: "is it running?" would send the operator the wrong way

@@ -46,6 +46,10 @@ class DeliveryError(Exception):
         )
 
 
+#: How long a producer waits for a first broker at start (kafka-python's default is 30 s).
+BOOTSTRAP_TIMEOUT_MS = 10_000
+
+
 class BrokerUnavailable(KafkaTimeoutError):  # type: ignore[misc]  # kafka-python is untyped
     """No broker answered while the producer started (a ``KafkaTimeoutError``, as kafka-python raises)."""
 
@@ -88,15 +92,19 @@ class Producer:
             "batch_size": batch_size,
             "retries": 5,
             "max_in_flight_requests_per_connection": 1,  # keep per-key order across retries
+            # kafka-python waits 30 s for a first broker; the long-running commands give up within 10 s
+            # (streams.kafka_close), so `leadpulse produce` and the SDK say "no broker" as soon
+            "bootstrap_timeout_ms": BOOTSTRAP_TIMEOUT_MS,
             **kafka_client_config(settings),
         }
         config.update(kafka_config)
         try:
             self._producer = KafkaProducer(**config)
         except KafkaTimeoutError as exc:
+            waited = config["bootstrap_timeout_ms"] / 1000
             raise BrokerUnavailable(
-                f"no Kafka broker answered at {config['bootstrap_servers']} ({exc}); nothing was sent. Is it "
-                "running? Check LEADPULSE_KAFKA_BOOTSTRAP and the SASL/TLS settings"
+                f"no Kafka broker answered at {config['bootstrap_servers']} within {waited:g} s ({exc}); "
+                "nothing was sent. Is it running? Check LEADPULSE_KAFKA_BOOTSTRAP and the SASL/TLS settings"
             ) from exc
         self._lock = threading.Lock()
         self._failures: list[tuple[str, str | None, str]] = []

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import subprocess
+import time
 from pathlib import Path
 
 import pytest
@@ -55,6 +56,7 @@ def test_an_unreachable_broker_is_one_line_naming_it_not_a_traceback(tmp_path: P
     path = tmp_path / "one.jsonl"
     path.write_text('{"event_id": "e1", "event_time": 1, "lead_id": "L1", "source": "s", "url": "u"}\n')
     port = free_port()
+    started = time.monotonic()
     done = subprocess.run(
         [*LEADPULSE, "produce", str(path), "--topic", "events.web_visits"],
         env=leadpulse_env(kafka_bootstrap=f"127.0.0.1:{port}", data_dir=tmp_path / "d"),
@@ -65,4 +67,8 @@ def test_an_unreachable_broker_is_one_line_naming_it_not_a_traceback(tmp_path: P
     )
     assert done.returncode == 1
     assert "Traceback" not in done.stderr
+    took = time.monotonic() - started
     assert f"cannot reach the Kafka broker at 127.0.0.1:{port}" in done.stderr
+    assert done.stderr.lower().count("is it running") == 1, done.stderr  # it was said twice
+    assert "nothing was sent" in done.stderr
+    assert took < 20, f"produce took {took:.0f} s to give up"  # 33 s with kafka-python's 30 s bootstrap
