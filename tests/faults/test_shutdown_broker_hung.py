@@ -73,7 +73,7 @@ def test_sigterm_while_the_broker_hangs_exits_within_the_grace_period(tmp_path: 
     groups = {
         "worker": (f"{prefix}leadpulse-worker", f"{prefix}events.web_visits"),
         "sink": (f"{prefix}leadpulse-sink", f"{prefix}events.web_visits"),
-        "notifier": ("leadpulse-notifier", f"{prefix}leads.hot"),
+        "notifier": (f"{prefix}leadpulse-notifier", f"{prefix}leads.hot"),
     }
     stopped = False
     try:

@@ -27,6 +27,7 @@ from pathlib import Path
 import pytest
 from aiohttp import web
 
+from agents.notifications import notifier_group
 from sinks.webhook import IDEMPOTENCY_HEADER, SIGNATURE_HEADER, verify_signature
 from streams.broker import EmbeddedBroker, free_port
 from streams.reader import Decoded, read_topic
@@ -187,7 +188,7 @@ async def test_notifier_delivers_each_hot_lead_once_or_dead_letters_it_through_f
             assert time.monotonic() < deadline, f"only {len(letters)} dead letters for json-3"
             await asyncio.sleep(0.5)
         deadline = time.monotonic() + 30
-        while await asyncio.to_thread(committed_total, settings, "leadpulse-notifier") != HOT_LEADS:
+        while await asyncio.to_thread(committed_total, settings, notifier_group(settings)) != HOT_LEADS:
             assert alive() and time.monotonic() < deadline, "offsets not committed for every hot lead"
             await asyncio.sleep(0.25)
         assert await asyncio.to_thread(http_ok, f"http://127.0.0.1:{ops_port}/health")
@@ -271,4 +272,4 @@ async def test_sigterm_with_the_receiver_down_stops_promptly_and_leaves_the_noti
     assert code == 0, proc.output()[-3000:]
     assert "Traceback" not in proc.output(), proc.output()[-3000:]
     assert await asyncio.to_thread(dead_letters, settings) == []
-    assert await asyncio.to_thread(committed_total, settings, "leadpulse-notifier") == 0
+    assert await asyncio.to_thread(committed_total, settings, notifier_group(settings)) == 0
