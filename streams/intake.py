@@ -282,6 +282,9 @@ def normalise_event(
             return Rejected(index, event_id, [FieldError(name, problem) for name in crm_only])
     event["source"] = source
     event["received_at"] = received_at
+    # The skew correction applies to a time the client stamped with its own clock; a missing event_time
+    # becomes the server's receipt time, which has no client skew to remove.
+    client_time = "event_time" in event
     event.setdefault("event_time", received_at)
     errors: list[FieldError] = []
     try:
@@ -298,7 +301,7 @@ def normalise_event(
         except ValueError as exc:
             errors.append(FieldError("sent_at", str(exc)))
         else:
-            if isinstance(record.get("event_time"), int):
+            if client_time and isinstance(record.get("event_time"), int):
                 record["event_time"] += skew
     ahead = future_problem(record.get("event_time"), received_at, limits.max_future_ms)
     if ahead is not None:

@@ -229,6 +229,26 @@ def test_skew_is_corrected_before_the_future_limit_applies() -> None:
     assert not isinstance(no_time, Rejected) and no_time.record["event_time"] == received
 
 
+@pytest.mark.parametrize("skew_h", [-24, -2, 2, 30])
+def test_an_event_without_event_time_is_received_at_whatever_the_clients_sent_at(skew_h: int) -> None:
+    """A missing event_time is the server's receipt time: the client's skew (sent_at) must not move it
+    (it did: 2 h into the future for a clock 2 h slow, a day into the past for one a day fast, and a
+    clock more than 23 h slow got the event refused as in the future)."""
+    received = NOW * 1000
+    event = {"type": "web_visit", "event_id": "e", "anonymous_id": "a", "url": "u"}
+    result = normalise_event(
+        event,
+        0,
+        source="web",
+        received_at=received,
+        batch_sent_at=received + skew_h * 3_600_000,
+        registry=default_registry(),
+        limits=Limits(),
+    )
+    assert isinstance(result, Accepted), result
+    assert result.record["event_time"] == received
+
+
 @pytest.mark.parametrize(
     "agent, bot",
     [
