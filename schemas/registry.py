@@ -324,6 +324,14 @@ def _coerce(t: Any, value: Any, path: str, errors: list[FieldError]) -> Any:
     if not isinstance(value, expected):
         errors.append(FieldError(path, f"expected {t}, got {type(value).__name__} {value!r}"[:200]))
         return value
+    if isinstance(value, str) and not value.isascii():
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError as exc:  # JSON "\ud800": a lone surrogate Avro (UTF-8) cannot hold
+            errors.append(
+                FieldError(path, f"not valid Unicode: lone surrogate {value[exc.start]!r} at {exc.start}")
+            )
+            return value
     if t == "int" and isinstance(value, int) and not _INT32[0] <= value <= _INT32[1]:
         errors.append(FieldError(path, f"out of range for int: {_short(value)}"))
     elif t == "long" and isinstance(value, int) and not _INT64[0] <= value <= _INT64[1]:

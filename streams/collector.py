@@ -25,7 +25,7 @@ from aiokafka.partitioner import murmur2
 from prometheus_client import CollectorRegistry
 
 from schemas.fast_codec import codec_for
-from schemas.registry import SchemaRegistry, default_registry
+from schemas.registry import SchemaRegistry, SchemaValidationError, default_registry
 from streams.bots import is_bot
 from streams.broker import aiokafka_client_config
 from streams.intake import (
@@ -36,6 +36,7 @@ from streams.intake import (
     Envelope,
     Limits,
     Outcome,
+    Rejected,
     decompress,
     key_from_authorization,
     normalise_event,
@@ -407,7 +408,14 @@ class Collector:
             messages = []
             kept = []
             for a in outcome.accepted:
-                value = encode(a.schema, a.record)
+                try:
+                    value = encode(a.schema, a.record)
+                except SchemaValidationError as exc:  # text validation let through (a lone surrogate)
+                    event_id = a.record.get("event_id")
+                    outcome.rejected.append(
+                        Rejected(a.index, event_id if isinstance(event_id, str) else None, exc.errors)
+                    )
+                    continue
                 if len(value) > MAX_INPUT_RECORD_BYTES:  # the worker and the sink would dead-letter it
                     outcome.rejected.append(too_large(a, len(value)))
                 else:

@@ -384,6 +384,19 @@ async def test_a_number_avro_cannot_hold_is_a_per_event_error_not_a_500(collecto
     assert [r.record["event_id"] for r in await collector.topic("events.web_visits")] == [good["event_id"]]
 
 
+async def test_a_lone_surrogate_is_a_per_event_error_naming_the_field_not_a_500(collector: Running) -> None:
+    """JSON may escape half a UTF-16 pair ("\\ud800"); Avro strings are UTF-8 and cannot hold it. It was a
+    500 for the whole request, so the tracker (which does not retry) lost the good events with it."""
+    good = visit()
+    bad = json.dumps(visit(url="https://example.com/")).replace('example.com/"', 'example.com/\\ud800"')
+    raw = f"[{json.dumps(good)}, {bad}]".encode()
+    status, body, _ = await collector.post(None, raw=raw)
+    assert status == 207, body
+    assert [(e["index"], [f["field"] for f in e["errors"]]) for e in body["errors"]] == [(1, ["url"])]
+    assert [r.record["event_id"] for r in await collector.topic("events.web_visits")] == [good["event_id"]]
+    assert collector.value("leadpulse_collector_requests_total", status="500") == 0
+
+
 async def test_hostile_bodies_get_a_json_4xx_with_cors_never_a_500(collector: Running) -> None:
     deep = ("[" * 60_000 + "]" * 60_000).encode()  # within the test limit of 128 KiB
     cases = [

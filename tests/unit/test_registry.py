@@ -246,6 +246,20 @@ def test_a_non_finite_sales_amount_is_refused() -> None:
     assert default_registry().validate("sales_activity", {**record, "amount": 1200.5})["amount"] == 1200.5
 
 
+def test_a_lone_surrogate_is_a_field_error_when_validating_and_encoding() -> None:
+    """json.loads('"\\ud800"') is a str UTF-8 cannot encode: validation said nothing and the encoder's
+    error named "<record>" (the SDK, `leadpulse produce`) or escaped as a 500 (the collector)."""
+    registry = default_registry()
+    record = {**CONTENT_VIEW, "content_type": "case\ud800study"}
+    with pytest.raises(SchemaValidationError) as info:
+        registry.validate("content_view", record)
+    assert [e.field for e in info.value.errors] == ["content_type"]
+    with pytest.raises(SchemaValidationError) as info:
+        registry.encode("content_view", {**registry.validate("content_view", CONTENT_VIEW), **record})
+    assert [e.field for e in info.value.errors] == ["content_type"]
+    assert registry.validate("content_view", {**CONTENT_VIEW, "content_type": "étude 👀"})
+
+
 def test_nested_records_report_their_path() -> None:
     registry = default_registry()
     with pytest.raises(SchemaValidationError, match=r"reasons\[0\]\.points: expected double"):
