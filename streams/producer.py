@@ -241,7 +241,7 @@ class ProduceReport:
     rejected: list[tuple[int, str]] = field(default_factory=list)  # (line number, reason)
 
 
-def produce_lines(producer: Producer, topic: str, lines: Iterable[str]) -> ProduceReport:
+def produce_lines(producer: Producer, topic: str, lines: Iterable[str | bytes]) -> ProduceReport:
     """Publish JSON lines to a topic; bad lines are reported with their line number, good ones still sent.
 
     A line may carry ``"type": "<schema>"``, as history files do (``leadpulse generate``, ``rescore``), so
@@ -249,7 +249,17 @@ def produce_lines(producer: Producer, topic: str, lines: Iterable[str]) -> Produ
     that name)."""
     report = ProduceReport()
     spec = resolve(topic, producer.settings.topic_prefix)
-    for number, line in enumerate(lines, start=1):
+    for number, raw in enumerate(lines, start=1):
+        if isinstance(raw, bytes):  # decoded line by line: one bad byte is that line's error, not the file's
+            try:
+                line = raw.decode("utf-8-sig" if number == 1 else "utf-8")
+            except UnicodeDecodeError as exc:
+                report.rejected.append(
+                    (number, f"not UTF-8: byte {raw[exc.start]:#04x} at column {exc.start + 1}")
+                )
+                continue
+        else:
+            line = raw
         if not line.strip():
             continue
         try:
@@ -274,5 +284,5 @@ def produce_lines(producer: Producer, topic: str, lines: Iterable[str]) -> Produ
 
 def produce_file(settings: Settings, path: Path, topic: str, bootstrap: str | None = None) -> ProduceReport:
     resolve(topic, settings.topic_prefix)  # fail before connecting when the topic is wrong
-    with path.open(encoding="utf-8") as handle, Producer(settings, bootstrap=bootstrap) as producer:
+    with path.open("rb") as handle, Producer(settings, bootstrap=bootstrap) as producer:
         return produce_lines(producer, topic, handle)

@@ -66,6 +66,32 @@ def test_unknown_fingerprint_is_reported_and_reading_goes_on(broker_settings: Se
     assert all("events.downloads" in r.reason and "@" in r.reason for r in poison)
 
 
+def test_a_line_that_is_not_utf8_is_that_lines_error_not_a_traceback(
+    broker_settings: Settings, tmp_path
+) -> None:
+    """The file was decoded as a whole while being read: one Latin-1 byte raised UnicodeDecodeError out of
+    `leadpulse produce` (a traceback, no line number) and the lines around it were not sent. A UTF-8 BOM
+    (Windows editors) made line 1 "not JSON"."""
+    import json
+
+    first = next(sample_events("web_visit", 1))
+    lines = [
+        b"\xef\xbb\xbf" + json.dumps(first).encode(),
+        json.dumps({**first, "event_id": "caf\u00e9"}, ensure_ascii=False).encode("latin-1"),
+        json.dumps({**first, "event_id": "e3"}).encode(),
+    ]
+    path = tmp_path / "mixed.jsonl"
+    path.write_bytes(b"\n".join(lines) + b"\n")
+    report = produce_file(broker_settings, path, "events.web_visits")
+    assert report.sent == 2
+    assert [n for n, _ in report.rejected] == [2]
+    assert report.rejected[0][1].startswith("not UTF-8: byte 0xe9")
+    sent = [
+        r.record["event_id"] for r in read_topic(broker_settings, broker_settings.topic("events.web_visits"))
+    ]
+    assert sorted(sent) == sorted([first["event_id"], "e3"])
+
+
 def test_produce_file_reports_sent_and_rejected_lines(broker_settings: Settings, tmp_path) -> None:
     import json
 
