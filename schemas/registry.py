@@ -382,7 +382,12 @@ BEHAVIOURAL = ("web_visit", "email_click", "download", "content_view")
 def _domain_checks(name: str, record: Mapping[str, Any]) -> Iterable[FieldError]:
     if "event_id" in record and isinstance(record["event_id"], str) and not record["event_id"].strip():
         yield FieldError("event_id", "must not be empty")
-    if name in BEHAVIOURAL and not record.get("lead_id") and not record.get("anonymous_id"):
+    lead_id = record.get("lead_id")
+    if name not in BEHAVIOURAL and isinstance(lead_id, str) and not lead_id.strip():
+        # required here: an empty one was accepted and keyed by nothing (the worker then dead-lettered a
+        # sales activity as having no identity) or made a profile of the lead "" for the anonymous visitor
+        yield FieldError("lead_id", "must not be empty")
+    if name in BEHAVIOURAL and not lead_id and not record.get("anonymous_id"):
         yield FieldError("lead_id", "one of lead_id or anonymous_id is required")
     if name == "content_view":
         dwell = record.get("dwell_ms")

@@ -170,6 +170,20 @@ def test_validation_requires_a_lead_or_anonymous_identity() -> None:
         default_registry().validate("web_visit", _minimal_web_visit(anonymous_id=None))
 
 
+@pytest.mark.parametrize("lead_id", ["", "   "])
+def test_a_required_lead_id_must_not_be_empty(lead_id: str) -> None:
+    """lead_identified and sales_activity require a lead_id; an empty one passed validation (the collector
+    answered 202, the worker then dead-lettered the sales activity as having no identity)."""
+    registry = default_registry()
+    activity = {"event_id": "s", "event_time": 1, "lead_id": lead_id, "source": "crm", "activity": "accepted"}
+    profile = {"event_id": "p", "event_time": 1, "lead_id": lead_id, "anonymous_id": "a-1", "source": "web"}
+    for name, record in (("sales_activity", activity), ("lead_identified", profile)):
+        with pytest.raises(SchemaValidationError) as info:
+            registry.validate(name, record)
+        assert [(e.field, e.problem) for e in info.value.errors] == [("lead_id", "must not be empty")], name
+        assert registry.validate(name, {**record, "lead_id": "L-1"})["lead_id"] == "L-1"
+
+
 def test_validation_accepts_iso_timestamps_and_rejects_bad_enum_values() -> None:
     registry = default_registry()
     record = registry.validate(
