@@ -303,6 +303,8 @@ def normalise_event(
         else:
             if client_time and isinstance(record.get("event_time"), int):
                 record["event_time"] += skew
+                if not -(2**63) <= record["event_time"] < 2**63:  # Avro long; the encoder would raise
+                    errors.append(FieldError("sent_at", "clock-skew correction puts event_time out of range"))
     ahead = future_problem(record.get("event_time"), received_at, limits.max_future_ms)
     if ahead is not None:
         errors.append(FieldError("event_time", f"{ahead} (after clock-skew correction)"))

@@ -229,6 +229,21 @@ def test_skew_is_corrected_before_the_future_limit_applies() -> None:
     assert not isinstance(no_time, Rejected) and no_time.record["event_time"] == received
 
 
+def test_a_skew_that_pushes_event_time_out_of_avro_long_is_an_error_not_a_crash() -> None:
+    """event_time -2**63 with sent_at 2**63-1 is each in range, but the corrected time is not: fastavro
+    raised OverflowError and the collector answered 500 for the whole request."""
+    result = normalise_event(
+        {"type": "web_visit", "event_id": "e", "anonymous_id": "a", "url": "u", "event_time": -(2**63)},
+        0,
+        source="web",
+        received_at=NOW * 1000,
+        batch_sent_at=2**63 - 1,
+        registry=default_registry(),
+        limits=Limits(),
+    )
+    assert isinstance(result, Rejected) and [e.field for e in result.errors] == ["sent_at"]
+
+
 @pytest.mark.parametrize("skew_h", [-24, -2, 2, 30])
 def test_an_event_without_event_time_is_received_at_whatever_the_clients_sent_at(skew_h: int) -> None:
     """A missing event_time is the server's receipt time: the client's skew (sent_at) must not move it
