@@ -234,10 +234,20 @@ class ReplayReport:
     skipped: list[tuple[str, str]] = field(default_factory=list)  # (dlq address, reason)
 
 
+#: What ``dead_letter`` appends to the error of a letter whose value it cut (the schema has no flag for it).
+_TRUNCATED = re.compile(r"\[value truncated to (\d+) of (\d+) bytes\]$")
+
+
 def replayable(record: dict[str, Any], prefix: str) -> str | None:
     """Why a dead letter cannot go back to its source topic, or None when it can."""
     if not record.get("value"):
         return "no original value bytes"
+    truncated = _TRUNCATED.search(record.get("error") or "")
+    if truncated:
+        # Re-publishing the cut bytes would put a different, corrupt record on the topic. Only an original
+        # over MAX_VALUE_BYTES is cut, far over the input record limit, so it would be dead-lettered again.
+        kept, size = truncated.groups()
+        return f"value truncated in the dead letter ({kept} of {size} bytes); replaying it would corrupt it"
     name = record["source_topic"]
     name = name[len(prefix) :] if prefix and name.startswith(prefix) else name
     if name not in BY_NAME or name == DLQ.name:

@@ -51,6 +51,7 @@ def _filters(topic: str | None, stage: str | None, prefix: str) -> None:
 
 #: Bytes of a dead letter's key/value shown in hex unless ``dlq show --full`` (a 64 KiB record is 128k chars).
 SHOWN_BYTES = 256
+SHOWN_CHARS = 2000  # of the decoded record's JSON
 
 
 def _show_bytes(data: bytes | None, full: bool = False) -> str:
@@ -79,7 +80,11 @@ def describe(letter: DeadLetter, full: bool = False) -> str:
     ]
     decoded = letter.decoded_original()
     if isinstance(decoded, tuple):
-        lines.append(f"  decoded     {decoded[0]}: {json.dumps(decoded[1], default=str, sort_keys=True)}")
+        text = json.dumps(decoded[1], default=str, sort_keys=True)
+        if not full and len(text) > SHOWN_CHARS:  # a 70 KB url filled the terminal (audit)
+            more = f"({len(text)} characters, first {SHOWN_CHARS} shown, --full for all)"
+            text = f"{text[:SHOWN_CHARS]}… {more}"
+        lines.append(f"  decoded     {decoded[0]}: {text}")
     else:
         lines.append(f"  decoded     not decodable: {decoded}")
     return "\n".join(lines)

@@ -43,3 +43,21 @@ def test_dlq_show_cuts_a_large_original_to_its_first_bytes_unless_full() -> None
     assert big[: SHOWN_BYTES + 1].hex() not in short
     assert _show_bytes(big, full=True).startswith(big.hex() + "  (10240 bytes; as text:")
     assert _show_bytes(b"\x02x") == "0278  (2 bytes; as text: '\\x02x')"
+
+
+def test_dlq_show_cuts_a_long_decoded_record_unless_full() -> None:
+    """The value line was cut, but the decoded line printed the whole record: a 70 KB url filled the terminal
+    (ingestion audit)."""
+    from leadpulse.commands.edge_cmds import SHOWN_CHARS, describe
+    from schemas.registry import default_registry
+    from streams.dlq import DeadLetter, dead_letter
+    from streams.samples import sample_events
+
+    event = {**next(iter(sample_events("web_visit", 1, seed=3))), "url": "https://x.example/" + "a" * 70_000}
+    value = default_registry().encode("web_visit", event)
+    letter = DeadLetter(0, 7, dead_letter("events.web_visits", 1, 2, b"k", value, "process", "boom"))
+    decoded = next(line for line in describe(letter).splitlines() if line.startswith("  decoded"))
+    assert len(decoded) < SHOWN_CHARS + 200 and "first 2000 shown, --full for all" in decoded
+    assert decoded.startswith("  decoded     web_visit: {")
+    full = next(line for line in describe(letter, full=True).splitlines() if line.startswith("  decoded"))
+    assert event["url"] in full

@@ -11,6 +11,7 @@ from streams.dlq import (
     WRITER_HEADER,
     check_filters,
     dead_letter,
+    replayable,
     writer_headers,
     writer_of,
 )
@@ -54,6 +55,22 @@ def test_an_oversized_original_is_truncated_and_the_message_says_so() -> None:
     letter = dead_letter("events.web_visits", 0, 5, b"k", value, "decode", "too big", failed_at=1)
     assert len(letter["value"]) == MAX_VALUE_BYTES
     assert f"[value truncated to {MAX_VALUE_BYTES} of {MAX_VALUE_BYTES + 10} bytes]" in letter["error"]
+
+
+def test_a_truncated_value_is_not_replayed_and_a_whole_one_is() -> None:
+    """``dlq replay`` re-published the cut bytes (audit): a different, corrupt record on the source topic."""
+    cut = dead_letter(
+        "events.downloads", 0, 5, b"k", b"x" * (MAX_VALUE_BYTES + 1), "decode", "bad", failed_at=1
+    )
+    reason = replayable(cut, "")
+    assert reason is not None and f"truncated in the dead letter ({MAX_VALUE_BYTES} of" in reason
+    whole = dead_letter("events.downloads", 0, 6, b"k", b"x" * MAX_VALUE_BYTES, "decode", "bad", failed_at=1)
+    assert replayable(whole, "") is None
+    # a long error message is cut at 3000 characters before the marker, so the marker always survives
+    long_error = dead_letter(
+        "events.downloads", 0, 7, b"k", b"y" * (MAX_VALUE_BYTES + 1), "decode", "e" * 9000
+    )
+    assert replayable(long_error, "") is not None
 
 
 def test_an_unknown_stage_is_refused_by_name() -> None:
