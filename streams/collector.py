@@ -290,6 +290,15 @@ class Collector:
             response = await handler(request)
         except web.HTTPException as exc:
             response = exc
+            if exc.status >= 400 and exc.content_type != "application/json":
+                # aiohttp's own 404/405 are text/plain; every other error here is {"error", "message"}
+                response = _error(
+                    exc.status,
+                    exc.reason.lower().replace(" ", "_"),
+                    f"{request.method} {request.path}: {exc.reason}"
+                    + ("; use POST /v1/events" if exc.status == 405 else ""),
+                    **{k: v for k, v in exc.headers.items() if k == "Allow"},
+                )
         except Exception:  # a bug must still answer JSON with CORS, and be counted
             log.exception("collector: unexpected error answering %s %s", request.method, request.path)
             response = _error(500, "internal_error", "the collector failed on this request; see its log")
@@ -304,7 +313,8 @@ class Collector:
             status=204,
             headers={
                 "Access-Control-Allow-Methods": "POST, OPTIONS",
-                "Access-Control-Allow-Headers": "Authorization, Content-Type",
+                # Content-Encoding: a browser fetch that gzips its body (docs/ingestion.md) must be allowed
+                "Access-Control-Allow-Headers": "Authorization, Content-Type, Content-Encoding",
                 "Access-Control-Max-Age": "86400",
             },
         )
@@ -350,7 +360,7 @@ class Collector:
             401,
             "unauthorized",
             f"{problem}: send Authorization: Bearer <write key>, basic auth with "
-            "the key as user name, or write_key in the body",
+            "the key as user name, ?write_key= in the URL, or write_key in the body",
             **{"WWW-Authenticate": "Bearer"},
         )
 

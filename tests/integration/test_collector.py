@@ -247,6 +247,7 @@ async def test_requests_without_a_valid_write_key_get_401_and_nothing_lands(coll
         status, body, response = await collector.post(visit(), key=key)
         assert (status, body["error"]) == (401, "unauthorized")
         assert response.headers["WWW-Authenticate"] == "Bearer"
+        assert "?write_key=" in body["message"]  # every place a key is accepted is named
     assert await collector.topic("events.web_visits") == []
 
 
@@ -326,15 +327,30 @@ async def test_cors_preflight_and_error_answers_are_readable_by_browsers(collect
     headers = {
         "Origin": "https://www.example.com",
         "Access-Control-Request-Method": "POST",
-        "Access-Control-Request-Headers": "authorization,content-type",
+        "Access-Control-Request-Headers": "authorization,content-type,content-encoding",
     }
     async with collector.session.options(collector.url + "/v1/events", headers=headers) as response:
         assert response.status == 204
         assert response.headers["Access-Control-Allow-Origin"] == "*"
         assert "POST" in response.headers["Access-Control-Allow-Methods"]
-        assert "Authorization" in response.headers["Access-Control-Allow-Headers"]
+        allowed = {h.strip().lower() for h in response.headers["Access-Control-Allow-Headers"].split(",")}
+        # every header the browser asked for, or it refuses the request (a gzip fetch asks content-encoding)
+        assert set(headers["Access-Control-Request-Headers"].split(",")) <= allowed
     _, _, response = await collector.post(visit(), key="nope", headers={"Origin": "https://www.example.com"})
     assert response.headers["Access-Control-Allow-Origin"] == "*"
+
+
+async def test_a_wrong_method_or_path_answers_json_like_every_other_error(collector: Running) -> None:
+    """aiohttp's own 405 and 404 were text/plain; a client parsing {"error", "message"} choked on them."""
+    async with collector.session.get(collector.url + "/v1/events") as response:
+        assert response.status == 405
+        body = await response.json()
+        assert body["error"] == "method_not_allowed" and "POST /v1/events" in body["message"]
+        assert "POST" in response.headers["Allow"]
+        assert response.headers["Access-Control-Allow-Origin"] == "*"
+    async with collector.session.post(collector.url + "/v1/nothing-here", json={}) as response:
+        assert response.status == 404
+        assert (await response.json())["error"] == "not_found"
 
 
 async def test_health_ready_metrics_and_tracker_are_served(collector: Running) -> None:
