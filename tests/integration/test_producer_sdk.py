@@ -181,3 +181,27 @@ def test_close_after_the_broker_went_away_raises_the_delivery_error_naming_the_e
         assert client._closed and not client._sender.is_alive()
     finally:
         broker.stop()
+
+
+def test_the_documented_sdk_example_publishes_through_the_public_facade(
+    broker_settings: Settings, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """docs/ingestion.md's example, run as written: the SDK's errors and settings were importable only from
+    ``streams``/``schemas``, and no doc showed a call (ingestion audit)."""
+    import re
+    from pathlib import Path
+
+    import leadpulse.producer as sdk
+
+    text = (Path(__file__).parents[2] / "docs" / "ingestion.md").read_text()
+    example = re.search(r"```python\n(from leadpulse\.producer import .*?)```", text, re.S)
+    assert example is not None, "the SDK example is gone from docs/ingestion.md"
+    monkeypatch.setenv("LEADPULSE_KAFKA_BOOTSTRAP", broker_settings.bootstrap)
+    monkeypatch.setenv("LEADPULSE_TOPIC_PREFIX", broker_settings.topic_prefix)
+    exec(compile(example.group(1), "docs/ingestion.md", "exec"), {})
+    [item] = list(read_topic(broker_settings, broker_settings.topic("sales.activities"), idle_ms=500))
+    assert isinstance(item, Decoded) and item.record["event_id"] == "crm-7731"
+    assert item.record["activity"] == "accepted" and item.key == b"L-1042"
+    needed = ("BrokerUnavailable", "DeliveryError", "SchemaValidationError", "FieldError", "load_settings")
+    for name in needed:
+        assert name in sdk.__all__ and hasattr(sdk, name), name
