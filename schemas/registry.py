@@ -387,8 +387,13 @@ def _domain_checks(name: str, record: Mapping[str, Any]) -> Iterable[FieldError]
         # required here: an empty one was accepted and keyed by nothing (the worker then dead-lettered a
         # sales activity as having no identity) or made a profile of the lead "" for the anonymous visitor
         yield FieldError("lead_id", "must not be empty")
-    if name in BEHAVIOURAL and not lead_id and not record.get("anonymous_id"):
-        yield FieldError("lead_id", "one of lead_id or anonymous_id is required")
+    if name in BEHAVIOURAL:
+        anonymous_id = record.get("anonymous_id")
+        if not lead_id and not anonymous_id:
+            yield FieldError("lead_id", "one of lead_id or anonymous_id is required")
+        for field, value in (("lead_id", lead_id), ("anonymous_id", anonymous_id)):
+            if isinstance(value, str) and value and not value.strip():  # it would key the event by blanks
+                yield FieldError(field, "must not be blank (whitespace only)")
     if name == "content_view":
         dwell = record.get("dwell_ms")
         if isinstance(dwell, int) and _INT64[0] <= dwell < 0:  # out of range is reported by the type check

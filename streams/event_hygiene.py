@@ -39,7 +39,8 @@ def check_admissible(record: Mapping[str, Any], received_at_ms: int) -> None:
 
     ``received_at_ms`` is when the event entered Kafka (the record's timestamp), so re-reading a batch after
     a crash judges it the same way."""
-    if not (record.get("lead_id") or record.get("anonymous_id")):
+    lead_id, anonymous_id = record.get("lead_id"), record.get("anonymous_id")
+    if not ((lead_id or "").strip() or (anonymous_id or "").strip()):  # blanks identify nobody
         raise InadmissibleEvent(
             "no_identity", "lead_id: one of lead_id or anonymous_id is required (record has neither)"
         )

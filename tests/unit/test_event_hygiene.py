@@ -41,7 +41,8 @@ def test_past_and_missing_event_times_are_not_future_problems() -> None:
 
 
 def test_an_event_of_nobody_is_refused_naming_the_field() -> None:
-    for record in ({"lead_id": None, "anonymous_id": None}, {"lead_id": "", "anonymous_id": ""}, {}):
+    nobody = ({"lead_id": None, "anonymous_id": None}, {"lead_id": "", "anonymous_id": ""}, {})
+    for record in (*nobody, {"lead_id": "  ", "anonymous_id": None}, {"lead_id": " ", "anonymous_id": "\t"}):
         with pytest.raises(InadmissibleEvent, match=r"^lead_id: one of lead_id or anonymous_id") as caught:
             check_admissible({**record, "event_time": RECEIVED}, RECEIVED)
         assert caught.value.reason == "no_identity"

@@ -309,3 +309,16 @@ def test_registry_loads_history_versions_for_decoding_only(tmp_path) -> None:
     registry = SchemaRegistry()
     assert len(registry.by_fingerprint) == len(registry.current) + 1
     assert set(registry.current) == {p.stem for p in SCHEMA_DIR.glob("*.avsc")}
+
+
+def test_a_blank_identity_of_a_behavioural_event_is_refused_naming_the_field() -> None:
+    """A whitespace-only lead_id or anonymous_id passed and keyed the event (and a lead) by blanks."""
+    registry = default_registry()
+    for field in ("lead_id", "anonymous_id"):
+        with pytest.raises(SchemaValidationError) as info:
+            registry.validate("web_visit", _minimal_web_visit(**{field: "  "}))
+        assert (field, "must not be blank (whitespace only)") in [
+            (e.field, e.problem) for e in info.value.errors
+        ]
+    # an empty nullable id is simply absent when the other one is there
+    assert registry.validate("web_visit", _minimal_web_visit(lead_id=""))["anonymous_id"]
