@@ -57,7 +57,9 @@ class CatalogueError(Exception):
 
     def __init__(self, path: str, problems: list[tuple[int, str, str]]) -> None:
         self.problems = problems
-        shown = "; ".join(f"entry {n} {field}: {problem}" for n, field, problem in problems[:10])
+        shown = "; ".join(  # entry 0: the file as a whole (not readable, not JSON)
+            f"{f'entry {n} ' if n else ''}{field}: {problem}" for n, field, problem in problems[:10]
+        )
         more = f" (and {len(problems) - 10} more)" if len(problems) > 10 else ""
         super().__init__(
             f"{path}: {len(problems)} invalid entr{'y' if len(problems) == 1 else 'ies'}: {shown}{more}"
@@ -131,14 +133,45 @@ def parse_entries(
 
 
 def read_file(path: Path) -> list[dict[str, Any]]:
+    """Entries of a catalogue file; a file that is not UTF-8 or not JSON is a CatalogueError naming the
+    line, like a bad field, not a traceback."""
+    try:
+        items = _read_items(path)
+    except UnicodeDecodeError as exc:
+        raise CatalogueError(str(path), [(0, "<file>", f"not UTF-8 (byte {exc.start})")]) from None
+    problems = [
+        (number, "<entry>", f"expected an object with the columns, got {type(item).__name__}")
+        for number, item in enumerate(items, start=1)
+        if not isinstance(item, dict)
+    ]
+    if problems:
+        raise CatalogueError(str(path), problems)
+    return items
+
+
+def _read_items(path: Path) -> list[Any]:
     if path.suffix.lower() == ".csv":
         with path.open(encoding="utf-8", newline="") as handle:
             return list(csv.DictReader(handle))
     if path.suffix.lower() in (".json", ".jsonl"):
         text = path.read_text(encoding="utf-8")
         if path.suffix.lower() == ".jsonl":
-            return [json.loads(line) for line in text.splitlines() if line.strip()]
-        data = json.loads(text)
+            items = []
+            for number, line in enumerate(text.splitlines(), start=1):
+                if line.strip():
+                    try:
+                        items.append(json.loads(line))
+                    except json.JSONDecodeError as exc:
+                        raise CatalogueError(
+                            str(path), [(0, f"line {number}", f"not JSON: {exc.msg} at column {exc.colno}")]
+                        ) from None
+            return items
+        try:
+            data = json.loads(text)
+        except json.JSONDecodeError as exc:
+            raise CatalogueError(
+                str(path), [(0, f"line {exc.lineno}", f"not JSON: {exc.msg} at column {exc.colno}")]
+            ) from None
         items = data.get("content", data) if isinstance(data, dict) else data
         if not isinstance(items, list):
             raise CatalogueError(str(path), [(0, "<file>", 'expected a JSON list or {"content": [...]}')])

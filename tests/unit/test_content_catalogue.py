@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
-from sinks.content_catalogue import CatalogueError, parse_entries
+from sinks.content_catalogue import CatalogueError, parse_entries, read_file
 
 pytestmark = pytest.mark.unit
 
@@ -49,3 +51,23 @@ def test_bad_values_are_named_by_the_documented_column() -> None:
 def test_extra_columns_beside_complete_entries_are_accepted() -> None:
     rows = parse_entries([GOOD | {"owner": "marketing"}], loaded_at_ms=0)
     assert [row[:4] for row in rows] == [("wp-1", "Pricing guide", "whitepaper", "mql")]
+
+
+@pytest.mark.parametrize(
+    ("name", "content", "expected"),
+    [
+        ("c.json", b'{"id":', "c.json: 1 invalid entry: line 1: not JSON: Expecting value at column 7"),
+        ("c.jsonl", b"{}\nnot json\n", "c.jsonl: 1 invalid entry: line 2: not JSON: Expecting value"),
+        ("c.csv", b"\xff\xfeid,title\n", "c.csv: 1 invalid entry: <file>: not UTF-8 (byte 0)"),
+        ("c.json", b'[1, "x"]', "c.json: 2 invalid entries: entry 1 <entry>: expected an object with the"),
+        ("c.txt", b"id\n", "c.txt: 1 invalid entry: <file>: expected a .csv, .json or .jsonl file"),
+    ],
+)
+def test_an_unreadable_file_is_a_catalogue_error_naming_the_line(
+    tmp_path: Path, name: str, content: bytes, expected: str
+) -> None:
+    path = tmp_path / name
+    path.write_bytes(content)
+    with pytest.raises(CatalogueError) as caught:
+        read_file(path)
+    assert str(caught.value).startswith(str(path.parent / expected)), str(caught.value)
