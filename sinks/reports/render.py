@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import io
 import json
+import math
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -62,6 +63,18 @@ def render_csv(sections: Mapping[str, Sequence[Mapping[str, Any]]]) -> str:
     return buffer.getvalue()
 
 
+def _finite(value: Any) -> Any:
+    """JSON has no Infinity or NaN (``1/0`` and ``0/0`` in ClickHouse): they become null, so that jq,
+    JSON.parse and other strict readers accept the output."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, Mapping):
+        return {k: _finite(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)) or (isinstance(value, Sequence) and not isinstance(value, str)):
+        return [_finite(v) for v in value]
+    return value
+
+
 def render(
     sections: Mapping[str, Sequence[Mapping[str, Any]]], fmt: str, *, plain_numbers: bool = False
 ) -> str:
@@ -70,5 +83,5 @@ def render(
     if fmt == "csv":
         return render_csv(sections)
     if fmt == "json":
-        return json.dumps(sections, indent=2, default=str)
+        return json.dumps(_finite(sections), indent=2, default=str, allow_nan=False)
     raise ValueError(f"--format must be one of {', '.join(FORMATS)}, got {fmt!r}")

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import pytest
 
 from sinks.reports.render import render
@@ -18,3 +20,12 @@ def test_report_tables_keep_thousands_separators() -> None:
 def test_plain_numbers_print_as_stored() -> None:
     line = render(ROWS, "table", plain_numbers=True).splitlines()[2]
     assert line.split() == ["12345", "1234567.25", "0.123456789", "-"]
+
+
+def test_json_output_stays_valid_json_for_infinity_and_nan() -> None:
+    out = render({"result": [{"inf": float("inf"), "nan": float("nan"), "n": 1.5}]}, "json")
+
+    def strict(constant: str) -> None:
+        raise AssertionError(f"not JSON: {constant}")
+
+    assert json.loads(out, parse_constant=strict) == {"result": [{"inf": None, "nan": None, "n": 1.5}]}
