@@ -97,12 +97,14 @@ def register(app: typer.Typer) -> None:
             raise typer.Exit(code=2) from None
         plan = plan_traffic(seed, leads, now_ms - span_ms, span_ms, own)
         if content_out is not None:
-            write_catalogue(plan.catalogue, content_out)
+            with _writing("--content-out", content_out):
+                write_catalogue(plan.catalogue, content_out)
             typer.echo(f"wrote {len(plan.catalogue)} content items to {content_out}", err=True)
         if manifest is not None:
-            manifest.write_text(json.dumps(plan.manifest(), indent=2) + "\n", encoding="utf-8")
+            with _writing("--manifest", manifest):
+                manifest.write_text(json.dumps(plan.manifest(), indent=2) + "\n", encoding="utf-8")
         if out is not None:
-            with out.open("w", encoding="utf-8") as handle:
+            with _writing("--out", out), out.open("w", encoding="utf-8") as handle:
 
                 def write(schema: str, record: dict[str, Any]) -> None:
                     handle.write(jsonl_line(schema, record) + "\n")
@@ -119,6 +121,16 @@ def register(app: typer.Typer) -> None:
 
 
 Sink = Callable[[str, dict[str, Any]], Any]
+
+
+@contextlib.contextmanager
+def _writing(option: str, path: Path) -> Iterator[None]:
+    """A missing directory or a read-only file is the user's to fix: one line naming the option, exit 2."""
+    try:
+        yield
+    except OSError as exc:
+        typer.echo(f"leadpulse generate: {option} {path}: {exc.strerror or exc}", err=True)
+        raise typer.Exit(code=2) from None
 
 
 @contextlib.contextmanager

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 from typer.testing import CliRunner
 
@@ -61,3 +63,13 @@ def test_dlq_show_cuts_a_long_decoded_record_unless_full() -> None:
     assert decoded.startswith("  decoded     web_visit: {")
     full = next(line for line in describe(letter, full=True).splitlines() if line.startswith("  decoded"))
     assert event["url"] in full
+
+
+@pytest.mark.parametrize("option", ["--out", "--manifest", "--content-out"])
+def test_generate_to_a_missing_directory_names_the_option(tmp_path: Path, option: str) -> None:
+    target = tmp_path / "no-such-dir" / "file.csv"
+    out = [] if option == "--out" else ["--out", str(tmp_path / "events.jsonl")]
+    result = CliRunner().invoke(app, ["generate", "--leads", "1", *out, option, str(target)])
+    assert result.exit_code == 2, result.output
+    assert f"leadpulse generate: {option} {target}: No such file or directory" in result.output
+    assert result.exception is None or isinstance(result.exception, SystemExit)
