@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import pytest
@@ -185,3 +186,26 @@ def test_escalation_accepts_roles_teams_and_addresses() -> None:
     ladder = {"warning": ["owner", "inside-sales"], "breach": ["manager", "sales.ops@example.com"]}
     rules = rules_from_mapping({"sla": {"escalation": ladder}})
     assert rules.sla.escalation.breach == ["manager", "sales.ops@example.com"]
+
+
+@pytest.mark.parametrize(
+    ("yaml_text", "where"),
+    [
+        ("scoring:\n  event_type:\n    web_visit: .nan\n", "scoring.event_type.web_visit.points"),
+        ("scoring:\n  page_category:\n    pricing: {points: .inf}\n", "scoring.page_category.pricing.points"),
+        ("stages:\n  mql_threshold: .inf\n", "stages.mql_threshold"),
+    ],
+)
+def test_nan_and_infinite_numbers_are_refused(tmp_path: Path, yaml_text: str, where: str) -> None:
+    """YAML's `.nan` / `.inf` are floats: accepted, they scored every lead NaN (rescore showed `nan`)."""
+    path = tmp_path / "rules.yaml"
+    path.write_text("version: 1\n" + yaml_text)
+    with pytest.raises(RulesError, match=rf"^rules\.yaml: {re.escape(where)}: .*finite"):
+        load_rules(path)
+
+
+def test_a_file_that_is_not_utf8_names_the_file(tmp_path: Path) -> None:
+    path = tmp_path / "rules.yaml"
+    path.write_bytes(b"\xff\xfeversion: 1\n")
+    with pytest.raises(RulesError, match=r"rules\.yaml: not a UTF-8 text file"):
+        load_rules(path)
