@@ -25,6 +25,7 @@ from rich.table import Table
 from agents.rescore import HistoryError, RescoreReport, read_history, rescore
 from agents.rules import RulesError, load_rules
 from leadpulse.commands.cli_output import stdout_console
+from leadpulse.commands.settings_arg import cli_settings
 from schemas.registry import to_millis
 from streams.topics import INPUTS
 
@@ -64,9 +65,8 @@ def _history(source: str) -> Any:
         )
     from streams.broker import port_open
     from streams.reader import read_input_history
-    from streams.settings import load_settings
 
-    settings = load_settings()
+    settings = cli_settings()
     if settings.embedded_broker and not port_open(settings.broker_host, settings.broker_port):
         raise HistoryError(
             f"history: reading {source!r} needs a running broker; none at {settings.bootstrap} (start "
@@ -119,9 +119,7 @@ def register(app: typer.Typer) -> None:
             raise typer.Exit(code=2)
         try:
             if old_rules is None:
-                from streams.settings import load_settings
-
-                old_rules = load_settings().rules
+                old_rules = cli_settings().rules
             old = load_rules(old_rules)
             new = load_rules(rules)
             now_ms = to_millis(int(now) if now and now.isdigit() else now) if now else int(time.time() * 1000)

@@ -73,3 +73,16 @@ def test_generate_to_a_missing_directory_names_the_option(tmp_path: Path, option
     assert result.exit_code == 2, result.output
     assert f"leadpulse generate: {option} {target}: No such file or directory" in result.output
     assert result.exception is None or isinstance(result.exception, SystemExit)
+
+
+def test_rescore_with_a_bad_setting_names_the_variable(tmp_path: Path) -> None:
+    """rescore read the settings itself: a typo in a LEADPULSE_* variable ended in a traceback."""
+    history = tmp_path / "history.jsonl"
+    history.write_text("")
+    rules = tmp_path / "rules.yaml"
+    rules.write_text("version: 1\n")
+    args = ["rescore", str(history), "--rules", str(rules), "--dry-run"]
+    result = CliRunner().invoke(app, args, env={"LEADPULSE_WEB_PORT": "80x"})
+    assert result.exit_code == 2, result.output
+    assert "error: invalid settings: LEADPULSE_WEB_PORT" in result.output
+    assert result.exception is None or isinstance(result.exception, SystemExit)
