@@ -97,6 +97,7 @@ OUTSIDE_READER_FAMILIES = ("deltalake", "hudi", "iceberg", "paimon", "ytsaurus",
 _LITERAL_OR_COMMENT = re.compile(r"'(?:[^'\\]|\\.|'')*'|--[^\n]*|/\*.*?\*/", re.S)
 _QUOTED_NAME = re.compile(r'"([^"]*)"|`([^`]*)`')
 _INTO_OUTFILE = re.compile(r"\bINTO\s+OUTFILE\b", re.I)
+_FORMAT_CLAUSE = re.compile(r"\bFORMAT\s+([A-Za-z]\w*)\s*$", re.I)  # the last clause of a statement
 _CALL = re.compile(r"([A-Za-z_][A-Za-z0-9_]*)\s*\(")
 
 
@@ -129,6 +130,12 @@ def check_read_only(sql: str) -> str:
         raise QueryError("one statement per query: remove the ';' separated second statement")
     if _INTO_OUTFILE.search(code):  # a SELECT that writes a file
         raise QueryError("INTO OUTFILE writes a file; use --format csv or json and redirect the output")
+    format_clause = _FORMAT_CLAUSE.search(code)
+    if format_clause:  # the client asks for its own format: ClickHouse answered with a syntax error
+        raise QueryError(
+            f"FORMAT {format_clause.group(1)}: results come back as table, csv or json; "
+            "remove the FORMAT clause and use --format"
+        )
     reader = outside_reader(code)
     if reader is not None:
         raise QueryError(

@@ -84,3 +84,17 @@ def test_comments_before_a_read_and_semicolons_in_strings_are_allowed(sql: str) 
 def test_a_write_behind_a_comment_is_refused(sql: str) -> None:
     with pytest.raises(QueryError, match="only read-only statements"):
         check_read_only(sql)
+
+
+@pytest.mark.parametrize("sql", ["SELECT 1 FORMAT JSON", "select count() from leadpulse.events format CSV;"])
+def test_a_format_clause_points_to_the_format_option(sql: str) -> None:
+    """ClickHouse refused it with "Syntax error ... FORMAT Native", a clause the user never wrote."""
+    with pytest.raises(QueryError, match=r"^FORMAT (JSON|CSV): .*use --format"):
+        check_read_only(sql)
+
+
+@pytest.mark.parametrize(
+    "sql", ["SELECT formatDateTime(now(), '%F') AS format", "SELECT 'x FORMAT JSON'", "SELECT 1 AS format"]
+)
+def test_format_as_a_name_or_inside_a_string_is_allowed(sql: str) -> None:
+    assert check_read_only(sql) == sql
