@@ -133,7 +133,7 @@ def register(app: typer.Typer) -> None:
     @app.command(
         "sql",
         help='Run one read-only query, e.g. leadpulse sql "SELECT count() FROM leadpulse.events"; '
-        "QUERY - reads it from standard input",
+        "`leadpulse sql -` reads it from standard input",
         # a query that starts with a "-- comment" line is the query, not an unknown option
         context_settings={"ignore_unknown_options": True},
     )

@@ -41,3 +41,8 @@ def test_flags_render_plain_and_valued_options_keep_their_type() -> None:
 
 def demo_help() -> str:
     return CliRunner().invoke(app, ["demo", "--help"], terminal_width=120).output
+
+
+def test_sql_help_says_how_to_read_the_query_from_standard_input() -> None:
+    out = " ".join(CliRunner().invoke(app, ["sql", "--help"], terminal_width=200).output.split())
+    assert "`leadpulse sql -` reads it from standard input" in out
