@@ -70,7 +70,7 @@ def _finite(value: Any) -> Any:
         return None
     if isinstance(value, Mapping):
         return {k: _finite(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)) or (isinstance(value, Sequence) and not isinstance(value, str)):
+    if isinstance(value, Sequence) and not isinstance(value, str | bytes | bytearray):
         return [_finite(v) for v in value]
     return value
 

@@ -29,3 +29,9 @@ def test_json_output_stays_valid_json_for_infinity_and_nan() -> None:
         raise AssertionError(f"not JSON: {constant}")
 
     assert json.loads(out, parse_constant=strict) == {"result": [{"inf": None, "nan": None, "n": 1.5}]}
+
+
+def test_json_output_keeps_bytes_and_nested_values_as_before() -> None:
+    """The non-finite cleanup walks sequences; bytes are one, and must stay one value (``default=str``)."""
+    out = render({"result": [{"raw": b"ab", "arr": [1.0, float("-inf")], "m": {"k": float("nan")}}]}, "json")
+    assert json.loads(out) == {"result": [{"raw": "b'ab'", "arr": [1.0, None], "m": {"k": None}}]}
