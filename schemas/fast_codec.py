@@ -73,8 +73,20 @@ Check = Callable[[Any], Any]  # returns the coerced value or raises _Slow
 Write = Callable[[bytearray, Any], None]  # appends the Avro encoding or raises _Slow
 
 
+def _utf8(value: str) -> bool:
+    """Whether Avro (UTF-8) can hold ``value``: not with a lone surrogate (JSON ``"\ud800"``), which the
+    registry refuses naming the field. ASCII, the common case, is checked first at C speed."""
+    if value.isascii():
+        return True
+    try:
+        value.encode()
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
 def _check_string(value: Any) -> Any:
-    if type(value) is str:
+    if type(value) is str and _utf8(value):
         return value
     raise _Slow
 
@@ -297,7 +309,7 @@ def _inline(t: Any) -> tuple[str, int | None, int | None] | None:
 _INLINE_CHECK = {"string": "type(v) is str", "long": "type(v) is int", "double": "type(v) is float"}
 #: What ``coerce`` vouches for; anything else (a long beyond 64 bits, NaN, ±inf) is the registry's to refuse.
 _COERCE_CHECK = {
-    "string": "type(v) is str",
+    "string": "type(v) is str and (v.isascii() or utf8(v))",
     "long": "type(v) is int and LONG_MIN <= v <= LONG_MAX",
     "double": "type(v) is float and v - v == 0.0",
 }
@@ -315,6 +327,7 @@ def _namespace() -> dict[str, Any]:
         "LONG_MIN": _LONG_MIN,
         "LONG_MAX": _LONG_MAX,
         "pack_double": _PACK_DOUBLE,
+        "utf8": _utf8,
     }
 
 
