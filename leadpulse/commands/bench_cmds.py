@@ -2,11 +2,26 @@
 
 from __future__ import annotations
 
+import signal
+from types import FrameType
+
 import typer
 
 bench_app = typer.Typer(
     help="Benchmarks (each compares with a baseline measured in the same run).", no_args_is_help=True
 )
+
+
+def _unwind(signum: int, _frame: FrameType | None) -> None:
+    raise SystemExit(128 + signum)
+
+
+@bench_app.callback()
+def _stop_cleanly() -> None:
+    """SIGTERM (``timeout``, a CI job's cancel) unwinds like Ctrl-C: each benchmark's ``finally`` blocks stop
+    the broker and worker processes it started and remove its temporary directory. Python's default SIGTERM
+    ended the bench at once and left its worker running, orphaned (CLI audit)."""
+    signal.signal(signal.SIGTERM, _unwind)
 
 
 @bench_app.command(
@@ -16,7 +31,7 @@ bench_app = typer.Typer(
 def bench_worker(
     events: int = typer.Option(200_000, min=1000),
     seed: int = typer.Option(1),
-    naive_events: int = typer.Option(None, help="Events for the naive worker (default 50k)."),
+    naive_events: int = typer.Option(None, min=1000, help="Events for the naive worker (default 50k)."),
     latency_seconds: float = typer.Option(20.0, min=1),
 ) -> None:
     from bench.worker_bench import run_worker_bench
