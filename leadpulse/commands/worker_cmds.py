@@ -15,7 +15,9 @@ def register(app: typer.Typer) -> None:
         "and none is running.",
     )
     def worker_cmd(
-        port: int = typer.Option(None, "--web-port", help="Port of /metrics /health /ready (default 6066)."),
+        port: int = typer.Option(
+            None, "--web-port", help="Port of /metrics /health /ready (default LEADPULSE_WEB_PORT, 6066)."
+        ),
     ) -> None:
         from agents.rules import RulesError, load_rules
         from agents.worker_process import run_worker
