@@ -74,9 +74,16 @@ def _pick(entry: Mapping[str, Any], column: str) -> Any:
 
 
 def _date(value: Any) -> dt.date:
+    """A YYYY-MM-DD date, or the date of an ISO-8601 date-time (CMS exports carry times). Anything after the
+    date must be a time: ``2026-01-01junk`` was loaded as 2026-01-01 (CLI audit)."""
+    if isinstance(value, dt.datetime):
+        return value.date()
     if isinstance(value, dt.date):
         return value
-    return dt.date.fromisoformat(str(value).strip()[:10])
+    text = str(value).strip()
+    if len(text) == 10:
+        return dt.date.fromisoformat(text)
+    return dt.datetime.fromisoformat(text.replace("Z", "+00:00")).date()
 
 
 def parse_entries(
@@ -112,6 +119,10 @@ def parse_entries(
                     problems.append(
                         (number, DOCUMENTED[column], f"{values[column]!r} is not a YYYY-MM-DD date")
                     )
+        updated, published = dates.get("updated_date"), dates.get("published_date")
+        if updated is not None and published is not None and updated < published:
+            problem = f"{updated} is before published {published}"
+            problems.append((number, DOCUMENTED["updated_date"], problem))
         if problems and problems[-1][0] == number:
             continue
         published = dates["published_date"]

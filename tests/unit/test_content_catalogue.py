@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import datetime as dt
 from pathlib import Path
 
 import pytest
@@ -71,3 +72,15 @@ def test_an_unreadable_file_is_a_catalogue_error_naming_the_line(
     with pytest.raises(CatalogueError) as caught:
         read_file(path)
     assert str(caught.value).startswith(str(path.parent / expected)), str(caught.value)
+
+
+def test_dates_are_read_whole_and_updated_is_not_before_published() -> None:
+    """``2026-01-01junk`` loaded as 2026-01-01, and an update before publication was accepted (CLI audit)."""
+    with pytest.raises(CatalogueError) as caught:
+        parse_entries([GOOD | {"published": "2026-01-01junk"}, GOOD | {"updated": "2026-01-30"}])
+    assert caught.value.problems == [
+        (1, "published", "'2026-01-01junk' is not a YYYY-MM-DD date"),
+        (2, "updated", "2026-01-30 is before published 2026-01-31"),
+    ]
+    [row] = parse_entries([GOOD | {"published": "2026-01-31T09:30:00Z", "updated": "2026-02-02"}])
+    assert row[5:7] == (dt.date(2026, 1, 31), dt.date(2026, 2, 2))
