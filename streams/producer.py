@@ -263,7 +263,8 @@ def produce_lines(producer: Producer, topic: str, lines: Iterable[str | bytes]) 
         if not line.strip():
             continue
         try:
-            event = json.loads(line)
+            # without its line break: a line cut short ({"a":) was reported at column 1 (of the next line)
+            event = json.loads(line.rstrip("\r\n"))
             if not isinstance(event, dict):
                 raise ValueError(f"expected a JSON object, got {type(event).__name__}")
             if "type" in event:

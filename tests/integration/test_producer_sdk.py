@@ -101,7 +101,7 @@ def test_produce_file_reports_sent_and_rejected_lines(broker_settings: Settings,
         "\n".join(
             [
                 json.dumps(good),
-                "{not json",
+                '{"event_id":',  # cut short: the error names its own line's end, not the next line
                 json.dumps({**good, "event_id": "e2", "url": None}),
                 json.dumps({**good, "event_id": "e3"}),
                 json.dumps({"type": "web_visit", **good, "event_id": "e4"}),  # the history-file format
@@ -114,7 +114,7 @@ def test_produce_file_reports_sent_and_rejected_lines(broker_settings: Settings,
     report = produce_file(broker_settings, path, "events.web_visits")
     assert report.sent == 3
     assert [n for n, _ in report.rejected] == [2, 3, 6, 7]
-    assert "not JSON" in report.rejected[0][1]
+    assert report.rejected[0][1] == "not JSON: Expecting value at column 13"
     assert "url" in report.rejected[1][1]
     assert (
         report.rejected[2][1]
