@@ -95,7 +95,7 @@ def dlq_list(
     topic: str = typer.Option(None, "--topic", "-t", help="Only this source topic."),
     since: str = typer.Option(None, help="Only newer: 30m, 2h, 7d or an ISO-8601 time."),
     stage: str = typer.Option(None, help=f"Only this stage ({', '.join(STAGES)})."),
-    limit: int = typer.Option(50, help="Most recent N."),
+    limit: int = typer.Option(50, min=1, help="Most recent N."),
     as_json: bool = typer.Option(False, "--json", help="One JSON object per line instead of a table."),
 ) -> None:
     settings = cli_settings()

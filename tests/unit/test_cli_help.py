@@ -46,3 +46,11 @@ def demo_help() -> str:
 def test_sql_help_says_how_to_read_the_query_from_standard_input() -> None:
     out = " ".join(CliRunner().invoke(app, ["sql", "--help"], terminal_width=200).output.split())
     assert "`leadpulse sql -` reads it from standard input" in out
+
+
+@pytest.mark.parametrize("limit", ["0", "-3"])
+def test_dlq_list_refuses_a_limit_below_one(limit: str) -> None:
+    """``--limit 0`` and ``--limit -3`` listed every dead letter (CLI audit): a usage error, before I/O."""
+    result = CliRunner().invoke(app, ["dlq", "list", "--limit", limit], terminal_width=120)
+    assert result.exit_code == 2, result.output
+    assert "--limit" in result.output and "greater than or equal to 1" in result.output
