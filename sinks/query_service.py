@@ -121,7 +121,7 @@ def check_read_only(sql: str) -> str:
     may start with a ``-- comment`` line and a string may hold a ';'."""
     stripped = sql.strip().rstrip(";").strip()
     code = _code(sql).strip().rstrip(";").strip()
-    words = code.split(None, 1)
+    words = code.lstrip("( \t\r\n").split(None, 1)  # "(SELECT 1) UNION ALL (SELECT 2)" is a read too
     if not words or words[0].upper() not in READ_VERBS:
         raise QueryError(
             f"only read-only statements are allowed ({', '.join(READ_VERBS)}); got {stripped[:40]!r}"

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import sys
 import time
 from collections.abc import Callable
@@ -158,9 +159,15 @@ def register(app: typer.Typer) -> None:
             typer.echo(f"error: {exc}", err=True)
             raise typer.Exit(code=2) from None
         except Exception as exc:
-            typer.echo(
-                f"error: {type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}", err=True
-            )
+            from clickhouse_connect.driver.exceptions import DatabaseError, OperationalError
+
+            first = str(exc).splitlines()[0] if str(exc) else ""
+            first = re.sub(r"^(Code: \d+\. DB::Exception: )\1", r"\1", first)  # chDB says it twice
+            if isinstance(exc, DatabaseError) and not isinstance(exc, OperationalError):
+                # ClickHouse refused the query itself: the user's to fix, exit 2 as through a sink's API
+                typer.echo(f"error: {type(exc).__name__}: {first}", err=True)
+                raise typer.Exit(code=2) from None
+            typer.echo(f"error: {type(exc).__name__}: {first}", err=True)
             raise typer.Exit(code=1) from None
         finally:
             close()

@@ -87,3 +87,12 @@ def test_an_empty_answer_as_csv_still_has_its_header(tmp_path: Path) -> None:
     )
     assert done.returncode == 0, done.stderr
     assert done.stdout.strip().splitlines() == ["n,s"]
+
+
+def test_a_query_clickhouse_refuses_exits_2_as_through_a_sink_and_says_it_once(tmp_path: Path) -> None:
+    """Embedded, a query ClickHouse refused exited 1 and printed "Code: 47. DB::Exception: Code: 47. ..."; the
+    same query through a running sink's API exited 2 (CLI audit). A usage error is 2 either way."""
+    done = _sql(tmp_path, "SELECT nosuchcolumn")
+    assert done.returncode == 2, done.stderr
+    assert done.stderr.count("Code: 47") == 1 and "UNKNOWN_IDENTIFIER" in done.stderr
+    assert "Traceback" not in done.stderr

@@ -98,3 +98,17 @@ def test_a_format_clause_points_to_the_format_option(sql: str) -> None:
 )
 def test_format_as_a_name_or_inside_a_string_is_allowed(sql: str) -> None:
     assert check_read_only(sql) == sql
+
+
+@pytest.mark.parametrize(
+    "sql", ["(SELECT 1)", "( SELECT 1) UNION ALL (SELECT 2)", "((WITH 1 AS a SELECT a))"]
+)
+def test_a_parenthesised_read_is_a_read(sql: str) -> None:
+    """``(SELECT 1)`` was refused as "only read-only statements" (CLI audit): only the first word was read."""
+    assert check_read_only(sql) == sql
+
+
+@pytest.mark.parametrize("sql", ["(DROP TABLE leadpulse.events)", "(INSERT INTO t VALUES (1))"])
+def test_parentheses_do_not_hide_a_write(sql: str) -> None:
+    with pytest.raises(QueryError, match="only read-only statements"):
+        check_read_only(sql)
