@@ -351,6 +351,17 @@ def rules_from_mapping(data: Any, source: str = "rules.yaml") -> Rules:
         raise RulesError("\n".join(lines)) from None
 
 
+def _yaml_problem(exc: yaml.YAMLError) -> str:
+    """One line: PyYAML's message spans lines and quotes the file as "<unicode string>" with a caret."""
+    problem = getattr(exc, "problem", None)
+    mark = getattr(exc, "problem_mark", None)
+    if problem and mark is not None:
+        context = getattr(exc, "context", None)
+        where = f"line {mark.line + 1}, column {mark.column + 1}"
+        return f"{where}: {problem}" + (f" ({context})" if context else "")
+    return " ".join(str(exc).split())
+
+
 def load_rules(path: Path | str | None = None) -> Rules:
     """Load and validate the rules YAML (``Settings.rules``; None = the shipped ``rules.default.yaml``)."""
     path = Path(path) if path is not None else DEFAULT_RULES_PATH
@@ -363,7 +374,7 @@ def load_rules(path: Path | str | None = None) -> Rules:
     try:
         data = yaml.load(text, Loader=_UniqueKeyLoader)  # a SafeLoader subclass
     except yaml.YAMLError as exc:
-        raise RulesError(f"{path.name}: not valid YAML: {exc}") from None
+        raise RulesError(f"{path.name}: not valid YAML: {_yaml_problem(exc)}") from None
     if data is None:  # the file is the whole rule set: an empty one would score nothing, silently
         raise RulesError(
             f"{path.name}: the file is empty; start from a copy of {DEFAULT_RULES_PATH.name} and edit it"

@@ -128,8 +128,10 @@ def test_missing_file_error_names_the_path(tmp_path: Path) -> None:
 def test_invalid_yaml_error_names_the_file(tmp_path: Path) -> None:
     path = tmp_path / "bad.yaml"
     path.write_text("scoring: [unclosed\n")
-    with pytest.raises(RulesError, match=r"^bad\.yaml: not valid YAML"):
+    with pytest.raises(RulesError, match=r"^bad\.yaml: not valid YAML: line 2, column 1: ") as caught:
         load_rules(path)
+    # one line, no "<unicode string>" excerpt with a caret (CLI audit: the CLI printed PyYAML's five lines)
+    assert "\n" not in str(caught.value) and "unicode string" not in str(caught.value)
 
 
 def test_error_from_a_file_names_the_file(tmp_path: Path) -> None:
