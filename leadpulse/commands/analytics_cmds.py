@@ -52,7 +52,12 @@ def _run_report(
     finally:
         if close is not None:
             close()
-    typer.echo(render(sections, fmt))  # type: ignore[arg-type]
+    _print(render(sections, fmt))  # type: ignore[arg-type]
+
+
+def _print(text: str) -> None:
+    """Rendered output ends with exactly one newline (CSV already ended with one: a blank last line)."""
+    typer.echo(text.rstrip("\n"))
 
 
 def register(app: typer.Typer) -> None:
@@ -171,4 +176,4 @@ def register(app: typer.Typer) -> None:
             raise typer.Exit(code=1) from None
         finally:
             close()
-        typer.echo(render({"result": result.section()}, fmt, plain_numbers=True))
+        _print(render({"result": result.section()}, fmt, plain_numbers=True))

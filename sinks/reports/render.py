@@ -37,8 +37,9 @@ def render_table(sections: Mapping[str, Sequence[Mapping[str, Any]]], plain_numb
     out = []
     for name, rows in sections.items():
         out.append(f"== {name} ({len(rows)} row{'s' if len(rows) != 1 else ''})")
-        if not rows:
-            out.append("(none)\n")
+        if not rows:  # the columns still say what would be there (they are known for an empty result)
+            columns = _columns(rows)
+            out += (["  ".join(columns)] if columns else []) + ["(none)", ""]
             continue
         columns = _columns(rows)
         cells = [[_cell(row.get(c), plain_numbers) for c in columns] for row in rows]

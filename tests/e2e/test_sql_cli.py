@@ -96,3 +96,10 @@ def test_a_query_clickhouse_refuses_exits_2_as_through_a_sink_and_says_it_once(t
     assert done.returncode == 2, done.stderr
     assert done.stderr.count("Code: 47") == 1 and "UNKNOWN_IDENTIFIER" in done.stderr
     assert "Traceback" not in done.stderr
+
+
+def test_csv_output_ends_with_one_line_break(tmp_path: Path) -> None:
+    """``--format csv`` ended with a blank line: a second CSV file appended to it left an empty row."""
+    done = _sql(tmp_path, "--format", "csv", "SELECT 1 AS a, 'x' AS b")
+    assert done.returncode == 0, done.stderr
+    assert done.stdout == "a,b\n1,x\n"

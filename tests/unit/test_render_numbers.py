@@ -35,3 +35,12 @@ def test_json_output_keeps_bytes_and_nested_values_as_before() -> None:
     """The non-finite cleanup walks sequences; bytes are one, and must stay one value (``default=str``)."""
     out = render({"result": [{"raw": b"ab", "arr": [1.0, float("-inf")], "m": {"k": float("nan")}}]}, "json")
     assert json.loads(out) == {"result": [{"raw": "b'ab'", "arr": [1.0, None], "m": {"k": None}}]}
+
+
+def test_an_empty_table_section_still_shows_its_columns() -> None:
+    """An empty result printed only "(none)": CSV and JSON kept the columns, the table did not (CLI audit)."""
+    from sinks.reports import Rows
+
+    lines = render({"result": Rows([], ("lead_id", "score"))}, "table").splitlines()
+    assert lines[:3] == ["== result (0 rows)", "lead_id  score", "(none)"]
+    assert render({"result": []}, "table").splitlines()[:2] == ["== result (0 rows)", "(none)"]
