@@ -12,6 +12,7 @@ Read-only is enforced twice: the statement must start with a reading verb, and i
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import datetime as dt
 import decimal
 import json
@@ -287,6 +288,13 @@ class HttpThread:
                     self.port = int(address[1])
         except BaseException as exc:
             self._error = exc
+            # Close the loop here: left to the garbage collector at exit, its self-pipe could already be
+            # closed, and "Exception ignored in BaseEventLoop.__del__" printed a traceback after the
+            # one-line error (seen once in CI, test_port_in_use).
+            if self._runner is not None:
+                with contextlib.suppress(Exception):
+                    self.loop.run_until_complete(self._runner.cleanup())
+            self.loop.close()
             self._started.set()
             return
         self._started.set()
