@@ -168,12 +168,10 @@ def register(app: typer.Typer) -> None:
 
             first = str(exc).splitlines()[0] if str(exc) else ""
             first = re.sub(r"^(Code: \d+\. DB::Exception: )\1", r"\1", first)  # chDB says it twice
-            if isinstance(exc, DatabaseError) and not isinstance(exc, OperationalError):
-                # ClickHouse refused the query itself: the user's to fix, exit 2 as through a sink's API
-                typer.echo(f"error: {type(exc).__name__}: {first}", err=True)
-                raise typer.Exit(code=2) from None
+            # ClickHouse refused the query itself: the user's to fix, exit 2 as through a sink's API
+            refused = isinstance(exc, DatabaseError) and not isinstance(exc, OperationalError)
             typer.echo(f"error: {type(exc).__name__}: {first}", err=True)
-            raise typer.Exit(code=1) from None
+            raise typer.Exit(code=2 if refused else 1) from None
         finally:
             close()
         _print(render({"result": result.section()}, fmt, plain_numbers=True))
