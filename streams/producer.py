@@ -98,14 +98,12 @@ class Producer:
             **kafka_client_config(settings),
         }
         config.update(kafka_config)
-        try:
-            self._producer = KafkaProducer(**config)
-        except KafkaTimeoutError as exc:
-            waited = config["bootstrap_timeout_ms"] / 1000
-            raise BrokerUnavailable(
-                f"no Kafka broker answered at {config['bootstrap_servers']} within {waited:g} s ({exc}); "
-                "nothing was sent. Is it running? Check LEADPULSE_KAFKA_BOOTSTRAP and the SASL/TLS settings"
-            ) from exc
+        self._config = config
+        self._producer = self._connect()
+        # held around the client's send and its replacement, never by kafka-python's callbacks
+        self._client_lock = threading.Lock()
+        # set when delivery failed: the next send starts from a new client (see _replace_client)
+        self._client_suspect = False
         self._lock = threading.Lock()
         self._failures: list[tuple[str, str | None, str]] = []
         self._failed_ids: list[str | None] = []
@@ -162,10 +160,14 @@ class Producer:
     ) -> FutureRecordMetadata:
         key_bytes = key.encode() if isinstance(key, str) else key
         try:
-            future = self._producer.send(topic, key=key_bytes, value=value, headers=headers)
+            with self._client_lock:
+                if self._client_suspect:
+                    self._replace_client()
+                future = self._producer.send(topic, key=key_bytes, value=value, headers=headers)
         except KafkaTimeoutError as exc:  # no metadata (no broker) within max_block_ms: nothing was sent
+            self._client_suspect = True
             shown = key_bytes.decode(errors="replace") if key_bytes is not None else None
-            raise DeliveryError([(topic, shown, f"KafkaTimeoutError: {exc}")], [event_id]) from exc
+            raise DeliveryError([(topic, shown, f"{type(exc).__name__}: {exc}")], [event_id]) from exc
         with self._lock:
             number = self.sent
             self.sent += 1
@@ -173,6 +175,35 @@ class Producer:
         future.add_callback(self._acknowledged, number)
         future.add_errback(self._record_failure, number)
         return future
+
+    def _connect(self, **overrides: Any) -> KafkaProducer:
+        config = {**self._config, **overrides}
+        try:
+            return KafkaProducer(**config)
+        except KafkaTimeoutError as exc:
+            waited = config["bootstrap_timeout_ms"] / 1000
+            raise BrokerUnavailable(
+                f"no Kafka broker answered at {config['bootstrap_servers']} within {waited:g} s ({exc}); "
+                "nothing was sent. Is it running? Check LEADPULSE_KAFKA_BOOTSTRAP and the SASL/TLS settings"
+            ) from exc
+
+    def _replace_client(self) -> None:
+        """A new kafka-python client for the sends after a delivery failure. kafka-python 3.0.12 sometimes
+        never reconnects after a spell of refused connections: every metadata refresh logs "No node
+        available" although the broker accepts again, and every re-send times out (seen in 2 of 6 fault
+        runs). A new client bootstraps from scratch. Whatever the old one still holds was already named in
+        a DeliveryError (flush) or is named in the next one (its close fails it), and a re-sent event is
+        deduplicated downstream by its ``event_id``. A broker still unreachable raises BrokerUnavailable
+        (a KafkaTimeoutError) and the old client stays, suspect, for the next attempt: a send waits for
+        that no longer than it would wait for metadata (``max_block_ms``)."""
+        fresh = self._connect(
+            bootstrap_timeout_ms=min(
+                self._config["bootstrap_timeout_ms"], self._config.get("max_block_ms", 60_000)
+            )
+        )
+        old, self._producer = self._producer, fresh
+        self._client_suspect = False
+        self._close_client(old, timeout=0)
 
     def _acknowledged(self, number: int, _metadata: Any) -> None:
         with self._lock:
@@ -206,6 +237,7 @@ class Producer:
             failures, self._failures = self._failures, []
             failed_ids, self._failed_ids = self._failed_ids, []
         if failures:
+            self._client_suspect = True
             raise DeliveryError(failures, failed_ids)
 
     def close(self, timeout: float | None = 30.0) -> None:
@@ -214,19 +246,20 @@ class Producer:
         finally:
             # kafka-python may not close in time (no broker): flush has already raised DeliveryError for
             # every record it held, and that is the error the caller must see, not this one
-            try:
-                self._producer.close(timeout)
-            except KafkaTimeoutError:
-                self._force_close()
+            self._close_client(self._producer, timeout)
 
-    def _force_close(self) -> None:
+    @staticmethod
+    def _close_client(client: KafkaProducer, timeout: float | None) -> None:
         """kafka-python 3.0's close() raises from its own flush *before* it force-closes, so its sender
         thread kept running (one leaked thread per failed close) and ``__del__`` tried again at garbage
-        collection ("Exception ignored in KafkaProducer.__del__"). Abort what it still holds (each record
-        is already in the DeliveryError) and close again: nothing is left to wait for."""
-        self._producer._accumulator.abort_batches(KafkaTimeoutError("producer closed with records unsent"))
-        with contextlib.suppress(KafkaTimeoutError):
-            self._producer.close(0)
+        collection ("Exception ignored in KafkaProducer.__del__"). Then abort what it still holds (each
+        record is, or will be, in a DeliveryError) and close again: nothing is left to wait for."""
+        try:
+            client.close(timeout)
+        except KafkaTimeoutError:
+            client._accumulator.abort_batches(KafkaTimeoutError("producer closed with records unsent"))
+            with contextlib.suppress(KafkaTimeoutError):
+                client.close(0)
 
     def __enter__(self) -> Producer:
         return self
