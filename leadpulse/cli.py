@@ -51,20 +51,24 @@ def main() -> None:
     """Broker connection failures end in one line naming the broker, not a traceback of the client
     library: every command that talks to Kafka can meet them (a typo in LEADPULSE_KAFKA_BOOTSTRAP, a
     stopped broker). So does a port another process holds."""
-    import sys
+    import logging
 
     from aiokafka.errors import KafkaError as AioKafkaError
     from kafka.errors import KafkaError
 
+    from leadpulse.commands.cli_output import report_error
     from streams.web import PortInUse
 
+    # clickhouse-connect warns "Unexpected Http Driver Exception" before raising the error each command
+    # reports in one line; the sink logs its own retries
+    logging.getLogger("clickhouse_connect").setLevel(logging.ERROR)
     try:
         app()
     except (KafkaError, AioKafkaError) as exc:
-        print(f"leadpulse: error: {_broker_problem(exc)}", file=sys.stderr)
+        report_error(_broker_problem(exc))
         raise SystemExit(1) from None
     except PortInUse as exc:
-        print(f"leadpulse: error: {exc}", file=sys.stderr)
+        report_error(str(exc))
         raise SystemExit(1) from None
 
 

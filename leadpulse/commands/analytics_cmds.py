@@ -9,6 +9,7 @@ from collections.abc import Callable
 
 import typer
 
+from leadpulse.commands.cli_output import fail
 from leadpulse.commands.settings_arg import cli_settings
 
 SINCE = typer.Option(
@@ -23,8 +24,7 @@ def _check_format(fmt: str) -> None:
     from sinks.reports.render import FORMATS
 
     if fmt not in FORMATS:
-        typer.echo(f"error: --format must be one of {', '.join(FORMATS)}, got {fmt!r}", err=True)
-        raise typer.Exit(code=2)
+        raise fail(f"--format must be one of {', '.join(FORMATS)}, got {fmt!r}", 2)
 
 
 def _run_report(
@@ -39,16 +39,14 @@ def _run_report(
     try:
         period = make_period(since, until, int(time.time() * 1000))
     except ValueError as exc:
-        typer.echo(f"error: {exc}", err=True)
-        raise typer.Exit(code=2) from None
+        raise fail(str(exc), 2) from None
     run, close = None, None
     try:
         if needs_data:
             run, close = query_runner(settings)
         sections = build(run, period)
     except (QueryError, ValueError) as exc:
-        typer.echo(f"error: {exc}", err=True)
-        raise typer.Exit(code=2) from None
+        raise fail(str(exc), 2) from None
     finally:
         if close is not None:
             close()
@@ -125,8 +123,7 @@ def register(app: typer.Typer) -> None:
             amount, deal = parse_amount(target, "--target"), parse_amount(deal_size, "--deal-size")
             overrides = parse_rates(rates)
         except ValueError as exc:
-            typer.echo(f"error: {exc}", err=True)
-            raise typer.Exit(code=2) from None
+            raise fail(str(exc), 2) from None
         needs_data = bool(set(RATE_KEYS) - set(overrides))
         _run_report(
             since,
@@ -156,13 +153,11 @@ def register(app: typer.Typer) -> None:
         try:
             run, close = query_runner(settings)
         except QueryError as exc:
-            typer.echo(f"error: {exc}", err=True)
-            raise typer.Exit(code=2) from None
+            raise fail(str(exc), 2) from None
         try:
             result = run(query, None)
         except QueryError as exc:
-            typer.echo(f"error: {exc}", err=True)
-            raise typer.Exit(code=2) from None
+            raise fail(str(exc), 2) from None
         except Exception as exc:
             from clickhouse_connect.driver.exceptions import DatabaseError, OperationalError
 
@@ -170,8 +165,7 @@ def register(app: typer.Typer) -> None:
             first = re.sub(r"^(Code: \d+\. DB::Exception: )\1", r"\1", first)  # chDB says it twice
             # ClickHouse refused the query itself: the user's to fix, exit 2 as through a sink's API
             refused = isinstance(exc, DatabaseError) and not isinstance(exc, OperationalError)
-            typer.echo(f"error: {type(exc).__name__}: {first}", err=True)
-            raise typer.Exit(code=2 if refused else 1) from None
+            raise fail(f"{type(exc).__name__}: {first}", 2 if refused else 1) from None
         finally:
             close()
         _print(render({"result": result.section()}, fmt, plain_numbers=True))

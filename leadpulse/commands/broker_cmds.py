@@ -10,7 +10,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from leadpulse.commands.cli_output import note_temporary_broker, stdout_console
+from leadpulse.commands.cli_output import fail, note_temporary_broker, report_error, stdout_console
 from leadpulse.commands.not_built import not_built
 from leadpulse.commands.settings_arg import cli_settings
 from streams.broker import (
@@ -45,10 +45,10 @@ def topics_create() -> None:
         created = create_topics(bootstrap, settings.topic_prefix, admin_config=config)
         problems = partition_mismatches(bootstrap, settings.topic_prefix, admin_config=config)
     console.print(f"created {len(created)} topic(s): {', '.join(created) or '(all existed)'}")
-    for problem in problems:
-        console.print(f"[red]error:[/] {problem}", soft_wrap=True)
+    for problem in problems[:-1]:
+        report_error(problem)
     if problems:
-        raise typer.Exit(1)
+        raise fail(problems[-1])
 
 
 @topics_app.command("list", help="Show the topic catalogue (names, schemas, partitions, retention).")
@@ -80,7 +80,7 @@ def register(app: typer.Typer) -> None:
     def broker_cmd(
         port: int = typer.Option(None, help="Listen port (default LEADPULSE_BROKER_PORT, 9092)."),
     ) -> None:
-        settings = cli_settings(broker_port=port)
+        settings = cli_settings(broker_port=port, flags={"broker_port": "--port"})
         if not settings.embedded_broker:
             console.print(
                 f"LEADPULSE_KAFKA_BOOTSTRAP is set ({settings.bootstrap}): not starting a local broker."
@@ -98,11 +98,10 @@ def register(app: typer.Typer) -> None:
                     f"[green]Tansu broker ready on {bootstrap}[/] (in-memory storage; Ctrl-C stops)"
                 )
                 for problem in partition_mismatches(bootstrap, settings.topic_prefix):
-                    console.print(f"[red]error:[/] {problem}", soft_wrap=True)
+                    report_error(problem)
                 wait_for_signal()
         except BrokerError as exc:
-            console.print(f"[red]error:[/] {exc}")
-            raise typer.Exit(1) from None
+            raise fail(str(exc)) from None
         console.print("broker stopped")
 
     @app.command("produce", help="Validate and publish a JSONL file (one event per line) to a topic.")
@@ -116,15 +115,13 @@ def register(app: typer.Typer) -> None:
         try:
             resolve(topic, settings.topic_prefix)
         except ValueError as exc:
-            console.print(f"[red]error:[/] {exc}")
-            raise typer.Exit(2) from None
+            raise fail(str(exc), 2) from None
         note_temporary_broker(settings)
         try:
             with running_broker(settings) as bootstrap:
                 report = produce_file(settings, file, topic, bootstrap=bootstrap)
         except (BrokerError, DeliveryError) as exc:
-            console.print(f"[red]error:[/] {exc}")
-            raise typer.Exit(1) from None
+            raise fail(str(exc)) from None
         for line, reason in report.rejected:
             console.print(f"[yellow]line {line}:[/] {reason}")
         console.print(f"sent {report.sent}, rejected {len(report.rejected)}")

@@ -1,4 +1,4 @@
-"""What commands print beside their results: wide tables on a pipe, a note when a broker is temporary."""
+"""What commands print beside their results: errors, wide tables on a pipe, a note on a temporary broker."""
 
 from __future__ import annotations
 
@@ -8,6 +8,20 @@ from rich.console import Console
 from streams.settings import Settings
 
 PIPED_WIDTH = 400  # columns for tables written to a pipe or file
+
+
+def report_error(message: str) -> None:
+    """One line on stderr, ``leadpulse: error: ...`` for every command, as main() prints broker and port
+    problems: commands used to say ``error:``, ``leadpulse generate:`` or a rich ``error:`` wrapped to the
+    terminal's width, which scripts and log searches could not match in one way."""
+    typer.echo(f"leadpulse: error: {message}", err=True)
+
+
+def fail(message: str, code: int = 1) -> typer.Exit:
+    """Report an error and return the exit to raise: 2 for what the user must fix in the command line,
+    input files or settings, 1 when something it talks to failed."""
+    report_error(message)
+    return typer.Exit(code=code)
 
 
 def note_temporary_broker(settings: Settings) -> None:

@@ -11,7 +11,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from leadpulse.commands.cli_output import stdout_console
+from leadpulse.commands.cli_output import fail, stdout_console
 from leadpulse.commands.settings_arg import cli_settings
 from streams.broker import BrokerError, running_broker
 from streams.dlq import (
@@ -37,16 +37,14 @@ def _since(text: str | None) -> int | None:
     try:
         return parse_since(text)
     except ValueError as exc:
-        console.print(f"[red]error:[/] {exc}")
-        raise typer.Exit(2) from None
+        raise fail(str(exc), 2) from None
 
 
 def _filters(topic: str | None, stage: str | None, prefix: str) -> None:
     try:
         check_filters(topic, stage, prefix)
     except ValueError as exc:
-        console.print(f"[red]error:[/] {exc}")
-        raise typer.Exit(2) from None
+        raise fail(str(exc), 2) from None
 
 
 #: Bytes of a dead letter's key/value shown in hex unless ``dlq show --full`` (a 64 KiB record is 128k chars).
@@ -139,8 +137,7 @@ def dlq_show(
         try:
             letters = find_dead_letters(settings, address, bootstrap=bootstrap)
         except ValueError as exc:
-            console.print(f"[red]error:[/] {exc}")
-            raise typer.Exit(2) from None
+            raise fail(str(exc), 2) from None
     if not letters:
         console.print(f"[red]no dead letter at {address} on {settings.topic('dlq')}[/]")
         raise typer.Exit(1)
@@ -195,8 +192,7 @@ def register(app: typer.Typer) -> None:
 
         settings = cli_settings()
         if not settings.write_keys:  # say so before starting a local broker for nothing
-            console.print('[red]error:[/] no write keys: set LEADPULSE_WRITE_KEYS=\'{"web": "<key>"}\'')
-            raise typer.Exit(1)
+            raise fail('no write keys: set LEADPULSE_WRITE_KEYS=\'{"web": "<key>"}\'')
         try:
             with running_broker(settings) as bootstrap:
                 console.print(
@@ -206,8 +202,7 @@ def register(app: typer.Typer) -> None:
                 setup_logging(settings.log_level)
                 run_collector(settings, host, port, publisher=AioKafkaPublisher(settings, bootstrap))
         except (ValueError, OSError, BrokerError) as exc:
-            console.print(f"[red]error:[/] {exc}")
-            raise typer.Exit(1) from None
+            raise fail(str(exc)) from None
         console.print("collector stopped")
 
     @app.command(
@@ -242,6 +237,5 @@ def register(app: typer.Typer) -> None:
                 setup_logging(settings.log_level)
                 asyncio.run(main(bootstrap))
         except (ValueError, OSError, BrokerError) as exc:
-            console.print(f"[red]error:[/] {exc}")
-            raise typer.Exit(1) from None
+            raise fail(str(exc)) from None
         console.print("notifier stopped")

@@ -16,7 +16,7 @@ from typing import Any
 
 import typer
 
-from leadpulse.commands.cli_output import note_temporary_broker
+from leadpulse.commands.cli_output import fail, note_temporary_broker
 from leadpulse.commands.settings_arg import cli_settings
 from streams.traffic import PublishStats, TrafficPlan, jsonl_line, plan_traffic, publish
 from streams.traffic_catalogue import TrafficCatalogueError, read_catalogue_file, write_catalogue
@@ -93,8 +93,7 @@ def register(app: typer.Typer) -> None:
         try:
             own = read_catalogue_file(catalogue) if catalogue is not None else None
         except (TrafficCatalogueError, ValueError) as exc:
-            typer.echo(f"leadpulse generate: --catalogue {exc}", err=True)
-            raise typer.Exit(code=2) from None
+            raise fail(f"--catalogue {exc}", 2) from None
         plan = plan_traffic(seed, leads, now_ms - span_ms, span_ms, own)
         if content_out is not None:
             with _writing("--content-out", content_out):
@@ -129,8 +128,7 @@ def _writing(option: str, path: Path) -> Iterator[None]:
     try:
         yield
     except OSError as exc:
-        typer.echo(f"leadpulse generate: {option} {path}: {exc.strerror or exc}", err=True)
-        raise typer.Exit(code=2) from None
+        raise fail(f"{option} {path}: {exc.strerror or exc}", 2) from None
 
 
 @contextlib.contextmanager
@@ -164,12 +162,11 @@ def _publish_to_collector(
     crm = sorted(settings.crm_sources)
     browser = sorted(set(settings.write_keys) - set(crm))
     if not crm or not browser:
-        typer.echo(
-            "leadpulse generate: --via collector needs LEADPULSE_WRITE_KEYS with a site source and a CRM "
-            "source (see LEADPULSE_CRM_WRITE_KEY_SOURCES), the same keys the collector runs with",
-            err=True,
+        raise fail(
+            "--via collector needs LEADPULSE_WRITE_KEYS with a site source and a CRM source (see "
+            "LEADPULSE_CRM_WRITE_KEY_SOURCES), the same keys the collector runs with",
+            2,
         )
-        raise typer.Exit(code=2)
     url = url or f"http://127.0.0.1:{settings.collector_port}"
     client = CollectorClient(
         url,
@@ -180,8 +177,7 @@ def _publish_to_collector(
         with _progress(len(plan.events)) as advance, client:
             stats = publish(plan, _tracked(client.send, advance), rate, duration, live=live)
     except (CollectorRejected, OSError) as exc:
-        typer.echo(f"leadpulse generate: collector at {url}: {exc}", err=True)
-        raise typer.Exit(code=1) from None
+        raise fail(f"collector at {url}: {exc}") from None
     return stats, f"the collector at {url} ({client.accepted} accepted)"
 
 
@@ -201,6 +197,5 @@ def _publish_to_broker(
         ):
             stats = publish(plan, _tracked(producer.send, advance), rate, duration, live=live)
     except DeliveryError as exc:
-        typer.echo(f"leadpulse generate: {exc}", err=True)
-        raise typer.Exit(code=1) from None
+        raise fail(str(exc)) from None
     return stats, f"{bootstrap} (topic prefix {settings.topic_prefix!r})"

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import typer
 
+from leadpulse.commands.cli_output import fail
 from leadpulse.commands.settings_arg import cli_settings
 
 
@@ -24,8 +25,7 @@ def register(app: typer.Typer) -> None:
 
         settings = cli_settings()
         if not lead_id.strip():
-            typer.echo("error: LEAD_ID must not be empty", err=True)
-            raise typer.Exit(code=2)
+            raise fail("LEAD_ID must not be empty", 2)
         if not yes:
             typer.confirm(
                 f"Erase lead {lead_id!r} and everything linked to it? This cannot be undone", abort=True
@@ -33,8 +33,7 @@ def register(app: typer.Typer) -> None:
         try:
             result = forget_lead(settings, lead_id, timeout_s=timeout, note=lambda m: typer.echo(m, err=True))
         except ForgetError as exc:
-            typer.echo(f"error: forget {lead_id}: {exc}", err=True)
-            raise typer.Exit(code=1) from None
+            raise fail(f"forget {lead_id}: {exc}") from None
         width = max(len(t) for t in result.rows)
         typer.echo(
             f"erased lead {result.lead_id} (erasure {result.erasure_id}, applied by {result.applied_by})"

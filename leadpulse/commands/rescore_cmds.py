@@ -24,7 +24,7 @@ from rich.table import Table
 
 from agents.rescore import HistoryError, RescoreReport, read_history, rescore
 from agents.rules import RulesError, load_rules
-from leadpulse.commands.cli_output import stdout_console
+from leadpulse.commands.cli_output import fail, stdout_console
 from leadpulse.commands.settings_arg import cli_settings
 from schemas.registry import to_millis
 from streams.topics import INPUTS
@@ -111,12 +111,11 @@ def register(app: typer.Typer) -> None:
         ),
     ) -> None:
         if not dry_run:
-            typer.echo(
-                "leadpulse rescore: only --dry-run is supported; to apply new rules, restart the "
-                "worker with LEADPULSE_RULES pointing at the new file.",
-                err=True,
+            raise fail(
+                "only --dry-run is supported; to apply new rules, restart the worker with LEADPULSE_RULES "
+                "pointing at the new file",
+                2,
             )
-            raise typer.Exit(code=2)
         try:
             if old_rules is None:
                 old_rules = cli_settings().rules
@@ -125,8 +124,7 @@ def register(app: typer.Typer) -> None:
             now_ms = to_millis(int(now) if now and now.isdigit() else now) if now else int(time.time() * 1000)
             report = rescore(_history(history), old, new, now_ms)
         except (RulesError, HistoryError, ValueError) as exc:
-            typer.echo(f"leadpulse rescore: {exc}", err=True)
-            raise typer.Exit(code=2) from None
+            raise fail(str(exc), 2) from None
         if fmt is Format.json:
             typer.echo(json.dumps(report.to_dict(), indent=2))
         else:

@@ -2,16 +2,23 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any
 
-import typer
+from leadpulse.commands.cli_output import fail
+from streams.settings import ENV_PREFIX, Settings, SettingsError, load_settings
 
-from streams.settings import Settings, SettingsError, load_settings
 
-
-def cli_settings(**overrides: Any) -> Settings:
+def cli_settings(*, flags: Mapping[str, str] | None = None, **overrides: Any) -> Settings:
+    """Settings from the environment with the command's options on top. ``flags`` maps a setting to the
+    option that gave it, so an error names what the user typed (``--dsn: ...``), not the variable they
+    never set (``LEADPULSE_CLICKHOUSE_DSN: ...``)."""
+    given = {k: v for k, v in overrides.items() if v is not None}
     try:
-        return load_settings(**{k: v for k, v in overrides.items() if v is not None})
+        return load_settings(**given)
     except SettingsError as exc:
-        typer.echo(f"error: {exc}", err=True)
-        raise typer.Exit(code=2) from None
+        message = str(exc)
+        for setting, flag in (flags or {}).items():
+            if setting in given:
+                message = message.replace(f"{ENV_PREFIX}{setting.upper()}:", f"{flag}:")
+        raise fail(message, 2) from None

@@ -12,17 +12,13 @@ from typing import TYPE_CHECKING
 
 import typer
 
+from leadpulse.commands.cli_output import fail
 from leadpulse.commands.settings_arg import cli_settings
 
 if TYPE_CHECKING:
     from clickhouse_connect.driver.client import Client
 
     from streams.settings import Settings
-
-
-def _fail(message: str, code: int = 1) -> typer.Exit:
-    typer.echo(f"error: {message}", err=True)
-    return typer.Exit(code=code)
 
 
 def _open(settings: Settings, get_client: Callable[[Settings], Client], when_owned: str) -> Client:
@@ -33,10 +29,10 @@ def _open(settings: Settings, get_client: Callable[[Settings], Client], when_own
     try:
         return get_client(settings)
     except EmbeddedEngineBusy as exc:
-        raise _fail(f"{exc} ({when_owned})") from None
+        raise fail(f"{exc} ({when_owned})") from None
     except Exception as exc:
         first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-        raise _fail(f"cannot open ClickHouse at {settings.shown_dsn}: {first}") from None
+        raise fail(f"cannot open ClickHouse at {settings.shown_dsn}: {first}") from None
 
 
 def _migrations_of_running_sink(settings: Settings) -> str:
@@ -50,11 +46,11 @@ def _migrations_of_running_sink(settings: Settings) -> str:
             "SELECT DISTINCT version FROM leadpulse.schema_migrations", None
         )
     except QueryError as exc:
-        raise _fail(str(exc)) from None
+        raise fail(str(exc)) from None
     applied = {int(row[0]) for row in rows.rows}
     pending = [f"{m.version:03d}_{m.name}" for m in discover() if m.version not in applied]
     if pending:
-        raise _fail(
+        raise fail(
             f"the sink at {sink_url(settings)} owns {settings.shown_dsn} and has not applied "
             f"{', '.join(pending)}: restart it (it applies pending migrations when it starts)"
         )
@@ -70,7 +66,7 @@ def register(app: typer.Typer) -> None:
         from sinks.migrate import migrate
         from sinks.query_service import sink_serving
 
-        settings = cli_settings(clickhouse_dsn=dsn)
+        settings = cli_settings(clickhouse_dsn=dsn, flags={"clickhouse_dsn": "--dsn"})
         if sink_serving(settings):  # the sink owns the directory and migrated it when it started
             typer.echo(_migrations_of_running_sink(settings))
             return
@@ -108,9 +104,9 @@ def register(app: typer.Typer) -> None:
         try:
             stats = run_sink(settings, stop, policy=BatchPolicy(batch_rows, batch_seconds))
         except EmbeddedEngineBusy as exc:  # a second sink on the same directory
-            raise _fail(f"{exc}: one sink per embedded directory (set LEADPULSE_DATA_DIR)") from None
+            raise fail(f"{exc}: one sink per embedded directory (set LEADPULSE_DATA_DIR)") from None
         except EmbeddedDirectoryUnusable as exc:
-            raise _fail(str(exc)) from None
+            raise fail(str(exc)) from None
         typer.echo(
             f"sink stopped: consumed {stats.consumed}, inserted {stats.inserted}, "
             f"dead-lettered {stats.dead_lettered}",
@@ -137,9 +133,9 @@ def register(app: typer.Typer) -> None:
                 parse_entries(entries, str(path))
                 count = load_via_sink(sink_url(settings), entries, str(path))
             except CatalogueError as exc:
-                raise _fail(str(exc), 2) from None
+                raise fail(str(exc), 2) from None
             except CatalogueServiceError as exc:
-                raise _fail(str(exc)) from None
+                raise fail(str(exc)) from None
             typer.echo(f"loaded {count} content item(s) from {path} (through the running sink)")
             return
         client = _open(settings, get_client, "stop it, load the catalogue, start it again")
@@ -147,7 +143,7 @@ def register(app: typer.Typer) -> None:
             migrate(client)
             count = load_catalogue(client, path)
         except CatalogueError as exc:
-            raise _fail(str(exc), 2) from None
+            raise fail(str(exc), 2) from None
         finally:
             client.close()
         typer.echo(f"loaded {count} content item(s) from {path}")
@@ -172,7 +168,7 @@ def register(app: typer.Typer) -> None:
             period = make_period(since, until, int(time.time() * 1000))
             run, close = query_runner(settings)
         except (ValueError, QueryError) as exc:
-            raise _fail(str(exc), 2) from None
+            raise fail(str(exc), 2) from None
         try:
             with running_broker(settings) as bootstrap, Producer(settings, bootstrap=bootstrap) as producer:
                 counts = replay(run, producer, period.since_ms, period.until_ms)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import typer
 
+from leadpulse.commands.cli_output import fail
 from leadpulse.commands.settings_arg import cli_settings
 
 
@@ -23,11 +24,10 @@ def register(app: typer.Typer) -> None:
         from agents.worker_process import run_worker
         from streams.broker import running_broker
 
-        settings = cli_settings(web_port=port)
+        settings = cli_settings(web_port=port, flags={"web_port": "--web-port"})
         try:
             rules = load_rules(settings.rules)
         except RulesError as exc:
-            typer.echo(f"error: {exc}", err=True)
-            raise typer.Exit(2) from None
+            raise fail(str(exc), 2) from None
         with running_broker(settings):
             run_worker(settings, rules, loglevel=settings.log_level.lower())

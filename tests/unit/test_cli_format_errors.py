@@ -71,7 +71,7 @@ def test_generate_to_a_missing_directory_names_the_option(tmp_path: Path, option
     out = [] if option == "--out" else ["--out", str(tmp_path / "events.jsonl")]
     result = CliRunner().invoke(app, ["generate", "--leads", "1", *out, option, str(target)])
     assert result.exit_code == 2, result.output
-    assert f"leadpulse generate: {option} {target}: No such file or directory" in result.output
+    assert f"leadpulse: error: {option} {target}: No such file or directory" in result.output
     assert result.exception is None or isinstance(result.exception, SystemExit)
 
 
