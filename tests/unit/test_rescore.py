@@ -11,6 +11,7 @@ from typer.testing import CliRunner
 
 from agents.rescore import HistoryError, read_history, replay, rescore
 from agents.rules import DEFAULT_RULES_PATH
+from agents.scoring import behaviour_at
 from leadpulse.commands import rescore_cmds
 from tests.unit.builders import DAY, HOUR, MIN, T0, activity, download, identified, rules, view, visit
 
@@ -57,7 +58,11 @@ def test_changed_points_report_the_score_delta() -> None:
 def test_replay_follows_identity_forwards() -> None:
     states = replay(HISTORY, rules(), NOW)
     assert states["A3"].merged_into == "L3"
-    assert states["L3"].acc  # the anonymous pricing visit was scored on the lead
+    # the anonymous pricing visit (10 points, half-life 14 days, at T0) was scored on the lead, whose clock
+    # is its own profile an hour later
+    lead = states["L3"]
+    assert set(lead.acc) == {"page_category.pricing"}
+    assert behaviour_at(lead, rules(), lead.max_time) == pytest.approx(10 * 0.5 ** (HOUR / (14 * DAY)))
 
 
 def test_replay_runs_timers_at_now() -> None:

@@ -449,7 +449,10 @@ def test_account_window_keeps_the_same_leads_whatever_the_arrival_order() -> Non
     records = [
         _score_record(f"L{i % 7}", float(i), T0 + i * 3 * DAY + i % 5, "acme.example") for i in range(30)
     ]
-    expected = None
+    records.append(_score_record("OLD", 99.0, T0, "acme.example"))  # 87 days behind the newest score
+    # by hand: the newest score is i=29 at day 87; each lead's latest record (i = 23..29, days 69..87) is
+    # inside the 30-day window and OLD is not
+    expected = {f"L{i % 7}": (float(i), T0 + i * 3 * DAY + i % 5) for i in range(23, 30)}
     for seed in range(20):
         shuffled = records[:]
         random.Random(seed).shuffle(shuffled)
@@ -457,8 +460,7 @@ def test_account_window_keeps_the_same_leads_whatever_the_arrival_order() -> Non
         for record in shuffled:
             account = fold_lead_score(account, record)
         assert account is not None
-        expected = expected or account
-        assert account.leads == expected.leads
+        assert {lead: tuple(entry) for lead, entry in account.leads.items()} == expected, seed
 
 
 def test_account_entries_stay_bounded_when_leads_move_between_domains() -> None:

@@ -122,12 +122,17 @@ async def test_routes_can_be_added_to_an_app_the_process_already_runs(metrics: M
     runner = web.AppRunner(app)
     await runner.setup()
     await web.TCPSite(runner, "127.0.0.1", 0).start()
+    base = f"http://127.0.0.1:{bound_port(runner)}"
     try:
-        status, _, _ = await get(f"http://127.0.0.1:{bound_port(runner)}/ready")
-        metrics_status, _, _ = await get(f"http://127.0.0.1:{bound_port(runner)}/metrics")
+        status, _, _ = await get(f"{base}/ready")
+        metrics_status, _, body = await get(f"{base}/metrics")
+        async with aiohttp.ClientSession() as session, session.post(f"{base}/v1/batch") as response:
+            own = (response.status, await response.text())
     finally:
         await runner.cleanup()
     assert (status, metrics_status) == (200, 200)
+    assert 'leadpulse_build_info{component="worker",version="1.2.3"} 1.0' in body  # the registry given
+    assert own == (200, "collected")  # the app's own route still answers
 
 
 async def test_a_busy_port_fails_with_the_address_in_the_message(metrics: Metrics) -> None:
