@@ -17,6 +17,12 @@ SINCE = typer.Option(
 )
 UNTIL = typer.Option(None, "--until", help="end, exclusive (default now)")
 FORMAT = typer.Option("table", "--format", help="table, csv or json")
+SECTION = typer.Option(
+    None,
+    "--section",
+    help="print only this section, e.g. `--format csv --section unused` for one plain CSV table "
+    "(a report of several sections separates them with '# name' lines)",
+)
 
 
 def _check_format(fmt: str) -> None:
@@ -28,7 +34,12 @@ def _check_format(fmt: str) -> None:
 
 
 def _run_report(
-    since: str | None, until: str | None, fmt: str, build: Callable[..., object], needs_data: bool = True
+    since: str | None,
+    until: str | None,
+    fmt: str,
+    build: Callable[..., object],
+    needs_data: bool = True,
+    section: str | None = None,
 ) -> None:
     from sinks.query_service import QueryError, query_runner
     from sinks.reports.period import make_period
@@ -50,7 +61,16 @@ def _run_report(
     finally:
         if close is not None:
             close()
+    if section is not None:
+        sections = _only(sections, section)  # type: ignore[arg-type]
     _print(render(sections, fmt))  # type: ignore[arg-type]
+
+
+def _only(sections: dict[str, object], name: str) -> dict[str, object]:
+    """One section, for tools that read a single CSV table (pandas, spreadsheets, ``COPY``)."""
+    if name not in sections:
+        raise fail(f"--section: this report has no section {name!r}; it has {', '.join(sections)}", 2)
+    return {name: sections[name]}
 
 
 def _print(text: str) -> None:
@@ -68,10 +88,13 @@ def register(app: typer.Typer) -> None:
         until: str = UNTIL,
         fmt: str = FORMAT,
         window_days: int = typer.Option(30, min=1, help="attribution window in days"),
+        section: str = SECTION,
     ) -> None:
         from sinks.reports.content import content_report
 
-        _run_report(since, until, fmt, lambda run, period: content_report(run, period, window_days))
+        _run_report(
+            since, until, fmt, lambda run, period: content_report(run, period, window_days), section=section
+        )
 
     @report.command("health", help="Unused and stale content, funnel-stage coverage.")
     def health_cmd(
@@ -80,18 +103,23 @@ def register(app: typer.Typer) -> None:
         fmt: str = FORMAT,
         unused_days: int = typer.Option(90, min=1, help="unused: no touch in this many days"),
         stale_days: int = typer.Option(365, min=1, help="stale: not updated in this many days"),
+        section: str = SECTION,
     ) -> None:
         from sinks.reports.health import health_report
 
         _run_report(
-            since, until, fmt, lambda run, period: health_report(run, period, unused_days, stale_days)
+            since,
+            until,
+            fmt,
+            lambda run, period: health_report(run, period, unused_days, stale_days),
+            section=section,
         )
 
     @report.command("funnel", help="Leads per stage, conversion, velocity, recycles.")
-    def funnel_cmd(since: str = SINCE, until: str = UNTIL, fmt: str = FORMAT) -> None:
+    def funnel_cmd(since: str = SINCE, until: str = UNTIL, fmt: str = FORMAT, section: str = SECTION) -> None:
         from sinks.reports.funnel import funnel_report
 
-        _run_report(since, until, fmt, funnel_report)
+        _run_report(since, until, fmt, funnel_report, section=section)
 
     @report.command("sla", help="Follow-up time percentiles, compliance, breaches per owner.")
     def sla_cmd(
@@ -99,10 +127,13 @@ def register(app: typer.Typer) -> None:
         until: str = UNTIL,
         fmt: str = FORMAT,
         sla_hours: float = typer.Option(24.0, min=0.01, help="follow-up SLA in hours"),
+        section: str = SECTION,
     ) -> None:
         from sinks.reports.sla import sla_report
 
-        _run_report(since, until, fmt, lambda run, period: sla_report(run, period, sla_hours))
+        _run_report(
+            since, until, fmt, lambda run, period: sla_report(run, period, sla_hours), section=section
+        )
 
     @report.command("plan", help="The Model reverse calculation from a revenue target.")
     def plan_cmd(
@@ -116,6 +147,7 @@ def register(app: typer.Typer) -> None:
         since: str = SINCE,
         until: str = UNTIL,
         fmt: str = FORMAT,
+        section: str = SECTION,
     ) -> None:
         from sinks.reports.plan import RATE_KEYS, parse_amount, parse_rates, plan_report
 
@@ -131,6 +163,7 @@ def register(app: typer.Typer) -> None:
             fmt,
             lambda run, period: plan_report(run, period, amount, deal, overrides),
             needs_data,
+            section,
         )
 
     @app.command(

@@ -103,3 +103,31 @@ def test_csv_output_ends_with_one_line_break(tmp_path: Path) -> None:
     done = _sql(tmp_path, "--format", "csv", "SELECT 1 AS a, 'x' AS b")
     assert done.returncode == 0, done.stderr
     assert done.stdout == "a,b\n1,x\n"
+
+
+def test_report_section_prints_one_plain_csv_table_and_names_the_sections_when_unknown(
+    tmp_path: Path,
+) -> None:
+    """A report of several sections writes ``# name`` lines between its CSV tables, which pandas, a
+    spreadsheet or ``COPY`` cannot read; ``--section`` prints one table alone."""
+    env = leadpulse_env(data_dir=tmp_path / "d")
+
+    def report(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [*LEADPULSE, *args], env=env, capture_output=True, text=True, timeout=120, check=False
+        )
+
+    assert report("migrate").returncode == 0
+    whole = report("report", "funnel", "--format", "csv")
+    assert whole.returncode == 0, whole.stderr
+    names = [line[2:] for line in whole.stdout.splitlines() if line.startswith("# ")]
+    assert "stages" in names and len(names) > 1, whole.stdout
+    one = report("report", "funnel", "--format", "csv", "--section", "stages")
+    assert one.returncode == 0, one.stderr
+    lines = one.stdout.splitlines()
+    assert lines[0].startswith("stage,entered,current") and not any(line.startswith("#") for line in lines)
+    unknown = report("report", "funnel", "--section", "stage")
+    assert unknown.returncode == 2
+    assert unknown.stderr.strip() == (
+        f"leadpulse: error: --section: this report has no section 'stage'; it has {', '.join(names)}"
+    )
