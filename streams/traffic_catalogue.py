@@ -20,6 +20,9 @@ from typing import Any
 
 SITE = "https://www.example.com"
 CATALOGUE_COLUMNS = ("id", "title", "type", "funnel_stage", "url", "published", "updated")
+# The generator's own columns after them, so that `--content-out` read back by `--catalogue` is the same
+# catalogue (`content load` ignores them)
+GENERATOR_COLUMNS = ("roles", "page_category", "view_type", "asset_type")
 # The pools persona scripts draw from (docs/traffic.md says which persona uses which).
 ROLES = (
     "read", "gated", "webinar", "video", "case_study", "product", "integration", "evaluation", "sales_deck",
@@ -72,7 +75,10 @@ class ContentItem:
         return not self.roles
 
     def row(self) -> dict[str, str]:
-        """The entry as ``leadpulse content load`` reads it (CSV header / JSON keys = CATALOGUE_COLUMNS)."""
+        """The entry as ``leadpulse content load`` reads it (CATALOGUE_COLUMNS), then the generator's
+        GENERATOR_COLUMNS. Without them a catalogue written by ``--content-out`` and read back by
+        ``--catalogue`` lost its roles: the built-in integrations page became a plain product page, no item
+        served the ``integration`` pool, and the generator stopped with a KeyError."""
         return {
             "id": self.content_id,
             "title": self.title,
@@ -81,6 +87,10 @@ class ContentItem:
             "url": self.url,
             "published": self.published.isoformat(),
             "updated": self.updated.isoformat(),
+            "roles": ";".join(self.roles) or "none",
+            "page_category": self.page or "",
+            "view_type": self.view or "",
+            "asset_type": self.asset or "",
         }
 
 
@@ -258,6 +268,13 @@ def with_builtin_fallbacks(items: Sequence[ContentItem], end_ms: int) -> list[Co
         if b.roles and b.content_id not in ids
         and (any(r not in pools for r in b.roles) or ("immediate" in b.roles and b.asset not in assets))
     ]  # fmt: skip
+    served = by_role([*items, *extra])
+    for role in ROLES:
+        if role not in served:  # its built-in item shares an id with one of yours, which does not serve it
+            raise TrafficCatalogueError(
+                f"no item serves the {role!r} pool and its built-in items' ids are taken by yours; give one "
+                f"of your items roles: {role} (docs/traffic.md)"
+            )
     return [*items, *extra]
 
 
@@ -277,7 +294,7 @@ def stale_items(items: Iterable[ContentItem], end_ms: int, days: int = 365) -> l
 
 def catalogue_csv(items: Sequence[ContentItem]) -> str:
     buffer = io.StringIO()
-    writer = csv.DictWriter(buffer, fieldnames=CATALOGUE_COLUMNS, lineterminator="\n")
+    writer = csv.DictWriter(buffer, fieldnames=CATALOGUE_COLUMNS + GENERATOR_COLUMNS, lineterminator="\n")
     writer.writeheader()
     writer.writerows(item.row() for item in items)
     return buffer.getvalue()
@@ -287,20 +304,45 @@ def catalogue_json(items: Sequence[ContentItem]) -> str:
     return json.dumps([item.row() for item in items], indent=2) + "\n"
 
 
+#: The catalogue files `leadpulse content load` reads, and so the ones the generator reads and writes.
+CATALOGUE_SUFFIXES = (".csv", ".json", ".jsonl")
+
+
+def catalogue_format(path: Path) -> str:
+    """The file's format by its suffix; another suffix is a ValueError, before any work is done: a
+    ``.txt`` was written as CSV that ``content load`` then refused, and a ``.jsonl`` was written as CSV."""
+    suffix = path.suffix.lower()
+    if suffix not in CATALOGUE_SUFFIXES:
+        raise ValueError(
+            f"{path}: expected a {', '.join(CATALOGUE_SUFFIXES)} file (as `leadpulse content load`)"
+        )
+    return suffix[1:]
+
+
 def read_catalogue_file(path: Path) -> list[ContentItem]:
-    """A catalogue for the generator from a ``.csv`` or ``.json`` file (a list, or ``{"content": [...]}``)."""
+    """A catalogue for the generator from a ``.csv``, ``.json`` (a list, or ``{"content": [...]}``) or
+    ``.jsonl`` file."""
+    kind = catalogue_format(path)
     text = path.read_text(encoding="utf-8")
-    if path.suffix.lower() == ".json":
+    if kind == "json":
         data = json.loads(text)
         rows = data.get("content", data) if isinstance(data, dict) else data
         if not isinstance(rows, list):
             raise TrafficCatalogueError(f'{path}: expected a JSON list or {{"content": [...]}}')
+    elif kind == "jsonl":
+        rows = [json.loads(line) for line in text.splitlines() if line.strip()]
     else:
         rows = list(csv.DictReader(io.StringIO(text)))
     return catalogue_from_rows(rows, str(path))
 
 
 def write_catalogue(items: Sequence[ContentItem], path: Path) -> None:
-    """Write the catalogue as CSV, or JSON when the file name ends in ``.json``."""
-    text = catalogue_json(items) if path.suffix.lower() == ".json" else catalogue_csv(items)
+    """Write the catalogue in the format its suffix names (``catalogue_format``)."""
+    kind = catalogue_format(path)
+    if kind == "json":
+        text = catalogue_json(items)
+    elif kind == "jsonl":
+        text = "".join(json.dumps(item.row()) + "\n" for item in items)
+    else:
+        text = catalogue_csv(items)
     path.write_text(text, encoding="utf-8")

@@ -19,7 +19,12 @@ import typer
 from leadpulse.commands.cli_output import fail, note_temporary_broker
 from leadpulse.commands.settings_arg import cli_settings
 from streams.traffic import PublishStats, TrafficPlan, jsonl_line, plan_traffic, publish
-from streams.traffic_catalogue import TrafficCatalogueError, read_catalogue_file, write_catalogue
+from streams.traffic_catalogue import (
+    TrafficCatalogueError,
+    catalogue_format,
+    read_catalogue_file,
+    write_catalogue,
+)
 from streams.traffic_journey import HOUR_MS
 
 
@@ -56,7 +61,7 @@ def register(app: typer.Typer) -> None:
             None,
             "--content-out",
             dir_okay=False,
-            help="Write the content catalogue (.csv, or .json) for `leadpulse content load`",
+            help="Write the content catalogue (.csv, .json or .jsonl) for `leadpulse content load`",
         ),
         catalogue: Path | None = typer.Option(
             None,
@@ -90,6 +95,11 @@ def register(app: typer.Typer) -> None:
             raise typer.BadParameter("must be sdk or collector", param_hint="--via")
         span_ms = int(span_hours * HOUR_MS)
         now_ms = int(time.time() * 1000)
+        if content_out is not None:
+            try:
+                catalogue_format(content_out)
+            except ValueError as exc:
+                raise fail(f"--content-out {exc}", 2) from None
         try:
             own = read_catalogue_file(catalogue) if catalogue is not None else None
         except (TrafficCatalogueError, ValueError) as exc:

@@ -29,11 +29,14 @@ from sinks.content_catalogue import parse_entries
 from streams.traffic import PERSONAS, TrafficPlan, jsonl_lines, plan_traffic, publish, quotas
 from streams.traffic_catalogue import (
     CATALOGUE_COLUMNS,
+    GENERATOR_COLUMNS,
     TrafficCatalogueError,
     catalogue_csv,
     catalogue_from_rows,
     catalogue_json,
+    read_catalogue_file,
     stale_items,
+    write_catalogue,
 )
 
 pytestmark = pytest.mark.unit
@@ -313,7 +316,7 @@ def test_catalogue_covers_the_funnel_stages(plan: TrafficPlan) -> None:
 
 def test_catalogue_exports_load_with_content_load(plan: TrafficPlan) -> None:
     from_csv = list(csv.DictReader(io.StringIO(catalogue_csv(plan.catalogue))))
-    assert tuple(from_csv[0]) == CATALOGUE_COLUMNS
+    assert tuple(from_csv[0]) == CATALOGUE_COLUMNS + GENERATOR_COLUMNS  # content load's, then the generator's
     from_json = json.loads(catalogue_json(plan.catalogue))
     for entries in (from_csv, from_json):
         rows = parse_entries(entries, loaded_at_ms=0)
@@ -447,3 +450,55 @@ def test_generate_command_refuses_a_bad_catalogue_naming_the_row(tmp_path: Path)
     result = CliRunner().invoke(app, ["--catalogue", str(bad), "--out", str(tmp_path / "t.jsonl")])
     assert result.exit_code == 2
     assert "row 1 url: missing" in result.output
+
+
+@pytest.mark.parametrize("suffix", [".csv", ".json", ".jsonl"])
+def test_generated_catalogue_in_each_format_is_what_content_load_reads_and_generate_reads_back(
+    tmp_path: Path, suffix: str
+) -> None:
+    """``--content-out x.jsonl`` was written as CSV, which ``content load`` then refused line by line."""
+    from sinks.content_catalogue import read_file
+
+    app = typer.Typer()
+    generate_cmds.register(app)
+    content = tmp_path / f"c{suffix}"
+    args = ["--seed", "5", "--leads", "40", "--out", str(tmp_path / "t.jsonl"), "--content-out", str(content)]
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 0, result.output
+    plan = plan_traffic(seed=5, leads=40, start_ms=START, span_ms=DAY)
+    rows = parse_entries(read_file(content), str(content), loaded_at_ms=0)
+    assert sorted(row[0] for row in rows) == sorted(item.content_id for item in plan.catalogue)
+    again = CliRunner().invoke(app, ["--catalogue", str(content), "--out", str(tmp_path / "u.jsonl")])
+    assert again.exit_code == 0, again.output
+
+
+def test_generate_refuses_a_catalogue_suffix_content_load_cannot_read_before_doing_any_work(
+    tmp_path: Path,
+) -> None:
+    app = typer.Typer()
+    generate_cmds.register(app)
+    out = tmp_path / "t.jsonl"
+    result = CliRunner().invoke(app, ["--out", str(out), "--content-out", str(tmp_path / "c.txt")])
+    assert result.exit_code == 2
+    assert "--content-out" in result.output and "expected a .csv, .json, .jsonl file" in result.output
+    assert not out.exists() and not (tmp_path / "c.txt").exists()
+
+
+def test_generate_reading_back_its_own_catalogue_export_keeps_every_item_as_it_was(tmp_path: Path) -> None:
+    """The export lost the roles, so reading it back made the integrations page a plain product page and
+    the generator stopped with KeyError('integration')."""
+    plan = plan_traffic(seed=5, leads=40, start_ms=START, span_ms=DAY)
+    path = tmp_path / "c.csv"
+    write_catalogue(plan.catalogue, path)
+    assert read_catalogue_file(path) == plan.catalogue
+    again = plan_traffic(seed=5, leads=40, start_ms=START, span_ms=DAY, catalogue=read_catalogue_file(path))
+    assert again.events == plan.events
+
+
+def test_a_catalogue_whose_ids_hide_a_built_in_pool_is_refused_naming_the_pool() -> None:
+    rows = [
+        {"id": "product-integrations", "title": "Ours", "type": "blog", "funnel_stage": "awareness",
+         "url": "https://x.example/i", "published": "2026-01-01"},
+    ]  # fmt: skip
+    with pytest.raises(TrafficCatalogueError, match="no item serves the 'integration' pool"):
+        plan_traffic(seed=1, leads=5, start_ms=START, span_ms=DAY, catalogue=catalogue_from_rows(rows))
