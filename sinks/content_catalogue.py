@@ -163,7 +163,7 @@ def read_file(path: Path) -> list[dict[str, Any]]:
 def _read_items(path: Path) -> list[Any]:
     if path.suffix.lower() == ".csv":
         with path.open(encoding="utf-8", newline="") as handle:
-            return list(csv.DictReader(handle))
+            return _csv_entries(str(path), csv.reader(handle))
     if path.suffix.lower() in (".json", ".jsonl"):
         text = path.read_text(encoding="utf-8")
         if path.suffix.lower() == ".jsonl":
@@ -188,6 +188,29 @@ def _read_items(path: Path) -> list[Any]:
             raise CatalogueError(str(path), [(0, "<file>", 'expected a JSON list or {"content": [...]}')])
         return items
     raise CatalogueError(str(path), [(0, "<file>", "expected a .csv, .json or .jsonl file")])
+
+
+def _csv_entries(path: str, reader: Iterable[list[str]]) -> list[Any]:
+    """Rows as dicts by the header. A row with more or fewer fields than the header is an error: a comma in
+    an unquoted title shifted every later column into the wrong one, and only a lucky check noticed."""
+    header: list[str] | None = None
+    entries: list[Any] = []
+    problems: list[tuple[int, str, str]] = []
+    for fields in reader:
+        if not any(field.strip() for field in fields):
+            continue  # blank line
+        if header is None:
+            header = fields
+            continue
+        number = len(entries) + 1
+        if len(fields) != len(header):
+            hint = " (a comma in an unquoted value? quote it)" if len(fields) > len(header) else ""
+            problem = f"has {len(fields)} fields, the header {len(header)}{hint}"
+            problems.append((number, "<row>", problem))
+        entries.append(dict(zip(header, fields, strict=False)))
+    if problems:
+        raise CatalogueError(path, problems)
+    return entries
 
 
 def load_catalogue(client: Client, path: Path) -> int:

@@ -84,3 +84,27 @@ def test_dates_are_read_whole_and_updated_is_not_before_published() -> None:
     ]
     [row] = parse_entries([GOOD | {"published": "2026-01-31T09:30:00Z", "updated": "2026-02-02"}])
     assert row[5:7] == (dt.date(2026, 1, 31), dt.date(2026, 2, 2))
+
+
+def test_a_csv_row_with_more_or_fewer_fields_than_the_header_is_named(tmp_path: Path) -> None:
+    """``Hello, world`` unquoted made the title ``Hello`` and shifted every later column by one."""
+    path = tmp_path / "c.csv"
+    path.write_text(
+        "id,title,type,funnel_stage,published\n"
+        "wp-1,Pricing guide,whitepaper,mql,2026-01-31\n"
+        "\n"
+        "wp-2,Hello, world,blog,awareness,2026-01-31\n"
+        "wp-3,Short,blog\n"
+        ",,,,\n",
+        encoding="utf-8",
+    )
+    with pytest.raises(CatalogueError) as caught:
+        read_file(path)
+    assert caught.value.problems == [
+        (2, "<row>", "has 6 fields, the header 5 (a comma in an unquoted value? quote it)"),
+        (3, "<row>", "has 3 fields, the header 5"),
+    ]
+    path.write_text(
+        'id,title,type,funnel_stage,published\nwp-2,"Hello, world",blog,awareness,2026-01-31\n,,,,\n'
+    )
+    assert [row[:2] for row in parse_entries(read_file(path), loaded_at_ms=0)] == [("wp-2", "Hello, world")]
