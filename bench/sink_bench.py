@@ -47,9 +47,9 @@ def run_sink_bench(
     from schemas.registry import default_registry
     from sinks.batch import INSERT_SETTINGS, BatchPolicy
     from sinks.clickhouse import get_client
-    from sinks.clickhouse_sink import ClickHouseSinkLoop
     from sinks.migrate import migrate
     from sinks.rows import EVENTS, Origin, to_row
+    from sinks.sink_loop import ClickHouseSinkLoop
     from streams.broker import create_topics, running_broker
     from streams.producer import Producer
 

@@ -87,7 +87,7 @@ def register(app: typer.Typer) -> None:
         batch_seconds: float = typer.Option(1.0, min=0.01, help="... or this long after its first row"),
     ) -> None:
         from sinks.batch import BatchPolicy
-        from sinks.clickhouse_sink import run_sink
+        from sinks.sink_process import run_sink
 
         settings = cli_settings()
         from streams.logs import setup_logging

@@ -21,8 +21,8 @@ import pytest
 from kafka import KafkaAdminClient
 
 from leadpulse.live_view import scrape, total
-from sinks.clickhouse_sink import sink_group
 from sinks.query_service import http_runner
+from sinks.sink_loop import sink_group
 from streams.broker import EmbeddedBroker, free_port
 from streams.producer import Producer
 from streams.samples import sample_events

@@ -27,12 +27,13 @@ from kafka import KafkaAdminClient, KafkaConsumer, TopicPartition
 
 from schemas.registry import SCHEMA_DIR, SOE_MAGIC, default_registry, schema_fingerprint
 from sinks.batch import BatchPolicy
-from sinks.clickhouse_sink import ClickHouseSinkLoop, SinkHooks, sink_group
 from sinks.migrate import migrate
 from sinks.query_service import client_runner
 from sinks.recent_ids import RecentIds
 from sinks.replay import is_replayed, replay
 from sinks.rows import Origin, to_row
+from sinks.sink_hooks import SinkHooks
+from sinks.sink_loop import ClickHouseSinkLoop, sink_group
 from streams.broker import free_port
 from streams.dlq import writer_of
 from streams.producer import Producer
@@ -398,7 +399,7 @@ def test_records_leadpulse_replay_re_publishes_are_not_stored_again(
     wait_for(lambda: count(ch, by_content, c=content) == len(views), what="views stored")
     ours = "SELECT count() FROM leadpulse.sales_activities WHERE startsWith(event_id, {p:String})"
     wait_for(lambda: count(ch, ours, p=settings.topic_prefix) == len(activities), what="activities stored")
-    sink.loop.recent = RecentIds(0)  # as after a restart: only the header tells the sink
+    sink.loop.intake.recent = RecentIds(0)  # as after a restart: only the header tells the sink
     with Producer(settings) as producer:
         counts = replay(client_runner(ch), producer, start, start + 1000)
     replayed = sum(counts.values())

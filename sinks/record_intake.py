@@ -1,0 +1,195 @@
+"""What the sink does with each record it fetched: skip it (a tombstone, replayed from ClickHouse, a
+re-send of a record stored lately, an erased lead's), dead-letter it (too large, inadmissible, undecodable)
+or add its row to its table's batch.
+
+Why events take a fast path: event records whose writer schema is current are not decoded in Python. The Avro
+body of a Single Object Encoded message is a plain Avro record; the event type and the origin (topic,
+partition, offset) are appended to it and ClickHouse decodes the batch itself (``sinks.avro_ocf``). Only the
+head of the body is read here (``sinks.erase.event_head``) to drop erased identities and re-sent events and to
+refuse events from the future. Older writer versions are resolved in Python and re-encoded as current.
+"""
+
+from __future__ import annotations
+
+import struct
+import time
+from collections.abc import Callable
+
+from aiokafka import ConsumerRecord, TopicPartition
+
+from schemas.fast_codec import zigzag
+from schemas.registry import HEADER_LEN, SOE_MAGIC, SchemaError, SchemaRegistry
+from sinks.avro_ocf import ContainerFormat, container_format, origin_prefix
+from sinks.batch import ClickHouseBatchSink
+from sinks.erase import event_head, record_erased
+from sinks.recent_ids import RecentIds
+from sinks.replay import is_replayed
+from sinks.rows import EVENT_TYPES, EVENTS, TABLE_FOR_SCHEMA, Origin, TableSpec, to_row
+from streams.erasures import ErasureLog
+from streams.event_hygiene import InadmissibleEvent, check_admissible, future_problem
+from streams.settings import Settings
+from streams.topics import INPUTS, MAX_INPUT_RECORD_BYTES, OUTPUTS
+
+#: Every topic the sink stores: the inputs and the outputs (not the DLQ).
+SINK_TOPICS = INPUTS + OUTPUTS
+#: ``sink_loop.ClickHouseSinkLoop._dead_letter``: topic, partition, offset, key, value, stage, error type,
+#: reason.
+DeadLetter = Callable[[str, int, int, bytes | None, bytes | None, str, str, str], None]
+
+
+class RecordIntake:
+    """Takes a partition's fetched records into ``sink``'s batches. What it drops is reported through
+    ``duplicate`` and ``erased``, what it refuses through ``dead_letter`` (the loop counts both)."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        registry: SchemaRegistry,
+        email_key: bytes,
+        sink: ClickHouseBatchSink,
+        recent: RecentIds,
+        *,
+        fast_path: bool,
+        dead_letter: DeadLetter,
+        duplicate: Callable[[TableSpec], None],
+        erased: Callable[[str], None],
+    ) -> None:
+        self.registry = registry
+        self.email_key = email_key
+        self.sink = sink
+        self.recent = recent
+        self._dead_letter = dead_letter
+        self._duplicate = duplicate
+        self._erased = erased
+        self._input_topics = {settings.topic(t.name) for t in INPUTS}
+        # Per topic: (catalogue schema, its current writer fingerprint, container format if fast path).
+        self._topic_info: dict[str, tuple[str, int, ContainerFormat | None]] = {}
+        for spec in SINK_TOPICS:
+            current = self.registry.schema(spec.schema)
+            fmt = (
+                container_format(spec.schema, current.raw)
+                if fast_path and spec.schema in EVENT_TYPES
+                else None
+            )
+            self._topic_info[settings.topic(spec.name)] = (spec.schema, current.fingerprint, fmt)
+
+    def take(
+        self,
+        tp: TopicPartition,
+        messages: list[ConsumerRecord[bytes, bytes]],
+        *,
+        skip_through: int,
+        unwritten: int,
+        erasures: ErasureLog | None,
+        next_offsets: dict[tuple[str, int], int],
+    ) -> None:
+        """Records at or below ``skip_through`` are stored already; from ``unwritten`` on, nothing of the
+        partition is stored yet. ``next_offsets`` is the loop's: each record's offset + 1 as it is taken.
+        ``erasures``: the erasure log when it is active, else None."""
+        key_tp = (tp.topic, tp.partition)
+        expected, fingerprint, fmt = self._topic_info[tp.topic]
+        prefix = origin_prefix(expected, tp.topic, tp.partition) if fmt is not None else b""
+        current_header = SOE_MAGIC + struct.pack("<Q", fingerprint)
+        for msg in messages:
+            next_offsets[key_tp] = msg.offset + 1
+            if msg.offset <= skip_through:
+                continue
+            if msg.value is None:  # a tombstone on a compacted output (e.g. an erased lead's score)
+                continue
+            if msg.headers and is_replayed(msg.headers):  # read from ClickHouse by `leadpulse replay`
+                self._duplicate(TABLE_FOR_SCHEMA[expected])
+                continue
+            value = msg.value
+            if tp.topic in self._input_topics and len(value) > MAX_INPUT_RECORD_BYTES:
+                limit = MAX_INPUT_RECORD_BYTES
+                reason = f"record of {len(value)} bytes exceeds the {limit}-byte input event limit"
+                self._dead_letter(
+                    tp.topic, tp.partition, msg.offset, msg.key, value, "validate", "ValueError", reason
+                )
+                continue
+            # (no identity read from the body: a truncated or anonymous-and-leadless record; the full decode
+            # below names which, as a dead letter)
+            event_id, event_time, *identities = (
+                event_head(value[HEADER_LEN:]) if fmt is not None else (None, None, None, None)
+            )
+            if fmt is not None and value[:HEADER_LEN] == current_header and any(identities):
+                problem = future_problem(event_time, msg.timestamp or int(time.time() * 1000))
+                if problem is not None:
+                    self._inadmissible(tp, msg, InadmissibleEvent("future_event", f"event_time: {problem}"))
+                    continue
+                if erasures is not None and any(map(erasures.is_erased, identities)):
+                    self._erased(EVENTS.table)
+                    continue
+                if event_id is None or not self._stored_lately(key_tp, event_id, msg.offset, unwritten):
+                    # Fast path: the current writer schema; ClickHouse decodes the body itself.
+                    body = value[HEADER_LEN:] + prefix + zigzag(msg.offset)
+                    self.sink.add(EVENTS, (body, tp.topic, tp.partition, msg.offset), msg.key, msg.value, fmt)
+                    continue
+                # A stored id. Only bytes that decode are a re-send: a poison record that happens to
+                # start with a stored event_id (a producer writing a wrong schema under the topic's
+                # fingerprint) is dead-lettered below like any undecodable record, not dropped.
+                if self._decodes(value, expected):
+                    self._duplicate(EVENTS)
+                    continue
+            try:
+                schema, record = self.registry.decode(value, expect=expected)
+                if tp.topic in self._input_topics:
+                    try:
+                        check_admissible(record, msg.timestamp or int(time.time() * 1000))
+                    except InadmissibleEvent as exc:
+                        self._inadmissible(tp, msg, exc)
+                        continue
+                if erasures is not None and record_erased(schema, record, erasures.is_erased):
+                    self._erased(TABLE_FOR_SCHEMA[schema].table)
+                    continue
+                if fmt is not None:  # an older writer version: resolve in Python, ship as current
+                    if self._stored_lately(key_tp, record["event_id"], msg.offset, unwritten):
+                        self._duplicate(EVENTS)
+                        continue
+                    body = self.registry.encode(schema, record)[HEADER_LEN:] + prefix + zigzag(msg.offset)
+                    self.sink.add(EVENTS, (body, tp.topic, tp.partition, msg.offset), msg.key, msg.value, fmt)
+                    continue
+                table, row = to_row(
+                    schema, record, Origin(tp.topic, tp.partition, msg.offset), self.email_key
+                )
+            except (SchemaError, KeyError, TypeError, ValueError) as exc:
+                self._dead_letter(
+                    tp.topic,
+                    tp.partition,
+                    msg.offset,
+                    msg.key,
+                    msg.value,
+                    "decode",
+                    type(exc).__name__,
+                    str(exc),
+                )
+                continue
+            if table.keyed_by_id and self._stored_lately(key_tp, str(row[0]), msg.offset, unwritten):
+                self._duplicate(table)
+                continue
+            self.sink.add(table, row, msg.key, msg.value)
+
+    def _stored_lately(self, tp: tuple[str, int], record_id: str, offset: int, unwritten: int) -> bool:
+        """Whether a copy of the record was stored lately from its partition: then this one is a re-send
+        and is not stored (the daily views would count it twice; counted, its offset committed like any
+        other). Otherwise the record is remembered as taken here."""
+        first = self.recent.first_offset(tp, record_id)
+        if first is None:
+            self.recent.take(tp, record_id, offset)
+            return False
+        return first < unwritten  # the first copy is still in a batch: store this one as well
+
+    def _decodes(self, value: bytes, expected: str) -> bool:
+        try:
+            self.registry.decode(value, expect=expected)
+        except SchemaError:
+            return False
+        return True
+
+    def _inadmissible(
+        self, tp: TopicPartition, msg: ConsumerRecord[bytes, bytes], exc: InadmissibleEvent
+    ) -> None:
+        """An event the worker also refuses (no identity, from the future): not history, a dead letter."""
+        self._dead_letter(
+            tp.topic, tp.partition, msg.offset, msg.key, msg.value, "validate", type(exc).__name__, str(exc)
+        )
