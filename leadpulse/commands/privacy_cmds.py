@@ -1,4 +1,4 @@
-"""CLI commands: privacy (``forget``). The work is in ``sinks.erase.forget_lead``; docs/privacy.md."""
+"""CLI commands: privacy (``forget``). The work is in ``sinks.forget.forget_lead``; docs/privacy.md."""
 
 from __future__ import annotations
 
@@ -21,7 +21,7 @@ def register(app: typer.Typer) -> None:
             60.0, min=1.0, help="seconds to wait for a running sink to apply the erasure"
         ),
     ) -> None:
-        from sinks.erase import ForgetError, forget_lead
+        from sinks.forget import ForgetError, forget_lead
 
         settings = cli_settings()
         if not lead_id.strip():

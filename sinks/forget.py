@@ -1,0 +1,102 @@
+"""``leadpulse forget``: log the erasure first, then erase the lead from ClickHouse here, or wait for the
+running sink that owns the embedded engine to do it (docs/privacy.md, "Order of operations"). The erasure
+itself is ``sinks.erase.apply_erasure``.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+
+from clickhouse_connect.driver.client import Client
+
+from sinks.erase import ErasureResult, apply_erasure, linked_anonymous_ids, recorded_erasure
+from streams.settings import Settings
+
+
+class ForgetError(Exception):
+    """``forget`` could not finish; the message says which step failed and whether the erasure is logged."""
+
+
+def forget_lead(
+    settings: Settings,
+    lead_id: str,
+    *,
+    now_ms: int | None = None,
+    timeout_s: float = 60.0,
+    note: Callable[[str], None] = lambda _: None,
+) -> ErasureResult:
+    """Erase ``lead_id``: log the erasure first (workers and sinks stop accepting the lead even if the
+    ClickHouse part fails), then delete it from ClickHouse here, or wait for the running sink that owns
+    the embedded engine to do it. Raises ForgetError."""
+    from sinks.clickhouse import EmbeddedEngineBusy, get_client
+    from sinks.migrate import migrate
+    from sinks.query_service import client_runner, http_runner, sink_serving, sink_url
+    from streams.broker import port_open, running_broker
+    from streams.erasures import erasure_record, publish_erasure, read_all
+
+    now = now_ms if now_ms is not None else int(time.time() * 1000)
+    via_sink = sink_serving(settings)
+    client: Client | None = None
+    try:
+        if via_sink:
+            run = http_runner(sink_url(settings))
+            owner = f"the running sink at {sink_url(settings)} owns {settings.shown_dsn}"
+            note(f"{owner}: it will apply the erasure")
+        else:
+            try:
+                client = get_client(settings)
+            except Exception as exc:
+                hint = (
+                    f"; a process owns it without serving queries on {sink_url(settings)}: stop it or "
+                    "run `leadpulse sink`, which applies erasures itself"
+                    if isinstance(exc, EmbeddedEngineBusy)
+                    else ""
+                )
+                raise ForgetError(f"cannot open ClickHouse at {settings.shown_dsn}: {exc}{hint}") from None
+            migrate(client)
+            run = client_runner(client)
+        anonymous = set(linked_anonymous_ids(run, lead_id))
+        if settings.embedded_broker and not port_open(settings.broker_host, settings.broker_port):
+            note(
+                "no broker is running: the erasure is logged in a broker started for this command only; "
+                "workers and sinks started later will not see it"
+            )
+        with running_broker(settings) as bootstrap:
+            local = settings.model_copy(update={"kafka_bootstrap": bootstrap})
+            # A repeated forget must keep the anonymous ids erased before: the log is compacted by lead,
+            # so the new record replaces the old one.
+            for earlier in read_all(local):
+                if earlier["lead_id"] == lead_id:
+                    anonymous.update(earlier.get("anonymous_ids") or [])
+            record = erasure_record(lead_id, anonymous, now)
+            try:
+                publish_erasure(local, record)
+            except Exception as exc:
+                raise ForgetError(
+                    f"could not log the erasure on {local.topic('leadpulse.internal.erasures')}: {exc}; "
+                    "nothing was deleted, re-run `leadpulse forget`"
+                ) from None
+        note(f"erasure {record['erasure_id']} logged ({len(record['anonymous_ids'])} anonymous id(s))")
+        if client is not None:
+            try:
+                return apply_erasure(client, record, applied_by="cli")
+            except Exception as exc:
+                raise ForgetError(
+                    f"the erasure is logged (no new rows of the lead will be stored) but deleting from "
+                    f"ClickHouse failed: {type(exc).__name__}: {exc}; re-run `leadpulse forget {lead_id}`"
+                ) from None
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            rows = recorded_erasure(run, record)
+            if rows is not None:
+                return ErasureResult(record["erasure_id"], lead_id, rows, applied_by="sink")
+            time.sleep(0.25)
+        raise ForgetError(
+            f"the erasure is logged but the sink at {sink_url(settings)} did not apply it within "
+            f"{timeout_s:.0f}s (is it backing off?); it applies it when it can: re-run "
+            f"`leadpulse forget {lead_id}` to check"
+        )
+    finally:
+        if client is not None:
+            client.close()
