@@ -1,5 +1,5 @@
 """The sink loop: consume every input and output topic, batch rows per table, insert into ClickHouse,
-then commit. A dedicated kafka-python consumer, not a Faust agent (argued in docs/clickhouse.md).
+then commit. A dedicated consumer, not a Faust agent (argued in docs/clickhouse.md).
 
 Why aiokafka: measured here, kafka-python 3 consumes ~27k records/s (~85k with CRC checks off) against
 aiokafka's ~300k/s, and the consumer would otherwise be the sink's ceiling. Inserts run in a worker thread
