@@ -21,30 +21,31 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Sequence
-from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Any
 
-import orjson
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRecord, TopicPartition
-from aiokafka.abc import ConsumerRebalanceListener
-from aiokafka.coordinator.assignors.range import RangePartitionAssignor
 from aiokafka.errors import CommitFailedError, IllegalStateError, KafkaError
 
-from agents.account import AccountState, account_score_record, fold_lead_score, normalise_domain, without_lead
+from agents.account import AccountState, fold_lead_score, normalise_domain
 from agents.alignment import TopicAligner
-from agents.core import Output, StepResult, check_timers, next_deadline, step
-from agents.kafka_batches import BatchSender, Headers, Record, caught_up, murmur2_partition, read_to_end
-from agents.lead_store import ACCOUNT_PREFIX, LeadStore, due_from_headers, due_header
+from agents.core import StepResult, step
+from agents.kafka_batches import BatchSender, caught_up, murmur2_partition
+from agents.lead_store import ACCOUNT_PREFIX, LeadStore
 from agents.rules import Rules
 from agents.state import LeadState
+from agents.worker_batch import Batch, flush
+from agents.worker_clients import GROUP, worker_consumer, worker_producer
+from agents.worker_clock import now_ms
+from agents.worker_erasures import ErasureSource, apply_erasures
+from agents.worker_rebalance import WorkerRebalance, load_commits, refetch
+from agents.worker_sla_scan import scan
 from schemas.fast_codec import codec_for
 from schemas.registry import SchemaError, SchemaRegistry, default_registry
 from streams.broker import aiokafka_client_config, create_topics, is_tansu, kafka_client_config
 from streams.dlq import dead_letter, encode_dead_letter, writer_headers
 from streams.event_hygiene import InadmissibleEvent, check_admissible, invalid_reason
-from streams.kafka_close import commit, committed, group_commits, start_client, stop_consumer, stop_producer
-from streams.metrics import LagGauge, Metrics, consumer_lags, observe_many
+from streams.kafka_close import commit, start_client, stop_consumer, stop_producer
+from streams.metrics import LagGauge, Metrics, consumer_lags
 from streams.producer import lead_key
 from streams.settings import Settings
 from streams.topics import (
@@ -63,55 +64,9 @@ log = logging.getLogger(__name__)
 BATCH_MAX = 5000
 DLQ_HEADERS = writer_headers("worker")
 ACCOUNT_HOP_LAST = "account_domain"  # lead_score fields up to this one hold all of HOP_FIELDS
-IDLE_AFTER_S = 30.0  # caught up this long: SLA timers follow the wall clock again (see timer_clock)
+IDLE_AFTER_S = 30.0  # caught up this long: SLA timers follow the wall clock again (worker_clock.py)
 ALIGN_WAIT_S = 2.0  # longest a partition's records wait for a co-partitioned topic that is behind
-GROUP = "leadpulse-worker"  # dashboards and alerts match this group label
 Decoded = tuple[ConsumerRecord, str, dict[str, Any]]  # (message, schema, record)
-
-
-def now_ms() -> int:
-    return int(time.time() * 1000)
-
-
-class ErasureSource(Protocol):
-    """What the worker needs from ``streams.erasures.ErasureLog``."""
-
-    def is_erased(self, identity: str | None) -> bool: ...
-    def drain_new(self) -> list[dict[str, Any]]: ...
-
-
-@dataclass
-class Batch:
-    """What one batch produced, sent in two acknowledged waves: outputs first, then state."""
-
-    states: dict[bytes, LeadState | None] = field(default_factory=dict)
-    home: dict[bytes, int] = field(default_factory=dict)  # key -> state partition
-    dirty: set[bytes] = field(default_factory=set)
-    sends: list[Record] = field(default_factory=list)  # outputs, forwards, dead letters
-    counted: list[Output] = field(default_factory=list)
-    consumed: dict[str, int] = field(default_factory=dict)  # per topic, added to the metric once per batch
-    accounts: dict[bytes, tuple[int, AccountState]] = field(default_factory=dict)  # touched, by state key
-    arrived: list[int] = field(default_factory=list)  # Kafka timestamps (ms) of the events scored
-
-
-class _Rebalance(ConsumerRebalanceListener):  # type: ignore[misc]
-    def __init__(self, worker: LeadWorker) -> None:
-        self.worker = worker
-
-    async def on_partitions_revoked(self, revoked: Any) -> None:
-        # Waits for the batch in flight, which commits its offsets before the partitions move.
-        async with self.worker.lock:
-            self.worker.restoring = True
-            # held records are not committed: whoever owns the partitions next reads them again
-            self.worker.aligner.drop()
-            self.worker.held_back.clear()
-
-    async def on_partitions_assigned(self, assigned: Any) -> None:
-        async with self.worker.lock:
-            self.worker.generation += 1
-            await self.worker.restore({tp.partition for tp in assigned})
-            # read by the poll loop: a consumer request from inside the rebalance callback could wait on it
-            self.worker.commits_to_load = set(assigned)
 
 
 class LeadWorker:
@@ -181,30 +136,13 @@ class LeadWorker:
             create_topics, settings.bootstrap, settings.topic_prefix, TOPICS, kafka_client_config(settings)
         )
         security = aiokafka_client_config(settings)
-        self.producer = AIOKafkaProducer(
-            bootstrap_servers=settings.bootstrap,
-            acks="all",
-            linger_ms=5,
-            max_batch_size=512 * 1024,
-            max_request_size=8 * 1024 * 1024,
-            **security,
-        )
+        self.producer = worker_producer(settings, security)
         await start_client(self.producer)
         self.sender = BatchSender(self.producer)
         try:
             # built only now: an aiokafka client that is never started still complains "Unclosed" at exit
-            self.consumer = AIOKafkaConsumer(
-                bootstrap_servers=settings.bootstrap,
-                group_id=settings.topic_prefix + GROUP,
-                enable_auto_commit=False,
-                auto_offset_reset="earliest",
-                partition_assignment_strategy=(RangePartitionAssignor,),
-                session_timeout_ms=6000 if self.tansu else 30000,
-                heartbeat_interval_ms=1000 if self.tansu else 3000,
-                max_partition_fetch_bytes=4 * 1024 * 1024,
-                **security,
-            )
-            self.consumer.subscribe(self.input_topics, listener=_Rebalance(self))
+            self.consumer = worker_consumer(settings, self.tansu, security)
+            self.consumer.subscribe(self.input_topics, listener=WorkerRebalance(self))
             await start_client(self.consumer)
             try:
                 while not stop.is_set():
@@ -230,18 +168,18 @@ class LeadWorker:
         async with self.lock:
             if self.commits_to_load:
                 assigned, self.commits_to_load = self.commits_to_load, set()
-                await self.load_commits(assigned)
+                await load_commits(self, assigned)
             if self.erasures is not None:
-                await self.apply_erasures(self.erasures.drain_new())
+                await apply_erasures(self, self.erasures.drain_new())
             if generation == self.generation:
                 ready = await self._aligned(fetched)
                 if ready:
                     await self.process(ready)
             elif fetched:
-                await self._refetch(fetched)
+                await refetch(self, fetched)
             if time.monotonic() >= self._next_scan:
                 self._next_scan = time.monotonic() + self.scan_interval_s
-                await self.scan()
+                await scan(self)
             if self.metrics and time.monotonic() >= self._next_lag:
                 self._next_lag = time.monotonic() + 5.0
                 self._report_lag()
@@ -263,65 +201,6 @@ class LeadWorker:
             ready.update(released)
         return ready
 
-    async def _refetch(self, fetched: dict[TopicPartition, list[ConsumerRecord]]) -> None:
-        """A batch from a getmany that a rebalance overlapped: not processed, and fetched again from the
-        committed offsets of the partitions still owned.
-
-        Why not just drop it: the fetch may have started under the new assignment, so the consumer's
-        position is already past these records; dropped, they would never come back (found by the scale
-        1 → 2 → 1 fault test: a whole partition's tail missing). Why not process it: records fetched under
-        the old assignment would be processed twice (and a poison record dead-lettered twice)."""
-        assert self.consumer is not None
-        owned = self.consumer.assignment()
-        again = [tp for tp in fetched if tp in owned]
-        log.info("a rebalance overlapped a fetch: fetching %d partition(s) again from commits", len(again))
-        for tp in again:
-            try:
-                offset = await committed(self.consumer, tp)
-                if offset is None:
-                    await self.consumer.seek_to_beginning(tp)
-                else:
-                    self.consumer.seek(tp, offset)
-            except (IllegalStateError, KafkaError) as exc:  # moved again meanwhile: its next owner reads it
-                log.info("no re-fetch of %s[%d] (%s)", tp.topic, tp.partition, exc)
-
-    async def load_commits(self, assigned: set[TopicPartition]) -> None:
-        """The group's committed offset of each assigned partition, so the lag metric is right from the
-        start: ``committed`` held only this process's own commits, so after a restart every partition with
-        nothing new counted its whole log as lag (and a partition that came back after another worker
-        owned it, a stale offset) until the next commit (ops audit)."""
-        assert self.consumer is not None
-        self.committed = await group_commits(self.consumer, assigned) or {}
-
-    # -- restore -----------------------------------------------------------------------------------------
-
-    async def restore(self, partitions: set[int]) -> None:
-        """Load the owned partitions' states from the changelog, to its end, before processing them.
-
-        Every rebalance reloads everything: with eager rebalancing all partitions are revoked anyway, and
-        a partition kept across rebalances may have been owned by someone else in between."""
-        self.restoring = True
-        started = time.monotonic()
-        self.store = LeadStore()
-        self.store.partitions = set(partitions)
-        if partitions:
-            await self._read_changelog(partitions)
-        await self._purge_erased()
-        self.restoring = False
-        self.restored_once = True
-        log.info(
-            "restored %d lead states of partitions %s in %.1f s",
-            len(self.store),
-            sorted(partitions),
-            time.monotonic() - started,
-        )
-
-    async def _read_changelog(self, partitions: set[int]) -> None:
-        def apply(partition: int, key: bytes, value: bytes | None, headers: Headers) -> None:
-            self.store.restore(partition, key, value, due_from_headers(headers))
-
-        await read_to_end(self.settings, self.state_topic, partitions, self.tansu, apply)
-
     # -- a batch -----------------------------------------------------------------------------------------
 
     async def process(self, fetched: dict[TopicPartition, list[ConsumerRecord]]) -> None:
@@ -341,7 +220,7 @@ class LeadWorker:
         decoded.sort(key=_event_time)
         for message, schema, record in decoded:
             self._handle(message, schema, record, batch, now)
-        await self._flush(batch)
+        await flush(self, batch)
         await self._commit({tp: records[-1].offset + 1 for tp, records in parts.items()})
 
     def _decode(self, message: ConsumerRecord, batch: Batch) -> Decoded | None:
@@ -470,42 +349,6 @@ class LeadWorker:
             self.metrics.dlq_records.labels(source_topic=topic, stage=stage).inc()
             self.metrics.events_invalid.labels(topic=topic, reason=invalid_reason(exc)).inc()
 
-    async def _flush(self, batch: Batch) -> None:
-        """Outputs first, acknowledged; state after. The reverse order could store "seen" state whose
-        outputs never reached the broker, losing them on a crash."""
-        computed_at = now_ms()
-        for _partition, account in batch.accounts.values():
-            value = self.codec.encode("account_score", account_score_record(account, computed_at))
-            batch.sends.append(
-                (self.output_topics["account_score"], account.domain.encode(), value, None, None)
-            )
-        await self._send(batch.sends)
-        if self.metrics:
-            now = time.time()  # outputs acknowledged: the events' scores are out
-            observe_many(
-                self.metrics.event_to_score_seconds, [max(0.0, now - t / 1000) for t in batch.arrived]
-            )
-            for output in batch.counted:
-                self.metrics.count_output(output.schema, output.record)
-            for topic, n in batch.consumed.items():
-                self.metrics.events_consumed.labels(topic=self._unprefixed(topic)).inc(n)
-        writes: list[Record] = []
-        for key in batch.dirty:
-            state = batch.states[key]
-            if state is None:
-                continue
-            due = next_deadline(state, self.rules)
-            self.store.put(key, batch.home[key], state, due)
-            writes.append((self.state_topic, key, state.to_bytes(), due_header(due), batch.home[key]))
-        for key, (partition, account) in batch.accounts.items():
-            self.store.put_account(key, partition, account)
-            writes.append((self.state_topic, key, orjson.dumps(account.to_dict()), None, partition))
-        await self._send(writes)
-
-    async def _send(self, records: Sequence[Record]) -> None:
-        assert self.sender is not None
-        await self.sender.send(records)
-
     async def _commit(self, offsets: dict[TopicPartition, int]) -> None:
         assert self.consumer is not None
         try:
@@ -519,82 +362,6 @@ class LeadWorker:
         """Metric labels use catalogue names, so dashboards work whatever the prefix."""
         prefix = self.settings.topic_prefix
         return topic[len(prefix) :] if prefix and topic.startswith(prefix) else topic
-
-    # -- erasure -----------------------------------------------------------------------------------------
-
-    async def apply_erasures(self, records: list[dict[str, Any]]) -> None:
-        """Drop an erased lead's states (lead and stitched anonymous ids) and tombstone them durably; take
-        the lead out of its account's score.
-
-        The worker also tombstones each identity's key on the compacted ``leads.scores``: it is that key's
-        only writer and drops the lead's inputs from now on, so no later score can land after the tombstone,
-        and compaction then removes the lead's scores from the topic (docs/privacy.md)."""
-        if not records:
-            return
-        batch = Batch()
-        tombstones: list[Record] = []
-        for record in records:
-            lead_id = record["lead_id"]
-            lead = self.store.get(lead_id.encode())
-            aliases = lead.aliases if lead is not None else []
-            for identity in {lead_id, *record.get("anonymous_ids", []), *aliases}:
-                key = identity.encode()
-                partition = self.store.partition_of(key)
-                if partition is not None:
-                    self.store.delete(key)
-                    tombstones.append((self.state_topic, key, None, None, partition))
-                    tombstones.append((self.output_topics["lead_score"], key, None, None, None))
-            for key, partition, account in self.store.accounts_with_lead(lead_id):
-                batch.accounts[key] = (partition, without_lead(account, lead_id))
-        await self._flush(batch)
-        await self._send(tombstones)
-
-    async def _purge_erased(self) -> None:
-        """After a restore: drop states and account entries of leads erased while this worker did not own
-        their partitions (or before the tombstones were written), so no SLA timer or account keeps them."""
-        if self.erasures is None:
-            return
-        erased = [k.decode() for k in self.store.lead_keys() if self.erasures.is_erased(k.decode())]
-        for _key, _partition, account in self.store.accounts():
-            erased += [lead for lead in account.leads if self.erasures.is_erased(lead)]
-        if erased:
-            records = [{"lead_id": lead, "anonymous_ids": []} for lead in sorted(set(erased))]
-            await self.apply_erasures(records)
-
-    # -- timers ------------------------------------------------------------------------------------------
-
-    async def scan(self) -> None:
-        """Fire due SLA warnings/breaches and timed recycles; each fires once (the marker is in state)."""
-        if self.restoring:
-            return
-        now = self.timer_clock(now_ms())
-        batch = Batch()
-        for key in self.store.due(now):
-            home = self.store.partition_of(key)
-            state = self.store.get(key)
-            if state is None or home is None:
-                self.store.delete(key)
-                continue
-            self._get(batch, key, home)
-            self._apply(batch, key, home, check_timers(state, self.rules, now))
-            if key not in batch.dirty:  # nothing fired after all: do not look at it again until it is due
-                self.store.put(key, home, state, next_deadline(state, self.rules))
-        await self._flush(batch)
-
-    def timer_clock(self, wall_ms: int) -> int:
-        """The time SLA deadlines are compared with: the wall clock, held back while a backlog of older events
-        is being processed (a replay or catch-up), so that a follow-up still in the backlog is not reported as
-        missed. Live, the newest event time tracks the wall clock and this is just ``wall_ms``; between
-        batches the held-back clock advances with the wall clock from the newest event seen.
-
-        Once the worker has been caught up (every fetch empty) for ``idle_after_s``, the backlog is gone and
-        the clock is the wall clock again (Flink's ``withIdleness``). Without this, after a replay of events
-        hours old and no live traffic since, timers due in that gap would wait for newer events."""
-        if self.watermark_ms is None:
-            return wall_ms
-        if self.idle_since_ms is not None and wall_ms - self.idle_since_ms >= self.idle_after_ms:
-            return wall_ms
-        return min(wall_ms, self.watermark_ms + (wall_ms - self.watermark_seen_at_ms))
 
     # -- ops ---------------------------------------------------------------------------------------------
 

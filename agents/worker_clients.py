@@ -1,0 +1,40 @@
+"""The worker's Kafka clients: an acknowledged producer tuned for whole batches, and the consumer of its one
+group over the inputs and internal hops, range-assigned so partition *p* of every topic (one lead's events)
+lands on the same worker.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
+from aiokafka.coordinator.assignors.range import RangePartitionAssignor
+
+from streams.settings import Settings
+
+GROUP = "leadpulse-worker"  # dashboards and alerts match this group label
+
+
+def worker_producer(settings: Settings, security: dict[str, Any]) -> AIOKafkaProducer:
+    return AIOKafkaProducer(
+        bootstrap_servers=settings.bootstrap,
+        acks="all",
+        linger_ms=5,
+        max_batch_size=512 * 1024,
+        max_request_size=8 * 1024 * 1024,
+        **security,
+    )
+
+
+def worker_consumer(settings: Settings, tansu: bool, security: dict[str, Any]) -> AIOKafkaConsumer:
+    return AIOKafkaConsumer(
+        bootstrap_servers=settings.bootstrap,
+        group_id=settings.topic_prefix + GROUP,
+        enable_auto_commit=False,
+        auto_offset_reset="earliest",
+        partition_assignment_strategy=(RangePartitionAssignor,),
+        session_timeout_ms=6000 if tansu else 30000,
+        heartbeat_interval_ms=1000 if tansu else 3000,
+        max_partition_fetch_bytes=4 * 1024 * 1024,
+        **security,
+    )
