@@ -23,15 +23,15 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections import OrderedDict
 from collections.abc import Sequence
-from dataclasses import dataclass
 from typing import Any
 
 import aiohttp
-from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRebalanceListener, TopicPartition
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from prometheus_client import CollectorRegistry
 
+from agents.notifier_group import GROUP_ID, GroupOffsets, NotifierRebalance, PendingOffsets, notifier_group
+from agents.webhook_lanes import Job, Lane, put_job
 from schemas.registry import SchemaError, SchemaRegistry, default_registry
 from sinks.webhook import (
     RetryPolicy,
@@ -43,103 +43,13 @@ from sinks.webhook import (
 )
 from streams.broker import aiokafka_client_config
 from streams.dlq import dead_letter, encode_dead_letter, writer_headers
-from streams.kafka_close import commit, group_commits, start_client, stop_consumer, stop_producer
-from streams.metrics import LagGauge, Metrics, consumer_lags
+from streams.kafka_close import start_client, stop_consumer, stop_producer
+from streams.metrics import LagGauge, Metrics
 from streams.settings import Settings
 from streams.topics import DLQ, HOT_LEADS
 
 log = logging.getLogger(__name__)
 DLQ_HEADERS = writer_headers("notifier")
-#: Catalogue name of the notifier's consumer group; the group itself carries LEADPULSE_TOPIC_PREFIX, as the
-#: worker's and the sink's do, so that deployments sharing a Kafka cluster never share a group.
-GROUP_ID = "leadpulse-notifier"
-
-
-def notifier_group(settings: Settings) -> str:
-    return settings.topic_prefix + GROUP_ID
-
-
-class PendingOffsets:
-    """Which offsets still have deliveries in flight; the committable position is the lowest of them."""
-
-    def __init__(self) -> None:
-        self._open: dict[TopicPartition, dict[int, int]] = {}
-        self._next: dict[TopicPartition, int] = {}
-
-    def add(self, tp: TopicPartition, offset: int, parts: int) -> None:
-        if parts > 0:
-            self._open.setdefault(tp, {})[offset] = parts
-        self._next[tp] = max(self._next.get(tp, 0), offset + 1)
-
-    def done(self, tp: TopicPartition, offset: int) -> None:
-        open_ = self._open.get(tp)
-        if open_ is None or offset not in open_:
-            return  # partition revoked meanwhile: its new owner re-delivers
-        open_[offset] -= 1
-        if open_[offset] <= 0:
-            del open_[offset]
-
-    def committable(self) -> dict[TopicPartition, int]:
-        """Per partition, the offset to commit: everything below it is finished."""
-        return {tp: min(self._open[tp]) if self._open.get(tp) else nxt for tp, nxt in self._next.items()}
-
-    def drop(self, tps: Sequence[TopicPartition]) -> None:
-        for tp in tps:
-            self._open.pop(tp, None)
-            self._next.pop(tp, None)
-
-    @property
-    def in_flight(self) -> int:
-        return sum(len(v) for v in self._open.values())
-
-
-@dataclass(frozen=True)
-class Job:
-    tp: TopicPartition
-    offset: int
-    key: bytes | None
-    value: bytes
-    hot: dict[str, Any]
-
-
-class Lane:
-    """One target's queue, workers and memory of recent notification ids.
-
-    A replayed duplicate of a notification already handled (delivered or dead-lettered), or still being
-    delivered, is not sent again: it waits for the first copy's outcome. Receivers still dedup by the
-    idempotency key, since this memory is per process and bounded. The outcome is whether the first copy
-    was settled (delivered or dead-lettered); when it was not (stopping, or a bug), the copy waiting for it
-    is not settled either and its offset stays uncommitted.
-    """
-
-    def __init__(self, target: WebhookTarget, queue_size: int, remember: int = 10_000) -> None:
-        self.target = target
-        self.queue: asyncio.Queue[Job] = asyncio.Queue(maxsize=queue_size)
-        self.handled: OrderedDict[str, asyncio.Future[bool]] = OrderedDict()
-        self.remember = remember
-
-    def claim(self, notification_id: str) -> asyncio.Future[bool] | None:
-        """None when this caller must deliver; else the first copy's outcome to wait for."""
-        existing = self.handled.get(notification_id)
-        if existing is not None:
-            return existing
-        self.handled[notification_id] = asyncio.get_running_loop().create_future()
-        while len(self.handled) > self.remember:
-            oldest, future = next(iter(self.handled.items()))
-            if not future.done():
-                break
-            del self.handled[oldest]
-        return None
-
-    def finish(self, notification_id: str, delivered: bool, settled: bool = True) -> None:
-        """Wake the copies waiting for this outcome. A notification given up (dead-lettered) is forgotten,
-        so that ``leadpulse dlq replay --stage webhook`` delivers it once the receiver is fixed, without a
-        restart of this process; so is one left unsettled (``settled=False``)."""
-        future = self.handled.get(notification_id)
-        if future is not None and not future.done():
-            future.set_result(settled)
-        if not delivered:
-            self.handled.pop(notification_id, None)
 
 
 class Notifier:
@@ -192,7 +102,15 @@ class Notifier:
         self.pending = PendingOffsets()
         self.topic = settings.topic(HOT_LEADS.name)
         self.assigned = False
-        self._committed: dict[TopicPartition, int] = {}
+        self.offsets = GroupOffsets(
+            settings,
+            group_id=group_id,
+            inherit_from=self.inherit_from,
+            bootstrap=self.bootstrap,
+            topic=self.topic,
+            lag_gauge=self.lag_gauge,
+            pending=self.pending,
+        )
         secret = settings.webhook_secret.get_secret_value() if settings.webhook_secret else None
         if not secret and any(t.kind == "json" for t in self.targets):
             # DESIGN §10: bodies are signed. Unsigned, a receiver cannot tell our webhooks from anyone's.
@@ -225,7 +143,7 @@ class Notifier:
             heartbeat_interval_ms=1000,
             **aiokafka_client_config(self.settings),
         )
-        consumer.subscribe([self.topic], listener=_Rebalance(self, consumer))
+        consumer.subscribe([self.topic], listener=NotifierRebalance(self, consumer))
         try:
             await start_client(consumer)
             async with aiohttp.ClientSession() as session:
@@ -246,7 +164,7 @@ class Notifier:
                     for task in workers:
                         task.cancel()
                     await asyncio.gather(committer, *workers, return_exceptions=True)
-                    await self._commit(consumer)
+                    await self.offsets.commit(consumer)
         finally:
             await stop_consumer(consumer)
             await stop_producer(producer)
@@ -267,7 +185,7 @@ class Notifier:
                         continue
                     self.pending.add(tp, msg.offset, len(self.lanes))
                     for lane in self.lanes:
-                        if not await _put(lane.queue, Job(tp, msg.offset, msg.key, value, hot), stop):
+                        if not await put_job(lane.queue, Job(tp, msg.offset, msg.key, value, hot), stop):
                             return  # stopping: this offset and the later ones stay uncommitted
 
     async def _work(self, lane: Lane, sender: WebhookSender, producer: AIOKafkaProducer) -> None:
@@ -369,124 +287,11 @@ class Notifier:
     async def _commit_loop(self, consumer: AIOKafkaConsumer, stop: asyncio.Event) -> None:
         while True:
             await asyncio.sleep(self.commit_interval_s)
-            await self._commit(consumer)
-
-    async def _commit(self, consumer: AIOKafkaConsumer) -> None:
-        offsets = {
-            tp: off
-            for tp, off in self.pending.committable().items()
-            if self._committed.get(tp) != off and tp in consumer.assignment()
-        }
-        if offsets:
-            try:
-                await commit(consumer, offsets)
-                self._committed.update(offsets)
-            except Exception as exc:  # a failed commit only means re-delivery after a restart
-                log.warning("notifier commit failed (will retry): %s: %s", type(exc).__name__, exc)
-        self._report_lag(consumer)  # also when nothing moved: a stuck receiver is exactly that case
-
-    async def _load_commits(self, consumer: AIOKafkaConsumer, assigned: Sequence[TopicPartition]) -> None:
-        """The group's committed offset of each newly assigned partition, so that the lag counts from it
-        (it counted from 0: after a restart with nothing new, the lag was the whole log). A partition the
-        group has never committed starts where ``inherit_from`` left it, when that group committed it."""
-        found = await group_commits(consumer, assigned)
-        if found is None:
-            return  # the coordinator did not answer: aiokafka's own position fetch decides, as before
-        for tp, offset in found.items():
-            self._committed.setdefault(tp, offset)
-        missing = [tp for tp in assigned if tp not in found]
-        if missing and self.inherit_from is not None:
-            await self._inherit(consumer, missing, self.inherit_from)
-
-    async def _inherit(self, consumer: AIOKafkaConsumer, tps: Sequence[TopicPartition], group: str) -> None:
-        """Start ``tps`` at ``group``'s committed offsets and commit them as this group's own.
-
-        Why: earlier releases used the unprefixed group id. A new group has no offsets, so without this the
-        first prefixed notifier would re-deliver every hot lead still in retention (``earliest``), and
-        ``latest`` would skip those published while it was down. The old group's offsets are per topic, so
-        deployments that shared it each take only their own. Best effort: if they cannot be read, the
-        notifier starts from the earliest offset and receivers drop what they had by the idempotency key."""
-        old = AIOKafkaConsumer(
-            bootstrap_servers=self.bootstrap,
-            group_id=group,
-            enable_auto_commit=False,
-            **aiokafka_client_config(self.settings),
-        )
-        try:
-            await start_client(old)
-            inherited = await group_commits(old, tps) or {}
-        except Exception as exc:  # the start position falls back to earliest
-            log.warning("could not read consumer group %s's offsets to take over: %s", group, exc)
-            inherited = {}
-        finally:
-            await stop_consumer(old)
-        if not inherited:
-            return
-        for tp, offset in inherited.items():
-            consumer.seek(tp, offset)
-            self._committed[tp] = offset
-        try:
-            await commit(consumer, inherited)
-        except Exception as exc:  # the seek stands; the next delivery commits past it
-            log.warning("could not commit the offsets taken over from %s: %s", group, exc)
-        log.info(
-            "consumer group %s took over %d partition offset(s) of %s on %s",
-            self.group_id,
-            len(inherited),
-            group,
-            self.topic,
-        )
-
-    def _report_lag(self, consumer: AIOKafkaConsumer) -> None:
-        """Notifications not yet delivered (or given up) per partition: a stuck receiver shows as lag."""
-        done = self._committed
-        self.lag_gauge.report(consumer_lags(consumer, lambda tp: done.get(tp, 0), lambda _: HOT_LEADS.name))
+            await self.offsets.commit(consumer)
 
     @property
     def committed(self) -> dict[TopicPartition, int]:
-        return dict(self._committed)
-
-
-class _Rebalance(ConsumerRebalanceListener):  # type: ignore[misc]
-    def __init__(self, notifier: Notifier, consumer: AIOKafkaConsumer) -> None:
-        self.notifier = notifier
-        self.consumer = consumer
-
-    async def on_partitions_revoked(self, revoked: Any) -> None:
-        await self.notifier._commit(self.consumer)
-        self.notifier.pending.drop(list(revoked))
-        for tp in revoked:
-            self.notifier._committed.pop(tp, None)
-
-    async def on_partitions_assigned(self, assigned: Any) -> None:
-        tps = list(assigned)
-        # Paused before the first await: aiokafka resets positions and fetches as soon as the assignment is
-        # set, so while the start positions were being settled (the take-over reads another group's
-        # offsets) getmany handed out records from the earliest offset, delivered again (a CI run found it).
-        self.consumer.pause(*tps)
-        try:
-            await self.notifier._load_commits(self.consumer, tps)
-        finally:
-            self.consumer.resume(*tps)
-        self.notifier.assigned = True
-
-
-async def _put(queue: asyncio.Queue[Job], job: Job, stop: asyncio.Event) -> bool:
-    """``queue.put(job)`` unless ``stop`` is set first (then False, and the job is not queued): with the
-    receiver down and the queue full, a plain put waited for room forever and the process never stopped."""
-    if stop.is_set():
-        return False
-    if not queue.full():
-        queue.put_nowait(job)
-        return True
-    putting = asyncio.ensure_future(queue.put(job))
-    stopping = asyncio.ensure_future(stop.wait())
-    try:
-        await asyncio.wait((putting, stopping), return_when=asyncio.FIRST_COMPLETED)
-    finally:
-        putting.cancel()  # when it has not put the job yet, the job is not queued
-        stopping.cancel()
-    return putting.done() and not putting.cancelled()
+        return dict(self.offsets.committed)
 
 
 async def run_notifier(

@@ -27,7 +27,7 @@ from pathlib import Path
 import pytest
 from aiohttp import web
 
-from agents.notifications import notifier_group
+from agents.notifier_group import notifier_group
 from sinks.webhook import IDEMPOTENCY_HEADER, SIGNATURE_HEADER, verify_signature
 from streams.broker import EmbeddedBroker, free_port
 from streams.reader import Decoded, read_topic

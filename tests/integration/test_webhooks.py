@@ -17,7 +17,8 @@ from aiohttp import web
 from kafka import KafkaConsumer, TopicPartition
 from prometheus_client import CollectorRegistry
 
-from agents.notifications import GROUP_ID, Notifier
+from agents.notifications import Notifier
+from agents.notifier_group import GROUP_ID
 from schemas.registry import default_registry
 from sinks.webhook import IDEMPOTENCY_HEADER, SIGNATURE_HEADER, RetryPolicy, WebhookTarget, verify_signature
 from streams.broker import EmbeddedBroker, free_port

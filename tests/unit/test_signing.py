@@ -11,7 +11,7 @@ import random
 import pytest
 from aiokafka import TopicPartition
 
-from agents.notifications import PendingOffsets
+from agents.notifier_group import PendingOffsets
 from schemas.registry import default_registry
 from sinks.webhook import (
     RetryPolicy,

@@ -1,0 +1,187 @@
+"""The notifier's consumer group: its id, which offsets may be committed while deliveries are in flight,
+committing them, where newly assigned partitions start (taking over an earlier release's group), and the lag.
+
+Why apart from delivery (``agents/notifications.py``): delivery decides when a notification is settled;
+this decides what that means for the group's offsets, so that a crash re-delivers, never loses.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any
+
+from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener, TopicPartition
+
+from streams.broker import aiokafka_client_config
+from streams.kafka_close import commit, group_commits, start_client, stop_consumer
+from streams.metrics import LagGauge, consumer_lags
+from streams.settings import Settings
+from streams.topics import HOT_LEADS
+
+if TYPE_CHECKING:
+    from agents.notifications import Notifier
+
+log = logging.getLogger("agents.notifications")  # the name it logged under before the split: lines unchanged
+
+
+#: Catalogue name of the notifier's consumer group; the group itself carries LEADPULSE_TOPIC_PREFIX, as the
+#: worker's and the sink's do, so that deployments sharing a Kafka cluster never share a group.
+GROUP_ID = "leadpulse-notifier"
+
+
+def notifier_group(settings: Settings) -> str:
+    return settings.topic_prefix + GROUP_ID
+
+
+class PendingOffsets:
+    """Which offsets still have deliveries in flight; the committable position is the lowest of them."""
+
+    def __init__(self) -> None:
+        self._open: dict[TopicPartition, dict[int, int]] = {}
+        self._next: dict[TopicPartition, int] = {}
+
+    def add(self, tp: TopicPartition, offset: int, parts: int) -> None:
+        if parts > 0:
+            self._open.setdefault(tp, {})[offset] = parts
+        self._next[tp] = max(self._next.get(tp, 0), offset + 1)
+
+    def done(self, tp: TopicPartition, offset: int) -> None:
+        open_ = self._open.get(tp)
+        if open_ is None or offset not in open_:
+            return  # partition revoked meanwhile: its new owner re-delivers
+        open_[offset] -= 1
+        if open_[offset] <= 0:
+            del open_[offset]
+
+    def committable(self) -> dict[TopicPartition, int]:
+        """Per partition, the offset to commit: everything below it is finished."""
+        return {tp: min(self._open[tp]) if self._open.get(tp) else nxt for tp, nxt in self._next.items()}
+
+    def drop(self, tps: Sequence[TopicPartition]) -> None:
+        for tp in tps:
+            self._open.pop(tp, None)
+            self._next.pop(tp, None)
+
+    @property
+    def in_flight(self) -> int:
+        return sum(len(v) for v in self._open.values())
+
+
+class GroupOffsets:
+    """The group's committed offsets, as this process knows them, and the next ones to commit."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        *,
+        group_id: str,
+        inherit_from: str | None,
+        bootstrap: str,
+        topic: str,
+        lag_gauge: LagGauge,
+        pending: PendingOffsets,
+    ) -> None:
+        self.settings = settings
+        self.group_id = group_id
+        self.inherit_from = inherit_from
+        self.bootstrap = bootstrap
+        self.topic = topic
+        self.lag_gauge = lag_gauge
+        self.pending = pending
+        self.committed: dict[TopicPartition, int] = {}
+
+    async def commit(self, consumer: AIOKafkaConsumer) -> None:
+        offsets = {
+            tp: off
+            for tp, off in self.pending.committable().items()
+            if self.committed.get(tp) != off and tp in consumer.assignment()
+        }
+        if offsets:
+            try:
+                await commit(consumer, offsets)
+                self.committed.update(offsets)
+            except Exception as exc:  # a failed commit only means re-delivery after a restart
+                log.warning("notifier commit failed (will retry): %s: %s", type(exc).__name__, exc)
+        self.report_lag(consumer)  # also when nothing moved: a stuck receiver is exactly that case
+
+    async def load_commits(self, consumer: AIOKafkaConsumer, assigned: Sequence[TopicPartition]) -> None:
+        """The group's committed offset of each newly assigned partition, so that the lag counts from it
+        (it counted from 0: after a restart with nothing new, the lag was the whole log). A partition the
+        group has never committed starts where ``inherit_from`` left it, when that group committed it."""
+        found = await group_commits(consumer, assigned)
+        if found is None:
+            return  # the coordinator did not answer: aiokafka's own position fetch decides, as before
+        for tp, offset in found.items():
+            self.committed.setdefault(tp, offset)
+        missing = [tp for tp in assigned if tp not in found]
+        if missing and self.inherit_from is not None:
+            await self.inherit(consumer, missing, self.inherit_from)
+
+    async def inherit(self, consumer: AIOKafkaConsumer, tps: Sequence[TopicPartition], group: str) -> None:
+        """Start ``tps`` at ``group``'s committed offsets and commit them as this group's own.
+
+        Why: earlier releases used the unprefixed group id. A new group has no offsets, so without this the
+        first prefixed notifier would re-deliver every hot lead still in retention (``earliest``), and
+        ``latest`` would skip those published while it was down. The old group's offsets are per topic, so
+        deployments that shared it each take only their own. Best effort: if they cannot be read, the
+        notifier starts from the earliest offset and receivers drop what they had by the idempotency key."""
+        old = AIOKafkaConsumer(
+            bootstrap_servers=self.bootstrap,
+            group_id=group,
+            enable_auto_commit=False,
+            **aiokafka_client_config(self.settings),
+        )
+        try:
+            await start_client(old)
+            inherited = await group_commits(old, tps) or {}
+        except Exception as exc:  # the start position falls back to earliest
+            log.warning("could not read consumer group %s's offsets to take over: %s", group, exc)
+            inherited = {}
+        finally:
+            await stop_consumer(old)
+        if not inherited:
+            return
+        for tp, offset in inherited.items():
+            consumer.seek(tp, offset)
+            self.committed[tp] = offset
+        try:
+            await commit(consumer, inherited)
+        except Exception as exc:  # the seek stands; the next delivery commits past it
+            log.warning("could not commit the offsets taken over from %s: %s", group, exc)
+        log.info(
+            "consumer group %s took over %d partition offset(s) of %s on %s",
+            self.group_id,
+            len(inherited),
+            group,
+            self.topic,
+        )
+
+    def report_lag(self, consumer: AIOKafkaConsumer) -> None:
+        """Notifications not yet delivered (or given up) per partition: a stuck receiver shows as lag."""
+        done = self.committed
+        self.lag_gauge.report(consumer_lags(consumer, lambda tp: done.get(tp, 0), lambda _: HOT_LEADS.name))
+
+
+class NotifierRebalance(ConsumerRebalanceListener):  # type: ignore[misc]
+    def __init__(self, notifier: Notifier, consumer: AIOKafkaConsumer) -> None:
+        self.notifier = notifier
+        self.consumer = consumer
+
+    async def on_partitions_revoked(self, revoked: Any) -> None:
+        await self.notifier.offsets.commit(self.consumer)
+        self.notifier.pending.drop(list(revoked))
+        for tp in revoked:
+            self.notifier.offsets.committed.pop(tp, None)
+
+    async def on_partitions_assigned(self, assigned: Any) -> None:
+        tps = list(assigned)
+        # Paused before the first await: aiokafka resets positions and fetches as soon as the assignment is
+        # set, so while the start positions were being settled (the take-over reads another group's
+        # offsets) getmany handed out records from the earliest offset, delivered again (a CI run found it).
+        self.consumer.pause(*tps)
+        try:
+            await self.notifier.offsets.load_commits(self.consumer, tps)
+        finally:
+            self.consumer.resume(*tps)
+        self.notifier.assigned = True
