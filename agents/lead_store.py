@@ -4,8 +4,8 @@ Why not decode on restore: a restart restores every lead of its partitions, but 
 Entries stay as the changelog's bytes until a batch or the SLA scan needs them; the scan finds due leads
 from the ``due`` header written next to each state, so it never decodes a lead with nothing pending.
 
-Pure: no Kafka here. The worker feeds ``restore`` from the changelog topic and writes what
-``changelog_records`` returns.
+Pure: no Kafka here. The worker feeds ``restore`` from the changelog topic, and every rebalance starts a
+new store (agents/worker_rebalance.py), so partitions are never dropped one by one.
 """
 
 from __future__ import annotations
@@ -127,12 +127,3 @@ class LeadStore:
 
     def due(self, now_ms: int) -> list[bytes]:
         return [key for key, due in self.deadlines.items() if due <= now_ms]
-
-    def keep_only(self, partitions: set[int]) -> None:
-        """Forget partitions this worker no longer owns (their new owner restores them)."""
-        gone = [k for k, e in self._entries.items() if e.partition not in partitions]
-        for key in gone:
-            self.delete(key)
-        for key in [k for k, (p, _) in self._accounts.items() if p not in partitions]:
-            del self._accounts[key]
-        self.partitions = self.partitions & partitions

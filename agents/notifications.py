@@ -155,7 +155,7 @@ class Notifier:
                     for lane in self.lanes
                     for _ in range(self.concurrency)
                 ]
-                committer = asyncio.create_task(self._commit_loop(consumer, stop))
+                committer = asyncio.create_task(self._commit_loop(consumer))
                 try:
                     await self._consume(consumer, producer, stop)
                     await self._drain(timeout_s=self.stop_grace_s)
@@ -284,7 +284,8 @@ class Notifier:
                 self.pending.in_flight,
             )
 
-    async def _commit_loop(self, consumer: AIOKafkaConsumer, stop: asyncio.Event) -> None:
+    async def _commit_loop(self, consumer: AIOKafkaConsumer) -> None:
+        """Runs until cancelled when consuming ends; the final commit follows the drain."""
         while True:
             await asyncio.sleep(self.commit_interval_s)
             await self.offsets.commit(consumer)
