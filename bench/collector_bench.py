@@ -64,7 +64,8 @@ def _serve(bootstrap: str, prefix: str, port: int, publisher: str) -> None:
     """Child process: one collector on loopback."""
     from aiohttp import web
 
-    from streams.collector import AioKafkaPublisher, Collector, KafkaPythonPublisher
+    from streams.collector import Collector
+    from streams.collector_publishers import AioKafkaPublisher, KafkaPythonPublisher
 
     settings = load_settings(  # no rate limit: the bench measures what the collector can take
         kafka_bootstrap=bootstrap, topic_prefix=prefix, write_keys={"bench": KEY}, collector_rate_limit=0

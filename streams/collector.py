@@ -10,24 +10,21 @@ metrics, publishing. The API is documented in ``docs/ingestion.md``.
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import math
 import time
 from collections import Counter
-from collections.abc import Awaitable, Callable, Sequence
-from functools import lru_cache
+from collections.abc import Awaitable, Callable
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any
 
 from aiohttp import web
-from aiokafka.partitioner import murmur2
 from prometheus_client import CollectorRegistry
 
 from schemas.fast_codec import codec_for
 from schemas.registry import SchemaRegistry, SchemaValidationError, default_registry
 from streams.bots import is_bot
-from streams.broker import aiokafka_client_config
+from streams.collector_publishers import AioKafkaPublisher, Publisher, PublishError
 from streams.intake import (
     BROWSER_TYPES,
     EVENT_TYPES,
@@ -44,7 +41,6 @@ from streams.intake import (
     source_for_key,
     too_large,
 )
-from streams.kafka_close import start_client
 from streams.metrics import Metrics
 from streams.producer import lead_key
 from streams.rate_limit import TokenBuckets
@@ -55,165 +51,6 @@ from streams.web import add_ops_routes
 log = logging.getLogger(__name__)
 
 TRACKER_JS = Path(__file__).resolve().parent / "tracker.js"
-Message = tuple[str, bytes | None, bytes]  # (topic, key, value)
-
-
-class PublishError(Exception):
-    """The broker did not acknowledge a batch; the client gets 503 and should retry."""
-
-
-class Publisher(Protocol):
-    async def start(self) -> None: ...
-    async def publish(self, messages: Sequence[Message]) -> None: ...
-    async def stop(self) -> None: ...
-
-
-class AioKafkaPublisher:
-    """aiokafka producer: native asyncio, measured faster than bridging kafka-python futures (see bench).
-
-    Why a publish timeout: with the broker unreachable aiokafka would hold a request for its default 40 s
-    before failing. ``LEADPULSE_COLLECTOR_PUBLISH_TIMEOUT_S`` bounds the wait, and the producer's own
-    request timeout (which also expires queued batches) is set to the same value, so a 503 comes back in
-    time for the client to retry, and events of a failed request are not sent much later behind its back.
-    """
-
-    def __init__(
-        self,
-        settings: Settings,
-        bootstrap: str | None = None,
-        linger_ms: int = 5,
-        timeout_s: float | None = None,
-    ) -> None:
-        self.settings = settings
-        self.bootstrap = bootstrap or settings.bootstrap
-        self.linger_ms = linger_ms
-        self.timeout_s = settings.collector_publish_timeout_s if timeout_s is None else timeout_s
-        self._producer: Any = None
-
-    async def start(self) -> None:
-        from aiokafka import AIOKafkaProducer
-
-        self._producer = AIOKafkaProducer(
-            bootstrap_servers=self.bootstrap,
-            acks="all",
-            linger_ms=self.linger_ms,
-            max_batch_size=256 * 1024,
-            enable_idempotence=False,  # idempotence fails on Tansu (DESIGN §11)
-            request_timeout_ms=int(self.timeout_s * 1000),
-            **aiokafka_client_config(self.settings),
-        )
-        await start_client(self._producer)
-
-    async def publish(self, messages: Sequence[Message]) -> None:
-        futures: list[asyncio.Future[Any]] = []
-        partitions: dict[str, list[int]] = {}
-        try:
-            async with asyncio.timeout(self.timeout_s):
-                producer = self._producer
-                for topic, key, value in messages:
-                    partition = None  # no key: aiokafka picks one
-                    if key is not None:
-                        known = partitions.get(topic)
-                        if known is None:  # the list aiokafka's own partitioner would get, once a request
-                            known = partitions[topic] = list(await producer.partitions_for(topic))
-                        partition = partition_for(key, known)
-                    futures.append(await producer.send(topic, value=value, key=key, partition=partition))
-                # One request's records share a few producer batches, so once the first future is done
-                # the rest mostly are too: awaiting them in turn costs far less than gather()'s callback
-                # per future, and still raises the first failure.
-                for future in futures:
-                    await future
-        except TimeoutError as exc:
-            _retrieve_all(futures)
-            raise PublishError(
-                f"broker {self.bootstrap} did not acknowledge within {self.timeout_s:g} s "
-                "(LEADPULSE_COLLECTOR_PUBLISH_TIMEOUT_S)"
-            ) from exc
-        except Exception as exc:  # aiokafka raises KafkaError subclasses
-            _retrieve_all(futures)
-            raise PublishError(
-                f"broker {self.bootstrap} did not acknowledge: {type(exc).__name__}: {exc}"
-            ) from exc
-
-    async def stop(self) -> None:
-        if self._producer is not None:
-            await self._producer.stop()
-
-
-class KafkaPythonPublisher:
-    """The SDK's kafka-python producer with its futures bridged into asyncio (kept for the bench)."""
-
-    def __init__(self, settings: Settings, bootstrap: str | None = None) -> None:
-        self.settings = settings
-        self.bootstrap = bootstrap
-        self._producer: Any = None
-
-    async def start(self) -> None:
-        from streams.producer import Producer
-
-        self._producer = await asyncio.to_thread(
-            Producer, self.settings, bootstrap=self.bootstrap, linger_ms=5
-        )
-
-    async def publish(self, messages: Sequence[Message]) -> None:
-        loop = asyncio.get_running_loop()
-        waits: list[asyncio.Future[Any]] = []
-        for topic, key, value in messages:
-            waiter: asyncio.Future[Any] = loop.create_future()
-            future = self._producer.send_encoded(topic, key, value)
-            future.add_callback(_resolve, loop, waiter)
-            future.add_errback(_reject, loop, waiter)
-            waits.append(waiter)
-        try:
-            await asyncio.gather(*waits)
-        except Exception as exc:
-            raise PublishError(f"broker did not acknowledge: {type(exc).__name__}: {exc}") from exc
-
-    async def stop(self) -> None:
-        if self._producer is not None:
-            await asyncio.to_thread(self._producer.close)
-
-
-@lru_cache(maxsize=65536)
-def _key_hash(key: bytes) -> int:
-    return int(murmur2(key)) & 0x7FFFFFFF
-
-
-def partition_for(key: bytes, all_partitions: list[int]) -> int:
-    """Kafka's default partitioner (murmur2 of the key, as aiokafka, kafka-python and the Java client
-    compute it), with the pure-Python hash memoised per key: a tracker batch carries one visitor's id on
-    every event, and the profile showed the partitioner at ~10% of the collector's CPU."""
-    return all_partitions[_key_hash(key) % len(all_partitions)]
-
-
-def _retrieve_all(futures: Sequence[asyncio.Future[Any]]) -> None:
-    """After a failed publish: the futures not awaited may fail too; mark their errors as seen (as gather()
-    did) so asyncio does not log "exception was never retrieved" for each record of the request."""
-    for future in futures:
-        future.add_done_callback(_retrieve)
-
-
-def _retrieve(future: asyncio.Future[Any]) -> None:
-    if not future.cancelled():
-        future.exception()
-
-
-def _resolve(loop: asyncio.AbstractEventLoop, waiter: asyncio.Future[Any], metadata: Any) -> None:
-    """Runs on kafka-python's sender thread: hand the result to the event loop's thread."""
-    loop.call_soon_threadsafe(_settle, waiter, metadata, None)
-
-
-def _reject(loop: asyncio.AbstractEventLoop, waiter: asyncio.Future[Any], exc: BaseException) -> None:
-    loop.call_soon_threadsafe(_settle, waiter, None, exc)
-
-
-def _settle(waiter: asyncio.Future[Any], result: Any, exc: BaseException | None) -> None:
-    if waiter.done():
-        return
-    if exc is None:
-        waiter.set_result(result)
-    else:
-        waiter.set_exception(exc)
 
 
 def _error(status: int, code: str, message: str, **headers: str) -> web.Response:

@@ -18,7 +18,7 @@ from hypothesis import strategies as st
 
 from schemas.fast_codec import EventCodec, codec_for
 from schemas.registry import SchemaError, SchemaRegistry, SchemaValidationError, default_registry
-from streams.collector import partition_for
+from streams.collector_publishers import partition_for
 from streams.intake import EVENT_TYPES, Accepted, Limits, Rejected, normalise_event
 
 pytestmark = pytest.mark.unit
