@@ -18,8 +18,7 @@ import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -28,9 +27,9 @@ from rich.live import Live
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 from agents.sla import FOLLOW_UP, REJECTION_FEEDBACK
+from leadpulse.demo_services import DemoError, Service, WebhookReceiver, port_or_free
 from leadpulse.live_view import HotLeadFeed, LiveState, render, scrape, total
-from sinks.webhook import IDEMPOTENCY_HEADER, SIGNATURE_HEADER, verify_signature
-from streams.broker import free_port, port_open, running_broker
+from streams.broker import free_port, running_broker
 from streams.collector_client import CollectorClient
 from streams.producer import Producer
 from streams.settings import Settings
@@ -38,99 +37,6 @@ from streams.traffic import TrafficPlan, plan_traffic, publish
 from streams.traffic_catalogue import write_catalogue
 
 HOUR_MS = 3_600_000
-
-
-class DemoError(RuntimeError):
-    """A demo step failed; the message says which and where its log is."""
-
-
-@dataclass
-class WebhookReceiver:
-    """The sales team's endpoint: verifies signatures and counts notifications once by idempotency key."""
-
-    secret: str
-    keys: set[str] = field(default_factory=set)
-    bad_signatures: int = 0
-    server: ThreadingHTTPServer | None = None
-
-    def start(self) -> str:
-        receiver = self
-
-        class Handler(BaseHTTPRequestHandler):
-            def do_POST(self) -> None:
-                body = self.rfile.read(int(self.headers.get("Content-Length", 0)))
-                if verify_signature(receiver.secret, self.headers.get(SIGNATURE_HEADER), body):
-                    receiver.keys.add(self.headers.get(IDEMPOTENCY_HEADER, ""))
-                    self.send_response(200)
-                else:
-                    receiver.bad_signatures += 1
-                    self.send_response(401)
-                self.end_headers()
-
-            def log_message(self, *args: Any) -> None:
-                pass
-
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        threading.Thread(target=self.server.serve_forever, daemon=True).start()
-        return f"http://127.0.0.1:{self.server.server_address[1]}/hooks/sales"
-
-    def stop(self) -> None:
-        if self.server:
-            self.server.shutdown()
-
-
-@dataclass
-class Service:
-    name: str
-    args: list[str]
-    port: int
-    log: Path
-    proc: subprocess.Popen[bytes] | None = None
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
-
-    def start(self, env: dict[str, str]) -> None:
-        out = self.log.open("ab")
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "leadpulse.cli", *self.args],
-            env=env,
-            stdout=out,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
-        out.close()
-
-    def wait_ready(self, timeout: float = 90.0) -> None:
-        import urllib.request
-
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.proc is not None and self.proc.poll() is not None:
-                raise DemoError(f"{self.name} exited with {self.proc.returncode}; see {self.log}")
-            try:
-                with urllib.request.urlopen(self.url + "/ready", timeout=1) as response:
-                    if response.status == 200:
-                        return
-            except OSError:
-                pass
-            time.sleep(0.3)
-        raise DemoError(f"{self.name} not ready after {timeout:.0f}s; see {self.log}")
-
-    def stop(self, timeout: float = 30.0) -> None:
-        if self.proc is None or self.proc.poll() is not None:
-            return
-        self.proc.terminate()
-        try:
-            self.proc.wait(timeout)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait()
-
-
-def _port(wanted: int) -> int:
-    return wanted if wanted and not port_open("127.0.0.1", wanted) else free_port()
 
 
 @dataclass
@@ -233,9 +139,11 @@ def _run(
     secret = secrets.token_hex(16)
     receiver = WebhookReceiver(secret)
     hook_url = receiver.start()
-    worker = Service("worker", ["worker"], _port(settings.web_port), logs / "worker.log")
-    sink = Service("sink", ["sink"], _port(settings.sink_port), logs / "sink.log")
-    collector = Service("collector", ["collector"], _port(settings.collector_port), logs / "collector.log")
+    worker = Service("worker", ["worker"], port_or_free(settings.web_port), logs / "worker.log")
+    sink = Service("sink", ["sink"], port_or_free(settings.sink_port), logs / "sink.log")
+    collector = Service(
+        "collector", ["collector"], port_or_free(settings.collector_port), logs / "collector.log"
+    )
     notifier = Service("notifier", ["notifier", "--ops-port", str(free_port())], 0, logs / "notifier.log")
     notifier.port = int(notifier.args[-1])
     keys = {"demo-site": secrets.token_hex(8), "crm-demo": secrets.token_hex(8)}

@@ -40,7 +40,8 @@ def register(app: typer.Typer) -> None:
         ),
     ) -> None:
         from agents.sla import FOLLOW_UP, REJECTION_FEEDBACK
-        from leadpulse.demo import DemoError, run_demo
+        from leadpulse.demo import run_demo
+        from leadpulse.demo_services import DemoError
         from sinks.reports.render import render
 
         if via not in ("sdk", "collector"):

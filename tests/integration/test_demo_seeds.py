@@ -9,7 +9,8 @@ from pathlib import Path
 import pytest
 from rich.console import Console
 
-from leadpulse.demo import DemoError, choose_seed
+from leadpulse.demo import choose_seed
+from leadpulse.demo_services import DemoError
 
 pytestmark = pytest.mark.integration  # reads and writes files
 
