@@ -34,6 +34,7 @@ from agents.notifier_group import GROUP_ID, GroupOffsets, NotifierRebalance, Pen
 from agents.webhook_lanes import Job, Lane, put_job
 from schemas.registry import SchemaError, SchemaRegistry, default_registry
 from sinks.webhook import (
+    MIN_WEBHOOK_SECRET,
     RetryPolicy,
     Stopping,
     WebhookSender,
@@ -118,6 +119,12 @@ class Notifier:
             raise ValueError(
                 "LEADPULSE_WEBHOOK_SECRET is not set: webhooks to LEADPULSE_WEBHOOK_URLS are signed with it "
                 "(HMAC-SHA256, docs/ingestion.md); set a random secret and give it to the receivers"
+            )
+        if secret and len(secret) < MIN_WEBHOOK_SECRET:
+            # Anyone with one signed request can try short keys offline, then sign hot leads of their own.
+            raise ValueError(
+                f"LEADPULSE_WEBHOOK_SECRET is too short ({len(secret)} characters): it must be at least "
+                f"{MIN_WEBHOOK_SECRET} characters; use a random one, e.g. `openssl rand -hex 32`"
             )
         self._secret = secret
 

@@ -33,7 +33,7 @@ from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, Literal
-from urllib.parse import urlsplit
+from urllib.parse import quote, urlsplit
 
 import aiohttp
 
@@ -44,6 +44,15 @@ SIGNATURE_HEADER = "X-Leadpulse-Signature"
 IDEMPOTENCY_HEADER = "X-Leadpulse-Idempotency-Key"
 RETRYABLE_STATUS = frozenset({408, 425, 429, 500, 502, 503, 504})
 TargetKind = Literal["json", "slack"]
+#: Shortest ``LEADPULSE_WEBHOOK_SECRET`` the notifier accepts (as ``LEADPULSE_EMAIL_HASH_KEY``): a short
+#: HMAC key can be guessed offline from one captured request, and then anyone can forge hot leads.
+MIN_WEBHOOK_SECRET = 16
+#: Slack refuses a message whose section text exceeds 3,000 characters (``invalid_blocks``, HTTP 400:
+#: a permanent failure, so the rep never saw the lead); the fallback ``text`` is kept as short.
+SLACK_SECTION_MAX = 3000
+SLACK_FIELD_MAX = 300  # one profile value or signal detail in a Slack message
+#: Printable ASCII except ``%``: the characters an idempotency key keeps as they are in its header.
+_HEADER_SAFE = "".join(chr(c) for c in range(0x21, 0x7F) if chr(c) != "%") + " "
 
 
 def _secret_bytes(secret: str | bytes) -> bytes:
@@ -108,6 +117,17 @@ def targets_from_settings(settings: Settings) -> list[WebhookTarget]:
     return targets
 
 
+def idempotency_key(notification_id: str) -> str:
+    """The ``X-Leadpulse-Idempotency-Key`` value: ``notification_id`` with every character other than
+    printable ASCII (and ``%``) percent-encoded as UTF-8, so ``urllib.parse.unquote`` gives the id back.
+
+    Why: the id carries the lead id, which a tracker may send with any character. A CR or LF made aiohttp
+    refuse the request (header injection), an exception no retry or dead letter handled: the notification
+    was never delivered and its partition's offset never committed again. Non-ASCII went out as raw UTF-8,
+    which HTTP does not define (most servers read it as Latin-1). Ids of printable ASCII are unchanged."""
+    return quote(notification_id, safe=_HEADER_SAFE)
+
+
 def _iso(ms: int | None) -> str | None:
     return None if ms is None else datetime.fromtimestamp(ms / 1000, UTC).isoformat().replace("+00:00", "Z")
 
@@ -123,22 +143,37 @@ def json_body(hot: dict[str, Any]) -> bytes:
     return json.dumps(payload, sort_keys=True, separators=(",", ":")).encode()
 
 
+def _clip(text: str, limit: int) -> str:
+    return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
+def slack_text(value: Any, limit: int = SLACK_FIELD_MAX) -> str:
+    """A lead's value as literal Slack mrkdwn text: ``&``, ``<``, ``>`` escaped (Slack's rule) and clipped.
+
+    Why: the profile comes from forms and the public tracker. Unescaped, a company name such as
+    ``<!channel>`` notified the whole channel and ``<https://evil.example|Open in CRM>`` showed a link to
+    anywhere in a message the reps trust. Clipped before escaping, so an entity is never cut in two."""
+    return _clip(str(value), limit).replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
+
+
 def slack_body(hot: dict[str, Any], top: int = 5) -> bytes:
-    """Incoming-webhook message: who, why (top signals), profile and the SLA due time."""
-    who = hot.get("email") or hot["lead_id"]
-    company = hot.get("company_name") or hot.get("company_domain") or "unknown company"
-    headline = f":fire: Hot lead {who} ({company}), score {hot['score']:.0f}: {hot['reason']}"
+    """Incoming-webhook message: who, why (top signals), profile and the SLA due time. Every value from
+    the lead is escaped and clipped (``slack_text``) and each section kept within Slack's 3,000 characters;
+    the JSON body carries the full values."""
+    who = slack_text(hot.get("email") or hot["lead_id"])
+    company = slack_text(hot.get("company_name") or hot.get("company_domain") or "unknown company")
+    headline = f":fire: Hot lead {who} ({company}), score {hot['score']:.0f}: {slack_text(hot['reason'])}"
     signals = sorted(hot.get("signals") or [], key=lambda s: -abs(s.get("current_points", 0.0)))[:top]
     why = (
         "\n".join(
-            f"• {s['rule']} ({s['event_type']}): {s['current_points']:+.0f}"
-            + (f" — {s['detail']}" if s.get("detail") else "")
+            f"• {slack_text(s['rule'])} ({slack_text(s['event_type'])}): {s['current_points']:+.0f}"
+            + (f" — {slack_text(s['detail'])}" if s.get("detail") else "")
             for s in signals
         )
         or "• (no signals)"
     )
     profile = ", ".join(
-        str(v)
+        slack_text(v)
         for v in (
             hot.get("job_title"),
             hot.get("industry"),
@@ -152,10 +187,15 @@ def slack_body(hot: dict[str, Any], top: int = 5) -> bytes:
     if profile:
         lines.append(f"*Profile:* {profile}")
     if due:
-        lines.append(f"*Follow up before:* {due}" + (f" (owner {hot['owner']})" if hot.get("owner") else ""))
+        owner = f" (owner {slack_text(hot['owner'])})" if hot.get("owner") else ""
+        lines.append(f"*Follow up before:* {due}{owner}")
+    # clipped on whole lines where possible: the SLA line matters more than the fifth signal's detail
+    rest = "".join("\n" + line for line in lines[1:])
+    details = _clip(_clip(lines[0], max(SLACK_SECTION_MAX - len(rest), 200)) + rest, SLACK_SECTION_MAX)
+    headline = _clip(headline, SLACK_SECTION_MAX)
     blocks = [
         {"type": "section", "text": {"type": "mrkdwn", "text": headline}},
-        {"type": "section", "text": {"type": "mrkdwn", "text": "\n".join(lines)}},
+        {"type": "section", "text": {"type": "mrkdwn", "text": details}},
     ]
     return json.dumps({"text": headline, "blocks": blocks}, separators=(",", ":")).encode()
 
@@ -242,11 +282,11 @@ class WebhookSender:
         self.sleep = sleep
         self.rnd = rnd or random.Random()
 
-    def headers(self, body: bytes, idempotency_key: str) -> dict[str, str]:
+    def headers(self, body: bytes, notification_id: str) -> dict[str, str]:
         headers = {
             "Content-Type": "application/json",
             "User-Agent": "leadpulse-webhook/1",
-            IDEMPOTENCY_HEADER: idempotency_key,
+            IDEMPOTENCY_HEADER: idempotency_key(notification_id),
         }
         if self.secret:
             headers[SIGNATURE_HEADER] = signature_header(self.secret, body)
@@ -308,6 +348,15 @@ class WebhookSender:
                 )  # the URL may hold a token
                 if isinstance(exc, TimeoutError):
                     error = f"no answer within {self.policy.timeout_s:g} s"
+            except Exception as exc:  # e.g. aiohttp refusing a header: retrying cannot help
+                # Permanent, so it becomes a dead letter. Unhandled, it left the notification neither
+                # delivered nor given up, and its partition's offsets were never committed again.
+                status = None
+                error = f"request not sent: {type(exc).__name__}: {exc}".replace(
+                    target.url, f"<{target.name} at {target.host}>"
+                )
+                error += " (permanent: not retried)"
+                break
             if attempt < self.policy.max_attempts:
                 if self.metrics:
                     self.metrics.webhook_retries.labels(target=target.name).inc()

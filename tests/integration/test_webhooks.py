@@ -489,3 +489,33 @@ async def test_prefixed_group_takes_over_where_the_unprefixed_group_of_earlier_r
     assert await asyncio.to_thread(committed_total, hot_settings, notifier.group_id) == 5
     assert await asyncio.to_thread(committed_total, hot_settings, GROUP_ID) == 3  # left as it was
     assert set(lag_of(metrics, GROUP_ID)) and not lag_of(metrics, notifier.group_id)  # catalogue label
+
+
+async def test_a_lead_id_with_a_line_break_does_not_stall_the_partition(
+    hot_settings: Settings, receiver: tuple[Receiver, asyncio.Event]
+) -> None:
+    """Receiver audit: a lead id from the tracker may hold any character, and the notification id (the
+    idempotency header) carries it. With CR/LF aiohttp refused the request; the lane logged the exception
+    and the offset stayed open for good: never delivered, never a dead letter, the lag stuck at 1 and the
+    partition never committed past it. Now the header is percent-encoded (``unquote`` gives the id)."""
+    from urllib.parse import unquote
+
+    state, _ = receiver
+    notifier = Notifier(
+        hot_settings, targets=[WebhookTarget("json-0", state.url + "/ok")], policy=FAST, group_id="n-crlf"
+    )
+    poison = dict(hot_lead(1, lead_id="L-1\r\nX-Evil: 1"), notification_id="L-1\r\nX-Evil: 1:hot:1")
+    after = dict(hot_lead(2, lead_id="L-1\r\nX-Evil: 1"), notification_id="L-1\r\nX-Evil: 1:hot:2")
+    await asyncio.to_thread(publish, hot_settings, [poison, after])  # same key: same partition, in order
+    stop, task = await start(notifier)
+    try:
+        await wait_until(lambda: len(state.unique("ok")) == 2, 30, "both notifications delivered")
+        await wait_until(lambda: notifier.pending.in_flight == 0, 10, "both settled")
+    finally:
+        stop.set()
+        await asyncio.wait_for(task, 30)
+    assert {unquote(k.split("|", 1)[1]) for k in state.unique("ok")} == {
+        poison["notification_id"],
+        after["notification_id"],
+    }
+    assert await asyncio.to_thread(committed_total, hot_settings, "n-crlf") == 2

@@ -297,7 +297,9 @@ def test_the_notifier_refuses_to_send_unsigned_json_webhooks_but_slack_needs_no_
         Notifier(load_settings(), targets=json_target)
     slack = [WebhookTarget("slack-0", "https://hooks.slack.com/services/T/B/x", "slack")]
     assert Notifier(load_settings(), targets=slack).targets == slack
-    assert Notifier(load_settings(webhook_secret="s3cret-value"), targets=json_target).targets == json_target
+    assert (
+        Notifier(load_settings(webhook_secret="s3cret-value-012"), targets=json_target).targets == json_target
+    )
 
 
 async def test_a_delivery_error_names_the_target_not_its_url() -> None:
