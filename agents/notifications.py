@@ -122,9 +122,13 @@ class Notifier:
             )
         if secret and len(secret) < MIN_WEBHOOK_SECRET:
             # Anyone with one signed request can try short keys offline, then sign hot leads of their own.
-            raise ValueError(
-                f"LEADPULSE_WEBHOOK_SECRET is too short ({len(secret)} characters): it must be at least "
-                f"{MIN_WEBHOOK_SECRET} characters; use a random one, e.g. `openssl rand -hex 32`"
+            # A warning, not a refusal: receivers already verify with the configured secret, and a notifier
+            # that stopped on upgrade would leave every hot lead undelivered until both sides rotate it.
+            log.warning(
+                "LEADPULSE_WEBHOOK_SECRET is short (%d characters): use at least %d random characters, e.g. "
+                "`openssl rand -hex 32`, and give the new one to the receivers",
+                len(secret),
+                MIN_WEBHOOK_SECRET,
             )
         self._secret = secret
 
