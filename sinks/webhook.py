@@ -208,7 +208,7 @@ def render(target: WebhookTarget, hot: dict[str, Any]) -> bytes:
 class RetryPolicy:
     """Attempts, per-attempt timeout and backoff; ``delay`` is exponential with "equal jitter"."""
 
-    max_attempts: int = 6
+    max_attempts: int = 12  # as LEADPULSE_WEBHOOK_MAX_ATTEMPTS: rides out a 1.5-3 min receiver outage
     base_s: float = 0.5
     cap_s: float = 30.0
     timeout_s: float = 10.0

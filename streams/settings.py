@@ -86,7 +86,7 @@ class Settings(BaseSettings):
     webhook_secret: SecretStr | None = None
     # Notifier delivery policy per target (sinks/webhook.py RetryPolicy): attempts, per-attempt timeout,
     # exponential backoff base and cap, and concurrent deliveries per target.
-    webhook_max_attempts: int = Field(default=6, ge=1, le=100)
+    webhook_max_attempts: int = Field(default=12, ge=1, le=100)
     webhook_timeout_s: float = Field(default=10.0, gt=0, le=600)
     webhook_backoff_base_s: float = Field(default=0.5, ge=0, le=600)
     webhook_backoff_cap_s: float = Field(default=30.0, ge=0, le=3600)

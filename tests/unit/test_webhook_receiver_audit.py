@@ -16,9 +16,11 @@ from agents.notifications import Notifier
 from sinks.webhook import (
     IDEMPOTENCY_HEADER,
     SLACK_SECTION_MAX,
+    RetryPolicy,
     WebhookSender,
     WebhookTarget,
     idempotency_key,
+    policy_from_settings,
     slack_body,
 )
 from streams.settings import load_settings
@@ -176,3 +178,25 @@ def test_a_short_webhook_secret_is_warned_about_at_start_naming_the_setting(
     with caplog.at_level(logging.WARNING, logger="agents.notifications"):
         Notifier(load_settings(webhook_secret="0123456789abcdef"), targets=targets)
     assert not [r for r in caplog.records if "is short" in r.getMessage()]
+
+
+def test_the_default_retries_ride_out_a_receiver_deploy_of_a_minute_and_a_half() -> None:
+    """6 attempts gave up after 8-16 s: every notification during a receiver's deploy became a dead letter."""
+    import random
+
+    policy = policy_from_settings(load_settings())
+
+    class Edge(random.Random):
+        def __init__(self, at: float) -> None:
+            super().__init__()
+            self.at = at
+
+        def uniform(self, a: float, b: float) -> float:
+            return a + (b - a) * self.at
+
+    waits = [
+        sum(policy.delay(attempt, Edge(at)) for attempt in range(1, policy.max_attempts)) for at in (0.0, 1.0)
+    ]
+    # backoffs 0.5, 1, 2, 4, 8, 16, then 30 s capped, for 11 waits: 181.5 s at most, half of it at least
+    assert waits == [pytest.approx(90.75), pytest.approx(181.5)]
+    assert RetryPolicy().max_attempts == policy.max_attempts  # the class default is the setting's
