@@ -12,6 +12,7 @@ import copy
 import io
 import json
 import math
+import re
 import struct
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
@@ -379,7 +380,32 @@ def _coerce_record(
 BEHAVIOURAL = ("web_visit", "email_click", "download", "content_view")
 
 
+#: Longest lead_id / anonymous_id / event_id accepted. Ids key partitions, state and ClickHouse rows and go
+#: into webhook headers; a 60 KB one was accepted and keyed (webhook audit).
+MAX_ID_CHARS = 256
+_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")
+IDENTITY_FIELDS = ("event_id", "lead_id", "anonymous_id")
+
+
+def identity_problem(value: str) -> str | None:
+    """Why an id cannot be used, or None. Control characters: a line break in a lead id stopped the
+    notifier's partition (it cannot go into an HTTP header) and splits log lines and CSV rows."""
+    if len(value) > MAX_ID_CHARS:
+        return f"must be at most {MAX_ID_CHARS} characters, got {len(value)}"
+    if not value.isprintable():  # C speed for the usual id; the exact rule below
+        found = _CONTROL.search(value)
+        if found is not None:
+            return f"must not contain control characters ({found.group()!r} at position {found.start() + 1})"
+    return None
+
+
 def _domain_checks(name: str, record: Mapping[str, Any]) -> Iterable[FieldError]:
+    for field in IDENTITY_FIELDS:
+        value = record.get(field)
+        if isinstance(value, str):
+            problem = identity_problem(value)
+            if problem is not None:
+                yield FieldError(field, problem)
     if "event_id" in record and isinstance(record["event_id"], str) and not record["event_id"].strip():
         yield FieldError("event_id", "must not be empty")
     lead_id = record.get("lead_id")

@@ -18,7 +18,7 @@ from collections.abc import Callable
 from aiokafka import ConsumerRecord, TopicPartition
 
 from schemas.fast_codec import zigzag
-from schemas.registry import HEADER_LEN, SOE_MAGIC, SchemaError, SchemaRegistry
+from schemas.registry import HEADER_LEN, SOE_MAGIC, SchemaError, SchemaRegistry, identity_problem
 from sinks.avro_ocf import ContainerFormat, container_format, origin_prefix
 from sinks.batch import ClickHouseBatchSink
 from sinks.erase import event_head, record_erased
@@ -117,6 +117,10 @@ class RecordIntake:
                 if problem is not None:
                     self._inadmissible(tp, msg, InadmissibleEvent("future_event", f"event_time: {problem}"))
                     continue
+                bad_id = _bad_identity(event_id, *identities)
+                if bad_id is not None:
+                    self._inadmissible(tp, msg, bad_id)
+                    continue
                 if erasures is not None and any(map(erasures.is_erased, identities)):
                     self._erased(EVENTS.table)
                     continue
@@ -193,3 +197,15 @@ class RecordIntake:
         self._dead_letter(
             tp.topic, tp.partition, msg.offset, msg.key, msg.value, "validate", type(exc).__name__, str(exc)
         )
+
+
+def _bad_identity(
+    event_id: str | None, anonymous_id: str | None, lead_id: str | None
+) -> InadmissibleEvent | None:
+    """The worker's id rule (``check_admissible``) on the fields the undecoded fast path has read."""
+    for field, value in (("event_id", event_id), ("anonymous_id", anonymous_id), ("lead_id", lead_id)):
+        if value is not None:
+            problem = identity_problem(value)
+            if problem is not None:
+                return InadmissibleEvent("bad_identity", f"{field}: {problem}")
+    return None

@@ -11,7 +11,14 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from schemas.registry import SchemaError, SchemaValidationError, UnknownFingerprint, UnknownSchema
+from schemas.registry import (
+    IDENTITY_FIELDS,
+    SchemaError,
+    SchemaValidationError,
+    UnknownFingerprint,
+    UnknownSchema,
+    identity_problem,
+)
 
 HOUR_MS = 3600 * 1000
 #: DESIGN §3. Clock skew between trackers and servers is corrected by the collector before this check.
@@ -44,6 +51,12 @@ def check_admissible(record: Mapping[str, Any], received_at_ms: int) -> None:
         raise InadmissibleEvent(
             "no_identity", "lead_id: one of lead_id or anonymous_id is required (record has neither)"
         )
+    for field in IDENTITY_FIELDS:  # from producers that bypass the collector and the SDK
+        value = record.get(field)
+        if isinstance(value, str):
+            problem = identity_problem(value)
+            if problem is not None:
+                raise InadmissibleEvent("bad_identity", f"{field}: {problem}")
     problem = future_problem(record.get("event_time"), received_at_ms)
     if problem is not None:
         raise InadmissibleEvent("future_event", f"event_time: {problem}")

@@ -488,6 +488,41 @@ def test_rows_clickhouse_rejects_and_undecodable_records_go_to_the_dlq(
     assert by_stage["decode"]["error_type"] == "WireFormatError"
 
 
+def test_events_whose_ids_hold_control_characters_or_run_too_long_are_dead_lettered_not_stored(
+    ch: Client, broker_settings: Settings, start_sink: Callable[..., RunningSink]
+) -> None:
+    """From a producer that bypasses the collector and the SDK (raw Avro): the undecoded fast path reads
+    the ids too, so a line break in a lead id never reaches ClickHouse rows or the notifier's headers."""
+    settings = broker_settings
+    registry = default_registry()
+    good = [
+        {**e, "event_id": f"{settings.topic_prefix}{e['event_id']}"}
+        for e in sample_events("web_visit", 3, seed=9)
+    ]
+    crlf = {**good[0], "event_id": f"{settings.topic_prefix}crlf", "lead_id": "L-1\r\nX-Injected: 1"}
+    long = {**good[1], "event_id": f"{settings.topic_prefix}long", "anonymous_id": "a" * 300, "lead_id": None}
+    topic = settings.topic("events.web_visits")
+    with Producer(settings) as producer:
+        for record in [good[0], crlf, good[1], long, good[2]]:
+            producer.send_encoded(topic, b"k", registry.encode("web_visit", record))
+    sink = start_sink(ch, BatchPolicy(10_000, 0.3))
+    wait_for(
+        lambda: topic_rows(ch, "events", settings) == 3 and sink.loop.stats.dead_lettered == 2,
+        what="three good rows stored and two dead letters",
+    )
+    sink.close()
+    letters = [
+        item.record
+        for item in read_topic(settings, settings.topic("dlq"), idle_ms=800)
+        if isinstance(item, Decoded) and item.record["source_topic"] == topic
+    ]
+    errors = {letter["offset"]: (letter["stage"], letter["error"]) for letter in letters}
+    assert errors == {
+        1: ("validate", f"{topic}[0]@1: lead_id: must not contain control characters ('\\r' at position 4)"),
+        3: ("validate", f"{topic}[0]@3: anonymous_id: must be at most 256 characters, got 300"),
+    }
+
+
 # --- the sink as a process, killed with SIGKILL mid-stream ---------------------------------------------
 def _query(port: int, sql: str) -> list[list[Any]]:
     request = urllib.request.Request(
