@@ -13,10 +13,10 @@ import re
 from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 DEFAULT_RULES_PATH = Path(__file__).resolve().parent / "rules.default.yaml"
 DAY_MS = 86_400_000
@@ -31,14 +31,39 @@ class RulesError(Exception):
 
 
 class _Model(BaseModel):
-    # allow_inf_nan: a `.nan` or `.inf` in the YAML is a float to pydantic; it would score every lead NaN
-    model_config = ConfigDict(frozen=True, extra="forbid", allow_inf_nan=False)
+    # allow_inf_nan: a `.nan` or `.inf` in the YAML is a float to pydantic; it would score every lead NaN.
+    # strict: a quoted '100', a `true` where points belong or 'yes' for a flag is a mistake to show, not to
+    # coerce (lax pydantic read `points: true` as 1 point); a whole number is still a valid float.
+    model_config = ConfigDict(frozen=True, extra="forbid", allow_inf_nan=False, strict=True)
+
+
+#: Bounds that keep every derived millisecond deadline and every sum finite: durations of at most 100 years
+#: (1e300 days overflowed the SLA scan's int deadline) and points far beyond any sensible weight (1e308
+#: points summed to infinity). Half-lives need none: a huge one is simply no decay.
+MAX_DAYS = 36_500.0
+MAX_HOURS = MAX_DAYS * 24
+MAX_POINTS = 1_000_000.0
+Points = Annotated[float, Field(ge=-MAX_POINTS, le=MAX_POINTS)]
+
+
+def _at(sub_path: str, problem: str) -> ValueError:
+    """An error about a key below the validated model: ``sub_path`` (``.key`` or ``[i]``) is appended to the
+    model's key path in the message (``disqualify.email_domains[0]: ...``)."""
+    return ValueError(f"{sub_path}: {problem}")
+
+
+def _blank_or_padded(table: str, keys: Any, what: str = "never matches") -> ValueError | None:
+    for i, key in enumerate(keys):
+        if not key.strip() or key != key.strip():
+            where = f"[{i}]" if isinstance(keys, list) else ""
+            return _at(f".{table}{where}", f"{key!r} is blank or has surrounding spaces: it {what}")
+    return None
 
 
 class RuleSpec(_Model):
     """Points one matching event earns. A bare number in YAML is shorthand for ``{points: N}``."""
 
-    points: float
+    points: Points
     half_life_days: float | None = Field(default=None, gt=0)  # None = scoring.default_half_life_days
     daily_cap: int | None = Field(default=None, ge=1)  # max scored events per event-time UTC day
     immediate_mql: bool = False
@@ -52,7 +77,7 @@ class RuleSpec(_Model):
 
 
 class ScoringRules(_Model):
-    default_half_life_days: float = Field(default=30.0, gt=0)
+    default_half_life_days: float = Field(default=30.0, gt=0)  # huge = no decay (tests use 1e6)
     event_type: dict[str, RuleSpec] = Field(default_factory=dict)
     page_category: dict[str, RuleSpec] = Field(default_factory=dict)
     content_type: dict[str, RuleSpec] = Field(default_factory=dict)
@@ -60,26 +85,64 @@ class ScoringRules(_Model):
     email_link: dict[str, RuleSpec] = Field(default_factory=dict)  # substring of link_url, case-insensitive
 
     @model_validator(mode="after")
-    def _known_event_types(self) -> ScoringRules:
-        unknown = set(self.event_type) - set(EVENT_TYPES)
-        if unknown:
-            raise ValueError(
-                f"event_type: unknown event type(s) {sorted(unknown)}; known: {list(EVENT_TYPES)}"
-            )
+    def _keys_that_can_match(self) -> ScoringRules:
+        for name in self.event_type:
+            if name not in EVENT_TYPES:
+                raise _at(".event_type", f"unknown event type {name!r}; known: {', '.join(EVENT_TYPES)}")
+        for table in ("page_category", "content_type", "asset_type"):
+            if (problem := _blank_or_padded(table, getattr(self, table))) is not None:
+                raise problem
+        if (problem := _blank_or_padded("email_link", self.email_link, "matches every link")) is not None:
+            raise problem
+        # matched case-insensitively, first in file order: a key equal to or containing an earlier one can
+        # never match (it was silently shadowed, or dropped from the compiled table when equal)
+        keys = list(self.email_link)
+        for i, key in enumerate(keys):
+            for earlier in keys[:i]:
+                if earlier.lower() == key.lower():
+                    raise _at(f".email_link.{key}", f"same as {earlier!r} (matched case-insensitively)")
+                if earlier.lower() in key.lower():
+                    raise _at(
+                        f".email_link.{key}",
+                        f"never matches: every link containing it contains {earlier!r}, listed earlier "
+                        "(the first match in file order wins; list the longer one first)",
+                    )
         return self
 
 
 class SizeBand(_Model):
     min: int = Field(ge=0)
-    points: float
+    points: Points
+
+
+#: The profile's ``country`` is an ISO 3166-1 alpha-2 code, compared upper-case.
+COUNTRY_CODE = re.compile(r"[A-Z]{2}")
 
 
 class FitRules(_Model):
     company_size: list[SizeBand] = Field(default_factory=list)
-    industry: dict[str, float] = Field(default_factory=dict)
-    seniority: dict[str, float] = Field(default_factory=dict)
-    title_keywords: dict[str, float] = Field(default_factory=dict)  # used when seniority is missing
-    country: dict[str, float] = Field(default_factory=dict)
+    industry: dict[str, Points] = Field(default_factory=dict)
+    seniority: dict[str, Points] = Field(default_factory=dict)
+    title_keywords: dict[str, Points] = Field(default_factory=dict)  # used when seniority is missing
+    country: dict[str, Points] = Field(default_factory=dict)
+
+    @model_validator(mode="after")
+    def _keys_that_can_match(self) -> FitRules:
+        for table in ("industry", "seniority", "title_keywords"):
+            what = "matches every job title" if table == "title_keywords" else "never matches"
+            if (problem := _blank_or_padded(table, getattr(self, table), what)) is not None:
+                raise problem
+        for code in self.country:
+            if not COUNTRY_CODE.fullmatch(code):
+                raise _at(
+                    f".country.{code}",
+                    "not an upper-case ISO 3166-1 alpha-2 code (JP, US, GB, ...), so no profile matches it",
+                )
+        minimums = [band.min for band in self.company_size]
+        for minimum in minimums:
+            if minimums.count(minimum) > 1:
+                raise _at(".company_size", f"min {minimum} is given twice; only one of its bands would apply")
+        return self
 
 
 class DisqualifyRules(_Model):
@@ -87,6 +150,36 @@ class DisqualifyRules(_Model):
     email_domains: list[str] = Field(default_factory=list)  # the domain or any subdomain of it
     email_domain_suffixes: list[str] = Field(default_factory=list)  # e.g. .edu, .ac.jp
     title_keywords: list[str] = Field(default_factory=list)  # whole words, case-insensitive
+
+    @field_validator("email_domains", "email_domain_suffixes")
+    @classmethod
+    def _lower_case(cls, names: list[str]) -> list[str]:
+        return [name.lower() for name in names]  # the email's domain is compared lower-case
+
+    @model_validator(mode="after")
+    def _entries_that_can_match(self) -> DisqualifyRules:
+        # a blank suffix or title keyword disqualified every lead (every domain ends with '')
+        for table in ("flags", "email_domains", "email_domain_suffixes", "title_keywords"):
+            what = "never matches" if table in ("flags", "email_domains") else "would match every lead"
+            if (problem := _blank_or_padded(table, getattr(self, table), what)) is not None:
+                raise problem
+        for i, domain in enumerate(self.email_domains):
+            if not DOMAIN.fullmatch(domain):
+                raise _at(
+                    f".email_domains[{i}]",
+                    f"{domain!r} is not a domain name such as competitor.example (no '@', no spaces)",
+                )
+        for i, suffix in enumerate(self.email_domain_suffixes):
+            if not suffix.startswith(".") or not DOMAIN.fullmatch(suffix[1:]):
+                raise _at(
+                    f".email_domain_suffixes[{i}]",
+                    f"{suffix!r} must start with '.' and be a domain ending such as .edu or .ac.jp",
+                )
+        return self
+
+
+#: A domain (or the part of one after a suffix's leading dot), lower-case.
+DOMAIN = re.compile(r"[a-z0-9-]+(\.[a-z0-9-]+)*")
 
 
 class StageRules(_Model):
@@ -98,17 +191,20 @@ class StageRules(_Model):
 
     @model_validator(mode="after")
     def _known_event_types(self) -> StageRules:
-        unknown = [t for t in self.engaged_event_types if t not in EVENT_TYPES]
-        if unknown:
-            raise ValueError(
-                f"engaged_event_types: unknown event type(s) {unknown}; known: {list(EVENT_TYPES)}"
-            )
+        for name in self.engaged_event_types:
+            if name not in EVENT_TYPES:
+                raise _at(
+                    ".engaged_event_types",
+                    f"unknown event type {name!r}; known: {', '.join(EVENT_TYPES)}",
+                )
+        if (problem := _blank_or_padded("engaged_page_categories", self.engaged_page_categories)) is not None:
+            raise problem
         return self
 
 
 class FollowUp(_Model):
-    hours: float = Field(default=24.0, gt=0)
-    immediate_hours: float = Field(default=1.0, gt=0)
+    hours: float = Field(default=24.0, gt=0, le=MAX_HOURS)
+    immediate_hours: float = Field(default=1.0, gt=0, le=MAX_HOURS)
 
 
 class Escalation(_Model):
@@ -139,22 +235,53 @@ class SlaRules(_Model):
     hot_lead_follow_up: FollowUp = FollowUp()
     segments: dict[str, FollowUp] = Field(default_factory=dict)
     warning_fraction: float = Field(default=0.5, gt=0, lt=1)
-    rejection_feedback_days: float = Field(default=2.0, gt=0)
+    rejection_feedback_days: float = Field(default=2.0, gt=0, le=MAX_DAYS)
     escalation: Escalation = Escalation()
+
+    @model_validator(mode="after")
+    def _segments_inherit(self) -> SlaRules:
+        """A segment overrides what it names; the rest comes from ``hot_lead_follow_up`` (``enterprise:
+        {hours: 4}`` used to give enterprise direct inquiries the built-in 1 h, not the file's own)."""
+        default, given = self.hot_lead_follow_up, self.segments
+        segments = {
+            name: FollowUp(
+                hours=spec.hours if "hours" in spec.model_fields_set else default.hours,
+                immediate_hours=spec.immediate_hours
+                if "immediate_hours" in spec.model_fields_set
+                else default.immediate_hours,
+            )
+            for name, spec in self.segments.items()
+        }
+        self.__dict__["segments"] = segments  # frozen model: set once, here, before anyone reads it
+        clocks = [("hot_lead_follow_up", default, True)]
+        clocks += [
+            (f"segments.{n}", s, "immediate_hours" in given[n].model_fields_set) for n, s in segments.items()
+        ]
+        for name, spec, own in clocks:
+            if spec.immediate_hours > spec.hours:
+                inherited = "" if own else ", from sla.hot_lead_follow_up,"
+                raise _at(
+                    f".{name}.immediate_hours",
+                    f"must be <= hours ({spec.immediate_hours:g} h{inherited} > {spec.hours:g} h): direct "
+                    "inquiries are the urgent ones",
+                )
+        if (problem := _blank_or_padded("segments", self.segments)) is not None:
+            raise problem
+        return self
 
 
 class RecycleRules(_Model):
-    mql_not_accepted_days: float = Field(default=14.0, gt=0)
-    dormant_customer_days: float = Field(default=180.0, gt=0)
+    mql_not_accepted_days: float = Field(default=14.0, gt=0, le=MAX_DAYS)
+    dormant_customer_days: float = Field(default=180.0, gt=0, le=MAX_DAYS)
 
 
 class StateRules(_Model):
-    dedup_window_days: float = Field(default=30.0, gt=0)
+    dedup_window_days: float = Field(default=30.0, gt=0, le=MAX_DAYS)
     max_seen_ids: int = Field(default=2000, ge=10)
     anonymous_buffer: int = Field(default=200, ge=0)
     top_signals: int = Field(default=10, ge=1)
     reasons: int = Field(default=5, ge=1)
-    account_window_days: float = Field(default=30.0, gt=0)
+    account_window_days: float = Field(default=30.0, gt=0, le=MAX_DAYS)
 
 
 EVENT_TYPES = ("web_visit", "email_click", "download", "content_view")
@@ -180,7 +307,7 @@ class Rules(_Model):
     stages: StageRules = StageRules()
     sla: SlaRules = SlaRules()
     recycle: RecycleRules = RecycleRules()
-    late_window_days: float = Field(default=3.0, gt=0)
+    late_window_days: float = Field(default=3.0, gt=0, le=MAX_DAYS)
     # Also late: an event that entered Kafka more than late_window_days after its event_time (a backfill, an
     # import of old CRM history). Off by default: see docs/scoring.md, "Late and stale events".
     late_by_arrival: bool = False
@@ -188,11 +315,20 @@ class Rules(_Model):
 
     @model_validator(mode="after")
     def _cross_checks(self) -> Rules:
-        follow_up_days = self.sla.hot_lead_follow_up.hours / 24
-        if self.recycle.mql_not_accepted_days <= follow_up_days:
+        # every follow-up clock, segments' too: a lead recycled before its SLA breaches is never escalated
+        clocks = [("hot_lead_follow_up", self.sla.hot_lead_follow_up)]
+        clocks += [(f"segments.{name}", spec) for name, spec in self.sla.segments.items()]
+        for name, spec in clocks:
+            if self.recycle.mql_not_accepted_days <= spec.hours / 24:
+                raise ValueError(
+                    f"recycle.mql_not_accepted_days: must be longer than sla.{name}.hours "
+                    f"({self.recycle.mql_not_accepted_days:g} days <= {spec.hours:g} h)"
+                )
+        if self.state.dedup_window_days < self.late_window_days:
+            # older events are dropped unprocessed (stale), so an event could never be merely late
             raise ValueError(
-                "recycle.mql_not_accepted_days: must be longer than sla.hot_lead_follow_up.hours "
-                f"({self.recycle.mql_not_accepted_days} days <= {self.sla.hot_lead_follow_up.hours} h)"
+                "state.dedup_window_days: must be >= late_window_days "
+                f"({self.state.dedup_window_days:g} < {self.late_window_days:g})"
             )
         if self.stages.warm_from > self.stages.mql_threshold:
             raise ValueError("stages.warm_from: must be <= stages.mql_threshold")
@@ -307,21 +443,74 @@ class Compiled:
 
 
 def _words(keywords: list[str]) -> re.Pattern[str]:
-    return re.compile(r"\b(?:" + "|".join(re.escape(k.lower()) for k in keywords) + r")\b")
+    # whole words by lookaround, not \b: a keyword ending in punctuation (c++, c#) never matched with \b
+    return re.compile(r"(?<!\w)(?:" + "|".join(re.escape(k.lower()) for k in keywords) + r")(?!\w)")
 
 
 _PROBLEMS = {
     "greater_than": "must be > {gt}",
     "greater_than_equal": "must be >= {ge}",
     "less_than": "must be < {lt}",
+    "less_than_equal": "must be <= {le}",
+    "finite_number": "must be a finite number",
     "extra_forbidden": "unknown key (check the spelling; see docs/scoring.md)",
     "missing": "required key is missing",
-    "model_type": "expected a mapping (or a bare number of points)",
+}
+#: Type errors: what was expected; the message adds what was given (strict types, see ``_Model``).
+_EXPECTED = {
+    "float_type": "expected a number",
+    "int_type": "expected a whole number",
+    "bool_type": "expected true or false",
+    "list_type": "expected a list such as [a, b]",
+    "dict_type": "expected a mapping",
+    "string_type": "expected text",
+    "literal_error": "expected {expected}",
 }
 
 
+def _given(value: Any) -> str:
+    """What the author wrote, as YAML would show it."""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if value is None:
+        return "nothing (the key has no value)"
+    if isinstance(value, str):
+        return f"the string {value!r}"
+    if isinstance(value, list):
+        return "a list"
+    if isinstance(value, dict):
+        return "a mapping"
+    return repr(value) if isinstance(value, int | float) else str(value)
+
+
+def _hint(err: Any) -> str:
+    value, loc = err.get("input"), err["loc"]
+    if not isinstance(value, str) or err["type"] not in ("float_type", "int_type", "bool_type"):
+        return ""
+    text = value.strip()
+    if text.endswith("%") and loc and loc[-1] == "warning_fraction":
+        try:
+            return f" (write a fraction: {text} is {float(text[:-1]) / 100:g})"
+        except ValueError:
+            return ""
+    if err["type"] == "bool_type":
+        return " (write true or false, without quotes)"
+    return " (write the number without quotes or units)"
+
+
 def _problem(err: Any) -> str:
-    template = _PROBLEMS.get(err["type"])
+    kind = err["type"]
+    if kind == "model_type":  # a scalar or list where a section or a rule belongs
+        rule = err.get("ctx", {}).get("class_name") == "RuleSpec"
+        return (
+            "expected a mapping"
+            + (" (or a bare number of points)" if rule else "")
+            + (f", got {_given(err.get('input'))}")
+        )
+    if kind in _EXPECTED:
+        expected = _EXPECTED[kind].format(**err.get("ctx", {}))
+        return f"{expected}, got {_given(err.get('input'))}{_hint(err)}"
+    template = _PROBLEMS.get(kind)
     if template is not None:
         ctx = {k: f"{v:g}" if isinstance(v, float) else v for k, v in err.get("ctx", {}).items()}
         return template.format(**ctx)
@@ -335,6 +524,14 @@ def _dotted(loc: tuple[Any, ...]) -> str:
     return ".".join(parts)
 
 
+def _line(source: str, err: Any) -> str:
+    path, problem = _dotted(tuple(err["loc"])), _problem(err)
+    if problem.startswith((".", "[")):  # a validator named a key below its model (see ``_at``)
+        sub, _, problem = problem.partition(": ")
+        path = path + sub if path else sub.lstrip(".")
+    return f"{source}: {path + ': ' if path else ''}{problem}"
+
+
 def rules_from_mapping(data: Any, source: str = "rules.yaml") -> Rules:
     """Validate an already parsed rules document; errors name ``source`` and each bad key path."""
     if data is None:
@@ -344,11 +541,7 @@ def rules_from_mapping(data: Any, source: str = "rules.yaml") -> Rules:
     try:
         return Rules.model_validate(data)
     except ValidationError as exc:
-        lines = []
-        for err in exc.errors():
-            path = _dotted(tuple(err["loc"]))
-            lines.append(f"{source}: {path + ': ' if path else ''}{_problem(err)}")
-        raise RulesError("\n".join(lines)) from None
+        raise RulesError("\n".join(_line(source, err) for err in exc.errors())) from None
 
 
 def _yaml_problem(exc: yaml.YAMLError) -> str:
@@ -372,7 +565,7 @@ def load_rules(path: Path | str | None = None) -> Rules:
     except UnicodeDecodeError as exc:
         raise RulesError(f"{path}: not a UTF-8 text file (byte {exc.start})") from None
     try:
-        data = yaml.load(text, Loader=_UniqueKeyLoader)  # a SafeLoader subclass
+        data = yaml.load(text, Loader=_RulesLoader)  # a SafeLoader subclass
     except yaml.YAMLError as exc:
         raise RulesError(f"{path.name}: not valid YAML: {_yaml_problem(exc)}") from None
     if data is None:  # the file is the whole rule set: an empty one would score nothing, silently
@@ -382,12 +575,16 @@ def load_rules(path: Path | str | None = None) -> Rules:
     return rules_from_mapping(data, source=path.name)
 
 
-class _UniqueKeyLoader(yaml.SafeLoader):
-    """SafeLoader that refuses a key given twice in one mapping (PyYAML keeps the last one, silently)."""
+class _RulesLoader(yaml.SafeLoader):
+    """SafeLoader that refuses a key given twice in one mapping (PyYAML keeps the last one, silently), and
+    reads scalars as YAML 1.2 does: only true/false are booleans (YAML 1.1 made the country key ``NO``
+    false, and yes/no/on/off too) and ``1e6`` is a number (YAML 1.1 wants ``1.0e+6``, else a string)."""
 
     def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
         seen: set[Any] = set()
         for key_node, _value in node.value:
+            if key_node.tag == "tag:yaml.org,2002:merge":  # `<<: *anchor`: its keys may be overridden here
+                continue
             key = self.construct_object(key_node, deep=deep)
             if key in seen:
                 raise yaml.constructor.ConstructorError(
@@ -398,3 +595,17 @@ class _UniqueKeyLoader(yaml.SafeLoader):
                 )
             seen.add(key)
         return super().construct_mapping(node, deep=deep)
+
+
+_RulesLoader.yaml_implicit_resolvers = {
+    first: [(tag, regexp) for tag, regexp in resolvers if tag != "tag:yaml.org,2002:bool"]
+    for first, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()
+}
+_RulesLoader.add_implicit_resolver(
+    "tag:yaml.org,2002:bool", re.compile(r"^(?:true|True|TRUE|false|False|FALSE)$"), list("tTfF")
+)
+_RulesLoader.add_implicit_resolver(
+    "tag:yaml.org,2002:float",
+    re.compile(r"^[-+]?(?:[0-9][0-9_]*)(?:\.[0-9_]*)?[eE][-+]?[0-9]+$"),
+    list("-+0123456789"),
+)

@@ -86,7 +86,7 @@ def test_unknown_event_type_is_rejected() -> None:
     [
         (
             {"engaged_event_types": ["email_clik"]},
-            r"stages: engaged_event_types: unknown event type\(s\) \['email_clik'\]",
+            r"stages\.engaged_event_types: unknown event type 'email_clik'",
         ),
         ({"mql_threshold": -5, "warm_from": -10}, r"stages\.mql_threshold: must be > 0"),
         ({"warm_from": -10}, r"stages\.warm_from: must be >= 0"),
