@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import json
 import time
-from collections import deque
+from collections import Counter, deque
 from collections.abc import Iterable, Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -72,14 +72,33 @@ class RescoreReport:
     def stage_changes(self) -> int:
         return sum(1 for c in self.changes if c.stage_changed)
 
+    @property
+    def band_changes(self) -> int:
+        return sum(1 for c in self.changes if c.old_band != c.new_band)
+
+    def moves(self, kind: str) -> dict[str, int]:
+        """How many leads make each move (``"nurturing -> mql": 3``), ``kind`` = stage or band; most first."""
+        counts = Counter(
+            f"{getattr(c, f'old_{kind}')} -> {getattr(c, f'new_{kind}')}"
+            for c in self.changes
+            if getattr(c, f"old_{kind}") != getattr(c, f"new_{kind}")
+        )
+        return dict(sorted(counts.items(), key=lambda item: (-item[1], item[0])))
+
     def to_dict(self) -> dict[str, Any]:
         return {
             "events": self.events,
             "leads": self.leads,
             "stage_changes": self.stage_changes,
-            "band_changes": sum(1 for c in self.changes if c.old_band != c.new_band),
+            "band_changes": self.band_changes,
+            "stage_moves": self.moves("stage"),
+            "band_moves": self.moves("band"),
             "changes": [{**asdict(c), "delta": c.delta} for c in self.changes],
         }
+
+
+def _event_time(item: Event) -> int:
+    return int(item[1].get("event_time") or 0)
 
 
 def _key(event: dict[str, Any]) -> str:
@@ -112,8 +131,12 @@ def outcomes(states: dict[str, LeadState], rules: Rules) -> dict[str, LeadOutcom
 
 
 def rescore(events: Iterable[Event], old: Rules, new: Rules, now_ms: int) -> RescoreReport:
-    """Who changes stage or score band when ``new`` replaces ``old``; nothing is emitted anywhere."""
-    history = list(events)
+    """Who changes stage or score band when ``new`` replaces ``old``; nothing is emitted anywhere.
+
+    The history is replayed in event-time order (stable: equal times keep their order), as the worker applies
+    a backlog: a file in another order (per-type exports concatenated) replayed a rep's ``rejected`` before
+    the demo request it answered and reported a "before" stage the worker never reaches."""
+    history = sorted(events, key=_event_time)
     before = outcomes(replay(history, old, now_ms), old)
     after = outcomes(replay(history, new, now_ms), new)
     changes = []

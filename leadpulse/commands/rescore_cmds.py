@@ -12,6 +12,8 @@ file).
 
 from __future__ import annotations
 
+import csv
+import io
 import json
 import time
 from enum import StrEnum
@@ -35,12 +37,45 @@ SHOWN_SKIPPED = 5
 class Format(StrEnum):
     table = "table"
     json = "json"
+    csv = "csv"
+
+
+#: The CSV columns, in this order whatever the report holds (spreadsheets and scripts key on them).
+CSV_COLUMNS = ("lead_id", "old_stage", "new_stage", "old_band", "new_band", "old_score", "new_score", "delta")
+
+
+def render_csv(report: RescoreReport) -> str:
+    """One row per lead that changes (header only when none does), scores to 3 decimals."""
+    out = io.StringIO()
+    writer = csv.writer(out, lineterminator="\n")
+    writer.writerow(CSV_COLUMNS)
+    for c in report.changes:
+        scores = (f"{c.old_score:.3f}", f"{c.new_score:.3f}", f"{c.delta:.3f}")
+        writer.writerow((c.lead_id, c.old_stage, c.new_stage, c.old_band, c.new_band, *scores))
+    return out.getvalue()
+
+
+def summary_lines(report: RescoreReport) -> list[str]:
+    """What the table does not say at a glance: an empty history, no change, or who moves where."""
+    if report.events == 0:
+        return ["The history has no events: nothing to compare."]
+    if not report.changes:
+        return [f"No lead would change stage or band ({report.leads} leads, {report.events} events)."]
+    lines = []
+    for kind in ("stage", "band"):
+        moves = report.moves(kind)
+        if moves:
+            lines.append(f"{kind} moves: " + ", ".join(f"{move} {n}" for move, n in moves.items()))
+    return lines
 
 
 def render_table(report: RescoreReport, console: Console) -> None:
+    if not report.changes:  # an empty table with a title read like a rendering problem
+        console.print(summary_lines(report)[0])
+        return
     table = Table(
         title=f"rescore dry run: {report.events} events, {report.leads} leads, "
-        f"{len(report.changes)} would change ({report.stage_changes} stage)"
+        f"{len(report.changes)} would change ({report.stage_changes} stage, {report.band_changes} band)"
     )
     for column in ("lead", "stage", "band", "score old", "score new", "delta"):
         table.add_column(column, justify="right" if column.startswith(("score", "delta")) else "left")
@@ -49,6 +84,8 @@ def render_table(report: RescoreReport, console: Console) -> None:
         band = c.old_band if c.old_band == c.new_band else f"{c.old_band} -> {c.new_band}"
         table.add_row(c.lead_id, stage, band, f"{c.old_score:.1f}", f"{c.new_score:.1f}", f"{c.delta:+.1f}")
     console.print(table)
+    for line in summary_lines(report):
+        console.print(line, highlight=False)
 
 
 def _history(source: str) -> Any:
@@ -91,6 +128,15 @@ def _history(source: str) -> Any:
     return history.events
 
 
+def _now_ms(now: str | None) -> int:
+    if not now:
+        return int(time.time() * 1000)
+    try:
+        return to_millis(int(now) if now.isdigit() else now)
+    except ValueError as exc:
+        raise ValueError(f"--now: {exc}") from None
+
+
 def register(app: typer.Typer) -> None:
     @app.command("rescore", help="Replay history with new rules and show who would change stage or band.")
     def rescore_cmd(
@@ -105,7 +151,7 @@ def register(app: typer.Typer) -> None:
             None, "--old-rules", help="Rules in use (default: LEADPULSE_RULES, else the shipped defaults)"
         ),
         dry_run: bool = typer.Option(False, "--dry-run", help="Required: report only, emit nothing"),
-        fmt: Format = typer.Option(Format.table, "--format", help="table or json"),
+        fmt: Format = typer.Option(Format.table, "--format", help="table, json or csv"),
         now: str | None = typer.Option(
             None, "--now", help="Wall-clock time for SLA/recycle timers (ISO-8601 or epoch ms; default: now)"
         ),
@@ -121,11 +167,13 @@ def register(app: typer.Typer) -> None:
                 old_rules = cli_settings().rules
             old = load_rules(old_rules)
             new = load_rules(rules)
-            now_ms = to_millis(int(now) if now and now.isdigit() else now) if now else int(time.time() * 1000)
+            now_ms = _now_ms(now)
             report = rescore(_history(history), old, new, now_ms)
         except (RulesError, HistoryError, ValueError) as exc:
             raise fail(str(exc), 2) from None
         if fmt is Format.json:
             typer.echo(json.dumps(report.to_dict(), indent=2))
+        elif fmt is Format.csv:
+            typer.echo(render_csv(report), nl=False)
         else:
             render_table(report, stdout_console())

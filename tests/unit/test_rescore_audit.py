@@ -1,0 +1,112 @@
+"""Rules-author audit of `leadpulse rescore`: replay order, and output a marketing-ops user can read."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import typer
+from typer.testing import CliRunner
+
+from agents.rescore import rescore
+from agents.rules import DEFAULT_RULES_PATH
+from tests.unit.builders import HOUR, T0, activity, download, identified, rules
+
+pytestmark = pytest.mark.unit
+
+NO_IMMEDIATE = {"demo_request": {"points": 50, "half_life_days": 90, "daily_cap": 1}}
+
+
+def test_history_out_of_event_time_order_is_replayed_in_event_time_order() -> None:
+    """A file of per-type exports concatenated: the rep's rejection comes before the demo request it answers.
+    The worker applies them by event time (mql, then recycled to nurturing); rescore replayed file order and
+    reported the old stage as mql."""
+    profile = identified(lead="M1", t=T0, event_id="p")
+    demo = download(lead="M1", t=T0 + HOUR, asset="demo_request", event_id="d")
+    rejected = activity("rejected", lead="M1", t=T0 + 3 * HOUR, reason="budget", event_id="a")
+    new = rules(scoring={**rules().scoring.model_dump(), "asset_type": NO_IMMEDIATE})
+    in_order = rescore([profile, demo, rejected], rules(), new, T0 + 4 * HOUR)
+    as_filed = rescore([profile, rejected, demo], rules(), new, T0 + 4 * HOUR)
+    assert [(c.old_stage, c.new_stage) for c in in_order.changes] == [("nurturing", "lead")]
+    assert as_filed.changes == in_order.changes
+
+
+@pytest.fixture()
+def cli() -> typer.Typer:
+    from leadpulse.commands import rescore_cmds
+
+    app = typer.Typer()
+    rescore_cmds.register(app)
+    app.command("noop")(lambda: None)
+    return app
+
+
+def run(cli: typer.Typer, tmp_path: Path, lines: list[dict[str, object]], *extra: str) -> str:
+    history = tmp_path / "h.jsonl"
+    history.write_text("".join(json.dumps(line) + "\n" for line in lines))
+    new_rules = tmp_path / "new.yaml"
+    shipped = DEFAULT_RULES_PATH.read_text()
+    new_rules.write_text(shipped.replace("mql_threshold: 100", "mql_threshold: 52"))
+    args = ["rescore", "--rules", str(new_rules), "--dry-run", "--now", "2024-01-02T00:00:00Z", *extra]
+    result = CliRunner().invoke(cli, [*args, str(history)], env={"COLUMNS": "200"})
+    assert result.exit_code == 0, result.output
+    return result.output
+
+
+PROFILE = {"type": "lead_identified", "event_id": "p", "event_time": "2024-01-01T00:00:00Z", "source": "s"}
+VISIT = {
+    "type": "web_visit",
+    "event_id": "w",
+    "event_time": "2024-01-01T01:00:00Z",
+    "source": "s",
+    "url": "https://x.example/pricing",
+    "page_category": "pricing",
+}
+WARM = [  # 45 fit + 10 pricing: warm under the shipped rules, hot at a threshold of 52
+    {
+        **PROFILE,
+        "lead_id": "L1",
+        "company_size": 1200,
+        "industry": "software",
+        "seniority": "vp",
+        "country": "US",
+    },
+    {**VISIT, "lead_id": "L1"},
+]
+
+
+def test_an_empty_history_says_so(cli: typer.Typer, tmp_path: Path) -> None:
+    assert run(cli, tmp_path, []).strip() == "The history has no events: nothing to compare."
+
+
+def test_no_change_says_so_instead_of_an_empty_table(cli: typer.Typer, tmp_path: Path) -> None:
+    lines = [{**PROFILE, "lead_id": "L2"}]
+    assert run(cli, tmp_path, lines).strip() == "No lead would change stage or band (1 leads, 1 events)."
+
+
+def test_the_table_ends_with_a_summary_of_the_moves(cli: typer.Typer, tmp_path: Path) -> None:
+    output = run(cli, tmp_path, WARM)
+    assert "1 would change (1 stage, 1 band)" in output
+    assert "stage moves: nurturing -> mql 1" in output and "band moves: warm -> hot 1" in output
+
+
+def test_json_counts_the_moves(cli: typer.Typer, tmp_path: Path) -> None:
+    doc = json.loads(run(cli, tmp_path, WARM, "--format", "json"))
+    assert doc["stage_moves"] == {"nurturing -> mql": 1} and doc["band_moves"] == {"warm -> hot": 1}
+
+
+def test_csv_has_stable_columns(cli: typer.Typer, tmp_path: Path) -> None:
+    output = run(cli, tmp_path, WARM, "--format", "csv")
+    assert output.splitlines() == [
+        "lead_id,old_stage,new_stage,old_band,new_band,old_score,new_score,delta",
+        "L1,nurturing,mql,warm,hot,55.000,55.000,0.000",
+    ]
+    assert run(cli, tmp_path, [], "--format", "csv").splitlines() == [output.splitlines()[0]]
+
+
+def test_a_bad_now_names_the_option(cli: typer.Typer, tmp_path: Path) -> None:
+    (tmp_path / "h.jsonl").write_text("")
+    args = ["rescore", "--rules", str(DEFAULT_RULES_PATH), "--dry-run", "--now", "yesterday"]
+    result = CliRunner().invoke(cli, [*args, str(tmp_path / "h.jsonl")])
+    assert result.exit_code == 2 and "--now: not an ISO-8601 timestamp" in result.output
