@@ -16,7 +16,8 @@ from typing import Any
 
 from agents import identity, scoring, sla, stages
 from agents.identity import ALIAS_SCHEMA, Forward
-from agents.rules import DAY_MS, EVENT_TYPES, Rules
+from agents.rules import DAY_MS, Rules
+from agents.rules_sections import EVENT_TYPES
 from agents.stages import RECYCLED, Transition
 from agents.state import NEVER, LeadState, SlaTimer, prune_window, remember
 
