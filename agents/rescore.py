@@ -67,6 +67,9 @@ class RescoreReport:
     events: int
     leads: int
     changes: list[Change]  # leads whose stage or band differs, largest |delta| first
+    # scoring rules of the new file no event of the history matched: a typo in a free-text key
+    # (page_category.pricng) scores nothing and no validation can know the category list
+    unmatched_rules: tuple[str, ...] = ()
 
     @property
     def stage_changes(self) -> int:
@@ -94,6 +97,7 @@ class RescoreReport:
             "stage_moves": self.moves("stage"),
             "band_moves": self.moves("band"),
             "changes": [{**asdict(c), "delta": c.delta} for c in self.changes],
+            "unmatched_rules": list(self.unmatched_rules),
         }
 
 
@@ -146,7 +150,33 @@ def rescore(events: Iterable[Event], old: Rules, new: Rules, now_ms: int) -> Res
         if a.stage != b.stage or a.band != b.band:
             changes.append(Change(lead_id, a.stage, b.stage, a.score, b.score, a.band, b.band))
     changes.sort(key=lambda c: (-abs(c.delta), c.lead_id))
-    return RescoreReport(len(history), len(after), changes)
+    return RescoreReport(len(history), len(after), changes, unmatched_rules(history, new))
+
+
+#: The event a rule table scores: only its rules can show that they match nothing in a history.
+RULE_TABLE_SCHEMA = {
+    "page_category": "web_visit",
+    "asset_type": "download",
+    "content_type": "content_view",
+    "email_link": "email_click",
+}
+
+
+def unmatched_rules(history: Iterable[Event], rules: Rules) -> tuple[str, ...]:
+    """Scoring rules (``table.key``) that no event of ``history`` matches, by the worker's own lookup; only
+    rules for event types the history holds (a history without downloads tells nothing of download rules)."""
+    matched, schemas = set(), set()
+    for schema, event in history:
+        schemas.add(schema)
+        rule = rules.match(schema, event)
+        if rule is not None:
+            matched.add(rule.name)
+    names = set()
+    for name in rules.compiled.by_name:
+        table, _, key = name.partition(".")
+        if (key if table == "event_type" else RULE_TABLE_SCHEMA.get(table)) in schemas:
+            names.add(name)
+    return tuple(sorted(names - matched))
 
 
 #: Bad history lines named in the error; a file with more says how many others there are.

@@ -40,6 +40,8 @@ class Format(StrEnum):
     csv = "csv"
 
 
+SHOWN_UNMATCHED = 10  # unmatched rules named in the table's summary
+
 #: The CSV columns, in this order whatever the report holds (spreadsheets and scripts key on them).
 CSV_COLUMNS = ("lead_id", "old_stage", "new_stage", "old_band", "new_band", "old_score", "new_score", "delta")
 
@@ -56,22 +58,31 @@ def render_csv(report: RescoreReport) -> str:
 
 
 def summary_lines(report: RescoreReport) -> list[str]:
-    """What the table does not say at a glance: an empty history, no change, or who moves where."""
+    """What the table does not say at a glance: an empty history, no change, or who moves where, and the new
+    rules that matched no event."""
     if report.events == 0:
         return ["The history has no events: nothing to compare."]
-    if not report.changes:
-        return [f"No lead would change stage or band ({report.leads} leads, {report.events} events)."]
     lines = []
+    if not report.changes:
+        lines.append(f"No lead would change stage or band ({report.leads} leads, {report.events} events).")
     for kind in ("stage", "band"):
         moves = report.moves(kind)
         if moves:
             lines.append(f"{kind} moves: " + ", ".join(f"{move} {n}" for move, n in moves.items()))
+    if report.unmatched_rules:
+        lines.append(
+            f"{len(report.unmatched_rules)} rule(s) of the new file matched no event of this history (a typo "
+            "in a category? or traffic it does not hold): "
+            + ", ".join(report.unmatched_rules[:SHOWN_UNMATCHED])
+            + (" and more (--format json lists all)" if len(report.unmatched_rules) > SHOWN_UNMATCHED else "")
+        )
     return lines
 
 
 def render_table(report: RescoreReport, console: Console) -> None:
     if not report.changes:  # an empty table with a title read like a rendering problem
-        console.print(summary_lines(report)[0])
+        for line in summary_lines(report):
+            console.print(line, highlight=False)
         return
     table = Table(
         title=f"rescore dry run: {report.events} events, {report.leads} leads, "

@@ -110,3 +110,29 @@ def test_a_bad_now_names_the_option(cli: typer.Typer, tmp_path: Path) -> None:
     args = ["rescore", "--rules", str(DEFAULT_RULES_PATH), "--dry-run", "--now", "yesterday"]
     result = CliRunner().invoke(cli, [*args, str(tmp_path / "h.jsonl")])
     assert result.exit_code == 2 and "--now: not an ISO-8601 timestamp" in result.output
+
+
+def test_rules_that_match_no_event_of_the_history_are_named(cli: typer.Typer, tmp_path: Path) -> None:
+    """A typo in a free-text key (``pricng``) scores nothing and no validation knows the category list;
+    the replay does know which rules the history's events hit. Only rules for event types the history holds
+    are named (this one has no downloads, so no asset_type rule)."""
+    from agents.rescore import unmatched_rules
+    from agents.rules import load_rules
+
+    shipped = load_rules(DEFAULT_RULES_PATH)
+    page_rules = {name for name in shipped.compiled.by_name if name.startswith("page_category.")}
+    history = [("web_visit", {**VISIT, "page_category": "pricing"})]
+    assert set(unmatched_rules(history, shipped)) == (page_rules - {"page_category.pricing"}) | {
+        "event_type.web_visit"
+    }
+    typo = tmp_path / "typo.yaml"
+    typo.write_text(DEFAULT_RULES_PATH.read_text().replace("    pricing:", "    pricng:", 1))
+    history = tmp_path / "h.jsonl"
+    history.write_text("".join(json.dumps(line) + "\n" for line in WARM))
+    args = ["rescore", "--rules", str(typo), "--dry-run", "--now", "2024-01-02T00:00:00Z", "--format", "json"]
+    result = CliRunner().invoke(cli, [*args, str(history)])
+    assert result.exit_code == 0, result.output
+    unmatched = json.loads(result.output)["unmatched_rules"]
+    assert "page_category.pricng" in unmatched and not any(n.startswith("asset_type.") for n in unmatched)
+    table = CliRunner().invoke(cli, [*args[:-2], str(history)], env={"COLUMNS": "200"}).output
+    assert "matched no event of this history" in table and "page_category.pricng" in table
