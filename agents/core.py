@@ -16,6 +16,7 @@ from typing import Any
 
 from agents import identity, scoring, sla, stages
 from agents.identity import ALIAS_SCHEMA, Forward
+from agents.outputs import Output, hot_lead_output, timeout_output, transition_output
 from agents.rules import DAY_MS, Rules
 from agents.rules_sections import EVENT_TYPES
 from agents.stages import RECYCLED, Transition
@@ -36,15 +37,6 @@ PROFILE_FIELDS = (
     "segment",
 )
 SCORE_EPSILON = 0.005  # smaller moves (decay over minutes, a capped event) are not a "score change"
-
-
-@dataclass(frozen=True, slots=True)
-class Output:
-    """A record for an output topic; ``record`` validates against ``schemas/<schema>.avsc``."""
-
-    schema: str
-    key: str
-    record: dict[str, Any]
 
 
 @dataclass(slots=True, init=False)
@@ -339,62 +331,8 @@ def _emit(run: _Run, previous: float, behaviour: float, stage_before: str, now_m
     for tr, hot_reason, timer in run.hot:
         outputs.append(hot_lead_output(state, rules, tr, hot_reason, timer, score, behaviour))
     for firing in run.timeouts:
-        outputs.append(_timeout_output(state, lead_id, firing, now_ms))
+        outputs.append(timeout_output(state, lead_id, firing, now_ms))
     return outputs
-
-
-def transition_output(tr: Transition, score: float) -> Output:
-    return Output(
-        "stage_transition",
-        tr.lead_id,
-        {
-            "lead_id": tr.lead_id,
-            "from_stage": tr.from_stage,
-            "to_stage": tr.to_stage,
-            "reason": tr.reason,
-            "trigger_event_id": tr.trigger_event_id,
-            "score": score,
-            "occurred_at": tr.occurred_at,
-            "transition_id": tr.transition_id,
-        },
-    )
-
-
-def hot_lead_output(
-    state: LeadState,
-    rules: Rules,
-    tr: Transition,
-    reason: str,
-    timer: SlaTimer | None,
-    score: float,
-    behaviour: float,
-) -> Output:
-    p = state.profile
-    size = p.get("company_size")
-    return Output(
-        "hot_lead",
-        tr.lead_id,
-        {
-            "lead_id": tr.lead_id,
-            "notification_id": f"{tr.lead_id}:hot:{tr.seq}",
-            "score": score,
-            "fit": state.fit,
-            "behaviour": behaviour,
-            "reason": reason,
-            "became_hot_at": tr.occurred_at,
-            "sla_due_at": timer.due_at if timer else None,
-            "owner": state.owner,
-            "signals": scoring.reasons(state, rules, state.max_time),
-            "email": p.get("email"),
-            "company_name": p.get("company_name"),
-            "company_domain": p.get("company_domain"),
-            "company_size": size if isinstance(size, int) else None,
-            "industry": p.get("industry"),
-            "job_title": p.get("job_title"),
-            "country": p.get("country"),
-            "account_score": None,
-        },
-    )
 
 
 # --- timers ---------------------------------------------------------------------------------------
@@ -413,7 +351,7 @@ def check_timers(state: LeadState, rules: Rules, now_ms: int) -> StepResult:
     if due is None or due > now_ms:
         return StepResult(state, changed=False)
     lead_id = state.lead_id
-    outputs = [_timeout_output(state, lead_id, f, now_ms) for f in sla.due_firings(state, rules, now_ms)]
+    outputs = [timeout_output(state, lead_id, f, now_ms) for f in sla.due_firings(state, rules, now_ms)]
     recycle: tuple[str, int] | None = None
     if state.stage == "mql" and state.mql_at is not None:
         deadline = state.mql_at + int(rules.recycle.mql_not_accepted_days * DAY_MS)
@@ -432,22 +370,3 @@ def check_timers(state: LeadState, rules: Rules, now_ms: int) -> StepResult:
         run.move("nurturing", f"{RECYCLED}:{cause}", deadline)
         outputs.extend(_emit(run, previous, scoring.behaviour_at(state, rules, as_of), stage_before, now_ms))
     return StepResult(state, outputs, changed=bool(outputs))
-
-
-def _timeout_output(state: LeadState, lead_id: str, firing: sla.Firing, now_ms: int) -> Output:
-    timer = firing.timer
-    return Output(
-        "sla_timeout",
-        lead_id,
-        {
-            "lead_id": lead_id,
-            "sla": firing.sla,
-            "level": firing.level,
-            "started_at": timer.started_at,
-            "due_at": timer.due_at,
-            "owner": timer.owner or state.owner,
-            "fired_at": now_ms,
-            "notify": list(firing.notify),
-            "timeout_id": f"{lead_id}:{firing.timeout_id}",
-        },
-    )

@@ -15,9 +15,10 @@ from typing import TYPE_CHECKING
 import orjson
 
 from agents.account import AccountState, account_score_record
-from agents.core import Output, next_deadline
+from agents.core import next_deadline
 from agents.kafka_batches import Record
 from agents.lead_store import due_header
+from agents.outputs import Output
 from agents.state import LeadState
 from agents.worker_clock import now_ms
 from streams.metrics import observe_many

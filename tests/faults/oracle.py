@@ -24,7 +24,8 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from agents.core import SCORE_EPSILON, Output, check_timers, next_deadline, step
+from agents.core import SCORE_EPSILON, check_timers, next_deadline, step
+from agents.outputs import Output
 from agents.rules import Rules
 from agents.scoring import behaviour_at
 from agents.state import LeadState

@@ -8,7 +8,8 @@ from __future__ import annotations
 import itertools
 from typing import Any
 
-from agents.core import Output, StepResult, check_timers, step
+from agents.core import StepResult, check_timers, step
+from agents.outputs import Output
 from agents.rules import DAY_MS, HOUR_MS, Rules, load_rules
 from agents.state import LeadState
 

@@ -17,7 +17,8 @@ import pytest
 import typer
 from typer.testing import CliRunner
 
-from agents.core import Output, check_timers, next_deadline, step
+from agents.core import check_timers, next_deadline, step
+from agents.outputs import Output
 from agents.rescore import read_history
 from agents.rules import load_rules
 from agents.sla import FOLLOW_UP_ACTIVITIES as FOLLOW_UPS
