@@ -20,7 +20,7 @@ FORMAT = typer.Option("table", "--format", help="table, csv or json")
 SECTION = typer.Option(
     None,
     "--section",
-    help="print only this section, e.g. `--format csv --section unused` for one plain CSV table "
+    help="print only this section, e.g. `--format csv --section flagged` for one plain CSV table "
     "(a report of several sections separates them with '# name' lines)",
 )
 
