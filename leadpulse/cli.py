@@ -57,6 +57,7 @@ def main() -> None:
     from kafka.errors import KafkaError
 
     from leadpulse.commands.cli_output import report_error
+    from streams.broker import BrokerError
     from streams.web import PortInUse
 
     # clickhouse-connect warns "Unexpected Http Driver Exception" before raising the error each command
@@ -67,7 +68,7 @@ def main() -> None:
     except (KafkaError, AioKafkaError) as exc:
         report_error(_broker_problem(exc))
         raise SystemExit(1) from None
-    except PortInUse as exc:
+    except (PortInUse, BrokerError) as exc:  # BrokerError: e.g. the broker port answers, but not as Kafka
         report_error(str(exc))
         raise SystemExit(1) from None
 

@@ -27,7 +27,7 @@ from rich.live import Live
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 from agents.sla import FOLLOW_UP, REJECTION_FEEDBACK
-from leadpulse.demo_services import DemoError, Service, WebhookReceiver, port_or_free
+from leadpulse.demo_services import DemoError, DemoUsageError, Service, WebhookReceiver, port_or_free
 from leadpulse.live_view import HotLeadFeed, LiveState, render, scrape, total
 from streams.broker import free_port, running_broker
 from streams.collector_client import CollectorClient
@@ -80,7 +80,7 @@ def choose_seed(data: Path, seed: int | None, console: Console) -> int:
                 f"{seed}, so no event id repeats (--reset starts fresh)"
             )
     if seed in used:
-        raise DemoError(
+        raise DemoUsageError(
             f"{data} already holds the demo traffic of seed {seed}: the same seed makes the same event ids, "
             "here with other times and contents, so the stored history would mix two datasets under one id. "
             "Run with --reset to start fresh, or with another --seed to add a second dataset "

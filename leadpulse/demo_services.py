@@ -24,6 +24,10 @@ class DemoError(RuntimeError):
     """A demo step failed; the message says which and where its log is."""
 
 
+class DemoUsageError(DemoError):
+    """The demo cannot start as asked (options, data directory): the user's to fix, exit 2."""
+
+
 @dataclass
 class WebhookReceiver:
     """The sales team's endpoint: verifies signatures and counts notifications once by idempotency key."""

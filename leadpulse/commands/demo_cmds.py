@@ -8,7 +8,7 @@ from typing import Any
 
 import typer
 
-from leadpulse.commands.cli_output import stdout_console
+from leadpulse.commands.cli_output import fail, stdout_console
 from leadpulse.commands.settings_arg import cli_settings
 
 
@@ -41,7 +41,7 @@ def register(app: typer.Typer) -> None:
     ) -> None:
         from agents.sla import FOLLOW_UP, REJECTION_FEEDBACK
         from leadpulse.demo import run_demo
-        from leadpulse.demo_services import DemoError
+        from leadpulse.demo_services import DemoError, DemoUsageError
         from sinks.reports.render import render
 
         if via not in ("sdk", "collector"):
@@ -61,8 +61,7 @@ def register(app: typer.Typer) -> None:
                 via=via,
             )
         except DemoError as exc:
-            console.print(f"[red]demo failed:[/] {exc}")
-            raise typer.Exit(1) from None
+            raise fail(f"demo: {exc}", 2 if isinstance(exc, DemoUsageError) else 1) from None
         for name in ("content", "funnel", "sla"):
             console.rule(f"leadpulse report {name}")
             console.print(render(result.reports[name], "table"), markup=False, highlight=False)

@@ -193,7 +193,7 @@ def register(app: typer.Typer) -> None:
 
         settings = cli_settings()
         if not settings.write_keys:  # say so before starting a local broker for nothing
-            raise fail('no write keys: set LEADPULSE_WRITE_KEYS=\'{"web": "<key>"}\'')
+            raise fail('no write keys: set LEADPULSE_WRITE_KEYS=\'{"web": "<key>"}\'', 2)
         try:
             with running_broker(settings) as bootstrap:
                 console.print(
@@ -202,7 +202,9 @@ def register(app: typer.Typer) -> None:
                 )
                 setup_logging(settings.log_level)
                 run_collector(settings, host, port, publisher=AioKafkaPublisher(settings, bootstrap))
-        except (ValueError, OSError, BrokerError) as exc:
+        except ValueError as exc:  # a setting the collector cannot run with
+            raise fail(str(exc), 2) from None
+        except (OSError, BrokerError) as exc:
             raise fail(str(exc)) from None
         console.print("collector stopped")
 
@@ -237,6 +239,8 @@ def register(app: typer.Typer) -> None:
                 )
                 setup_logging(settings.log_level)
                 asyncio.run(main(bootstrap))
-        except (ValueError, OSError, BrokerError) as exc:
+        except ValueError as exc:  # no targets, no secret, a bad URL: settings to fix
+            raise fail(str(exc), 2) from None
+        except (OSError, BrokerError) as exc:
             raise fail(str(exc)) from None
         console.print("notifier stopped")

@@ -64,8 +64,19 @@ def test_a_port_held_by_another_server_is_refused_at_once(tmp_path: Path) -> Non
             text=True,
             timeout=60,
         )
+        topics = subprocess.run(
+            [*LEADPULSE, "topics", "create"],
+            env=leadpulse_env(data_dir=tmp_path / "t", broker_port=port),
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
     assert done.returncode == 1, done.stdout
     assert f"port 127.0.0.1:{port} is already in use; stop it" in said(done)
     assert worker.returncode == 1
     assert "does not answer as a Kafka broker" in said(worker)
+    for other in (worker, topics):  # one line, as every command's errors (they printed a traceback)
+        assert other.returncode == 1, said(other)
+        assert other.stderr.startswith("leadpulse: error: ") and "Traceback" not in said(other), said(other)
+        assert "does not answer as a Kafka broker" in said(other)
     assert time.monotonic() - started < 30
