@@ -155,10 +155,10 @@ def hot_lead(n: int, lead_id: str | None = None) -> dict[str, Any]:
     }
 
 
-def publish(settings: Settings, records: list[dict[str, Any]]) -> None:
+def publish(settings: Settings, records: list[dict[str, Any]], *, validate: bool = True) -> None:
     with Producer(settings) as producer:
         for record in records:
-            producer.send("hot_lead", record)
+            producer.send("hot_lead", record, validate=validate)
 
 
 def committed_total(settings: Settings, group: str) -> int:
@@ -506,7 +506,9 @@ async def test_a_lead_id_with_a_line_break_does_not_stall_the_partition(
     )
     poison = dict(hot_lead(1, lead_id="L-1\r\nX-Evil: 1"), notification_id="L-1\r\nX-Evil: 1:hot:1")
     after = dict(hot_lead(2, lead_id="L-1\r\nX-Evil: 1"), notification_id="L-1\r\nX-Evil: 1:hot:2")
-    await asyncio.to_thread(publish, hot_settings, [poison, after])  # same key: same partition, in order
+    # validate=False: ids with control characters are refused at every way in now, but records written
+    # before that (or by another client into leads.hot) must still not stall the notifier
+    await asyncio.to_thread(publish, hot_settings, [poison, after], validate=False)  # same key: in order
     stop, task = await start(notifier)
     try:
         await wait_until(lambda: len(state.unique("ok")) == 2, 30, "both notifications delivered")
