@@ -20,7 +20,8 @@ import time
 from pathlib import Path
 from typing import Any
 
-from bench.worker_bench import REAL, WorkerProcess, input_topics, produce, wait_consumed
+from bench.worker_bench import REAL
+from bench.worker_harness import WorkerProcess, input_topics, produce, wait_consumed
 from bench.workload import Workload, encode
 from schemas.registry import default_registry
 from streams.broker import EmbeddedBroker, create_topics, free_port, tansu_binary
