@@ -173,11 +173,21 @@ def register(app: typer.Typer) -> None:
                 "pointing at the new file",
                 2,
             )
+        given_old = old_rules is not None
+        if old_rules is None:
+            old_rules = cli_settings().rules
+        # which file is wrong: both are often called rules.yaml, and the error names only the file's name
+        loaded = []
+        for option, path in (
+            ("--old-rules" if given_old else "LEADPULSE_RULES", old_rules),
+            ("--rules", rules),
+        ):
+            try:
+                loaded.append(load_rules(path))
+            except RulesError as exc:
+                raise fail(f"{option}: {exc}", 2) from None
+        old, new = loaded
         try:
-            if old_rules is None:
-                old_rules = cli_settings().rules
-            old = load_rules(old_rules)
-            new = load_rules(rules)
             now_ms = _now_ms(now)
             report = rescore(_history(history), old, new, now_ms)
         except (RulesError, HistoryError, ValueError) as exc:

@@ -186,7 +186,28 @@ def test_cli_reports_a_bad_rules_file_by_key(tmp_path: Path, cli: typer.Typer) -
     new_rules.write_text("sla:\n  warning_fraction: 3\n")
     result = CliRunner().invoke(cli, ["rescore", "--rules", str(new_rules), "--dry-run", str(history)])
     assert result.exit_code == 2
-    assert "new.yaml: sla.warning_fraction: must be < 1" in result.output
+    assert "leadpulse: error: --rules: new.yaml: sla.warning_fraction: must be < 1" in result.output
+
+
+def test_cli_says_which_rules_file_is_wrong_when_both_have_the_same_name(
+    tmp_path: Path, cli: typer.Typer
+) -> None:
+    """Both files are often called rules.yaml and the error names only the file's name (rules audit)."""
+    history, _ = cli_files(tmp_path)
+    (tmp_path / "old").mkdir()
+    (tmp_path / "new").mkdir()
+    old, new = tmp_path / "old" / "rules.yaml", tmp_path / "new" / "rules.yaml"
+    old.write_text("stages:\n  mql_threshold: -1\n")
+    new.write_text("version: 1\n")
+    args = ["rescore", "--rules", str(new), "--old-rules", str(old), "--dry-run", str(history)]
+    result = CliRunner().invoke(cli, args)
+    assert result.exit_code == 2
+    assert "leadpulse: error: --old-rules: rules.yaml: stages.mql_threshold" in result.output
+    result = CliRunner().invoke(
+        cli, [*args[:3], "--dry-run", str(history)], env={"LEADPULSE_RULES": str(old)}
+    )
+    assert result.exit_code == 2
+    assert "leadpulse: error: LEADPULSE_RULES: rules.yaml: stages.mql_threshold" in result.output
 
 
 def test_every_bad_history_line_is_named_at_once(tmp_path: Path) -> None:
