@@ -11,7 +11,6 @@ from rich.console import Console
 from rich.table import Table
 
 from leadpulse.commands.cli_output import fail, note_temporary_broker, report_error, stdout_console
-from leadpulse.commands.not_built import not_built
 from leadpulse.commands.settings_arg import cli_settings
 from streams.broker import (
     BrokerError,
@@ -126,14 +125,6 @@ def register(app: typer.Typer) -> None:
             console.print(f"[yellow]line {line}:[/] {reason}")
         console.print(f"sent {report.sent}, rejected {len(report.rejected)}")
         raise typer.Exit(1 if report.rejected else 0)
-
-    @app.command(
-        "replay",
-        help="Re-publish stored history (not built yet: issue #4)",
-        context_settings={"allow_extra_args": True, "ignore_unknown_options": True},
-    )
-    def replay_cmd() -> None:
-        not_built("replay", 4)
 
 
 def _log_file(data_dir: Path) -> Path:
