@@ -14,7 +14,7 @@ import json
 import math
 import re
 import struct
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from functools import lru_cache
@@ -399,13 +399,20 @@ def identity_problem(value: str) -> str | None:
     return None
 
 
-def _domain_checks(name: str, record: Mapping[str, Any]) -> Iterable[FieldError]:
+def identity_problems(record: Mapping[str, Any]) -> Iterator[tuple[str, str]]:
+    """(field, problem) for each id of ``record`` that cannot be used: one rule for the registry's validation,
+    the worker's and rescore's admissibility check and the sink's undecoded fast path."""
     for field in IDENTITY_FIELDS:
         value = record.get(field)
         if isinstance(value, str):
             problem = identity_problem(value)
             if problem is not None:
-                yield FieldError(field, problem)
+                yield field, problem
+
+
+def _domain_checks(name: str, record: Mapping[str, Any]) -> Iterable[FieldError]:
+    for field, problem in identity_problems(record):
+        yield FieldError(field, problem)
     if "event_id" in record and isinstance(record["event_id"], str) and not record["event_id"].strip():
         yield FieldError("event_id", "must not be empty")
     lead_id = record.get("lead_id")

@@ -18,7 +18,7 @@ from collections.abc import Callable
 from aiokafka import ConsumerRecord, TopicPartition
 
 from schemas.fast_codec import zigzag
-from schemas.registry import HEADER_LEN, SOE_MAGIC, SchemaError, SchemaRegistry, identity_problem
+from schemas.registry import HEADER_LEN, SOE_MAGIC, SchemaError, SchemaRegistry
 from sinks.avro_ocf import ContainerFormat, container_format, origin_prefix
 from sinks.batch import ClickHouseBatchSink
 from sinks.erase import event_head, record_erased
@@ -26,7 +26,7 @@ from sinks.recent_ids import RecentIds
 from sinks.replay import is_replayed
 from sinks.rows import EVENT_TYPES, EVENTS, TABLE_FOR_SCHEMA, Origin, TableSpec, to_row
 from streams.erasures import ErasureLog
-from streams.event_hygiene import InadmissibleEvent, check_admissible, future_problem
+from streams.event_hygiene import InadmissibleEvent, bad_identity, check_admissible, future_problem
 from streams.settings import Settings
 from streams.topics import INPUTS, MAX_INPUT_RECORD_BYTES, OUTPUTS
 
@@ -117,7 +117,10 @@ class RecordIntake:
                 if problem is not None:
                     self._inadmissible(tp, msg, InadmissibleEvent("future_event", f"event_time: {problem}"))
                     continue
-                bad_id = _bad_identity(event_id, *identities)
+                anonymous_id, lead_id = identities  # event_head's order
+                bad_id = bad_identity(
+                    {"event_id": event_id, "anonymous_id": anonymous_id, "lead_id": lead_id}
+                )
                 if bad_id is not None:
                     self._inadmissible(tp, msg, bad_id)
                     continue
@@ -197,15 +200,3 @@ class RecordIntake:
         self._dead_letter(
             tp.topic, tp.partition, msg.offset, msg.key, msg.value, "validate", type(exc).__name__, str(exc)
         )
-
-
-def _bad_identity(
-    event_id: str | None, anonymous_id: str | None, lead_id: str | None
-) -> InadmissibleEvent | None:
-    """The worker's id rule (``check_admissible``) on the fields the undecoded fast path has read."""
-    for field, value in (("event_id", event_id), ("anonymous_id", anonymous_id), ("lead_id", lead_id)):
-        if value is not None:
-            problem = identity_problem(value)
-            if problem is not None:
-                return InadmissibleEvent("bad_identity", f"{field}: {problem}")
-    return None

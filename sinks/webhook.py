@@ -44,8 +44,9 @@ SIGNATURE_HEADER = "X-Leadpulse-Signature"
 IDEMPOTENCY_HEADER = "X-Leadpulse-Idempotency-Key"
 RETRYABLE_STATUS = frozenset({408, 425, 429, 500, 502, 503, 504})
 TargetKind = Literal["json", "slack"]
-#: Shortest ``LEADPULSE_WEBHOOK_SECRET`` the notifier accepts (as ``LEADPULSE_EMAIL_HASH_KEY``): a short
-#: HMAC key can be guessed offline from one captured request, and then anyone can forge hot leads.
+#: Shortest ``LEADPULSE_WEBHOOK_SECRET`` the notifier starts with without a warning (as
+#: ``LEADPULSE_EMAIL_HASH_KEY``): a short HMAC key can be guessed offline from one captured request, and then
+#: anyone can forge hot leads.
 MIN_WEBHOOK_SECRET = 16
 #: Slack refuses a message whose section text exceeds 3,000 characters (``invalid_blocks``, HTTP 400:
 #: a permanent failure, so the rep never saw the lead); the fallback ``text`` is kept as short.
@@ -204,14 +205,18 @@ def render(target: WebhookTarget, hot: dict[str, Any]) -> bytes:
     return slack_body(hot) if target.kind == "slack" else json_body(hot)
 
 
+_SETTING_DEFAULTS = Settings.model_fields  # one declaration of the retry defaults: streams/settings.py
+
+
 @dataclass(frozen=True)
 class RetryPolicy:
     """Attempts, per-attempt timeout and backoff; ``delay`` is exponential with "equal jitter"."""
 
-    max_attempts: int = 12  # as LEADPULSE_WEBHOOK_MAX_ATTEMPTS: rides out a 1.5-3 min receiver outage
-    base_s: float = 0.5
-    cap_s: float = 30.0
-    timeout_s: float = 10.0
+    # the defaults are the LEADPULSE_WEBHOOK_* settings' (12 attempts ride out a 1.5-3 min receiver outage)
+    max_attempts: int = _SETTING_DEFAULTS["webhook_max_attempts"].default
+    base_s: float = _SETTING_DEFAULTS["webhook_backoff_base_s"].default
+    cap_s: float = _SETTING_DEFAULTS["webhook_backoff_cap_s"].default
+    timeout_s: float = _SETTING_DEFAULTS["webhook_timeout_s"].default
 
     def delay(self, attempt: int, rnd: random.Random, retry_after_s: float | None = None) -> float:
         """Wait before attempt ``attempt + 1`` (attempt counts from 1): half fixed, half random."""

@@ -12,12 +12,11 @@ from collections.abc import Mapping
 from typing import Any
 
 from schemas.registry import (
-    IDENTITY_FIELDS,
     SchemaError,
     SchemaValidationError,
     UnknownFingerprint,
     UnknownSchema,
-    identity_problem,
+    identity_problems,
 )
 
 HOUR_MS = 3600 * 1000
@@ -51,15 +50,18 @@ def check_admissible(record: Mapping[str, Any], received_at_ms: int) -> None:
         raise InadmissibleEvent(
             "no_identity", "lead_id: one of lead_id or anonymous_id is required (record has neither)"
         )
-    for field in IDENTITY_FIELDS:  # from producers that bypass the collector and the SDK
-        value = record.get(field)
-        if isinstance(value, str):
-            problem = identity_problem(value)
-            if problem is not None:
-                raise InadmissibleEvent("bad_identity", f"{field}: {problem}")
+    bad_id = bad_identity(record)  # from producers that bypass the collector and the SDK
+    if bad_id is not None:
+        raise bad_id
     problem = future_problem(record.get("event_time"), received_at_ms)
     if problem is not None:
         raise InadmissibleEvent("future_event", f"event_time: {problem}")
+
+
+def bad_identity(record: Mapping[str, Any]) -> InadmissibleEvent | None:
+    """The first id of ``record`` that cannot be used, as the dead letter's reason (``identity_problems``)."""
+    found = next(identity_problems(record), None)
+    return None if found is None else InadmissibleEvent("bad_identity", f"{found[0]}: {found[1]}")
 
 
 def invalid_reason(exc: BaseException) -> str:
