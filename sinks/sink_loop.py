@@ -177,7 +177,7 @@ class ClickHouseSinkLoop:
             if wait > 0:
                 await self.consumer.getmany(timeout_ms=int(min(wait, 0.5) * 1000))  # paused: nothing returned
                 await self._apply_rebalance()
-                self.lag.report_due(self.consumer, self.committed)
+                await self.lag.report_due(self.consumer, self.committed)
                 return
         else:
             records = await self.consumer.getmany(timeout_ms=poll_ms, max_records=self.max_poll_records)
@@ -185,7 +185,7 @@ class ClickHouseSinkLoop:
             for tp, messages in records.items():
                 if (tp.topic, tp.partition) in self.stats.assigned:
                     self._take(tp, messages)
-        self.lag.report_due(self.consumer, self.committed)
+        await self.lag.report_due(self.consumer, self.committed)
         try:
             await self._flush()
             await self._apply_erasures()

@@ -73,14 +73,20 @@ def package_version() -> str:
 
 
 def consumer_lags(
-    consumer: Any, position: Callable[[Any], int], topic: Callable[[str], str]
+    consumer: Any,
+    position: Callable[[Any], int],
+    topic: Callable[[str], str],
+    ends: Mapping[Any, int] | None = None,
 ) -> dict[tuple[str, int], int]:
     """Records behind, per partition ``consumer`` (an aiokafka consumer) owns now: its fetch high watermark
-    minus ``position(tp)`` (what the process has committed), keyed by (``topic(tp.topic)``, partition)."""
+    (or ``ends[tp]``, end offsets asked of the broker, when larger) minus ``position(tp)`` (what the process
+    has committed), keyed by (``topic(tp.topic)``, partition)."""
+    ends = ends or {}
     lags = {}
     for tp in consumer.assignment():
-        high = consumer.highwater(tp)
-        if high is not None:
+        fetched = consumer.highwater(tp)
+        high = max(-1 if fetched is None else fetched, ends.get(tp, -1))
+        if high >= 0:
             lags[(topic(tp.topic), tp.partition)] = max(0, high - position(tp))
     return lags
 

@@ -730,3 +730,34 @@ def test_lag_is_reported_while_clickhouse_refuses_inserts(
         assert committed_offsets(settings) == {}
     finally:
         sink.close()
+
+
+def test_lag_grows_with_records_produced_while_the_sink_backs_off(
+    ch: Client, broker_settings: Settings, start_sink: Callable[..., RunningSink]
+) -> None:
+    """While inserts fail the sink's partitions are paused, and a paused partition's fetch high watermark
+    stops moving: the gauge kept the lag of the pause's start, so LeadpulseConsumerLagGrowing could not see
+    a ClickHouse outage's backlog grow. The lag now counts the broker's end offsets of paused partitions.
+    One record per send, so each is its own batch and Tansu's ListOffsets answer is exact (DESIGN §11)."""
+    settings = broker_settings
+    records = produce(settings, "download", 20, seed=11)
+    faulty = FaultyClient(ch)
+    faulty.fail_before = True
+    hooks = LagHooks()
+    loop = ClickHouseSinkLoop(settings, faulty, policy=BatchPolicy(500, 0.2), hooks=hooks)
+    sink = RunningSink(loop)
+
+    def lag() -> int:
+        return sum(lag for (topic, _), lag in hooks.seen.items() if topic == "events.downloads")
+
+    try:
+        wait_for(lambda: loop.stats.failures >= 1 and lag() == len(records), timeout=20, what="first lag")
+        later = [r for seed in range(100, 105) for r in produce(settings, "download", 1, seed=seed)]
+        wait_for(
+            lambda: lag() == len(records) + len(later),
+            timeout=20,
+            what=f"a lag of {len(records) + len(later)} while paused (saw {lag()})",
+        )
+        assert committed_offsets(settings) == {}
+    finally:
+        sink.close()

@@ -5,10 +5,11 @@ from __future__ import annotations
 import re
 
 import pytest
+from aiokafka.structs import TopicPartition
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
-from streams.metrics import SLA_LEVELS, SLA_NAMES, Metrics, observe_many
+from streams.metrics import SLA_LEVELS, SLA_NAMES, Metrics, consumer_lags, observe_many
 from streams.topics import INPUTS
 
 pytestmark = pytest.mark.unit
@@ -197,3 +198,31 @@ def test_lag_series_of_partitions_given_away_are_removed() -> None:
     assert shown() == {"2": 0, "3": 5}
     lag.report({})
     assert shown() == {}
+
+
+class _Consumer:
+    """What consumer_lags reads of an aiokafka consumer: the assignment and fetch high watermarks."""
+
+    def __init__(self, highwaters: dict[int, int | None]) -> None:
+        self.highwaters = {TopicPartition("t", p): high for p, high in highwaters.items()}
+
+    def assignment(self) -> set[TopicPartition]:
+        return set(self.highwaters)
+
+    def highwater(self, tp: TopicPartition) -> int | None:
+        return self.highwaters[tp]
+
+
+def test_consumer_lag_takes_the_broker_end_offset_of_a_paused_partition_when_it_is_ahead() -> None:
+    consumer = _Consumer({0: 10, 1: 0, 2: None, 3: 7, 4: None})
+    committed = {0: 4, 1: 0, 3: 7}
+    # 3: an answer behind the fetch (Tansu's ListOffsets) does not lower it
+    ends = {TopicPartition("t", p): end for p, end in {0: 25, 3: 5, 4: 3}.items()}
+    lags = consumer_lags(consumer, lambda tp: committed.get(tp.partition, 0), lambda t: t, ends)
+    # partition 2: never fetched, no end offset asked: no lag known, no series
+    assert lags == {("t", 0): 21, ("t", 1): 0, ("t", 3): 0, ("t", 4): 3}
+    assert consumer_lags(consumer, lambda tp: committed.get(tp.partition, 0), lambda t: t) == {
+        ("t", 0): 6,
+        ("t", 1): 0,
+        ("t", 3): 0,
+    }
