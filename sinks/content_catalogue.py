@@ -7,15 +7,16 @@ on content_id, latest ``loaded_at`` wins).
 
 from __future__ import annotations
 
-import csv
 import datetime as dt
-import json
 import time
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
 from clickhouse_connect.driver.client import Client
+
+from streams.catalogue_file import CatalogueError as CatalogueError
+from streams.catalogue_file import read_entries
 
 STAGES = ("awareness", "lead", "nurturing", "mql", "sal", "opportunity", "customer", "expansion")
 COLUMNS = (
@@ -50,20 +51,6 @@ DOCUMENTED = {
     "updated_date": "updated",
 }
 KNOWN = frozenset(name for names in ALIASES.values() for name in names)
-
-
-class CatalogueError(Exception):
-    """The file has invalid entries; ``problems`` lists (entry number, field, problem)."""
-
-    def __init__(self, path: str, problems: list[tuple[int, str, str]]) -> None:
-        self.problems = problems
-        shown = "; ".join(  # entry 0: the file as a whole (not readable, not JSON)
-            f"{f'entry {n} ' if n else ''}{field}: {problem}" for n, field, problem in problems[:10]
-        )
-        more = f" (and {len(problems) - 10} more)" if len(problems) > 10 else ""
-        super().__init__(
-            f"{path}: {len(problems)} invalid entr{'y' if len(problems) == 1 else 'ies'}: {shown}{more}"
-        )
 
 
 def _pick(entry: Mapping[str, Any], column: str) -> Any:
@@ -143,74 +130,8 @@ def parse_entries(
     return rows
 
 
-def read_file(path: Path) -> list[dict[str, Any]]:
-    """Entries of a catalogue file; a file that is not UTF-8 or not JSON is a CatalogueError naming the
-    line, like a bad field, not a traceback."""
-    try:
-        items = _read_items(path)
-    except UnicodeDecodeError as exc:
-        raise CatalogueError(str(path), [(0, "<file>", f"not UTF-8 (byte {exc.start})")]) from None
-    problems = [
-        (number, "<entry>", f"expected an object with the columns, got {type(item).__name__}")
-        for number, item in enumerate(items, start=1)
-        if not isinstance(item, dict)
-    ]
-    if problems:
-        raise CatalogueError(str(path), problems)
-    return items
-
-
-def _read_items(path: Path) -> list[Any]:
-    if path.suffix.lower() == ".csv":
-        with path.open(encoding="utf-8", newline="") as handle:
-            return _csv_entries(str(path), csv.reader(handle))
-    if path.suffix.lower() in (".json", ".jsonl"):
-        text = path.read_text(encoding="utf-8")
-        if path.suffix.lower() == ".jsonl":
-            items = []
-            for number, line in enumerate(text.splitlines(), start=1):
-                if line.strip():
-                    try:
-                        items.append(json.loads(line))
-                    except json.JSONDecodeError as exc:
-                        raise CatalogueError(
-                            str(path), [(0, f"line {number}", f"not JSON: {exc.msg} at column {exc.colno}")]
-                        ) from None
-            return items
-        try:
-            data = json.loads(text)
-        except json.JSONDecodeError as exc:
-            raise CatalogueError(
-                str(path), [(0, f"line {exc.lineno}", f"not JSON: {exc.msg} at column {exc.colno}")]
-            ) from None
-        items = data.get("content", data) if isinstance(data, dict) else data
-        if not isinstance(items, list):
-            raise CatalogueError(str(path), [(0, "<file>", 'expected a JSON list or {"content": [...]}')])
-        return items
-    raise CatalogueError(str(path), [(0, "<file>", "expected a .csv, .json or .jsonl file")])
-
-
-def _csv_entries(path: str, reader: Iterable[list[str]]) -> list[Any]:
-    """Rows as dicts by the header. A row with more or fewer fields than the header is an error: a comma in
-    an unquoted title shifted every later column into the wrong one, and only a lucky check noticed."""
-    header: list[str] | None = None
-    entries: list[Any] = []
-    problems: list[tuple[int, str, str]] = []
-    for fields in reader:
-        if not any(field.strip() for field in fields):
-            continue  # blank line
-        if header is None:
-            header = fields
-            continue
-        number = len(entries) + 1
-        if len(fields) != len(header):
-            hint = " (a comma in an unquoted value? quote it)" if len(fields) > len(header) else ""
-            problem = f"has {len(fields)} fields, the header {len(header)}{hint}"
-            problems.append((number, "<row>", problem))
-        entries.append(dict(zip(header, fields, strict=False)))
-    if problems:
-        raise CatalogueError(path, problems)
-    return entries
+# `content load` reads files with the reader `generate --catalogue` shares (streams/catalogue_file.py)
+read_file = read_entries
 
 
 def load_catalogue(client: Client, path: Path) -> int:

@@ -18,6 +18,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from streams.catalogue_file import CATALOGUE_SUFFIXES, read_entries
+
 SITE = "https://www.example.com"
 CATALOGUE_COLUMNS = ("id", "title", "type", "funnel_stage", "url", "published", "updated")
 # The generator's own columns after them, so that `--content-out` read back by `--catalogue` is the same
@@ -304,10 +306,6 @@ def catalogue_json(items: Sequence[ContentItem]) -> str:
     return json.dumps([item.row() for item in items], indent=2) + "\n"
 
 
-#: The catalogue files `leadpulse content load` reads, and so the ones the generator reads and writes.
-CATALOGUE_SUFFIXES = (".csv", ".json", ".jsonl")
-
-
 def catalogue_format(path: Path) -> str:
     """The file's format by its suffix; another suffix is a ValueError, before any work is done: a
     ``.txt`` was written as CSV that ``content load`` then refused, and a ``.jsonl`` was written as CSV."""
@@ -321,19 +319,9 @@ def catalogue_format(path: Path) -> str:
 
 def read_catalogue_file(path: Path) -> list[ContentItem]:
     """A catalogue for the generator from a ``.csv``, ``.json`` (a list, or ``{"content": [...]}``) or
-    ``.jsonl`` file."""
-    kind = catalogue_format(path)
-    text = path.read_text(encoding="utf-8")
-    if kind == "json":
-        data = json.loads(text)
-        rows = data.get("content", data) if isinstance(data, dict) else data
-        if not isinstance(rows, list):
-            raise TrafficCatalogueError(f'{path}: expected a JSON list or {{"content": [...]}}')
-    elif kind == "jsonl":
-        rows = [json.loads(line) for line in text.splitlines() if line.strip()]
-    else:
-        rows = list(csv.DictReader(io.StringIO(text)))
-    return catalogue_from_rows(rows, str(path))
+    ``.jsonl`` file: the file as ``leadpulse content load`` reads it (an unreadable one is a CatalogueError
+    naming the line or entry), its rows as ``catalogue_from_rows`` takes them."""
+    return catalogue_from_rows(read_entries(path), str(path))
 
 
 def write_catalogue(items: Sequence[ContentItem], path: Path) -> None:

@@ -18,6 +18,7 @@ import typer
 
 from leadpulse.commands.cli_output import fail, note_temporary_broker
 from leadpulse.commands.settings_arg import cli_settings
+from streams.catalogue_file import CatalogueError
 from streams.traffic import PublishStats, TrafficPlan, jsonl_line, plan_traffic, publish
 from streams.traffic_catalogue import (
     TrafficCatalogueError,
@@ -68,7 +69,7 @@ def register(app: typer.Typer) -> None:
             "--catalogue",
             exists=True,
             dir_okay=False,
-            help="Your content catalogue (.csv/.json, the `content load` columns + optional roles) to use",
+            help="Your content catalogue (.csv/.json/.jsonl, the `content load` columns + optional roles)",
         ),
         manifest: Path | None = typer.Option(
             None,
@@ -102,9 +103,12 @@ def register(app: typer.Typer) -> None:
                 raise fail(f"--content-out {exc}", 2) from None
         try:
             own = read_catalogue_file(catalogue) if catalogue is not None else None
-        except (TrafficCatalogueError, ValueError) as exc:
+        except (CatalogueError, TrafficCatalogueError) as exc:
             raise fail(f"--catalogue {exc}", 2) from None
-        plan = plan_traffic(seed, leads, now_ms - span_ms, span_ms, own)
+        try:
+            plan = plan_traffic(seed, leads, now_ms - span_ms, span_ms, own)
+        except TrafficCatalogueError as exc:  # your ids hide a built-in pool: was a traceback
+            raise fail(f"--catalogue {catalogue}: {exc}", 2) from None
         if content_out is not None:
             with _writing("--content-out", content_out):
                 write_catalogue(plan.catalogue, content_out)
