@@ -3,7 +3,8 @@
 Why compile: ``step`` runs per event at >15k events/s, so every rule lookup must be one dict access and every
 half-life a precomputed decay constant, never a walk over the YAML tree. Why errors carry the key path:
 a sales-ops user edits this file by hand and must read *which* key is wrong
-(``rules.yaml: scoring.page_category.pricing.half_life_days: must be > 0``), not a pydantic location tuple.
+(``rules.yaml: scoring.page_category.pricing.half_life_days: must be >= 0.0416667 (1 hour)``), not a pydantic
+location tuple.
 """
 
 from __future__ import annotations

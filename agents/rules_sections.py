@@ -11,7 +11,7 @@ from __future__ import annotations
 import re
 from typing import Annotated, Any
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validator, model_validator
 
 #: A recipient in ``sla.escalation``: a role (owner, manager), a team or an address, never blank or padded.
 ESCALATION_NAME = re.compile(r"[A-Za-z0-9_.@-]+")
@@ -26,11 +26,26 @@ class RulesModel(BaseModel):
 
 #: Bounds that keep every derived millisecond deadline and every sum finite: durations of at most 100 years
 #: (1e300 days overflowed the SLA scan's int deadline) and points far beyond any sensible weight (1e308
-#: points summed to infinity). Half-lives need none: a huge one is simply no decay.
+#: points summed to infinity). Half-lives need no maximum (a huge one is simply no decay) but a floor, below.
 MAX_DAYS = 36_500.0
 MAX_HOURS = MAX_DAYS * 24
 MAX_POINTS = 1_000_000.0
 Points = Annotated[float, Field(ge=-MAX_POINTS, le=MAX_POINTS)]
+
+#: The shortest half-life: 1 hour, in the file's unit (days). Below about 4e-317 days the decay constant
+#: ln 2 / half-life overflowed to infinity, and an event at the lead's newest event time decayed by
+#: exp(-inf * 0) = NaN: the score stayed NaN for good. No lead-scoring signal fades in minutes, so the floor
+#: sits well above the arithmetic limit and refuses a unit slip (hours or minutes written as days) too.
+MIN_HALF_LIFE_DAYS = 1 / 24
+
+
+def _half_life(days: float) -> float:
+    if days < MIN_HALF_LIFE_DAYS:  # 0 and negatives too; inf and nan are refused as not finite before this
+        raise ValueError(f"must be >= {MIN_HALF_LIFE_DAYS:g} (1 hour)")
+    return days
+
+
+HalfLifeDays = Annotated[float, AfterValidator(_half_life)]
 
 
 def _at(sub_path: str, problem: str) -> ValueError:
@@ -51,7 +66,7 @@ class RuleSpec(RulesModel):
     """Points one matching event earns. A bare number in YAML is shorthand for ``{points: N}``."""
 
     points: Points
-    half_life_days: float | None = Field(default=None, gt=0)  # None = scoring.default_half_life_days
+    half_life_days: HalfLifeDays | None = None  # None = scoring.default_half_life_days
     daily_cap: int | None = Field(default=None, ge=1)  # max scored events per event-time UTC day
     immediate_mql: bool = False
 
@@ -64,7 +79,7 @@ class RuleSpec(RulesModel):
 
 
 class ScoringRules(RulesModel):
-    default_half_life_days: float = Field(default=30.0, gt=0)  # huge = no decay (tests use 1e6)
+    default_half_life_days: HalfLifeDays = 30.0  # huge = no decay (tests use 1e6)
     event_type: dict[str, RuleSpec] = Field(default_factory=dict)
     page_category: dict[str, RuleSpec] = Field(default_factory=dict)
     content_type: dict[str, RuleSpec] = Field(default_factory=dict)

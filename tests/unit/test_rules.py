@@ -53,7 +53,9 @@ def test_rule_without_half_life_uses_the_default_half_life() -> None:
 def test_zero_half_life_error_names_the_key_path() -> None:
     with pytest.raises(RulesError) as exc:
         rules_from_mapping({"scoring": {"page_category": {"pricing": {"points": 1, "half_life_days": 0}}}})
-    assert str(exc.value) == "rules.yaml: scoring.page_category.pricing.half_life_days: must be > 0"
+    assert str(exc.value) == (
+        "rules.yaml: scoring.page_category.pricing.half_life_days: must be >= 0.0416667 (1 hour)"
+    )
 
 
 def test_unknown_key_and_wrong_type_are_both_reported() -> None:
