@@ -76,11 +76,27 @@ def profile_fit(profile: dict[str, Any], rules: Rules) -> float:
     else:
         title = (profile.get("job_title") or "").lower()
         if title:
-            matches = [pts for pattern, pts in rules.compiled.title_fit if pattern.search(title)]
+            matches = title_matches(title, rules)
             if matches:
                 points += max(matches)
     points += fit.country.get((profile.get("country") or "").upper(), 0.0)
     return points
+
+
+def title_matches(title: str, rules: Rules) -> list[float]:
+    """Points of the ``title_keywords`` found in a lower-case job title, except a keyword found only inside a
+    longer one's match: "vice president" is a VP (15), not also a president (20); "highest wins" made every
+    Vice President a C-level buyer."""
+    found = [
+        (m.start(), m.end(), pts)
+        for pattern, pts in rules.compiled.title_fit
+        for m in pattern.finditer(title)
+    ]
+    return [
+        pts
+        for start, end, pts in found
+        if not any(s <= start and end <= e and e - s > end - start for s, e, _ in found)
+    ]
 
 
 def disqualification(profile: dict[str, Any], rules: Rules) -> str | None:

@@ -63,6 +63,20 @@ def test_title_keywords_count_only_when_seniority_is_missing() -> None:
     assert profile_fit({"job_title": "Head of IT, Director"}, r) == 12
 
 
+@pytest.mark.parametrize(
+    ("title", "points"),
+    [
+        ("Vice President of Sales", 15),  # a VP: "president" inside "vice president" is no president
+        ("Senior Vice President, Marketing", 15),
+        ("President", 20),
+        ("President and CEO", 20),
+        ("Vice President & CTO", 20),  # a keyword of its own still counts
+    ],
+)
+def test_a_title_keyword_inside_a_longer_matching_keyword_does_not_count(title: str, points: int) -> None:
+    assert profile_fit({"job_title": title}, load_rules()) == points
+
+
 def test_fit_never_decays() -> None:
     lead = Lead()
     lead.send(identified(t=T0, company_size=6000, seniority="c_level"))
