@@ -4,7 +4,10 @@ opportunities, MQLs, leads and visitors the period needs, using conversion rates
 
 Worked example (reference/the-model-process): 10M target / 1M deal → 10 wins; 50% win rate → 20
 opportunities (deals); 25% → 80 MQLs ("opportunities" in the book's wording); 10% → 800 leads; 5% →
-16,000 visitors. Each step rounds up: you cannot close half a deal.
+16,000 visitors. Wins round up (you cannot close half a deal); every stage above is the exact quotient
+of the wins by the product of the rates above them, rounded up only when shown. Rounding each step before
+dividing again compounded: 1 win at 40/30/10/2% asked for 5,000 visitors where 4,167 give the win (2.5 → 3
+opportunities, 8.3 → 10 MQLs, 83.3 → 100 leads).
 """
 
 from __future__ import annotations
@@ -28,8 +31,12 @@ STEPS = (
 )
 RATE_KEYS = tuple(key for _, _, key in STEPS if key)
 
-# People who visited in the period (a visitor later identified counts once, as the lead) and how many of them
-# became leads in the period.
+# People who visited in the period and were not leads yet when it began (a visitor later identified counts
+# once, as the lead), and how many of them became leads in it: the book's lead acquisition rate
+# (見込み客獲得率, new leads / visitors). Leads identified before the period (a nurturing list clicking an
+# email) cannot become leads again; counted as visitors, they lowered the rate and inflated the visitors the
+# plan asks for. "Became a lead" is leaving awareness, not any move into ``lead`` (a disqualified lead
+# requalified is not new).
 VISITORS = """
 WITH links AS (
     -- the newest link, as in the content report (sinks/reports/identity.py)
@@ -46,12 +53,36 @@ people AS (
 SELECT uniqExact(who) AS entered,
        uniqExactIf(who, lead IN (
            SELECT lead_id FROM leadpulse.stage_transitions FINAL
-           WHERE to_stage = 'lead' AND occurred_at >= fromUnixTimestamp64Milli({since:Int64})
+           WHERE from_stage = 'awareness' AND occurred_at >= fromUnixTimestamp64Milli({since:Int64})
              AND occurred_at < fromUnixTimestamp64Milli({until:Int64})
        )) AS reached
 FROM people
+WHERE lead IS NULL OR lead NOT IN (
+    SELECT lead_id FROM leadpulse.stage_transitions FINAL
+    WHERE from_stage = 'awareness' AND occurred_at < fromUnixTimestamp64Milli({since:Int64})
+)
 """
 
+
+# Of the leads that became opportunities in the period (first entry), how many were still open deals at
+# ``until``: latest stage opportunity, never customer since that entry.
+OPEN_DEALS = """
+WITH cohort AS (
+    SELECT lead_id, min(occurred_at) AS at FROM leadpulse.stage_transitions FINAL
+    WHERE to_stage = 'opportunity'
+      AND occurred_at >= fromUnixTimestamp64Milli({since:Int64})
+      AND occurred_at < fromUnixTimestamp64Milli({until:Int64})
+    GROUP BY lead_id
+),
+latest AS (
+    SELECT lead_id, argMax(to_stage, (occurred_at, transition_id)) AS stage,
+           maxIf(occurred_at, to_stage IN ('customer', 'expansion')) AS won_at
+    FROM leadpulse.stage_transitions FINAL
+    WHERE occurred_at < fromUnixTimestamp64Milli({until:Int64}) GROUP BY lead_id
+)
+SELECT count() AS open FROM cohort AS c INNER JOIN latest AS l ON l.lead_id = c.lead_id
+WHERE l.stage = 'opportunity' AND l.won_at < c.at
+"""
 
 AMOUNT_SUFFIXES = {"k": 1e3, "m": 1e6, "b": 1e9, "g": 1e9}
 
@@ -96,7 +127,15 @@ def measured_rates(run: Runner, period: Period) -> dict[str, float | None]:
     period, the share that reached the lower one (or a later stage) by ``until``. Why not entered(lower) /
     entered(upper): stages are skipped (a direct inquiry, a customer imported from the CRM), so that ratio
     counted people who were never in the upper stage, and gave win rates above 1."""
+    return _measure(run, period)[0]
+
+
+def _measure(run: Runner, period: Period) -> tuple[dict[str, float | None], str | None]:
+    """The measured rates, and a caveat on the win rate when deals of its cohort were still open."""
     progress = cohort_progress(run, period)
+    opened = progress.entered("opportunity")
+    won = progress.reached("opportunity", "customer")
+    still_open = int(run(OPEN_DEALS, period.params).dicts()[0]["open"]) if opened else 0
     rates: dict[str, float | None] = {}
     for (above, _, _), (stage, _, key) in itertools.pairwise(STEPS):
         assert key is not None
@@ -106,7 +145,21 @@ def measured_rates(run: Runner, period: Period) -> dict[str, float | None]:
         else:
             entered, reached = progress.entered(above), progress.reached(above, stage)
         rates[key] = reached / entered if entered else None
-    return rates
+    return rates, _open_deals_note(opened, won, still_open)
+
+
+def _open_deals_note(opened: int, won: int, still_open: int) -> str | None:
+    """Why the measured win rate may be low: an open deal counts as not won. The win rate sales teams quote
+    (受注率) is won / decided deals; a period that ends inside the sales cycle leaves many undecided."""
+    if not still_open:
+        return None
+    decided = opened - still_open
+    closed = f"won/decided {won}/{decided} = {won / decided:.4g}" if decided else "none decided yet"
+    return (
+        f"{still_open} of the {opened} opportunities opened in the period were still open at --until and "
+        f"count as not won ({closed}); end --until a sales cycle later or give --rates "
+        "opportunity_to_customer=RATE"
+    )
 
 
 def reverse_plan(
@@ -114,17 +167,19 @@ def reverse_plan(
 ) -> list[dict[str, object]]:
     if target_revenue <= 0 or average_deal <= 0:
         raise ValueError("--target and --deal-size must be positive amounts")
-    needed: float | None = math.ceil(target_revenue / average_deal - 1e-9)
+    # exact: carried up unrounded (see the module docstring); shown rounded up
+    exact: float | None = math.ceil(target_revenue / average_deal - 1e-9)
     rows: list[dict[str, object]] = []
     for stage, label, key in reversed(STEPS):
-        rows.append({"stage": stage, "label": label, "needed": needed})
+        # 80 / 0.1 is 799.999... or 800.000...1 in floating point; neither should become 801.
+        shown = None if exact is None else math.ceil(exact * (1 - 1e-12))
+        rows.append({"stage": stage, "label": label, "needed": shown})
         if key is None:
             break
         rate = rates.get(key)
         rows[-1]["rate_from_previous"] = rate
         rows[-1]["rate_key"] = key
-        # -1e-9: 80 / 0.1 is 799.999... or 800.000...1 in floating point; neither should become 801.
-        needed = math.ceil(needed / rate - 1e-9) if needed is not None and rate else None
+        exact = exact / rate if exact is not None and rate else None
     for row in rows:
         row.setdefault("rate_from_previous", None)
         row.setdefault("rate_key", None)
@@ -141,10 +196,11 @@ def plan_report(
     """Plan rows, wins first. With every rate overridden no query runs (``run`` may be None)."""
     overrides = dict(overrides or {})
     measured: dict[str, float | None] = {}
+    open_deals: str | None = None
     if set(RATE_KEYS) - set(overrides):
         if run is None or period is None:
             raise ValueError("measured rates need ClickHouse: pass --rates for every step or run with data")
-        measured = measured_rates(run, period)
+        measured, open_deals = _measure(run, period)
     rates = {key: overrides.get(key, measured.get(key)) for key in RATE_KEYS}
     rows = reverse_plan(target_revenue, average_deal, rates)
     upper = {key: stage for (stage, _, _), (_, _, key) in itertools.pairwise(STEPS)}
@@ -156,6 +212,8 @@ def plan_report(
         row["note"] = (
             _gap(key, row["rate_from_previous"], upper) if row["rate_source"] == "measured" else None
         )
+        if key == "opportunity_to_customer" and row["rate_source"] == "measured" and open_deals:
+            row["note"] = f"{row['note']}; {open_deals}" if row["note"] else open_deals
     return {"plan": rows}
 
 

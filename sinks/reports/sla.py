@@ -4,10 +4,16 @@ warnings/breaches per owner from ``sla_events``.
 Follow-up = the first activity at/after the MQL transition that stops the worker's follow-up clock
 (``agents.sla.FOLLOW_UP_ACTIVITIES``: first_touch, accepted, rejected, meeting_booked, ...), so the report and
 the ``sla_timeout`` events judge the same thing. Compliance = MQL entries in the period followed up within
-``sla_hours`` / all MQL entries in the period (an MQL nobody followed up counts as not compliant).
+``sla_hours`` / the MQL entries in the period that can be judged (an MQL nobody followed up counts as not
+compliant once its deadline has passed). Not judged (``not_judged``), as the worker fires no breach for them:
+an MQL not followed up whose deadline had not passed at ``until`` (an MQL of the last hours of the period is
+not a miss yet; counted as one, the report of "today" always showed compliance below the truth), and an MQL
+disqualified by its profile before its deadline without a follow-up (sales owes a competitor or a student no
+call; the worker stops that clock with no breach).
 Own-SLA compliance = the same against each MQL's own clock, the ``sla_due_at`` of its hot lead (1 h for a
-direct inquiry, per-segment hours), over the MQLs that had one (a late MQL notified nobody and has none); an
-answer exactly at the due time is in time, as for the worker.
+direct inquiry, per-segment hours), over the MQLs that had one (a late MQL notified nobody and has none) and
+can be judged against it (``not_judged_own``); an answer exactly at the due time is in time, as for the
+worker.
 ``by_owner`` counts every SLA's warnings and breaches (follow-up and rejection feedback), one row per SLA and
 owner, of the clocks started in the period (an MQL or a rejection in it), whenever they fell due: the same
 cohort as ``follow_up``, and in event time. Not by ``fired_at``: that is the worker's wall clock, so a backlog
@@ -39,18 +45,43 @@ answered AS (
     FROM mqls AS m LEFT JOIN acts AS a ON a.lead_id = m.lead_id
     GROUP BY m.lead_id, m.at
 ),
+-- when the MQL was disqualified by its profile, if that was how it left mql (the worker stops its clock then)
+exits AS (
+    SELECT lead_id, to_stage, toUnixTimestamp64Milli(occurred_at) AS at FROM leadpulse.stage_transitions FINAL
+    WHERE from_stage = 'mql'
+),
+dropped AS (
+    SELECT m.lead_id AS lead_id, m.at AS mql_at,
+           argMinIf(x.to_stage, x.at, x.lead_id != '' AND x.at >= m.at) = 'disqualified' AS dq,
+           minIf(x.at, x.lead_id != '' AND x.at >= m.at) AS dq_at
+    FROM mqls AS m LEFT JOIN exits AS x ON x.lead_id = m.lead_id
+    GROUP BY m.lead_id, m.at
+),
 -- the clock the worker started for that MQL (its hot lead's due time; a late MQL notified nobody: none)
 clocks AS (
     SELECT lead_id, toUnixTimestamp64Milli(became_hot_at) AS at,
            max(toUnixTimestamp64Milli(assumeNotNull(sla_due_at))) AS due
     FROM leadpulse.hot_leads FINAL WHERE sla_due_at IS NOT NULL GROUP BY lead_id, at
+),
+judged AS (
+    SELECT x.followed AS followed, x.answer_at AS answer_at, x.mql_at AS mql_at, c.due AS due,
+           -- not followed up, and the deadline still ahead at ``until`` or the lead disqualified before it
+           NOT x.followed AND (x.mql_at + {sla_ms:Int64} >= {until:Int64}
+                               OR (d.dq AND d.dq_at <= x.mql_at + {sla_ms:Int64})) AS open_flat,
+           c.due > 0 AND NOT x.followed
+               AND (c.due >= {until:Int64} OR (d.dq AND d.dq_at <= c.due)) AS open_own
+    FROM answered AS x
+    LEFT JOIN clocks AS c ON c.lead_id = x.lead_id AND c.at = x.mql_at
+    LEFT JOIN dropped AS d ON d.lead_id = x.lead_id AND d.mql_at = x.mql_at
 )
 SELECT count() AS mqls, countIf(followed) AS followed_up,
        countIf(followed AND answer_at - mql_at <= {sla_ms:Int64}) AS within_sla,
-       countIf(c.due > 0) AS with_own_sla,
-       countIf(c.due > 0 AND followed AND answer_at <= c.due) AS within_own_sla,
+       countIf(open_flat) AS not_judged,
+       countIf(due > 0) AS with_own_sla,
+       countIf(due > 0 AND followed AND answer_at <= due) AS within_own_sla,
+       countIf(open_own) AS not_judged_own,
        quantilesExactInclusiveIf(0.5, 0.9, 0.95)((answer_at - mql_at) / 3600000, followed) AS hours
-FROM answered AS x LEFT JOIN clocks AS c ON c.lead_id = x.lead_id AND c.at = x.mql_at
+FROM judged
 """
 
 BY_OWNER = """
@@ -61,6 +92,10 @@ WHERE started_at >= fromUnixTimestamp64Milli({since:Int64})
     AND started_at < fromUnixTimestamp64Milli({until:Int64})
 GROUP BY sla, owner ORDER BY sla, breaches DESC, warnings DESC, owner
 """
+
+
+def _share(part: int, whole: int) -> float | None:
+    return round(part / whole, 4) if whole > 0 else None
 
 
 def _num(value: float | None) -> float | None:
@@ -75,18 +110,19 @@ def sla_report(run: Runner, period: Period, sla_hours: float = 24.0) -> Sections
     }
     row = run(FOLLOW_UP, params).dicts()[0]
     hours = row.pop("hours") or [None, None, None]
-    mqls = int(row["mqls"])
+    mqls, not_judged = int(row["mqls"]), int(row["not_judged"])
+    with_own, not_judged_own = int(row["with_own_sla"]), int(row["not_judged_own"])
     follow_up = {
         "mqls": mqls,
         "followed_up": int(row["followed_up"]),
         "within_sla": int(row["within_sla"]),
         "sla_hours": sla_hours,
-        "compliance": round(int(row["within_sla"]) / mqls, 4) if mqls else None,
-        "with_own_sla": int(row["with_own_sla"]),
+        "compliance": _share(int(row["within_sla"]), mqls - not_judged),
+        "not_judged": not_judged,
+        "with_own_sla": with_own,
         "within_own_sla": int(row["within_own_sla"]),
-        "own_sla_compliance": (
-            round(int(row["within_own_sla"]) / int(row["with_own_sla"]), 4) if row["with_own_sla"] else None
-        ),
+        "own_sla_compliance": _share(int(row["within_own_sla"]), with_own - not_judged_own),
+        "not_judged_own": not_judged_own,
         "p50_hours": _num(hours[0]) if row["followed_up"] else None,
         "p90_hours": _num(hours[1]) if row["followed_up"] else None,
         "p95_hours": _num(hours[2]) if row["followed_up"] else None,

@@ -684,15 +684,20 @@ def test_plan_cli_with_rates_prints_the_worked_example_as_json(target: str, deal
 
 
 def plan_rates(h: History) -> dict[str, float]:
-    """The plan's step rates, by the stage stepped into: cohort shares (see sinks/reports/plan.py)."""
+    """The plan's step rates, by the stage stepped into: cohort shares (see sinks/reports/plan.py). Visitor →
+    lead: people who visited in the period and were no lead yet when it began, and became one in it."""
     link = identity(h)
+    leads_before = {
+        t["lead_id"] for t in h.transitions if t["from_stage"] == "awareness" and t["occurred_at"] < SINCE
+    }
     people: dict[str, str | None] = {}
     for e in h.events:
         if in_period(e["event_time"]):
             lead = e["lead_id"] or link.get(e["anonymous_id"])
-            people[lead or e["anonymous_id"]] = lead
+            if lead not in leads_before:
+                people[lead or e["anonymous_id"]] = lead
     new_leads = {
-        t["lead_id"] for t in h.transitions if t["to_stage"] == "lead" and in_period(t["occurred_at"])
+        t["lead_id"] for t in h.transitions if t["from_stage"] == "awareness" and in_period(t["occurred_at"])
     }
     rates = {"lead": sum(lead in new_leads for lead in people.values()) / len(people)}
     rank = {s: i for i, s in enumerate(PATH)}
@@ -719,15 +724,15 @@ def test_plan_with_measured_rates_uses_the_funnel_of_the_period(run: Runner, his
     rates = plan_rates(history)
     assert all(0 < r <= 1 for r in rates.values()), rates
     chain = ["awareness", "lead", "mql", "opportunity", "customer"]
-    needed = 5.0
+    needed = 5.0  # carried exact, shown rounded up
     assert rows["customer"]["needed"] == 5
     for below, above in zip(reversed(chain), list(reversed(chain))[1:], strict=False):
         rate = rates[below]
         assert (
             rows[below]["rate_from_previous"] == round(rate, 4) and rows[below]["rate_source"] == "measured"
         )
-        needed = math.ceil(needed / rate - 1e-9)
-        assert rows[above]["needed"] == needed, above
+        needed /= rate
+        assert rows[above]["needed"] == math.ceil(needed - 1e-9), above
 
 
 def test_plan_says_why_a_step_has_no_number(run: Runner, history: History) -> None:
@@ -744,7 +749,9 @@ def test_plan_says_why_a_step_has_no_number(run: Runner, history: History) -> No
     overridden = plan_report(run, empty, 5e6, 1e6, {"opportunity_to_customer": 0.5})["plan"]
     assert [r["note"] is None for r in overridden][:2] == [True, False]  # an override needs no note
     full = plan_report(run, PERIOD, 5_000_000, 1_000_000)["plan"]
-    assert all(r["note"] is None for r in full)  # every rate measured and above 0
+    # every rate measured and above 0; the win rate's says how many deals were still open
+    assert all(r["note"] is None for r in full[1:])
+    assert full[0]["note"] is None or "still open at --until" in full[0]["note"]
 
 
 def test_reports_render_as_table_csv_and_json(run: Runner) -> None:
