@@ -157,13 +157,31 @@ def slack_text(value: Any, limit: int = SLACK_FIELD_MAX) -> str:
     return _clip(str(value), limit).replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
 
 
+def _why_hot(reason: str) -> str:
+    """The record's reason in the words of the revenue model: a direct inquiry (catalog, inquiry, demo
+    request: the short SLA) or a score over the MQL threshold; the rule id stays for the rules file."""
+    if reason.startswith("immediate_mql:"):
+        return f"direct inquiry ({reason.removeprefix('immediate_mql:')})"
+    return "score over the MQL threshold" if reason == "score_threshold" else reason
+
+
 def slack_body(hot: dict[str, Any], top: int = 5) -> bytes:
     """Incoming-webhook message: who, why (top signals), profile and the SLA due time. Every value from
     the lead is escaped and clipped (``slack_text``) and each section kept within Slack's 3,000 characters;
-    the JSON body carries the full values."""
+    the JSON body carries the full values.
+
+    The score shows its fit and behaviour parts: the signals listed are behaviour only, so a score of 105
+    next to signals worth 45 left a rep guessing where 60 came from (the profile). A lead with no owner says
+    so: nobody's clock is running for it, and in the demo unassigned hot leads breached most."""
     who = slack_text(hot.get("email") or hot["lead_id"])
     company = slack_text(hot.get("company_name") or hot.get("company_domain") or "unknown company")
-    headline = f":fire: Hot lead {who} ({company}), score {hot['score']:.0f}: {slack_text(hot['reason'])}"
+    parts = ""
+    if isinstance(hot.get("fit"), int | float) and isinstance(hot.get("behaviour"), int | float):
+        parts = f" (fit {hot['fit']:.0f} + behaviour {hot['behaviour']:.0f})"
+    headline = (
+        f":fire: Hot lead {who} ({company}), score {hot['score']:.0f}{parts}: "
+        f"{slack_text(_why_hot(str(hot['reason'])))}"
+    )
     signals = sorted(hot.get("signals") or [], key=lambda s: -abs(s.get("current_points", 0.0)))[:top]
     why = (
         "\n".join(
@@ -187,9 +205,11 @@ def slack_body(hot: dict[str, Any], top: int = 5) -> bytes:
     lines = [f"*Why:*\n{why}"]
     if profile:
         lines.append(f"*Profile:* {profile}")
+    owner = f"owner {slack_text(hot['owner'])}" if hot.get("owner") else "no owner assigned"
     if due:
-        owner = f" (owner {slack_text(hot['owner'])})" if hot.get("owner") else ""
-        lines.append(f"*Follow up before:* {due}{owner}")
+        lines.append(f"*Follow up before:* {due} ({owner})")
+    elif not hot.get("owner"):
+        lines.append("*Owner:* none assigned")
     # clipped on whole lines where possible: the SLA line matters more than the fifth signal's detail
     rest = "".join("\n" + line for line in lines[1:])
     details = _clip(_clip(lines[0], max(SLACK_SECTION_MAX - len(rest), 200)) + rest, SLACK_SECTION_MAX)

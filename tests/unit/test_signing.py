@@ -141,6 +141,18 @@ def test_slack_body_says_who_why_and_when() -> None:
     )
 
 
+def test_slack_body_tells_a_rep_what_the_score_is_made_of_why_it_is_hot_and_who_owns_it() -> None:
+    """The signals are behaviour only: the headline shows the fit part too (40 of 120 here). A direct
+    inquiry says so (its SLA is the short one), and a lead nobody owns says that nobody does."""
+    inquiry = json.loads(slack_body(hot(reason="immediate_mql:asset_type.demo_request", owner=None)))
+    assert "score 120 (fit 40 + behaviour 80): direct inquiry (asset_type.demo_request)" in inquiry["text"]
+    assert "(no owner assigned)" in inquiry["blocks"][1]["text"]["text"]
+    threshold = json.loads(slack_body(hot()))["text"]
+    assert threshold.endswith("score 120 (fit 40 + behaviour 80): score over the MQL threshold")
+    no_clock = json.loads(slack_body(hot(owner=None, sla_due_at=None)))["blocks"][1]["text"]["text"]
+    assert "*Owner:* none assigned" in no_clock and "Follow up before" not in no_clock
+
+
 def test_backoff_grows_exponentially_with_jitter_and_is_capped() -> None:
     policy = RetryPolicy(base_s=1.0, cap_s=8.0)
     rnd = random.Random(1)
