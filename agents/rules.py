@@ -196,9 +196,16 @@ class Compiled:
         return specific if specific is not None else tables["event_type"].get(schema)
 
 
+# A word character that ends a word: \w except kana and CJK ideographs. Japanese and Chinese do not
+# separate words by spaces, so to \w a title like 営業部長 (sales director) was one word, and the keyword
+# 部長 (or a disqualifying 学生, student, in 大学生) never matched: Japanese titles could not be scored.
+_WORD = r"[^\W\u3040-\u30ff\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff\uff66-\uff9f]"
+
+
 def _words(keywords: list[str]) -> re.Pattern[str]:
     # whole words by lookaround, not \b: a keyword ending in punctuation (c++, c#) never matched with \b
-    return re.compile(r"(?<!\w)(?:" + "|".join(re.escape(k.lower()) for k in keywords) + r")(?!\w)")
+    alternatives = "|".join(re.escape(k.lower()) for k in keywords)
+    return re.compile(rf"(?<!{_WORD})(?:{alternatives})(?!{_WORD})")
 
 
 _PROBLEMS = {

@@ -318,6 +318,28 @@ def test_title_keywords_match_whole_words_only() -> None:
     assert disqualification({"email": "a@edu.example.com"}, rules()) is None
 
 
+@pytest.mark.parametrize(
+    ("title", "fit", "reason"),
+    [
+        ("営業部長", 12, None),  # sales director: no space between 営業 (sales) and 部長 (director)
+        ("代表取締役社長", 20, None),  # representative director and president (CEO)
+        ("情報システム部 課長", 8, None),
+        ("CEO兼社長", 20, None),
+        ("経済学部 大学生", 0, "job_title:経済学部 大学生"),  # a university student
+        ("Studentship coordinator", 0, None),  # Latin script keeps whole words
+    ],
+)
+def test_title_keywords_match_inside_japanese_titles_which_have_no_spaces(
+    title: str, fit: int, reason: str | None
+) -> None:
+    r = rules(
+        fit={"title_keywords": {"部長": 12, "社長": 20, "課長": 8, "ceo": 20}},
+        disqualify={"title_keywords": ["student", "学生"]},
+    )
+    assert profile_fit({"job_title": title}, r) == fit
+    assert disqualification({"job_title": title}, r) == reason
+
+
 def test_disqualified_lead_is_scored_but_never_hot() -> None:
     lead = Lead()
     lead.send(identified(flags=["student"]))
