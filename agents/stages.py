@@ -29,7 +29,9 @@ STAGES = (
     "expansion",
     "disqualified",
 )
-RANK = {stage: i for i, stage in enumerate(STAGES[:-1])}
+#: The funnel path in order (every stage but ``disqualified``), as reports and the content catalogue use it.
+FUNNEL_PATH = STAGES[:-1]
+RANK = {stage: i for i, stage in enumerate(FUNNEL_PATH)}
 PRE_CUSTOMER = frozenset({"lead", "nurturing", "mql", "sal", "opportunity"})
 RECYCLED = "recycled"
 

@@ -15,10 +15,11 @@ from typing import Any
 
 from clickhouse_connect.driver.client import Client
 
+from agents.stages import FUNNEL_PATH
 from streams.catalogue_file import CatalogueError as CatalogueError
 from streams.catalogue_file import read_entries
 
-STAGES = ("awareness", "lead", "nurturing", "mql", "sal", "opportunity", "customer", "expansion")
+STAGES = FUNNEL_PATH  # a content item serves a funnel stage; "disqualified" is none
 COLUMNS = (
     "content_id",
     "title",

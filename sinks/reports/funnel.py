@@ -16,11 +16,12 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from agents.stages import FUNNEL_PATH
 from sinks.query_service import Runner
 from sinks.reports import Sections
 from sinks.reports.period import DAY_MS, Period
 
-PATH = ("awareness", "lead", "nurturing", "mql", "sal", "opportunity", "customer", "expansion")
+PATH = FUNNEL_PATH
 
 TRANSITIONS = """
 SELECT lead_id, from_stage, to_stage, reason, toUnixTimestamp64Milli(occurred_at) AS at

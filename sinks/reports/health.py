@@ -7,6 +7,7 @@ part: "unused" is about the item, not about the period asked for).
 
 from __future__ import annotations
 
+from agents.stages import FUNNEL_PATH
 from sinks.query_service import Runner
 from sinks.reports import Rows, Sections
 from sinks.reports.identity import RESOLVED_EVENTS
@@ -23,7 +24,7 @@ FLAGGED_COLUMNS = (
     "stale",
     "days_since_touch",
 )
-STAGES = ("awareness", "lead", "nurturing", "mql", "sal", "opportunity", "customer", "expansion")
+STAGES = FUNNEL_PATH
 
 ITEMS = f"""
 WITH {RESOLVED_EVENTS},
