@@ -340,6 +340,28 @@ def test_title_keywords_match_inside_japanese_titles_which_have_no_spaces(
     assert disqualification({"job_title": title}, r) == reason
 
 
+@pytest.mark.parametrize(
+    ("title", "fit", "reason"),
+    [
+        ("代表取締役社長", 20, None),  # CEO: the highest of 代表取締役 and 社長
+        ("取締役副社長", 15, None),  # 社長 inside 副社長 does not count
+        ("営業本部長", 15, None),  # 部長 inside 本部長 does not count
+        ("営業部長", 12, None),
+        ("マーケティング部 課長", 8, None),
+        ("大学生", 0, "job_title:大学生"),
+        ("退職者", 0, "job_title:退職者"),
+        ("Vice President of Sales", 15, None),
+    ],
+)
+def test_the_shipped_rules_score_japanese_titles_like_their_english_equivalents(
+    title: str, fit: int, reason: str | None
+) -> None:
+    """The defaults give Japan +10 but had English title keywords only: a 部長 scored no seniority."""
+    shipped = load_rules()
+    assert profile_fit({"job_title": title}, shipped) == fit
+    assert disqualification({"job_title": title}, shipped) == reason
+
+
 def test_disqualified_lead_is_scored_but_never_hot() -> None:
     lead = Lead()
     lead.send(identified(flags=["student"]))
