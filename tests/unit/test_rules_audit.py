@@ -73,7 +73,7 @@ CATALOG = "catalog: {points: 30, half_life_days: 60, daily_cap: 1, immediate_mql
         ),
         # a string where a list belongs
         (
-            "title_keywords: [student, retired, retiree]",
+            "title_keywords: [student, retired, retiree, 学生, 退職者]",
             "title_keywords: student",
             "rules.yaml: disqualify.title_keywords: expected a list such as [a, b], got the string 'student'",
         ),
@@ -124,11 +124,11 @@ def test_a_whole_number_of_points_or_hours_is_still_fine() -> None:
             "disqualify.email_domain_suffixes[0]: '' ",
         ),
         (
-            "title_keywords: [student, retired, retiree]",
+            "title_keywords: [student, retired, retiree, 学生, 退職者]",
             "title_keywords: [student, '']",
             "disqualify.title_keywords[1]: '' ",
         ),
-        ("    manager: 8\n  country", "    '': 8\n  country", "fit.title_keywords: '' "),
+        ("    head: 12\n    manager: 8\n", "    head: 12\n    '': 8\n", "fit.title_keywords: '' "),
         # an empty email_link matched every click; a blank page category can never match
         ("  email_link:\n", "  email_link:\n    '': -1\n", "scoring.email_link: '' "),
         (
@@ -190,7 +190,7 @@ def test_upper_case_domains_are_matched_like_the_lower_case_email(tmp_path: Path
 
 
 def test_a_title_keyword_ending_in_punctuation_matches(tmp_path: Path) -> None:
-    rules = load_rules(edited(tmp_path, "    manager: 8\n  country", "    'c++': 3\n  country"))
+    rules = load_rules(edited(tmp_path, "    head: 12\n    manager: 8\n", "    head: 12\n    'c++': 3\n"))
     assert profile_fit({"job_title": "C++ developer"}, rules) == 3
     assert profile_fit({"job_title": "senior manager"}, rules) == 0  # removed from the table above
 
