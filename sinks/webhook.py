@@ -165,6 +165,22 @@ def _why_hot(reason: str) -> str:
     return "score over the MQL threshold" if reason == "score_threshold" else reason
 
 
+def _slack_date(ms: int, iso: str) -> str:
+    """A time Slack shows in each reader's own time zone (``<!date^…>``), with the UTC ISO time as the
+    fallback text for clients that cannot: a rep in Tokyo read a UTC deadline nine hours off."""
+    return f"<!date^{ms // 1000}^{{date_short_pretty}} {{time}}|{iso}>"
+
+
+def _clock(hot: dict[str, Any]) -> str:
+    """``"1 h clock, "``: how long the rep has from the moment the lead became hot (1 h for a direct
+    inquiry, 24 h by default, a segment's own), so the deadline's urgency is read at a glance."""
+    due, start = hot.get("sla_due_at"), hot.get("became_hot_at")
+    if not isinstance(due, int) or not isinstance(start, int) or due <= start:
+        return ""
+    minutes = (due - start) / 60_000
+    return f"{minutes / 60:g} h clock, " if minutes >= 60 else f"{minutes:.0f} min clock, "
+
+
 def slack_body(hot: dict[str, Any], top: int = 5) -> bytes:
     """Incoming-webhook message: who, why (top signals), profile and the SLA due time. Every value from
     the lead is escaped and clipped (``slack_text``) and each section kept within Slack's 3,000 characters;
@@ -207,7 +223,7 @@ def slack_body(hot: dict[str, Any], top: int = 5) -> bytes:
         lines.append(f"*Profile:* {profile}")
     owner = f"owner {slack_text(hot['owner'])}" if hot.get("owner") else "no owner assigned"
     if due:
-        lines.append(f"*Follow up before:* {due} ({owner})")
+        lines.append(f"*Follow up before:* {_slack_date(hot['sla_due_at'], due)} ({_clock(hot)}{owner})")
     elif not hot.get("owner"):
         lines.append("*Owner:* none assigned")
     # clipped on whole lines where possible: the SLA line matters more than the fifth signal's detail

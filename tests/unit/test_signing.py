@@ -7,6 +7,7 @@ import hashlib
 import hmac
 import json
 import random
+from datetime import UTC, datetime
 
 import pytest
 from aiokafka import TopicPartition
@@ -128,6 +129,20 @@ def test_json_body_is_the_hot_lead_record_and_fits_its_schema() -> None:
     assert default_registry().validate("hot_lead", record) == hot()
 
 
+def test_slack_shows_the_deadline_in_the_readers_time_zone_and_how_long_the_clock_is() -> None:
+    """A UTC-only deadline was nine hours off for a rep in Tokyo, and nothing said whether it was the 1 h
+    clock of a direct inquiry or the 24 h one: Slack's date token renders in each reader's zone."""
+    due = NOW * 1000 + 3_600_000
+    text = json.loads(slack_body(hot(sla_due_at=due)))["blocks"][1]["text"]["text"]
+    iso = datetime.fromtimestamp(due / 1000, UTC).isoformat().replace("+00:00", "Z")
+    assert f"<!date^{due // 1000}^{{date_short_pretty}} {{time}}|{iso}>" in text
+    assert "(1 h clock, owner rep-7)" in text
+    day = json.loads(slack_body(hot()))["blocks"][1]["text"]["text"]
+    assert "(24 h clock, owner rep-7)" in day
+    short = json.loads(slack_body(hot(sla_due_at=NOW * 1000 + 30 * 60_000)))["blocks"][1]["text"]["text"]
+    assert "(30 min clock, owner rep-7)" in short
+
+
 def test_slack_body_says_who_why_and_when() -> None:
     payload = json.loads(slack_body(hot()))
     text = json.dumps(payload)
@@ -146,7 +161,7 @@ def test_slack_body_tells_a_rep_what_the_score_is_made_of_why_it_is_hot_and_who_
     inquiry says so (its SLA is the short one), and a lead nobody owns says that nobody does."""
     inquiry = json.loads(slack_body(hot(reason="immediate_mql:asset_type.demo_request", owner=None)))
     assert "score 120 (fit 40 + behaviour 80): direct inquiry (asset_type.demo_request)" in inquiry["text"]
-    assert "(no owner assigned)" in inquiry["blocks"][1]["text"]["text"]
+    assert "h clock, no owner assigned)" in inquiry["blocks"][1]["text"]["text"]
     threshold = json.loads(slack_body(hot()))["text"]
     assert threshold.endswith("score 120 (fit 40 + behaviour 80): score over the MQL threshold")
     no_clock = json.loads(slack_body(hot(owner=None, sla_due_at=None)))["blocks"][1]["text"]["text"]
