@@ -481,13 +481,15 @@ class EventCodec:
         """The fields of a ``name`` record up to ``last_field``, not reading the rest (the worker's account
         hop needs five fields of a ``lead_score`` and not its reasons). A record of another writer schema,
         or bytes the fast path cannot vouch for, decode whole, as ``decode`` does. Bytes after ``last_field``
-        are not read, so a corrupt tail goes unnoticed: only for records this process's own kind wrote."""
+        are not read, so a corrupt tail goes unnoticed, and so do trailing bytes after the record (which
+        ``decode`` refuses as ``TrailingBytes``): only for records this process's own kind wrote."""
         head = self._heads.get((name, last_field))
         if head is None:
             head = self._heads[(name, last_field)] = self._compile_head(name, last_field)
         fingerprint, reader = head
         if reader is not None and self._writer(data) == fingerprint:
-            record = _compiled_body(reader, data)
+            # whole=False: the head ends before the body does, so trailing bytes cannot be seen here
+            record = _compiled_body(reader, data, whole=False)
             if record is not None:
                 return name, record
         return self.decode(data, expect=name)
@@ -554,10 +556,11 @@ class EventCodec:
 _CODECS: weakref.WeakKeyDictionary[SchemaRegistry, EventCodec] = weakref.WeakKeyDictionary()
 
 
-def _compiled_body(reader: Reader, data: bytes) -> dict[str, Any] | None:
-    """The record after the header by a compiled reader, or None when fastavro must judge the bytes."""
+def _compiled_body(reader: Reader, data: bytes, *, whole: bool = True) -> dict[str, Any] | None:
+    """The record after the header by a compiled reader, or None when fastavro must judge the bytes
+    (``whole``: also when bytes follow the record; see ``decode_body``)."""
     try:
-        return decode_body(reader, data, HEADER_LEN)
+        return decode_body(reader, data, HEADER_LEN, whole=whole)
     except Undecidable:
         return None
 

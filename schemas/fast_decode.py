@@ -9,8 +9,9 @@ know) has no decoder and goes to fastavro.
 
 Any doubt is fastavro's to settle: the decoder raises on everything fastavro might read differently (a
 truncated body, a negative length, an out-of-range union or enum index, a varint over 64 bits, invalid
-UTF-8), and the caller then asks the registry, which decodes or raises its own error.
-``tests/unit/test_fast_codec.py`` checks the decoded records equal fastavro's, also for corrupted bytes.
+UTF-8, bytes left after the record), and the caller then asks the registry, which decodes or raises its
+own error. ``tests/unit/test_fast_codec.py`` checks the decoded records equal fastavro's, also for corrupted
+bytes.
 """
 
 from __future__ import annotations
@@ -205,12 +206,16 @@ def compile_reader(t: Any) -> Reader | None:
     return None
 
 
-def decode_body(reader: Reader, data: bytes, start: int) -> dict[str, Any]:
-    """The record in ``data[start:]``; raises ``Undecidable`` when fastavro must judge the bytes."""
+def decode_body(reader: Reader, data: bytes, start: int, *, whole: bool = True) -> dict[str, Any]:
+    """The record in ``data[start:]``; raises ``Undecidable`` when fastavro must judge the bytes.
+
+    ``whole``: the record must end where ``data`` ends. Bytes after it mean the writer used another schema
+    than its fingerprint names; the registry's decode then refuses them (``TrailingBytes``) with its own
+    message. Only a reader of a schema's first fields (``EventCodec.decode_head``) passes False."""
     try:
-        record, _end = reader(data, start)
+        record, end = reader(data, start)
     except (IndexError, struct.error, UnicodeDecodeError) as exc:
         raise Undecidable from exc
-    if not isinstance(record, dict):
+    if not isinstance(record, dict) or (whole and end != len(data)):
         raise Undecidable
     return record

@@ -68,6 +68,21 @@ class WireFormatError(SchemaError):
     """Bytes are not a Single Object Encoded Avro message (bad magic, truncated, corrupt body)."""
 
 
+class TrailingBytes(WireFormatError):
+    """Bytes left after a complete record: the body was written with another schema than the one its
+    fingerprint names (a field more, a longer type), so the fields read may not be the fields written."""
+
+    def __init__(self, schema: str, end: int, size: int) -> None:
+        self.schema = schema
+        self.count = size - end
+        plural = "byte" if self.count == 1 else "bytes"
+        super().__init__(
+            f"{self.count} trailing {plural} after the {schema} record (it ends at byte {end} of {size}): "
+            "the writer's schema does not match its fingerprint; the producer must encode with the schema "
+            "whose fingerprint it writes"
+        )
+
+
 class UnknownFingerprint(SchemaError):
     """The writer schema's fingerprint is not among the schemas in ``schemas/``."""
 
@@ -196,14 +211,18 @@ class SchemaRegistry:
             raise UnknownSchema(f"writer schema {writer.full_name} has no current version in schemas/")
         if expect is not None and reader.name != expect:
             raise SchemaValidationError(expect, [FieldError("<record>", f"got a {reader.name} record")])
+        body = io.BytesIO(data)
+        body.seek(HEADER_LEN)
         try:
             # same schema on both sides (the common case): skip fastavro's resolution pass (~20% faster)
             resolve_to = None if reader is writer else reader.parsed
-            record = fastavro.schemaless_reader(io.BytesIO(data[HEADER_LEN:]), writer.parsed, resolve_to)
+            record = fastavro.schemaless_reader(body, writer.parsed, resolve_to)
         except Exception as exc:  # fastavro raises many types on corrupt bodies; all mean "bad bytes"
             raise WireFormatError(f"corrupt {writer.name} body: {type(exc).__name__}: {exc}") from exc
         if not isinstance(record, dict):
             raise WireFormatError(f"{writer.name} body did not decode to a record")
+        if body.tell() != len(data):  # fastavro stops at the record's last field and says nothing
+            raise TrailingBytes(writer.name, body.tell(), len(data))
         return reader.name, record
 
     def validate(self, name: str, data: Mapping[str, Any]) -> dict[str, Any]:

@@ -14,6 +14,7 @@ from typing import Any
 from schemas.registry import (
     SchemaError,
     SchemaValidationError,
+    TrailingBytes,
     UnknownFingerprint,
     UnknownSchema,
     identity_problems,
@@ -72,6 +73,8 @@ def invalid_reason(exc: BaseException) -> str:
         return "unknown_schema"
     if isinstance(exc, SchemaValidationError):
         return "invalid"
+    if isinstance(exc, TrailingBytes):  # decodes, but not with the schema its fingerprint names
+        return "trailing_bytes"
     if isinstance(exc, SchemaError):
         return "undecodable"
     return "process_error"

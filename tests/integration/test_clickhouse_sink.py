@@ -523,6 +523,47 @@ def test_events_whose_ids_hold_control_characters_or_run_too_long_are_dead_lette
     }
 
 
+def test_an_event_with_bytes_after_its_record_is_dead_lettered_not_shipped_to_clickhouse(
+    ch: Client, broker_settings: Settings, start_sink: Callable[..., RunningSink]
+) -> None:
+    """The fast path hands the body to ClickHouse with the origin fields appended: bytes after the record (a
+    writer schema other than its fingerprint names) are read as those fields. Before, ClickHouse refused the
+    batch ("Cannot have negative length"), and bisection isolated this record, which alone it accepted: a row
+    with event_type 'spring', topic 'web_visit', partition 20 (seen on chDB 26.9), never dead-lettered."""
+    settings = broker_settings
+    registry = default_registry()
+    good = [
+        {**e, "event_id": f"{settings.topic_prefix}{e['event_id']}"}
+        for e in sample_events("web_visit", 3, seed=12)
+    ]
+    values = [registry.encode("web_visit", record) for record in good]
+    values[1] += b"\x0cspring"  # an extra string field's encoding
+    topic = settings.topic("events.web_visits")
+    with Producer(settings) as producer:
+        for value in values:
+            producer.send_encoded(topic, b"k", value)
+    sink = start_sink(ch, BatchPolicy(10_000, 0.3))
+    wait_for(
+        lambda: topic_rows(ch, "events", settings) == 2 and sink.loop.stats.dead_lettered == 1,
+        what="two good rows stored and one dead letter",
+    )
+    wait_for(lambda: sum(committed_offsets(settings).values()) == 3, what="all offsets committed")
+    sink.close()
+    stored = ch.query(
+        "SELECT event_id, offset FROM leadpulse.events WHERE startsWith(topic, {p:String}) ORDER BY offset",
+        parameters={"p": settings.topic_prefix},
+    ).result_rows
+    assert stored == [(good[0]["event_id"], 0), (good[2]["event_id"], 2)]
+    [letter] = [
+        item.record
+        for item in read_topic(settings, settings.topic("dlq"), idle_ms=800)
+        if isinstance(item, Decoded) and item.record["source_topic"] == topic
+    ]
+    assert (letter["stage"], letter["error_type"], letter["offset"]) == ("decode", "TrailingBytes", 1)
+    assert letter["error"].startswith(f"{topic}[0]@1: 7 trailing bytes after the web_visit record")
+    assert letter["value"] == values[1]
+
+
 # --- the sink as a process, killed with SIGKILL mid-stream ---------------------------------------------
 def _query(port: int, sql: str) -> list[list[Any]]:
     request = urllib.request.Request(

@@ -2,21 +2,28 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import struct
+import time
 from collections.abc import Callable
 
 import pytest
+from prometheus_client import CollectorRegistry
 from typer.testing import CliRunner
 
+from agents.rules import load_rules
+from agents.worker import LeadWorker
 from leadpulse.cli import app
 from schemas.registry import default_registry
 from streams.broker import EmbeddedBroker
 from streams.dlq import dead_letter, find_dead_letters, list_dead_letters, publish, replay
+from streams.metrics import Metrics
 from streams.producer import Producer
 from streams.reader import Decoded, Undecodable, read_topic
 from streams.samples import sample_events
 from streams.settings import Settings
+from tests.integration.worker_harness import running_worker, stages, wait_until
 
 pytestmark = pytest.mark.integration
 
@@ -139,3 +146,53 @@ def test_replay_sends_an_original_dead_lettered_by_two_consumers_back_once(setti
     assert [reason.split(" dead letter ")[0] for _, reason in report.skipped] == ["same original record as"]
     source = list(read_topic(settings, settings.topic("events.downloads"), idle_ms=800))
     assert sum(isinstance(i, Undecodable) for i in source) == 2  # the original and one replayed copy
+
+
+def test_the_worker_dead_letters_a_record_with_trailing_bytes_instead_of_scoring_it(
+    settings: Settings,
+) -> None:
+    """A producer wrote a download with a schema other than the one its fingerprint names (here: a field
+    more). The known fields decode, but the record is not what was written: a dead letter naming the
+    trailing bytes, not a scored event (before, the extra bytes were ignored and the lead was scored)."""
+    registry = default_registry()
+    at = int(time.time() * 1000) - 60_000
+    good, tailed = (
+        registry.encode(
+            "download",
+            {
+                "event_id": f"{lead}-demo",
+                "event_time": at,
+                "lead_id": lead,
+                "source": "web",
+                "content_id": "demo-form",
+                "asset_type": "demo_request",
+            },
+        )
+        for lead in ("L-good", "L-tail")
+    )
+    tailed += b"\x0cspring"  # an extra string field's encoding
+    topic = settings.topic("events.downloads")
+    with Producer(settings) as producer:
+        producer.send_encoded(topic, b"L-tail", tailed)
+        producer.send_encoded(topic, b"L-good", good)
+    metrics = CollectorRegistry()
+    worker = LeadWorker(settings, load_rules(None), Metrics(metrics), scan_interval_s=3600)
+
+    def invalid() -> float | None:
+        labels = {"topic": "events.downloads", "reason": "trailing_bytes"}
+        return metrics.get_sample_value("leadpulse_events_invalid_total", labels)
+
+    async def scenario() -> None:
+        async with running_worker(worker) as running:
+            await wait_until(lambda: stages(worker, "L-good") == ("mql",) and invalid() == 1, running)
+            assert stages(worker, "L-tail") == (None,)
+
+    asyncio.run(scenario())
+    [letter] = [d.record for d in list_dead_letters(settings)]
+    assert (letter["stage"], letter["error_type"]) == ("decode", "TrailingBytes")
+    assert letter["error"].startswith(
+        f"7 trailing bytes after the download record (it ends at byte {len(tailed) - 7} of {len(tailed)}): "
+        "the writer's schema does not match its fingerprint"
+    )
+    assert (letter["source_topic"], letter["key"], letter["value"]) == (topic, b"L-tail", tailed)
+    assert "TrailingBytes" in cli(settings, "dlq", "list")

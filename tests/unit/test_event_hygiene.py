@@ -7,6 +7,7 @@ import pytest
 from schemas.registry import (
     FieldError,
     SchemaValidationError,
+    TrailingBytes,
     UnknownFingerprint,
     UnknownSchema,
     WireFormatError,
@@ -65,6 +66,7 @@ def test_a_lead_or_a_visitor_in_range_is_admitted() -> None:
     [
         (InadmissibleEvent("too_large", "record of 70000 bytes"), "too_large"),
         (WireFormatError("bad magic"), "undecodable"),
+        (TrailingBytes("download", 80, 83), "trailing_bytes"),
         (UnknownFingerprint(0x1234), "unknown_schema"),
         (UnknownSchema("no such schema"), "unknown_schema"),
         (SchemaValidationError("download", [FieldError("event_time", "expected long")]), "invalid"),

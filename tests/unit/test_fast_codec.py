@@ -22,7 +22,8 @@ from agents.rules import load_rules
 from agents.worker import ACCOUNT_HOP_LAST
 from bench.workload import Workload
 from schemas.fast_codec import codec_for
-from schemas.registry import SchemaError, default_registry
+from schemas.fast_decode import Undecidable, compile_reader, decode_body
+from schemas.registry import HEADER_LEN, SchemaError, TrailingBytes, default_registry
 from streams.producer import lead_key
 
 pytestmark = pytest.mark.unit
@@ -158,6 +159,46 @@ def test_the_account_hop_head_holds_what_the_account_fold_reads() -> None:
     with pytest.raises(SchemaError):  # another schema's bytes: the registry's answer
         visit = REGISTRY.encode(*Workload(seed=1, expected_events=1).take(1)[0])
         CODEC.decode_head(visit, "lead_score", "as_of")
+
+
+@pytest.mark.parametrize("tail", [b"\x00", b"\x02xy", bytes(40)], ids=["1", "3", "40"])
+def test_trailing_bytes_are_refused_by_the_compiled_decoder_with_the_registrys_error(tail: bytes) -> None:
+    """Bytes after a whole record: the writer's schema is not the one its fingerprint names. The compiled
+    decoder does not vouch for them, so the registry's refusal (and its wording) is the answer."""
+    samples = [REGISTRY.encode(s, r) for s, r in Workload(seed=5, expected_events=200).take(200)]
+    samples += [REGISTRY.encode(s, r) for s, r in _core_outputs(300)]
+    assert {REGISTRY.writer_of(data).name for data in samples} >= {"web_visit", "download", "lead_score"}
+    for data in samples:
+        name = REGISTRY.writer_of(data).name
+        assert CODEC.compiled_decoder(name)
+        with pytest.raises(TrailingBytes) as compiled:
+            CODEC.decode(data + tail)
+        with pytest.raises(TrailingBytes) as registry:
+            REGISTRY.decode(data + tail)
+        assert str(compiled.value) == str(registry.value)
+        assert str(compiled.value).startswith(f"{len(tail)} trailing byte")
+        with pytest.raises(TrailingBytes):
+            CODEC.decode(data + tail, expect=name)
+
+
+def test_the_compiled_reader_itself_refuses_a_record_that_ends_before_the_bytes_do() -> None:
+    """Not only the registry behind it: ``decode_body`` raises, except for a head read (``whole=False``)."""
+    data = REGISTRY.encode(*Workload(seed=1, expected_events=1).take(1)[0])
+    reader = compile_reader(REGISTRY.writer_of(data).raw)
+    assert reader is not None
+    assert decode_body(reader, data, HEADER_LEN) == REGISTRY.decode(data)[1]
+    with pytest.raises(Undecidable):
+        decode_body(reader, data + b"\x00", HEADER_LEN)
+    assert decode_body(reader, data + b"\x00", HEADER_LEN, whole=False) == REGISTRY.decode(data)[1]
+
+
+def test_the_account_hop_head_does_not_read_to_the_end_so_it_cannot_see_trailing_bytes() -> None:
+    """By design (``decode_head``): only for lead scores the worker itself wrote."""
+    record = next(r for s, r in _core_outputs(300) if s == "lead_score")
+    data = REGISTRY.encode("lead_score", record) + b"\x00"
+    assert CODEC.decode_head(data, "lead_score", ACCOUNT_HOP_LAST)[1]["lead_id"] == record["lead_id"]
+    with pytest.raises(TrailingBytes):
+        CODEC.decode(data)
 
 
 def _decoded(decode: Any, data: bytes, expect: str | None) -> tuple[str, dict[str, Any]] | str:

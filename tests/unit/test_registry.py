@@ -15,6 +15,7 @@ from schemas.registry import (
     SCHEMA_DIR,
     SchemaRegistry,
     SchemaValidationError,
+    TrailingBytes,
     UnknownFingerprint,
     WireFormatError,
     crc64_avro,
@@ -151,6 +152,43 @@ def test_truncated_body_is_a_wire_format_error_not_a_crash() -> None:
     data = registry.encode("web_visit", registry.validate("web_visit", _minimal_web_visit()))
     with pytest.raises(WireFormatError, match="corrupt web_visit body"):
         registry.decode(data[:15])
+
+
+def test_a_body_written_with_more_fields_than_its_fingerprint_names_is_refused_not_truncated() -> None:
+    """A producer that added a field to web_visit but kept the old fingerprint: fastavro reads the known
+    fields and stops, so the record would be scored as if the bytes after it were not there."""
+    registry = default_registry()
+    current = registry.schema("web_visit")
+    extended = {**current.raw, "fields": [*current.raw["fields"], {"name": "campaign", "type": "string"}]}
+    event = registry.validate("web_visit", _minimal_web_visit())
+    buf = io.BytesIO()
+    fastavro.schemaless_writer(buf, fastavro.parse_schema(extended), {**event, "campaign": "spring"})
+    data = current.header + buf.getvalue()
+    size = len(registry.encode("web_visit", event))
+    with pytest.raises(TrailingBytes) as info:
+        registry.decode(data)
+    assert isinstance(info.value, WireFormatError)  # dead-lettered like any bytes that do not decode
+    assert str(info.value).startswith(
+        f"7 trailing bytes after the web_visit record (it ends at byte {size} of {size + 7}): "
+        "the writer's schema does not match its fingerprint"
+    )
+
+
+def test_trailing_bytes_after_an_older_writer_versions_record_are_refused_too() -> None:
+    """The resolving read (writer schema != reader schema) stops at the record's end as well."""
+    registry = default_registry()
+    old = json.loads((SCHEMA_DIR / "history" / "web_visit.v1.avsc").read_text())
+    buf = io.BytesIO()
+    buf.write(b"\xc3\x01" + struct.pack("<Q", _independent_crc64(to_parsing_canonical_form(old).encode())))
+    record = {"event_id": "old-1", "event_time": 1, "anonymous_id": None, "lead_id": "L1", "source": "v1"}
+    fastavro.schemaless_writer(
+        buf,
+        fastavro.parse_schema(old),
+        {**record, "url": "https://x", "page_category": None, "referrer": None},
+    )
+    assert registry.decode(buf.getvalue())[1]["lead_id"] == "L1"
+    with pytest.raises(TrailingBytes, match=r"^1 trailing byte after the web_visit record"):
+        registry.decode(buf.getvalue() + b"\x00")
 
 
 def test_validation_names_every_bad_field() -> None:
