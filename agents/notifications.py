@@ -32,7 +32,8 @@ from prometheus_client import CollectorRegistry
 
 from agents.notifier_group import GROUP_ID, GroupOffsets, NotifierRebalance, PendingOffsets, notifier_group
 from agents.webhook_lanes import Job, Lane, put_job
-from schemas.registry import SchemaError, SchemaRegistry, default_registry
+from schemas.errors import SchemaError
+from schemas.registry import SchemaRegistry, default_registry
 from sinks.webhook import (
     MIN_WEBHOOK_SECRET,
     RetryPolicy,

@@ -25,7 +25,8 @@ from agents.core import check_timers, step
 from agents.rules import Rules
 from agents.scoring import band, behaviour_at
 from agents.state import LeadState
-from schemas.registry import SchemaRegistry, SchemaValidationError, default_registry
+from schemas.errors import SchemaValidationError
+from schemas.registry import SchemaRegistry, default_registry
 from streams.event_hygiene import InadmissibleEvent, check_admissible
 
 INPUT_SCHEMAS = ("web_visit", "email_click", "download", "content_view", "lead_identified", "sales_activity")

@@ -39,8 +39,9 @@ from agents.worker_clock import now_ms
 from agents.worker_erasures import ErasureSource, apply_erasures
 from agents.worker_rebalance import WorkerRebalance, load_commits, refetch
 from agents.worker_sla_scan import scan
+from schemas.errors import SchemaError
 from schemas.fast_codec import codec_for
-from schemas.registry import SchemaError, SchemaRegistry, default_registry
+from schemas.registry import SchemaRegistry, default_registry
 from streams.broker import aiokafka_client_config, create_topics, is_tansu, kafka_client_config
 from streams.dlq import dead_letter, encode_dead_letter, writer_headers
 from streams.event_hygiene import InadmissibleEvent, check_admissible, invalid_reason

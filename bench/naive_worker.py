@@ -27,7 +27,8 @@ from agents.core import StepResult, step
 from agents.rules import Rules, load_rules
 from agents.state import LeadState
 from agents.worker_process import tune_gc
-from schemas.registry import SchemaError, SchemaRegistry, default_registry
+from schemas.errors import SchemaError
+from schemas.registry import SchemaRegistry, default_registry
 from streams.app import create_app
 from streams.metrics import Metrics
 from streams.producer import lead_key

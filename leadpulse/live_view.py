@@ -18,7 +18,8 @@ from rich.console import Group
 from rich.panel import Panel
 from rich.table import Table
 
-from schemas.registry import SchemaError, default_registry
+from schemas.errors import SchemaError
+from schemas.registry import default_registry
 from streams.broker import kafka_client_config
 from streams.settings import Settings
 

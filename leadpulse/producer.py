@@ -4,7 +4,7 @@ Everything a caller needs to publish and to handle each failure the docs name (d
 SDK") is importable from here, so that callers never reach into ``streams`` or ``schemas``.
 """
 
-from schemas.registry import FieldError, SchemaValidationError
+from schemas.errors import FieldError, SchemaValidationError
 from streams.producer import BrokerUnavailable, DeliveryError, Producer, ProduceReport, lead_key, produce_file
 from streams.settings import Settings, load_settings
 

@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from functools import lru_cache
 from typing import Any
 
-from schemas.fast_codec import zigzag
+from schemas.encode_primitives import zigzag
 
 OCF_MAGIC = b"Obj\x01"
 SYNC = b"leadpulse-sync16"  # any 16 bytes; fixed so identical batches give identical files

@@ -20,8 +20,10 @@ from collections.abc import Callable
 
 from aiokafka import ConsumerRecord, TopicPartition
 
-from schemas.fast_codec import codec_for, zigzag
-from schemas.registry import HEADER_LEN, SOE_MAGIC, SchemaError, SchemaRegistry
+from schemas.encode_primitives import zigzag
+from schemas.errors import SchemaError
+from schemas.fast_codec import codec_for
+from schemas.registry import HEADER_LEN, SOE_MAGIC, SchemaRegistry
 from sinks.avro_ocf import ContainerFormat, container_format, origin_prefix
 from sinks.batch import ClickHouseBatchSink
 from sinks.erase import record_erased

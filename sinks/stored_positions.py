@@ -19,7 +19,8 @@ from collections.abc import Iterable
 from aiokafka import AIOKafkaConsumer, TopicPartition
 from clickhouse_connect.driver.client import Client
 
-from schemas.registry import SchemaError, SchemaRegistry
+from schemas.errors import SchemaError
+from schemas.registry import SchemaRegistry
 from sinks.rows import TABLE_FOR_SCHEMA, Origin, TableSpec, to_row
 from streams.broker import aiokafka_client_config
 from streams.kafka_close import start_client, stop_consumer

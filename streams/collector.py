@@ -21,8 +21,9 @@ from typing import Any
 from aiohttp import web
 from prometheus_client import CollectorRegistry
 
+from schemas.errors import SchemaValidationError
 from schemas.fast_codec import codec_for
-from schemas.registry import SchemaRegistry, SchemaValidationError, default_registry
+from schemas.registry import SchemaRegistry, default_registry
 from streams.bots import is_bot
 from streams.collector_publishers import AioKafkaPublisher, Publisher, PublishError
 from streams.intake import (

@@ -18,7 +18,8 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
-from schemas.registry import SchemaError, SchemaRegistry, default_registry
+from schemas.errors import SchemaError
+from schemas.registry import SchemaRegistry, default_registry
 from streams.producer import Producer
 from streams.reader import Decoded, read_topic
 from streams.settings import Settings

@@ -25,7 +25,8 @@ from kafka import KafkaConsumer
 from kafka import TopicPartition as SyncTopicPartition
 from kafka.errors import KafkaError
 
-from schemas.registry import SchemaError, default_registry
+from schemas.errors import SchemaError
+from schemas.registry import default_registry
 from streams.broker import aiokafka_client_config, create_topics, is_tansu, kafka_client_config
 from streams.kafka_close import start_client, stop_consumer
 from streams.settings import Settings

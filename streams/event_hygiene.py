@@ -11,13 +11,13 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from schemas.registry import (
+from schemas.domain_rules import identity_problems
+from schemas.errors import (
     SchemaError,
     SchemaValidationError,
     TrailingBytes,
     UnknownFingerprint,
     UnknownSchema,
-    identity_problems,
 )
 
 HOUR_MS = 3600 * 1000

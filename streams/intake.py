@@ -21,14 +21,10 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from schemas.coercion import to_millis
+from schemas.errors import FieldError, SchemaError, SchemaValidationError
 from schemas.fast_codec import EventCodec, codec_for
-from schemas.registry import (
-    FieldError,
-    SchemaError,
-    SchemaRegistry,
-    SchemaValidationError,
-    to_millis,
-)
+from schemas.registry import SchemaRegistry
 from streams.event_hygiene import MAX_FUTURE_MS, future_problem
 from streams.topics import MAX_INPUT_RECORD_BYTES
 

@@ -21,7 +21,8 @@ from kafka import KafkaProducer
 from kafka.errors import KafkaTimeoutError
 from kafka.producer.future import FutureRecordMetadata
 
-from schemas.registry import FieldError, SchemaError, SchemaRegistry, SchemaValidationError, default_registry
+from schemas.errors import FieldError, SchemaError, SchemaValidationError
+from schemas.registry import SchemaRegistry, default_registry
 from streams.broker import kafka_client_config
 from streams.event_hygiene import future_problem
 from streams.settings import Settings

@@ -13,7 +13,8 @@ from typing import Any
 
 from kafka import KafkaConsumer, TopicPartition
 
-from schemas.registry import SchemaError, SchemaRegistry, default_registry
+from schemas.errors import SchemaError
+from schemas.registry import SchemaRegistry, default_registry
 from streams.broker import kafka_client_config
 from streams.erasures import identities, read_all
 from streams.event_hygiene import InadmissibleEvent, check_admissible

@@ -28,7 +28,7 @@ from agents.rescore import HistoryError, RescoreReport, read_history, rescore
 from agents.rules import RulesError, load_rules
 from leadpulse.commands.cli_output import fail, stdout_console
 from leadpulse.commands.settings_arg import cli_settings
-from schemas.registry import to_millis
+from schemas.coercion import to_millis
 from streams.topics import INPUTS
 
 SHOWN_SKIPPED = 5

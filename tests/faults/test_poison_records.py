@@ -30,7 +30,8 @@ import fastavro
 import pytest
 
 from agents.rules import load_rules
-from schemas.registry import HEADER_LEN, SOE_MAGIC, SchemaError, default_registry
+from schemas.errors import SchemaError
+from schemas.registry import HEADER_LEN, SOE_MAGIC, default_registry
 from streams.dlq import writer_of
 from streams.producer import Producer
 from streams.reader import Decoded

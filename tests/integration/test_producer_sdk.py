@@ -9,7 +9,8 @@ from collections import Counter
 import pytest
 from kafka import KafkaConsumer
 
-from schemas.registry import SchemaValidationError, UnknownFingerprint, default_registry
+from schemas.errors import SchemaValidationError, UnknownFingerprint
+from schemas.registry import default_registry
 from streams.producer import Producer, lead_key, produce_file
 from streams.reader import Decoded, Undecodable, read_topic
 from streams.samples import sample_events

@@ -16,8 +16,9 @@ from aiokafka.partitioner import DefaultPartitioner
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from schemas.errors import SchemaError, SchemaValidationError
 from schemas.fast_codec import EventCodec, codec_for
-from schemas.registry import SchemaError, SchemaRegistry, SchemaValidationError, default_registry
+from schemas.registry import SchemaRegistry, default_registry
 from streams.collector_publishers import partition_for
 from streams.intake import EVENT_TYPES, Accepted, Limits, Rejected, normalise_event
 

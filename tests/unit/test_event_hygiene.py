@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from schemas.registry import (
+from schemas.errors import (
     FieldError,
     SchemaValidationError,
     TrailingBytes,

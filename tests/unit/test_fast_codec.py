@@ -21,9 +21,10 @@ from agents.core import step
 from agents.rules import load_rules
 from agents.worker import ACCOUNT_HOP_LAST
 from bench.workload import Workload
+from schemas.errors import SchemaError, TrailingBytes
 from schemas.fast_codec import codec_for
 from schemas.fast_decode import Undecidable, compile_reader, decode_body
-from schemas.registry import HEADER_LEN, SchemaError, TrailingBytes, default_registry
+from schemas.registry import HEADER_LEN, default_registry
 from streams.producer import lead_key
 
 pytestmark = pytest.mark.unit

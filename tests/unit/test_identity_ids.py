@@ -6,8 +6,10 @@ from __future__ import annotations
 
 import pytest
 
+from schemas.domain_rules import MAX_ID_CHARS, identity_problem
+from schemas.errors import SchemaValidationError
 from schemas.fast_codec import codec_for
-from schemas.registry import MAX_ID_CHARS, SchemaValidationError, default_registry, identity_problem
+from schemas.registry import default_registry
 from streams.event_hygiene import InadmissibleEvent, check_admissible
 
 pytestmark = pytest.mark.unit

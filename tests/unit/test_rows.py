@@ -138,7 +138,7 @@ def test_avro_fast_path_container_is_a_valid_avro_file_with_origin_fields() -> N
 
     import fastavro
 
-    from schemas.fast_codec import zigzag
+    from schemas.encode_primitives import zigzag
     from schemas.registry import HEADER_LEN, default_registry
     from sinks.avro_ocf import container_file, container_format, origin_prefix
 
@@ -160,7 +160,7 @@ def test_avro_fast_path_container_is_a_valid_avro_file_with_origin_fields() -> N
 
 
 def test_zigzag_matches_avro_long_encoding() -> None:
-    from schemas.fast_codec import zigzag
+    from schemas.encode_primitives import zigzag
 
     assert [zigzag(n) for n in (0, -1, 1, 63, 64, -65)] == [
         b"\x00",
