@@ -115,7 +115,10 @@ def register(app: typer.Typer) -> None:
             section=section,
         )
 
-    @report.command("funnel", help="Leads per stage, conversion, velocity, recycles.")
+    @report.command(
+        "funnel",
+        help="Leads per stage, conversion, velocity, recycles, why leads were rejected and deals lost.",
+    )
     def funnel_cmd(since: str = SINCE, until: str = UNTIL, fmt: str = FORMAT, section: str = SECTION) -> None:
         from sinks.reports.funnel import funnel_report
 

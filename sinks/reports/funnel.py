@@ -6,6 +6,13 @@ Period semantics: *entered* counts distinct leads with a transition into the sta
 a lead's first entry into a stage with its first entry into the next stage, counted when the latter falls
 inside the period.
 
+*Feedback* (the closed loop of reference/sales-marketing-alignment-7-steps, steps 4-5: sales tell marketing
+why a lead was not good enough): the ``rejected`` and ``closed_lost`` sales activities of the period (event
+time) by reason, a blank reason as ``NO_REASON`` (what the rejection_feedback SLA chases), with the stage the
+activity moved the lead out of (the transition it triggered: ``mql``/``sal`` for a rejection, ``opportunity``
+for a lost deal, ``expansion`` for a lost upsell; none when it moved nothing). ``share`` is the row's part of
+that activity's records in the period.
+
 *Conversion* is a cohort share: of the leads that entered the stage in the period, those that reached any
 later stage of the path by ``until`` (at or after their first entry in the period). Why not
 entered(next) / entered(stage): stages can be skipped (a direct inquiry goes lead → mql, past nurturing),
@@ -18,7 +25,7 @@ from dataclasses import dataclass
 
 from agents.stages import FUNNEL_PATH
 from sinks.query_service import Runner
-from sinks.reports import Sections
+from sinks.reports import Rows, Sections
 from sinks.reports.period import DAY_MS, Period
 
 PATH = FUNNEL_PATH
@@ -104,6 +111,54 @@ WHERE startsWith(reason, 'recycled')
 GROUP BY from_stage, reason ORDER BY recycles DESC, from_stage, reason
 """
 
+NO_REASON = "(no reason given)"
+FEEDBACK_ACTIVITIES = ("rejected", "closed_lost")
+FEEDBACK_COLUMNS = ("activity", "from_stage", "reason", "count", "share", "leads")
+
+# One row per activity record: the stage it moved the lead out of is the from_stage of the transition it
+# triggered (the worker's trigger_event_id is the activity's event_id); a record that moved nothing has none.
+FEEDBACK = """
+SELECT a.activity AS activity, if(t.lead_id = '', NULL, t.from_stage) AS from_stage,
+       if(trimBoth(ifNull(a.reason, '')) = '', {no_reason:String}, trimBoth(a.reason)) AS reason,
+       count() AS count, uniqExact(a.lead_id) AS leads
+FROM (
+    SELECT event_id, lead_id, activity, reason FROM leadpulse.sales_activities FINAL
+    WHERE activity IN {activities:Array(String)}
+      AND event_time >= fromUnixTimestamp64Milli({since:Int64})
+      AND event_time < fromUnixTimestamp64Milli({until:Int64})
+) AS a
+LEFT JOIN (
+    SELECT lead_id, trigger_event_id, any(from_stage) AS from_stage FROM leadpulse.stage_transitions FINAL
+    WHERE occurred_at >= fromUnixTimestamp64Milli({since:Int64})
+    GROUP BY lead_id, trigger_event_id
+) AS t ON t.lead_id = a.lead_id AND t.trigger_event_id = a.event_id
+GROUP BY activity, from_stage, reason
+"""
+
+
+def feedback_rows(run: Runner, period: Period) -> Rows:
+    """Why sales rejected leads and lost deals in the period: per activity, the stage it moved the lead out
+    of and the reason, most frequent first; ``share`` of that activity's records."""
+    params = {**period.params, "activities": list(FEEDBACK_ACTIVITIES), "no_reason": NO_REASON}
+    rows = run(FEEDBACK, params).dicts()
+    totals: dict[str, int] = {}
+    for row in rows:
+        totals[row["activity"]] = totals.get(row["activity"], 0) + int(row["count"])
+    out = [
+        {
+            "activity": row["activity"],
+            "from_stage": row["from_stage"],
+            "reason": row["reason"],
+            "count": int(row["count"]),
+            "share": round(int(row["count"]) / totals[row["activity"]], 4),
+            "leads": int(row["leads"]),
+        }
+        for row in rows
+    ]
+    order = {a: i for i, a in enumerate(FEEDBACK_ACTIVITIES)}
+    out.sort(key=lambda r: (order.get(r["activity"], 99), -r["count"], r["from_stage"] or "~", r["reason"]))
+    return Rows(out, FEEDBACK_COLUMNS)
+
 
 def entered_counts(run: Runner, period: Period) -> dict[str, int]:
     return {r["stage"]: int(r["leads"]) for r in run(ENTERED, period.params).dicts()}
@@ -164,4 +219,8 @@ def funnel_report(run: Runner, period: Period) -> Sections:
                 "median_days_to_next": None,
             }
         )
-    return {"stages": stages, "recycles": run(RECYCLES, period.params).section()}
+    return {
+        "stages": stages,
+        "recycles": run(RECYCLES, period.params).section(),
+        "feedback": feedback_rows(run, period),
+    }

@@ -56,6 +56,7 @@ RATIO_COLUMNS = frozenset(
         "touched_conversion",
         "all_leads_conversion",
         "rate_from_previous",
+        "share",
     }
 )
 
@@ -209,7 +210,31 @@ def funnel_charts(sections: Sections) -> list[str]:
             "No stage changes.",
         ),
         _figure("Stage velocity", "median days to the next stage", velocity, "No stage pairs to time."),
+        *([feedback_chart(sections["feedback"])] if "feedback" in sections else []),
     ]
+
+
+FEEDBACK_LABELS = {"rejected": "rejected", "closed_lost": "lost"}
+
+
+def feedback_chart(rows: Rows) -> str:
+    """Why sales rejected leads and lost deals: one bar per activity and reason (the stages summed; the
+    table under the charts splits them)."""
+    counts: dict[tuple[str, str], int] = {}
+    for row in rows:
+        key = (str(row.get("activity")), str(row.get("reason")))
+        counts[key] = counts.get(key, 0) + int(_num(row.get("count")) or 0)
+    order = list(dict.fromkeys(activity for activity, _ in counts))  # the report's order: rejections first
+    bars = sorted(counts.items(), key=lambda kv: (order.index(kv[0][0]), -kv[1], kv[0][1]))
+    labels = [f"{FEEDBACK_LABELS.get(activity, activity)}: {reason}" for (activity, reason), _ in bars]
+    values: list[float | None] = [n for _, n in bars]
+    svg = bar_chart("feedback", "Feedback", labels, [Series("records", values, RED)]) if bars else None
+    return _figure(
+        "Feedback from sales",
+        "rejected leads and lost deals by reason",
+        svg,
+        "No rejections or lost deals in this period.",
+    )
 
 
 def _owner_label(row: Mapping[str, Any]) -> str:

@@ -199,6 +199,18 @@ def build_history(seed: int = 11) -> History:
                         "to_stage": "nurturing",
                         "reason": "recycled:rejected",
                         "occurred_at": at,
+                        "trigger_event_id": f"R-rej{i}",
+                    }
+                )
+                # the rejection that recycled it: every other one gives no reason (the feedback breach below)
+                h.activities.append(
+                    {
+                        "event_id": f"R-rej{i}",
+                        "lead_id": lead,
+                        "activity": "rejected",
+                        "event_time": at,
+                        "reason": None if i % 2 else ["no budget", "bad timing", "wrong contact"][i % 3],
+                        "owner": f"rep{i % 3}",
                     }
                 )
                 if i % 2:  # rejected without a reason: the feedback SLA breached two days later
@@ -587,6 +599,21 @@ def test_funnel_report_counts_conversion_velocity_and_recycles(run: Runner, hist
             recycles[(t["from_stage"], t["reason"])] += 1
     assert {(r["from_stage"], r["reason"]): r["recycles"] for r in report["recycles"]} == dict(recycles)
     assert recycles
+    # feedback: the rejections and lost deals of the period by the stage they moved the lead out of and reason
+    moved = {t["trigger_event_id"]: t["from_stage"] for t in history.transitions if "trigger_event_id" in t}
+    feedback: dict[tuple[str, str | None, str], list[str]] = defaultdict(list)
+    for a in history.activities:
+        if a["activity"] in ("rejected", "closed_lost") and in_period(a["event_time"]):
+            reason = (a.get("reason") or "").strip() or "(no reason given)"
+            feedback[(a["activity"], moved.get(a["event_id"]), reason)].append(a["lead_id"])
+    totals = defaultdict(int)
+    for (activity, _, _), ids in feedback.items():
+        totals[activity] += len(ids)
+    got = {
+        (r["activity"], r["from_stage"], r["reason"]): (r["count"], r["share"]) for r in report["feedback"]
+    }
+    assert got == {k: (len(ids), round(len(ids) / totals[k[0]], 4)) for k, ids in feedback.items()}
+    assert ("rejected", "mql", "(no reason given)") in got and len(got) > 1
 
 
 def test_sla_report_follow_up_percentiles_compliance_and_breaches_per_owner(
@@ -783,7 +810,8 @@ def test_every_section_keeps_its_columns_when_a_period_has_no_rows(run: Runner) 
             block = render({section: rows}, "csv")
             assert block.splitlines() == [",".join(expected)], (name, section)
             assert json.loads(render({section: rows}, "json")) == {section: []}
-    assert emptied == 3  # content, recycles, by_owner (health still lists the whole catalogue as unused)
+    # content, recycles, feedback, by_owner (health still lists the whole catalogue as unused)
+    assert emptied == 4
 
 
 @pytest.mark.parametrize(

@@ -14,6 +14,7 @@ import pytest
 
 from sinks.migrate import migrate
 from sinks.query_service import Runner, client_runner
+from sinks.reports.funnel import funnel_report
 from sinks.reports.period import DAY_MS, Period
 from sinks.reports.plan import plan_report, reverse_plan
 from sinks.reports.sla import sla_report
@@ -34,8 +35,9 @@ activities: list[dict[str, Any]] = []
 hot: list[dict[str, Any]] = []
 
 
-def move(lead: str, path: list[tuple[str, str, int]]) -> None:
-    """Transitions of one lead: (to_stage, reason, at), from awareness on."""
+def move(lead: str, path: list[tuple[str, str, int]], triggers: dict[int, str] | None = None) -> None:
+    """Transitions of one lead: (to_stage, reason, at), from awareness on; ``triggers`` gives the event id
+    that triggered the move at that index (as the worker records it), the others get ``x``."""
     stage = "awareness"
     for seq, (to, reason, at) in enumerate(path):
         transitions.append(
@@ -46,9 +48,23 @@ def move(lead: str, path: list[tuple[str, str, int]]) -> None:
                 "to_stage": to,
                 "reason": reason,
                 "occurred_at": at,
+                "trigger_event_id": (triggers or {}).get(seq, "x"),
             }
         )
         stage = to
+
+
+def act(event_id: str, lead: str, activity: str, at: int, reason: str | None = None, **more: Any) -> None:
+    activities.append(
+        {
+            "event_id": event_id,
+            "lead_id": lead,
+            "activity": activity,
+            "event_time": at,
+            "reason": reason,
+            **more,
+        }
+    )
 
 
 def visit(n: int, t: int, lead: str | None, anon: str | None) -> None:
@@ -104,7 +120,66 @@ for i in range(5):
         path.append(("customer", "closed_won", SINCE + 30 * DAY_MS))
     elif i == 2:
         path.append(("nurturing", "recycled:closed_lost", SINCE + 30 * DAY_MS))
-    move(f"D-d{i}", path)
+    move(f"D-d{i}", path, {2: "D-lost-d2"} if i == 2 else None)
+act("D-lost-d2", "D-d2", "closed_lost", SINCE + 30 * DAY_MS, "price")
+
+# Feedback (alignment steps 4-5: why sales reject leads and lose deals). Hot before the period, answered in
+# it, so none of them is an MQL of the period (the SLA figures below stay as they are).
+#   rejected: f0 "no budget" and f1 " no budget " (the same reason once trimmed), from mql; f2 with no reason
+#   (None) and f3 with a blank one, from mql: "(no reason given)" 2; f4 "student" after sales had accepted it,
+#   from sal; f2 gives its reason a day late in a second record, "wrong contact", which moves nothing (no
+#   stage). 6 records: 2/6, 2/6, 1/6, 1/6. Not counted: a rejection the day before the period and one at
+#   UNTIL (the period ends before it).
+#   closed_lost: d2 (above) and g0 "price" from opportunity; g1's upsell lost with no reason (expansion ->
+#   customer). 3 records: 2/3, 1/3.
+for i, reason in enumerate(["no budget", " no budget ", None, ""]):
+    lead, at = f"D-f{i}", SINCE + (5 + i) * DAY_MS
+    move(
+        lead,
+        [
+            ("lead", "identified", SINCE - 20 * DAY_MS),
+            ("mql", "score_threshold", SINCE - 10 * DAY_MS),
+            ("nurturing", "recycled:rejected", at),
+        ],
+        {2: f"D-rej-f{i}"},
+    )
+    act(f"D-rej-f{i}", lead, "rejected", at, reason)
+act("D-rej-f2-late", "D-f2", "rejected", SINCE + 8 * DAY_MS, "wrong contact")
+move(
+    "D-f4",
+    [
+        ("lead", "identified", SINCE - 20 * DAY_MS),
+        ("mql", "score_threshold", SINCE - 10 * DAY_MS),
+        ("sal", "accepted", SINCE - 5 * DAY_MS),
+        ("nurturing", "recycled:rejected", SINCE + 9 * DAY_MS),
+    ],
+    {3: "D-rej-f4"},
+)
+act("D-rej-f4", "D-f4", "rejected", SINCE + 9 * DAY_MS, "student")
+act("D-rej-old", "D-f0", "rejected", SINCE - DAY_MS, "old news")
+act("D-rej-late", "D-f1", "rejected", UNTIL, "after the period")
+move(
+    "D-g0",
+    [
+        ("lead", "identified", SINCE - 60 * DAY_MS),
+        ("opportunity", "opportunity_created", SINCE - 20 * DAY_MS),
+        ("nurturing", "recycled:closed_lost", SINCE + 15 * DAY_MS),
+    ],
+    {2: "D-lost-g0"},
+)
+act("D-lost-g0", "D-g0", "closed_lost", SINCE + 15 * DAY_MS, "price")
+move(
+    "D-g1",
+    [
+        ("lead", "identified", SINCE - 300 * DAY_MS),
+        ("opportunity", "opportunity_created", SINCE - 200 * DAY_MS),
+        ("customer", "closed_won", SINCE - 150 * DAY_MS),
+        ("expansion", "upsell_opened", SINCE - 30 * DAY_MS),
+        ("customer", "closed_lost", SINCE + 16 * DAY_MS),
+    ],
+    {4: "D-lost-g1"},
+)
+act("D-lost-g1", "D-g1", "closed_lost", SINCE + 16 * DAY_MS, "")
 
 # Follow-up SLA (24 h, the hot leads' own clocks 24 h too). m0 answered in 2 h; m1 never (a breach); m2
 # disqualified by its profile 30 min after turning hot (no call owed); m3 hot 2 h before UNTIL (its deadline
@@ -123,14 +198,7 @@ for lead, at, dq_after in (
     hot.append(
         {"notification_id": f"{lead}:hot:1", "lead_id": lead, "became_hot_at": at, "sla_due_at": at + 24 * H}
     )
-activities.append(
-    {
-        "event_id": "D-act0",
-        "lead_id": "D-m0",
-        "activity": "first_touch",
-        "event_time": SINCE + 40 * DAY_MS + 2 * H,
-    }
-)
+act("D-act0", "D-m0", "first_touch", SINCE + 40 * DAY_MS + 2 * H)
 
 
 def insert(client: Any, spec: TableSpec, records: list[dict[str, Any]], defaults: dict[str, Any]) -> None:
@@ -211,3 +279,31 @@ def test_sla_compliance_judges_only_clocks_that_ran_out(run: Runner) -> None:
     # a report of the period's end a day later judges m3: its deadline has passed unanswered
     later = sla_report(run, Period(SINCE, UNTIL + DAY_MS), sla_hours=24)["follow_up"][0]
     assert (later["not_judged"], later["compliance"]) == (1, 0.25)
+
+
+def test_funnel_feedback_counts_rejections_and_lost_deals_by_reason(run: Runner) -> None:
+    """The closed loop (alignment steps 4-5): why sales rejected leads and lost deals, next to the recycles,
+    with a blank reason named as what the rejection_feedback SLA chases."""
+    report = funnel_report(run, PERIOD)
+    got = [
+        (r["activity"], r["from_stage"], r["reason"], r["count"], r["share"], r["leads"])
+        for r in report["feedback"]
+    ]
+    assert got == [
+        ("rejected", "mql", "(no reason given)", 2, 0.3333, 2),
+        ("rejected", "mql", "no budget", 2, 0.3333, 2),
+        ("rejected", "sal", "student", 1, 0.1667, 1),
+        ("rejected", None, "wrong contact", 1, 0.1667, 1),
+        ("closed_lost", "opportunity", "price", 2, 0.6667, 2),
+        ("closed_lost", "expansion", "(no reason given)", 1, 0.3333, 1),
+    ]
+    # every recycle a rejection or a lost deal made is one of these records
+    recycles = {(r["from_stage"], r["reason"]): r["recycles"] for r in report["recycles"]}
+    assert recycles == {
+        ("mql", "recycled:rejected"): 4,
+        ("sal", "recycled:rejected"): 1,
+        ("opportunity", "recycled:closed_lost"): 2,
+    }
+    # a period with none of them keeps the section's columns
+    empty = funnel_report(run, Period(SINCE - 400 * DAY_MS, SINCE - 390 * DAY_MS))["feedback"]
+    assert empty == [] and empty.columns == ("activity", "from_stage", "reason", "count", "share", "leads")

@@ -259,6 +259,55 @@ def test_sla_chart_shows_compliance_percentiles_against_the_sla_and_breaches_per
     assert [float(b.attrs["data-value"]) for b in owners] == [3, 2, 0, 1]  # breaches then warnings per owner
 
 
+def test_funnel_feedback_shows_why_leads_were_rejected_and_deals_lost() -> None:
+    """The closed loop: a bar per activity and reason (stages summed), the table under it with shares as
+    percentages, and a reason from the CRM kept as text."""
+    feedback = [
+        {
+            "activity": "rejected",
+            "from_stage": "mql",
+            "reason": "(no reason given)",
+            "count": 3,
+            "share": 0.5,
+            "leads": 3,
+        },
+        {
+            "activity": "rejected",
+            "from_stage": "mql",
+            "reason": HOSTILE,
+            "count": 2,
+            "share": 0.3333,
+            "leads": 2,
+        },
+        {
+            "activity": "rejected",
+            "from_stage": "sal",
+            "reason": "(no reason given)",
+            "count": 1,
+            "share": 0.1667,
+            "leads": 1,
+        },
+        {
+            "activity": "closed_lost",
+            "from_stage": "opportunity",
+            "reason": "price",
+            "count": 1,
+            "share": 1.0,
+            "leads": 1,
+        },
+    ]
+    html, page = page_of({"funnel": {**FUNNEL, "feedback": feedback}})
+    bars = page.bars("feedback")
+    assert [float(b.attrs["data-value"]) for b in bars] == [4, 2, 1]
+    assert "rejected: (no reason given)" in page.texts and "lost: price" in page.texts
+    texts = [t.strip() for t in page.texts]
+    assert "Feedback from sales" in texts and "feedback" in texts  # the chart and the table
+    assert "33.3%" in page.texts and "16.7%" in page.texts  # shares as percentages
+    assert "<script>" not in html and HOSTILE in page.texts
+    _, none = page_of({"funnel": {**FUNNEL, "feedback": []}})
+    assert none.bars("feedback") == [] and "No rejections or lost deals in this period." in none.texts
+
+
 def test_plan_chart_runs_top_down_from_visitors_to_wins() -> None:
     plan = [
         {"stage": "customer", "label": "wins", "needed": 10, "rate_from_previous": 0.5},
