@@ -268,7 +268,21 @@ def sla_charts(sections: Sections) -> list[str]:
         if owners
         else None
     )
-    return [
+    per_owner = [
+        r for r in sections.get("owner_compliance", []) if _num(r.get("own_sla_compliance")) is not None
+    ]
+    owner_compliance = (
+        bar_chart(
+            "sla-owner-compliance",
+            "Own-clock compliance per owner",
+            [f"{r.get('owner') or '(unassigned)'} ({r.get('hot_leads')} hot)" for r in per_owner],
+            [Series("within own SLA", [_num(r.get("own_sla_compliance")) for r in per_owner], TEAL)],
+            fmt=format_percent,
+        )
+        if per_owner
+        else None
+    )
+    figures = [
         _figure(
             "SLA compliance",
             f"followed up within {sla_hours:g} h; follow-up time percentiles",
@@ -277,6 +291,16 @@ def sla_charts(sections: Sections) -> list[str]:
         ),
         _figure("Breaches per owner", "SLA events fired", breaches, "No SLA warnings or breaches."),
     ]
+    if "owner_compliance" in sections:
+        figures.append(
+            _figure(
+                "Compliance per owner",
+                "hot leads answered within their own clock, of those judged",
+                owner_compliance,
+                "No owner had a clock to judge in this period.",
+            )
+        )
+    return figures
 
 
 def health_charts(sections: Sections) -> list[str]:

@@ -18,16 +18,24 @@ worker.
 owner, of the clocks started in the period (an MQL or a rejection in it), whenever they fell due: the same
 cohort as ``follow_up``, and in event time. Not by ``fired_at``: that is the worker's wall clock, so a backlog
 or a replay put breaches of last week into today, and a report for a past period left them out.
+``owner_compliance``: per owner, the MQLs of the period notified to them as hot leads and their own-SLA
+compliance (as above), next to by_owner's follow-up warnings and breaches, so a breach count is read against
+the MQLs behind it. Owner = by_owner's identity for that clock: the owner on its breach, else its warning,
+else its hot lead's, else ``(unassigned)``.
 """
 
 from __future__ import annotations
 
+from typing import Any
+
+from agents.sla import FOLLOW_UP as FOLLOW_UP_SLA
 from agents.sla import FOLLOW_UP_ACTIVITIES
 from sinks.query_service import Runner
-from sinks.reports import Sections
+from sinks.reports import Rows, Sections
 from sinks.reports.period import Period
 
-FOLLOW_UP = """
+# Every MQL of the period with its follow-up, its own clock, whether it can be judged and its owner.
+JUDGED = """
 WITH mqls AS (
     SELECT lead_id, toUnixTimestamp64Milli(occurred_at) AS at FROM leadpulse.stage_transitions FINAL
     WHERE to_stage = 'mql'
@@ -57,14 +65,24 @@ dropped AS (
     FROM mqls AS m LEFT JOIN exits AS x ON x.lead_id = m.lead_id
     GROUP BY m.lead_id, m.at
 ),
--- the clock the worker started for that MQL (its hot lead's due time; a late MQL notified nobody: none)
+-- the clock the worker started for that MQL (its hot lead's due time; a late MQL notified nobody: none; a
+-- lead followed up before it turned hot was notified with no clock: due 0) and whom its hot lead named
 clocks AS (
     SELECT lead_id, toUnixTimestamp64Milli(became_hot_at) AS at,
-           max(toUnixTimestamp64Milli(assumeNotNull(sla_due_at))) AS due
-    FROM leadpulse.hot_leads FINAL WHERE sla_due_at IS NOT NULL GROUP BY lead_id, at
+           maxIf(toUnixTimestamp64Milli(assumeNotNull(sla_due_at)), sla_due_at IS NOT NULL) AS due,
+           any(owner) AS owner
+    FROM leadpulse.hot_leads FINAL GROUP BY lead_id, at
+),
+-- the owner the worker put on that clock's warning/breach (the clock's owner, else the lead's when it fired)
+fired AS (
+    SELECT lead_id, toUnixTimestamp64Milli(started_at) AS at,
+           anyIf(owner, level = 'breach') AS breach_owner, anyIf(owner, level = 'warning') AS warning_owner
+    FROM leadpulse.sla_events FINAL WHERE sla = 'hot_lead_follow_up' GROUP BY lead_id, at
 ),
 judged AS (
     SELECT x.followed AS followed, x.answer_at AS answer_at, x.mql_at AS mql_at, c.due AS due,
+           c.lead_id != '' AS notified,
+           ifNull(coalesce(f.breach_owner, f.warning_owner, c.owner), '(unassigned)') AS owner,
            -- not followed up, and the deadline still ahead at ``until`` or the lead disqualified before it
            NOT x.followed AND (x.mql_at + {sla_ms:Int64} >= {until:Int64}
                                OR (d.dq AND d.dq_at <= x.mql_at + {sla_ms:Int64})) AS open_flat,
@@ -73,7 +91,13 @@ judged AS (
     FROM answered AS x
     LEFT JOIN clocks AS c ON c.lead_id = x.lead_id AND c.at = x.mql_at
     LEFT JOIN dropped AS d ON d.lead_id = x.lead_id AND d.mql_at = x.mql_at
+    LEFT JOIN fired AS f ON f.lead_id = x.lead_id AND f.at = x.mql_at
 )
+"""
+
+FOLLOW_UP = (
+    JUDGED
+    + """
 SELECT count() AS mqls, countIf(followed) AS followed_up,
        countIf(followed AND answer_at - mql_at <= {sla_ms:Int64}) AS within_sla,
        countIf(open_flat) AS not_judged,
@@ -83,6 +107,28 @@ SELECT count() AS mqls, countIf(followed) AS followed_up,
        quantilesExactInclusiveIf(0.5, 0.9, 0.95)((answer_at - mql_at) / 3600000, followed) AS hours
 FROM judged
 """
+)
+
+# Per owner: the MQLs of the period notified as hot leads, judged against their own clocks.
+OWNER_COMPLIANCE = (
+    JUDGED
+    + """
+SELECT owner, count() AS hot_leads, countIf(due > 0) AS with_own_sla,
+       countIf(due > 0 AND followed AND answer_at <= due) AS within_own_sla,
+       countIf(open_own) AS not_judged_own
+FROM judged WHERE notified GROUP BY owner
+"""
+)
+OWNER_COLUMNS = (
+    "owner",
+    "hot_leads",
+    "with_own_sla",
+    "within_own_sla",
+    "not_judged_own",
+    "own_sla_compliance",
+    "warnings",
+    "breaches",
+)
 
 BY_OWNER = """
 SELECT sla, ifNull(owner, '(unassigned)') AS owner, countIf(level = 'warning') AS warnings,
@@ -128,4 +174,45 @@ def sla_report(run: Runner, period: Period, sla_hours: float = 24.0) -> Sections
         "p95_hours": _num(hours[2]) if row["followed_up"] else None,
     }
     owners = run(BY_OWNER, period.params).section()
-    return {"follow_up": [follow_up], "by_owner": owners}
+    return {
+        "follow_up": [follow_up],
+        "by_owner": owners,
+        "owner_compliance": owner_compliance(run(OWNER_COMPLIANCE, params).dicts(), owners),
+    }
+
+
+def owner_compliance(judged: list[dict[str, Any]], by_owner: list[dict[str, Any]]) -> Rows:
+    """One row per owner: their hot leads of the period, own-clock compliance, and the follow-up warnings
+    and breaches ``by_owner`` counts for them, so a breach count can be read against the MQLs behind it.
+    Worst compliance first (owners with nothing to judge last)."""
+    rows: dict[str, dict[str, Any]] = {}
+    for r in judged:
+        with_own, not_judged_own = int(r["with_own_sla"]), int(r["not_judged_own"])
+        rows[r["owner"]] = {
+            "owner": r["owner"],
+            "hot_leads": int(r["hot_leads"]),
+            "with_own_sla": with_own,
+            "within_own_sla": int(r["within_own_sla"]),
+            "not_judged_own": not_judged_own,
+            "own_sla_compliance": _share(int(r["within_own_sla"]), with_own - not_judged_own),
+            "warnings": 0,
+            "breaches": 0,
+        }
+    for r in by_owner:
+        if r["sla"] != FOLLOW_UP_SLA:
+            continue
+        row = rows.setdefault(
+            r["owner"],
+            dict.fromkeys(OWNER_COLUMNS, 0) | {"owner": r["owner"], "own_sla_compliance": None},
+        )
+        row["warnings"], row["breaches"] = int(r["warnings"]), int(r["breaches"])
+    ordered = sorted(
+        rows.values(),
+        key=lambda r: (
+            r["own_sla_compliance"] is None,
+            r["own_sla_compliance"] or 0,
+            -r["breaches"],
+            r["owner"],
+        ),
+    )
+    return Rows(ordered, OWNER_COLUMNS)

@@ -661,6 +661,28 @@ def test_sla_report_follow_up_percentiles_compliance_and_breaches_per_owner(
     assert got == dict(owners)
     assert ("hot_lead_follow_up", "(unassigned)") in got
     assert any(sla == "rejection_feedback" for sla, _ in got)  # every SLA, not only the follow-up
+    # per owner (the hot lead's; the fixture's warnings and breaches carry the same): hot leads, own clock
+    hot_owner = {(x["lead_id"], x["became_hot_at"]): x["owner"] or "(unassigned)" for x in history.hot}
+    per_owner: dict[str, list[int]] = defaultdict(lambda: [0, 0])
+    for t in history.transitions:
+        key = (t["lead_id"], t["occurred_at"])
+        if t["to_stage"] == "mql" and in_period(t["occurred_at"]) and key in hot_owner:
+            per_owner[hot_owner[key]][0] += 1
+            per_owner[hot_owner[key]][1] += any(key[1] <= x <= due[key] for x in answers[t["lead_id"]])
+    rows = {r["owner"]: r for r in report["owner_compliance"]}
+    assert {o: [r["hot_leads"], r["within_own_sla"]] for o, r in rows.items()} == dict(per_owner)
+    for (sla, owner), counts in got.items():
+        if sla == "hot_lead_follow_up":
+            assert (rows[owner]["warnings"], rows[owner]["breaches"]) == (
+                counts["warnings"],
+                counts["breaches"],
+            )
+    for key in ("with_own_sla", "within_own_sla", "not_judged_own"):
+        assert sum(r[key] for r in rows.values()) == follow[key], key
+    for r in rows.values():
+        judged = r["with_own_sla"] - r["not_judged_own"]
+        assert r["own_sla_compliance"] == (round(r["within_own_sla"] / judged, 4) if judged else None)
+    assert len(rows) == 4  # rep0, rep1, rep2 and (unassigned)
 
 
 def test_plan_reverse_calculation_reproduces_the_model_worked_example() -> None:
@@ -810,8 +832,8 @@ def test_every_section_keeps_its_columns_when_a_period_has_no_rows(run: Runner) 
             block = render({section: rows}, "csv")
             assert block.splitlines() == [",".join(expected)], (name, section)
             assert json.loads(render({section: rows}, "json")) == {section: []}
-    # content, recycles, feedback, by_owner (health still lists the whole catalogue as unused)
-    assert emptied == 4
+    # content, recycles, feedback, by_owner, owner_compliance (health lists the whole catalogue as unused)
+    assert emptied == 5
 
 
 @pytest.mark.parametrize(

@@ -18,7 +18,7 @@ from sinks.reports.funnel import funnel_report
 from sinks.reports.period import DAY_MS, Period
 from sinks.reports.plan import plan_report, reverse_plan
 from sinks.reports.sla import sla_report
-from sinks.rows import EVENTS, HOT_LEADS, LEADS, SALES_ACTIVITIES, STAGE_TRANSITIONS, TableSpec
+from sinks.rows import EVENTS, HOT_LEADS, LEADS, SALES_ACTIVITIES, SLA_EVENTS, STAGE_TRANSITIONS, TableSpec
 
 pytestmark = pytest.mark.integration
 
@@ -200,6 +200,73 @@ for lead, at, dq_after in (
     )
 act("D-act0", "D-m0", "first_touch", SINCE + 40 * DAY_MS + 2 * H)
 
+# Per-owner compliance, in a second period of 30 days after the first (the figures above stay as they are).
+# 24 h clocks unless "1 h" (a direct inquiry). O = the hot lead's owner; events = the follow-up warnings and
+# breaches the worker fired, with the owner it put on them.
+#   aiko: a0 answered in 2 h (in time); a1 a 1 h inquiry answered in 3 h (a miss on its own clock, in time on
+#         a flat 24 h; warning + breach); a2 never answered (warning + breach). 3 hot leads, 1 / 3.
+#   ben:  b0 a 1 h inquiry answered in 30 min; b1 hot 2 h before the period ends (not judged); b2 followed up
+#         before it turned hot (notified with no clock). 3 hot leads, 2 with a clock, 1 / 1. A rejection of
+#         ben's without a reason breached rejection_feedback: by_owner's, not a follow-up figure.
+#   carl: c0 hot with no owner, never answered; the scan fired its warning with none, and the lead was
+#         assigned to carl before its breach, which the worker put on carl. It counts where its breach does:
+#         1 hot lead, 0 / 1, 1 breach; (unassigned) keeps the warning.
+#   (unassigned): u0, no owner, answered in 5 h: 1 / 1.
+#   Not counted: l0, a late MQL (no hot lead, no clock, no owner); aiko's MQL of the day before the period.
+S2 = UNTIL + 30 * DAY_MS
+OWNERS = Period(S2, S2 + 30 * DAY_MS)
+sla_events: list[dict[str, Any]] = []
+
+
+def fire(
+    lead: str, at: int, due: int, level: str, owner: str | None, sla: str = "hot_lead_follow_up"
+) -> None:
+    sla_events.append(
+        {
+            "timeout_id": f"{lead}:{sla}:{level}:{at}",
+            "lead_id": lead,
+            "sla": sla,
+            "level": level,
+            "started_at": at,
+            "due_at": due,
+            "owner": owner,
+            "fired_at": at + (due - at) // (2 if level == "warning" else 1),
+        }
+    )
+
+
+for n, (lead, owner, hours, at, answer_after, levels) in enumerate(
+    [
+        ("D-a0", "aiko", 24, S2 + DAY_MS, 2 * H, {}),
+        ("D-a1", "aiko", 1, S2 + 2 * DAY_MS, 3 * H, {"warning": "aiko", "breach": "aiko"}),
+        ("D-a2", "aiko", 24, S2 + 3 * DAY_MS, None, {"warning": "aiko", "breach": "aiko"}),
+        ("D-b0", "ben", 1, S2 + 4 * DAY_MS, H // 2, {}),
+        ("D-b1", "ben", 24, OWNERS.until_ms - 2 * H, None, {}),
+        ("D-b2", "ben", None, S2 + 5 * DAY_MS, -H, {}),
+        ("D-c0", None, 24, S2 + 6 * DAY_MS, None, {"warning": None, "breach": "carl"}),
+        ("D-u0", None, 24, S2 + 7 * DAY_MS, 5 * H, {}),
+        ("D-a9", "aiko", 24, S2 - DAY_MS, None, {"warning": "aiko", "breach": "aiko"}),
+    ]
+):
+    move(lead, [("lead", "identified", S2 - 40 * DAY_MS), ("mql", "score_threshold", at)])
+    due = at + hours * H if hours is not None else None
+    hot.append(
+        {
+            "notification_id": f"{lead}:hot:1",
+            "lead_id": lead,
+            "became_hot_at": at,
+            "sla_due_at": due,
+            "owner": owner,
+        }
+    )
+    if answer_after is not None:
+        act(f"D-o-act{n}", lead, "first_touch", at + answer_after, owner=owner)
+    for level, fired_owner in levels.items():
+        fire(lead, at, due or at, level, fired_owner)
+move("D-l0", [("lead", "identified", S2 - 40 * DAY_MS), ("mql", "score_threshold", S2 + 8 * DAY_MS)])
+act("D-o-rej", "D-b0", "rejected", S2 + 9 * DAY_MS)
+fire("D-b0", S2 + 9 * DAY_MS, S2 + 11 * DAY_MS, "breach", "ben", "rejection_feedback")
+
 
 def insert(client: Any, spec: TableSpec, records: list[dict[str, Any]], defaults: dict[str, Any]) -> None:
     rows = [tuple({**ORIGIN, **defaults, **r}.get(c) for c in spec.insert_columns) for r in records]
@@ -210,12 +277,13 @@ def insert(client: Any, spec: TableSpec, records: list[dict[str, Any]], defaults
 def run(clickhouse_dsn: str) -> Iterator[Runner]:
     client = clickhouse_connect.get_client(dsn=clickhouse_dsn)
     migrate(client)
-    for spec in (EVENTS, LEADS, SALES_ACTIVITIES, STAGE_TRANSITIONS, HOT_LEADS):
+    for spec in (EVENTS, LEADS, SALES_ACTIVITIES, STAGE_TRANSITIONS, HOT_LEADS, SLA_EVENTS):
         client.command(f"TRUNCATE TABLE IF EXISTS {spec.qualified}")
     insert(client, EVENTS, events, {})
     insert(client, LEADS, leads, {"source": "form", "flags": []})
     insert(client, STAGE_TRANSITIONS, transitions, {"trigger_event_id": "x", "score": 0.0})
     insert(client, SALES_ACTIVITIES, activities, {"source": "crm"})
+    insert(client, SLA_EVENTS, sla_events, {"notify": []})
     insert(
         client,
         HOT_LEADS,
@@ -307,3 +375,54 @@ def test_funnel_feedback_counts_rejections_and_lost_deals_by_reason(run: Runner)
     # a period with none of them keeps the section's columns
     empty = funnel_report(run, Period(SINCE - 400 * DAY_MS, SINCE - 390 * DAY_MS))["feedback"]
     assert empty == [] and empty.columns == ("activity", "from_stage", "reason", "count", "share", "leads")
+
+
+def test_sla_owner_compliance_reads_each_owners_breaches_against_their_hot_leads(run: Runner) -> None:
+    """A rep's breach count means little without the MQLs behind it: per owner, the hot leads of the period
+    and their own-clock compliance (the follow-up's own_sla_compliance, per owner), next to by_owner's
+    follow-up warnings and breaches."""
+    report = sla_report(run, OWNERS, sla_hours=24)
+    got = [
+        (
+            r["owner"],
+            r["hot_leads"],
+            r["with_own_sla"],
+            r["within_own_sla"],
+            r["not_judged_own"],
+            r["own_sla_compliance"],
+            r["warnings"],
+            r["breaches"],
+        )
+        for r in report["owner_compliance"]
+    ]
+    assert got == [  # worst compliance first
+        ("carl", 1, 1, 0, 0, 0.0, 0, 1),
+        ("aiko", 3, 3, 1, 0, 0.3333, 2, 2),
+        ("(unassigned)", 1, 1, 1, 0, 1.0, 1, 0),
+        ("ben", 3, 2, 1, 1, 1.0, 0, 0),
+    ]
+    by_owner = {(r["sla"], r["owner"]): (r["warnings"], r["breaches"]) for r in report["by_owner"]}
+    assert by_owner == {
+        ("hot_lead_follow_up", "aiko"): (2, 2),
+        ("hot_lead_follow_up", "carl"): (0, 1),
+        ("hot_lead_follow_up", "(unassigned)"): (1, 0),
+        ("rejection_feedback", "ben"): (0, 1),
+    }
+    # the owners' rows add up to the report's own-clock figures (the late MQL l0 has no clock and no owner)
+    follow = report["follow_up"][0]
+    assert (follow["mqls"], follow["with_own_sla"], follow["within_own_sla"], follow["not_judged_own"]) == (
+        9,
+        7,
+        3,
+        1,
+    )
+    assert follow["own_sla_compliance"] == 0.5
+    empty = sla_report(run, Period(S2 - 400 * DAY_MS, S2 - 390 * DAY_MS))["owner_compliance"]
+    assert empty == [] and empty.columns[:6] == (
+        "owner",
+        "hot_leads",
+        "with_own_sla",
+        "within_own_sla",
+        "not_judged_own",
+        "own_sla_compliance",
+    )

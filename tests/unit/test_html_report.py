@@ -308,6 +308,48 @@ def test_funnel_feedback_shows_why_leads_were_rejected_and_deals_lost() -> None:
     assert none.bars("feedback") == [] and "No rejections or lost deals in this period." in none.texts
 
 
+def test_sla_owner_compliance_chart_shows_each_owners_own_clock_share() -> None:
+    owners = [
+        {
+            "owner": "carl",
+            "hot_leads": 1,
+            "with_own_sla": 1,
+            "within_own_sla": 0,
+            "not_judged_own": 0,
+            "own_sla_compliance": 0.0,
+            "warnings": 0,
+            "breaches": 1,
+        },
+        {
+            "owner": HOSTILE,
+            "hot_leads": 3,
+            "with_own_sla": 3,
+            "within_own_sla": 1,
+            "not_judged_own": 0,
+            "own_sla_compliance": 0.3333,
+            "warnings": 2,
+            "breaches": 2,
+        },
+        {
+            "owner": "ben",
+            "hot_leads": 1,
+            "with_own_sla": 1,
+            "within_own_sla": 0,
+            "not_judged_own": 1,
+            "own_sla_compliance": None,
+            "warnings": 0,
+            "breaches": 0,
+        },
+    ]
+    html, page = page_of({"sla": {**SLA, "owner_compliance": owners}})
+    bars = page.bars("sla-owner-compliance")
+    assert [float(b.attrs["data-value"]) for b in bars] == [0.0, 0.3333]  # nothing to judge for ben: no bar
+    assert "carl (1 hot)" in page.texts and "33.3%" in page.texts
+    assert "<script>" not in html
+    texts = [t.strip() for t in page.texts]
+    assert "owner compliance" in texts and "Compliance per owner" in texts  # the table and the chart
+
+
 def test_plan_chart_runs_top_down_from_visitors_to_wins() -> None:
     plan = [
         {"stage": "customer", "label": "wins", "needed": 10, "rate_from_previous": 0.5},
