@@ -43,6 +43,7 @@ def register(app: typer.Typer) -> None:
         from leadpulse.demo import run_demo
         from leadpulse.demo_services import DemoError, DemoUsageError
         from sinks.reports.render import render
+        from sinks.reports.sla import compliance_line
 
         if via not in ("sdk", "collector"):
             raise typer.BadParameter("must be sdk or collector", param_hint="--via")
@@ -75,6 +76,7 @@ def register(app: typer.Typer) -> None:
             f"{len(result.expected_sla_misses)} leads miss it) and {by_sla[REJECTION_FEEDBACK]} "
             "rejections without feedback"
         )
+        console.print(compliance_line(result.reports["sla"]["follow_up"][0]), markup=False, highlight=False)
         console.print(f"HTML report: {path}" if path else "HTML report: not written (renderer unavailable)")
         console.print(f"data kept in {settings.data_dir.resolve()}: try `leadpulse report content`")
 
@@ -84,9 +86,12 @@ def _write_html(path: Path, reports: dict[str, Any], result: object) -> Path | N
         from sinks.reports.html import write_html_report
     except ImportError:
         return None
-    summary = {
+    from sinks.reports.sla import compliance_headline
+
+    summary: dict[str, Any] = {
         k: getattr(result, k) for k in ("published", "hot_leads", "webhooks_delivered", "sla_breaches")
     }
+    summary |= compliance_headline(reports["sla"]["follow_up"][0])
     return write_html_report(
         path,
         reports,

@@ -240,37 +240,45 @@ def _meter_color(rate: float) -> str:
     return GREEN if rate >= 0.9 else AMBER if rate >= 0.7 else RED
 
 
+@dataclass(frozen=True)
+class Meter:
+    """One compliance meter: a share 0..1 (None: drawn as a dash). The headline is drawn taller, its value
+    bold; the others under it, as context."""
+
+    label: str
+    value: float | None
+    tip: str
+    headline: bool = False
+
+
 def compliance_chart(
     chart: str,
     title: str,
-    compliance: float | None,
+    meters: Sequence[Meter],
     percentiles: Sequence[tuple[str, float | None]],
     sla_hours: float,
 ) -> str:
-    """A compliance meter (share followed up within the SLA) over follow-up time percentiles, with the SLA
-    drawn as a reference line so a reader sees at once which percentile misses it."""
+    """Compliance meters (shares followed up in time: the headline first) over follow-up time percentiles,
+    with the SLA drawn as a reference line so a reader sees at once which percentile misses it."""
     body: list[str] = []
     y = 10.0
-    body.append(_text(LABEL_W - 8, y + BAR_H / 2 + 2, "within SLA", anchor="end", extra=' class="label"'))
-    body.append(
-        f'<rect class="track" x="{LABEL_W}" y="{y:.1f}" width="{PLOT_W}" height="{BAR_H + 4}" rx="3" '
-        'fill="#f1f5f9"/>'
-    )
-    if compliance is not None and is_number(compliance):
-        width = PLOT_W * min(max(compliance, 0.0), 1.0)
-        tip = f"compliance: {format_percent(compliance)} within {sla_hours:g} h"
-        body.append(_rect(LABEL_W, y, width, BAR_H + 4, _meter_color(compliance), compliance, tip))
+    for meter in meters:
+        height = BAR_H + 4 if meter.headline else BAR_H
+        weight = ' font-weight="600"' if meter.headline else ""
+        body.append(_text(LABEL_W - 8, y + height / 2, meter.label, anchor="end", extra=' class="label"'))
         body.append(
-            _text(
-                LABEL_W + PLOT_W + 6,
-                y + BAR_H / 2 + 2,
-                format_percent(compliance),
-                extra=' font-weight="600"',
-            )
+            f'<rect class="track" x="{LABEL_W}" y="{y:.1f}" width="{PLOT_W}" height="{height}" rx="3" '
+            'fill="#f1f5f9"/>'
         )
-    else:
-        body.append(_text(LABEL_W + PLOT_W + 6, y + BAR_H / 2 + 2, DASH, color=MUTED))
-    y += BAR_H + 4 + 40
+        value = meter.value
+        if value is not None and is_number(value):
+            width = PLOT_W * min(max(value, 0.0), 1.0)
+            body.append(_rect(LABEL_W, y, width, height, _meter_color(value), value, meter.tip))
+            body.append(_text(LABEL_W + PLOT_W + 6, y + height / 2, format_percent(value), extra=weight))
+        else:
+            body.append(_text(LABEL_W + PLOT_W + 6, y + height / 2, DASH, color=MUTED))
+        y += height + 8
+    y += 32
     series = [Series("follow-up time", [v for _, v in percentiles], BLUE)]
     top = _scale(series, sla_hours)
     bars, end = _bar_rows([name for name, _ in percentiles], series, top, format_hours, y)

@@ -26,6 +26,7 @@ else its hot lead's, else ``(unassigned)``.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any
 
 from agents.sla import FOLLOW_UP as FOLLOW_UP_SLA
@@ -216,3 +217,31 @@ def owner_compliance(judged: list[dict[str, Any]], by_owner: list[dict[str, Any]
         ),
     )
     return Rows(ordered, OWNER_COLUMNS)
+
+
+def _percent(share: float | None) -> str:
+    return "-" if share is None else f"{share * 100:.1f}%"
+
+
+def compliance_headline(follow: Mapping[str, Any]) -> dict[str, str]:
+    """The follow-up compliance for a summary (the demo's closing line and its HTML strip), label -> text:
+    first the own-clock figure (each MQL against its own deadline: 1 h for a direct inquiry, per-segment
+    hours; what the worker's breaches judge), then the flat ``--sla-hours`` one beside it, labelled (it
+    forgives a 1 h inquiry answered after 23 h)."""
+    hours = follow.get("sla_hours", 24.0)
+    return {
+        "SLA compliance (own clock)": _percent(follow.get("own_sla_compliance")),
+        f"within {hours:g} h (flat)": _percent(follow.get("compliance")),
+    }
+
+
+def compliance_line(follow: Mapping[str, Any]) -> str:
+    """One sentence: the own-clock compliance with its counts, the flat figure beside it."""
+    own_judged = int(follow.get("with_own_sla", 0)) - int(follow.get("not_judged_own", 0))
+    flat_judged = int(follow.get("mqls", 0)) - int(follow.get("not_judged", 0))
+    hours = follow.get("sla_hours", 24.0)
+    return (
+        f"SLA compliance {_percent(follow.get('own_sla_compliance'))} on each hot lead's own clock "
+        f"({follow.get('within_own_sla', 0)} of {own_judged} judged answered by their deadline); flat "
+        f"{hours:g} h: {_percent(follow.get('compliance'))} ({follow.get('within_sla', 0)} of {flat_judged})"
+    )

@@ -6,6 +6,7 @@ win rate says when deals are still open; a follow-up SLA is judged once its dead
 from __future__ import annotations
 
 import datetime as dt
+import re
 from collections.abc import Iterator
 from typing import Any
 
@@ -267,6 +268,26 @@ move("D-l0", [("lead", "identified", S2 - 40 * DAY_MS), ("mql", "score_threshold
 act("D-o-rej", "D-b0", "rejected", S2 + 9 * DAY_MS)
 fire("D-b0", S2 + 9 * DAY_MS, S2 + 11 * DAY_MS, "breach", "ben", "rejection_feedback")
 
+# The headline compliance, in a third period of 10 days: i0 a direct inquiry (1 h clock) answered after 23 h,
+# i1 one answered in 30 min, s0 a score MQL (24 h) answered in 10 h, s1 one answered in 30 h. Flat 24 h:
+# i0, i1, s0 in time, 3 / 4; each against its own clock: i1 and s0, 2 / 4.
+S3 = S2 + 60 * DAY_MS
+HEADLINE = Period(S3, S3 + 10 * DAY_MS)
+for n, (lead, hours, answer_after) in enumerate(
+    [("D-i0", 1, 23 * H), ("D-i1", 1, H // 2), ("D-s0", 24, 10 * H), ("D-s1", 24, 30 * H)]
+):
+    at = S3 + (n + 1) * DAY_MS
+    move(lead, [("lead", "identified", S3 - 40 * DAY_MS), ("mql", "score_threshold", at)])
+    hot.append(
+        {
+            "notification_id": f"{lead}:hot:1",
+            "lead_id": lead,
+            "became_hot_at": at,
+            "sla_due_at": at + hours * H,
+        }
+    )
+    act(f"D-h-act{n}", lead, "first_touch", at + answer_after)
+
 
 def insert(client: Any, spec: TableSpec, records: list[dict[str, Any]], defaults: dict[str, Any]) -> None:
     rows = [tuple({**ORIGIN, **defaults, **r}.get(c) for c in spec.insert_columns) for r in records]
@@ -426,3 +447,27 @@ def test_sla_owner_compliance_reads_each_owners_breaches_against_their_hot_leads
         "not_judged_own",
         "own_sla_compliance",
     )
+
+
+def test_sla_headline_is_each_mqls_own_clock_with_the_flat_figure_beside_it(run: Runner) -> None:
+    """A 1 h direct inquiry answered after 23 h is in time on a flat 24 h and a miss on its own clock: the
+    HTML chart's headline meter and the demo's summary give the own-clock figure first, the flat one
+    labelled beside it."""
+    from sinks.reports.html import render_html
+    from sinks.reports.sla import compliance_headline, compliance_line
+
+    follow = sla_report(run, HEADLINE, sla_hours=24)["follow_up"][0]
+    assert (follow["compliance"], follow["own_sla_compliance"]) == (0.75, 0.5)
+    assert compliance_headline(follow) == {
+        "SLA compliance (own clock)": "50.0%",
+        "within 24 h (flat)": "75.0%",
+    }
+    assert compliance_line(follow) == (
+        "SLA compliance 50.0% on each hot lead's own clock (2 of 4 judged answered by their deadline); "
+        "flat 24 h: 75.0% (3 of 4)"
+    )
+    html = render_html({"sla": sla_report(run, HEADLINE, sla_hours=24)}, title="t", generated_at_ms=S3)
+    meters = re.findall(r'data-chart="sla-compliance".*?</svg>', html, re.S)[0]
+    values = re.findall(r'class="bar"[^>]*data-value="([^"]+)"', meters)
+    assert values[:2] == ["0.5", "0.75"]  # own clock first (the headline), then the flat 24 h
+    assert "within own SLA" in meters and "within 24 h (flat)" in meters

@@ -350,6 +350,23 @@ def test_sla_owner_compliance_chart_shows_each_owners_own_clock_share() -> None:
     assert "owner compliance" in texts and "Compliance per owner" in texts  # the table and the chart
 
 
+def test_sla_chart_headline_is_the_own_clock_compliance_with_the_flat_one_labelled_beside_it() -> None:
+    """The own-clock share (each MQL against its own deadline: 1 h inquiries) is the meter drawn first and
+    taller, with its value in bold; the flat --sla-hours share is the second meter, labelled as flat."""
+    sla = {**SLA, "follow_up": [{**SLA["follow_up"][0], "own_sla_compliance": 0.625}]}
+    _, page = page_of({"sla": sla})
+    own, flat, *percentiles = page.bars("sla-compliance")
+    assert (float(own.attrs["data-value"]), float(flat.attrs["data-value"])) == (0.625, 0.8125)
+    assert float(own.attrs["width"]) == pytest.approx(PLOT_W * 0.625, abs=0.1)
+    assert float(own.attrs["height"]) > float(flat.attrs["height"]) and float(own.attrs["y"]) < float(
+        flat.attrs["y"]
+    )
+    assert [float(b.attrs["data-value"]) for b in percentiles] == [5.5, 20.0, 30.25]
+    assert "within own SLA" in page.texts and "within 24 h (flat)" in page.texts
+    bold = [e for e in page.elements if e.chart == "sla-compliance" and e.attrs.get("font-weight") == "600"]
+    assert len(bold) == 1 and "62.5%" in page.texts and "81.2%" in page.texts
+
+
 def test_plan_chart_runs_top_down_from_visitors_to_wins() -> None:
     plan = [
         {"stage": "customer", "label": "wins", "needed": 10, "rate_from_previous": 0.5},
@@ -367,3 +384,18 @@ def test_a_report_without_charts_still_gets_its_tables() -> None:
     assert page.tags("svg") == []
     assert [e.attrs.get("title") for e in page.tags("th")] == ["a", "b", "c"]
     assert "yes" in page.texts and "Custom thing" in page.texts
+
+
+def test_demo_report_summary_strip_leads_with_the_own_clock_compliance(tmp_path: Any) -> None:
+    """The demo's HTML summary: after the counts, the own-clock compliance, then the flat one, labelled."""
+    from types import SimpleNamespace
+
+    from leadpulse.commands.demo_cmds import _write_html
+
+    follow = {**SLA["follow_up"][0], "own_sla_compliance": 0.625}
+    result = SimpleNamespace(published=1000, hot_leads=16, webhooks_delivered=16, sla_breaches=3)
+    path = _write_html(tmp_path / "demo.html", {"sla": {**SLA, "follow_up": [follow]}}, result)
+    assert path is not None
+    page = parse(path.read_text(encoding="utf-8"))
+    stats = page.texts[page.texts.index("1,000") :][:12]
+    assert stats[-4:] == ["62.5%", "SLA compliance (own clock)", "81.2%", "within 24 h (flat)"]
