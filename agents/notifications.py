@@ -45,7 +45,7 @@ from sinks.webhook import (
 )
 from streams.broker import aiokafka_client_config
 from streams.dlq import dead_letter, encode_dead_letter, writer_headers
-from streams.kafka_close import start_client, stop_consumer, stop_producer
+from streams.kafka_close import start_client, start_unless_stopped, stop_consumer, stop_producer
 from streams.metrics import LagGauge, Metrics
 from streams.settings import Settings
 from streams.topics import DLQ, HOT_LEADS
@@ -157,7 +157,10 @@ class Notifier:
         )
         consumer.subscribe([self.topic], listener=NotifierRebalance(self, consumer))
         try:
-            await start_client(consumer)
+            log.info("joining consumer group %s on %s", self.group_id, self.topic)
+            if not await start_unless_stopped(consumer, stop.is_set):
+                log.info("notifier stopped before its first partition assignment")
+                return
             async with aiohttp.ClientSession() as session:
                 sender = WebhookSender(
                     session, self._secret, policy=self.policy, metrics=self.metrics, stop=stop

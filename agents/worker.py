@@ -45,7 +45,7 @@ from schemas.registry import SchemaRegistry, default_registry
 from streams.broker import aiokafka_client_config, create_topics, is_tansu, kafka_client_config
 from streams.dlq import dead_letter, encode_dead_letter, writer_headers
 from streams.event_hygiene import InadmissibleEvent, check_admissible, invalid_reason
-from streams.kafka_close import commit, start_client, stop_consumer, stop_producer
+from streams.kafka_close import commit, start_client, start_unless_stopped, stop_consumer, stop_producer
 from streams.metrics import LagGauge, Metrics, consumer_lags
 from streams.producer import lead_key
 from streams.settings import Settings
@@ -127,6 +127,7 @@ class LeadWorker:
         self.held_back: set[TopicPartition] = set()
         self.commits_to_load: set[TopicPartition] = set()  # assigned, their group offsets not read yet
         self.left_group = False  # the broker acknowledged our LeaveGroup at stop
+        self.started = False  # got its first assignment (a stop during the group join gives that up)
 
     # -- lifecycle -------------------------------------------------------------------------------------
 
@@ -144,7 +145,12 @@ class LeadWorker:
             # built only now: an aiokafka client that is never started still complains "Unclosed" at exit
             self.consumer = worker_consumer(settings, self.tansu, security)
             self.consumer.subscribe(self.input_topics, listener=WorkerRebalance(self))
-            await start_client(self.consumer)
+            group, topics = settings.topic_prefix + GROUP, len(self.input_topics)
+            log.info("joining consumer group %s on %d topics", group, topics)
+            if not await start_unless_stopped(self.consumer, stop.is_set):
+                log.info("worker stopped before its first partition assignment (nothing consumed)")
+                return
+            self.started = True
             try:
                 while not stop.is_set():
                     await self.poll_once()

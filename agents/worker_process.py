@@ -65,9 +65,10 @@ def run_worker(settings: Settings, rules: Rules, loglevel: str = "info") -> None
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(sig, stop.set)
         worker = await serve_worker(settings, rules, metrics, stop)
-        if worker.left_group:
+        # (a worker stopped before its first assignment has said so itself)
+        if worker.started and worker.left_group:
             log.info("worker stopped: the batch in flight finished, group left")
-        else:  # logged before too, while stopping, with the reason (streams/kafka_close.py)
+        elif worker.started:  # logged before too, while stopping, with the reason (streams/kafka_close.py)
             log.warning(
                 "worker stopped: the batch in flight finished; the group was not left (the broker did not "
                 "answer), so its partitions move to other workers after the session timeout"

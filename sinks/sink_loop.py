@@ -44,7 +44,7 @@ from sinks.sink_hooks import SinkHooks
 from sinks.stored_positions import StoredPositions, check_same_log
 from streams.broker import aiokafka_client_config
 from streams.erasures import ErasureLog
-from streams.kafka_close import commit, group_commits, start_client, stop_consumer
+from streams.kafka_close import commit, group_commits, start_unless_stopped, stop_consumer
 from streams.settings import Settings
 from streams.topics import spec_for
 
@@ -161,7 +161,10 @@ class ClickHouseSinkLoop:
         )
         self.consumer.subscribe(self.topics, listener=self._listener)
         try:
-            await start_client(self.consumer)
+            log.info("joining consumer group %s on %d topics", self.group, len(self.topics))
+            if not await start_unless_stopped(self.consumer, stop.is_set):
+                log.info("sink stopped before its first partition assignment")
+                return
             while not stop.is_set():
                 await self.step()
             await self.drain()

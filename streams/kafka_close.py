@@ -36,7 +36,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from typing import Any
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
@@ -222,6 +222,32 @@ async def stop_producer(producer: AIOKafkaProducer) -> bool:
             await asyncio.wait_for(task, FORCE_CLOSE_TIMEOUT_S)
     await _close_client(getattr(producer, "client", None))
     return False
+
+
+async def start_unless_stopped(
+    consumer: AIOKafkaConsumer, stopped: Callable[[], bool], poll_s: float = 0.2
+) -> bool:
+    """``start_client(consumer)``, given up when ``stopped()`` turns true first: returns False then, with the
+    consumer closed.
+
+    Why: a subscribed consumer's ``start()`` waits for its first partition assignment, and with the broker
+    gone it waits for ever. A worker whose broker died while it was joining its group ignored SIGTERM until
+    SIGKILL (found by killing the broker a few seconds into a worker's start: still running 10 min after
+    SIGTERM). ``stopped`` is polled, so the sink's ``threading.Event`` serves as well as an asyncio one."""
+    starting = asyncio.ensure_future(start_client(consumer))
+    try:
+        while not starting.done():
+            if stopped():
+                starting.cancel()  # start_client closes the consumer on its way out
+                with contextlib.suppress(asyncio.CancelledError, Exception):
+                    await starting
+                return False
+            await asyncio.wait({starting}, timeout=poll_s)
+    except asyncio.CancelledError:
+        starting.cancel()
+        raise
+    starting.result()
+    return True
 
 
 async def start_client(client: AIOKafkaConsumer | AIOKafkaProducer) -> None:

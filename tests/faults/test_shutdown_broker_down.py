@@ -48,3 +48,36 @@ def test_sigterm_while_the_broker_is_down_exits_cleanly(tmp_path: Path) -> None:
         for proc in procs.values():
             proc.stop(timeout=5)
         broker.stop()
+
+
+@pytest.mark.parametrize("name", ["worker", "sink", "notifier"])
+def test_sigterm_while_joining_the_group_after_the_broker_died_exits_promptly(
+    name: str, tmp_path: Path
+) -> None:
+    """A subscribed consumer's start waits for its first assignment, for ever once the broker is gone: a
+    process whose broker died while it joined its group (a Kafka restart during a rollout) ignored SIGTERM
+    until SIGKILL; the worker was still running 10 min after it. Tansu answers a join after about half the
+    6 s session timeout, so the broker is stopped just after the process says it is joining."""
+    broker = EmbeddedBroker(tansu_binary(load_settings()), "127.0.0.1", free_port(), tmp_path / "tansu.log")
+    broker.start()
+    prefix = "join."
+    create_topics(broker.bootstrap, prefix)
+    port = free_port()
+    proc = pipeline_processes(tmp_path, broker.bootstrap, prefix, {name: port})[name]
+    try:
+        wait_until(lambda: "joining consumer group" in proc.output(), 90, f"{name} joining", proc)
+        broker.stop()
+        assert not http_ok(f"http://127.0.0.1:{port}/ready"), "assigned before the broker stopped"
+        time.sleep(1)
+        started = time.monotonic()
+        code = proc.stop(timeout=30)
+        took = time.monotonic() - started
+        out = proc.output()
+        assert code == 0, f"{name} exited with {code} after SIGTERM:\n{out[-4000:]}"
+        assert took < 15, f"{name} took {took:.1f}s to stop"
+        assert "before its first partition assignment" in out, out[-4000:]
+        for bad in ("Traceback", "Unclosed", "CancelledError"):
+            assert bad not in out, f"{name}: {bad!r} in its output:\n{out[-4000:]}"
+    finally:
+        proc.stop(timeout=5)
+        broker.stop()

@@ -56,3 +56,46 @@ async def test_commit_calls_give_up_and_stop_completes_once_the_broker_is_gone(
         assert consumer._client._sync_task is None, "stop_consumer left the client open"
     finally:
         broker.stop()
+
+
+async def test_a_start_waiting_for_its_first_assignment_gives_up_when_stopped_after_the_broker_died(
+    tmp_path: Path,
+) -> None:
+    """A subscribed consumer's ``start()`` waits for its first assignment, for ever once the broker is gone:
+    a worker, sink or notifier whose broker died while it joined its group ignored SIGTERM until SIGKILL."""
+    broker = EmbeddedBroker(tansu_binary(load_settings()), "127.0.0.1", free_port(), tmp_path / "tansu.log")
+    broker.start()
+
+    def joining() -> AIOKafkaConsumer:
+        consumer = AIOKafkaConsumer(
+            bootstrap_servers=broker.bootstrap,
+            group_id="kc-join",
+            enable_auto_commit=False,
+            session_timeout_ms=6000,  # Tansu answers a join after about half of it
+            heartbeat_interval_ms=1000,
+        )
+        consumer.subscribe(["kc.events.web_visits"])
+        return consumer
+
+    try:
+        create_topics(broker.bootstrap, "kc.")
+        plain, stoppable = joining(), joining()
+        stop = asyncio.Event()
+        plain_start = asyncio.ensure_future(kafka_close.start_client(plain))
+        stoppable_start = asyncio.ensure_future(kafka_close.start_unless_stopped(stoppable, stop.is_set))
+        await asyncio.sleep(1.0)  # both bootstrapped and asking to join
+        assert not plain_start.done() and not stoppable_start.done()
+        broker.stop()
+        await asyncio.sleep(1.0)
+        stop.set()
+        started = time.monotonic()
+        assert await asyncio.wait_for(stoppable_start, 20) is False
+        assert time.monotonic() - started < 12  # the close is bounded (STOP_TIMEOUT_S)
+        assert stoppable._closed
+        # the premise: without the stop, start() is still waiting
+        assert not plain_start.done()
+        plain_start.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await plain_start
+    finally:
+        broker.stop()
