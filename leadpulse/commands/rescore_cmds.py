@@ -102,7 +102,7 @@ def render_table(report: RescoreReport, console: Console) -> None:
 def _history(source: str) -> Any:
     """Events of a file, or of input topics read from the configured broker (nothing is consumed)."""
     path = Path(source)
-    if path.is_file():
+    if path.exists() and not path.is_dir():  # also /dev/null (check a rules file) and <(zcat history.gz)
         return read_history(path)
     names = [t.name for t in INPUTS] if source == "inputs" else [source]
     unknown = [n for n in names if n not in {t.name for t in INPUTS}]

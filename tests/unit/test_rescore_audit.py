@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import os
+import threading
 from pathlib import Path
 
 import pytest
@@ -78,6 +80,29 @@ WARM = [  # 45 fit + 10 pricing: warm under the shipped rules, hot at a threshol
 
 def test_an_empty_history_says_so(cli: typer.Typer, tmp_path: Path) -> None:
     assert run(cli, tmp_path, []).strip() == "The history has no events: nothing to compare."
+
+
+def test_a_rules_file_is_checked_against_dev_null_or_a_pipe(cli: typer.Typer, tmp_path: Path) -> None:
+    """docs/operations.md: check a rules file before an upgrade with `--dry-run /dev/null`; it was refused
+    as "neither a file nor an input topic" (only regular files were histories), and so was a pipe such as
+    `<(zcat history.jsonl.gz)`."""
+    args = ["rescore", "--rules", str(DEFAULT_RULES_PATH), "--dry-run"]
+    result = CliRunner().invoke(cli, [*args, os.devnull])
+    assert result.exit_code == 0, result.output
+    assert result.output.strip() == "The history has no events: nothing to compare."
+    fifo = tmp_path / "history.pipe"
+    os.mkfifo(fifo)
+
+    def feed() -> None:
+        with fifo.open("w") as pipe:
+            pipe.write(json.dumps({**PROFILE, "lead_id": "L9"}) + "\n")
+
+    writer = threading.Thread(target=feed)
+    writer.start()
+    result = CliRunner().invoke(cli, [*args, str(fifo)])
+    writer.join(10)
+    assert result.exit_code == 0, result.output
+    assert "(1 leads, 1 events)" in result.output
 
 
 def test_no_change_says_so_instead_of_an_empty_table(cli: typer.Typer, tmp_path: Path) -> None:
