@@ -122,16 +122,13 @@ def parse_rates(text: str | None) -> dict[str, float]:
     return rates
 
 
-def measured_rates(run: Runner, period: Period) -> dict[str, float | None]:
-    """Each step's rate is a cohort share, never above 1: of those who entered the upper stage in the
+def measured_rates(run: Runner, period: Period) -> tuple[dict[str, float | None], str | None]:
+    """The measured rates, and a caveat on the win rate when deals of its cohort were still open.
+
+    Each step's rate is a cohort share, never above 1: of those who entered the upper stage in the
     period, the share that reached the lower one (or a later stage) by ``until``. Why not entered(lower) /
     entered(upper): stages are skipped (a direct inquiry, a customer imported from the CRM), so that ratio
     counted people who were never in the upper stage, and gave win rates above 1."""
-    return _measure(run, period)[0]
-
-
-def _measure(run: Runner, period: Period) -> tuple[dict[str, float | None], str | None]:
-    """The measured rates, and a caveat on the win rate when deals of its cohort were still open."""
     progress = cohort_progress(run, period)
     opened = progress.entered("opportunity")
     won = progress.reached("opportunity", "customer")
@@ -200,7 +197,7 @@ def plan_report(
     if set(RATE_KEYS) - set(overrides):
         if run is None or period is None:
             raise ValueError("measured rates need ClickHouse: pass --rates for every step or run with data")
-        measured, open_deals = _measure(run, period)
+        measured, open_deals = measured_rates(run, period)
     rates = {key: overrides.get(key, measured.get(key)) for key in RATE_KEYS}
     rows = reverse_plan(target_revenue, average_deal, rates)
     upper = {key: stage for (stage, _, _), (_, _, key) in itertools.pairwise(STEPS)}
