@@ -23,6 +23,7 @@ from streams.producer import Producer
 from streams.reader import Decoded, Undecodable, read_topic
 from streams.samples import sample_events
 from streams.settings import Settings
+from tests.integration.test_worker import demo_request
 from tests.integration.worker_harness import running_worker, stages, wait_until
 
 pytestmark = pytest.mark.integration
@@ -156,20 +157,7 @@ def test_the_worker_dead_letters_a_record_with_trailing_bytes_instead_of_scoring
     trailing bytes, not a scored event (before, the extra bytes were ignored and the lead was scored)."""
     registry = default_registry()
     at = int(time.time() * 1000) - 60_000
-    good, tailed = (
-        registry.encode(
-            "download",
-            {
-                "event_id": f"{lead}-demo",
-                "event_time": at,
-                "lead_id": lead,
-                "source": "web",
-                "content_id": "demo-form",
-                "asset_type": "demo_request",
-            },
-        )
-        for lead in ("L-good", "L-tail")
-    )
+    good, tailed = (registry.encode("download", demo_request(lead, at)) for lead in ("L-good", "L-tail"))
     tailed += b"\x0cspring"  # an extra string field's encoding
     topic = settings.topic("events.downloads")
     with Producer(settings) as producer:
