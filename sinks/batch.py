@@ -81,6 +81,17 @@ class SinkBatch:
         segment.sources.append((key, value))
         self.size += 1
 
+    def extend(
+        self, tp: TopicPartition, rows: list[Row], sources: list[tuple[bytes | None, bytes | None]]
+    ) -> None:
+        """``add`` for rows of one topic-partition in offset order (the sink takes a fetch at a time)."""
+        segment = self.segments.get(tp)
+        if segment is None:
+            segment = self.segments[tp] = Segment()
+        segment.rows.extend(rows)
+        segment.sources.extend(sources)
+        self.size += len(rows)
+
     def ordered(self) -> tuple[list[Row], list[tuple[bytes | None, bytes | None]]]:
         """All rows sorted by topic-partition then offset: any prefix of this order covers, for each
         partition, a prefix of its offsets, which is what makes resuming from stored offsets safe."""
@@ -174,6 +185,23 @@ class ClickHouseBatchSink:
         if batch is None:
             batch = self.batches[name] = SinkBatch(table, self.clock(), container)
         batch.add(row, key, value)
+
+    def add_many(
+        self,
+        table: TableSpec,
+        tp: TopicPartition,
+        rows: list[Row],
+        sources: list[tuple[bytes | None, bytes | None]],
+        container: ContainerFormat | None = None,
+    ) -> None:
+        """``add`` for a run of rows of one topic-partition, in offset order, after any it added before."""
+        if not rows:
+            return
+        name = batch_key(table, container)
+        batch = self.batches.get(name)
+        if batch is None:
+            batch = self.batches[name] = SinkBatch(table, self.clock(), container)
+        batch.extend(tp, rows, sources)
 
     def due(self, *, force: bool = False) -> list[SinkBatch]:
         now = self.clock()

@@ -37,18 +37,27 @@ class RecentIds:
         ids = self._ids.get(tp)
         return ids.get(record_id) if ids is not None else None
 
-    def take(self, tp: TopicPartition, record_id: str, offset: int) -> None:
-        """Remember ``record_id`` as taken at ``offset`` (a later copy keeps the first one's offset)."""
-        if self.capacity <= 0:
-            return
+    def first_or_take(self, tp: TopicPartition, record_id: str, offset: int) -> int | None:
+        """Where ``record_id`` was first taken on ``tp`` lately; if nowhere, remember it as taken at
+        ``offset`` and return None. ``first_offset`` then ``take`` in one lookup (the sink's per-record
+        path)."""
         ids = self._ids.get(tp)
         if ids is None:
+            if self.capacity <= 0:
+                return None
             ids = self._ids[tp] = OrderedDict()
-        elif record_id in ids:
-            return
-        ids[record_id] = offset
-        if len(ids) > self.capacity:
-            ids.popitem(last=False)
+        first = ids.get(record_id)
+        if first is not None:
+            return first
+        if self.capacity > 0:
+            ids[record_id] = offset
+            if len(ids) > self.capacity:
+                ids.popitem(last=False)
+        return None
+
+    def take(self, tp: TopicPartition, record_id: str, offset: int) -> None:
+        """Remember ``record_id`` as taken at ``offset`` (a later copy keeps the first one's offset)."""
+        self.first_or_take(tp, record_id, offset)
 
     def forget(self, tp: TopicPartition, record_id: str, offset: int) -> None:
         """The copy taken at ``offset`` was not stored (ClickHouse refused the row): a later copy is new."""

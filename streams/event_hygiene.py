@@ -11,7 +11,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from schemas.domain_rules import identity_problems
+from schemas.domain_rules import first_identity_problem
 from schemas.errors import (
     SchemaError,
     SchemaValidationError,
@@ -61,7 +61,7 @@ def check_admissible(record: Mapping[str, Any], received_at_ms: int) -> None:
 
 def bad_identity(record: Mapping[str, Any]) -> InadmissibleEvent | None:
     """The first id of ``record`` that cannot be used, as the dead letter's reason (``identity_problems``)."""
-    found = next(identity_problems(record), None)
+    found = first_identity_problem(record)
     return None if found is None else InadmissibleEvent("bad_identity", f"{found[0]}: {found[1]}")
 
 

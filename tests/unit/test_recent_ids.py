@@ -79,3 +79,17 @@ def test_only_tables_whose_first_column_is_a_record_id_are_deduplicated() -> Non
         "lead_scores": (False, "lead_id"),
         "account_scores": (False, "domain"),
     }
+
+
+def test_first_or_take_answers_like_first_offset_then_take() -> None:
+    """The sink's one-lookup call must keep the two-call semantics: first copy's offset, eviction order."""
+    recent = RecentIds(2)
+    assert recent.first_or_take(TP, "a", 0) is None
+    assert recent.first_or_take(TP, "a", 5) == 0  # a later copy: the first one's offset, not moved
+    assert recent.first_or_take(TP, "b", 1) is None
+    assert recent.first_or_take(TP, "c", 2) is None  # evicts "a"
+    assert recent.first_or_take(TP, "a", 3) is None
+    assert [recent.first_offset(TP, i) for i in "abc"] == [3, None, 2]
+    disabled = RecentIds(0)
+    assert disabled.first_or_take(TP, "a", 0) is None and disabled.first_or_take(TP, "a", 1) is None
+    assert len(disabled) == 0

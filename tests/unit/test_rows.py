@@ -172,6 +172,24 @@ def test_zigzag_matches_avro_long_encoding() -> None:
     ]
 
 
+def test_zigzag_equals_fastavro_at_every_byte_length_boundary() -> None:
+    """Its one- to four-byte cases are spelled out by hand: each boundary, both signs, against fastavro."""
+    from io import BytesIO
+
+    from fastavro import schemaless_writer
+
+    from schemas.encode_primitives import zigzag
+
+    edges = [0, 2**63 - 1, -(2**63)]
+    for bits in range(1, 64):
+        edges += [2**bits - 1, 2**bits, 2**bits + 1, -(2**bits) - 1, -(2**bits), -(2**bits) + 1]
+    for n in edges:
+        if -(2**63) <= n < 2**63:
+            out = BytesIO()
+            schemaless_writer(out, {"type": "long"}, n)
+            assert zigzag(n) == out.getvalue(), n
+
+
 def test_an_avro_body_chdb_cannot_parse_is_permanent_other_wrapped_cpp_errors_retryable() -> None:
     from clickhouse_connect.driver.exceptions import DatabaseError
 
