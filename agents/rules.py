@@ -131,9 +131,11 @@ class Compiled:
         "late_by_arrival",
         "late_window_ms",
         "sizes",
+        "support_points",
         "tables",
         "title_dq",
         "title_fit",
+        "title_support",
     )
 
     def __init__(self) -> None:
@@ -142,6 +144,8 @@ class Compiled:
         self.email_links: tuple[tuple[str, CompiledRule], ...] = ()
         self.title_dq: re.Pattern[str] | None = None
         self.title_fit: tuple[tuple[re.Pattern[str], float], ...] = ()
+        self.title_support: tuple[re.Pattern[str], ...] = ()  # fit.support_roles.keywords, one per keyword
+        self.support_points = 0.0
         self.sizes: tuple[tuple[int, float], ...] = ()  # (min employees, points), largest minimum first
         self.late_window_ms = 0
         self.late_by_arrival = False
@@ -171,6 +175,9 @@ class Compiled:
         if rules.disqualify.title_keywords:
             c.title_dq = _words(rules.disqualify.title_keywords)
         c.title_fit = tuple((_words([kw]), pts) for kw, pts in rules.fit.title_keywords.items())
+        if rules.fit.support_roles is not None:
+            c.title_support = tuple(_words([kw]) for kw in rules.fit.support_roles.keywords)
+            c.support_points = rules.fit.support_roles.points
         c.sizes = tuple(sorted(((b.min, b.points) for b in rules.fit.company_size), reverse=True))
         c.late_window_ms = int(rules.late_window_days * DAY_MS)
         c.late_by_arrival = rules.late_by_arrival

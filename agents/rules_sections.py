@@ -121,11 +121,30 @@ class SizeBand(RulesModel):
 COUNTRY_CODE = re.compile(r"[A-Z]{2}")
 
 
+class SupportRoles(RulesModel):
+    """Titles of people who work for a decision maker: "Assistant to the President", 社長秘書. The title
+    keyword they contain (president, 社長) names the person supported, not the lead, so a title with one of
+    ``keywords`` (whole words, case-insensitive, like ``title_keywords``) scores ``points`` instead of its
+    title keywords. Used only where title keywords are: when the profile has no seniority."""
+
+    points: Points
+    keywords: list[str]
+
+    @model_validator(mode="after")
+    def _keywords_that_can_match(self) -> SupportRoles:
+        what = "would make every job title a support role"
+        if (problem := _blank_or_padded("keywords", self.keywords, what)) is not None:
+            raise problem
+        return self
+
+
 class FitRules(RulesModel):
     company_size: list[SizeBand] = Field(default_factory=list)
     industry: dict[str, Points] = Field(default_factory=dict)
     seniority: dict[str, Points] = Field(default_factory=dict)
     title_keywords: dict[str, Points] = Field(default_factory=dict)  # used when seniority is missing
+    # None (the section left out) = no title is a support role
+    support_roles: SupportRoles | None = None
     country: dict[str, Points] = Field(default_factory=dict)
 
     @model_validator(mode="after")
@@ -140,6 +159,16 @@ class FitRules(RulesModel):
                     f".country.{code}",
                     "not an upper-case ISO 3166-1 alpha-2 code (JP, US, GB, ...), so no profile matches it",
                 )
+        if self.support_roles is not None:
+            # the same words in both lists: the keyword's own points could never apply
+            keywords = {keyword.lower() for keyword in self.title_keywords}
+            for i, marker in enumerate(self.support_roles.keywords):
+                if marker.lower() in keywords:
+                    raise _at(
+                        f".support_roles.keywords[{i}]",
+                        f"{marker!r} is also a title_keywords key, whose points would never apply (a title "
+                        "with it is a support role); keep it in one of the two",
+                    )
         minimums = [band.min for band in self.company_size]
         for minimum in minimums:
             if minimums.count(minimum) > 1:

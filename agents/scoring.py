@@ -76,27 +76,30 @@ def profile_fit(profile: dict[str, Any], rules: Rules) -> float:
     else:
         title = (profile.get("job_title") or "").lower()
         if title:
-            matches = title_matches(title, rules)
-            if matches:
-                points += max(matches)
+            points += title_points(title, rules)
     points += fit.country.get((profile.get("country") or "").upper(), 0.0)
     return points
 
 
-def title_matches(title: str, rules: Rules) -> list[float]:
-    """Points of the ``title_keywords`` found in a lower-case job title, except a keyword found only inside a
-    longer one's match: "vice president" is a VP (15), not also a president (20); "highest wins" made every
-    Vice President a C-level buyer."""
+def title_points(title: str, rules: Rules) -> float:
+    """Fit points of a lower-case job title (0 when nothing matches): ``fit.support_roles.points`` when
+    it names a support role ("Assistant to the President" assists the president: scored as one, every
+    assistant was a C-level buyer), else its highest ``title_keywords``. A keyword (or support keyword) found
+    only inside a longer title keyword's match does not count: "vice president" is a VP (15), not also a
+    president (20); "highest wins" made every Vice President a C-level buyer."""
+    compiled = rules.compiled
     found = [
-        (m.start(), m.end(), pts)
-        for pattern, pts in rules.compiled.title_fit
-        for m in pattern.finditer(title)
+        (m.start(), m.end(), pts) for pattern, pts in compiled.title_fit for m in pattern.finditer(title)
     ]
-    return [
-        pts
-        for start, end, pts in found
-        if not any(s <= start and end <= e and e - s > end - start for s, e, _ in found)
-    ]
+
+    def counts(start: int, end: int) -> bool:
+        return not any(s <= start and end <= e and e - s > end - start for s, e, _ in found)
+
+    for pattern in compiled.title_support:
+        if any(counts(m.start(), m.end()) for m in pattern.finditer(title)):
+            return compiled.support_points
+    matches = [pts for start, end, pts in found if counts(start, end)]
+    return max(matches, default=0.0)
 
 
 def disqualification(profile: dict[str, Any], rules: Rules) -> str | None:

@@ -213,3 +213,48 @@ def test_a_file_that_is_not_utf8_names_the_file(tmp_path: Path) -> None:
     path.write_bytes(b"\xff\xfeversion: 1\n")
     with pytest.raises(RulesError, match=r"rules\.yaml: not a UTF-8 text file"):
         load_rules(path)
+
+
+@pytest.mark.parametrize(
+    ("support_roles", "message"),
+    [
+        (
+            {"points": 2, "keywords": ["assistant to", ""]},
+            "fit.support_roles.keywords[1]: '' is blank or has surrounding spaces: it would make every job "
+            "title a support role",
+        ),
+        (
+            {"points": 2, "keywords": [" 秘書"]},
+            "fit.support_roles.keywords[0]: ' 秘書' is blank or has surrounding spaces",
+        ),
+        (
+            {"points": "2", "keywords": ["intern"]},
+            "fit.support_roles.points: expected a number, got the string '2'",
+        ),
+        ({"keywords": ["intern"]}, "fit.support_roles.points: required key is missing"),
+        ({"points": 2}, "fit.support_roles.keywords: required key is missing"),
+        (
+            {"points": 2, "keywords": "assistant, 秘書"},
+            "fit.support_roles.keywords: expected a list such as [a, b], got the string",
+        ),
+        ({"points": 2, "keywords": [], "marker": ["x"]}, "fit.support_roles.marker: unknown key"),
+        (["assistant"], "fit.support_roles: expected a mapping, got a list"),
+        (
+            {"points": 2, "keywords": ["intern", "Manager"]},
+            "fit.support_roles.keywords[1]: 'Manager' is also a title_keywords key, whose points would never "
+            "apply",
+        ),
+    ],
+)
+def test_a_bad_support_roles_section_is_refused_naming_the_key(support_roles: object, message: str) -> None:
+    fit = {"title_keywords": {"manager": 8}, "support_roles": support_roles}
+    with pytest.raises(RulesError) as exc:
+        rules_from_mapping({"fit": fit})
+    assert str(exc.value).startswith(f"rules.yaml: {message}"), str(exc.value)
+
+
+def test_the_shipped_support_roles_cover_english_and_japanese_titles() -> None:
+    support = load_rules().fit.support_roles
+    assert support is not None and support.points == load_rules().fit.seniority["staff"]
+    assert {"assistant to", "executive assistant", "secretary to", "intern"} <= set(support.keywords)
+    assert {"秘書", "社長補佐", "インターン"} <= set(support.keywords)

@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import random
+from pathlib import Path
 from typing import Any
 
 import pytest
 
+from agents import core, worker
+from agents import rescore as rescore_module
 from agents.account import (
     AccountState,
     account_score_record,
@@ -16,6 +19,7 @@ from agents.account import (
     without_lead,
 )
 from agents.core import step
+from agents.rescore import replay
 from agents.rules import RulesError, load_rules, rules_from_mapping
 from agents.scoring import band, disqualification, profile_fit
 from schemas.registry import default_registry
@@ -75,6 +79,90 @@ def test_title_keywords_count_only_when_seniority_is_missing() -> None:
 )
 def test_a_title_keyword_inside_a_longer_matching_keyword_does_not_count(title: str, points: int) -> None:
     assert profile_fit({"job_title": title}, load_rules()) == points
+
+
+@pytest.mark.parametrize(
+    ("title", "points"),
+    [
+        # the keyword names the person supported: these scored 20 (president, CEO, 社長) or 12 (director)
+        ("Assistant to the President", 2),
+        ("Executive Assistant to the CEO", 2),
+        ("社長補佐", 2),  # assistant to the president
+        ("社長秘書", 2),  # the president's secretary
+        ("Secretary to the Director", 2),
+        ("Assistant to the Vice President", 2),
+        ("PA to the CEO", 2),
+        ("Marketing Intern, Office of the CEO", 2),
+        ("執行役員補佐", 2),  # assistant to an executive officer
+        ("Executive Assistant", 2),  # a support role naming nobody: the same staff level (0 before)
+        # not support roles: every other title keeps its score
+        ("President", 20),
+        ("Vice President of Sales", 15),  # the containment rule still holds
+        ("取締役副社長", 15),
+        ("代表取締役社長", 20),
+        ("Assistant Manager", 8),  # assistant ranks are ranks, not assistants to someone
+        ("Assistant Vice President", 15),
+        ("Assistant Director of Marketing", 12),
+        ("課長補佐", 8),  # assistant section chief: a rank below 課長
+        ("部長補佐", 12),
+        ("アシスタントマネージャー", 8),
+        ("Director and Company Secretary", 12),  # a board officer, not a secretary to someone
+        ("International Sales Director", 12),  # intern matches whole words only
+        ("Internal Audit Manager", 8),
+    ],
+)
+def test_a_support_title_scores_as_staff_not_as_the_person_it_supports(title: str, points: int) -> None:
+    """ "Assistant to the President" matched the keyword president and scored as the president (20), so an
+    assistant looked like the decision maker. The shipped fit.support_roles makes it staff (2)."""
+    assert profile_fit({"job_title": title}, load_rules()) == points
+
+
+def test_the_seniority_field_still_wins_over_a_support_title() -> None:
+    shipped = load_rules()
+    assert profile_fit({"job_title": "Assistant to the President", "seniority": "manager"}, shipped) == 8
+    assert profile_fit({"job_title": "社長秘書", "seniority": "staff"}, shipped) == 2
+
+
+CUSTOM_FIT = """\
+version: 1
+fit:
+  title_keywords:
+    director: 12
+    部長: 12
+    assistant manager: 6
+  support_roles:
+    points: -1
+    keywords: [assistant, 補佐]
+"""
+
+
+def test_support_roles_from_a_custom_rules_file(tmp_path: Path) -> None:
+    """Any keywords and points; a support keyword inside a longer matching title keyword does not count, as
+    president inside vice president does not: a file can list broad keywords and keep the ranks it wants."""
+    path = tmp_path / "rules.yaml"
+    path.write_text(CUSTOM_FIT, encoding="utf-8")
+    custom = load_rules(path)
+    assert profile_fit({"job_title": "Director's Assistant"}, custom) == -1
+    assert profile_fit({"job_title": "部長補佐"}, custom) == -1
+    assert profile_fit({"job_title": "ASSISTANT to the director"}, custom) == -1
+    assert profile_fit({"job_title": "Assistant Manager"}, custom) == 6  # a rank this file keeps
+    assert profile_fit({"job_title": "Sales Director"}, custom) == 12
+    # a file without the section has no support roles: the title scores its keywords as before
+    path.write_text(CUSTOM_FIT.split("  support_roles:")[0], encoding="utf-8")
+    assert profile_fit({"job_title": "Director's Assistant"}, load_rules(path)) == 12
+
+
+def test_the_worker_step_and_rescore_score_a_support_title_with_the_same_fit() -> None:
+    """One fit function: the worker and rescore both run agents.core.step, whose profile fit is
+    scoring.profile_fit; a rules change to support roles shows in a rescore of stored history."""
+    assert worker.step is core.step and rescore_module.step is core.step
+    history = [identified(lead="L1", t=T0, job_title="Assistant to the President", country="JP")]
+    lead = Lead()
+    lead.send(*history)
+    assert lead.state().fit == 2 + 10
+    without = rules(fit={"support_roles": None})
+    assert replay(history, without, T0)["L1"].fit == 20 + 10
+    assert replay(history, rules(), T0)["L1"].fit == 2 + 10
 
 
 def test_fit_never_decays() -> None:
