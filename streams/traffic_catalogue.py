@@ -18,7 +18,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from streams.catalogue_file import CATALOGUE_SUFFIXES, read_entries
+from streams.catalogue_file import (
+    CATALOGUE_SUFFIXES,
+    CatalogueError,
+    Problem,
+    check_entries,
+    pick,
+    read_entries,
+)
 
 SITE = "https://www.example.com"
 CATALOGUE_COLUMNS = ("id", "title", "type", "funnel_stage", "url", "published", "updated")
@@ -52,7 +59,8 @@ TYPE_TOUCHES: dict[str, tuple[str | None, str | None, str | None, tuple[str, ...
 
 
 class TrafficCatalogueError(ValueError):
-    """Rows of a catalogue for the generator are unusable; the message names each row and column."""
+    """A valid catalogue cannot drive the generator (your ids hide a built-in pool). Invalid entries are a
+    ``CatalogueError``, as ``content load`` reports them."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -194,69 +202,106 @@ def build_catalogue(end_ms: int) -> list[ContentItem]:
     return items
 
 
-_ROW_COLUMNS = {  # column -> accepted spellings (the same as `leadpulse content load`, plus generator extras)
-    "id": ("id", "content_id"),
-    "title": ("title",),
-    "type": ("type", "content_type"),
-    "funnel_stage": ("funnel_stage", "stage"),
-    "url": ("url",),
-    "published": ("published", "published_date"),
-    "updated": ("updated", "updated_date"),
-    "roles": ("roles",),
-    "page_category": ("page_category",),
-    "view_type": ("view_type",),
-    "asset_type": ("asset_type",),
-}
-
-
-def _pick(row: Mapping[str, Any], names: tuple[str, ...]) -> str | None:
-    return next((str(row[n]).strip() for n in names if row.get(n) not in (None, "")), None)
-
-
 def catalogue_from_rows(rows: Iterable[Mapping[str, Any]], where: str = "<rows>") -> list[ContentItem]:
-    """Your own catalogue for the generator, from the rows ``leadpulse content load`` takes (id, title, type,
-    funnel_stage, url, published, updated) plus optional columns ``roles`` (``;``-separated names from
-    ROLES, ``none`` = nobody touches it), ``page_category``, ``view_type`` and ``asset_type``; the type
-    gives the defaults (TYPE_TOUCHES)."""
+    """Your own catalogue for the generator, from the entries ``leadpulse content load`` takes (id, title,
+    type, funnel_stage, url, published, updated), checked by the same rules with the same messages
+    (``check_entries``; the generator needs a url too), plus optional columns ``roles`` (names from ROLES,
+    ``;``-separated text or a JSON list; ``none`` = nobody touches it), ``page_category``, ``view_type`` and
+    ``asset_type``; the type gives the defaults (TYPE_TOUCHES). Raises CatalogueError naming ``where``,
+    each bad entry and field."""
+    rows = list(rows)
+    valid, problems = check_entries(rows, required=("url",), other_columns=GENERATOR_COLUMNS)
+    by_number = {entry.number: entry for entry in valid}
     items: list[ContentItem] = []
-    problems: list[str] = []
     for number, row in enumerate(rows, start=1):
-        values = {column: _pick(row, names) for column, names in _ROW_COLUMNS.items()}
-        missing = [c for c in ("id", "type", "funnel_stage", "url", "published") if values[c] is None]
-        problems.extend(f"row {number} {column}: missing" for column in missing)
-        page, view, asset, roles = TYPE_TOUCHES.get(values["type"] or "", (None, None, None, ()))
-        if values["roles"] is not None:
-            listed = values["roles"].replace(",", ";").split(";")
-            roles = tuple(r.strip() for r in listed if r.strip() not in ("", "none"))
-        unknown = [r for r in roles if r not in ROLES]
-        problems.extend(
-            f"row {number} roles: unknown role {r!r} (known: {', '.join(ROLES)})" for r in unknown
-        )
-        if missing:
+        found = len(problems)
+        ctype = pick(row, "content_type")
+        page, view, asset, roles = TYPE_TOUCHES.get(str(ctype or ""), _NO_TOUCHES)
+        roles = _roles(number, row.get("roles"), roles, problems)
+        page = _text(number, row, "page_category", problems) or page
+        view = _text(number, row, "view_type", problems) or view
+        asset = _text(number, row, "asset_type", problems) or asset
+        entry = by_number.get(number)
+        if entry is None or len(problems) > found:
             continue
-        try:
-            published = dt.date.fromisoformat((values["published"] or "")[:10])
-            updated = dt.date.fromisoformat((values["updated"] or str(published))[:10])
-        except ValueError as exc:
-            problems.append(f"row {number} published/updated: {exc} (expected YYYY-MM-DD)")
-            continue
-        cid, ctype, stage, url = values["id"], values["type"], values["funnel_stage"], values["url"]
-        if cid is None or ctype is None or stage is None or url is None:
-            continue
-        page, view, asset = (
-            values["page_category"] or page,
-            values["view_type"] or view,
-            values["asset_type"] or asset,
-        )
         if "immediate" in roles and asset not in IMMEDIATE_ASSETS:
-            problems.append(f"row {number} asset_type: the immediate role needs one of {IMMEDIATE_ASSETS}")
+            problems.append((number, "asset_type", f"the immediate role needs one of {IMMEDIATE_ASSETS}"))
         if "gated" in roles and asset is None:
-            problems.append(f"row {number} asset_type: the gated role needs a downloadable asset type")
-        title = values["title"] or cid
-        items.append(ContentItem(cid, title, ctype, stage, url, published, updated, page, view, asset, roles))
+            problems.append((number, "asset_type", "the gated role needs a downloadable asset type"))
+        items.append(
+            ContentItem(
+                entry.content_id,
+                entry.title,
+                entry.content_type,
+                entry.funnel_stage,
+                str(entry.url),
+                entry.published,
+                entry.updated,
+                page,
+                view,
+                asset,
+                roles,
+            )
+        )
     if problems:
-        raise TrafficCatalogueError(f"{where}: " + "; ".join(problems[:10]))
+        raise CatalogueError(where, sorted(problems, key=lambda problem: problem[0]))
     return items
+
+
+_NO_TOUCHES: tuple[str | None, str | None, str | None, tuple[str, ...]] = (None, None, None, ())
+
+
+def _kind(value: Any) -> str:
+    """What a JSON value is, for an error message."""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, int | float):
+        return f"a number ({value!r})"
+    if isinstance(value, list | tuple):
+        return "a list"
+    if isinstance(value, dict):
+        return "an object"
+    return type(value).__name__
+
+
+def _text(number: int, row: Mapping[str, Any], column: str, problems: list[Problem]) -> str | None:
+    """A generator column's text (stripped), None when absent or empty; another JSON type is a problem."""
+    value = row.get(column)
+    if value is None or isinstance(value, str):
+        return (value or "").strip() or None
+    problems.append((number, column, f"expected text, got {_kind(value)}"))
+    return None
+
+
+def _roles(number: int, value: Any, default: tuple[str, ...], problems: list[Problem]) -> tuple[str, ...]:
+    """The ``roles`` column: ``;``-separated text (a CSV cell; ``,`` works too) or a list of role names (a
+    JSON catalogue); ``none`` and blanks are dropped, so ``none`` or an empty list = nobody touches it. Absent
+    or empty text = the type's default roles."""
+    named: list[tuple[str, str]] = []  # (field to blame, role name)
+    if value is None or (isinstance(value, str) and not value.strip()):
+        return default
+    if isinstance(value, str):
+        named = [("roles", name) for name in value.replace(",", ";").split(";")]
+    elif isinstance(value, list | tuple):
+        for i, name in enumerate(value):
+            if isinstance(name, str):
+                named.append((f"roles[{i}]", name))
+            else:
+                problems.append((number, f"roles[{i}]", f"expected a role name (text), got {_kind(name)}"))
+    else:
+        problems.append(
+            (number, "roles", f"expected ;-separated text or a list of role names, got {_kind(value)}")
+        )
+        return default
+    roles = []
+    for field, name in named:
+        name = name.strip()
+        if name in ("", "none"):
+            continue
+        if name not in ROLES:
+            problems.append((number, field, f"unknown role {name!r} (known: {', '.join(ROLES)})"))
+        roles.append(name)
+    return tuple(roles)
 
 
 def with_builtin_fallbacks(items: Sequence[ContentItem], end_ms: int) -> list[ContentItem]:

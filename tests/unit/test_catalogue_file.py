@@ -3,7 +3,10 @@
 
 from __future__ import annotations
 
+import datetime as dt
+import json
 from pathlib import Path
+from typing import Any
 
 import pytest
 import typer
@@ -109,3 +112,101 @@ def test_a_catalogue_that_cannot_be_read_is_a_catalogue_error(tmp_path: Path) ->
     folder.mkdir()
     with pytest.raises(CatalogueError, match=r"c\.csv: 1 invalid entry: <file>: cannot read it: Is a direct"):
         read_file(folder)
+
+
+# --- one check of the columns ---------------------------------------------------------------------
+
+FULL = {
+    "id": "wp-1",
+    "title": "Item 1",
+    "type": "whitepaper",
+    "funnel_stage": "lead",
+    "url": "https://x.example/1",
+    "published": "2024-01-01",
+}
+
+
+@pytest.mark.parametrize(
+    ("change", "problem"),
+    [  # generate took each of these (any stage; the first ten characters of a date; no order; no title)
+        ({"funnel_stage": "hot"}, "entry 1 funnel_stage: 'hot' is not one of awareness, lead, nurturing"),
+        ({"funnel_stage": "disqualified"}, "entry 1 funnel_stage: 'disqualified' is not one of awareness"),
+        ({"published": "2024-01-01junk"}, "entry 1 published: '2024-01-01junk' is not a YYYY-MM-DD date"),
+        ({"updated": "2024-01-01T09:30junk"}, "entry 1 updated: '2024-01-01T09:30junk' is not a YYYY-MM-DD"),
+        ({"updated": "2023-12-31"}, "entry 1 updated: 2023-12-31 is before published 2024-01-01"),
+        ({"title": ""}, "entry 1 title: missing"),
+        ({"funnel_stage": " lead"}, "entry 1 funnel_stage: ' lead' is not one of"),
+    ],
+)
+def test_generate_refuses_what_content_load_refuses_with_the_same_message(
+    tmp_path: Path, change: dict[str, str], problem: str
+) -> None:
+    path = tmp_path / "mine.json"
+    path.write_text(json.dumps([FULL | change]), encoding="utf-8")
+    with pytest.raises(CatalogueError) as loaded:
+        parse_entries(read_file(path), str(path))
+    with pytest.raises(CatalogueError) as generated:
+        read_catalogue_file(path)
+    assert str(generated.value) == str(loaded.value)
+    assert str(loaded.value).startswith(f"{path}: 1 invalid entry: {problem}"), str(loaded.value)
+    code, output = generate("--catalogue", str(path), "--out", str(tmp_path / "t.jsonl"))
+    assert code == 2, output
+    assert f"error: --catalogue {loaded.value}" in " ".join(output.split()), output
+
+
+def test_generate_takes_the_column_spellings_content_load_takes(tmp_path: Path) -> None:
+    """``funnel stage``, ``published_at`` and ``updated_at`` were 'missing' to the generator."""
+    path = tmp_path / "mine.csv"
+    path.write_text(
+        "id,title,type,funnel stage,url,published_at,updated_at\n"
+        "wp-1,Item 1,whitepaper,lead,https://x.example/1,2024-01-01T09:30:00Z,2024-02-01\n",
+        encoding="utf-8",
+    )
+    [row] = parse_entries(read_file(path), loaded_at_ms=0)
+    [item] = read_catalogue_file(path)
+    assert (item.funnel_stage, item.published, item.updated) == ("lead", row[5], row[6])
+    assert row[5:7] == (dt.date(2024, 1, 1), dt.date(2024, 2, 1))
+
+
+def test_a_json_catalogue_may_give_roles_as_a_list(tmp_path: Path) -> None:
+    """``"roles": ["read", "gated"]`` was read as the text "['read', 'gated']": unknown role "['read'"."""
+    path = tmp_path / "mine.json"
+    entries = [
+        FULL | {"roles": ["read", " gated "]},
+        FULL | {"id": "wp-2", "roles": []},  # nobody touches it, as "none"
+        FULL | {"id": "wp-3", "roles": ["none"]},
+        FULL | {"id": "wp-4", "roles": "read;gated"},
+    ]
+    path.write_text(json.dumps(entries), encoding="utf-8")
+    items = read_catalogue_file(path)
+    assert [item.roles for item in items] == [("read", "gated"), (), (), ("read", "gated")]
+    code, output = generate("--catalogue", str(path), "--out", str(tmp_path / "t.jsonl"))
+    assert code == 0, output
+
+
+@pytest.mark.parametrize(
+    ("change", "problem"),
+    [
+        ({"roles": 5}, "entry 1 roles: expected ;-separated text or a list of role names, got a number (5)"),
+        (
+            {"roles": {"read": True}},
+            "entry 1 roles: expected ;-separated text or a list of role names, got an",
+        ),
+        ({"roles": ["read", 7]}, "entry 1 roles[1]: expected a role name (text), got a number (7)"),
+        ({"roles": ["read", ["gated"]]}, "entry 1 roles[1]: expected a role name (text), got a list"),
+        ({"roles": ["read", "shouting"]}, "entry 1 roles[1]: unknown role 'shouting' (known: read, gated"),
+        ({"roles": ["read;gated"]}, "entry 1 roles[0]: unknown role 'read;gated'"),
+        ({"page_category": ["blog"]}, "entry 1 page_category: expected text, got a list"),
+        ({"asset_type": True}, "entry 1 asset_type: expected text, got true"),
+    ],
+)
+def test_a_generator_column_of_the_wrong_json_type_is_named_with_its_entry_and_item(
+    tmp_path: Path, change: dict[str, Any], problem: str
+) -> None:
+    path = tmp_path / "mine.json"
+    path.write_text(json.dumps([FULL, FULL | {"id": "wp-2"} | change]), encoding="utf-8")
+    code, output = generate("--catalogue", str(path), "--out", str(tmp_path / "t.jsonl"))
+    assert code == 2, output
+    expected = f"error: --catalogue {path}: 1 invalid entry: {problem.replace('entry 1', 'entry 2')}"
+    assert expected in " ".join(output.split()), output
+    assert parse_entries(read_file(path), loaded_at_ms=0)  # content load ignores the generator's columns

@@ -27,6 +27,7 @@ from agents.state import LeadState
 from leadpulse.commands import generate_cmds
 from schemas.registry import default_registry
 from sinks.content_catalogue import parse_entries
+from streams.catalogue_file import CatalogueError
 from streams.traffic import PERSONAS, TrafficPlan, jsonl_lines, plan_traffic, publish, quotas
 from streams.traffic_catalogue import (
     CATALOGUE_COLUMNS,
@@ -353,19 +354,22 @@ def test_your_own_catalogue_drives_the_traffic_and_builtins_fill_the_gaps() -> N
     assert run.keys("sla_timeout", sla="hot_lead_follow_up", level="breach") == plan.sla_misses
 
 
-def test_catalogue_rows_errors_name_the_row_and_column() -> None:
+def test_catalogue_rows_errors_name_the_entry_and_column() -> None:
     bad = [
-        {"id": "x", "type": "blog", "funnel_stage": "awareness", "published": "2024-01-01"},
-        {"id": "y", "type": "blog", "funnel_stage": "awareness", "url": "u", "published": "2024-01-01",
-         "roles": "read;shouting"},
-        {"id": "z", "type": "whitepaper", "funnel_stage": "lead", "url": "u", "published": "01/02/2024"},
+        {"id": "x", "title": "X", "type": "blog", "funnel_stage": "awareness", "published": "2024-01-01"},
+        {"id": "y", "title": "Y", "type": "blog", "funnel_stage": "awareness", "url": "u",
+         "published": "2024-01-01", "roles": "read;shouting"},
+        {"id": "z", "title": "Z", "type": "whitepaper", "funnel_stage": "lead", "url": "u",
+         "published": "01/02/2024"},
     ]  # fmt: skip
-    with pytest.raises(TrafficCatalogueError) as caught:
+    with pytest.raises(CatalogueError) as caught:
         catalogue_from_rows(bad, "mine.csv")
     message = str(caught.value)
-    assert message.startswith("mine.csv: row 1 url: missing")
-    assert "row 2 roles: unknown role 'shouting'" in message
-    assert "row 3 published/updated" in message
+    assert message.startswith(
+        "mine.csv: 3 invalid entries: entry 1 url: missing; entry 2 roles: unknown role"
+    )
+    assert "entry 2 roles: unknown role 'shouting'" in message
+    assert "entry 3 published: '01/02/2024' is not a YYYY-MM-DD date" in message
 
 
 # --- publishing -----------------------------------------------------------------------------------
@@ -450,7 +454,7 @@ def test_generate_command_refuses_a_bad_catalogue_naming_the_row(tmp_path: Path)
     bad.write_text("id,title,type,funnel_stage,published\nx,X,blog,awareness,2024-01-01\n", encoding="utf-8")
     result = CliRunner().invoke(app, ["--catalogue", str(bad), "--out", str(tmp_path / "t.jsonl")])
     assert result.exit_code == 2
-    assert "row 1 url: missing" in result.output
+    assert f"--catalogue {bad}: 1 invalid entry: entry 1 url: missing" in " ".join(result.output.split())
 
 
 @pytest.mark.parametrize("suffix", [".csv", ".json", ".jsonl"])
