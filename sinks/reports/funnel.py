@@ -7,11 +7,14 @@ a lead's first entry into a stage with its first entry into the next stage, coun
 inside the period.
 
 *Feedback* (the closed loop of reference/sales-marketing-alignment-7-steps, steps 4-5: sales tell marketing
-why a lead was not good enough): the ``rejected`` and ``closed_lost`` sales activities of the period (event
-time) by reason, a blank reason as ``NO_REASON`` (what the rejection_feedback SLA chases), with the stage the
-activity moved the lead out of (the transition it triggered: ``mql``/``sal`` for a rejection, ``opportunity``
-for a lost deal, ``expansion`` for a lost upsell; none when it moved nothing). ``share`` is the row's part of
-that activity's records in the period.
+why a lead was not good enough): the rejections and lost deals of the period (event time of their first
+``rejected``/``closed_lost`` record) by reason, a blank reason as ``NO_REASON`` (what the rejection_feedback
+SLA chases), with the stage the record moved the lead out of (the transition it triggered: ``mql``/``sal`` for
+a rejection, ``opportunity`` for a lost deal, ``expansion`` for a lost upsell; none when it moved nothing).
+One rejection however many records tell it: a later record of the same activity that moved nothing, before
+the lead entered such a stage again, is the same rejection (a rep giving the reason a blank one lacked, or
+correcting it), and its reason is the last one given by ``until``. ``share`` is the row's part of that
+activity's rejections (lost deals) in the period.
 
 *Conversion* is a cohort share: of the leads that entered the stage in the period, those that reached any
 later stage of the path by ``until`` (at or after their first entry in the period). Why not
@@ -23,7 +26,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from agents.stages import FUNNEL_PATH
+from agents.stages import FUNNEL_PATH, STAGES, activity_move
 from sinks.query_service import Runner
 from sinks.reports import Rows, Sections
 from sinks.reports.period import DAY_MS, Period
@@ -115,31 +118,72 @@ NO_REASON = "(no reason given)"
 FEEDBACK_ACTIVITIES = ("rejected", "closed_lost")
 FEEDBACK_COLUMNS = ("activity", "from_stage", "reason", "count", "share", "leads")
 
-# One row per activity record: the stage it moved the lead out of is the from_stage of the transition it
-# triggered (the worker's trigger_event_id is the activity's event_id); a record that moved nothing has none.
+# The stages each feedback activity moves a lead out of, as the worker applies it (rejected: mql, sal;
+# closed_lost: opportunity, expansion): a lead that enters one again can be rejected (or lose a deal) anew.
+LEAVES = [[a, s] for a in FEEDBACK_ACTIVITIES for s in STAGES if activity_move(s, a, 0, 0) is not None]
+
+# One row per rejection / lost deal. Its first record is the one that moved the lead out (the transition
+# whose trigger_event_id is the record's event_id gives that stage); a later record of the same activity that
+# moved nothing, before the lead entered such a stage again, is the same rejection told again: a rep giving
+# the reason a blank rejection lacked (what the rejection_feedback SLA chases), or correcting it. Its reason
+# is the last one given by ``until``. A rejection counts in the period of its first record.
 FEEDBACK = """
-SELECT a.activity AS activity, if(t.lead_id = '', NULL, t.from_stage) AS from_stage,
-       if(trimBoth(ifNull(a.reason, '')) = '', {no_reason:String}, trimBoth(a.reason)) AS reason,
-       count() AS count, uniqExact(a.lead_id) AS leads
-FROM (
-    SELECT event_id, lead_id, activity, reason FROM leadpulse.sales_activities FINAL
-    WHERE activity IN {activities:Array(String)}
-      AND event_time >= fromUnixTimestamp64Milli({since:Int64})
-      AND event_time < fromUnixTimestamp64Milli({until:Int64})
-) AS a
-LEFT JOIN (
-    SELECT lead_id, trigger_event_id, any(from_stage) AS from_stage FROM leadpulse.stage_transitions FINAL
-    WHERE occurred_at >= fromUnixTimestamp64Milli({since:Int64})
-    GROUP BY lead_id, trigger_event_id
-) AS t ON t.lead_id = a.lead_id AND t.trigger_event_id = a.event_id
+WITH records AS (
+    SELECT a.event_id AS event_id, a.lead_id AS lead_id, a.activity AS activity, a.at AS at,
+           trimBoth(ifNull(a.reason, '')) AS reason, t.lead_id != '' AS moved,
+           if(moved, t.from_stage, NULL) AS from_stage
+    FROM (
+        SELECT event_id, lead_id, activity, reason, toUnixTimestamp64Milli(event_time) AS at
+        FROM leadpulse.sales_activities FINAL
+        WHERE activity IN {activities:Array(String)}
+          AND event_time < fromUnixTimestamp64Milli({until:Int64})
+    ) AS a
+    LEFT JOIN (
+        SELECT lead_id, trigger_event_id, any(from_stage) AS from_stage FROM leadpulse.stage_transitions FINAL
+        WHERE occurred_at < fromUnixTimestamp64Milli({until:Int64})
+        GROUP BY lead_id, trigger_event_id
+    ) AS t ON t.lead_id = a.lead_id AND t.trigger_event_id = a.event_id
+),
+-- each record with the lead's last entry, at or before it, into a stage its activity moves leads out of
+entries AS (
+    SELECT lead_id, to_stage, toUnixTimestamp64Milli(occurred_at) AS at FROM leadpulse.stage_transitions FINAL
+    WHERE occurred_at < fromUnixTimestamp64Milli({until:Int64})
+),
+placed AS (
+    SELECT r.event_id AS event_id, r.lead_id AS lead_id, r.activity AS activity, r.at AS at,
+           r.reason AS reason, r.moved AS moved, r.from_stage AS from_stage,
+           maxIf(e.at, e.lead_id != '' AND e.at <= r.at
+                       AND has({leaves:Array(Array(String))}, [r.activity, e.to_stage])) AS entered_at
+    FROM records AS r LEFT JOIN entries AS e ON e.lead_id = r.lead_id
+    GROUP BY event_id, lead_id, activity, at, reason, moved, from_stage
+),
+-- since that entry, each record that moved the lead opens a rejection; the records after it join it
+outcomes AS (
+    SELECT lead_id, activity, min(at) AS opened_at, any(from_stage) AS from_stage,
+           argMaxIf(reason, (at, event_id), reason != '') AS reason
+    FROM (
+        SELECT *, sum(moved) OVER (PARTITION BY lead_id, activity, entered_at ORDER BY at, event_id
+                                   ROWS BETWEEN UNBOUNDED PRECEDING AND CURRENT ROW) AS nth
+        FROM placed
+    )
+    GROUP BY lead_id, activity, entered_at, nth
+)
+SELECT activity, from_stage, if(reason = '', {no_reason:String}, reason) AS reason,
+       count() AS count, uniqExact(lead_id) AS leads
+FROM outcomes WHERE opened_at >= {since:Int64}
 GROUP BY activity, from_stage, reason
 """
 
 
 def feedback_rows(run: Runner, period: Period) -> Rows:
     """Why sales rejected leads and lost deals in the period: per activity, the stage it moved the lead out
-    of and the reason, most frequent first; ``share`` of that activity's records."""
-    params = {**period.params, "activities": list(FEEDBACK_ACTIVITIES), "no_reason": NO_REASON}
+    of and the reason, most frequent first; ``share`` of that activity's rejections (lost deals)."""
+    params = {
+        **period.params,
+        "activities": list(FEEDBACK_ACTIVITIES),
+        "leaves": LEAVES,
+        "no_reason": NO_REASON,
+    }
     rows = run(FEEDBACK, params).dicts()
     totals: dict[str, int] = {}
     for row in rows:

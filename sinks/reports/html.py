@@ -229,7 +229,7 @@ def feedback_chart(rows: Rows) -> str:
     bars = sorted(counts.items(), key=lambda kv: (order.index(kv[0][0]), -kv[1], kv[0][1]))
     labels = [f"{FEEDBACK_LABELS.get(activity, activity)}: {reason}" for (activity, reason), _ in bars]
     values: list[float | None] = [n for _, n in bars]
-    svg = bar_chart("feedback", "Feedback", labels, [Series("records", values, RED)]) if bars else None
+    svg = bar_chart("feedback", "Feedback", labels, [Series("count", values, RED)]) if bars else None
     return _figure(
         "Feedback from sales",
         "rejected leads and lost deals by reason",

@@ -127,10 +127,11 @@ act("D-lost-d2", "D-d2", "closed_lost", SINCE + 30 * DAY_MS, "price")
 # Feedback (alignment steps 4-5: why sales reject leads and lose deals). Hot before the period, answered in
 # it, so none of them is an MQL of the period (the SLA figures below stay as they are).
 #   rejected: f0 "no budget" and f1 " no budget " (the same reason once trimmed), from mql; f2 with no reason
-#   (None) and f3 with a blank one, from mql: "(no reason given)" 2; f4 "student" after sales had accepted it,
-#   from sal; f2 gives its reason a day late in a second record, "wrong contact", which moves nothing (no
-#   stage). 6 records: 2/6, 2/6, 1/6, 1/6. Not counted: a rejection the day before the period and one at
-#   UNTIL (the period ends before it).
+#   (None) and f3 with a blank one, from mql; f4 "student" after sales had accepted it, from sal; f2 gives
+#   its reason a day late in a second record, "wrong contact", which moves nothing: the same rejection, now
+#   with its reason, so "(no reason given)" is f3 alone. 5 rejections: 2/5, 1/5, 1/5, 1/5, and the 4 from
+#   mql are the 4 recycles from mql. Not counted: a rejection the day before the period and one at UNTIL
+#   (the period ends before it).
 #   closed_lost: d2 (above) and g0 "price" from opportunity; g1's upsell lost with no reason (expansion ->
 #   customer). 3 records: 2/3, 1/3.
 for i, reason in enumerate(["no budget", " no budget ", None, ""]):
@@ -289,6 +290,53 @@ for n, (lead, hours, answer_after) in enumerate(
     act(f"D-h-act{n}", lead, "first_touch", at + answer_after)
 
 
+# One rejection, however many records tell it, in a fourth period of 20 days (F4). A rejection is the record
+# that moved the lead out of mql/sal; a later `rejected` that moves nothing, before the lead is back in
+# mql/sal, is the same rejection told again, with the last reason given by --until. The same for a lost deal.
+#   k0 rejected blank, the reason "no budget" a day later: one, from mql, "no budget".
+#   k1 rejected blank; hot again, rejected "bad timing": two, "(no reason given)" and "bad timing".
+#   k2 rejected "too small", corrected to "wrong contact" two days later: one, "wrong contact".
+#   k3 rejected blank 2 days before the period, the reason "student" in it: a rejection of the period before
+#      (which, ending before the reason came, shows it blank), none of this one.
+#   k4 rejected blank, the reason "later" a day after --until: "(no reason given)" as of --until.
+#   k5 never hot, rejected blank then "not a buyer" (neither moved it): one, no stage, "not a buyer".
+#   k6 rejected blank, disqualified by its profile, then the reason "student": one, from mql, "student".
+#   k7 rejected blank twice (the second moves nothing): one, "(no reason given)".
+#   g9 a deal lost with no reason, then a second closed_lost "price": one, from opportunity, "price".
+# Rejections: mql "(no reason given)" 3 (k1, k4, k7), 1 each "bad timing", "no budget", "student", "wrong
+# contact", no stage "not a buyer" 1: 8 (3/8, 1/8 ...). Lost deals: 1, "price". Counted by record: 14 and 2.
+S4 = S3 + 30 * DAY_MS
+F4 = Period(S4, S4 + 20 * DAY_MS)
+for lead, path, records in (
+    ("k0", [("mql", 1), ("nurturing", 2)], [(2, None), (3, "no budget")]),
+    ("k1", [("mql", 1), ("nurturing", 2), ("mql", 5), ("nurturing", 6)], [(2, ""), (6, "bad timing")]),
+    ("k2", [("mql", 1), ("nurturing", 2)], [(2, "too small"), (4, "wrong contact")]),
+    ("k3", [("mql", -5), ("nurturing", -2)], [(-2, None), (1, "student")]),
+    ("k4", [("mql", 1), ("nurturing", 3)], [(3, None), (21, "later")]),
+    ("k5", [], [(1, None), (2, "not a buyer")]),
+    ("k6", [("mql", 1), ("nurturing", 2), ("disqualified", 3)], [(2, None), (4, "student")]),
+    ("k7", [("mql", 1), ("nurturing", 2)], [(2, None), (3, " ")]),
+):
+    stages = [("lead", "identified", S4 - 30 * DAY_MS)] + [
+        (to, "recycled:rejected" if to == "nurturing" else to, S4 + day * DAY_MS) for to, day in path
+    ]
+    moving = {i + 1: f"D-{lead}-rej{day}" for i, (to, day) in enumerate(path) if to == "nurturing"}
+    move(f"D-{lead}", stages, moving)
+    for day, reason in records:
+        act(f"D-{lead}-rej{day}", f"D-{lead}", "rejected", S4 + day * DAY_MS, reason)
+move(
+    "D-g9",
+    [
+        ("lead", "identified", S4 - 30 * DAY_MS),
+        ("opportunity", "opportunity_created", S4 - 10 * DAY_MS),
+        ("nurturing", "recycled:closed_lost", S4 + DAY_MS),
+    ],
+    {2: "D-g9-lost"},
+)
+act("D-g9-lost", "D-g9", "closed_lost", S4 + DAY_MS, None)
+act("D-g9-lost-why", "D-g9", "closed_lost", S4 + 2 * DAY_MS, "price")
+
+
 def insert(client: Any, spec: TableSpec, records: list[dict[str, Any]], defaults: dict[str, Any]) -> None:
     rows = [tuple({**ORIGIN, **defaults, **r}.get(c) for c in spec.insert_columns) for r in records]
     client.insert(spec.qualified, rows, column_names=list(spec.insert_columns))
@@ -379,14 +427,21 @@ def test_funnel_feedback_counts_rejections_and_lost_deals_by_reason(run: Runner)
         for r in report["feedback"]
     ]
     assert got == [
-        ("rejected", "mql", "(no reason given)", 2, 0.3333, 2),
-        ("rejected", "mql", "no budget", 2, 0.3333, 2),
-        ("rejected", "sal", "student", 1, 0.1667, 1),
-        ("rejected", None, "wrong contact", 1, 0.1667, 1),
+        ("rejected", "mql", "no budget", 2, 0.4, 2),
+        ("rejected", "mql", "(no reason given)", 1, 0.2, 1),
+        (
+            "rejected",
+            "mql",
+            "wrong contact",
+            1,
+            0.2,
+            1,
+        ),  # was a row of its own and a blank one: counted twice
+        ("rejected", "sal", "student", 1, 0.2, 1),
         ("closed_lost", "opportunity", "price", 2, 0.6667, 2),
         ("closed_lost", "expansion", "(no reason given)", 1, 0.3333, 1),
     ]
-    # every recycle a rejection or a lost deal made is one of these records
+    # every recycle a rejection or a lost deal made is one of these rejections and lost deals
     recycles = {(r["from_stage"], r["reason"]): r["recycles"] for r in report["recycles"]}
     assert recycles == {
         ("mql", "recycled:rejected"): 4,
@@ -396,6 +451,35 @@ def test_funnel_feedback_counts_rejections_and_lost_deals_by_reason(run: Runner)
     # a period with none of them keeps the section's columns
     empty = funnel_report(run, Period(SINCE - 400 * DAY_MS, SINCE - 390 * DAY_MS))["feedback"]
     assert empty == [] and empty.columns == ("activity", "from_stage", "reason", "count", "share", "leads")
+
+
+def test_funnel_feedback_counts_a_rejection_once_with_the_reason_sales_gave(run: Runner) -> None:
+    """A rep who rejects a lead with no reason and gives it in a second record rejected one lead once: the
+    feedback counted both records, a "(no reason given)" that was not one and a reason with no stage."""
+    got = [
+        (r["activity"], r["from_stage"], r["reason"], r["count"], r["share"], r["leads"])
+        for r in funnel_report(run, F4)["feedback"]
+    ]
+    assert got == [
+        ("rejected", "mql", "(no reason given)", 3, 0.375, 3),
+        ("rejected", "mql", "bad timing", 1, 0.125, 1),
+        ("rejected", "mql", "no budget", 1, 0.125, 1),
+        ("rejected", "mql", "student", 1, 0.125, 1),
+        ("rejected", "mql", "wrong contact", 1, 0.125, 1),
+        ("rejected", None, "not a buyer", 1, 0.125, 1),
+        ("closed_lost", "opportunity", "price", 1, 1.0, 1),
+    ]
+    # k3's rejection is the period's before, blank as of that period's end, with its reason once it came
+    before = Period(S4 - 5 * DAY_MS, S4)
+    assert [(r["reason"], r["count"]) for r in funnel_report(run, before)["feedback"]] == [
+        ("(no reason given)", 1)
+    ]
+    both = [
+        (r["from_stage"], r["reason"], r["count"])
+        for r in funnel_report(run, Period(S4 - 5 * DAY_MS, F4.until_ms))["feedback"]
+        if r["reason"] in ("student", "(no reason given)")
+    ]
+    assert both == [("mql", "(no reason given)", 3), ("mql", "student", 2)]
 
 
 def test_sla_owner_compliance_reads_each_owners_breaches_against_their_hot_leads(run: Runner) -> None:
