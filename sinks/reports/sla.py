@@ -3,7 +3,10 @@ warnings/breaches per owner from ``sla_events``.
 
 Follow-up = the first activity at/after the MQL transition that stops the worker's follow-up clock
 (``agents.sla.FOLLOW_UP_ACTIVITIES``: first_touch, accepted, rejected, meeting_booked, ...), so the report and
-the ``sla_timeout`` events judge the same thing. Compliance = MQL entries in the period followed up within
+the ``sla_timeout`` events judge the same thing. A follow-up before the MQL (sales contacted the lead before
+it turned hot) does not answer it, however recent (decided, docs/clickhouse.md): the hot-lead alert asks for
+a follow-up of the interest that made the lead hot, and the worker starts the clock and breaches it the
+same. Compliance = MQL entries in the period followed up within
 ``sla_hours`` / the MQL entries in the period that can be judged (an MQL nobody followed up counts as not
 compliant once its deadline has passed). Not judged (``not_judged``), as the worker fires no breach for them:
 an MQL not followed up whose deadline had not passed at ``until`` (an MQL of the last hours of the period is
@@ -66,8 +69,9 @@ dropped AS (
     FROM mqls AS m LEFT JOIN exits AS x ON x.lead_id = m.lead_id
     GROUP BY m.lead_id, m.at
 ),
--- the clock the worker started for that MQL (its hot lead's due time; a late MQL notified nobody: none; a
--- lead followed up before it turned hot was notified with no clock: due 0) and whom its hot lead named
+-- the clock the worker started for that MQL (its hot lead's due time; a late MQL notified nobody: none; an
+-- MQL whose follow-up, at or after it, reached the worker first was notified with no clock: due 0) and
+-- whom its hot lead named
 clocks AS (
     SELECT lead_id, toUnixTimestamp64Milli(became_hot_at) AS at,
            maxIf(toUnixTimestamp64Milli(assumeNotNull(sla_due_at)), sla_due_at IS NOT NULL) AS due,

@@ -6,8 +6,10 @@ win rate says when deals are still open; a follow-up SLA is judged once its dead
 from __future__ import annotations
 
 import datetime as dt
+import random
 import re
 from collections.abc import Iterator
+from dataclasses import dataclass
 from typing import Any
 
 import clickhouse_connect
@@ -20,6 +22,7 @@ from sinks.reports.period import DAY_MS, Period
 from sinks.reports.plan import plan_report, reverse_plan
 from sinks.reports.sla import sla_report
 from sinks.rows import EVENTS, HOT_LEADS, LEADS, SALES_ACTIVITIES, SLA_EVENTS, STAGE_TRANSITIONS, TableSpec
+from tests.integration.test_reports import linear_quantile
 
 pytestmark = pytest.mark.integration
 
@@ -207,8 +210,9 @@ act("D-act0", "D-m0", "first_touch", SINCE + 40 * DAY_MS + 2 * H)
 # breaches the worker fired, with the owner it put on them.
 #   aiko: a0 answered in 2 h (in time); a1 a 1 h inquiry answered in 3 h (a miss on its own clock, in time on
 #         a flat 24 h; warning + breach); a2 never answered (warning + breach). 3 hot leads, 1 / 3.
-#   ben:  b0 a 1 h inquiry answered in 30 min; b1 hot 2 h before the period ends (not judged); b2 followed up
-#         before it turned hot (notified with no clock). 3 hot leads, 2 with a clock, 1 / 1. A rejection of
+#   ben:  b0 a 1 h inquiry answered in 30 min; b1 hot 2 h before the period ends (not judged); b2 answered
+#         1 h after it turned hot, a record the worker read before the MQL's (notified with no clock: the
+#         lead was answered already). 3 hot leads, 2 with a clock, 1 / 1. A rejection of
 #         ben's without a reason breached rejection_feedback: by_owner's, not a follow-up figure.
 #   carl: c0 hot with no owner, never answered; the scan fired its warning with none, and the lead was
 #         assigned to carl before its breach, which the worker put on carl. It counts where its breach does:
@@ -244,7 +248,7 @@ for n, (lead, owner, hours, at, answer_after, levels) in enumerate(
         ("D-a2", "aiko", 24, S2 + 3 * DAY_MS, None, {"warning": "aiko", "breach": "aiko"}),
         ("D-b0", "ben", 1, S2 + 4 * DAY_MS, H // 2, {}),
         ("D-b1", "ben", 24, OWNERS.until_ms - 2 * H, None, {}),
-        ("D-b2", "ben", None, S2 + 5 * DAY_MS, -H, {}),
+        ("D-b2", "ben", None, S2 + 5 * DAY_MS, H, {}),
         ("D-c0", None, 24, S2 + 6 * DAY_MS, None, {"warning": None, "breach": "carl"}),
         ("D-u0", None, 24, S2 + 7 * DAY_MS, 5 * H, {}),
         ("D-a9", "aiko", 24, S2 - DAY_MS, None, {"warning": "aiko", "breach": "aiko"}),
@@ -335,6 +339,71 @@ move(
 )
 act("D-g9-lost", "D-g9", "closed_lost", S4 + DAY_MS, None)
 act("D-g9-lost-why", "D-g9", "closed_lost", S4 + 2 * DAY_MS, "price")
+
+
+# A follow-up before the MQL does not answer it (decided, docs/clickhouse.md): in a fifth period of 20 days
+# (F5), MQLs that sales had already contacted, some followed up again after they turned hot, some not; the
+# worker starts their clock at the MQL (its earlier contact is not one at or after the start) and breaches
+# them unanswered. The expected figures are computed in the test from these cases, in plain Python.
+S5 = S4 + 60 * DAY_MS
+F5 = Period(S5, S5 + 20 * DAY_MS)
+
+
+@dataclass(frozen=True)
+class Mql:
+    lead: str
+    at: int
+    clock_hours: int | None  # its hot lead's clock (1 h inquiry, 24 h); None: a late MQL, no hot lead
+    touches: tuple[int, ...]  # follow-up activities, ms after the MQL (negative: before it turned hot)
+    disqualified_after: int | None
+    owner: str | None
+
+
+def _mqls() -> list[Mql]:
+    rng = random.Random(5)
+    out = []
+    for n in range(60):
+        at = F5.until_ms - rng.randrange(0, 30 * H) if n % 10 == 9 else S5 + rng.randrange(0, 19 * DAY_MS)
+        before = tuple(-rng.randrange(1, 5 * DAY_MS) for _ in range(rng.choice((0, 1, 1, 2))))
+        after = rng.choice((None, 0, rng.randrange(1, 2 * H), rng.randrange(2 * H, 40 * H), 24 * H, H))
+        touches = before + (() if after is None or at + after >= F5.until_ms else (after,))
+        out.append(
+            Mql(
+                f"D-p{n}",
+                at,
+                None if n % 15 == 7 else rng.choice((1, 24, 24)),
+                touches,
+                rng.randrange(0, 40 * H) if rng.random() < 0.15 else None,
+                rng.choice(("aiko", "ben", None)),
+            )
+        )
+    return out
+
+
+SLA_CASES = _mqls()
+for case in SLA_CASES:
+    path = [("lead", "identified", S5 - 10 * DAY_MS), ("mql", "score_threshold", case.at)]
+    if case.disqualified_after is not None:
+        path.append(("disqualified", "disqualified:flag:student", case.at + case.disqualified_after))
+    move(case.lead, path)
+    if case.clock_hours is not None:
+        hot.append(
+            {
+                "notification_id": f"{case.lead}:hot:1",
+                "lead_id": case.lead,
+                "became_hot_at": case.at,
+                "sla_due_at": case.at + case.clock_hours * H,
+                "owner": case.owner,
+            }
+        )
+    for k, after in enumerate(case.touches):
+        act(
+            f"{case.lead}-t{k}",
+            case.lead,
+            ("first_touch", "accepted", "meeting_booked")[k % 3],
+            case.at + after,
+        )
+    act(f"{case.lead}-note", case.lead, "upsell_opened", case.at + H // 4)  # no follow-up activity
 
 
 def insert(client: Any, spec: TableSpec, records: list[dict[str, Any]], defaults: dict[str, Any]) -> None:
@@ -531,6 +600,68 @@ def test_sla_owner_compliance_reads_each_owners_breaches_against_their_hot_leads
         "not_judged_own",
         "own_sla_compliance",
     )
+
+
+def test_sla_a_follow_up_before_the_mql_does_not_answer_it(run: Runner) -> None:
+    """Sales contacted a lead, then it turned hot: the hot-lead alert asks for a follow-up after the MQL, and
+    the worker breaches one left unanswered, so the report judges each MQL by its first follow-up at or
+    after it (flat and own clock), however recent the earlier contact."""
+    sla_ms = 24 * H
+    until = F5.until_ms
+    mqls = within = followed = not_judged = 0
+    hours: list[float] = []
+    owners: dict[str, dict[str, int]] = {}
+    for case in SLA_CASES:
+        mqls += 1
+        answers = [case.at + t for t in case.touches if t >= 0]
+        answer = min(answers) if answers else None
+        dq_at = None if case.disqualified_after is None else case.at + case.disqualified_after
+        if answer is not None:
+            followed += 1
+            hours.append((answer - case.at) / H)
+            within += answer - case.at <= sla_ms
+        elif case.at + sla_ms >= until or (dq_at is not None and dq_at <= case.at + sla_ms):
+            not_judged += 1
+        if case.clock_hours is None:
+            continue
+        due = case.at + case.clock_hours * H
+        row = owners.setdefault(case.owner or "(unassigned)", dict.fromkeys(("hot", "own", "in", "open"), 0))
+        row["hot"] += 1
+        row["own"] += 1
+        if answer is not None:
+            row["in"] += answer <= due
+        elif due >= until or (dq_at is not None and dq_at <= due):
+            row["open"] += 1
+    with_own = sum(r["own"] for r in owners.values())
+    within_own = sum(r["in"] for r in owners.values())
+    not_judged_own = sum(r["open"] for r in owners.values())
+    judged = mqls - not_judged
+    # the history has what the test is about: MQLs contacted before only, and before and after
+    assert any(min(c.touches, default=0) < 0 and max(c.touches, default=-1) < 0 for c in SLA_CASES)
+    assert any(min(c.touches, default=0) < 0 <= max(c.touches, default=-1) for c in SLA_CASES)
+
+    report = sla_report(run, F5, sla_hours=24)
+    follow = report["follow_up"][0]
+    assert (follow["mqls"], follow["followed_up"], follow["within_sla"], follow["not_judged"]) == (
+        mqls,
+        followed,
+        within,
+        not_judged,
+    )
+    assert follow["compliance"] == round(within / judged, 4)
+    assert (follow["with_own_sla"], follow["within_own_sla"], follow["not_judged_own"]) == (
+        with_own,
+        within_own,
+        not_judged_own,
+    )
+    assert follow["own_sla_compliance"] == round(within_own / (with_own - not_judged_own), 4)
+    for key, q in (("p50_hours", 0.5), ("p90_hours", 0.9), ("p95_hours", 0.95)):
+        assert follow[key] == pytest.approx(round(linear_quantile(hours, q), 2), abs=0.011), key
+    got = {
+        r["owner"]: (r["hot_leads"], r["with_own_sla"], r["within_own_sla"], r["not_judged_own"])
+        for r in report["owner_compliance"]
+    }
+    assert got == {o: (r["hot"], r["own"], r["in"], r["open"]) for o, r in owners.items()}
 
 
 def test_sla_headline_is_each_mqls_own_clock_with_the_flat_figure_beside_it(run: Runner) -> None:
