@@ -100,28 +100,22 @@ judged AS (
 )
 """
 
+# follow_up and owner_compliance in one pass over JUDGED: the grouping set ``()`` is every MQL of the period
+# (``all_owners`` = 1), ``(owner)`` a row per owner. owner_compliance keeps the owners with hot leads (the
+# MQLs notified; a late MQL, notified to nobody, is no owner's); its own-clock counts need no filter, as
+# only a notified MQL has a clock.
 FOLLOW_UP = (
     JUDGED
     + """
-SELECT count() AS mqls, countIf(followed) AS followed_up,
+SELECT grouping(owner) AS all_owners, owner,
+       count() AS mqls, countIf(notified) AS hot_leads, countIf(followed) AS followed_up,
        countIf(followed AND answer_at - mql_at <= {sla_ms:Int64}) AS within_sla,
        countIf(open_flat) AS not_judged,
        countIf(due > 0) AS with_own_sla,
        countIf(due > 0 AND followed AND answer_at <= due) AS within_own_sla,
        countIf(open_own) AS not_judged_own,
        quantilesExactInclusiveIf(0.5, 0.9, 0.95)((answer_at - mql_at) / 3600000, followed) AS hours
-FROM judged
-"""
-)
-
-# Per owner: the MQLs of the period notified as hot leads, judged against their own clocks.
-OWNER_COMPLIANCE = (
-    JUDGED
-    + """
-SELECT owner, count() AS hot_leads, countIf(due > 0) AS with_own_sla,
-       countIf(due > 0 AND followed AND answer_at <= due) AS within_own_sla,
-       countIf(open_own) AS not_judged_own
-FROM judged WHERE notified GROUP BY owner
+FROM judged GROUP BY GROUPING SETS ((), (owner))
 """
 )
 OWNER_COLUMNS = (
@@ -159,7 +153,8 @@ def sla_report(run: Runner, period: Period, sla_hours: float = 24.0) -> Sections
         "sla_ms": int(sla_hours * 3_600_000),
         "activities": sorted(FOLLOW_UP_ACTIVITIES),
     }
-    row = run(FOLLOW_UP, params).dicts()[0]
+    rows = run(FOLLOW_UP, params).dicts()
+    row = next(r for r in rows if r["all_owners"])
     hours = row.pop("hours") or [None, None, None]
     mqls, not_judged = int(row["mqls"]), int(row["not_judged"])
     with_own, not_judged_own = int(row["with_own_sla"]), int(row["not_judged_own"])
@@ -182,7 +177,9 @@ def sla_report(run: Runner, period: Period, sla_hours: float = 24.0) -> Sections
     return {
         "follow_up": [follow_up],
         "by_owner": owners,
-        "owner_compliance": owner_compliance(run(OWNER_COMPLIANCE, params).dicts(), owners),
+        "owner_compliance": owner_compliance(
+            [r for r in rows if not r["all_owners"] and int(r["hot_leads"])], owners
+        ),
     }
 
 

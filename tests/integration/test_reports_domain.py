@@ -8,7 +8,7 @@ from __future__ import annotations
 import datetime as dt
 import random
 import re
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -16,7 +16,7 @@ import clickhouse_connect
 import pytest
 
 from sinks.migrate import migrate
-from sinks.query_service import Runner, client_runner
+from sinks.query_service import QueryResult, Runner, client_runner
 from sinks.reports.funnel import funnel_report
 from sinks.reports.period import DAY_MS, Period
 from sinks.reports.plan import plan_report, reverse_plan
@@ -662,6 +662,18 @@ def test_sla_a_follow_up_before_the_mql_does_not_answer_it(run: Runner) -> None:
         for r in report["owner_compliance"]
     }
     assert got == {o: (r["hot"], r["own"], r["in"], r["open"]) for o, r in owners.items()}
+
+
+def test_sla_report_judges_the_mqls_of_the_period_once(run: Runner) -> None:
+    """follow_up and owner_compliance read the same JUDGED MQLs: one query gives both (it ran twice)."""
+    statements: list[str] = []
+
+    def counting(sql: str, parameters: Mapping[str, Any] | None = None) -> QueryResult:
+        statements.append(sql)
+        return run(sql, parameters)
+
+    assert sla_report(counting, OWNERS, sla_hours=24) == sla_report(run, OWNERS, sla_hours=24)
+    assert sum("judged AS (" in sql for sql in statements) == 1
 
 
 def test_sla_headline_is_each_mqls_own_clock_with_the_flat_figure_beside_it(run: Runner) -> None:
