@@ -3,12 +3,15 @@
 Why here and not only in the collector: events also arrive from the producer SDK, ``leadpulse produce`` or
 any Kafka client. DESIGN §3 (events more than 23 h in the future are rejected) and §6 (every event names a
 lead_id or an anonymous_id) must hold for all of them, so the collector, the worker and ``rescore`` share
-these functions. The worker dead-letters a failing record; the metric label is the error's ``reason``.
+these functions. So must "event_time is epoch milliseconds": a time before 2000 is refused, because epoch
+*seconds* (``1764403200``, 1970-01-21 as milliseconds) were otherwise scored silently as far too old to
+count. The worker dead-letters a failing record; the metric label is the error's ``reason``.
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping
+from datetime import UTC, datetime
 from typing import Any
 
 from schemas.domain_rules import first_identity_problem
@@ -23,6 +26,16 @@ from schemas.errors import (
 HOUR_MS = 3600 * 1000
 #: DESIGN §3. Clock skew between trackers and servers is corrected by the collector before this check.
 MAX_FUTURE_MS = 23 * HOUR_MS
+#: The earliest ``event_time`` admitted: 2000-01-01T00:00:00Z in epoch milliseconds. Anything earlier is taken
+#: as not epoch milliseconds: epoch seconds of every date from 1970 to the year 31,969 are below it (today's,
+#: ~1.76e9, are January 1970 as milliseconds). The cost is real history from before 2000, which B2B web,
+#: email and CRM data hardly has (and the default rules decay it to nothing); it is refused naming the field,
+#: never dropped silently. A constant, not a setting: the collector, the SDK, the worker, the sink and
+#: rescore must judge a record the same way.
+MIN_EVENT_TIME_MS = 946_684_800_000
+#: An integer from ``MIN_EVENT_TIME_MS // 1000`` up to this (2000-01-01 to 2286-11-20 as epoch seconds) is
+#: named as probable epoch seconds, with the milliseconds it probably meant.
+SECONDS_HINT_BELOW = 10**10
 
 
 class InadmissibleEvent(ValueError):
@@ -41,6 +54,39 @@ def future_problem(event_time: object, received_at_ms: int, limit_ms: int = MAX_
     return f"is {ahead_h:.1f} h in the future; the limit is {limit_ms / HOUR_MS:g} h"
 
 
+def _utc(ms: int) -> str:
+    """``ms`` as an ISO-8601 UTC time for an error message."""
+    try:
+        return (
+            datetime.fromtimestamp(ms / 1000, UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+        )
+    except (OverflowError, ValueError, OSError):  # only times before the year 1 reach here
+        return "before the year 1"
+
+
+def early_problem(event_time: object, as_sent: object = None) -> str | None:
+    """The problem of a time (epoch milliseconds) before ``MIN_EVENT_TIME_MS``, or None when it is not.
+
+    ``as_sent`` is the value as the client wrote it when that differs from ``event_time`` (an ISO string, a
+    datetime, a float): the message names it, and only a number there is named as probable epoch seconds.
+    The message does not name the field, so it serves ``sent_at`` too."""
+    if not isinstance(event_time, int) or event_time >= MIN_EVENT_TIME_MS:
+        return None
+    sent = event_time if as_sent is None else as_sent
+    limit = "before 2000-01-01, the earliest time accepted"
+    if isinstance(sent, int | float) and not isinstance(sent, bool):
+        if MIN_EVENT_TIME_MS // 1000 <= event_time < SECONDS_HINT_BELOW:
+            meant = event_time * 1000
+            return (
+                f"{event_time} looks like epoch seconds: as epoch milliseconds it is {_utc(event_time)}, "
+                f"{limit}; send {meant} for {_utc(meant)}"
+            )
+        return f"{event_time} is {_utc(event_time)} as epoch milliseconds, {limit}"
+    if isinstance(sent, str):
+        return f"{sent!r} is {_utc(event_time)}, {limit}"
+    return f"{_utc(event_time)} is {limit}"  # a datetime
+
+
 def check_admissible(record: Mapping[str, Any], received_at_ms: int) -> None:
     """Raise InadmissibleEvent naming the field when the record must not reach the scoring core.
 
@@ -54,9 +100,12 @@ def check_admissible(record: Mapping[str, Any], received_at_ms: int) -> None:
     bad_id = bad_identity(record)  # from producers that bypass the collector and the SDK
     if bad_id is not None:
         raise bad_id
-    problem = future_problem(record.get("event_time"), received_at_ms)
-    if problem is not None:
-        raise InadmissibleEvent("future_event", f"event_time: {problem}")
+    event_time = record.get("event_time")
+    # one comparison more than the future limit alone costs, in the normal case
+    if isinstance(event_time, int) and not MIN_EVENT_TIME_MS <= event_time <= received_at_ms + MAX_FUTURE_MS:
+        if event_time < MIN_EVENT_TIME_MS:
+            raise InadmissibleEvent("event_time_seconds", f"event_time: {early_problem(event_time)}")
+        raise InadmissibleEvent("future_event", f"event_time: {future_problem(event_time, received_at_ms)}")
 
 
 def bad_identity(record: Mapping[str, Any]) -> InadmissibleEvent | None:

@@ -25,7 +25,13 @@ from schemas.coercion import to_millis
 from schemas.errors import FieldError, SchemaError, SchemaValidationError
 from schemas.fast_codec import EventCodec, codec_for
 from schemas.registry import SchemaRegistry
-from streams.event_hygiene import MAX_FUTURE_MS, future_problem
+from streams.event_hygiene import (
+    MAX_FUTURE_MS,
+    MIN_EVENT_TIME_MS,
+    SECONDS_HINT_BELOW,
+    early_problem,
+    future_problem,
+)
 from streams.topics import MAX_INPUT_RECORD_BYTES
 
 #: ``type`` values the collector accepts; each is also the schema name (topic from the catalogue).
@@ -230,6 +236,20 @@ def source_for_key(keys: Mapping[str, bytes], presented: str | None) -> str | No
     return found
 
 
+def seconds_clock(sent_at: Any, received_at: int) -> bool:
+    """Whether ``sent_at`` is epoch seconds: a number that read as seconds is within a day of the receipt.
+
+    Any other time before 2000 is a client clock that is wrong (a device reset to 1970), which is what the
+    skew correction is for; corrected by a ``sent_at`` in seconds, an ``event_time`` in seconds would land
+    near the receipt time with its offsets shrunk a thousandfold, silently."""
+    if not isinstance(sent_at, int | float) or isinstance(sent_at, bool):
+        return False
+    return (
+        MIN_EVENT_TIME_MS // 1000 <= sent_at < SECONDS_HINT_BELOW
+        and abs(sent_at * 1000 - received_at) <= 24 * 3_600_000
+    )
+
+
 def normalise_event(
     raw: Any,
     index: int,
@@ -291,17 +311,34 @@ def normalise_event(
     except SchemaError as exc:
         errors.append(FieldError("<event>", str(exc)))
         record = {}
+    sent_time = record.get("event_time")  # as the client stamped it, before the correction
+    corrected = True
     if sent_at is not None:
         try:
-            skew = received_at - to_millis(sent_at)
+            sent_ms = to_millis(sent_at)
         except ValueError as exc:
             errors.append(FieldError("sent_at", str(exc)))
         else:
-            if client_time and isinstance(record.get("event_time"), int):
-                record["event_time"] += skew
-                if not -(2**63) <= record["event_time"] < 2**63:  # Avro long; the encoder would raise
-                    errors.append(FieldError("sent_at", "clock-skew correction puts event_time out of range"))
-    ahead = future_problem(record.get("event_time"), received_at, limits.max_future_ms)
+            # without a client event_time there is nothing to correct, and a sent_at in seconds does no harm
+            if client_time and isinstance(sent_time, int):
+                seconds = early_problem(sent_ms, sent_at) if seconds_clock(sent_at, received_at) else None
+                if seconds is not None:
+                    errors.append(FieldError("sent_at", seconds))
+                else:
+                    record["event_time"] = sent_time + received_at - sent_ms
+                    if not -(2**63) <= record["event_time"] < 2**63:  # Avro long; the encoder would raise
+                        problem = "clock-skew correction puts event_time out of range"
+                        errors.append(FieldError("sent_at", problem))
+                        corrected = False
+    # Before 2000 after the correction: not epoch milliseconds (event_hygiene.MIN_EVENT_TIME_MS). Judged after
+    # it, since a device clock reset to 1970 is what sent_at corrects. The message names the time as the
+    # client sent it, so epoch seconds are called so, with the milliseconds they probably meant.
+    early = early_problem(record.get("event_time")) if client_time and corrected else None
+    if early is not None:
+        before = early_problem(sent_time, event.get("event_time"))
+        early = before if before is not None else f"{early} (after clock-skew correction)"
+        errors.append(FieldError("event_time", early))
+    ahead = future_problem(record.get("event_time"), received_at, limits.max_future_ms) if corrected else None
     if ahead is not None:
         errors.append(FieldError("event_time", f"{ahead} (after clock-skew correction)"))
     if errors:

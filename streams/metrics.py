@@ -156,8 +156,8 @@ class Metrics:
         self.events_invalid = Counter(
             "leadpulse_events_invalid_total",
             "Records the worker could not use, by topic and reason (undecodable, trailing_bytes, "
-            "unknown_schema, invalid, too_large, no_identity, bad_identity, future_event, process_error); "
-            "each also goes to the DLQ.",
+            "unknown_schema, invalid, too_large, no_identity, bad_identity, future_event, "
+            "event_time_seconds, process_error); each also goes to the DLQ.",
             ["topic", "reason"],
             registry=r,
         )

@@ -24,7 +24,7 @@ from kafka.producer.future import FutureRecordMetadata
 from schemas.errors import FieldError, SchemaError, SchemaValidationError
 from schemas.registry import SchemaRegistry, default_registry
 from streams.broker import kafka_client_config
-from streams.event_hygiene import future_problem
+from streams.event_hygiene import early_problem, future_problem
 from streams.settings import Settings
 from streams.topics import BY_NAME, BY_SCHEMA, INPUTS, MAX_INPUT_RECORD_BYTES, TopicSpec
 
@@ -121,7 +121,7 @@ class Producer:
         headers: list[tuple[str, bytes]] | None = None,
     ) -> FutureRecordMetadata:
         """Validate and publish one event. Raises SchemaValidationError naming the bad fields, also for an
-        event more than 23 h in the future."""
+        event more than 23 h in the future or an input event before 2000 (epoch seconds, most likely)."""
         spec = resolve(schema_or_topic, self.settings.topic_prefix)
         record = (
             dataclasses.asdict(event)
@@ -129,11 +129,14 @@ class Producer:
             else dict(cast(Mapping[str, Any], event))
         )
         if validate:
+            sent_time = record.get("event_time")
             record = self.registry.validate(spec.schema, record)
             # the worker would dead-letter it (DESIGN §3): say so to the caller instead
-            ahead = future_problem(record.get("event_time"), int(time.time() * 1000))
-            if ahead is not None:
-                raise SchemaValidationError(spec.schema, [FieldError("event_time", ahead)])
+            problem = future_problem(record.get("event_time"), int(time.time() * 1000))
+            if problem is None and spec in INPUTS:  # or before 2000: epoch seconds, most likely
+                problem = early_problem(record.get("event_time"), sent_time)
+            if problem is not None:
+                raise SchemaValidationError(spec.schema, [FieldError("event_time", problem)])
         value = self.registry.encode(spec.schema, record)
         if validate and spec in INPUTS and len(value) > MAX_INPUT_RECORD_BYTES:
             # the worker and the sink would each dead-letter it; the collector refuses it the same way

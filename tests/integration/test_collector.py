@@ -229,6 +229,27 @@ async def test_event_more_than_23_hours_ahead_is_rejected_but_skewed_clocks_are_
     assert abs(got.record["received_at"] - 60_000 - got.record["event_time"]) < 5_000
 
 
+async def test_an_event_time_in_epoch_seconds_gets_a_400_naming_the_field_and_nothing_lands(
+    collector: Running,
+) -> None:
+    """Epoch seconds were accepted (202) as an event of January 1970 and scored as far too old to count."""
+    seconds = now_ms() // 1000
+    in_seconds, good = visit(event_time=seconds), visit()
+    status, body, _ = await collector.post({"sent_at": now_ms(), "batch": [in_seconds, good]})
+    assert (status, body["accepted"], body["rejected"]) == (207, 1, 1)  # the good one is acknowledged
+    [error] = body["errors"]
+    assert (error["index"], error["event_id"]) == (0, in_seconds["event_id"])
+    [field] = error["errors"]
+    assert field["field"] == "event_time"
+    assert field["problem"].startswith(
+        f"{seconds} looks like epoch seconds: as epoch milliseconds it is 1970-"
+    )
+    assert f"; send {seconds * 1000} for " in field["problem"]
+    status, body, _ = await collector.post(in_seconds)
+    assert (status, body["errors"][0]["errors"][0]["field"]) == (400, "event_time")
+    assert [r.record["event_id"] for r in await collector.topic("events.web_visits")] == [good["event_id"]]
+
+
 async def test_known_bots_are_dropped_and_counted(collector: Running) -> None:
     browser_bot = {"Origin": "https://example.com", "User-Agent": "Mozilla/5.0 (compatible; Googlebot/2.1)"}
     status, body, _ = await collector.post([visit(), visit()], headers=browser_bot)

@@ -184,3 +184,47 @@ def test_the_worker_dead_letters_a_record_with_trailing_bytes_instead_of_scoring
     )
     assert (letter["source_topic"], letter["key"], letter["value"]) == (topic, b"L-tail", tailed)
     assert "TrailingBytes" in cli(settings, "dlq", "list")
+
+
+def test_the_worker_dead_letters_an_event_time_in_epoch_seconds_instead_of_scoring_it(
+    settings: Settings,
+) -> None:
+    """Another Kafka client wrote a demo request with its event_time in epoch seconds. The worker scored it
+    as an event of January 1970: too old to count, and no sign of why (the lead simply never became hot)."""
+    registry = default_registry()
+    now = int(time.time() * 1000)
+    seconds = now // 1000 - 60
+    good = registry.encode("download", demo_request("L-good", now - 60_000))
+    in_seconds = registry.encode("download", demo_request("L-secs", seconds))  # encoding checks no times
+    topic = settings.topic("events.downloads")
+    with Producer(settings) as producer:
+        producer.send_encoded(topic, b"L-secs", in_seconds)
+        producer.send_encoded(topic, b"L-good", good)
+    [original] = [
+        i for i in read_topic(settings, topic, idle_ms=800) if isinstance(i, Decoded) and i.key == b"L-secs"
+    ]
+    metrics = CollectorRegistry()
+    worker = LeadWorker(settings, load_rules(None), Metrics(metrics), scan_interval_s=3600)
+
+    def invalid() -> float | None:
+        labels = {"topic": "events.downloads", "reason": "event_time_seconds"}
+        return metrics.get_sample_value("leadpulse_events_invalid_total", labels)
+
+    async def scenario() -> None:
+        async with running_worker(worker) as running:
+            await wait_until(lambda: stages(worker, "L-good") == ("mql",) and invalid() == 1, running)
+            assert stages(worker, "L-secs") == (None,)
+
+    asyncio.run(scenario())
+    [letter] = [d.record for d in list_dead_letters(settings)]
+    assert (letter["source_topic"], letter["partition"], letter["offset"]) == (
+        topic,
+        original.partition,
+        original.offset,
+    )
+    assert (letter["stage"], letter["error_type"]) == ("validate", "InadmissibleEvent")
+    assert letter["error"].startswith(
+        f"event_time: {seconds} looks like epoch seconds: as epoch milliseconds"
+    )
+    assert f"; send {seconds * 1000} for " in letter["error"]
+    assert (letter["key"], letter["value"], letter["event_id"]) == (b"L-secs", in_seconds, "L-secs-demo")

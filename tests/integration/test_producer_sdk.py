@@ -131,10 +131,52 @@ def test_produce_file_reports_sent_and_rejected_lines(broker_settings: Settings,
     assert broker_settings.topic("events.web_visits") in consumer_topics
 
 
+def test_an_event_time_in_epoch_seconds_is_refused_by_the_sdk_and_produce_naming_the_field(
+    broker_settings: Settings, tmp_path
+) -> None:
+    """Epoch seconds were published and scored as an event of January 1970, too old to count: silently."""
+    import json
+    from datetime import UTC, datetime
+
+    seconds = int(time.time())
+    event = {**next(sample_events("web_visit", 1)), "event_id": "s", "event_time": seconds}
+    with Producer(broker_settings) as producer:
+        with pytest.raises(SchemaValidationError) as caught:
+            producer.send("web_visit", event)
+        [error] = caught.value.errors
+        assert error.field == "event_time"
+        assert error.problem.startswith(
+            f"{seconds} looks like epoch seconds: as epoch milliseconds it is 1970-"
+        )
+        assert f"; send {seconds * 1000} for " in error.problem
+        # datetimes convert as before; one before 2000 is refused as such, not taken for seconds
+        producer.send("web_visit", {**event, "event_id": "dt", "event_time": datetime.now(UTC)})
+        old = {**event, "event_id": "old", "event_time": datetime(1999, 12, 31, 23, 0)}
+        with pytest.raises(
+            SchemaValidationError, match=r"^invalid web_visit: event_time: 1999-12-31T23:00:00"
+        ):
+            producer.send("web_visit", old)
+    path = tmp_path / "events.jsonl"
+    path.write_text(
+        json.dumps(event) + "\n" + json.dumps({**event, "event_id": "ms", "event_time": seconds * 1000})
+    )
+    report = produce_file(broker_settings, path, "events.web_visits")  # `leadpulse produce`
+    assert report.sent == 1
+    [(line, problem)] = report.rejected
+    assert line == 1
+    assert problem.startswith(f"invalid web_visit: event_time: {seconds} looks like epoch seconds")
+    topic = broker_settings.topic("events.web_visits")
+    assert sorted(r.record["event_id"] for r in read_topic(broker_settings, topic, idle_ms=500)) == [
+        "dt",
+        "ms",
+    ]
+
+
 def test_an_event_over_the_input_record_limit_is_refused_by_the_sdk(broker_settings: Settings) -> None:
     """The worker and the sink dead-letter an input record over 64 KiB; the collector refuses it per event.
     The SDK published it (found by an audit), leaving the caller to believe it was scored."""
-    event = {"event_id": "big", "event_time": 1, "lead_id": "L1", "source": "t", "url": "u" * 70_000}
+    now = int(time.time() * 1000)
+    event = {"event_id": "big", "event_time": now, "lead_id": "L1", "source": "t", "url": "u" * 70_000}
     with (
         Producer(broker_settings) as producer,
         pytest.raises(
@@ -170,7 +212,14 @@ def test_close_after_the_broker_went_away_raises_the_delivery_error_naming_the_e
         settings = load_settings(kafka_bootstrap=broker.bootstrap, data_dir=tmp_path)
         producer = Producer(settings, max_block_ms=2000, request_timeout_ms=1000, linger_ms=500)
         producer.send(
-            "web_visit", {"event_id": "e-1", "event_time": 1, "lead_id": "L1", "source": "t", "url": "u"}
+            "web_visit",
+            {
+                "event_id": "e-1",
+                "event_time": int(time.time() * 1000),
+                "lead_id": "L1",
+                "source": "t",
+                "url": "u",
+            },
         )
         broker.stop()
         with pytest.raises(DeliveryError) as info:

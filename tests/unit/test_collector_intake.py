@@ -20,6 +20,7 @@ from schemas.errors import SchemaError, SchemaValidationError
 from schemas.fast_codec import EventCodec, codec_for
 from schemas.registry import SchemaRegistry, default_registry
 from streams.collector_publishers import partition_for
+from streams.event_hygiene import MIN_EVENT_TIME_MS
 from streams.intake import EVENT_TYPES, Accepted, Limits, Rejected, normalise_event
 
 pytestmark = pytest.mark.unit
@@ -191,6 +192,20 @@ def test_normalise_event_gives_the_same_answers_with_and_without_the_fast_path()
         {"type": "content_view", **base_event("content_view"), "percent_viewed": 120},
         {"type": "content_view", **base_event("content_view"), "percent_viewed": 99},
         {"type": "web_visit", "event_id": " ", "url": "https://x"},
+        {
+            "type": "web_visit",
+            "event_id": "e6",
+            "anonymous_id": "a",
+            "url": "https://x",
+            "event_time": NOW // 1000,
+        },
+        {
+            "type": "web_visit",
+            "event_id": "e7",
+            "anonymous_id": "a",
+            "url": "https://x",
+            "event_time": "1999-12-31",
+        },
     ]
 
     class Reference(EventCodec):
@@ -210,6 +225,91 @@ def test_normalise_event_gives_the_same_answers_with_and_without_the_fast_path()
         slow = normalise_event(dict(event), index, codec=reference, **args)
         assert fast == slow, event
         assert isinstance(fast, Accepted | Rejected)
+
+
+VISIT: dict[str, Any] = {"type": "web_visit", "event_id": "e", "anonymous_id": "a", "url": "https://x"}
+
+
+def intake(event: dict[str, Any], sent_at: Any = None) -> Accepted | Rejected:
+    """``normalise_event`` as the collector calls it for one event received at NOW."""
+    return normalise_event(
+        dict(event),
+        0,
+        source="web",
+        received_at=NOW,
+        batch_sent_at=sent_at,
+        registry=REGISTRY,
+        limits=Limits(),
+    )
+
+
+def problems(result: Accepted | Rejected) -> list[tuple[str, str]]:
+    assert isinstance(result, Rejected), result
+    return [(e.field, e.problem) for e in result.errors]
+
+
+@pytest.mark.parametrize("sent_at", [None, NOW - 2_000], ids=["no sent_at", "sent_at in milliseconds"])
+def test_an_event_time_in_epoch_seconds_is_an_error_naming_the_field_and_the_milliseconds_meant(
+    sent_at: int | None,
+) -> None:
+    """It was accepted as an event of January 1970 and scored as far too old to count, silently."""
+    seconds = 1_764_403_200
+    [(field, problem)] = problems(intake({**VISIT, "event_time": seconds}, sent_at))
+    assert field == "event_time"
+    assert problem == (
+        "1764403200 looks like epoch seconds: as epoch milliseconds it is 1970-01-21T10:06:43.200Z, "
+        "before 2000-01-01, the earliest time accepted; send 1764403200000 for 2025-11-29T08:00:00.000Z"
+    )
+
+
+def test_a_sent_at_in_epoch_seconds_is_named_and_not_used_to_correct() -> None:
+    """Corrected by a sent_at in seconds, an event_time in seconds landed near the receipt time with its
+    offsets shrunk a thousandfold; an event_time in milliseconds was moved decades ahead."""
+    sent_at = NOW // 1000
+    both = problems(intake({**VISIT, "event_time": sent_at - 60}, sent_at))
+    assert [field for field, _ in both] == ["sent_at", "event_time"]
+    assert all(" looks like epoch seconds: " in problem for _, problem in both)
+    assert both[0][1].endswith(f"; send {sent_at * 1000} for 2026-05-28T20:26:40.000Z")
+    assert [field for field, _ in problems(intake({**VISIT, "event_time": NOW - 60_000}, sent_at))] == [
+        "sent_at"
+    ]
+    # with nothing to correct (no event_time: the receipt time), a sent_at in seconds does no harm
+    untimed = intake(VISIT, sent_at)
+    assert isinstance(untimed, Accepted) and untimed.record["event_time"] == NOW
+
+
+def test_a_device_clock_reset_to_1970_is_still_corrected_by_sent_at() -> None:
+    """Before 2000 is judged after the correction: a wrong client clock is what sent_at is for."""
+    result = intake({**VISIT, "event_time": 3_600_000}, 3_605_000)  # 1970-01-01T01:00, sent 5 s later
+    assert isinstance(result, Accepted) and result.record["event_time"] == NOW - 5_000
+
+
+def test_a_correction_that_puts_event_time_before_2000_is_an_error() -> None:
+    result = intake({**VISIT, "event_time": MIN_EVENT_TIME_MS + 1_000}, NOW + 2_000)
+    assert problems(result) == [
+        (
+            "event_time",
+            "946684799000 is 1999-12-31T23:59:59.000Z as epoch milliseconds, before 2000-01-01, the earliest "
+            "time accepted (after clock-skew correction)",
+        )
+    ]
+
+
+def test_iso_times_convert_as_before_and_one_before_2000_is_named_as_sent() -> None:
+    for sent, expected in (
+        ("2000-01-01T00:00:00Z", MIN_EVENT_TIME_MS),
+        ("2000-01-01", MIN_EVENT_TIME_MS),
+        ("2026-05-01T10:00:00+02:00", 1_777_622_400_000),
+    ):
+        accepted = intake({**VISIT, "event_time": sent})
+        assert isinstance(accepted, Accepted) and accepted.record["event_time"] == expected, sent
+    assert problems(intake({**VISIT, "event_time": "1999-12-31T23:59:59Z"})) == [
+        (
+            "event_time",
+            "'1999-12-31T23:59:59Z' is 1999-12-31T23:59:59.000Z, before 2000-01-01, the earliest time "
+            "accepted",
+        )
+    ]
 
 
 @SETTINGS

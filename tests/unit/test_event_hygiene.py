@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from datetime import UTC, datetime
+
 import pytest
 
 from schemas.errors import (
@@ -15,8 +17,10 @@ from schemas.errors import (
 from streams.event_hygiene import (
     HOUR_MS,
     MAX_FUTURE_MS,
+    MIN_EVENT_TIME_MS,
     InadmissibleEvent,
     check_admissible,
+    early_problem,
     future_problem,
     invalid_reason,
 )
@@ -61,10 +65,70 @@ def test_a_lead_or_a_visitor_in_range_is_admitted() -> None:
     check_admissible({"anonymous_id": "a-1", "event_time": RECEIVED - HOUR_MS}, RECEIVED)
 
 
+def test_the_earliest_event_time_is_2000_in_epoch_milliseconds_and_inclusive() -> None:
+    assert int(datetime(2000, 1, 1, tzinfo=UTC).timestamp() * 1000) == MIN_EVENT_TIME_MS
+    check_admissible({"lead_id": "L1", "event_time": MIN_EVENT_TIME_MS}, RECEIVED)
+    assert early_problem(MIN_EVENT_TIME_MS) is None
+    with pytest.raises(InadmissibleEvent) as caught:
+        check_admissible({"lead_id": "L1", "event_time": MIN_EVENT_TIME_MS - 1}, RECEIVED)
+    assert caught.value.reason == "event_time_seconds"
+    assert str(caught.value) == (
+        "event_time: 946684799999 is 1999-12-31T23:59:59.999Z as epoch milliseconds, before 2000-01-01, "
+        "the earliest time accepted"
+    )
+
+
+@pytest.mark.parametrize(
+    ("seconds", "meant"),
+    [
+        (1_764_403_200, "2025-11-29T08:00:00.000Z"),  # the docs' example: 1970-01-21 as milliseconds
+        (RECEIVED // 1000, "2026-09-21T14:13:20.000Z"),
+        (MIN_EVENT_TIME_MS // 1000, "2000-01-01T00:00:00.000Z"),  # the first second named as seconds
+    ],
+)
+def test_an_event_time_in_epoch_seconds_is_refused_with_the_milliseconds_it_meant(
+    seconds: int, meant: str
+) -> None:
+    """Epoch seconds were scored silently as an event of January 1970, far too old to count."""
+    with pytest.raises(InadmissibleEvent) as caught:
+        check_admissible({"anonymous_id": "a-1", "event_time": seconds}, RECEIVED)
+    assert caught.value.reason == "event_time_seconds"
+    assert str(caught.value).startswith(
+        f"event_time: {seconds} looks like epoch seconds: as epoch milliseconds"
+    )
+    assert str(caught.value).endswith(f"; send {seconds * 1000} for {meant}")
+
+
+@pytest.mark.parametrize("event_time", [0, 1, -1, MIN_EVENT_TIME_MS // 1000 - 1, 10**10, -(2**63)])
+def test_other_times_before_2000_are_refused_without_a_seconds_guess(event_time: int) -> None:
+    with pytest.raises(InadmissibleEvent) as caught:
+        check_admissible({"lead_id": "L1", "event_time": event_time}, RECEIVED)
+    assert caught.value.reason == "event_time_seconds"
+    message = str(caught.value)
+    assert message.startswith(f"event_time: {event_time} is ") and message.endswith(
+        "before 2000-01-01, the earliest time accepted"
+    )
+    assert "looks like epoch seconds" not in message
+
+
+def test_a_time_sent_as_text_or_a_datetime_is_named_as_sent_and_not_taken_for_seconds() -> None:
+    as_ms = 1_764_403_200  # 1970-01-21T10:06:43.200Z: a number in the seconds range, but not sent as one
+    assert early_problem(as_ms, "1970-01-21T10:06:43.200") == (
+        "'1970-01-21T10:06:43.200' is 1970-01-21T10:06:43.200Z, before 2000-01-01, the earliest time accepted"
+    )
+    old = int(datetime(1999, 6, 1, tzinfo=UTC).timestamp() * 1000)
+    assert early_problem(old, datetime(1999, 6, 1)) == (
+        "1999-06-01T00:00:00.000Z is before 2000-01-01, the earliest time accepted"
+    )
+    assert early_problem(as_ms, float(as_ms)) == early_problem(as_ms)  # 1764403200.0 in JSON
+    assert early_problem(None) is None
+
+
 @pytest.mark.parametrize(
     ("error", "reason"),
     [
         (InadmissibleEvent("too_large", "record of 70000 bytes"), "too_large"),
+        (InadmissibleEvent("event_time_seconds", "event_time: 1764403200 looks like"), "event_time_seconds"),
         (WireFormatError("bad magic"), "undecodable"),
         (TrailingBytes("download", 80, 83), "trailing_bytes"),
         (UnknownFingerprint(0x1234), "unknown_schema"),

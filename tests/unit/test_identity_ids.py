@@ -14,7 +14,8 @@ from streams.event_hygiene import InadmissibleEvent, check_admissible
 
 pytestmark = pytest.mark.unit
 
-VISIT = {"event_id": "e-1", "event_time": 1, "lead_id": "L-1", "source": "web", "url": "https://x.example/"}
+T = 1_790_000_000_000  # epoch ms (2026): an event_time before 2000 is refused too
+VISIT = {"event_id": "e-1", "event_time": T, "lead_id": "L-1", "source": "web", "url": "https://x.example/"}
 
 
 @pytest.mark.parametrize(
@@ -36,7 +37,7 @@ def test_a_bad_id_is_refused_naming_the_field_by_the_registry_and_the_codec(
             validate("web_visit", event)
         assert [(e.field, e.problem) for e in caught.value.errors] == [(field, problem)]
     with pytest.raises(InadmissibleEvent) as refused:
-        check_admissible(event, 1)
+        check_admissible(event, T)
     assert refused.value.reason == "bad_identity" and str(refused.value).endswith(f"{field}: {problem}")
 
 
@@ -48,4 +49,4 @@ def test_any_other_unicode_id_up_to_the_limit_is_accepted(value: str) -> None:
     event = {**VISIT, "lead_id": value}
     assert default_registry().validate("web_visit", event)["lead_id"] == value
     assert codec_for(default_registry()).validate("web_visit", event)["lead_id"] == value
-    check_admissible(event, 1)  # raises InadmissibleEvent if refused
+    check_admissible(event, T)  # raises InadmissibleEvent if refused

@@ -109,12 +109,17 @@ def test_history_reads_type_lines_and_wrapped_records(tmp_path: Path) -> None:
             '"lead_id": "L", "content_id": "c", "asset_type": "whitepaper"}',
             "event_time: is .* h in the future",
         ),
+        (  # epoch seconds: scored as 1970 before, too old to count
+            '{"type": "download", "event_id": "x", "event_time": 1764403200, "source": "s", '
+            '"lead_id": "L", "content_id": "c", "asset_type": "whitepaper"}',
+            "event_time: 1764403200 looks like epoch seconds",
+        ),
     ],
 )
 def test_history_errors_name_the_line(tmp_path: Path, line: str, problem: str) -> None:
     path = tmp_path / "bad.jsonl"
     path.write_text(
-        '{"type": "lead_identified", "event_id": "p", "event_time": 1, "lead_id": "L", '
+        '{"type": "lead_identified", "event_id": "p", "event_time": 1704067200000, "lead_id": "L", '
         '"source": "s", "flags": []}\n\n' + line + "\n"
     )
     with pytest.raises(HistoryError, match=rf"bad\.jsonl:3: .*{problem}"):
@@ -214,7 +219,10 @@ def test_every_bad_history_line_is_named_at_once(tmp_path: Path) -> None:
     """One bad line per run was all rescore said; a file with a systematic problem took as many runs."""
     from agents.rescore import SHOWN_BAD_LINES
 
-    good = '{"type": "lead_identified", "event_id": "p", "event_time": 1, "lead_id": "L", "source": "s"}'
+    good = (
+        '{"type": "lead_identified", "event_id": "p", "event_time": 1704067200000, "lead_id": "L", '
+        '"source": "s"}'
+    )
     path = tmp_path / "h.jsonl"
     path.write_text("\n".join([good, "nope", good, *["[]"] * (SHOWN_BAD_LINES + 2)]) + "\n")
     with pytest.raises(HistoryError) as info:
