@@ -3,30 +3,17 @@
 from __future__ import annotations
 
 import asyncio
-import gc
 import logging
 import signal
 
 from agents.rules import Rules
 from agents.worker import LeadWorker
+from streams.gc_tuning import tune_gc
 from streams.logs import setup_logging
 from streams.metrics import Metrics
 from streams.settings import Settings
 
 log = logging.getLogger(__name__)
-
-
-#: Cyclic GC thresholds of a worker process (CPython's defaults: 700, 10, 10).
-GC_THRESHOLDS = (100_000, 50, 10)
-
-
-def tune_gc() -> None:
-    """Collect less often: the worker holds every owned lead's state (millions of small lists and dicts)
-    and allocates a few container objects per event, so with the defaults a young collection ran every
-    ~100 events and older generations were traversed again and again. In-process, 200k benchmark events:
-    26.6-30.1 CPU-s with the defaults, 19.2 with these (docs/benchmarks.md). The state holds no reference
-    cycles, so memory is freed by reference counting as before; only cyclic garbage waits longer."""
-    gc.set_threshold(*GC_THRESHOLDS)
 
 
 async def serve_worker(settings: Settings, rules: Rules, metrics: Metrics, stop: asyncio.Event) -> LeadWorker:

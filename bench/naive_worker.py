@@ -26,10 +26,10 @@ import faust
 from agents.core import StepResult, step
 from agents.rules import Rules, load_rules
 from agents.state import LeadState
-from agents.worker_process import tune_gc
 from schemas.errors import SchemaError
 from schemas.registry import SchemaRegistry, default_registry
 from streams.app import create_app
+from streams.gc_tuning import tune_gc
 from streams.metrics import Metrics
 from streams.producer import lead_key
 from streams.settings import Settings, load_settings

@@ -6,10 +6,17 @@ end-to-end sink to the bare insert measured seconds apart is the number worth tr
 ``run_sink_bench`` publishes ``events`` web visits to fresh topics, runs the sink loop in-process until
 every row is stored, then inserts the very same rows (fresh event ids) with bare ``client.insert`` calls
 in batches of the same size. ``leadpulse bench sink`` calls it.
+
+Both sides run in this one process, so both get the same cyclic-GC thresholds, the ones ``leadpulse sink``
+sets (``streams.gc_tuning``), as the worker bench gives its naive worker the real worker's. And before each
+timed side the bench's own data (the 200k published records, the baseline's rows) is frozen out of the
+collector's reach (``gc.freeze``): neither process it stands for holds it, and full collections walking it
+slowed each side by a different, run-dependent amount.
 """
 
 from __future__ import annotations
 
+import gc
 import shutil
 import tempfile
 import threading
@@ -51,11 +58,15 @@ def run_sink_bench(
     from sinks.rows import EVENTS, Origin, to_row
     from sinks.sink_loop import ClickHouseSinkLoop
     from streams.broker import create_topics, running_broker
+    from streams.gc_tuning import tune_gc
     from streams.producer import Producer
 
     base = settings or load_settings()
     run_id = uuid.uuid4().hex[:8]
     with ExitStack() as stack:
+        stack.callback(gc.set_threshold, *gc.get_threshold())
+        stack.callback(gc.unfreeze)
+        tune_gc()
         scratch = None
         if base.clickhouse_dsn is None:
             scratch = tempfile.mkdtemp(prefix="leadpulse-bench-")
@@ -80,6 +91,8 @@ def run_sink_bench(
                 producer.send("web_visit", record, validate=False)
         out(f"published {events:,} web_visit events in {time.perf_counter() - started:.1f}s")
 
+        gc.collect()
+        gc.freeze()
         topic = settings.topic("events.web_visits")
         loop = ClickHouseSinkLoop(settings, client, policy=BatchPolicy(batch_rows, batch_seconds))
         stop = threading.Event()
@@ -104,6 +117,8 @@ def run_sink_bench(
             _, decoded = registry.decode(registry.encode("web_visit", fresh))
             rows.append(to_row("web_visit", decoded, Origin(f"{topic}.baseline", 0, offset), key)[1])
         columns = list(EVENTS.insert_columns)
+        gc.collect()
+        gc.freeze()
         t0 = time.perf_counter()
         for start in range(0, len(rows), batch_rows):
             client.insert(

@@ -100,7 +100,9 @@ def register(app: typer.Typer) -> None:
         for sig in (signal.SIGINT, signal.SIGTERM):
             signal.signal(sig, lambda *_: stop.set())
         from sinks.clickhouse import EmbeddedDirectoryUnusable, EmbeddedEngineBusy
+        from streams.gc_tuning import tune_gc
 
+        tune_gc()  # as the worker: the sink holds its batches and recent ids for its whole life
         try:
             stats = run_sink(settings, stop, policy=BatchPolicy(batch_rows, batch_seconds))
         except EmbeddedEngineBusy as exc:  # a second sink on the same directory
