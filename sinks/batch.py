@@ -154,6 +154,10 @@ InsertHook = Callable[[str, int, float, str | None], None]  # (table, rows, seco
 class ClickHouseBatchSink:
     """Collects rows per table (``add``) and inserts a whole batch (``write``).
 
+    A batch is open (``batches``, rows are added to it) until the caller ``close``s it to write it; rows
+    added after that go to a fresh batch of the table, so a batch can be inserted while the next one fills.
+    A closed batch keeps its offsets in ``open_offsets`` until the caller ``discard``s it, once stored.
+
     ``write`` returns the rows rejected as invalid (to be dead-lettered) or raises ``SinkBackpressure``
     when ClickHouse cannot take the batch now; it never sleeps, the caller decides how to wait.
     """
@@ -171,6 +175,7 @@ class ClickHouseBatchSink:
         self.clock = clock
         self.on_insert = on_insert
         self.batches: dict[str, SinkBatch] = {}
+        self.closed: list[SinkBatch] = []  # closed, not stored yet, oldest first: written in this order
 
     def add(
         self,
@@ -204,25 +209,43 @@ class ClickHouseBatchSink:
         batch.extend(tp, rows, sources)
 
     def due(self, *, force: bool = False) -> list[SinkBatch]:
+        """Open batches due to be written (all of them if ``force``)."""
         now = self.clock()
         return [b for b in self.batches.values() if force or self.policy.due(b, now)]
 
+    def close(self, batch: SinkBatch) -> None:
+        """Stop adding to the batch (its table's next rows open a fresh one) and queue it to be written."""
+        self.batches.pop(batch.key, None)
+        self.closed.append(batch)
+
     def open_offsets(self) -> dict[TopicPartition, int]:
-        """First offset still waiting in a batch, per topic-partition: commits must stay below it."""
+        """First offset not stored yet (in an open or closed batch), per topic-partition: commits must stay
+        below it."""
         offsets: dict[TopicPartition, int] = {}
-        for batch in self.batches.values():
-            offsets.update(batch.first_offsets())
+        for batch in [*self.closed, *self.batches.values()]:
+            for tp, first in batch.first_offsets().items():
+                offsets[tp] = min(first, offsets.get(tp, first))
         return offsets
 
     def discard(self, batch: SinkBatch) -> None:
-        self.batches.pop(batch.key, None)
+        if batch in self.closed:
+            self.closed.remove(batch)
+        elif self.batches.get(batch.key) is batch:
+            del self.batches[batch.key]
+
+    def clear(self) -> int:
+        """Drop every batch, open or closed (their records are re-read); returns how many there were."""
+        dropped = len(self.batches) + len(self.closed)
+        self.batches.clear()
+        self.closed.clear()
+        return dropped
 
     def write(self, batch: SinkBatch) -> list[Rejected]:
-        """Insert the batch; on success it leaves ``batches``. Invalid rows are isolated by bisection."""
+        """Insert the batch; invalid rows are isolated by bisection. Safe in a worker thread while rows are
+        added to other batches; the caller ``discard``s the batch once it handled the result."""
         batch.attempts += 1
         rows, sources = batch.ordered()
         rejected = self._insert_isolating(batch, rows, sources, batch.token)  # may raise backpressure
-        self.discard(batch)
         batch.attempts = 0
         return rejected
 

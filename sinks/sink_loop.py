@@ -3,7 +3,8 @@ then commit. A dedicated consumer, not a Faust agent (argued in docs/clickhouse.
 
 Why aiokafka: measured here, kafka-python 3 consumes ~27k records/s (~85k with CRC checks off) against
 aiokafka's ~300k/s, and the consumer would otherwise be the sink's ceiling. Inserts run in a worker thread
-so that a slow ClickHouse never starves the consumer's heartbeats.
+so that a slow ClickHouse never starves the consumer's heartbeats, and so that the loop goes on fetching and
+taking records into fresh batches while a batch is inserted (one insert at a time, see ``_flush``).
 
 The loop's contract (DESIGN §7, STYLE "commit after durable"):
 - offsets move only after the rows below them are inserted (or dead-lettered and the DLQ flushed);
@@ -32,7 +33,7 @@ from aiokafka.errors import CommitFailedError, IllegalStateError, KafkaError
 from clickhouse_connect.driver.client import Client
 
 from schemas.registry import HEADER_LEN, SchemaRegistry, default_registry
-from sinks.batch import BatchPolicy, ClickHouseBatchSink
+from sinks.batch import BatchPolicy, ClickHouseBatchSink, Rejected, SinkBatch
 from sinks.dead_letters import DeadLetters
 from sinks.erase import already_applied, apply_erasure, event_head
 from sinks.errors import SinkBackpressure
@@ -115,6 +116,7 @@ class ClickHouseSinkLoop:
         self.committed: dict[tuple[str, int], int] = {}
         self.skip_through: dict[tuple[str, int], int] = {}
         self.retry_at: float | None = None
+        self.writing: tuple[SinkBatch, asyncio.Future[list[Rejected]]] | None = None  # the insert in flight
         self.max_poll_records = max_poll_records
         self.fast_path = fast_path
         self._listener = _Listener()
@@ -185,18 +187,30 @@ class ClickHouseSinkLoop:
         else:
             records = await self.consumer.getmany(timeout_ms=poll_ms, max_records=self.max_poll_records)
             await self._apply_rebalance()
+            if self.writing is not None and self.writing[1].done():
+                try:
+                    await self._finish_write()  # first: the records taken next must know what it stored
+                except SinkBackpressure as exc:
+                    self._back_off(exc)
             for tp, messages in records.items():
                 if (tp.topic, tp.partition) in self.stats.assigned:
                     self._take(tp, messages)
         await self.lag.report_due(self.consumer, self.committed)
+        if self.retry_at is not None and self.retry_at > time.monotonic():
+            return  # the insert in flight failed just now: back off before re-sending it
         try:
             await self._flush()
             await self._apply_erasures()
         except SinkBackpressure as exc:
-            log.warning("%s", exc)
-            self.stats.failures += 1
-            self.retry_at = time.monotonic() + exc.retry_after
-            self.consumer.pause(*self.consumer.assignment())
+            self._back_off(exc)
+
+    def _back_off(self, exc: SinkBackpressure) -> None:
+        """Pause every partition until ``retry_at``; then the batch that failed is re-sent first."""
+        assert self.consumer is not None
+        log.warning("%s", exc)
+        self.stats.failures += 1
+        self.retry_at = time.monotonic() + exc.retry_after
+        self.consumer.pause(*self.consumer.assignment())
 
     async def drain(self) -> None:
         """On shutdown: one last attempt to store and commit what is batched; if it fails, leave it
@@ -244,10 +258,17 @@ class ClickHouseSinkLoop:
         if listener.revoked:
             # Uncommitted batches of revoked partitions are dropped, not flushed: their next owner re-reads
             # them from the committed offset and skips whatever part of them an earlier insert stored.
+            # A batch in flight cannot be dropped: its insert is let finish first, as if it had been
+            # written before the rebalance was noticed.
             revoked, listener.revoked = listener.revoked, set()
-            if any(tp in revoked for batch in self.sink.batches.values() for tp in batch.segments):
-                log.info("rebalance: dropping %d uncommitted batch(es)", len(self.sink.batches))
-                self.sink.batches.clear()
+            if self.writing is not None:
+                try:
+                    await self._finish_write()
+                except SinkBackpressure as exc:
+                    self._back_off(exc)
+            batches = [*self.sink.closed, *self.sink.batches.values()]
+            if any(tp in revoked for batch in batches for tp in batch.segments):
+                log.info("rebalance: dropping %d uncommitted batch(es)", self.sink.clear())
                 self.retry_at = None
                 self.consumer.resume(*self.consumer.assignment())
             for tp in revoked:
@@ -304,39 +325,66 @@ class ClickHouseSinkLoop:
         self.hooks.duplicate(table.table)
 
     async def _flush(self, force: bool = False) -> None:
-        wrote = False
-        for batch in self.sink.due(force=force):
-            rejected = await asyncio.to_thread(self.sink.write, batch)  # raises SinkBackpressure
-            table = batch.table.table
-            self.stats.inserted[table] = self.stats.inserted.get(table, 0) + batch.size - len(rejected)
-            for bad in rejected:
-                # Not stored, so a corrected re-send of it is not a duplicate.
-                if batch.table.keyed_by_id and bad.value is not None:
-                    record_id = (
-                        event_head(bad.value[HEADER_LEN:])[0]  # may not decode: read like the fast path
-                        if batch.table is EVENTS
-                        else self.positions.first_column((bad.topic, bad.partition), bad.offset, bad.value)
-                    )
-                    if record_id is not None:
-                        self.intake.recent.forget((bad.topic, bad.partition), record_id, bad.offset)
-                self._dead_letter(
-                    bad.topic,
-                    bad.partition,
-                    bad.offset,
-                    bad.key,
-                    bad.value,
-                    "sink",
-                    bad.error_type,
-                    bad.reason,
-                )
-            wrote = True
-        if wrote:
-            self.stats.last_success = time.time()
+        """Write the due batches, oldest first, one insert at a time: each partition's batches are stored in
+        offset order (a restart resumes after the highest stored offset, so a newer batch stored first would
+        hide a gap). The insert runs in a worker thread while the loop fetches and takes records into fresh
+        batches; it is awaited once it is done, when the next batch is due (so at most one waits behind it)
+        or when forced. A batch that failed stays first and is re-sent before anything newer (awaited)."""
+        while True:
+            if self.writing is not None:
+                if not (force or self.writing[1].done() or self.sink.due() or self.retry_at is not None):
+                    break  # (a re-send after a back-off is awaited: the partitions are paused meanwhile)
+                await self._finish_write()  # raises SinkBackpressure
+            for batch in self.sink.due(force=force):
+                self.sink.close(batch)
+            if not self.sink.closed:
+                break
+            batch = self.sink.closed[0]
+            self.writing = (batch, asyncio.ensure_future(asyncio.to_thread(self.sink.write, batch)))
+            if not force:
+                break
+        if self.writing is None:
+            self._resume()
+        await self._commit()
+
+    def _resume(self) -> None:
+        """End a back-off: the batch that failed is stored (or there was none in flight)."""
         if self.retry_at is not None:
             self.retry_at = None
             assert self.consumer is not None
             self.consumer.resume(*self.consumer.assignment())
-        await self._commit()
+
+    async def _finish_write(self) -> None:
+        """Wait for the insert in flight; count its rows and dead-letter those ClickHouse rejected. On
+        ``SinkBackpressure`` the batch stays first among the closed ones, to be re-sent identical."""
+        assert self.writing is not None
+        (batch, insert), self.writing = self.writing, None
+        rejected = await insert
+        self.sink.discard(batch)
+        table = batch.table.table
+        self.stats.inserted[table] = self.stats.inserted.get(table, 0) + batch.size - len(rejected)
+        for bad in rejected:
+            # Not stored, so a corrected re-send of it is not a duplicate.
+            if batch.table.keyed_by_id and bad.value is not None:
+                record_id = (
+                    event_head(bad.value[HEADER_LEN:])[0]  # may not decode: read like the fast path
+                    if batch.table is EVENTS
+                    else self.positions.first_column((bad.topic, bad.partition), bad.offset, bad.value)
+                )
+                if record_id is not None:
+                    self.intake.recent.forget((bad.topic, bad.partition), record_id, bad.offset)
+            self._dead_letter(
+                bad.topic,
+                bad.partition,
+                bad.offset,
+                bad.key,
+                bad.value,
+                "sink",
+                bad.error_type,
+                bad.reason,
+            )
+        self.stats.last_success = time.time()
+        self._resume()
 
     def _dead_letter(
         self,

@@ -323,11 +323,9 @@ def test_records_re_sent_on_their_partition_are_stored_once_also_in_the_daily_vi
 
     sink = start_sink(ch, BatchPolicy(10_000, 0.3))
     send(views, b"k", 1)
-    wait_for(
-        lambda: (
-            count(ch, "SELECT count() FROM leadpulse.events WHERE content_id = {c:String}", c=content) == 30
-        )
-    )
+    # Every first copy stored (committed, not just visible: the sink inserts a batch while it takes the
+    # next records, and a copy taken before its first one's insert returned is stored again).
+    wait_for(lambda: sum(committed_offsets(settings).values()) == 32, what="first copies committed")
     # The re-sends come later, in other inserts: ClickHouse would not collapse them within one block.
     send(views[:10], b"k", 2)
     send(views[:1], b"another-key", 0)
@@ -801,4 +799,63 @@ def test_lag_grows_with_records_produced_while_the_sink_backs_off(
         )
         assert committed_offsets(settings) == {}
     finally:
+        sink.close()
+
+
+class HeldClient(FaultyClient):
+    """A real client whose first insert waits until ``release`` is set (a slow ClickHouse)."""
+
+    def __init__(self, real: Client) -> None:
+        super().__init__(real)
+        self.entered = threading.Event()
+        self.release = threading.Event()
+
+    def _faulty(self, insert: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+        if self.insert_calls == 0:
+            self.entered.set()
+            self.release.wait(60)
+        return super()._faulty(insert, *args, **kwargs)
+
+
+class InsertHooks(SinkHooks):
+    def __init__(self) -> None:
+        self.rows: list[int] = []
+
+    def inserted(self, table: str, rows: int, seconds: float, failure: str | None) -> None:
+        if failure is None:
+            self.rows.append(rows)
+
+
+def test_newer_records_are_taken_into_a_fresh_batch_while_an_insert_is_in_flight(
+    ch: Client, broker_settings: Settings
+) -> None:
+    """The loop waited for each insert before it fetched again (insert wait, fetching and taking one after
+    the other: docs/clickhouse.md, stop 22). It now takes newer records into a fresh batch while a batch is
+    inserted; the batch in flight keeps every offset out of the commits until it is stored, and the batches
+    are stored in the order they were cut."""
+    settings = broker_settings
+    first = produce(settings, "download", 30, seed=21)
+    held = HeldClient(ch)
+    hooks = InsertHooks()
+    loop = ClickHouseSinkLoop(settings, held, policy=BatchPolicy(500, 0.2), hooks=hooks)
+    sink = RunningSink(loop)
+    try:
+        assert held.entered.wait(30), "no insert started"
+        later = produce(settings, "download", 20, seed=22)
+        total = len(first) + len(later)
+        wait_for(
+            lambda: loop.stats.consumed == total, timeout=20, what="newer records taken during the insert"
+        )
+        assert loop.writing is not None
+        in_flight = loop.writing[0].size
+        assert sum(batch.size for batch in loop.sink.batches.values()) == total - in_flight
+        time.sleep(0.5)  # a few more steps: the newer batch is due, nothing may be committed yet
+        assert committed_offsets(settings) == {}
+        assert topic_rows(ch, "events", settings) == 0
+        held.release.set()
+        wait_for(lambda: topic_rows(ch, "events", settings) == total, what="both batches stored")
+        wait_for(lambda: sum(committed_offsets(settings).values()) == total, timeout=20, what="all committed")
+        assert hooks.rows[0] == in_flight and sum(hooks.rows) == total  # the held batch stored first
+    finally:
+        held.release.set()
         sink.close()
