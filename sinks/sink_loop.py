@@ -171,6 +171,7 @@ class ClickHouseSinkLoop:
                 await self.step()
             await self.drain()
         finally:
+            await self._settle_insert()  # never abandoned: see there
             await stop_consumer(self.consumer)
             await self.erasures.stop()
             await self.dead_letters.close()  # bounded like the consumer's close
@@ -219,6 +220,17 @@ class ClickHouseSinkLoop:
             await self._flush(force=True)
         except SinkBackpressure as exc:
             log.warning("shutdown with unflushed batches, they will be re-read: %s", exc)
+
+    async def _settle_insert(self) -> None:
+        """An insert still in flight when the loop ends (drain awaits it; an error may leave it) is awaited,
+        never abandoned: its thread would go on writing after the consumer left the group, and a failure
+        would be an exception nobody retrieves. Its records are re-read if it did not store them."""
+        if self.writing is None:
+            return
+        try:
+            await self._finish_write()
+        except Exception as exc:  # the loop is ending anyway; nothing of the batch was committed
+            log.warning("the insert in flight at exit failed, its records will be re-read: %s", exc)
 
     # --- erasures ---------------------------------------------------------------------------------------
     async def _apply_erasures(self) -> None:

@@ -859,3 +859,48 @@ def test_newer_records_are_taken_into_a_fresh_batch_while_an_insert_is_in_flight
     finally:
         held.release.set()
         sink.close()
+
+
+def test_an_insert_in_flight_when_the_loop_fails_is_awaited_before_the_consumer_closes(
+    ch: Client, broker_settings: Settings
+) -> None:
+    """The loop's ``finally`` closed the consumer (leaving the group) while the insert it had started was
+    still running in its thread, and nobody looked at its result. It is now awaited, then handled."""
+    settings = broker_settings
+    produced = produce(settings, "download", 20, seed=25)
+    held = HeldClient(ch)
+    loop = ClickHouseSinkLoop(settings, held, policy=BatchPolicy(500, 0.2))
+    failed = threading.Event()
+    errors: list[BaseException] = []
+    stop = threading.Event()
+
+    async def broken(*args: Any, **kwargs: Any) -> None:
+        failed.set()
+        raise RuntimeError("injected: a step failed")
+
+    def run() -> None:
+        try:
+            loop.run(stop)
+        except RuntimeError as exc:
+            errors.append(exc)
+
+    thread = threading.Thread(target=run, daemon=True)
+    thread.start()
+    try:
+        assert held.entered.wait(30), "no insert started"
+        loop.lag.report_due = broken  # type: ignore[method-assign]  # the next step fails
+        assert failed.wait(10), "no step after the insert started"
+        time.sleep(1.0)
+        assert loop.consumer is not None
+        assert loop.consumer._closed is False, "consumer closed while the insert was in flight"
+        held.release.set()
+        thread.join(30)
+        assert not thread.is_alive(), "sink loop did not stop"
+        assert [str(e) for e in errors] == ["injected: a step failed"]
+        assert loop.writing is None
+        assert loop.stats.inserted == {"events": len(produced)}  # the insert's result was handled
+        assert topic_rows(ch, "events", settings) == len(produced)
+    finally:
+        held.release.set()
+        stop.set()
+        thread.join(30)
