@@ -24,6 +24,7 @@ import asyncio
 import logging
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -75,15 +76,25 @@ class SinkStats:
 
 
 class _Listener(ConsumerRebalanceListener):  # type: ignore[misc]
-    """Records what a rebalance changed; the loop acts on it between fetches (see ``_apply_rebalance``),
-    so a rebalance never runs concurrently with a batch being written."""
+    """Records what a rebalance changed; the loop acts on it between fetches (see ``_apply_rebalance``).
 
-    def __init__(self) -> None:
+    Revoked partitions are given up only once the insert in flight (``in_flight``) has ended: aiokafka
+    awaits this callback before it rejoins the group, so the partitions' next owner reads the stored
+    positions after that insert, not before (it would store the same records again, cut into other
+    batches, so with other dedup tokens). No insert starts while a revocation waits to be applied
+    (``ClickHouseSinkLoop._flush``). The insert's result is left to the loop."""
+
+    def __init__(self, in_flight: Callable[[], asyncio.Future[Any] | None]) -> None:
         self.revoked: set[tuple[str, int]] = set()
         self.assigned: set[tuple[str, int]] = set()
+        self.in_flight = in_flight
 
     async def on_partitions_revoked(self, revoked: Any) -> None:
         self.revoked.update((tp.topic, tp.partition) for tp in revoked)
+        insert = self.in_flight()
+        if insert is not None and not insert.done():
+            log.info("rebalance: waiting for the insert in flight before giving up partitions")
+            await asyncio.wait({insert})
 
     async def on_partitions_assigned(self, assigned: Any) -> None:
         self.assigned.update((tp.topic, tp.partition) for tp in assigned)
@@ -119,7 +130,7 @@ class ClickHouseSinkLoop:
         self.writing: tuple[SinkBatch, asyncio.Future[list[Rejected]]] | None = None  # the insert in flight
         self.max_poll_records = max_poll_records
         self.fast_path = fast_path
-        self._listener = _Listener()
+        self._listener = _Listener(lambda: None if self.writing is None else self.writing[1])
         self.lag = LagReport(self.hooks, SINK_GROUP, settings.topic_prefix)
         self.positions = StoredPositions(settings, client, self.registry, self.email_key)
         self.dead_letters = DeadLetters(settings, self.registry)
@@ -242,8 +253,8 @@ class ClickHouseSinkLoop:
         if not self.apply_erasures:
             self._pending_erasures.clear()
             return
-        if not self._pending_erasures:
-            return
+        if not self._pending_erasures or self._listener.revoked:
+            return  # (a revocation first: the batches it drops are re-read, without the erased records)
         await self._flush(force=True)
         while self._pending_erasures:
             record = self._pending_erasures[0]
@@ -349,13 +360,13 @@ class ClickHouseSinkLoop:
                 await self._finish_write()  # raises SinkBackpressure
             for batch in self.sink.due(force=force):
                 self.sink.close(batch)
-            if not self.sink.closed:
-                break
+            if not self.sink.closed or self._listener.revoked:
+                break  # (a revocation waits to be applied: its partitions may have a new owner already)
             batch = self.sink.closed[0]
             self.writing = (batch, asyncio.ensure_future(asyncio.to_thread(self.sink.write, batch)))
             if not force:
                 break
-        if self.writing is None:
+        if self.writing is None and not self.sink.closed:
             self._resume()
         await self._commit()
 

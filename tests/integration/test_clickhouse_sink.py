@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import io
 import json
+import logging
 import os
 import signal
 import struct
@@ -859,6 +860,67 @@ def test_newer_records_are_taken_into_a_fresh_batch_while_an_insert_is_in_flight
     finally:
         held.release.set()
         sink.close()
+
+
+class _Logged(logging.Handler):
+    """Sets ``seen`` when a record of the sink loop's logger contains ``text``."""
+
+    def __init__(self, text: str) -> None:
+        super().__init__(logging.INFO)
+        self.text = text
+        self.seen = threading.Event()
+
+    def emit(self, record: logging.LogRecord) -> None:
+        if self.text in record.getMessage():
+            self.seen.set()
+
+
+def test_partitions_revoked_during_an_insert_are_given_up_once_it_ended_so_nothing_is_stored_twice(
+    ch: Client, clickhouse_dsn: str, broker_settings: Settings
+) -> None:
+    """A second sink joins the group while the first one's insert is in flight. The first sink gave its
+    partitions up at once (its rebalance callback only noted them), so the second one read the stored
+    positions before that insert landed and stored the same records again, in other batches with other
+    dedup tokens: two raw rows each (and the daily views counted them twice). Revoked partitions are now
+    given up only once the insert in flight has ended."""
+    settings = broker_settings
+    produced = produce(settings, "download", 40, seed=24)
+    sink_log = logging.getLogger("sinks.sink_loop")
+    waiting = _Logged("waiting for the insert in flight")
+    level = sink_log.level
+    sink_log.setLevel(logging.INFO)
+    sink_log.addHandler(waiting)
+    held = HeldClient(ch)
+    other = clickhouse_connect.get_client(dsn=clickhouse_dsn)  # a second handle on the same engine
+    first = RunningSink(ClickHouseSinkLoop(settings, held, policy=BatchPolicy(500, 0.2)))
+    second: RunningSink | None = None
+    try:
+        assert held.entered.wait(30), "no insert started"
+        second = RunningSink(ClickHouseSinkLoop(settings, other, policy=BatchPolicy(500, 0.2)))
+        joined = second.loop
+        # Before the fix the second sink got partitions and stored their records during the held insert.
+        wait_for(lambda: waiting.seen.is_set() or bool(joined.stats.inserted), timeout=40, what="a rebalance")
+        time.sleep(1.0)
+        held.release.set()
+        wait_for(
+            lambda: sum(committed_offsets(settings).values()) == len(produced),
+            timeout=60,
+            what="every record committed by one of the two sinks",
+        )
+        assert count(
+            ch,
+            "SELECT count() FROM leadpulse.events FINAL WHERE startsWith(topic, {p:String})",
+            p=settings.topic_prefix,
+        ) == len(produced)
+        assert topic_rows(ch, "events", settings) == len(produced), "records stored twice"
+    finally:
+        held.release.set()
+        if second is not None:
+            second.close()
+        first.close()
+        other.close()
+        sink_log.removeHandler(waiting)
+        sink_log.setLevel(level)
 
 
 def test_an_insert_in_flight_when_the_loop_fails_is_awaited_before_the_consumer_closes(
