@@ -12,7 +12,9 @@ The loop's contract (DESIGN §7, STYLE "commit after durable"):
   (same dedup token); nothing is committed meanwhile and the process never exits for it;
 - rows ClickHouse rejects as invalid, and records that cannot be decoded, go to the ``dlq`` topic;
 - on (re)assignment it resumes after the highest offset already stored per partition, so a crash between
-  insert and commit does not store a batch twice even if the re-read batch is cut differently;
+  insert and commit does not store a batch twice even if the re-read batch is cut differently; revoked
+  partitions are given up only after the insert in flight has ended (``_Listener``), so that their next
+  owner's resume point counts it;
 - records of leads erased with ``leadpulse forget`` (the erasure log, ``streams.erasures``) are dropped
   before insert, so a replay cannot bring them back; with embedded ClickHouse the sink owns the engine and
   also deletes the lead's stored rows when an erasure arrives (``sinks.erase``).
