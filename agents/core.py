@@ -231,6 +231,7 @@ def _apply_activity(run: _Run, event: dict[str, Any]) -> None:
     follow_up = state.timers.get(sla.FOLLOW_UP)
     if activity in sla.FOLLOW_UP_ACTIVITIES:
         state.last_follow_up_at = t if state.last_follow_up_at is None else max(state.last_follow_up_at, t)
+        sla.record_follow_up(state, t, state.max_time - run.rules.late_window_ms)
         if follow_up is not None and t >= follow_up.started_at:
             run.stop_clock(sla.FOLLOW_UP, t)
     if activity == "rejected":
@@ -272,20 +273,23 @@ def _score_event(run: _Run, schema: str, event: dict[str, Any]) -> None:
 
 
 def _enter_mql(run: _Run, reason: str, hot_reason: str, immediate: bool) -> None:
-    """Hot lead: stage mql; unless the event is late, start the follow-up SLA and notify sales."""
+    """Hot lead: stage mql; unless the event is late, start the follow-up SLA and notify sales.
+
+    A follow-up at or after the MQL's time that was read before it (sales activities come on another topic)
+    stops the new clock at once, at its own event time, as it would have read after: the levels that fell
+    due before it fire now, with the same ids, and no clock is left running. Before, such a follow-up
+    started no clock however late it came (a first_touch 28 h after a 24 h MQL: no warning, no breach)."""
     state = run.state
     tr = run.move("mql", reason, run.t)
     state.mql_at = tr.occurred_at
-    followed_already = state.last_follow_up_at is not None and state.last_follow_up_at >= tr.occurred_at
-    timer = (
-        None
-        if run.late or followed_already
-        else sla.start_follow_up(state, tr.occurred_at, immediate, run.rules)
-    )
     if run.late:
         run.why.append(f"late event {run.trigger}: mql without notification")
-    else:
-        run.hot.append((tr, hot_reason, timer))
+        return
+    timer = sla.start_follow_up(state, tr.occurred_at, immediate, run.rules)
+    run.hot.append((tr, hot_reason, timer))
+    answered_at = sla.first_answer(state, tr.occurred_at)
+    if answered_at is not None:
+        run.stop_clock(sla.FOLLOW_UP, answered_at)
 
 
 # --- emit -----------------------------------------------------------------------------------------

@@ -10,10 +10,11 @@ makes
 
 from __future__ import annotations
 
+import bisect
 from dataclasses import dataclass
 
 from agents.rules import DAY_MS, HOUR_MS, Rules
-from agents.state import LeadState, SlaTimer
+from agents.state import MAX_FOLLOW_UPS, LeadState, SlaTimer
 
 FOLLOW_UP = "hot_lead_follow_up"
 REJECTION_FEEDBACK = "rejection_feedback"
@@ -58,6 +59,26 @@ def start_follow_up(state: LeadState, at: int, immediate: bool, rules: Rules) ->
     timer = SlaTimer(FOLLOW_UP, at, at + follow_up_ms(segment, immediate, rules), state.owner)
     state.timers[FOLLOW_UP] = timer
     return timer
+
+
+def record_follow_up(state: LeadState, at: int, keep_from: int) -> None:
+    """Remember a follow-up's event time for an MQL read after it (``first_answer``). ``keep_from``: times
+    before it can only answer a late MQL, which has no clock (the newest event's time minus the late window);
+    they are dropped, and beyond ``MAX_FOLLOW_UPS`` the oldest."""
+    times = state.follow_ups
+    if at >= keep_from and at not in times:
+        bisect.insort(times, at)
+    if times and (times[0] < keep_from or len(times) > MAX_FOLLOW_UPS):
+        state.follow_ups = [t for t in times if t >= keep_from][-MAX_FOLLOW_UPS:]
+
+
+def first_answer(state: LeadState, started_at: int) -> int | None:
+    """Event time of the first follow-up known at or after ``started_at`` (None = none yet): the one that
+    answers a clock started then, even if it was read before the MQL (another topic). A follow-up before
+    the start does not answer it."""
+    times = state.follow_ups
+    i = bisect.bisect_left(times, started_at)
+    return times[i] if i < len(times) else None
 
 
 def start_rejection_feedback(state: LeadState, at: int, rules: Rules) -> SlaTimer:

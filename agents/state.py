@@ -35,6 +35,7 @@ from typing import Any
 import orjson
 
 MAX_ALIASES = 20
+MAX_FOLLOW_UPS = 20  # follow-up times kept for MQLs read after them (agents/sla.py, record_follow_up)
 NEVER = -(2**62)  # "no time yet"; an int so arithmetic and JSON stay simple
 
 Signal = list[Any]  # [rule, event_type, event_id, event_time, points, detail]
@@ -89,9 +90,13 @@ class LeadState:
     seq: int = 0
     mql_at: int | None = None
     last_sales_at: int | None = None
-    # newest event time of a follow-up activity (first_touch/accepted/rejected): one that arrives before the
-    # MQL event it follows up (another topic, no cross-topic order) must still count as the follow-up
+    # newest event time of a follow-up activity (first_touch/accepted/rejected/...)
     last_follow_up_at: int | None = None
+    # event times of the follow-up activities an MQL not read yet could still be answered by, sorted: one
+    # that arrives before the MQL event it follows up (another topic, no cross-topic order) must be judged
+    # as if read after it (sla.first_answer). Bounded: only times within the late window of the newest event
+    # (an older MQL is late and starts no clock), at most MAX_FOLLOW_UPS.
+    follow_ups: list[int] = field(default_factory=list)
     owner: str | None = None
     timers: dict[str, SlaTimer] = field(default_factory=dict)
     signals: list[Signal] = field(default_factory=list)
@@ -138,6 +143,7 @@ class LeadState:
             "mql_at": self.mql_at,
             "last_sales_at": self.last_sales_at,
             "last_follow_up_at": self.last_follow_up_at,
+            "follow_ups": self.follow_ups,
             "owner": self.owner,
             "timers": {k: t.to_dict() for k, t in self.timers.items()},
             "signals": self.signals,
@@ -170,6 +176,8 @@ class LeadState:
             mql_at=d.get("mql_at"),
             last_sales_at=d.get("last_sales_at"),
             last_follow_up_at=d.get("last_follow_up_at"),
+            # a state written before the list: its newest follow-up is the one known
+            follow_ups=[int(t) for t in d.get("follow_ups", _newest(d.get("last_follow_up_at")))],
             owner=d.get("owner"),
             timers={k: SlaTimer.from_dict(t) for k, t in d.get("timers", {}).items()},
             signals=[list(s) for s in d.get("signals", [])],
@@ -201,6 +209,10 @@ class LeadState:
             return cls.from_dict(json.loads(data))
         state.non_finite = False  # orjson parses no NaN/Infinity: none was written
         return state
+
+
+def _newest(last_follow_up_at: int | None) -> list[int]:
+    return [] if last_follow_up_at is None else [int(last_follow_up_at)]
 
 
 def _non_finite(buffer: list[list[Any]]) -> bool:

@@ -213,7 +213,8 @@ def test_timer_outputs_validate_against_their_schemas() -> None:
 
 def test_follow_up_that_arrives_before_its_mql_event_still_stops_the_sla() -> None:
     """Sales activities and downloads travel on different topics, so a first_touch can be processed before
-    the demo request it answers; the SLA clock must not start (and breach) for a lead already touched."""
+    the demo request it answers; it answers the clock (9 min in, before any level) as if read after it, so
+    nothing fires and no clock is left (the late ones: the tests at the end of this file)."""
     from agents.core import check_timers, step
     from agents.rules import load_rules
 
@@ -251,6 +252,7 @@ def test_follow_up_that_arrives_before_its_mql_event_still_stops_the_sla() -> No
     result = step(state, "L", "download", demo, rules, t0)
     assert result.state.stage == "mql"
     assert [o.schema for o in result.outputs].count("hot_lead") == 1
+    assert result.state.timers == {}
     later = check_timers(result.state, rules, t0 + 10 * 24 * 3_600_000)
     assert [o for o in later.outputs if o.schema == "sla_timeout"] == []
 
@@ -344,3 +346,167 @@ def test_a_rejection_reason_in_time_stops_the_feedback_clock_quietly() -> None:
     assert "rejection_feedback" not in lead.state().timers
     lead.tick(T0 + 10 * DAY)
     assert timeouts(lead) == []  # quietly: no SLA event of any kind, ever
+
+
+# --- a follow-up read before the MQL it answers ---------------------------------------------------
+# Sales activities and behaviour come on different topics, so the worker may read a follow-up before the event
+# that made the lead hot. Audit: the clock was then never started, however late the follow-up came (a
+# first_touch 28 h after a 24 h MQL: no warning, no breach), while the same history read in event-time order
+# gave both. The answer is judged by event times whichever record is read first.
+
+# clock -> (the events that make the lead hot, the clock's start, its length). The lead is known (profile a
+# day before), so the MQL's own time starts the clock in either order.
+HOT: dict[str, tuple[list[tuple[str, dict[str, object]]], int, int]] = {
+    "1 h": ([download(t=T0, asset="demo_request", event_id="hot-d")], T0, HOUR),
+    "24 h": (
+        [
+            download(t=T0 + 1, asset="whitepaper", event_id="hot-1"),
+            download(t=T0 + 2, asset="ebook", event_id="hot-2"),
+            view(t=T0 + 3, content_type="webinar", event_id="hot-3"),
+            view(t=T0 + 4, content_type="webinar", event_id="hot-4"),
+        ],
+        T0 + 4,
+        24 * HOUR,
+    ),
+}
+
+
+def known_lead(segment: str | None = None) -> Lead:
+    lead = Lead()
+    lead.send(identified(t=T0 - DAY, company_size=6000, seniority="c_level", country="JP", segment=segment))
+    return lead
+
+
+def sla_records(lead: Lead) -> list[tuple[object, ...]]:
+    keys = ("sla", "level", "timeout_id", "started_at", "due_at", "owner", "notify")
+    return [tuple(r[k] for k in keys) for r in lead.of("sla_timeout")]
+
+
+def in_either_order(
+    hot: list[tuple[str, dict[str, object]]],
+    answers: list[tuple[str, dict[str, object]]],
+    segment: str | None = None,
+) -> tuple[Lead, Lead]:
+    """The same history read in event-time order (answers second) and answers first."""
+    second, first = known_lead(segment), known_lead(segment)
+    second.send(*hot)
+    second.send(*answers)
+    first.send(*answers)
+    first.send(*hot)
+    return second, first
+
+
+@pytest.mark.parametrize("clock", ["1 h", "24 h"])
+@pytest.mark.parametrize(
+    ("level_at", "off", "levels"),
+    [
+        (0.5, -1, []),  # just before the warning
+        (0.5, 0, []),  # exactly at the warning: in time for it
+        (0.5, 1, ["warning"]),
+        (1.0, -1, ["warning"]),
+        (1.0, 0, ["warning"]),  # exactly at the deadline: in time
+        (1.0, 1, ["warning", "breach"]),
+        (
+            28 / 24,
+            0,
+            ["warning", "breach"],
+        ),  # 28 h after a 24 h MQL (the audit's case), 70 min after a 1 h one
+    ],
+)
+def test_a_follow_up_read_before_its_mql_is_judged_as_if_read_after(
+    clock: str, level_at: float, off: int, levels: list[str]
+) -> None:
+    hot, start, length = HOT[clock]
+    answered = start + int(length * level_at) + off
+    second, first = in_either_order(hot, [activity("first_touch", t=answered, event_id="touch")])
+    assert timeouts(second) == [("hot_lead_follow_up", level) for level in levels]
+    assert sla_records(first) == sla_records(second)  # same levels, ids, times, owner
+    ids = [r["timeout_id"] for r in first.of("sla_timeout")]
+    assert ids == [f"L1:hot_lead_follow_up:{level}:{start}" for level in levels]
+    assert [h["sla_due_at"] for h in first.of("hot_lead")] == [start + length]
+    # the same clock on the notification (its score and owner are as of what the worker had read)
+    assert [(h["became_hot_at"], h["sla_due_at"]) for h in second.of("hot_lead")] == [(start, start + length)]
+    for lead in (first, second):
+        assert lead.state().timers == {}  # no clock left running
+        lead.tick(T0 + 10 * DAY)  # nothing more, ever
+    assert sla_records(first) == sla_records(second)
+
+
+@pytest.mark.parametrize("kind", ["first_touch", "rejected"])
+def test_any_follow_up_read_first_fires_what_fell_due_before_it(kind: str) -> None:
+    hot, start, _ = HOT["24 h"]
+    reason = "no budget" if kind == "rejected" else None
+    second, first = in_either_order(hot, [activity(kind, t=start + 28 * HOUR, reason=reason)])
+    both = [("hot_lead_follow_up", "warning"), ("hot_lead_follow_up", "breach")]
+    assert timeouts(first) == timeouts(second) == both
+    assert sla_records(first) == sla_records(second)
+    assert "hot_lead_follow_up" not in first.state().timers
+
+
+def test_a_segment_clock_is_judged_the_same_when_the_follow_up_is_read_first() -> None:
+    hot, start, _ = HOT["24 h"]  # enterprise: 4 h
+    touch = activity("first_touch", t=start + 5 * HOUR)
+    second, first = in_either_order(hot, [touch], segment="enterprise")
+    assert timeouts(first) == [("hot_lead_follow_up", "warning"), ("hot_lead_follow_up", "breach")]
+    assert sla_records(first) == sla_records(second)
+    assert first.of("sla_timeout")[1]["due_at"] == start + 4 * HOUR
+
+
+def test_a_follow_up_before_the_mql_read_first_does_not_answer_it() -> None:
+    hot, start, _ = HOT["1 h"]
+    lead = known_lead()
+    lead.send(activity("first_touch", t=start - HOUR))  # contacted before it turned hot
+    lead.send(*hot)
+    assert lead.state().timers["hot_lead_follow_up"].started_at == start  # the clock runs
+    assert timeouts(lead) == []
+    lead.tick(start + 2 * HOUR)
+    assert timeouts(lead) == [("hot_lead_follow_up", "warning"), ("hot_lead_follow_up", "breach")]
+
+
+def test_the_first_follow_up_at_or_after_the_mql_answers_it_not_the_newest_or_an_earlier_one() -> None:
+    hot, start, _ = HOT["24 h"]
+    before, late = activity("first_touch", t=start - HOUR), activity("first_touch", t=start + 28 * HOUR)
+    second, first = in_either_order(hot, [before, late])
+    assert (
+        timeouts(first)
+        == timeouts(second)
+        == [("hot_lead_follow_up", "warning"), ("hot_lead_follow_up", "breach")]
+    )
+    in_time = activity("first_touch", t=start + HOUR)
+    second, first = in_either_order(hot, [in_time, activity("first_touch", t=start + 28 * HOUR)])
+    assert timeouts(first) == timeouts(second) == []
+    assert first.state().timers == second.state().timers == {}
+
+
+def test_a_follow_up_read_first_fires_once_across_redelivery_and_a_restart() -> None:
+    hot, start, _ = HOT["1 h"]
+    touch = activity("first_touch", t=start + 2 * HOUR, event_id="touch")
+    lead = known_lead()
+    lead.send(touch)
+    lead.send(*hot)
+    assert len(lead.of("sla_timeout")) == 2
+    restored = LeadState.from_bytes(lead.state().to_bytes())
+    assert restored == lead.state()
+    lead.states["L1"] = restored
+    assert lead.send(*hot, touch) == []  # re-read after a restart: duplicates, nothing fired again
+    lead.tick(T0 + 30 * DAY)
+    assert len(lead.of("sla_timeout")) == 2
+
+
+def test_follow_up_times_kept_for_a_later_mql_are_bounded() -> None:
+    from agents.state import MAX_FOLLOW_UPS
+
+    lead = known_lead()
+    for i in range(3 * MAX_FOLLOW_UPS):
+        lead.send(activity("first_touch", t=T0 + i * MIN))
+    assert len(lead.state().follow_ups) == MAX_FOLLOW_UPS
+    lead.send(activity("first_touch", t=T0 + 10 * DAY))  # the rest are older than the late window behind it
+    assert lead.state().follow_ups == [T0 + 10 * DAY]
+
+
+def test_a_state_written_before_the_follow_up_list_keeps_its_newest_follow_up() -> None:
+    lead = known_lead()
+    lead.send(activity("first_touch", t=T0 + 28 * HOUR))
+    old = lead.state().to_dict()
+    del old["follow_ups"]
+    assert LeadState.from_dict(old).follow_ups == [T0 + 28 * HOUR]
