@@ -69,9 +69,10 @@ dropped AS (
     FROM mqls AS m LEFT JOIN exits AS x ON x.lead_id = m.lead_id
     GROUP BY m.lead_id, m.at
 ),
--- the clock the worker started for that MQL (its hot lead's due time; a late MQL notified nobody: none; an
--- MQL whose follow-up, at or after it, reached the worker first was notified with no clock: due 0) and
--- whom its hot lead named
+-- the clock the worker started for that MQL (its hot lead's due time; a late MQL notified nobody: none;
+-- workers before stop 23 notified an MQL whose follow-up, at or after it, reached them first with no
+-- clock: due 0, left out of the own-clock figures; newer ones start and judge that clock) and whom its hot
+-- lead named
 clocks AS (
     SELECT lead_id, toUnixTimestamp64Milli(became_hot_at) AS at,
            maxIf(toUnixTimestamp64Milli(assumeNotNull(sla_due_at)), sla_due_at IS NOT NULL) AS due,

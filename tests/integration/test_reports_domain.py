@@ -211,9 +211,10 @@ act("D-act0", "D-m0", "first_touch", SINCE + 40 * DAY_MS + 2 * H)
 #   aiko: a0 answered in 2 h (in time); a1 a 1 h inquiry answered in 3 h (a miss on its own clock, in time on
 #         a flat 24 h; warning + breach); a2 never answered (warning + breach). 3 hot leads, 1 / 3.
 #   ben:  b0 a 1 h inquiry answered in 30 min; b1 hot 2 h before the period ends (not judged); b2 answered
-#         1 h after it turned hot, a record the worker read before the MQL's (notified with no clock: the
-#         lead was answered already). 3 hot leads, 2 with a clock, 1 / 1. A rejection of
-#         ben's without a reason breached rejection_feedback: by_owner's, not a follow-up figure.
+#         1 h after it turned hot, a record a worker before stop 23 read before the MQL's (notified with no
+#         clock: the lead was answered already; history such workers wrote). 3 hot leads, 2 with a clock,
+#         1 / 1. A rejection of ben's without a reason breached rejection_feedback: by_owner's, not a
+#         follow-up figure.
 #   carl: c0 hot with no owner, never answered; the scan fired its warning with none, and the lead was
 #         assigned to carl before its breach, which the worker put on carl. It counts where its breach does:
 #         1 hot lead, 0 / 1, 1 breach; (unassigned) keeps the warning.
