@@ -39,8 +39,8 @@ class RecentIds:
 
     def first_or_take(self, tp: TopicPartition, record_id: str, offset: int) -> int | None:
         """Where ``record_id`` was first taken on ``tp`` lately; if nowhere, remember it as taken at
-        ``offset`` and return None. ``first_offset`` then ``take`` in one lookup (the sink's per-record
-        path)."""
+        ``offset`` and return None (a later copy keeps the first one's offset). One lookup: the sink's
+        per-record path."""
         ids = self._ids.get(tp)
         if ids is None:
             if self.capacity <= 0:
@@ -54,10 +54,6 @@ class RecentIds:
             if len(ids) > self.capacity:
                 ids.popitem(last=False)
         return None
-
-    def take(self, tp: TopicPartition, record_id: str, offset: int) -> None:
-        """Remember ``record_id`` as taken at ``offset`` (a later copy keeps the first one's offset)."""
-        self.first_or_take(tp, record_id, offset)
 
     def forget(self, tp: TopicPartition, record_id: str, offset: int) -> None:
         """The copy taken at ``offset`` was not stored (ClickHouse refused the row): a later copy is new."""
