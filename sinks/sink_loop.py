@@ -9,7 +9,8 @@ taking records into fresh batches while a batch is inserted (one insert at a tim
 The loop's contract (DESIGN §7, STYLE "commit after durable"):
 - offsets move only after the rows below them are inserted (or dead-lettered and the DLQ flushed);
 - ClickHouse down or overloaded: pause every partition, wait the backoff, re-send the identical batch
-  (same dedup token); nothing is committed meanwhile and the process never exits for it;
+  (same dedup token) first; no partition's commit passes a record of that batch meanwhile (a partition
+  whose every record is handled, e.g. dead-lettered, may still move) and the process never exits for it;
 - rows ClickHouse rejects as invalid, and records that cannot be decoded, go to the ``dlq`` topic;
 - on (re)assignment it resumes after the highest offset already stored per partition, so a crash between
   insert and commit does not store a batch twice even if the re-read batch is cut differently; revoked
