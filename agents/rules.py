@@ -211,8 +211,16 @@ _WORD = r"[^\W\u3040-\u30ff\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff\uff66-\uff9f]
 
 def _words(keywords: list[str]) -> re.Pattern[str]:
     # whole words by lookaround, not \b: a keyword ending in punctuation (c++, c#) never matched with \b
-    alternatives = "|".join(re.escape(k.lower()) for k in keywords)
-    return re.compile(rf"(?<!{_WORD})(?:{alternatives})(?!{_WORD})")
+    return re.compile("|".join(_word(k.lower()) for k in keywords))
+
+
+def _word(keyword: str) -> str:
+    """A keyword as a whole word: no word character may touch an end of it that is a word character. An
+    end that is punctuation bounds itself: a possessive "'s assistant" follows its owner's last letter
+    ("ceo's assistant"), which the lookbehind refused."""
+    before = f"(?<!{_WORD})" if keyword[:1].isalnum() or keyword[:1] == "_" else ""
+    after = f"(?!{_WORD})" if keyword[-1:].isalnum() or keyword[-1:] == "_" else ""
+    return f"{before}{re.escape(keyword)}{after}"
 
 
 _PROBLEMS = {

@@ -95,6 +95,9 @@ def test_a_title_keyword_inside_a_longer_matching_keyword_does_not_count(title: 
         ("Marketing Intern, Office of the CEO", 2),
         ("執行役員補佐", 2),  # assistant to an executive officer
         ("Executive Assistant", 2),  # a support role naming nobody: the same staff level (0 before)
+        ("CEO's Assistant", 2),  # possessives: the owner's name ends where the keyword begins
+        ("President\u2019s Secretary", 2),  # typographic apostrophe
+        ("Vice President's Assistant", 2),
         # not support roles: every other title keeps its score
         ("President", 20),
         ("Vice President of Sales", 15),  # the containment rule still holds
