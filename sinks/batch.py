@@ -73,10 +73,7 @@ class SinkBatch:
     attempts: int = 0
 
     def add(self, row: Row, key: bytes | None, value: bytes | None) -> None:
-        tp = (row[-3], row[-2])
-        segment = self.segments.get(tp)
-        if segment is None:
-            segment = self.segments[tp] = Segment()
+        segment = self._segment((row[-3], row[-2]))
         segment.rows.append(row)
         segment.sources.append((key, value))
         self.size += 1
@@ -85,12 +82,16 @@ class SinkBatch:
         self, tp: TopicPartition, rows: list[Row], sources: list[tuple[bytes | None, bytes | None]]
     ) -> None:
         """``add`` for rows of one topic-partition in offset order (the sink takes a fetch at a time)."""
-        segment = self.segments.get(tp)
-        if segment is None:
-            segment = self.segments[tp] = Segment()
+        segment = self._segment(tp)
         segment.rows.extend(rows)
         segment.sources.extend(sources)
         self.size += len(rows)
+
+    def _segment(self, tp: TopicPartition) -> Segment:
+        segment = self.segments.get(tp)
+        if segment is None:
+            segment = self.segments[tp] = Segment()
+        return segment
 
     def ordered(self) -> tuple[list[Row], list[tuple[bytes | None, bytes | None]]]:
         """All rows sorted by topic-partition then offset: any prefix of this order covers, for each
@@ -185,11 +186,7 @@ class ClickHouseBatchSink:
         value: bytes | None = None,
         container: ContainerFormat | None = None,
     ) -> None:
-        name = batch_key(table, container)
-        batch = self.batches.get(name)
-        if batch is None:
-            batch = self.batches[name] = SinkBatch(table, self.clock(), container)
-        batch.add(row, key, value)
+        self._open_batch(table, container).add(row, key, value)
 
     def add_many(
         self,
@@ -200,13 +197,16 @@ class ClickHouseBatchSink:
         container: ContainerFormat | None = None,
     ) -> None:
         """``add`` for a run of rows of one topic-partition, in offset order, after any it added before."""
-        if not rows:
-            return
+        if rows:
+            self._open_batch(table, container).extend(tp, rows, sources)
+
+    def _open_batch(self, table: TableSpec, container: ContainerFormat | None) -> SinkBatch:
+        """The table's open batch in that shape, a fresh one if none is open (or it was closed)."""
         name = batch_key(table, container)
         batch = self.batches.get(name)
         if batch is None:
             batch = self.batches[name] = SinkBatch(table, self.clock(), container)
-        batch.extend(tp, rows, sources)
+        return batch
 
     def due(self, *, force: bool = False) -> list[SinkBatch]:
         """Open batches due to be written (all of them if ``force``)."""

@@ -203,10 +203,7 @@ class ClickHouseSinkLoop:
             records = await self.consumer.getmany(timeout_ms=poll_ms, max_records=self.max_poll_records)
             await self._apply_rebalance()
             if self.writing is not None and self.writing[1].done():
-                try:
-                    await self._finish_write()  # first: the records taken next must know what it stored
-                except SinkBackpressure as exc:
-                    self._back_off(exc)
+                await self._settle_write()  # first: the records taken next must know what it stored
             for tp, messages in records.items():
                 if (tp.topic, tp.partition) in self.stats.assigned:
                     self._take(tp, messages)
@@ -216,6 +213,13 @@ class ClickHouseSinkLoop:
         try:
             await self._flush()
             await self._apply_erasures()
+        except SinkBackpressure as exc:
+            self._back_off(exc)
+
+    async def _settle_write(self) -> None:
+        """``_finish_write`` outside ``_flush``: a failed insert starts the back-off here."""
+        try:
+            await self._finish_write()
         except SinkBackpressure as exc:
             self._back_off(exc)
 
@@ -288,10 +292,7 @@ class ClickHouseSinkLoop:
             # written before the rebalance was noticed.
             revoked, listener.revoked = listener.revoked, set()
             if self.writing is not None:
-                try:
-                    await self._finish_write()
-                except SinkBackpressure as exc:
-                    self._back_off(exc)
+                await self._settle_write()
             batches = [*self.sink.closed, *self.sink.batches.values()]
             if any(tp in revoked for batch in batches for tp in batch.segments):
                 log.info("rebalance: dropping %d uncommitted batch(es)", self.sink.clear())
