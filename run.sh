@@ -42,12 +42,13 @@ case "$verb" in
         .venv/bin/ruff check .
         .venv/bin/ruff format --check .
         .venv/bin/mypy
-        # Two pytest runs, one selection: the unit, integration, e2e and browser suites on two xdist
-        # workers (each with its own broker and chDB; files stay whole), then the fault suite alone, since
+        # Two pytest runs, one selection: the unit, integration, e2e and browser suites on three xdist
+        # workers (each with its own broker and chDB; files stay whole; three on two cores because these
+        # tests mostly wait on processes and brokers, README "Two commands"), then the fault suite alone, since
         # it kills, hangs and restarts brokers and processes and times their recovery (README, "Two
         # commands"). Exit 5 (nothing selected, e.g. `-k` naming tests of one run only) is not a failure.
         run_pytest() { .venv/bin/pytest "$@" || { local code=$?; [ "$code" -eq 5 ] || return "$code"; }; }
-        run_pytest -m "(unit or integration or e2e or browser) and not faults" -n 2 --dist loadfile "$@"
+        run_pytest -m "(unit or integration or e2e or browser) and not faults" -n 3 --dist loadfile "$@"
         run_pytest -m "faults" "$@"
         ;;
     *)

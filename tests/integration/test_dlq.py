@@ -7,6 +7,7 @@ import json
 import struct
 import time
 from collections.abc import Callable
+from typing import Any
 
 import pytest
 from prometheus_client import CollectorRegistry
@@ -149,6 +150,41 @@ def test_replay_sends_an_original_dead_lettered_by_two_consumers_back_once(setti
     assert sum(isinstance(i, Undecodable) for i in source) == 2  # the original and one replayed copy
 
 
+def worker_dead_letters_one(
+    settings: Settings, bad: tuple[bytes, bytes], good: tuple[bytes, bytes], reason: str
+) -> dict[str, Any]:
+    """Send a bad download, then a good demo request, to a real worker; wait until the good lead is mql
+    and the bad record is counted invalid with ``reason``. Returns the one dead letter, checked to carry the
+    bad record's topic, partition, offset, key and bytes."""
+    topic = settings.topic("events.downloads")
+    with Producer(settings) as producer:
+        producer.send_encoded(topic, *bad)
+        producer.send_encoded(topic, *good)
+    [original] = [i for i in read_topic(settings, topic, idle_ms=800) if i.key == bad[0]]
+    metrics = CollectorRegistry()
+    worker = LeadWorker(settings, load_rules(None), Metrics(metrics), scan_interval_s=3600)
+    good_lead, bad_lead = good[0].decode(), bad[0].decode()
+
+    def invalid() -> float | None:
+        labels = {"topic": "events.downloads", "reason": reason}
+        return metrics.get_sample_value("leadpulse_events_invalid_total", labels)
+
+    async def scenario() -> None:
+        async with running_worker(worker) as running:
+            await wait_until(lambda: stages(worker, good_lead) == ("mql",) and invalid() == 1, running)
+            assert stages(worker, bad_lead) == (None,)
+
+    asyncio.run(scenario())
+    [letter] = [d.record for d in list_dead_letters(settings)]
+    assert (letter["source_topic"], letter["partition"], letter["offset"]) == (
+        topic,
+        original.partition,
+        original.offset,
+    )
+    assert (letter["key"], letter["value"]) == bad
+    return letter
+
+
 def test_the_worker_dead_letters_a_record_with_trailing_bytes_instead_of_scoring_it(
     settings: Settings,
 ) -> None:
@@ -159,30 +195,12 @@ def test_the_worker_dead_letters_a_record_with_trailing_bytes_instead_of_scoring
     at = int(time.time() * 1000) - 60_000
     good, tailed = (registry.encode("download", demo_request(lead, at)) for lead in ("L-good", "L-tail"))
     tailed += b"\x0cspring"  # an extra string field's encoding
-    topic = settings.topic("events.downloads")
-    with Producer(settings) as producer:
-        producer.send_encoded(topic, b"L-tail", tailed)
-        producer.send_encoded(topic, b"L-good", good)
-    metrics = CollectorRegistry()
-    worker = LeadWorker(settings, load_rules(None), Metrics(metrics), scan_interval_s=3600)
-
-    def invalid() -> float | None:
-        labels = {"topic": "events.downloads", "reason": "trailing_bytes"}
-        return metrics.get_sample_value("leadpulse_events_invalid_total", labels)
-
-    async def scenario() -> None:
-        async with running_worker(worker) as running:
-            await wait_until(lambda: stages(worker, "L-good") == ("mql",) and invalid() == 1, running)
-            assert stages(worker, "L-tail") == (None,)
-
-    asyncio.run(scenario())
-    [letter] = [d.record for d in list_dead_letters(settings)]
+    letter = worker_dead_letters_one(settings, (b"L-tail", tailed), (b"L-good", good), "trailing_bytes")
     assert (letter["stage"], letter["error_type"]) == ("decode", "TrailingBytes")
     assert letter["error"].startswith(
         f"7 trailing bytes after the download record (it ends at byte {len(tailed) - 7} of {len(tailed)}): "
         "the writer's schema does not match its fingerprint"
     )
-    assert (letter["source_topic"], letter["key"], letter["value"]) == (topic, b"L-tail", tailed)
     assert "TrailingBytes" in cli(settings, "dlq", "list")
 
 
@@ -196,35 +214,12 @@ def test_the_worker_dead_letters_an_event_time_in_epoch_seconds_instead_of_scori
     seconds = now // 1000 - 60
     good = registry.encode("download", demo_request("L-good", now - 60_000))
     in_seconds = registry.encode("download", demo_request("L-secs", seconds))  # encoding checks no times
-    topic = settings.topic("events.downloads")
-    with Producer(settings) as producer:
-        producer.send_encoded(topic, b"L-secs", in_seconds)
-        producer.send_encoded(topic, b"L-good", good)
-    [original] = [
-        i for i in read_topic(settings, topic, idle_ms=800) if isinstance(i, Decoded) and i.key == b"L-secs"
-    ]
-    metrics = CollectorRegistry()
-    worker = LeadWorker(settings, load_rules(None), Metrics(metrics), scan_interval_s=3600)
-
-    def invalid() -> float | None:
-        labels = {"topic": "events.downloads", "reason": "event_time_seconds"}
-        return metrics.get_sample_value("leadpulse_events_invalid_total", labels)
-
-    async def scenario() -> None:
-        async with running_worker(worker) as running:
-            await wait_until(lambda: stages(worker, "L-good") == ("mql",) and invalid() == 1, running)
-            assert stages(worker, "L-secs") == (None,)
-
-    asyncio.run(scenario())
-    [letter] = [d.record for d in list_dead_letters(settings)]
-    assert (letter["source_topic"], letter["partition"], letter["offset"]) == (
-        topic,
-        original.partition,
-        original.offset,
+    letter = worker_dead_letters_one(
+        settings, (b"L-secs", in_seconds), (b"L-good", good), "event_time_seconds"
     )
     assert (letter["stage"], letter["error_type"]) == ("validate", "InadmissibleEvent")
     assert letter["error"].startswith(
         f"event_time: {seconds} looks like epoch seconds: as epoch milliseconds"
     )
     assert f"; send {seconds * 1000} for " in letter["error"]
-    assert (letter["key"], letter["value"], letter["event_id"]) == (b"L-secs", in_seconds, "L-secs-demo")
+    assert letter["event_id"] == "L-secs-demo"
