@@ -5,14 +5,20 @@ with the email as a keyed hash, so they cannot be rebuilt faithfully; re-send th
 Records keep their ``event_id``, so downstream dedup (worker state, ReplacingMergeTree) makes a replay safe.
 They also carry the ``leadpulse-replayed`` header: they were read from ClickHouse, so the sink does not
 store them again (the daily views would count them twice: docs/clickhouse.md).
+
+A stored record that today's checks refuse (stored before a rule existed, e.g. an ``event_time`` before
+2000) is skipped and reported, not sent: one old row must not stop a replay of a whole window, and the
+worker would only dead-letter it.
 """
 
 from __future__ import annotations
 
 import heapq
 from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field
 from typing import Any, Protocol
 
+from schemas.errors import SchemaValidationError
 from sinks.query_service import Runner
 from sinks.rows import EVENT_FIELDS
 
@@ -91,10 +97,30 @@ class Sender(Protocol):
     ) -> Any: ...
 
 
-def replay(run: Runner, producer: Sender, since_ms: int, until_ms: int) -> dict[str, int]:
-    """Publish stored records, marked as replayed; returns counts per schema."""
-    counts: dict[str, int] = {}
+@dataclass
+class Refused:
+    """A stored record that today's checks refuse, so it was not sent."""
+
+    schema: str
+    event_id: str
+    problem: str
+
+
+@dataclass
+class ReplayResult:
+    sent: dict[str, int] = field(default_factory=dict)  # per schema
+    refused: list[Refused] = field(default_factory=list)
+
+
+def replay(run: Runner, producer: Sender, since_ms: int, until_ms: int) -> ReplayResult:
+    """Publish stored records, marked as replayed; counts what was sent per schema and lists what the
+    producer's checks refused."""
+    result = ReplayResult()
     for schema, record in stored_records(run, since_ms, until_ms):
-        producer.send(schema, record, headers=REPLAYED_HEADERS)
-        counts[schema] = counts.get(schema, 0) + 1
-    return counts
+        try:
+            producer.send(schema, record, headers=REPLAYED_HEADERS)
+        except SchemaValidationError as exc:
+            result.refused.append(Refused(schema, str(record.get("event_id")), str(exc)))
+            continue
+        result.sent[schema] = result.sent.get(schema, 0) + 1
+    return result

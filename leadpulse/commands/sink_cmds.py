@@ -20,6 +20,8 @@ if TYPE_CHECKING:
 
     from streams.settings import Settings
 
+REFUSED_SHOWN = 10  # `replay` names this many refused records; the count covers all
+
 
 def _open(settings: Settings, get_client: Callable[[Settings], Client], when_owned: str) -> Client:
     """A client, or a one-line error; an embedded directory a running sink owns says so, not chDB's lock
@@ -173,7 +175,18 @@ def register(app: typer.Typer) -> None:
             raise fail(str(exc), 2) from None
         try:
             with running_broker(settings) as bootstrap, Producer(settings, bootstrap=bootstrap) as producer:
-                counts = replay(run, producer, period.since_ms, period.until_ms)
+                result = replay(run, producer, period.since_ms, period.until_ms)
         finally:
             close()
-        typer.echo("replayed: " + (", ".join(f"{k} {v}" for k, v in sorted(counts.items())) or "nothing"))
+        sent = result.sent
+        typer.echo("replayed: " + (", ".join(f"{k} {v}" for k, v in sorted(sent.items())) or "nothing"))
+        if result.refused:
+            for refused in result.refused[:REFUSED_SHOWN]:
+                typer.echo(f"not replayed: {refused.schema} {refused.event_id}: {refused.problem}", err=True)
+            more = len(result.refused) - REFUSED_SHOWN
+            typer.echo(
+                f"{len(result.refused)} stored record(s) not replayed: today's checks refuse them"
+                + (f" ({more} more not shown)" if more > 0 else ""),
+                err=True,
+            )
+            raise typer.Exit(1)

@@ -6,13 +6,16 @@ import uuid
 from pathlib import Path
 
 import pytest
+from typer.testing import CliRunner
 
+from leadpulse.cli import app
 from sinks.clickhouse import get_client
 from sinks.migrate import migrate
 from sinks.query_service import client_runner
-from sinks.replay import stored_records
+from sinks.replay import is_replayed, stored_records
 from sinks.rows import Origin, to_row
-from streams.settings import load_settings
+from streams.reader import Decoded, read_topic
+from streams.settings import Settings, load_settings
 from tests.unit.builders import activity, visit
 
 pytestmark = pytest.mark.integration
@@ -65,3 +68,42 @@ def test_replay_reads_back_the_window_and_nothing_outside_it(clickhouse_dsn: str
     for _, record in replayed:  # event times come back as the epoch milliseconds they were sent with
         assert record["event_time"] == sent[record["event_id"]]["event_time"]
         assert record["lead_id"] == sent[record["event_id"]]["lead_id"]
+
+
+def test_a_stored_record_todays_checks_refuse_is_reported_and_the_rest_is_replayed(
+    clickhouse_dsn: str, broker_settings: Settings
+) -> None:
+    """History stored before the event_time floor existed (an epoch-seconds time read as 1999) used to stop
+    `leadpulse replay` at that row with a traceback, sending nothing after it. Now the row is named on
+    stderr, the exit status is 1 and the rows after it are replayed."""
+    client = get_client(load_settings(clickhouse_dsn=clickhouse_dsn))
+    migrate(client)
+    tag = uuid.uuid4().hex[:8]
+    floor = 946_684_800_000  # 2000-01-01: earlier input times are refused (epoch seconds, most likely)
+    records = [
+        visit("L1", floor - HOUR // 2, event_id=f"{tag}-before-2000"),
+        visit("L1", floor, event_id=f"{tag}-at-2000"),
+    ]
+    rows = [to_row(schema, record, Origin("t", 0, n), b"key") for n, (schema, record) in enumerate(records)]
+    client.insert(
+        rows[0][0].qualified, [row for _, row in rows], column_names=list(rows[0][0].insert_columns)
+    )
+    client.close()
+
+    env = {
+        "LEADPULSE_KAFKA_BOOTSTRAP": broker_settings.bootstrap,
+        "LEADPULSE_TOPIC_PREFIX": broker_settings.topic_prefix,
+        "LEADPULSE_CLICKHOUSE_DSN": clickhouse_dsn,
+    }
+    args = ["replay", "--since", "1999-12-31T23:00:00Z", "--until", "2000-01-01T01:00:00Z"]
+    result = CliRunner().invoke(app, args, env=env)
+
+    assert result.exit_code == 1, result.output
+    assert "replayed: web_visit 1" in result.stdout
+    assert f"not replayed: web_visit {tag}-before-2000: invalid web_visit: event_time:" in result.stderr
+    assert "1 stored record(s) not replayed" in result.stderr
+    topic = broker_settings.topic("events.web_visits")
+    sent = [item for item in read_topic(broker_settings, topic, idle_ms=800) if isinstance(item, Decoded)]
+    assert [(item.record["event_id"], is_replayed(item.headers)) for item in sent] == [
+        (f"{tag}-at-2000", True)
+    ]
