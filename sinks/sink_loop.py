@@ -383,10 +383,16 @@ class ClickHouseSinkLoop:
 
     async def _finish_write(self) -> None:
         """Wait for the insert in flight; count its rows and dead-letter those ClickHouse rejected. On
-        ``SinkBackpressure`` the batch stays first among the closed ones, to be re-sent identical."""
+        ``SinkBackpressure`` the batch stays first among the closed ones, to be re-sent identical.
+
+        ``writing`` names the insert until it has ended, also while this awaits it: a rebalance that comes
+        meanwhile (the loop waits here when the next batch is due) must see it and hold the partitions."""
         assert self.writing is not None
-        (batch, insert), self.writing = self.writing, None
-        rejected = await insert
+        batch, insert = self.writing
+        try:
+            rejected = await insert
+        finally:
+            self.writing = None
         self.sink.discard(batch)
         table = batch.table.table
         self.stats.inserted[table] = self.stats.inserted.get(table, 0) + batch.size - len(rejected)

@@ -970,3 +970,51 @@ def test_an_insert_in_flight_when_the_loop_fails_is_awaited_before_the_consumer_
         held.release.set()
         stop.set()
         thread.join(30)
+
+
+def test_partitions_revoked_while_the_loop_awaits_its_insert_are_given_up_once_it_ended(
+    ch: Client, clickhouse_dsn: str, broker_settings: Settings
+) -> None:
+    """As above, but the loop itself is waiting for the insert when the rebalance comes (the next batch fell
+    due behind it, the usual case under load). ``_finish_write`` cleared ``writing`` before it awaited the
+    insert, so the rebalance callback saw no insert in flight and gave the partitions up at once: the second
+    sink read the stored positions before the held insert landed and stored the same records again."""
+    settings = broker_settings
+    first_records = produce(settings, "download", 30, seed=26)
+    sink_log = logging.getLogger("sinks.sink_loop")
+    waiting = _Logged("waiting for the insert in flight")
+    level = sink_log.level
+    sink_log.setLevel(logging.INFO)
+    sink_log.addHandler(waiting)
+    held = HeldClient(ch)
+    other = clickhouse_connect.get_client(dsn=clickhouse_dsn)  # a second handle on the same engine
+    # Due by rows only: the first 30 records make the held batch, the next 30 a batch due behind it.
+    loop = ClickHouseSinkLoop(settings, held, policy=BatchPolicy(30, 600.0))
+    first = RunningSink(loop)
+    second: RunningSink | None = None
+    try:
+        assert held.entered.wait(30), "no insert started"
+        later = produce(settings, "download", 30, seed=27)
+        total = len(first_records) + len(later)
+        wait_for(lambda: loop.stats.consumed == total, timeout=20, what="the later records taken")
+        time.sleep(0.5)  # the later batch is due: the loop now waits for the held insert
+        second = RunningSink(ClickHouseSinkLoop(settings, other, policy=BatchPolicy(500, 0.2)))
+        joined = second.loop
+        wait_for(lambda: waiting.seen.is_set() or bool(joined.stats.inserted), timeout=40, what="a rebalance")
+        time.sleep(1.0)
+        loop.sink.policy = BatchPolicy(500, 0.2)  # what the first sink re-reads after the rebalance is stored
+        held.release.set()
+        wait_for(
+            lambda: sum(committed_offsets(settings).values()) == total,
+            timeout=60,
+            what="every record committed by one of the two sinks",
+        )
+        assert topic_rows(ch, "events", settings) == total, "records stored twice"
+    finally:
+        held.release.set()
+        if second is not None:
+            second.close()
+        first.close()
+        other.close()
+        sink_log.removeHandler(waiting)
+        sink_log.setLevel(level)
