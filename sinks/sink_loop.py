@@ -195,8 +195,11 @@ class ClickHouseSinkLoop:
         if self.retry_at is not None:
             wait = self.retry_at - time.monotonic()
             if wait > 0:
-                await self.consumer.getmany(timeout_ms=int(min(wait, 0.5) * 1000))  # paused: nothing returned
+                # Paused: nothing comes back, except from partitions assigned in the same call (a new
+                # assignment starts unpaused): taken, never dropped, since the position moved past them.
+                records = await self.consumer.getmany(timeout_ms=int(min(wait, 0.5) * 1000))
                 await self._apply_rebalance()
+                self._take_fetched(records)
                 await self.lag.report_due(self.consumer, self.committed)
                 return
         else:
@@ -204,9 +207,7 @@ class ClickHouseSinkLoop:
             await self._apply_rebalance()
             if self.writing is not None and self.writing[1].done():
                 await self._settle_write()  # first: the records taken next must know what it stored
-            for tp, messages in records.items():
-                if (tp.topic, tp.partition) in self.stats.assigned:
-                    self._take(tp, messages)
+            self._take_fetched(records)
         await self.lag.report_due(self.consumer, self.committed)
         if self.retry_at is not None and self.retry_at > time.monotonic():
             return  # the insert in flight failed just now: back off before re-sending it
@@ -215,6 +216,12 @@ class ClickHouseSinkLoop:
             await self._apply_erasures()
         except SinkBackpressure as exc:
             self._back_off(exc)
+
+    def _take_fetched(self, records: dict[TopicPartition, list[ConsumerRecord[bytes, bytes]]]) -> None:
+        """Take what a fetch returned, but for partitions given up meanwhile (their next owner reads them)."""
+        for tp, messages in records.items():
+            if (tp.topic, tp.partition) in self.stats.assigned:
+                self._take(tp, messages)
 
     async def _settle_write(self) -> None:
         """``_finish_write`` outside ``_flush``: a failed insert starts the back-off here."""
@@ -306,6 +313,8 @@ class ClickHouseSinkLoop:
         self.stats.assigned = {(tp.topic, tp.partition) for tp in self.consumer.assignment()}
         if listener.assigned:
             assigned, listener.assigned = listener.assigned, set()
+            if self.retry_at is not None:  # a back-off no revocation ended (an erasure's) holds them too
+                self.consumer.pause(*self.consumer.assignment())
             stored = await asyncio.to_thread(self.positions.stored_for, assigned)
             self.skip_through.update(await self.positions.same_log_only(stored))
             await self._load_commits(assigned)

@@ -28,6 +28,7 @@ from kafka import KafkaAdminClient, KafkaConsumer, TopicPartition
 
 from schemas.registry import SCHEMA_DIR, SOE_MAGIC, default_registry, schema_fingerprint
 from sinks.batch import BatchPolicy
+from sinks.errors import SinkBackpressure
 from sinks.migrate import migrate
 from sinks.query_service import client_runner
 from sinks.recent_ids import RecentIds
@@ -1018,3 +1019,51 @@ def test_partitions_revoked_while_the_loop_awaits_its_insert_are_given_up_once_i
         other.close()
         sink_log.removeHandler(waiting)
         sink_log.setLevel(level)
+
+
+def test_partitions_assigned_during_a_back_off_lose_no_record(
+    ch: Client, clickhouse_dsn: str, broker_settings: Settings
+) -> None:
+    """A back-off with no batch of its own to re-send (ClickHouse refused an erasure's deletion) outlives a
+    rebalance: no batch of a revoked partition was dropped, so nothing ended it. The partitions assigned
+    then were not paused (aiokafka's new assignment starts unpaused), and the back-off's fetch threw away
+    what it returned for them; the loop went on from after those records and later committed past them."""
+    settings = broker_settings
+    loop = ClickHouseSinkLoop(settings, ch, policy=BatchPolicy(500, 0.2))
+    armed = threading.Event()
+    real = loop._apply_erasures
+
+    async def refused() -> None:
+        if armed.is_set():
+            armed.clear()
+            raise SinkBackpressure("erasures", 12.0, OperationalError("injected: ClickHouse busy"))
+        await real()
+
+    loop._apply_erasures = refused  # type: ignore[method-assign]
+    first = RunningSink(loop)
+    second: RunningSink | None = None
+    try:
+        wait_for(lambda: bool(loop.stats.assigned), timeout=30, what="the first sink's partitions")
+        armed.set()
+        wait_for(lambda: loop.retry_at is not None, timeout=10, what="the back-off")
+        second = RunningSink(ClickHouseSinkLoop(settings, ch, policy=BatchPolicy(500, 0.2)))
+        joined = second.loop
+        wait_for(
+            lambda: bool(joined.stats.assigned) and len(loop.stats.assigned) < 2 * len(joined.stats.assigned),
+            timeout=30,
+            what="the partitions shared",
+        )
+        assert loop.retry_at is not None and loop.retry_at > time.monotonic() + 2, "back-off ended too soon"
+        produced = produce(settings, "download", 40, seed=28)  # every partition: the first sink has some
+        wait_for(lambda: loop.retry_at is None, timeout=30, what="the back-off's end")
+        produced += produce(settings, "download", 40, seed=29)
+        wait_for(
+            lambda: sum(committed_offsets(settings).values()) == len(produced),
+            timeout=60,
+            what="every record committed",
+        )
+        assert topic_rows(ch, "events", settings) == len(produced), "records committed but not stored"
+    finally:
+        if second is not None:
+            second.close()
+        first.close()
