@@ -120,6 +120,24 @@ def test_a_support_title_scores_as_staff_not_as_the_person_it_supports(title: st
     assert profile_fit({"job_title": title}, load_rules()) == points
 
 
+@pytest.mark.parametrize(
+    ("title", "points"),
+    [
+        ("インターンシップ担当部長", 12),  # director in charge of internships: a 部長
+        ("インターンシップ推進課長", 8),  # section manager promoting internships: a 課長
+        ("Internship Program Director", 12),  # the English twin, kept apart by the word boundary
+        ("インターンシップ生", 2),  # an internship student is an intern
+        ("インターン", 2),
+        ("長期インターン", 2),
+    ],
+)
+def test_a_title_about_internships_is_not_an_intern(title: str, points: int) -> None:
+    """Kana do not end a word, so the shipped support keyword インターン (intern) matched inside
+    インターンシップ (internship) and scored the director in charge of internships as an intern (2), where
+    "Internship Program Director" is 12: ``intern`` needs a word boundary that "internship" lacks."""
+    assert profile_fit({"job_title": title}, load_rules()) == points
+
+
 def test_the_seniority_field_still_wins_over_a_support_title() -> None:
     shipped = load_rules()
     assert profile_fit({"job_title": "Assistant to the President", "seniority": "manager"}, shipped) == 8
