@@ -202,6 +202,9 @@ class ClickHouseSinkLoop:
                 self._take_fetched(records)
                 await self.lag.report_due(self.consumer, self.committed)
                 return
+            # No fetch this step (the failed batch is re-sent first), so apply here a rebalance noted since
+            # the last one: ``_flush`` starts no insert while a revocation waits, and only this applies it.
+            await self._apply_rebalance()
         else:
             records = await self.consumer.getmany(timeout_ms=poll_ms, max_records=self.max_poll_records)
             await self._apply_rebalance()

@@ -4,6 +4,7 @@ committed only after the insert, retries deduplicated (views included), bad rows
 
 from __future__ import annotations
 
+import asyncio
 import io
 import json
 import logging
@@ -1063,6 +1064,61 @@ def test_partitions_assigned_during_a_back_off_lose_no_record(
             what="every record committed",
         )
         assert topic_rows(ch, "events", settings) == len(produced), "records committed but not stored"
+    finally:
+        if second is not None:
+            second.close()
+        first.close()
+
+
+def test_a_rebalance_noted_as_a_back_off_ends_is_applied_not_spun_on(
+    ch: Client, broker_settings: Settings
+) -> None:
+    """When a back-off's wait is over, the step re-sends the failed batch without fetching, and only a fetch
+    applied a rebalance. A revocation the callback noted just then (here: while the lag report awaited the
+    broker's end offsets, as it does every 5 s while partitions are paused) made ``_flush`` hold the re-send
+    (its partitions may have a new owner) and nothing ever applied it: the loop went round without fetching,
+    applying or re-sending, for good. The revocation is now applied first."""
+    settings = broker_settings
+    produced = produce(settings, "download", 20, seed=30)
+    faulty = FaultyClient(ch)
+    faulty.fail_before = True
+    loop = ClickHouseSinkLoop(settings, faulty, policy=BatchPolicy(500, 0.2))
+    real_report_due = loop.lag.report_due
+    armed, held, noted = threading.Event(), threading.Event(), threading.Event()
+
+    async def slow_report(consumer: Any, committed: dict[tuple[str, int], int]) -> None:
+        if (
+            armed.is_set()
+            and loop.writing is None
+            and loop.sink.closed
+            and loop.retry_at is not None
+            and loop.retry_at <= time.monotonic()
+        ):
+            armed.clear()
+            held.set()
+            while not loop._listener.revoked:  # a slow answer: the rebalance's revocation lands meanwhile
+                await asyncio.sleep(0.05)
+            noted.set()
+        await real_report_due(consumer, committed)
+
+    loop.lag.report_due = slow_report  # type: ignore[method-assign]
+    first = RunningSink(loop)
+    second: RunningSink | None = None
+    try:
+        wait_for(lambda: loop.stats.failures >= 1, timeout=30, what="a failed insert")
+        faulty.fail_before = False  # ClickHouse is back: the re-send would succeed
+        armed.set()
+        assert held.wait(30), "the back-off's end not reached"
+        second = RunningSink(ClickHouseSinkLoop(settings, ch, policy=BatchPolicy(500, 0.2)))
+        assert noted.wait(30), "no revocation"
+        wait_for(lambda: not loop._listener.revoked, timeout=30, what="the revocation applied")
+        wait_for(lambda: loop.retry_at is None, timeout=30, what="the back-off ended")
+        wait_for(
+            lambda: sum(committed_offsets(settings).values()) == len(produced),
+            timeout=60,
+            what="every record committed",
+        )
+        assert topic_rows(ch, "events", settings) == len(produced)
     finally:
         if second is not None:
             second.close()
