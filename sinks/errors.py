@@ -98,10 +98,9 @@ class SinkBackpressure(Exception):
     """ClickHouse cannot take this batch now; the caller waits ``retry_after`` seconds and re-sends the
     identical batch (same rows, same dedup token). Raised by ``write``, never slept inside it."""
 
-    def __init__(self, table: str, retry_after: float, cause: BaseException) -> None:
+    def __init__(self, table: str, retry_after: float, cause: BaseException, what: str | None = None) -> None:
         self.table = table
         self.retry_after = retry_after
         self.cause = cause
-        super().__init__(
-            f"insert into leadpulse.{table} failed, retrying in {retry_after:.1f}s: {describe(cause)}"
-        )
+        what = what or f"insert into leadpulse.{table}"
+        super().__init__(f"{what} failed, retrying in {retry_after:.1f}s: {describe(cause)}")

@@ -26,6 +26,8 @@ import pytest
 from clickhouse_connect.driver.client import Client
 from clickhouse_connect.driver.exceptions import OperationalError
 from kafka import KafkaAdminClient, KafkaConsumer, TopicPartition
+from kafka.errors import KafkaTimeoutError
+from kafka.future import Future
 
 from schemas.registry import SCHEMA_DIR, SOE_MAGIC, default_registry, schema_fingerprint
 from sinks.batch import BatchPolicy
@@ -39,7 +41,7 @@ from sinks.sink_hooks import SinkHooks
 from sinks.sink_loop import ClickHouseSinkLoop, sink_group
 from streams.broker import free_port
 from streams.dlq import writer_of
-from streams.producer import Producer
+from streams.producer import DeliveryError, Producer
 from streams.reader import Decoded, read_topic
 from streams.samples import sample_events
 from streams.settings import Settings
@@ -1123,3 +1125,83 @@ def test_a_rebalance_noted_as_a_back_off_ends_is_applied_not_spun_on(
         if second is not None:
             second.close()
         first.close()
+
+
+class FlakyDeadLetterProducer:
+    """The sink's DLQ producer while the broker does not take dead letters: the first send finds no broker
+    (``DeliveryError`` at once, as kafka-python's metadata wait ends), the second is sent but never
+    acknowledged (its future fails and the next flush says so). Later sends go to the real broker."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.real = Producer(settings)
+        self.sends = 0
+        self.failed: list[tuple[str, str | None, str]] = []
+
+    def send_encoded(self, topic: str, key: bytes | None, value: bytes, **kwargs: Any) -> Any:
+        self.sends += 1
+        if self.sends == 1:
+            raise DeliveryError([(topic, None, "KafkaTimeoutError: injected, no broker")])
+        if self.sends == 2:
+            future = Future()
+            future.failure(KafkaTimeoutError("injected: never acknowledged"))
+            self.failed.append((topic, None, "KafkaTimeoutError: injected"))
+            return future
+        return self.real.send_encoded(topic, key, value, **kwargs)
+
+    def flush(self, timeout: float | None = None) -> None:
+        self.real.flush(timeout)
+        failed, self.failed = self.failed, []
+        if failed:
+            raise DeliveryError(failed)
+
+    def close(self, timeout: float | None = None) -> None:
+        self.real.close(timeout)
+
+
+def test_dead_letters_the_broker_does_not_take_hold_the_commit_and_are_sent_again(
+    ch: Client, broker_settings: Settings
+) -> None:
+    """A dead letter sent while no broker answered raised out of the loop and ended the sink; one sent but
+    never acknowledged was not looked at again. Now the sink keeps both, backs off and commits nothing past
+    them until each is acknowledged: every poison record has exactly one letter and every offset is
+    committed once they are."""
+    settings = broker_settings
+    registry = default_registry()
+    topic = settings.topic("events.content_views")
+    good = [
+        {**e, "event_id": f"{settings.topic_prefix}{e['event_id']}"}
+        for e in sample_events("content_view", 10, seed=31)
+    ]
+    values = [registry.encode("content_view", e) for e in good]
+    values[3:3] = [b"poison one"]
+    values[6:6] = [b"poison two"]
+    with Producer(settings) as producer:
+        for value in values:
+            producer.send_encoded(topic, b"k", value)  # one key: one partition, offsets 0..11
+    loop = ClickHouseSinkLoop(settings, ch, policy=BatchPolicy(10_000, 0.3))
+    loop.dead_letters._producer = FlakyDeadLetterProducer(settings)
+    sink = RunningSink(loop)
+    try:
+        wait_for(lambda: loop.stats.failures >= 1, timeout=30, what="the dead letters' back-off")
+        assert sum(committed_offsets(settings).values()) <= 3, "committed past a letter not acknowledged"
+        wait_for(
+            lambda: sum(committed_offsets(settings).values()) == len(values), what="every offset committed"
+        )
+        assert sink.thread.is_alive()
+    finally:
+        sink.close()
+    assert topic_rows(ch, "events", settings) == len(good)
+    letters = [
+        registry.decode(message.value)[1]
+        for message in KafkaConsumer(
+            settings.topic("dlq"),
+            bootstrap_servers=settings.bootstrap,
+            group_id=None,
+            auto_offset_reset="earliest",
+            consumer_timeout_ms=3000,
+        )
+    ]
+    assert sorted((letter["offset"], letter["value"]) for letter in letters) == [
+        (3, b"poison one"),
+        (6, b"poison two"),
+    ]
