@@ -14,9 +14,13 @@ at once. In production every group has rebalanced (restarts, scaling), which is 
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import signal
 import time
+import urllib.error
+import urllib.request
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -24,8 +28,10 @@ from aiokafka import AIOKafkaConsumer
 from aiokafka.coordinator.assignors.range import RangePartitionAssignor
 from aiokafka.coordinator.assignors.roundrobin import RoundRobinPartitionAssignor
 
+from leadpulse.live_view import scrape
 from streams.broker import EmbeddedBroker, create_topics, free_port, tansu_binary
 from streams.settings import load_settings
+from streams.topics import HOT_LEADS
 from tests.processes import http_ok, pipeline_processes, wait_until
 
 pytestmark = pytest.mark.faults
@@ -34,9 +40,27 @@ pytestmark = pytest.mark.faults
 STOP_WITHIN_S = 25.0
 
 
-async def _join_and_leave(bootstrap: str, group: str, topic: str) -> None:
-    """One more member joins ``group`` until it has partitions, then leaves: a rebalance, so the process in
-    the group is in a generation above 0."""
+def owned(name: str, port: int) -> int:
+    """Partitions the process owns now (-1 while it does not answer): the worker's and the sink's ``/ready``
+    say how many; the notifier exports a ``leadpulse_consumer_lag`` series per partition it owns, refreshed
+    every 0.5 s."""
+    if name == "notifier":
+        samples = scrape(f"http://127.0.0.1:{port}/metrics")
+        return sum(1 for metric, _ in samples if metric == "leadpulse_consumer_lag") if samples else -1
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/ready", timeout=2) as response:
+            body = json.load(response)
+    except urllib.error.HTTPError as not_ready:  # 503 while rebalancing: the body still says
+        body = json.load(not_ready)
+    except OSError:
+        return -1
+    return int(body.get("assigned_partitions", -1))
+
+
+async def _join_and_leave(bootstrap: str, group: str, topic: str, joined: Callable[[], bool]) -> None:
+    """One more member joins ``group`` until it has partitions and the process in the group has joined that
+    generation too (``joined``: it owns fewer partitions), then leaves: the process is in a generation above
+    0."""
     consumer = AIOKafkaConsumer(
         topic,
         bootstrap_servers=bootstrap,
@@ -52,12 +76,15 @@ async def _join_and_leave(bootstrap: str, group: str, topic: str) -> None:
         while not consumer.assignment():
             assert time.monotonic() < deadline, f"no assignment in group {group} within 60 s"
             await consumer.getmany(timeout_ms=200)
+        while not await asyncio.to_thread(joined):
+            assert time.monotonic() < deadline, f"the process did not rejoin group {group} within 60 s"
+            await consumer.getmany(timeout_ms=200)
     finally:
         await consumer.stop()
 
 
-async def _rebalance_all(bootstrap: str, groups: list[tuple[str, str]]) -> None:
-    joins = [_join_and_leave(bootstrap, group, topic) for group, topic in groups]
+async def _rebalance_all(bootstrap: str, groups: list[tuple[str, str, Callable[[], bool]]]) -> None:
+    joins = [_join_and_leave(bootstrap, group, topic, joined) for group, topic, joined in groups]
     await asyncio.wait_for(asyncio.gather(*joins), 90)
 
 
@@ -80,10 +107,27 @@ def test_sigterm_while_the_broker_hangs_exits_within_the_grace_period(tmp_path: 
         for name, proc in procs.items():
             url = f"http://127.0.0.1:{ports[name]}/ready"
             wait_until(lambda url=url: http_ok(url), 120, f"{name} ready", proc)  # type: ignore[misc]
-        asyncio.run(_rebalance_all(broker.bootstrap, list(groups.values())))
-        # Each process rejoins its group in a new generation (a Tansu rebalance takes about 3 s; Tansu does
-        # not answer DescribeGroups in a form kafka-python reads, so this waits rather than asks).
-        time.sleep(10)
+        # What each process owns as the group's only member: everything it consumes.
+        wait_until(lambda: owned("notifier", ports["notifier"]) == HOT_LEADS.partitions, 30, "notifier lag")
+        alone = {name: owned(name, ports[name]) for name in procs}
+        assert min(alone.values()) > 0, alone
+        # Each process rejoins its group in a new generation: with the extra member (it then owns fewer
+        # partitions), and again once the extra member left (all of them again). Tansu does not answer
+        # DescribeGroups in a form kafka-python reads, so this watches what each process owns.
+        asyncio.run(
+            _rebalance_all(
+                broker.bootstrap,
+                [
+                    (group, topic, lambda n=name: 0 <= owned(n, ports[n]) < alone[n])  # type: ignore[misc]
+                    for name, (group, topic) in groups.items()
+                ],
+            )
+        )
+        wait_until(
+            lambda: all(owned(name, ports[name]) == alone[name] for name in procs),
+            60,
+            "every process owning all its partitions again after the extra member left",
+        )
 
         os.kill(tansu_pid, signal.SIGSTOP)  # the broker still accepts connections; it answers nothing
         stopped = True
