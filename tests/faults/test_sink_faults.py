@@ -59,15 +59,16 @@ def _stored_count(sink: Service, tables: dict[str, set[str]], prefix: str) -> in
 def _stored_positions(
     services: Services, tables: dict[str, set[str]], prefix: str
 ) -> dict[tuple[str, int], int]:
-    """Highest stored offset per input partition, read from the engine's files while no sink runs."""
-    found: dict[tuple[str, int], int] = {}
-    for table in tables:
-        for row in services.sql(
-            f"SELECT topic, partition, max(offset) AS last FROM leadpulse.{table} "
-            f"WHERE startsWith(topic, '{prefix}') GROUP BY topic, partition"
-        ):
-            found[(row["topic"], int(row["partition"]))] = int(row["last"])
-    return found
+    """Highest stored offset per input partition, read from the engine's files while no sink runs (one
+    ``leadpulse sql`` for every table: each run opens the engine, ~2.7 s; a topic is stored in one table)."""
+    union = " UNION ALL ".join(
+        f"SELECT topic, partition, offset FROM leadpulse.{table} WHERE startsWith(topic, '{prefix}')"
+        for table in sorted(tables)
+    )
+    rows = services.sql(
+        f"SELECT topic, partition, max(offset) AS last FROM ({union}) GROUP BY topic, partition"
+    )
+    return {(row["topic"], int(row["partition"])): int(row["last"]) for row in rows}
 
 
 def _log_end(settings: Settings) -> dict[tuple[str, int], int]:
