@@ -75,8 +75,14 @@ class Services:
         service = Service(kind, proc, port)
         self.started.append(service)
         if ready:
-            wait_until(lambda: http_ok(f"{service.url}/ready"), 90, f"{kind} ready", proc)
+            self.wait_ready(service)
         return service
+
+    def wait_ready(self, *services: Service) -> None:
+        """Wait until each answers ``/ready`` (processes started with ``ready=False`` start up together)."""
+        for service in services:
+            url = f"{service.url}/ready"
+            wait_until(lambda url=url: http_ok(url), 90, f"{service.kind} ready", service.proc)  # type: ignore[misc]
 
     def sql(self, query: str) -> list[dict[str, Any]]:
         """``leadpulse sql --format json`` on the test's embedded engine, run while no sink owns it (the CLI

@@ -214,8 +214,9 @@ def test_poison_on_every_input_topic_is_dead_lettered_once_per_consumer_and_the_
     )
 
     started = RecoveryTimer("poison (processes started on the backlog)")
-    worker = services.start("worker")
-    sink = services.start("sink", "--batch-seconds", "0.5")
+    worker = services.start("worker", ready=False)
+    sink = services.start("sink", "--batch-seconds", "0.5", ready=False)
+    services.wait_ready(worker, sink)  # started together (one after the other took ~6 s more)
     run = sink.query()
     want_rows: dict[str, set[str]] = defaultdict(set)
     for schema, ids in acked.by_schema.items():
