@@ -134,6 +134,7 @@ class Compiled:
         "support_points",
         "tables",
         "title_dq",
+        "title_dq_exceptions",
         "title_fit",
         "title_support",
     )
@@ -143,6 +144,7 @@ class Compiled:
         self.tables: dict[str, dict[str, CompiledRule]] = {}
         self.email_links: tuple[tuple[str, CompiledRule], ...] = ()
         self.title_dq: re.Pattern[str] | None = None
+        self.title_dq_exceptions: re.Pattern[str] | None = None  # disqualify.title_exceptions
         self.title_fit: tuple[tuple[re.Pattern[str], float], ...] = ()
         self.title_support: tuple[re.Pattern[str], ...] = ()  # fit.support_roles.keywords, one per keyword
         self.support_points = 0.0
@@ -174,6 +176,8 @@ class Compiled:
         c.email_links = tuple(c.tables["email_link"].items())
         if rules.disqualify.title_keywords:
             c.title_dq = _words(rules.disqualify.title_keywords)
+        if rules.disqualify.title_exceptions:
+            c.title_dq_exceptions = _words(rules.disqualify.title_exceptions)
         c.title_fit = tuple((_words([kw]), pts) for kw, pts in rules.fit.title_keywords.items())
         if rules.fit.support_roles is not None:
             c.title_support = tuple(_words([kw]) for kw in rules.fit.support_roles.keywords)

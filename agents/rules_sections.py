@@ -181,6 +181,9 @@ class DisqualifyRules(RulesModel):
     email_domains: list[str] = Field(default_factory=list)  # the domain or any subdomain of it
     email_domain_suffixes: list[str] = Field(default_factory=list)  # e.g. .edu, .ac.jp
     title_keywords: list[str] = Field(default_factory=list)  # whole words, case-insensitive
+    # Whole-word phrases in which a title keyword does not disqualify: "Student Recruitment Manager" and
+    # 学生採用担当部長 hire students (buyers of recruiting tools), they are not students.
+    title_exceptions: list[str] = Field(default_factory=list)
 
     @field_validator("email_domains", "email_domain_suffixes")
     @classmethod
@@ -194,6 +197,15 @@ class DisqualifyRules(RulesModel):
             what = "never matches" if table in ("flags", "email_domains") else "would match every lead"
             if (problem := _blank_or_padded(table, getattr(self, table), what)) is not None:
                 raise problem
+        if (problem := _blank_or_padded("title_exceptions", self.title_exceptions)) is not None:
+            raise problem
+        keywords = [keyword.lower() for keyword in self.title_keywords]
+        for i, phrase in enumerate(self.title_exceptions):
+            if not any(keyword in phrase.lower() for keyword in keywords):
+                raise _at(
+                    f".title_exceptions[{i}]",
+                    f"{phrase!r} contains none of title_keywords, so it never excepts anything",
+                )
         for i, domain in enumerate(self.email_domains):
             if not DOMAIN.fullmatch(domain):
                 raise _at(

@@ -13,6 +13,7 @@ the same whatever order events arrive in, so caps do not break out-of-order repl
 from __future__ import annotations
 
 import math
+import re
 from bisect import insort
 from dataclasses import dataclass
 from typing import Any, Literal
@@ -120,9 +121,20 @@ def disqualification(profile: dict[str, Any], rules: Rules) -> str | None:
                 return f"email_domain:{domain}"
     title = profile.get("job_title") or ""
     pattern = rules.compiled.title_dq
-    if title and pattern is not None and pattern.search(title.lower()):
+    if title and pattern is not None and _disqualifying_title(title.lower(), pattern, rules):
         return f"job_title:{title}"
     return None
+
+
+def _disqualifying_title(title: str, pattern: re.Pattern[str], rules: Rules) -> bool:
+    """A title keyword that is not only part of a ``title_exceptions`` phrase ("student" in "Student
+    Recruitment Manager", 学生 in 学生採用担当部長: they hire students)."""
+    matches = list(pattern.finditer(title))
+    exceptions = rules.compiled.title_dq_exceptions
+    if not matches or exceptions is None:
+        return bool(matches)
+    spans = [(m.start(), m.end()) for m in exceptions.finditer(title)]
+    return any(not any(s <= m.start() and m.end() <= e for s, e in spans) for m in matches)
 
 
 # --- behaviour ------------------------------------------------------------------------------------

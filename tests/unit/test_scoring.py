@@ -471,6 +471,41 @@ def test_the_shipped_rules_score_japanese_titles_like_their_english_equivalents(
     assert disqualification({"job_title": title}, shipped) == reason
 
 
+@pytest.mark.parametrize(
+    ("title", "fit", "reason"),
+    [
+        ("Student Recruitment Manager", 8, None),  # hires students: a buyer of recruiting tools
+        ("学生採用担当部長", 12, None),  # director in charge of student recruiting
+        ("新卒・学生採用 課長", 8, None),
+        ("学生向けサービス企画 部長", 12, None),  # plans services for students
+        ("Head of Student Success", 12, None),
+        ("Student Loan Officer", 0, None),
+        ("Graduate Student", 0, "job_title:Graduate Student"),
+        ("経済学部 大学生", 0, "job_title:経済学部 大学生"),
+        ("Student, student recruiting", 0, "job_title:Student, student recruiting"),  # a student outside it
+        ("Retired CEO", 20, "job_title:Retired CEO"),
+    ],
+)
+def test_a_title_keyword_inside_a_shipped_exception_phrase_does_not_disqualify(
+    title: str, fit: int, reason: str | None
+) -> None:
+    """学生 is matched inside longer Japanese words (大学生 is a student) and "student" is a whole word in
+    "Student Recruitment Manager": both disqualified the people who hire students, HR buyers."""
+    shipped = load_rules()
+    assert profile_fit({"job_title": title}, shipped) == fit
+    assert disqualification({"job_title": title}, shipped) == reason
+
+
+def test_a_title_exception_that_contains_no_title_keyword_is_refused_naming_it() -> None:
+    disqualify = {"title_keywords": ["student"], "title_exceptions": ["student loan", "graduate programme"]}
+    with pytest.raises(RulesError, match=r"disqualify\.title_exceptions\[1\]: 'graduate programme' contains"):
+        rules_from_mapping({"disqualify": disqualify})
+    with pytest.raises(RulesError, match=r"disqualify\.title_exceptions\[0\]: ' student loan' is blank or"):
+        rules_from_mapping(
+            {"disqualify": {"title_keywords": ["student"], "title_exceptions": [" student loan"]}}
+        )
+
+
 def test_disqualified_lead_is_scored_but_never_hot() -> None:
     lead = Lead()
     lead.send(identified(flags=["student"]))
