@@ -37,7 +37,7 @@ from agents.worker_batch import Batch, flush
 from agents.worker_clients import GROUP, worker_consumer, worker_producer
 from agents.worker_clock import now_ms
 from agents.worker_erasures import ErasureSource, apply_erasures
-from agents.worker_rebalance import WorkerRebalance, load_commits, refetch
+from agents.worker_rebalance import WorkerRebalance, load_commits, refetch, reload
 from agents.worker_sla_scan import scan
 from schemas.errors import SchemaError
 from schemas.fast_codec import codec_for
@@ -67,6 +67,7 @@ DLQ_HEADERS = writer_headers("worker")
 ACCOUNT_HOP_LAST = "account_domain"  # lead_score fields up to this one hold all of HOP_FIELDS
 IDLE_AFTER_S = 30.0  # caught up this long: SLA timers follow the wall clock again (worker_clock.py)
 ALIGN_WAIT_S = 2.0  # longest a partition's records wait for a co-partitioned topic that is behind
+RETRY_FIRST_S, RETRY_MAX_S = 0.5, 10.0  # back-off before starting over from what is durable
 Decoded = tuple[ConsumerRecord, str, dict[str, Any]]  # (message, schema, record)
 
 
@@ -128,6 +129,11 @@ class LeadWorker:
         self.commits_to_load: set[TopicPartition] = set()  # assigned, their group offsets not read yet
         self.left_group = False  # the broker acknowledged our LeaveGroup at stop
         self.started = False  # got its first assignment (a stop during the group join gives that up)
+        # The states in memory cannot be trusted (a failed restore): nothing is processed until the owned
+        # partitions are reloaded from what is durable (worker_rebalance.reload), after a back-off.
+        self.reload_pending = False
+        self.retry_at = 0.0
+        self.retry_delay = RETRY_FIRST_S
 
     # -- lifecycle -------------------------------------------------------------------------------------
 
@@ -160,8 +166,34 @@ class LeadWorker:
         finally:
             await stop_producer(self.producer)
 
+    def start_over(self, exc: BaseException) -> None:
+        """Process nothing more on the states in memory: back off, then reload (see ``reload_pending``)."""
+        self.reload_pending = True
+        self.retry_at = time.monotonic() + self.retry_delay
+        log.warning(
+            "%s: %s; reloading the owned partitions from the changelog and the committed offsets in %.1f s",
+            type(exc).__name__,
+            exc,
+            self.retry_delay,
+        )
+        self.retry_delay = min(RETRY_MAX_S, self.retry_delay * 2)
+
+    async def _reload(self) -> None:
+        try:
+            await reload(self)
+        except KafkaError as exc:
+            self.start_over(exc)
+            return
+        self.reload_pending = False
+        self.retry_delay = RETRY_FIRST_S
+        log.info("reloaded the owned partitions; processing from the committed offsets")
+
     async def poll_once(self) -> None:
         assert self.consumer is not None
+        wait = self.retry_at - time.monotonic()
+        if wait > 0:  # backing off, outside the lock: a rebalance meanwhile is applied
+            await asyncio.sleep(min(0.2, wait))
+            return
         timeout = max(0.0, min(0.2, self._next_scan - time.monotonic()))
         generation = self.generation
         # Not pause(): aiokafka drops a paused partition's fetched records, and they would be fetched again.
@@ -173,6 +205,9 @@ class LeadWorker:
         elif self.idle_since_ms is None:
             self.idle_since_ms = now_ms()
         async with self.lock:
+            if self.reload_pending:  # what was fetched comes again: reload seeks to the committed offsets
+                await self._reload()
+                return
             if self.commits_to_load:
                 assigned, self.commits_to_load = self.commits_to_load, set()
                 await load_commits(self, assigned)
