@@ -129,8 +129,8 @@ class LeadWorker:
         self.commits_to_load: set[TopicPartition] = set()  # assigned, their group offsets not read yet
         self.left_group = False  # the broker acknowledged our LeaveGroup at stop
         self.started = False  # got its first assignment (a stop during the group join gives that up)
-        # The states in memory cannot be trusted (a failed restore): nothing is processed until the owned
-        # partitions are reloaded from what is durable (worker_rebalance.reload), after a back-off.
+        # The states in memory cannot be trusted (a failed restore or write): nothing is processed until
+        # the owned partitions are reloaded from what is durable (worker_rebalance.reload), after a back-off.
         self.reload_pending = False
         self.retry_at = 0.0
         self.retry_delay = RETRY_FIRST_S
@@ -208,23 +208,32 @@ class LeadWorker:
             if self.reload_pending:  # what was fetched comes again: reload seeks to the committed offsets
                 await self._reload()
                 return
-            if self.commits_to_load:
-                assigned, self.commits_to_load = self.commits_to_load, set()
-                await load_commits(self, assigned)
-            if self.erasures is not None:
-                await apply_erasures(self, self.erasures.drain_new())
-            if generation == self.generation:
-                ready = await self._aligned(fetched)
-                if ready:
-                    await self.process(ready)
-            elif fetched:
-                await refetch(self, fetched)
-            if time.monotonic() >= self._next_scan:
-                self._next_scan = time.monotonic() + self.scan_interval_s
-                await scan(self)
-            if self.metrics and time.monotonic() >= self._next_lag:
-                self._next_lag = time.monotonic() + 5.0
-                self._report_lag()
+            try:
+                await self._under_lock(generation, fetched)
+            except KafkaError as exc:
+                # Writes the broker did not acknowledge (away past the producer's request timeout): nothing
+                # was committed past them. Exiting made a crash loop of a broker outage; going on from the
+                # states in memory would lose the outputs (they already count the events as seen).
+                self.start_over(exc)
+
+    async def _under_lock(self, generation: int, fetched: dict[TopicPartition, list[ConsumerRecord]]) -> None:
+        if self.commits_to_load:
+            assigned, self.commits_to_load = self.commits_to_load, set()
+            await load_commits(self, assigned)
+        if self.erasures is not None:
+            await apply_erasures(self, self.erasures.drain_new())
+        if generation == self.generation:
+            ready = await self._aligned(fetched)
+            if ready:
+                await self.process(ready)
+        elif fetched:
+            await refetch(self, fetched)
+        if time.monotonic() >= self._next_scan:
+            self._next_scan = time.monotonic() + self.scan_interval_s
+            await scan(self)
+        if self.metrics and time.monotonic() >= self._next_lag:
+            self._next_lag = time.monotonic() + 5.0
+            self._report_lag()
 
     async def _aligned(
         self, fetched: dict[TopicPartition, list[ConsumerRecord]]

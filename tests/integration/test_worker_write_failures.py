@@ -10,12 +10,15 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import Sequence
 from typing import Any
 
 import pytest
-from aiokafka.errors import KafkaConnectionError
+from aiokafka.errors import KafkaConnectionError, KafkaTimeoutError
 
 from agents import worker_rebalance
+from agents.kafka_batches import BatchSender, Record, read_to_end
+from agents.lead_store import LeadStore
 from agents.rules import load_rules
 from agents.worker import LeadWorker
 from streams.producer import Producer
@@ -86,3 +89,60 @@ def test_a_changelog_read_that_fails_on_assignment_is_retried_before_any_record_
     asyncio.run(scenario())
     moves = [(t["from_stage"], t["to_stage"]) for t in outputs(broker_settings)["stage_transition"]]
     assert len(moves) == len(set(moves)), f"a stage move emitted twice: {moves}"
+
+
+@pytest.mark.parametrize("wave", ["leads.hot", "leadpulse.internal.lead_state"])
+def test_a_batch_whose_writes_the_broker_does_not_take_is_processed_again_after_a_back_off(
+    broker_settings: Settings, monkeypatch: pytest.MonkeyPatch, wave: str
+) -> None:
+    """A wave of writes not acknowledged (outputs, or states) raised out of the poll loop and the worker
+    exited: a crash, and with the broker still away at the restart, a crash loop. Starting over from what
+    is durable matters too: the states in memory already count the batch's events as seen, so a retry from
+    them would never emit the hot lead."""
+    lead = "L-write"
+    failed: list[str] = []
+    real_send = BatchSender.send
+
+    async def send_failing_once(self: BatchSender, records: Sequence[Record]) -> None:
+        if not failed and any(topic == broker_settings.topic(wave) for topic, *_ in records):
+            failed.append(wave)
+            raise KafkaTimeoutError("injected: the broker did not acknowledge the batch in time")
+        await real_send(self, records)
+
+    monkeypatch.setattr(BatchSender, "send", send_failing_once)
+    now = int(time.time() * 1000)
+    worker = LeadWorker(broker_settings, load_rules(None), scan_interval_s=3600)
+
+    async def scenario() -> None:
+        async with running_worker(worker) as running:
+            await wait_until(lambda: worker.ready()[0], running, seen=lambda: "worker never became ready")
+            with Producer(broker_settings) as producer:
+                producer.send("lead_identified", profile(lead, now))
+                producer.send("download", demo_request(lead, now - HOUR))
+            downloads = broker_settings.topic("events.downloads")
+            await wait_until(
+                lambda: bool(failed) and any(tp.topic == downloads for tp in worker.committed),
+                running,
+                timeout_s=20,
+                seen=lambda: f"fault {failed}, committed {worker.committed}",
+            )
+
+    asyncio.run(scenario())
+    hot = {r["notification_id"] for r in outputs(broker_settings)["hot_lead"]}
+    assert len(hot) == 1, f"hot leads emitted: {hot}"
+    durable = LeadStore()
+
+    def apply(partition: int, key: bytes, value: bytes | None, _headers: Any) -> None:
+        durable.restore(partition, key, value, None)
+
+    asyncio.run(
+        read_to_end(
+            broker_settings,
+            broker_settings.topic("leadpulse.internal.lead_state"),
+            set(range(8)),
+            True,
+            apply,
+        )
+    )
+    state = durable.get(lead.encode())
+    assert state is not None and state.stage == "mql" and f"{lead}-demo" in state.seen
