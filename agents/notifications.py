@@ -28,6 +28,7 @@ from typing import Any
 
 import aiohttp
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
+from aiokafka.errors import KafkaError
 from prometheus_client import CollectorRegistry
 
 from agents.notifier_group import GROUP_ID, GroupOffsets, NotifierRebalance, PendingOffsets, notifier_group
@@ -52,6 +53,7 @@ from streams.topics import DLQ, HOT_LEADS
 
 log = logging.getLogger(__name__)
 DLQ_HEADERS = writer_headers("notifier")
+DLQ_RETRY_FIRST_S, DLQ_RETRY_MAX_S = 0.5, 10.0  # back-off between sends of a dead letter not acknowledged
 
 
 class Notifier:
@@ -132,11 +134,13 @@ class Notifier:
                 MIN_WEBHOOK_SECRET,
             )
         self._secret = secret
+        self._stop = asyncio.Event()  # run()'s: a dead letter not taken is sent again until it is set
 
     def ready(self) -> tuple[bool, dict[str, Any]]:
         return self.assigned, {"targets": [t.name for t in self.targets], "in_flight": self.pending.in_flight}
 
     async def run(self, stop: asyncio.Event) -> None:
+        self._stop = stop
         producer = AIOKafkaProducer(
             bootstrap_servers=self.bootstrap,
             acks="all",
@@ -265,6 +269,8 @@ class Notifier:
         error: BaseException | str,
         error_type: str | None = None,
     ) -> None:
+        """Sent until the broker acknowledges it; ``Stopping`` when the notifier stops first (then the
+        offset stays uncommitted and the next process handles the notification again)."""
         record = dead_letter(
             tp.topic,
             tp.partition,
@@ -277,9 +283,28 @@ class Notifier:
             error_type=error_type,
         )
         dlq_key, dlq_value = encode_dead_letter(record, self.registry)
-        await producer.send_and_wait(
-            self.settings.topic(DLQ.name), value=dlq_value, key=dlq_key, headers=DLQ_HEADERS
-        )
+        delay = DLQ_RETRY_FIRST_S
+        while True:
+            try:
+                await producer.send_and_wait(
+                    self.settings.topic(DLQ.name), value=dlq_value, key=dlq_key, headers=DLQ_HEADERS
+                )
+                break
+            except KafkaError as exc:
+                # Given up, the notification was neither delivered nor a dead letter, and its offset (so
+                # its partition's commits) stayed where it was until a restart.
+                log.warning(
+                    "dead letter of %s[%d]@%d not taken by the broker (%s: %s); sending it again in %.1f s",
+                    tp.topic,
+                    tp.partition,
+                    offset,
+                    type(exc).__name__,
+                    exc,
+                    delay,
+                )
+                if await _stopped_within(self._stop, delay):
+                    raise Stopping from exc
+                delay = min(DLQ_RETRY_MAX_S, delay * 2)
         self.metrics.dlq_records.labels(source_topic=HOT_LEADS.name, stage=stage).inc()
 
     async def _drain(self, timeout_s: float) -> None:
@@ -308,6 +333,14 @@ class Notifier:
     @property
     def committed(self) -> dict[TopicPartition, int]:
         return dict(self.offsets.committed)
+
+
+async def _stopped_within(stop: asyncio.Event, seconds: float) -> bool:
+    try:
+        await asyncio.wait_for(stop.wait(), seconds)
+    except TimeoutError:
+        return False
+    return True
 
 
 async def run_notifier(

@@ -14,6 +14,8 @@ from typing import Any
 
 import pytest
 from aiohttp import web
+from aiokafka import AIOKafkaProducer
+from aiokafka.errors import KafkaTimeoutError
 from kafka import KafkaConsumer, TopicPartition
 from prometheus_client import CollectorRegistry
 
@@ -521,3 +523,41 @@ async def test_a_lead_id_with_a_line_break_does_not_stall_the_partition(
         after["notification_id"],
     }
     assert await asyncio.to_thread(committed_total, hot_settings, "n-crlf") == 2
+
+
+def dlq_failing(settings: Settings, monkeypatch: pytest.MonkeyPatch, times: int) -> list[int]:
+    """Make the notifier's first ``times`` dead-letter sends fail as when no broker answers in time; the list
+    returned counts the failures."""
+    failures: list[int] = []
+    real = AIOKafkaProducer.send_and_wait
+
+    async def send_and_wait(self: AIOKafkaProducer, topic: str, *args: Any, **kwargs: Any) -> Any:
+        if topic == settings.topic("dlq") and len(failures) < times:
+            failures.append(1)
+            raise KafkaTimeoutError("injected: the broker did not acknowledge the dead letter")
+        return await real(self, topic, *args, **kwargs)
+
+    monkeypatch.setattr(AIOKafkaProducer, "send_and_wait", send_and_wait)
+    return failures
+
+
+async def test_a_webhook_dead_letter_the_broker_does_not_take_is_sent_again(
+    hot_settings: Settings, receiver: tuple[Receiver, asyncio.Event], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The lane gave up: the notification was neither delivered nor dead-lettered, and its partition's
+    offset stayed uncommitted for the life of the process (every later notification re-delivered after a
+    restart)."""
+    state, _ = receiver
+    failures = dlq_failing(hot_settings, monkeypatch, times=1)
+    targets = [WebhookTarget("json-0", state.url + "/gone")]
+    notifier = Notifier(hot_settings, targets=targets, policy=FAST, group_id="n-dlq-lane")
+    await asyncio.to_thread(publish, hot_settings, [hot_lead(11)])
+    stop, task = await start(notifier)
+    try:
+        await wait_until(lambda: bool(failures) or task.done(), 30, "the dead letter")
+        await wait_until(lambda: notifier.pending.in_flight == 0 or task.done(), 5, "the letter sent again")
+    finally:
+        stop.set()
+        await asyncio.wait_for(task, 30)
+    assert await asyncio.to_thread(dead_letter_count, hot_settings) == 1
+    assert await asyncio.to_thread(committed_total, hot_settings, "n-dlq-lane") == 1
