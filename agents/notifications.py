@@ -199,8 +199,14 @@ class Notifier:
                     try:
                         _, hot = self.registry.decode(value, expect="hot_lead")
                     except SchemaError as exc:
-                        self.pending.add(tp, msg.offset, 0)
-                        await self._dead_letter(producer, tp, msg.offset, msg.key, value, "decode", exc)
+                        # open until the dead letter is acknowledged: counted as finished at once, the commit
+                        # loop (or the final commit) went past a record that was nowhere
+                        self.pending.add(tp, msg.offset, 1)
+                        try:
+                            await self._dead_letter(producer, tp, msg.offset, msg.key, value, "decode", exc)
+                        except Stopping:
+                            return  # this offset and the later ones stay uncommitted
+                        self.pending.done(tp, msg.offset)
                         continue
                     self.pending.add(tp, msg.offset, len(self.lanes))
                     for lane in self.lanes:

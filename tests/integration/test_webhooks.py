@@ -16,7 +16,7 @@ import pytest
 from aiohttp import web
 from aiokafka import AIOKafkaProducer
 from aiokafka.errors import KafkaTimeoutError
-from kafka import KafkaConsumer, TopicPartition
+from kafka import KafkaConsumer, KafkaProducer, TopicPartition
 from prometheus_client import CollectorRegistry
 
 from agents.notifications import Notifier
@@ -561,3 +561,29 @@ async def test_a_webhook_dead_letter_the_broker_does_not_take_is_sent_again(
         await asyncio.wait_for(task, 30)
     assert await asyncio.to_thread(dead_letter_count, hot_settings) == 1
     assert await asyncio.to_thread(committed_total, hot_settings, "n-dlq-lane") == 1
+
+
+async def test_an_undecodable_record_is_not_committed_before_its_dead_letter_is_taken(
+    hot_settings: Settings, receiver: tuple[Receiver, asyncio.Event], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Its offset counted as finished before the dead letter was sent: the commit loop (and the final
+    commit of a notifier whose dead letter failed) committed past a record that is nowhere."""
+    state, _ = receiver
+    failures = dlq_failing(hot_settings, monkeypatch, times=1_000)
+    notifier = Notifier(
+        hot_settings, targets=[WebhookTarget("json-0", state.url + "/ok")], policy=FAST, group_id="n-dlq-bad"
+    )
+
+    def publish_garbage() -> None:
+        producer = KafkaProducer(bootstrap_servers=hot_settings.bootstrap)
+        producer.send(hot_settings.topic("leads.hot"), b"not avro", key=b"L-bad").get(10)
+        producer.close()
+
+    await asyncio.to_thread(publish_garbage)
+    stop, task = await start(notifier)
+    await wait_until(lambda: len(failures) >= 2 or task.done(), 30, "the dead letter refused twice")
+    await asyncio.sleep(notifier.commit_interval_s * 2)  # the commit loop had its chances
+    stop.set()
+    outcome = (await asyncio.wait_for(asyncio.gather(task, return_exceptions=True), 30))[0]
+    committed = await asyncio.to_thread(committed_total, hot_settings, "n-dlq-bad")
+    assert (committed, repr(outcome)) == (0, "None")  # not committed past it, and no crash either
