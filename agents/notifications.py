@@ -202,15 +202,17 @@ class Notifier:
                         # open until the dead letter is acknowledged: counted as finished at once, the commit
                         # loop (or the final commit) went past a record that was nowhere
                         self.pending.add(tp, msg.offset, 1)
+                        epoch = self.pending.epoch(tp)
                         try:
                             await self._dead_letter(producer, tp, msg.offset, msg.key, value, "decode", exc)
                         except Stopping:
                             return  # this offset and the later ones stay uncommitted
-                        self.pending.done(tp, msg.offset)
+                        self.pending.done(tp, msg.offset, epoch)
                         continue
                     self.pending.add(tp, msg.offset, len(self.lanes))
+                    job = Job(tp, msg.offset, msg.key, value, hot, self.pending.epoch(tp))
                     for lane in self.lanes:
-                        if not await put_job(lane.queue, Job(tp, msg.offset, msg.key, value, hot), stop):
+                        if not await put_job(lane.queue, job, stop):
                             return  # stopping: this offset and the later ones stay uncommitted
 
     async def _work(self, lane: Lane, sender: WebhookSender, producer: AIOKafkaProducer) -> None:
@@ -218,7 +220,7 @@ class Notifier:
             job = await lane.queue.get()
             try:
                 if await self._settle(lane, sender, producer, job):
-                    self.pending.done(job.tp, job.offset)
+                    self.pending.done(job.tp, job.offset, job.epoch)
             except Exception:  # a bug in one delivery must not kill the lane; the offset stays uncommitted
                 log.exception("notifier lane %s failed on %s@%s", lane.target.name, job.tp, job.offset)
             finally:

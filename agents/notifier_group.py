@@ -40,16 +40,27 @@ class PendingOffsets:
     def __init__(self) -> None:
         self._open: dict[TopicPartition, dict[int, int]] = {}
         self._next: dict[TopicPartition, int] = {}
+        self._epoch: dict[TopicPartition, int] = {}  # revocations seen per partition
+
+    def epoch(self, tp: TopicPartition) -> int:
+        """What a delivery added now reports back to ``done`` (a revocation starts a new epoch)."""
+        return self._epoch.get(tp, 0)
 
     def add(self, tp: TopicPartition, offset: int, parts: int) -> None:
         if parts > 0:
             self._open.setdefault(tp, {})[offset] = parts
         self._next[tp] = max(self._next.get(tp, 0), offset + 1)
 
-    def done(self, tp: TopicPartition, offset: int) -> None:
+    def done(self, tp: TopicPartition, offset: int, epoch: int = 0) -> None:
+        """One target finished ``offset``, added in ``epoch``.
+
+        Why the epoch: a partition revoked and assigned back to this process is fetched again, and the copy
+        of each target waits for its first copy; the first copies' completions counted against the re-added
+        offset too, so one target's answer finished it twice and it was committed while another target's
+        delivery was still in flight."""
         open_ = self._open.get(tp)
-        if open_ is None or offset not in open_:
-            return  # partition revoked meanwhile: its new owner re-delivers
+        if open_ is None or offset not in open_ or epoch != self._epoch.get(tp, 0):
+            return  # partition revoked meanwhile: its new owner (maybe this process again) re-delivers
         open_[offset] -= 1
         if open_[offset] <= 0:
             del open_[offset]
@@ -62,6 +73,7 @@ class PendingOffsets:
         for tp in tps:
             self._open.pop(tp, None)
             self._next.pop(tp, None)
+            self._epoch[tp] = self._epoch.get(tp, 0) + 1
 
     @property
     def in_flight(self) -> int:

@@ -23,6 +23,7 @@ class Job:
     key: bytes | None
     value: bytes
     hot: dict[str, Any]
+    epoch: int = 0  # PendingOffsets.epoch of its partition when it was added
 
 
 class Lane:

@@ -14,7 +14,7 @@ from typing import Any
 
 import pytest
 from aiohttp import web
-from aiokafka import AIOKafkaProducer
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from aiokafka.errors import KafkaTimeoutError
 from kafka import KafkaConsumer, KafkaProducer, TopicPartition
 from prometheus_client import CollectorRegistry
@@ -587,3 +587,65 @@ async def test_an_undecodable_record_is_not_committed_before_its_dead_letter_is_
     outcome = (await asyncio.wait_for(asyncio.gather(task, return_exceptions=True), 30))[0]
     committed = await asyncio.to_thread(committed_total, hot_settings, "n-dlq-bad")
     assert (committed, repr(outcome)) == (0, "None")  # not committed past it, and no crash either
+
+
+async def test_a_delivery_in_flight_across_a_rebalance_holds_the_offset_until_every_target_has_it(
+    hot_settings: Settings, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The partition is revoked and assigned back to the same notifier (an eager rebalance) while both
+    targets still hold the notification. The copy fetched again waits for the first copy of each target, but
+    the first copies' completions also counted against the re-added offset: the first target's answer
+    finished it twice, and the offset was committed while the second target's delivery was still in flight
+    (lost for that target on a crash or a stop)."""
+    releases = {"a": asyncio.Event(), "b": asyncio.Event()}
+    arrived: Counter[str] = Counter()
+
+    def handler(path: str) -> Callable[[web.Request], Awaitable[web.Response]]:
+        async def handle(request: web.Request) -> web.Response:
+            arrived[path] += 1
+            await releases[path].wait()
+            return web.Response(status=200)
+
+        return handle
+
+    app = web.Application()
+    for path in releases:
+        app.router.add_post(f"/{path}", handler(path))
+    runner = web.AppRunner(app)
+    await runner.setup()
+    await web.TCPSite(runner, "127.0.0.1", 0).start()
+    url = f"http://127.0.0.1:{bound_port(runner)}"
+    consumers: list[AIOKafkaConsumer] = []
+    real_subscribe = AIOKafkaConsumer.subscribe
+
+    def subscribe(self: AIOKafkaConsumer, *args: Any, **kwargs: Any) -> Any:
+        consumers.append(self)
+        return real_subscribe(self, *args, **kwargs)
+
+    monkeypatch.setattr(AIOKafkaConsumer, "subscribe", subscribe)
+    slow = RetryPolicy(max_attempts=2, base_s=0.02, cap_s=0.1, timeout_s=60.0)
+    targets = [WebhookTarget("json-a", url + "/a"), WebhookTarget("json-b", url + "/b")]
+    notifier = Notifier(
+        hot_settings, targets=targets, policy=slow, group_id="n-rejoin", commit_interval_s=0.1
+    )
+    await asyncio.to_thread(publish, hot_settings, [hot_lead(12)])
+    stop, task = await start(notifier)
+    try:
+        await wait_until(lambda: arrived["a"] == 1 and arrived["b"] == 1, 30, "both deliveries in flight")
+        consumers[0]._coordinator.request_rejoin()  # the same partitions, revoked and assigned again
+        await wait_until(lambda: notifier.pending.in_flight == 0, 15, "the revocation")
+        await wait_until(lambda: notifier.pending.in_flight == 1, 15, "the notification fetched again")
+        releases["a"].set()
+        await asyncio.sleep(1.0)  # the commit loop runs every 0.1 s
+        held = await asyncio.to_thread(committed_total, hot_settings, "n-rejoin")
+        assert held == 0, "committed while the second target's delivery was still in flight"
+        releases["b"].set()
+        await wait_until(lambda: notifier.pending.in_flight == 0, 15, "the second target's answer")
+    finally:
+        for release in releases.values():
+            release.set()
+        stop.set()
+        await asyncio.wait_for(task, 30)
+        await runner.cleanup()
+    assert await asyncio.to_thread(committed_total, hot_settings, "n-rejoin") == 1
+    assert arrived == Counter({"a": 1, "b": 1})

@@ -199,6 +199,18 @@ def test_offsets_commit_only_up_to_the_lowest_unfinished_notification() -> None:
     assert pending.committable() == {}
 
 
+def test_a_completion_from_before_a_revocation_does_not_count_for_the_offset_added_again() -> None:
+    tp = TopicPartition("leads.hot", 0)
+    pending = PendingOffsets()
+    pending.add(tp, 5, parts=2)
+    before = pending.epoch(tp)
+    pending.drop([tp])  # revoked, then assigned back and fetched again
+    pending.add(tp, 5, parts=2)
+    pending.done(tp, 5, before)  # the first copy's answer from one target
+    pending.done(tp, 5, pending.epoch(tp))  # the copy fetched again, waiting for that answer
+    assert pending.committable() == {tp: 5}  # the other target still delivering
+
+
 def test_batch_shapes_and_limits() -> None:
     limits = Limits(max_batch=2)
     assert len(parse_body(b'[{"a":1},{"a":2}]', limits).events) == 2
