@@ -27,7 +27,7 @@ from collections.abc import Sequence
 from typing import Any
 
 import aiohttp
-from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRecord, TopicPartition
 from aiokafka.errors import KafkaError
 from prometheus_client import CollectorRegistry
 
@@ -135,6 +135,7 @@ class Notifier:
             )
         self._secret = secret
         self._stop = asyncio.Event()  # run()'s: a dead letter not taken is sent again until it is set
+        self.revocations = 0  # rebalances seen (NotifierRebalance): a fetched batch is left after one
 
     def ready(self) -> tuple[bool, dict[str, Any]]:
         return self.assigned, {"targets": [t.name for t in self.targets], "in_flight": self.pending.in_flight}
@@ -193,27 +194,39 @@ class Notifier:
     ) -> None:
         while not stop.is_set():
             batches = await consumer.getmany(timeout_ms=200, max_records=500)
-            for tp, messages in batches.items():
-                for msg in messages:
-                    value = msg.value or b""
-                    try:
-                        _, hot = self.registry.decode(value, expect="hot_lead")
-                    except SchemaError as exc:
-                        # open until the dead letter is acknowledged: counted as finished at once, the commit
-                        # loop (or the final commit) went past a record that was nowhere
-                        self.pending.add(tp, msg.offset, 1)
-                        epoch = self.pending.epoch(tp)
-                        try:
-                            await self._dead_letter(producer, tp, msg.offset, msg.key, value, "decode", exc)
-                        except Stopping:
-                            return  # this offset and the later ones stay uncommitted
-                        self.pending.done(tp, msg.offset, epoch)
-                        continue
-                    self.pending.add(tp, msg.offset, len(self.lanes))
-                    job = Job(tp, msg.offset, msg.key, value, hot, self.pending.epoch(tp))
-                    for lane in self.lanes:
-                        if not await put_job(lane.queue, job, stop):
-                            return  # stopping: this offset and the later ones stay uncommitted
+            revocations = self.revocations
+            for msg in (msg for messages in batches.values() for msg in messages):
+                if self.revocations != revocations:
+                    # Revoked while this loop waited (a full lane queue, a dead letter not taken): the rest
+                    # is fetched again from the committed offsets. Taken on, it counted in the new
+                    # assignment and was committed past earlier notifications still being delivered.
+                    break
+                if not await self._take(msg, producer, stop):
+                    return  # stopping: this offset and the later ones stay uncommitted
+
+    async def _take(self, msg: ConsumerRecord, producer: AIOKafkaProducer, stop: asyncio.Event) -> bool:
+        """Queue ``msg`` to every lane, or dead-letter it if it does not decode; False when stopping first."""
+        tp = TopicPartition(msg.topic, msg.partition)
+        value = msg.value or b""
+        try:
+            _, hot = self.registry.decode(value, expect="hot_lead")
+        except SchemaError as exc:
+            # open until the dead letter is acknowledged: counted as finished at once, the commit loop (or
+            # the final commit) went past a record that was nowhere
+            self.pending.add(tp, msg.offset, 1)
+            epoch = self.pending.epoch(tp)
+            try:
+                await self._dead_letter(producer, tp, msg.offset, msg.key, value, "decode", exc)
+            except Stopping:
+                return False
+            self.pending.done(tp, msg.offset, epoch)
+            return True
+        self.pending.add(tp, msg.offset, len(self.lanes))
+        job = Job(tp, msg.offset, msg.key, value, hot, self.pending.epoch(tp))
+        for lane in self.lanes:
+            if not await put_job(lane.queue, job, stop):
+                return False
+        return True
 
     async def _work(self, lane: Lane, sender: WebhookSender, producer: AIOKafkaProducer) -> None:
         while True:

@@ -181,6 +181,7 @@ class NotifierRebalance(ConsumerRebalanceListener):  # type: ignore[misc]
         self.consumer = consumer
 
     async def on_partitions_revoked(self, revoked: Any) -> None:
+        self.notifier.revocations += 1
         await self.notifier.offsets.commit(self.consumer)
         self.notifier.pending.drop(list(revoked))
         for tp in revoked:

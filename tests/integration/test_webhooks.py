@@ -19,6 +19,7 @@ from aiokafka.errors import KafkaTimeoutError
 from kafka import KafkaConsumer, KafkaProducer, TopicPartition
 from prometheus_client import CollectorRegistry
 
+from agents import notifier_group
 from agents.notifications import Notifier
 from agents.notifier_group import GROUP_ID
 from schemas.registry import default_registry
@@ -649,3 +650,78 @@ async def test_a_delivery_in_flight_across_a_rebalance_holds_the_offset_until_ev
         await runner.cleanup()
     assert await asyncio.to_thread(committed_total, hot_settings, "n-rejoin") == 1
     assert arrived == Counter({"a": 1, "b": 1})
+
+
+async def test_records_of_a_batch_left_after_a_revocation_are_not_committed_past_deliveries_in_flight(
+    hot_settings: Settings, receiver: tuple[Receiver, asyncio.Event], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The consume loop went on with its fetched batch after the partition was revoked (and assigned back):
+    the rest of it was counted in the new assignment, finished, and committed past an earlier notification
+    still being delivered (lost on a crash, or if that delivery then never settles). Here the loop waits
+    on a dead letter the broker refuses while the rebalance happens."""
+    state, release = receiver
+    hold = asyncio.Event()
+    refused: list[int] = []
+    real_send = AIOKafkaProducer.send_and_wait
+
+    async def send_and_wait(self: AIOKafkaProducer, topic: str, *args: Any, **kwargs: Any) -> Any:
+        if topic == hot_settings.topic("dlq") and not hold.is_set():
+            refused.append(1)
+            raise KafkaTimeoutError("injected: the broker did not acknowledge the dead letter")
+        return await real_send(self, topic, *args, **kwargs)
+
+    monkeypatch.setattr(AIOKafkaProducer, "send_and_wait", send_and_wait)
+    consumers: list[AIOKafkaConsumer] = []
+    real_subscribe = AIOKafkaConsumer.subscribe
+
+    def subscribe(self: AIOKafkaConsumer, *args: Any, **kwargs: Any) -> Any:
+        consumers.append(self)
+        return real_subscribe(self, *args, **kwargs)
+
+    monkeypatch.setattr(AIOKafkaConsumer, "subscribe", subscribe)
+    commits: list[int] = []
+    real_commit = notifier_group.commit
+
+    async def commit(consumer: AIOKafkaConsumer, offsets: dict[Any, int]) -> None:
+        commits.extend(offsets.values())
+        await real_commit(consumer, offsets)
+
+    monkeypatch.setattr(notifier_group, "commit", commit)
+
+    def publish_three() -> None:  # one partition: a notification, bytes that are not Avro, a notification
+        registry = default_registry()
+        producer = KafkaProducer(bootstrap_servers=hot_settings.bootstrap)
+        topic = hot_settings.topic("leads.hot")
+        for value in (
+            registry.encode("hot_lead", hot_lead(13)),
+            b"not avro",
+            registry.encode("hot_lead", hot_lead(14)),
+        ):
+            producer.send(topic, value, key=b"L-13", partition=0).get(10)
+        producer.close()
+
+    targets = [WebhookTarget("json-0", state.url + "/hang")]
+    notifier = Notifier(
+        hot_settings, targets=targets, policy=FAST, group_id="n-mid-batch", commit_interval_s=0.1
+    )
+    await asyncio.to_thread(publish_three)
+    stop, task = await start(notifier)
+    try:
+        await wait_until(
+            lambda: state.in_flight == 1 and bool(refused), 30, "hot-13 held, the letter refused"
+        )
+        epoch = notifier.pending.epoch(TopicPartition(hot_settings.topic("leads.hot"), 0))
+        consumers[0]._coordinator.request_rejoin()
+        await wait_until(
+            lambda: notifier.pending.epoch(TopicPartition(hot_settings.topic("leads.hot"), 0)) > epoch,
+            15,
+            "the revocation",
+        )
+        await wait_until(lambda: notifier.assigned and bool(consumers[0].assignment()), 15, "the assignment")
+        hold.set()  # the letter is taken; the loop goes on
+        await asyncio.sleep(1.0)  # hot-14's delivery hangs too, so nothing may pass offset 0
+        assert max(commits, default=0) == 0, f"committed {commits} while hot-13 was being delivered"
+    finally:
+        release.set()
+        stop.set()
+        await asyncio.wait_for(task, 30)
