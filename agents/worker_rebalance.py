@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any
 
 from aiokafka import ConsumerRecord, TopicPartition
 from aiokafka.abc import ConsumerRebalanceListener
-from aiokafka.errors import IllegalStateError, KafkaError
+from aiokafka.errors import IllegalStateError
 
 from agents.kafka_batches import Headers, read_to_end
 from agents.lead_store import LeadStore, due_from_headers
@@ -124,8 +124,11 @@ async def refetch(worker: LeadWorker, fetched: dict[TopicPartition, list[Consume
                 await worker.consumer.seek_to_beginning(tp)
             else:
                 worker.consumer.seek(tp, offset)
-        except (IllegalStateError, KafkaError) as exc:  # moved again meanwhile: its next owner reads it
+        except IllegalStateError as exc:  # moved again meanwhile: its next owner reads it
             log.info("no re-fetch of %s[%d] (%s)", tp.topic, tp.partition, exc)
+        # Any other KafkaError (no coordinator answered for the committed offset) propagates: the partition
+        # is still ours and its position past the records not processed, so skipping it as if it had moved
+        # let the next batch commit past them. The worker starts over from the committed offsets instead.
 
 
 async def load_commits(worker: LeadWorker, assigned: set[TopicPartition]) -> None:

@@ -17,8 +17,10 @@ from typing import Any
 import pytest
 from aiokafka import AIOKafkaConsumer
 
+from agents import worker_rebalance
 from agents.rules import load_rules
 from agents.worker import LeadWorker
+from streams.kafka_close import CoordinatorUnreachable
 from streams.producer import Producer
 from streams.settings import Settings
 from tests.integration.test_worker import HOUR
@@ -82,4 +84,55 @@ def test_records_of_a_fetch_overlapped_by_a_rebalance_are_fetched_again_and_proc
     asyncio.run(scenario())
     assert overlapped and overlapped[0] > 0
     missing = {e["event_id"] for e in events} - seen()
+    assert not missing, f"{len(missing)} events never processed, e.g. {sorted(missing)[:5]}"
+
+
+def test_a_fetch_overlapped_by_a_rebalance_whose_committed_offsets_cannot_be_read_is_not_lost(
+    broker_settings: Settings, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The re-fetch reads each partition's committed offset; when the coordinator did not answer in time the
+    partition was skipped as if it had moved, its position stayed past the records never processed, and the
+    next batch committed past them."""
+    worker = LeadWorker(broker_settings, load_rules(None), scan_interval_s=3600)
+    real_getmany = AIOKafkaConsumer.getmany
+    real_committed = worker_rebalance.committed
+    refused: list[int] = []
+
+    async def getmany_with_a_rebalance(self: AIOKafkaConsumer, *args: Any, **kwargs: Any) -> Any:
+        fetched = await real_getmany(self, *args, **kwargs)
+        if fetched and not refused:
+            worker.generation += 1  # what the listener does when an assignment completes mid-fetch
+        return fetched
+
+    async def committed_refused_once(consumer: AIOKafkaConsumer, tp: Any) -> int | None:
+        if not refused:
+            refused.append(1)
+            raise CoordinatorUnreachable("injected: no group coordinator answered")
+        return await real_committed(consumer, tp)
+
+    monkeypatch.setattr(AIOKafkaConsumer, "getmany", getmany_with_a_rebalance)
+    monkeypatch.setattr(worker_rebalance, "committed", committed_refused_once)
+    events = _visits(int(time.time() * 1000))
+
+    def processed() -> set[str]:
+        found: set[str] = set()
+        for lead in range(LEADS):
+            state = worker.store.get(f"L{lead}".encode())
+            if state is not None:
+                found |= set(state.seen)
+        return found
+
+    async def scenario() -> None:
+        async with running_worker(worker) as running:
+            await wait_until(lambda: worker.ready()[0], running, seen=lambda: "worker never became ready")
+            with Producer(broker_settings) as producer:
+                for event in events:
+                    producer.send("web_visit", event)
+            deadline = time.monotonic() + 20
+            while len(processed()) < len(events) and time.monotonic() < deadline and not running.done():
+                await asyncio.sleep(0.2)
+
+    asyncio.run(scenario())
+    assert refused
+    missing = {e["event_id"] for e in events} - processed()
     assert not missing, f"{len(missing)} events never processed, e.g. {sorted(missing)[:5]}"
