@@ -883,8 +883,23 @@ class _Logged(logging.Handler):
             self.seen.set()
 
 
+@pytest.fixture
+def waiting() -> Iterator[_Logged]:
+    """Whether the sink loop logged that a rebalance waits for its insert in flight."""
+    sink_log = logging.getLogger("sinks.sink_loop")
+    logged = _Logged("waiting for the insert in flight")
+    level = sink_log.level
+    sink_log.setLevel(logging.INFO)
+    sink_log.addHandler(logged)
+    try:
+        yield logged
+    finally:
+        sink_log.removeHandler(logged)
+        sink_log.setLevel(level)
+
+
 def test_partitions_revoked_during_an_insert_are_given_up_once_it_ended_so_nothing_is_stored_twice(
-    ch: Client, clickhouse_dsn: str, broker_settings: Settings
+    ch: Client, clickhouse_dsn: str, broker_settings: Settings, waiting: _Logged
 ) -> None:
     """A second sink joins the group while the first one's insert is in flight. The first sink gave its
     partitions up at once (its rebalance callback only noted them), so the second one read the stored
@@ -893,11 +908,6 @@ def test_partitions_revoked_during_an_insert_are_given_up_once_it_ended_so_nothi
     given up only once the insert in flight has ended."""
     settings = broker_settings
     produced = produce(settings, "download", 40, seed=24)
-    sink_log = logging.getLogger("sinks.sink_loop")
-    waiting = _Logged("waiting for the insert in flight")
-    level = sink_log.level
-    sink_log.setLevel(logging.INFO)
-    sink_log.addHandler(waiting)
     held = HeldClient(ch)
     other = clickhouse_connect.get_client(dsn=clickhouse_dsn)  # a second handle on the same engine
     first = RunningSink(ClickHouseSinkLoop(settings, held, policy=BatchPolicy(500, 0.2)))
@@ -927,8 +937,6 @@ def test_partitions_revoked_during_an_insert_are_given_up_once_it_ended_so_nothi
             second.close()
         first.close()
         other.close()
-        sink_log.removeHandler(waiting)
-        sink_log.setLevel(level)
 
 
 def test_an_insert_in_flight_when_the_loop_fails_is_awaited_before_the_consumer_closes(
@@ -977,7 +985,7 @@ def test_an_insert_in_flight_when_the_loop_fails_is_awaited_before_the_consumer_
 
 
 def test_partitions_revoked_while_the_loop_awaits_its_insert_are_given_up_once_it_ended(
-    ch: Client, clickhouse_dsn: str, broker_settings: Settings
+    ch: Client, clickhouse_dsn: str, broker_settings: Settings, waiting: _Logged
 ) -> None:
     """As above, but the loop itself is waiting for the insert when the rebalance comes (the next batch fell
     due behind it, the usual case under load). ``_finish_write`` cleared ``writing`` before it awaited the
@@ -985,11 +993,6 @@ def test_partitions_revoked_while_the_loop_awaits_its_insert_are_given_up_once_i
     sink read the stored positions before the held insert landed and stored the same records again."""
     settings = broker_settings
     first_records = produce(settings, "download", 30, seed=26)
-    sink_log = logging.getLogger("sinks.sink_loop")
-    waiting = _Logged("waiting for the insert in flight")
-    level = sink_log.level
-    sink_log.setLevel(logging.INFO)
-    sink_log.addHandler(waiting)
     held = HeldClient(ch)
     other = clickhouse_connect.get_client(dsn=clickhouse_dsn)  # a second handle on the same engine
     # Due by rows only: the first 30 records make the held batch, the next 30 a batch due behind it.
@@ -1020,8 +1023,6 @@ def test_partitions_revoked_while_the_loop_awaits_its_insert_are_given_up_once_i
             second.close()
         first.close()
         other.close()
-        sink_log.removeHandler(waiting)
-        sink_log.setLevel(level)
 
 
 def test_partitions_assigned_during_a_back_off_lose_no_record(

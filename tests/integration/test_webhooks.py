@@ -590,6 +590,19 @@ async def test_an_undecodable_record_is_not_committed_before_its_dead_letter_is_
     assert (committed, repr(outcome)) == (0, "None")  # not committed past it, and no crash either
 
 
+def subscribed_consumers(monkeypatch: pytest.MonkeyPatch) -> list[AIOKafkaConsumer]:
+    """The consumers that subscribe from now on (to force a rejoin on the notifier's own consumer)."""
+    consumers: list[AIOKafkaConsumer] = []
+    real_subscribe = AIOKafkaConsumer.subscribe
+
+    def subscribe(self: AIOKafkaConsumer, *args: Any, **kwargs: Any) -> Any:
+        consumers.append(self)
+        return real_subscribe(self, *args, **kwargs)
+
+    monkeypatch.setattr(AIOKafkaConsumer, "subscribe", subscribe)
+    return consumers
+
+
 async def test_a_delivery_in_flight_across_a_rebalance_holds_the_offset_until_every_target_has_it(
     hot_settings: Settings, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -616,14 +629,7 @@ async def test_a_delivery_in_flight_across_a_rebalance_holds_the_offset_until_ev
     await runner.setup()
     await web.TCPSite(runner, "127.0.0.1", 0).start()
     url = f"http://127.0.0.1:{bound_port(runner)}"
-    consumers: list[AIOKafkaConsumer] = []
-    real_subscribe = AIOKafkaConsumer.subscribe
-
-    def subscribe(self: AIOKafkaConsumer, *args: Any, **kwargs: Any) -> Any:
-        consumers.append(self)
-        return real_subscribe(self, *args, **kwargs)
-
-    monkeypatch.setattr(AIOKafkaConsumer, "subscribe", subscribe)
+    consumers = subscribed_consumers(monkeypatch)
     slow = RetryPolicy(max_attempts=2, base_s=0.02, cap_s=0.1, timeout_s=60.0)
     targets = [WebhookTarget("json-a", url + "/a"), WebhookTarget("json-b", url + "/b")]
     notifier = Notifier(
@@ -671,14 +677,7 @@ async def test_records_of_a_batch_left_after_a_revocation_are_not_committed_past
         return await real_send(self, topic, *args, **kwargs)
 
     monkeypatch.setattr(AIOKafkaProducer, "send_and_wait", send_and_wait)
-    consumers: list[AIOKafkaConsumer] = []
-    real_subscribe = AIOKafkaConsumer.subscribe
-
-    def subscribe(self: AIOKafkaConsumer, *args: Any, **kwargs: Any) -> Any:
-        consumers.append(self)
-        return real_subscribe(self, *args, **kwargs)
-
-    monkeypatch.setattr(AIOKafkaConsumer, "subscribe", subscribe)
+    consumers = subscribed_consumers(monkeypatch)
     commits: list[int] = []
     real_commit = notifier_group.commit
 

@@ -46,6 +46,36 @@ def _visits(now: int) -> list[dict[str, Any]]:
     ]
 
 
+def _processed(worker: LeadWorker) -> set[str]:
+    """Event ids the worker's lead states count as seen."""
+    found: set[str] = set()
+    for lead in range(LEADS):
+        state = worker.store.get(f"L{lead}".encode())
+        if state is not None:
+            found |= set(state.seen)
+    return found
+
+
+def _send_and_wait(
+    worker: LeadWorker, settings: Settings, events: list[dict[str, Any]], wait_s: float
+) -> None:
+    """Run the worker, send ``events`` once it is ready, and wait up to ``wait_s`` for all to be processed."""
+
+    async def scenario() -> None:
+        async with running_worker(worker) as running:
+            await wait_until(lambda: worker.ready()[0], running, seen=lambda: "worker never became ready")
+            with Producer(settings) as producer:
+                for event in events:
+                    producer.send("web_visit", event)
+            deadline = time.monotonic() + wait_s
+            while (
+                len(_processed(worker)) < len(events) and time.monotonic() < deadline and not running.done()
+            ):
+                await asyncio.sleep(0.2)
+
+    asyncio.run(scenario())
+
+
 def test_records_of_a_fetch_overlapped_by_a_rebalance_are_fetched_again_and_processed(
     broker_settings: Settings, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -62,28 +92,9 @@ def test_records_of_a_fetch_overlapped_by_a_rebalance_are_fetched_again_and_proc
 
     monkeypatch.setattr(AIOKafkaConsumer, "getmany", getmany_with_a_rebalance)
     events = _visits(int(time.time() * 1000))
-
-    def seen() -> set[str]:
-        found: set[str] = set()
-        for lead in range(LEADS):
-            state = worker.store.get(f"L{lead}".encode())
-            if state is not None:
-                found |= set(state.seen)
-        return found
-
-    async def scenario() -> None:
-        async with running_worker(worker) as running:
-            await wait_until(lambda: worker.ready()[0], running, seen=lambda: "worker never became ready")
-            with Producer(broker_settings) as producer:
-                for event in events:
-                    producer.send("web_visit", event)
-            deadline = time.monotonic() + 30
-            while len(seen()) < len(events) and time.monotonic() < deadline and not running.done():
-                await asyncio.sleep(0.2)
-
-    asyncio.run(scenario())
+    _send_and_wait(worker, broker_settings, events, 30)
     assert overlapped and overlapped[0] > 0
-    missing = {e["event_id"] for e in events} - seen()
+    missing = {e["event_id"] for e in events} - _processed(worker)
     assert not missing, f"{len(missing)} events never processed, e.g. {sorted(missing)[:5]}"
 
 
@@ -113,26 +124,7 @@ def test_a_fetch_overlapped_by_a_rebalance_whose_committed_offsets_cannot_be_rea
     monkeypatch.setattr(AIOKafkaConsumer, "getmany", getmany_with_a_rebalance)
     monkeypatch.setattr(worker_rebalance, "committed", committed_refused_once)
     events = _visits(int(time.time() * 1000))
-
-    def processed() -> set[str]:
-        found: set[str] = set()
-        for lead in range(LEADS):
-            state = worker.store.get(f"L{lead}".encode())
-            if state is not None:
-                found |= set(state.seen)
-        return found
-
-    async def scenario() -> None:
-        async with running_worker(worker) as running:
-            await wait_until(lambda: worker.ready()[0], running, seen=lambda: "worker never became ready")
-            with Producer(broker_settings) as producer:
-                for event in events:
-                    producer.send("web_visit", event)
-            deadline = time.monotonic() + 20
-            while len(processed()) < len(events) and time.monotonic() < deadline and not running.done():
-                await asyncio.sleep(0.2)
-
-    asyncio.run(scenario())
+    _send_and_wait(worker, broker_settings, events, 20)
     assert refused
-    missing = {e["event_id"] for e in events} - processed()
+    missing = {e["event_id"] for e in events} - _processed(worker)
     assert not missing, f"{len(missing)} events never processed, e.g. {sorted(missing)[:5]}"
