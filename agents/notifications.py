@@ -44,6 +44,7 @@ from sinks.webhook import (
     policy_from_settings,
     targets_from_settings,
 )
+from streams.backoff import Backoff
 from streams.broker import aiokafka_client_config
 from streams.dlq import dead_letter, encode_dead_letter, writer_headers
 from streams.kafka_close import start_client, start_unless_stopped, stop_consumer, stop_producer
@@ -304,7 +305,7 @@ class Notifier:
             error_type=error_type,
         )
         dlq_key, dlq_value = encode_dead_letter(record, self.registry)
-        delay = DLQ_RETRY_FIRST_S
+        backoff = Backoff(DLQ_RETRY_FIRST_S, DLQ_RETRY_MAX_S)
         while True:
             try:
                 await producer.send_and_wait(
@@ -312,6 +313,7 @@ class Notifier:
                 )
                 break
             except KafkaError as exc:
+                delay = backoff.next()
                 # Given up, the notification was neither delivered nor a dead letter, and its offset (so
                 # its partition's commits) stayed where it was until a restart.
                 log.warning(
@@ -325,7 +327,6 @@ class Notifier:
                 )
                 if await _stopped_within(self._stop, delay):
                     raise Stopping from exc
-                delay = min(DLQ_RETRY_MAX_S, delay * 2)
         self.metrics.dlq_records.labels(source_topic=HOT_LEADS.name, stage=stage).inc()
 
     async def _drain(self, timeout_s: float) -> None:

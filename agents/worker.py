@@ -42,6 +42,7 @@ from agents.worker_sla_scan import scan
 from schemas.errors import SchemaError
 from schemas.fast_codec import codec_for
 from schemas.registry import SchemaRegistry, default_registry
+from streams.backoff import Backoff
 from streams.broker import aiokafka_client_config, create_topics, is_tansu, kafka_client_config
 from streams.dlq import dead_letter, encode_dead_letter, writer_headers
 from streams.event_hygiene import InadmissibleEvent, check_admissible, invalid_reason
@@ -133,7 +134,7 @@ class LeadWorker:
         # the owned partitions are reloaded from what is durable (worker_rebalance.reload), after a back-off.
         self.reload_pending = False
         self.retry_at = 0.0
-        self.retry_delay = RETRY_FIRST_S
+        self.retry_backoff = Backoff(RETRY_FIRST_S, RETRY_MAX_S)
 
     # -- lifecycle -------------------------------------------------------------------------------------
 
@@ -169,14 +170,14 @@ class LeadWorker:
     def start_over(self, exc: BaseException) -> None:
         """Process nothing more on the states in memory: back off, then reload (see ``reload_pending``)."""
         self.reload_pending = True
-        self.retry_at = time.monotonic() + self.retry_delay
+        delay = self.retry_backoff.next()
+        self.retry_at = time.monotonic() + delay
         log.warning(
             "%s: %s; reloading the owned partitions from the changelog and the committed offsets in %.1f s",
             type(exc).__name__,
             exc,
-            self.retry_delay,
+            delay,
         )
-        self.retry_delay = min(RETRY_MAX_S, self.retry_delay * 2)
 
     async def _reload(self) -> None:
         try:
@@ -185,7 +186,7 @@ class LeadWorker:
             self.start_over(exc)
             return
         self.reload_pending = False
-        self.retry_delay = RETRY_FIRST_S
+        self.retry_backoff.reset()
         log.info("reloaded the owned partitions; processing from the committed offsets")
 
     async def poll_once(self) -> None:

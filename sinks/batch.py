@@ -23,8 +23,12 @@ from clickhouse_connect.driver.client import Client
 from sinks.avro_ocf import ContainerFormat, container_file
 from sinks.errors import SinkBackpressure, classify, describe
 from sinks.rows import Row, TableSpec
+from streams.backoff import backoff_seconds
 
 TopicPartition = tuple[str, int]
+
+#: Back-off before re-sending a batch ClickHouse did not take (docs/clickhouse.md: 0.2 s ... 30 s).
+INSERT_RETRY_FIRST_S, INSERT_RETRY_MAX_S = 0.2, 30.0
 
 INSERT_SETTINGS = {
     "async_insert": 0,  # newer servers default to 1, which would ignore our dedup token semantics
@@ -139,10 +143,6 @@ class BatchPolicy:
 
     def due(self, batch: SinkBatch, now: float) -> bool:
         return batch.size >= self.max_rows or now - batch.opened_at >= self.max_seconds
-
-
-def backoff_seconds(attempt: int, base: float = 0.2, cap: float = 30.0) -> float:
-    return float(min(cap, base * 2.0 ** max(0, attempt - 1)))
 
 
 def batch_key(table: TableSpec, container: ContainerFormat | None) -> str:
@@ -283,7 +283,9 @@ class ClickHouseBatchSink:
             return []
         except Exception as exc:
             if classify(exc) == "retryable":
-                raise SinkBackpressure(table, backoff_seconds(batch.attempts), exc) from exc
+                raise SinkBackpressure(
+                    table, backoff_seconds(batch.attempts, INSERT_RETRY_FIRST_S, INSERT_RETRY_MAX_S), exc
+                ) from exc
             if len(rows) == 1:
                 row, (key, value) = rows[0], sources[0]
                 reason = f"rejected by leadpulse.{table}: {describe(exc)}"

@@ -14,6 +14,7 @@ from sinks.batch import BatchPolicy
 from sinks.clickhouse import EmbeddedDirectoryUnusable, EmbeddedEngineBusy
 from sinks.sink_hooks import MetricsHooks
 from sinks.sink_loop import ClickHouseSinkLoop, SinkStats
+from streams.backoff import Backoff
 from streams.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -36,7 +37,7 @@ def _connect(
     Why not exit: a sink that dies when ClickHouse is away is restarted in a loop by its supervisor and
     floods the logs; nothing is consumed (so nothing committed) until ClickHouse answers, then it resumes
     from the committed offsets."""
-    delay = 1.0
+    backoff = Backoff(1.0, 30.0)
     while not stop_event.is_set():
         try:
             client = get_client(settings)
@@ -48,6 +49,7 @@ def _connect(
             if on_failure is not None:
                 on_failure()
             first_line = str(exc).splitlines()[0][:300] if str(exc) else type(exc).__name__
+            delay = backoff.next()
             log.warning(
                 "ClickHouse at %s unavailable (%s: %s); retrying in %.0f s",
                 settings.shown_dsn,
@@ -56,7 +58,6 @@ def _connect(
                 delay,
             )
             stop_event.wait(delay)
-            delay = min(delay * 2, 30.0)
     return None
 
 

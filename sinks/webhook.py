@@ -37,6 +37,7 @@ from urllib.parse import quote, urlsplit
 
 import aiohttp
 
+from streams.backoff import backoff_seconds
 from streams.metrics import Metrics
 from streams.settings import Settings
 
@@ -258,7 +259,7 @@ class RetryPolicy:
         """Wait before attempt ``attempt + 1`` (attempt counts from 1): half fixed, half random."""
         if retry_after_s is not None:
             return min(self.cap_s, max(0.0, retry_after_s))
-        ceiling = min(self.cap_s, self.base_s * 2.0 ** (attempt - 1))
+        ceiling = backoff_seconds(attempt, self.base_s, self.cap_s)
         return ceiling / 2 + rnd.uniform(0, ceiling / 2)
 
 

@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import urlsplit
 
+from streams.backoff import backoff_seconds
 from streams.intake import CRM_PROFILE_FIELDS, SERVER_TYPES
 
 STAMPED_BY_COLLECTOR = ("source", "received_at")
@@ -93,7 +94,9 @@ class CollectorClient:
                 return
             if status not in (None, 429, 503) or time.monotonic() >= deadline:
                 raise CollectorRejected(f"collector answered {status or 'nothing'}: {answer[:500]}")
-            time.sleep(min(retry_after if retry_after is not None else 0.2 * 2**attempt, 5.0))
+            time.sleep(
+                min(retry_after, 5.0) if retry_after is not None else backoff_seconds(attempt + 1, 0.2, 5.0)
+            )
 
     def _request(self, key: str, body: bytes) -> tuple[int, float | None, str]:
         if self._conn is None:
