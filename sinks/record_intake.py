@@ -29,6 +29,7 @@ from sinks.batch import ClickHouseBatchSink
 from sinks.erase import record_erased
 from sinks.recent_ids import RecentIds
 from sinks.replay import is_replayed
+from sinks.resume_point import ResumePoint
 from sinks.rows import EVENT_TYPES, EVENTS, TABLE_FOR_SCHEMA, Origin, Row, TableSpec, to_row
 from streams.erasures import ErasureLog
 from streams.event_hygiene import InadmissibleEvent, check_admissible
@@ -84,18 +85,20 @@ class RecordIntake:
         tp: TopicPartition,
         messages: list[ConsumerRecord[bytes, bytes]],
         *,
-        skip_through: int,
+        resume: ResumePoint | None,
         unwritten: int,
         erasures: ErasureLog | None,
         next_offsets: dict[tuple[str, int], int],
     ) -> None:
-        """Records at or below ``skip_through`` are stored already; from ``unwritten`` on, nothing of the
-        partition is stored yet. ``next_offsets`` is the loop's: the last record's offset + 1 once all are
-        taken. ``erasures``: the erasure log when it is active, else None.
+        """Records ``resume`` says are stored already are skipped (None: nothing is); from ``unwritten`` on,
+        nothing of the partition is stored yet. ``next_offsets`` is the loop's: the last record's offset + 1
+        once all are taken. ``erasures``: the erasure log when it is active, else None.
 
         Per record this runs ~200k times a second at the sink's speed, so the loop hoists what is the same for
-        a whole fetch (the topic's kind, the partition's memory of ids) and collects the fast path's rows to
-        hand them to their batch once (``ClickHouseBatchSink.add_many``)."""
+        a whole fetch (the topic's kind, the partition's memory of ids, where skipping ends) and collects the
+        fast path's rows to hand them to their batch once (``ClickHouseBatchSink.add_many``). The gaps among
+        stored offsets are looked up only at or below ``skip_through``, where a record is rare (re-read
+        after a restart or a rebalance)."""
         if not messages:
             return
         key_tp = (tp.topic, tp.partition)
@@ -103,12 +106,14 @@ class RecordIntake:
         is_input = tp.topic in self._input_topics
         prefix = origin_prefix(expected, tp.topic, tp.partition) if fmt is not None else b""
         current_header = SOE_MAGIC + struct.pack("<Q", fingerprint)
+        skip_through = -1 if resume is None else resume.skip_through
+        in_gap = None if resume is None or not resume.gaps else resume.in_gap
         rows: list[Row] = []  # the fast path's, in offset order
         sources: list[tuple[bytes | None, bytes | None]] = []
         for msg in messages:
             offset = msg.offset
-            if offset <= skip_through:
-                continue
+            if offset <= skip_through and (in_gap is None or not in_gap(offset)):
+                continue  # stored already
             value = msg.value
             if value is None:  # a tombstone on a compacted output (e.g. an erased lead's score)
                 continue

@@ -12,10 +12,12 @@ The loop's contract (DESIGN §7, STYLE "commit after durable"):
   (same dedup token) first; no partition's commit passes a record of that batch meanwhile (a partition
   whose every record is handled, e.g. dead-lettered, may still move) and the process never exits for it;
 - rows ClickHouse rejects as invalid, and records that cannot be decoded, go to the ``dlq`` topic;
-- on (re)assignment it resumes after the highest offset already stored per partition, so a crash between
-  insert and commit does not store a batch twice even if the re-read batch is cut differently; revoked
-  partitions are given up only after the insert in flight has ended (``_Listener``), so that their next
-  owner's resume point counts it;
+- on (re)assignment it skips the records already stored per partition, so a crash between insert and
+  commit does not store a batch twice even if the re-read batch is cut differently; only offsets actually
+  stored are skipped: the gaps among them above the committed offset (a dead letter unacknowledged when the
+  sink died, rows refused in a bisection whose batch a rebalance dropped) are taken again
+  (``sinks.resume_point``). Revoked partitions are given up only after the insert in flight has ended
+  (``_Listener``), so that their next owner's resume point counts it;
 - records of leads erased with ``leadpulse forget`` (the erasure log, ``streams.erasures``) are dropped
   before insert, so a replay cannot bring them back; with embedded ClickHouse the sink owns the engine and
   also deletes the lead's stored rows when an erasure arrives (``sinks.erase``).
@@ -44,6 +46,7 @@ from sinks.errors import SinkBackpressure
 from sinks.lag_report import LagReport
 from sinks.recent_ids import RecentIds
 from sinks.record_intake import SINK_TOPICS, RecordIntake
+from sinks.resume_point import ResumePoint
 from sinks.rows import EVENTS, TableSpec
 from sinks.sink_hooks import SinkHooks
 from sinks.stored_positions import StoredPositions, check_same_log
@@ -128,7 +131,7 @@ class ClickHouseSinkLoop:
         self.stats = SinkStats()
         self.next_offsets: dict[tuple[str, int], int] = {}
         self.committed: dict[tuple[str, int], int] = {}
-        self.skip_through: dict[tuple[str, int], int] = {}
+        self.resume: dict[tuple[str, int], ResumePoint] = {}  # what is stored already, per partition
         self.retry_at: float | None = None
         self.writing: tuple[SinkBatch, asyncio.Future[list[Rejected]]] | None = None  # the insert in flight
         self.max_poll_records = max_poll_records
@@ -312,34 +315,38 @@ class ClickHouseSinkLoop:
                 self.intake.recent.drop_partition(tp)
                 self.next_offsets.pop(tp, None)
                 self.committed.pop(tp, None)
-                self.skip_through.pop(tp, None)
+                self.resume.pop(tp, None)
         self.stats.assigned = {(tp.topic, tp.partition) for tp in self.consumer.assignment()}
         if listener.assigned:
             assigned, listener.assigned = listener.assigned, set()
             if self.retry_at is not None:  # a back-off no revocation ended (an erasure's) holds them too
                 self.consumer.pause(*self.consumer.assignment())
+            committed = await self._load_commits(assigned)  # first: the gaps are looked for above them
             stored = await asyncio.to_thread(self.positions.stored_for, assigned)
-            self.skip_through.update(await self.positions.same_log_only(stored))
-            await self._load_commits(assigned)
+            kept = await self.positions.same_log_only(stored)
+            self.resume.update(await asyncio.to_thread(self.positions.resume_points, kept, committed))
 
-    async def _load_commits(self, assigned: set[tuple[str, int]]) -> None:
+    async def _load_commits(self, assigned: set[tuple[str, int]]) -> dict[tuple[str, int], int]:
         """The group's committed offset of each newly assigned partition, so the lag metric is right from
         the start (it counted from 0 for a partition with nothing new since a restart: a false lag of the
-        partition's whole length, and a false LeadpulseSinkStalled)."""
+        partition's whole length, and a false LeadpulseSinkStalled), and so that the stored rows' gaps are
+        looked for only above it. Returned: those found (none for a partition without a commit, or when the
+        coordinator does not answer: its gaps are then looked for from offset 0)."""
         assert self.consumer is not None
         found = await group_commits(self.consumer, (TopicPartition(t, p) for t, p in assigned)) or {}
         for tp, offset in found.items():
             self.committed.setdefault((tp.topic, tp.partition), offset)
+        return {(tp.topic, tp.partition): offset for tp, offset in found.items()}
 
     # --- records -----------------------------------------------------------------------------------------
     def _take(self, tp: TopicPartition, messages: list[ConsumerRecord[bytes, bytes]]) -> None:
         key_tp = (tp.topic, tp.partition)
-        skip_through = self.skip_through.get(key_tp, -1)
-        if skip_through >= 0 and messages:
+        resume = self.resume.get(key_tp)
+        if resume is not None and resume.skip_through >= 0 and messages:
             assert self.consumer is not None
-            if not check_same_log(tp, skip_through, self.consumer.highwater(tp)):
-                self.skip_through.pop(key_tp, None)
-                skip_through = -1
+            if not check_same_log(tp, resume.skip_through, self.consumer.highwater(tp)):
+                self.resume.pop(key_tp, None)
+                resume = None
         if messages and messages[0].offset < self.committed.get(key_tp, messages[0].offset + 1):
             # Where the group's position started: committing it again would be a no-op. (Also when the
             # position went back below the loaded commit: a reset to a new, shorter log must commit again.)
@@ -353,7 +360,7 @@ class ClickHouseSinkLoop:
         self.intake.take(
             tp,
             messages,
-            skip_through=skip_through,
+            resume=resume,
             unwritten=unwritten,
             erasures=erasures,
             next_offsets=self.next_offsets,
@@ -365,10 +372,11 @@ class ClickHouseSinkLoop:
 
     async def _flush(self, force: bool = False) -> None:
         """Write the due batches, oldest first, one insert at a time: each partition's batches are stored in
-        offset order (a restart resumes after the highest stored offset, so a newer batch stored first would
-        hide a gap). The insert runs in a worker thread while the loop fetches and takes records into fresh
-        batches; it is awaited once it is done, when the next batch is due (so at most one waits behind it)
-        or when forced. A batch that failed stays first and is re-sent before anything newer (awaited)."""
+        offset order (what a restart finds stored is then mostly a prefix: few gaps to list and take again,
+        ``sinks.resume_point``). The insert runs in a worker thread while the loop fetches and takes records
+        into fresh batches; it is awaited once it is done, when the next batch is due (so at most one waits
+        behind it) or when forced. A batch that failed stays first and is re-sent before anything newer
+        (awaited)."""
         while True:
             if self.writing is not None:
                 if not (force or self.writing[1].done() or self.sink.due() or self.retry_at is not None):

@@ -1,12 +1,14 @@
-"""Where the sink resumes on (re)assignment: the highest offset ClickHouse already stores per partition,
-kept only while the partition's log is the one those rows were read from.
+"""Where the sink resumes on (re)assignment: which records ClickHouse already stores per partition, kept
+only while the partition's log is the one those rows were read from.
 
-Why: a crash between insert and commit leaves rows stored above the committed offset; records up to the
-highest stored offset are skipped, not inserted a second time, even if the re-read batch is cut
-differently. But a new log under old rows (the topic recreated, or the embedded broker restarted and
-counting from 0 again) must not be skipped, or that many new records are dropped without a word: the two
-"same log" checks here turn skipping off for such a partition (docs/clickhouse.md, "A new log under old
-rows").
+Why: a crash between insert and commit leaves rows stored above the committed offset; records at stored
+offsets up to the highest one are skipped, not inserted a second time, even if the re-read batch is cut
+differently. Only offsets actually stored are skipped: the gaps among them above the committed offset
+(a poison record whose dead letter was unacknowledged when the sink died, rows refused in a bisection whose
+batch a rebalance dropped) are listed here and taken again (``sinks.resume_point``). A new log under old
+rows (the topic recreated, or the embedded broker restarted and counting from 0 again) must not be skipped,
+or that many new records are dropped without a word: the two "same log" checks here turn skipping off for
+such a partition (docs/clickhouse.md, "A new log under old rows").
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ from clickhouse_connect.driver.client import Client
 
 from schemas.errors import SchemaError
 from schemas.registry import SchemaRegistry
+from sinks.resume_point import MAX_GAPS, ResumePoint, resume_point
 from sinks.rows import TABLE_FOR_SCHEMA, Origin, TableSpec, to_row
 from streams.broker import aiokafka_client_config
 from streams.kafka_close import start_client, stop_consumer
@@ -52,6 +55,36 @@ def stored_positions(
     return found
 
 
+def stored_gaps(
+    client: Client, table: TableSpec, lowest: dict[tuple[str, int], int], limit: int
+) -> dict[tuple[str, int], list[tuple[int, int]]]:
+    """Per (topic, partition) of ``table``, the ranges (first, last) of offsets from ``lowest`` (the
+    partition's committed offset) up to its highest stored one that no row holds, in offset order, at most
+    ``limit`` per partition. Several rows at one offset (a re-sent insert before a merge) are one offset, not
+    a gap. One scan of the origin columns, like ``stored_positions``: ``lagInFrame`` over the distinct
+    offsets (checked on chDB 26.9) gives each offset the one stored before it."""
+    if not lowest:
+        return {}
+    keys = list(lowest)
+    result = client.query(
+        "SELECT topic, partition, prev + 1 AS first, toInt64(offset) - 1 AS last FROM ("
+        " SELECT topic, partition, offset, lagInFrame(toInt64(offset), 1, lo - 1) OVER ("
+        "  PARTITION BY topic, partition ORDER BY offset"
+        "  ROWS BETWEEN UNBOUNDED PRECEDING AND CURRENT ROW) AS prev"
+        " FROM (SELECT DISTINCT topic, partition, offset,"
+        "  {lows:Array(Int64)}[indexOf({keys:Array(Tuple(String, UInt32))}, (topic, partition))] AS lo"
+        f"  FROM {table.qualified}"
+        "  WHERE (topic, partition) IN {keys:Array(Tuple(String, UInt32))} AND toInt64(offset) >= lo)"
+        ") WHERE toInt64(offset) > prev + 1"
+        f" ORDER BY topic, partition, first LIMIT {int(limit)} BY topic, partition",
+        parameters={"keys": keys, "lows": [lowest[key] for key in keys]},
+    )
+    found: dict[tuple[str, int], list[tuple[int, int]]] = {}
+    for topic, partition, first, last in result.result_rows:
+        found.setdefault((str(topic), int(partition)), []).append((int(first), int(last)))
+    return found
+
+
 class StoredPositions:
     """Reads what ClickHouse already stores for newly assigned partitions, and the record now at each
     highest stored offset in the log, with a group-less consumer of its own."""
@@ -66,12 +99,34 @@ class StoredPositions:
 
     def stored_for(self, assigned: set[tuple[str, int]]) -> dict[tuple[str, int], int]:
         """Highest stored offset of each newly assigned partition: records up to it are already in
-        ClickHouse (a crash between insert and commit) and are skipped, not inserted a second time."""
+        ClickHouse (a crash between insert and commit) and are skipped, not inserted a second time, but for
+        the gaps ``resume_points`` lists."""
         prefix = self.settings.topic_prefix
         tables = {TABLE_FOR_SCHEMA[spec_for(t, prefix).schema].table for t, _ in assigned}
         specs = [TABLE_FOR_SCHEMA_BY_TABLE[name] for name in sorted(tables)]
         stored = stored_positions(self.client, specs, sorted({t for t, _ in assigned}))
         return {tp: offset for tp, offset in stored.items() if tp in assigned}
+
+    def resume_points(
+        self, stored: dict[tuple[str, int], int], committed: dict[tuple[str, int], int]
+    ) -> dict[tuple[str, int], ResumePoint]:
+        """What to skip of each partition in ``stored`` (its highest stored offset, after the same-log
+        check): the offsets stored from its committed offset on (0 when the group has none), the gaps among
+        them taken again. Below the committed offset everything is stored or dead-lettered already."""
+        prefix = self.settings.topic_prefix
+        by_table: dict[str, dict[tuple[str, int], int]] = {}
+        for tp, max_stored in stored.items():
+            low = committed.get(tp, 0)
+            if low < max_stored:
+                table = TABLE_FOR_SCHEMA[spec_for(tp[0], prefix).schema].table
+                by_table.setdefault(table, {})[tp] = low
+        gaps: dict[tuple[str, int], list[tuple[int, int]]] = {}
+        for name, lowest in sorted(by_table.items()):
+            gaps.update(stored_gaps(self.client, TABLE_FOR_SCHEMA_BY_TABLE[name], lowest, MAX_GAPS + 1))
+        return {
+            tp: resume_point(max_stored, gaps.get(tp, ()), MAX_GAPS, where=f"{tp[0]}[{tp[1]}]")
+            for tp, max_stored in stored.items()
+        }
 
     async def same_log_only(self, stored: dict[tuple[str, int], int]) -> dict[tuple[str, int], int]:
         """``stored`` without the partitions whose log is not the one the rows were read from.

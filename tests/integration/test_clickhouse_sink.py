@@ -36,9 +36,10 @@ from sinks.migrate import migrate
 from sinks.query_service import client_runner
 from sinks.recent_ids import RecentIds
 from sinks.replay import is_replayed, replay
-from sinks.rows import Origin, to_row
+from sinks.rows import Origin, TableSpec, to_row
 from sinks.sink_hooks import SinkHooks
 from sinks.sink_loop import ClickHouseSinkLoop, sink_group
+from sinks.stored_positions import stored_gaps
 from streams.broker import free_port
 from streams.dlq import writer_of
 from streams.producer import DeliveryError, Producer
@@ -1206,3 +1207,115 @@ def test_dead_letters_the_broker_does_not_take_hold_the_commit_and_are_sent_agai
         (3, b"poison one"),
         (6, b"poison two"),
     ]
+
+
+class UnacknowledgedDeadLetterProducer:
+    """The sink's DLQ producer while the broker never acknowledges a dead letter: every send comes back
+    failed and every flush says so, so the sink keeps the letter and backs off, committing nothing past it."""
+
+    def __init__(self) -> None:
+        self.sends = 0
+
+    def send_encoded(self, topic: str, key: bytes | None, value: bytes, **kwargs: Any) -> Any:
+        self.sends += 1
+        future = Future()
+        future.failure(KafkaTimeoutError("injected: never acknowledged"))
+        return future
+
+    def flush(self, timeout: float | None = None) -> None:
+        raise DeliveryError([("dlq", None, "KafkaTimeoutError: injected, never acknowledged")])
+
+    def close(self, timeout: float | None = None) -> None:
+        pass
+
+
+def test_a_sink_gone_with_a_dead_letter_unsent_dead_letters_it_on_restart_despite_later_stored_rows(
+    ch: Client, broker_settings: Settings
+) -> None:
+    """A sink that ended while a poison record's dead letter was unacknowledged had already stored the
+    partition's later records; the commit stayed below the poison record. The restarted sink skipped
+    through the highest stored offset, past the poison record: neither stored nor dead-lettered, lost
+    without a word. Now only offsets actually stored are skipped: the record in the gap is dead-lettered
+    again, and the records around it stay stored once."""
+    settings = broker_settings
+    registry = default_registry()
+    topic = settings.topic("events.content_views")
+    good = [
+        {**e, "event_id": f"{settings.topic_prefix}{e['event_id']}"}
+        for e in sample_events("content_view", 10, seed=37)
+    ]
+    values = [registry.encode("content_view", e) for e in good]
+    values[3:3] = [b"poison"]
+    with Producer(settings) as producer:
+        for value in values:
+            producer.send_encoded(topic, b"k", value)  # one key: one partition, offsets 0..10, poison at 3
+    first = ClickHouseSinkLoop(settings, ch, policy=BatchPolicy(10_000, 0.3))
+    dlq = UnacknowledgedDeadLetterProducer()
+    first.dead_letters._producer = dlq
+    sink = RunningSink(first)
+    try:
+        wait_for(lambda: topic_rows(ch, "events", settings) == len(good), what="the valid records stored")
+        wait_for(lambda: first.stats.failures >= 1 and dlq.sends >= 2, what="the dead letter sent again")
+        assert all(offset <= 3 for offset in committed_offsets(settings).values()), (
+            "committed past the letter"
+        )
+    finally:
+        # Models the process dying now: the letter is still unacknowledged (this DLQ producer never takes
+        # it, also not in the stop's last flush), the later rows are stored and the commit stays below the
+        # poison record: the state a SIGKILL leaves. (A stop leaves the group at once, so the next sink is
+        # assigned the partition without waiting out the session.)
+        sink.close()
+    assert all(offset <= 3 for offset in committed_offsets(settings).values()), "committed past the letter"
+    second = RunningSink(ClickHouseSinkLoop(settings, ch, policy=BatchPolicy(10_000, 0.3)))
+    try:
+        wait_for(
+            lambda: sum(committed_offsets(settings).values()) == len(values), what="every offset committed"
+        )
+    finally:
+        second.close()
+    letters = [
+        registry.decode(message.value)[1]
+        for message in KafkaConsumer(
+            settings.topic("dlq"),
+            bootstrap_servers=settings.bootstrap,
+            group_id=None,
+            auto_offset_reset="earliest",
+            consumer_timeout_ms=3000,
+        )
+    ]
+    [(committed_tp, _)] = committed_offsets(settings).items()
+    found = [
+        (letter["source_topic"], letter["partition"], letter["offset"], letter["value"]) for letter in letters
+    ]
+    assert found == [(topic, committed_tp[1], 3, b"poison")], "the poison record's letter"
+    assert topic_rows(ch, "events", settings) == len(good)  # raw rows: nothing stored twice
+    final = "SELECT count() FROM leadpulse.events FINAL WHERE startsWith(topic, {p:String})"
+    assert count(ch, final, p=settings.topic_prefix) == len(good)
+    ids = "SELECT uniqExact(event_id) FROM leadpulse.events WHERE startsWith(topic, {p:String})"
+    assert count(ch, ids, p=settings.topic_prefix) == len(good)
+
+
+def test_the_gaps_among_stored_offsets_are_listed_from_the_committed_offset_and_bounded(
+    ch: Client, broker_settings: Settings
+) -> None:
+    """The listing the resume rule rests on, on chDB: offsets no row holds between the lower bound (the
+    committed offset) and the highest stored one, per partition; rows sharing an offset are no gap."""
+    table = TableSpec(
+        f"gaps_{broker_settings.topic_prefix.strip('-_.').replace('-', '_')}", (), lambda *a: ()
+    )
+    ch.command(
+        f"CREATE TABLE {table.qualified} (topic String, partition UInt32, offset UInt64) "
+        "ENGINE = MergeTree ORDER BY tuple()"
+    )
+    try:
+        rows = [("a", 0, o) for o in (2, 2, 3, 5, 9, 9, 10)] + [("a", 1, o) for o in (0, 1, 2)]
+        rows += [("b", 0, o) for o in (4, 8)] + [("c", 0, o) for o in (1, 3, 5, 7, 9)]
+        ch.insert(table.qualified, rows, column_names=["topic", "partition", "offset"])
+        lowest = {("a", 0): 1, ("a", 1): 0, ("b", 0): 5, ("c", 0): 0, ("d", 0): 0}
+        assert stored_gaps(ch, table, lowest, limit=3) == {
+            ("a", 0): [(1, 1), (4, 4), (6, 8)],  # from the lower bound on; the doubled 2 and 9 are no gap
+            ("b", 0): [(5, 7)],  # below the lower bound nothing is looked at
+            ("c", 0): [(0, 0), (2, 2), (4, 4)],  # three of five: the caller asks for one more than it keeps
+        }
+    finally:
+        ch.command(f"DROP TABLE IF EXISTS {table.qualified}")
