@@ -250,7 +250,7 @@ class ClickHouseSinkLoop:
         try:
             await self._flush(force=True)
         except SinkBackpressure as exc:
-            log.warning("shutdown with unflushed batches, they will be re-read: %s", exc)
+            log.warning("shutdown with records neither stored nor dead-lettered; re-read on restart: %s", exc)
 
     async def _settle_insert(self) -> None:
         """An insert still in flight when the loop ends (drain awaits it; an error may leave it) is awaited,
