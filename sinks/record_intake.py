@@ -36,6 +36,9 @@ from streams.event_hygiene import InadmissibleEvent, check_admissible
 from streams.settings import Settings
 from streams.topics import INPUTS, MAX_INPUT_RECORD_BYTES, OUTPUTS
 
+#: The offset a record's id is remembered at (``RecentIds``) when it is known to be stored already: below
+#: any partition's unwritten offsets, so a later copy counts as a re-send.
+STORED = -1
 #: Every topic the sink stores: the inputs and the outputs (not the DLQ).
 SINK_TOPICS = INPUTS + OUTPUTS
 #: ``sink_loop.ClickHouseSinkLoop._dead_letter``: topic, partition, offset, key, value, stage, error type,
@@ -113,6 +116,8 @@ class RecordIntake:
         for msg in messages:
             offset = msg.offset
             if offset <= skip_through and (in_gap is None or not in_gap(offset)):
+                if in_gap is not None:  # the gaps are taken again: a re-send there meets its stored copy
+                    self._remember_stored(key_tp, expected, msg)
                 continue  # stored already
             value = msg.value
             if value is None:  # a tombstone on a compacted output (e.g. an erased lead's score)
@@ -171,6 +176,29 @@ class RecordIntake:
             self.sink.add(table, row, msg.key, msg.value)
         self.sink.add_many(EVENTS, key_tp, rows, sources, fmt)
         next_offsets[key_tp] = messages[-1].offset + 1
+
+    def _remember_stored(self, tp: tuple[str, int], expected: str, msg: ConsumerRecord[bytes, bytes]) -> None:
+        """A record skipped on resume as stored, in a partition with gaps: its id is remembered as stored, so
+        that a re-send of it in a gap (not stored then, as a re-send) is not stored now. Only records re-read
+        after a restart or a rebalance come here; one that does not decode is left alone."""
+        value = msg.value
+        if value is None:
+            return
+        try:
+            record = self.codec.decode_current(value, expected)
+            schema = expected
+            if record is None:
+                schema, record = self.codec.decode(value, expect=expected)
+            if schema in EVENT_TYPES:
+                record_id = str(record["event_id"])
+            else:
+                table, row = to_row(schema, record, Origin(tp[0], tp[1], msg.offset), self.email_key)
+                if not table.keyed_by_id:
+                    return
+                record_id = str(row[0])
+        except (SchemaError, KeyError, TypeError, ValueError):
+            return
+        self.recent.first_or_take(tp, record_id, STORED)
 
     def _stored_lately(self, tp: tuple[str, int], record_id: str, offset: int, unwritten: int) -> bool:
         """Whether a copy of the record was stored lately from its partition: then this one is a re-send
