@@ -1319,3 +1319,114 @@ def test_the_gaps_among_stored_offsets_are_listed_from_the_committed_offset_and_
         }
     finally:
         ch.command(f"DROP TABLE IF EXISTS {table.qualified}")
+
+
+class RefusedFromCall(FaultyClient):
+    """A real client that, from its ``fail_from``-th insert call on, refuses inserts as unreachable (a
+    retryable ``OperationalError``, nothing stored) until ``fail_before`` is cleared."""
+
+    def __init__(self, real: Client, fail_from: int) -> None:
+        super().__init__(real)
+        self.fail_from = fail_from
+
+    def _faulty(self, insert: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+        if self.insert_calls + 1 == self.fail_from:
+            self.fail_before = True
+        return super()._faulty(insert, *args, **kwargs)
+
+
+def test_a_row_refused_in_a_bisection_whose_batch_a_rebalance_dropped_is_dead_lettered_by_the_next_owner(
+    ch: Client, clickhouse_dsn: str, broker_settings: Settings
+) -> None:
+    """ClickHouse refuses a row as invalid; the sink bisects its batch, left halves first, and dead-letters
+    the refused rows only once the whole write returns. Here an insert after the refused row's fails as
+    retryable once a later half is stored: the partition holds rows after the refused one, not it, and no
+    dead letter yet. The batch waits for its re-send; a rebalance during the back-off drops it, and the
+    partition's next owner resumes. Skipping through the highest stored offset lost the refused record
+    (neither stored nor dead-lettered); the gap it leaves is now taken again and the record dead-lettered."""
+    settings = broker_settings
+    registry = default_registry()
+    topic = settings.topic("events.content_views")
+    good = [
+        {**e, "event_id": f"{settings.topic_prefix}{e['event_id']}"}
+        for e in sample_events("content_view", 7, seed=38)
+    ]
+    bad = {**good[0], "event_id": f"{settings.topic_prefix}negative-dwell", "dwell_ms": -5}  # CHECK refuses
+    values = [registry.encode("content_view", e) for e in good]
+    values[1:1] = [registry.encode("content_view", bad)]
+    with Producer(settings) as producer:
+        for value in values:
+            producer.send_encoded(topic, b"k", value)  # one key: one partition, offsets 0..7, refused at 1
+    # The batch of all 8 rows is bisected, left first: inserts 1 [0-7], 2 [0-3], 3 [0-1] are refused as
+    # invalid, 4 [0] is stored, 5 [1] refused (the bad row, alone), 6 [2-3] stored, 7 [4-7] finds ClickHouse
+    # unreachable: a retryable failure, so the batch is kept for a re-send and nothing is dead-lettered. The
+    # re-sends fail the same way until the rebalance has dropped the batch.
+    faulty = RefusedFromCall(ch, fail_from=7)
+    other = clickhouse_connect.get_client(dsn=clickhouse_dsn)  # a second handle on the same engine
+    dropped = _Logged("rebalance: dropping")
+    sink_log = logging.getLogger("sinks.sink_loop")
+    level = sink_log.level
+    sink_log.setLevel(logging.INFO)
+    sink_log.addHandler(dropped)
+    # Due by rows only: the 8 records make one batch however the fetches split them.
+    loop = ClickHouseSinkLoop(settings, faulty, policy=BatchPolicy(len(values), 600.0))
+    first = RunningSink(loop)
+    second: RunningSink | None = None
+    stored = "SELECT DISTINCT offset FROM leadpulse.events WHERE topic = {t:String} ORDER BY offset"
+    try:
+        wait_for(lambda: loop.stats.failures >= 1, timeout=30, what="the retryable failure in the bisection")
+        assert faulty.insert_calls >= 7
+        assert [o for (o,) in ch.query(stored, parameters={"t": topic}).result_rows] == [0, 2, 3]
+        assert loop.stats.dead_lettered == 0 and loop.sink.closed, "the batch is held for a re-send"
+        assert committed_offsets(settings) == {}
+        # The rebalance: a second sink joins the group while the first backs off. aiokafka revokes every
+        # partition of the first sink (eager protocol), so ``_apply_rebalance`` drops the held batch with its
+        # refused row, whichever sink the partition is assigned to next (it may be the first one again);
+        # that owner resumes from the stored rows and the committed offset. Stopping the first sink instead
+        # would not drop the batch: its shutdown drain re-sends it (and leaves it to a restart if that fails).
+        second = RunningSink(ClickHouseSinkLoop(settings, other, policy=BatchPolicy(500, 0.2)))
+        assert dropped.seen.wait(40), "no rebalance dropped the held batch"
+        assert loop.stats.dead_lettered == 0, "dead-lettered before the batch was dropped"
+        # ClickHouse is back, and what the first sink re-reads is stored, if it keeps the partition.
+        loop.sink.policy = BatchPolicy(500, 0.2)
+        faulty.fail_before = False
+        wait_for(
+            lambda: sum(committed_offsets(settings).values()) == len(values),
+            timeout=60,
+            what="every offset committed by one of the two sinks",
+        )
+    finally:
+        faulty.fail_before = False
+        if second is not None:
+            second.close()
+        first.close()
+        other.close()
+        sink_log.removeHandler(dropped)
+        sink_log.setLevel(level)
+    [(committed_tp, end)] = committed_offsets(settings).items()
+    assert committed_tp[0] == topic and end == len(values)
+    letters = [
+        registry.decode(message.value)[1]
+        for message in KafkaConsumer(
+            settings.topic("dlq"),
+            bootstrap_servers=settings.bootstrap,
+            group_id=None,
+            auto_offset_reset="earliest",
+            consumer_timeout_ms=3000,
+        )
+    ]
+    found = [
+        (letter["source_topic"], letter["partition"], letter["offset"], letter["stage"], letter["event_id"])
+        for letter in letters
+    ]
+    assert found == [(topic, committed_tp[1], 1, "sink", bad["event_id"])], "the refused record's letter"
+    assert "dwell_ms_not_negative" in letters[0]["error"]
+    assert [o for (o,) in ch.query(stored, parameters={"t": topic}).result_rows] == [
+        0,
+        *range(2, len(values)),
+    ]
+    assert topic_rows(ch, "events", settings) == len(good)  # raw rows: nothing stored twice
+    final = "SELECT count() FROM leadpulse.events FINAL WHERE startsWith(topic, {p:String})"
+    assert count(ch, final, p=settings.topic_prefix) == len(good)
+    ids = "SELECT uniqExact(event_id) FROM leadpulse.events WHERE startsWith(topic, {p:String})"
+    assert count(ch, ids, p=settings.topic_prefix) == len(good)
