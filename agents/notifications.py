@@ -37,6 +37,7 @@ from schemas.errors import SchemaError
 from schemas.registry import SchemaRegistry, default_registry
 from sinks.webhook import (
     MIN_WEBHOOK_SECRET,
+    DeliveryResult,
     RetryPolicy,
     Stopping,
     WebhookSender,
@@ -258,8 +259,19 @@ class Notifier:
         return settled
 
     async def _deliver(self, lane: Lane, sender: WebhookSender, producer: AIOKafkaProducer, job: Job) -> bool:
-        """Whether the receiver took it; a notification it did not take goes to the DLQ."""
-        result = await sender.deliver(lane.target, job.hot)
+        """Whether the receiver took it; a notification it did not take goes to the DLQ, and so does one
+        whose body cannot be rendered or whose delivery raised (a bug): raised out of here, the lane left it
+        neither delivered nor a dead letter and its partition was never committed past it again."""
+        try:
+            result = await sender.deliver(lane.target, job.hot)
+        except Stopping:
+            raise
+        except Exception as exc:
+            log.exception("delivery to %s of %s@%s raised", lane.target.name, job.tp, job.offset)
+            error = f"delivery raised {type(exc).__name__}" + (f": {exc}" if str(exc) else "")
+            if lane.target.url:  # the URL may hold a token
+                error = error.replace(lane.target.url, f"<{lane.target.name}>")
+            result = DeliveryResult(lane.target, False, 0, None, error)
         if not result.ok:
             reason = result.describe()
             log.warning(
@@ -276,7 +288,7 @@ class Notifier:
                 job.value,
                 "webhook",
                 reason,
-                error_type="WebhookDeliveryFailed",
+                error_type="WebhookDeliveryFailed" if result.rendered else "WebhookRenderFailed",
             )
         return bool(result.ok)
 

@@ -12,8 +12,10 @@ The sender signs with one secret; ``verify_signature`` accepts any matching ``v1
 written against it keep working if a later version signs with the old and new secret during a rotation.
 
 Retries: network errors, timeouts, 408/425/429 and 5xx are retried with exponential backoff and jitter
-(``Retry-After`` honoured up to the cap); other answers are permanent. A delivery that gives up is returned
-as failed, and the notifier turns it into a dead letter: nothing is dropped silently.
+(``Retry-After`` honoured up to the cap); other answers are permanent, and so are a URL aiohttp refuses and
+a request it cannot send. A delivery that gives up is returned as failed, and the notifier turns it into a
+dead letter: nothing is dropped silently. So is a body that cannot be rendered (``rendered=False``): the
+exception was raised out of ``deliver``, and the notifier's lane stuck on the notification for good.
 
 Stopping: a sender given the process's ``stop`` event makes no new attempt once it is set and leaves a retry
 backoff as soon as it is set, raising ``Stopping``: the notification is neither delivered nor given up, so
@@ -107,7 +109,12 @@ class WebhookTarget:
 
     @property
     def host(self) -> str:
-        return urlsplit(self.url).hostname or "?"
+        """The URL's host name, or ``?``. Never raises: it is read while describing a failure, and a URL
+        ``urlsplit`` refuses (``http://[::1/x``) raised out of the sender there, sticking the lane."""
+        try:
+            return urlsplit(self.url).hostname or "?"
+        except ValueError:
+            return "?"
 
 
 def targets_from_settings(settings: Settings) -> list[WebhookTarget]:
@@ -280,13 +287,15 @@ class DeliveryResult:
     attempts: int
     status: int | None = None
     error: str | None = None
+    rendered: bool = True  # False: the body could not be rendered, nothing was sent
 
     def describe(self) -> str:
-        return f"webhook target {self.target.name} ({self.target.host}): " + (
-            f"delivered after {self.attempts} attempt(s)"
-            if self.ok
-            else f"gave up after {self.attempts} attempt(s): {self.error}"
-        )
+        prefix = f"webhook target {self.target.name} ({self.target.host}): "
+        if self.ok:
+            return prefix + f"delivered after {self.attempts} attempt(s)"
+        if not self.rendered:
+            return prefix + f"{self.error} (permanent: not sent)"
+        return prefix + f"gave up after {self.attempts} attempt(s): {self.error}"
 
 
 class Stopping(Exception):
@@ -353,9 +362,16 @@ class WebhookSender:
 
     async def deliver(self, target: WebhookTarget, hot: dict[str, Any]) -> DeliveryResult:
         """Raises ``Stopping`` (no result) when ``stop`` is set before an attempt or during a backoff; an
-        attempt already under way is finished (bounded by the policy's timeout) and its answer counts."""
-        body = render(target, hot)
+        attempt already under way is finished (bounded by the policy's timeout) and its answer counts. A body
+        that cannot be rendered is a failed result with ``rendered=False`` (retrying cannot help)."""
         key = str(hot["notification_id"])
+        try:
+            body = render(target, hot)
+        except Exception as exc:  # a value the body cannot show (a time past year 9999), a rendering bug
+            if self.metrics:
+                self.metrics.webhook_failures.labels(target=target.name).inc()
+            error = f"body not rendered: {type(exc).__name__}" + (f": {exc}" if str(exc) else "")
+            return DeliveryResult(target, False, 0, None, error, rendered=False)
         timeout = aiohttp.ClientTimeout(total=self.policy.timeout_s)
         status: int | None = None
         error = "no attempt made"
@@ -384,12 +400,16 @@ class WebhookSender:
                         break
             except (TimeoutError, aiohttp.ClientError) as exc:
                 status = None
+                permanent = isinstance(exc, aiohttp.InvalidURL | aiohttp.NonHttpUrlClientError)
                 error = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
                 error = error.replace(
                     target.url, f"<{target.name} at {target.host}>"
                 )  # the URL may hold a token
                 if isinstance(exc, TimeoutError):
                     error = f"no answer within {self.policy.timeout_s:g} s"
+                if permanent:  # a URL aiohttp refuses is refused on every attempt
+                    error += " (permanent: not retried)"
+                    break
             except Exception as exc:  # e.g. aiohttp refusing a header: retrying cannot help
                 # Permanent, so it becomes a dead letter. Unhandled, it left the notification neither
                 # delivered nor given up, and its partition's offsets were never committed again.

@@ -23,7 +23,14 @@ from agents import notifier_group
 from agents.notifications import Notifier
 from agents.notifier_group import GROUP_ID
 from schemas.registry import default_registry
-from sinks.webhook import IDEMPOTENCY_HEADER, SIGNATURE_HEADER, RetryPolicy, WebhookTarget, verify_signature
+from sinks.webhook import (
+    IDEMPOTENCY_HEADER,
+    SIGNATURE_HEADER,
+    RetryPolicy,
+    WebhookSender,
+    WebhookTarget,
+    verify_signature,
+)
 from streams.broker import EmbeddedBroker, free_port
 from streams.dlq import writer_of
 from streams.metrics import Metrics
@@ -724,3 +731,128 @@ async def test_records_of_a_batch_left_after_a_revocation_are_not_committed_past
         release.set()
         stop.set()
         await asyncio.wait_for(task, 30)
+
+
+def dead_letters(settings: Settings) -> list[dict[str, Any]]:
+    items = read_topic(settings, settings.topic("dlq"), idle_ms=800)
+    return [i.record for i in items if isinstance(i, Decoded)]
+
+
+async def test_a_notification_whose_body_cannot_be_rendered_is_dead_lettered_and_the_lane_goes_on(
+    hot_settings: Settings, receiver: tuple[Receiver, asyncio.Event], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Review: rendering a body raised (here a follow-up time past year 9999: ``datetime`` refuses it, in
+    both bodies) out of the sender; the lane logged it and the notification was neither delivered nor a dead
+    letter, so its partition was never committed past it again (every later notification delivered again
+    after each restart). Now it is a dead letter per target, committed past only once the broker took it,
+    and the notifications after it are delivered."""
+    state, _ = receiver
+    refusing = asyncio.Event()
+    refusing.set()
+    refused: list[int] = []
+    real_send = AIOKafkaProducer.send_and_wait
+
+    async def send_and_wait(self: AIOKafkaProducer, topic: str, *args: Any, **kwargs: Any) -> Any:
+        if topic == hot_settings.topic("dlq") and refusing.is_set():
+            refused.append(1)
+            raise KafkaTimeoutError("injected: the broker did not acknowledge the dead letter")
+        return await real_send(self, topic, *args, **kwargs)
+
+    monkeypatch.setattr(AIOKafkaProducer, "send_and_wait", send_and_wait)
+    unrenderable = dict(hot_lead(1, lead_id="L-r"), sla_due_at=10**17)  # year 3170843
+    records = [hot_lead(0, lead_id="L-r"), unrenderable, hot_lead(2, lead_id="L-r")]  # one partition
+    targets = [
+        WebhookTarget("json-0", state.url + "/ok"),
+        WebhookTarget("slack-0", state.url + "/ok", "slack"),
+    ]
+    notifier = Notifier(
+        hot_settings, targets=targets, policy=FAST, group_id="n-render", commit_interval_s=0.1
+    )
+    await asyncio.to_thread(publish, hot_settings, records, validate=False)
+    stop, task = await start(notifier)
+    try:
+        await wait_until(lambda: state.attempts["ok|hot-2"] == 2, 30, "the notification after it delivered")
+        await wait_until(lambda: len(refused) >= 4, 30, "both letters refused twice")
+        await asyncio.sleep(0.5)  # the commit loop runs every 0.1 s
+        held = await asyncio.to_thread(committed_total, hot_settings, "n-render")
+        assert held == 1, "committed past the notification before its dead letters were taken"
+        refusing.clear()
+        await wait_until(lambda: notifier.pending.in_flight == 0, 30, "the dead letters taken")
+    finally:
+        stop.set()
+        await asyncio.wait_for(task, 30)
+    assert state.attempts == Counter({"ok|hot-0": 2, "ok|hot-2": 2})
+    letters = await asyncio.to_thread(dead_letters, hot_settings)
+    assert len(letters) == 2
+    for dead in letters:
+        assert (dead["source_topic"], dead["offset"], dead["stage"], dead["event_id"]) == (
+            hot_settings.topic("leads.hot"),
+            1,
+            "webhook",
+            "hot-1",
+        )
+        assert dead["error_type"] == "WebhookRenderFailed"
+        assert "year 3170843 is out of range" in dead["error"]
+    assert {d["error"].split(" ")[2] for d in letters} == {"json-0", "slack-0"}
+    assert await asyncio.to_thread(committed_total, hot_settings, "n-render") == 3
+
+
+async def test_a_target_url_aiohttp_refuses_gives_dead_letters_and_does_not_stall_the_lane(
+    hot_settings: Settings, receiver: tuple[Receiver, asyncio.Event]
+) -> None:
+    """A target URL that is no URL (``Settings`` refuses it, but targets can be given in code): aiohttp
+    raises ``InvalidURL``, and describing the failure read the target's host, which raised ``ValueError``
+    for it too: out of the sender, so the lane stuck as above. An invalid URL is also permanent now (it
+    was retried ``max_attempts`` times)."""
+    state, _ = receiver
+    metrics = Metrics(CollectorRegistry(), component="notifier")
+    targets = [WebhookTarget("json-0", "http://[::1/hook"), WebhookTarget("json-1", state.url + "/ok")]
+    notifier = Notifier(hot_settings, targets=targets, metrics=metrics, policy=FAST, group_id="n-bad-url")
+    await asyncio.to_thread(publish, hot_settings, [hot_lead(n, lead_id="L-u") for n in range(2)])
+    stop, task = await start(notifier)
+    try:
+        await wait_until(lambda: len(state.unique("ok")) == 2, 30, "delivery to the healthy target")
+        await wait_until(lambda: notifier.pending.in_flight == 0, 10, "the give-ups")
+    finally:
+        stop.set()
+        await asyncio.wait_for(task, 30)
+    letters = await asyncio.to_thread(dead_letters, hot_settings)
+    assert sorted((d["stage"], d["offset"], d["event_id"]) for d in letters) == [
+        ("webhook", 0, "hot-0"),
+        ("webhook", 1, "hot-1"),
+    ]
+    assert all("InvalidUrlClientError" in d["error"] and "permanent" in d["error"] for d in letters)
+    assert metrics.registry.get_sample_value("leadpulse_webhook_retries_total", {"target": "json-0"}) == 0
+    assert await asyncio.to_thread(committed_total, hot_settings, "n-bad-url") == 2
+
+
+async def test_a_delivery_that_raises_is_dead_lettered_and_the_lane_goes_on(
+    hot_settings: Settings, receiver: tuple[Receiver, asyncio.Event], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Whatever raises out of the sender (a bug) makes a dead letter, not a lane stuck on it for good."""
+    state, _ = receiver
+    real_deliver = WebhookSender.deliver
+
+    async def deliver(self: WebhookSender, target: WebhookTarget, hot: dict[str, Any]) -> Any:
+        if hot["notification_id"] == "hot-1":
+            raise RuntimeError("injected: a bug in the sender")
+        return await real_deliver(self, target, hot)
+
+    monkeypatch.setattr(WebhookSender, "deliver", deliver)
+    notifier = Notifier(
+        hot_settings, targets=[WebhookTarget("json-0", state.url + "/ok")], policy=FAST, group_id="n-raise"
+    )
+    await asyncio.to_thread(publish, hot_settings, [hot_lead(n, lead_id="L-x") for n in range(3)])
+    stop, task = await start(notifier)
+    try:
+        await wait_until(lambda: len(state.unique("ok")) == 2, 30, "the two other notifications delivered")
+        await wait_until(lambda: notifier.pending.in_flight == 0, 10, "the dead letter")
+    finally:
+        stop.set()
+        await asyncio.wait_for(task, 30)
+    letters = await asyncio.to_thread(dead_letters, hot_settings)
+    assert [(d["offset"], d["stage"], d["event_id"], d["error_type"]) for d in letters] == [
+        (1, "webhook", "hot-1", "WebhookDeliveryFailed")
+    ]
+    assert "delivery raised RuntimeError: injected: a bug in the sender" in letters[0]["error"]
+    assert await asyncio.to_thread(committed_total, hot_settings, "n-raise") == 3
