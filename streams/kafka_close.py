@@ -29,6 +29,16 @@ group's first generation never left it on Tansu, and its partitions waited for t
 
 ``start_client`` closes a client whose ``start()`` failed (no broker at start-up): aiokafka leaves it open,
 and the process then ended with "Unclosed AIOKafkaConsumer" after its one-line error.
+
+kafka-python 3.0.12 (``streams.reader``'s consumers): ``KafkaConsumer.close()`` hands work to the client's
+IO thread and waits for it with no time limit (``ConsumerCoordinator.close`` runs
+``_net.run(_on_close_prepare_async)``, then the LeaveGroup step, each a ``threading.Event().wait()``; its
+``timeout_ms`` bounds only the auto-commit and the LeaveGroup answer). When that thread does not run the
+work, close never returns: found with a ``read_topic`` generator abandoned and finalized at interpreter exit
+(its broker stopped), where the daemon IO thread no longer runs and the process hung for good (seen for
+over 10 minutes). ``close_kafka_consumer`` closes in a daemon thread and gives up after
+``KAFKA_PYTHON_CLOSE_TIMEOUT_S`` with a warning; at interpreter exit it does not close at all (no thread
+can start or run then, and the process's sockets close with it).
 """
 
 from __future__ import annotations
@@ -36,12 +46,15 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import sys
+import threading
 from collections.abc import Callable, Iterable
 from typing import Any
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.errors import KafkaError
 from aiokafka.protocol.group import LeaveGroupRequest
+from kafka import KafkaConsumer
 
 log = logging.getLogger(__name__)
 
@@ -58,6 +71,8 @@ COMMIT_TIMEOUT_S = 10.0
 STOP_TIMEOUT_S = 10.0
 #: Longest wait for the connections to close once the clean close was given up.
 FORCE_CLOSE_TIMEOUT_S = 3.0
+#: Longest wait for a kafka-python consumer's close (a group-less reader's takes milliseconds).
+KAFKA_PYTHON_CLOSE_TIMEOUT_S = 5.0
 
 
 async def commit(consumer: AIOKafkaConsumer, offsets: dict[TopicPartition, int]) -> None:
@@ -261,3 +276,36 @@ async def start_client(client: AIOKafkaConsumer | AIOKafkaProducer) -> None:
             else:
                 await stop_producer(client)
         raise
+
+
+def close_kafka_consumer(consumer: KafkaConsumer, timeout_s: float | None = None) -> bool:
+    """``consumer.close()`` (kafka-python) within ``timeout_s`` (``KAFKA_PYTHON_CLOSE_TIMEOUT_S``); whether
+    it finished. Nothing is committed (``autocommit=False``): the callers read without a group. A close
+    that does not finish in time is left to its daemon thread, with a warning; at interpreter exit none is
+    attempted (a thread started then never runs, and ``Thread.start`` would wait for it for good)."""
+    timeout_s = KAFKA_PYTHON_CLOSE_TIMEOUT_S if timeout_s is None else timeout_s
+    if sys.is_finalizing():
+        return False
+    failure: list[BaseException] = []
+
+    def close() -> None:
+        try:
+            consumer.close(autocommit=False, timeout_ms=int(timeout_s * 1000))
+        except BaseException as exc:  # reported by the caller's thread
+            failure.append(exc)
+
+    closer = threading.Thread(target=close, name="kafka-python-close", daemon=True)
+    closer.start()
+    closer.join(timeout_s)
+    if closer.is_alive():
+        log.warning(
+            "a Kafka consumer (kafka-python) did not close within %g s; left to close in the background",
+            timeout_s,
+        )
+        return False
+    if failure:
+        log.warning(
+            "closing a Kafka consumer (kafka-python) failed: %s: %s", type(failure[0]).__name__, failure[0]
+        )
+        return False
+    return True

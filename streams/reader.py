@@ -18,6 +18,7 @@ from schemas.registry import SchemaRegistry, default_registry
 from streams.broker import kafka_client_config
 from streams.erasures import identities, read_all
 from streams.event_hygiene import InadmissibleEvent, check_admissible
+from streams.kafka_close import close_kafka_consumer
 from streams.settings import Settings
 from streams.topics import INPUTS
 
@@ -109,7 +110,7 @@ def read_topic(
                 if caught_up:
                     return
     finally:
-        consumer.close()
+        close_kafka_consumer(consumer)
 
 
 @dataclass

@@ -36,6 +36,7 @@ from schemas.errors import SchemaError
 from schemas.registry import default_registry
 from sinks.query_service import Runner
 from streams.broker import kafka_client_config
+from streams.kafka_close import close_kafka_consumer
 from streams.producer import DeliveryError, Producer, lead_key
 from streams.reader import Decoded, Undecodable
 from streams.settings import Settings
@@ -314,7 +315,7 @@ def read_raw(
                 return found
         raise AssertionError(f"{', '.join(names)} not read to their end within {max_seconds} s")
     finally:
-        consumer.close()
+        close_kafka_consumer(consumer)
 
 
 def read_decoded(settings: Settings, topics: Iterable[str]) -> list[Decoded | Undecodable]:

@@ -1,16 +1,25 @@
-"""``streams.kafka_close`` against a real broker that goes away: commits are bounded, stop completes."""
+"""``streams.kafka_close`` against a real broker that goes away: commits are bounded, stop completes; a
+kafka-python reader (``streams.reader``) abandoned after its broker stopped closes within a bound."""
 
 from __future__ import annotations
 
 import asyncio
+import os
+import subprocess
+import sys
+import threading
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 from aiokafka import AIOKafkaConsumer, TopicPartition
+from kafka.coordinator.consumer import ConsumerCoordinator
 
 from streams import kafka_close
 from streams.broker import EmbeddedBroker, create_topics, free_port, tansu_binary
+from streams.producer import Producer
+from streams.reader import read_topic
 from streams.settings import load_settings
 
 pytestmark = pytest.mark.integration
@@ -98,4 +107,106 @@ async def test_a_start_waiting_for_its_first_assignment_gives_up_when_stopped_af
         with pytest.raises(asyncio.CancelledError):
             await plain_start
     finally:
+        broker.stop()
+
+
+#: A process that reads a topic, stops its broker and exits with the ``read_topic`` generator abandoned (not
+#: read to its end, never closed): it is finalized at interpreter exit.
+_ABANDONING_READER = """
+import sys
+from pathlib import Path
+from streams.broker import EmbeddedBroker, create_topics, free_port, tansu_binary
+from streams.producer import Producer
+from streams.reader import read_topic
+from streams.settings import load_settings
+
+base = load_settings()
+broker = EmbeddedBroker(tansu_binary(base), "127.0.0.1", free_port(), Path(sys.argv[1]))
+broker.start()
+try:
+    create_topics(broker.bootstrap, "ab.")
+    settings = base.model_copy(update={"kafka_bootstrap": broker.bootstrap, "topic_prefix": "ab."})
+    with Producer(settings) as producer:
+        for n in range(20):
+            producer.send("hot_lead", {
+                "lead_id": f"L-{n}", "notification_id": f"hot-{n}", "score": 130.0, "fit": 50.0,
+                "behaviour": 80.0, "reason": "score_threshold", "became_hot_at": 1_750_000_000_000,
+            })
+    items = read_topic(settings, settings.topic("leads.hot"), idle_ms=500)
+    next(items)
+finally:
+    broker.stop()
+print("exiting with the reader abandoned", flush=True)
+"""
+
+
+def test_a_reader_abandoned_after_its_broker_stopped_does_not_hang_the_process_at_exit(
+    tmp_path: Path,
+) -> None:
+    """kafka-python's ``KafkaConsumer.close()`` waits for its IO thread with no time limit; a generator
+    finalized at interpreter exit (daemon threads no longer run) held the process there for good, in
+    ``read_topic``'s ``finally``. Reproduced here: on the old code this process never exits."""
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[2])}
+    started = time.monotonic()
+    try:
+        done = subprocess.run(
+            [sys.executable, "-c", _ABANDONING_READER, str(tmp_path / "tansu.log")],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=90,
+        )
+    except subprocess.TimeoutExpired as exc:
+        raise AssertionError(f"the process hung at exit with the reader abandoned: {exc.stdout!r}") from None
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "exiting with the reader abandoned" in done.stdout
+    print(f"process with an abandoned reader ran {time.monotonic() - started:.1f} s in all")
+
+
+def test_a_reader_whose_consumer_close_hangs_is_closed_within_the_bound(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Whatever holds kafka-python's close (its coordinator's close made to hang here), closing an abandoned
+    ``read_topic`` generator returns after ``KAFKA_PYTHON_CLOSE_TIMEOUT_S``, with a warning."""
+    monkeypatch.setattr(kafka_close, "KAFKA_PYTHON_CLOSE_TIMEOUT_S", 1.0, raising=False)
+    release = threading.Event()
+    real_close = ConsumerCoordinator.close
+
+    def hanging_close(self: ConsumerCoordinator, *args: Any, **kwargs: Any) -> None:
+        release.wait()
+        real_close(self, *args, **kwargs)
+
+    monkeypatch.setattr(ConsumerCoordinator, "close", hanging_close)
+    base = load_settings()
+    broker = EmbeddedBroker(tansu_binary(base), "127.0.0.1", free_port(), tmp_path / "tansu.log")
+    broker.start()
+    try:
+        create_topics(broker.bootstrap, "rc.")
+        settings = base.model_copy(update={"kafka_bootstrap": broker.bootstrap, "topic_prefix": "rc."})
+        with Producer(settings) as producer:
+            for n in range(5):
+                producer.send(
+                    "hot_lead",
+                    {
+                        "lead_id": f"L-{n}",
+                        "notification_id": f"hot-{n}",
+                        "score": 130.0,
+                        "fit": 50.0,
+                        "behaviour": 80.0,
+                        "reason": "score_threshold",
+                        "became_hot_at": 1_750_000_000_000,
+                    },
+                )
+        items = read_topic(settings, settings.topic("leads.hot"), idle_ms=500)
+        next(items)
+        broker.stop()
+        closing = threading.Thread(target=items.close, daemon=True)
+        started = time.monotonic()
+        closing.start()
+        closing.join(20)
+        assert not closing.is_alive(), "the abandoned reader's close still hangs after 20 s"
+        assert time.monotonic() - started < 5
+        assert "did not close within 1 s" in caplog.text
+    finally:
+        release.set()
         broker.stop()
