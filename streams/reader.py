@@ -6,12 +6,14 @@ are yielded as values, not raised: a poison record must never stop a reader.
 
 from __future__ import annotations
 
+import contextlib
 import time
-from collections.abc import Iterator
+from collections.abc import Generator, Iterable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
 from kafka import KafkaConsumer, TopicPartition
+from kafka.consumer.fetcher import ConsumerRecord
 
 from schemas.errors import SchemaError
 from schemas.registry import SchemaRegistry, default_registry
@@ -49,6 +51,58 @@ class Undecodable:
         return f"{self.topic}[{self.partition}]@{self.offset}: {type(self.error).__name__}: {self.error}"
 
 
+class NotDrained(TimeoutError):
+    """``drain_topics`` read for ``max_seconds`` without reaching the end of every partition."""
+
+
+def drain_topics(
+    settings: Settings,
+    topics: Iterable[str],
+    *,
+    bootstrap: str | None = None,
+    idle_ms: int = 1500,
+    max_seconds: float = 120.0,
+) -> Generator[ConsumerRecord, None, None]:
+    """Every record of ``topics`` (already prefixed), tombstones included, from offset 0 until drained, in
+    offset order per partition; raises ``NotDrained`` after ``max_seconds``.
+
+    Drained = each partition's position reached its fetch high watermark and nothing new arrived for
+    ``idle_ms``. The high watermark comes from fetch responses, which Tansu reports correctly. One consumer
+    (no group) reads every topic: a consumer per topic costs ~0.9 s (measured), a lot for a check reading
+    several. Its close is bounded (``streams.kafka_close.close_kafka_consumer``), so a generator abandoned
+    after its broker stopped does not hang whoever finalizes it."""
+    consumer = KafkaConsumer(
+        bootstrap_servers=bootstrap or settings.bootstrap,
+        enable_auto_commit=False,
+        group_id=None,
+        auto_offset_reset="earliest",
+        **kafka_client_config(settings),
+    )
+    try:
+        names = list(topics)
+        tps = [TopicPartition(t, p) for t in names for p in sorted(consumer.partitions_for_topic(t) or ())]
+        consumer.assign(tps)
+        consumer.seek_to_beginning(*tps)
+        deadline = time.monotonic() + max_seconds
+        idle_since = time.monotonic()
+        while time.monotonic() < deadline:
+            batch = consumer.poll(timeout_ms=200, max_records=5000)
+            if batch:
+                idle_since = time.monotonic()
+            for messages in batch.values():
+                yield from messages
+            if not batch and (time.monotonic() - idle_since) * 1000 >= idle_ms:
+                caught_up = all(
+                    consumer.highwater(tp) is None or consumer.position(tp) >= (consumer.highwater(tp) or 0)
+                    for tp in tps
+                )
+                if caught_up:
+                    return
+        raise NotDrained(f"{', '.join(names)} not read to their end within {max_seconds} s")
+    finally:
+        close_kafka_consumer(consumer)
+
+
 def read_topic(
     settings: Settings,
     topic: str,
@@ -58,59 +112,29 @@ def read_topic(
     registry: SchemaRegistry | None = None,
     max_seconds: float = 120.0,
 ) -> Iterator[Decoded | Undecodable]:
-    """Every record on ``topic`` (already prefixed) from offset 0 until the partitions are drained.
+    """Every record on ``topic`` (already prefixed) from offset 0 until the partitions are drained
+    (``drain_topics``), decoded; after ``max_seconds`` what was read so far.
 
     Tombstones (null values, e.g. an erased lead's key on ``leads.scores``) are skipped.
-    Drained = the position reached each partition's fetch high watermark and nothing new arrived for
-    ``idle_ms``. The high watermark comes from fetch responses, which Tansu reports correctly.
     """
     registry = registry or default_registry()
-    consumer = KafkaConsumer(
-        bootstrap_servers=bootstrap or settings.bootstrap,
-        enable_auto_commit=False,
-        group_id=None,
-        auto_offset_reset="earliest",
-        **kafka_client_config(settings),
-    )
-    try:
-        partitions = consumer.partitions_for_topic(topic) or set()
-        tps = [TopicPartition(topic, p) for p in sorted(partitions)]
-        consumer.assign(tps)
-        consumer.seek_to_beginning(*tps)
-        deadline = time.monotonic() + max_seconds
-        idle_since = time.monotonic()
-        while time.monotonic() < deadline:
-            batch = consumer.poll(timeout_ms=200, max_records=5000)
-            if batch:
-                idle_since = time.monotonic()
-            for tp, messages in batch.items():
-                for msg in messages:
-                    if msg.value is None:  # a tombstone on a compacted topic: a deletion, not a record
-                        continue
-                    try:
-                        schema, record = registry.decode(msg.value)
-                        headers = tuple(msg.headers or ())
-                        yield Decoded(
-                            tp.topic,
-                            tp.partition,
-                            msg.offset,
-                            msg.key,
-                            schema,
-                            record,
-                            headers,
-                            msg.timestamp,
-                        )
-                    except SchemaError as exc:
-                        yield Undecodable(tp.topic, tp.partition, msg.offset, msg.key, msg.value, exc)
-            if not batch and (time.monotonic() - idle_since) * 1000 >= idle_ms:
-                caught_up = all(
-                    consumer.highwater(tp) is None or consumer.position(tp) >= (consumer.highwater(tp) or 0)
-                    for tp in tps
+    records = drain_topics(settings, [topic], bootstrap=bootstrap, idle_ms=idle_ms, max_seconds=max_seconds)
+    with contextlib.closing(records):
+        try:
+            for msg in records:
+                if msg.value is None:  # a tombstone on a compacted topic: a deletion, not a record
+                    continue
+                try:
+                    schema, record = registry.decode(msg.value)
+                except SchemaError as exc:
+                    yield Undecodable(msg.topic, msg.partition, msg.offset, msg.key, msg.value, exc)
+                    continue
+                headers = tuple(msg.headers or ())
+                yield Decoded(
+                    msg.topic, msg.partition, msg.offset, msg.key, schema, record, headers, msg.timestamp
                 )
-                if caught_up:
-                    return
-    finally:
-        close_kafka_consumer(consumer)
+        except NotDrained:
+            return
 
 
 @dataclass

@@ -24,7 +24,6 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from kafka import KafkaConsumer, TopicPartition
 from kafka.consumer.fetcher import ConsumerRecord
 
 from agents.core import SCORE_EPSILON, check_timers, next_deadline, step
@@ -35,10 +34,8 @@ from agents.state import LeadState
 from schemas.errors import SchemaError
 from schemas.registry import default_registry
 from sinks.query_service import Runner
-from streams.broker import kafka_client_config
-from streams.kafka_close import close_kafka_consumer
 from streams.producer import DeliveryError, Producer, lead_key
-from streams.reader import Decoded, Undecodable
+from streams.reader import Decoded, NotDrained, Undecodable, drain_topics
 from streams.settings import Settings
 from streams.topics import BY_SCHEMA, INPUTS
 from streams.traffic import plan_traffic
@@ -284,38 +281,13 @@ def read_raw(
     settings: Settings, topics: Iterable[str], *, idle_ms: int = 300, max_seconds: float = 120.0
 ) -> list[ConsumerRecord]:
     """Every record of ``topics`` (already prefixed), tombstones included, from offset 0 until drained, in
-    offset order per partition.
-
-    Drained as ``streams.reader.read_topic`` has it (each partition's position at its fetch high watermark,
-    nothing new for ``idle_ms``), but for several topics with one consumer: a fault test reads four to seven
-    topics per check, and a consumer per topic cost ~0.9 s each (measured), which made a check ~5 s."""
-    consumer = KafkaConsumer(
-        bootstrap_servers=settings.bootstrap,
-        enable_auto_commit=False,
-        group_id=None,
-        auto_offset_reset="earliest",
-        **kafka_client_config(settings),
-    )
+    offset order per partition: ``streams.reader.drain_topics``, with one consumer for every topic (a fault
+    test reads four to seven topics per check, and a consumer per topic cost ~0.9 s each, measured, which
+    made a check ~5 s)."""
     try:
-        names = list(topics)
-        tps = [TopicPartition(t, p) for t in names for p in sorted(consumer.partitions_for_topic(t) or ())]
-        consumer.assign(tps)
-        consumer.seek_to_beginning(*tps)
-        found: list[ConsumerRecord] = []
-        deadline = time.monotonic() + max_seconds
-        idle_since = time.monotonic()
-        while time.monotonic() < deadline:
-            batch = consumer.poll(timeout_ms=200, max_records=5000)
-            if batch:
-                idle_since = time.monotonic()
-            for messages in batch.values():
-                found.extend(messages)
-            idle = not batch and (time.monotonic() - idle_since) * 1000 >= idle_ms
-            if idle and all((consumer.highwater(tp) or 0) <= consumer.position(tp) for tp in tps):
-                return found
-        raise AssertionError(f"{', '.join(names)} not read to their end within {max_seconds} s")
-    finally:
-        close_kafka_consumer(consumer)
+        return list(drain_topics(settings, topics, idle_ms=idle_ms, max_seconds=max_seconds))
+    except NotDrained as exc:
+        raise AssertionError(str(exc)) from None
 
 
 def read_decoded(settings: Settings, topics: Iterable[str]) -> list[Decoded | Undecodable]:
