@@ -370,8 +370,12 @@ class Notifier:
 
 
 async def _stopped_within(stop: asyncio.Event, seconds: float) -> bool:
+    """Whether ``stop`` was set within ``seconds``. ``asyncio.timeout``, not ``wait_for``: on Python 3.11
+    ``wait_for`` swallowed a cancellation arriving as ``stop`` was set, and the lane's worker, cancelled at
+    the notifier's stop, went back to its queue and held the stop until it was cancelled again."""
     try:
-        await asyncio.wait_for(stop.wait(), seconds)
+        async with asyncio.timeout(seconds):
+            await stop.wait()
     except TimeoutError:
         return False
     return True

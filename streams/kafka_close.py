@@ -27,6 +27,12 @@ log what happened. It also sends LeaveGroup for generation 0, the first generati
 skips (it only leaves when ``generation > 0``, Kafka's first generation being 1): before, a member of a
 group's first generation never left it on Tansu, and its partitions waited for the session timeout.
 
+``commit`` and ``committed`` bound the wait with ``asyncio.timeout``, not ``asyncio.wait_for``: on Python
+3.11 ``wait_for`` swallows a cancellation that arrives as the awaited call completes (it returns the
+result; CPython gh-86296, fixed in 3.12). The notifier's commit loop commits every 0.5 s; cancelled at its
+stop at that moment, it went on committing, and the notifier's stop waited for it for good (seen once in a
+test: the notifier still running 30 s after stop).
+
 ``start_client`` closes a client whose ``start()`` failed (no broker at start-up): aiokafka leaves it open,
 and the process then ended with "Unclosed AIOKafkaConsumer" after its one-line error.
 
@@ -78,7 +84,8 @@ KAFKA_PYTHON_CLOSE_TIMEOUT_S = 5.0
 async def commit(consumer: AIOKafkaConsumer, offsets: dict[TopicPartition, int]) -> None:
     """``consumer.commit(offsets)``, raising ``CoordinatorUnreachable`` after ``COMMIT_TIMEOUT_S``."""
     try:
-        await asyncio.wait_for(consumer.commit(offsets), COMMIT_TIMEOUT_S)
+        async with asyncio.timeout(COMMIT_TIMEOUT_S):  # not wait_for: see the module's docstring
+            await consumer.commit(offsets)
     except TimeoutError:
         raise CoordinatorUnreachable(
             f"no group coordinator answered a commit within {COMMIT_TIMEOUT_S:g}s"
@@ -88,7 +95,9 @@ async def commit(consumer: AIOKafkaConsumer, offsets: dict[TopicPartition, int])
 async def committed(consumer: AIOKafkaConsumer, tp: TopicPartition) -> int | None:
     """``consumer.committed(tp)``, raising ``CoordinatorUnreachable`` after ``COMMIT_TIMEOUT_S``."""
     try:
-        return await asyncio.wait_for(consumer.committed(tp), COMMIT_TIMEOUT_S)
+        async with asyncio.timeout(COMMIT_TIMEOUT_S):
+            offset: int | None = await consumer.committed(tp)
+            return offset
     except TimeoutError:
         raise CoordinatorUnreachable(
             f"no group coordinator answered for the committed offset of {tp.topic}[{tp.partition}] "
