@@ -37,7 +37,7 @@ from agents.worker_batch import Batch, flush
 from agents.worker_clients import GROUP, worker_consumer, worker_producer
 from agents.worker_clock import now_ms
 from agents.worker_erasures import ErasureSource, apply_erasures
-from agents.worker_rebalance import WorkerRebalance, load_commits, refetch, reload
+from agents.worker_rebalance import WorkerRebalance, load_commits, refetch, reload, unless_stopped
 from agents.worker_sla_scan import scan
 from schemas.errors import SchemaError
 from schemas.fast_codec import codec_for
@@ -135,11 +135,15 @@ class LeadWorker:
         self.reload_pending = False
         self.retry_at = 0.0
         self.retry_backoff = Backoff(RETRY_FIRST_S, RETRY_MAX_S)
+        self.stop_event: asyncio.Event | None = (
+            None  # run()'s: a restore waiting on the broker gives way to it
+        )
 
     # -- lifecycle -------------------------------------------------------------------------------------
 
     async def run(self, stop: asyncio.Event) -> None:
         settings = self.settings
+        self.stop_event = stop
         self.tansu = await asyncio.to_thread(is_tansu, settings)
         await asyncio.to_thread(
             create_topics, settings.bootstrap, settings.topic_prefix, TOPICS, kafka_client_config(settings)
@@ -181,7 +185,8 @@ class LeadWorker:
 
     async def _reload(self) -> None:
         try:
-            await reload(self)
+            if not await unless_stopped(self, reload(self)):
+                return  # stopping: still pending
         except KafkaError as exc:
             self.start_over(exc)
             return

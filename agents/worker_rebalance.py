@@ -9,8 +9,10 @@ flight finishes and commits its offsets before the partitions move.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
+from collections.abc import Coroutine
 from typing import TYPE_CHECKING, Any
 
 from aiokafka import ConsumerRecord, TopicPartition
@@ -46,11 +48,51 @@ class WorkerRebalance(ConsumerRebalanceListener):  # type: ignore[misc]
             # read by the poll loop: a consumer request from inside the rebalance callback could wait on it
             self.worker.commits_to_load = set(assigned)
             try:
-                await restore(self.worker, {tp.partition for tp in assigned})
+                if not await unless_stopped(
+                    self.worker, restore(self.worker, {tp.partition for tp in assigned})
+                ):
+                    self.worker.reload_pending = True  # never processed on the partial store
             except Exception as exc:
                 # aiokafka logs a listener's exception and carries on: the poll loop would then process the
                 # partitions on a partial store, rebuilding each lead it met from nothing. It reloads first.
                 self.worker.start_over(exc)
+
+
+async def unless_stopped(worker: LeadWorker, work: Coroutine[Any, Any, None]) -> bool:
+    """Run ``work`` (a restore, or a reload) unless the worker is told to stop first: then it is cancelled,
+    with a log line, and False returned. Nothing is lost by giving it up: it only reads what is durable.
+
+    Why: a restore runs under the worker's lock (inside the rebalance callback, or the poll loop's reload),
+    and its changelog read waits for a broker that does not answer (hung, half-open path) as long as it
+    takes; the poll loop, waiting on the lock, never looked at the stop event. SIGTERM during a rebalance
+    with the broker away was ignored until the broker answered (87 s in a fault test,
+    tests/faults/test_worker_stop_during_restore.py: past any grace period)."""
+    task = asyncio.ensure_future(work)
+    stop = worker.stop_event
+    if stop is None:
+        await task
+        return True
+    stopping = asyncio.ensure_future(stop.wait())
+    try:
+        await asyncio.wait({task, stopping}, return_when=asyncio.FIRST_COMPLETED)
+    except asyncio.CancelledError:
+        task.cancel()
+        raise
+    finally:
+        stopping.cancel()
+    if task.done():
+        task.result()
+        return True
+    task.cancel()
+    with contextlib.suppress(asyncio.CancelledError, Exception):
+        await task
+    worker.restoring = True
+    log.warning(
+        "stopped while restoring partitions %s from the changelog (the broker does not answer): the restore "
+        "was given up, nothing processed on a partial store",
+        sorted(worker.store.partitions),
+    )
+    return False
 
 
 async def reload(worker: LeadWorker) -> None:
