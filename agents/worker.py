@@ -317,8 +317,7 @@ class LeadWorker:
             self.watermark_ms, self.watermark_seen_at_ms = event_time, now
         key = message.key or (lead_key(record) or "").encode()
         if self.erasures is not None and self._erased(key, record):
-            if self.metrics:
-                self.metrics.events_erased.labels(topic=self._unprefixed(topic)).inc()
+            batch.erased[topic] = batch.erased.get(topic, 0) + 1
             return
         home = self._home(key, topic)
         if home != message.partition or not message.key:
@@ -401,10 +400,7 @@ class LeadWorker:
         )
         dlq_key, dlq_value = encode_dead_letter(record, self.registry)
         batch.sends.append((self.dlq_topic, dlq_key, dlq_value, DLQ_HEADERS, None))
-        if self.metrics:
-            topic = self._unprefixed(message.topic)
-            self.metrics.dlq_records.labels(source_topic=topic, stage=stage).inc()
-            self.metrics.events_invalid.labels(topic=topic, reason=invalid_reason(exc)).inc()
+        batch.dead_letters.append((self._unprefixed(message.topic), stage, invalid_reason(exc)))
 
     async def _commit(self, offsets: dict[TopicPartition, int]) -> None:
         assert self.consumer is not None

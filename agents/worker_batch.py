@@ -39,6 +39,10 @@ class Batch:
     consumed: dict[str, int] = field(default_factory=dict)  # per topic, added to the metric once per batch
     accounts: dict[bytes, tuple[int, AccountState]] = field(default_factory=dict)  # touched, by state key
     arrived: list[int] = field(default_factory=list)  # Kafka timestamps (ms) of the events scored
+    # (source topic, stage, reason) of each dead letter, and inputs dropped as erased per topic: counted once
+    # the batch is durable, like the rest of its metrics
+    dead_letters: list[tuple[str, str, str]] = field(default_factory=list)
+    erased: dict[str, int] = field(default_factory=dict)
 
 
 async def flush(worker: LeadWorker, batch: Batch) -> None:
@@ -51,13 +55,7 @@ async def flush(worker: LeadWorker, batch: Batch) -> None:
             (worker.output_topics["account_score"], account.domain.encode(), value, None, None)
         )
     await send(worker, batch.sends)
-    if worker.metrics:
-        now = time.time()  # outputs acknowledged: the events' scores are out
-        observe_many(worker.metrics.event_to_score_seconds, [max(0.0, now - t / 1000) for t in batch.arrived])
-        for output in batch.counted:
-            worker.metrics.count_output(output.schema, output.record)
-        for topic, n in batch.consumed.items():
-            worker.metrics.events_consumed.labels(topic=worker._unprefixed(topic)).inc(n)
+    scored_at = time.time()  # outputs acknowledged: the events' scores are out
     writes: list[Record] = []
     for key in batch.dirty:
         state = batch.states[key]
@@ -70,6 +68,32 @@ async def flush(worker: LeadWorker, batch: Batch) -> None:
         worker.store.put_account(key, partition, account)
         writes.append((worker.state_topic, key, orjson.dumps(account.to_dict()), None, partition))
     await send(worker, writes)
+    if worker.metrics:
+        count(worker, batch, scored_at)
+
+
+def count(worker: LeadWorker, batch: Batch, scored_at: float) -> None:
+    """The batch's metrics, once both waves are acknowledged.
+
+    Why not as the events are handled, or once the outputs are out: a batch whose writes the broker did not
+    acknowledge is processed again after a start-over (``LeadWorker.start_over``), and each pass counted
+    its records, outputs and dead letters (a state wave refused after the outputs wave: every event of the
+    batch counted twice in ``leadpulse_events_consumed_total``, its hot leads twice in
+    ``leadpulse_hot_leads_total``). Counted here, a batch counts once, when it is done. The one repeat left is
+    a batch whose offset commit is refused because its partitions moved: their next owner reads the records
+    again and counts them as consumed (its outputs are duplicates, not emitted, not counted)."""
+    metrics = worker.metrics
+    assert metrics is not None
+    observe_many(metrics.event_to_score_seconds, [max(0.0, scored_at - t / 1000) for t in batch.arrived])
+    for output in batch.counted:
+        metrics.count_output(output.schema, output.record)
+    for topic, n in batch.consumed.items():
+        metrics.events_consumed.labels(topic=worker._unprefixed(topic)).inc(n)
+    for topic, stage, reason in batch.dead_letters:
+        metrics.dlq_records.labels(source_topic=topic, stage=stage).inc()
+        metrics.events_invalid.labels(topic=topic, reason=reason).inc()
+    for topic, n in batch.erased.items():
+        metrics.events_erased.labels(topic=worker._unprefixed(topic)).inc(n)
 
 
 async def send(worker: LeadWorker, records: Sequence[Record]) -> None:
