@@ -135,9 +135,11 @@ class LeadWorker:
         self.reload_pending = False
         self.retry_at = 0.0
         self.retry_backoff = Backoff(RETRY_FIRST_S, RETRY_MAX_S)
-        self.stop_event: asyncio.Event | None = (
-            None  # run()'s: a restore waiting on the broker gives way to it
-        )
+        # Records the core raised for, by (topic, partition, offset): dead-lettered when read again
+        # (_failed_in_core); forgotten once committed past.
+        self.failed_in_core: dict[tuple[str, int, int], Exception] = {}
+        # run()'s stop: a restore waiting on the broker gives way to it (worker_rebalance.unless_stopped)
+        self.stop_event: asyncio.Event | None = None
 
     # -- lifecycle -------------------------------------------------------------------------------------
 
@@ -232,6 +234,8 @@ class LeadWorker:
             ready = await self._aligned(fetched)
             if ready:
                 await self.process(ready)
+                if self.reload_pending:  # the core raised: no scan on the states of the dropped pass
+                    return
         elif fetched:
             await refetch(self, fetched)
         if time.monotonic() >= self._next_scan:
@@ -275,10 +279,43 @@ class LeadWorker:
         # records of one time keep their partition order. (Across batches arrival order still decides:
         # docs/scoring.md, "Event time and arrival order".)
         decoded.sort(key=_event_time)
+        failed: dict[tuple[str, int, int], Exception] = {}
+        failed_keys: set[bytes | None] = set()
         for message, schema, record in decoded:
-            self._handle(message, schema, record, batch, now)
+            if failed and message.key in failed_keys:
+                continue  # its state is half-updated: a failure now may be the first one's doing
+            try:
+                self._handle(message, schema, record, batch, now)
+            except Exception as exc:  # a core bug, or a record it cannot take: see _failed_in_core
+                log.exception(
+                    "the core raised for %s[%s]@%s", message.topic, message.partition, message.offset
+                )
+                failed[(message.topic, message.partition, message.offset)] = exc
+                failed_keys.add(message.key)
+        if failed:
+            self._failed_in_core(failed)
+            return
         await flush(self, batch)
         await self._commit({tp: records[-1].offset + 1 for tp, records in parts.items()})
+
+    def _failed_in_core(self, failed: dict[tuple[str, int, int], Exception]) -> None:
+        """The core raised for these records (topic, partition, offset): the batch is dropped unwritten, the
+        owned partitions are reloaded from what is durable at once, and when the batch comes again these
+        records are dead-lettered (stage ``process``) instead of being handled.
+
+        Why not dead-letter them and go on, as before: ``step`` updates a lead's state in place (a copy per
+        event would cost more than the scoring), so one that raised half-way left a half-updated state in
+        memory, which the batch (or the lead's next one) wrote to the changelog. Reloading restores every
+        state the batch touched; other records of a failed lead are not handled on the dropped pass (a
+        failure there could be the first one's doing) and are processed normally on the next."""
+        self.failed_in_core.update(failed)
+        self.reload_pending = True
+        self.retry_at = 0.0  # not the broker's doing: no back-off
+        log.warning(
+            "the core raised for %d record(s) (logged above): the batch is dropped, the owned partitions are "
+            "reloaded from the changelog and the committed offsets, and those records will be dead-lettered",
+            len(failed),
+        )
 
     def _decode(self, message: ConsumerRecord, batch: Batch) -> Decoded | None:
         """The record's schema and fields, or None after dead-lettering it."""
@@ -304,6 +341,11 @@ class LeadWorker:
         self, message: ConsumerRecord, schema: str, record: dict[str, Any], batch: Batch, now: int
     ) -> None:
         topic = message.topic
+        if self.failed_in_core:
+            failure = self.failed_in_core.get((topic, message.partition, message.offset))
+            if failure is not None:  # raised in the core on an earlier pass of this batch
+                self._dead_letter(batch, message, "process", failure)
+                return
         if topic == self.accounts_topic:
             self._fold_account(message, record, batch)
             return
@@ -326,12 +368,7 @@ class LeadWorker:
             batch.sends.append((self.identity_topic, key, message.value or b"", None, None))
             return
         state = self._get(batch, key, home)
-        try:
-            result = step(state, key.decode(), schema, record, self.rules, now, message.timestamp or None)
-        except Exception as exc:  # a bug or a record the core rejects must not stop the partition
-            log.exception("core rejected %s[%s]@%s", topic, message.partition, message.offset)
-            self._dead_letter(batch, message, "process", exc)
-            return
+        result = step(state, key.decode(), schema, record, self.rules, now, message.timestamp or None)
         self._apply(batch, key, home, result)
         if message.timestamp:
             batch.arrived.append(message.timestamp)
@@ -407,6 +444,12 @@ class LeadWorker:
         try:
             await commit(self.consumer, offsets)
             self.committed.update(offsets)
+            if self.failed_in_core:
+                self.failed_in_core = {
+                    (topic, partition, offset): exc
+                    for (topic, partition, offset), exc in self.failed_in_core.items()
+                    if offset >= offsets.get(TopicPartition(topic, partition), -1)
+                }
         except (CommitFailedError, IllegalStateError, KafkaError) as exc:
             # The partitions moved: their next owner re-reads the batch; its state already has these events.
             log.warning("offset commit refused (%s); the next owner re-reads the batch", exc)

@@ -16,9 +16,12 @@ import pytest
 from aiokafka.errors import KafkaTimeoutError
 from prometheus_client import CollectorRegistry
 
+from agents import worker as worker_module
+from agents.core import StepResult
 from agents.kafka_batches import BatchSender, Record, read_to_end
 from agents.lead_store import LeadStore
-from agents.rules import load_rules
+from agents.rules import Rules, load_rules
+from agents.state import LeadState
 from agents.worker import LeadWorker
 from streams.metrics import Metrics
 from streams.producer import Producer
@@ -121,3 +124,72 @@ def test_a_batch_processed_again_after_a_start_over_is_counted_once(
     assert value("leadpulse_dlq_records_total", source_topic="events.web_visits", stage="decode") == 1.0
     assert value("leadpulse_events_invalid_total", topic="events.web_visits") == 1.0
     assert value("leadpulse_event_to_score_seconds_count") == 2.0
+
+
+def test_a_step_that_raises_after_updating_the_state_in_place_leaves_no_trace_in_the_state(
+    broker_settings: Settings, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``step`` updates a lead's state in place (no per-event copy); a bug that raises half-way left the
+    half-updated state in memory and in the batch, and the lead's next event wrote it to the changelog.
+    The event must be dead-lettered once (topic, partition, offset, reason), the worker must go on, and
+    neither the store nor the changelog may hold what the failed step did."""
+    lead = "L-bug"
+    real_step = worker_module.step
+    raised: list[int] = []
+
+    def step_with_a_bug(
+        state: LeadState | None, key: str, schema: str, event: dict[str, Any], rules: Rules, *args: Any
+    ) -> StepResult:
+        if event.get("event_id") == f"{lead}-broken" and state is not None:
+            raised.append(1)
+            state.fit = 999.0  # what the core had done before it failed
+            state.seen[event["event_id"]] = event["event_time"]
+            raise RuntimeError("injected: the core failed half-way through the event")
+        return real_step(state, key, schema, event, rules, *args)
+
+    monkeypatch.setattr(worker_module, "step", step_with_a_bug)
+    metrics = Metrics(CollectorRegistry(), component="worker")
+    worker = LeadWorker(broker_settings, load_rules(None), metrics, scan_interval_s=3600)
+    now = int(time.time() * 1000)
+
+    def seen(event_id: str) -> bool:
+        state = worker.store.get(lead.encode())
+        return state is not None and event_id in state.seen
+
+    async def scenario() -> None:
+        async with running_worker(worker) as running:
+            await wait_until(lambda: worker.ready()[0], running, seen=lambda: "worker never became ready")
+            with Producer(broker_settings) as producer:
+                producer.send("lead_identified", profile(lead, now))
+                producer.send("download", demo_request(lead, now - HOUR))
+            await wait_until(lambda: seen(f"{lead}-demo"), running, timeout_s=20)
+            fit = worker.store.get(lead.encode()).fit  # type: ignore[union-attr]
+            with Producer(broker_settings) as producer:  # one flush: most likely one batch
+                producer.send("web_visit", _visit(lead, "broken", now - 30_000))
+                producer.send("web_visit", _visit(lead, "after", now - 20_000))
+            await wait_until(lambda: seen(f"{lead}-after"), running, timeout_s=30)
+            visits = broker_settings.topic("events.web_visits")
+            await wait_until(
+                lambda: any(tp.topic == visits for tp in worker.committed), running, timeout_s=20
+            )
+            state = worker.store.get(lead.encode())
+            assert state is not None and state.fit == fit, "the failed step's change stayed in memory"
+            assert f"{lead}-broken" not in state.seen
+            assert not running.done()
+
+    asyncio.run(scenario())
+    assert raised, "the injected bug never ran"
+    durable = _durable(broker_settings).get(lead.encode())
+    assert durable is not None and f"{lead}-after" in durable.seen and durable.stage == "mql"
+    assert durable.fit != 999.0 and f"{lead}-broken" not in durable.seen, "a half-updated state was written"
+    letters = [d for d in _dead_letters(broker_settings) if d["event_id"] == f"{lead}-broken"]
+    assert len(letters) == 1, letters
+    letter = letters[0]
+    assert letter["source_topic"] == broker_settings.topic("events.web_visits") and letter["offset"] >= 0
+    assert letter["stage"] == "process" and "injected" in letter["error"], letter
+    assert (
+        metrics.registry.get_sample_value(
+            "leadpulse_dlq_records_total", {"source_topic": "events.web_visits", "stage": "process"}
+        )
+        == 1.0
+    )
