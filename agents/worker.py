@@ -33,7 +33,7 @@ from agents.kafka_batches import BatchSender, caught_up, murmur2_partition
 from agents.lead_store import ACCOUNT_PREFIX, LeadStore
 from agents.rules import Rules
 from agents.state import LeadState
-from agents.worker_batch import Batch, flush
+from agents.worker_batch import Batch, RecordTooLarge, flush
 from agents.worker_clients import GROUP, worker_consumer, worker_producer
 from agents.worker_clock import now_ms
 from agents.worker_erasures import ErasureSource, apply_erasures
@@ -193,7 +193,8 @@ class LeadWorker:
             self.start_over(exc)
             return
         self.reload_pending = False
-        self.retry_backoff.reset()
+        # (the back-off is reset by a batch written, worker_batch.flush: a reload that works says nothing of
+        # the write that failed, and a refusal for good was retried every 0.5 s, a full reload each time)
         log.info("reloaded the owned partitions; processing from the committed offsets")
 
     async def poll_once(self) -> None:
@@ -218,7 +219,9 @@ class LeadWorker:
                 return
             try:
                 await self._under_lock(generation, fetched)
-            except KafkaError as exc:
+            except (KafkaError, RecordTooLarge) as exc:
+                # (RecordTooLarge: a state of the SLA scan or an erasure over the record size limit, which
+                # they do not grow by more than a few bytes; a batch's own is handled in process.)
                 # Writes the broker did not acknowledge (away past the producer's request timeout): nothing
                 # was committed past them. Exiting made a crash loop of a broker outage; going on from the
                 # states in memory would lose the outputs (they already count the events as seen).
@@ -295,7 +298,11 @@ class LeadWorker:
         if failed:
             self._failed_in_core(failed)
             return
-        await flush(self, batch)
+        try:
+            await flush(self, batch)
+        except RecordTooLarge as exc:
+            self._too_large(exc, decoded)
+            return
         await self._commit({tp: records[-1].offset + 1 for tp, records in parts.items()})
 
     def _failed_in_core(self, failed: dict[tuple[str, int, int], Exception]) -> None:
@@ -312,10 +319,33 @@ class LeadWorker:
         self.reload_pending = True
         self.retry_at = 0.0  # not the broker's doing: no back-off
         log.warning(
-            "the core raised for %d record(s) (logged above): the batch is dropped, the owned partitions are "
-            "reloaded from the changelog and the committed offsets, and those records will be dead-lettered",
+            "%d record(s) not handled (logged above): the batch is dropped, the owned partitions are "
+            "reloaded from the changelog and the committed offsets, and those records are dead-lettered",
             len(failed),
         )
+
+    def _too_large(self, exc: RecordTooLarge, decoded: list[Decoded]) -> None:
+        """Records of the batch too large to write (nothing was sent): the batch's input records of their keys
+        (the leads or accounts whose state or output grew too large) are dead-lettered when the batch comes
+        again, as for a record the core raised for, and the rest of the batch is processed as usual. The
+        lead keeps its last state that could be written; its next records grow it past the limit again and
+        are dead-lettered in turn, each with the size in its reason."""
+        by_key: dict[bytes | None, list[tuple[str, bytes | None, int]]] = {}
+        for record in exc.records:
+            by_key.setdefault(record[1], []).append(record)
+        failed: dict[tuple[str, int, int], Exception] = {}
+        for message, _schema, _record in decoded:
+            key = message.key
+            found = by_key.get(key) or (
+                by_key.get(ACCOUNT_PREFIX + key) if key and message.topic == self.accounts_topic else None
+            )
+            if found:
+                failed[(message.topic, message.partition, message.offset)] = RecordTooLarge(found)
+        log.error("not written, %s; %d input record(s) of these keys will be dead-lettered", exc, len(failed))
+        if not failed:  # (every record comes from an input record of its key: not expected)
+            self.start_over(exc)
+            return
+        self._failed_in_core(failed)
 
     def _decode(self, message: ConsumerRecord, batch: Batch) -> Decoded | None:
         """The record's schema and fields, or None after dead-lettering it."""

@@ -10,6 +10,7 @@ from __future__ import annotations
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from itertools import chain
 from typing import TYPE_CHECKING
 
 import orjson
@@ -21,10 +22,34 @@ from agents.lead_store import due_header
 from agents.outputs import Output
 from agents.state import LeadState
 from agents.worker_clock import now_ms
+from streams.event_hygiene import InadmissibleEvent
 from streams.metrics import observe_many
 
 if TYPE_CHECKING:
     from agents.worker import LeadWorker
+
+
+#: Largest record (key + value) the worker writes: under Kafka's default ``message.max.bytes`` (1,048,588)
+#: with room for the batch overhead. Outputs stay far below it (an input record is at most 64 KiB and an
+#: output copies a few of its fields); a lead state need not: its parts are bounded in number, not in bytes
+#: (up to 200 buffered anonymous events of up to 64 KiB each, 2,500 seen ids of up to 256 characters).
+MAX_RECORD_BYTES = 1_000_000
+
+
+class RecordTooLarge(InadmissibleEvent):
+    """Records of a batch over ``MAX_RECORD_BYTES``: (topic, key, size) each. Nothing of the batch was sent.
+
+    Why checked before sending: the broker (or the producer, past its ``max_request_size``) refuses such a
+    record for good, and a refused write makes the worker start over and process the batch again: a worker
+    that retried the same refusal for ever, with a warning each time, and processed nothing else."""
+
+    def __init__(self, records: list[tuple[str, bytes | None, int]]) -> None:
+        self.records = records
+        shown = "; ".join(
+            f"{topic} key {key.decode(errors='replace') if key else None!r}: {size} bytes"
+            for topic, key, size in records[:5]
+        )
+        super().__init__("record_too_large", f"over the {MAX_RECORD_BYTES}-byte record limit: {shown}")
 
 
 @dataclass
@@ -54,20 +79,36 @@ async def flush(worker: LeadWorker, batch: Batch) -> None:
         batch.sends.append(
             (worker.output_topics["account_score"], account.domain.encode(), value, None, None)
         )
-    await send(worker, batch.sends)
-    scored_at = time.time()  # outputs acknowledged: the events' scores are out
+    # the states are encoded before anything is sent, so that one too large to write stops the batch first
     writes: list[Record] = []
+    stored: list[tuple[bytes, int, LeadState, int | None]] = []
     for key in batch.dirty:
         state = batch.states[key]
         if state is None:
             continue
         due = next_deadline(state, worker.rules)
-        worker.store.put(key, batch.home[key], state, due)
+        stored.append((key, batch.home[key], state, due))
         writes.append((worker.state_topic, key, state.to_bytes(), due_header(due), batch.home[key]))
     for key, (partition, account) in batch.accounts.items():
-        worker.store.put_account(key, partition, account)
         writes.append((worker.state_topic, key, orjson.dumps(account.to_dict()), None, partition))
+    too_large = [
+        (topic, key, size)
+        for topic, key, value, _headers, _partition in chain(batch.sends, writes)
+        if value is not None and (size := len(value) + len(key or b"")) > MAX_RECORD_BYTES
+    ]
+    if too_large:
+        if worker.metrics:
+            for topic, _key, _size in too_large:
+                worker.metrics.records_too_large.labels(topic=worker._unprefixed(topic)).inc()
+        raise RecordTooLarge(too_large)
+    await send(worker, batch.sends)
+    scored_at = time.time()  # outputs acknowledged: the events' scores are out
+    for key, partition, state, due in stored:
+        worker.store.put(key, partition, state, due)
+    for key, (partition, account) in batch.accounts.items():
+        worker.store.put_account(key, partition, account)
     await send(worker, writes)
+    worker.retry_backoff.reset()  # the broker takes writes again
     if worker.metrics:
         count(worker, batch, scored_at)
 

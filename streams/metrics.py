@@ -210,6 +210,14 @@ class Metrics:
             ["source_topic", "stage"],
             registry=r,
         )
+        self.records_too_large = Counter(
+            "leadpulse_worker_records_too_large_total",
+            "Output or lead-state records the worker did not write because they exceed its record size limit "
+            "(agents/worker_batch.py, MAX_RECORD_BYTES), by the topic they were for; the input records that "
+            "produced them are dead-lettered.",
+            ["topic"],
+            registry=r,
+        )
 
         # --- sink: Kafka -> ClickHouse ------------------------------------------------------------------
         self.sink_rows = Counter(

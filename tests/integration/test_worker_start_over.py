@@ -13,7 +13,7 @@ from collections.abc import Sequence
 from typing import Any
 
 import pytest
-from aiokafka.errors import KafkaTimeoutError
+from aiokafka.errors import KafkaTimeoutError, MessageSizeTooLargeError
 from prometheus_client import CollectorRegistry
 
 from agents import worker as worker_module
@@ -31,6 +31,8 @@ from tests.integration.test_worker import HOUR, demo_request, outputs, profile
 from tests.integration.worker_harness import running_worker, wait_until
 
 pytestmark = pytest.mark.integration
+
+KAFKA_MESSAGE_MAX_BYTES = 1_048_588  # a Kafka broker's default message.max.bytes
 
 
 def _visit(lead: str, name: str, at: int) -> dict[str, Any]:
@@ -193,3 +195,86 @@ def test_a_step_that_raises_after_updating_the_state_in_place_leaves_no_trace_in
         )
         == 1.0
     )
+
+
+@pytest.mark.parametrize("broker_limit", [None, KAFKA_MESSAGE_MAX_BYTES])
+def test_a_state_too_large_to_write_dead_letters_its_events_instead_of_stalling_the_worker(
+    broker_settings: Settings, monkeypatch: pytest.MonkeyPatch, broker_limit: int | None
+) -> None:
+    """An anonymous visitor's state buffers up to 200 events of up to 64 KiB each (bounded in number, not in
+    bytes). A Kafka broker refuses a record over its ``message.max.bytes`` (1 MB by default) for good: the
+    worker started over and retried the same batch for ever, a warning each time, processing nothing else
+    (``broker_limit``: that refusal, injected, since Tansu takes the 9 MB state; without it the old code
+    wrote it). Now the records of that key are dead-lettered with the size in the reason, counted, and the
+    worker goes on."""
+    if broker_limit is not None:
+        real_send = BatchSender.send
+
+        async def send_as_kafka(self: BatchSender, records: Sequence[Record]) -> None:
+            for topic, key, value, *_ in records:
+                if len(value or b"") + len(key or b"") > broker_limit:
+                    raise MessageSizeTooLargeError(
+                        f"injected: {topic} refuses a {len(value or b'')}-byte record"
+                    )
+            await real_send(self, records)
+
+        monkeypatch.setattr(BatchSender, "send", send_as_kafka)
+    anonymous = "anon-big"
+    now = int(time.time() * 1000)
+    big = [
+        {
+            "event_id": f"{anonymous}-{i}",
+            "event_time": now - 60_000 + i,
+            "anonymous_id": anonymous,
+            "source": "web",
+            "url": "https://x.example/" + "p" * 60_000,
+            "page_category": "blog",
+        }
+        for i in range(150)  # ~9 MB of state: over the producer's limit too, so the old code stalled
+    ]
+    metrics = Metrics(CollectorRegistry(), component="worker")
+    worker = LeadWorker(broker_settings, load_rules(None), metrics, scan_interval_s=3600)
+    after = "L-after-big"
+
+    def seen(lead: str, event_id: str) -> bool:
+        state = worker.store.get(lead.encode())
+        return state is not None and event_id in state.seen
+
+    async def scenario() -> None:
+        async with running_worker(worker) as running:
+            await wait_until(lambda: worker.ready()[0], running, seen=lambda: "worker never became ready")
+            with Producer(broker_settings) as producer:
+                for event in big:
+                    producer.send("web_visit", event)
+            with Producer(broker_settings) as producer:
+                producer.send("web_visit", _visit(after, "visit", now))
+            await wait_until(
+                lambda: seen(after, f"{after}-visit"),
+                running,
+                timeout_s=60,
+                seen=lambda: f"committed {worker.committed}",
+            )
+            visits = broker_settings.topic("events.web_visits")
+            await wait_until(
+                lambda: sum(o for tp, o in worker.committed.items() if tp.topic == visits) == len(big) + 1,
+                running,
+                timeout_s=30,
+                seen=lambda: f"committed {worker.committed}",
+            )
+
+    asyncio.run(scenario())
+    letters = [d for d in _dead_letters(broker_settings) if (d["event_id"] or "").startswith(anonymous)]
+    assert letters, "no event of the over-large state was dead-lettered"
+    assert {d["error_type"] for d in letters} == {"RecordTooLarge"}, {d["error_type"] for d in letters}
+    assert "leadpulse.internal.lead_state" in letters[0]["error"] and "bytes" in letters[0]["error"]
+    assert len({d["event_id"] for d in letters}) == len(letters), "an event dead-lettered twice"
+    durable = _durable(broker_settings).get(anonymous.encode())
+    kept = len(durable.buffer) if durable is not None else 0
+    assert kept + len(letters) == len(big), (kept, len(letters))
+    assert durable is None or len(durable.to_bytes()) <= 1_000_000
+    assert metrics.registry.get_sample_value(
+        "leadpulse_worker_records_too_large_total", {"topic": "leadpulse.internal.lead_state"}
+    )
+    assert metrics.registry.get_sample_value(
+        "leadpulse_events_invalid_total", {"topic": "events.web_visits", "reason": "record_too_large"}
+    ) == len(letters)
