@@ -138,6 +138,7 @@ class LeadWorker:
         # Records the core raised for, by (topic, partition, offset): dead-lettered when read again
         # (_failed_in_core); forgotten once committed past.
         self.failed_in_core: dict[tuple[str, int, int], Exception] = {}
+        self.scan_failed: set[bytes] = set()  # leads the SLA scan raised for (worker_sla_scan._failed)
         # run()'s stop: a restore waiting on the broker gives way to it (worker_rebalance.unless_stopped)
         self.stop_event: asyncio.Event | None = None
 

@@ -17,10 +17,12 @@ from aiokafka.errors import KafkaTimeoutError, MessageSizeTooLargeError
 from prometheus_client import CollectorRegistry
 
 from agents import worker as worker_module
+from agents import worker_sla_scan
 from agents.core import StepResult
 from agents.kafka_batches import BatchSender, Record, read_to_end
 from agents.lead_store import LeadStore
 from agents.rules import Rules, load_rules
+from agents.sla import FOLLOW_UP
 from agents.state import LeadState
 from agents.worker import LeadWorker
 from streams.metrics import Metrics
@@ -278,3 +280,54 @@ def test_a_state_too_large_to_write_dead_letters_its_events_instead_of_stalling_
     assert metrics.registry.get_sample_value(
         "leadpulse_events_invalid_total", {"topic": "events.web_visits", "reason": "record_too_large"}
     ) == len(letters)
+
+
+def test_an_sla_scan_that_raises_for_one_lead_neither_stops_the_worker_nor_keeps_what_it_half_did(
+    broker_settings: Settings, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``check_timers`` (the SLA scan's core) updates a state in place too. A bug that raised in it escaped
+    the poll loop: the worker exited, and after a restart the same due lead raised again (a crash loop).
+    Now the lead is left out of the scans from then on (an error logged), what the failed call did is
+    dropped by a reload, and the other leads' timers fire."""
+    buggy, fine = "L-timer-bug", "L-timer-ok"
+    t = int(time.time() * 1000) - 2 * HOUR  # demo requests two hours ago: their 1 h follow-up SLAs are due
+    real_check = worker_sla_scan.check_timers
+    raised: list[str] = []
+
+    def check_with_a_bug(state: LeadState, rules: Rules, now_ms: int) -> StepResult:
+        if state.key == buggy:
+            raised.append(state.key)
+            state.fit = 999.0
+            raise RuntimeError("injected: the SLA scan failed half-way through a lead")
+        return real_check(state, rules, now_ms)
+
+    monkeypatch.setattr(worker_sla_scan, "check_timers", check_with_a_bug)
+    worker = LeadWorker(broker_settings, load_rules(None), scan_interval_s=0.3, idle_after_s=1)
+
+    def fired(lead: str) -> list[str]:
+        state = worker.store.get(lead.encode())
+        timer = state.timers.get(FOLLOW_UP) if state is not None else None
+        return timer.fired if timer is not None else []
+
+    async def scenario() -> None:
+        async with running_worker(worker) as running:
+            await wait_until(lambda: worker.ready()[0], running, seen=lambda: "worker never became ready")
+            with Producer(broker_settings) as producer:
+                for lead in (buggy, fine):
+                    producer.send("lead_identified", {**profile(lead, t), "event_time": t})
+                    producer.send("download", demo_request(lead, t + 60_000))
+            await wait_until(lambda: len(fired(fine)) >= 2, running, timeout_s=60, seen=lambda: raised)
+            assert raised, "the injected bug never ran"
+            with Producer(broker_settings) as producer:  # the lead's events are still processed
+                producer.send("web_visit", _visit(buggy, "later", int(time.time() * 1000)))
+            await wait_until(
+                lambda: f"{buggy}-later" in worker.store.get(buggy.encode()).seen,  # type: ignore[union-attr]
+                running,
+                timeout_s=30,
+            )
+            state = worker.store.get(buggy.encode())
+            assert state is not None and state.fit != 999.0, "the failed scan's change stayed in memory"
+
+    asyncio.run(scenario())
+    durable = _durable(broker_settings).get(buggy.encode())
+    assert durable is not None and durable.fit != 999.0 and f"{buggy}-later" in durable.seen
