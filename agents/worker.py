@@ -37,7 +37,14 @@ from agents.worker_batch import Batch, RecordTooLarge, flush
 from agents.worker_clients import GROUP, worker_consumer, worker_producer
 from agents.worker_clock import now_ms
 from agents.worker_erasures import ErasureSource, apply_erasures
-from agents.worker_rebalance import WorkerRebalance, load_commits, refetch, reload, unless_stopped
+from agents.worker_rebalance import (
+    WorkerRebalance,
+    gave_up_restore,
+    load_commits,
+    refetch,
+    reload,
+    unless_stopped,
+)
 from agents.worker_sla_scan import scan
 from schemas.errors import SchemaError
 from schemas.fast_codec import codec_for
@@ -69,6 +76,10 @@ ACCOUNT_HOP_LAST = "account_domain"  # lead_score fields up to this one hold all
 IDLE_AFTER_S = 30.0  # caught up this long: SLA timers follow the wall clock again (worker_clock.py)
 ALIGN_WAIT_S = 2.0  # longest a partition's records wait for a co-partitioned topic that is behind
 RETRY_FIRST_S, RETRY_MAX_S = 0.5, 10.0  # back-off before starting over from what is durable
+# How long a batch in flight may still take once the worker is told to stop (a healthy broker takes
+# milliseconds); then it is given up, uncommitted. With the client closes (at once, each bounded by
+# streams.kafka_close.STOP_TIMEOUT_S) the worker is gone in ~16 s with the broker hung (25 s allowed).
+STOP_GRACE_S = 3.0
 Decoded = tuple[ConsumerRecord, str, dict[str, Any]]  # (message, schema, record)
 
 
@@ -155,6 +166,7 @@ class LeadWorker:
         self.producer = worker_producer(settings, security)
         await start_client(self.producer)
         self.sender = BatchSender(self.producer)
+        producer_stopped = False
         try:
             # built only now: an aiokafka client that is never started still complains "Unclosed" at exit
             self.consumer = worker_consumer(settings, self.tansu, security)
@@ -169,10 +181,20 @@ class LeadWorker:
                 while not stop.is_set():
                     await self.poll_once()
             finally:
-                # leaves the group, so the partitions move at once (unless the broker does not answer)
-                self.left_group = await stop_consumer(self.consumer)
+                # Leaves the group, so the partitions move at once (unless the broker does not answer), and
+                # flushes the producer, both at once: with the broker hung each waits its own bound
+                # (streams/kafka_close.py), and one after the other they took up the whole grace period.
+                closed = await asyncio.gather(
+                    stop_consumer(self.consumer), stop_producer(self.producer), return_exceptions=True
+                )
+                producer_stopped = True
+                for result in closed:
+                    if isinstance(result, BaseException):
+                        raise result
+                self.left_group = bool(closed[0])
         finally:
-            await stop_producer(self.producer)
+            if not producer_stopped:
+                await stop_producer(self.producer)
 
     def start_over(self, exc: BaseException) -> None:
         """Process nothing more on the states in memory: back off, then reload (see ``reload_pending``)."""
@@ -189,6 +211,7 @@ class LeadWorker:
     async def _reload(self) -> None:
         try:
             if not await unless_stopped(self, reload(self)):
+                gave_up_restore(self)
                 return  # stopping: still pending
         except KafkaError as exc:
             self.start_over(exc)
@@ -219,7 +242,12 @@ class LeadWorker:
                 await self._reload()
                 return
             try:
-                await self._under_lock(generation, fetched)
+                if not await unless_stopped(self, self._under_lock(generation, fetched), STOP_GRACE_S):
+                    log.warning(
+                        "stopped while a batch's writes waited on the broker: given up after %g s, nothing "
+                        "committed past them (they are processed again after the restart)",
+                        STOP_GRACE_S,
+                    )
             except (KafkaError, RecordTooLarge) as exc:
                 # (RecordTooLarge: a state of the SLA scan or an erasure over the record size limit, which
                 # they do not grow by more than a few bytes; a batch's own is handled in process.)

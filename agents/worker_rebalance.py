@@ -51,6 +51,7 @@ class WorkerRebalance(ConsumerRebalanceListener):  # type: ignore[misc]
                 if not await unless_stopped(
                     self.worker, restore(self.worker, {tp.partition for tp in assigned})
                 ):
+                    gave_up_restore(self.worker)
                     self.worker.reload_pending = True  # never processed on the partial store
             except Exception as exc:
                 # aiokafka logs a listener's exception and carries on: the poll loop would then process the
@@ -58,15 +59,16 @@ class WorkerRebalance(ConsumerRebalanceListener):  # type: ignore[misc]
                 self.worker.start_over(exc)
 
 
-async def unless_stopped(worker: LeadWorker, work: Coroutine[Any, Any, None]) -> bool:
-    """Run ``work`` (a restore, or a reload) unless the worker is told to stop first: then it is cancelled,
-    with a log line, and False returned. Nothing is lost by giving it up: it only reads what is durable.
+async def unless_stopped(worker: LeadWorker, work: Coroutine[Any, Any, None], grace_s: float = 0.0) -> bool:
+    """Run ``work`` unless the worker is told to stop first and it has not finished ``grace_s`` later: then
+    it is cancelled and False returned (the caller says what was given up).
 
     Why: a restore runs under the worker's lock (inside the rebalance callback, or the poll loop's reload),
     and its changelog read waits for a broker that does not answer (hung, half-open path) as long as it
     takes; the poll loop, waiting on the lock, never looked at the stop event. SIGTERM during a rebalance
     with the broker away was ignored until the broker answered (87 s in a fault test,
-    tests/faults/test_worker_stop_during_restore.py: past any grace period)."""
+    tests/faults/test_worker_stop_during_restore.py: past any grace period). A restore only reads what is
+    durable, so it is given up at once; a batch gets ``grace_s`` to finish (LeadWorker.poll_once)."""
     task = asyncio.ensure_future(work)
     stop = worker.stop_event
     if stop is None:
@@ -75,6 +77,8 @@ async def unless_stopped(worker: LeadWorker, work: Coroutine[Any, Any, None]) ->
     stopping = asyncio.ensure_future(stop.wait())
     try:
         await asyncio.wait({task, stopping}, return_when=asyncio.FIRST_COMPLETED)
+        if not task.done() and grace_s > 0:
+            await asyncio.wait({task}, timeout=grace_s)
     except asyncio.CancelledError:
         task.cancel()
         raise
@@ -86,13 +90,16 @@ async def unless_stopped(worker: LeadWorker, work: Coroutine[Any, Any, None]) ->
     task.cancel()
     with contextlib.suppress(asyncio.CancelledError, Exception):
         await task
+    return False
+
+
+def gave_up_restore(worker: LeadWorker) -> None:
     worker.restoring = True
     log.warning(
         "stopped while restoring partitions %s from the changelog (the broker does not answer): the restore "
         "was given up, nothing processed on a partial store",
         sorted(worker.store.partitions),
     )
-    return False
 
 
 async def reload(worker: LeadWorker) -> None:

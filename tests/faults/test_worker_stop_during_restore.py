@@ -17,15 +17,19 @@ import logging
 import os
 import signal
 import time
+from collections.abc import Sequence
 from pathlib import Path
 
 import pytest
 
 from agents import worker_rebalance
+from agents.kafka_batches import BatchSender, Record
 from agents.rules import load_rules
 from agents.worker import LeadWorker
 from streams.broker import EmbeddedBroker, create_topics, free_port, tansu_binary
+from streams.producer import Producer
 from streams.settings import Settings, load_settings
+from tests.integration.test_worker import demo_request
 
 pytestmark = pytest.mark.faults
 
@@ -104,3 +108,69 @@ def test_a_stop_while_a_rebalance_reads_the_changelog_from_a_hung_broker_is_hono
         assert name in took, f"the {name} worker was still running 90 s after the stop (took: {took})"
         assert took[name] < STOP_WITHIN_S, f"the {name} worker took {took[name]:.1f} s to stop"
     assert "stopped while restoring" in caplog.text, caplog.text[-3000:]
+
+
+def test_a_stop_while_a_batch_waits_on_a_hung_broker_is_honoured(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The same for the batch in flight: its writes wait for acknowledgements up to the producer's request
+    timeout (40 s), and the stop waited for them, then for the client closes: past the grace period."""
+    broker = EmbeddedBroker(tansu_binary(load_settings()), "127.0.0.1", free_port(), tmp_path / "tansu.log")
+    broker.start()
+    assert broker.process is not None
+    tansu_pid = broker.process.pid
+    prefix = "batch-stop."
+    create_topics(broker.bootstrap, prefix)
+    settings: Settings = load_settings(
+        kafka_bootstrap=broker.bootstrap, topic_prefix=prefix, data_dir=tmp_path / "data"
+    )
+    real_send = BatchSender.send
+    armed: list[bool] = []
+    paused: list[float] = []
+
+    async def send_to_a_pausing_broker(self: BatchSender, records: Sequence[Record]) -> None:
+        if armed and not paused and records:  # (the SLA scan's first run may send nothing after arming)
+            os.kill(tansu_pid, signal.SIGSTOP)
+            paused.append(time.monotonic())
+        await real_send(self, records)
+
+    monkeypatch.setattr(BatchSender, "send", send_to_a_pausing_broker)
+    caplog.set_level(logging.INFO, logger="agents.worker")
+
+    async def scenario() -> float:
+        worker = LeadWorker(settings, load_rules(None), scan_interval_s=3600)
+        stop = asyncio.Event()
+        running = asyncio.create_task(worker.run(stop))
+        deadline = time.monotonic() + 60
+        while not worker.ready()[0]:
+            assert time.monotonic() < deadline and not running.done(), "worker never ready"
+            await asyncio.sleep(0.1)
+        armed.append(True)
+        now = int(time.time() * 1000)
+        with Producer(settings) as producer:
+            producer.send("download", demo_request("L-stop", now))
+        while not paused:
+            assert time.monotonic() < deadline and not running.done(), "the batch was never written"
+            await asyncio.sleep(0.1)
+        await asyncio.sleep(2)  # the batch waits on the paused broker
+        assert not running.done(), "the worker ended while the broker was paused"
+        stop.set()
+        started = time.monotonic()
+        done, _ = await asyncio.wait({running}, timeout=90)
+        took = time.monotonic() - started
+        os.kill(tansu_pid, signal.SIGCONT)
+        if not done:
+            running.cancel()
+            await asyncio.gather(running, return_exceptions=True)
+            return float("inf")
+        running.result()
+        return took
+
+    try:
+        took = asyncio.run(scenario())
+    finally:
+        os.kill(tansu_pid, signal.SIGCONT)
+        broker.stop()
+    print(f"\nstop time, broker paused during a batch's writes: {took:.1f} s")
+    assert took < STOP_WITHIN_S, f"the worker took {took:.1f} s to stop"
+    assert "stopped while" in caplog.text, caplog.text[-3000:]
