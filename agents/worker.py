@@ -249,8 +249,8 @@ class LeadWorker:
                         STOP_GRACE_S,
                     )
             except (KafkaError, RecordTooLarge) as exc:
-                # (RecordTooLarge: a state of the SLA scan or an erasure over the record size limit, which
-                # they do not grow by more than a few bytes; a batch's own is handled in process.)
+                # (RecordTooLarge: an erasure's state over the record size limit, which it does not grow;
+                # a batch's own is handled in process, the SLA scan's in worker_sla_scan.scan.)
                 # Writes the broker did not acknowledge (away past the producer's request timeout): nothing
                 # was committed past them. Exiting made a crash loop of a broker outage; going on from the
                 # states in memory would lose the outputs (they already count the events as seen).

@@ -12,7 +12,7 @@ import logging
 from typing import TYPE_CHECKING
 
 from agents.core import check_timers, next_deadline
-from agents.worker_batch import Batch, flush
+from agents.worker_batch import Batch, RecordTooLarge, flush
 from agents.worker_clock import now_ms, timer_clock
 
 if TYPE_CHECKING:
@@ -45,21 +45,39 @@ async def scan(worker: LeadWorker) -> None:
             return  # nothing of this scan written
         if key not in batch.dirty:  # nothing fired after all: do not look at it again until it is due
             worker.store.put(key, home, state, next_deadline(state, worker.rules))
-    await flush(worker, batch)
+    try:
+        await flush(worker, batch)
+    except RecordTooLarge as exc:
+        # A firing grew a state at the limit past it: refused for good, so retried after a reload it came
+        # back at every scan, and each time the scan's other firings were dropped with it.
+        keys = {key for _topic, key, _size in exc.records if key is not None and key in batch.states}
+        if not keys:
+            raise
+        for key in keys:
+            _failed(worker, key, exc)
 
 
-def _failed(worker: LeadWorker, key: bytes) -> None:
-    """The core raised for a due lead (a bug): the lead is left out of the scans of this process, and the
-    owned partitions are reloaded at once to drop what the call did to its state in place.
+def _failed(worker: LeadWorker, key: bytes, too_large: RecordTooLarge | None = None) -> None:
+    """The core raised for a due lead (a bug), or what it fired made a record too large to write
+    (``too_large``): the lead is left out of the scans of this process, and the owned partitions are
+    reloaded at once to drop what the call did to its state in place.
 
     Why: the exception escaped the poll loop and the worker exited; after a restart the same lead was due
     again and raised again, a crash loop. Its events are still processed; only its timers wait (for a
     fixed version, or a restart), with the error in the log."""
-    log.exception(
-        "the SLA scan raised for lead %r: its timers are not scanned again by this process; the owned "
-        "partitions are reloaded to drop what the scan did to its state",
-        key.decode(errors="replace"),
-    )
+    if too_large is not None:
+        log.error(
+            "the SLA scan's writes for lead %r are not written, %s: its timers are not scanned again by this "
+            "process; the owned partitions are reloaded to drop what the scan did to its state",
+            key.decode(errors="replace"),
+            too_large,
+        )
+    else:
+        log.exception(
+            "the SLA scan raised for lead %r: its timers are not scanned again by this process; the owned "
+            "partitions are reloaded to drop what the scan did to its state",
+            key.decode(errors="replace"),
+        )
     worker.scan_failed.add(key)
     worker.reload_pending = True
     worker.retry_at = 0.0  # not the broker's doing: no back-off

@@ -331,3 +331,47 @@ def test_an_sla_scan_that_raises_for_one_lead_neither_stops_the_worker_nor_keeps
     asyncio.run(scenario())
     durable = _durable(broker_settings).get(buggy.encode())
     assert durable is not None and durable.fit != 999.0 and f"{buggy}-later" in durable.seen
+
+
+def test_a_state_the_sla_scan_grows_past_the_record_limit_does_not_hold_back_every_other_leads_timers(
+    broker_settings: Settings, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A lead state just under the record limit that its SLA firing pushes over it (the marker and the
+    recycle's seen id are a few bytes). The scan's ``RecordTooLarge`` made the worker start over, with a
+    back-off, and the scan dropped every other lead's firings with it; after the reload the same lead was due
+    again and the same refusal came back, for ever: a full reload and a warning per scan, and no SLA alert
+    of the worker's partitions ever written. Now that lead is left out of the scans (as one whose
+    ``check_timers`` raises) and the other leads' timers fire and are written."""
+    big, fine = "L-timer-big", "L-timer-fine"
+    t = int(time.time() * 1000) - 2 * HOUR  # demo requests two hours ago: their 1 h follow-up SLAs are due
+    real_check = worker_sla_scan.check_timers
+    scanned: list[str] = []
+
+    def check_growing_one_state(state: LeadState, rules: Rules, now_ms: int) -> StepResult:
+        result = real_check(state, rules, now_ms)
+        if state.key == big:
+            scanned.append(state.key)
+            if result.changed:  # stands for the few bytes a firing adds to a state at the limit
+                state.profile["padding"] = "x" * 1_100_000
+        return result
+
+    monkeypatch.setattr(worker_sla_scan, "check_timers", check_growing_one_state)
+    worker = LeadWorker(broker_settings, load_rules(None), scan_interval_s=0.3, idle_after_s=1)
+
+    async def scenario() -> None:
+        async with running_worker(worker) as running:
+            await wait_until(lambda: worker.ready()[0], running, seen=lambda: "worker never became ready")
+            with Producer(broker_settings) as producer:
+                for lead in (big, fine):
+                    producer.send("lead_identified", {**profile(lead, t), "event_time": t})
+                    producer.send("download", demo_request(lead, t + 60_000))
+            await wait_until(lambda: bool(scanned), running, timeout_s=60)
+            await asyncio.sleep(4)  # a dozen scans
+
+    asyncio.run(scenario())
+    assert len(scanned) == 1, f"the lead was scanned {len(scanned)} times (a reload per scan)"
+    durable = _durable(broker_settings)
+    fine_state, big_state = durable.get(fine.encode()), durable.get(big.encode())
+    timer = fine_state.timers.get(FOLLOW_UP) if fine_state is not None else None
+    assert timer is not None and len(timer.fired) >= 2, "the other lead's SLA firings were never written"
+    assert big_state is not None and "padding" not in big_state.profile
