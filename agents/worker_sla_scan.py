@@ -33,18 +33,18 @@ async def scan(worker: LeadWorker) -> None:
         if key in worker.scan_failed:
             continue
         home = worker.store.partition_of(key)
-        state = worker.store.get(key)
-        if state is None or home is None:
-            worker.store.delete(key)
-            continue
-        worker._get(batch, key, home)
-        try:
+        try:  # (the decode of a stored state and next_deadline too: raised here, the worker exited)
+            state = worker.store.get(key)
+            if state is None or home is None:
+                worker.store.delete(key)
+                continue
+            worker._get(batch, key, home)
             worker._apply(batch, key, home, check_timers(state, worker.rules, now))
+            if key not in batch.dirty:  # nothing fired after all: do not look at it again until it is due
+                worker.store.put(key, home, state, next_deadline(state, worker.rules))
         except Exception:
             _failed(worker, key)
             return  # nothing of this scan written
-        if key not in batch.dirty:  # nothing fired after all: do not look at it again until it is due
-            worker.store.put(key, home, state, next_deadline(state, worker.rules))
     try:
         await flush(worker, batch)
     except RecordTooLarge as exc:
@@ -58,9 +58,9 @@ async def scan(worker: LeadWorker) -> None:
 
 
 def _failed(worker: LeadWorker, key: bytes, too_large: RecordTooLarge | None = None) -> None:
-    """The core raised for a due lead (a bug), or what it fired made a record too large to write
-    (``too_large``): the lead is left out of the scans of this process, and the owned partitions are
-    reloaded at once to drop what the call did to its state in place.
+    """The core raised for a due lead (a bug; or its stored state does not decode), or what it fired made
+    a record too large to write (``too_large``): the lead is left out of the scans of this process, and the
+    owned partitions are reloaded at once to drop what the call did to its state in place.
 
     Why: the exception escaped the poll loop and the worker exited; after a restart the same lead was due
     again and raised again, a crash loop. Its events are still processed; only its timers wait (for a

@@ -20,15 +20,17 @@ from agents import worker as worker_module
 from agents import worker_sla_scan
 from agents.core import StepResult
 from agents.kafka_batches import BatchSender, Record, read_to_end
-from agents.lead_store import LeadStore
+from agents.lead_store import LeadStore, due_header
 from agents.rules import Rules, load_rules
 from agents.sla import FOLLOW_UP
 from agents.state import LeadState
 from agents.worker import LeadWorker
+from streams.broker import create_topics, kafka_client_config
 from streams.metrics import Metrics
 from streams.producer import Producer
 from streams.reader import Decoded, read_topic
 from streams.settings import Settings
+from streams.topics import TOPICS
 from tests.integration.test_worker import HOUR, demo_request, outputs, profile
 from tests.integration.worker_harness import running_worker, wait_until
 
@@ -375,3 +377,42 @@ def test_a_state_the_sla_scan_grows_past_the_record_limit_does_not_hold_back_eve
     timer = fine_state.timers.get(FOLLOW_UP) if fine_state is not None else None
     assert timer is not None and len(timer.fired) >= 2, "the other lead's SLA firings were never written"
     assert big_state is not None and "padding" not in big_state.profile
+
+
+def test_a_due_lead_whose_stored_state_does_not_decode_does_not_crash_the_worker_at_each_scan(
+    broker_settings: Settings,
+) -> None:
+    """The SLA scan decodes a due lead's state (``LeadStore.get``) and asks ``next_deadline`` of it outside
+    the guard of ``check_timers``: a changelog state that does not decode (written by another version, or
+    damaged) raised out of the scan and the worker exited; restarted, it restored the same due state and
+    exited again (a crash loop). Now that lead is left out of the scans like one whose ``check_timers``
+    raises, and the worker goes on."""
+    create_topics(
+        broker_settings.bootstrap, broker_settings.topic_prefix, TOPICS, kafka_client_config(broker_settings)
+    )
+    past = int(time.time() * 1000) - HOUR
+    with Producer(broker_settings) as producer:
+        producer.send_encoded(
+            broker_settings.topic("leadpulse.internal.lead_state"),
+            b"L-undecodable",
+            b"{not a lead state",
+            headers=due_header(past),
+        )
+    worker = LeadWorker(broker_settings, load_rules(None), scan_interval_s=0.3, idle_after_s=1)
+    later = "L-after-undecodable"
+
+    def seen(lead: str, event_id: str) -> bool:
+        state = worker.store.get(lead.encode())
+        return state is not None and event_id in state.seen
+
+    async def scenario() -> None:
+        async with running_worker(worker) as running:
+            await wait_until(lambda: worker.ready()[0], running, seen=lambda: "worker never became ready")
+            await wait_until(lambda: bool(worker.scan_failed), running, timeout_s=30)
+            with Producer(broker_settings) as producer:
+                producer.send("web_visit", _visit(later, "visit", int(time.time() * 1000)))
+            await wait_until(lambda: seen(later, f"{later}-visit"), running, timeout_s=30)
+            await asyncio.sleep(1)  # more scans
+            assert not running.done()
+
+    asyncio.run(scenario())
