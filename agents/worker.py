@@ -33,7 +33,7 @@ from agents.kafka_batches import BatchSender, caught_up, murmur2_partition
 from agents.lead_store import ACCOUNT_PREFIX, LeadStore
 from agents.rules import Rules
 from agents.state import LeadState
-from agents.worker_batch import Batch, RecordTooLarge, flush
+from agents.worker_batch import Batch, NotWritable, RecordTooLarge, flush
 from agents.worker_clients import GROUP, worker_consumer, worker_producer
 from agents.worker_clock import now_ms
 from agents.worker_erasures import ErasureSource, apply_erasures
@@ -248,9 +248,10 @@ class LeadWorker:
                         "committed past them (they are processed again after the restart)",
                         STOP_GRACE_S,
                     )
-            except (KafkaError, RecordTooLarge) as exc:
+            except (KafkaError, RecordTooLarge, NotWritable) as exc:
                 # (RecordTooLarge: an erasure's state over the record size limit, which it does not grow;
-                # a batch's own is handled in process, the SLA scan's in worker_sla_scan.scan.)
+                # NotWritable: an erasure's account state the encoder refuses; a batch's own are handled in
+                # process, the SLA scan's in worker_sla_scan.scan.)
                 # Writes the broker did not acknowledge (away past the producer's request timeout): nothing
                 # was committed past them. Exiting made a crash loop of a broker outage; going on from the
                 # states in memory would lose the outputs (they already count the events as seen).
@@ -332,6 +333,9 @@ class LeadWorker:
         except RecordTooLarge as exc:
             self._too_large(exc, decoded)
             return
+        except NotWritable as exc:
+            self._not_written(exc, decoded)
+            return
         await self._commit({tp: records[-1].offset + 1 for tp, records in parts.items()})
 
     def _failed_in_core(self, failed: dict[tuple[str, int, int], Exception]) -> None:
@@ -362,14 +366,42 @@ class LeadWorker:
         by_key: dict[bytes | None, list[tuple[str, bytes | None, int]]] = {}
         for record in exc.records:
             by_key.setdefault(record[1], []).append(record)
+        failures: dict[bytes | None, Exception] = {
+            key: RecordTooLarge(found) for key, found in by_key.items()
+        }
+        self._fail_keys(failures, exc, decoded)
+
+    def _not_written(self, exc: NotWritable, decoded: list[Decoded]) -> None:
+        """Records of the batch that could not be built (``next_deadline``, a state's or an account's
+        encoding raised: a core bug; nothing was sent): handled like records too large to write, the batch's
+        input records of those keys are dead-lettered (stage ``process``, the exception in the error) when
+        the batch comes again, and the rest of the batch is processed. An account's input records are its
+        hops on the accounts topic (keyed by domain), as for an account too large to write."""
+        for key, (topic, failure) in exc.failures.items():
+            log.error(
+                "%s record of key %r could not be built",
+                topic,
+                key.decode(errors="replace"),
+                exc_info=(type(failure), failure, failure.__traceback__),
+            )
+        failures: dict[bytes | None, Exception] = {
+            key: NotWritable({key: failure}) for key, failure in exc.failures.items()
+        }
+        self._fail_keys(failures, exc, decoded)
+
+    def _fail_keys(
+        self, by_key: dict[bytes | None, Exception], exc: Exception, decoded: list[Decoded]
+    ) -> None:
+        """Dead-letter the batch's input records of these keys (a lead's, or ``ACCOUNT_PREFIX`` + the domain
+        of an account's hops) when it comes again, with their error; reload now (``_failed_in_core``)."""
         failed: dict[tuple[str, int, int], Exception] = {}
         for message, _schema, _record in decoded:
             key = message.key
             found = by_key.get(key) or (
                 by_key.get(ACCOUNT_PREFIX + key) if key and message.topic == self.accounts_topic else None
             )
-            if found:
-                failed[(message.topic, message.partition, message.offset)] = RecordTooLarge(found)
+            if found is not None:
+                failed[(message.topic, message.partition, message.offset)] = found
         log.error("not written, %s; %d input record(s) of these keys will be dead-lettered", exc, len(failed))
         if not failed:  # (every record comes from an input record of its key: not expected)
             self.start_over(exc)

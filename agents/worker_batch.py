@@ -52,6 +52,26 @@ class RecordTooLarge(InadmissibleEvent):
         super().__init__("record_too_large", f"over the {MAX_RECORD_BYTES}-byte record limit: {shown}")
 
 
+class NotWritable(Exception):
+    """Records of a batch that could not be built (nothing was sent): by key (a lead's, or an account's
+    ``ACCOUNT_PREFIX`` + domain), the topic and the exception of ``next_deadline``, ``LeadState.to_bytes``,
+    the account's state or its ``account_score`` encoding. A core bug, e.g. a state holding a value the
+    encoder refuses.
+
+    Why caught per key: these run after ``LeadWorker.process``'s per-record guard; the exception escaped the
+    poll loop and the worker exited, and after a restart the same batch raised again: a crash loop. The
+    worker drops the batch and dead-letters that key's input records when it comes again
+    (``LeadWorker._not_written``), as for a record too large to write."""
+
+    def __init__(self, failures: dict[bytes, tuple[str, BaseException]]) -> None:
+        self.failures = failures
+        shown = "; ".join(
+            f"{topic} key {key.decode(errors='replace')!r}: {type(exc).__name__}: {exc}"
+            for key, (topic, exc) in list(failures.items())[:5]
+        )
+        super().__init__(f"could not be built (a core bug): {shown}")
+
+
 @dataclass
 class Batch:
     """What one batch produced, sent in two acknowledged waves: outputs first, then state."""
@@ -74,11 +94,16 @@ async def flush(worker: LeadWorker, batch: Batch) -> None:
     """Outputs first, acknowledged; state after. The reverse order could store "seen" state whose
     outputs never reached the broker, losing them on a crash."""
     computed_at = now_ms()
-    for _partition, account in batch.accounts.values():
-        value = worker.codec.encode("account_score", account_score_record(account, computed_at))
-        batch.sends.append(
-            (worker.output_topics["account_score"], account.domain.encode(), value, None, None)
-        )
+    # (a try per key costs nothing until it raises: zero-cost exceptions since Python 3.11)
+    failed: dict[bytes, tuple[str, BaseException]] = {}
+    score_topic = worker.output_topics["account_score"]
+    for key, (_partition, account) in batch.accounts.items():
+        try:
+            value = worker.codec.encode("account_score", account_score_record(account, computed_at))
+        except Exception as exc:
+            failed[key] = (score_topic, exc)
+            continue
+        batch.sends.append((score_topic, account.domain.encode(), value, None, None))
     # the states are encoded before anything is sent, so that one too large to write stops the batch first
     writes: list[Record] = []
     stored: list[tuple[bytes, int, LeadState, int | None]] = []
@@ -86,11 +111,23 @@ async def flush(worker: LeadWorker, batch: Batch) -> None:
         state = batch.states[key]
         if state is None:
             continue
-        due = next_deadline(state, worker.rules)
+        try:
+            due = next_deadline(state, worker.rules)
+            value = state.to_bytes()
+        except Exception as exc:
+            failed[key] = (worker.state_topic, exc)
+            continue
         stored.append((key, batch.home[key], state, due))
-        writes.append((worker.state_topic, key, state.to_bytes(), due_header(due), batch.home[key]))
+        writes.append((worker.state_topic, key, value, due_header(due), batch.home[key]))
     for key, (partition, account) in batch.accounts.items():
-        writes.append((worker.state_topic, key, orjson.dumps(account.to_dict()), None, partition))
+        try:
+            value = orjson.dumps(account.to_dict())
+        except Exception as exc:
+            failed.setdefault(key, (worker.state_topic, exc))
+            continue
+        writes.append((worker.state_topic, key, value, None, partition))
+    if failed:
+        raise NotWritable(failed)
     too_large = [
         (topic, key, size)
         for topic, key, value, _headers, _partition in chain(batch.sends, writes)

@@ -12,7 +12,7 @@ import logging
 from typing import TYPE_CHECKING
 
 from agents.core import check_timers, next_deadline
-from agents.worker_batch import Batch, RecordTooLarge, flush
+from agents.worker_batch import Batch, NotWritable, RecordTooLarge, flush
 from agents.worker_clock import now_ms, timer_clock
 
 if TYPE_CHECKING:
@@ -55,22 +55,29 @@ async def scan(worker: LeadWorker) -> None:
             raise
         for key in keys:
             _failed(worker, key, exc)
+    except NotWritable as exc:  # a fired state that next_deadline or its encoding raises for: the same
+        keys = {key for key in exc.failures if key in batch.states}
+        if not keys:
+            raise
+        for key in keys:
+            _failed(worker, key, exc)
 
 
-def _failed(worker: LeadWorker, key: bytes, too_large: RecordTooLarge | None = None) -> None:
+def _failed(worker: LeadWorker, key: bytes, unwritten: RecordTooLarge | NotWritable | None = None) -> None:
     """The core raised for a due lead (a bug; or its stored state does not decode), or what it fired made
-    a record too large to write (``too_large``): the lead is left out of the scans of this process, and the
-    owned partitions are reloaded at once to drop what the call did to its state in place.
+    a record too large to write or one that could not be built (``unwritten``): the lead is left out of the
+    scans of this process, and the owned partitions are reloaded at once to drop what the call did to its
+    state in place.
 
     Why: the exception escaped the poll loop and the worker exited; after a restart the same lead was due
     again and raised again, a crash loop. Its events are still processed; only its timers wait (for a
     fixed version, or a restart), with the error in the log."""
-    if too_large is not None:
+    if unwritten is not None:
         log.error(
             "the SLA scan's writes for lead %r are not written, %s: its timers are not scanned again by this "
             "process; the owned partitions are reloaded to drop what the scan did to its state",
             key.decode(errors="replace"),
-            too_large,
+            unwritten,
         )
     else:
         log.exception(

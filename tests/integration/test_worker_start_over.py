@@ -17,10 +17,11 @@ from aiokafka.errors import KafkaTimeoutError, MessageSizeTooLargeError
 from prometheus_client import CollectorRegistry
 
 from agents import worker as worker_module
-from agents import worker_sla_scan
+from agents import worker_batch, worker_sla_scan
+from agents.account import AccountState
 from agents.core import StepResult
 from agents.kafka_batches import BatchSender, Record, read_to_end
-from agents.lead_store import LeadStore, due_header
+from agents.lead_store import ACCOUNT_PREFIX, LeadStore, due_header
 from agents.rules import Rules, load_rules
 from agents.sla import FOLLOW_UP
 from agents.state import LeadState
@@ -416,3 +417,142 @@ def test_a_due_lead_whose_stored_state_does_not_decode_does_not_crash_the_worker
             assert not running.done()
 
     asyncio.run(scenario())
+
+
+def test_a_state_that_cannot_be_encoded_dead_letters_its_events_instead_of_crash_looping(
+    broker_settings: Settings, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``flush`` builds each touched lead's state record (``next_deadline``, ``to_bytes``) after
+    ``process``'s per-record guard: a core bug there (a state holding a value the encoder refuses) escaped
+    the poll loop, the worker exited, and after a restart the same batch raised again (a crash loop). Now
+    the batch is dropped unwritten, that lead's input records of the batch are dead-lettered (stage
+    ``process``, the exception in the error), and the rest of the batch is processed and committed."""
+    bad, fine = "L-unencodable", "L-encodable"
+    real_to_bytes = LeadState.to_bytes
+    raised: list[int] = []
+
+    def to_bytes_with_a_bug(self: LeadState) -> bytes:
+        if self.key == bad and f"{bad}-poison" in self.seen:
+            raised.append(1)
+            raise TypeError("injected: the state holds a value the encoder refuses")
+        return real_to_bytes(self)
+
+    monkeypatch.setattr(LeadState, "to_bytes", to_bytes_with_a_bug)
+    metrics = Metrics(CollectorRegistry(), component="worker")
+    worker = LeadWorker(broker_settings, load_rules(None), metrics, scan_interval_s=3600)
+    now = int(time.time() * 1000)
+    visits = broker_settings.topic("events.web_visits")
+
+    def seen(lead: str, event_id: str) -> bool:  # (the store is empty for a moment while it reloads)
+        state = worker.store.get(lead.encode())
+        return state is not None and event_id in state.seen
+
+    def visits_committed() -> int:
+        return sum(o for tp, o in worker.committed.items() if tp.topic == visits)
+
+    async def scenario() -> None:
+        async with running_worker(worker) as running:
+            await wait_until(lambda: worker.ready()[0], running, seen=lambda: "worker never became ready")
+            with Producer(broker_settings) as producer:
+                for lead in (bad, fine):
+                    producer.send("lead_identified", profile(lead, now))
+            await wait_until(
+                lambda: seen(bad, f"{bad}-profile") and seen(fine, f"{fine}-profile"), running, timeout_s=20
+            )
+            with Producer(broker_settings) as producer:  # one flush: most likely one batch
+                producer.send("web_visit", _visit(bad, "poison", now - 30_000))
+                producer.send("web_visit", _visit(fine, "visit", now - 20_000))
+            await wait_until(
+                lambda: seen(fine, f"{fine}-visit") and visits_committed() == 2,
+                running,
+                timeout_s=30,
+                seen=lambda: f"raised {len(raised)}, committed {worker.committed}",
+            )
+            with Producer(broker_settings) as producer:  # the lead's later events are processed
+                producer.send("web_visit", _visit(bad, "after", now - 10_000))
+            await wait_until(lambda: seen(bad, f"{bad}-after") and visits_committed() == 3, running, 30)
+            assert not seen(bad, f"{bad}-poison")
+            assert not running.done()
+
+    asyncio.run(scenario())
+    assert raised, "the injected bug never ran"
+    durable = _durable(broker_settings)
+    bad_state, fine_state = durable.get(bad.encode()), durable.get(fine.encode())
+    assert (
+        bad_state is not None and f"{bad}-after" in bad_state.seen and f"{bad}-poison" not in bad_state.seen
+    )
+    assert fine_state is not None and f"{fine}-visit" in fine_state.seen
+    letters = [d for d in _dead_letters(broker_settings) if d["source_topic"] == visits]
+    assert [d["event_id"] for d in letters] == [f"{bad}-poison"], letters
+    letter = letters[0]
+    assert letter["stage"] == "process" and letter["error_type"] == "NotWritable" and letter["offset"] >= 0
+    assert "TypeError" in letter["error"] and "injected" in letter["error"] and bad in letter["error"], letter
+    assert (
+        metrics.registry.get_sample_value(
+            "leadpulse_dlq_records_total", {"source_topic": "events.web_visits", "stage": "process"}
+        )
+        == 1.0
+    )
+
+
+def test_an_account_that_cannot_be_encoded_dead_letters_its_hops_instead_of_crash_looping(
+    broker_settings: Settings, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The same for an account: its ``account_score`` output is encoded in ``flush``, outside the per-record
+    guard. The records that fed it are its hops on the internal accounts topic (keyed by domain): they are
+    dead-lettered, the account is not written, and the other account and the leads are."""
+    bad_domain = "unencodable.example"
+    bad, fine = "L-acct-bad", "L-acct-fine"
+    real_record = worker_batch.account_score_record
+    raised: list[str] = []
+
+    def record_with_a_bug(account: AccountState, computed_at: int) -> dict[str, Any]:
+        if account.domain == bad_domain:
+            raised.append(account.domain)
+            raise ValueError("injected: the account holds a value the encoder refuses")
+        return real_record(account, computed_at)
+
+    monkeypatch.setattr(worker_batch, "account_score_record", record_with_a_bug)
+    metrics = Metrics(CollectorRegistry(), component="worker")
+    worker = LeadWorker(broker_settings, load_rules(None), metrics, scan_interval_s=3600)
+    now = int(time.time() * 1000)
+
+    def hops_dead_lettered() -> float:
+        return (
+            metrics.registry.get_sample_value(
+                "leadpulse_dlq_records_total",
+                {"source_topic": "leadpulse.internal.accounts", "stage": "process"},
+            )
+            or 0.0
+        )
+
+    async def scenario() -> None:
+        async with running_worker(worker) as running:
+            await wait_until(lambda: worker.ready()[0], running, seen=lambda: "worker never became ready")
+            with Producer(broker_settings) as producer:
+                producer.send("lead_identified", profile(bad, now, company_domain=bad_domain))
+                producer.send("lead_identified", profile(fine, now))
+                for lead in (bad, fine):
+                    producer.send("download", demo_request(lead, now - HOUR))
+            await wait_until(
+                lambda: (
+                    hops_dead_lettered() >= 1
+                    and worker.store.get_account(ACCOUNT_PREFIX + b"buyer.example") is not None
+                ),
+                running,
+                timeout_s=30,
+                seen=lambda: f"raised {raised}, committed {worker.committed}",
+            )
+            assert worker.store.get_account(ACCOUNT_PREFIX + bad_domain.encode()) is None
+            assert not running.done()
+
+    asyncio.run(scenario())
+    found = outputs(broker_settings)
+    assert {r["domain"] for r in found["account_score"]} == {"buyer.example"}
+    letters = [d for d in found["dead_letter"] if d["source_topic"].endswith("leadpulse.internal.accounts")]
+    assert letters and all(d["stage"] == "process" and d["error_type"] == "NotWritable" for d in letters)
+    assert "ValueError" in letters[0]["error"] and "injected" in letters[0]["error"], letters[0]
+    durable = _durable(broker_settings)
+    for lead in (bad, fine):
+        state = durable.get(lead.encode())
+        assert state is not None and f"{lead}-demo" in state.seen, lead
