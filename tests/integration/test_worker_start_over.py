@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Sequence
+from functools import partial
 from typing import Any
 
 import pytest
@@ -38,6 +39,17 @@ from tests.integration.worker_harness import running_worker, wait_until
 pytestmark = pytest.mark.integration
 
 KAFKA_MESSAGE_MAX_BYTES = 1_048_588  # a Kafka broker's default message.max.bytes
+
+
+def _seen(worker: LeadWorker, lead: str, event_id: str) -> bool:
+    """Whether the worker's store holds ``event_id`` among ``lead``'s seen ids (False while a reload has
+    emptied the store for a moment)."""
+    state = worker.store.get(lead.encode())
+    return state is not None and event_id in state.seen
+
+
+async def _until_ready(worker: LeadWorker, running: asyncio.Task[None]) -> None:
+    await wait_until(lambda: worker.ready()[0], running, seen=lambda: "worker never became ready")
 
 
 def _visit(lead: str, name: str, at: int) -> dict[str, Any]:
@@ -96,7 +108,7 @@ def test_a_batch_processed_again_after_a_start_over_is_counted_once(
 
     async def scenario() -> None:
         async with running_worker(worker) as running:
-            await wait_until(lambda: worker.ready()[0], running, seen=lambda: "worker never became ready")
+            await _until_ready(worker, running)
             with Producer(broker_settings) as producer:
                 producer.send("lead_identified", profile(lead, now))
                 producer.send("download", demo_request(lead, now - HOUR))
@@ -159,13 +171,11 @@ def test_a_step_that_raises_after_updating_the_state_in_place_leaves_no_trace_in
     worker = LeadWorker(broker_settings, load_rules(None), metrics, scan_interval_s=3600)
     now = int(time.time() * 1000)
 
-    def seen(event_id: str) -> bool:
-        state = worker.store.get(lead.encode())
-        return state is not None and event_id in state.seen
+    seen = partial(_seen, worker, lead)
 
     async def scenario() -> None:
         async with running_worker(worker) as running:
-            await wait_until(lambda: worker.ready()[0], running, seen=lambda: "worker never became ready")
+            await _until_ready(worker, running)
             with Producer(broker_settings) as producer:
                 producer.send("lead_identified", profile(lead, now))
                 producer.send("download", demo_request(lead, now - HOUR))
@@ -241,13 +251,11 @@ def test_a_state_too_large_to_write_dead_letters_its_events_instead_of_stalling_
     worker = LeadWorker(broker_settings, load_rules(None), metrics, scan_interval_s=3600)
     after = "L-after-big"
 
-    def seen(lead: str, event_id: str) -> bool:
-        state = worker.store.get(lead.encode())
-        return state is not None and event_id in state.seen
+    seen = partial(_seen, worker)
 
     async def scenario() -> None:
         async with running_worker(worker) as running:
-            await wait_until(lambda: worker.ready()[0], running, seen=lambda: "worker never became ready")
+            await _until_ready(worker, running)
             with Producer(broker_settings) as producer:
                 for event in big:
                     producer.send("web_visit", event)
@@ -307,9 +315,7 @@ def test_an_sla_scan_that_raises_for_one_lead_neither_stops_the_worker_nor_keeps
     monkeypatch.setattr(worker_sla_scan, "check_timers", check_with_a_bug)
     worker = LeadWorker(broker_settings, load_rules(None), scan_interval_s=0.3, idle_after_s=1)
 
-    def seen(lead: str, event_id: str) -> bool:  # (the store is empty for a moment while it reloads)
-        state = worker.store.get(lead.encode())
-        return state is not None and event_id in state.seen
+    seen = partial(_seen, worker)
 
     def fired(lead: str) -> list[str]:
         state = worker.store.get(lead.encode())
@@ -318,7 +324,7 @@ def test_an_sla_scan_that_raises_for_one_lead_neither_stops_the_worker_nor_keeps
 
     async def scenario() -> None:
         async with running_worker(worker) as running:
-            await wait_until(lambda: worker.ready()[0], running, seen=lambda: "worker never became ready")
+            await _until_ready(worker, running)
             with Producer(broker_settings) as producer:
                 for lead in (buggy, fine):
                     producer.send("lead_identified", {**profile(lead, t), "event_time": t})
@@ -363,7 +369,7 @@ def test_a_state_the_sla_scan_grows_past_the_record_limit_does_not_hold_back_eve
 
     async def scenario() -> None:
         async with running_worker(worker) as running:
-            await wait_until(lambda: worker.ready()[0], running, seen=lambda: "worker never became ready")
+            await _until_ready(worker, running)
             with Producer(broker_settings) as producer:
                 for lead in (big, fine):
                     producer.send("lead_identified", {**profile(lead, t), "event_time": t})
@@ -402,13 +408,11 @@ def test_a_due_lead_whose_stored_state_does_not_decode_does_not_crash_the_worker
     worker = LeadWorker(broker_settings, load_rules(None), scan_interval_s=0.3, idle_after_s=1)
     later = "L-after-undecodable"
 
-    def seen(lead: str, event_id: str) -> bool:
-        state = worker.store.get(lead.encode())
-        return state is not None and event_id in state.seen
+    seen = partial(_seen, worker)
 
     async def scenario() -> None:
         async with running_worker(worker) as running:
-            await wait_until(lambda: worker.ready()[0], running, seen=lambda: "worker never became ready")
+            await _until_ready(worker, running)
             await wait_until(lambda: bool(worker.scan_failed), running, timeout_s=30)
             with Producer(broker_settings) as producer:
                 producer.send("web_visit", _visit(later, "visit", int(time.time() * 1000)))
@@ -443,16 +447,14 @@ def test_a_state_that_cannot_be_encoded_dead_letters_its_events_instead_of_crash
     now = int(time.time() * 1000)
     visits = broker_settings.topic("events.web_visits")
 
-    def seen(lead: str, event_id: str) -> bool:  # (the store is empty for a moment while it reloads)
-        state = worker.store.get(lead.encode())
-        return state is not None and event_id in state.seen
+    seen = partial(_seen, worker)
 
     def visits_committed() -> int:
         return sum(o for tp, o in worker.committed.items() if tp.topic == visits)
 
     async def scenario() -> None:
         async with running_worker(worker) as running:
-            await wait_until(lambda: worker.ready()[0], running, seen=lambda: "worker never became ready")
+            await _until_ready(worker, running)
             with Producer(broker_settings) as producer:
                 for lead in (bad, fine):
                     producer.send("lead_identified", profile(lead, now))
@@ -528,7 +530,7 @@ def test_an_account_that_cannot_be_encoded_dead_letters_its_hops_instead_of_cras
 
     async def scenario() -> None:
         async with running_worker(worker) as running:
-            await wait_until(lambda: worker.ready()[0], running, seen=lambda: "worker never became ready")
+            await _until_ready(worker, running)
             with Producer(broker_settings) as producer:
                 producer.send("lead_identified", profile(bad, now, company_domain=bad_domain))
                 producer.send("lead_identified", profile(fine, now))
