@@ -29,6 +29,7 @@ from agents.rules_sections import (
     SlaRules,
     StageRules,
     StateRules,
+    whole_words,
 )
 
 DEFAULT_RULES_PATH = Path(__file__).resolve().parent / "rules.default.yaml"
@@ -137,6 +138,7 @@ class Compiled:
         "title_dq_exceptions",
         "title_fit",
         "title_support",
+        "title_support_exceptions",
     )
 
     def __init__(self) -> None:
@@ -147,6 +149,7 @@ class Compiled:
         self.title_dq_exceptions: re.Pattern[str] | None = None  # disqualify.title_exceptions
         self.title_fit: tuple[tuple[re.Pattern[str], float], ...] = ()
         self.title_support: tuple[re.Pattern[str], ...] = ()  # fit.support_roles.keywords, one per keyword
+        self.title_support_exceptions: re.Pattern[str] | None = None  # fit.support_roles.exceptions
         self.support_points = 0.0
         self.sizes: tuple[tuple[int, float], ...] = ()  # (min employees, points), largest minimum first
         self.late_window_ms = 0
@@ -175,13 +178,15 @@ class Compiled:
             c.tables[table] = compiled
         c.email_links = tuple(c.tables["email_link"].items())
         if rules.disqualify.title_keywords:
-            c.title_dq = _words(rules.disqualify.title_keywords)
+            c.title_dq = whole_words(rules.disqualify.title_keywords)
         if rules.disqualify.title_exceptions:
-            c.title_dq_exceptions = _words(rules.disqualify.title_exceptions)
-        c.title_fit = tuple((_words([kw]), pts) for kw, pts in rules.fit.title_keywords.items())
+            c.title_dq_exceptions = whole_words(rules.disqualify.title_exceptions)
+        c.title_fit = tuple((whole_words([kw]), pts) for kw, pts in rules.fit.title_keywords.items())
         if rules.fit.support_roles is not None:
-            c.title_support = tuple(_words([kw]) for kw in rules.fit.support_roles.keywords)
+            c.title_support = tuple(whole_words([kw]) for kw in rules.fit.support_roles.keywords)
             c.support_points = rules.fit.support_roles.points
+            if rules.fit.support_roles.exceptions:
+                c.title_support_exceptions = whole_words(rules.fit.support_roles.exceptions)
         c.sizes = tuple(sorted(((b.min, b.points) for b in rules.fit.company_size), reverse=True))
         c.late_window_ms = int(rules.late_window_days * DAY_MS)
         c.late_by_arrival = rules.late_by_arrival
@@ -205,26 +210,6 @@ class Compiled:
                     specific = rule
                     break
         return specific if specific is not None else tables["event_type"].get(schema)
-
-
-# A word character that ends a word: \w except kana and CJK ideographs. Japanese and Chinese do not
-# separate words by spaces, so to \w a title like 営業部長 (sales director) was one word, and the keyword
-# 部長 (or a disqualifying 学生, student, in 大学生) never matched: Japanese titles could not be scored.
-_WORD = r"[^\W\u3040-\u30ff\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff\uff66-\uff9f]"
-
-
-def _words(keywords: list[str]) -> re.Pattern[str]:
-    # whole words by lookaround, not \b: a keyword ending in punctuation (c++, c#) never matched with \b
-    return re.compile("|".join(_word(k.lower()) for k in keywords))
-
-
-def _word(keyword: str) -> str:
-    """A keyword as a whole word: no word character may touch an end of it that is a word character. An
-    end that is punctuation bounds itself: a possessive "'s assistant" follows its owner's last letter
-    ("ceo's assistant"), which the lookbehind refused."""
-    before = f"(?<!{_WORD})" if keyword[:1].isalnum() or keyword[:1] == "_" else ""
-    after = f"(?!{_WORD})" if keyword[-1:].isalnum() or keyword[-1:] == "_" else ""
-    return f"{before}{re.escape(keyword)}{after}"
 
 
 _PROBLEMS = {

@@ -62,6 +62,31 @@ def _blank_or_padded(table: str, keys: Any, what: str = "never matches") -> Valu
     return None
 
 
+# A word character that ends a word: \w except kana and CJK ideographs. Japanese and Chinese do not
+# separate words by spaces, so to \w a title like 営業部長 (sales director) was one word, and the keyword
+# 部長 (or a disqualifying 学生, student, in 大学生) never matched: Japanese titles could not be scored.
+_WORD = r"[^\W\u3040-\u30ff\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff\uff66-\uff9f]"
+
+
+def whole_words(keywords: list[str]) -> re.Pattern[str]:
+    """One pattern matching any of ``keywords`` (lower-case) as a whole word, as every title rule is
+    matched (``fit.title_keywords``, ``fit.support_roles``, ``disqualify.title_keywords`` and their
+    exceptions). Here, not in ``agents/rules.py``, so that a validator can ask whether a phrase can match."""
+    # whole words by lookaround, not \b: a keyword ending in punctuation (c++, c#) never matched with \b
+    return re.compile("|".join(_word(k.lower()) for k in keywords))
+
+
+def _word(keyword: str) -> str:
+    """A keyword as a whole word: no word character may touch an end of it that is a word character. An
+    end that is punctuation bounds itself, at the start as at the end: a possessive "'s assistant" follows
+    its owner's last letter ("ceo's assistant"), which a lookbehind refused, and a dotted name such as
+    ``.net`` is matched in "ASP.NET Developer" (a .NET framework) as ``c++`` is in "C++/CLI". Decided, not
+    an oversight: the punctuation is the separator the user wrote into the keyword."""
+    before = f"(?<!{_WORD})" if keyword[:1].isalnum() or keyword[:1] == "_" else ""
+    after = f"(?!{_WORD})" if keyword[-1:].isalnum() or keyword[-1:] == "_" else ""
+    return f"{before}{re.escape(keyword)}{after}"
+
+
 class RuleSpec(RulesModel):
     """Points one matching event earns. A bare number in YAML is shorthand for ``{points: N}``."""
 
@@ -124,17 +149,33 @@ COUNTRY_CODE = re.compile(r"[A-Z]{2}")
 class SupportRoles(RulesModel):
     """Titles of people who work for a decision maker: "Assistant to the President", 社長秘書. The title
     keyword they contain (president, 社長) names the person supported, not the lead, so a title with one of
-    ``keywords`` (whole words, case-insensitive, like ``title_keywords``) scores ``points`` instead of its
-    title keywords. Used only where title keywords are: when the profile has no seniority."""
+    ``keywords`` (whole words, case-insensitive, like ``title_keywords``) outside every ``exceptions``
+    phrase scores ``points`` instead of its title keywords. Used only where title keywords are: when the
+    profile has no seniority."""
 
     points: Points
     keywords: list[str]
+    # Whole-word phrases in which a keyword names the lead's own job, not a person the lead supports: an
+    # "Intern Program Manager" runs the intern program (a manager, 8), a "Secretary to the Board" is the
+    # board's officer, like a Company Secretary. Phrases, not fewer keywords: "Marketing Intern" and
+    # "Secretary to the Director" are still support roles.
+    exceptions: list[str] = Field(default_factory=list)
 
     @model_validator(mode="after")
     def _keywords_that_can_match(self) -> SupportRoles:
         what = "would make every job title a support role"
         if (problem := _blank_or_padded("keywords", self.keywords, what)) is not None:
             raise problem
+        if (problem := _blank_or_padded("exceptions", self.exceptions)) is not None:
+            raise problem
+        # matched as titles are: "internship program" holds the letters of intern but never excepts it
+        pattern = whole_words(self.keywords) if self.keywords else None
+        for i, phrase in enumerate(self.exceptions):
+            if pattern is None or not pattern.search(phrase.lower()):
+                raise _at(
+                    f".exceptions[{i}]",
+                    f"{phrase!r} contains none of keywords as a whole word, so it never excepts anything",
+                )
         return self
 
 

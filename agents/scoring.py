@@ -87,7 +87,9 @@ def title_points(title: str, rules: Rules) -> float:
     it names a support role ("Assistant to the President" assists the president: scored as one, every
     assistant was a C-level buyer), else its highest ``title_keywords``. A keyword (or support keyword) found
     only inside a longer title keyword's match does not count: "vice president" is a VP (15), not also a
-    president (20); "highest wins" made every Vice President a C-level buyer."""
+    president (20); "highest wins" made every Vice President a C-level buyer. Nor does a support keyword
+    inside a ``fit.support_roles.exceptions`` phrase: "Intern Program Manager" runs the program (8), it was
+    scored as an intern (2)."""
     compiled = rules.compiled
     found = [
         (m.start(), m.end(), pts) for pattern, pts in compiled.title_fit for m in pattern.finditer(title)
@@ -96,8 +98,14 @@ def title_points(title: str, rules: Rules) -> float:
     def counts(start: int, end: int) -> bool:
         return not any(s <= start and end <= e and e - s > end - start for s, e, _ in found)
 
+    exceptions = compiled.title_support_exceptions
+    excepted = [(m.start(), m.end()) for m in exceptions.finditer(title)] if exceptions is not None else []
+
+    def supports(start: int, end: int) -> bool:
+        return counts(start, end) and not any(s <= start and end <= e for s, e in excepted)
+
     for pattern in compiled.title_support:
-        if any(counts(m.start(), m.end()) for m in pattern.finditer(title)):
+        if any(supports(m.start(), m.end()) for m in pattern.finditer(title)):
             return compiled.support_points
     matches = [pts for start, end, pts in found if counts(start, end)]
     return max(matches, default=0.0)

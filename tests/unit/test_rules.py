@@ -244,6 +244,23 @@ def test_a_file_that_is_not_utf8_names_the_file(tmp_path: Path) -> None:
             "fit.support_roles.keywords[1]: 'Manager' is also a title_keywords key, whose points would never "
             "apply",
         ),
+        (
+            {"points": 2, "keywords": ["intern"], "exceptions": ["intern program", "internship program"]},
+            "fit.support_roles.exceptions[1]: 'internship program' contains none of keywords as a whole "
+            "word, so it never excepts anything",
+        ),
+        (
+            {"points": 2, "keywords": ["intern"], "exceptions": ["intern program "]},
+            "fit.support_roles.exceptions[0]: 'intern program ' is blank or has surrounding spaces",
+        ),
+        (
+            {"points": 2, "keywords": ["intern"], "exceptions": "intern program"},
+            "fit.support_roles.exceptions: expected a list such as [a, b], got the string",
+        ),
+        (
+            {"points": 2, "keywords": [], "exceptions": ["intern program"]},
+            "fit.support_roles.exceptions[0]: 'intern program' contains none of keywords",
+        ),
     ],
 )
 def test_a_bad_support_roles_section_is_refused_naming_the_key(support_roles: object, message: str) -> None:

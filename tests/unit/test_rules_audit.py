@@ -195,6 +195,16 @@ def test_a_title_keyword_ending_in_punctuation_matches(tmp_path: Path) -> None:
     assert profile_fit({"job_title": "senior manager"}, rules) == 0  # removed from the table above
 
 
+def test_a_title_keyword_starting_with_punctuation_needs_no_boundary_there(tmp_path: Path) -> None:
+    """Decided, not fixed (docs/scoring.md): the punctuation is the keyword's own separator, so `.net`
+    matches in ASP.NET (a .NET framework) as `'s assistant` must after its owner's name; its letter end
+    still needs the boundary."""
+    rules = load_rules(edited(tmp_path, "    head: 12\n    manager: 8\n", "    head: 12\n    .net: 3\n"))
+    assert profile_fit({"job_title": ".NET developer"}, rules) == 3
+    assert profile_fit({"job_title": "ASP.NET developer"}, rules) == 3
+    assert profile_fit({"job_title": ".Network engineer"}, rules) == 0
+
+
 def test_yaml_anchors_and_merge_keys_work(tmp_path: Path) -> None:
     """A merge key (`<<: *pricing`) was refused as 'could not determine a constructor'."""
     text = SHIPPED.replace(PRICING, "pricing: &fast {points: 10, half_life_days: 14, daily_cap: 3}").replace(

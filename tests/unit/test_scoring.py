@@ -138,6 +138,50 @@ def test_a_title_about_internships_is_not_an_intern(title: str, points: int) -> 
     assert profile_fit({"job_title": title}, load_rules()) == points
 
 
+@pytest.mark.parametrize(
+    ("title", "points"),
+    [
+        # they run or staff the intern program: these scored 2 (intern) under the shipped rules
+        ("Intern Program Manager", 8),
+        ("Director of Intern Programs", 12),
+        ("Head of Intern Programmes", 12),
+        ("Intern Recruitment Manager", 8),
+        ("インターン採用担当部長", 12),  # director in charge of intern recruiting
+        ("インターン担当課長", 8),  # section manager in charge of interns
+        # the board's officer, scored like "Company Secretary" (by its other keywords), was 2
+        ("Secretary to the Board", 0),
+        ("Director and Secretary to the Board", 12),
+        ("VP, General Counsel and Secretary to the Board", 15),
+        ("Secretary to the Board of Directors", 0),
+        # still support roles: the keyword outside every exception
+        ("Marketing Intern", 2),
+        ("Intern, Intern Program", 2),
+        ("営業インターン", 2),
+        ("Secretary to the Director", 2),
+        ("Secretary to the Board Chair", 2),  # the chair's secretary: a longer support keyword
+        ("Executive Secretary to the Board Chairman", 2),
+        # already right: intern is a whole word, so "internship(s)" never matched it
+        ("Head of Internships", 12),
+        ("Internship Coordinator", 0),
+    ],
+)
+def test_a_support_keyword_inside_a_shipped_exception_is_the_leads_own_job(title: str, points: int) -> None:
+    """fit.support_roles.exceptions: "Intern Program Manager" manages the intern program and "Secretary to
+    the Board" is a board officer, but the support keywords intern and "secretary to" scored both as staff
+    (2), also when the title named a director or a VP."""
+    assert profile_fit({"job_title": title}, load_rules()) == points
+
+
+def test_support_role_exceptions_from_a_custom_rules_file() -> None:
+    """Any phrases; without the key (optional) the keyword is a support role wherever it stands."""
+    fit = {"title_keywords": {"manager": 8}, "support_roles": {"points": 1, "keywords": ["trainee"]}}
+    assert profile_fit({"job_title": "Trainee Scheme Manager"}, rules(fit=fit)) == 1
+    fit["support_roles"] = {"points": 1, "keywords": ["trainee"], "exceptions": ["trainee scheme"]}
+    excepting = rules(fit=fit)
+    assert profile_fit({"job_title": "Trainee Scheme Manager"}, excepting) == 8
+    assert profile_fit({"job_title": "Sales Trainee"}, excepting) == 1
+
+
 def test_the_seniority_field_still_wins_over_a_support_title() -> None:
     shipped = load_rules()
     assert profile_fit({"job_title": "Assistant to the President", "seniority": "manager"}, shipped) == 8
