@@ -127,6 +127,11 @@ LEAVES = [[a, s] for a in FEEDBACK_ACTIVITIES for s in STAGES if activity_move(s
 # moved nothing, before the lead entered such a stage again, is the same rejection told again: a rep giving
 # the reason a blank rejection lacked (what the rejection_feedback SLA chases), or correcting it. Its reason
 # is the last one given by ``until``. A rejection counts in the period of its first record.
+# The period's lower bound is the last line (``opened_at >= since``), not in the scans as in the other
+# sections: a reason given in the period for a rejection opened before it must find that rejection to join
+# it, else it counted as a rejection of this period. A mover's event time is its transition's
+# ``occurred_at`` (a backward move needs its event to be at least as new as the stage, so nothing clamps
+# it), the time recycles are bounded by: the period's recycles are its feedback rows with a stage.
 FEEDBACK = """
 WITH records AS (
     SELECT a.event_id AS event_id, a.lead_id AS lead_id, a.activity AS activity, a.at AS at,
