@@ -240,12 +240,14 @@ class DisqualifyRules(RulesModel):
                 raise problem
         if (problem := _blank_or_padded("title_exceptions", self.title_exceptions)) is not None:
             raise problem
-        keywords = [keyword.lower() for keyword in self.title_keywords]
+        # matched as titles are: "studentship office" holds the letters of student but never excepts it
+        pattern = whole_words(self.title_keywords) if self.title_keywords else None
         for i, phrase in enumerate(self.title_exceptions):
-            if not any(keyword in phrase.lower() for keyword in keywords):
+            if pattern is None or not pattern.search(phrase.lower()):
                 raise _at(
                     f".title_exceptions[{i}]",
-                    f"{phrase!r} contains none of title_keywords, so it never excepts anything",
+                    f"{phrase!r} contains none of title_keywords as a whole word, so it never excepts"
+                    " anything",
                 )
         for i, domain in enumerate(self.email_domains):
             if not DOMAIN.fullmatch(domain):

@@ -550,6 +550,16 @@ def test_a_title_exception_that_contains_no_title_keyword_is_refused_naming_it()
         )
 
 
+def test_a_title_exception_holding_a_keyword_only_inside_a_longer_word_is_refused() -> None:
+    """Titles are matched by whole words, so "studentship office" never excepts the keyword student: it
+    passed the start-up check, which looked for the letters anywhere, and silently did nothing."""
+    disqualify = {"title_keywords": ["student"], "title_exceptions": ["studentship office"]}
+    with pytest.raises(RulesError, match=r"title_exceptions\[0\]: 'studentship office' contains none"):
+        rules_from_mapping({"disqualify": disqualify})
+    assert disqualification({"job_title": "Studentship Office Lead"}, load_rules()) is None
+    rules_from_mapping({"disqualify": {"title_keywords": ["学生"], "title_exceptions": ["学生採用"]}})
+
+
 def test_disqualified_lead_is_scored_but_never_hot() -> None:
     lead = Lead()
     lead.send(identified(flags=["student"]))
