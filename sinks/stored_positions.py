@@ -97,12 +97,16 @@ class StoredPositions:
         self.registry = registry
         self.email_key = email_key
 
+    def _table(self, topic: str) -> TableSpec:
+        """The table ``topic``'s records are stored in: one lookup (catalogue schema, then its table) for
+        every query here, so they all read the table the sink writes."""
+        return TABLE_FOR_SCHEMA[spec_for(topic, self.settings.topic_prefix).schema]
+
     def stored_for(self, assigned: set[tuple[str, int]]) -> dict[tuple[str, int], int]:
         """Highest stored offset of each newly assigned partition: records up to it are already in
         ClickHouse (a crash between insert and commit) and are skipped, not inserted a second time, but for
         the gaps ``resume_points`` lists."""
-        prefix = self.settings.topic_prefix
-        tables = {TABLE_FOR_SCHEMA[spec_for(t, prefix).schema].table for t, _ in assigned}
+        tables = {self._table(t).table for t, _ in assigned}
         specs = [TABLE_FOR_SCHEMA_BY_TABLE[name] for name in sorted(tables)]
         stored = stored_positions(self.client, specs, sorted({t for t, _ in assigned}))
         return {tp: offset for tp, offset in stored.items() if tp in assigned}
@@ -113,13 +117,11 @@ class StoredPositions:
         """What to skip of each partition in ``stored`` (its highest stored offset, after the same-log
         check): the offsets stored from its committed offset on (0 when the group has none), the gaps among
         them taken again. Below the committed offset everything is stored or dead-lettered already."""
-        prefix = self.settings.topic_prefix
         by_table: dict[str, dict[tuple[str, int], int]] = {}
         for tp, max_stored in stored.items():
             low = committed.get(tp, 0)
             if low < max_stored:
-                table = TABLE_FOR_SCHEMA[spec_for(tp[0], prefix).schema].table
-                by_table.setdefault(table, {})[tp] = low
+                by_table.setdefault(self._table(tp[0]).table, {})[tp] = low
         gaps: dict[tuple[str, int], list[tuple[int, int]]] = {}
         for name, lowest in sorted(by_table.items()):
             gaps.update(stored_gaps(self.client, TABLE_FOR_SCHEMA_BY_TABLE[name], lowest, MAX_GAPS + 1))
@@ -196,11 +198,9 @@ class StoredPositions:
 
     def stored_ids(self, positions: dict[tuple[str, int], int]) -> dict[tuple[str, int], str]:
         """The first column (the row's id) of the row stored at each position."""
-        prefix = self.settings.topic_prefix
         by_table: dict[str, list[tuple[str, int, int]]] = {}
         for (topic, partition), offset in positions.items():
-            table = TABLE_FOR_SCHEMA[spec_for(topic, prefix).schema]
-            by_table.setdefault(table.table, []).append((topic, partition, offset))
+            by_table.setdefault(self._table(topic).table, []).append((topic, partition, offset))
         ids: dict[tuple[str, int], str] = {}
         for name, wanted in by_table.items():
             spec = TABLE_FOR_SCHEMA_BY_TABLE[name]
