@@ -203,9 +203,16 @@ class RecordIntake:
     def _stored_lately(self, tp: tuple[str, int], record_id: str, offset: int, unwritten: int) -> bool:
         """Whether a copy of the record was stored lately from its partition: then this one is a re-send
         and is not stored (the daily views would count it twice; counted, its offset committed like any
-        other). Otherwise the record is remembered as taken here."""
+        other). Otherwise the record is remembered as taken here; a copy whose first one still waits
+        unwritten (it may yet be refused) is stored too, and remembered beside it
+        (``RecentIds.also_taken``)."""
         first = self.recent.first_or_take(tp, record_id, offset)
-        return first is not None and first < unwritten
+        if first is None:
+            return False
+        if first < unwritten:
+            return True
+        self.recent.also_taken(tp, record_id, offset)
+        return False
 
     def _inadmissible(
         self, tp: TopicPartition, msg: ConsumerRecord[bytes, bytes], exc: InadmissibleEvent

@@ -388,6 +388,40 @@ def test_a_refused_copy_never_hides_a_good_one_and_a_poison_copy_is_dead_lettere
     assert stored == [(good["dwell_ms"],)]
 
 
+def test_a_re_send_of_a_corrected_copy_taken_beside_its_refused_first_copy_is_not_stored_again(
+    ch: Client, broker_settings: Settings, start_sink: Callable[..., RunningSink]
+) -> None:
+    """A refused first copy and its corrected re-send taken into the same batch: the corrected one is
+    stored, and a later re-send of it is a duplicate like any other. The recent-id memory kept only the
+    first copy's offset, and forgetting the refused copy forgot the id, so the third copy was stored again
+    (two rows, counted twice by the daily views)."""
+    settings = broker_settings
+    registry = default_registry()
+    topic = settings.topic("events.content_views")
+    content = f"{settings.topic_prefix}third-copy-item"
+    good = {
+        **next(iter(sample_events("content_view", 1, seed=9))),
+        "event_id": f"{settings.topic_prefix}corrected",
+        "content_id": content,
+    }
+    refused = {**good, "dwell_ms": -5}  # ClickHouse's CHECK refuses it
+    sink = start_sink(ch, BatchPolicy(10_000, 0.5))
+    with Producer(settings) as producer:  # one batch: the refused copy first
+        producer.send_encoded(topic, b"k", registry.encode("content_view", refused))
+        producer.send_encoded(topic, b"k", registry.encode("content_view", good))
+    wait_for(lambda: sum(committed_offsets(settings).values()) == 2, what="both copies handled")
+    assert sink.loop.stats.dead_lettered == 1
+    with Producer(settings) as producer:  # the client re-sends the corrected copy, in a later insert
+        producer.send_encoded(topic, b"k", registry.encode("content_view", good))
+    wait_for(lambda: sum(committed_offsets(settings).values()) == 3, what="the re-send handled")
+    sink.close()
+    assert sink.loop.stats.duplicates == 1
+    by_id = "SELECT count() FROM leadpulse.events WHERE event_id = {e:String}"  # no FINAL: raw rows
+    assert count(ch, by_id, e=good["event_id"]) == 1
+    usage = "SELECT sum(events) FROM leadpulse.content_usage_daily WHERE content_id = {c:String}"
+    assert count(ch, usage, c=content) == 1
+
+
 def test_records_leadpulse_replay_re_publishes_are_not_stored_again(
     ch: Client, broker_settings: Settings, start_sink: Callable[..., RunningSink]
 ) -> None:
