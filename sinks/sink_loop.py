@@ -132,6 +132,9 @@ class ClickHouseSinkLoop:
         self.next_offsets: dict[tuple[str, int], int] = {}
         self.committed: dict[tuple[str, int], int] = {}
         self.resume: dict[tuple[str, int], ResumePoint] = {}  # what is stored already, per partition
+        # Partitions assigned without a known committed offset: their highest stored offset, until their
+        # first fetch tells where the group's position is (``_resume_from_first_fetch``).
+        self.resume_pending: dict[tuple[str, int], int] = {}
         self.retry_at: float | None = None
         self.writing: tuple[SinkBatch, asyncio.Future[list[Rejected]]] | None = None  # the insert in flight
         self.max_poll_records = max_poll_records
@@ -202,7 +205,7 @@ class ClickHouseSinkLoop:
                 # assignment starts unpaused): taken, never dropped, since the position moved past them.
                 records = await self.consumer.getmany(timeout_ms=int(min(wait, 0.5) * 1000))
                 await self._apply_rebalance()
-                self._take_fetched(records)
+                await self._take_fetched(records)
                 await self.lag.report_due(self.consumer, self.committed)
                 return
             # No fetch this step (the failed batch is re-sent first), so apply here a rebalance noted since
@@ -213,7 +216,7 @@ class ClickHouseSinkLoop:
             await self._apply_rebalance()
             if self.writing is not None and self.writing[1].done():
                 await self._settle_write()  # first: the records taken next must know what it stored
-            self._take_fetched(records)
+            await self._take_fetched(records)
         await self.lag.report_due(self.consumer, self.committed)
         if self.retry_at is not None and self.retry_at > time.monotonic():
             return  # the insert in flight failed just now: back off before re-sending it
@@ -223,11 +226,38 @@ class ClickHouseSinkLoop:
         except SinkBackpressure as exc:
             self._back_off(exc)
 
-    def _take_fetched(self, records: dict[TopicPartition, list[ConsumerRecord[bytes, bytes]]]) -> None:
+    async def _take_fetched(self, records: dict[TopicPartition, list[ConsumerRecord[bytes, bytes]]]) -> None:
         """Take what a fetch returned, but for partitions given up meanwhile (their next owner reads them)."""
+        await self._resume_from_first_fetch(records)  # (a partition given up is no longer pending)
         for tp, messages in records.items():
             if (tp.topic, tp.partition) in self.stats.assigned:
                 self._take(tp, messages)
+
+    async def _resume_from_first_fetch(
+        self, records: dict[TopicPartition, list[ConsumerRecord[bytes, bytes]]]
+    ) -> None:
+        """The resume points of partitions assigned while their committed offset could not be read (the
+        group coordinator did not answer, or the group has none), once their first records are here.
+
+        Why wait: the gaps among the stored offsets are listed from a lower bound, and at most
+        ``MAX_GAPS`` of them; listed from offset 0, the gaps below the committed offset (every record
+        dead-lettered, dropped as a re-send or erased there) filled the listing, skipping ended at the
+        first unlisted one, below the committed offset, and every stored record above it was stored again.
+        The first fetched offset is where the group's position starts (the consumer reads the committed
+        offset itself before it fetches): nothing below it is taken, so the gaps are listed from there."""
+        if not self.resume_pending:
+            return
+        firsts = {
+            (tp.topic, tp.partition): messages[0].offset
+            for tp, messages in records.items()
+            if messages and (tp.topic, tp.partition) in self.resume_pending
+        }
+        if not firsts:
+            return
+        if self.writing is not None:  # one statement at a time on the client (a session allows no other)
+            await self._settle_write()
+        stored = {key: self.resume_pending.pop(key) for key in firsts}
+        self.resume.update(await asyncio.to_thread(self.positions.resume_points, stored, firsts))
 
     async def _settle_write(self) -> None:
         """``_finish_write`` outside ``_flush``: a failed insert starts the back-off here."""
@@ -316,6 +346,7 @@ class ClickHouseSinkLoop:
                 self.next_offsets.pop(tp, None)
                 self.committed.pop(tp, None)
                 self.resume.pop(tp, None)
+                self.resume_pending.pop(tp, None)
         self.stats.assigned = {(tp.topic, tp.partition) for tp in self.consumer.assignment()}
         if listener.assigned:
             assigned, listener.assigned = listener.assigned, set()
@@ -324,14 +355,17 @@ class ClickHouseSinkLoop:
             committed = await self._load_commits(assigned)  # first: the gaps are looked for above them
             stored = await asyncio.to_thread(self.positions.stored_for, assigned)
             kept = await self.positions.same_log_only(stored)
-            self.resume.update(await asyncio.to_thread(self.positions.resume_points, kept, committed))
+            known = {tp: offset for tp, offset in kept.items() if tp in committed}
+            self.resume_pending.update({tp: offset for tp, offset in kept.items() if tp not in committed})
+            self.resume.update(await asyncio.to_thread(self.positions.resume_points, known, committed))
 
     async def _load_commits(self, assigned: set[tuple[str, int]]) -> dict[tuple[str, int], int]:
         """The group's committed offset of each newly assigned partition, so the lag metric is right from
         the start (it counted from 0 for a partition with nothing new since a restart: a false lag of the
         partition's whole length, and a false LeadpulseSinkStalled), and so that the stored rows' gaps are
         looked for only above it. Returned: those found (none for a partition without a commit, or when the
-        coordinator does not answer: its gaps are then looked for from offset 0)."""
+        coordinator does not answer: its gaps are then looked for from its first fetched offset,
+        ``_resume_from_first_fetch``)."""
         assert self.consumer is not None
         found = await group_commits(self.consumer, (TopicPartition(t, p) for t, p in assigned)) or {}
         for tp, offset in found.items():

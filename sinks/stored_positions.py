@@ -115,8 +115,9 @@ class StoredPositions:
         self, stored: dict[tuple[str, int], int], committed: dict[tuple[str, int], int]
     ) -> dict[tuple[str, int], ResumePoint]:
         """What to skip of each partition in ``stored`` (its highest stored offset, after the same-log
-        check): the offsets stored from its committed offset on (0 when the group has none), the gaps among
-        them taken again. Below the committed offset everything is stored or dead-lettered already."""
+        check): the offsets stored from its committed offset on (the loop passes the partition's first
+        fetched offset when the committed one could not be read; 0 when missing), the gaps among them taken
+        again. Below the committed offset everything is stored or dead-lettered already."""
         by_table: dict[str, dict[tuple[str, int], int]] = {}
         for tp, max_stored in stored.items():
             low = committed.get(tp, 0)

@@ -23,6 +23,8 @@ from typing import Any
 import clickhouse_connect
 import fastavro
 import pytest
+from aiokafka import AIOKafkaConsumer
+from aiokafka import TopicPartition as AIOTopicPartition
 from clickhouse_connect.driver.client import Client
 from clickhouse_connect.driver.exceptions import OperationalError
 from kafka import KafkaAdminClient, KafkaConsumer, TopicPartition
@@ -42,6 +44,7 @@ from sinks.sink_loop import ClickHouseSinkLoop, sink_group
 from sinks.stored_positions import stored_gaps
 from streams.broker import free_port
 from streams.dlq import writer_of
+from streams.kafka_close import CoordinatorUnreachable
 from streams.producer import DeliveryError, Producer
 from streams.reader import Decoded, read_topic
 from streams.samples import sample_events
@@ -1327,6 +1330,77 @@ def test_a_sink_gone_with_a_dead_letter_unsent_dead_letters_it_on_restart_despit
     assert count(ch, final, p=settings.topic_prefix) == len(good)
     ids = "SELECT uniqExact(event_id) FROM leadpulse.events WHERE startsWith(topic, {p:String})"
     assert count(ch, ids, p=settings.topic_prefix) == len(good)
+
+
+def test_a_sink_that_cannot_read_its_committed_offsets_stores_nothing_twice_however_many_gaps_lie_below(
+    ch: Client, broker_settings: Settings, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A crash between insert and commit leaves rows above the committed offset; the restarted sink skips
+    them. When the group coordinator did not answer its read of the committed offsets at assignment, the
+    gaps among the stored offsets were listed from offset 0: more than the listing keeps (here 3 poison
+    records below the commit against a limit of 2, standing in for ``MAX_GAPS``, 20,000) and skipping ended
+    at the first unlisted gap, below the committed offset, so every stored record above it was stored
+    again. Now the gaps are listed from the first offset the sink fetches (its committed offset), and the
+    stored records above it are skipped."""
+    settings = broker_settings
+    registry = default_registry()
+    topic = settings.topic("events.content_views")
+    content = f"{settings.topic_prefix}silent-coordinator-item"
+    good = [
+        {**e, "event_id": f"{settings.topic_prefix}{e['event_id']}", "content_id": content}
+        for e in sample_events("content_view", 8, seed=39)
+    ]
+    values = [registry.encode("content_view", e) for e in good]
+    before, after = values[:5], values[5:]
+    for at in (1, 3, 5):
+        before.insert(at, b"poison")  # offsets 0..7: poison at 1, 3 and 5, dead-lettered, so no row there
+    with Producer(settings) as producer:
+        for value in before:
+            producer.send_encoded(topic, b"k", value)
+    first = ClickHouseSinkLoop(settings, ch, policy=BatchPolicy(10_000, 0.3))
+    sink = RunningSink(first)
+    try:
+        wait_for(
+            lambda: sum(committed_offsets(settings).values()) == len(before), what="first part committed"
+        )
+
+        async def dies_before_committing() -> None:
+            """From here on the sink stores but never commits: the state a crash between the two leaves."""
+
+        monkeypatch.setattr(first, "_commit", dies_before_committing)
+        # Offsets 8..10 in two inserts: re-read as one batch they carry another dedup token, so ClickHouse
+        # itself would not drop a second insert of them.
+        stored = len(good) - len(after)
+        for part in (after[:1], after[1:]):
+            with Producer(settings) as producer:
+                for value in part:
+                    producer.send_encoded(topic, b"k", value)
+            stored += len(part)
+            wait_for(lambda n=stored: topic_rows(ch, "events", settings) == n, what="later records stored")
+    finally:
+        sink.close()
+    assert sum(committed_offsets(settings).values()) == len(before)
+    monkeypatch.setattr("sinks.stored_positions.MAX_GAPS", 2)
+    unanswered: list[AIOTopicPartition] = []
+
+    async def coordinator_silent(consumer: AIOKafkaConsumer, tp: AIOTopicPartition) -> int | None:
+        unanswered.append(tp)
+        raise CoordinatorUnreachable("injected: no group coordinator answered for the committed offset")
+
+    monkeypatch.setattr(AIOKafkaConsumer, "committed", coordinator_silent)
+    second = RunningSink(ClickHouseSinkLoop(settings, ch, policy=BatchPolicy(10_000, 0.3)))
+    try:
+        wait_for(
+            lambda: sum(committed_offsets(settings).values()) == len(before) + len(after),
+            what="every offset committed",
+        )
+    finally:
+        second.close()
+    assert unanswered, "the committed offsets were read after all"
+    assert second.loop.stats.consumed == len(after)  # re-read from the committed offset, as the group says
+    assert topic_rows(ch, "events", settings) == len(good)  # raw rows: nothing stored twice
+    usage = "SELECT sum(events) FROM leadpulse.content_usage_daily WHERE content_id = {c:String}"
+    assert count(ch, usage, c=content) == len(good)
 
 
 def test_the_gaps_among_stored_offsets_are_listed_from_the_committed_offset_and_bounded(
