@@ -1166,6 +1166,41 @@ def test_a_rebalance_noted_as_a_back_off_ends_is_applied_not_spun_on(
         first.close()
 
 
+def poisoned_partition(
+    settings: Settings, n: int, seed: int, poison: dict[int, bytes]
+) -> tuple[list[dict[str, Any]], list[bytes]]:
+    """``n`` sample content views with this test's ids and the ``poison`` values (offset: bytes) among
+    them, sent under one key: one partition of the content-views topic, at offsets 0.. in order. Returns
+    the valid records and every value sent (``values[offset]``)."""
+    registry = default_registry()
+    good = [
+        {**e, "event_id": f"{settings.topic_prefix}{e['event_id']}"}
+        for e in sample_events("content_view", n, seed=seed)
+    ]
+    values = [registry.encode("content_view", e) for e in good]
+    for offset, value in sorted(poison.items()):
+        values.insert(offset, value)
+    with Producer(settings) as producer:
+        for value in values:
+            producer.send_encoded(settings.topic("events.content_views"), b"k", value)
+    return good, values
+
+
+def dead_letters_of(settings: Settings) -> list[dict[str, Any]]:
+    """Every dead letter on this test's DLQ topic, decoded, in the order written."""
+    registry = default_registry()
+    return [
+        registry.decode(message.value)[1]
+        for message in KafkaConsumer(
+            settings.topic("dlq"),
+            bootstrap_servers=settings.bootstrap,
+            group_id=None,
+            auto_offset_reset="earliest",
+            consumer_timeout_ms=3000,
+        )
+    ]
+
+
 class FlakyDeadLetterProducer:
     """The sink's DLQ producer while the broker does not take dead letters: the first send finds no broker
     (``DeliveryError`` at once, as kafka-python's metadata wait ends), the second is sent but never
@@ -1205,18 +1240,7 @@ def test_dead_letters_the_broker_does_not_take_hold_the_commit_and_are_sent_agai
     them until each is acknowledged: every poison record has exactly one letter and every offset is
     committed once they are."""
     settings = broker_settings
-    registry = default_registry()
-    topic = settings.topic("events.content_views")
-    good = [
-        {**e, "event_id": f"{settings.topic_prefix}{e['event_id']}"}
-        for e in sample_events("content_view", 10, seed=31)
-    ]
-    values = [registry.encode("content_view", e) for e in good]
-    values[3:3] = [b"poison one"]
-    values[6:6] = [b"poison two"]
-    with Producer(settings) as producer:
-        for value in values:
-            producer.send_encoded(topic, b"k", value)  # one key: one partition, offsets 0..11
+    good, values = poisoned_partition(settings, 10, seed=31, poison={3: b"poison one", 6: b"poison two"})
     loop = ClickHouseSinkLoop(settings, ch, policy=BatchPolicy(10_000, 0.3))
     loop.dead_letters._producer = FlakyDeadLetterProducer(settings)
     sink = RunningSink(loop)
@@ -1230,16 +1254,7 @@ def test_dead_letters_the_broker_does_not_take_hold_the_commit_and_are_sent_agai
     finally:
         sink.close()
     assert topic_rows(ch, "events", settings) == len(good)
-    letters = [
-        registry.decode(message.value)[1]
-        for message in KafkaConsumer(
-            settings.topic("dlq"),
-            bootstrap_servers=settings.bootstrap,
-            group_id=None,
-            auto_offset_reset="earliest",
-            consumer_timeout_ms=3000,
-        )
-    ]
+    letters = dead_letters_of(settings)
     assert sorted((letter["offset"], letter["value"]) for letter in letters) == [
         (3, b"poison one"),
         (6, b"poison two"),
@@ -1275,17 +1290,8 @@ def test_a_sink_gone_with_a_dead_letter_unsent_dead_letters_it_on_restart_despit
     without a word. Now only offsets actually stored are skipped: the record in the gap is dead-lettered
     again, and the records around it stay stored once."""
     settings = broker_settings
-    registry = default_registry()
     topic = settings.topic("events.content_views")
-    good = [
-        {**e, "event_id": f"{settings.topic_prefix}{e['event_id']}"}
-        for e in sample_events("content_view", 10, seed=37)
-    ]
-    values = [registry.encode("content_view", e) for e in good]
-    values[3:3] = [b"poison"]
-    with Producer(settings) as producer:
-        for value in values:
-            producer.send_encoded(topic, b"k", value)  # one key: one partition, offsets 0..10, poison at 3
+    good, values = poisoned_partition(settings, 10, seed=37, poison={3: b"poison"})  # offsets 0..10
     first = ClickHouseSinkLoop(settings, ch, policy=BatchPolicy(10_000, 0.3))
     dlq = UnacknowledgedDeadLetterProducer()
     first.dead_letters._producer = dlq
@@ -1310,19 +1316,10 @@ def test_a_sink_gone_with_a_dead_letter_unsent_dead_letters_it_on_restart_despit
         )
     finally:
         second.close()
-    letters = [
-        registry.decode(message.value)[1]
-        for message in KafkaConsumer(
-            settings.topic("dlq"),
-            bootstrap_servers=settings.bootstrap,
-            group_id=None,
-            auto_offset_reset="earliest",
-            consumer_timeout_ms=3000,
-        )
-    ]
     [(committed_tp, _)] = committed_offsets(settings).items()
     found = [
-        (letter["source_topic"], letter["partition"], letter["offset"], letter["value"]) for letter in letters
+        (letter["source_topic"], letter["partition"], letter["offset"], letter["value"])
+        for letter in dead_letters_of(settings)
     ]
     assert found == [(topic, committed_tp[1], 3, b"poison")], "the poison record's letter"
     assert topic_rows(ch, "events", settings) == len(good)  # raw rows: nothing stored twice
@@ -1513,16 +1510,7 @@ def test_a_row_refused_in_a_bisection_whose_batch_a_rebalance_dropped_is_dead_le
         sink_log.setLevel(level)
     [(committed_tp, end)] = committed_offsets(settings).items()
     assert committed_tp[0] == topic and end == len(values)
-    letters = [
-        registry.decode(message.value)[1]
-        for message in KafkaConsumer(
-            settings.topic("dlq"),
-            bootstrap_servers=settings.bootstrap,
-            group_id=None,
-            auto_offset_reset="earliest",
-            consumer_timeout_ms=3000,
-        )
-    ]
+    letters = dead_letters_of(settings)
     found = [
         (letter["source_topic"], letter["partition"], letter["offset"], letter["stage"], letter["event_id"])
         for letter in letters
