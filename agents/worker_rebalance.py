@@ -47,6 +47,7 @@ class WorkerRebalance(ConsumerRebalanceListener):  # type: ignore[misc]
             self.worker.generation += 1
             # read by the poll loop: a consumer request from inside the rebalance callback could wait on it
             self.worker.commits_to_load = set(assigned)
+            forget_moved(self.worker, set(assigned))
             try:
                 if not await unless_stopped(
                     self.worker, restore(self.worker, {tp.partition for tp in assigned})
@@ -57,6 +58,23 @@ class WorkerRebalance(ConsumerRebalanceListener):  # type: ignore[misc]
                 # aiokafka logs a listener's exception and carries on: the poll loop would then process the
                 # partitions on a partial store, rebuilding each lead it met from nothing. It reloads first.
                 self.worker.start_over(exc)
+
+
+def forget_moved(worker: LeadWorker, assigned: set[TopicPartition]) -> None:
+    """Forget what the worker remembers of partitions it no longer owns: records the core raised for
+    (``failed_in_core``).
+
+    Why: ``failed_in_core`` was pruned only when this worker committed past an entry, which it never does
+    for a partition that moved away, so the entries stayed for the life of the process (and were looked up
+    for every record); and if the partition came back after its next owner had moved on, an entry could
+    still name a record. Entries of partitions kept are kept: the record is still dead-lettered when read
+    again."""
+    if worker.failed_in_core:
+        worker.failed_in_core = {
+            where: exc
+            for where, exc in worker.failed_in_core.items()
+            if TopicPartition(where[0], where[1]) in assigned
+        }
 
 
 async def unless_stopped(worker: LeadWorker, work: Coroutine[Any, Any, None], grace_s: float = 0.0) -> bool:
