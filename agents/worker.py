@@ -45,7 +45,7 @@ from agents.worker_rebalance import (
     reload,
     unless_stopped,
 )
-from agents.worker_sla_scan import scan
+from agents.worker_sla_scan import ScanFailure, scan
 from schemas.errors import SchemaError
 from schemas.fast_codec import codec_for
 from schemas.registry import SchemaRegistry, default_registry
@@ -149,7 +149,9 @@ class LeadWorker:
         # Records the core raised for, by (topic, partition, offset): dead-lettered when read again
         # (_failed_in_core); forgotten once committed past.
         self.failed_in_core: dict[tuple[str, int, int], Exception] = {}
-        self.scan_failed: set[bytes] = set()  # leads the SLA scan raised for (worker_sla_scan._failed)
+        # Leads the SLA scan failed for, retried after a back-off (worker_sla_scan._failed); both forgotten
+        # for partitions that move away (worker_rebalance.forget_moved).
+        self.scan_failed: dict[bytes, ScanFailure] = {}
         # run()'s stop: a restore waiting on the broker gives way to it (worker_rebalance.unless_stopped)
         self.stop_event: asyncio.Event | None = None
 

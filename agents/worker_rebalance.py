@@ -62,18 +62,23 @@ class WorkerRebalance(ConsumerRebalanceListener):  # type: ignore[misc]
 
 def forget_moved(worker: LeadWorker, assigned: set[TopicPartition]) -> None:
     """Forget what the worker remembers of partitions it no longer owns: records the core raised for
-    (``failed_in_core``).
+    (``failed_in_core``) and leads the SLA scan failed for (``scan_failed``).
 
     Why: ``failed_in_core`` was pruned only when this worker committed past an entry, which it never does
     for a partition that moved away, so the entries stayed for the life of the process (and were looked up
     for every record); and if the partition came back after its next owner had moved on, an entry could
-    still name a record. Entries of partitions kept are kept: the record is still dead-lettered when read
-    again."""
+    still name a record. ``scan_failed`` held such leads for good. Entries of partitions kept are kept: the
+    record is still dead-lettered when read again, the lead's back-off still applies."""
+    partitions = {tp.partition for tp in assigned}
     if worker.failed_in_core:
         worker.failed_in_core = {
             where: exc
             for where, exc in worker.failed_in_core.items()
             if TopicPartition(where[0], where[1]) in assigned
+        }
+    if worker.scan_failed:
+        worker.scan_failed = {
+            key: failure for key, failure in worker.scan_failed.items() if failure.partition in partitions
         }
 
 

@@ -218,6 +218,13 @@ class Metrics:
             ["topic"],
             registry=r,
         )
+        self.sla_scan_failures = Counter(
+            "leadpulse_worker_sla_scan_failures_total",
+            "Times the worker's SLA scan failed for a lead (its check_timers raised, its stored state did "
+            "not decode, or what it fired could not be written): the lead's SLA timers wait for a retry "
+            "with back-off (agents/worker_sla_scan.py) while its events are still processed.",
+            registry=r,
+        )
 
         # --- sink: Kafka -> ClickHouse ------------------------------------------------------------------
         self.sink_rows = Counter(

@@ -1,5 +1,6 @@
 """What the worker remembers of failures is forgotten for partitions that move to another worker on a
-rebalance: records the core raised for (``failed_in_core``).
+rebalance: records the core raised for (``failed_in_core``) and leads the SLA scan failed for
+(``scan_failed``).
 """
 
 from __future__ import annotations
@@ -9,6 +10,7 @@ import asyncio
 import pytest
 from aiokafka import TopicPartition
 
+from agents import worker_sla_scan
 from agents.rules import load_rules
 from agents.worker import LeadWorker
 from agents.worker_rebalance import WorkerRebalance
@@ -48,3 +50,16 @@ def test_records_the_core_raised_for_are_forgotten_when_their_partition_moves_aw
     }
     _rebalanced_to(broker_settings, worker, kept=0)
     assert set(worker.failed_in_core) == {(visits, 0, 7)}
+
+
+def test_leads_the_sla_scan_failed_for_are_forgotten_when_their_partition_moves_away(
+    broker_settings: Settings,
+) -> None:
+    """The same for ``scan_failed``: a lead of a partition now owned by another worker is that worker's
+    business (it scans it on its own state); a lead of a partition kept keeps its back-off."""
+    worker = LeadWorker(broker_settings, load_rules(None))
+    worker_sla_scan._failed(worker, b"L-on-kept", 0)
+    worker_sla_scan._failed(worker, b"L-on-moved", 5)
+    _rebalanced_to(broker_settings, worker, kept=0)
+    assert b"L-on-kept" in worker.scan_failed
+    assert b"L-on-moved" not in worker.scan_failed

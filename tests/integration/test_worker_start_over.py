@@ -298,7 +298,7 @@ def test_an_sla_scan_that_raises_for_one_lead_neither_stops_the_worker_nor_keeps
 ) -> None:
     """``check_timers`` (the SLA scan's core) updates a state in place too. A bug that raised in it escaped
     the poll loop: the worker exited, and after a restart the same due lead raised again (a crash loop).
-    Now the lead is left out of the scans from then on (an error logged), what the failed call did is
+    Now the lead is left out of the scans for a back-off (an error logged), what the failed call did is
     dropped by a reload, and the other leads' timers fire."""
     buggy, fine = "L-timer-bug", "L-timer-ok"
     t = int(time.time() * 1000) - 2 * HOUR  # demo requests two hours ago: their 1 h follow-up SLAs are due

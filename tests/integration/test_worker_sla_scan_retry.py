@@ -1,0 +1,137 @@
+"""A lead the SLA scan failed for gets its timers back: retried after a back-off (bounded, so a lead that
+fails for good does not reload the partitions at every scan) and counted in a metric.
+
+Faults are injected into real objects against the real broker, as in test_worker_start_over.py.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from itertools import pairwise
+
+import pytest
+from prometheus_client import CollectorRegistry
+
+from agents import worker_sla_scan
+from agents.core import StepResult
+from agents.rules import Rules, load_rules
+from agents.sla import FOLLOW_UP
+from agents.state import LeadState
+from agents.worker import LeadWorker
+from streams.backoff import backoff_seconds
+from streams.metrics import Metrics
+from streams.producer import Producer
+from streams.settings import Settings
+from tests.integration.test_worker import HOUR, demo_request, profile
+from tests.integration.test_worker_start_over import _durable, _until_ready
+from tests.integration.worker_harness import running_worker, wait_until
+
+pytestmark = pytest.mark.integration
+
+
+def _fired(worker: LeadWorker, lead: str) -> list[str]:
+    """The follow-up SLA levels fired for ``lead`` in the worker's store."""
+    state = worker.store.get(lead.encode())
+    timer = state.timers.get(FOLLOW_UP) if state is not None else None
+    return timer.fired if timer is not None else []
+
+
+def _failures(metrics: Metrics) -> float:
+    return metrics.registry.get_sample_value("leadpulse_worker_sla_scan_failures_total") or 0.0
+
+
+def _send_due_leads(settings: Settings, *leads: str) -> None:
+    """Leads with a demo request two hours ago: their 1 h follow-up SLA (warning and breach) is due."""
+    t = int(time.time() * 1000) - 2 * HOUR
+    with Producer(settings) as producer:
+        for lead in leads:
+            producer.send("lead_identified", {**profile(lead, t), "event_time": t})
+            producer.send("download", demo_request(lead, t + 60_000))
+
+
+def test_a_lead_the_sla_scan_failed_for_once_gets_its_timers_back_after_the_reload(
+    broker_settings: Settings, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``check_timers`` fails once for a lead (a failure that passes). The lead was left out of the scans
+    until the process restarted: no SLA warning or breach for it, and no metric said so. Now it is scanned
+    again after the back-off, on the state reloaded from the changelog, its timers fire and are written,
+    and the failure is counted."""
+    lead = "L-timer-once"
+    real_check = worker_sla_scan.check_timers
+    raised: list[str] = []
+
+    def check_failing_once(state: LeadState, rules: Rules, now_ms: int) -> StepResult:
+        if state.key == lead and not raised:
+            raised.append(state.key)
+            state.fit = 999.0  # what the call did before it failed: the reload drops it
+            raise RuntimeError("injected: the SLA scan failed once for a lead")
+        return real_check(state, rules, now_ms)
+
+    monkeypatch.setattr(worker_sla_scan, "check_timers", check_failing_once)
+    monkeypatch.setattr(worker_sla_scan, "RETRY_FIRST_S", 0.5, raising=False)
+    metrics = Metrics(CollectorRegistry(), component="worker")
+    worker = LeadWorker(broker_settings, load_rules(None), metrics, scan_interval_s=0.3, idle_after_s=1)
+
+    async def scenario() -> None:
+        async with running_worker(worker) as running:
+            await _until_ready(worker, running)
+            _send_due_leads(broker_settings, lead)
+            await wait_until(lambda: bool(raised), running, timeout_s=60)
+            await wait_until(
+                lambda: len(_fired(worker, lead)) >= 2 and lead.encode() not in worker.scan_failed,
+                running,
+                timeout_s=60,
+                seen=lambda: f"fired {_fired(worker, lead)}, failed {worker.scan_failed}",
+            )
+
+    asyncio.run(scenario())
+    assert raised == [lead]
+    assert _failures(metrics) == 1.0
+    durable = _durable(broker_settings).get(lead.encode())
+    timer = durable.timers.get(FOLLOW_UP) if durable is not None else None
+    assert timer is not None and len(timer.fired) >= 2, "the lead's SLA firings were never written"
+    assert durable is not None and durable.fit != 999.0
+
+
+def test_a_lead_the_sla_scan_keeps_failing_for_is_retried_after_growing_back_offs(
+    broker_settings: Settings, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A lead whose scan fails for good is retried (each retry reloads the owned partitions), but never
+    sooner than its back-off, which doubles up to a cap: not at every scan. Each failure is counted, and
+    the other leads' timers fire meanwhile."""
+    buggy, fine = "L-timer-always", "L-timer-fine2"
+    first, cap = 0.3, 1.2
+    real_check = worker_sla_scan.check_timers
+    tried: list[float] = []
+
+    def check_always_failing(state: LeadState, rules: Rules, now_ms: int) -> StepResult:
+        if state.key == buggy:
+            tried.append(time.monotonic())
+            raise RuntimeError("injected: the SLA scan always fails for this lead")
+        return real_check(state, rules, now_ms)
+
+    monkeypatch.setattr(worker_sla_scan, "check_timers", check_always_failing)
+    monkeypatch.setattr(worker_sla_scan, "RETRY_FIRST_S", first, raising=False)
+    monkeypatch.setattr(worker_sla_scan, "RETRY_MAX_S", cap, raising=False)
+    metrics = Metrics(CollectorRegistry(), component="worker")
+    worker = LeadWorker(broker_settings, load_rules(None), metrics, scan_interval_s=0.1, idle_after_s=1)
+
+    async def scenario() -> None:
+        async with running_worker(worker) as running:
+            await _until_ready(worker, running)
+            _send_due_leads(broker_settings, buggy, fine)
+            await wait_until(
+                lambda: len(tried) >= 5 and len(_fired(worker, fine)) >= 2,
+                running,
+                timeout_s=60,
+                seen=lambda: f"tried {len(tried)} times, fine fired {_fired(worker, fine)}",
+            )
+            failure = worker.scan_failed[buggy.encode()]
+            assert failure.failures == len(tried)
+            assert _failures(metrics) == len(tried)
+
+    asyncio.run(scenario())
+    gaps = [later - earlier for earlier, later in pairwise(tried)]
+    wanted = [backoff_seconds(n, first, cap) for n in range(1, len(tried))]  # 0.3, 0.6, 1.2, 1.2, ...
+    assert all(gap >= want for gap, want in zip(gaps, wanted, strict=True)), (gaps, wanted)
