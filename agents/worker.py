@@ -252,8 +252,8 @@ class LeadWorker:
                     )
             except (KafkaError, RecordTooLarge, NotWritable) as exc:
                 # (RecordTooLarge: an erasure's state over the record size limit, which it does not grow;
-                # NotWritable: an erasure's account state the encoder refuses; a batch's own are handled in
-                # process, the SLA scan's in worker_sla_scan.scan.)
+                # NotWritable: not expected, an erasure's unwritable accounts are dead-lettered in
+                # worker_erasures, a batch's own handled in process, the SLA scan's in worker_sla_scan.scan.)
                 # Writes the broker did not acknowledge (away past the producer's request timeout): nothing
                 # was committed past them. Exiting made a crash loop of a broker outage; going on from the
                 # states in memory would lose the outputs (they already count the events as seen).

@@ -6,14 +6,21 @@ The per-event check (drop an erased lead's inputs) stays on the worker's hot pat
 
 from __future__ import annotations
 
+import logging
 from typing import TYPE_CHECKING, Any, Protocol
 
 from agents.account import without_lead
 from agents.kafka_batches import Record
-from agents.worker_batch import Batch, flush, send
+from agents.lead_store import ACCOUNT_PREFIX
+from agents.worker_batch import Batch, NotWritable, flush, send
+from streams.dlq import dead_letter, encode_dead_letter, writer_headers
+from streams.topics import ERASURES
 
 if TYPE_CHECKING:
     from agents.worker import LeadWorker
+
+log = logging.getLogger("agents.worker")
+DLQ_HEADERS = writer_headers("worker")
 
 
 class ErasureSource(Protocol):
@@ -34,6 +41,7 @@ async def apply_erasures(worker: LeadWorker, records: list[dict[str, Any]]) -> N
         return
     batch = Batch()
     tombstones: list[Record] = []
+    erased_from: dict[bytes, list[str]] = {}  # account key -> the leads this batch takes out of it
     for record in records:
         lead_id = record["lead_id"]
         lead = worker.store.get(lead_id.encode())
@@ -47,8 +55,52 @@ async def apply_erasures(worker: LeadWorker, records: list[dict[str, Any]]) -> N
                 tombstones.append((worker.output_topics["lead_score"], key, None, None, None))
         for key, partition, account in worker.store.accounts_with_lead(lead_id):
             batch.accounts[key] = (partition, without_lead(account, lead_id))
-    await flush(worker, batch)
+            erased_from.setdefault(key, []).append(lead_id)
+    try:
+        await flush(worker, batch)
+    except NotWritable as exc:
+        await flush(worker, _without_unwritable(worker, batch, exc, erased_from))
     await send(worker, tombstones)
+
+
+def _without_unwritable(
+    worker: LeadWorker, batch: Batch, exc: NotWritable, erased_from: dict[bytes, list[str]]
+) -> Batch:
+    """The erasure batch again without the accounts that could not be built (a core bug: their state or
+    ``account_score`` encoding raised; nothing was sent), and a dead letter per lead and such account.
+
+    Why dead-letter and not start over: the failure is not the broker's, so it came back at each try, and
+    the reload's purge of erased leads (``purge_erased``) raised it out of the poll loop: the worker exited,
+    and after a restart it did again, processing nothing for any lead. Why that is safe for an erasure:
+    nothing of it is dropped. The lead's states and scores are tombstoned as usual and its inputs are
+    dropped (the erasure log says it is erased); only the account keeps counting it, as durably as before,
+    and each restore (start, rebalance, reload) applies the erasure to it again (``purge_erased``), so a
+    fixed version completes it, with a dead letter for each try that could not. The dead letter (source the
+    erasure log, offset -1, stage ``process``, error type ``NotWritable``) carries the lead id as its key and
+    no value on purpose: ``dlq replay`` skips it, since a re-built erasure record (a purge knows only the lead
+    id) re-published on the log, compacted by lead id, would replace the original and un-erase its
+    anonymous ids."""
+    unwritable = set(exc.failures)
+    if not unwritable <= batch.accounts.keys():
+        raise exc  # (an erasure writes no lead state: not expected)
+    retry = Batch(accounts={k: v for k, v in batch.accounts.items() if k not in unwritable})
+    source = worker.settings.topic(ERASURES.name)
+    for key in sorted(unwritable):
+        topic, failure = exc.failures[key]
+        domain = key.removeprefix(ACCOUNT_PREFIX).decode(errors="replace")
+        for lead_id in erased_from.get(key, []):
+            error = (
+                f"the erasure of lead {lead_id!r} is not complete: its account {domain!r} could not be built "
+                f"for {topic} ({type(failure).__name__}: {failure}); the lead's states and scores are "
+                "tombstoned and its inputs dropped, the account still counts it until a restore applies the "
+                "erasure again with a fixed version"
+            )
+            letter = dead_letter(source, -1, -1, lead_id, None, "process", error, error_type="NotWritable")
+            dlq_key, dlq_value = encode_dead_letter(letter, worker.registry)
+            retry.sends.append((worker.dlq_topic, dlq_key, dlq_value, DLQ_HEADERS, None))
+            retry.dead_letters.append((ERASURES.name, "process", "process_error"))
+            log.error("%s", error, exc_info=(type(failure), failure, failure.__traceback__))
+    return retry
 
 
 async def purge_erased(worker: LeadWorker) -> None:
