@@ -54,7 +54,10 @@ async def apply_erasures(worker: LeadWorker, records: list[dict[str, Any]]) -> N
                 tombstones.append((worker.state_topic, key, None, None, partition))
                 tombstones.append((worker.output_topics["lead_score"], key, None, None, None))
         for key, partition, account in worker.store.accounts_with_lead(lead_id):
-            batch.accounts[key] = (partition, without_lead(account, lead_id))
+            # from what this batch already took out of it: two erased leads of one account (a purge after a
+            # restore), each taken out of the stored account, wrote it with the first one still counted
+            taken = batch.accounts.get(key)
+            batch.accounts[key] = (partition, without_lead(taken[1] if taken else account, lead_id))
             erased_from.setdefault(key, []).append(lead_id)
     try:
         await flush(worker, batch)

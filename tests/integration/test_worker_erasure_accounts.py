@@ -1,5 +1,6 @@
-"""An erasure whose account cannot be built for writing (``NotWritable``): the rest of the erasure is done
-and the part left undone is dead-lettered, instead of the worker starting over for ever (or exiting).
+"""Erasures and the accounts of the erased leads: an account that cannot be built for writing
+(``NotWritable``) has its part of the erasure dead-lettered while the rest is done, instead of the worker
+exiting; two erased leads of one account both leave it.
 
 Faults are injected into real objects against the real broker, as in test_worker_start_over.py; the erasure
 log is the real one (``streams.erasures.ErasureLog``), fed by ``publish_erasure`` like ``leadpulse forget``.
@@ -30,6 +31,11 @@ from tests.integration.worker_harness import running_worker, wait_until
 pytestmark = pytest.mark.integration
 
 ACCOUNT = ACCOUNT_PREFIX + b"buyer.example"  # profile()'s company domain
+
+
+def _durable_account(settings: Settings) -> AccountState | None:
+    """The account's state in the changelog (what a restart would restore)."""
+    return _durable(settings).get_account(ACCOUNT)
 
 
 def test_an_erasure_whose_account_cannot_be_encoded_is_dead_lettered_and_the_rest_of_it_done(
@@ -137,3 +143,53 @@ def test_an_erasure_whose_account_cannot_be_encoded_is_dead_lettered_and_the_res
     assert gone in letter["error"] and "buyer.example" in letter["error"] and "injected" in letter["error"]
     scores = outputs(broker_settings)["account_score"]
     assert scores and all(r["leads"] == 2 for r in scores), "the account that could not be built was written"
+
+
+def test_two_erased_leads_of_one_account_both_leave_it_in_the_same_erasure_batch(
+    broker_settings: Settings,
+) -> None:
+    """Two leads of one account erased while no worker ran: the restarted worker's restore purges both in
+    one batch. Each was taken out of the account as stored, so the second result (without the second lead)
+    replaced the first (without the first): the account written, and its ``account_score`` output, still
+    named the first erased lead. Now both leave it, in every account score written after the erasure."""
+    first, second, stays = "L-two-a", "L-two-b", "L-two-stays"
+    now = int(time.time() * 1000)
+
+    def account_leads(worker: LeadWorker) -> set[str]:
+        account = worker.store.get_account(ACCOUNT)
+        return set(account.leads) if account is not None else set()
+
+    async def run(worker: LeadWorker, until: Any) -> None:
+        erasures = ErasureLog(broker_settings)
+        await erasures.start()
+        worker.erasures = erasures
+        try:
+            async with running_worker(worker) as running:
+                await _until_ready(worker, running)
+                await until(running)
+        finally:
+            await erasures.stop()
+
+    async def leads_scored(running: asyncio.Task[None]) -> None:
+        with Producer(broker_settings) as producer:
+            for lead in (first, second, stays):
+                producer.send("lead_identified", profile(lead, now))
+        await wait_until(lambda: account_leads(before) == {first, second, stays}, running, timeout_s=30)
+
+    before = LeadWorker(broker_settings, load_rules(None), scan_interval_s=3600)
+    asyncio.run(run(before, leads_scored))
+    written_before = len(outputs(broker_settings)["account_score"])
+    for lead in (first, second):
+        publish_erasure(broker_settings, erasure_record(lead, [], now))
+
+    async def erased(running: asyncio.Task[None]) -> None:
+        await wait_until(lambda: account_leads(after) == {stays}, running, timeout_s=30)
+
+    after = LeadWorker(broker_settings, load_rules(None), scan_interval_s=3600)
+    asyncio.run(run(after, erased))
+    written = outputs(broker_settings)["account_score"][written_before:]
+    assert written, "no account score written after the erasures"
+    named = [[t["lead_id"] for t in record["top_leads"]] for record in written]
+    assert all(first not in leads and second not in leads for leads in named), named
+    account = _durable_account(broker_settings)
+    assert account is not None and set(account.leads) == {stays}
