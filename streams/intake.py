@@ -16,6 +16,7 @@ import base64
 import binascii
 import hmac
 import json
+import sys
 import zlib
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -170,6 +171,11 @@ def parse_body(raw: bytes, limits: Limits) -> Envelope:
         raise BodyError(400, "invalid_json", f"body is not JSON: {exc}") from None
     except RecursionError:  # '[[[[…' 100k deep: json raises instead of answering
         raise BodyError(400, "invalid_json", "body is not JSON we accept: nested too deeply") from None
+    except ValueError:  # not a JSONDecodeError: an integer longer than Python converts (int_max_str_digits)
+        digits = sys.get_int_max_str_digits()
+        raise BodyError(
+            400, "invalid_json", f"body is not JSON we accept: a number has more than {digits} digits"
+        ) from None
     if isinstance(data, list):
         envelope = Envelope(events=data)
     elif isinstance(data, dict) and "batch" in data:

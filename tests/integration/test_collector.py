@@ -442,6 +442,13 @@ async def test_hostile_bodies_get_a_json_4xx_with_cors_never_a_500(collector: Ru
         ("zstd", json.dumps(visit()).encode(), {"Content-Encoding": "zstd"}, 415, "unsupported_encoding"),
         ("gzip bomb", gzip.compress(b" " * 10_000_000), {"Content-Encoding": "gzip"}, 413, "body_too_large"),
         ("envelope typo", json.dumps({"batch": [visit()], "sentAt": 1}).encode(), {}, 400, "invalid_batch"),
+        (
+            "a 5000-digit number",
+            b'[{"type": "content_view", "dwell_ms": ' + b"9" * 5000 + b"}]",
+            {},
+            400,
+            "invalid_json",
+        ),
     ]
     for what, raw, headers, status, code in cases:
         async with collector.session.post(
@@ -453,7 +460,7 @@ async def test_hostile_bodies_get_a_json_4xx_with_cors_never_a_500(collector: Ru
             assert (await response.json())["error"] == code, what
             assert response.headers["Access-Control-Allow-Origin"] == "*", what
     assert collector.value("leadpulse_collector_requests_total", status="500") == 0
-    assert collector.value("leadpulse_collector_requests_total", status="400") == 3
+    assert collector.value("leadpulse_collector_requests_total", status="400") == 4
     zipped = visit()
     async with collector.session.post(
         collector.url + "/v1/events",

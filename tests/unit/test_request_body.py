@@ -68,6 +68,16 @@ def test_deeply_nested_json_is_a_400_not_a_recursion_error() -> None:
     assert info.value.code == "invalid_json"
 
 
+def test_a_number_of_more_digits_than_python_parses_is_a_400_not_a_500() -> None:
+    """json.loads raises a plain ValueError (not a JSONDecodeError) for an integer of more than 4300 digits
+    (Python's int_max_str_digits): it reached the collector's middleware as a 500 for the whole request."""
+    body = b'{"type": "content_view", "dwell_ms": ' + b"9" * 5000 + b"}"
+    with pytest.raises(BodyError, match="more than 4300 digits") as info:
+        parse_body(body, Limits())
+    assert (info.value.status, info.value.code) == (400, "invalid_json")
+    assert "set_int_max_str_digits" not in str(info.value)  # a client cannot change the server's Python
+
+
 def test_unknown_batch_fields_are_refused_by_name() -> None:
     body = json.dumps({"batch": [{"type": "web_visit"}], "sentAt": 1, "foo": 2}).encode()
     with pytest.raises(BodyError, match=r"unknown batch field\(s\) \['foo', 'sentAt'\]") as info:
