@@ -314,6 +314,8 @@ def produce_lines(producer: Producer, topic: str, lines: Iterable[str | bytes]) 
             report.sent += 1
         except json.JSONDecodeError as exc:
             report.rejected.append((number, f"not JSON: {exc.msg} at column {exc.colno}"))
+        except RecursionError:  # '[[[[…' thousands deep: json raises instead of answering
+            report.rejected.append((number, "not JSON we accept: nested too deeply"))
         except (SchemaError, ValueError) as exc:
             report.rejected.append((number, str(exc)))
     producer.flush()

@@ -131,6 +131,25 @@ def test_produce_file_reports_sent_and_rejected_lines(broker_settings: Settings,
     assert broker_settings.topic("events.web_visits") in consumer_topics
 
 
+def test_a_line_nested_too_deeply_is_that_lines_error_and_the_lines_after_it_are_sent(
+    broker_settings: Settings, tmp_path
+) -> None:
+    """json.loads raises RecursionError (not a JSONDecodeError) on '[[[[…' thousands deep: it ended
+    `leadpulse produce` with a traceback and the lines after it were never sent."""
+    import json
+
+    good = next(sample_events("web_visit", 1))
+    path = tmp_path / "deep.jsonl"
+    lines = [json.dumps(good), "[" * 100_000 + "]" * 100_000, json.dumps({**good, "event_id": "e3"})]
+    path.write_text("\n".join(lines) + "\n")
+    report = produce_file(broker_settings, path, "events.web_visits")
+    assert (report.sent, report.rejected) == (2, [(2, "not JSON we accept: nested too deeply")])
+    sent = [
+        r.record["event_id"] for r in read_topic(broker_settings, broker_settings.topic("events.web_visits"))
+    ]
+    assert sorted(sent) == sorted([good["event_id"], "e3"])
+
+
 def test_an_event_time_in_epoch_seconds_is_refused_by_the_sdk_and_produce_naming_the_field(
     broker_settings: Settings, tmp_path
 ) -> None:
