@@ -23,7 +23,9 @@ class TokenBuckets:
         if self.rate <= 0:
             return 0.0
         tokens, at = self._buckets.get(key, (self.burst, now))
-        tokens = min(self.burst, tokens + (now - at) * self.rate)
+        # max(0, …): the clock is the wall clock (the collector's, which stamps received_at); stepped back by
+        # NTP, a negative elapsed time put the bucket that many seconds of events into debt (a lockout)
+        tokens = min(self.burst, tokens + max(0.0, now - at) * self.rate)
         if events <= tokens:
             self._buckets[key] = (tokens - events, now)
             return 0.0

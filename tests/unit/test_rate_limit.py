@@ -30,3 +30,14 @@ def test_a_request_larger_than_the_burst_can_never_pass_and_zero_rate_means_no_l
     assert math.isinf(TokenBuckets(rate=10, burst=500).take("web", 501, now=0.0))
     unlimited = TokenBuckets(rate=0, burst=500)
     assert all(unlimited.take("web", 10_000, now=0.0) == 0 for _ in range(3))
+
+
+def test_a_wall_clock_stepped_back_does_not_lock_a_key_out_for_the_size_of_the_step() -> None:
+    """The collector's clock is the wall clock (it also stamps received_at). When NTP stepped it back an
+    hour, the negative elapsed time was taken as negative refill: the key's bucket went 36,000 events into
+    debt and every request of that key got 429 for the next hour (the tracker's beacons do not retry)."""
+    buckets = TokenBuckets(rate=10, burst=100)
+    assert buckets.take("web", 1, now=10_000.0) == 0
+    assert buckets.take("web", 1, now=10_000.0 - 3600) == 0  # 98 tokens left, not -35,901
+    assert buckets.take("web", 98, now=10_000.0 - 3600) == 0
+    assert buckets.take("web", 10, now=10_000.0 - 3599) == 0  # refills from the new time on
