@@ -145,8 +145,18 @@ def _coerce(t: Any, value: Any, path: str, errors: list[FieldError]) -> Any:
 
 def _short(value: object) -> str:
     """A number for an error message: a 300-digit one is cut, so the message stays readable."""
+    if isinstance(value, int) and value.bit_length() > 14_000:
+        # str() raises ValueError past 4300 digits (int_max_str_digits); an SDK caller's int may be that long
+        return f"a number of {_digits(value)} digits"
     text = str(value)
     return text if len(text) <= 24 else f"{text[:12]}…({len(text)} digits)"
+
+
+def _digits(value: int) -> int:
+    """The decimal digits of ``value`` without ``str()``."""
+    n = abs(value)
+    digits = int((n.bit_length() - 1) * 0.30102999566398120) + 1  # log10(2): exact or one short
+    return digits + 1 if n >= 10**digits else digits
 
 
 def coerce_record(

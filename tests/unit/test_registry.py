@@ -299,6 +299,24 @@ def test_numbers_avro_cannot_hold_are_field_errors_not_encoder_crashes(
     default_registry().validate("content_view", {**CONTENT_VIEW, field: CONTENT_VIEW[field]})  # in range
 
 
+@pytest.mark.parametrize(
+    ("field", "sign", "problem"),
+    [
+        ("dwell_ms", 1, "out of range for long: a number of 5001 digits"),
+        ("event_time", -1, "out of range for a timestamp in epoch milliseconds: a number of 5001 digits"),
+        ("percent_viewed", 1, "out of range for double: a number of 5001 digits"),
+    ],
+)
+def test_a_number_beyond_pythons_digit_limit_is_a_field_error_too(
+    field: str, sign: int, problem: str
+) -> None:
+    """Beyond Python's int_max_str_digits (4300) the error message's str() of the number raised ValueError:
+    an SDK caller got "Exceeds the limit (4300 digits) for integer string conversion", no field named."""
+    with pytest.raises(SchemaValidationError) as info:
+        default_registry().validate("content_view", {**CONTENT_VIEW, field: sign * 10**5000})
+    assert [(e.field, e.problem) for e in info.value.errors] == [(field, problem)]
+
+
 def test_a_non_finite_sales_amount_is_refused() -> None:
     record = {"event_id": "s", "event_time": 1, "lead_id": "L", "source": "crm", "activity": "closed_won"}
     with pytest.raises(SchemaValidationError, match="amount: must be a finite number, got inf"):
