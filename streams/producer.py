@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import json
+import sys
 import threading
 import time
 from collections.abc import Iterable, Mapping
@@ -302,6 +303,17 @@ def produce_lines(producer: Producer, topic: str, lines: Iterable[str | bytes]) 
         try:
             # without its line break: a line cut short ({"a":) was reported at column 1 (of the next line)
             event = json.loads(line.rstrip("\r\n"))
+        except json.JSONDecodeError as exc:
+            report.rejected.append((number, f"not JSON: {exc.msg} at column {exc.colno}"))
+            continue
+        except RecursionError:  # '[[[[…' thousands deep: json raises instead of answering
+            report.rejected.append((number, "not JSON we accept: nested too deeply"))
+            continue
+        except ValueError:  # an integer longer than Python converts (int_max_str_digits)
+            digits = sys.get_int_max_str_digits()
+            report.rejected.append((number, f"not JSON we accept: a number has more than {digits} digits"))
+            continue
+        try:
             if not isinstance(event, dict):
                 raise ValueError(f"expected a JSON object, got {type(event).__name__}")
             if "type" in event:
@@ -312,10 +324,6 @@ def produce_lines(producer: Producer, topic: str, lines: Iterable[str | bytes]) 
                     )
             producer.send(topic, event)
             report.sent += 1
-        except json.JSONDecodeError as exc:
-            report.rejected.append((number, f"not JSON: {exc.msg} at column {exc.colno}"))
-        except RecursionError:  # '[[[[…' thousands deep: json raises instead of answering
-            report.rejected.append((number, "not JSON we accept: nested too deeply"))
         except (SchemaError, ValueError) as exc:
             report.rejected.append((number, str(exc)))
     producer.flush()

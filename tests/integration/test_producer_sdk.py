@@ -150,6 +150,23 @@ def test_a_line_nested_too_deeply_is_that_lines_error_and_the_lines_after_it_are
     assert sorted(sent) == sorted([good["event_id"], "e3"])
 
 
+def test_a_line_with_a_number_of_more_than_4300_digits_is_named_not_json_we_accept(
+    broker_settings: Settings, tmp_path
+) -> None:
+    """json.loads raises a plain ValueError for such a number; produce reported Python's own advice
+    ("use sys.set_int_max_str_digits() to increase the limit") as the line's problem."""
+    import json
+
+    good = next(sample_events("content_view", 1))
+    path = tmp_path / "big.jsonl"
+    path.write_text(json.dumps(good) + '\n{"dwell_ms": ' + "9" * 5000 + "}\n")
+    report = produce_file(broker_settings, path, "events.content_views")
+    assert (report.sent, report.rejected) == (
+        1,
+        [(2, "not JSON we accept: a number has more than 4300 digits")],
+    )
+
+
 def test_an_event_time_in_epoch_seconds_is_refused_by_the_sdk_and_produce_naming_the_field(
     broker_settings: Settings, tmp_path
 ) -> None:
