@@ -8,6 +8,7 @@ from pathlib import Path
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from leadpulse.commands.cli_output import fail, note_temporary_broker, report_error, stdout_console
@@ -122,7 +123,8 @@ def register(app: typer.Typer) -> None:
         except (BrokerError, DeliveryError) as exc:
             raise fail(str(exc)) from None
         for line, reason in report.rejected:
-            console.print(f"[yellow]line {line}:[/] {reason}")
+            # escaped: a reason quotes the line's own field names and values ("[/x]" raised MarkupError)
+            console.print(f"[yellow]line {line}:[/] {escape(reason)}")
         console.print(f"sent {report.sent}, rejected {len(report.rejected)}")
         raise typer.Exit(1 if report.rejected else 0)
 

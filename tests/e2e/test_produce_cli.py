@@ -72,3 +72,29 @@ def test_an_unreachable_broker_is_one_line_naming_it_not_a_traceback(tmp_path: P
     assert done.stderr.lower().count("is it running") == 1, done.stderr  # it was said twice
     assert "nothing was sent" in done.stderr
     assert took < 20, f"produce took {took:.0f} s to give up"  # 33 s with kafka-python's 30 s bootstrap
+
+
+def test_a_rejected_lines_reason_is_printed_as_written_not_read_as_rich_markup(
+    broker: EmbeddedBroker, broker_settings: Settings, tmp_path: Path
+) -> None:
+    """The reasons were printed through rich's markup: a field named "[/x]" in a line raised MarkupError (a
+    traceback after the good lines were sent, no summary), and one named "[b]" vanished from its message."""
+    env = leadpulse_env(
+        kafka_bootstrap=broker.bootstrap, topic_prefix=broker_settings.topic_prefix, data_dir=tmp_path / "d"
+    )
+    good = next(sample_events("web_visit", 1))
+    path = tmp_path / "visits.jsonl"
+    lines = [good, {**good, "event_id": "e2", "[b]": 1}, {**good, "event_id": "e3", "[/x]": 1}]
+    path.write_text("".join(json.dumps(line) + "\n" for line in lines))
+    done = subprocess.run(
+        [*LEADPULSE, "produce", str(path), "--topic", "events.web_visits"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.returncode == 1, done.stderr
+    assert "Traceback" not in done.stderr
+    assert "line 2: invalid web_visit: [b]: unknown field" in done.stderr
+    assert "line 3: invalid web_visit: [/x]: unknown field" in done.stderr
+    assert "sent 1, rejected 2" in done.stderr
