@@ -149,18 +149,25 @@ def decompress(raw: bytes, content_encoding: str | None, limit: int) -> bytes:
     wbits = 16 + zlib.MAX_WBITS if encoding in ("gzip", "x-gzip") else -zlib.MAX_WBITS
     if encoding == "deflate" and raw[:1] == b"\x78":
         wbits = zlib.MAX_WBITS
-    inflater = zlib.decompressobj(wbits)
-    try:
-        out = inflater.decompress(raw, limit + 1)
-        if len(out) <= limit and not inflater.eof:
-            out += inflater.flush()
-    except zlib.error as exc:
-        raise BodyError(400, "undecodable_body", f"body is not valid {encoding}: {exc}") from None
-    if len(out) > limit or inflater.unconsumed_tail:
-        raise BodyError(413, "body_too_large", f"body decodes to more than the limit of {limit} bytes")
-    if not inflater.eof:
-        raise BodyError(400, "undecodable_body", f"body is truncated {encoding}")
-    return out
+    members = encoding in ("gzip", "x-gzip")
+    out = bytearray()  # not bytes: a body of thousands of tiny gzip members would copy it once per member
+    while True:
+        inflater = zlib.decompressobj(wbits)
+        try:
+            out += inflater.decompress(raw, limit + 1 - len(out))  # >= 1 here: 0 would mean "no limit"
+            if len(out) <= limit and not inflater.eof:
+                out += inflater.flush()
+        except zlib.error as exc:
+            raise BodyError(400, "undecodable_body", f"body is not valid {encoding}: {exc}") from None
+        if len(out) > limit or inflater.unconsumed_tail:
+            raise BodyError(413, "body_too_large", f"body decodes to more than the limit of {limit} bytes")
+        if not inflater.eof:
+            raise BodyError(400, "undecodable_body", f"body is truncated {encoding}")
+        # gzip is a series of members (RFC 1952; streaming compressors write one per flushed chunk): decoding
+        # the first alone cut the body short. Zero bytes after a member are padding, as the gzip module says.
+        raw = inflater.unused_data.lstrip(b"\x00") if members else b""
+        if not raw:
+            return bytes(out)
 
 
 def parse_body(raw: bytes, limits: Limits) -> Envelope:

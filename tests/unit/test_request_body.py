@@ -56,6 +56,19 @@ def test_bad_unsupported_and_oversized_bodies_are_body_errors(
     assert (info.value.status, info.value.code) == (status, code)
 
 
+def test_a_gzip_body_of_several_members_decodes_whole() -> None:
+    """RFC 1952: a gzip stream is a series of members (what streaming compressors write per flushed chunk,
+    and `cat a.gz b.gz`). Only the first member was decoded: the body was cut there, silently, and answered
+    as "not JSON"."""
+    members = gzip.compress(BODY[:20], mtime=0) + gzip.compress(BODY[20:], mtime=0)
+    assert decompress(members, "gzip", limit=10_000) == BODY
+    with pytest.raises(BodyError, match="more than the limit of 30 bytes"):  # the limit is for all members
+        decompress(members, "gzip", limit=30)
+    with pytest.raises(BodyError) as info:  # bytes after a member that are not one
+        decompress(gzip.compress(BODY, mtime=0) + b"garbage", "gzip", limit=10_000)
+    assert (info.value.status, info.value.code) == (400, "undecodable_body")
+
+
 def test_a_body_exactly_at_the_limit_decodes_and_one_byte_more_does_not() -> None:
     assert decompress(gzip.compress(b"x" * 1000), "gzip", limit=1000) == b"x" * 1000
     with pytest.raises(BodyError, match="more than the limit of 999 bytes"):
