@@ -36,16 +36,29 @@ class DeliveryError(Exception):
     re-send exactly those: a re-sent event is deduplicated downstream by its ``event_id``."""
 
     def __init__(
-        self, failures: list[tuple[str, str | None, str]], event_ids: list[str | None] | None = None
+        self,
+        failures: list[tuple[str, str | None, str]],
+        event_ids: list[str | None] | None = None,
+        *,
+        stopped_at: int | None = None,
     ) -> None:
         self.failures = failures
         self.event_ids: list[str | None] = event_ids if event_ids is not None else [None] * len(failures)
+        #: ``produce_lines``: the line it stopped at (no broker took it), and its report of the lines before
+        self.stopped_at = stopped_at
+        self.report: ProduceReport | None = None
         first = failures[0]
         shown = self.event_ids[0]
-        super().__init__(
+        message = (
             f"{len(failures)} record(s) not acknowledged by the broker, re-send them; first: topic "
             f"{first[0]} key {first[1]}" + (f" event_id {shown}" if shown else "") + f": {first[2]}"
         )
+        if stopped_at is not None:
+            message += (
+                f"; produce stopped at line {stopped_at}: it and the lines after it were not sent (run the "
+                "file again: records sent twice are removed downstream by event_id)"
+            )
+        super().__init__(message)
 
 
 #: How long a producer waits for a first broker at start (kafka-python's default is 30 s).
@@ -326,8 +339,33 @@ def produce_lines(producer: Producer, topic: str, lines: Iterable[str | bytes]) 
             report.sent += 1
         except (SchemaError, ValueError) as exc:
             report.rejected.append((number, str(exc)))
-    producer.flush()
+        except DeliveryError as exc:  # no broker took the record: the rest of the file is not read
+            raise _stopped(producer, exc, number, report) from exc
+    try:
+        producer.flush()
+    except DeliveryError as exc:
+        exc.report = report
+        raise
     return report
+
+
+#: How long ``produce_lines`` waits, once stopped, for the records before the line it stopped at.
+STOPPED_FLUSH_S = 30.0
+
+
+def _stopped(producer: Producer, refused: DeliveryError, line: int, report: ProduceReport) -> DeliveryError:
+    """The error of a produce stopped at ``line``: it names the records sent before it that the broker never
+    acknowledged too. Raised alone, the send's error was replaced by the flush's (the producer's ``close``
+    in ``produce_file``), which said neither which line had stopped it nor that the rest were not sent."""
+    failures: list[tuple[str, str | None, str]] = []
+    event_ids: list[str | None] = []
+    try:
+        producer.flush(STOPPED_FLUSH_S)
+    except DeliveryError as earlier:
+        failures, event_ids = earlier.failures, earlier.event_ids
+    stopped = DeliveryError(failures + refused.failures, event_ids + refused.event_ids, stopped_at=line)
+    stopped.report = report
+    return stopped
 
 
 def produce_file(settings: Settings, path: Path, topic: str, bootstrap: str | None = None) -> ProduceReport:

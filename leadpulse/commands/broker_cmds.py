@@ -22,7 +22,7 @@ from streams.broker import (
     running_broker,
     speaks_kafka,
 )
-from streams.producer import DeliveryError, produce_file, resolve
+from streams.producer import DeliveryError, ProduceReport, produce_file, resolve
 from streams.topics import TOPICS
 
 console = Console(stderr=True)
@@ -120,13 +120,20 @@ def register(app: typer.Typer) -> None:
         try:
             with running_broker(settings) as bootstrap:
                 report = produce_file(settings, file, topic, bootstrap=bootstrap)
-        except (BrokerError, DeliveryError) as exc:
+        except DeliveryError as exc:
+            _print_rejected(exc.report or ProduceReport())  # the lines refused before the broker went
             raise fail(str(exc)) from None
-        for line, reason in report.rejected:
-            # escaped: a reason quotes the line's own field names and values ("[/x]" raised MarkupError)
-            console.print(f"[yellow]line {line}:[/] {escape(reason)}")
+        except BrokerError as exc:
+            raise fail(str(exc)) from None
+        _print_rejected(report)
         console.print(f"sent {report.sent}, rejected {len(report.rejected)}")
         raise typer.Exit(1 if report.rejected else 0)
+
+
+def _print_rejected(report: ProduceReport) -> None:
+    for line, reason in report.rejected:
+        # escaped: a reason quotes the line's own field names and values ("[/x]" raised MarkupError)
+        console.print(f"[yellow]line {line}:[/] {escape(reason)}")
 
 
 def _log_file(data_dir: Path) -> Path:

@@ -1,0 +1,90 @@
+"""``produce_lines`` (``leadpulse produce``) when the broker goes away part-way through a file: what it says
+was not sent. The broker is scripted here; the real one's outages are in tests/faults."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+from typer.testing import CliRunner
+
+from leadpulse.cli import app
+from streams.producer import DeliveryError, produce_lines
+from streams.settings import load_settings
+
+pytestmark = pytest.mark.unit
+
+
+class BrokerGoneAtThirdSend:
+    """Takes two records, never acknowledges them, and finds no broker for the third (``max_block_ms``)."""
+
+    def __init__(self) -> None:
+        self.settings = load_settings()
+        self.pending: list[str] = []
+
+    def send(self, topic: str, event: dict[str, Any]) -> None:
+        if len(self.pending) == 2:
+            raise DeliveryError(
+                [(topic, event["lead_id"], "KafkaTimeoutError: no metadata")], [event["event_id"]]
+            )
+        self.pending.append(event["event_id"])
+
+    def flush(self, timeout: float | None = None) -> None:
+        if self.pending:
+            ids, self.pending = self.pending, []
+            raise DeliveryError([("events.web_visits", "L1", "KafkaTimeoutError: expired")] * 2, list(ids))
+
+
+def test_a_broker_lost_mid_file_names_every_unsent_record_and_the_line_it_stopped_at() -> None:
+    """The DeliveryError of the send that found no broker named only that record, and the file's context
+    manager then replaced it by the flush's (the earlier, unacknowledged ones): neither said that produce had
+    stopped there, so the lines after it (never read) were left out of every error, and so were the lines
+    rejected as invalid before it."""
+    visit = {"event_time": 1_764_403_200_000, "lead_id": "L1", "source": "s", "url": "u"}
+    lines = [json.dumps({**visit, "event_id": f"e{n}"}) for n in (1, 2)]
+    lines += [
+        '{"event_id":',
+        json.dumps({**visit, "event_id": "e4"}),
+        json.dumps({**visit, "event_id": "e5"}),
+    ]
+    with pytest.raises(DeliveryError) as info:
+        produce_lines(BrokerGoneAtThirdSend(), "events.web_visits", lines)  # type: ignore[arg-type]
+    assert info.value.event_ids == ["e1", "e2", "e4"]
+    assert "produce stopped at line 4: it and the lines after it were not sent" in str(info.value)
+    assert info.value.report is not None and info.value.report.rejected == [
+        (3, "not JSON: Expecting value at column 13")
+    ]
+
+
+def test_the_command_prints_the_lines_refused_before_the_broker_went_and_where_it_stopped(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from leadpulse.commands import broker_cmds
+
+    visit = {"event_time": 1_764_403_200_000, "lead_id": "L1", "source": "s", "url": "u"}
+    path = tmp_path / "visits.jsonl"
+    path.write_text(
+        "\n".join(
+            [
+                json.dumps({**visit, "event_id": "e1"}),
+                "[1]",
+                *(json.dumps({**visit, "event_id": f"e{n}"}) for n in (3, 4)),
+            ]
+        )
+    )
+
+    def produce_file(settings: Any, file: Path, topic: str, bootstrap: str | None = None) -> Any:
+        with file.open("rb") as handle:
+            return produce_lines(BrokerGoneAtThirdSend(), topic, handle)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(broker_cmds, "produce_file", produce_file)
+    result = CliRunner().invoke(
+        app,
+        ["produce", str(path), "--topic", "events.web_visits"],
+        env={"LEADPULSE_KAFKA_BOOTSTRAP": "127.0.0.1:1", "LEADPULSE_DATA_DIR": str(tmp_path / "d")},
+    )
+    assert result.exit_code == 1, result.output
+    assert "line 2: expected a JSON object, got list" in result.output
+    assert "produce stopped at line 4" in " ".join(result.output.split())
