@@ -9,7 +9,9 @@ from datetime import UTC, datetime
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
+from rich.text import Text
 
 from leadpulse.commands.cli_output import fail, stdout_console
 from leadpulse.commands.settings_arg import cli_settings
@@ -113,15 +115,22 @@ def dlq_list(
     table = Table("dlq", "failed at (UTC)", "source topic", "partition", "offset", "stage", "by", "error")
     for letter in letters:
         r = letter.record
+        # Text, not str: rich reads a str cell as markup, and an error quotes what others wrote (a webhook
+        # receiver's answer, a lead id): "[/hooks]" raised MarkupError, "[b]" vanished
         table.add_row(
-            letter.address,
-            _when(r["failed_at"]),
-            r["source_topic"],
-            str(r["partition"]),
-            str(r["offset"]),
-            r["stage"],
-            letter.writer or "-",
-            f"{r['error_type']}: {r['error']}"[:120],
+            *(
+                Text(cell)
+                for cell in (
+                    letter.address,
+                    _when(r["failed_at"]),
+                    r["source_topic"],
+                    str(r["partition"]),
+                    str(r["offset"]),
+                    r["stage"],
+                    letter.writer or "-",
+                    f"{r['error_type']}: {r['error']}"[:120],
+                )
+            )
         )
     stdout_console().print(table)
     console.print(f"{len(letters)} dead letter(s)")
@@ -168,7 +177,7 @@ def dlq_replay(
         f"{verb} {count} record(s): " + (", ".join(f"{t}: {n}" for t, n in report.by_topic.items()) or "none")
     )
     for address, reason in report.skipped:
-        console.print(f"  skipped dlq {address}: {reason}")
+        console.print(f"  skipped dlq {address}: {escape(reason)}")
 
 
 def _stop_on_signals(loop: asyncio.AbstractEventLoop, stop: asyncio.Event) -> None:

@@ -223,3 +223,14 @@ def test_the_worker_dead_letters_an_event_time_in_epoch_seconds_instead_of_scori
     )
     assert f"; send {seconds * 1000} for " in letter["error"]
     assert letter["event_id"] == "L-secs-demo"
+
+
+def test_dlq_list_shows_an_error_as_written_not_as_rich_markup(settings: Settings) -> None:
+    """Errors quote what others wrote (a webhook receiver's answer, a lead id): the table read them as rich
+    markup, so "[/hooks]" raised MarkupError and `dlq list` failed for every listing that held the letter,
+    and "[b]" vanished from the error shown."""
+    letter = dead_letter("webhook:json-0", -1, -1, None, None, "webhook", "HTTP 404: no route [/hooks] [b]")
+    with Producer(settings) as producer:
+        publish(producer, [letter])
+    listing = cli(settings, "dlq", "list")
+    assert "HTTP 404: no route [/hooks] [b]" in listing
