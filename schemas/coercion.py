@@ -176,7 +176,7 @@ def coerce_record(
                 errors.append(FieldError(path, "required field is missing"))
             continue
         out[name] = _coerce(field["type"], data[name], path, errors)
-    for extra in sorted(set(data) - known):
+    for extra in sorted(map(str, set(data) - known)):  # str: an SDK caller's dict may have an int key
         errors.append(FieldError(prefix + extra, f"unknown field (not in schema {schema['name']})"))
     return out, errors
 

@@ -195,6 +195,15 @@ def test_validation_names_every_bad_field() -> None:
     assert "unknown field" in fields["bogus"]
 
 
+def test_a_key_that_is_not_a_string_is_an_unknown_field_not_a_type_error() -> None:
+    """An SDK caller's dict may have other keys than strings (a DataFrame row with numbered columns): the
+    unknown-field message concatenated and sorted them with the names, raising TypeError for the event."""
+    with pytest.raises(SchemaValidationError) as info:
+        default_registry().validate("web_visit", {**_minimal_web_visit(), 1: "x", "bogus": 2, None: 3})
+    assert [e.field for e in info.value.errors] == ["1", "None", "bogus"]
+    assert all("unknown field" in e.problem for e in info.value.errors)
+
+
 def test_validation_requires_a_lead_or_anonymous_identity() -> None:
     with pytest.raises(SchemaValidationError, match="lead_id: one of lead_id or anonymous_id"):
         default_registry().validate("web_visit", _minimal_web_visit(anonymous_id=None))
