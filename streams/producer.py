@@ -79,9 +79,12 @@ def resolve(schema_or_topic: str, prefix: str = "") -> TopicSpec:
         schema_or_topic[len(prefix) :] if prefix and schema_or_topic.startswith(prefix) else schema_or_topic
     )
     spec = BY_SCHEMA.get(name) or BY_NAME.get(name)
+    # the worker's own hops and state carry records of no schema of their own: every record was refused
+    known = ", ".join(sorted(t.name for t in BY_NAME.values() if t.schema))
     if spec is None:
-        known = ", ".join(sorted(BY_NAME))
         raise ValueError(f"unknown topic or schema {schema_or_topic!r}; topics: {known}")
+    if not spec.schema:
+        raise ValueError(f"{schema_or_topic!r} is the worker's own topic, not for producers; topics: {known}")
     return spec
 
 

@@ -35,6 +35,12 @@ def run(args: list[str], tmp_path: Path, **env: str) -> tuple[int, list[str]]:
         (["rescore", "{empty}", "--rules", "{empty}"], 2, "only --dry-run is supported"),
         (["dlq", "list", "--since", "soon"], 2, "soon"),
         (["produce", "{empty}", "--topic", "no.such.topic"], 2, "unknown topic or schema 'no.such.topic'"),
+        # every line was refused with "no schema named ''" (the worker's own topics hold no schema's records)
+        (
+            ["produce", "{empty}", "--topic", "leadpulse.internal.lead_state"],
+            2,
+            "'leadpulse.internal.lead_state' is the worker's own topic, not for producers; topics: ",
+        ),
         (["migrate", "--dsn", "bogus://x"], 2, "invalid settings: --dsn: "),
         (["broker", "--port", "0"], 2, "invalid settings: --port: "),
         (["worker", "--web-port", "70000"], 2, "invalid settings: --web-port: "),
