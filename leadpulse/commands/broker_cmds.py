@@ -132,8 +132,9 @@ def register(app: typer.Typer) -> None:
 
 def _print_rejected(report: ProduceReport) -> None:
     for line, reason in report.rejected:
-        # escaped: a reason quotes the line's own field names and values ("[/x]" raised MarkupError)
-        console.print(f"[yellow]line {line}:[/] {escape(reason)}")
+        # escaped: a reason quotes the line's own field names and values ("[/x]" raised MarkupError);
+        # soft_wrap: one line each however long, as errors are (piped, rich wrapped them at 80 columns)
+        console.print(f"[yellow]line {line}:[/] {escape(reason)}", soft_wrap=True)
 
 
 def _log_file(data_dir: Path) -> Path:

@@ -98,3 +98,28 @@ def test_a_rejected_lines_reason_is_printed_as_written_not_read_as_rich_markup(
     assert "line 2: invalid web_visit: [b]: unknown field" in done.stderr
     assert "line 3: invalid web_visit: [/x]: unknown field" in done.stderr
     assert "sent 1, rejected 2" in done.stderr
+
+
+def test_a_rejected_lines_reason_is_one_line_of_stderr_however_long(
+    broker: EmbeddedBroker, broker_settings: Settings, tmp_path: Path
+) -> None:
+    """Piped, rich wrapped each reason at 80 columns, so `grep 'line 2:'` found a third of the epoch-seconds
+    advice (errors are one line each for that reason: cli_output.report_error)."""
+    env = leadpulse_env(
+        kafka_bootstrap=broker.bootstrap, topic_prefix=broker_settings.topic_prefix, data_dir=tmp_path / "d"
+    )
+    good = next(sample_events("web_visit", 1))
+    path = tmp_path / "visits.jsonl"
+    path.write_text(
+        json.dumps(good) + "\n" + json.dumps({**good, "event_id": "e2", "event_time": 1764403200})
+    )
+    done = subprocess.run(
+        [*LEADPULSE, "produce", str(path), "--topic", "events.web_visits"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.returncode == 1, done.stderr
+    [line] = [line for line in done.stderr.splitlines() if line.startswith("line 2:")]
+    assert line.endswith("send 1764403200000 for 2025-11-29T08:00:00.000Z"), done.stderr
