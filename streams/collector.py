@@ -176,6 +176,8 @@ class Collector:
             raw = await request.read()
         except web.HTTPRequestEntityTooLarge:
             return self._too_large(None)
+        except ConnectionResetError:  # the client went before its body ended (a cancelled beacon): not ours
+            return _error(400, "incomplete_body", "the connection closed before the body was complete")
         try:
             body = decompress(raw, request.headers.get("Content-Encoding"), self.limits.max_body_bytes)
             envelope = parse_body(body, self.limits)

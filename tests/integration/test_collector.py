@@ -521,3 +521,25 @@ async def test_a_browser_key_cannot_set_the_crm_fields_of_a_profile(collector: R
     assert (await collector.post([crm], key=CRM_KEY))[0] == 202
     got = sorted(r.record["event_id"] for r in await collector.topic("leads.profiles"))
     assert got == sorted([profile["event_id"], "from-crm"])
+
+
+async def test_a_client_gone_before_its_body_ended_is_a_4xx_not_an_internal_error(collector: Running) -> None:
+    """A beacon cancelled by the page unloading, a phone losing signal: the body ends early. request.read()
+    raised ConnectionResetError, which the middleware logged as an unexpected error with a traceback and
+    counted as status 500, so the collector's 5xx counter grew with every aborted upload."""
+    host, port = collector.url.removeprefix("http://").split(":")
+    head = f"POST /v1/events HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {WEB_KEY}\r\n"
+    for framing, part in (
+        ("Content-Length: 1000\r\n\r\n", b'[{"type":'),
+        ("Transfer-Encoding: chunked\r\n\r\n", b'5\r\n[{"ty\r\n'),
+    ):
+        _, writer = await asyncio.open_connection(host, int(port))
+        writer.write((head + framing).encode() + part)
+        await writer.drain()
+        writer.close()
+    requests = "leadpulse_collector_requests_total"
+    deadline = time.monotonic() + 5
+    while collector.value(requests, status="400") + collector.value(requests, status="500") < 2:
+        assert time.monotonic() < deadline, "the collector did not finish the two requests"
+        await asyncio.sleep(0.05)
+    assert (collector.value(requests, status="400"), collector.value(requests, status="500")) == (2, 0)
