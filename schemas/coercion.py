@@ -39,8 +39,11 @@ def to_millis(value: Any) -> int:
         if not INT64[0] <= value <= INT64[1]:
             raise ValueError(f"out of range for a timestamp in epoch milliseconds: {_short(value)}")
         return value
-    if isinstance(value, float) and value.is_integer():
-        return to_millis(int(value))
+    if isinstance(value, float):
+        if value.is_integer():
+            return to_millis(int(value))
+        # e.g. performance.timeOrigin + performance.now(): "expected epoch milliseconds" misread it
+        raise ValueError(f"must be whole epoch milliseconds, got {value!r}")
     if isinstance(value, str):
         try:
             value = datetime.fromisoformat(value.replace("Z", "+00:00"))

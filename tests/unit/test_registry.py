@@ -256,6 +256,21 @@ def test_an_iso_timestamp_keeps_its_milliseconds_exactly(iso: str, millis: int) 
     assert to_millis(iso) == millis
 
 
+@pytest.mark.parametrize(
+    ("value", "problem"),
+    [
+        (1_764_403_200_123.456, "must be whole epoch milliseconds, got 1764403200123.456"),
+        (float("nan"), "must be whole epoch milliseconds, got nan"),
+    ],
+)
+def test_a_fractional_millisecond_time_is_named_as_such(value: float, problem: str) -> None:
+    """performance.timeOrigin + performance.now() is epoch milliseconds with a fraction: it was refused as
+    "expected epoch milliseconds or an ISO-8601 string, got float", which is what the client had sent."""
+    with pytest.raises(ValueError) as info:
+        to_millis(value)
+    assert str(info.value) == problem
+
+
 def test_content_view_ranges_are_checked() -> None:
     with pytest.raises(SchemaValidationError) as info:
         default_registry().validate(
