@@ -325,7 +325,8 @@ def normalise_event(
         errors.append(FieldError("<event>", str(exc)))
         record = {}
     sent_time = record.get("event_time")  # as the client stamped it, before the correction
-    corrected = True
+    corrected = True  # False: the correction failed, so the time is not judged
+    shifted = False  # whether sent_at moved event_time (the messages say so)
     if sent_at is not None:
         try:
             sent_ms = to_millis(sent_at)
@@ -339,6 +340,7 @@ def normalise_event(
                     errors.append(FieldError("sent_at", seconds))
                 else:
                     record["event_time"] = sent_time + received_at - sent_ms
+                    shifted = True
                     if not -(2**63) <= record["event_time"] < 2**63:  # Avro long; the encoder would raise
                         problem = "clock-skew correction puts event_time out of range"
                         errors.append(FieldError("sent_at", problem))
@@ -353,7 +355,8 @@ def normalise_event(
         errors.append(FieldError("event_time", early))
     ahead = future_problem(record.get("event_time"), received_at, limits.max_future_ms) if corrected else None
     if ahead is not None:
-        errors.append(FieldError("event_time", f"{ahead} (after clock-skew correction)"))
+        suffix = " (after clock-skew correction)" if shifted else ""
+        errors.append(FieldError("event_time", ahead + suffix))
     if errors:
         return Rejected(index, event_id, errors)
     return Accepted(index, kind, record)

@@ -319,3 +319,15 @@ def test_collector_partitions_keys_as_kafkas_default_partitioner(key: bytes, cou
     expected = DefaultPartitioner()(key, all_partitions, all_partitions)
     assert partition_for(key, all_partitions) == expected
     assert partition_for(key, all_partitions) == expected  # memoised: same answer
+
+
+def test_a_future_event_time_says_after_correction_only_when_sent_at_corrected_it() -> None:
+    """Without sent_at nothing is corrected, yet the message said "(after clock-skew correction)", sending the
+    client to look for a clock skew the collector never applied."""
+    ahead = NOW + 30 * 3_600_000
+    assert problems(intake({**VISIT, "event_time": ahead})) == [
+        ("event_time", "is 30.0 h in the future; the limit is 23 h")
+    ]
+    assert problems(intake({**VISIT, "event_time": ahead}, NOW)) == [
+        ("event_time", "is 30.0 h in the future; the limit is 23 h (after clock-skew correction)")
+    ]
