@@ -11,6 +11,8 @@ import http.client
 import json
 import time
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from email.utils import parsedate_to_datetime
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -26,6 +28,24 @@ def _server_side(schema: str, record: dict[str, Any]) -> bool:
         return True
     crm_fields = (record.get(name) for name in CRM_PROFILE_FIELDS)
     return schema == "lead_identified" and any(value not in (None, "", []) for value in crm_fields)
+
+
+def _seconds(retry_after: str | None) -> float | None:
+    """Retry-After in seconds: a number, or an HTTP date (RFC 9110; a proxy in front of the collector may
+    send one, and float() of it raised out of the client); None when absent or unreadable (back off)."""
+    if not retry_after:
+        return None
+    try:
+        return max(0.0, float(retry_after))
+    except ValueError:
+        pass
+    try:
+        when = parsedate_to_datetime(retry_after)
+    except (TypeError, ValueError):
+        return None
+    if when.tzinfo is None:  # "-0000" in the date: UTC by RFC 5322
+        when = when.replace(tzinfo=UTC)
+    return max(0.0, (when - datetime.now(UTC)).total_seconds())
 
 
 class CollectorRejected(RuntimeError):
@@ -112,8 +132,7 @@ class CollectorClient:
         )
         response = self._conn.getresponse()
         answer = response.read().decode(errors="replace")
-        retry_after = response.getheader("Retry-After")
-        return response.status, float(retry_after) if retry_after else None, answer
+        return response.status, _seconds(response.getheader("Retry-After")), answer
 
     def _reset(self) -> None:
         if self._conn is not None:

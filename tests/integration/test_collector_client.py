@@ -22,8 +22,8 @@ Posted = list[tuple[str, list[str]]]  # (write key, event ids) per request, in a
 @pytest.fixture
 def server() -> Iterator[tuple[str, list[str | int], Posted]]:
     """A stand-in collector that records each request and answers in the order of ``script``: "drop" closes
-    the connection unanswered, an int is the status (429/503 with Retry-After: 0); once the script is used
-    up, 202."""
+    the connection unanswered, an int is the status (429/503 with Retry-After: 0), "503-date" a 503 whose
+    Retry-After is an HTTP date; once the script is used up, 202."""
     script: list[str | int] = []
     posted: Posted = []
 
@@ -37,7 +37,11 @@ def server() -> Iterator[tuple[str, list[str | int], Posted]]:
                 self.close_connection = True
                 self.connection.shutdown(2)
                 return
-            self.send_response(int(step))
+            if step == "503-date":  # as a proxy in front of the collector may answer
+                self.send_response(503)
+                self.send_header("Retry-After", "Wed, 21 Oct 2015 07:28:00 GMT")  # in the past: now
+            else:
+                self.send_response(int(step))
             if step in (429, 503):
                 self.send_header("Retry-After", "0")
             self.send_header("Content-Length", "2")
@@ -108,3 +112,16 @@ def test_a_refusal_is_not_retried(server: tuple[str, list[str | int], Posted]) -
     with pytest.raises(CollectorRejected, match="collector answered 400"):
         client.send("web_visit", visit(1))
     assert posted == [("web", ["v1"])]
+
+
+def test_a_retry_after_given_as_an_http_date_is_waited_for_not_a_crash(
+    server: tuple[str, list[str | int], Posted],
+) -> None:
+    """RFC 9110 allows Retry-After as an HTTP date (load balancers and proxies send one): float() of it
+    raised ValueError out of the client, ending the run instead of retrying the batch."""
+    url, script, posted = server
+    script.append("503-date")
+    with CollectorClient(url, "web", "crm", batch_size=1) as client:
+        client.send("web_visit", visit(1))
+        assert client.accepted == 1
+    assert posted == [("web", ["v1"])] * 2
