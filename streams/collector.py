@@ -47,7 +47,7 @@ from streams.producer import lead_key
 from streams.rate_limit import TokenBuckets
 from streams.settings import Settings
 from streams.topics import BY_SCHEMA, MAX_INPUT_RECORD_BYTES
-from streams.web import add_ops_routes
+from streams.web import PortInUse, add_ops_routes
 
 log = logging.getLogger(__name__)
 
@@ -330,8 +330,8 @@ async def serve(collector: Collector, host: str, port: int) -> web.AppRunner:
         await site.start()
     except OSError as exc:
         await runner.cleanup()
-        raise OSError(
-            exc.errno, f"collector cannot listen on {host}:{port} (LEADPULSE_COLLECTOR_PORT): {exc.strerror}"
+        raise PortInUse(
+            f"collector cannot listen on {host}:{port} (LEADPULSE_COLLECTOR_PORT): {exc.strerror}"
         ) from exc
     return runner
 
@@ -347,10 +347,13 @@ def run_collector(
         )
     metrics = Metrics(CollectorRegistry(), component="collector", process_metrics=True)
     collector = Collector(settings, metrics=metrics, publisher=publisher)
-    web.run_app(
-        collector.app(),
-        host=host or settings.web_host,
-        port=port if port is not None else settings.collector_port,
-        access_log=None,
-        print=None,
-    )
+    host = host or settings.web_host
+    port = port if port is not None else settings.collector_port
+    try:
+        web.run_app(collector.app(), host=host, port=port, access_log=None, print=None)
+    except OSError as exc:  # a busy port: name it and the setting, as serve() does
+        if exc.errno is None:
+            raise
+        raise PortInUse(
+            f"collector cannot listen on {host}:{port} (LEADPULSE_COLLECTOR_PORT): {exc.strerror}"
+        ) from exc

@@ -1,5 +1,6 @@
-"""A port another process holds: the worker and the sink stop with one line naming the port and the setting,
-exit 1, and leave no "Unclosed" client behind (they printed a 60-line traceback)."""
+"""A port another process holds: the worker, the sink and the collector stop with one line naming the port and
+the setting, exit 1, and leave no "Unclosed" client behind (they printed a 60-line traceback; the collector
+printed aiohttp's bind error, naming no setting)."""
 
 from __future__ import annotations
 
@@ -21,6 +22,11 @@ pytestmark = pytest.mark.e2e
     [
         ("worker", "web_port", "cannot serve ops endpoints on 127.0.0.1:{port}"),
         ("sink", "sink_port", "cannot serve the sink API on 127.0.0.1:{port} (set LEADPULSE_SINK_PORT)"),
+        (
+            "collector",
+            "collector_port",
+            "collector cannot listen on 127.0.0.1:{port} (LEADPULSE_COLLECTOR_PORT)",
+        ),
     ],
 )
 def test_a_busy_port_is_one_line_naming_it(
@@ -39,6 +45,7 @@ def test_a_busy_port_is_one_line_naming_it(
             kafka_bootstrap=broker.bootstrap,
             topic_prefix=broker_settings.topic_prefix,
             data_dir=tmp_path / "d",
+            write_keys='{"web": "wk_test"}',  # the collector refuses to start without one
             **{port_setting: port},
         )
         done = subprocess.run(
