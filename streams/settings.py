@@ -136,6 +136,22 @@ class Settings(BaseSettings):
                 raise ValueError(f"[{i}]: {exc}") from None
         return value
 
+    @field_validator("write_keys")
+    @classmethod
+    def _distinct_write_keys(cls, value: dict[str, SecretStr]) -> dict[str, SecretStr]:
+        """The collector takes the last source whose key matches, so one key for two sources (the page's
+        public key pasted as the CRM's) would give every visitor the CRM's rights; an empty key identifies
+        nobody. Named by source, never by key."""
+        seen: dict[str, str] = {}
+        for source, key in value.items():
+            secret = key.get_secret_value()
+            if not secret.strip():
+                raise ValueError(f"{source!r} has an empty key")
+            if secret in seen:
+                raise ValueError(f"{seen[secret]!r} and {source!r} have the same key: give each its own")
+            seen[secret] = source
+        return value
+
     @field_validator("email_hash_key")
     @classmethod
     def _email_key_length(cls, value: SecretStr) -> SecretStr:

@@ -85,6 +85,22 @@ def test_a_crm_source_without_a_write_key_is_refused_naming_it(monkeypatch: pyte
     assert "k1" not in message and "k2" not in message  # key values never shown
 
 
+def test_one_write_key_for_two_sources_is_refused_naming_the_sources(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The collector takes the last source whose key matches: with the page's (public) key pasted as the
+    CRM's too, every visitor could send sales activities and set a lead's flags, owner and segment. An empty
+    key identifies nobody (a request without a key is refused), so it is a mistake too."""
+    monkeypatch.delenv("LEADPULSE_CRM_WRITE_KEY_SOURCES", raising=False)
+    monkeypatch.setenv("LEADPULSE_WRITE_KEYS", '{"web": "wk-shared-1234", "crm": "wk-shared-1234"}')
+    with pytest.raises(SettingsError) as caught:
+        load_settings()
+    message = str(caught.value)
+    assert "LEADPULSE_WRITE_KEYS" in message and "'web' and 'crm' have the same key" in message
+    assert "wk-shared-1234" not in message
+    monkeypatch.setenv("LEADPULSE_WRITE_KEYS", '{"web": "k1", "crm": " "}')
+    with pytest.raises(SettingsError, match=r"LEADPULSE_WRITE_KEYS: .*'crm' has an empty key"):
+        load_settings()
+
+
 def test_crm_sources_are_not_checked_by_processes_without_write_keys(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
