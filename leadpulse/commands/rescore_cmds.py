@@ -23,6 +23,7 @@ from typing import Any
 import typer
 from rich.console import Console
 from rich.table import Table
+from rich.text import Text
 
 from agents.rescore import HistoryError, RescoreReport, read_history, rescore
 from agents.rules import RulesError, load_rules
@@ -93,7 +94,10 @@ def render_table(report: RescoreReport, console: Console) -> None:
     for c in report.changes:
         stage = c.old_stage if not c.stage_changed else f"{c.old_stage} -> {c.new_stage}"
         band = c.old_band if c.old_band == c.new_band else f"{c.old_band} -> {c.new_band}"
-        table.add_row(c.lead_id, stage, band, f"{c.old_score:.1f}", f"{c.new_score:.1f}", f"{c.delta:+.1f}")
+        # Text: rich reads a str cell as markup, and a lead id is anyone's ("[/x]" raised MarkupError)
+        table.add_row(
+            Text(c.lead_id), stage, band, f"{c.old_score:.1f}", f"{c.new_score:.1f}", f"{c.delta:+.1f}"
+        )
     console.print(table)
     for line in summary_lines(report):
         console.print(line, highlight=False)

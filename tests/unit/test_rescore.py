@@ -231,3 +231,17 @@ def test_every_bad_history_line_is_named_at_once(tmp_path: Path) -> None:
     assert message.startswith(f"{SHOWN_BAD_LINES + 3} bad line(s) in {path}; nothing was replayed")
     assert f"{path}:2: not JSON" in message and f"{path}:4: expected a JSON object" in message
     assert message.endswith("... and 3 more")
+
+
+def test_the_dry_run_table_shows_a_lead_id_as_written_not_as_rich_markup() -> None:
+    """Lead ids come from any producer, the page's public write key included, and "[/x]" is a valid one:
+    the table read it as rich markup and `rescore --dry-run` ended with MarkupError ("[b]" vanished)."""
+    from rich.console import Console
+
+    from agents.rescore import Change, RescoreReport
+
+    console = Console(record=True, width=200)
+    changes = [Change(lead, "lead", "mql", 10.0, 60.0, "cold", "hot") for lead in ("[/x]", "[b]")]
+    rescore_cmds.render_table(RescoreReport(events=2, leads=2, changes=changes), console)
+    text = console.export_text()
+    assert "[/x]" in text and "[b]" in text
