@@ -80,7 +80,11 @@ class RecentIds:
         later = self._later.get(tp, {}).get(record_id)
         if ids.get(record_id) == offset:
             if later:
-                ids[record_id] = later.pop(0)
+                # The lowest: a copy known stored (``STORED``, -1, a skipped stored record) before any that
+                # still waits, and of those the one written first.
+                lowest = min(later)
+                later.remove(lowest)
+                ids[record_id] = lowest
             else:
                 del ids[record_id]
         elif later and offset in later:

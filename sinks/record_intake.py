@@ -198,7 +198,11 @@ class RecordIntake:
                 record_id = str(row[0])
         except (SchemaError, KeyError, TypeError, ValueError):
             return
-        self.recent.first_or_take(tp, record_id, STORED)
+        first = self.recent.first_or_take(tp, record_id, STORED)
+        if first is not None and first != STORED:
+            # Remembered at a copy taken again from a gap before it (a refused first copy, re-read): should
+            # ClickHouse refuse that one again, the id stays remembered as stored, here.
+            self.recent.also_taken(tp, record_id, STORED)
 
     def _stored_lately(self, tp: tuple[str, int], record_id: str, offset: int, unwritten: int) -> bool:
         """Whether a copy of the record was stored lately from its partition: then this one is a re-send

@@ -1329,6 +1329,55 @@ def test_a_sink_gone_with_a_dead_letter_unsent_dead_letters_it_on_restart_despit
     assert count(ch, ids, p=settings.topic_prefix) == len(good)
 
 
+def test_a_re_send_of_a_corrected_copy_skipped_as_stored_beside_its_refused_copy_in_a_gap_is_not_stored(
+    ch: Client, broker_settings: Settings
+) -> None:
+    """A refused copy and its corrected re-send in one batch: the corrected one is stored, the refused
+    one's dead letter is never acknowledged and the sink goes, its commit below the refused copy. The next
+    sink takes the refused copy again (it lies in a gap) and skips the corrected one as stored, remembering
+    its id; but the id was already remembered at the refused copy, still unwritten, and refusing that copy
+    forgot the id: a later re-send of the corrected copy was stored a second time (two raw rows, counted
+    twice by the daily views)."""
+    settings = broker_settings
+    registry = default_registry()
+    topic = settings.topic("events.content_views")
+    content = f"{settings.topic_prefix}gap-corrected-item"
+    events = [
+        {**e, "event_id": f"{settings.topic_prefix}{e['event_id']}", "content_id": content}
+        for e in sample_events("content_view", 3, seed=41)
+    ]
+    good = events[1]
+    refused = {**good, "dwell_ms": -5}  # ClickHouse's CHECK refuses it
+    values = [registry.encode("content_view", e) for e in (events[0], refused, good, events[2])]
+    with Producer(settings) as producer:  # one key: one partition, offsets 0..3, the refused copy at 1
+        for value in values:
+            producer.send_encoded(topic, b"k", value)
+    first = ClickHouseSinkLoop(settings, ch, policy=BatchPolicy(10_000, 0.3))
+    dlq = UnacknowledgedDeadLetterProducer()
+    first.dead_letters._producer = dlq
+    sink = RunningSink(first)
+    try:
+        wait_for(lambda: topic_rows(ch, "events", settings) == 3, what="the valid records stored")
+        wait_for(lambda: first.stats.failures >= 1 and dlq.sends >= 2, what="the dead letter sent again")
+    finally:
+        sink.close()  # gone with the letter unacknowledged: the commit stays below the refused copy
+    assert all(offset <= 1 for offset in committed_offsets(settings).values()), "committed past the letter"
+    second = RunningSink(ClickHouseSinkLoop(settings, ch, policy=BatchPolicy(10_000, 0.3)))
+    try:
+        wait_for(lambda: sum(committed_offsets(settings).values()) == 4, what="the re-read handled")
+        assert second.loop.stats.dead_lettered == 1  # the refused copy, taken again from its gap
+        with Producer(settings) as producer:  # the client re-sends the corrected copy
+            producer.send_encoded(topic, b"k", registry.encode("content_view", good))
+        wait_for(lambda: sum(committed_offsets(settings).values()) == 5, what="the re-send handled")
+    finally:
+        second.close()
+    assert second.loop.stats.duplicates == 1
+    by_id = "SELECT count() FROM leadpulse.events WHERE event_id = {e:String}"  # no FINAL: raw rows
+    assert count(ch, by_id, e=good["event_id"]) == 1
+    usage = "SELECT sum(events) FROM leadpulse.content_usage_daily WHERE content_id = {c:String}"
+    assert count(ch, usage, c=content) == 3
+
+
 def test_a_sink_that_cannot_read_its_committed_offsets_stores_nothing_twice_however_many_gaps_lie_below(
     ch: Client, broker_settings: Settings, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -46,3 +46,18 @@ def test_later_copies_go_with_their_id_when_it_is_evicted_or_its_partition_revok
     revoked.first_or_take(TP, "e1", 11)
     revoked.forget(TP, "e1", 11)
     assert revoked.first_offset(TP, "e1") is None
+
+
+def test_a_refused_first_copy_leaves_the_id_at_a_copy_known_stored_before_one_still_waiting() -> None:
+    """After a restart, copies of ``e1`` taken again from gaps at 4 and 6 wait unwritten; the record at 8,
+    skipped as stored, is remembered beside them as stored (-1, ``record_intake.STORED``). Refusing the copy
+    at 4 must leave the id at the stored one: at 6 it would still count as possibly refused, and a further
+    copy would be stored beside the stored row."""
+    recent = RecentIds(10)
+    recent.first_or_take(TP, "e1", 4)
+    recent.also_taken(TP, "e1", 6)
+    recent.also_taken(TP, "e1", -1)
+    recent.forget(TP, "e1", 4)
+    assert recent.first_offset(TP, "e1") == -1
+    recent.forget(TP, "e1", 6)
+    assert recent.first_offset(TP, "e1") == -1
