@@ -64,6 +64,11 @@ log = logging.getLogger(__name__)
 SINK_GROUP = "leadpulse-sink"
 
 
+#: Seconds to wait before fetching again the records of partitions whose resume point ClickHouse could not
+#: give at their first fetch (``ClickHouseSinkLoop._resume_from_first_fetch``).
+RESUME_RETRY_S = 5.0
+
+
 def sink_group(settings: Settings) -> str:
     return f"{settings.topic_prefix}{SINK_GROUP}"
 
@@ -228,14 +233,14 @@ class ClickHouseSinkLoop:
 
     async def _take_fetched(self, records: dict[TopicPartition, list[ConsumerRecord[bytes, bytes]]]) -> None:
         """Take what a fetch returned, but for partitions given up meanwhile (their next owner reads them)."""
-        await self._resume_from_first_fetch(records)  # (a partition given up is no longer pending)
+        left = await self._resume_from_first_fetch(records)  # (a partition given up is no longer pending)
         for tp, messages in records.items():
-            if (tp.topic, tp.partition) in self.stats.assigned:
+            if (tp.topic, tp.partition) in self.stats.assigned and (tp.topic, tp.partition) not in left:
                 self._take(tp, messages)
 
     async def _resume_from_first_fetch(
         self, records: dict[TopicPartition, list[ConsumerRecord[bytes, bytes]]]
-    ) -> None:
+    ) -> set[tuple[str, int]]:
         """The resume points of partitions assigned while their committed offset could not be read (the
         group coordinator did not answer, or the group has none), once their first records are here.
 
@@ -244,20 +249,38 @@ class ClickHouseSinkLoop:
         dead-lettered, dropped as a re-send or erased there) filled the listing, skipping ended at the
         first unlisted one, below the committed offset, and every stored record above it was stored again.
         The first fetched offset is where the group's position starts (the consumer reads the committed
-        offset itself before it fetches): nothing below it is taken, so the gaps are listed from there."""
+        offset itself before it fetches): nothing below it is taken, so the gaps are listed from there.
+
+        Returned: the partitions whose records are left untaken, because ClickHouse did not answer. They
+        stay pending, their position goes back to the first fetched offset and the loop backs off like for
+        any ClickHouse failure (before, the error ended the sink)."""
         if not self.resume_pending:
-            return
+            return set()
         firsts = {
             (tp.topic, tp.partition): messages[0].offset
             for tp, messages in records.items()
             if messages and (tp.topic, tp.partition) in self.resume_pending
         }
         if not firsts:
-            return
+            return set()
         if self.writing is not None:  # one statement at a time on the client (a session allows no other)
             await self._settle_write()
-        stored = {key: self.resume_pending.pop(key) for key in firsts}
-        self.resume.update(await asyncio.to_thread(self.positions.resume_points, stored, firsts))
+        stored = {key: self.resume_pending[key] for key in firsts}
+        try:
+            points = await asyncio.to_thread(self.positions.resume_points, stored, firsts)
+        except Exception as exc:  # ClickHouse away or busy (unknown = retryable, as for inserts)
+            assert self.consumer is not None
+            assignment = self.consumer.assignment()
+            for key, offset in firsts.items():
+                if TopicPartition(*key) in assignment:
+                    self.consumer.seek(TopicPartition(*key), offset)  # fetched again after the back-off
+            what = "reading the stored offsets of newly fetched partitions"
+            self._back_off(SinkBackpressure("resume", RESUME_RETRY_S, exc, what=what))
+            return set(firsts)
+        for key in firsts:
+            self.resume_pending.pop(key, None)
+        self.resume.update(points)
+        return set()
 
     async def _settle_write(self) -> None:
         """``_finish_write`` outside ``_flush``: a failed insert starts the back-off here."""

@@ -1449,6 +1449,73 @@ def test_a_sink_that_cannot_read_its_committed_offsets_stores_nothing_twice_howe
     assert count(ch, usage, c=content) == len(good)
 
 
+class GapsQueryRefused(FaultyClient):
+    """A real client on which the listing of the gaps among stored offsets (``stored_gaps``) fails as
+    unreachable ``refuse`` times: ClickHouse away just when a partition's resume point is computed."""
+
+    def __init__(self, real: Client, refuse: int) -> None:
+        super().__init__(real)
+        self.refuse = refuse
+
+    def query(self, *args: Any, **kwargs: Any) -> Any:
+        if self.refuse > 0 and "lagInFrame" in str(args[0] if args else kwargs.get("query", "")):
+            self.refuse -= 1
+            raise OperationalError("injected: ClickHouse unreachable")
+        return self.real.query(*args, **kwargs)
+
+
+def test_a_resume_point_clickhouse_cannot_give_at_the_first_fetch_is_waited_for_not_fatal(
+    ch: Client, broker_settings: Settings, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A partition assigned while its committed offset could not be read gets its resume point at its
+    first fetch. When ClickHouse does not answer that query, the loop raised out of ``step``: the sink
+    ended (a process exit with a traceback), its fetched records neither taken nor re-read. Now it backs
+    off like any ClickHouse failure, fetches the records again afterwards and resumes as usual: the
+    stored records above the commit are skipped, nothing is stored twice."""
+    settings = broker_settings
+    topic = settings.topic("events.content_views")
+    good, _ = poisoned_partition(settings, 3, seed=43, poison={})  # offsets 0..2, committed
+    first = ClickHouseSinkLoop(settings, ch, policy=BatchPolicy(10_000, 0.3))
+    sink = RunningSink(first)
+    try:
+        wait_for(lambda: sum(committed_offsets(settings).values()) == 3, what="first part committed")
+
+        async def dies_before_committing() -> None:
+            """From here on the sink stores but never commits: the state a crash between the two leaves."""
+
+        monkeypatch.setattr(first, "_commit", dies_before_committing)
+        registry = default_registry()
+        later = [
+            {**e, "event_id": f"{settings.topic_prefix}{e['event_id']}"}
+            for e in sample_events("content_view", 3, seed=44)
+        ]
+        with Producer(settings) as producer:  # offsets 3..5: stored above the commit
+            for event in later:
+                producer.send_encoded(topic, b"k", registry.encode("content_view", event))
+        wait_for(lambda: topic_rows(ch, "events", settings) == 6, what="later records stored")
+    finally:
+        sink.close()
+    assert sum(committed_offsets(settings).values()) == 3
+
+    async def coordinator_silent(consumer: AIOKafkaConsumer, tp: AIOTopicPartition) -> int | None:
+        raise CoordinatorUnreachable("injected: no group coordinator answered for the committed offset")
+
+    monkeypatch.setattr(AIOKafkaConsumer, "committed", coordinator_silent)
+    refusing = GapsQueryRefused(ch, refuse=1)
+    second = RunningSink(ClickHouseSinkLoop(settings, refusing, policy=BatchPolicy(10_000, 0.3)))
+    try:
+        wait_for(
+            lambda: sum(committed_offsets(settings).values()) == 6 or not second.thread.is_alive(),
+            what="every offset committed",
+        )
+        assert second.thread.is_alive(), "the sink loop ended"
+    finally:
+        second.close()
+    assert refusing.refuse == 0, "the resume query was not made"
+    assert second.loop.stats.failures >= 1
+    assert topic_rows(ch, "events", settings) == len(good) + len(later)  # raw rows: nothing stored twice
+
+
 def test_the_gaps_among_stored_offsets_are_listed_from_the_committed_offset_and_bounded(
     ch: Client, broker_settings: Settings
 ) -> None:
