@@ -138,8 +138,9 @@ class ClickHouseSinkLoop:
         self.committed: dict[tuple[str, int], int] = {}
         self.resume: dict[tuple[str, int], ResumePoint] = {}  # what is stored already, per partition
         # Partitions assigned without a known committed offset: their highest stored offset, until their
-        # first fetch tells where the group's position is (``_resume_from_first_fetch``).
-        self.resume_pending: dict[tuple[str, int], int] = {}
+        # first fetch tells where the group's position is (``_resume_from_first_fetch``); None when
+        # ClickHouse did not answer at assignment (read at the first fetch too).
+        self.resume_pending: dict[tuple[str, int], int | None] = {}
         self.retry_at: float | None = None
         self.writing: tuple[SinkBatch, asyncio.Future[list[Rejected]]] | None = None  # the insert in flight
         self.max_poll_records = max_poll_records
@@ -242,7 +243,8 @@ class ClickHouseSinkLoop:
         self, records: dict[TopicPartition, list[ConsumerRecord[bytes, bytes]]]
     ) -> set[tuple[str, int]]:
         """The resume points of partitions assigned while their committed offset could not be read (the
-        group coordinator did not answer, or the group has none), once their first records are here.
+        group coordinator did not answer, or the group has none), or whose stored offsets ClickHouse did not
+        give then (``None`` in ``resume_pending``: read here too), once their first records are here.
 
         Why wait: the gaps among the stored offsets are listed from a lower bound, and at most
         ``MAX_GAPS`` of them; listed from offset 0, the gaps below the committed offset (every record
@@ -265,8 +267,12 @@ class ClickHouseSinkLoop:
             return set()
         if self.writing is not None:  # one statement at a time on the client (a session allows no other)
             await self._settle_write()
-        stored = {key: self.resume_pending[key] for key in firsts}
+        pending = {key: self.resume_pending[key] for key in firsts}
         try:
+            stored = {key: offset for key, offset in pending.items() if offset is not None}
+            unread = {key for key, offset in pending.items() if offset is None}
+            if unread:
+                stored.update(await self._stored_positions(unread))
             points = await asyncio.to_thread(self.positions.resume_points, stored, firsts)
         except Exception as exc:  # ClickHouse away or busy (unknown = retryable, as for inserts)
             assert self.consumer is not None
@@ -376,11 +382,21 @@ class ClickHouseSinkLoop:
             if self.retry_at is not None:  # a back-off no revocation ended (an erasure's) holds them too
                 self.consumer.pause(*self.consumer.assignment())
             committed = await self._load_commits(assigned)  # first: the gaps are looked for above them
-            stored = await asyncio.to_thread(self.positions.stored_for, assigned)
-            kept = await self.positions.same_log_only(stored)
-            known = {tp: offset for tp, offset in kept.items() if tp in committed}
+            try:
+                kept = await self._stored_positions(assigned)
+                known = {tp: offset for tp, offset in kept.items() if tp in committed}
+                points = await asyncio.to_thread(self.positions.resume_points, known, committed)
+            except Exception as exc:  # ClickHouse away or busy: read at each partition's first fetch
+                log.warning("stored positions not read at assignment, read at the first fetch: %s", exc)
+                self.resume_pending.update(dict.fromkeys(assigned))
+                return
             self.resume_pending.update({tp: offset for tp, offset in kept.items() if tp not in committed})
-            self.resume.update(await asyncio.to_thread(self.positions.resume_points, known, committed))
+            self.resume.update(points)
+
+    async def _stored_positions(self, assigned: set[tuple[str, int]]) -> dict[tuple[str, int], int]:
+        """The highest stored offset of each of ``assigned`` that has rows, after the same-log check."""
+        stored = await asyncio.to_thread(self.positions.stored_for, assigned)
+        return await self.positions.same_log_only(stored)
 
     async def _load_commits(self, assigned: set[tuple[str, int]]) -> dict[tuple[str, int], int]:
         """The group's committed offset of each newly assigned partition, so the lag metric is right from

@@ -1449,19 +1449,65 @@ def test_a_sink_that_cannot_read_its_committed_offsets_stores_nothing_twice_howe
     assert count(ch, usage, c=content) == len(good)
 
 
-class GapsQueryRefused(FaultyClient):
-    """A real client on which the listing of the gaps among stored offsets (``stored_gaps``) fails as
-    unreachable ``refuse`` times: ClickHouse away just when a partition's resume point is computed."""
+class QueryRefused(FaultyClient):
+    """A real client on which the queries holding ``marker`` fail as unreachable ``refuse`` times:
+    ClickHouse away just when a partition's resume point is read."""
 
-    def __init__(self, real: Client, refuse: int) -> None:
+    def __init__(self, real: Client, marker: str, refuse: int = 1) -> None:
         super().__init__(real)
+        self.marker = marker
         self.refuse = refuse
 
     def query(self, *args: Any, **kwargs: Any) -> Any:
-        if self.refuse > 0 and "lagInFrame" in str(args[0] if args else kwargs.get("query", "")):
+        if self.refuse > 0 and self.marker in str(args[0] if args else kwargs.get("query", "")):
             self.refuse -= 1
             raise OperationalError("injected: ClickHouse unreachable")
         return self.real.query(*args, **kwargs)
+
+
+def stored_above_the_commit(ch: Client, settings: Settings, monkeypatch: pytest.MonkeyPatch) -> int:
+    """Six content views on one partition: offsets 0..2 stored and committed, 3..5 stored above the commit
+    (the state a crash between insert and commit leaves). Returns how many were stored."""
+    registry = default_registry()
+    topic = settings.topic("events.content_views")
+    events = [
+        {**e, "event_id": f"{settings.topic_prefix}{e['event_id']}"}
+        for e in sample_events("content_view", 6, seed=43)
+    ]
+    first = ClickHouseSinkLoop(settings, ch, policy=BatchPolicy(10_000, 0.3))
+    sink = RunningSink(first)
+    try:
+        for part, committed in ((events[:3], True), (events[3:], False)):
+            with Producer(settings) as producer:
+                for event in part:
+                    producer.send_encoded(topic, b"k", registry.encode("content_view", event))
+            if committed:
+                wait_for(lambda: sum(committed_offsets(settings).values()) == 3, what="first part committed")
+
+                async def dies_before_committing() -> None:
+                    """From here on the sink stores but never commits."""
+
+                monkeypatch.setattr(first, "_commit", dies_before_committing)
+        wait_for(lambda: topic_rows(ch, "events", settings) == 6, what="later records stored")
+    finally:
+        sink.close()
+    assert sum(committed_offsets(settings).values()) == 3
+    return len(events)
+
+
+def resumes_despite(ch: Client, settings: Settings, refusing: QueryRefused, stored: int) -> None:
+    """A sink on ``refusing`` stays up, commits every offset and stores nothing twice."""
+    second = RunningSink(ClickHouseSinkLoop(settings, refusing, policy=BatchPolicy(10_000, 0.3)))
+    try:
+        wait_for(
+            lambda: sum(committed_offsets(settings).values()) == stored or not second.thread.is_alive(),
+            what="every offset committed",
+        )
+        assert second.thread.is_alive(), "the sink loop ended"
+    finally:
+        second.close()
+    assert refusing.refuse == 0, "the refused query was not made"
+    assert topic_rows(ch, "events", settings) == stored  # raw rows: nothing stored twice
 
 
 def test_a_resume_point_clickhouse_cannot_give_at_the_first_fetch_is_waited_for_not_fatal(
@@ -1472,48 +1518,26 @@ def test_a_resume_point_clickhouse_cannot_give_at_the_first_fetch_is_waited_for_
     ended (a process exit with a traceback), its fetched records neither taken nor re-read. Now it backs
     off like any ClickHouse failure, fetches the records again afterwards and resumes as usual: the
     stored records above the commit are skipped, nothing is stored twice."""
-    settings = broker_settings
-    topic = settings.topic("events.content_views")
-    good, _ = poisoned_partition(settings, 3, seed=43, poison={})  # offsets 0..2, committed
-    first = ClickHouseSinkLoop(settings, ch, policy=BatchPolicy(10_000, 0.3))
-    sink = RunningSink(first)
-    try:
-        wait_for(lambda: sum(committed_offsets(settings).values()) == 3, what="first part committed")
-
-        async def dies_before_committing() -> None:
-            """From here on the sink stores but never commits: the state a crash between the two leaves."""
-
-        monkeypatch.setattr(first, "_commit", dies_before_committing)
-        registry = default_registry()
-        later = [
-            {**e, "event_id": f"{settings.topic_prefix}{e['event_id']}"}
-            for e in sample_events("content_view", 3, seed=44)
-        ]
-        with Producer(settings) as producer:  # offsets 3..5: stored above the commit
-            for event in later:
-                producer.send_encoded(topic, b"k", registry.encode("content_view", event))
-        wait_for(lambda: topic_rows(ch, "events", settings) == 6, what="later records stored")
-    finally:
-        sink.close()
-    assert sum(committed_offsets(settings).values()) == 3
+    stored = stored_above_the_commit(ch, broker_settings, monkeypatch)
 
     async def coordinator_silent(consumer: AIOKafkaConsumer, tp: AIOTopicPartition) -> int | None:
         raise CoordinatorUnreachable("injected: no group coordinator answered for the committed offset")
 
     monkeypatch.setattr(AIOKafkaConsumer, "committed", coordinator_silent)
-    refusing = GapsQueryRefused(ch, refuse=1)
-    second = RunningSink(ClickHouseSinkLoop(settings, refusing, policy=BatchPolicy(10_000, 0.3)))
-    try:
-        wait_for(
-            lambda: sum(committed_offsets(settings).values()) == 6 or not second.thread.is_alive(),
-            what="every offset committed",
-        )
-        assert second.thread.is_alive(), "the sink loop ended"
-    finally:
-        second.close()
-    assert refusing.refuse == 0, "the resume query was not made"
-    assert second.loop.stats.failures >= 1
-    assert topic_rows(ch, "events", settings) == len(good) + len(later)  # raw rows: nothing stored twice
+    refusing = QueryRefused(ch, "lagInFrame")  # the gaps listing (stored_gaps)
+    resumes_despite(ch, broker_settings, refusing, stored)
+
+
+def test_stored_positions_clickhouse_cannot_give_at_assignment_are_read_at_the_first_fetch(
+    ch: Client, broker_settings: Settings, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """ClickHouse not answering the read of the highest stored offsets when partitions are assigned (a
+    rebalance, or the start, during an outage) raised out of ``step`` and ended the sink. Now the
+    partitions' resume points are read at their first fetch (backing off there while ClickHouse does not
+    answer): the stored records above the commit are skipped, nothing is stored twice."""
+    stored = stored_above_the_commit(ch, broker_settings, monkeypatch)
+    refusing = QueryRefused(ch, "max(offset)")  # stored_positions
+    resumes_despite(ch, broker_settings, refusing, stored)
 
 
 def test_the_gaps_among_stored_offsets_are_listed_from_the_committed_offset_and_bounded(
