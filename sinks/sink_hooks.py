@@ -7,6 +7,10 @@ from typing import Any
 
 from streams.metrics import LagGauge
 
+#: The ``table`` label of ``leadpulse_sink_failures_total{kind="unavailable"}``: ClickHouse could not be
+#: reached (at start, or for the stored offsets a resume reads), so no insert into any table can be tried.
+UNAVAILABLE_TABLE = "all"
+
 
 class SinkHooks:
     """Metric seam: the default does nothing; ``MetricsHooks`` feeds ``streams.metrics.Metrics``."""
@@ -16,6 +20,7 @@ class SinkHooks:
     def lags(self, group: str, lags: dict[tuple[str, int], int]) -> None: ...
     def erased(self, table: str, rows: int) -> None: ...
     def duplicate(self, table: str) -> None: ...
+    def unavailable(self) -> None: ...
 
 
 class MetricsHooks(SinkHooks):
@@ -46,3 +51,6 @@ class MetricsHooks(SinkHooks):
 
     def duplicate(self, table: str) -> None:
         self.m.sink_duplicates.labels(table=table).inc()
+
+    def unavailable(self) -> None:
+        self.m.sink_failures.labels(table=UNAVAILABLE_TABLE, kind="unavailable").inc()

@@ -281,6 +281,7 @@ class ClickHouseSinkLoop:
                 if TopicPartition(*key) in assignment:
                     self.consumer.seek(TopicPartition(*key), offset)  # fetched again after the back-off
             what = "reading the stored offsets of newly fetched partitions"
+            self.hooks.unavailable()  # as an insert ClickHouse refuses: LeadpulseSinkFailing sees it
             self._back_off(SinkBackpressure("resume", RESUME_RETRY_S, exc, what=what))
             return set(firsts)
         for key in firsts:
@@ -388,6 +389,7 @@ class ClickHouseSinkLoop:
                 points = await asyncio.to_thread(self.positions.resume_points, known, committed)
             except Exception as exc:  # ClickHouse away or busy: read at each partition's first fetch
                 log.warning("stored positions not read at assignment, read at the first fetch: %s", exc)
+                self.hooks.unavailable()
                 self.resume_pending.update(dict.fromkeys(assigned))
                 return
             self.resume_pending.update({tp: offset for tp, offset in kept.items() if tp not in committed})

@@ -12,16 +12,12 @@ from clickhouse_connect.driver.client import Client
 
 from sinks.batch import BatchPolicy
 from sinks.clickhouse import EmbeddedDirectoryUnusable, EmbeddedEngineBusy
-from sinks.sink_hooks import MetricsHooks
+from sinks.sink_hooks import UNAVAILABLE_TABLE, MetricsHooks
 from sinks.sink_loop import ClickHouseSinkLoop, SinkStats
 from streams.backoff import Backoff
 from streams.settings import Settings
 
 log = logging.getLogger(__name__)
-
-#: The ``table`` label of ``leadpulse_sink_failures_total{kind="unavailable"}``: ClickHouse could not be
-#: reached or migrated at start, so no insert into any table can be tried.
-UNAVAILABLE_TABLE = "all"
 
 
 def _connect(

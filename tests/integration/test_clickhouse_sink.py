@@ -1495,9 +1495,22 @@ def stored_above_the_commit(ch: Client, settings: Settings, monkeypatch: pytest.
     return len(events)
 
 
+class UnavailableHooks(SinkHooks):
+    """Counts what the loop reports as ClickHouse unavailable (``leadpulse_sink_failures_total{kind=
+    "unavailable"}`` in a sink process)."""
+
+    def __init__(self) -> None:
+        self.unavailable_count = 0
+
+    def unavailable(self) -> None:
+        self.unavailable_count += 1
+
+
 def resumes_despite(ch: Client, settings: Settings, refusing: QueryRefused, stored: int) -> None:
-    """A sink on ``refusing`` stays up, commits every offset and stores nothing twice."""
-    second = RunningSink(ClickHouseSinkLoop(settings, refusing, policy=BatchPolicy(10_000, 0.3)))
+    """A sink on ``refusing`` stays up, commits every offset and stores nothing twice; the refused query
+    is counted as ClickHouse unavailable (so LeadpulseSinkFailing can fire in a long outage)."""
+    hooks = UnavailableHooks()
+    second = RunningSink(ClickHouseSinkLoop(settings, refusing, policy=BatchPolicy(10_000, 0.3), hooks=hooks))
     try:
         wait_for(
             lambda: sum(committed_offsets(settings).values()) == stored or not second.thread.is_alive(),
@@ -1508,6 +1521,7 @@ def resumes_despite(ch: Client, settings: Settings, refusing: QueryRefused, stor
         second.close()
     assert refusing.refuse == 0, "the refused query was not made"
     assert topic_rows(ch, "events", settings) == stored  # raw rows: nothing stored twice
+    assert hooks.unavailable_count == 1, "the refused query was not counted as ClickHouse unavailable"
 
 
 def test_a_resume_point_clickhouse_cannot_give_at_the_first_fetch_is_waited_for_not_fatal(
