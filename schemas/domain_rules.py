@@ -21,6 +21,11 @@ BEHAVIOURAL = ("web_visit", "email_click", "download", "content_view")
 #: Longest lead_id / anonymous_id / event_id accepted. Ids key partitions, state and ClickHouse rows and go
 #: into webhook headers; a 60 KB one was accepted and keyed (webhook audit).
 MAX_ID_CHARS = 256
+#: Longest dwell one content view may report: a day of continuous visibility (the tracker reports the time
+#: an element was visible in a visible tab, then starts again). The daily views sum dwell as Int64: two views
+#: of 2**62 ms, which the public write key could send, wrapped the content report's dwell negative, and one
+#: swamped its mean.
+MAX_DWELL_MS = 24 * 3_600_000
 _CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")
 IDENTITY_FIELDS = ("event_id", "lead_id", "anonymous_id")
 
@@ -81,6 +86,8 @@ def domain_checks(name: str, record: Mapping[str, Any]) -> Iterable[FieldError]:
         dwell = record.get("dwell_ms")
         if isinstance(dwell, int) and INT64[0] <= dwell < 0:  # out of range is reported by the type check
             yield FieldError("dwell_ms", f"must be >= 0, got {dwell}")
+        elif isinstance(dwell, int) and MAX_DWELL_MS < dwell <= INT64[1]:
+            yield FieldError("dwell_ms", f"must be at most {MAX_DWELL_MS} (24 hours), got {dwell}")
         pct = record.get("percent_viewed")
         if isinstance(pct, float) and math.isfinite(pct) and not 0.0 <= pct <= 100.0:
             yield FieldError("percent_viewed", f"must be between 0 and 100, got {pct}")

@@ -11,6 +11,7 @@ import pytest
 from fastavro.schema import fingerprint as fastavro_fingerprint
 from fastavro.schema import to_parsing_canonical_form
 
+from schemas.domain_rules import MAX_DWELL_MS
 from schemas.errors import SchemaValidationError, TrailingBytes, UnknownFingerprint, WireFormatError
 from schemas.registry import SCHEMA_DIR, SchemaRegistry, crc64_avro, default_registry, to_millis
 
@@ -299,6 +300,20 @@ CONTENT_VIEW = {
     "dwell_ms": 5,
     "percent_viewed": 50,
 }
+
+
+def test_a_dwell_beyond_a_day_is_refused_naming_the_field() -> None:
+    """The daily views sum dwell as Int64: two views of 2**62 ms sent with the public key wrapped a content
+    item's dwell negative in the reports (ingestion review). A day of visibility is the most one view
+    reports; the SDK, ``produce`` and the collector share this check."""
+    registry = default_registry()
+    registry.validate("content_view", {**CONTENT_VIEW, "dwell_ms": MAX_DWELL_MS})
+    for dwell in (MAX_DWELL_MS + 1, 2**62):
+        with pytest.raises(SchemaValidationError) as info:
+            registry.validate("content_view", {**CONTENT_VIEW, "dwell_ms": dwell})
+        assert [(e.field, e.problem) for e in info.value.errors] == [
+            ("dwell_ms", f"must be at most 86400000 (24 hours), got {dwell}")
+        ]
 
 
 @pytest.mark.parametrize(
