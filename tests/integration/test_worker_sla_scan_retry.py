@@ -135,3 +135,55 @@ def test_a_lead_the_sla_scan_keeps_failing_for_is_retried_after_growing_back_off
     gaps = [later - earlier for earlier, later in pairwise(tried)]
     wanted = [backoff_seconds(n, first, cap) for n in range(1, len(tried))]  # 0.3, 0.6, 1.2, 1.2, ...
     assert all(gap >= want for gap, want in zip(gaps, wanted, strict=True)), (gaps, wanted)
+
+
+def test_many_leads_the_sla_scan_fails_for_do_not_hold_back_the_other_leads_timers(
+    broker_settings: Settings, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A core bug makes ``check_timers`` raise for a whole class of leads. The scan stopped at the first
+    failing lead and wrote nothing: one failing lead per scan. With the retries, a scan that met any lead out
+    of its back-off was dropped, so once the failing leads outnumber the scans of one back-off (here 40 leads
+    against a 2 s back-off and 0.1 s scans; in production 2 s scans and the 30 min cap: some 900 leads, fewer
+    the longer a reload takes) every scan meets one and no other lead ever gets its SLA warning or breach.
+    Now a failing lead is left out of the scan's writes and the rest is written: the healthy lead's timers
+    fire on the first scan, and all failing leads are found in that one scan."""
+    buggy = [f"L-timer-bug-{n:02d}" for n in range(40)]
+    fine = "L-timer-healthy"
+    real_check = worker_sla_scan.check_timers
+    tried: list[str] = []
+
+    def check_failing_for_a_class(state: LeadState, rules: Rules, now_ms: int) -> StepResult:
+        if state.key.startswith("L-timer-bug-"):
+            tried.append(state.key)
+            raise RuntimeError("injected: the SLA scan fails for a whole class of leads")
+        return real_check(state, rules, now_ms)
+
+    monkeypatch.setattr(worker_sla_scan, "check_timers", check_failing_for_a_class)
+    monkeypatch.setattr(worker_sla_scan, "RETRY_FIRST_S", 2.0, raising=False)
+    monkeypatch.setattr(worker_sla_scan, "RETRY_MAX_S", 2.0, raising=False)
+    metrics = Metrics(CollectorRegistry(), component="worker")
+    worker = LeadWorker(broker_settings, load_rules(None), metrics, scan_interval_s=0.1, idle_after_s=1)
+
+    def durably_fired(lead: str) -> list[str]:
+        """What the changelog says fired (the store in memory may hold a dropped scan's firings)."""
+        state = _durable(broker_settings).get(lead.encode())
+        timer = state.timers.get(FOLLOW_UP) if state is not None else None
+        return timer.fired if timer is not None else []
+
+    async def scenario() -> None:
+        async with running_worker(worker) as running:
+            await _until_ready(worker, running)
+            _send_due_leads(broker_settings, *buggy, fine)
+            deadline = time.monotonic() + 30
+            while len(await asyncio.to_thread(durably_fired, fine)) < 2:
+                assert not running.done()
+                assert time.monotonic() < deadline, (
+                    f"the healthy lead's SLA firings were never written; {len(tried)} scan failures of "
+                    f"{len(set(tried))} leads, {_failures(metrics):.0f} counted"
+                )
+                await asyncio.sleep(0.5)
+            assert set(tried) == set(buggy)
+
+    asyncio.run(scenario())
+    for lead in buggy:  # nothing the scan did for them is written
+        assert durably_fired(lead) == []
