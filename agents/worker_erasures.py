@@ -45,7 +45,11 @@ async def apply_erasures(worker: LeadWorker, records: list[dict[str, Any]]) -> N
     accounts = _decodable_accounts(worker)
     for record in records:
         lead_id = record["lead_id"]
-        lead = worker.store.get(lead_id.encode())
+        try:
+            lead = worker.store.get(lead_id.encode())
+        except Exception as exc:  # its stored state does not decode: see _unread
+            _unread(worker, batch, lead_id, exc)
+            lead = None
         aliases = lead.aliases if lead is not None else []
         for identity in {lead_id, *record.get("anonymous_ids", []), *aliases}:
             key = identity.encode()
@@ -87,8 +91,11 @@ def _without_unwritable(
     unwritable = set(exc.failures)
     if not unwritable <= batch.accounts.keys():
         raise exc  # (an erasure writes no lead state: not expected)
-    retry = Batch(accounts={k: v for k, v in batch.accounts.items() if k not in unwritable})
-    source = worker.settings.topic(ERASURES.name)
+    retry = Batch(
+        accounts={k: v for k, v in batch.accounts.items() if k not in unwritable},
+        sends=[record for record in batch.sends if record[0] == worker.dlq_topic],  # the letters of _unread
+        dead_letters=list(batch.dead_letters),
+    )
     for key in sorted(unwritable):
         topic, failure = exc.failures[key]
         domain = key.removeprefix(ACCOUNT_PREFIX).decode(errors="replace")
@@ -99,12 +106,39 @@ def _without_unwritable(
                 "tombstoned and its inputs dropped, the account still counts it until a restore applies the "
                 "erasure again with a fixed version"
             )
-            letter = dead_letter(source, -1, -1, lead_id, None, "process", error, error_type="NotWritable")
-            dlq_key, dlq_value = encode_dead_letter(letter, worker.registry)
-            retry.sends.append((worker.dlq_topic, dlq_key, dlq_value, DLQ_HEADERS, None))
-            retry.dead_letters.append((ERASURES.name, "process", "process_error"))
-            log.error("%s", error, exc_info=(type(failure), failure, failure.__traceback__))
+            _dead_letter(worker, retry, lead_id, error, "NotWritable", failure)
     return retry
+
+
+def _unread(worker: LeadWorker, batch: Batch, lead_id: str, exc: Exception) -> None:
+    """An erased lead whose stored state does not decode (a core bug, or a state written by another
+    version): its key is tombstoned as usual, with the erasure's own anonymous ids, and a dead letter says
+    that the anonymous ids stitched to it (held in that state) could not be read.
+
+    Why: the state was decoded for those ids outside any guard, so the exception escaped the poll loop and
+    the worker exited; the purge of erased leads after each restore raised it again, so the worker exited at
+    every start (tests/integration/test_worker_erasure_undecodable_lead.py). Safe: the lead's inputs are
+    dropped (the erasure log), its state and scores tombstoned; a stitched anonymous id's state, if any, is
+    left for an erasure naming it (``leadpulse forget`` with the ids), which the letter calls for."""
+    error = (
+        f"the erasure of lead {lead_id!r} may not be complete: its stored state does not decode "
+        f"({type(exc).__name__}: {exc}), so the anonymous ids stitched to it are not known and their states, "
+        "if any, are not erased; the lead's own state and scores are tombstoned and its inputs dropped"
+    )
+    _dead_letter(worker, batch, lead_id, error, type(exc).__name__, exc)
+
+
+def _dead_letter(
+    worker: LeadWorker, batch: Batch, lead_id: str, error: str, error_type: str, exc: BaseException
+) -> None:
+    """A dead letter for the part of an erasure not done: source the erasure log, partition and offset -1,
+    stage ``process``, the lead id as key and no value (see ``_without_unwritable``), logged."""
+    source = worker.settings.topic(ERASURES.name)
+    letter = dead_letter(source, -1, -1, lead_id, None, "process", error, error_type=error_type)
+    dlq_key, dlq_value = encode_dead_letter(letter, worker.registry)
+    batch.sends.append((worker.dlq_topic, dlq_key, dlq_value, DLQ_HEADERS, None))
+    batch.dead_letters.append((ERASURES.name, "process", "process_error"))
+    log.error("%s", error, exc_info=(type(exc), exc, exc.__traceback__))
 
 
 async def purge_erased(worker: LeadWorker) -> None:
