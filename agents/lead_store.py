@@ -10,7 +10,7 @@ new store (agents/worker_rebalance.py), so partitions are never dropped one by o
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
 import orjson
@@ -59,11 +59,20 @@ class LeadStore:
     def lead_keys(self) -> list[bytes]:
         return list(self._entries)
 
-    def accounts(self) -> list[tuple[bytes, int, AccountState]]:
-        """Every account (decodes them all: for erasures, which are rare)."""
+    def accounts(
+        self, undecodable: Callable[[bytes, Exception], None] | None = None
+    ) -> list[tuple[bytes, int, AccountState]]:
+        """Every account (decodes them all: for erasures, which are rare). With ``undecodable``, an account
+        whose stored state does not decode is reported to it and left out instead of raising."""
         found = []
         for key in list(self._accounts):
-            account = self.get_account(key)
+            try:
+                account = self.get_account(key)
+            except Exception as exc:
+                if undecodable is None:
+                    raise
+                undecodable(key, exc)
+                continue
             if account is not None:
                 found.append((key, self._accounts[key][0], account))
         return found
@@ -120,10 +129,6 @@ class LeadStore:
 
     def put_account(self, key: bytes, partition: int, account: AccountState) -> None:
         self._accounts[key] = (partition, account)
-
-    def accounts_with_lead(self, lead_id: str) -> list[tuple[bytes, int, AccountState]]:
-        """Accounts counting ``lead_id``."""
-        return [found for found in self.accounts() if lead_id in found[2].leads]
 
     def due(self, now_ms: int) -> list[bytes]:
         return [key for key, due in self.deadlines.items() if due <= now_ms]

@@ -158,25 +158,21 @@ def _decodable_accounts(worker: LeadWorker) -> list[tuple[bytes, int, AccountSta
     """Every account of the owned partitions (key, partition, state), but those whose stored state does not
     decode: logged and left out.
 
-    Why: ``LeadStore.accounts`` raises at the first account that does not decode (a core bug, or a state
+    Why: ``LeadStore.accounts`` without a callback raises at the first account that does not decode (a core
+    bug, or a state
     written by another version), outside any guard: the purge of every restore raised out of the rebalance
     and then out of the poll loop's reload, so the worker exited at start and at every restart (a crash loop
     that processed nothing), and so did every erasure while it ran
     (tests/integration/test_worker_erasure_undecodable_account.py). Such an account cannot be checked for an
     erased lead, nor written; its own hops are dead-lettered by the per-record guard
     (``LeadWorker._failed_in_core``), like the records of a lead state that does not decode."""
-    store = worker.store
-    found = []
-    for key in list(store._accounts):  # (LeadStore has no public list of account keys)
-        try:
-            account = store.get_account(key)
-        except Exception:
-            log.exception(
-                "account %r of the changelog does not decode: left out of the erasure pass (an erased lead "
-                "it counts stays in it)",
-                key.removeprefix(ACCOUNT_PREFIX).decode(errors="replace"),
-            )
-            continue
-        if account is not None:
-            found.append((key, store._accounts[key][0], account))
-    return found
+
+    def undecodable(key: bytes, exc: Exception) -> None:
+        log.error(
+            "account %r of the changelog does not decode: left out of the erasure pass (an erased lead "
+            "it counts stays in it)",
+            key.removeprefix(ACCOUNT_PREFIX).decode(errors="replace"),
+            exc_info=(type(exc), exc, exc.__traceback__),
+        )
+
+    return worker.store.accounts(undecodable)
