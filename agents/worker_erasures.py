@@ -159,10 +159,9 @@ def _decodable_accounts(worker: LeadWorker) -> list[tuple[bytes, int, AccountSta
     decode: logged and left out.
 
     Why: ``LeadStore.accounts`` without a callback raises at the first account that does not decode (a core
-    bug, or a state
-    written by another version), outside any guard: the purge of every restore raised out of the rebalance
-    and then out of the poll loop's reload, so the worker exited at start and at every restart (a crash loop
-    that processed nothing), and so did every erasure while it ran
+    bug, or a state written by another version), outside any guard: the purge of every restore raised out of
+    the rebalance and then out of the poll loop's reload, so the worker exited at start and at every restart
+    (a crash loop that processed nothing), and so did every erasure while it ran
     (tests/integration/test_worker_erasure_undecodable_account.py). Such an account cannot be checked for an
     erased lead, nor written; its own hops are dead-lettered by the per-record guard
     (``LeadWorker._failed_in_core``), like the records of a lead state that does not decode."""
