@@ -22,6 +22,7 @@ from aiokafka.errors import IllegalStateError
 from agents.kafka_batches import Headers, read_to_end
 from agents.lead_store import LeadStore, due_from_headers
 from agents.worker_erasures import purge_erased
+from agents.worker_sla_scan import report_failing
 from streams.kafka_close import committed, group_commits
 
 if TYPE_CHECKING:
@@ -80,6 +81,7 @@ def forget_moved(worker: LeadWorker, assigned: set[TopicPartition]) -> None:
         worker.scan_failed = {
             key: failure for key, failure in worker.scan_failed.items() if failure.partition in partitions
         }
+        report_failing(worker)
 
 
 async def unless_stopped(worker: LeadWorker, work: Coroutine[Any, Any, None], grace_s: float = 0.0) -> bool:

@@ -51,7 +51,10 @@ async def scan(worker: LeadWorker) -> None:
     # records cannot be written, is left out and the rest of the scan written (see _failed).
     parts: dict[bytes, Batch] = {}
     failed: set[bytes] = set()
-    for key in worker.store.due(now):
+    due = worker.store.due(now)
+    if worker.scan_failed:
+        _forget_not_due(worker, due)
+    for key in due:
         failure = worker.scan_failed.get(key)
         if failure is not None:
             if started < failure.retry_at:
@@ -94,6 +97,28 @@ async def scan(worker: LeadWorker) -> None:
         if key not in failed:
             worker.scan_failed.pop(key, None)
             log.info("the SLA scan succeeded again for lead %r", key.decode(errors="replace"))
+    report_failing(worker)
+
+
+def _forget_not_due(worker: LeadWorker, due: list[bytes]) -> None:
+    """Leads the scan failed for that have nothing due any more (a later event moved their deadlines, or
+    they were erased or deleted): nothing of theirs waits for a retry. Kept, they held
+    ``leadpulse_worker_sla_scan_failing_leads`` above 0 (and its alert on) until a rebalance; and a lead due
+    again later starts its back-off afresh."""
+    waiting = set(due)
+    for key in [key for key in worker.scan_failed if key not in waiting]:
+        del worker.scan_failed[key]
+        log.info(
+            "the SLA scan no longer waits to retry lead %r: nothing of it is due",
+            key.decode(errors="replace"),
+        )
+
+
+def report_failing(worker: LeadWorker) -> None:
+    """``leadpulse_worker_sla_scan_failing_leads``: leads whose SLA timers wait for a retry that works, the
+    alert's signal (the failures counter also counts failures a retry 30 s later fixed)."""
+    if worker.metrics:
+        worker.metrics.sla_scan_failing_leads.set(len(worker.scan_failed))
 
 
 def _merged(parts: Iterable[Batch]) -> Batch:

@@ -225,6 +225,12 @@ class Metrics:
             "with back-off (agents/worker_sla_scan.py) while its events are still processed.",
             registry=r,
         )
+        self.sla_scan_failing_leads = Gauge(
+            "leadpulse_worker_sla_scan_failing_leads",
+            "Leads of this worker whose SLA scan failed and has not worked since: their SLA warnings and "
+            "breaches wait for a retry (0 once a retry works, the lead has nothing due, or moved away).",
+            registry=r,
+        )
 
         # --- sink: Kafka -> ClickHouse ------------------------------------------------------------------
         self.sink_rows = Counter(

@@ -41,6 +41,10 @@ def _failures(metrics: Metrics) -> float:
     return metrics.registry.get_sample_value("leadpulse_worker_sla_scan_failures_total") or 0.0
 
 
+def _failing_leads(metrics: Metrics) -> float | None:
+    return metrics.registry.get_sample_value("leadpulse_worker_sla_scan_failing_leads")
+
+
 def _send_due_leads(settings: Settings, *leads: str) -> None:
     """Leads with a demo request two hours ago: their 1 h follow-up SLA (warning and breach) is due."""
     t = int(time.time() * 1000) - 2 * HOUR
@@ -88,6 +92,7 @@ def test_a_lead_the_sla_scan_failed_for_once_gets_its_timers_back_after_the_relo
     asyncio.run(scenario())
     assert raised == [lead]
     assert _failures(metrics) == 1.0
+    assert _failing_leads(metrics) == 0.0  # the retry worked: nothing waits any more
     durable = _durable(broker_settings).get(lead.encode())
     timer = durable.timers.get(FOLLOW_UP) if durable is not None else None
     assert timer is not None and len(timer.fired) >= 2, "the lead's SLA firings were never written"
@@ -130,6 +135,7 @@ def test_a_lead_the_sla_scan_keeps_failing_for_is_retried_after_growing_back_off
             failure = worker.scan_failed[buggy.encode()]
             assert failure.failures == len(tried)
             assert _failures(metrics) == len(tried)
+            assert _failing_leads(metrics) == 1.0  # the buggy lead, not the fine one
 
     asyncio.run(scenario())
     gaps = [later - earlier for earlier, later in pairwise(tried)]
@@ -187,3 +193,53 @@ def test_many_leads_the_sla_scan_fails_for_do_not_hold_back_the_other_leads_time
     asyncio.run(scenario())
     for lead in buggy:  # nothing the scan did for them is written
         assert durably_fired(lead) == []
+
+
+def test_a_failing_lead_with_nothing_due_any_more_is_no_longer_counted_as_waiting(
+    broker_settings: Settings, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A lead the scan fails for, then followed up by sales: its follow-up SLA is met, nothing of it is due.
+    Its retry entry stayed until a rebalance, so ``leadpulse_worker_sla_scan_failing_leads`` (the alert's
+    signal) stayed at 1 for a lead with nothing to fire. Now the entry goes at the next scan."""
+    lead = "L-timer-followed"
+    real_check = worker_sla_scan.check_timers
+    tried: list[str] = []
+
+    def check_failing_for_the_lead(state: LeadState, rules: Rules, now_ms: int) -> StepResult:
+        if state.key == lead:
+            tried.append(state.key)
+            raise RuntimeError("injected: the SLA scan fails for this lead")
+        return real_check(state, rules, now_ms)
+
+    monkeypatch.setattr(worker_sla_scan, "check_timers", check_failing_for_the_lead)
+    monkeypatch.setattr(worker_sla_scan, "RETRY_FIRST_S", 600.0, raising=False)  # no retry in this test
+    metrics = Metrics(CollectorRegistry(), component="worker")
+    worker = LeadWorker(broker_settings, load_rules(None), metrics, scan_interval_s=0.1, idle_after_s=1)
+
+    async def scenario() -> None:
+        async with running_worker(worker) as running:
+            await _until_ready(worker, running)
+            _send_due_leads(broker_settings, lead)
+            await wait_until(
+                lambda: _failing_leads(metrics) == 1.0, running, seen=lambda: f"tried {len(tried)}"
+            )
+            with Producer(broker_settings) as producer:
+                producer.send(
+                    "sales_activity",
+                    {
+                        "event_id": "followed-accepted",
+                        "event_time": int(time.time() * 1000) - 60_000,
+                        "lead_id": lead,
+                        "source": "crm",
+                        "activity": "accepted",
+                        "owner": "rep-1",
+                    },
+                )
+            await wait_until(
+                lambda: lead.encode() not in worker.scan_failed and _failing_leads(metrics) == 0.0,
+                running,
+                seen=lambda: f"failing {_failing_leads(metrics)}, entries {list(worker.scan_failed)}",
+            )
+
+    asyncio.run(scenario())
+    assert tried == [lead]  # never retried: the entry went because nothing was due, not by a retry

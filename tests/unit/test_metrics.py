@@ -17,7 +17,9 @@ pytestmark = pytest.mark.unit
 # Label names that would carry personal data or secrets if anyone added them.
 FORBIDDEN_LABELS = {"lead_id", "anonymous_id", "email", "url", "write_key", "key", "token", "password", "dsn"}
 # Gauges that count records and so have no base unit to name (DESIGN §9 lists the lag metric by this name).
-UNITLESS_GAUGES = {"leadpulse_consumer_lag"}
+# counts of things, which Prometheus' naming guide leaves without a unit suffix: records behind, and leads
+# whose SLA scan waits for a retry
+UNITLESS_GAUGES = {"leadpulse_consumer_lag", "leadpulse_worker_sla_scan_failing_leads"}
 UNIT_SUFFIXES = ("_seconds", "_bytes", "_ratio", "_timestamp_seconds")
 
 
