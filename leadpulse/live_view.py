@@ -17,6 +17,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from rich.console import Group
 from rich.panel import Panel
 from rich.table import Table
+from rich.text import Text
 
 from schemas.errors import SchemaError
 from schemas.registry import default_registry
@@ -133,7 +134,9 @@ def render(state: LiveState, feed: HotLeadFeed) -> Group:
     hot = Table("hot lead", "score", "company", "why (top signals)", box=None, pad_edge=False)
     for record in feed.recent:
         why = ", ".join(f"{sig['rule']} +{sig['points']:.0f}" for sig in record["signals"][:3])
-        hot.add_row(record["lead_id"], f"{record['score']:.0f}", str(record.get("company_name") or ""), why)
+        # Text, not markup: a lead id or company name such as "[/x]" (anyone may send one) crashed the view
+        company = Text(str(record.get("company_name") or ""))
+        hot.add_row(Text(record["lead_id"]), f"{record['score']:.0f}", company, Text(why))
     side = Table.grid(padding=(0, 4))
     side.add_row(stages, sla)
     title = (

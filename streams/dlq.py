@@ -15,9 +15,10 @@ import re
 import time
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Any
 
+from schemas.coercion import to_millis
 from schemas.errors import SchemaError
 from schemas.registry import SchemaRegistry, default_registry
 from streams.producer import Producer
@@ -161,9 +162,7 @@ def parse_since(text: str | None, now_ms: int | None = None) -> int | None:
         raise ValueError(
             f"--since: expected a duration like 30m/2h/7d or an ISO-8601 time, got {text!r}"
         ) from None
-    if moment.tzinfo is None:
-        moment = moment.replace(tzinfo=UTC)
-    return int(moment.timestamp() * 1000)
+    return to_millis(moment)  # exact: the float timestamp() * 1000 came out a millisecond early at times
 
 
 def check_filters(topic: str | None, stage: str | None, prefix: str = "") -> None:

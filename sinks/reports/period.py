@@ -6,6 +6,8 @@ import datetime as dt
 import re
 from dataclasses import dataclass
 
+from schemas.coercion import to_millis
+
 DAY_MS = 86_400_000
 _RELATIVE = re.compile(r"^(\d+)([dhw])$")
 
@@ -32,9 +34,7 @@ def parse_instant(text: str, now_ms: int) -> int:
         raise ValueError(
             f"expected a date (2026-01-31), a datetime or a relative age (30d), got {text!r}"
         ) from None
-    if value.tzinfo is None:
-        value = value.replace(tzinfo=dt.UTC)
-    return int(value.timestamp() * 1000)
+    return to_millis(value)  # exact (naive = UTC): the float timestamp() * 1000 came out 1 ms early at times
 
 
 def make_period(since: str | None, until: str | None, now_ms: int, default_days: int = 90) -> Period:
