@@ -20,13 +20,13 @@ from agents.account import AccountState
 from agents.lead_store import ACCOUNT_PREFIX
 from agents.rules import load_rules
 from agents.worker import LeadWorker
-from streams.erasures import ErasureLog, erasure_record, publish_erasure
+from streams.erasures import erasure_record, publish_erasure
 from streams.metrics import Metrics
 from streams.producer import Producer
 from streams.settings import Settings
 from tests.integration.test_worker import outputs, profile
-from tests.integration.test_worker_start_over import _dead_letters, _durable, _seen, _until_ready, _visit
-from tests.integration.worker_harness import running_worker, wait_until
+from tests.integration.test_worker_start_over import _dead_letters, _durable, _seen, _visit
+from tests.integration.worker_harness import ready_with_erasures, wait_until
 
 pytestmark = pytest.mark.integration
 
@@ -78,28 +78,21 @@ def test_an_erasure_whose_account_cannot_be_encoded_is_dead_lettered_and_the_res
         )
 
     async def scenario() -> None:
-        erasures = ErasureLog(broker_settings)
-        await erasures.start()  # in the event loop that runs the worker, as agents/worker_process.py does
-        worker.erasures = erasures
-        try:
-            async with running_worker(worker) as running:
-                await _until_ready(worker, running)
-                with Producer(broker_settings) as producer:
-                    producer.send("lead_identified", profile(gone, now))
-                    producer.send("lead_identified", profile(stays, now))
-                await wait_until(lambda: account_leads() == {gone, stays}, running, timeout_s=30)
-                await asyncio.to_thread(publish_erasure, broker_settings, erasure_record(gone, [], now))
-                await wait_until(
-                    lambda: erasures_dead_lettered() >= 1 and gone.encode() not in worker.store,
-                    running,
-                    timeout_s=30,
-                    seen=lambda: f"raised {raised}, leads in memory {worker.store.lead_keys()}",
-                )
-                with Producer(broker_settings) as producer:  # the worker goes on
-                    producer.send("web_visit", {**_visit(other, "visit", now), "lead_id": other})
-                await wait_until(lambda: _seen(worker, other, f"{other}-visit"), running, timeout_s=30)
-        finally:
-            await erasures.stop()
+        async with ready_with_erasures(worker, broker_settings) as running:
+            with Producer(broker_settings) as producer:
+                producer.send("lead_identified", profile(gone, now))
+                producer.send("lead_identified", profile(stays, now))
+            await wait_until(lambda: account_leads() == {gone, stays}, running, timeout_s=30)
+            await asyncio.to_thread(publish_erasure, broker_settings, erasure_record(gone, [], now))
+            await wait_until(
+                lambda: erasures_dead_lettered() >= 1 and gone.encode() not in worker.store,
+                running,
+                timeout_s=30,
+                seen=lambda: f"raised {raised}, leads in memory {worker.store.lead_keys()}",
+            )
+            with Producer(broker_settings) as producer:  # the worker goes on
+                producer.send("web_visit", {**_visit(other, "visit", now), "lead_id": other})
+            await wait_until(lambda: _seen(worker, other, f"{other}-visit"), running, timeout_s=30)
 
     asyncio.run(scenario())
     assert raised, "the injected bug never ran"
@@ -112,22 +105,15 @@ def test_an_erasure_whose_account_cannot_be_encoded_is_dead_lettered_and_the_res
     restarted = "L-erase-after-restart"
 
     async def restart() -> None:
-        erasures = ErasureLog(broker_settings)
-        await erasures.start()
-        worker.erasures = erasures
-        try:
-            async with running_worker(worker) as running:
-                await _until_ready(worker, running)
-                with Producer(broker_settings) as producer:
-                    producer.send("web_visit", {**_visit(restarted, "visit", now), "lead_id": restarted})
-                await wait_until(
-                    lambda: erasures_dead_lettered() >= 1 and _seen(worker, restarted, f"{restarted}-visit"),
-                    running,
-                    timeout_s=30,
-                )
-                assert account_leads() == {gone, stays}
-        finally:
-            await erasures.stop()
+        async with ready_with_erasures(worker, broker_settings) as running:
+            with Producer(broker_settings) as producer:
+                producer.send("web_visit", {**_visit(restarted, "visit", now), "lead_id": restarted})
+            await wait_until(
+                lambda: erasures_dead_lettered() >= 1 and _seen(worker, restarted, f"{restarted}-visit"),
+                running,
+                timeout_s=30,
+            )
+            assert account_leads() == {gone, stays}
 
     asyncio.run(restart())
     durable = _durable(broker_settings)
@@ -160,15 +146,8 @@ def test_two_erased_leads_of_one_account_both_leave_it_in_the_same_erasure_batch
         return set(account.leads) if account is not None else set()
 
     async def run(worker: LeadWorker, until: Any) -> None:
-        erasures = ErasureLog(broker_settings)
-        await erasures.start()
-        worker.erasures = erasures
-        try:
-            async with running_worker(worker) as running:
-                await _until_ready(worker, running)
-                await until(running)
-        finally:
-            await erasures.stop()
+        async with ready_with_erasures(worker, broker_settings) as running:
+            await until(running)
 
     async def leads_scored(running: asyncio.Task[None]) -> None:
         with Producer(broker_settings) as producer:

@@ -18,13 +18,13 @@ from prometheus_client import CollectorRegistry
 from agents.lead_store import ACCOUNT_PREFIX
 from agents.rules import load_rules
 from agents.worker import LeadWorker
-from streams.erasures import ErasureLog, erasure_record, publish_erasure
+from streams.erasures import erasure_record, publish_erasure
 from streams.metrics import Metrics
 from streams.producer import Producer
 from streams.settings import Settings
 from tests.integration.test_worker import profile
-from tests.integration.test_worker_start_over import _seen, _until_ready, _visit
-from tests.integration.worker_harness import running_worker, wait_until
+from tests.integration.test_worker_start_over import _seen, _visit
+from tests.integration.worker_harness import ready_with_erasures, wait_until
 
 pytestmark = pytest.mark.integration
 
@@ -52,15 +52,8 @@ def test_an_account_state_that_does_not_decode_neither_stops_erasures_nor_crash_
 
     def run_once(worker: LeadWorker, scenario_in: Scenario) -> None:
         async def scenario() -> None:
-            erasures = ErasureLog(broker_settings)
-            await erasures.start()  # in the event loop that runs the worker, as agents/worker_process.py does
-            worker.erasures = erasures
-            try:
-                async with running_worker(worker) as running:
-                    await _until_ready(worker, running)
-                    await scenario_in(worker, running)
-            finally:
-                await erasures.stop()
+            async with ready_with_erasures(worker, broker_settings) as running:
+                await scenario_in(worker, running)
 
         asyncio.run(scenario())
 

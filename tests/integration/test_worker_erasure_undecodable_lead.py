@@ -16,12 +16,12 @@ from prometheus_client import CollectorRegistry
 
 from agents.rules import load_rules
 from agents.worker import LeadWorker
-from streams.erasures import ErasureLog, erasure_record, publish_erasure
+from streams.erasures import erasure_record, publish_erasure
 from streams.metrics import Metrics
 from streams.producer import Producer
 from streams.settings import Settings
-from tests.integration.test_worker_start_over import _dead_letters, _durable, _seen, _until_ready, _visit
-from tests.integration.worker_harness import running_worker, wait_until
+from tests.integration.test_worker_start_over import _dead_letters, _durable, _seen, _visit
+from tests.integration.worker_harness import ready_with_erasures, wait_until
 
 pytestmark = pytest.mark.integration
 
@@ -47,20 +47,13 @@ def test_an_erased_lead_whose_state_does_not_decode_neither_stops_the_worker_nor
     worker = LeadWorker(broker_settings, load_rules(None), Metrics(CollectorRegistry(), component="worker"))
 
     async def scenario() -> None:
-        erasures = ErasureLog(broker_settings)
-        await erasures.start()  # in the event loop that runs the worker, as agents/worker_process.py does
-        worker.erasures = erasures
-        try:
-            async with running_worker(worker) as running:
-                await _until_ready(worker, running)
-                assert before.encode() not in worker.store
-                await asyncio.to_thread(publish_erasure, broker_settings, erasure_record(during, [], now))
-                await wait_until(lambda: during.encode() not in worker.store, running, timeout_s=30)
-                with Producer(broker_settings) as producer:  # the worker goes on
-                    producer.send("web_visit", {**_visit(other, "visit", now), "lead_id": other})
-                await wait_until(lambda: _seen(worker, other, f"{other}-visit"), running, timeout_s=30)
-        finally:
-            await erasures.stop()
+        async with ready_with_erasures(worker, broker_settings) as running:
+            assert before.encode() not in worker.store
+            await asyncio.to_thread(publish_erasure, broker_settings, erasure_record(during, [], now))
+            await wait_until(lambda: during.encode() not in worker.store, running, timeout_s=30)
+            with Producer(broker_settings) as producer:  # the worker goes on
+                producer.send("web_visit", {**_visit(other, "visit", now), "lead_id": other})
+            await wait_until(lambda: _seen(worker, other, f"{other}-visit"), running, timeout_s=30)
 
     asyncio.run(scenario())
     durable = _durable(broker_settings)

@@ -14,6 +14,8 @@ from contextlib import asynccontextmanager
 from typing import Any
 
 from agents.worker import LeadWorker
+from streams.erasures import ErasureLog
+from streams.settings import Settings
 
 
 @asynccontextmanager
@@ -26,6 +28,21 @@ async def running_worker(worker: LeadWorker) -> AsyncIterator[asyncio.Task[None]
     finally:
         stop.set()
         await running
+
+
+@asynccontextmanager
+async def ready_with_erasures(worker: LeadWorker, settings: Settings) -> AsyncIterator[asyncio.Task[None]]:
+    """The worker running with its erasure log, as ``agents/worker_process.py`` runs it (the log started in
+    the loop that runs the worker), once it is ready; the log stopped on exit."""
+    erasures = ErasureLog(settings)
+    await erasures.start()
+    worker.erasures = erasures
+    try:
+        async with running_worker(worker) as running:
+            await wait_until(lambda: worker.ready()[0], running, seen=lambda: "worker never became ready")
+            yield running
+    finally:
+        await erasures.stop()
 
 
 def stages(worker: LeadWorker, *leads: str) -> tuple[str | None, ...]:
