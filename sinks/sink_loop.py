@@ -41,9 +41,10 @@ from clickhouse_connect.driver.client import Client
 from schemas.registry import HEADER_LEN, SchemaRegistry, default_registry
 from sinks.batch import BatchPolicy, ClickHouseBatchSink, Rejected, SinkBatch
 from sinks.dead_letters import DeadLetters
-from sinks.erase import already_applied, apply_erasure, event_head
+from sinks.erase import already_applied, apply_erasure, event_head, remaining_rows
 from sinks.errors import SinkBackpressure
 from sinks.lag_report import LagReport
+from sinks.query_service import client_runner
 from sinks.recent_ids import RecentIds
 from sinks.record_intake import SINK_TOPICS, RecordIntake
 from sinks.resume_point import ResumePoint
@@ -150,11 +151,13 @@ class ClickHouseSinkLoop:
         self.positions = StoredPositions(settings, client, self.registry, self.email_key)
         self.dead_letters = DeadLetters(settings, self.registry)
         self.consumer: AIOKafkaConsumer | None = None
-        # Erasures: read at start, tailed while running; applied to ClickHouse here only when this process
-        # owns the embedded engine (otherwise `leadpulse forget` deletes on the server itself).
+        # Erasures: read at start, tailed while running; applied to ClickHouse here when this process owns
+        # the embedded engine. With a server, `leadpulse forget` deletes on the server itself, and the sink
+        # only sweeps what it stored of the lead around that moment (``_sweep_erasure``).
         self.erasures: ErasureLog | None = None
         self.apply_erasures = settings.embedded_clickhouse
         self._pending_erasures: list[dict[str, Any]] = []
+        self._erasures_read_at_start = False
         self.intake = RecordIntake(
             settings,
             self.registry,
@@ -329,10 +332,11 @@ class ClickHouseSinkLoop:
         before the erasure arrived are flushed first, so the deletion removes them too."""
         if self.erasures is None:
             return
-        self._pending_erasures.extend(self.erasures.drain_new())
-        if not self.apply_erasures:
-            self._pending_erasures.clear()
-            return
+        new = self.erasures.drain_new()
+        if not self.apply_erasures and not self._erasures_read_at_start:
+            new = []  # read at start: nothing of those leads was taken by this process (see _sweep_erasure)
+        self._erasures_read_at_start = True
+        self._pending_erasures.extend(new)
         if not self._pending_erasures or self._listener.revoked:
             return  # (a revocation first: the batches it drops are re-read, without the erased records)
         await self._flush(force=True)
@@ -345,10 +349,33 @@ class ClickHouseSinkLoop:
             self._pending_erasures.pop(0)
 
     def _apply_erasure(self, record: dict[str, Any]) -> None:
+        if not self.apply_erasures:
+            self._sweep_erasure(record)
+            return
         if already_applied(self.client, record):
             return
         result = apply_erasure(self.client, record, applied_by="sink")
         log.info("erasure %s applied: %d row(s) deleted", result.erasure_id, result.total)
+
+    def _sweep_erasure(self, record: dict[str, Any]) -> None:
+        """With a ClickHouse server, after the rows taken before the erasure arrived are stored: delete
+        whatever of the lead is stored now, recorded as applied by the sink, if anything is.
+
+        Why: ``forget`` logs the erasure, then deletes on the server. Rows of the lead this sink had taken
+        (batched, or in an insert in flight) before its tail saw the erasure were inserted after that delete
+        and stayed, with the erasure recorded as done. From the moment the tail has the erasure, the lead's
+        records are dropped before they are taken; so once the earlier ones are stored (the flush before
+        this), one more delete leaves nothing. Erasures read at start are not swept: nothing of theirs was
+        taken by this process."""
+        left = remaining_rows(client_runner(self.client), record)
+        if not any(left.values()):
+            return
+        result = apply_erasure(self.client, record, applied_by="sink")
+        log.warning(
+            "erasure %s: %d row(s) of the lead stored by this sink as the erasure arrived, deleted now",
+            result.erasure_id,
+            result.total,
+        )
 
     def _erased(self, table: str) -> None:
         self.stats.erased += 1

@@ -33,6 +33,7 @@ from kafka.future import Future
 
 from schemas.registry import SCHEMA_DIR, SOE_MAGIC, default_registry, schema_fingerprint
 from sinks.batch import BatchPolicy
+from sinks.erase import apply_erasure, remaining_rows
 from sinks.errors import SinkBackpressure
 from sinks.migrate import migrate
 from sinks.query_service import client_runner
@@ -44,6 +45,7 @@ from sinks.sink_loop import ClickHouseSinkLoop, sink_group
 from sinks.stored_positions import stored_gaps
 from streams.broker import free_port
 from streams.dlq import writer_of
+from streams.erasures import erasure_record, publish_erasure
 from streams.kafka_close import CoordinatorUnreachable
 from streams.producer import DeliveryError, Producer
 from streams.reader import Decoded, read_topic
@@ -1061,6 +1063,45 @@ def test_partitions_revoked_while_the_loop_awaits_its_insert_are_given_up_once_i
             second.close()
         first.close()
         other.close()
+
+
+def test_with_a_server_rows_the_sink_held_as_a_lead_was_forgotten_are_deleted_once_stored(
+    ch: Client, broker_settings: Settings
+) -> None:
+    """With a ClickHouse server, ``forget`` logs the erasure and deletes on the server itself. Rows of the
+    lead the sink had already taken into a batch were inserted after that delete and stayed, with the
+    erasure recorded as done (privacy review). Now the sink, once its tail has the erasure, stores what it
+    holds and deletes what is stored of the lead; other leads' rows stay."""
+    settings = broker_settings
+    loop = ClickHouseSinkLoop(settings, ch, policy=BatchPolicy(10_000, 5.0))
+    loop.apply_erasures = False  # as with an http:// DSN: this process does not own the engine
+    running = RunningSink(loop)
+    now = int(time.time() * 1000)
+    gone, stays = f"{settings.topic_prefix}L-forgotten", f"{settings.topic_prefix}L-kept"
+    try:
+        wait_for(lambda: bool(loop.stats.assigned), timeout=30, what="partitions assigned")
+        with Producer(settings) as producer:
+            for lead in (gone, stays):
+                for n in range(3):
+                    producer.send(
+                        "web_visit",
+                        {"event_id": f"{lead}-v{n}", "event_time": now - n, "lead_id": lead, "source": "web",
+                         "url": "https://x.example/pricing", "page_category": "pricing"},
+                    )  # fmt: skip
+        wait_for(lambda: loop.stats.consumed >= 6, timeout=30, what="the visits taken into a batch")
+        assert topic_rows(ch, "events", settings) == 0, "stored before the forget: the race is not staged"
+        record = erasure_record(gone, [], now)
+        publish_erasure(settings, record)  # what `leadpulse forget` does with a server: log, then delete
+        apply_erasure(ch, record, applied_by="cli")
+        wait_for(
+            lambda: sum(committed_offsets(settings).values()) == 6, timeout=60, what="every visit committed"
+        )
+    finally:
+        running.close()
+    left = remaining_rows(client_runner(ch), record)
+    assert not any(left.values()), f"rows of the forgotten lead stored after the forget: {left}"
+    kept = count(ch, "SELECT count() FROM leadpulse.events WHERE lead_id = {l:String}", l=stays)
+    assert kept == 3
 
 
 def test_partitions_assigned_during_a_back_off_lose_no_record(
