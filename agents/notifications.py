@@ -24,7 +24,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, Protocol
 
 import aiohttp
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRecord, TopicPartition
@@ -58,8 +58,19 @@ DLQ_HEADERS = writer_headers("notifier")
 DLQ_RETRY_FIRST_S, DLQ_RETRY_MAX_S = 0.5, 10.0  # back-off between sends of a dead letter not acknowledged
 
 
+class ErasureCheck(Protocol):
+    """What the notifier needs of ``streams.erasures.ErasureLog``."""
+
+    def is_erased(self, identity: str | None) -> bool: ...
+
+
 class Notifier:
-    """Build, then ``await run(stop_event)``. Tests pass ``targets`` and a short ``policy``."""
+    """Build, then ``await run(stop_event)``. Tests pass ``targets`` and a short ``policy``.
+
+    Leads erased with ``leadpulse forget`` are not notified: ``run`` reads the erasure log (or uses
+    ``erasures``) and a notification of an erased lead still on ``leads.hot`` (queued, retried, or put back by
+    ``leadpulse dlq replay``) is settled without a delivery and without a dead letter (docs/privacy.md).
+    """
 
     def __init__(
         self,
@@ -76,8 +87,10 @@ class Notifier:
         commit_interval_s: float = 0.5,
         bootstrap: str | None = None,
         stop_grace_s: float = 2.0,
+        erasures: ErasureCheck | None = None,
     ) -> None:
         self.settings = settings
+        self.erasures = erasures
         self.targets = list(targets if targets is not None else targets_from_settings(settings))
         if not self.targets:
             raise ValueError(
@@ -143,6 +156,24 @@ class Notifier:
         return self.assigned, {"targets": [t.name for t in self.targets], "in_flight": self.pending.in_flight}
 
     async def run(self, stop: asyncio.Event) -> None:
+        if self.erasures is not None:
+            await self._run(stop)
+            return
+        from streams.erasures import ErasureLog
+
+        own = ErasureLog(self.settings.model_copy(update={"kafka_bootstrap": self.bootstrap}))
+        await own.start()  # every erasure known before the first notification is taken
+        self.erasures = own
+        try:
+            await self._run(stop)
+        finally:
+            self.erasures = None
+            await own.stop()
+
+    def _erased(self, job: Job) -> bool:
+        return self.erasures is not None and self.erasures.is_erased(job.hot.get("lead_id"))
+
+    async def _run(self, stop: asyncio.Event) -> None:
         self._stop = stop
         producer = AIOKafkaProducer(
             bootstrap_servers=self.bootstrap,
@@ -249,6 +280,10 @@ class Notifier:
         if first is not None:
             return await asyncio.shield(first)  # a cancelled waiter must not cancel the others' outcome
         delivered = settled = False
+        if self._erased(job):
+            log.info("lead %s is erased: notification %s not delivered", job.hot["lead_id"], notification_id)
+            lane.finish(notification_id, True)
+            return True
         try:
             delivered = await self._deliver(lane, sender, producer, job)
             settled = True
@@ -272,6 +307,15 @@ class Notifier:
             if lane.target.url:  # the URL may hold a token
                 error = error.replace(lane.target.url, f"<{lane.target.name}>")
             result = DeliveryResult(lane.target, False, 0, None, error)
+        if not result.ok and self._erased(job):
+            # erased while it was retried: a dead letter would put its email back on a topic, and a replay
+            # of it would deliver it
+            log.info(
+                "lead %s erased during its delivery: notification %s dropped",
+                job.hot["lead_id"],
+                job.hot["notification_id"],
+            )
+            return True
         if not result.ok:
             reason = result.describe()
             log.warning(
