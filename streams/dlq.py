@@ -255,6 +255,33 @@ def replayable(record: dict[str, Any], prefix: str) -> str | None:
     return None
 
 
+#: Why ``replay`` skips a dead letter holding a record of a lead erased with ``leadpulse forget``.
+ERASED = "lead erased with `leadpulse forget`"
+
+
+def _erased_identities(settings: Settings, bootstrap: str | None) -> set[str]:
+    """Every identity on the erasure log (``streams.erasures``)."""
+    from streams.erasures import identities, read_all
+
+    if bootstrap is not None:
+        settings = settings.model_copy(update={"kafka_bootstrap": bootstrap})
+    return {identity for record in read_all(settings) for identity in identities(record)}
+
+
+def _of_erased(letter: DeadLetter, gone: set[str]) -> bool:
+    """Whether a dead letter's original (its key, or the lead or anonymous id of its decoded value) is an
+    erased identity's. Its replay would put the record, e.g. a profile with the email in plain text, back on
+    its topic after ``leadpulse forget``: the worker, the sink and the notifier drop it, but the topic (kept
+    forever for profiles) would hold it again (docs/privacy.md)."""
+    key = letter.record.get("key")
+    if key and key.decode("utf-8", errors="replace") in gone:
+        return True
+    decoded = letter.decoded_original()
+    if isinstance(decoded, str):
+        return False
+    return decoded[1].get("lead_id") in gone or decoded[1].get("anonymous_id") in gone
+
+
 def replay(
     settings: Settings,
     *,
@@ -275,11 +302,14 @@ def replay(
     letters = list_dead_letters(
         settings, topic=topic, since_ms=since_ms, stage=stage, limit=0, bootstrap=bootstrap
     )
+    gone = _erased_identities(settings, bootstrap) if letters else set()
     todo = []
     first_of: dict[tuple[str, int, int], str] = {}  # original record's address -> dlq address replaying it
     for letter in letters:
         record = letter.record
         reason = replayable(record, settings.topic_prefix)
+        if reason is None and gone and _of_erased(letter, gone):
+            reason = ERASED
         # The worker and the sink both consume the inputs, so a poison record has two dead letters (and a
         # retried delivery may have more): its original goes back once.
         origin = (record["source_topic"], record["partition"], record["offset"])

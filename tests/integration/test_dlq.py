@@ -234,3 +234,81 @@ def test_dlq_list_shows_an_error_as_written_not_as_rich_markup(settings: Setting
         publish(producer, [letter])
     listing = cli(settings, "dlq", "list")
     assert "HTTP 404: no route [/hooks] [b]" in listing
+
+
+def test_replay_leaves_out_dead_letters_of_a_lead_erased_with_forget(settings: Settings) -> None:
+    """A dead letter holds the original bytes (a profile: the email in plain text). After ``leadpulse
+    forget`` its replay would put the erased lead's record back on its input topic (profiles are kept
+    forever); the worker and the sink would drop it, but the topic would hold it again. It is skipped."""
+    from streams.erasures import erasure_record, publish_erasure
+
+    registry = default_registry()
+    now = int(time.time() * 1000)
+    profile = registry.validate(
+        "lead_identified",
+        {
+            "event_id": "p-gone",
+            "event_time": now - 60_000,
+            "lead_id": "L-gone",
+            "anonymous_id": "a-gone",
+            "source": "form",
+            "email": "gone@buyer.example",
+            "company_domain": "buyer.example",
+        },
+    )
+    visit = {
+        "event_id": "v-gone",
+        "event_time": now - 50_000,
+        "anonymous_id": "a-gone",
+        "source": "web",
+        "url": "https://x.example/pricing",
+    }
+    kept = {
+        "event_id": "v-kept",
+        "event_time": now - 40_000,
+        "lead_id": "L-kept",
+        "source": "web",
+        "url": "https://x.example/pricing",
+    }
+    letters = [
+        dead_letter(
+            settings.topic("leads.profiles"),
+            0,
+            1,
+            b"L-gone",
+            registry.encode("lead_identified", profile),
+            "process",
+            "boom",
+        ),
+        dead_letter(
+            settings.topic("events.web_visits"),
+            0,
+            2,
+            b"a-gone",
+            registry.encode("web_visit", registry.validate("web_visit", visit)),
+            "process",
+            "boom",
+        ),
+        dead_letter(
+            settings.topic("events.web_visits"),
+            0,
+            3,
+            b"L-kept",
+            registry.encode("web_visit", registry.validate("web_visit", kept)),
+            "process",
+            "boom",
+        ),
+    ]
+    with Producer(settings) as producer:
+        publish(producer, letters)
+    publish_erasure(settings, erasure_record("L-gone", ["a-gone"], now))
+    report = replay(settings)
+    assert report.replayed == 1
+    assert sorted(reason for _, reason in report.skipped) == 2 * ["lead erased with `leadpulse forget`"]
+    back = [
+        i.record["event_id"]
+        for t in ("leads.profiles", "events.web_visits")
+        for i in read_topic(settings, settings.topic(t), idle_ms=800)
+        if isinstance(i, Decoded)
+    ]
+    assert back == ["v-kept"]
