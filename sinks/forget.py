@@ -12,10 +12,30 @@ from clickhouse_connect.driver.client import Client
 
 from sinks.erase import ErasureResult, apply_erasure, linked_anonymous_ids, recorded_erasure
 from streams.settings import Settings
+from streams.topics import PROFILES
 
 
 class ForgetError(Exception):
     """``forget`` could not finish; the message says which step failed and whether the erasure is logged."""
+
+
+def stitched_on_topic(settings: Settings, lead_id: str) -> set[str]:
+    """Anonymous ids linked to the lead by its profiles on ``leads.profiles`` (``lead_identified`` with an
+    ``anonymous_id``: the only records the worker stitches by, agents/identity.py).
+
+    Why the topic too, and not only ClickHouse: a profile the sink has not stored yet (the sink down or
+    behind) links nothing there, and is then dropped as the erased lead's; the anonymous id was missing from
+    the erasure, so its own events (no lead id) were stored after the forget, and its state stayed on the
+    worker that owns it. The topic is kept forever and read once per forget."""
+    from streams.reader import Decoded, read_topic
+
+    found: set[str] = set()
+    for item in read_topic(settings, settings.topic(PROFILES.name), idle_ms=300, max_seconds=600.0):
+        if isinstance(item, Decoded) and item.record.get("lead_id") == lead_id:
+            anonymous = item.record.get("anonymous_id")
+            if isinstance(anonymous, str) and anonymous:
+                found.add(anonymous)
+    return found
 
 
 def forget_lead(
@@ -69,6 +89,13 @@ def forget_lead(
             for earlier in read_all(local):
                 if earlier["lead_id"] == lead_id:
                     anonymous.update(earlier.get("anonymous_ids") or [])
+            try:
+                anonymous.update(stitched_on_topic(local, lead_id))
+            except Exception as exc:
+                raise ForgetError(
+                    f"could not read {local.topic(PROFILES.name)} for the anonymous ids linked to the lead: "
+                    f"{type(exc).__name__}: {exc}; nothing was logged or deleted, re-run `leadpulse forget`"
+                ) from None
             record = erasure_record(lead_id, anonymous, now)
             try:
                 publish_erasure(local, record)

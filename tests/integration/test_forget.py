@@ -262,3 +262,24 @@ def test_forget_without_a_running_sink_erases_directly_and_the_sink_keeps_it_out
         assert scalar(sink.run, "SELECT countIf(applied_by = 'sink') FROM leadpulse.erasures") == 0
     finally:
         sink.proc.stop()
+
+
+def test_forget_while_the_sink_is_down_erases_the_anonymous_ids_its_unstored_profile_links(
+    broker_settings: Settings, env: dict[str, str], tmp_path: Path
+) -> None:
+    """The lead's profile (lead_identified with its anonymous id) is on leads.profiles but not yet stored:
+    ClickHouse links no anonymous id to the lead. The erasure must still cover the anonymous id, or the
+    sink, once back, stores the visitor's anonymous events (no lead id) after the forget."""
+    gone, kept = history("L-G3", "A-G3", "wp-3"), history("L-K3", "A-K3", "wp-3")
+    publish(broker_settings, [*gone, *kept])  # the sink is down: nothing is stored yet
+    done = forget(env, "L-G3")
+    assert done.returncode == 0, done.stdout + done.stderr
+    (latest,) = [r for r in read_all(broker_settings) if r["erasure_id"] == erasure_id("L-G3")][-1:]
+    assert latest["anonymous_ids"] == ["A-G3"]
+    sink = Sink(env, int(env["LEADPULSE_SINK_PORT"]), tmp_path / "sink.log")
+    try:
+        sink.wait_stored("L-K3", "A-K3", ROWS - 1)
+        assert stored(sink.run, "L-G3", "A-G3") == 0
+        assert scalar(sink.run, "SELECT count() FROM leadpulse.events WHERE anonymous_id = 'A-G3'") == 0
+    finally:
+        sink.proc.stop()
