@@ -55,6 +55,8 @@ def forget_lead(
     from streams.broker import port_open, running_broker
     from streams.erasures import erasure_record, publish_erasure, read_all
 
+    # The erasure is logged under the stripped id (erasure_record): its linked ids are looked up under it too
+    lead_id = lead_id.strip()
     now = now_ms if now_ms is not None else int(time.time() * 1000)
     via_sink = sink_serving(settings)
     client: Client | None = None

@@ -283,3 +283,14 @@ def test_forget_while_the_sink_is_down_erases_the_anonymous_ids_its_unstored_pro
         assert scalar(sink.run, "SELECT count() FROM leadpulse.events WHERE anonymous_id = 'A-G3'") == 0
     finally:
         sink.proc.stop()
+
+
+def test_forget_of_an_id_pasted_with_blanks_still_erases_its_anonymous_ids(
+    broker_settings: Settings, env: dict[str, str]
+) -> None:
+    """The erasure is logged under the stripped id; its anonymous ids must be looked up under it too."""
+    publish(broker_settings, history("L-G4", "A-G4", "wp-4"))
+    done = forget(env, " L-G4 ")
+    assert done.returncode == 0, done.stdout + done.stderr
+    (latest,) = [r for r in read_all(broker_settings) if r["erasure_id"] == erasure_id("L-G4")][-1:]
+    assert (latest["lead_id"], latest["anonymous_ids"]) == ("L-G4", ["A-G4"])
