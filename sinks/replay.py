@@ -14,7 +14,7 @@ worker would only dead-letter it.
 from __future__ import annotations
 
 import heapq
-from collections.abc import Iterable, Iterator
+from collections.abc import Collection, Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -110,13 +110,24 @@ class Refused:
 class ReplayResult:
     sent: dict[str, int] = field(default_factory=dict)  # per schema
     refused: list[Refused] = field(default_factory=list)
+    erased: int = 0  # records of identities erased with `leadpulse forget`, left out
 
 
-def replay(run: Runner, producer: Sender, since_ms: int, until_ms: int) -> ReplayResult:
+def replay(
+    run: Runner, producer: Sender, since_ms: int, until_ms: int, erased: Collection[str] = ()
+) -> ReplayResult:
     """Publish stored records, marked as replayed; counts what was sent per schema and lists what the
-    producer's checks refused."""
+    producer's checks refused.
+
+    Records of an ``erased`` identity (the erasure log's) are left out: they are still stored only while
+    their erasure is pending (the sink backing off, a ``forget`` whose deletion failed), and re-published
+    they would be on the input topics again (``sales.activities`` is kept forever), though the worker and
+    the sink drop them (docs/privacy.md)."""
     result = ReplayResult()
     for schema, record in stored_records(run, since_ms, until_ms):
+        if erased and (record.get("lead_id") in erased or record.get("anonymous_id") in erased):
+            result.erased += 1
+            continue
         try:
             producer.send(schema, record, headers=REPLAYED_HEADERS)
         except SchemaValidationError as exc:

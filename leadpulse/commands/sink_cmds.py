@@ -165,6 +165,7 @@ def register(app: typer.Typer) -> None:
         from sinks.replay import replay
         from sinks.reports.period import make_period
         from streams.broker import running_broker
+        from streams.erasures import identities, read_all
         from streams.producer import Producer
 
         settings = cli_settings()
@@ -175,9 +176,17 @@ def register(app: typer.Typer) -> None:
             raise fail(str(exc), 2) from None
         try:
             with running_broker(settings) as bootstrap, Producer(settings, bootstrap=bootstrap) as producer:
-                result = replay(run, producer, period.since_ms, period.until_ms)
+                local = settings.model_copy(update={"kafka_bootstrap": bootstrap})
+                erased = {i for record in read_all(local) for i in identities(record)}
+                result = replay(run, producer, period.since_ms, period.until_ms, erased)
         finally:
             close()
+        if result.erased:
+            typer.echo(
+                f"left out {result.erased} stored record(s) of leads erased with `leadpulse forget` "
+                "(their erasure is not applied to ClickHouse yet: re-run `leadpulse forget` for them)",
+                err=True,
+            )
         sent = result.sent
         typer.echo("replayed: " + (", ".join(f"{k} {v}" for k, v in sorted(sent.items())) or "nothing"))
         if result.refused:

@@ -107,3 +107,48 @@ def test_a_stored_record_todays_checks_refuse_is_reported_and_the_rest_is_replay
     assert [(item.record["event_id"], is_replayed(item.headers)) for item in sent] == [
         (f"{tag}-at-2000", True)
     ]
+
+
+def test_replay_leaves_out_stored_records_of_a_lead_whose_erasure_is_pending(
+    clickhouse_dsn: str, broker_settings: Settings
+) -> None:
+    """The erasure is logged but not applied to ClickHouse yet (the sink backing off, or a `forget` whose
+    deletion failed): `leadpulse replay` must not put the erased lead's records back on the input topics
+    (sales.activities is kept forever), anonymous visits included."""
+    import time
+
+    from streams.erasures import erasure_record, publish_erasure
+
+    client = get_client(load_settings(clickhouse_dsn=clickhouse_dsn))
+    migrate(client)
+    tag = uuid.uuid4().hex[:8]
+    gone, anon, kept = f"L-{tag}-gone", f"A-{tag}-gone", f"L-{tag}-kept"
+    records = [
+        visit(None, T + 10 * HOUR, anon=anon, event_id=f"{tag}-anon"),
+        visit(gone, T + 10 * HOUR + 1, event_id=f"{tag}-gone"),
+        activity("first_touch", gone, T + 10 * HOUR + 2, event_id=f"{tag}-gone-s"),
+        visit(kept, T + 10 * HOUR + 3, event_id=f"{tag}-kept"),
+    ]
+    for n, (schema, record) in enumerate(records):
+        table, row = to_row(schema, record, Origin("t", 0, n), b"key")
+        client.insert(table.qualified, [row], column_names=list(table.insert_columns))
+    client.close()
+    publish_erasure(broker_settings, erasure_record(gone, [anon], int(time.time() * 1000)))
+
+    env = {
+        "LEADPULSE_KAFKA_BOOTSTRAP": broker_settings.bootstrap,
+        "LEADPULSE_TOPIC_PREFIX": broker_settings.topic_prefix,
+        "LEADPULSE_CLICKHOUSE_DSN": clickhouse_dsn,
+    }
+    args = ["replay", "--since", "2026-09-22T00:00:00Z", "--until", "2026-09-22T01:00:00Z"]
+    result = CliRunner().invoke(app, args, env=env)
+
+    assert result.exit_code == 0, result.output
+    sent = [
+        item.record["event_id"]
+        for name in ("events.web_visits", "sales.activities")
+        for item in read_topic(broker_settings, broker_settings.topic(name), idle_ms=800)
+        if isinstance(item, Decoded) and item.record["event_id"].startswith(tag)
+    ]
+    assert sent == [f"{tag}-kept"]
+    assert "left out 3 stored record(s) of leads erased" in result.stderr
