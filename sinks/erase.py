@@ -162,6 +162,18 @@ def linked_anonymous_ids(run: Runner, lead_id: str) -> list[str]:
     return sorted({str(row[0]) for row in result.rows})
 
 
+def linked_leads(run: Runner, anonymous_id: str) -> list[str]:
+    """Leads the stored data links the anonymous id to (profiles and events): when ``forget`` is given an
+    anonymous id, the lead it belongs to."""
+    result = run(
+        "SELECT DISTINCT lead_id AS l FROM leadpulse.leads WHERE anonymous_id = {a:String} AND lead_id != '' "
+        "UNION DISTINCT SELECT DISTINCT assumeNotNull(lead_id) AS l FROM leadpulse.events "
+        "WHERE anonymous_id = {a:String} AND lead_id IS NOT NULL AND lead_id != ''",
+        {"a": anonymous_id},
+    )
+    return sorted({str(row[0]) for row in result.rows} - {anonymous_id})
+
+
 def already_applied(client: Client, record: Mapping[str, Any]) -> bool:
     result = client.query(
         "SELECT count() FROM leadpulse.erasures WHERE erasure_id = {e:String} "

@@ -10,7 +10,7 @@ from collections.abc import Callable
 
 from clickhouse_connect.driver.client import Client
 
-from sinks.erase import ErasureResult, apply_erasure, linked_anonymous_ids, recorded_erasure
+from sinks.erase import ErasureResult, apply_erasure, linked_anonymous_ids, linked_leads, recorded_erasure
 from streams.settings import Settings
 from streams.topics import PROFILES
 
@@ -19,9 +19,10 @@ class ForgetError(Exception):
     """``forget`` could not finish; the message says which step failed and whether the erasure is logged."""
 
 
-def stitched_on_topic(settings: Settings, lead_id: str) -> set[str]:
-    """Anonymous ids linked to the lead by its profiles on ``leads.profiles`` (``lead_identified`` with an
-    ``anonymous_id``: the only records the worker stitches by, agents/identity.py).
+def profile_links(settings: Settings, identity: str) -> tuple[set[str], set[str]]:
+    """(anonymous ids the lead ``identity``'s profiles link to it, leads whose profiles link the anonymous id
+    ``identity``), from ``leads.profiles`` (``lead_identified`` with an ``anonymous_id``: the only records the
+    worker stitches by, agents/identity.py).
 
     Why the topic too, and not only ClickHouse: a profile the sink has not stored yet (the sink down or
     behind) links nothing there, and is then dropped as the erased lead's; the anonymous id was missing from
@@ -29,13 +30,17 @@ def stitched_on_topic(settings: Settings, lead_id: str) -> set[str]:
     worker that owns it. The topic is kept forever and read once per forget."""
     from streams.reader import Decoded, read_topic
 
-    found: set[str] = set()
+    anonymous: set[str] = set()
+    leads: set[str] = set()
     for item in read_topic(settings, settings.topic(PROFILES.name), idle_ms=300, max_seconds=600.0):
-        if isinstance(item, Decoded) and item.record.get("lead_id") == lead_id:
-            anonymous = item.record.get("anonymous_id")
-            if isinstance(anonymous, str) and anonymous:
-                found.add(anonymous)
-    return found
+        if not isinstance(item, Decoded):
+            continue
+        lead, anon = item.record.get("lead_id"), item.record.get("anonymous_id")
+        if lead == identity and isinstance(anon, str) and anon:
+            anonymous.add(anon)
+        elif anon == identity and isinstance(lead, str) and lead:
+            leads.add(lead)
+    return anonymous, leads
 
 
 def forget_lead(
@@ -92,12 +97,21 @@ def forget_lead(
                 if earlier["lead_id"] == lead_id:
                     anonymous.update(earlier.get("anonymous_ids") or [])
             try:
-                anonymous.update(stitched_on_topic(local, lead_id))
+                stitched, owners = profile_links(local, lead_id)
             except Exception as exc:
                 raise ForgetError(
                     f"could not read {local.topic(PROFILES.name)} for the anonymous ids linked to the lead: "
                     f"{type(exc).__name__}: {exc}; nothing was logged or deleted, re-run `leadpulse forget`"
                 ) from None
+            anonymous |= stitched
+            owners |= set(linked_leads(run, lead_id))
+            if owners:
+                shown = ", ".join(sorted(owners)[:5]) + (", ..." if len(owners) > 5 else "")
+                note(
+                    f"{lead_id!r} is an anonymous id linked to lead(s) {shown}: only the visitor id is "
+                    "erased (its events, and the lead's profiles and events carrying it); the lead's own "
+                    "data stays: `leadpulse forget LEAD_ID` erases the person with every anonymous id"
+                )
             record = erasure_record(lead_id, anonymous, now)
             try:
                 publish_erasure(local, record)

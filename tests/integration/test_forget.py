@@ -294,3 +294,14 @@ def test_forget_of_an_id_pasted_with_blanks_still_erases_its_anonymous_ids(
     assert done.returncode == 0, done.stdout + done.stderr
     (latest,) = [r for r in read_all(broker_settings) if r["erasure_id"] == erasure_id("L-G4")][-1:]
     assert (latest["lead_id"], latest["anonymous_ids"]) == ("L-G4", ["A-G4"])
+
+
+def test_forget_of_an_anonymous_id_linked_to_a_lead_says_the_lead_stays(
+    broker_settings: Settings, env: dict[str, str]
+) -> None:
+    """An operator given a visitor (cookie) id: forget erases that id only. The person is the lead it is
+    stitched to, whose data stays; the command must say so instead of a plain success."""
+    publish(broker_settings, history("L-G5", "A-G5", "wp-5"))
+    done = forget(env, "A-G5")
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "'A-G5' is an anonymous id linked to lead(s) L-G5: only the visitor id is erased" in done.stderr
