@@ -298,7 +298,7 @@ class Notifier:
         whose body cannot be rendered or whose delivery raised (a bug): raised out of here, the lane left it
         neither delivered nor a dead letter and its partition was never committed past it again."""
         try:
-            result = await sender.deliver(lane.target, job.hot)
+            result = await sender.deliver(lane.target, job.hot, withdrawn=lambda: self._erased(job))
         except Stopping:
             raise
         except Exception as exc:

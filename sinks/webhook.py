@@ -360,10 +360,14 @@ class WebhookSender:
         if self.stop.is_set():
             raise Stopping
 
-    async def deliver(self, target: WebhookTarget, hot: dict[str, Any]) -> DeliveryResult:
+    async def deliver(
+        self, target: WebhookTarget, hot: dict[str, Any], withdrawn: Callable[[], bool] | None = None
+    ) -> DeliveryResult:
         """Raises ``Stopping`` (no result) when ``stop`` is set before an attempt or during a backoff; an
         attempt already under way is finished (bounded by the policy's timeout) and its answer counts. A body
-        that cannot be rendered is a failed result with ``rendered=False`` (retrying cannot help)."""
+        that cannot be rendered is a failed result with ``rendered=False`` (retrying cannot help). When
+        ``withdrawn()`` is true before a retry (the lead was erased meanwhile), no further attempt is made:
+        a failed result."""
         key = str(hot["notification_id"])
         try:
             body = render(target, hot)
@@ -378,6 +382,9 @@ class WebhookSender:
         for attempt in range(1, self.policy.max_attempts + 1):
             if self.stop is not None and self.stop.is_set():
                 raise Stopping
+            if attempt > 1 and withdrawn is not None and withdrawn():
+                error += "; withdrawn before a retry"
+                return DeliveryResult(target, False, attempt - 1, status, error)
             retry_after: float | None = None
             try:
                 async with self.session.post(

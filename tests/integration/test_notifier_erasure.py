@@ -66,3 +66,39 @@ async def test_an_erased_leads_queued_notification_is_neither_delivered_nor_dead
     ]
     assert [d["event_id"] for d in letters] == ["hot-2"]  # the kept lead's give-up at /gone only
     assert await asyncio.to_thread(committed_total, hot_settings, "n-erased") == 3
+
+
+class ErasedAfterFirstAttempt:
+    """The erasure log as the notifier sees it: the lead is erased once the receiver saw one attempt."""
+
+    def __init__(self, state: Receiver, lead: str, attempt_key: str) -> None:
+        self.state, self.lead, self.attempt_key = state, lead, attempt_key
+
+    def is_erased(self, identity: str | None) -> bool:
+        return identity == self.lead and self.state.attempts[self.attempt_key] >= 1
+
+
+async def test_a_notification_whose_lead_is_erased_during_its_retries_is_not_retried_nor_dead_lettered(
+    hot_settings: Settings,  # noqa: F811
+    receiver: tuple[Receiver, asyncio.Event],  # noqa: F811
+) -> None:
+    state, _ = receiver
+    targets = [WebhookTarget("json-0", state.url + "/flaky")]  # 503 three times, then 200
+    erasures = ErasedAfterFirstAttempt(state, "L-retried", "flaky|hot-9")
+    notifier = Notifier(hot_settings, targets=targets, policy=FAST, group_id="n-retried", erasures=erasures)
+    await asyncio.to_thread(publish, hot_settings, [hot_lead(9, "L-retried")])
+    stop, task = await start(notifier)
+    try:
+        await wait_until(lambda: state.attempts["flaky|hot-9"] >= 1, 30, "the first attempt")
+        await asyncio.sleep(1.0)  # FAST retries within 0.3 s
+        await wait_until(lambda: notifier.pending.in_flight == 0, 10, "the notification settled")
+    finally:
+        stop.set()
+        await asyncio.wait_for(task, 30)
+    assert state.attempts["flaky|hot-9"] == 1
+    assert not state.accepted
+    letters = await asyncio.to_thread(
+        lambda: [i for i in read_topic(hot_settings, hot_settings.topic("dlq"), idle_ms=800)]
+    )
+    assert letters == []
+    assert await asyncio.to_thread(committed_total, hot_settings, "n-retried") == 1

@@ -833,10 +833,10 @@ async def test_a_delivery_that_raises_is_dead_lettered_and_the_lane_goes_on(
     state, _ = receiver
     real_deliver = WebhookSender.deliver
 
-    async def deliver(self: WebhookSender, target: WebhookTarget, hot: dict[str, Any]) -> Any:
+    async def deliver(self: WebhookSender, target: WebhookTarget, hot: dict[str, Any], **kw: Any) -> Any:
         if hot["notification_id"] == "hot-1":
             raise RuntimeError("injected: a bug in the sender")
-        return await real_deliver(self, target, hot)
+        return await real_deliver(self, target, hot, **kw)
 
     monkeypatch.setattr(WebhookSender, "deliver", deliver)
     notifier = Notifier(
