@@ -101,7 +101,9 @@ def _coerce(t: Any, value: Any, path: str, errors: list[FieldError]) -> Any:
             return rec
         if kind == "enum":
             if value not in t["symbols"]:
-                errors.append(FieldError(path, f"must be one of {', '.join(t['symbols'])}; got {value!r}"))
+                errors.append(
+                    FieldError(path, f"must be one of {', '.join(t['symbols'])}; got {shown(value)}")
+                )
             return value
         if kind == "array":
             if not isinstance(value, list | tuple):
@@ -120,7 +122,7 @@ def _coerce(t: Any, value: Any, path: str, errors: list[FieldError]) -> Any:
         errors.append(FieldError(path, f"expected {t}, got boolean"))
         return value
     if not isinstance(value, expected):
-        errors.append(FieldError(path, f"expected {t}, got {type(value).__name__} {value!r}"[:200]))
+        errors.append(FieldError(path, f"expected {t}, got {type(value).__name__} {shown(value)}"[:200]))
         return value
     if isinstance(value, str) and not value.isascii():
         try:
@@ -144,6 +146,17 @@ def _coerce(t: Any, value: Any, path: str, errors: list[FieldError]) -> Any:
             errors.append(FieldError(path, f"must be a finite number, got {value}"))
         return number
     return value
+
+
+def shown(value: object) -> str:
+    """``repr(value)`` for an error message, never raising: repr() raises ValueError for an int of more than
+    4300 digits (int_max_str_digits), which an SDK caller may send where a string is expected."""
+    if isinstance(value, int) and value.bit_length() > 14_000:
+        return _short(value)
+    try:
+        return repr(value)
+    except ValueError:  # a list or dict holding such an int; the messages name the type before it
+        return "holding a number too long to show"
 
 
 def _short(value: object) -> str:

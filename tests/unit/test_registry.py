@@ -356,6 +356,25 @@ def test_a_number_beyond_pythons_digit_limit_is_a_field_error_too(
     assert [(e.field, e.problem) for e in info.value.errors] == [(field, problem)]
 
 
+@pytest.mark.parametrize(
+    ("field", "value", "problem"),
+    [
+        ("content_id", 10**5000, "expected string, got int a number of 5001 digits"),
+        ("channel", [1, -(10**5000)], "expected string, got list holding a number too long to show"),
+    ],
+    ids=["int", "list-holding-one"],  # pytest's own ids would str() the numbers
+)
+def test_a_number_beyond_pythons_digit_limit_where_another_type_is_expected_is_a_field_error(
+    field: str, value: object, problem: str
+) -> None:
+    """The type mismatch's message took repr() of the value, which raises ValueError past 4300 digits: the
+    SDK's send() raised "Exceeds the limit (4300 digits) for integer string conversion", no field named."""
+    with pytest.raises(SchemaValidationError) as info:
+        default_registry().validate("content_view", {**CONTENT_VIEW, field: value})
+    assert [e.field for e in info.value.errors] == [field]
+    assert problem in info.value.errors[0].problem
+
+
 def test_a_non_finite_sales_amount_is_refused() -> None:
     record = {"event_id": "s", "event_time": 1, "lead_id": "L", "source": "crm", "activity": "closed_won"}
     with pytest.raises(SchemaValidationError, match="amount: must be a finite number, got inf"):
