@@ -54,6 +54,11 @@ log = logging.getLogger(__name__)
 TRACKER_JS = Path(__file__).resolve().parent / "tracker.js"
 
 
+class ProducerStartFailed(OSError):
+    """The collector's Kafka producer did not start for an OS-level reason (a CA file missing or unreadable,
+    a TLS context refused). An OSError without an errno: not a busy port (see ``run_collector``)."""
+
+
 def _error(status: int, code: str, message: str, **headers: str) -> web.Response:
     return web.json_response({"error": code, "message": message}, status=status, headers=headers or None)
 
@@ -105,7 +110,15 @@ class Collector:
         return app
 
     async def _start(self, app: web.Application) -> None:
-        await self.publisher.start()
+        try:
+            await self.publisher.start()
+        except OSError as exc:
+            # run_app starts this in the call that binds the port, and run_collector reads an OSError with
+            # an errno as the port's: a missing CA file was reported as LEADPULSE_COLLECTOR_PORT's problem
+            raise ProducerStartFailed(
+                f"collector cannot start its Kafka producer ({type(exc).__name__}: {exc}); check "
+                "LEADPULSE_KAFKA_BOOTSTRAP and the SASL/TLS settings (LEADPULSE_KAFKA_SSL_CAFILE)"
+            ) from exc
         self.started = True
 
     async def _stop(self, app: web.Application) -> None:
