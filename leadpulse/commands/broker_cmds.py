@@ -130,11 +130,18 @@ def register(app: typer.Typer) -> None:
         raise typer.Exit(1 if report.rejected else 0)
 
 
+#: Control characters as their escapes: a reason quotes the line's own field names, and a JSON key holding a
+#: line break ("a\nb") split the reason over two lines of stderr (or printed a line of its own: "line 7: …").
+_CONTROLS = {c: repr(chr(c))[1:-1] for c in (*range(0x20), *range(0x7F, 0xA0))}
+
+
 def _print_rejected(report: ProduceReport) -> None:
     for line, reason in report.rejected:
-        # escaped: a reason quotes the line's own field names and values ("[/x]" raised MarkupError);
+        # escaped: a reason quotes the line's own field names and values ("[/x]" raised MarkupError), and
+        # emoji=False: rich read a field named ":smile:" as an emoji code;
         # soft_wrap: one line each however long, as errors are (piped, rich wrapped them at 80 columns)
-        console.print(f"[yellow]line {line}:[/] {escape(reason)}", soft_wrap=True)
+        shown = escape(reason.translate(_CONTROLS))
+        console.print(f"[yellow]line {line}:[/] {shown}", soft_wrap=True, emoji=False)
 
 
 def _log_file(data_dir: Path) -> Path:

@@ -88,3 +88,38 @@ def test_the_command_prints_the_lines_refused_before_the_broker_went_and_where_i
     assert result.exit_code == 1, result.output
     assert "line 2: expected a JSON object, got list" in result.output
     assert "produce stopped at line 4" in " ".join(result.output.split())
+
+
+def test_a_rejected_lines_reason_is_one_line_of_stderr_as_written(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The reason quotes the line's own field names: a JSON key holding a line break ("a\\nb") split it over
+    two lines of stderr (so `grep 'line 1:'` lost its end, and a key could print a fake 'line 7: …'), and
+    rich turned a key such as ":smile:" into an emoji, so the error no longer named the field."""
+    from leadpulse.commands import broker_cmds
+    from schemas.errors import SchemaValidationError
+    from schemas.registry import default_registry
+    from streams.producer import ProduceReport
+
+    visit = {"event_id": "e1", "event_time": 1_764_403_200_000, "lead_id": "L1", "source": "s", "url": "u"}
+    with pytest.raises(SchemaValidationError) as info:
+        default_registry().validate("web_visit", {**visit, ":smile:": 1, "a\nline 7: b": 2, "tab\there": 3})
+    reason = str(info.value)
+    path = tmp_path / "visits.jsonl"
+    path.write_text("{}\n")
+
+    def produce_file(settings: Any, file: Path, topic: str, bootstrap: str | None = None) -> Any:
+        return ProduceReport(sent=0, rejected=[(1, reason)])
+
+    monkeypatch.setattr(broker_cmds, "produce_file", produce_file)
+    result = CliRunner().invoke(
+        app,
+        ["produce", str(path), "--topic", "events.web_visits"],
+        env={"LEADPULSE_KAFKA_BOOTSTRAP": "127.0.0.1:1", "LEADPULSE_DATA_DIR": str(tmp_path / "d")},
+    )
+    assert result.exit_code == 1, result.output
+    lines = result.output.splitlines()
+    assert [line for line in lines if line.startswith("line ")] == [
+        "line 1: invalid web_visit: :smile:: unknown field (not in schema WebVisit); a\\nline 7: b: unknown "
+        "field (not in schema WebVisit); tab\\there: unknown field (not in schema WebVisit)"
+    ], result.output
