@@ -74,17 +74,22 @@ def lead_key(record: Mapping[str, Any]) -> str | None:
     return record.get("lead_id") or record.get("anonymous_id") or None
 
 
+#: The topics ``resolve`` names in its errors: the worker's own hops and state carry records of no schema of
+#: their own (every record was refused). Joined once: ``send`` resolves its topic for every record.
+_PRODUCIBLE = ", ".join(sorted(t.name for t in BY_NAME.values() if t.schema))
+
+
 def resolve(schema_or_topic: str, prefix: str = "") -> TopicSpec:
     name = (
         schema_or_topic[len(prefix) :] if prefix and schema_or_topic.startswith(prefix) else schema_or_topic
     )
     spec = BY_SCHEMA.get(name) or BY_NAME.get(name)
-    # the worker's own hops and state carry records of no schema of their own: every record was refused
-    known = ", ".join(sorted(t.name for t in BY_NAME.values() if t.schema))
     if spec is None:
-        raise ValueError(f"unknown topic or schema {schema_or_topic!r}; topics: {known}")
+        raise ValueError(f"unknown topic or schema {schema_or_topic!r}; topics: {_PRODUCIBLE}")
     if not spec.schema:
-        raise ValueError(f"{schema_or_topic!r} is the worker's own topic, not for producers; topics: {known}")
+        raise ValueError(
+            f"{schema_or_topic!r} is the worker's own topic, not for producers; topics: {_PRODUCIBLE}"
+        )
     return spec
 
 

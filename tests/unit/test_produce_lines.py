@@ -123,3 +123,21 @@ def test_a_rejected_lines_reason_is_one_line_of_stderr_as_written(
         "line 1: invalid web_visit: :smile:: unknown field (not in schema WebVisit); a\\nline 7: b: unknown "
         "field (not in schema WebVisit); tab\\there: unknown field (not in schema WebVisit)"
     ], result.output
+
+
+def test_resolving_a_known_topic_does_not_list_the_catalogue(monkeypatch: pytest.MonkeyPatch) -> None:
+    """``Producer.send`` resolves its topic for every record; the list of producible topics (sorted and
+    joined, for the error messages) was built on every call, known topic or not: SDK and produce overhead
+    per record for a message only an unknown topic shows."""
+    from streams import producer as producer_module
+    from streams.producer import resolve
+
+    class NoListing(dict):  # type: ignore[type-arg]
+        def values(self) -> Any:
+            raise AssertionError("resolve listed the catalogue for a topic it knows")
+
+    monkeypatch.setattr(producer_module, "BY_NAME", NoListing(producer_module.BY_NAME))
+    assert resolve("web_visit").name == "events.web_visits"
+    assert resolve("events.content_views").schema == "content_view"
+    with pytest.raises(ValueError, match=r"unknown topic or schema 'nope'; topics: accounts\.scores, dlq, "):
+        resolve("nope")
