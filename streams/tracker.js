@@ -106,6 +106,9 @@
 
   // --- content views: dwell while at least 1 px is visible and the tab is visible; max depth scrolled ---
   var watched = [];
+  // the collector refuses a view of more than a day (schemas/domain_rules.py MAX_DWELL_MS): a tab left in
+  // view over a weekend, or a wall display, is reported as one day, not lost (sendBeacon reads no answer)
+  var MAX_DWELL_MS = 86400000;
 
   function depth(el) {
     var r = el.getBoundingClientRect();
@@ -148,7 +151,7 @@
     watched.forEach(function (s) {
       if (s.dwell <= 0) return;
       track("content_view", { content_id: s.el.getAttribute("data-lp-content-id"),
-        content_type: s.el.getAttribute("data-lp-content-type") || "page", dwell_ms: Math.round(s.dwell),
+        content_type: s.el.getAttribute("data-lp-content-type") || "page", dwell_ms: Math.min(Math.round(s.dwell), MAX_DWELL_MS),
         percent_viewed: Math.round(s.pct * 10) / 10, channel: "web" });
       s.dwell = 0;  // the next report carries only new dwell time
     });

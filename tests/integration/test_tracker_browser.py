@@ -16,6 +16,7 @@ from aiohttp import web
 from playwright.async_api import Browser, async_playwright
 from prometheus_client import CollectorRegistry
 
+from schemas.domain_rules import MAX_DWELL_MS
 from streams.broker import EmbeddedBroker
 from streams.collector import Collector, serve
 from streams.metrics import Metrics
@@ -170,6 +171,34 @@ async def test_page_view_content_view_and_download_arrive_from_a_real_browser(
         assert record["source"] == "site"
         assert isinstance(record["received_at"], int)
     assert len({visit["event_id"], download["event_id"], view["event_id"]}) == 3
+
+
+async def test_a_content_view_of_more_than_a_day_is_sent_as_a_day_not_lost(
+    site: Site, launch: Callable[..., Awaitable[Browser]]
+) -> None:
+    """The collector refuses a dwell over a day (MAX_DWELL_MS); a tab left in view for longer (a laptop asleep
+    over a weekend, a wall display) made the tracker send more, and the view, sent by sendBeacon, which
+    reads no answer, was lost. The tracker now sends at most a day. The visitor's clock is moved two days on
+    (sent_at moves with it, so the collector's skew correction keeps event_time right)."""
+    browser = await launch(DESKTOP_UA)
+    context = await browser.new_context()
+    await context.add_init_script(
+        "(() => { const real = Date.now.bind(Date); Date.now = () => real() + (window.__lpSkew || 0); })();"
+    )
+    page = await context.new_page()
+    await page.goto(site.page + "/pricing")
+    await page.wait_for_function("window.leadpulse && typeof window.leadpulse.track === 'function'")
+    await page.locator("#story").scroll_into_view_if_needed()
+    await page.wait_for_timeout(300)
+    await page.evaluate(f"window.__lpSkew = {2 * MAX_DWELL_MS}")  # two days in view
+    await page.goto(site.page + "/bye")  # pagehide: the page view and the content view go out
+    views = {"topic": "events.content_views"}
+    ingested_views = lambda: site.metrics.registry.get_sample_value("leadpulse_events_ingested_total", views)  # noqa: E731
+    await wait_for(lambda: (ingested_views() or 0) >= 1, 15, "a content view at the collector")
+    await context.close()
+    # (a report on hide and one on pagehide: the second carries the few ms between them)
+    dwells = sorted(int(str(view["dwell_ms"])) for view in await records(site, "events.content_views"))
+    assert dwells[-1] == MAX_DWELL_MS, dwells
 
 
 async def test_headless_browser_with_its_default_user_agent_is_dropped_as_a_bot(
