@@ -114,9 +114,9 @@ class CollectorClient:
                 return
             if status not in (None, 429, 503) or time.monotonic() >= deadline:
                 raise CollectorRejected(f"collector answered {status or 'nothing'}: {answer[:500]}")
-            time.sleep(
-                min(retry_after, 5.0) if retry_after is not None else backoff_seconds(attempt + 1, 0.2, 5.0)
-            )
+            # at least the back-off: a Retry-After of 0, or a date already past, had the client re-send at
+            # once, hammering a collector (or a proxy) that just said it is overloaded, for all of retry_for_s
+            time.sleep(min(max(retry_after or 0.0, backoff_seconds(attempt + 1, 0.2, 5.0)), 5.0))
 
     def _request(self, key: str, body: bytes) -> tuple[int, float | None, str]:
         if self._conn is None:

@@ -11,6 +11,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 
+from streams.backoff import backoff_seconds
 from streams.collector_client import CollectorClient, CollectorRejected
 
 pytestmark = pytest.mark.integration
@@ -125,3 +126,20 @@ def test_a_retry_after_given_as_an_http_date_is_waited_for_not_a_crash(
         client.send("web_visit", visit(1))
         assert client.accepted == 1
     assert posted == [("web", ["v1"])] * 2
+
+
+def test_a_retry_after_of_zero_or_in_the_past_still_waits_the_back_off(
+    server: tuple[str, list[str | int], Posted], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A 503 or 429 with Retry-After 0, or an HTTP date already past, made the client re-send at once, as
+    fast as the server answered, for all of ``retry_for_s``: hammering a collector (or a proxy in front of it)
+    that had just said it is overloaded. It now waits at least its own back-off."""
+    url, script, posted = server
+    script.extend([503, "503-date", 429])
+    slept: list[float] = []
+    monkeypatch.setattr("streams.collector_client.time.sleep", slept.append)
+    with CollectorClient(url, "web", "crm", batch_size=1) as client:
+        client.send("web_visit", visit(1))
+        assert client.accepted == 1
+    assert posted == [("web", ["v1"])] * 4
+    assert slept == [backoff_seconds(n, 0.2, 5.0) for n in (2, 3, 4)]
