@@ -309,11 +309,25 @@ class ClickHouseSinkLoop:
 
     async def drain(self) -> None:
         """On shutdown: one last attempt to store and commit what is batched; if it fails, leave it
-        uncommitted (it is re-read on restart)."""
+        uncommitted (it is re-read on restart). With a ClickHouse server, erasures the tail has and no step
+        swept yet are swept after that store: it may hold rows of their leads taken before they arrived,
+        and the next process reads them at its start, so it does not sweep them (``_sweep_erasure``)."""
         try:
             await self._flush(force=True)
         except SinkBackpressure as exc:
             log.warning("shutdown with records neither stored nor dead-lettered; re-read on restart: %s", exc)
+            return
+        if self.apply_erasures:  # embedded: the next start applies what is not applied yet
+            return
+        try:
+            await self._apply_erasures()
+        except SinkBackpressure as exc:
+            log.warning(
+                "shutdown: rows of erased lead(s) %s this sink stored may be left (%s); re-run "
+                "`leadpulse forget` for them",
+                ", ".join(str(r["lead_id"]) for r in self._pending_erasures),
+                exc,
+            )
 
     async def _settle_insert(self) -> None:
         """An insert still in flight when the loop ends (drain awaits it; an error may leave it) is awaited,

@@ -45,7 +45,7 @@ from sinks.sink_loop import ClickHouseSinkLoop, sink_group
 from sinks.stored_positions import stored_gaps
 from streams.broker import free_port
 from streams.dlq import writer_of
-from streams.erasures import erasure_record, publish_erasure
+from streams.erasures import ErasureLog, erasure_record, publish_erasure
 from streams.kafka_close import CoordinatorUnreachable
 from streams.producer import DeliveryError, Producer
 from streams.reader import Decoded, read_topic
@@ -1100,6 +1100,60 @@ def test_with_a_server_rows_the_sink_held_as_a_lead_was_forgotten_are_deleted_on
         running.close()
     left = remaining_rows(client_runner(ch), record)
     assert not any(left.values()), f"rows of the forgotten lead stored after the forget: {left}"
+    kept = count(ch, "SELECT count() FROM leadpulse.events WHERE lead_id = {l:String}", l=stays)
+    assert kept == 3
+
+
+def test_with_a_server_rows_held_when_the_sink_stops_just_after_an_erasure_arrived_are_deleted_once_stored(
+    ch: Client, broker_settings: Settings, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The same race at a stop: the erasure reaches the sink's tail after its last step looked for new
+    erasures, and the stop stores what the sink holds (``drain``), rows of the forgotten lead included,
+    after forget's delete. The next process reads that erasure at its start and does not sweep it, so the
+    rows stayed for good. Staged: the steps do not see the erasure (as if it arrived after the last one)."""
+    settings = broker_settings
+    loop = ClickHouseSinkLoop(settings, ch, policy=BatchPolicy(10_000, 60.0))
+    loop.apply_erasures = False  # as with an http:// DSN: this process does not own the engine
+    draining = threading.Event()
+    drain_new = ErasureLog.drain_new
+
+    def seen_only_at_the_stop(self: ErasureLog) -> list[dict[str, Any]]:
+        return drain_new(self) if draining.is_set() else []
+
+    monkeypatch.setattr(ErasureLog, "drain_new", seen_only_at_the_stop)
+    original_drain = loop.drain
+
+    async def drain() -> None:
+        draining.set()
+        await original_drain()
+
+    monkeypatch.setattr(loop, "drain", drain)
+    running = RunningSink(loop)
+    now = int(time.time() * 1000)
+    gone, stays = f"{settings.topic_prefix}L-stopped", f"{settings.topic_prefix}L-kept"
+    try:
+        wait_for(lambda: bool(loop.stats.assigned), timeout=30, what="partitions assigned")
+        with Producer(settings) as producer:
+            for lead in (gone, stays):
+                for n in range(3):
+                    producer.send(
+                        "web_visit",
+                        {"event_id": f"{lead}-v{n}", "event_time": now - n, "lead_id": lead, "source": "web",
+                         "url": "https://x.example/pricing", "page_category": "pricing"},
+                    )  # fmt: skip
+        wait_for(lambda: loop.stats.consumed >= 6, timeout=30, what="the visits taken into a batch")
+        assert topic_rows(ch, "events", settings) == 0, "stored before the forget: the race is not staged"
+        record = erasure_record(gone, [], now)
+        publish_erasure(settings, record)  # what `leadpulse forget` does with a server: log, then delete
+        apply_erasure(ch, record, applied_by="cli")
+        wait_for(
+            lambda: loop.erasures is not None and loop.erasures.is_erased(gone), what="the erasure tailed"
+        )
+    finally:
+        running.close()
+    assert topic_rows(ch, "events", settings) > 0, "nothing stored at the stop: the race is not staged"
+    left = remaining_rows(client_runner(ch), record)
+    assert not any(left.values()), f"rows of the forgotten lead stored at the stop, after the forget: {left}"
     kept = count(ch, "SELECT count() FROM leadpulse.events WHERE lead_id = {l:String}", l=stays)
     assert kept == 3
 
