@@ -157,7 +157,6 @@ class ClickHouseSinkLoop:
         self.erasures: ErasureLog | None = None
         self.apply_erasures = settings.embedded_clickhouse
         self._pending_erasures: list[dict[str, Any]] = []
-        self._erasures_read_at_start = False
         self.intake = RecordIntake(
             settings,
             self.registry,
@@ -179,6 +178,13 @@ class ClickHouseSinkLoop:
         config = aiokafka_client_config(self.settings)
         self.erasures = ErasureLog(self.settings)
         await self.erasures.start()  # first: an aiokafka client never started still complains "Unclosed"
+        if not self.apply_erasures:
+            # Read at start: nothing of those leads was taken by this process, so none is swept
+            # (``_sweep_erasure``). Taken here, before the tail task first runs (no await since start()
+            # returned), not at the first step: a first step that backs off before it looks for erasures
+            # (a resume point ClickHouse cannot give) took records, and an erasure arriving meanwhile was
+            # counted as read at start and not swept.
+            self.erasures.drain_new()
         self.consumer = AIOKafkaConsumer(
             bootstrap_servers=self.settings.bootstrap,
             group_id=self.group,
@@ -346,11 +352,7 @@ class ClickHouseSinkLoop:
         before the erasure arrived are flushed first, so the deletion removes them too."""
         if self.erasures is None:
             return
-        new = self.erasures.drain_new()
-        if not self.apply_erasures and not self._erasures_read_at_start:
-            new = []  # read at start: nothing of those leads was taken by this process (see _sweep_erasure)
-        self._erasures_read_at_start = True
-        self._pending_erasures.extend(new)
+        self._pending_erasures.extend(self.erasures.drain_new())  # (server: not those read at start)
         if not self._pending_erasures or self._listener.revoked:
             return  # (a revocation first: the batches it drops are re-read, without the erased records)
         await self._flush(force=True)

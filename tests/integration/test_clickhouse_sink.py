@@ -1637,6 +1637,61 @@ def test_a_resume_point_clickhouse_cannot_give_at_the_first_fetch_is_waited_for_
     resumes_despite(ch, broker_settings, refusing, stored)
 
 
+class QueryRefusedCommands(QueryRefused):
+    """``QueryRefused`` that also runs statements (an erasure's deletes)."""
+
+    def command(self, *args: Any, **kwargs: Any) -> Any:
+        return self.real.command(*args, **kwargs)
+
+
+def test_with_a_server_an_erasure_arriving_while_the_first_step_backs_off_is_swept_after_the_store(
+    ch: Client, broker_settings: Settings, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """With a ClickHouse server the sink sweeps a lead's rows stored after forget's delete, but not for
+    erasures read at its start. Those were told apart as "whatever the first look for new erasures finds",
+    and the first step that takes records may back off before it looks (here: a resume point ClickHouse
+    cannot give at a partition's first fetch). An erasure arriving meanwhile was taken for one read at
+    start and not swept, though the sink held the lead's visits taken in that step: stored after the
+    back-off, after forget's delete, they stayed."""
+    settings = broker_settings
+    stored_above_the_commit(ch, settings, monkeypatch)  # content views stored above their commit
+
+    async def coordinator_silent(consumer: AIOKafkaConsumer, tp: AIOTopicPartition) -> int | None:
+        raise CoordinatorUnreachable("injected: no group coordinator answered for the committed offset")
+
+    monkeypatch.setattr(AIOKafkaConsumer, "committed", coordinator_silent)
+    monkeypatch.setattr("sinks.sink_loop.RESUME_RETRY_S", 30.0)  # room to log the erasure meanwhile
+    now = int(time.time() * 1000)
+    gone = f"{settings.topic_prefix}L-first-step"
+    with Producer(settings) as producer:  # fetched with the content views, by the first step
+        for n in range(3):
+            producer.send(
+                "web_visit",
+                {"event_id": f"{gone}-v{n}", "event_time": now - n, "lead_id": gone, "source": "web",
+                 "url": "https://x.example/pricing", "page_category": "pricing"},
+            )  # fmt: skip
+    refusing = QueryRefusedCommands(ch, "lagInFrame")  # the content views' resume point, at the first fetch
+    loop = ClickHouseSinkLoop(settings, refusing, policy=BatchPolicy(10_000, 0.3))
+    loop.apply_erasures = False  # as with an http:// DSN: this process does not own the engine
+    running = RunningSink(loop)
+    try:
+        wait_for(lambda: loop.retry_at is not None, timeout=30, what="the first fetch's back-off")
+        assert loop.stats.consumed == 3, "the visits were not taken by the step that backed off"
+        assert count(ch, "SELECT count() FROM leadpulse.events WHERE lead_id = {l:String}", l=gone) == 0
+        record = erasure_record(gone, [], now)
+        publish_erasure(settings, record)  # what `leadpulse forget` does with a server: log, then delete
+        apply_erasure(ch, record, applied_by="cli")
+        wait_for(lambda: loop.erasures is not None and loop.erasures.is_erased(gone), what="erasure tailed")
+        assert loop.retry_at is not None, "the back-off ended before the erasure arrived: not staged"
+        wait_for(lambda: loop.retry_at is None and loop.stats.commits > 0, timeout=60, what="back-off over")
+        wait_for(lambda: loop.stats.inserted.get("events", 0) >= 3, timeout=30, what="the visits stored")
+        time.sleep(1.0)  # a sweep would follow the store in the same step
+    finally:
+        running.close()
+    left = remaining_rows(client_runner(ch), record)
+    assert not any(left.values()), f"rows of the forgotten lead stored after the forget: {left}"
+
+
 def test_stored_positions_clickhouse_cannot_give_at_assignment_are_read_at_the_first_fetch(
     ch: Client, broker_settings: Settings, monkeypatch: pytest.MonkeyPatch
 ) -> None:
