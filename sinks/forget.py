@@ -5,6 +5,7 @@ itself is ``sinks.erase.apply_erasure``.
 
 from __future__ import annotations
 
+import contextlib
 import time
 from collections.abc import Callable
 
@@ -13,6 +14,9 @@ from clickhouse_connect.driver.client import Client
 from sinks.erase import ErasureResult, apply_erasure, linked_anonymous_ids, linked_leads, recorded_erasure
 from streams.settings import Settings
 from streams.topics import PROFILES
+
+#: Seconds ``profile_links`` may read ``leads.profiles`` for; not read to its end by then, forget fails.
+PROFILES_READ_S = 600.0
 
 
 class ForgetError(Exception):
@@ -27,19 +31,34 @@ def profile_links(settings: Settings, identity: str) -> tuple[set[str], set[str]
     Why the topic too, and not only ClickHouse: a profile the sink has not stored yet (the sink down or
     behind) links nothing there, and is then dropped as the erased lead's; the anonymous id was missing from
     the erasure, so its own events (no lead id) were stored after the forget, and its state stayed on the
-    worker that owns it. The topic is kept forever and read once per forget."""
-    from streams.reader import Decoded, read_topic
+    worker that owns it. The topic is kept forever and read once per forget.
 
+    Raises ``TimeoutError`` (``streams.reader.NotDrained``) when the topic is not read to its end within
+    ``PROFILES_READ_S``: links from the part not read would be missing from the erasure, which would then
+    leave their anonymous data while reporting success (``read_topic`` returns what it read so far)."""
+    from schemas.errors import SchemaError
+    from schemas.registry import default_registry
+    from streams import reader
+
+    registry = default_registry()
     anonymous: set[str] = set()
     leads: set[str] = set()
-    for item in read_topic(settings, settings.topic(PROFILES.name), idle_ms=300, max_seconds=600.0):
-        if not isinstance(item, Decoded):
-            continue
-        lead, anon = item.record.get("lead_id"), item.record.get("anonymous_id")
-        if lead == identity and isinstance(anon, str) and anon:
-            anonymous.add(anon)
-        elif anon == identity and isinstance(lead, str) and lead:
-            leads.add(lead)
+    records = reader.drain_topics(
+        settings, [settings.topic(PROFILES.name)], idle_ms=300, max_seconds=PROFILES_READ_S
+    )
+    with contextlib.closing(records):
+        for msg in records:
+            if msg.value is None:  # a tombstone
+                continue
+            try:
+                _, record = registry.decode(msg.value)
+            except SchemaError:  # the worker dead-letters it: it stitches nothing
+                continue
+            lead, anon = record.get("lead_id"), record.get("anonymous_id")
+            if lead == identity and isinstance(anon, str) and anon:
+                anonymous.add(anon)
+            elif anon == identity and isinstance(lead, str) and lead:
+                leads.add(lead)
     return anonymous, leads
 
 

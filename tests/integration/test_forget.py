@@ -18,6 +18,7 @@ import pytest
 
 from leadpulse.live_view import scrape, total
 from sinks.erase import remaining_rows
+from sinks.forget import profile_links
 from sinks.query_service import Runner, http_runner
 from streams.broker import EmbeddedBroker, free_port
 from streams.erasures import erasure_id, read_all
@@ -305,3 +306,25 @@ def test_forget_of_an_anonymous_id_linked_to_a_lead_says_the_lead_stays(
     done = forget(env, "A-G5")
     assert done.returncode == 0, done.stdout + done.stderr
     assert "'A-G5' is an anonymous id linked to lead(s) L-G5: only the visitor id is erased" in done.stderr
+
+
+def test_forget_fails_rather_than_erase_fewer_anonymous_ids_when_leads_profiles_is_not_read_to_its_end(
+    broker_settings: Settings, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``profile_links`` reads leads.profiles (kept forever) for the lead's anonymous ids, for at most 600 s.
+    Not read to its end in time (a large topic, a slow broker), it returned what it had read so far, and
+    ``forget`` logged an erasure without the anonymous ids of the profiles it had not reached, reporting
+    success: the visitor data stayed. The read's timeout must fail the forget (re-run), as its other errors
+    do. Staged: a read given no time at all."""
+    from streams import reader
+
+    publish(broker_settings, [r for r in history("L-P1", "A-P1", "wp-9") if r[0] == "lead_identified"])
+    assert profile_links(broker_settings, "L-P1") == ({"A-P1"}, set())
+    drain_topics = reader.drain_topics
+
+    def out_of_time(*args: Any, **kwargs: Any) -> Any:
+        return drain_topics(*args, **{**kwargs, "max_seconds": 0.0})
+
+    monkeypatch.setattr(reader, "drain_topics", out_of_time)
+    with pytest.raises(TimeoutError):
+        profile_links(broker_settings, "L-P1")
