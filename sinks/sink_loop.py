@@ -41,7 +41,7 @@ from clickhouse_connect.driver.client import Client
 from schemas.registry import HEADER_LEN, SchemaRegistry, default_registry
 from sinks.batch import BatchPolicy, ClickHouseBatchSink, Rejected, SinkBatch
 from sinks.dead_letters import DeadLetters
-from sinks.erase import already_applied, apply_erasure, event_head, remaining_rows
+from sinks.erase import already_applied, apply_erasure, event_head, recorded_erasure, remaining_rows
 from sinks.errors import SinkBackpressure
 from sinks.lag_report import LagReport
 from sinks.query_service import client_runner
@@ -68,6 +68,10 @@ SINK_GROUP = "leadpulse-sink"
 #: Seconds to wait before fetching again the records of partitions whose resume point ClickHouse could not
 #: give at their first fetch (``ClickHouseSinkLoop._resume_from_first_fetch``).
 RESUME_RETRY_S = 5.0
+
+#: Seconds a sink with a ClickHouse server waits for ``forget``'s own deletion of a lead before it sweeps the
+#: lead's rows anyway (``ClickHouseSinkLoop._sweep_erasure``).
+SWEEP_WAIT_S = 300.0
 
 
 def sink_group(settings: Settings) -> str:
@@ -157,6 +161,8 @@ class ClickHouseSinkLoop:
         self.erasures: ErasureLog | None = None
         self.apply_erasures = settings.embedded_clickhouse
         self._pending_erasures: list[dict[str, Any]] = []
+        self._erasures_flush_due = False  # erasures arrived: store what was taken before, once
+        self._sweep_waits: dict[tuple[str, int], float] = {}  # server: sweeps waiting for forget's deletion
         self.intake = RecordIntake(
             settings,
             self.registry,
@@ -325,14 +331,17 @@ class ClickHouseSinkLoop:
             return
         if self.apply_erasures:  # embedded: the next start applies what is not applied yet
             return
+        problem = "their deletion by `leadpulse forget` was not recorded yet"
         try:
             await self._apply_erasures()
         except SinkBackpressure as exc:
+            problem = str(exc)
+        if self._pending_erasures:
             log.warning(
                 "shutdown: rows of erased lead(s) %s this sink stored may be left (%s); re-run "
                 "`leadpulse forget` for them",
                 ", ".join(str(r["lead_id"]) for r in self._pending_erasures),
-                exc,
+                problem,
             )
 
     async def _settle_insert(self) -> None:
@@ -352,28 +361,40 @@ class ClickHouseSinkLoop:
         before the erasure arrived are flushed first, so the deletion removes them too."""
         if self.erasures is None:
             return
-        self._pending_erasures.extend(self.erasures.drain_new())  # (server: not those read at start)
+        new = self.erasures.drain_new()  # (server: those read at start are not, see run_async)
+        if new:
+            self._pending_erasures.extend(new)
+            self._erasures_flush_due = True
         if not self._pending_erasures or self._listener.revoked:
             return  # (a revocation first: the batches it drops are re-read, without the erased records)
-        await self._flush(force=True)
-        while self._pending_erasures:
-            record = self._pending_erasures[0]
-            try:
-                await asyncio.to_thread(self._apply_erasure, record)
-            except Exception as exc:  # ClickHouse busy/away: keep it pending, back off like an insert
-                raise SinkBackpressure("erasures", 5.0, exc) from exc
-            self._pending_erasures.pop(0)
+        if self._erasures_flush_due:  # once per arrival: what is taken later holds none of the lead's rows
+            await self._flush(force=True)
+            self._erasures_flush_due = False
+        waiting: list[dict[str, Any]] = []
+        try:
+            while self._pending_erasures:
+                record = self._pending_erasures[0]
+                try:
+                    done = await asyncio.to_thread(self._apply_erasure, record)
+                except Exception as exc:  # ClickHouse busy/away: keep it pending, back off like an insert
+                    raise SinkBackpressure("erasures", 5.0, exc) from exc
+                self._pending_erasures.pop(0)
+                if not done:
+                    waiting.append(record)
+        finally:
+            self._pending_erasures[:0] = waiting
 
-    def _apply_erasure(self, record: dict[str, Any]) -> None:
+    def _apply_erasure(self, record: dict[str, Any]) -> bool:
+        """Whether ``record`` is done with (False: a sweep waits for ``forget``'s own deletion)."""
         if not self.apply_erasures:
-            self._sweep_erasure(record)
-            return
+            return self._sweep_erasure(record)
         if already_applied(self.client, record):
-            return
+            return True
         result = apply_erasure(self.client, record, applied_by="sink")
         log.info("erasure %s applied: %d row(s) deleted", result.erasure_id, result.total)
+        return True
 
-    def _sweep_erasure(self, record: dict[str, Any]) -> None:
+    def _sweep_erasure(self, record: dict[str, Any]) -> bool:
         """With a ClickHouse server, after the rows taken before the erasure arrived are stored: delete
         whatever of the lead is stored now, recorded as applied by the sink, if anything is.
 
@@ -382,16 +403,29 @@ class ClickHouseSinkLoop:
         and stayed, with the erasure recorded as done. From the moment the tail has the erasure, the lead's
         records are dropped before they are taken; so once the earlier ones are stored (the flush before
         this), one more delete leaves nothing. Erasures read at start are not swept: nothing of theirs was
-        taken by this process."""
-        left = remaining_rows(client_runner(self.client), record)
+        taken by this process.
+
+        Not alongside ``forget``'s own deletion: both would rebuild the daily-view keys the lead fed
+        (delete them, insert them again from the other leads' rows), and with both deletes before either
+        insert the other leads' counts were inserted twice. So the sweep waits (False) until that deletion is
+        recorded in ``leadpulse.erasures``, at most ``SWEEP_WAIT_S`` (a ``forget`` whose deletion failed
+        records nothing: the sweep then does its work)."""
+        run = client_runner(self.client)
+        key = (str(record["erasure_id"]), int(record["requested_at"]))
+        since = self._sweep_waits.setdefault(key, time.monotonic())
+        if recorded_erasure(run, record) is None and time.monotonic() - since < SWEEP_WAIT_S:
+            return False
+        self._sweep_waits.pop(key, None)
+        left = remaining_rows(run, record)
         if not any(left.values()):
-            return
+            return True
         result = apply_erasure(self.client, record, applied_by="sink")
         log.warning(
             "erasure %s: %d row(s) of the lead stored by this sink as the erasure arrived, deleted now",
             result.erasure_id,
             result.total,
         )
+        return True
 
     def _erased(self, table: str) -> None:
         self.stats.erased += 1

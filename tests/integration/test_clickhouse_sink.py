@@ -1158,6 +1158,76 @@ def test_with_a_server_rows_held_when_the_sink_stops_just_after_an_erasure_arriv
     assert kept == 3
 
 
+class Statements:
+    """A real client running ``before(sql)`` before each statement (``command``), ``after(sql)`` after."""
+
+    def __init__(
+        self,
+        real: Client,
+        before: Callable[[str], None] = lambda _: None,
+        after: Callable[[str], None] = lambda _: None,
+    ) -> None:
+        self.real, self.before, self.after = real, before, after
+
+    def command(self, sql: str, *args: Any, **kwargs: Any) -> Any:
+        self.before(sql)
+        result = self.real.command(sql, *args, **kwargs)
+        self.after(sql)
+        return result
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.real, name)
+
+
+def test_with_a_server_the_sink_does_not_erase_alongside_forget_so_the_daily_views_are_not_doubled(
+    ch: Client, broker_settings: Settings
+) -> None:
+    """With a ClickHouse server ``forget`` logs the erasure, then deletes: it rebuilds the daily-view keys
+    the lead fed (delete the keys, insert them again from the other leads' rows), then deletes the base
+    rows. A sink seeing the erasure meanwhile found the lead's base rows still stored and ran the same
+    erasure alongside: both deleted the keys before either inserted them again, so the other leads' counts
+    were inserted twice (``content_usage_daily`` sums them: doubled). Staged: forget's re-insert waits (at
+    most 10 s) until the sink has deleted the keys too; the sink must wait for forget's erasure instead."""
+    settings = broker_settings
+    sink_deleted_keys = threading.Event()
+
+    def sink_after(sql: str) -> None:
+        if sql.startswith("ALTER TABLE leadpulse.content_usage_daily DELETE"):
+            sink_deleted_keys.set()
+
+    def cli_before(sql: str) -> None:
+        if sql.startswith("INSERT INTO leadpulse.content_usage_daily"):
+            sink_deleted_keys.wait(10)
+
+    loop = ClickHouseSinkLoop(settings, Statements(ch, after=sink_after), policy=BatchPolicy(500, 0.2))
+    loop.apply_erasures = False  # as with an http:// DSN: this process does not own the engine
+    running = RunningSink(loop)
+    now = int(time.time() * 1000)
+    content = f"{settings.topic_prefix}wp"
+    gone, stays = f"{settings.topic_prefix}L-forgotten", f"{settings.topic_prefix}L-kept"
+    try:
+        wait_for(lambda: bool(loop.stats.assigned), timeout=30, what="partitions assigned")
+        with Producer(settings) as producer:
+            for lead in (gone, stays):
+                for n in range(3):
+                    producer.send(
+                        "content_view",
+                        {"event_id": f"{lead}-c{n}", "event_time": now - n, "lead_id": lead, "source": "web",
+                         "content_id": content, "content_type": "whitepaper", "dwell_ms": 1000,
+                         "percent_viewed": 50.0},
+                    )  # fmt: skip
+        wait_for(lambda: topic_rows(ch, "events", settings) == 6, what="the views stored")
+        record = erasure_record(gone, [], now)
+        publish_erasure(settings, record)  # what `leadpulse forget` does with a server: log, then delete
+        apply_erasure(Statements(ch, before=cli_before), record, applied_by="cli")  # type: ignore[arg-type]
+        time.sleep(2.0)  # a sink erasing alongside would have finished by now
+    finally:
+        running.close()
+    usage = "SELECT sum(events) FROM leadpulse.content_usage_daily WHERE content_id = {c:String}"
+    assert count(ch, usage, c=content) == 3, "the other lead's views counted twice in content_usage_daily"
+    assert not any(remaining_rows(client_runner(ch), record).values())
+
+
 def test_partitions_assigned_during_a_back_off_lose_no_record(
     ch: Client, clickhouse_dsn: str, broker_settings: Settings
 ) -> None:
