@@ -22,6 +22,7 @@ down a stop took the 10 s HTTP timeout, and with a full lane queue it never happ
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from collections.abc import Sequence
 from typing import Any, Protocol
@@ -162,7 +163,23 @@ class Notifier:
         from streams.erasures import ErasureLog
 
         own = ErasureLog(self.settings.model_copy(update={"kafka_bootstrap": self.bootstrap}))
-        await own.start()  # every erasure known before the first notification is taken
+        # Every erasure known before the first notification is taken. The read can take a minute (a long
+        # log, a slow broker): a stop meanwhile ends it at once (nothing is taken yet); ErasureLog.start
+        # closes its consumer when cancelled.
+        starting = asyncio.ensure_future(own.start())
+        stopping = asyncio.ensure_future(stop.wait())
+        try:
+            await asyncio.wait((starting, stopping), return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            stopping.cancel()
+            if not starting.done():
+                starting.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await starting
+        if starting.cancelled():
+            log.info("notifier stopped while reading the erasure log")
+            return
+        starting.result()
         self.erasures = own
         try:
             await self._run(stop)

@@ -102,3 +102,29 @@ async def test_a_notification_whose_lead_is_erased_during_its_retries_is_not_ret
     )
     assert letters == []
     assert await asyncio.to_thread(committed_total, hot_settings, "n-retried") == 1
+
+
+async def test_a_stop_while_the_erasure_log_is_read_at_start_ends_the_notifier_at_once(
+    hot_settings: Settings,  # noqa: F811
+    receiver: tuple[Receiver, asyncio.Event],  # noqa: F811
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The notifier reads the whole erasure log before it joins its group, for up to a minute (plus the
+    broker's answers). A SIGTERM meanwhile was not looked at until the read ended, though a stop takes about
+    ``stop_grace_s`` otherwise (nothing is taken yet, so nothing is lost by ending at once). Staged: a broker
+    slow to give the log's end offset."""
+    state, _ = receiver
+
+    async def slow_end_offsets(*args: object, **kwargs: object) -> dict[object, int]:
+        await asyncio.sleep(60)
+        return {}
+
+    monkeypatch.setattr("streams.erasures.end_offsets", slow_end_offsets)
+    notifier = Notifier(hot_settings, targets=[WebhookTarget("json-0", state.url + "/ok")], policy=FAST)
+    stop, task = await start(notifier)
+    await asyncio.sleep(2.0)  # reading the log
+    assert not task.done()
+    stop.set()
+    began = time.monotonic()
+    await asyncio.wait_for(task, 90)
+    assert time.monotonic() - began < 5, f"stopped after {time.monotonic() - began:.0f} s"
