@@ -212,14 +212,25 @@ class ErasureLog:
     async def _tail(self, tp: TopicPartition) -> None:
         assert self._consumer is not None
         while True:
+            # Anything but a KafkaError ended the tail without a word: the process went on without seeing
+            # new erasures (its worker kept scoring, its sink kept storing a forgotten lead) until a restart,
+            # and stop() re-raised it. Now logged and retried; a record that cannot be taken is logged and
+            # the next one taken (its position is past it already).
             try:
                 batch = await self._consumer.getmany(tp, timeout_ms=1000)
             except KafkaError as exc:  # the broker is away: keep the set we have, retry
                 log.warning("erasure log %s: %s; retrying", self.topic, exc)
                 await asyncio.sleep(1.0)
                 continue
+            except Exception:
+                log.exception("erasure log %s: fetch failed; retrying", self.topic)
+                await asyncio.sleep(1.0)
+                continue
             for msg in batch.get(tp, []):
-                self._take(msg.value, msg.offset)
+                try:
+                    self._take(msg.value, msg.offset)
+                except Exception:
+                    log.exception("erasure log %s[0]@%d: record not taken", self.topic, msg.offset)
 
     async def stop(self) -> None:
         task, self._task = self._task, None
