@@ -214,8 +214,10 @@ class ErasureLog:
         while True:
             # Anything but a KafkaError ended the tail without a word: the process went on without seeing
             # new erasures (its worker kept scoring, its sink kept storing a forgotten lead) until a restart,
-            # and stop() re-raised it. Now logged and retried; a record that cannot be taken is logged and
-            # the next one taken (its position is past it already).
+            # and stop() re-raised it. Now logged and retried, a record that cannot be taken too: skipped, its
+            # lead was scored and stored for good after the forget (undecodable bytes are _decode's skip, so
+            # what raises here is not the record's; one that raises at every try stalls the tail, logged at
+            # each try, as it stops the next start).
             try:
                 batch = await self._consumer.getmany(tp, timeout_ms=1000)
             except KafkaError as exc:  # the broker is away: keep the set we have, retry
@@ -230,7 +232,10 @@ class ErasureLog:
                 try:
                     self._take(msg.value, msg.offset)
                 except Exception:
-                    log.exception("erasure log %s[0]@%d: record not taken", self.topic, msg.offset)
+                    log.exception("erasure log %s[0]@%d: record not taken; retrying", self.topic, msg.offset)
+                    self._consumer.seek(tp, msg.offset)  # the rest of the batch comes again after it
+                    await asyncio.sleep(1.0)
+                    break
 
     async def stop(self) -> None:
         task, self._task = self._task, None

@@ -3,9 +3,13 @@ erased identity in an undecoded event body."""
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+from types import SimpleNamespace
 from typing import Any
 
 import pytest
+from aiokafka import TopicPartition
 
 from schemas.registry import HEADER_LEN, default_registry
 from sinks.erase import event_head, mutation_target, record_erased
@@ -118,3 +122,58 @@ def test_mutations_on_the_cluster_layout_run_on_the_local_tables() -> None:
     assert mutation_target(engine, "events") == "leadpulse.events_local ON CLUSTER 'prod'"
     assert mutation_target("ReplacingMergeTree ORDER BY (lead_id)", "events") == "leadpulse.events"
     assert mutation_target("", "events") == "leadpulse.events"
+
+
+class _FakeConsumer:
+    """The tail's consumer: hands out the records from its position, one per fetch; ``seek`` moves it."""
+
+    def __init__(self, values: list[bytes]) -> None:
+        self.values = values
+        self.position = 0
+
+    async def getmany(self, tp: Any, timeout_ms: int = 0) -> dict[Any, list[Any]]:
+        if self.position >= len(self.values):
+            await asyncio.sleep(timeout_ms / 1000)
+            return {}
+        offset, self.position = self.position, self.position + 1
+        return {tp: [SimpleNamespace(value=self.values[offset], offset=offset)]}
+
+    def seek(self, tp: Any, offset: int) -> None:
+        self.position = offset
+
+
+def test_an_erasure_the_tail_failed_to_take_is_taken_again(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A record whose taking raised something other than a SchemaError (undecodable records are skipped by
+    ``_decode``; what is left is not the record's fault: a failure that passes) was skipped for good: the
+    process went on scoring and storing the erased lead until a restart. It is taken again after a pause."""
+    log = ErasureLog(load_settings())
+    values = [default_registry().encode("lead_erased", erasure_record(x, [], 1)) for x in ("L-1", "L-2")]
+    log._consumer = _FakeConsumer(values)  # type: ignore[assignment]
+    real_take = ErasureLog._take
+    failures: list[int] = []
+
+    def take_failing_once(self: ErasureLog, value: bytes | None, offset: int) -> None:
+        if offset == 0 and not failures:
+            failures.append(offset)
+            raise MemoryError("injected: a failure that passes")
+        real_take(self, value, offset)
+
+    monkeypatch.setattr(ErasureLog, "_take", take_failing_once)
+    real_sleep = asyncio.sleep
+    monkeypatch.setattr(asyncio, "sleep", lambda _s: real_sleep(0))
+
+    async def scenario() -> None:
+        task = asyncio.create_task(log._tail(TopicPartition(log.topic, 0)))
+        for _ in range(200):
+            if log.is_erased("L-2"):
+                break
+            await real_sleep(0)
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+
+    asyncio.run(scenario())
+    assert failures == [0]
+    assert log.is_erased("L-2")
+    assert log.is_erased("L-1")  # skipped for good on the old code
+    assert [r["lead_id"] for r in log.drain_new()] == ["L-1", "L-2"]
