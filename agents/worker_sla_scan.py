@@ -31,11 +31,13 @@ RETRY_FIRST_S, RETRY_MAX_S = 30.0, 1800.0
 @dataclass(slots=True)
 class ScanFailure:
     """A lead the scan failed for: its partition (forgotten when that moves away, worker_rebalance), how
-    many times in a row, and when (``time.monotonic()``) it may be scanned again."""
+    many times in a row, when (``time.monotonic()``) it may be scanned again, and the deadline it was due
+    at (``_forget_not_due``)."""
 
     partition: int | None
     failures: int
     retry_at: float
+    deadline: int | None = None
 
 
 async def scan(worker: LeadWorker) -> None:
@@ -104,9 +106,19 @@ def _forget_not_due(worker: LeadWorker, due: list[bytes]) -> None:
     """Leads the scan failed for that have nothing due any more (a later event moved their deadlines, or
     they were erased or deleted): nothing of theirs waits for a retry. Kept, they held
     ``leadpulse_worker_sla_scan_failing_leads`` above 0 (and its alert on) until a rebalance; and a lead due
-    again later starts its back-off afresh."""
+    again later starts its back-off afresh.
+
+    Not due with the deadline it failed at is not such a lead: the timer clock stepped back (caught up, it
+    is the wall clock; a backlog of older events read then makes it the newest event time again), and the
+    lead is due again once the clock passes it. Forgotten, it dropped the gauge to 0 (restarting its alert's
+    5 min) and its back-off started afresh."""
     waiting = set(due)
-    for key in [key for key in worker.scan_failed if key not in waiting]:
+    deadlines = worker.store.deadlines
+    for key in [
+        key
+        for key, failure in worker.scan_failed.items()
+        if key not in waiting and deadlines.get(key) != failure.deadline
+    ]:
         del worker.scan_failed[key]
         log.info(
             "the SLA scan no longer waits to retry lead %r: nothing of it is due",
@@ -159,7 +171,9 @@ def _failed(
     previous = worker.scan_failed.get(key)
     failures = 1 if previous is None else previous.failures + 1
     delay = backoff_seconds(failures, RETRY_FIRST_S, RETRY_MAX_S)
-    worker.scan_failed[key] = ScanFailure(partition, failures, time.monotonic() + delay)
+    # (the stored deadline: nothing of the scan's is stored before it is written, and this is not written)
+    deadline = worker.store.deadlines.get(key)
+    worker.scan_failed[key] = ScanFailure(partition, failures, time.monotonic() + delay, deadline)
     if worker.metrics:
         worker.metrics.sla_scan_failures.inc()
     if unwritten is not None:
