@@ -382,9 +382,12 @@ class WebhookSender:
         for attempt in range(1, self.policy.max_attempts + 1):
             if self.stop is not None and self.stop.is_set():
                 raise Stopping
-            if attempt > 1 and withdrawn is not None and withdrawn():
-                error += "; withdrawn before a retry"
-                return DeliveryResult(target, False, attempt - 1, status, error)
+            if attempt > 1:
+                if withdrawn is not None and withdrawn():
+                    error += "; withdrawn before a retry"
+                    return DeliveryResult(target, False, attempt - 1, status, error)
+                if self.metrics:  # counted as it is made: one withdrawn, or cut by a stop, is not a retry
+                    self.metrics.webhook_retries.labels(target=target.name).inc()
             retry_after: float | None = None
             try:
                 async with self.session.post(
@@ -427,8 +430,6 @@ class WebhookSender:
                 error += " (permanent: not retried)"
                 break
             if attempt < self.policy.max_attempts:
-                if self.metrics:
-                    self.metrics.webhook_retries.labels(target=target.name).inc()
                 await self._pause(self.policy.delay(attempt, self.rnd, retry_after))
         if self.metrics:
             self.metrics.webhook_failures.labels(target=target.name).inc()

@@ -85,7 +85,10 @@ async def test_a_notification_whose_lead_is_erased_during_its_retries_is_not_ret
     state, _ = receiver
     targets = [WebhookTarget("json-0", state.url + "/flaky")]  # 503 three times, then 200
     erasures = ErasedAfterFirstAttempt(state, "L-retried", "flaky|hot-9")
-    notifier = Notifier(hot_settings, targets=targets, policy=FAST, group_id="n-retried", erasures=erasures)
+    metrics = Metrics(CollectorRegistry(), component="notifier")
+    notifier = Notifier(
+        hot_settings, targets=targets, policy=FAST, group_id="n-retried", erasures=erasures, metrics=metrics
+    )
     await asyncio.to_thread(publish, hot_settings, [hot_lead(9, "L-retried")])
     stop, task = await start(notifier)
     try:
@@ -97,6 +100,9 @@ async def test_a_notification_whose_lead_is_erased_during_its_retries_is_not_ret
         await asyncio.wait_for(task, 30)
     assert state.attempts["flaky|hot-9"] == 1
     assert not state.accepted
+    # the retry withdrawn before it was made is not counted (it was, in leadpulse_webhook_retries_total)
+    retries = metrics.registry.get_sample_value("leadpulse_webhook_retries_total", {"target": "json-0"})
+    assert (retries or 0.0) == 0.0
     letters = await asyncio.to_thread(
         lambda: [i for i in read_topic(hot_settings, hot_settings.topic("dlq"), idle_ms=800)]
     )
