@@ -260,12 +260,11 @@ ERASED = "lead erased with `leadpulse forget`"
 
 
 def _erased_identities(settings: Settings, bootstrap: str | None) -> set[str]:
-    """Every identity on the erasure log (``streams.erasures``)."""
-    from streams.erasures import identities, read_all
+    from streams.erasures import erased_identities
 
     if bootstrap is not None:
         settings = settings.model_copy(update={"kafka_bootstrap": bootstrap})
-    return {identity for record in read_all(settings) for identity in identities(record)}
+    return erased_identities(settings)
 
 
 def _of_erased(letter: DeadLetter, gone: set[str]) -> bool:

@@ -63,6 +63,11 @@ def identities(record: dict[str, Any]) -> set[str]:
     return {str(record["lead_id"]), *(str(a) for a in record.get("anonymous_ids") or [])}
 
 
+def erased_identities(settings: Settings) -> set[str]:
+    """Every identity on the erasure log (sync, for the CLI): what ``replay`` and ``dlq replay`` leave out."""
+    return {identity for record in read_all(settings) for identity in identities(record)}
+
+
 def ensure_topic(settings: Settings) -> None:
     """Create the erasure topic if missing. A broker that auto-creates topics would give it several
     partitions, and every reader must see every erasure in one order, hence one partition."""

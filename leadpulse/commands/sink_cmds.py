@@ -165,7 +165,7 @@ def register(app: typer.Typer) -> None:
         from sinks.replay import replay
         from sinks.reports.period import make_period
         from streams.broker import running_broker
-        from streams.erasures import identities, read_all
+        from streams.erasures import erased_identities
         from streams.producer import Producer
 
         settings = cli_settings()
@@ -177,7 +177,7 @@ def register(app: typer.Typer) -> None:
         try:
             with running_broker(settings) as bootstrap, Producer(settings, bootstrap=bootstrap) as producer:
                 local = settings.model_copy(update={"kafka_bootstrap": bootstrap})
-                erased = {i for record in read_all(local) for i in identities(record)}
+                erased = erased_identities(local)
                 result = replay(run, producer, period.since_ms, period.until_ms, erased)
         finally:
             close()
