@@ -357,8 +357,9 @@ class ClickHouseSinkLoop:
 
     # --- erasures ---------------------------------------------------------------------------------------
     async def _apply_erasures(self) -> None:
-        """Delete newly erased leads from the embedded engine this process owns. Rows of the lead taken
-        before the erasure arrived are flushed first, so the deletion removes them too."""
+        """Delete newly erased leads from the embedded engine this process owns, or, with a server, sweep
+        what this sink stored of them (``_sweep_erasure``). Rows of the lead taken before the erasure
+        arrived are flushed first, so the deletion removes them too."""
         if self.erasures is None:
             return
         new = self.erasures.drain_new()  # (server: those read at start are not, see run_async)
