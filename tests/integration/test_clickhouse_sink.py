@@ -1065,6 +1065,44 @@ def test_partitions_revoked_while_the_loop_awaits_its_insert_are_given_up_once_i
         other.close()
 
 
+def send_visits(settings: Settings, now: int, *leads: str) -> None:
+    """Three pricing-page visits of each lead."""
+    with Producer(settings) as producer:
+        for lead in leads:
+            for n in range(3):
+                producer.send(
+                    "web_visit",
+                    {"event_id": f"{lead}-v{n}", "event_time": now - n, "lead_id": lead, "source": "web",
+                     "url": "https://x.example/pricing", "page_category": "pricing"},
+                )  # fmt: skip
+
+
+def forget_with_a_server(ch: Client, settings: Settings, lead: str, now: int) -> dict[str, Any]:
+    """What `leadpulse forget` does with a ClickHouse server: log the erasure, then delete."""
+    record = erasure_record(lead, [], now)
+    publish_erasure(settings, record)
+    apply_erasure(ch, record, applied_by="cli")
+    return record
+
+
+def held_then_forgotten(
+    ch: Client, settings: Settings, loop: ClickHouseSinkLoop, gone: str, stays: str, now: int
+) -> dict[str, Any]:
+    """Both leads' visits taken into the running sink's batch, not stored, then ``gone`` forgotten."""
+    wait_for(lambda: bool(loop.stats.assigned), timeout=30, what="partitions assigned")
+    send_visits(settings, now, gone, stays)
+    wait_for(lambda: loop.stats.consumed >= 6, timeout=30, what="the visits taken into a batch")
+    assert topic_rows(ch, "events", settings) == 0, "stored before the forget: the race is not staged"
+    return forget_with_a_server(ch, settings, gone, now)
+
+
+def only_the_forgotten_lead_erased(ch: Client, record: dict[str, Any], stays: str, when: str) -> None:
+    left = remaining_rows(client_runner(ch), record)
+    assert not any(left.values()), f"rows of the forgotten lead {when}: {left}"
+    kept = count(ch, "SELECT count() FROM leadpulse.events WHERE lead_id = {l:String}", l=stays)
+    assert kept == 3
+
+
 def test_with_a_server_rows_the_sink_held_as_a_lead_was_forgotten_are_deleted_once_stored(
     ch: Client, broker_settings: Settings
 ) -> None:
@@ -1079,29 +1117,13 @@ def test_with_a_server_rows_the_sink_held_as_a_lead_was_forgotten_are_deleted_on
     now = int(time.time() * 1000)
     gone, stays = f"{settings.topic_prefix}L-forgotten", f"{settings.topic_prefix}L-kept"
     try:
-        wait_for(lambda: bool(loop.stats.assigned), timeout=30, what="partitions assigned")
-        with Producer(settings) as producer:
-            for lead in (gone, stays):
-                for n in range(3):
-                    producer.send(
-                        "web_visit",
-                        {"event_id": f"{lead}-v{n}", "event_time": now - n, "lead_id": lead, "source": "web",
-                         "url": "https://x.example/pricing", "page_category": "pricing"},
-                    )  # fmt: skip
-        wait_for(lambda: loop.stats.consumed >= 6, timeout=30, what="the visits taken into a batch")
-        assert topic_rows(ch, "events", settings) == 0, "stored before the forget: the race is not staged"
-        record = erasure_record(gone, [], now)
-        publish_erasure(settings, record)  # what `leadpulse forget` does with a server: log, then delete
-        apply_erasure(ch, record, applied_by="cli")
+        record = held_then_forgotten(ch, settings, loop, gone, stays, now)
         wait_for(
             lambda: sum(committed_offsets(settings).values()) == 6, timeout=60, what="every visit committed"
         )
     finally:
         running.close()
-    left = remaining_rows(client_runner(ch), record)
-    assert not any(left.values()), f"rows of the forgotten lead stored after the forget: {left}"
-    kept = count(ch, "SELECT count() FROM leadpulse.events WHERE lead_id = {l:String}", l=stays)
-    assert kept == 3
+    only_the_forgotten_lead_erased(ch, record, stays, "stored after the forget")
 
 
 def test_with_a_server_rows_held_when_the_sink_stops_just_after_an_erasure_arrived_are_deleted_once_stored(
@@ -1132,30 +1154,14 @@ def test_with_a_server_rows_held_when_the_sink_stops_just_after_an_erasure_arriv
     now = int(time.time() * 1000)
     gone, stays = f"{settings.topic_prefix}L-stopped", f"{settings.topic_prefix}L-kept"
     try:
-        wait_for(lambda: bool(loop.stats.assigned), timeout=30, what="partitions assigned")
-        with Producer(settings) as producer:
-            for lead in (gone, stays):
-                for n in range(3):
-                    producer.send(
-                        "web_visit",
-                        {"event_id": f"{lead}-v{n}", "event_time": now - n, "lead_id": lead, "source": "web",
-                         "url": "https://x.example/pricing", "page_category": "pricing"},
-                    )  # fmt: skip
-        wait_for(lambda: loop.stats.consumed >= 6, timeout=30, what="the visits taken into a batch")
-        assert topic_rows(ch, "events", settings) == 0, "stored before the forget: the race is not staged"
-        record = erasure_record(gone, [], now)
-        publish_erasure(settings, record)  # what `leadpulse forget` does with a server: log, then delete
-        apply_erasure(ch, record, applied_by="cli")
+        record = held_then_forgotten(ch, settings, loop, gone, stays, now)
         wait_for(
             lambda: loop.erasures is not None and loop.erasures.is_erased(gone), what="the erasure tailed"
         )
     finally:
         running.close()
     assert topic_rows(ch, "events", settings) > 0, "nothing stored at the stop: the race is not staged"
-    left = remaining_rows(client_runner(ch), record)
-    assert not any(left.values()), f"rows of the forgotten lead stored at the stop, after the forget: {left}"
-    kept = count(ch, "SELECT count() FROM leadpulse.events WHERE lead_id = {l:String}", l=stays)
-    assert kept == 3
+    only_the_forgotten_lead_erased(ch, record, stays, "stored at the stop, after the forget")
 
 
 class Statements:
@@ -1733,13 +1739,7 @@ def test_with_a_server_an_erasure_arriving_while_the_first_step_backs_off_is_swe
     monkeypatch.setattr("sinks.sink_loop.RESUME_RETRY_S", 30.0)  # room to log the erasure meanwhile
     now = int(time.time() * 1000)
     gone = f"{settings.topic_prefix}L-first-step"
-    with Producer(settings) as producer:  # fetched with the content views, by the first step
-        for n in range(3):
-            producer.send(
-                "web_visit",
-                {"event_id": f"{gone}-v{n}", "event_time": now - n, "lead_id": gone, "source": "web",
-                 "url": "https://x.example/pricing", "page_category": "pricing"},
-            )  # fmt: skip
+    send_visits(settings, now, gone)  # fetched with the content views, by the first step
     refusing = QueryRefusedCommands(ch, "lagInFrame")  # the content views' resume point, at the first fetch
     loop = ClickHouseSinkLoop(settings, refusing, policy=BatchPolicy(10_000, 0.3))
     loop.apply_erasures = False  # as with an http:// DSN: this process does not own the engine
@@ -1748,9 +1748,7 @@ def test_with_a_server_an_erasure_arriving_while_the_first_step_backs_off_is_swe
         wait_for(lambda: loop.retry_at is not None, timeout=30, what="the first fetch's back-off")
         assert loop.stats.consumed == 3, "the visits were not taken by the step that backed off"
         assert count(ch, "SELECT count() FROM leadpulse.events WHERE lead_id = {l:String}", l=gone) == 0
-        record = erasure_record(gone, [], now)
-        publish_erasure(settings, record)  # what `leadpulse forget` does with a server: log, then delete
-        apply_erasure(ch, record, applied_by="cli")
+        record = forget_with_a_server(ch, settings, gone, now)
         wait_for(lambda: loop.erasures is not None and loop.erasures.is_erased(gone), what="erasure tailed")
         assert loop.retry_at is not None, "the back-off ended before the erasure arrived: not staged"
         wait_for(lambda: loop.retry_at is None and loop.stats.commits > 0, timeout=60, what="back-off over")
