@@ -21,13 +21,18 @@ from __future__ import annotations
 import json
 import re
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
 from clickhouse_connect.driver.client import Client
 
 from sinks.query_service import Runner
+
+# Which decoded records an erasure covers, and how an account roll-up loses an erased lead: one predicate for
+# every reader (the sink before insert, ``leadpulse replay``, ``dlq replay``), kept in ``streams.erasures``.
+from streams.erasures import record_erased as record_erased
+from streams.erasures import scrub_top_leads as scrub_top_leads
 
 MUTATION_SETTINGS = {"mutations_sync": 2}
 # The recompute inserts must never be dropped as a repeat of an earlier identical block (a re-run of an
@@ -142,11 +147,6 @@ def mutation_target(engine_full: str, table: str) -> str:
         return f"leadpulse.{table}"
     cluster, database, local = match.groups()
     return f"{database}.{local} ON CLUSTER '{cluster}'"
-
-
-def scrub_top_leads(top_leads: list[dict[str, Any]], is_erased: Callable[[str | None], bool]) -> list[Any]:
-    """An account roll-up's top-lead list without erased leads (the sink applies it before insert)."""
-    return [item for item in top_leads if not is_erased(item.get("lead_id"))]
 
 
 # --- ClickHouse ---------------------------------------------------------------------------------------
@@ -295,7 +295,7 @@ def recorded_erasure(run: Runner, record: Mapping[str, Any]) -> dict[str, int] |
     return {str(k): int(v) for k, v in json.loads(rows[0][0]).items()}
 
 
-# --- the sink's side: drop erased identities before insert ----------------------------------------------
+# --- the sink's side: drop erased identities before insert (``record_erased``, and on the fast path) ------
 def _varint(data: bytes, pos: int) -> tuple[int, int]:
     shift = result = 0
     while True:
@@ -332,12 +332,3 @@ def event_head(body: bytes) -> tuple[str | None, int | None, str | None, str | N
     except IndexError:  # a truncated body: ClickHouse rejects it and the sink dead-letters it
         return None, None, None, None
     return event_id, event_time, found[0], found[1]
-
-
-def record_erased(schema: str, record: dict[str, Any], is_erased: Callable[[str | None], bool]) -> bool:
-    """Whether a decoded record belongs to an erased identity (then it is not stored). An account
-    roll-up is never dropped: its erased top leads are removed from it in place."""
-    if schema == "account_score":
-        record["top_leads"] = scrub_top_leads(list(record.get("top_leads") or []), is_erased)
-        return False
-    return is_erased(record.get("lead_id")) or is_erased(record.get("anonymous_id"))

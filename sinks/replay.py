@@ -21,6 +21,7 @@ from typing import Any, Protocol
 from schemas.errors import SchemaValidationError
 from sinks.query_service import Runner
 from sinks.rows import EVENT_FIELDS
+from streams.erasures import record_erased
 
 EVENT_SCHEMA_FIELDS = {
     "web_visit": (
@@ -125,7 +126,7 @@ def replay(
     the sink drop them (docs/privacy.md)."""
     result = ReplayResult()
     for schema, record in stored_records(run, since_ms, until_ms):
-        if erased and (record.get("lead_id") in erased or record.get("anonymous_id") in erased):
+        if erased and record_erased(schema, record, erased.__contains__):
             result.erased += 1
             continue
         try:

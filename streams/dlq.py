@@ -232,6 +232,8 @@ class ReplayReport:
     replayed: int = 0
     by_topic: dict[str, int] = field(default_factory=dict)
     skipped: list[tuple[str, str]] = field(default_factory=list)  # (dlq address, reason)
+    # dlq addresses of account roll-ups replayed without the erased leads of their top_leads
+    scrubbed: list[str] = field(default_factory=list)
 
 
 #: What ``dead_letter`` appends to the error of a letter whose value it cut (the schema has no flag for it).
@@ -267,18 +269,32 @@ def _erased_identities(settings: Settings, bootstrap: str | None) -> set[str]:
     return erased_identities(settings)
 
 
-def _of_erased(letter: DeadLetter, gone: set[str]) -> bool:
-    """Whether a dead letter's original (its key, or the lead or anonymous id of its decoded value) is an
-    erased identity's. Its replay would put the record, e.g. a profile with the email in plain text, back on
-    its topic after ``leadpulse forget``: the worker, the sink and the notifier drop it, but the topic (kept
-    forever for profiles) would hold it again (docs/privacy.md)."""
+def _erased_in(letter: DeadLetter, gone: set[str]) -> tuple[bool, bytes | None]:
+    """Whether a dead letter's original (its key, or its decoded value) is an erased identity's; and, for an
+    account roll-up naming an erased lead in ``top_leads``, the value to replay instead: the record without
+    that lead.
+
+    Why skipped: replayed, the record, e.g. a profile with the email in plain text, would be back on its
+    topic after ``leadpulse forget``; the worker, the sink and the notifier drop it, but the topic (kept
+    forever for profiles) would hold it again (docs/privacy.md). Why an account roll-up is scrubbed, not
+    skipped: it is the account's record (an aggregate over many leads), which the sink stores and ``forget``
+    keeps without the lead (``streams.erasures.record_erased``); replayed as it was, it put the erased lead's
+    id back on the compacted, kept-forever ``accounts.scores``."""
+    from streams.erasures import record_erased
+
     key = letter.record.get("key")
     if key and key.decode("utf-8", errors="replace") in gone:
-        return True
+        return True, None
     decoded = letter.decoded_original()
     if isinstance(decoded, str):
-        return False
-    return decoded[1].get("lead_id") in gone or decoded[1].get("anonymous_id") in gone
+        return False, None
+    schema, record = decoded
+    named = len(record.get("top_leads") or [])
+    if record_erased(schema, record, gone.__contains__):
+        return True, None
+    if schema == "account_score" and len(record["top_leads"]) < named:
+        return False, default_registry().encode(schema, record)
+    return False, None
 
 
 def replay(
@@ -293,9 +309,10 @@ def replay(
     """Re-publish the original key and value bytes of matching dead letters to their source topics.
 
     Each original record (source topic, partition, offset) goes back once, however many consumers
-    dead-lettered it. Safe to repeat: downstream dedups by event id (worker) and notification id (webhook
-    receivers). Run it after the fix (schema added to ``schemas/history/``, bug fixed, endpoint back), or the
-    records come back.
+    dead-lettered it; records of an erased identity are left out, and an account roll-up naming an erased
+    lead goes back without it (``_erased_in``). Safe to repeat: downstream dedups by event id (worker) and
+    notification id (webhook receivers). Run it after the fix (schema added to ``schemas/history/``, bug
+    fixed, endpoint back), or the records come back.
     """
     report = ReplayReport()
     letters = list_dead_letters(
@@ -307,8 +324,10 @@ def replay(
     for letter in letters:
         record = letter.record
         reason = replayable(record, settings.topic_prefix)
-        if reason is None and gone and _of_erased(letter, gone):
-            reason = ERASED
+        scrubbed = None
+        if reason is None and gone:
+            erased, scrubbed = _erased_in(letter, gone)
+            reason = ERASED if erased else None
         # The worker and the sink both consume the inputs, so a poison record has two dead letters (and a
         # retried delivery may have more): its original goes back once.
         origin = (record["source_topic"], record["partition"], record["offset"])
@@ -318,14 +337,16 @@ def replay(
             report.skipped.append((letter.address, reason))
         else:
             first_of.setdefault(origin, letter.address)
-            todo.append(record)
-    for record in todo:
+            todo.append((record, record["value"] if scrubbed is None else scrubbed))
+            if scrubbed is not None:
+                report.scrubbed.append(letter.address)
+    for record, _value in todo:
         report.by_topic[record["source_topic"]] = report.by_topic.get(record["source_topic"], 0) + 1
     if dry_run or not todo:
         return report
     with Producer(settings, bootstrap=bootstrap) as producer:
-        for record in todo:
-            producer.send_encoded(record["source_topic"], record.get("key"), record["value"])
+        for record, value in todo:
+            producer.send_encoded(record["source_topic"], record.get("key"), value)
         producer.flush()
     report.replayed = len(todo)
     return report

@@ -17,7 +17,7 @@ import contextlib
 import hashlib
 import logging
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from typing import Any
 
 from aiokafka import AIOKafkaConsumer, TopicPartition
@@ -61,6 +61,24 @@ def erasure_record(lead_id: str, anonymous_ids: Iterable[str], now_ms: int) -> d
 def identities(record: dict[str, Any]) -> set[str]:
     """Every identity an erasure record covers: the lead id and its linked anonymous ids."""
     return {str(record["lead_id"]), *(str(a) for a in record.get("anonymous_ids") or [])}
+
+
+def scrub_top_leads(top_leads: list[dict[str, Any]], is_erased: Callable[[str | None], bool]) -> list[Any]:
+    """An account roll-up's top-lead list without erased leads."""
+    return [item for item in top_leads if not is_erased(item.get("lead_id"))]
+
+
+def record_erased(schema: str, record: dict[str, Any], is_erased: Callable[[str | None], bool]) -> bool:
+    """Whether a decoded record belongs to an erased identity (then it is not stored, re-published or
+    replayed). An account roll-up never is: it is the account's, an aggregate over many leads, so its erased
+    top leads are removed from it in place (as ``leadpulse forget`` does to the stored rows).
+
+    The one predicate of the sink (before insert), ``leadpulse replay`` and ``leadpulse dlq replay``: each
+    spelled its own, and ``dlq replay``'s did not look inside ``top_leads``."""
+    if schema == "account_score":
+        record["top_leads"] = scrub_top_leads(list(record.get("top_leads") or []), is_erased)
+        return False
+    return is_erased(record.get("lead_id")) or is_erased(record.get("anonymous_id"))
 
 
 def erased_identities(settings: Settings) -> set[str]:

@@ -312,3 +312,41 @@ def test_replay_leaves_out_dead_letters_of_a_lead_erased_with_forget(settings: S
         if isinstance(i, Decoded)
     ]
     assert back == ["v-kept"]
+
+
+def test_replay_takes_an_erased_lead_out_of_a_dead_lettered_account_score(settings: Settings) -> None:
+    """An ``account_score`` names its top leads by id. ``dlq replay`` looked only at a letter's key (the
+    company domain) and its ``lead_id``/``anonymous_id``, which an account roll-up has not: the letter went
+    back as it was and ``accounts.scores`` (compacted, kept forever) held the erased lead's id again. The
+    roll-up is the account's, so it is replayed, without the erased lead (as the sink stores it)."""
+    from streams.erasures import erasure_record, publish_erasure
+
+    registry = default_registry()
+    now = int(time.time() * 1000)
+    top = [{"lead_id": "L-acct-gone", "score": 80.0}, {"lead_id": "L-acct-kept", "score": 50.0}]
+    account = {"domain": "buyer.example", "score": 130.0, "leads": 2, "top_leads": top}
+    account = registry.validate("account_score", {**account, "as_of": now - 1000, "computed_at": now})
+    letter = dead_letter(
+        settings.topic("accounts.scores"),
+        0,
+        7,
+        b"buyer.example",
+        registry.encode("account_score", account),
+        "sink",
+        "boom",
+    )
+    with Producer(settings) as producer:
+        publish(producer, [letter])
+    publish_erasure(settings, erasure_record("L-acct-gone", [], now))
+    report = replay(settings)
+    assert report.replayed == 1 and not report.skipped, report
+    [back] = [
+        i.record
+        for i in read_topic(settings, settings.topic("accounts.scores"), idle_ms=800)
+        if isinstance(i, Decoded)
+    ]
+    assert back["top_leads"] == [{"lead_id": "L-acct-kept", "score": 50.0}], back
+    assert {k: v for k, v in back.items() if k != "top_leads"} == {
+        k: v for k, v in account.items() if k != "top_leads"
+    }
+    assert len(report.scrubbed) == 1, report
