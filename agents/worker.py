@@ -152,6 +152,9 @@ class LeadWorker:
         # Leads the SLA scan failed for, retried after a back-off (worker_sla_scan._failed); both forgotten
         # for partitions that move away (worker_rebalance.forget_moved).
         self.scan_failed: dict[bytes, ScanFailure] = {}
+        # Parts of erasures this worker dead-lettered, (lead id, account domain or ""): not again at each
+        # restore of this process (worker_erasures._dead_letter); kept across rebalances.
+        self.erasure_letters: set[tuple[str, str]] = set()
         # run()'s stop: a restore waiting on the broker gives way to it (worker_rebalance.unless_stopped)
         self.stop_event: asyncio.Event | None = None
 

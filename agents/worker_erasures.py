@@ -14,6 +14,7 @@ from agents.kafka_batches import Record
 from agents.lead_store import ACCOUNT_PREFIX
 from agents.worker_batch import Batch, NotWritable, flush, send
 from streams.dlq import dead_letter, encode_dead_letter, writer_headers
+from streams.erasures import erasure_id
 from streams.topics import ERASURES
 
 if TYPE_CHECKING:
@@ -40,6 +41,7 @@ async def apply_erasures(worker: LeadWorker, records: list[dict[str, Any]]) -> N
     if not records:
         return
     batch = Batch()
+    letters: set[tuple[str, str]] = set()  # the parts dead-lettered by this pass (_dead_letter)
     tombstones: list[Record] = []
     erased_from: dict[bytes, list[str]] = {}  # account key -> the leads this batch takes out of it
     accounts = _decodable_accounts(worker)
@@ -48,7 +50,7 @@ async def apply_erasures(worker: LeadWorker, records: list[dict[str, Any]]) -> N
         try:
             lead = worker.store.get(lead_id.encode())
         except Exception as exc:  # its stored state does not decode: see _unread
-            _unread(worker, batch, lead_id, exc)
+            _unread(worker, batch, letters, lead_id, exc)
             lead = None
         aliases = lead.aliases if lead is not None else []
         for identity in {lead_id, *record.get("anonymous_ids", []), *aliases}:
@@ -67,12 +69,17 @@ async def apply_erasures(worker: LeadWorker, records: list[dict[str, Any]]) -> N
     try:
         await flush(worker, batch)
     except NotWritable as exc:
-        await flush(worker, _without_unwritable(worker, batch, exc, erased_from))
+        await flush(worker, _without_unwritable(worker, batch, letters, exc, erased_from))
+    written(worker, letters)
     await send(worker, tombstones)
 
 
 def _without_unwritable(
-    worker: LeadWorker, batch: Batch, exc: NotWritable, erased_from: dict[bytes, list[str]]
+    worker: LeadWorker,
+    batch: Batch,
+    letters: set[tuple[str, str]],
+    exc: NotWritable,
+    erased_from: dict[bytes, list[str]],
 ) -> Batch:
     """The erasure batch again without the accounts that could not be built (a core bug: their state or
     ``account_score`` encoding raised; nothing was sent), and a dead letter per lead and such account.
@@ -83,11 +90,11 @@ def _without_unwritable(
     nothing of it is dropped. The lead's states and scores are tombstoned as usual and its inputs are
     dropped (the erasure log says it is erased); only the account keeps counting it, as durably as before,
     and each restore (start, rebalance, reload) applies the erasure to it again (``purge_erased``), so a
-    fixed version completes it, with a dead letter for each try that could not. The dead letter (source the
-    erasure log, offset -1, stage ``process``, error type ``NotWritable``) carries the lead id as its key and
-    no value on purpose: ``dlq replay`` skips it, since a re-built erasure record (a purge knows only the lead
-    id) re-published on the log, compacted by lead id, would replace the original and un-erase its
-    anonymous ids."""
+    fixed version completes it (the letter is written once per process: ``_dead_letter``). The letter
+    (source the erasure log, offset -1, stage ``process``, error type ``NotWritable``) carries the lead id as
+    its key and no value on purpose: ``dlq replay`` skips it, since a re-built erasure record (a purge knows
+    only the lead id) re-published on the log, compacted by lead id, would replace the original and un-erase
+    its anonymous ids."""
     unwritable = set(exc.failures)
     if not unwritable <= batch.accounts.keys():
         raise exc  # (an erasure writes no lead state: not expected)
@@ -106,11 +113,13 @@ def _without_unwritable(
                 "tombstoned and its inputs dropped, the account still counts it until a restore applies the "
                 "erasure again with a fixed version"
             )
-            _dead_letter(worker, retry, lead_id, error, "NotWritable", failure)
+            _dead_letter(worker, retry, letters, (lead_id, domain), error, "NotWritable", failure)
     return retry
 
 
-def _unread(worker: LeadWorker, batch: Batch, lead_id: str, exc: Exception) -> None:
+def _unread(
+    worker: LeadWorker, batch: Batch, letters: set[tuple[str, str]], lead_id: str, exc: Exception
+) -> None:
     """An erased lead whose stored state does not decode (a core bug, or a state written by another
     version): its key is tombstoned as usual, with the erasure's own anonymous ids, and a dead letter says
     that the anonymous ids stitched to it (held in that state) could not be read.
@@ -125,20 +134,52 @@ def _unread(worker: LeadWorker, batch: Batch, lead_id: str, exc: Exception) -> N
         f"({type(exc).__name__}: {exc}), so the anonymous ids stitched to it are not known and their states, "
         "if any, are not erased; the lead's own state and scores are tombstoned and its inputs dropped"
     )
-    _dead_letter(worker, batch, lead_id, error, type(exc).__name__, exc)
+    _dead_letter(worker, batch, letters, (lead_id, ""), error, type(exc).__name__, exc)
 
 
 def _dead_letter(
-    worker: LeadWorker, batch: Batch, lead_id: str, error: str, error_type: str, exc: BaseException
+    worker: LeadWorker,
+    batch: Batch,
+    letters: set[tuple[str, str]],
+    part: tuple[str, str],
+    error: str,
+    error_type: str,
+    exc: BaseException,
 ) -> None:
-    """A dead letter for the part of an erasure not done: source the erasure log, partition and offset -1,
-    stage ``process``, the lead id as key and no value (see ``_without_unwritable``), logged."""
+    """A dead letter for the part of an erasure not done, ``part`` = (lead id, the account's domain or ""
+    for the lead's own state): source the erasure log, partition and offset -1, stage ``process``, the lead
+    id as key, the erasure's id as event id and no value (see ``_without_unwritable``), logged.
+
+    Once per part and process: each restore (start, rebalance, reload: ``purge_erased``) and the erasure
+    log's first drain apply the erasure again and fail the same way, and each wrote another letter (a start
+    wrote two). Why not once for good: the worker would have to read back, at each start, that it wrote the
+    letter. The one durable record of the account it restores is the account's changelog record, the very
+    record that cannot be built; a marker under a key of its own would be a new kind of changelog record
+    (``LeadStore.restore`` takes every key but an account's for a lead state), and reading the DLQ back at
+    each start would make a start as slow as the DLQ is long. So a restarted worker writes it once more, with
+    the same key and event id."""
+    if part in worker.erasure_letters or part in letters:
+        log.warning("%s (dead-lettered already)", error)
+        return
+    lead_id = part[0]
     source = worker.settings.topic(ERASURES.name)
-    letter = dead_letter(source, -1, -1, lead_id, None, "process", error, error_type=error_type)
+    letter = dead_letter(
+        source, -1, -1, lead_id, None, "process", error, event_id=erasure_id(lead_id), error_type=error_type
+    )
     dlq_key, dlq_value = encode_dead_letter(letter, worker.registry)
     batch.sends.append((worker.dlq_topic, dlq_key, dlq_value, DLQ_HEADERS, None))
-    batch.dead_letters.append((ERASURES.name, "process", "process_error"))
+    letters.add(part)
     log.error("%s", error, exc_info=(type(exc), exc, exc.__traceback__))
+
+
+def written(worker: LeadWorker, letters: set[tuple[str, str]]) -> None:
+    """Letters of a pass whose batch the broker acknowledged: remembered, and counted in
+    ``leadpulse_dlq_records_total``. Not in ``leadpulse_events_invalid_total`` (they were, as
+    ``process_error`` of the erasure log): an erasure the worker could not complete is not an invalid input
+    record, and it pushed the invalid-input rate of ``LeadpulseDeadLettersHigh`` up at each restore."""
+    worker.erasure_letters |= letters
+    if worker.metrics and letters:
+        worker.metrics.dlq_records.labels(source_topic=ERASURES.name, stage="process").inc(len(letters))
 
 
 async def purge_erased(worker: LeadWorker) -> None:
