@@ -178,6 +178,8 @@ def dlq_replay(
     )
     for address, reason in report.skipped:
         console.print(f"  skipped dlq {address}: {escape(reason)}")
+    for address in report.scrubbed:
+        console.print(f"  dlq {address}: without its erased lead(s) in top_leads")
 
 
 def _stop_on_signals(loop: asyncio.AbstractEventLoop, stop: asyncio.Event) -> None:

@@ -338,6 +338,8 @@ def test_replay_takes_an_erased_lead_out_of_a_dead_lettered_account_score(settin
     with Producer(settings) as producer:
         publish(producer, [letter])
     publish_erasure(settings, erasure_record("L-acct-gone", [], now))
+    dry = cli(settings, "dlq", "replay", "--dry-run")
+    assert "would replay 1 record" in dry and "without its erased lead(s) in top_leads" in dry, dry
     report = replay(settings)
     assert report.replayed == 1 and not report.skipped, report
     [back] = [
