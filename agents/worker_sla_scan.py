@@ -78,10 +78,24 @@ async def scan(worker: LeadWorker) -> None:
             _failed(worker, key, home)
             continue  # its firings are not written; the reload drops what the call did to its state
         parts[key] = part
+    try:
+        await _write(worker, parts, failed)
+    finally:  # also when the write raises out (the broker): the leads that failed before it are counted
+        report_failing(worker)
+    for key in retried:  # scanned and written: its timers are back
+        if key not in failed:
+            worker.scan_failed.pop(key, None)
+            log.info("the SLA scan succeeded again for lead %r", key.decode(errors="replace"))
+    report_failing(worker)
+
+
+async def _write(worker: LeadWorker, parts: dict[bytes, Batch], failed: set[bytes]) -> None:
+    """The scan's firings, written together; a lead whose records cannot be written is left out (and added
+    to ``failed``) and the rest written again."""
     while True:
         try:
             await flush(worker, _merged(parts.values()))
-            break
+            return
         except RecordTooLarge as exc:
             # A firing grew a state at the limit past it: refused for good, so retried after a reload it came
             # back at every scan, and each time the scan's other firings were dropped with it.
@@ -95,11 +109,6 @@ async def scan(worker: LeadWorker) -> None:
         for key in keys:  # nothing was sent: written again without them
             failed.add(key)
             _failed(worker, key, parts.pop(key).home.get(key), unwritten)
-    for key in retried:  # scanned and written: its timers are back
-        if key not in failed:
-            worker.scan_failed.pop(key, None)
-            log.info("the SLA scan succeeded again for lead %r", key.decode(errors="replace"))
-    report_failing(worker)
 
 
 def _forget_not_due(worker: LeadWorker, due: list[bytes]) -> None:

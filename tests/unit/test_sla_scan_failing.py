@@ -33,14 +33,41 @@ def _worker() -> Any:
     )
 
 
-def _scan_at(worker: Any, clock_ms: int, monkeypatch: pytest.MonkeyPatch) -> None:
+def _scan_at(
+    worker: Any, clock_ms: int, monkeypatch: pytest.MonkeyPatch, write_error: Exception | None = None
+) -> None:
     monkeypatch.setattr(worker_sla_scan, "timer_clock", lambda *_args: clock_ms)
 
     async def flushed(_worker: Any, _batch: Any) -> None:
-        return None
+        if write_error is not None:
+            raise write_error
 
     monkeypatch.setattr(worker_sla_scan, "flush", flushed)
     asyncio.run(worker_sla_scan.scan(worker))
+
+
+class _Gauge:
+    def __init__(self) -> None:
+        self.value: float | None = None
+
+    def set(self, value: float) -> None:
+        self.value = value
+
+
+def test_the_failing_leads_gauge_counts_a_failure_when_the_scans_write_raises_out(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The gauge (the alert's signal) was set only at the end of a scan: a scan whose write raised out (the
+    broker gone; the worker starts over) left out the leads it had just failed for, until a scan that
+    finished."""
+    worker = _worker()
+    worker.metrics = SimpleNamespace(
+        sla_scan_failing_leads=_Gauge(), sla_scan_failures=SimpleNamespace(inc=int)
+    )
+    with pytest.raises(ConnectionError):
+        _scan_at(worker, 2_000, monkeypatch, write_error=ConnectionError("broker gone"))
+    assert KEY in worker.scan_failed
+    assert worker.metrics.sla_scan_failing_leads.value == 1  # None on the old code
 
 
 def test_a_failing_lead_still_waits_when_the_timer_clock_steps_back(monkeypatch: pytest.MonkeyPatch) -> None:
