@@ -43,12 +43,15 @@ def profile_links(settings: Settings, identity: str) -> tuple[set[str], set[str]
     registry = default_registry()
     anonymous: set[str] = set()
     leads: set[str] = set()
+    # Avro writes a string as its UTF-8 bytes: a value without them cannot name the identity, and is not
+    # decoded (a profile's decode is ~11 µs, the substring test ~0.4 µs).
+    needle = identity.encode("utf-8")
     records = reader.drain_topics(
         settings, [settings.topic(PROFILES.name)], idle_ms=300, max_seconds=PROFILES_READ_S
     )
     with contextlib.closing(records):
         for msg in records:
-            if msg.value is None:  # a tombstone
+            if msg.value is None or needle not in msg.value:  # a tombstone, or not about the identity
                 continue
             try:
                 _, record = registry.decode(msg.value)
