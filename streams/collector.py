@@ -10,8 +10,10 @@ metrics, publishing. The API is documented in ``docs/ingestion.md``.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import math
+import signal
 import time
 from collections import Counter
 from collections.abc import Awaitable, Callable
@@ -47,7 +49,7 @@ from streams.producer import lead_key
 from streams.rate_limit import TokenBuckets
 from streams.settings import Settings
 from streams.topics import BY_SCHEMA, MAX_INPUT_RECORD_BYTES
-from streams.web import PortInUse, add_ops_routes
+from streams.web import PortInUse, add_ops_routes, bound_port
 
 log = logging.getLogger(__name__)
 
@@ -56,7 +58,7 @@ TRACKER_JS = Path(__file__).resolve().parent / "tracker.js"
 
 class ProducerStartFailed(OSError):
     """The collector's Kafka producer did not start for an OS-level reason (a CA file missing or unreadable,
-    a TLS context refused). An OSError without an errno: not a busy port (see ``run_collector``)."""
+    a TLS context refused). An OSError without an errno, named as the producer's: not a busy port."""
 
 
 def _error(status: int, code: str, message: str, **headers: str) -> web.Response:
@@ -113,8 +115,8 @@ class Collector:
         try:
             await self.publisher.start()
         except OSError as exc:
-            # run_app starts this in the call that binds the port, and run_collector reads an OSError with
-            # an errno as the port's: a missing CA file was reported as LEADPULSE_COLLECTOR_PORT's problem
+            # the producer starts with the app, just before the port is bound: a missing CA file was once
+            # reported as LEADPULSE_COLLECTOR_PORT's problem; name the settings that cause it instead
             raise ProducerStartFailed(
                 f"collector cannot start its Kafka producer ({type(exc).__name__}: {exc}); check "
                 "LEADPULSE_KAFKA_BOOTSTRAP and the SASL/TLS settings (LEADPULSE_KAFKA_SSL_CAFILE)"
@@ -335,7 +337,10 @@ def _key(record: dict[str, Any]) -> bytes | None:
 
 
 async def serve(collector: Collector, host: str, port: int) -> web.AppRunner:
-    """Start serving; returns the runner (``await runner.cleanup()`` stops it, flushing the producer)."""
+    """Start serving; returns the runner (``await runner.cleanup()`` stops it, flushing the producer).
+
+    The producer starts first (``runner.setup``), then the port is bound: only the bind's OSError is the
+    port's, and this is the one place that names it (``leadpulse collector`` serves through here too)."""
     runner = web.AppRunner(collector.app(), access_log=None)
     await runner.setup()
     site = web.TCPSite(runner, host, port)
@@ -350,9 +355,16 @@ async def serve(collector: Collector, host: str, port: int) -> web.AppRunner:
 
 
 def run_collector(
-    settings: Settings, host: str | None = None, port: int | None = None, publisher: Publisher | None = None
+    settings: Settings,
+    host: str | None = None,
+    port: int | None = None,
+    publisher: Publisher | None = None,
+    on_listening: Callable[[str, int], None] | None = None,
 ) -> None:
-    """Blocking entry point of ``leadpulse collector``: serve until SIGINT/SIGTERM, then flush and stop."""
+    """Blocking entry point of ``leadpulse collector``: serve until SIGINT/SIGTERM, then flush and stop.
+
+    ``on_listening(host, port)`` is called once the port is bound, with the port the OS gave: with port 0
+    the configured one says nothing about where the collector is (without it the address is logged)."""
     if not settings.write_keys:
         raise ValueError(
             'no write keys: set LEADPULSE_WRITE_KEYS=\'{"web": "<key>"}\' before starting the '
@@ -362,11 +374,26 @@ def run_collector(
     collector = Collector(settings, metrics=metrics, publisher=publisher)
     host = host or settings.web_host
     port = port if port is not None else settings.collector_port
+    asyncio.run(_serve_until_stopped(collector, host, port, on_listening))
+
+
+async def _serve_until_stopped(
+    collector: Collector, host: str, port: int, on_listening: Callable[[str, int], None] | None
+) -> None:
+    """``serve`` until SIGINT/SIGTERM. Why not aiohttp's ``run_app``: it tells no one the port it bound."""
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    runner = await serve(collector, host, port)
     try:
-        web.run_app(collector.app(), host=host, port=port, access_log=None, print=None)
-    except OSError as exc:  # a busy port: name it and the setting, as serve() does
-        if exc.errno is None:
-            raise
-        raise PortInUse(
-            f"collector cannot listen on {host}:{port} (LEADPULSE_COLLECTOR_PORT): {exc.strerror}"
-        ) from exc
+        bound = bound_port(runner)
+        if on_listening is not None:
+            on_listening(host, bound)
+        else:
+            log.info(
+                "collector listening on http://%s:%d (POST /v1/events; /metrics /health /ready)", host, bound
+            )
+        await stop.wait()
+    finally:
+        await runner.cleanup()

@@ -207,12 +207,16 @@ def register(app: typer.Typer) -> None:
             raise fail('no write keys: set LEADPULSE_WRITE_KEYS=\'{"web": "<key>"}\'', 2)
         try:
             with running_broker(settings) as bootstrap:
-                console.print(
-                    f"collector on {host or settings.web_host}:{port or settings.collector_port} "
-                    f"→ {bootstrap}, sources: {', '.join(settings.write_keys) or '(none)'}"
-                )
+
+                def listening(bound_host: str, bound_port: int) -> None:  # the OS's port for --port 0
+                    console.print(
+                        f"collector on {bound_host}:{bound_port} "
+                        f"→ {bootstrap}, sources: {', '.join(settings.write_keys) or '(none)'}"
+                    )
+
                 setup_logging(settings.log_level)
-                run_collector(settings, host, port, publisher=AioKafkaPublisher(settings, bootstrap))
+                publisher = AioKafkaPublisher(settings, bootstrap)
+                run_collector(settings, host, port, publisher=publisher, on_listening=listening)
         except ValueError as exc:  # a setting the collector cannot run with
             raise fail(str(exc), 2) from None
         except (OSError, BrokerError) as exc:
