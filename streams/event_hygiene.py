@@ -16,6 +16,7 @@ from typing import Any
 
 from schemas.domain_rules import first_identity_problem
 from schemas.errors import (
+    FieldError,
     SchemaError,
     SchemaValidationError,
     TrailingBytes,
@@ -85,6 +86,29 @@ def early_problem(event_time: object, as_sent: object = None) -> str | None:
     if isinstance(sent, str):
         return f"{sent!r} is {_utc(event_time)}, {limit}"
     return f"{_utc(event_time)} is {limit}"  # a datetime
+
+
+def sent_time_errors(
+    record: Mapping[str, Any], as_sent: Mapping[str, Any], now_ms: int, *, input_event: bool
+) -> list[FieldError]:
+    """The time fields a producer (the SDK, ``leadpulse produce``) must not send, each named, for a record
+    already validated (times as epoch milliseconds); ``as_sent`` holds them as the caller wrote them.
+
+    ``event_time``: more than 23 h ahead (DESIGN §3) or, for an input event, before 2000. ``received_at``
+    (when the collector received the event, by its clock; null from the SDK, kept by a replay of stored
+    events) gets the same two bounds: it is epoch milliseconds too, so seconds, a negative number or a time
+    far ahead are mistakes that would be stored as the time of receipt (docs/ingestion.md)."""
+    errors = []
+    for name in ("event_time", "received_at"):
+        value = record.get(name)
+        if value is None:
+            continue
+        problem = future_problem(value, now_ms)
+        if problem is None and (input_event or name == "received_at"):
+            problem = early_problem(value, as_sent.get(name))
+        if problem is not None:
+            errors.append(FieldError(name, problem))
+    return errors
 
 
 def check_admissible(record: Mapping[str, Any], received_at_ms: int) -> None:

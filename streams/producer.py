@@ -25,7 +25,7 @@ from kafka.producer.future import FutureRecordMetadata
 from schemas.errors import FieldError, SchemaError, SchemaValidationError
 from schemas.registry import SchemaRegistry, default_registry
 from streams.broker import kafka_client_config
-from streams.event_hygiene import early_problem, future_problem
+from streams.event_hygiene import sent_time_errors
 from streams.settings import Settings
 from streams.topics import BY_NAME, BY_SCHEMA, INPUTS, MAX_INPUT_RECORD_BYTES, TopicSpec
 
@@ -143,7 +143,8 @@ class Producer:
         headers: list[tuple[str, bytes]] | None = None,
     ) -> FutureRecordMetadata:
         """Validate and publish one event. Raises SchemaValidationError naming the bad fields, also for an
-        event more than 23 h in the future or an input event before 2000 (epoch seconds, most likely)."""
+        event more than 23 h in the future or an input event before 2000 (epoch seconds, most likely), and
+        for a ``received_at`` outside the same bounds."""
         spec = resolve(schema_or_topic, self.settings.topic_prefix)
         record = (
             dataclasses.asdict(event)
@@ -151,14 +152,13 @@ class Producer:
             else dict(cast(Mapping[str, Any], event))
         )
         if validate:
-            sent_time = record.get("event_time")
+            as_sent = {"event_time": record.get("event_time"), "received_at": record.get("received_at")}
             record = self.registry.validate(spec.schema, record)
-            # the worker would dead-letter it (DESIGN §3): say so to the caller instead
-            problem = future_problem(record.get("event_time"), int(time.time() * 1000))
-            if problem is None and spec in INPUTS:  # or before 2000: epoch seconds, most likely
-                problem = early_problem(record.get("event_time"), sent_time)
-            if problem is not None:
-                raise SchemaValidationError(spec.schema, [FieldError("event_time", problem)])
+            # the worker would dead-letter such an event_time (DESIGN §3): say so to the caller instead
+            now_ms = int(time.time() * 1000)
+            errors = sent_time_errors(record, as_sent, now_ms, input_event=spec in INPUTS)
+            if errors:
+                raise SchemaValidationError(spec.schema, errors)
         value = self.registry.encode(spec.schema, record)
         if validate and spec in INPUTS and len(value) > MAX_INPUT_RECORD_BYTES:
             # the worker and the sink would each dead-letter it; the collector refuses it the same way

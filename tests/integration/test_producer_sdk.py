@@ -208,6 +208,50 @@ def test_an_event_time_in_epoch_seconds_is_refused_by_the_sdk_and_produce_naming
     ]
 
 
+def test_a_received_at_outside_event_times_bounds_is_refused_by_the_sdk_and_produce_naming_it(
+    broker_settings: Settings, tmp_path
+) -> None:
+    """received_at (the collector's time of receipt; null from the SDK, kept by a replay) was published
+    whatever it was: far ahead, negative, epoch seconds. It now meets event_time's bounds."""
+    import json
+    from datetime import UTC, datetime
+
+    now = int(time.time() * 1000)
+    event = {**next(sample_events("web_visit", 1)), "event_id": "r", "event_time": now - 60_000}
+    seconds = now // 1000
+    refused = {
+        "ahead": (now + 30 * 3600_000, "is 30.0 h in the future; the limit is 23 h"),
+        "negative": (-5, "-5 is 1969-12-31T23:59:59.995Z as epoch milliseconds, before 2000-01-01"),
+        "seconds": (seconds, f"{seconds} looks like epoch seconds: as epoch milliseconds it is 1970-"),
+        "old": (datetime(1999, 12, 31, 23, 0), "1999-12-31T23:00:00.000Z is before 2000-01-01"),
+    }
+    with Producer(broker_settings) as producer:
+        for name, (received_at, problem) in refused.items():
+            with pytest.raises(SchemaValidationError) as caught:
+                producer.send("web_visit", {**event, "event_id": name, "received_at": received_at})
+            [error] = caught.value.errors
+            assert (error.field, error.problem[: len(problem)]) == ("received_at", problem), name
+        both = {**event, "event_id": "both", "event_time": now + 30 * 3600_000, "received_at": -5}
+        with pytest.raises(SchemaValidationError) as caught:
+            producer.send("web_visit", both)
+        assert [e.field for e in caught.value.errors] == ["event_time", "received_at"]
+        # null (the SDK's own), a stored receipt (a replay), a datetime, an hour ahead (clock skew) still go
+        producer.send("web_visit", {**event, "event_id": "null", "received_at": None})
+        producer.send("web_visit", {**event, "event_id": "stored", "received_at": now - 1000})
+        producer.send("web_visit", {**event, "event_id": "datetime", "received_at": datetime.now(UTC)})
+        producer.send("web_visit", {**event, "event_id": "skew", "received_at": now + 3600_000})
+    path = tmp_path / "events.jsonl"
+    path.write_text(json.dumps({**event, "event_id": "line", "received_at": seconds}) + "\n")
+    report = produce_file(broker_settings, path, "events.web_visits")  # `leadpulse produce`
+    assert report.sent == 0
+    [(line, problem)] = report.rejected
+    assert line == 1
+    assert problem.startswith(f"invalid web_visit: received_at: {seconds} looks like epoch seconds")
+    topic = broker_settings.topic("events.web_visits")
+    sent = sorted(r.record["event_id"] for r in read_topic(broker_settings, topic, idle_ms=500))
+    assert sent == ["datetime", "null", "skew", "stored"]
+
+
 def test_an_event_over_the_input_record_limit_is_refused_by_the_sdk(broker_settings: Settings) -> None:
     """The worker and the sink dead-letter an input record over 64 KiB; the collector refuses it per event.
     The SDK published it (found by an audit), leaving the caller to believe it was scored."""
