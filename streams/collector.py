@@ -5,15 +5,14 @@ acknowledgement would lose them whenever the broker is down. The wait costs a fe
 aiokafka producer (linger 5 ms), and the measured throughput is in ``bench/collector_bench.py``.
 
 Request rules live in the pure ``streams/intake.py``; this module is the aiohttp shell: auth, CORS, limits,
-metrics, publishing. The API is documented in ``docs/ingestion.md``.
+metrics, publishing; ``streams/collector_process.py`` runs it as ``leadpulse collector``. The API is
+documented in ``docs/ingestion.md``.
 """
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import math
-import signal
 import time
 from collections import Counter
 from collections.abc import Awaitable, Callable
@@ -27,7 +26,7 @@ from schemas.errors import SchemaValidationError
 from schemas.fast_codec import codec_for
 from schemas.registry import SchemaRegistry, default_registry
 from streams.bots import is_bot
-from streams.collector_publishers import AioKafkaPublisher, Publisher, PublishError
+from streams.collector_publishers import AioKafkaPublisher, Publisher, PublishError, start_waiting
 from streams.intake import (
     BROWSER_TYPES,
     EVENT_TYPES,
@@ -49,7 +48,7 @@ from streams.producer import lead_key
 from streams.rate_limit import TokenBuckets
 from streams.settings import Settings
 from streams.topics import BY_SCHEMA, MAX_INPUT_RECORD_BYTES
-from streams.web import PortInUse, add_ops_routes, bound_port
+from streams.web import PortInUse, add_ops_routes
 
 log = logging.getLogger(__name__)
 
@@ -97,7 +96,9 @@ class Collector:
         self.started = False
         self.last_publish_error: str | None = None
 
-    def app(self) -> web.Application:
+    def app(self, start_publisher: bool = True) -> web.Application:
+        """The aiohttp app; it starts the publisher at startup unless ``start_publisher`` is False (then
+        ``start_publisher_waiting`` does, with the port already served: ``run_collector``)."""
         app = web.Application(
             client_max_size=self.limits.max_body_bytes,
             middlewares=[self._middleware],
@@ -107,21 +108,38 @@ class Collector:
         app.router.add_route("OPTIONS", "/v1/events", self.handle_preflight)
         app.router.add_get("/v1/tracker.js", self.handle_tracker)
         add_ops_routes(app, self.metrics.registry, self.ready)
-        app.on_startup.append(self._start)
+        if start_publisher:
+            app.on_startup.append(self._start)
         app.on_cleanup.append(self._stop)
         return app
 
     async def _start(self, app: web.Application) -> None:
+        await self.start_publisher_waiting(0.0)
+
+    async def start_publisher_waiting(self, wait_s: float) -> None:
+        """Start the publisher, retrying an unreachable broker for up to ``wait_s`` (0: one attempt)."""
         try:
-            await self.publisher.start()
+            if wait_s > 0:
+                await start_waiting(self.publisher, wait_s, self._retrying)
+            else:
+                await self.publisher.start()
         except OSError as exc:
-            # the producer starts with the app, just before the port is bound: a missing CA file was once
-            # reported as LEADPULSE_COLLECTOR_PORT's problem; name the settings that cause it instead
+            # a missing CA file was once reported as LEADPULSE_COLLECTOR_PORT's problem; name its settings
             raise ProducerStartFailed(
                 f"collector cannot start its Kafka producer ({type(exc).__name__}: {exc}); check "
                 "LEADPULSE_KAFKA_BOOTSTRAP and the SASL/TLS settings (LEADPULSE_KAFKA_SSL_CAFILE)"
             ) from exc
         self.started = True
+        log.info("collector: Kafka producer started (%s)", self.settings.bootstrap)
+
+    def _retrying(self, exc: BaseException, left_s: float) -> None:
+        log.warning(
+            "collector: cannot reach the Kafka broker at %s yet (%s); retrying for %.0f s more "
+            "(LEADPULSE_COLLECTOR_BROKER_WAIT_S), /ready says not ready meanwhile",
+            self.settings.bootstrap,
+            exc or type(exc).__name__,
+            left_s,
+        )
 
     async def _stop(self, app: web.Application) -> None:
         self.started = False
@@ -129,6 +147,8 @@ class Collector:
 
     def ready(self) -> tuple[bool, dict[str, Any]]:
         detail: dict[str, Any] = {"producer_started": self.started, "write_keys": len(self.keys)}
+        if not self.started:
+            detail["waiting_for"] = f"Kafka broker at {self.settings.bootstrap}"
         if self.last_publish_error:
             detail["last_publish_error"] = self.last_publish_error
         return self.started and bool(self.keys), detail
@@ -291,6 +311,10 @@ class Collector:
                 outcome.rejected.sort(key=lambda r: r.index)
         if outcome.accepted:
             try:
+                if not self.started:  # run_collector still waits for the broker: no producer to publish with
+                    raise PublishError(
+                        f"the collector has not reached the broker {self.settings.bootstrap} yet"
+                    )
                 await self.publisher.publish(messages)
             except PublishError as exc:
                 self.last_publish_error = str(exc)
@@ -336,12 +360,12 @@ def _key(record: dict[str, Any]) -> bytes | None:
     return key.encode() if key else None
 
 
-async def serve(collector: Collector, host: str, port: int) -> web.AppRunner:
+async def serve(collector: Collector, host: str, port: int, start_publisher: bool = True) -> web.AppRunner:
     """Start serving; returns the runner (``await runner.cleanup()`` stops it, flushing the producer).
 
-    The producer starts first (``runner.setup``), then the port is bound: only the bind's OSError is the
-    port's, and this is the one place that names it (``leadpulse collector`` serves through here too)."""
-    runner = web.AppRunner(collector.app(), access_log=None)
+    The producer starts first (``runner.setup``; not at all without ``start_publisher``), then the port is
+    bound: only the bind's OSError is the port's, and this is the one place that names it."""
+    runner = web.AppRunner(collector.app(start_publisher), access_log=None)
     await runner.setup()
     site = web.TCPSite(runner, host, port)
     try:
@@ -352,48 +376,3 @@ async def serve(collector: Collector, host: str, port: int) -> web.AppRunner:
             f"collector cannot listen on {host}:{port} (LEADPULSE_COLLECTOR_PORT): {exc.strerror}"
         ) from exc
     return runner
-
-
-def run_collector(
-    settings: Settings,
-    host: str | None = None,
-    port: int | None = None,
-    publisher: Publisher | None = None,
-    on_listening: Callable[[str, int], None] | None = None,
-) -> None:
-    """Blocking entry point of ``leadpulse collector``: serve until SIGINT/SIGTERM, then flush and stop.
-
-    ``on_listening(host, port)`` is called once the port is bound, with the port the OS gave: with port 0
-    the configured one says nothing about where the collector is (without it the address is logged)."""
-    if not settings.write_keys:
-        raise ValueError(
-            'no write keys: set LEADPULSE_WRITE_KEYS=\'{"web": "<key>"}\' before starting the '
-            "collector (every request needs one)"
-        )
-    metrics = Metrics(CollectorRegistry(), component="collector", process_metrics=True)
-    collector = Collector(settings, metrics=metrics, publisher=publisher)
-    host = host or settings.web_host
-    port = port if port is not None else settings.collector_port
-    asyncio.run(_serve_until_stopped(collector, host, port, on_listening))
-
-
-async def _serve_until_stopped(
-    collector: Collector, host: str, port: int, on_listening: Callable[[str, int], None] | None
-) -> None:
-    """``serve`` until SIGINT/SIGTERM. Why not aiohttp's ``run_app``: it tells no one the port it bound."""
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(sig, stop.set)
-    runner = await serve(collector, host, port)
-    try:
-        bound = bound_port(runner)
-        if on_listening is not None:
-            on_listening(host, bound)
-        else:
-            log.info(
-                "collector listening on http://%s:%d (POST /v1/events; /metrics /health /ready)", host, bound
-            )
-        await stop.wait()
-    finally:
-        await runner.cleanup()

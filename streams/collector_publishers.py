@@ -8,12 +8,14 @@ bridged into asyncio, on the same HTTP path (``bench/collector_bench.py``).
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Sequence
+import itertools
+from collections.abc import Callable, Sequence
 from functools import lru_cache
 from typing import Any, Protocol
 
 from aiokafka.partitioner import murmur2
 
+from streams.backoff import backoff_seconds
 from streams.broker import aiokafka_client_config
 from streams.kafka_close import start_client
 from streams.settings import Settings
@@ -56,7 +58,7 @@ class AioKafkaPublisher:
     async def start(self) -> None:
         from aiokafka import AIOKafkaProducer
 
-        self._producer = AIOKafkaProducer(
+        producer = AIOKafkaProducer(
             bootstrap_servers=self.bootstrap,
             acks="all",
             linger_ms=self.linger_ms,
@@ -65,7 +67,8 @@ class AioKafkaPublisher:
             request_timeout_ms=int(self.timeout_s * 1000),
             **aiokafka_client_config(self.settings),
         )
-        await start_client(self._producer)
+        await start_client(producer)  # a failed one is closed: start() may be called again
+        self._producer = producer
 
     async def publish(self, messages: Sequence[Message]) -> None:
         futures: list[asyncio.Future[Any]] = []
@@ -101,6 +104,43 @@ class AioKafkaPublisher:
     async def stop(self) -> None:
         if self._producer is not None:
             await self._producer.stop()
+
+
+async def start_waiting(
+    publisher: Publisher, wait_s: float, on_retry: Callable[[BaseException, float], None]
+) -> None:
+    """``publisher.start()``, retried while the broker cannot be reached, for at most ``wait_s`` seconds.
+
+    Why: an orchestrator may start the collector before Kafka (a stack coming up, a broker restarting), and
+    exiting at once made that a crash loop with a growing back-off. Only aiokafka's KafkaConnectionError
+    (no bootstrap server answered, or let the client in: aiokafka says the same for both) and an attempt
+    cut by the deadline are retried; any other error (a CA file missing) is raised at once.
+    ``on_retry(error, seconds left)`` is told of each failure. After ``wait_s`` a KafkaConnectionError names
+    the wait, its setting and the last failure; ``leadpulse collector`` reports it in one line, exit 1."""
+    from aiokafka.errors import KafkaConnectionError
+
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + wait_s
+    last: BaseException | None = None
+    for attempt in itertools.count(1):
+        try:
+            async with asyncio.timeout_at(deadline):
+                await publisher.start()
+            return
+        except KafkaConnectionError as exc:
+            last = exc
+        except TimeoutError as exc:  # mostly the deadline cutting an attempt: keep the failure before it
+            last = exc if last is None else last
+        left = deadline - loop.time()
+        if left <= 0 or last is None:
+            # aiokafka's errors name their class in str(); a TimeoutError: no attempt got an answer at all
+            shown = str(last) if isinstance(last, KafkaConnectionError) else "no answer before the wait ended"
+            raise KafkaConnectionError(
+                f"no broker answered within {wait_s:g} s (LEADPULSE_COLLECTOR_BROKER_WAIT_S); last "
+                f"attempt: {shown}"
+            ) from last
+        on_retry(last, left)
+        await asyncio.sleep(min(left, backoff_seconds(attempt, 0.5, 5.0)))
 
 
 class KafkaPythonPublisher:

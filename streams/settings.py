@@ -67,6 +67,9 @@ class Settings(BaseSettings):
     collector_port: int = Field(default=8088, ge=0, le=65535)
     # How long the collector waits for the broker's acknowledgement before answering 503 (client retries).
     collector_publish_timeout_s: float = Field(default=10.0, gt=0, le=300)
+    # How long the collector retries a broker it cannot reach at start (serving, /ready not ready) before it
+    # exits 1; 0 = exit at the first failed attempt (docs/ingestion.md).
+    collector_broker_wait_s: float = Field(default=60.0, ge=0, le=3600)
     # Per write key: events per second (0 = no limit) and the burst above it (429 + Retry-After beyond).
     collector_rate_limit: float = Field(default=2000.0, ge=0)
     collector_rate_burst: int = Field(default=10_000, ge=500)  # >= the largest batch (500 events)

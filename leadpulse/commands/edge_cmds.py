@@ -199,7 +199,7 @@ def register(app: typer.Typer) -> None:
         host: str = typer.Option(None, help="Listen address (default LEADPULSE_WEB_HOST)."),
         port: int = typer.Option(None, help="Listen port (default LEADPULSE_COLLECTOR_PORT)."),
     ) -> None:
-        from streams.collector import run_collector
+        from streams.collector_process import run_collector
         from streams.collector_publishers import AioKafkaPublisher
 
         settings = cli_settings()

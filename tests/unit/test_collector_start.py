@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from streams.collector import run_collector
+from streams.collector_process import run_collector
 from streams.settings import load_settings
 from streams.web import PortInUse
 
