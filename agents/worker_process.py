@@ -19,15 +19,16 @@ log = logging.getLogger(__name__)
 async def serve_worker(settings: Settings, rules: Rules, metrics: Metrics, stop: asyncio.Event) -> LeadWorker:
     """The worker plus /metrics, /health and /ready on the web host/port, until ``stop`` is set."""
     from streams.erasures import ErasureLog
-    from streams.web import start_ops_server
+    from streams.web import bound_port, start_ops_server
 
     erasures = ErasureLog(settings)
     await erasures.start()  # every erasure known before the first record is processed
     try:
         worker = LeadWorker(settings, rules, metrics, erasures=erasures)
         runner = await start_ops_server(settings.web_host, settings.web_port, metrics.registry, worker.ready)
+        # the port bound: with LEADPULSE_WEB_PORT=0 the OS picks it
         log.info(
-            "ops endpoints on http://%s:%s (/metrics /health /ready)", settings.web_host, settings.web_port
+            "ops endpoints on http://%s:%s (/metrics /health /ready)", settings.web_host, bound_port(runner)
         )
         try:
             await worker.run(stop)

@@ -94,13 +94,20 @@ def _broker_problem(exc: BaseException) -> str:
     if any(word in name for word in ("Sasl", "Authentication", "Authorization", "Ssl")):
         # the broker answered: "is it running?" would send the operator the wrong way
         return (
-            f"the Kafka broker{where} refused this client ({name}: {exc}); check LEADPULSE_KAFKA_SECURITY_"
+            f"the Kafka broker{where} refused this client ({_named(exc)}); check LEADPULSE_KAFKA_SECURITY_"
             "PROTOCOL, LEADPULSE_KAFKA_SASL_MECHANISM, _USERNAME, _PASSWORD and LEADPULSE_KAFKA_SSL_CAFILE"
         )
     return (
-        f"cannot reach the Kafka broker{where} ({name}: {exc}); is it running? Set "
+        f"cannot reach the Kafka broker{where} ({_named(exc)}); is it running? Set "
         "LEADPULSE_KAFKA_BOOTSTRAP, or start the local one with `leadpulse broker`"
     )
+
+
+def _named(exc: BaseException) -> str:
+    """``Name: message``, once: aiokafka's and kafka-python's errors already put their class name in
+    ``str()`` (``KafkaConnectionError: KafkaConnectionError: ...`` otherwise)."""
+    text, name = str(exc), type(exc).__name__
+    return text if name in text.split(":", 1)[0] else f"{name}: {text}"
 
 
 if __name__ == "__main__":

@@ -32,7 +32,12 @@ def test_a_broker_that_refuses_the_credentials_is_not_reported_as_unreachable() 
         message = _broker_problem(exc)
         assert "refused this client" in message and "LEADPULSE_KAFKA_SASL_MECHANISM" in message
         assert "is it running" not in message
-    assert "is it running?" in _broker_problem(KafkaConnectionError("connection refused"))
+    refused = _broker_problem(KafkaConnectionError("connection refused"))
+    assert "is it running?" in refused
+    assert "(KafkaConnectionError: connection refused)" in refused, refused  # the class named twice before
+    refused_login = _broker_problem(SaslAuthenticationFailedError("bad password"))
+    assert "client ([Error 58] SaslAuthenticationFailedError: bad password)" in refused_login, refused_login
+    assert "(ValueError: odd)" in _broker_problem(ValueError("odd"))
 
 
 def test_dlq_show_cuts_a_large_original_to_its_first_bytes_unless_full() -> None:
