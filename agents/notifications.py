@@ -22,7 +22,6 @@ down a stop took the 10 s HTTP timeout, and with a full lane queue it never happ
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 from collections.abc import Sequence
 from typing import Any, Protocol
@@ -52,6 +51,7 @@ from streams.dlq import dead_letter, encode_dead_letter, writer_headers
 from streams.kafka_close import start_client, start_unless_stopped, stop_consumer, stop_producer
 from streams.metrics import LagGauge, Metrics
 from streams.settings import Settings
+from streams.stoppable import finished_before_stop
 from streams.topics import DLQ, HOT_LEADS
 
 log = logging.getLogger(__name__)
@@ -166,20 +166,9 @@ class Notifier:
         # Every erasure known before the first notification is taken. The read can take a minute (a long
         # log, a slow broker): a stop meanwhile ends it at once (nothing is taken yet); ErasureLog.start
         # closes its consumer when cancelled.
-        starting = asyncio.ensure_future(own.start())
-        stopping = asyncio.ensure_future(stop.wait())
-        try:
-            await asyncio.wait((starting, stopping), return_when=asyncio.FIRST_COMPLETED)
-        finally:
-            stopping.cancel()
-            if not starting.done():
-                starting.cancel()
-                with contextlib.suppress(asyncio.CancelledError):
-                    await starting
-        if starting.cancelled():
+        if not await finished_before_stop(own.start(), stop):
             log.info("notifier stopped while reading the erasure log")
             return
-        starting.result()
         self.erasures = own
         try:
             await self._run(stop)

@@ -9,7 +9,6 @@ flight finishes and commits its offsets before the partitions move.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import time
 from collections.abc import Coroutine
@@ -24,6 +23,7 @@ from agents.lead_store import LeadStore, due_from_headers
 from agents.worker_erasures import purge_erased
 from agents.worker_sla_scan import report_failing
 from streams.kafka_close import committed, group_commits
+from streams.stoppable import finished_before_stop
 
 if TYPE_CHECKING:
     from agents.worker import LeadWorker
@@ -94,28 +94,7 @@ async def unless_stopped(worker: LeadWorker, work: Coroutine[Any, Any, None], gr
     with the broker away was ignored until the broker answered (87 s in a fault test,
     tests/faults/test_worker_stop_during_restore.py: past any grace period). A restore only reads what is
     durable, so it is given up at once; a batch gets ``grace_s`` to finish (LeadWorker.poll_once)."""
-    task = asyncio.ensure_future(work)
-    stop = worker.stop_event
-    if stop is None:
-        await task
-        return True
-    stopping = asyncio.ensure_future(stop.wait())
-    try:
-        await asyncio.wait({task, stopping}, return_when=asyncio.FIRST_COMPLETED)
-        if not task.done() and grace_s > 0:
-            await asyncio.wait({task}, timeout=grace_s)
-    except asyncio.CancelledError:
-        task.cancel()
-        raise
-    finally:
-        stopping.cancel()
-    if task.done():
-        task.result()
-        return True
-    task.cancel()
-    with contextlib.suppress(asyncio.CancelledError, Exception):
-        await task
-    return False
+    return await finished_before_stop(work, worker.stop_event, grace_s=grace_s)
 
 
 def gave_up_restore(worker: LeadWorker) -> None:

@@ -62,6 +62,8 @@ from aiokafka.errors import KafkaError
 from aiokafka.protocol.group import LeaveGroupRequest
 from kafka import KafkaConsumer
 
+from streams.stoppable import finished_before_stop
+
 log = logging.getLogger(__name__)
 
 
@@ -257,21 +259,9 @@ async def start_unless_stopped(
     Why: a subscribed consumer's ``start()`` waits for its first partition assignment, and with the broker
     gone it waits for ever. A worker whose broker died while it was joining its group ignored SIGTERM until
     SIGKILL (found by killing the broker a few seconds into a worker's start: still running 10 min after
-    SIGTERM). ``stopped`` is polled, so the sink's ``threading.Event`` serves as well as an asyncio one."""
-    starting = asyncio.ensure_future(start_client(consumer))
-    try:
-        while not starting.done():
-            if stopped():
-                starting.cancel()  # start_client closes the consumer on its way out
-                with contextlib.suppress(asyncio.CancelledError, Exception):
-                    await starting
-                return False
-            await asyncio.wait({starting}, timeout=poll_s)
-    except asyncio.CancelledError:
-        starting.cancel()
-        raise
-    starting.result()
-    return True
+    SIGTERM). ``stopped`` is polled, so the sink's ``threading.Event`` serves as well as an asyncio one; a
+    cancelled start closes the consumer on its way out (``start_client``)."""
+    return await finished_before_stop(start_client(consumer), stopped, poll_s=poll_s)
 
 
 async def start_client(client: AIOKafkaConsumer | AIOKafkaProducer) -> None:
