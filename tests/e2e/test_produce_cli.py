@@ -19,15 +19,27 @@ pytestmark = pytest.mark.e2e
 NOTE = "note: no broker is running, so one is started for this command only"
 
 
-def _produce_one_visit(env: dict[str, str], tmp_path: Path) -> subprocess.CompletedProcess[str]:
-    path = tmp_path / "visits.jsonl"
-    path.write_text(json.dumps({"type": "web_visit", **next(sample_events("web_visit", 1))}) + "\n")
+def _produce(env: dict[str, str], path: Path) -> subprocess.CompletedProcess[str]:
+    """``leadpulse produce <path> --topic events.web_visits`` as a user runs it, output captured."""
     return subprocess.run(
         [*LEADPULSE, "produce", str(path), "--topic", "events.web_visits"],
         env=env,
         capture_output=True,
         text=True,
         timeout=120,
+    )
+
+
+def _produce_one_visit(env: dict[str, str], tmp_path: Path) -> subprocess.CompletedProcess[str]:
+    path = tmp_path / "visits.jsonl"
+    path.write_text(json.dumps({"type": "web_visit", **next(sample_events("web_visit", 1))}) + "\n")
+    return _produce(env, path)
+
+
+def _running_broker_env(broker: EmbeddedBroker, broker_settings: Settings, tmp_path: Path) -> dict[str, str]:
+    """The environment of a command that talks to the test session's broker."""
+    return leadpulse_env(
+        kafka_bootstrap=broker.bootstrap, topic_prefix=broker_settings.topic_prefix, data_dir=tmp_path / "d"
     )
 
 
@@ -42,9 +54,7 @@ def test_produce_without_a_running_broker_says_its_records_go_with_the_command(t
 def test_produce_to_a_running_broker_adds_no_note(
     broker: EmbeddedBroker, broker_settings: Settings, tmp_path: Path
 ) -> None:
-    env = leadpulse_env(
-        kafka_bootstrap=broker.bootstrap, topic_prefix=broker_settings.topic_prefix, data_dir=tmp_path / "d"
-    )
+    env = _running_broker_env(broker, broker_settings, tmp_path)
     done = _produce_one_visit(env, tmp_path)
     assert done.returncode == 0, done.stderr
     assert NOTE not in done.stderr
@@ -57,14 +67,7 @@ def test_an_unreachable_broker_is_one_line_naming_it_not_a_traceback(tmp_path: P
     path.write_text('{"event_id": "e1", "event_time": 1, "lead_id": "L1", "source": "s", "url": "u"}\n')
     port = free_port()
     started = time.monotonic()
-    done = subprocess.run(
-        [*LEADPULSE, "produce", str(path), "--topic", "events.web_visits"],
-        env=leadpulse_env(kafka_bootstrap=f"127.0.0.1:{port}", data_dir=tmp_path / "d"),
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=False,
-    )
+    done = _produce(leadpulse_env(kafka_bootstrap=f"127.0.0.1:{port}", data_dir=tmp_path / "d"), path)
     assert done.returncode == 1
     assert "Traceback" not in done.stderr
     took = time.monotonic() - started
@@ -79,20 +82,12 @@ def test_a_rejected_lines_reason_is_printed_as_written_not_read_as_rich_markup(
 ) -> None:
     """The reasons were printed through rich's markup: a field named "[/x]" in a line raised MarkupError (a
     traceback after the good lines were sent, no summary), and one named "[b]" vanished from its message."""
-    env = leadpulse_env(
-        kafka_bootstrap=broker.bootstrap, topic_prefix=broker_settings.topic_prefix, data_dir=tmp_path / "d"
-    )
+    env = _running_broker_env(broker, broker_settings, tmp_path)
     good = next(sample_events("web_visit", 1))
     path = tmp_path / "visits.jsonl"
     lines = [good, {**good, "event_id": "e2", "[b]": 1}, {**good, "event_id": "e3", "[/x]": 1}]
     path.write_text("".join(json.dumps(line) + "\n" for line in lines))
-    done = subprocess.run(
-        [*LEADPULSE, "produce", str(path), "--topic", "events.web_visits"],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
+    done = _produce(env, path)
     assert done.returncode == 1, done.stderr
     assert "Traceback" not in done.stderr
     assert "line 2: invalid web_visit: [b]: unknown field" in done.stderr
@@ -105,21 +100,13 @@ def test_a_rejected_lines_reason_is_one_line_of_stderr_however_long(
 ) -> None:
     """Piped, rich wrapped each reason at 80 columns, so `grep 'line 2:'` found a third of the epoch-seconds
     advice (errors are one line each for that reason: cli_output.report_error)."""
-    env = leadpulse_env(
-        kafka_bootstrap=broker.bootstrap, topic_prefix=broker_settings.topic_prefix, data_dir=tmp_path / "d"
-    )
+    env = _running_broker_env(broker, broker_settings, tmp_path)
     good = next(sample_events("web_visit", 1))
     path = tmp_path / "visits.jsonl"
     path.write_text(
         json.dumps(good) + "\n" + json.dumps({**good, "event_id": "e2", "event_time": 1764403200})
     )
-    done = subprocess.run(
-        [*LEADPULSE, "produce", str(path), "--topic", "events.web_visits"],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
+    done = _produce(env, path)
     assert done.returncode == 1, done.stderr
     [line] = [line for line in done.stderr.splitlines() if line.startswith("line 2:")]
     assert line.endswith("send 1764403200000 for 2025-11-29T08:00:00.000Z"), done.stderr

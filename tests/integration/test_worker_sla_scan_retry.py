@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from itertools import pairwise
 
 import pytest
@@ -54,6 +56,24 @@ def _send_due_leads(settings: Settings, *leads: str) -> None:
             producer.send("download", demo_request(lead, t + 60_000))
 
 
+def _scanning_worker(settings: Settings, scan_interval_s: float) -> tuple[LeadWorker, Metrics]:
+    """A worker scanning its timers every ``scan_interval_s``, with a fresh metrics registry to read."""
+    metrics = Metrics(CollectorRegistry(), component="worker")
+    worker = LeadWorker(settings, load_rules(None), metrics, scan_interval_s=scan_interval_s, idle_after_s=1)
+    return worker, metrics
+
+
+@asynccontextmanager
+async def _running_with_due_leads(
+    worker: LeadWorker, settings: Settings, *leads: str
+) -> AsyncIterator[asyncio.Task[None]]:
+    """The worker running and ready, then ``leads`` sent with their follow-up SLA due."""
+    async with running_worker(worker) as running:
+        await _until_ready(worker, running)
+        _send_due_leads(settings, *leads)
+        yield running
+
+
 def test_a_lead_the_sla_scan_failed_for_once_gets_its_timers_back_after_the_reload(
     broker_settings: Settings, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -74,13 +94,10 @@ def test_a_lead_the_sla_scan_failed_for_once_gets_its_timers_back_after_the_relo
 
     monkeypatch.setattr(worker_sla_scan, "check_timers", check_failing_once)
     monkeypatch.setattr(worker_sla_scan, "RETRY_FIRST_S", 0.5, raising=False)
-    metrics = Metrics(CollectorRegistry(), component="worker")
-    worker = LeadWorker(broker_settings, load_rules(None), metrics, scan_interval_s=0.3, idle_after_s=1)
+    worker, metrics = _scanning_worker(broker_settings, scan_interval_s=0.3)
 
     async def scenario() -> None:
-        async with running_worker(worker) as running:
-            await _until_ready(worker, running)
-            _send_due_leads(broker_settings, lead)
+        async with _running_with_due_leads(worker, broker_settings, lead) as running:
             await wait_until(lambda: bool(raised), running, timeout_s=60)
             await wait_until(
                 lambda: len(_fired(worker, lead)) >= 2 and lead.encode() not in worker.scan_failed,
@@ -119,13 +136,10 @@ def test_a_lead_the_sla_scan_keeps_failing_for_is_retried_after_growing_back_off
     monkeypatch.setattr(worker_sla_scan, "check_timers", check_always_failing)
     monkeypatch.setattr(worker_sla_scan, "RETRY_FIRST_S", first, raising=False)
     monkeypatch.setattr(worker_sla_scan, "RETRY_MAX_S", cap, raising=False)
-    metrics = Metrics(CollectorRegistry(), component="worker")
-    worker = LeadWorker(broker_settings, load_rules(None), metrics, scan_interval_s=0.1, idle_after_s=1)
+    worker, metrics = _scanning_worker(broker_settings, scan_interval_s=0.1)
 
     async def scenario() -> None:
-        async with running_worker(worker) as running:
-            await _until_ready(worker, running)
-            _send_due_leads(broker_settings, buggy, fine)
+        async with _running_with_due_leads(worker, broker_settings, buggy, fine) as running:
             await wait_until(
                 lambda: len(tried) >= 5 and len(_fired(worker, fine)) >= 2,
                 running,
@@ -167,8 +181,7 @@ def test_many_leads_the_sla_scan_fails_for_do_not_hold_back_the_other_leads_time
     monkeypatch.setattr(worker_sla_scan, "check_timers", check_failing_for_a_class)
     monkeypatch.setattr(worker_sla_scan, "RETRY_FIRST_S", 2.0, raising=False)
     monkeypatch.setattr(worker_sla_scan, "RETRY_MAX_S", 2.0, raising=False)
-    metrics = Metrics(CollectorRegistry(), component="worker")
-    worker = LeadWorker(broker_settings, load_rules(None), metrics, scan_interval_s=0.1, idle_after_s=1)
+    worker, metrics = _scanning_worker(broker_settings, scan_interval_s=0.1)
 
     def durably_fired(lead: str) -> list[str]:
         """What the changelog says fired (the store in memory may hold a dropped scan's firings)."""
@@ -177,9 +190,7 @@ def test_many_leads_the_sla_scan_fails_for_do_not_hold_back_the_other_leads_time
         return timer.fired if timer is not None else []
 
     async def scenario() -> None:
-        async with running_worker(worker) as running:
-            await _until_ready(worker, running)
-            _send_due_leads(broker_settings, *buggy, fine)
+        async with _running_with_due_leads(worker, broker_settings, *buggy, fine) as running:
             deadline = time.monotonic() + 30
             while len(await asyncio.to_thread(durably_fired, fine)) < 2:
                 assert not running.done()
@@ -213,13 +224,10 @@ def test_a_failing_lead_with_nothing_due_any_more_is_no_longer_counted_as_waitin
 
     monkeypatch.setattr(worker_sla_scan, "check_timers", check_failing_for_the_lead)
     monkeypatch.setattr(worker_sla_scan, "RETRY_FIRST_S", 600.0, raising=False)  # no retry in this test
-    metrics = Metrics(CollectorRegistry(), component="worker")
-    worker = LeadWorker(broker_settings, load_rules(None), metrics, scan_interval_s=0.1, idle_after_s=1)
+    worker, metrics = _scanning_worker(broker_settings, scan_interval_s=0.1)
 
     async def scenario() -> None:
-        async with running_worker(worker) as running:
-            await _until_ready(worker, running)
-            _send_due_leads(broker_settings, lead)
+        async with _running_with_due_leads(worker, broker_settings, lead) as running:
             await wait_until(
                 lambda: _failing_leads(metrics) == 1.0, running, seen=lambda: f"tried {len(tried)}"
             )

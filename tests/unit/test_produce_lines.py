@@ -4,11 +4,12 @@ was not sent. The broker is scripted here; the real one's outages are in tests/f
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import pytest
-from typer.testing import CliRunner
+from typer.testing import CliRunner, Result
 
 from leadpulse.cli import app
 from streams.producer import DeliveryError, produce_lines
@@ -37,6 +38,20 @@ class BrokerGoneAtThirdSend:
             raise DeliveryError([("events.web_visits", "L1", "KafkaTimeoutError: expired")] * 2, list(ids))
 
 
+def _produce_with(
+    produce_file: Callable[..., Any], path: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> Result:
+    """``leadpulse produce <path>`` in-process, with ``produce_file`` standing in for the broker's side."""
+    from leadpulse.commands import broker_cmds
+
+    monkeypatch.setattr(broker_cmds, "produce_file", produce_file)
+    return CliRunner().invoke(
+        app,
+        ["produce", str(path), "--topic", "events.web_visits"],
+        env={"LEADPULSE_KAFKA_BOOTSTRAP": "127.0.0.1:1", "LEADPULSE_DATA_DIR": str(tmp_path / "d")},
+    )
+
+
 def test_a_broker_lost_mid_file_names_every_unsent_record_and_the_line_it_stopped_at() -> None:
     """The DeliveryError of the send that found no broker named only that record, and the file's context
     manager then replaced it by the flush's (the earlier, unacknowledged ones): neither said that produce had
@@ -61,8 +76,6 @@ def test_a_broker_lost_mid_file_names_every_unsent_record_and_the_line_it_stoppe
 def test_the_command_prints_the_lines_refused_before_the_broker_went_and_where_it_stopped(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from leadpulse.commands import broker_cmds
-
     visit = {"event_time": 1_764_403_200_000, "lead_id": "L1", "source": "s", "url": "u"}
     path = tmp_path / "visits.jsonl"
     path.write_text(
@@ -79,12 +92,7 @@ def test_the_command_prints_the_lines_refused_before_the_broker_went_and_where_i
         with file.open("rb") as handle:
             return produce_lines(BrokerGoneAtThirdSend(), topic, handle)  # type: ignore[arg-type]
 
-    monkeypatch.setattr(broker_cmds, "produce_file", produce_file)
-    result = CliRunner().invoke(
-        app,
-        ["produce", str(path), "--topic", "events.web_visits"],
-        env={"LEADPULSE_KAFKA_BOOTSTRAP": "127.0.0.1:1", "LEADPULSE_DATA_DIR": str(tmp_path / "d")},
-    )
+    result = _produce_with(produce_file, path, tmp_path, monkeypatch)
     assert result.exit_code == 1, result.output
     assert "line 2: expected a JSON object, got list" in result.output
     assert "produce stopped at line 4" in " ".join(result.output.split())
@@ -96,7 +104,6 @@ def test_a_rejected_lines_reason_is_one_line_of_stderr_as_written(
     """The reason quotes the line's own field names: a JSON key holding a line break ("a\\nb") split it over
     two lines of stderr (so `grep 'line 1:'` lost its end, and a key could print a fake 'line 7: …'), and
     rich turned a key such as ":smile:" into an emoji, so the error no longer named the field."""
-    from leadpulse.commands import broker_cmds
     from schemas.errors import SchemaValidationError
     from schemas.registry import default_registry
     from streams.producer import ProduceReport
@@ -111,12 +118,7 @@ def test_a_rejected_lines_reason_is_one_line_of_stderr_as_written(
     def produce_file(settings: Any, file: Path, topic: str, bootstrap: str | None = None) -> Any:
         return ProduceReport(sent=0, rejected=[(1, reason)])
 
-    monkeypatch.setattr(broker_cmds, "produce_file", produce_file)
-    result = CliRunner().invoke(
-        app,
-        ["produce", str(path), "--topic", "events.web_visits"],
-        env={"LEADPULSE_KAFKA_BOOTSTRAP": "127.0.0.1:1", "LEADPULSE_DATA_DIR": str(tmp_path / "d")},
-    )
+    result = _produce_with(produce_file, path, tmp_path, monkeypatch)
     assert result.exit_code == 1, result.output
     lines = result.output.splitlines()
     assert [line for line in lines if line.startswith("line ")] == [
