@@ -52,10 +52,10 @@ IDENTITY = TopicSpec("leadpulse.internal.identity", "", "internal", retention_ms
 # The worker's durable lead state (one record per lead, latest wins; tombstones on erasure). Restored into
 # memory for the partitions a worker is assigned; partition = input partition of the lead.
 LEAD_STATE = TopicSpec("leadpulse.internal.lead_state", "", "internal", compacted=True, retention_ms=None)
-# Erasure log written by `leadpulse forget` (keyed by lead_id, value `lead_erased`): every worker and sink
-# reads all of it, so one partition; kept forever so a replay of history cannot bring an erased lead back.
 # lead_score records re-keyed by company domain: the hop from the lead's partition to the account's.
 ACCOUNTS = TopicSpec("leadpulse.internal.accounts", "", "internal", retention_ms=7 * DAY_MS)
+# Erasure log written by `leadpulse forget` (keyed by lead_id, value `lead_erased`): every worker and sink
+# reads all of it, so one partition; kept forever so a replay of history cannot bring an erased lead back.
 ERASURES = TopicSpec(
     "leadpulse.internal.erasures", "lead_erased", "internal", partitions=1, compacted=True, retention_ms=None
 )
@@ -84,10 +84,22 @@ BY_NAME: dict[str, TopicSpec] = {t.name: t for t in TOPICS}
 BY_SCHEMA: dict[str, TopicSpec] = {t.schema: t for t in TOPICS if t.role != "internal"}
 
 
+def contract_name(topic: str, prefix: str = "") -> str:
+    """The catalogue name of ``topic``, given with or without the deployment prefix.
+
+    Why not just strip the prefix when the topic starts with it: a prefix is any string (DESIGN §5), and one
+    such as ``leads.`` begins contract names too, so the unprefixed ``leads.profiles`` would become
+    ``profiles``, which no catalogue knows. The prefix is stripped only when what is left is a catalogue name
+    (no contract name is another one with a prefix in front, so this is never ambiguous).
+    """
+    if prefix and topic.startswith(prefix) and topic[len(prefix) :] in BY_NAME:
+        return topic[len(prefix) :]
+    return topic
+
+
 def spec_for(topic: str, prefix: str = "") -> TopicSpec:
     """Catalogue entry of a (possibly prefixed) topic name."""
-    name = topic[len(prefix) :] if prefix and topic.startswith(prefix) else topic
     try:
-        return BY_NAME[name]
+        return BY_NAME[contract_name(topic, prefix)]
     except KeyError:
         raise KeyError(f"unknown topic {topic!r}; known: {', '.join(BY_NAME)}") from None
