@@ -24,7 +24,7 @@ from schemas.registry import SchemaRegistry, default_registry
 from streams.producer import Producer
 from streams.reader import Decoded, read_topic
 from streams.settings import Settings
-from streams.topics import BY_NAME, DLQ
+from streams.topics import BY_NAME, DLQ, contract_name
 
 STAGES = ("decode", "validate", "process", "sink", "webhook", "collector")
 
@@ -167,10 +167,8 @@ def parse_since(text: str | None, now_ms: int | None = None) -> int | None:
 
 def check_filters(topic: str | None, stage: str | None, prefix: str = "") -> None:
     """A filter that can match nothing is a typo: say so, naming the option, instead of listing nothing."""
-    if topic is not None:
-        name = topic[len(prefix) :] if prefix and topic.startswith(prefix) else topic
-        if name not in BY_NAME:
-            raise ValueError(f"--topic: unknown topic {topic!r}; topics: {', '.join(sorted(BY_NAME))}")
+    if topic is not None and contract_name(topic, prefix) not in BY_NAME:
+        raise ValueError(f"--topic: unknown topic {topic!r}; topics: {', '.join(sorted(BY_NAME))}")
     if stage is not None and stage not in STAGES:
         raise ValueError(f"--stage: expected one of {', '.join(STAGES)}, got {stage!r}")
 

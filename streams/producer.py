@@ -27,7 +27,7 @@ from schemas.registry import SchemaRegistry, default_registry
 from streams.broker import kafka_client_config
 from streams.event_hygiene import sent_time_errors
 from streams.settings import Settings
-from streams.topics import BY_NAME, BY_SCHEMA, INPUTS, MAX_INPUT_RECORD_BYTES, TopicSpec
+from streams.topics import BY_NAME, BY_SCHEMA, INPUTS, MAX_INPUT_RECORD_BYTES, TopicSpec, contract_name
 
 
 class DeliveryError(Exception):
@@ -80,9 +80,7 @@ _PRODUCIBLE = ", ".join(sorted(t.name for t in BY_NAME.values() if t.schema))
 
 
 def resolve(schema_or_topic: str, prefix: str = "") -> TopicSpec:
-    name = (
-        schema_or_topic[len(prefix) :] if prefix and schema_or_topic.startswith(prefix) else schema_or_topic
-    )
+    name = contract_name(schema_or_topic, prefix)  # a prefix may begin like a contract name ("leads.")
     spec = BY_SCHEMA.get(name) or BY_NAME.get(name)
     if spec is None:
         raise ValueError(f"unknown topic or schema {schema_or_topic!r}; topics: {_PRODUCIBLE}")

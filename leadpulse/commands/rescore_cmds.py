@@ -30,7 +30,7 @@ from agents.rules import RulesError, load_rules
 from leadpulse.commands.cli_output import fail, stdout_console
 from leadpulse.commands.settings_arg import cli_settings
 from schemas.coercion import to_millis
-from streams.topics import INPUTS
+from streams.topics import INPUTS, contract_name
 
 SHOWN_SKIPPED = 5
 
@@ -108,7 +108,9 @@ def _history(source: str) -> Any:
     path = Path(source)
     if path.exists() and not path.is_dir():  # also /dev/null (check a rules file) and <(zcat history.gz)
         return read_history(path)
-    names = [t.name for t in INPUTS] if source == "inputs" else [source]
+    settings = cli_settings()
+    # with or without the deployment prefix, as `produce --topic` and `dlq list --topic` take it
+    names = [t.name for t in INPUTS] if source == "inputs" else [contract_name(source, settings.topic_prefix)]
     unknown = [n for n in names if n not in {t.name for t in INPUTS}]
     if unknown:
         raise HistoryError(
@@ -118,7 +120,6 @@ def _history(source: str) -> Any:
     from streams.broker import port_open
     from streams.reader import read_input_history
 
-    settings = cli_settings()
     if settings.embedded_broker and not port_open(settings.broker_host, settings.broker_port):
         raise HistoryError(
             f"history: reading {source!r} needs a running broker; none at {settings.bootstrap} (start "

@@ -80,6 +80,10 @@ def test_rescore_names_the_problem_when_the_history_is_neither_a_file_nor_a_topi
     result = _run(broker_settings, "--rules", str(DEFAULT_RULES_PATH), "--dry-run", "events.nope")
     assert result.returncode == 2
     assert "neither a file nor an input topic" in result.stderr and "events.web_visits" in result.stderr
+    # the deployment's prefixed name is the same topic (as `produce --topic` takes it): refused before
+    prefixed = broker_settings.topic("events.web_visits")
+    result = _run(broker_settings, "--rules", str(DEFAULT_RULES_PATH), "--dry-run", prefixed)
+    assert result.returncode == 0, result.stderr
 
 
 def test_rescore_leaves_out_leads_erased_with_forget(broker_settings: Settings, tmp_path: Path) -> None:
