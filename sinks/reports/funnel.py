@@ -29,6 +29,7 @@ from dataclasses import dataclass
 from agents.stages import FUNNEL_PATH, STAGES, activity_move
 from sinks.query_service import Runner
 from sinks.reports import Rows, Sections
+from sinks.reports.identity import MOVE_ORDER
 from sinks.reports.period import DAY_MS, Period
 
 PATH = FUNNEL_PATH
@@ -52,11 +53,11 @@ SELECT stage, uniqExact(lead_id) AS leads FROM (
 ) GROUP BY stage
 """
 
-CURRENT = """
+CURRENT = f"""
 SELECT stage, count() AS leads FROM (
-    SELECT lead_id, argMax(to_stage, (occurred_at, transition_id)) AS stage
+    SELECT lead_id, argMax(to_stage, {MOVE_ORDER}) AS stage
     FROM leadpulse.stage_transitions FINAL
-    WHERE occurred_at < fromUnixTimestamp64Milli({until:Int64}) GROUP BY lead_id
+    WHERE occurred_at < fromUnixTimestamp64Milli({{until:Int64}}) GROUP BY lead_id
 ) GROUP BY stage
 """
 

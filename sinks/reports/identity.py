@@ -11,6 +11,11 @@ from __future__ import annotations
 
 TARGET_STAGES = "('mql', 'opportunity', 'customer')"
 
+# A lead's moves in the order the worker made them. Several moves can share an ``occurred_at`` (the worker
+# stamps a move no earlier than the one before it), and ``transition_id`` is ``lead:seq`` as text, where
+# "L:10" < "L:9": so ties are broken by the number after the last ':' (the text only if there is none).
+MOVE_ORDER = "(occurred_at, toUInt64OrZero(substringIndex(transition_id, ':', -1)), transition_id)"
+
 RESOLVED_EVENTS = """
 identity AS (
     SELECT assumeNotNull(anonymous_id) AS anon, argMax(lead_id, event_time) AS resolved

@@ -19,6 +19,7 @@ from collections.abc import Mapping
 from sinks.query_service import Runner
 from sinks.reports import Sections
 from sinks.reports.funnel import cohort_progress
+from sinks.reports.identity import MOVE_ORDER
 from sinks.reports.period import Period
 
 # (stage, label, rate key from the previous stage into this one), from the top of the funnel down.
@@ -66,19 +67,19 @@ WHERE lead IS NULL OR lead NOT IN (
 
 # Of the leads that became opportunities in the period (first entry), how many were still open deals at
 # ``until``: latest stage opportunity, never customer since that entry.
-OPEN_DEALS = """
+OPEN_DEALS = f"""
 WITH cohort AS (
     SELECT lead_id, min(occurred_at) AS at FROM leadpulse.stage_transitions FINAL
     WHERE to_stage = 'opportunity'
-      AND occurred_at >= fromUnixTimestamp64Milli({since:Int64})
-      AND occurred_at < fromUnixTimestamp64Milli({until:Int64})
+      AND occurred_at >= fromUnixTimestamp64Milli({{since:Int64}})
+      AND occurred_at < fromUnixTimestamp64Milli({{until:Int64}})
     GROUP BY lead_id
 ),
 latest AS (
-    SELECT lead_id, argMax(to_stage, (occurred_at, transition_id)) AS stage,
+    SELECT lead_id, argMax(to_stage, {MOVE_ORDER}) AS stage,
            maxIf(occurred_at, to_stage IN ('customer', 'expansion')) AS won_at
     FROM leadpulse.stage_transitions FINAL
-    WHERE occurred_at < fromUnixTimestamp64Milli({until:Int64}) GROUP BY lead_id
+    WHERE occurred_at < fromUnixTimestamp64Milli({{until:Int64}}) GROUP BY lead_id
 )
 SELECT count() AS open FROM cohort AS c INNER JOIN latest AS l ON l.lead_id = c.lead_id
 WHERE l.stage = 'opportunity' AND l.won_at < c.at
