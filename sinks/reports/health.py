@@ -33,7 +33,8 @@ SELECT c.content_id AS content_id, c.title AS title, c.content_type AS content_t
        c.funnel_stage AS funnel_stage, toString(c.updated_date) AS updated_date,
        if(l.content_id = '', NULL, l.last_touch) AS last_touch_ms, ifNull(l.touches, 0) AS touches,
        l.content_id = '' AS unused,
-       dateDiff('day', c.updated_date, toDate(fromUnixTimestamp64Milli({{until:Int64}})))
+       -- the UTC day of until, as every period bound is UTC (not the engine's zone: chDB takes the machine's)
+       dateDiff('day', c.updated_date, toDate(fromUnixTimestamp64Milli({{until:Int64}}, 'UTC')))
            > {{stale_days:Int64}} AS stale
 FROM catalogue AS c LEFT JOIN last AS l ON l.content_id = c.content_id
 ORDER BY funnel_stage, content_id

@@ -14,6 +14,7 @@ from clickhouse_connect.driver.client import Client
 from sinks.migrate import migrate
 from sinks.query_service import Runner, client_runner
 from sinks.reports.funnel import funnel_report
+from sinks.reports.health import health_report
 from sinks.reports.period import DAY_MS, Period
 from sinks.reports.plan import measured_rates
 from sinks.rows import EVENTS, HOT_LEADS, LEADS, SALES_ACTIVITIES, SLA_EVENTS, STAGE_TRANSITIONS, TableSpec
@@ -121,3 +122,37 @@ def test_an_open_deal_with_ten_moves_and_more_is_named_in_the_win_rate_note(db: 
     rates, note = measured_rates(db.run, Period(T0 - DAY_MS, T0 + 30 * DAY_MS))
     assert rates["opportunity_to_customer"] == 0.0
     assert note is not None and note.startswith("1 of the 1 opportunities opened in the period were still")
+
+
+def test_stale_content_is_judged_on_the_utc_day_of_until_whatever_the_engine_s_time_zone(
+    clickhouse_dsn: str, db: Db
+) -> None:
+    """The period is UTC everywhere (``--until 2036-01-01T20:00`` is 20:00 UTC); the stale test took the day
+    of ``until`` in the engine's time zone, which embedded chDB takes from the machine: on a Tokyo machine
+    20:00 UTC is already the next day, and an item updated exactly 365 days before (not stale: ``> 365``)
+    was flagged stale there and not in UTC."""
+    until = int(dt.datetime(2036, 1, 1, 20, tzinfo=dt.UTC).timestamp() * 1000)
+    db.client.insert(
+        "leadpulse.content",
+        [
+            ("K365", "365 days", "blog", "lead", None, dt.date(2034, 1, 1), dt.date(2035, 1, 1)),
+            ("K366", "366 days", "blog", "lead", None, dt.date(2034, 1, 1), dt.date(2034, 12, 31)),
+        ],
+        column_names=[
+            "content_id",
+            "title",
+            "content_type",
+            "funnel_stage",
+            "url",
+            "published_date",
+            "updated_date",
+        ],
+    )
+    tokyo = clickhouse_connect.get_client(dsn=clickhouse_dsn, settings={"session_timezone": "Asia/Tokyo"})
+    try:
+        run = client_runner(tokyo)
+        assert run("SELECT timezone() AS tz", None).rows == [["Asia/Tokyo"]]
+        flagged = health_report(run, Period(until - 30 * DAY_MS, until), 90, 365)["flagged"]
+    finally:
+        tokyo.close()
+    assert {r["content_id"]: r["stale"] for r in flagged} == {"K365": False, "K366": True}
