@@ -1,7 +1,8 @@
 """SLA: follow-up time after a lead becomes MQL (percentiles), compliance with the follow-up SLA, and
 warnings/breaches per owner from ``sla_events``.
 
-Follow-up = the first activity at/after the MQL transition that stops the worker's follow-up clock
+Follow-up = the first activity at/after the MQL transition, before the lead's next MQL entry (a new clock),
+that stops the worker's follow-up clock
 (``agents.sla.FOLLOW_UP_ACTIVITIES``: first_touch, accepted, rejected, meeting_booked, ...), so the report and
 the ``sla_timeout`` events judge the same thing. A follow-up before the MQL (sales contacted the lead before
 it turned hot) does not answer it, however recent (decided, docs/clickhouse.md): the hot-lead alert asks for
@@ -41,19 +42,24 @@ from sinks.reports.period import Period
 # Every MQL of the period with its follow-up, its own clock, whether it can be judged and its owner.
 JUDGED = """
 WITH mqls AS (
-    SELECT lead_id, toUnixTimestamp64Milli(occurred_at) AS at FROM leadpulse.stage_transitions FINAL
-    WHERE to_stage = 'mql'
-      AND occurred_at >= fromUnixTimestamp64Milli({since:Int64})
-        AND occurred_at < fromUnixTimestamp64Milli({until:Int64})
+    SELECT lead_id, at, if(next_at > at, next_at, toInt64(9223372036854775807)) AS next_at FROM (
+        SELECT lead_id, toUnixTimestamp64Milli(occurred_at) AS at,
+               leadInFrame(at, 1, toInt64(0)) OVER (PARTITION BY lead_id ORDER BY at
+                                                    ROWS BETWEEN CURRENT ROW AND 1 FOLLOWING) AS next_at
+        FROM leadpulse.stage_transitions FINAL WHERE to_stage = 'mql'
+    )
+    WHERE at >= {since:Int64} AND at < {until:Int64}
 ),
 acts AS (
     SELECT lead_id, toUnixTimestamp64Milli(event_time) AS at FROM leadpulse.sales_activities FINAL
     WHERE activity IN {activities:Array(String)}
 ),
+-- an answer belongs to the lead's latest MQL before it: the next MQL entry starts a new clock (the worker
+-- keeps one per lead), so one first_touch never answers an earlier, recycled MQL as well
 answered AS (
     SELECT m.lead_id AS lead_id, m.at AS mql_at,
-           minIf(a.at, a.lead_id != '' AND a.at >= m.at) AS answer_at,
-           countIf(a.lead_id != '' AND a.at >= m.at) > 0 AS followed
+           minIf(a.at, a.lead_id != '' AND a.at >= m.at AND a.at < m.next_at) AS answer_at,
+           countIf(a.lead_id != '' AND a.at >= m.at AND a.at < m.next_at) > 0 AS followed
     FROM mqls AS m LEFT JOIN acts AS a ON a.lead_id = m.lead_id
     GROUP BY m.lead_id, m.at
 ),

@@ -623,11 +623,17 @@ def test_sla_report_follow_up_percentiles_compliance_and_breaches_per_owner(
     answers = defaultdict(list)
     for a in history.activities:
         answers[a["lead_id"]].append(a["event_time"])
+    mql_entries = defaultdict(list)
+    for t in history.transitions:
+        if t["to_stage"] == "mql":
+            mql_entries[t["lead_id"]].append(t["occurred_at"])
     hours, within, total = [], 0, 0
     for t in history.transitions:
         if t["to_stage"] == "mql" and in_period(t["occurred_at"]):
             total += 1
-            later = [x for x in answers[t["lead_id"]] if x >= t["occurred_at"]]
+            # an answer belongs to the latest MQL before it: the next MQL entry bounds this one's
+            bound = min([m for m in mql_entries[t["lead_id"]] if m > t["occurred_at"]], default=math.inf)
+            later = [x for x in answers[t["lead_id"]] if t["occurred_at"] <= x < bound]
             if later:
                 hours.append((min(later) - t["occurred_at"]) / H)
                 within += hours[-1] <= 24

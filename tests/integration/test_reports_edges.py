@@ -17,6 +17,7 @@ from sinks.reports.funnel import funnel_report
 from sinks.reports.health import health_report
 from sinks.reports.period import DAY_MS, Period
 from sinks.reports.plan import measured_rates
+from sinks.reports.sla import sla_report
 from sinks.rows import EVENTS, HOT_LEADS, LEADS, SALES_ACTIVITIES, SLA_EVENTS, STAGE_TRANSITIONS, TableSpec
 
 pytestmark = pytest.mark.integration
@@ -156,3 +157,21 @@ def test_stale_content_is_judged_on_the_utc_day_of_until_whatever_the_engine_s_t
     finally:
         tokyo.close()
     assert {r["content_id"]: r["stale"] for r in flagged} == {"K365": False, "K366": True}
+
+
+def test_one_follow_up_answers_only_the_latest_mql_before_it(db: Db) -> None:
+    """An MQL nobody answered, recycled after a week, turns MQL again on day 20 and is called an hour later.
+    That call answers the second MQL only (it stops the worker's second clock; the first was gone): one
+    follow-up of 1 h, one MQL never followed. Before, the call answered both: followed_up 2 and a median of
+    229 hours, a follow-up time nobody took."""
+    db.path(
+        "L",
+        [("lead", T0), ("mql", T0 + DAY_MS), ("nurturing", T0 + 8 * DAY_MS), ("mql", T0 + 20 * DAY_MS)],
+    )
+    db.insert(
+        "sales_activities",
+        [{"event_id": "a1", "lead_id": "L", "event_time": T0 + 20 * DAY_MS + H, "activity": "first_touch"}],
+    )
+    follow = sla_report(db.run, Period(T0, T0 + 30 * DAY_MS))["follow_up"][0]
+    assert (follow["mqls"], follow["followed_up"], follow["within_sla"]) == (2, 1, 1)
+    assert (follow["compliance"], follow["p50_hours"], follow["p95_hours"]) == (0.5, 1.0, 1.0)
