@@ -2,7 +2,9 @@
 and, per funnel stage, how many items cover it and how many of those are in use and fresh.
 
 Measured as of ``period.until``; touches are looked for in the ``unused_days`` before it (``since`` plays no
-part: "unused" is about the item, not about the period asked for).
+part: "unused" is about the item, not about the period asked for). Items published after the last day
+before ``until`` are left out: they did not exist yet (the catalogue keeps only each item's latest load,
+so an item updated since is judged by that later ``updated_date``).
 """
 
 from __future__ import annotations
@@ -37,6 +39,8 @@ SELECT c.content_id AS content_id, c.title AS title, c.content_type AS content_t
        dateDiff('day', c.updated_date, toDate(fromUnixTimestamp64Milli({{until:Int64}}, 'UTC')))
            > {{stale_days:Int64}} AS stale
 FROM catalogue AS c LEFT JOIN last AS l ON l.content_id = c.content_id
+-- items that existed by the last (UTC) day the period covers: a past report lists no later item as unused
+WHERE c.published_date <= toDate(fromUnixTimestamp64Milli({{until:Int64}} - 1, 'UTC'))
 ORDER BY funnel_stage, content_id
 """
 

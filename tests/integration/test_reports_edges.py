@@ -175,3 +175,30 @@ def test_one_follow_up_answers_only_the_latest_mql_before_it(db: Db) -> None:
     follow = sla_report(db.run, Period(T0, T0 + 30 * DAY_MS))["follow_up"][0]
     assert (follow["mqls"], follow["followed_up"], follow["within_sla"]) == (2, 1, 1)
     assert (follow["compliance"], follow["p50_hours"], follow["p95_hours"]) == (0.5, 1.0, 1.0)
+
+
+def test_health_as_of_a_past_until_leaves_out_items_published_after_it(db: Db) -> None:
+    """A health report up to the end of June, run in October, listed the items published in September as
+    unused content of June and counted them in June's stage coverage. An item published on the last day
+    the period covers is in it."""
+    until = int(dt.datetime(2035, 7, 1, tzinfo=dt.UTC).timestamp() * 1000)
+    db.client.insert(
+        "leadpulse.content",
+        [
+            ("OLD", "old", "blog", "lead", None, dt.date(2035, 1, 10), dt.date(2035, 1, 10)),
+            ("JUNE30", "june 30", "blog", "lead", None, dt.date(2035, 6, 30), dt.date(2035, 6, 30)),
+            ("SEPT", "september", "blog", "lead", None, dt.date(2035, 9, 1), dt.date(2035, 9, 1)),
+        ],
+        column_names=[
+            "content_id",
+            "title",
+            "content_type",
+            "funnel_stage",
+            "url",
+            "published_date",
+            "updated_date",
+        ],
+    )
+    report = health_report(db.run, Period(until - 30 * DAY_MS, until), 90, 365)
+    assert [r["content_id"] for r in report["flagged"]] == ["JUNE30", "OLD"]
+    assert next(r for r in report["coverage"] if r["funnel_stage"] == "lead")["items"] == 2
