@@ -119,9 +119,8 @@ def outside_reader(code: str) -> str | None:
 
 
 def _refuse_outside_reader(name: str) -> QueryError:
-    return QueryError(
-        f"{name}() reads files, URLs or other servers; queries here may read the leadpulse tables only"
-    )
+    only = "queries here may read the leadpulse tables only"
+    return QueryError(f"{name}() reads files, URLs or other servers; {only}")
 
 
 def check_read_only(sql: str) -> str:
@@ -166,11 +165,8 @@ def parsed_outside_reader(
             )
     except DatabaseError:
         return None
-    for row in ast.result_rows:
-        for name in _AST_FUNCTION.findall(str(row[0])):
-            if reads_outside(name):
-                return str(name)
-    return None
+    names = (name for row in ast.result_rows for name in _AST_FUNCTION.findall(str(row[0])))
+    return next((str(name) for name in names if reads_outside(name)), None)
 
 
 def jsonable(value: Any) -> Any:
@@ -238,10 +234,9 @@ def client_runner(client: Client, lock: threading.Lock | None = None) -> Runner:
 def described_columns(
     client: Client, guard: threading.Lock, statement: str, parameters: Mapping[str, Any] | None
 ) -> list[str]:
-    """The columns of a query that returned no rows. chDB (through clickhouse-connect 1.12) gives an empty
-    result no column names, so a report section or a `leadpulse sql` answer with no rows had no header;
-    ``DESCRIBE (query)`` names them. Only for SELECT/WITH (DESCRIBE takes no SHOW or EXISTS); [] if it
-    fails."""
+    """The columns of a query that returned no rows: chDB (clickhouse-connect 1.12) names none, so an empty
+    section or `leadpulse sql` answer had no header; ``DESCRIBE (query)`` names them. SELECT/WITH only
+    (DESCRIBE takes no SHOW or EXISTS); [] if it fails."""
     if _code(statement).lstrip().split(None, 1)[0].upper() not in ("SELECT", "WITH"):
         return []
     try:
@@ -351,8 +346,15 @@ def http_runner(base_url: str, timeout: float = 120.0) -> Runner:
             with urllib.request.urlopen(request, timeout=timeout) as response:
                 body = json.loads(response.read())
         except urllib.error.HTTPError as exc:
-            detail = json.loads(exc.read() or b"{}").get("error", exc.reason)
+            try:
+                detail = json.loads(exc.read() or b"{}").get("error", exc.reason)
+            except ValueError:
+                detail = f"HTTP {exc.code} {exc.reason}"
             raise QueryError(f"query refused by the sink at {base_url}: {detail}") from None
+        except (OSError, ValueError) as exc:  # refused, reset (the sink stopped), timed out; not JSON
+            raise QueryError(
+                f"no answer from the sink at {base_url} ({type(exc).__name__}: {exc}); is it still running?"
+            ) from None
         return QueryResult(body["columns"], body["rows"])
 
     return run
