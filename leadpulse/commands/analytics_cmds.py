@@ -12,6 +12,9 @@ import typer
 from leadpulse.commands.cli_output import fail
 from leadpulse.commands.settings_arg import cli_settings
 
+# Day counts are turned into milliseconds in Int64 query parameters: 10**12 days wrapped round and gave
+# silently wrong reports. A century is more than any report needs.
+MAX_DAYS = 36_500
 SINCE = typer.Option(
     None, "--since", help="start: 2026-01-31, an ISO datetime, or an age like 30d (default 90d)"
 )
@@ -87,7 +90,7 @@ def register(app: typer.Typer) -> None:
         since: str = SINCE,
         until: str = UNTIL,
         fmt: str = FORMAT,
-        window_days: int = typer.Option(30, min=1, help="attribution window in days"),
+        window_days: int = typer.Option(30, min=1, max=MAX_DAYS, help="attribution window in days"),
         section: str = SECTION,
     ) -> None:
         from sinks.reports.content import content_report
@@ -101,8 +104,8 @@ def register(app: typer.Typer) -> None:
         since: str = SINCE,
         until: str = UNTIL,
         fmt: str = FORMAT,
-        unused_days: int = typer.Option(90, min=1, help="unused: no touch in this many days"),
-        stale_days: int = typer.Option(365, min=1, help="stale: not updated in this many days"),
+        unused_days: int = typer.Option(90, min=1, max=MAX_DAYS, help="unused: no touch in this many days"),
+        stale_days: int = typer.Option(365, min=1, max=MAX_DAYS, help="stale: not updated in this many days"),
         section: str = SECTION,
     ) -> None:
         from sinks.reports.health import health_report
@@ -129,7 +132,7 @@ def register(app: typer.Typer) -> None:
         since: str = SINCE,
         until: str = UNTIL,
         fmt: str = FORMAT,
-        sla_hours: float = typer.Option(24.0, min=0.01, help="follow-up SLA in hours"),
+        sla_hours: float = typer.Option(24.0, min=0.01, max=MAX_DAYS * 24, help="follow-up SLA in hours"),
         section: str = SECTION,
     ) -> None:
         from sinks.reports.sla import sla_report

@@ -13,7 +13,7 @@ from agents.stages import FUNNEL_PATH
 from sinks.query_service import Runner
 from sinks.reports import Rows, Sections
 from sinks.reports.identity import RESOLVED_EVENTS
-from sinks.reports.period import DAY_MS, Period
+from sinks.reports.period import DAY_MS, Period, clamp
 
 FLAGGED_COLUMNS = (
     "content_id",
@@ -47,7 +47,7 @@ ORDER BY funnel_stage, content_id
 
 def health_report(run: Runner, period: Period, unused_days: int = 90, stale_days: int = 365) -> Sections:
     # The unused_days before --until, whatever --since says: a narrow period must not make every item unused.
-    window = Period(period.until_ms - unused_days * DAY_MS, period.until_ms)
+    window = Period(clamp(period.until_ms - unused_days * DAY_MS), period.until_ms)
     items = run(ITEMS, {**window.params, "stale_days": stale_days}).dicts()
     for item in items:
         item["unused"], item["stale"] = bool(item["unused"]), bool(item["stale"])

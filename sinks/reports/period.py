@@ -10,6 +10,11 @@ from schemas.coercion import to_millis
 
 DAY_MS = 86_400_000
 _RELATIVE = re.compile(r"^(\d+)([dhw])$")
+# What a DateTime64 column holds (1900-01-01 to 2299-12-31 UTC): no stored time is outside it, so bounds
+# are clamped to it. A bound beyond Int64 milliseconds wrapped round in the query parameter, and
+# ``--since 1000000000000d`` (meant as "all of it") gave an empty report.
+EARLIEST_MS = -2_208_988_800_000
+LATEST_MS = 10_413_791_999_999
 
 
 @dataclass(frozen=True)
@@ -47,12 +52,18 @@ def make_period(since: str | None, until: str | None, now_ms: int, default_days:
         since_ms = parse_instant(since, now_ms) if since else until_ms - default_days * DAY_MS
     except ValueError as exc:
         raise ValueError(f"--since: {exc}") from None
+    since_ms, until_ms = clamp(since_ms), clamp(until_ms)
     if since_ms >= until_ms:
         raise ValueError(
             f"--since must be before --until (got {since or f'{default_days}d before --until'} = "
             f"{_utc(since_ms)} and {until or 'now'} = {_utc(until_ms)})"
         )
     return Period(since_ms, until_ms)
+
+
+def clamp(ms: int) -> int:
+    """``ms`` within the times ClickHouse stores (EARLIEST_MS..LATEST_MS)."""
+    return min(max(ms, EARLIEST_MS), LATEST_MS)
 
 
 def _utc(ms: int) -> str:

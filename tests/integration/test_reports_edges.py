@@ -5,17 +5,21 @@ from __future__ import annotations
 
 import datetime as dt
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import clickhouse_connect
 import pytest
 from clickhouse_connect.driver.client import Client
+from typer.testing import CliRunner
 
+from leadpulse.cli import app
 from sinks.migrate import migrate
 from sinks.query_service import Runner, client_runner
+from sinks.reports.content import content_report
 from sinks.reports.funnel import funnel_report
 from sinks.reports.health import health_report
-from sinks.reports.period import DAY_MS, Period
+from sinks.reports.period import DAY_MS, Period, make_period
 from sinks.reports.plan import measured_rates
 from sinks.reports.sla import sla_report
 from sinks.rows import EVENTS, HOT_LEADS, LEADS, SALES_ACTIVITIES, SLA_EVENTS, STAGE_TRANSITIONS, TableSpec
@@ -202,3 +206,45 @@ def test_health_as_of_a_past_until_leaves_out_items_published_after_it(db: Db) -
     report = health_report(db.run, Period(until - 30 * DAY_MS, until), 90, 365)
     assert [r["content_id"] for r in report["flagged"]] == ["JUNE30", "OLD"]
     assert next(r for r in report["coverage"] if r["funnel_stage"] == "lead")["items"] == 2
+
+
+@pytest.mark.parametrize("since", ["1000000d", "1000000000000d"])
+def test_a_since_far_before_any_data_still_finds_the_data(db: Db, since: str) -> None:
+    """``--since 1000000000000d`` ("everything") is beyond Int64 milliseconds: the parameter wrapped round,
+    and the content and funnel reports came back empty over a store holding a view and an MQL."""
+    db.insert(
+        "events",
+        [
+            {
+                "event_id": "e1",
+                "event_type": "content_view",
+                "event_time": T0 + DAY_MS,
+                "lead_id": "L",
+                "content_id": "C1",
+            }
+        ],
+    )
+    db.path("L", [("lead", T0), ("mql", T0 + 2 * DAY_MS)])
+    period = make_period(since, None, T0 + 30 * DAY_MS)
+    assert [r["content_id"] for r in content_report(db.run, period)["content"]] == ["C1"]
+    stages = {r["stage"]: r["entered"] for r in funnel_report(db.run, period)["stages"]}
+    assert (stages["lead"], stages["mql"]) == (1, 1)
+
+
+@pytest.mark.parametrize(
+    ("args", "option"),
+    [
+        (["content", "--window-days", "1000000000000"], "--window-days"),
+        (["health", "--unused-days", "1000000000000"], "--unused-days"),
+        (["health", "--stale-days", "1000000000000"], "--stale-days"),
+        (["sla", "--sla-hours", "1e300"], "--sla-hours"),
+    ],
+)
+def test_day_counts_that_overflow_a_query_parameter_are_refused(
+    tmp_path: Path, args: list[str], option: str
+) -> None:
+    """In milliseconds they overflowed the Int64 parameters, and the reports came back silently wrong (no
+    lead influenced, every MQL not judged) instead of refusing the value."""
+    result = CliRunner().invoke(app, ["report", *args], env={"LEADPULSE_DATA_DIR": str(tmp_path)})
+    assert result.exit_code == 2
+    assert f"Invalid value for '{option}'" in result.output

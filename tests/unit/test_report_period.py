@@ -6,7 +6,7 @@ import datetime as dt
 
 import pytest
 
-from sinks.reports.period import DAY_MS, make_period
+from sinks.reports.period import DAY_MS, EARLIEST_MS, LATEST_MS, make_period
 
 pytestmark = pytest.mark.unit
 
@@ -41,3 +41,14 @@ def test_errors_name_the_option(since: str | None, until: str | None, message: s
     with pytest.raises(ValueError) as caught:
         make_period(since, until, NOW)
     assert str(caught.value).startswith(message)
+
+
+@pytest.mark.parametrize(
+    ("since", "until"), [("1000000d", None), ("1000000000000d", None), ("1800-01-01", "2400-01-01")]
+)
+def test_bounds_beyond_what_clickhouse_stores_are_clamped_to_it(since: str, until: str | None) -> None:
+    """``--since 1000000000000d`` ("all of it") overflowed the Int64 parameter and the report came back
+    empty (tests/integration/test_reports_edges.py shows it on data)."""
+    period = make_period(since, until, NOW)
+    assert period.since_ms == EARLIEST_MS
+    assert period.until_ms == (LATEST_MS if until else NOW)
