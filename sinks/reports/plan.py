@@ -116,7 +116,10 @@ def parse_rates(text: str | None) -> dict[str, float]:
                 f"--rates: expected KEY=RATE with KEY one of {', '.join(RATE_KEYS)}, got {part!r}"
             )
         raw = value.strip()
-        rate = float(raw[:-1]) / 100 if raw.endswith("%") else float(raw)
+        try:
+            rate = float(raw[:-1]) / 100 if raw.endswith("%") else float(raw)
+        except ValueError:
+            raise ValueError(f"--rates: {key} must be a rate like 0.05 or 5%, got {raw!r}") from None
         if not 0 < rate <= 1:
             raise ValueError(f"--rates: {key} must be in (0, 1] (or 0-100%), got {raw}")
         rates[key] = rate
@@ -166,9 +169,14 @@ def reverse_plan(
     if target_revenue <= 0 or average_deal <= 0:
         raise ValueError("--target and --deal-size must be positive amounts")
     # exact: carried up unrounded (see the module docstring); shown rounded up
-    exact: float | None = math.ceil(target_revenue / average_deal - 1e-9)
+    wins = target_revenue / average_deal
+    if not math.isfinite(wins):
+        raise ValueError("--target / --deal-size is too large a number of wins to plan for")
+    exact: float | None = math.ceil(wins - 1e-9)
     rows: list[dict[str, object]] = []
     for stage, label, key in reversed(STEPS):
+        if exact is not None and not math.isfinite(exact):  # rates such as 1e-300 divided past a float
+            raise ValueError(f"the rates ask for more {label} than a number holds: check --rates")
         # 80 / 0.1 is 799.999... or 800.000...1 in floating point; neither should become 801.
         shown = None if exact is None else math.ceil(exact * (1 - 1e-12))
         rows.append({"stage": stage, "label": label, "needed": shown})
