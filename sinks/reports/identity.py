@@ -16,16 +16,19 @@ TARGET_STAGES = "('mql', 'opportunity', 'customer')"
 # "L:10" < "L:9": so ties are broken by the number after the last ':' (the text only if there is none).
 MOVE_ORDER = "(occurred_at, toUInt64OrZero(substringIndex(transition_id, ':', -1)), transition_id)"
 
+# An empty id is no id: the collector admits ``lead_id: ""`` beside an anonymous id (a cleared tracker
+# cookie) and the worker keys such an event by the anonymous id (``lead_id or anonymous_id``); read as a
+# lead, every such visitor was the one lead "". nullIf reads the two ids as the worker does.
 RESOLVED_EVENTS = """
 identity AS (
     SELECT assumeNotNull(anonymous_id) AS anon, argMax(lead_id, event_time) AS resolved
-    FROM leadpulse.leads FINAL WHERE anonymous_id IS NOT NULL GROUP BY anon
+    FROM leadpulse.leads FINAL WHERE anonymous_id IS NOT NULL AND anonymous_id != '' GROUP BY anon
 ),
 ev AS (
     SELECT e.event_type AS event_type, toUnixTimestamp64Milli(e.event_time) AS t, e.dwell_ms AS dwell_ms,
            e.content_id AS item_id, coalesce(e.url, e.link_url) AS touch_url,
-           coalesce(e.lead_id, nullIf(i.resolved, '')) AS lead,
-           coalesce(e.lead_id, nullIf(i.resolved, ''), e.anonymous_id) AS visitor
+           coalesce(nullIf(e.lead_id, ''), nullIf(i.resolved, '')) AS lead,
+           coalesce(nullIf(e.lead_id, ''), nullIf(i.resolved, ''), nullIf(e.anonymous_id, '')) AS visitor
     FROM leadpulse.events AS e FINAL
     LEFT JOIN identity AS i ON i.anon = ifNull(e.anonymous_id, '')
     WHERE e.event_time >= fromUnixTimestamp64Milli({since:Int64})

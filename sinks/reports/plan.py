@@ -45,8 +45,9 @@ WITH links AS (
     WHERE anonymous_id IS NOT NULL AND anonymous_id != '' GROUP BY anonymous_id
 ),
 people AS (
-    SELECT coalesce(e.lead_id, nullIf(l.lead, ''), e.anonymous_id) AS who,
-           coalesce(e.lead_id, nullIf(l.lead, '')) AS lead
+    -- an empty id is no id, as in the content report (sinks/reports/identity.py)
+    SELECT coalesce(nullIf(e.lead_id, ''), nullIf(l.lead, ''), nullIf(e.anonymous_id, '')) AS who,
+           coalesce(nullIf(e.lead_id, ''), nullIf(l.lead, '')) AS lead
     FROM leadpulse.events AS e FINAL LEFT JOIN links AS l ON e.anonymous_id = l.anonymous_id
     WHERE e.event_time >= fromUnixTimestamp64Milli({since:Int64})
       AND e.event_time < fromUnixTimestamp64Milli({until:Int64})

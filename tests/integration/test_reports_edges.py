@@ -248,3 +248,31 @@ def test_day_counts_that_overflow_a_query_parameter_are_refused(
     result = CliRunner().invoke(app, ["report", *args], env={"LEADPULSE_DATA_DIR": str(tmp_path)})
     assert result.exit_code == 2
     assert f"Invalid value for '{option}'" in result.output
+
+
+def test_an_empty_lead_id_is_no_lead_in_content_and_plan(db: Db) -> None:
+    """A tracker whose ``lp_lid`` cookie was cleared to "" (or a server-side producer) sends
+    ``lead_id: ""`` beside the anonymous id; the collector admits it and the worker keys it by the
+    anonymous id (``lead_id or anonymous_id``). The reports took "" for a lead: every such visitor was one
+    lead "" (unique leads, the baseline) and one person (plan's visitors), and a visitor who identified
+    later had their views credited to "" instead of to the lead. Here visitor A (identified as L, MQL two
+    days after) and visitor B both read C1 with lead_id "": one lead, influenced; two visitors, one of them
+    acquired."""
+    view = {"event_type": "content_view", "content_id": "C1", "lead_id": ""}
+    db.insert(
+        "events",
+        [
+            {**view, "event_id": "v1", "event_time": T0 + DAY_MS, "anonymous_id": "A"},
+            {**view, "event_id": "v2", "event_time": T0 + DAY_MS, "anonymous_id": "B"},
+        ],
+    )
+    db.insert(
+        "leads", [{"event_id": "id1", "lead_id": "L", "anonymous_id": "A", "event_time": T0 + 2 * DAY_MS}]
+    )
+    db.path("L", [("lead", T0 + 2 * DAY_MS), ("mql", T0 + 3 * DAY_MS)])
+    period = Period(T0, T0 + 30 * DAY_MS)
+    (row,) = content_report(db.run, period)["content"]
+    assert (row["views"], row["unique_leads"], row["influenced_leads"]) == (2, 1, 1)
+    assert (row["touched_conversion"], row["all_leads_conversion"]) == (1.0, 1.0)
+    rates, _ = measured_rates(db.run, period)
+    assert rates["visitor_to_lead"] == 0.5
