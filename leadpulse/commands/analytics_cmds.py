@@ -61,12 +61,28 @@ def _run_report(
         sections = build(run, period)
     except (QueryError, ValueError) as exc:
         raise fail(str(exc), 2) from None
+    except Exception as exc:
+        raise _engine_failure(exc) from None
     finally:
         if close is not None:
             close()
     if section is not None:
         sections = _only(sections, section)  # type: ignore[arg-type]
     _print(render(sections, fmt))  # type: ignore[arg-type]
+
+
+def _engine_failure(exc: Exception, any_error: bool = False) -> typer.Exit:
+    """A ClickHouse error as one line (exit 2 when ClickHouse refused the query: a column a store one
+    migration behind lacks, a missing grant; 1 when the connection failed). A report let it out as a
+    traceback. Other errors are re-raised unless ``any_error`` (`leadpulse sql` prints any as a line)."""
+    from clickhouse_connect.driver.exceptions import DatabaseError, OperationalError
+
+    if not any_error and not isinstance(exc, DatabaseError):
+        raise exc
+    first = str(exc).splitlines()[0] if str(exc) else ""
+    first = re.sub(r"^(Code: \d+\. DB::Exception: )\1", r"\1", first)  # chDB says it twice
+    refused = isinstance(exc, DatabaseError) and not isinstance(exc, OperationalError)
+    return fail(f"{type(exc).__name__}: {first}", 2 if refused else 1)
 
 
 def _only(sections: dict[str, object], name: str) -> dict[str, object]:
@@ -198,13 +214,7 @@ def register(app: typer.Typer) -> None:
         except QueryError as exc:
             raise fail(str(exc), 2) from None
         except Exception as exc:
-            from clickhouse_connect.driver.exceptions import DatabaseError, OperationalError
-
-            first = str(exc).splitlines()[0] if str(exc) else ""
-            first = re.sub(r"^(Code: \d+\. DB::Exception: )\1", r"\1", first)  # chDB says it twice
-            # ClickHouse refused the query itself: the user's to fix, exit 2 as through a sink's API
-            refused = isinstance(exc, DatabaseError) and not isinstance(exc, OperationalError)
-            raise fail(f"{type(exc).__name__}: {first}", 2 if refused else 1) from None
+            raise _engine_failure(exc, any_error=True) from None
         finally:
             close()
         _print(render({"result": result.section()}, fmt, plain_numbers=True))

@@ -276,3 +276,20 @@ def test_an_empty_lead_id_is_no_lead_in_content_and_plan(db: Db) -> None:
     assert (row["touched_conversion"], row["all_leads_conversion"]) == (1.0, 1.0)
     rates, _ = measured_rates(db.run, period)
     assert rates["visitor_to_lead"] == 0.5
+
+
+def test_a_report_clickhouse_refuses_is_a_one_line_error_not_a_traceback(clickhouse_dsn: str, db: Db) -> None:
+    """`leadpulse sql` turned an engine error into one line; `leadpulse report` let it out as a traceback
+    (a store one migration behind the CLI, a server role without a grant, a memory limit). Here the
+    catalogue lacks a column the content report reads."""
+    db.client.command("ALTER TABLE leadpulse.content RENAME COLUMN url TO url_renamed")
+    try:
+        result = CliRunner().invoke(
+            app, ["report", "content"], env={"LEADPULSE_CLICKHOUSE_DSN": clickhouse_dsn}
+        )
+    finally:
+        db.client.command("ALTER TABLE leadpulse.content RENAME COLUMN url_renamed TO url")
+    assert result.exit_code == 2, result.output
+    assert result.exception is None or isinstance(result.exception, SystemExit)
+    (line,) = result.output.strip().splitlines()
+    assert line.startswith("leadpulse: error: DatabaseError: Code: 47.") and "url" in line
