@@ -1,7 +1,8 @@
 """SQL shared by the reports: events resolved to a lead, and touches of catalogue content.
 
 Why resolve here: an anonymous visitor who later identifies (a ``lead_identified`` with that
-``anonymous_id``) is the same lead; their earlier views and downloads count for the lead (DESIGN §3).
+``anonymous_id``) is the same lead; their earlier views and downloads count for the lead (DESIGN §3), when
+the link was made by ``until`` (a visitor who identified after the period was no lead in it).
 Beware ClickHouse aliases: ``assumeNotNull(x) AS x`` would make a later ``WHERE x IS NOT NULL`` test the
 alias, never NULL; so nullable columns and their not-null aliases carry different names here.
 Times are converted to Int64 epoch milliseconds once, so the attribution arithmetic stays integer.
@@ -20,9 +21,13 @@ MOVE_ORDER = "(occurred_at, toUInt64OrZero(substringIndex(transition_id, ':', -1
 # cookie) and the worker keys such an event by the anonymous id (``lead_id or anonymous_id``); read as a
 # lead, every such visitor was the one lead "". nullIf reads the two ids as the worker does.
 RESOLVED_EVENTS = """
+-- links made by --until only, as transitions: a closed period's report does not change as time passes
 identity AS (
     SELECT assumeNotNull(anonymous_id) AS anon, argMax(lead_id, event_time) AS resolved
-    FROM leadpulse.leads FINAL WHERE anonymous_id IS NOT NULL AND anonymous_id != '' GROUP BY anon
+    FROM leadpulse.leads FINAL
+    WHERE anonymous_id IS NOT NULL AND anonymous_id != ''
+      AND event_time < fromUnixTimestamp64Milli({until:Int64})
+    GROUP BY anon
 ),
 ev AS (
     SELECT e.event_type AS event_type, toUnixTimestamp64Milli(e.event_time) AS t, e.dwell_ms AS dwell_ms,

@@ -40,7 +40,7 @@ RATE_KEYS = tuple(key for _, _, key in STEPS if key)
 # requalified is not new).
 VISITORS = """
 WITH links AS (
-    -- the newest link, as in the content report (sinks/reports/identity.py)
+    -- the newest link, made whenever (the content report's stop at --until): a person counts once
     SELECT anonymous_id, argMax(lead_id, event_time) AS lead FROM leadpulse.leads FINAL
     WHERE anonymous_id IS NOT NULL AND anonymous_id != '' GROUP BY anonymous_id
 ),

@@ -379,8 +379,10 @@ def linear_quantile(values: list[float], q: float) -> float:
 def identity(h: History) -> dict[str, str]:
     latest: dict[str, tuple[int, str]] = {}
     for p in h.leads:
-        if p["anonymous_id"] and (
-            p["anonymous_id"] not in latest or p["event_time"] > latest[p["anonymous_id"]][0]
+        if (
+            p["anonymous_id"]
+            and p["event_time"] < UNTIL
+            and (p["anonymous_id"] not in latest or p["event_time"] > latest[p["anonymous_id"]][0])
         ):
             latest[p["anonymous_id"]] = (p["event_time"], p["lead_id"])
     return {anon: lead for anon, (_, lead) in latest.items()}

@@ -293,3 +293,28 @@ def test_a_report_clickhouse_refuses_is_a_one_line_error_not_a_traceback(clickho
     assert result.exception is None or isinstance(result.exception, SystemExit)
     (line,) = result.output.strip().splitlines()
     assert line.startswith("leadpulse: error: DatabaseError: Code: 47.") and "url" in line
+
+
+def test_a_visitor_identified_after_until_is_no_lead_of_the_period(db: Db) -> None:
+    """A closed period's content report does not change as time passes (transitions count up to --until).
+    The links from anonymous ids to leads did not stop there: a reader of C1 in the period who filled a form
+    after it became one of C1's unique leads when the report was run again, a touching lead who could not
+    have converted in the period (their moves come after the form), so C1's touched conversion fell from
+    1/1 to 1/2 in a re-run. Here L reads and converts in the period, visitor A reads in it and identifies
+    after --until."""
+    until = T0 + 30 * DAY_MS
+    view = {"event_type": "content_view", "content_id": "C1"}
+    db.insert(
+        "events",
+        [
+            {**view, "event_id": "v1", "event_time": T0 + DAY_MS, "lead_id": "L"},
+            {**view, "event_id": "v2", "event_time": T0 + DAY_MS, "anonymous_id": "A"},
+        ],
+    )
+    db.path("L", [("lead", T0), ("mql", T0 + 2 * DAY_MS)])
+    db.insert(
+        "leads", [{"event_id": "id1", "lead_id": "M", "anonymous_id": "A", "event_time": until + DAY_MS}]
+    )
+    db.path("M", [("lead", until + DAY_MS)])
+    (row,) = content_report(db.run, Period(T0, until))["content"]
+    assert (row["views"], row["unique_leads"], row["touched_conversion"]) == (2, 1, 1.0)
