@@ -5,8 +5,9 @@ file .../status"). So in embedded mode the sink, which owns the engine, answers 
 (``POST /query`` on ``settings.sink_port``); with no sink running, the CLI opens the directory itself; with
 a server DSN every command talks to the server directly. Callers see one function, ``query_runner``.
 
-Read-only is enforced twice: the statement must start with a reading verb, and it runs with ``readonly=2``
-(ClickHouse refuses writes and DDL, yet the client may still pass per-query settings).
+Read-only is enforced twice: ``sinks.sql_guard`` lets through one reading statement of the leadpulse tables
+(checked again on ClickHouse's own parse here), and it runs with ``readonly=2`` (ClickHouse refuses writes
+and DDL, yet the client may still pass per-query settings).
 """
 
 from __future__ import annotations
@@ -32,15 +33,13 @@ from clickhouse_connect.driver.exceptions import DatabaseError
 
 from sinks.clickhouse import EmbeddedEngineBusy, get_client
 from sinks.reports import Rows
+from sinks.sql_guard import QueryError as QueryError  # re-exported: callers catch it from here
+from sinks.sql_guard import check_read_only as check_read_only
+from sinks.sql_guard import code_of, reads_outside, refuse_outside_reader
 from streams.settings import Settings
 from streams.web import PortInUse
 
-READ_VERBS = ("SELECT", "WITH", "SHOW", "DESCRIBE", "DESC", "EXPLAIN", "EXISTS")
 READ_ONLY_SETTINGS = {"readonly": 2}
-
-
-class QueryError(Exception):
-    """A query was refused or failed; the message says why and, for connection problems, what to do."""
 
 
 @dataclass(frozen=True)
@@ -59,96 +58,6 @@ class QueryResult:
 Runner = Callable[[str, Mapping[str, Any] | None], QueryResult]
 
 
-# Table functions (and the scalar file()) that read files, URLs or other servers. ClickHouse's readonly
-# setting still allows them, so `leadpulse sql` and the sink's query API, which are meant to read the
-# leadpulse tables only, refuse them by name.
-OUTSIDE_READERS = frozenset(
-    name.lower()
-    for name in [
-        "file",
-        "fileCluster",
-        "url",
-        "urlCluster",
-        "s3",
-        "s3Cluster",
-        "gcs",
-        "oss",
-        "cosn",
-        "azureBlobStorage",
-        "azureBlobStorageCluster",
-        "hdfs",
-        "hdfsCluster",
-        "hive",
-        "remote",
-        "remoteSecure",
-        "cluster",
-        "clusterAllReplicas",
-        "mysql",
-        "postgresql",
-        "odbc",
-        "jdbc",
-        "sqlite",
-        "mongodb",
-        "redis",
-        "executable",
-        "input",
-    ]
-)
-OUTSIDE_READER_FAMILIES = ("deltalake", "hudi", "iceberg", "paimon", "ytsaurus", "arrowflight")
-_LITERAL_OR_COMMENT = re.compile(r"'(?:[^'\\]|\\.|'')*'|\$(\w*)\$.*?\$\1\$|--[^\n]*|/\*.*?\*/", re.S)
-_QUOTED_NAME = re.compile(r'"([^"]*)"|`([^`]*)`')
-_INTO_OUTFILE = re.compile(r"\bINTO\s+OUTFILE\b", re.I)
-_FORMAT_CLAUSE = re.compile(r"\bFORMAT\s+([A-Za-z]\w*)\s*$", re.I)  # the last clause of a statement
-_CALL = re.compile(r"([A-Za-z_][A-Za-z0-9_]*)\s*\(")
-
-
-def _code(sql: str) -> str:
-    """``sql`` without string literals and comments, quoted names unquoted: what the checks look at."""
-    code = _LITERAL_OR_COMMENT.sub(" ", sql)
-    return _QUOTED_NAME.sub(lambda m: m.group(1) if m.group(1) is not None else m.group(2), code)
-
-
-def reads_outside(name: str) -> bool:
-    """Whether a function of this name reads files, URLs or other servers."""
-    return name.lower() in OUTSIDE_READERS or name.lower().startswith(OUTSIDE_READER_FAMILIES)
-
-
-def outside_reader(code: str) -> str | None:
-    """The first function in ``code`` (see ``_code``) that reads outside ClickHouse's own tables, if any."""
-    return next((m.group(1) for m in _CALL.finditer(code) if reads_outside(m.group(1))), None)
-
-
-def _refuse_outside_reader(name: str) -> QueryError:
-    only = "queries here may read the leadpulse tables only"
-    return QueryError(f"{name}() reads files, URLs or other servers; {only}")
-
-
-def check_read_only(sql: str) -> str:
-    """The query to run, or QueryError. The checks read the code without literals and comments, so a query
-    may start with a ``-- comment`` line and a string may hold a ';'."""
-    stripped = sql.strip().rstrip(";").strip()
-    code = _code(sql).strip().rstrip(";").strip()
-    words = code.lstrip("( \t\r\n").split(None, 1)  # "(SELECT 1) UNION ALL (SELECT 2)" is a read too
-    if not words or words[0].upper() not in READ_VERBS:
-        raise QueryError(
-            f"only read-only statements are allowed ({', '.join(READ_VERBS)}); got {stripped[:40]!r}"
-        )
-    if ";" in code:
-        raise QueryError("one statement per query: remove the ';' separated second statement")
-    if _INTO_OUTFILE.search(code):  # a SELECT that writes a file
-        raise QueryError("INTO OUTFILE writes a file; use --format csv or json and redirect the output")
-    format_clause = _FORMAT_CLAUSE.search(code)
-    if format_clause:  # the client asks for its own format: ClickHouse answered with a syntax error
-        raise QueryError(
-            f"FORMAT {format_clause.group(1)}: results come back as table, csv or json; "
-            "remove the FORMAT clause and use --format"
-        )
-    reader = outside_reader(code)
-    if reader is not None:
-        raise _refuse_outside_reader(reader)
-    return stripped
-
-
 _AST_FUNCTION = re.compile(r"^\s*Function (\w+)", re.M)
 
 
@@ -156,8 +65,9 @@ def parsed_outside_reader(
     client: Client, guard: threading.Lock, statement: str, parameters: Mapping[str, Any] | None
 ) -> str | None:
     """The first outside reader in the statement as ClickHouse parses it (``EXPLAIN AST``, nothing runs).
-    Why beside ``check_read_only``: a quote its expressions misread (a ``#`` or nested comment, a name
-    such as `` `a'` ``) hid a ``file(...)`` after it. None if it does not parse: running it says why."""
+    Why beside ``check_read_only``: its lexer once misread quoting (sinks/sql_guard.py) and a file was
+    read; ClickHouse's parser is the one that runs the query. None if it does not parse: running it says
+    why."""
     try:
         with guard:
             ast = client.query(
@@ -204,7 +114,7 @@ def client_runner(client: Client, lock: threading.Lock | None = None) -> Runner:
         statement = check_read_only(sql)
         reader = parsed_outside_reader(client, guard, statement, parameters)
         if reader is not None:
-            raise _refuse_outside_reader(reader)
+            raise refuse_outside_reader(reader)
         try:
             with guard:
                 result = client.query(
@@ -237,7 +147,7 @@ def described_columns(
     """The columns of a query that returned no rows: chDB (clickhouse-connect 1.12) names none, so an empty
     section or `leadpulse sql` answer had no header; ``DESCRIBE (query)`` names them. SELECT/WITH only
     (DESCRIBE takes no SHOW or EXISTS); [] if it fails."""
-    if _code(statement).lstrip().split(None, 1)[0].upper() not in ("SELECT", "WITH"):
+    if code_of(statement).lstrip().split(None, 1)[0].upper() not in ("SELECT", "WITH"):
         return []
     try:
         with guard:

@@ -5,6 +5,7 @@ call, not the regular expressions of ``check_read_only`` alone."""
 from __future__ import annotations
 
 from collections.abc import Iterator
+from pathlib import Path
 
 import clickhouse_connect
 import pytest
@@ -56,3 +57,12 @@ def test_reads_that_only_name_such_a_function_still_run(run: Runner, sql: str, r
 def test_a_statement_that_does_not_parse_gets_clickhouse_s_own_error(run: Runner) -> None:
     with pytest.raises(Exception, match=r"SYNTAX_ERROR|Syntax error"):
         run("SELECT FROM WHERE", None)
+
+
+def test_an_outfile_behind_a_comment_writes_nothing(run: Runner, tmp_path: Path) -> None:
+    """Embedded chDB writes INTO OUTFILE even with readonly=2; a '#' comment holding a quote hid the clause
+    from the check and the file was written by a "read-only" query."""
+    target = tmp_path / "written.txt"
+    with pytest.raises(QueryError, match=r"^INTO OUTFILE writes a file"):
+        run(f"SELECT 1 #! '\nINTO OUTFILE '{target}' -- '", None)
+    assert not target.exists()

@@ -4,6 +4,8 @@ refused before they reach the engine."""
 
 from __future__ import annotations
 
+import re
+
 import pytest
 
 from sinks.query_service import QueryError, check_read_only
@@ -112,3 +114,39 @@ def test_a_parenthesised_read_is_a_read(sql: str) -> None:
 def test_parentheses_do_not_hide_a_write(sql: str) -> None:
     with pytest.raises(QueryError, match="only read-only statements"):
         check_read_only(sql)
+
+
+@pytest.mark.parametrize(
+    ("sql", "refusal"),
+    [
+        ("SELECT $$'$$ AS a, file('/etc/hostname') AS b", "file()"),  # a heredoc string holding a quote
+        ("SELECT 1 #! '\n, file('/etc/hostname') AS b", "file()"),  # a '#' comment holding a quote
+        ("SELECT 1 # '\n, file('/etc/hostname') AS b", "file()"),
+        ("SELECT 1 /* /* */ ' */ , file('/etc/hostname') AS b", "file()"),  # nested comments
+        ("SELECT 1 AS `a'`, file('/etc/hostname') AS f, 'z' AS `b'`", "file()"),  # a quote in a name
+        ("SELECT 1 AS \"a\"\"'\", file('/etc/hostname') AS b, 'x'", "file()"),
+        ("SELECT 1 AS `a\\`'`, file('/etc/hostname') AS b, 'x'", "file()"),
+        ("SELECT 1 #! '\nINTO OUTFILE '/tmp/x.txt' -- '", "INTO OUTFILE"),
+        ("SELECT 1 AS `a'` INTO OUTFILE '/tmp/x.txt' -- '", "INTO OUTFILE"),
+    ],
+)
+def test_quoting_read_as_clickhouse_reads_it_hides_no_call_and_no_outfile(sql: str, refusal: str) -> None:
+    """Literals and comments were removed with one regular expression, quoted names with another: a quote
+    inside a name, a '#' or nested comment, a $$heredoc$$ started a "literal" that swallowed the call or
+    the INTO OUTFILE after it, and the query read /etc/hostname or wrote /tmp/x.txt through a read-only
+    query (the write was seen on embedded chDB)."""
+    with pytest.raises(QueryError, match=rf"^{re.escape(refusal)}"):
+        check_read_only(sql)
+
+
+@pytest.mark.parametrize(
+    "sql",
+    [
+        "SELECT $$file('x') INTO OUTFILE 'y'$$ AS s",
+        "SELECT $tag$it's$tag$ AS s, 'file(' AS t",
+        "SELECT 1 /* /* file('x') */ INTO OUTFILE 'y' */",
+        "SELECT 'a''b' AS s, \"c\"\"d\" AS n",
+    ],
+)
+def test_calls_and_outfiles_inside_strings_names_and_comments_are_only_text(sql: str) -> None:
+    assert check_read_only(sql) == sql
