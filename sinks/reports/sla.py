@@ -25,7 +25,7 @@ or a replay put breaches of last week into today, and a report for a past period
 ``owner_compliance``: per owner, the MQLs of the period notified to them as hot leads and their own-SLA
 compliance (as above), next to by_owner's follow-up warnings and breaches, so a breach count is read against
 the MQLs behind it. Owner = by_owner's identity for that clock: the owner on its breach, else its warning,
-else its hot lead's, else ``(unassigned)``.
+else its hot lead's, else ``(unassigned)`` (an empty owner is none: a CRM's "" made a second nobody row).
 """
 
 from __future__ import annotations
@@ -82,13 +82,14 @@ dropped AS (
 clocks AS (
     SELECT lead_id, toUnixTimestamp64Milli(became_hot_at) AS at,
            maxIf(toUnixTimestamp64Milli(assumeNotNull(sla_due_at)), sla_due_at IS NOT NULL) AS due,
-           any(owner) AS owner
+           any(nullIf(owner, '')) AS owner
     FROM leadpulse.hot_leads FINAL GROUP BY lead_id, at
 ),
 -- the owner the worker put on that clock's warning/breach (the clock's owner, else the lead's when it fired)
 fired AS (
     SELECT lead_id, toUnixTimestamp64Milli(started_at) AS at,
-           anyIf(owner, level = 'breach') AS breach_owner, anyIf(owner, level = 'warning') AS warning_owner
+           anyIf(nullIf(owner, ''), level = 'breach') AS breach_owner,
+           anyIf(nullIf(owner, ''), level = 'warning') AS warning_owner
     FROM leadpulse.sla_events FINAL WHERE sla = 'hot_lead_follow_up' GROUP BY lead_id, at
 ),
 judged AS (
@@ -137,7 +138,7 @@ OWNER_COLUMNS = (
 )
 
 BY_OWNER = """
-SELECT sla, ifNull(owner, '(unassigned)') AS owner, countIf(level = 'warning') AS warnings,
+SELECT sla, ifNull(nullIf(owner, ''), '(unassigned)') AS owner, countIf(level = 'warning') AS warnings,
        countIf(level = 'breach') AS breaches
 FROM leadpulse.sla_events FINAL
 WHERE started_at >= fromUnixTimestamp64Milli({since:Int64})

@@ -318,3 +318,45 @@ def test_a_visitor_identified_after_until_is_no_lead_of_the_period(db: Db) -> No
     db.path("M", [("lead", until + DAY_MS)])
     (row,) = content_report(db.run, Period(T0, until))["content"]
     assert (row["views"], row["unique_leads"], row["touched_conversion"]) == (2, 1, 1.0)
+
+
+def test_an_empty_owner_is_unassigned_in_every_sla_section(db: Db) -> None:
+    """A CRM that sends owner "" for nobody put a second "nobody" row, with a blank owner, beside
+    (unassigned) in by_owner and owner_compliance."""
+    db.path("L1", [("lead", T0), ("mql", T0 + DAY_MS)])
+    db.path("L2", [("lead", T0), ("mql", T0 + DAY_MS)])
+    due = T0 + DAY_MS + H
+    db.insert(
+        "hot_leads",
+        [
+            {
+                "notification_id": f"n{i}",
+                "lead_id": lead,
+                "became_hot_at": T0 + DAY_MS,
+                "sla_due_at": due,
+                "owner": owner,
+            }
+            for i, (lead, owner) in enumerate((("L1", ""), ("L2", None)))
+        ],
+    )
+    db.insert(
+        "sla_events",
+        [
+            {
+                "timeout_id": f"t{i}",
+                "lead_id": lead,
+                "sla": "hot_lead_follow_up",
+                "level": "breach",
+                "started_at": T0 + DAY_MS,
+                "due_at": due,
+                "fired_at": due,
+                "owner": owner,
+            }
+            for i, (lead, owner) in enumerate((("L1", ""), ("L2", None)))
+        ],
+    )
+    report = sla_report(db.run, Period(T0, T0 + 30 * DAY_MS))
+    assert [(r["owner"], r["breaches"]) for r in report["by_owner"]] == [("(unassigned)", 2)]
+    assert [(r["owner"], r["hot_leads"], r["breaches"]) for r in report["owner_compliance"]] == [
+        ("(unassigned)", 2, 2)
+    ]
