@@ -101,10 +101,10 @@ class _Run:
         self.transitions.append(tr)
         if left == "mql":
             self.stop_clock(sla.FOLLOW_UP, at)
-        if reason.startswith(RECYCLED):
+        if reason == RECYCLED:
             scoring.reset_behaviour(state, tr.occurred_at)
             self.reset = True
-            self.why.append(f"{reason}: behaviour reset")
+            self.why.append(f"{reason} ({stages.recycle_cause(left, self.trigger)}): behaviour reset")
         return tr
 
 
@@ -371,6 +371,6 @@ def check_timers(state: LeadState, rules: Rules, now_ms: int) -> StepResult:
         previous = state.fit + scoring.behaviour_at(state, rules, as_of)
         stage_before = state.stage
         run = _Run(state, rules, f"timer:{lead_id}:{cause}:{deadline}", deadline, late=True)
-        run.move("nurturing", f"{RECYCLED}:{cause}", deadline)
+        run.move("nurturing", RECYCLED, deadline)  # the cause is in the trigger id (stages.recycle_cause)
         outputs.extend(_emit(run, previous, scoring.behaviour_at(state, rules, as_of), stage_before, now_ms))
     return StepResult(state, outputs, changed=bool(outputs))

@@ -57,9 +57,11 @@ _ACTIVITY_MOVES: dict[str, tuple[tuple[frozenset[str], str, str], ...]] = {
     "closed_won": ((PRE_CUSTOMER | {"expansion"}, "customer", "closed_won"),),
     "onboarded": ((PRE_CUSTOMER, "customer", "onboarded"),),
     "upsell_opened": ((frozenset({"customer"}), "expansion", "upsell_opened"),),
-    "rejected": ((frozenset({"mql", "sal"}), "nurturing", f"{RECYCLED}:rejected"),),
+    # DESIGN §2: a recycle's reason is ``recycled``; its cause is the trigger (this activity, or the timer
+    # named in the synthetic trigger id of a timed recycle: ``recycle_cause``)
+    "rejected": ((frozenset({"mql", "sal"}), "nurturing", RECYCLED),),
     "closed_lost": (
-        (frozenset({"opportunity"}), "nurturing", f"{RECYCLED}:closed_lost"),
+        (frozenset({"opportunity"}), "nurturing", RECYCLED),
         (frozenset({"expansion"}), "customer", "closed_lost"),
     ),
 }
@@ -119,6 +121,15 @@ def activity_move(stage: str, activity: str, event_time: int, stage_at: int) -> 
                 return None
             return target, reason
     return None
+
+
+def recycle_cause(from_stage: str, trigger_event_id: str) -> str:
+    """Why a ``recycled`` transition happened: ``mql_not_accepted`` or ``dormant_customer`` for a timed
+    recycle (its trigger id is ``timer:<lead>:<cause>:<deadline>``, core.check_timers), ``closed_lost`` out
+    of an opportunity, else ``rejected``. The same rule in SQL is ``sinks.reports.funnel.RECYCLE_CAUSE``."""
+    if trigger_event_id.startswith("timer:"):
+        return trigger_event_id.rsplit(":", 2)[-2]
+    return "closed_lost" if from_stage == "opportunity" else "rejected"
 
 
 def is_engaging(schema: str, event: dict[str, Any], rules: Rules) -> bool:

@@ -107,12 +107,20 @@ WHERE indexOf({{path:Array(String)}}, b.stage) = indexOf({{path:Array(String)}},
 GROUP BY a.stage
 """
 
-RECYCLES = """
-SELECT from_stage, reason, count() AS recycles FROM leadpulse.stage_transitions FINAL
+# Why a recycle happened (its reason is ``recycled``, DESIGN §2): agents.stages.recycle_cause in SQL. Rows
+# stored before stop 27 carry the cause in the reason (``recycled:rejected``), read as it is.
+RECYCLE_CAUSE = """multiIf(
+    position(reason, ':') > 0, substring(reason, position(reason, ':') + 1),
+    startsWith(trigger_event_id, 'timer:'), arrayElement(splitByChar(':', trigger_event_id), -2),
+    from_stage = 'opportunity', 'closed_lost',
+    'rejected')"""
+
+RECYCLES = f"""
+SELECT from_stage, {RECYCLE_CAUSE} AS cause, count() AS recycles FROM leadpulse.stage_transitions FINAL
 WHERE startsWith(reason, 'recycled')
-  AND occurred_at >= fromUnixTimestamp64Milli({since:Int64})
-    AND occurred_at < fromUnixTimestamp64Milli({until:Int64})
-GROUP BY from_stage, reason ORDER BY recycles DESC, from_stage, reason
+  AND occurred_at >= fromUnixTimestamp64Milli({{since:Int64}})
+    AND occurred_at < fromUnixTimestamp64Milli({{until:Int64}})
+GROUP BY from_stage, cause ORDER BY recycles DESC, from_stage, cause
 """
 
 NO_REASON = "(no reason given)"

@@ -18,6 +18,7 @@ import pytest
 from clickhouse_connect.driver.client import Client
 from typer.testing import CliRunner
 
+from agents.stages import recycle_cause
 from leadpulse.cli import app
 from sinks.migrate import migrate
 from sinks.query_service import Runner, client_runner
@@ -197,7 +198,7 @@ def build_history(seed: int = 11) -> History:
                         "lead_id": lead,
                         "from_stage": "mql",
                         "to_stage": "nurturing",
-                        "reason": "recycled:rejected",
+                        "reason": "recycled",
                         "occurred_at": at,
                         "trigger_event_id": f"R-rej{i}",
                     }
@@ -598,8 +599,8 @@ def test_funnel_report_counts_conversion_velocity_and_recycles(run: Runner, hist
     recycles = defaultdict(int)
     for t in history.transitions:
         if in_period(t["occurred_at"]) and t["reason"].startswith("recycled"):
-            recycles[(t["from_stage"], t["reason"])] += 1
-    assert {(r["from_stage"], r["reason"]): r["recycles"] for r in report["recycles"]} == dict(recycles)
+            recycles[(t["from_stage"], recycle_cause(t["from_stage"], t["trigger_event_id"]))] += 1
+    assert {(r["from_stage"], r["cause"]): r["recycles"] for r in report["recycles"]} == dict(recycles)
     assert recycles
     # feedback: the rejections and lost deals of the period by the stage they moved the lead out of and reason
     moved = {t["trigger_event_id"]: t["from_stage"] for t in history.transitions if "trigger_event_id" in t}

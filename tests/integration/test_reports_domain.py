@@ -15,9 +15,10 @@ from typing import Any
 import clickhouse_connect
 import pytest
 
+from agents.stages import recycle_cause
 from sinks.migrate import migrate
 from sinks.query_service import QueryResult, Runner, client_runner
-from sinks.reports.funnel import funnel_report
+from sinks.reports.funnel import RECYCLE_CAUSE, funnel_report
 from sinks.reports.period import DAY_MS, Period
 from sinks.reports.plan import plan_report, reverse_plan
 from sinks.reports.sla import sla_report
@@ -144,7 +145,7 @@ for i, reason in enumerate(["no budget", " no budget ", None, ""]):
         [
             ("lead", "identified", SINCE - 20 * DAY_MS),
             ("mql", "score_threshold", SINCE - 10 * DAY_MS),
-            ("nurturing", "recycled:rejected", at),
+            ("nurturing", "recycled", at),  # (the others below as stored before stop 27: recycled:<cause>)
         ],
         {2: f"D-rej-f{i}"},
     )
@@ -512,12 +513,8 @@ def test_funnel_feedback_counts_rejections_and_lost_deals_by_reason(run: Runner)
         ("closed_lost", "expansion", "(no reason given)", 1, 0.3333, 1),
     ]
     # every recycle a rejection or a lost deal made is one of these rejections and lost deals
-    recycles = {(r["from_stage"], r["reason"]): r["recycles"] for r in report["recycles"]}
-    assert recycles == {
-        ("mql", "recycled:rejected"): 4,
-        ("sal", "recycled:rejected"): 1,
-        ("opportunity", "recycled:closed_lost"): 2,
-    }
+    recycles = {(r["from_stage"], r["cause"]): r["recycles"] for r in report["recycles"]}
+    assert recycles == {("mql", "rejected"): 4, ("sal", "rejected"): 1, ("opportunity", "closed_lost"): 2}
     # a period with none of them keeps the section's columns
     empty = funnel_report(run, Period(SINCE - 400 * DAY_MS, SINCE - 390 * DAY_MS))["feedback"]
     assert empty == [] and empty.columns == ("activity", "from_stage", "reason", "count", "share", "leads")
@@ -699,3 +696,26 @@ def test_sla_headline_is_each_mqls_own_clock_with_the_flat_figure_beside_it(run:
     values = re.findall(r'class="bar"[^>]*data-value="([^"]+)"', meters)
     assert values[:2] == ["0.5", "0.75"]  # own clock first (the headline), then the flat 24 h
     assert "within own SLA" in meters and "within 24 h (flat)" in meters
+
+
+@pytest.mark.parametrize(
+    ("from_stage", "reason", "trigger"),
+    [
+        ("mql", "recycled", "e-rejection"),
+        ("sal", "recycled", "e-rejection"),
+        ("opportunity", "recycled", "e-lost"),
+        ("mql", "recycled", "timer:L:1:mql_not_accepted:1795000000000"),
+        ("expansion", "recycled", "timer:L-2:dormant_customer:1795000000000"),
+        ("mql", "recycled:rejected", "x"),  # stored before stop 27: the cause in the reason
+        ("opportunity", "recycled:closed_lost", "x"),
+    ],
+)
+def test_the_reports_read_a_recycles_cause_as_the_worker_gives_it(
+    run: Runner, from_stage: str, reason: str, trigger: str
+) -> None:
+    """The funnel's recycles by cause (SQL) and ``agents.stages.recycle_cause`` (the core) agree."""
+    sql = f"SELECT {RECYCLE_CAUSE} AS cause FROM (SELECT {{f:String}} AS from_stage, {{r:String}} AS reason, "
+    sql += "{t:String} AS trigger_event_id)"
+    [row] = run(sql, {"f": from_stage, "r": reason, "t": trigger}).dicts()
+    expected = reason.split(":", 1)[1] if ":" in reason else recycle_cause(from_stage, trigger)
+    assert row["cause"] == expected

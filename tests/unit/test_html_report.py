@@ -114,7 +114,7 @@ FUNNEL: dict[str, list[dict[str, Any]]] = {
         stage_row("expansion", 0, None, None, None),
         stage_row("disqualified", 7, None, None, None),
     ],
-    "recycles": [{"from_stage": "mql", "reason": "recycled:rejected", "recycles": 3}],
+    "recycles": [{"from_stage": "mql", "cause": "rejected", "recycles": 3}],
 }
 SLA: dict[str, list[dict[str, Any]]] = {
     "follow_up": [

@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 
 from agents.core import check_timers, next_deadline
+from agents.stages import recycle_cause
 from agents.state import LeadState
 from schemas.registry import default_registry
 from tests.unit.builders import DAY, HOUR, MIN, T0, Lead, activity, download, identified, rules, view
@@ -155,8 +156,9 @@ def test_mql_not_accepted_in_time_is_recycled() -> None:
     outputs = lead.tick(T0 + 20 * DAY)
     transition = [o.record for o in outputs if o.schema == "stage_transition"]
     assert [(t["from_stage"], t["to_stage"], t["reason"]) for t in transition] == [
-        ("mql", "nurturing", "recycled:mql_not_accepted")
+        ("mql", "nurturing", "recycled")
     ]
+    assert recycle_cause("mql", transition[0]["trigger_event_id"]) == "mql_not_accepted"
     assert transition[0]["occurred_at"] == T0 + 14 * DAY
     assert transition[0]["trigger_event_id"] == f"timer:L1:mql_not_accepted:{T0 + 14 * DAY}"
     assert lead.tick(T0 + 40 * DAY) == []
@@ -175,7 +177,9 @@ def test_dormant_customer_is_recycled_after_the_configured_days() -> None:
     lead.tick(T0 + 189 * DAY)
     assert lead.state().stage == "customer"
     lead.tick(T0 + 190 * DAY)
-    assert lead.stages()[-1] == ("customer", "nurturing", "recycled:dormant_customer")
+    assert lead.stages()[-1] == ("customer", "nurturing", "recycled")
+    [recycle] = [r for r in lead.of("stage_transition") if r["reason"] == "recycled"]
+    assert recycle_cause("customer", recycle["trigger_event_id"]) == "dormant_customer"
 
 
 def test_sales_activity_keeps_a_customer_from_going_dormant() -> None:

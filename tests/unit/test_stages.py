@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from agents.rules import load_rules
-from agents.stages import ALLOWED_EDGES, STAGES, IllegalTransition, activity_move, move
+from agents.stages import ALLOWED_EDGES, STAGES, IllegalTransition, activity_move, move, recycle_cause
 from agents.state import LeadState
 from tests.unit.builders import DAY, HOUR, MIN, T0, Lead, activity, click, download, identified, view, visit
 
@@ -160,8 +160,9 @@ def test_rejected_mql_is_recycled_to_nurturing_with_behaviour_reset() -> None:
     lead = Lead()
     hot(lead)
     lead.send(activity("rejected", t=T0 + HOUR, reason="no budget"))
-    assert lead.stages()[-1] == ("mql", "nurturing", "recycled:rejected")
+    assert lead.stages()[-1] == ("mql", "nurturing", "recycled")  # DESIGN §2: the `recycled` reason
     assert lead.score() == 0
+    assert any("recycled (rejected): behaviour reset" in s["change_reason"] for s in lead.of("lead_score"))
     lead.send(download(t=T0 - MIN, asset="whitepaper"))  # from before the recycle: not scored
     assert lead.score() == 0
 
@@ -181,7 +182,8 @@ def test_lost_deal_is_recycled_to_nurturing() -> None:
     lead.send(
         activity("opportunity_created", t=T0 + DAY), activity("closed_lost", t=T0 + 5 * DAY, reason="price")
     )
-    assert lead.stages()[-1] == ("opportunity", "nurturing", "recycled:closed_lost")
+    assert lead.stages()[-1] == ("opportunity", "nurturing", "recycled")
+    assert any("recycled (closed_lost): behaviour reset" in s["change_reason"] for s in lead.of("lead_score"))
 
 
 def test_lost_upsell_returns_to_customer() -> None:
@@ -263,8 +265,17 @@ def test_activity_move_table() -> None:
     assert activity_move("mql", "first_touch", T0, T0) is None
     assert activity_move("customer", "opportunity_created", T0, T0) is None
     assert activity_move("lead", "rejected", T0, T0) is None
-    assert activity_move("sal", "rejected", T0 + 1, T0) == ("nurturing", "recycled:rejected")
+    assert activity_move("sal", "rejected", T0 + 1, T0) == ("nurturing", "recycled")
     assert activity_move("sal", "rejected", T0 - 1, T0) is None
+
+
+def test_recycle_cause_comes_from_the_trigger() -> None:
+    """The reason of every recycle is ``recycled`` (DESIGN §2); the cause is read off the trigger."""
+    assert recycle_cause("mql", "e-rejected-1") == "rejected"
+    assert recycle_cause("sal", "e-rejected-2") == "rejected"
+    assert recycle_cause("opportunity", "e-lost-1") == "closed_lost"
+    assert recycle_cause("mql", "timer:L:1:mql_not_accepted:1795000000000") == "mql_not_accepted"  # ':' in id
+    assert recycle_cause("expansion", "timer:L1:dormant_customer:1795000000000") == "dormant_customer"
 
 
 def test_move_refuses_an_edge_outside_the_table() -> None:
