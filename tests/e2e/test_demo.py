@@ -14,6 +14,7 @@ from typing import Any
 import pytest
 from playwright.async_api import async_playwright
 
+from agents.stages import recycle_cause
 from streams.broker import free_port
 from tests.integration.test_tracker_browser import CHROMIUM, CHROMIUM_ARGS
 
@@ -118,7 +119,7 @@ def test_funnel_and_sla_reports_match_the_stored_rows(demo: tuple[Path, dict[str
         leadpulse(
             [
                 "sql",
-                "SELECT lead_id, from_stage, to_stage, reason, "
+                "SELECT lead_id, from_stage, to_stage, reason, trigger_event_id, "
                 "toUnixTimestamp64Milli(occurred_at) AS at, transition_id "
                 "FROM leadpulse.stage_transitions FINAL",
                 "--format",
@@ -134,15 +135,20 @@ def test_funnel_and_sla_reports_match_the_stored_rows(demo: tuple[Path, dict[str
         entered.setdefault(m["to_stage"], set()).add(m["lead_id"])
         if m["from_stage"] == "awareness":
             entered.setdefault("awareness", set()).add(m["lead_id"])
-        key = (int(m["at"]), m["transition_id"], m["to_stage"])
+        # moves of one time in the worker's order: the sequence after the last ':' of lead:seq, as a number
+        key = (int(m["at"]), int(m["transition_id"].rsplit(":", 1)[1]), m["to_stage"])
         latest[m["lead_id"]] = max(latest.get(m["lead_id"], key), key)
     current = Counter(stage for _, _, stage in latest.values())
-    recycles = Counter((m["from_stage"], m["reason"]) for m in moves if m["reason"].startswith("recycled"))
+    recycles = Counter(
+        (m["from_stage"], recycle_cause(m["from_stage"], m["trigger_event_id"]))
+        for m in moves
+        if m["reason"] == "recycled"  # DESIGN §2's reason, exactly
+    )
     funnel = as_json(leadpulse(["report", "funnel", "--format", "json"], cwd, env))
     for row in funnel["stages"]:
         assert row["entered"] == len(entered.get(row["stage"], set())), row
         assert row["current"] == current.get(row["stage"], 0), row
-    assert {(r["from_stage"], r["reason"]): r["recycles"] for r in funnel["recycles"]} == dict(recycles)
+    assert {(r["from_stage"], r["cause"]): r["recycles"] for r in funnel["recycles"]} == dict(recycles)
 
     events = as_json(
         leadpulse(
