@@ -19,6 +19,7 @@ from rich.panel import Panel
 from rich.table import Table
 from rich.text import Text
 
+from agents.stages import is_forward
 from schemas.errors import SchemaError
 from schemas.registry import default_registry
 from streams.broker import kafka_client_config
@@ -46,6 +47,19 @@ def total(samples: Samples, name: str, **labels: str) -> float:
         v
         for (n, lbls), v in samples.items()
         if n == name and all(dict(lbls).get(k) == want for k, want in labels.items())
+    )
+
+
+def recycles(worker: Samples) -> float:
+    """Leads moved back to nurturing (a rejection, a lost deal, a timed recycle), as the funnel report's
+    ``recycles`` counts them. A lead's first move into nurturing (lead -> nurturing) is no recycle: counting
+    every entry showed ~5x the report's number."""
+    return sum(
+        v
+        for (n, lbls), v in worker.items()
+        if n == "leadpulse_stage_transitions_total"
+        and dict(lbls).get("to_stage") == "nurturing"
+        and not is_forward(dict(lbls).get("from_stage", "lead"), "nurturing")
     )
 
 
@@ -141,6 +155,6 @@ def render(state: LiveState, feed: HotLeadFeed) -> Group:
     side.add_row(stages, sla)
     title = (
         f"hot leads: {feed.count:,} · webhooks delivered: {state.webhook_received:,} · "
-        f"recycled: {total(w, 'leadpulse_stage_transitions_total', to_stage='nurturing'):,.0f} entries"
+        f"recycled to nurturing: {recycles(w):,.0f}"
     )
     return Group(Panel(stats, title="leadpulse demo"), side, Panel(hot, title=title))
