@@ -15,7 +15,7 @@ from rich.text import Text
 
 from leadpulse.commands.cli_output import fail, stdout_console
 from leadpulse.commands.settings_arg import cli_settings
-from streams.broker import BrokerError, running_broker
+from streams.broker import BrokerError, port_open, running_broker
 from streams.dlq import (
     STAGES,
     DeadLetter,
@@ -26,6 +26,7 @@ from streams.dlq import (
     replay,
 )
 from streams.logs import setup_logging
+from streams.settings import Settings
 
 console = Console(stderr=True)
 dlq_app = typer.Typer(help="Inspect and replay dead letters (topic dlq).", no_args_is_help=True)
@@ -47,6 +48,20 @@ def _filters(topic: str | None, stage: str | None, prefix: str) -> None:
         check_filters(topic, stage, prefix)
     except ValueError as exc:
         raise fail(str(exc), 2) from None
+
+
+def _need_running_broker(settings: Settings) -> None:
+    """Dead letters are records on the broker's ``dlq`` topic. With no broker running, ``running_broker``
+    would start an empty embedded one (its topics live in memory), so ``dlq list`` printed "0 dead
+    letter(s)" after a demo had ended, as if none had been written: say where they went instead."""
+    if settings.embedded_broker and not port_open(settings.broker_host, settings.broker_port):
+        raise fail(
+            f"no broker is running at {settings.bootstrap}, so there are no dead letters to read: the "
+            "embedded broker keeps its topics (dlq among them) in memory only while the process that started "
+            "it runs (`leadpulse broker`, `leadpulse worker`, `leadpulse demo`); start `leadpulse broker` "
+            "and the pipeline first, or set LEADPULSE_KAFKA_BOOTSTRAP (LEADPULSE_BROKER_PORT if yours "
+            "listens elsewhere)"
+        )
 
 
 #: Bytes of a dead letter's key/value shown in hex unless ``dlq show --full`` (a 64 KiB record is 128k chars).
@@ -101,6 +116,7 @@ def dlq_list(
     settings = cli_settings()
     since_ms = _since(since)
     _filters(topic, stage, settings.topic_prefix)
+    _need_running_broker(settings)
     with running_broker(settings) as bootstrap:
         letters = list_dead_letters(
             settings, topic=topic, since_ms=since_ms, stage=stage, limit=limit, bootstrap=bootstrap
@@ -142,6 +158,7 @@ def dlq_show(
     full: bool = typer.Option(False, "--full", help=f"All original bytes (default: first {SHOWN_BYTES})."),
 ) -> None:
     settings = cli_settings()
+    _need_running_broker(settings)
     with running_broker(settings) as bootstrap:
         try:
             letters = find_dead_letters(settings, address, bootstrap=bootstrap)
@@ -167,6 +184,7 @@ def dlq_replay(
     settings = cli_settings()
     since_ms = _since(since)
     _filters(topic, stage, settings.topic_prefix)
+    _need_running_broker(settings)
     with running_broker(settings) as bootstrap:
         report = replay(
             settings, topic=topic, since_ms=since_ms, stage=stage, dry_run=dry_run, bootstrap=bootstrap
