@@ -11,6 +11,7 @@ import typer
 
 from leadpulse.commands.cli_output import fail
 from leadpulse.commands.settings_arg import cli_settings
+from streams.settings import Settings
 
 # Day counts are turned into milliseconds in Int64 query parameters: 10**12 days wrapped round and gave
 # silently wrong reports. A century is more than any report needs.
@@ -26,6 +27,25 @@ SECTION = typer.Option(
     help="print only this section, e.g. `--format csv --section flagged` for one plain CSV table "
     "(a report of several sections separates them with '# name' lines)",
 )
+
+
+def _query_failure(exc: Exception, settings: Settings) -> typer.Exit:
+    """A refused query as one line (exit 2). When the ``leadpulse`` database does not exist, also say which
+    ClickHouse was read: "no tables here yet" did not say where "here" was, and a user who ran the demo in
+    another directory (``bash run.sh demo`` runs it in the repository) or with another LEADPULSE_DATA_DIR
+    read an empty ``.leadpulse`` without knowing it."""
+    message = str(exc)
+    if message.startswith("UNKNOWN_DATABASE"):
+        if settings.clickhouse_dsn:
+            where = f"ClickHouse read: {settings.shown_dsn} (LEADPULSE_CLICKHOUSE_DSN)"
+        else:
+            where = (
+                f"ClickHouse read: {settings.shown_dsn} (LEADPULSE_DATA_DIR={settings.data_dir}); if "
+                "`leadpulse demo` stored its data elsewhere (it prints 'data kept in DIR'), set "
+                "LEADPULSE_DATA_DIR=DIR"
+            )
+        message = f"{message.rstrip('.')}. {where}"
+    return fail(message, 2)
 
 
 def _check_format(fmt: str) -> None:
@@ -60,7 +80,7 @@ def _run_report(
             run, close = query_runner(settings)
         sections = build(run, period)
     except (QueryError, ValueError) as exc:
-        raise fail(str(exc), 2) from None
+        raise _query_failure(exc, settings) from None
     except Exception as exc:
         raise _engine_failure(exc) from None
     finally:
@@ -212,7 +232,7 @@ def register(app: typer.Typer) -> None:
         try:
             result = run(query, None)
         except QueryError as exc:
-            raise fail(str(exc), 2) from None
+            raise _query_failure(exc, settings) from None
         except Exception as exc:
             raise _engine_failure(exc, any_error=True) from None
         finally:
