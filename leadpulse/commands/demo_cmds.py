@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import shutil
+import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -40,7 +42,7 @@ def register(app: typer.Typer) -> None:
         ),
     ) -> None:
         from agents.sla import FOLLOW_UP, REJECTION_FEEDBACK
-        from leadpulse.demo import run_demo
+        from leadpulse.demo import next_steps, run_demo
         from leadpulse.demo_services import DemoError, DemoUsageError
         from sinks.reports.render import render
         from sinks.reports.sla import compliance_line
@@ -78,7 +80,8 @@ def register(app: typer.Typer) -> None:
         )
         console.print(compliance_line(result.reports["sla"]["follow_up"][0]), markup=False, highlight=False)
         console.print(f"HTML report: {path}" if path else "HTML report: not written (renderer unavailable)")
-        console.print(f"data kept in {settings.data_dir.resolve()}: try `leadpulse report content`")
+        hint = next_steps(settings.data_dir, Path.cwd(), sys.argv[0], shutil.which("leadpulse"))
+        console.print(hint, markup=False, highlight=False)
 
 
 def _write_html(path: Path, reports: dict[str, Any], result: object) -> Path | None:
