@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING
 
 import typer
 
-from leadpulse.commands.cli_output import fail
+from leadpulse.commands.cli_output import fail, note_temporary_broker
 from leadpulse.commands.settings_arg import cli_settings
 
 if TYPE_CHECKING:
@@ -174,6 +174,7 @@ def register(app: typer.Typer) -> None:
             run, close = query_runner(settings)
         except (ValueError, QueryError) as exc:
             raise fail(str(exc), 2) from None
+        note_temporary_broker(settings)  # else "replayed" records no worker will read (the broker goes too)
         try:
             with running_broker(settings) as bootstrap, Producer(settings, bootstrap=bootstrap) as producer:
                 local = settings.model_copy(update={"kafka_bootstrap": bootstrap})
