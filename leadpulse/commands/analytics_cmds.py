@@ -6,6 +6,7 @@ import re
 import sys
 import time
 from collections.abc import Callable
+from typing import Any
 
 import typer
 
@@ -21,12 +22,17 @@ SINCE = typer.Option(
 )
 UNTIL = typer.Option(None, "--until", help="end, exclusive (default now)")
 FORMAT = typer.Option("table", "--format", help="table, csv or json")
-SECTION = typer.Option(
-    None,
-    "--section",
-    help="print only this section, e.g. `--format csv --section flagged` for one plain CSV table "
-    "(a report of several sections separates them with '# name' lines)",
-)
+
+
+def _section(names: str) -> Any:
+    """``--section``, with the report's own section names (the help named health's ``flagged`` for all)."""
+    first = names.split(",")[0]
+    return typer.Option(
+        None,
+        "--section",
+        help=f"print only this section ({names}), e.g. `--format csv --section {first}` for one plain CSV "
+        "table (a report of several sections separates them with '# name' lines)",
+    )
 
 
 def _query_failure(exc: Exception, settings: Settings) -> typer.Exit:
@@ -127,7 +133,7 @@ def register(app: typer.Typer) -> None:
         until: str = UNTIL,
         fmt: str = FORMAT,
         window_days: int = typer.Option(30, min=1, max=MAX_DAYS, help="attribution window in days"),
-        section: str = SECTION,
+        section: str = _section("content"),
     ) -> None:
         from sinks.reports.content import content_report
 
@@ -142,7 +148,7 @@ def register(app: typer.Typer) -> None:
         fmt: str = FORMAT,
         unused_days: int = typer.Option(90, min=1, max=MAX_DAYS, help="unused: no touch in this many days"),
         stale_days: int = typer.Option(365, min=1, max=MAX_DAYS, help="stale: not updated in this many days"),
-        section: str = SECTION,
+        section: str = _section("flagged, coverage"),
     ) -> None:
         from sinks.reports.health import health_report
 
@@ -158,7 +164,12 @@ def register(app: typer.Typer) -> None:
         "funnel",
         help="Leads per stage, conversion, velocity, recycles, why leads were rejected and deals lost.",
     )
-    def funnel_cmd(since: str = SINCE, until: str = UNTIL, fmt: str = FORMAT, section: str = SECTION) -> None:
+    def funnel_cmd(
+        since: str = SINCE,
+        until: str = UNTIL,
+        fmt: str = FORMAT,
+        section: str = _section("stages, recycles, feedback"),
+    ) -> None:
         from sinks.reports.funnel import funnel_report
 
         _run_report(since, until, fmt, funnel_report, section=section)
@@ -169,7 +180,7 @@ def register(app: typer.Typer) -> None:
         until: str = UNTIL,
         fmt: str = FORMAT,
         sla_hours: float = typer.Option(24.0, min=0.01, max=MAX_DAYS * 24, help="follow-up SLA in hours"),
-        section: str = SECTION,
+        section: str = _section("follow_up, by_owner, owner_compliance"),
     ) -> None:
         from sinks.reports.sla import sla_report
 
@@ -189,7 +200,7 @@ def register(app: typer.Typer) -> None:
         since: str = SINCE,
         until: str = UNTIL,
         fmt: str = FORMAT,
-        section: str = SECTION,
+        section: str = _section("plan"),
     ) -> None:
         from sinks.reports.plan import RATE_KEYS, parse_amount, parse_rates, plan_report
 
