@@ -55,27 +55,6 @@ SEEDS_FILE = "demo-seeds.json"  # the traffic seeds whose data the directory hol
 DEFAULT_SEED = 7
 
 
-def next_steps(data: Path, cwd: Path, argv0: str, on_path: str | None) -> str:
-    """The demo's last line: where its data is and the commands that read it, as this user can type them.
-
-    ``bash run.sh demo`` runs ``.venv/bin/leadpulse`` inside the repository, so a bare ``leadpulse`` is often
-    not on the PATH, and the default data directory ``.leadpulse`` is relative to the directory the demo ran
-    in: "try `leadpulse report content`" failed with "command not found", or read an empty directory
-    elsewhere. ``on_path`` is what ``shutil.which("leadpulse")`` found."""
-    exe, script = "leadpulse", cwd / argv0  # an absolute argv0 stays itself
-    if script.name == "leadpulse" and script.exists():
-        same = on_path is not None and Path(on_path).resolve() == script.resolve()
-        exe = "leadpulse" if same else argv0
-    data = data.resolve()
-    default = data == (cwd / ".leadpulse").resolve()
-    cmd = exe if default else f"LEADPULSE_DATA_DIR={data} {exe}"
-    return (
-        f"data kept in {data}. Next, from {cwd}:\n"
-        f"  {cmd} report funnel      # also content, health, sla; plan --target 10M --deal-size 1M\n"
-        f'  {cmd} sql "SELECT count() FROM leadpulse.events"'
-    )
-
-
 def _seeds_used(data: Path) -> set[int]:
     """Seeds of earlier demos in ``data``. A directory from before this file existed has a manifest.json
     naming its last seed."""

@@ -1,4 +1,5 @@
-"""The demo's live terminal view: process metrics scraped from /metrics and hot leads read from the topic.
+"""The demo's terminal output: the live view (process metrics scraped from /metrics, hot leads read from the
+topic), the reports it prints at the end, and its closing lines.
 
 Kept apart from the orchestration so the view can be reused (e.g. a future ``leadpulse top``).
 """
@@ -9,7 +10,9 @@ import threading
 import time
 import urllib.request
 from collections import deque
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from kafka import KafkaConsumer
@@ -158,3 +161,66 @@ def render(state: LiveState, feed: HotLeadFeed) -> Group:
         f"recycled to nurturing: {recycles(w):,.0f}"
     )
     return Group(Panel(stats, title="leadpulse demo"), side, Panel(hot, title=title))
+
+
+#: What the demo prints of a report section in the terminal, where a section is wider than 80 columns: the
+#: columns that answer its question. The content report is ~200 characters a row and its SLA sections ~150,
+#: so a terminal wrapped each row over two or three lines. ``leadpulse report NAME`` and the HTML report
+#: have every column; the demo says so under each report it trimmed.
+TERMINAL_COLUMNS: dict[tuple[str, str], tuple[str, ...]] = {
+    ("content", "content"): ("content_id", "funnel_stage", "unique_leads", "influenced_leads", "lift"),
+    ("sla", "follow_up"): (
+        "mqls",
+        "followed_up",
+        "own_sla_compliance",
+        "compliance",
+        "p50_hours",
+        "p90_hours",
+    ),
+    ("sla", "owner_compliance"): ("owner", "hot_leads", "within_own_sla", "own_sla_compliance", "breaches"),
+}
+TERMINAL_ROWS = {("content", "content"): 10}  # the report lists items by influenced leads, most first
+
+Sections = Mapping[str, Sequence[Mapping[str, Any]]]
+
+
+def terminal_report(name: str, sections: Sections) -> tuple[dict[str, list[dict[str, Any]]], str | None]:
+    """The sections of report ``name`` as the demo prints them, and the note to print under them when
+    columns or rows were left out (None when nothing was)."""
+    shown: dict[str, list[dict[str, Any]]] = {}
+    left_out: set[str] = set()
+    for section, rows in sections.items():
+        columns = TERMINAL_COLUMNS.get((name, section))
+        limit = TERMINAL_ROWS.get((name, section), len(rows))
+        kept = [dict(row) for row in rows[:limit]]
+        if columns is not None:
+            kept = [{c: row.get(c) for c in columns} for row in kept]
+            left_out.add("columns")
+        if limit < len(rows):
+            left_out.add("rows")
+        shown[section] = kept
+    if not left_out:
+        return shown, None
+    what = " and ".join(sorted(left_out))
+    return shown, f"(some {what} left out here: `leadpulse report {name}` and the HTML report have them all)"
+
+
+def next_steps(data: Path, cwd: Path, argv0: str, on_path: str | None) -> str:
+    """The demo's last lines: where its data is and the commands that read it, as this user can type them.
+
+    ``bash run.sh demo`` runs ``.venv/bin/leadpulse`` inside the repository, so a bare ``leadpulse`` is often
+    not on the PATH, and the default data directory ``.leadpulse`` is relative to the directory the demo ran
+    in: "try `leadpulse report content`" failed with "command not found", or read an empty directory
+    elsewhere. ``on_path`` is what ``shutil.which("leadpulse")`` found."""
+    exe, script = "leadpulse", cwd / argv0  # an absolute argv0 stays itself
+    if script.name == "leadpulse" and script.exists():
+        same = on_path is not None and Path(on_path).resolve() == script.resolve()
+        exe = "leadpulse" if same else argv0
+    data = data.resolve()
+    default = data == (cwd / ".leadpulse").resolve()
+    cmd = exe if default else f"LEADPULSE_DATA_DIR={data} {exe}"
+    return (
+        f"data kept in {data}. Next, from {cwd}:\n"
+        f"  {cmd} report funnel      # also content, health, sla; plan --target 10M --deal-size 1M\n"
+        f'  {cmd} sql "SELECT count() FROM leadpulse.events"'
+    )

@@ -42,8 +42,9 @@ def register(app: typer.Typer) -> None:
         ),
     ) -> None:
         from agents.sla import FOLLOW_UP, REJECTION_FEEDBACK
-        from leadpulse.demo import next_steps, run_demo
+        from leadpulse.demo import run_demo
         from leadpulse.demo_services import DemoError, DemoUsageError
+        from leadpulse.live_view import next_steps, terminal_report
         from sinks.reports.render import render
         from sinks.reports.sla import compliance_line
 
@@ -67,7 +68,10 @@ def register(app: typer.Typer) -> None:
             raise fail(f"demo: {exc}", 2 if isinstance(exc, DemoUsageError) else 1) from None
         for name in ("content", "funnel", "sla"):
             console.rule(f"leadpulse report {name}")
-            console.print(render(result.reports[name], "table"), markup=False, highlight=False)
+            shown, note = terminal_report(name, result.reports[name])
+            console.print(render(shown, "table"), markup=False, highlight=False)
+            if note:
+                console.print(note, markup=False, highlight=False)
         path = _write_html(result.report_path, result.reports, result)
         console.rule("summary")
         by_sla = result.breaches_by_sla

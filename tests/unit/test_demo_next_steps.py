@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from leadpulse.demo import next_steps
+from leadpulse.live_view import next_steps
 
 pytestmark = pytest.mark.unit
 
