@@ -44,7 +44,12 @@ def summary(plan: TrafficPlan, stats: PublishStats, where: str) -> str:
 
 
 def register(app: typer.Typer) -> None:
-    @app.command("generate", help="Generate realistic synthetic B2B traffic (seeded, reproducible).")
+    @app.command(
+        "generate",
+        help="Generate realistic synthetic B2B traffic (seeded, reproducible) and publish it to the broker "
+        "(a running one: with none, its topics go with the command), or write it with --out. "
+        "docs/traffic.md.",
+    )
     def generate_cmd(
         seed: int = typer.Option(7, "--seed", help="Random seed: the same seed gives the same traffic"),
         leads: int = typer.Option(200, "--leads", min=0, help="Leads (anonymous visitors come on top)"),
