@@ -68,6 +68,14 @@ def _seeds_used(data: Path) -> set[int]:
     return seeds
 
 
+def _record_seed(data: Path, plan: TrafficPlan) -> None:
+    """Mark the plan's seed as used, and write its manifest, just before its first event is sent: a demo
+    that failed to start (a port held by something else) recorded it too, so the next run said the
+    directory held that seed's traffic, took the next seed and refused ``--seed`` for it."""
+    (data / SEEDS_FILE).write_text(json.dumps(sorted({*_seeds_used(data), plan.seed})))
+    (data / "manifest.json").write_text(json.dumps(plan.manifest(), indent=1))
+
+
 def choose_seed(data: Path, seed: int | None, console: Console) -> int:
     """The traffic seed for a demo in ``data``: the one asked for, unless the directory already holds its
     traffic (an error); by default 7, or the next seed the directory has no traffic of (with a note)."""
@@ -107,13 +115,11 @@ def run_demo(
     seed = choose_seed(data, seed, console)
     logs = data / "logs"
     logs.mkdir(parents=True, exist_ok=True)
-    (data / SEEDS_FILE).write_text(json.dumps(sorted({*_seeds_used(data), seed})))
     if leads is None:  # about 11 events per lead: size the plan to what the duration can stream
         leads = max(50, int(rate * duration_s / 11)) if duration_s else 1000
     now = int(time.time() * 1000)
     with console.status("planning synthetic traffic"):
         plan = plan_traffic(seed, leads, start_ms=now - 72 * HOUR_MS, span_ms=72 * HOUR_MS)
-    (data / "manifest.json").write_text(json.dumps(plan.manifest(), indent=1))
     catalogue = data / "content.csv"
     write_catalogue(plan.catalogue, catalogue)
     console.print(
@@ -174,6 +180,7 @@ def _run(
             else None
         )
         publisher = _Publisher(settings, bootstrap, plan, rate, duration_s, client)
+        _record_seed(logs.parent, plan)
         publisher.start()
         refresh = _refresher(state, feed, receiver, publisher, worker, sink, notifier)
         if live:
