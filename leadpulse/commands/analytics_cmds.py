@@ -227,7 +227,8 @@ def register(app: typer.Typer) -> None:
         context_settings={"ignore_unknown_options": True},
     )
     def sql_cmd(
-        query: str = typer.Argument(..., help="SQL, or - for standard input"), fmt: str = FORMAT
+        query: str = typer.Argument(..., metavar="QUERY", help="SQL, or - for standard input"),
+        fmt: str = FORMAT,
     ) -> None:
         from sinks.query_service import QueryError, query_runner
         from sinks.reports.render import render

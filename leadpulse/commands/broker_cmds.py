@@ -106,7 +106,9 @@ def register(app: typer.Typer) -> None:
 
     @app.command("produce", help="Validate and publish a JSONL file (one event per line) to a topic.")
     def produce_cmd(
-        file: Path = typer.Argument(..., exists=True, dir_okay=False, readable=True),
+        file: Path = typer.Argument(
+            ..., exists=True, dir_okay=False, readable=True, metavar="FILE.jsonl", help="one record per line"
+        ),
         topic: str = typer.Option(
             ..., "--topic", "-t", help="Topic (e.g. events.web_visits) or schema name."
         ),

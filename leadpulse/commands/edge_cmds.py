@@ -154,7 +154,9 @@ def dlq_list(
 
 @dlq_app.command("show", help="One dead letter in full, incl. original bytes (hex) and a decode attempt.")
 def dlq_show(
-    address: str = typer.Argument(..., help="OFFSET or PARTITION:OFFSET on the dlq topic."),
+    address: str = typer.Argument(
+        ..., metavar="ADDRESS", help="OFFSET or PARTITION:OFFSET on the dlq topic."
+    ),
     full: bool = typer.Option(False, "--full", help=f"All original bytes (default: first {SHOWN_BYTES})."),
 ) -> None:
     settings = cli_settings()

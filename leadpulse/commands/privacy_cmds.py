@@ -15,7 +15,7 @@ def register(app: typer.Typer) -> None:
         "a replay does not bring it back. See docs/privacy.md.",
     )
     def forget_cmd(
-        lead_id: str = typer.Argument(..., help="the lead's id (lead_id)"),
+        lead_id: str = typer.Argument(..., metavar="LEAD_ID", help="the lead's id (lead_id)"),
         yes: bool = typer.Option(False, "--yes", "-y", help="do not ask for confirmation"),
         timeout: float = typer.Option(
             60.0, min=1.0, help="seconds to wait for a running sink to apply the erasure"

@@ -158,6 +158,7 @@ def register(app: typer.Typer) -> None:
     def rescore_cmd(
         history: str = typer.Argument(
             "inputs",
+            metavar="HISTORY",
             help='JSONL file (one {"type": schema, ...fields} per line), an input topic name such as '
             "events.web_visits, or 'inputs' for all six input topics of the configured broker",
             show_default=True,

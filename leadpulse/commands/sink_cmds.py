@@ -123,7 +123,11 @@ def register(app: typer.Typer) -> None:
     @content_app.command(
         "load", help="Load a content catalogue (.csv, .json, .jsonl) into leadpulse.content."
     )
-    def content_load_cmd(path: Path = typer.Argument(..., exists=True, dir_okay=False)) -> None:
+    def content_load_cmd(
+        path: Path = typer.Argument(
+            ..., exists=True, dir_okay=False, metavar="FILE", help="the catalogue: .csv, .json or .jsonl"
+        ),
+    ) -> None:
         from sinks.catalogue_service import CatalogueServiceError, load_via_sink
         from sinks.clickhouse import get_client
         from sinks.content_catalogue import CatalogueError, load_catalogue, parse_entries, read_file
