@@ -19,7 +19,8 @@ def register(app: typer.Typer) -> None:
         "demo",
         help="Run the whole pipeline locally (broker, worker, sink on embedded ClickHouse, "
         "collector, notifier) on synthetic B2B traffic, with a live view; ends with the reports and "
-        "an offline HTML report. Data stays under LEADPULSE_DATA_DIR for `leadpulse report`/`sql`.",
+        "an offline HTML report. Data stays under LEADPULSE_DATA_DIR (default .leadpulse in the current "
+        "directory) for `leadpulse report`/`sql`; the broker's topics end with the demo.",
     )
     def demo_cmd(
         duration: float = typer.Option(
