@@ -28,7 +28,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 
 from agents.sla import FOLLOW_UP, REJECTION_FEEDBACK
 from leadpulse.demo_services import DemoError, DemoUsageError, Service, WebhookReceiver, port_or_free
-from leadpulse.live_view import HotLeadFeed, LiveState, render, scrape, total
+from leadpulse.live_view import HotLeadFeed, LiveState, render, scored, scrape, total
 from streams.broker import free_port, running_broker
 from streams.collector_client import CollectorClient
 from streams.producer import Producer
@@ -291,17 +291,18 @@ def _refresher(
     sink: Service,
     notifier: Service,
 ) -> Callable[[], None]:
-    last = [time.monotonic(), 0.0]
+    last = [time.monotonic(), 0.0, 0.0]
 
     def refresh() -> None:
         state.published = publisher.sent
         state.worker = scrape(worker.url + "/metrics") or state.worker
         state.sink = scrape(sink.url + "/metrics") or state.sink
         state.webhook_received = len(receiver.keys)
-        consumed = total(state.worker, "leadpulse_events_consumed_total")
+        inputs, consumed = scored(state.worker), total(state.worker, "leadpulse_events_consumed_total")
         now = time.monotonic()
-        state.rate = (consumed - last[1]) / max(now - last[0], 1e-6)
-        last[0], last[1] = now, consumed
+        state.rate = (inputs - last[1]) / max(now - last[0], 1e-6)
+        state.busy = consumed > last[2]
+        last[:] = [now, inputs, consumed]
 
     return refresh
 
@@ -327,7 +328,7 @@ def _drive(
         show()
         breaches = total(state.worker, "leadpulse_sla_events_total", sla="hot_lead_follow_up", level="breach")
         lag = total(state.sink, "leadpulse_consumer_lag")
-        if state.rate > 0 or lag > 0 or breaches < len(plan.sla_misses):
+        if state.busy or lag > 0 or breaches < len(plan.sla_misses):
             quiet_since = time.monotonic()
         elif time.monotonic() - quiet_since > 3:
             break
@@ -339,7 +340,7 @@ def _status_line(state: LiveState, feed: HotLeadFeed) -> str:
     w = state.worker
     return (
         f"[{state.phase}] published {state.published:,} · scored "
-        f"{total(w, 'leadpulse_events_consumed_total'):,.0f} · hot {feed.count} · webhooks "
+        f"{scored(w):,.0f} · hot {feed.count} · webhooks "
         f"{state.webhook_received} · SLA breaches "
         f"{total(w, 'leadpulse_sla_events_total', level='breach'):,.0f} · stored "
         f"{total(state.sink, 'leadpulse_sink_rows_total'):,.0f}"
