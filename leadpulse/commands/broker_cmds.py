@@ -41,6 +41,7 @@ def wait_for_signal() -> None:
 def topics_create() -> None:
     settings = cli_settings()
     config = None if settings.embedded_broker else kafka_client_config(settings)
+    note_temporary_broker(settings)  # else "created" topics that end with the command
     with running_broker(settings, with_topics=False) as bootstrap:
         created = create_topics(bootstrap, settings.topic_prefix, admin_config=config)
         problems = partition_mismatches(bootstrap, settings.topic_prefix, admin_config=config)
