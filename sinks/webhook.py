@@ -12,10 +12,11 @@ The sender signs with one secret; ``verify_signature`` accepts any matching ``v1
 written against it keep working if a later version signs with the old and new secret during a rotation.
 
 Retries: network errors, timeouts, 408/425/429 and 5xx are retried with exponential backoff and jitter
-(``Retry-After`` honoured up to the cap); other answers are permanent, and so are a URL aiohttp refuses and
-a request it cannot send. A delivery that gives up is returned as failed, and the notifier turns it into a
-dead letter: nothing is dropped silently. So is a body that cannot be rendered (``rendered=False``): the
-exception was raised out of ``deliver``, and the notifier's lane stuck on the notification for good.
+(``Retry-After``, seconds or a date, waited as a floor under the backoff, up to the cap); other answers are
+permanent, and so are a URL aiohttp refuses and a request it cannot send. A delivery that gives up is
+returned as failed, and the notifier turns it into a dead letter: nothing is dropped silently. So is a body
+that cannot be rendered (``rendered=False``): the exception was raised out of ``deliver``, and the
+notifier's lane stuck on the notification for good.
 
 Stopping: a sender given the process's ``stop`` event makes no new attempt once it is set and leaves a retry
 backoff as soon as it is set, raising ``Stopping``: the notification is neither delivered nor given up, so
@@ -29,11 +30,13 @@ import asyncio
 import hashlib
 import hmac
 import json
+import math
 import random
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from email.utils import parsedate_to_datetime
 from typing import Any, Literal
 from urllib.parse import quote, urlsplit
 
@@ -263,11 +266,15 @@ class RetryPolicy:
     timeout_s: float = _SETTING_DEFAULTS["webhook_timeout_s"].default
 
     def delay(self, attempt: int, rnd: random.Random, retry_after_s: float | None = None) -> float:
-        """Wait before attempt ``attempt + 1`` (attempt counts from 1): half fixed, half random."""
-        if retry_after_s is not None:
-            return min(self.cap_s, max(0.0, retry_after_s))
+        """Wait before attempt ``attempt + 1`` (attempt counts from 1): half fixed, half random; at least
+        ``retry_after_s``, at most the cap.
+
+        Why at least the back-off too: a ``Retry-After`` of 0 or 1 (Slack's rate limit, a load balancer in
+        front of a deploying receiver) replaced it, so the attempts were spent in seconds instead of the
+        1.5-3 min they are meant to ride out, and the hot lead became a dead letter."""
         ceiling = backoff_seconds(attempt, self.base_s, self.cap_s)
-        return ceiling / 2 + rnd.uniform(0, ceiling / 2)
+        backoff = ceiling / 2 + rnd.uniform(0, ceiling / 2)
+        return backoff if retry_after_s is None else min(self.cap_s, max(backoff, retry_after_s))
 
 
 def policy_from_settings(settings: Settings) -> RetryPolicy:
@@ -304,11 +311,20 @@ class Stopping(Exception):
 
 
 def _retry_after(headers: Any) -> float | None:
+    """Retry-After in seconds, a number or an HTTP date (RFC 9110); None when absent or unreadable."""
     value = headers.get("Retry-After") if headers is not None else None
-    try:
-        return float(str(value)) if value is not None else None
-    except ValueError:
+    if not value:
         return None
+    try:
+        seconds = float(str(value))
+    except ValueError:
+        try:
+            when = parsedate_to_datetime(str(value))
+        except (TypeError, ValueError):
+            return None
+        when = when if when.tzinfo else when.replace(tzinfo=UTC)
+        seconds = (when - datetime.now(UTC)).total_seconds()
+    return max(0.0, seconds) if math.isfinite(seconds) else None
 
 
 class WebhookSender:

@@ -177,6 +177,25 @@ def test_backoff_grows_exponentially_with_jitter_and_is_capped() -> None:
         assert len(delays) > 1  # jittered: not the same wait for every retrying client
     assert policy.delay(1, rnd, retry_after_s=3) == 3
     assert policy.delay(1, rnd, retry_after_s=3600) == 8.0
+    # a floor, not a replacement: Retry-After 0 spent every attempt at once (a dead letter in milliseconds)
+    assert all(2.0 <= policy.delay(3, rnd, retry_after_s=0) <= 4.0 for _ in range(20))
+
+
+@pytest.mark.parametrize(
+    ("value", "seconds"),
+    [
+        ("7", 7.0),
+        ("-3", 0.0),
+        ("nan", None),
+        ("inf", None),
+        ("soon", None),
+        ("Wed, 21 Oct 2015 07:28:00 GMT", 0.0),
+    ],
+)
+def test_retry_after_is_read_as_seconds_or_an_http_date(value: str, seconds: float | None) -> None:
+    from sinks.webhook import _retry_after
+
+    assert _retry_after({"Retry-After": value}) == seconds
 
 
 def test_offsets_commit_only_up_to_the_lowest_unfinished_notification() -> None:
