@@ -32,6 +32,7 @@ import hmac
 import json
 import math
 import random
+import re
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
@@ -48,6 +49,7 @@ from streams.settings import Settings
 
 SIGNATURE_HEADER = "X-Leadpulse-Signature"
 IDEMPOTENCY_HEADER = "X-Leadpulse-Idempotency-Key"
+ANSWER_READ = 256  # bytes of a refusal's body read, for its error code
 RETRYABLE_STATUS = frozenset({408, 425, 429, 500, 502, 503, 504})
 TargetKind = Literal["json", "slack"]
 #: Shortest ``LEADPULSE_WEBHOOK_SECRET`` the notifier starts with without a warning (as
@@ -327,6 +329,27 @@ def _retry_after(headers: Any) -> float | None:
     return max(0.0, seconds) if math.isfinite(seconds) else None
 
 
+async def _refusal(response: aiohttp.ClientResponse) -> str:
+    """What an answer other than 2xx says, for the dead letter: where a redirect points (its host only: a
+    path may hold a token), or a Slack-style error code (``invalid_blocks``, ``channel_not_found``). Other
+    bodies are not shown (one may echo the lead back into the log).
+
+    Why at most ``ANSWER_READ`` bytes, and no body of a 2xx at all: the whole body was read, so a 2xx whose
+    body was slower than the attempt's timeout counted as a failure, was sent again on every attempt and
+    then dead-lettered although the receiver had taken it each time, and an endless body filled memory."""
+    if 300 <= response.status < 400:
+        try:
+            host = urlsplit(response.headers.get("Location") or "").hostname
+        except ValueError:
+            host = None
+        return f" (redirect to {host or 'another path'}: configure the final URL)"
+    try:
+        text = (await response.content.read(ANSWER_READ)).decode("ascii", "replace").strip()
+    except (TimeoutError, aiohttp.ClientError):
+        return ""
+    return f" {text}" if re.fullmatch(r"[a-z][a-z0-9_]{1,63}", text) else ""
+
+
 class WebhookSender:
     """Delivers one notification to one target with retries. Safe to share between concurrent tasks."""
 
@@ -414,12 +437,11 @@ class WebhookSender:
                     allow_redirects=False,
                 ) as response:
                     status = response.status
-                    await response.read()
-                    if 200 <= status < 300:
+                    if 200 <= status < 300:  # taken: its body is not waited for (_refusal says why)
                         if self.metrics:
                             self.metrics.webhook_deliveries.labels(target=target.name).inc()
                         return DeliveryResult(target, True, attempt, status)
-                    error = f"HTTP {status}"
+                    error = f"HTTP {status}{await _refusal(response)}"
                     retry_after = _retry_after(response.headers)
                     if status not in RETRYABLE_STATUS:
                         error += " (permanent: not retried)"

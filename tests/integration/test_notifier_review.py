@@ -30,6 +30,7 @@ from tests.integration.test_webhooks import (
 
 pytestmark = pytest.mark.integration
 
+FAST_FAIL = RetryPolicy(max_attempts=2, base_s=0.02, cap_s=0.05, timeout_s=5.0)
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 
@@ -116,3 +117,66 @@ async def test_a_retry_after_of_zero_does_not_spend_every_attempt_at_once(
     assert await asyncio.to_thread(dead_letters, hot_settings) == []
     assert 2 <= receiver.attempts["deploying|hot-1"] <= 6
     assert await asyncio.to_thread(committed_total, hot_settings, "n-retry-after") == 1
+
+
+async def test_a_2xx_whose_body_is_slow_is_delivered_once_not_resent_and_dead_lettered(
+    hot_settings: Settings, http: Callable[[dict[str, Handler]], Awaitable[Receiver]]
+) -> None:
+    """The sender read the whole answer before counting a 2xx: a receiver that answered 200 at once but
+    sent its body slower than the attempt's timeout (a streaming proxy, a framework flushing late) got the
+    notification on every attempt, and then it was dead-lettered as 'no answer'. A 2xx is taken at once."""
+
+    async def slow_body(request: web.Request) -> web.StreamResponse:
+        response = web.StreamResponse(status=200)
+        await response.prepare(request)
+        await response.write(b'{"ok":')
+        try:
+            await asyncio.sleep(3)
+            await response.write(b"true}")
+        except (ConnectionError, RuntimeError):
+            pass  # the notifier hung up: it has what it needs
+        return response
+
+    receiver = await http({"slow": slow_body})
+    target = WebhookTarget("json-0", f"{receiver.url}/slow")
+    policy = RetryPolicy(max_attempts=3, base_s=0.05, cap_s=0.1, timeout_s=0.5)
+    notifier = Notifier(hot_settings, targets=[target], policy=policy, group_id="n-slow-body")
+    await asyncio.to_thread(publish, hot_settings, [hot_lead(2)])
+    await run_until_settled(notifier, lambda: receiver.attempts["slow|hot-2"] > 0, "the first attempt")
+    assert receiver.attempts["slow|hot-2"] == 1
+    assert await asyncio.to_thread(dead_letters, hot_settings) == []
+    assert await asyncio.to_thread(committed_total, hot_settings, "n-slow-body") == 1
+
+
+async def test_a_refusal_says_where_a_redirect_points_and_slacks_error_code(
+    hot_settings: Settings, http: Callable[[dict[str, Handler]], Awaitable[Receiver]]
+) -> None:
+    """On call, a dead letter said only 'HTTP 301' or 'HTTP 400 (permanent: not retried)': whether the
+    endpoint moved (and where) or Slack refused the message (``invalid_blocks``, ``channel_not_found``) took
+    a look at the receiver's side. The refusal's host or error code is now in the dead letter; a path of the
+    redirect (it may hold a token) and any other body are not."""
+
+    async def moved(request: web.Request) -> web.Response:
+        return web.Response(status=301, headers={"Location": "https://hooks.example.net/new/TOKEN55"})
+
+    async def archived(request: web.Request) -> web.Response:
+        return web.Response(status=410, text="channel_is_archived")
+
+    async def chatty(request: web.Request) -> web.Response:
+        return web.Response(status=400, text=f"bad request from {request.remote}: lead1@acme.io")
+
+    receiver = await http({"moved": moved, "archived": archived, "chatty": chatty})
+    targets = [
+        WebhookTarget("json-0", f"{receiver.url}/moved"),
+        WebhookTarget("slack-0", f"{receiver.url}/archived", "slack"),
+        WebhookTarget("json-1", f"{receiver.url}/chatty"),
+    ]
+    notifier = Notifier(hot_settings, targets=targets, policy=FAST_FAIL, group_id="n-refusals")
+    await asyncio.to_thread(publish, hot_settings, [hot_lead(3)])
+    await run_until_settled(notifier, lambda: len(receiver.attempts) == 3, "an attempt per target")
+    errors = sorted(letter["error"] for letter in await asyncio.to_thread(dead_letters, hot_settings))
+    assert len(errors) == 3, errors
+    assert "json-0" in errors[0] and "HTTP 301 (redirect to hooks.example.net" in errors[0]
+    assert "TOKEN55" not in errors[0]
+    assert "json-1" in errors[1] and "HTTP 400 (permanent" in errors[1] and "acme.io" not in errors[1]
+    assert "slack-0" in errors[2] and "HTTP 410 channel_is_archived (permanent" in errors[2]
