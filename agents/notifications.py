@@ -44,6 +44,7 @@ from sinks.webhook import (
     WebhookTarget,
     policy_from_settings,
     targets_from_settings,
+    without_url,
 )
 from streams.backoff import Backoff
 from streams.broker import aiokafka_client_config
@@ -310,8 +311,7 @@ class Notifier:
         except Exception as exc:
             log.exception("delivery to %s of %s@%s raised", lane.target.name, job.tp, job.offset)
             error = f"delivery raised {type(exc).__name__}" + (f": {exc}" if str(exc) else "")
-            if lane.target.url:  # the URL may hold a token
-                error = error.replace(lane.target.url, f"<{lane.target.name}>")
+            error = without_url(error, lane.target)  # the URL may hold a token
             result = DeliveryResult(lane.target, False, 0, None, error)
         if not result.ok and self._erased(job):
             # erased while it was retried: a dead letter would put its email back on a topic, and a replay

@@ -27,6 +27,7 @@ notifier's stop waited out the backoff of a dead receiver: ~10 s per SIGTERM.)
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import hmac
 import json
@@ -42,6 +43,7 @@ from typing import Any, Literal
 from urllib.parse import quote, urlsplit
 
 import aiohttp
+import yarl
 
 from streams.backoff import backoff_seconds
 from streams.metrics import Metrics
@@ -112,6 +114,9 @@ class WebhookTarget:
     url: str
     kind: TargetKind = "json"
 
+    def __str__(self) -> str:
+        return f"<{self.name} at {self.host}>"
+
     @property
     def host(self) -> str:
         """The URL's host name, or ``?``. Never raises: it is read while describing a failure, and a URL
@@ -120,6 +125,17 @@ class WebhookTarget:
             return urlsplit(self.url).hostname or "?"
         except ValueError:
             return "?"
+
+
+def without_url(text: str, target: WebhookTarget) -> str:
+    """``text`` (an error, a log line) with ``target``'s URL, as configured or as aiohttp rewrites it,
+    replaced by ``<name at host>``: the path of a Slack or CRM webhook URL is its token."""
+    forms = {target.url}
+    with contextlib.suppress(TypeError, ValueError):
+        forms.add(str(yarl.URL(target.url)))
+    for form in sorted(filter(None, forms), key=len, reverse=True):
+        text = text.replace(form, str(target))
+    return text
 
 
 def targets_from_settings(settings: Settings) -> list[WebhookTarget]:
@@ -448,11 +464,13 @@ class WebhookSender:
                         break
             except (TimeoutError, aiohttp.ClientError) as exc:
                 status = None
-                permanent = isinstance(exc, aiohttp.InvalidURL | aiohttp.NonHttpUrlClientError)
+                permanent = isinstance(exc, aiohttp.InvalidURL)  # NonHttpUrlClientError too
                 error = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
-                error = error.replace(
-                    target.url, f"<{target.name} at {target.host}>"
-                )  # the URL may hold a token
+                if isinstance(exc, aiohttp.InvalidURL):  # its message is the URL as aiohttp rewrote it
+                    error = f"{type(exc).__name__}: {target}" + (
+                        f" - {exc.description}" if exc.description else ""
+                    )
+                error = without_url(error, target)
                 if isinstance(exc, TimeoutError):
                     error = f"no answer within {self.policy.timeout_s:g} s"
                 if permanent:  # a URL aiohttp refuses is refused on every attempt
@@ -462,9 +480,7 @@ class WebhookSender:
                 # Permanent, so it becomes a dead letter. Unhandled, it left the notification neither
                 # delivered nor given up, and its partition's offsets were never committed again.
                 status = None
-                error = f"request not sent: {type(exc).__name__}: {exc}".replace(
-                    target.url, f"<{target.name} at {target.host}>"
-                )
+                error = without_url(f"request not sent: {type(exc).__name__}: {exc}", target)
                 error += " (permanent: not retried)"
                 break
             if attempt < self.policy.max_attempts:

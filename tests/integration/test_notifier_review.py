@@ -6,6 +6,7 @@ and logs show of a target's URL."""
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 from collections import Counter
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -180,3 +181,31 @@ async def test_a_refusal_says_where_a_redirect_points_and_slacks_error_code(
     assert "TOKEN55" not in errors[0]
     assert "json-1" in errors[1] and "HTTP 400 (permanent" in errors[1] and "acme.io" not in errors[1]
     assert "slack-0" in errors[2] and "HTTP 410 channel_is_archived (permanent" in errors[2]
+
+
+async def test_a_url_aiohttp_rewrites_does_not_put_its_token_in_the_dead_letter_or_the_log(
+    hot_settings: Settings,
+    http: Callable[[dict[str, Handler]], Awaitable[Receiver]],
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """The token was hidden by replacing the configured URL in the error, but aiohttp's error for a URL it
+    refuses shows the URL as it rewrote it (a space as ``%20``): the token went into the notifier's log and
+    the dead letter's ``error``, which every ``dlq list`` user reads."""
+
+    async def ok(request: web.Request) -> web.Response:
+        return web.Response(status=200)
+
+    receiver = await http({"ok": ok})
+    targets = [
+        WebhookTarget("json-0", "ftp://hooks.example.com/services/T0 SECRET77"),
+        WebhookTarget("json-1", f"{receiver.url}/ok"),
+    ]
+    notifier = Notifier(hot_settings, targets=targets, policy=FAST_FAIL, group_id="n-url-token")
+    await asyncio.to_thread(publish, hot_settings, [hot_lead(4)])
+    with caplog.at_level(logging.INFO):
+        await run_until_settled(notifier, lambda: receiver.attempts["ok|hot-4"] == 1, "the good target")
+    letters = await asyncio.to_thread(dead_letters, hot_settings)
+    assert len(letters) == 1
+    assert "<json-0 at hooks.example.com>" in letters[0]["error"]
+    assert "SECRET77" not in letters[0]["error"]
+    assert "SECRET77" not in caplog.text
