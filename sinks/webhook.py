@@ -174,16 +174,29 @@ def json_body(hot: dict[str, Any]) -> bytes:
 
 
 def _clip(text: str, limit: int) -> str:
-    return text if len(text) <= limit else text[: limit - 1] + "…"
+    """``text`` in at most ``limit`` characters; never ends inside an ``&amp;``-style entity."""
+    if len(text) <= limit:
+        return text
+    cut = text[: limit - 1]
+    entity = cut.rfind("&")
+    return (cut[:entity] if entity >= 0 and ";" not in cut[entity:] else cut) + "…"
+
+
+#: Line breaks, other control characters and bidirectional overrides: shown as one space in Slack.
+_UNPRINTABLE = re.compile("[\x00-\x1f\x7f-\x9f\u2028\u2029\u202a-\u202e\u2066-\u2069]+")
 
 
 def slack_text(value: Any, limit: int = SLACK_FIELD_MAX) -> str:
-    """A lead's value as literal Slack mrkdwn text: ``&``, ``<``, ``>`` escaped (Slack's rule) and clipped.
+    """A lead's value as literal Slack mrkdwn text on one line: ``&``, ``<``, ``>`` escaped (Slack's rule),
+    control characters as a space, at most ``limit`` characters once escaped.
 
     Why: the profile comes from forms and the public tracker. Unescaped, a company name such as
     ``<!channel>`` notified the whole channel and ``<https://evil.example|Open in CRM>`` showed a link to
-    anywhere in a message the reps trust. Clipped before escaping, so an entity is never cut in two."""
-    return _clip(str(value), limit).replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
+    anywhere in a message the reps trust. A line break in a company name started a line of its own in the
+    message (a fake ``*Follow up before:*``), and the limit counted characters before escaping: four
+    profile values of ``&`` or ``<`` filled the section, and the clipping cut off the follow-up time."""
+    text = _UNPRINTABLE.sub(" ", str(value))
+    return _clip(text.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;"), limit)
 
 
 def _why_hot(reason: str) -> str:

@@ -6,7 +6,9 @@ and logs show of a target's URL."""
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
+import re
 import time
 from collections import Counter
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -15,7 +17,7 @@ import pytest
 from aiohttp import web
 
 from agents.notifications import Notifier
-from sinks.webhook import IDEMPOTENCY_HEADER, RetryPolicy, WebhookTarget
+from sinks.webhook import IDEMPOTENCY_HEADER, SLACK_SECTION_MAX, RetryPolicy, WebhookTarget
 from streams.broker import EmbeddedBroker
 from streams.settings import Settings
 from streams.web import bound_port
@@ -209,3 +211,40 @@ async def test_a_url_aiohttp_rewrites_does_not_put_its_token_in_the_dead_letter_
     assert "<json-0 at hooks.example.com>" in letters[0]["error"]
     assert "SECRET77" not in letters[0]["error"]
     assert "SECRET77" not in caplog.text
+
+
+async def test_odd_lead_values_keep_the_slack_message_on_its_lines_and_the_follow_up_time_in_it(
+    hot_settings: Settings, http: Callable[[dict[str, Handler]], Awaitable[Receiver]]
+) -> None:
+    """Lead values come from forms and the public tracker. A line break in a company name started a line of
+    its own in the rep's message (here a fake deadline), a right-to-left override reversed what followed,
+    and the 300-character limit of a value counted before escaping: three profile values of ``&``, ``<``
+    or ``>`` grew to 3,900 characters, and clipping the section to Slack's 3,000 cut off the real
+    follow-up time."""
+
+    async def slack(request: web.Request) -> web.Response:
+        return web.Response(status=200, text="ok")
+
+    receiver = await http({"slack": slack})
+    target = WebhookTarget("slack-0", f"{receiver.url}/slack", "slack")
+    notifier = Notifier(hot_settings, targets=[target], policy=FAST_FAIL, group_id="n-slack-odd")
+    record = dict(
+        hot_lead(5),
+        company_name="Acme\n*Follow up before:* next year\r\x00\u202eevil",
+        job_title="&" * 400,
+        industry="<" * 400,
+        country=">" * 400,
+        became_hot_at=1_750_000_000_000,
+        sla_due_at=1_750_003_600_000,
+        owner="rep-7",
+    )
+    await asyncio.to_thread(publish, hot_settings, [record])
+    await run_until_settled(notifier, lambda: bool(receiver.bodies.get("slack")), "the Slack message")
+    message = json.loads(receiver.bodies["slack"][0])
+    headline, details = (block["text"]["text"] for block in message["blocks"])
+    assert all(len(text) <= SLACK_SECTION_MAX for text in (message["text"], headline, details))
+    assert "Acme *Follow up before:* next year" in headline
+    assert not re.search("[\\x00-\\x1f\\u202e]", headline + message["text"])
+    due = "<!date^1750003600^{date_short_pretty} {time}|2025-06-15T16:06:40Z>"
+    assert f"*Follow up before:* {due} (1 h clock, owner rep-7)" in details
+    assert not re.search("&(?!amp;|lt;|gt;)", details)  # no entity cut in two
