@@ -14,6 +14,7 @@ from typing import Any
 from aiokafka import TopicPartition
 
 from sinks.webhook import WebhookTarget
+from streams.stoppable import finished_before_stop
 
 
 @dataclass(frozen=True)
@@ -74,11 +75,5 @@ async def put_job(queue: asyncio.Queue[Job], job: Job, stop: asyncio.Event) -> b
     if not queue.full():
         queue.put_nowait(job)
         return True
-    putting = asyncio.ensure_future(queue.put(job))
-    stopping = asyncio.ensure_future(stop.wait())
-    try:
-        await asyncio.wait((putting, stopping), return_when=asyncio.FIRST_COMPLETED)
-    finally:
-        putting.cancel()  # when it has not put the job yet, the job is not queued
-        stopping.cancel()
-    return putting.done() and not putting.cancelled()
+    # a put cancelled before it found room has not queued the job; one that found room counts as done
+    return await finished_before_stop(queue.put(job), stop)

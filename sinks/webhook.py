@@ -48,6 +48,7 @@ import yarl
 from streams.backoff import backoff_seconds
 from streams.metrics import Metrics
 from streams.settings import Settings
+from streams.stoppable import finished_before_stop
 
 SIGNATURE_HEADER = "X-Leadpulse-Signature"
 IDEMPOTENCY_HEADER = "X-Leadpulse-Idempotency-Key"
@@ -418,14 +419,8 @@ class WebhookSender:
             return
         if self.stop.is_set():
             raise Stopping
-        sleeping = asyncio.ensure_future(self.sleep(delay_s))
-        stopping = asyncio.ensure_future(self.stop.wait())
-        try:
-            await asyncio.wait((sleeping, stopping), return_when=asyncio.FIRST_COMPLETED)
-        finally:
-            sleeping.cancel()
-            stopping.cancel()
-        if self.stop.is_set():
+        # a backoff that ended as the stop came is a stop too: no attempt starts once it is set
+        if not await finished_before_stop(self.sleep(delay_s), self.stop) or self.stop.is_set():
             raise Stopping
 
     async def deliver(
