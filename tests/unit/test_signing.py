@@ -107,6 +107,9 @@ def test_receiver_accepts_a_fresh_valid_signature() -> None:
         (f"v1={sign(SECRET, NOW, BODY)}", BODY, SECRET, NOW),  # no timestamp
         ("garbage", BODY, SECRET, NOW),
         (None, BODY, SECRET, NOW),
+        # anyone can send these: a non-ASCII MAC raised TypeError out of compare_digest (a 500, not a 401)
+        (f"t={NOW},v1=é{sign(SECRET, NOW, BODY)[1:]}", BODY, SECRET, NOW),
+        (f"t={NOW},v1=\udcff", BODY, SECRET, NOW),
     ],
 )
 def test_receiver_rejects_tampered_stale_or_malformed_signatures(
