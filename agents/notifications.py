@@ -312,6 +312,8 @@ class Notifier:
             log.exception("delivery to %s of %s@%s raised", lane.target.name, job.tp, job.offset)
             error = f"delivery raised {type(exc).__name__}" + (f": {exc}" if str(exc) else "")
             error = without_url(error, lane.target)  # the URL may hold a token
+            # a failure of the target as the sender counts one: LeadpulseWebhookFailing missed these letters
+            self.metrics.webhook_failures.labels(target=lane.target.name).inc()
             result = DeliveryResult(lane.target, False, 0, None, error)
         if not result.ok and self._erased(job):
             # erased while it was retried: a dead letter would put its email back on a topic, and a replay

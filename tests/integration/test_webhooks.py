@@ -829,8 +829,10 @@ async def test_a_target_url_aiohttp_refuses_gives_dead_letters_and_does_not_stal
 async def test_a_delivery_that_raises_is_dead_lettered_and_the_lane_goes_on(
     hot_settings: Settings, receiver: tuple[Receiver, asyncio.Event], monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """Whatever raises out of the sender (a bug) makes a dead letter, not a lane stuck on it for good."""
+    """Whatever raises out of the sender (a bug) makes a dead letter, not a lane stuck on it for good; it
+    counts as a failure of its target (it did not, and LeadpulseWebhookFailing missed those letters)."""
     state, _ = receiver
+    metrics = Metrics(CollectorRegistry(), component="notifier")
     real_deliver = WebhookSender.deliver
 
     async def deliver(self: WebhookSender, target: WebhookTarget, hot: dict[str, Any], **kw: Any) -> Any:
@@ -840,7 +842,11 @@ async def test_a_delivery_that_raises_is_dead_lettered_and_the_lane_goes_on(
 
     monkeypatch.setattr(WebhookSender, "deliver", deliver)
     notifier = Notifier(
-        hot_settings, targets=[WebhookTarget("json-0", state.url + "/ok")], policy=FAST, group_id="n-raise"
+        hot_settings,
+        targets=[WebhookTarget("json-0", state.url + "/ok")],
+        policy=FAST,
+        group_id="n-raise",
+        metrics=metrics,
     )
     await asyncio.to_thread(publish, hot_settings, [hot_lead(n, lead_id="L-x") for n in range(3)])
     stop, task = await start(notifier)
@@ -856,3 +862,5 @@ async def test_a_delivery_that_raises_is_dead_lettered_and_the_lane_goes_on(
     ]
     assert "delivery raised RuntimeError: injected: a bug in the sender" in letters[0]["error"]
     assert await asyncio.to_thread(committed_total, hot_settings, "n-raise") == 3
+    assert metrics.registry.get_sample_value("leadpulse_webhook_failures_total", {"target": "json-0"}) == 1
+    assert metrics.registry.get_sample_value("leadpulse_webhook_deliveries_total", {"target": "json-0"}) == 2
