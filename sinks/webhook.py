@@ -53,7 +53,9 @@ from streams.stoppable import finished_before_stop
 SIGNATURE_HEADER = "X-Leadpulse-Signature"
 IDEMPOTENCY_HEADER = "X-Leadpulse-Idempotency-Key"
 ANSWER_READ = 256  # bytes of a refusal's body read, for its error code
-RETRYABLE_STATUS = frozenset({408, 425, 429, 500, 502, 503, 504})
+#: Retried besides every 5xx. Why every 5xx: only 500/502/503/504 were, so a receiver behind Cloudflare
+#: answering 520-524 while it restarted (origin down or slow) had each hot lead dead-lettered at once.
+RETRYABLE_STATUS = frozenset({408, 425, 429})
 TargetKind = Literal["json", "slack"]
 #: Shortest ``LEADPULSE_WEBHOOK_SECRET`` the notifier starts with without a warning (as
 #: ``LEADPULSE_EMAIL_HASH_KEY``): a short HMAC key can be guessed offline from one captured request, and then
@@ -468,7 +470,7 @@ class WebhookSender:
                         return DeliveryResult(target, True, attempt, status)
                     error = f"HTTP {status}{await _refusal(response)}"
                     retry_after = _retry_after(response.headers)
-                    if status not in RETRYABLE_STATUS:
+                    if status < 500 and status not in RETRYABLE_STATUS:
                         error += " (permanent: not retried)"
                         break
             except (TimeoutError, aiohttp.ClientError) as exc:

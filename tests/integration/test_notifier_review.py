@@ -248,3 +248,25 @@ async def test_odd_lead_values_keep_the_slack_message_on_its_lines_and_the_follo
     due = "<!date^1750003600^{date_short_pretty} {time}|2025-06-15T16:06:40Z>"
     assert f"*Follow up before:* {due} (1 h clock, owner rep-7)" in details
     assert not re.search("&(?!amp;|lt;|gt;)", details)  # no entity cut in two
+
+
+async def test_every_5xx_is_retried_as_documented_not_only_500_to_504(
+    hot_settings: Settings, http: Callable[[dict[str, Handler]], Awaitable[Receiver]]
+) -> None:
+    """docs/ingestion.md: '5xx are retried'. Only 500, 502, 503 and 504 were: a receiver behind Cloudflare
+    answers 521 (origin down) or 522/524 (origin timed out) while it restarts for a deploy, and each hot
+    lead in that window became a dead letter on its first attempt."""
+    answers = [521, 522, 200]
+
+    async def behind_cdn(request: web.Request) -> web.Response:
+        return web.Response(status=answers.pop(0) if len(answers) > 1 else answers[0])
+
+    receiver = await http({"cdn": behind_cdn})
+    target = WebhookTarget("json-0", f"{receiver.url}/cdn")
+    policy = RetryPolicy(max_attempts=4, base_s=0.02, cap_s=0.05, timeout_s=5.0)
+    notifier = Notifier(hot_settings, targets=[target], policy=policy, group_id="n-5xx")
+    await asyncio.to_thread(publish, hot_settings, [hot_lead(6)])
+    await run_until_settled(notifier, lambda: receiver.attempts["cdn|hot-6"] > 0, "the first attempt")
+    assert receiver.attempts["cdn|hot-6"] == 3
+    assert await asyncio.to_thread(dead_letters, hot_settings) == []
+    assert await asyncio.to_thread(committed_total, hot_settings, "n-5xx") == 1
