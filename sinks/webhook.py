@@ -35,7 +35,7 @@ import math
 import random
 import re
 import time
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from email.utils import parsedate_to_datetime
@@ -499,10 +499,3 @@ class WebhookSender:
         if self.metrics:
             self.metrics.webhook_failures.labels(target=target.name).inc()
         return DeliveryResult(target, False, attempt, status, error)
-
-
-async def deliver_all(
-    sender: WebhookSender, targets: Sequence[WebhookTarget], hot: dict[str, Any]
-) -> list[DeliveryResult]:
-    """One notification to every target concurrently (a slow target does not delay the others)."""
-    return list(await asyncio.gather(*(sender.deliver(t, hot) for t in targets)))
