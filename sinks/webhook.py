@@ -143,10 +143,14 @@ def without_url(text: str, target: WebhookTarget) -> str:
 
 
 def targets_from_settings(settings: Settings) -> list[WebhookTarget]:
-    """``LEADPULSE_WEBHOOK_URLS`` get the JSON body, ``LEADPULSE_SLACK_WEBHOOK_URLS`` the Slack one."""
-    targets = [WebhookTarget(f"json-{i}", url, "json") for i, url in enumerate(settings.webhook_urls)]
+    """``LEADPULSE_WEBHOOK_URLS`` get the JSON body, ``LEADPULSE_SLACK_WEBHOOK_URLS`` the Slack one.
+
+    URLs without surrounding whitespace: a space pasted after a URL into a Secret was sent as ``%20`` at
+    the end of its path, the receiver (Slack: ``no_service``) answered 404, and every hot lead became a
+    dead letter at its first attempt."""
+    targets = [WebhookTarget(f"json-{i}", u.strip(), "json") for i, u in enumerate(settings.webhook_urls)]
     targets += [
-        WebhookTarget(f"slack-{i}", url, "slack") for i, url in enumerate(settings.slack_webhook_urls)
+        WebhookTarget(f"slack-{i}", u.strip(), "slack") for i, u in enumerate(settings.slack_webhook_urls)
     ]
     return targets
 

@@ -270,3 +270,29 @@ async def test_every_5xx_is_retried_as_documented_not_only_500_to_504(
     assert receiver.attempts["cdn|hot-6"] == 3
     assert await asyncio.to_thread(dead_letters, hot_settings) == []
     assert await asyncio.to_thread(committed_total, hot_settings, "n-5xx") == 1
+
+
+async def test_a_space_pasted_after_a_configured_url_does_not_dead_letter_every_hot_lead(
+    hot_settings: Settings,
+    http: Callable[[dict[str, Handler]], Awaitable[Receiver]],
+    make_settings: Callable[..., Settings],
+) -> None:
+    """A URL copied into a Secret with a space after it passed the settings' check and was sent as
+    ``/hook%20``: the receiver answered 404 (Slack: ``no_service``), a permanent failure, so every hot lead
+    was a dead letter at once. The notifier reads its targets from the settings here, as in production."""
+
+    async def hook(request: web.Request) -> web.Response:
+        return web.Response(status=200)
+
+    receiver = await http({"hook": hook})
+    settings = make_settings(  # through the settings' own validation, which lets the spaces through
+        kafka_bootstrap=hot_settings.kafka_bootstrap,
+        topic_prefix=hot_settings.topic_prefix,
+        webhook_secret=SECRET,
+        webhook_urls=[f"{receiver.url}/hook "],
+        slack_webhook_urls=[f" {receiver.url}/hook\t"],
+    )
+    notifier = Notifier(settings, policy=FAST_FAIL, group_id="n-url-space")
+    await asyncio.to_thread(publish, settings, [hot_lead(7)])
+    await run_until_settled(notifier, lambda: receiver.attempts["hook|hot-7"] == 2, "both targets")
+    assert await asyncio.to_thread(dead_letters, settings) == []
