@@ -19,6 +19,7 @@ import clickhouse_connect
 import pytest
 from playwright.async_api import Browser, async_playwright
 
+from sinks.content_catalogue import COLUMNS
 from sinks.migrate import migrate
 from sinks.query_service import client_runner
 from sinks.reports.charts import format_percent
@@ -49,15 +50,7 @@ def reports(clickhouse_dsn: str) -> Iterator[dict[str, Sections]]:
     client.insert(
         "leadpulse.content",
         [("X9", HOSTILE, "blog", "awareness", None, day, day)],
-        column_names=[
-            "content_id",
-            "title",
-            "content_type",
-            "funnel_stage",
-            "url",
-            "published_date",
-            "updated_date",
-        ],
+        column_names=list(COLUMNS[:-1]),  # (loaded_at: its default)
     )
     run = client_runner(client)
     yield {

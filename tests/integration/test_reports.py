@@ -20,6 +20,7 @@ from typer.testing import CliRunner
 
 from agents.stages import recycle_cause
 from leadpulse.cli import app
+from sinks.content_catalogue import COLUMNS
 from sinks.migrate import migrate
 from sinks.query_service import Runner, client_runner
 from sinks.reports.content import content_report
@@ -341,15 +342,7 @@ def load_history(client: Client, h: History) -> None:
             )
             for cid, kind, stage, url, age in CATALOGUE
         ],
-        column_names=[
-            "content_id",
-            "title",
-            "content_type",
-            "funnel_stage",
-            "url",
-            "published_date",
-            "updated_date",
-        ],
+        column_names=list(COLUMNS[:-1]),  # (loaded_at: its default)
     )
 
 

@@ -14,6 +14,7 @@ from clickhouse_connect.driver.client import Client
 from typer.testing import CliRunner
 
 from leadpulse.cli import app
+from sinks.content_catalogue import COLUMNS
 from sinks.migrate import migrate
 from sinks.query_service import Runner, client_runner
 from sinks.reports.content import content_report
@@ -143,15 +144,7 @@ def test_stale_content_is_judged_on_the_utc_day_of_until_whatever_the_engine_s_t
             ("K365", "365 days", "blog", "lead", None, dt.date(2034, 1, 1), dt.date(2035, 1, 1)),
             ("K366", "366 days", "blog", "lead", None, dt.date(2034, 1, 1), dt.date(2034, 12, 31)),
         ],
-        column_names=[
-            "content_id",
-            "title",
-            "content_type",
-            "funnel_stage",
-            "url",
-            "published_date",
-            "updated_date",
-        ],
+        column_names=list(COLUMNS[:-1]),  # (loaded_at: its default)
     )
     tokyo = clickhouse_connect.get_client(dsn=clickhouse_dsn, settings={"session_timezone": "Asia/Tokyo"})
     try:
@@ -193,15 +186,7 @@ def test_health_as_of_a_past_until_leaves_out_items_published_after_it(db: Db) -
             ("JUNE30", "june 30", "blog", "lead", None, dt.date(2035, 6, 30), dt.date(2035, 6, 30)),
             ("SEPT", "september", "blog", "lead", None, dt.date(2035, 9, 1), dt.date(2035, 9, 1)),
         ],
-        column_names=[
-            "content_id",
-            "title",
-            "content_type",
-            "funnel_stage",
-            "url",
-            "published_date",
-            "updated_date",
-        ],
+        column_names=list(COLUMNS[:-1]),  # (loaded_at: its default)
     )
     report = health_report(db.run, Period(until - 30 * DAY_MS, until), 90, 365)
     assert [r["content_id"] for r in report["flagged"]] == ["JUNE30", "OLD"]
