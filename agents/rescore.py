@@ -13,11 +13,12 @@ Fields are validated and normalised against ``schemas/<schema>.avsc`` (ISO times
 
 from __future__ import annotations
 
+import difflib
 import json
 import time
 from collections import Counter, deque
 from collections.abc import Iterable, Iterator
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -68,9 +69,10 @@ class RescoreReport:
     events: int
     leads: int
     changes: list[Change]  # leads whose stage or band differs, largest |delta| first
-    # scoring rules of the new file no event of the history matched: a typo in a free-text key
-    # (page_category.pricng) scores nothing and no validation can know the category list
+    # category rules of the new file no event of the history matched (unmatched_rules below): a typo in a
+    # free-text key (page_category.pricng) scores nothing and no validation can know the category list
     unmatched_rules: tuple[str, ...] = ()
+    likely_typos: dict[str, LikelyTypo] = field(default_factory=dict)
 
     @property
     def stage_changes(self) -> int:
@@ -99,6 +101,7 @@ class RescoreReport:
             "band_moves": self.moves("band"),
             "changes": [{**asdict(c), "delta": c.delta} for c in self.changes],
             "unmatched_rules": list(self.unmatched_rules),
+            "likely_typos": {name: asdict(typo) for name, typo in self.likely_typos.items()},
         }
 
 
@@ -151,33 +154,63 @@ def rescore(events: Iterable[Event], old: Rules, new: Rules, now_ms: int) -> Res
         if a.stage != b.stage or a.band != b.band:
             changes.append(Change(lead_id, a.stage, b.stage, a.score, b.score, a.band, b.band))
     changes.sort(key=lambda c: (-abs(c.delta), c.lead_id))
-    return RescoreReport(len(history), len(after), changes, unmatched_rules(history, new))
+    return RescoreReport(len(history), len(after), changes, *unmatched_rules(history, new))
 
 
-#: The event a rule table scores: only its rules can show that they match nothing in a history.
-RULE_TABLE_SCHEMA = {
-    "page_category": "web_visit",
-    "asset_type": "download",
-    "content_type": "content_view",
-    "email_link": "email_click",
+#: The event and field a category table keys on (``email_link`` matches inside ``link_url``: no value to
+#: compare).
+#: ``event_type`` rules are not here: their keys are checked when the rules load, and a fallback that every
+#: event of its type bypasses (all downloads have a named asset type) is no mistake.
+RULE_TABLE_FIELD: dict[str, tuple[str, str | None]] = {
+    "page_category": ("web_visit", "page_category"),
+    "asset_type": ("download", "asset_type"),
+    "content_type": ("content_view", "content_type"),
+    "email_link": ("email_click", None),
 }
 
 
-def unmatched_rules(history: Iterable[Event], rules: Rules) -> tuple[str, ...]:
-    """Scoring rules (``table.key``) that no event of ``history`` matches, by the worker's own lookup; only
-    rules for event types the history holds (a history without downloads tells nothing of download rules)."""
-    matched, schemas = set(), set()
+@dataclass(frozen=True, slots=True)
+class LikelyTypo:
+    """A category rule that matched nothing while ``events`` events carry ``value``, close to its key and
+    named by no rule of the table: ``page_category.pricng`` beside 40 visits of ``pricing``."""
+
+    value: str
+    events: int
+
+
+def unmatched_rules(history: Iterable[Event], rules: Rules) -> tuple[tuple[str, ...], dict[str, LikelyTypo]]:
+    """Category rules (``table.key``) no event of ``history`` matches, by the worker's own lookup, and which
+    of them look like a typo of a value the history holds that no rule names. Only tables whose event type
+    the history holds (a history without downloads tells nothing of asset_type rules)."""
+    matched: set[str] = set()
+    schemas: set[str] = set()
+    unnamed: dict[str, Counter[str]] = {table: Counter() for table in RULE_TABLE_FIELD}
+    fields = {schema: (table, name) for table, (schema, name) in RULE_TABLE_FIELD.items() if name}
     for schema, event in history:
         schemas.add(schema)
         rule = rules.match(schema, event)
         if rule is not None:
             matched.add(rule.name)
-    names = set()
-    for name in rules.compiled.by_name:
+        table_field = fields.get(schema)
+        if table_field and (rule is None or rule.name.startswith("event_type.")):
+            value = event.get(table_field[1])
+            if value:
+                unnamed[table_field[0]][str(value)] += 1
+    names = {
+        name
+        for name in rules.compiled.by_name
+        if RULE_TABLE_FIELD.get(name.partition(".")[0], ("",))[0] in schemas
+    }
+    unmatched = tuple(sorted(names - matched))
+    typos: dict[str, LikelyTypo] = {}
+    for name in unmatched:
         table, _, key = name.partition(".")
-        if (key if table == "event_type" else RULE_TABLE_SCHEMA.get(table)) in schemas:
-            names.add(name)
-    return tuple(sorted(names - matched))
+        by_lower = {value.lower(): value for value in unnamed[table]}
+        close = difflib.get_close_matches(key.lower(), list(by_lower), n=1, cutoff=0.8)
+        if close:
+            value = by_lower[close[0]]
+            typos[name] = LikelyTypo(value, unnamed[table][value])
+    return unmatched, typos
 
 
 #: Bad history lines named in the error; a file with more says how many others there are.

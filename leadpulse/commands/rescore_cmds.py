@@ -59,8 +59,8 @@ def render_csv(report: RescoreReport) -> str:
 
 
 def summary_lines(report: RescoreReport) -> list[str]:
-    """What the table does not say at a glance: an empty history, no change, or who moves where, and the new
-    rules that matched no event."""
+    """What the table does not say at a glance: an empty history, no change, or who moves where, the new
+    category rules that look like a typo, and those this history cannot test."""
     if report.events == 0:
         return ["The history has no events: nothing to compare."]
     lines = []
@@ -70,12 +70,20 @@ def summary_lines(report: RescoreReport) -> list[str]:
         moves = report.moves(kind)
         if moves:
             lines.append(f"{kind} moves: " + ", ".join(f"{move} {n}" for move, n in moves.items()))
-    if report.unmatched_rules:
+    for name, typo in report.likely_typos.items():
         lines.append(
-            f"{len(report.unmatched_rules)} rule(s) of the new file matched no event of this history (a typo "
-            "in a category? or traffic it does not hold): "
-            + ", ".join(report.unmatched_rules[:SHOWN_UNMATCHED])
-            + (" and more (--format json lists all)" if len(report.unmatched_rules) > SHOWN_UNMATCHED else "")
+            f"{name} matched no event, but {typo.events} event(s) have {name.partition('.')[0]} "
+            f"{typo.value!r}, which no rule names: a typo?"
+        )
+    # the others: this history has no such category (generated traffic has no case-study downloads), so the
+    # run says nothing of them; no warning (a fallback event_type rule is never listed: unmatched_rules)
+    quiet = [name for name in report.unmatched_rules if name not in report.likely_typos]
+    if quiet:
+        lines.append(
+            f"{len(quiet)} category rule(s) of the new file had no event to score in this history, so it "
+            "tells nothing about them: "
+            + ", ".join(quiet[:SHOWN_UNMATCHED])
+            + (" and more (--format json lists all)" if len(quiet) > SHOWN_UNMATCHED else "")
         )
     return lines
 

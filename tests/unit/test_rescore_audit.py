@@ -140,16 +140,15 @@ def test_a_bad_now_names_the_option(cli: typer.Typer, tmp_path: Path) -> None:
 def test_rules_that_match_no_event_of_the_history_are_named(cli: typer.Typer, tmp_path: Path) -> None:
     """A typo in a free-text key (``pricng``) scores nothing and no validation knows the category list;
     the replay does know which rules the history's events hit. Only rules for event types the history holds
-    are named (this one has no downloads, so no asset_type rule)."""
+    are named (this one has no downloads, so no asset_type rule); never a fallback ``event_type`` rule."""
     from agents.rescore import unmatched_rules
     from agents.rules import load_rules
 
     shipped = load_rules(DEFAULT_RULES_PATH)
     page_rules = {name for name in shipped.compiled.by_name if name.startswith("page_category.")}
     history = [("web_visit", {**VISIT, "page_category": "pricing"})]
-    assert set(unmatched_rules(history, shipped)) == (page_rules - {"page_category.pricing"}) | {
-        "event_type.web_visit"
-    }
+    unmatched, typos = unmatched_rules(history, shipped)
+    assert set(unmatched) == page_rules - {"page_category.pricing"} and typos == {}
     typo = tmp_path / "typo.yaml"
     typo.write_text(DEFAULT_RULES_PATH.read_text().replace("    pricing:", "    pricng:", 1))
     history = tmp_path / "h.jsonl"
@@ -160,4 +159,4 @@ def test_rules_that_match_no_event_of_the_history_are_named(cli: typer.Typer, tm
     unmatched = json.loads(result.output)["unmatched_rules"]
     assert "page_category.pricng" in unmatched and not any(n.startswith("asset_type.") for n in unmatched)
     table = CliRunner().invoke(cli, [*args[:-2], str(history)], env={"COLUMNS": "200"}).output
-    assert "matched no event of this history" in table and "page_category.pricng" in table
+    assert "had no event to score in this history" in table and "page_category.pricng" in table
