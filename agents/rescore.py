@@ -114,13 +114,25 @@ def _key(event: dict[str, Any]) -> str:
 
 
 def replay(events: Iterable[Event], rules: Rules, now_ms: int) -> dict[str, LeadState]:
-    """Final state per identity key after every event (and every forward it causes) and one timer scan."""
+    """Final state per identity key after every event (and every forward it causes) and a last timer scan at
+    ``now_ms``.
+
+    Timers also fire during the replay, as the worker's periodic scan fired them while the history happened:
+    before a key takes an event, its due timers run with the clock at the newest event time so far (never
+    past ``now_ms``). A single scan at the end recycled an MQL nobody accepted only after every later event
+    (an ``accepted`` on day 20 of a 14-day window counted as accepted in time, and the recycle's reset wiped
+    the behaviour that came after it), so a change of ``recycle.mql_not_accepted_days`` showed no effect."""
     states: dict[str, LeadState] = {}
+    clock = 0
     for schema, event in events:
+        clock = min(max(clock, int(event.get("event_time") or 0)), now_ms)
         queue = deque([(_key(event), schema, event)])
         while queue:
             key, schema_, event_ = queue.popleft()
-            result = step(states.get(key), key, schema_, event_, rules, now_ms)
+            state = states.get(key)
+            if state is not None:
+                check_timers(state, rules, clock)  # updates the state in place, like the worker's scan
+            result = step(state, key, schema_, event_, rules, now_ms)
             states[key] = result.state
             queue.extend((f.key, f.schema, f.event) for f in result.forwards)
     for state in states.values():

@@ -10,9 +10,10 @@ import pytest
 import typer
 from typer.testing import CliRunner
 
-from agents.rescore import LikelyTypo, unmatched_rules
+from agents.rescore import LikelyTypo, replay, rescore, unmatched_rules
 from agents.rules import DEFAULT_RULES_PATH
-from tests.unit.builders import DAY, HOUR, T0, download, identified, rules, visit
+from agents.scoring import behaviour_at
+from tests.unit.builders import DAY, HOUR, T0, Lead, activity, download, identified, rules, visit
 
 pytestmark = pytest.mark.unit
 
@@ -59,3 +60,31 @@ def test_only_a_key_close_to_an_unnamed_value_is_called_a_typo(cli: typer.Typer,
     assert "typo" not in quiet and "event_type." not in table.output
     as_json = json.loads(CliRunner().invoke(cli, [*args, "--format", "json"]).output)
     assert as_json["likely_typos"] == {"page_category.pricng": {"value": "pricing", "events": 3}}
+
+
+def test_a_recycle_fires_when_it_was_due_not_after_the_whole_history() -> None:
+    """An MQL nobody accepted within 14 days is recycled on day 14 by the worker's scan; the rep's
+    ``accepted`` on day 20 then finds a recycled lead with its behaviour reset. The replay fired timers only
+    once, after every event: day 20 counted as accepted in time, so raising the window to 30 days reported
+    no change, while the worker's score moves from cold to warm."""
+    history = [
+        identified(lead="L1", t=T0, company_size=6000, seniority="c_level", event_id="p"),
+        download(t=T0 + HOUR, asset="demo_request", event_id="d"),
+        activity("accepted", lead="L1", t=T0 + 20 * DAY, event_id="a"),
+    ]
+    old, new = rules(), rules(recycle={"mql_not_accepted_days": 30})
+    now = T0 + 40 * DAY
+    truth = {}
+    for name, rules_ in (("old", old), ("new", new)):  # the worker: events as they come, its scan daily
+        worker = Lead(rules_)
+        worker.send(*history[:2])
+        for day in range(1, 20):
+            worker.tick(T0 + day * DAY)
+        worker.send(history[2])
+        worker.tick(now)
+        truth[name] = (worker.state().stage, worker.score())
+        state = replay(history, rules_, now)["L1"]
+        assert (state.stage, state.fit + behaviour_at(state, rules_, state.max_time)) == truth[name]
+    [change] = rescore(history, old, new, now).changes
+    assert (change.old_band, change.new_band) == ("cold", "warm")
+    assert (change.old_score, change.new_score) == (truth["old"][1], truth["new"][1])
