@@ -21,7 +21,7 @@ SINCE = typer.Option(
     None, "--since", help="start: 2026-01-31, an ISO datetime, or an age like 30d (default 90d)"
 )
 UNTIL = typer.Option(None, "--until", help="end, exclusive (default now)")
-FORMAT = typer.Option("table", "--format", help="table, csv or json")
+FORMAT = typer.Option("table", "--format", metavar="[table|csv|json]", help="output format")
 
 
 def _section(names: str) -> Any:

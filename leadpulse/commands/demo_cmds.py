@@ -39,7 +39,10 @@ def register(app: typer.Typer) -> None:
         reset: bool = typer.Option(False, "--reset", help="Delete the data directory first."),
         live: bool = typer.Option(None, "--live/--no-live", help="Live view (default: when on a terminal)."),
         via: str = typer.Option(
-            "sdk", "--via", help="Publish through the Python SDK (sdk) or the HTTP collector (collector)."
+            "sdk",
+            "--via",
+            metavar="[sdk|collector]",
+            help="Publish through the Python SDK (sdk) or the HTTP collector (collector).",
         ),
     ) -> None:
         from agents.sla import FOLLOW_UP, REJECTION_FEEDBACK

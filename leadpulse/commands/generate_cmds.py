@@ -89,6 +89,7 @@ def register(app: typer.Typer) -> None:
         via: str = typer.Option(
             "sdk",
             "--via",
+            metavar="[sdk|collector]",
             help="Publish through the Python SDK (sdk) or a running HTTP collector (collector)",
         ),
         collector_url: str | None = typer.Option(

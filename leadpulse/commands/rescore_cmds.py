@@ -178,7 +178,10 @@ def register(app: typer.Typer) -> None:
         dry_run: bool = typer.Option(False, "--dry-run", help="Required: report only, emit nothing"),
         fmt: Format = typer.Option(Format.table, "--format", help="table, json or csv"),
         now: str | None = typer.Option(
-            None, "--now", help="Wall-clock time for SLA/recycle timers (ISO-8601 or epoch ms; default: now)"
+            None,
+            "--now",
+            help="Wall-clock time for SLA/recycle timers (ISO-8601 or epoch ms; default: now); it does "
+            "not cut the history: events after it are replayed too (give a history that ends there)",
         ),
     ) -> None:
         if not dry_run:
