@@ -206,7 +206,9 @@ class Notifier:
             if not await start_unless_stopped(consumer, stop.is_set):
                 log.info("notifier stopped before its first partition assignment")
                 return
-            async with aiohttp.ClientSession() as session:
+            # trust_env: HTTPS_PROXY/HTTP_PROXY/NO_PROXY as curl and requests read them (a site whose only way
+            # out is a proxy had every hot lead dead-lettered: the session ignored them)
+            async with aiohttp.ClientSession(trust_env=True) as session:
                 sender = WebhookSender(
                     session, self._secret, policy=self.policy, metrics=self.metrics, stop=stop
                 )

@@ -864,3 +864,41 @@ async def test_a_delivery_that_raises_is_dead_lettered_and_the_lane_goes_on(
     assert await asyncio.to_thread(committed_total, hot_settings, "n-raise") == 3
     assert metrics.registry.get_sample_value("leadpulse_webhook_failures_total", {"target": "json-0"}) == 1
     assert metrics.registry.get_sample_value("leadpulse_webhook_deliveries_total", {"target": "json-0"}) == 2
+
+
+async def test_webhooks_go_through_the_proxy_the_environment_names(
+    hot_settings: Settings, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A site whose only way out is an HTTP proxy (HTTPS_PROXY/HTTP_PROXY, as curl and requests read them):
+    the notifier's session ignored it, so every hot lead failed to connect and became a dead letter. The
+    target's host does not resolve here: only a delivery through the proxy can reach it."""
+    request_lines: list[str] = []
+
+    async def proxy(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        head = (await reader.readuntil(b"\r\n\r\n")).decode("latin-1").split("\r\n")
+        length = next((int(h.split(":", 1)[1]) for h in head if h.lower().startswith("content-length:")), 0)
+        await reader.readexactly(length)
+        request_lines.append(head[0])
+        writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\nConnection: close\r\n\r\n")
+        await writer.drain()
+        writer.close()
+
+    server = await asyncio.start_server(proxy, "127.0.0.1", 0)
+    proxy_url = f"http://127.0.0.1:{server.sockets[0].getsockname()[1]}"
+    for name in ("HTTP_PROXY", "http_proxy"):
+        monkeypatch.setenv(name, proxy_url)
+    for name in ("NO_PROXY", "no_proxy"):
+        monkeypatch.delenv(name, raising=False)
+    target = WebhookTarget("json-0", "http://crm.proxied.invalid/hooks/leadpulse")
+    metrics = Metrics(CollectorRegistry(), component="notifier")
+    notifier = Notifier(hot_settings, targets=[target], metrics=metrics, policy=FAST, group_id="n-proxy")
+    publish(hot_settings, [hot_lead(1)])
+    stop, task = await start(notifier)
+    try:
+        await wait_until(lambda: bool(request_lines), 60, "the delivery reached the proxy")
+    finally:
+        stop.set()
+        await task
+        server.close()
+    assert request_lines == ["POST http://crm.proxied.invalid/hooks/leadpulse HTTP/1.1"]
+    assert dead_letter_count(hot_settings) == 0
