@@ -22,7 +22,7 @@ from rich.panel import Panel
 from rich.table import Table
 from rich.text import Text
 
-from agents.stages import is_forward
+from agents.stages import STAGES, is_forward
 from schemas.errors import SchemaError
 from schemas.registry import default_registry
 from streams.broker import kafka_client_config
@@ -61,23 +61,17 @@ def scored(worker: Samples) -> float:
     """Input events the worker has read, comparable with what the demo published. The metric also counts the
     worker's internal hops (events forwarded to their lead, scores re-keyed by account): summed over every
     topic, a default demo showed "published 10,579 · scored 23,380"."""
-    return sum(
-        v
-        for (n, lbls), v in worker.items()
-        if n == "leadpulse_events_consumed_total" and dict(lbls).get("topic") in INPUT_TOPICS
-    )
+    return sum(total(worker, "leadpulse_events_consumed_total", topic=topic) for topic in INPUT_TOPICS)
 
 
 def recycles(worker: Samples) -> float:
     """Leads moved back to nurturing (a rejection, a lost deal, a timed recycle), as the funnel report's
     ``recycles`` counts them. A lead's first move into nurturing (lead -> nurturing) is no recycle: counting
     every entry showed ~5x the report's number."""
+    back = [stage for stage in STAGES if stage != "nurturing" and not is_forward(stage, "nurturing")]
     return sum(
-        v
-        for (n, lbls), v in worker.items()
-        if n == "leadpulse_stage_transitions_total"
-        and dict(lbls).get("to_stage") == "nurturing"
-        and not is_forward(dict(lbls).get("from_stage", "lead"), "nurturing")
+        total(worker, "leadpulse_stage_transitions_total", from_stage=stage, to_stage="nurturing")
+        for stage in back
     )
 
 
