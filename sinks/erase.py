@@ -29,11 +29,6 @@ from clickhouse_connect.driver.client import Client
 
 from sinks.query_service import Runner
 
-# Which decoded records an erasure covers, and how an account roll-up loses an erased lead: one predicate for
-# every reader (the sink before insert, ``leadpulse replay``, ``dlq replay``), kept in ``streams.erasures``.
-from streams.erasures import record_erased as record_erased
-from streams.erasures import scrub_top_leads as scrub_top_leads
-
 MUTATION_SETTINGS = {"mutations_sync": 2}
 # The recompute inserts must never be dropped as a repeat of an earlier identical block (a re-run of an
 # erasure inserts exactly the same aggregate rows after deleting them).
@@ -295,7 +290,7 @@ def recorded_erasure(run: Runner, record: Mapping[str, Any]) -> dict[str, int] |
     return {str(k): int(v) for k, v in json.loads(rows[0][0]).items()}
 
 
-# --- the sink's side: drop erased identities before insert (``record_erased``, and on the fast path) ------
+# --- the sink's side: drop erased identities before insert (decoded: streams.erasures.record_erased) ----
 def _varint(data: bytes, pos: int) -> tuple[int, int]:
     shift = result = 0
     while True:

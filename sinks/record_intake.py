@@ -26,12 +26,11 @@ from schemas.fast_codec import codec_for
 from schemas.registry import HEADER_LEN, SOE_MAGIC, SchemaRegistry
 from sinks.avro_ocf import ContainerFormat, container_format, origin_prefix
 from sinks.batch import ClickHouseBatchSink
-from sinks.erase import record_erased
 from sinks.recent_ids import RecentIds
 from sinks.replay import is_replayed
 from sinks.resume_point import ResumePoint
 from sinks.rows import EVENT_TYPES, EVENTS, TABLE_FOR_SCHEMA, Origin, Row, TableSpec, to_row
-from streams.erasures import ErasureLog
+from streams.erasures import ErasureLog, record_erased
 from streams.event_hygiene import InadmissibleEvent, check_admissible
 from streams.settings import Settings
 from streams.topics import INPUTS, MAX_INPUT_RECORD_BYTES, OUTPUTS

@@ -12,9 +12,9 @@ import pytest
 from aiokafka import TopicPartition
 
 from schemas.registry import HEADER_LEN, default_registry
-from sinks.erase import event_head, mutation_target, record_erased
+from sinks.erase import event_head, mutation_target
 from sinks.rows import EVENT_TYPES
-from streams.erasures import ErasureLog, erasure_id, erasure_record, identities
+from streams.erasures import ErasureLog, erasure_id, erasure_record, identities, record_erased
 from streams.samples import sample_events
 from streams.settings import load_settings
 
