@@ -6,7 +6,7 @@ import uuid
 from pathlib import Path
 
 import pytest
-from typer.testing import CliRunner
+from typer.testing import CliRunner, Result
 
 from leadpulse.cli import app
 from sinks.clickhouse import get_client
@@ -22,6 +22,16 @@ pytestmark = pytest.mark.integration
 
 HOUR = 3_600_000
 T = 1_790_000_000_000  # 2026-09-21
+
+
+def _replay_cli(settings: Settings, clickhouse_dsn: str, since: str, until: str) -> Result:
+    """``leadpulse replay --since --until`` as a user runs it, against this broker and ClickHouse."""
+    env = {
+        "LEADPULSE_KAFKA_BOOTSTRAP": settings.bootstrap,
+        "LEADPULSE_TOPIC_PREFIX": settings.topic_prefix,
+        "LEADPULSE_CLICKHOUSE_DSN": clickhouse_dsn,
+    }
+    return CliRunner().invoke(app, ["replay", "--since", since, "--until", until], env=env)
 
 
 def test_replay_reads_back_the_window_and_nothing_outside_it(clickhouse_dsn: str, tmp_path: Path) -> None:
@@ -90,13 +100,7 @@ def test_a_stored_record_todays_checks_refuse_is_reported_and_the_rest_is_replay
     )
     client.close()
 
-    env = {
-        "LEADPULSE_KAFKA_BOOTSTRAP": broker_settings.bootstrap,
-        "LEADPULSE_TOPIC_PREFIX": broker_settings.topic_prefix,
-        "LEADPULSE_CLICKHOUSE_DSN": clickhouse_dsn,
-    }
-    args = ["replay", "--since", "1999-12-31T23:00:00Z", "--until", "2000-01-01T01:00:00Z"]
-    result = CliRunner().invoke(app, args, env=env)
+    result = _replay_cli(broker_settings, clickhouse_dsn, "1999-12-31T23:00:00Z", "2000-01-01T01:00:00Z")
 
     assert result.exit_code == 1, result.output
     assert "replayed: web_visit 1" in result.stdout
@@ -135,13 +139,7 @@ def test_replay_leaves_out_stored_records_of_a_lead_whose_erasure_is_pending(
     client.close()
     publish_erasure(broker_settings, erasure_record(gone, [anon], int(time.time() * 1000)))
 
-    env = {
-        "LEADPULSE_KAFKA_BOOTSTRAP": broker_settings.bootstrap,
-        "LEADPULSE_TOPIC_PREFIX": broker_settings.topic_prefix,
-        "LEADPULSE_CLICKHOUSE_DSN": clickhouse_dsn,
-    }
-    args = ["replay", "--since", "2026-09-22T00:00:00Z", "--until", "2026-09-22T01:00:00Z"]
-    result = CliRunner().invoke(app, args, env=env)
+    result = _replay_cli(broker_settings, clickhouse_dsn, "2026-09-22T00:00:00Z", "2026-09-22T01:00:00Z")
 
     assert result.exit_code == 0, result.output
     sent = [
