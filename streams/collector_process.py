@@ -18,6 +18,7 @@ from streams.collector import Collector, serve
 from streams.collector_publishers import Publisher
 from streams.metrics import Metrics
 from streams.settings import Settings
+from streams.stoppable import finished_before_stop
 from streams.web import bound_port
 
 log = logging.getLogger(__name__)
@@ -57,8 +58,6 @@ async def _serve_until_stopped(
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
     runner = await serve(collector, host, port, start_publisher=False)
-    starting = asyncio.ensure_future(collector.start_publisher_waiting(wait_s))
-    stopping = asyncio.ensure_future(stop.wait())
     try:
         bound = bound_port(runner)
         if on_listening is not None:
@@ -67,12 +66,8 @@ async def _serve_until_stopped(
             log.info(
                 "collector listening on http://%s:%d (POST /v1/events; /metrics /health /ready)", host, bound
             )
-        await asyncio.wait((starting, stopping), return_when=asyncio.FIRST_COMPLETED)
-        if starting.done():
-            starting.result()  # the broker never answered within the wait: raised to the caller
-        await stopping
+        # the broker never answering within the wait is raised to the caller; a stop first ends the wait
+        if await finished_before_stop(collector.start_publisher_waiting(wait_s), stop):
+            await stop.wait()
     finally:
-        for task in (starting, stopping):
-            task.cancel()
-        await asyncio.wait((starting, stopping))
         await runner.cleanup()
