@@ -7,8 +7,9 @@ Method (docs/benchmarks.md has the numbers):
    Avro-encode it once.
 2. For each worker: create the catalogue topics under a fresh prefix, pre-produce the workload, start the
    worker as a subprocess (``python -m leadpulse.cli worker`` / ``python -m bench.naive_worker``) and poll
-   its ``/metrics``: the rate is (events consumed from the input topics between the last poll that saw none
-   and the poll that saw all of them) / (time between those polls). Identity-topic hops are work the
+   its ``/metrics``: the rate is (events consumed from the input topics between the first poll that saw
+   any and the poll that saw all of them) / (time between those polls): the first batch is neither counted
+   nor timed (``worker_harness.throughput``). Identity-topic hops are work the
    worker does but are not counted as events. Tansu's ListOffsets(latest) is wrong (DESIGN §11), so
    "done" is the count we produced, never an end offset.
 3. Latency, on the real worker after its throughput run (its state is then warm, as in production): produce
