@@ -73,6 +73,7 @@ class RescoreReport:
     # free-text key (page_category.pricng) scores nothing and no validation can know the category list
     unmatched_rules: tuple[str, ...] = ()
     likely_typos: dict[str, LikelyTypo] = field(default_factory=dict)
+    after_now: int = 0  # events with an event_time after now_ms, left out of both replays
 
     @property
     def stage_changes(self) -> int:
@@ -94,6 +95,7 @@ class RescoreReport:
     def to_dict(self) -> dict[str, Any]:
         return {
             "events": self.events,
+            "after_now": self.after_now,
             "leads": self.leads,
             "stage_changes": self.stage_changes,
             "band_changes": self.band_changes,
@@ -155,8 +157,13 @@ def rescore(events: Iterable[Event], old: Rules, new: Rules, now_ms: int) -> Res
 
     The history is replayed in event-time order (stable: equal times keep their order), as the worker applies
     a backlog: a file in another order (per-type exports concatenated) replayed a rep's ``rejected`` before
-    the demo request it answered and reported a "before" stage the worker never reaches."""
-    history = sorted(events, key=_event_time)
+    the demo request it answered and reported a "before" stage the worker never reaches.
+
+    Only events up to ``now_ms`` are replayed (counted in ``after_now``): "as of --now" means as the leads
+    stood then. Replayed, a later event was scored with its clock clamped to ``now_ms``, so a history running
+    past ``--now`` reported stages nobody had at that time."""
+    everything = list(events)
+    history = sorted((e for e in everything if _event_time(e) <= now_ms), key=_event_time)
     before = outcomes(replay(history, old, now_ms), old)
     after = outcomes(replay(history, new, now_ms), new)
     changes = []
@@ -166,7 +173,8 @@ def rescore(events: Iterable[Event], old: Rules, new: Rules, now_ms: int) -> Res
         if a.stage != b.stage or a.band != b.band:
             changes.append(Change(lead_id, a.stage, b.stage, a.score, b.score, a.band, b.band))
     changes.sort(key=lambda c: (-abs(c.delta), c.lead_id))
-    return RescoreReport(len(history), len(after), changes, *unmatched_rules(history, new))
+    unmatched, typos = unmatched_rules(history, new)
+    return RescoreReport(len(history), len(after), changes, unmatched, typos, len(everything) - len(history))
 
 
 #: The event and field a category table keys on (``email_link`` matches inside ``link_url``: no value to

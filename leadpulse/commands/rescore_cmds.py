@@ -16,6 +16,7 @@ import csv
 import io
 import json
 import time
+from datetime import UTC, datetime
 from enum import StrEnum
 from pathlib import Path
 from typing import Any
@@ -111,6 +112,10 @@ def render_table(report: RescoreReport, console: Console) -> None:
         console.print(line, highlight=False)
 
 
+def _note(message: str) -> None:
+    typer.echo(f"leadpulse rescore: {message}", err=True)
+
+
 def _history(source: str) -> Any:
     """Events of a file, or of input topics read from the configured broker (nothing is consumed)."""
     path = Path(source)
@@ -161,6 +166,10 @@ def _now_ms(now: str | None) -> int:
         raise ValueError(f"--now: {exc}") from None
 
 
+def _iso(ms: int) -> str:
+    return datetime.fromtimestamp(ms / 1000, UTC).isoformat(timespec="seconds").replace("+00:00", "Z")
+
+
 def register(app: typer.Typer) -> None:
     @app.command("rescore", help="Replay history with new rules and show who would change stage or band.")
     def rescore_cmd(
@@ -180,8 +189,8 @@ def register(app: typer.Typer) -> None:
         now: str | None = typer.Option(
             None,
             "--now",
-            help="Wall-clock time for SLA/recycle timers (ISO-8601 or epoch ms; default: now); it does "
-            "not cut the history: events after it are replayed too (give a history that ends there)",
+            help="Replay as of this time (ISO-8601 or epoch ms; default: now): events after it are left "
+            "out (counted), and SLA/recycle timers run up to it",
         ),
     ) -> None:
         if not dry_run:
@@ -209,6 +218,8 @@ def register(app: typer.Typer) -> None:
             report = rescore(_history(history), old, new, now_ms)
         except (RulesError, HistoryError, ValueError) as exc:
             raise fail(str(exc), 2) from None
+        if report.after_now and fmt is not Format.json:  # json has it as after_now
+            _note(f"left out {report.after_now} events with an event_time after --now ({_iso(now_ms)})")
         if fmt is Format.json:
             typer.echo(json.dumps(report.to_dict(), indent=2))
         elif fmt is Format.csv:
