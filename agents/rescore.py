@@ -17,7 +17,7 @@ import difflib
 import json
 import time
 from collections import Counter, deque
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -175,6 +175,21 @@ def rescore(events: Iterable[Event], old: Rules, new: Rules, now_ms: int) -> Res
     changes.sort(key=lambda c: (-abs(c.delta), c.lead_id))
     unmatched, typos = unmatched_rules(history, new)
     return RescoreReport(len(history), len(after), changes, unmatched, typos, len(everything) - len(history))
+
+
+def leave_out_erased(
+    events: Iterable[Event], is_erased: Callable[[str | None], bool]
+) -> tuple[list[Event], int]:
+    """``events`` without the records of erased identities, and how many were left out.
+
+    The predicate is the sink's and ``replay``'s (``streams.erasures.record_erased``): a history file is read
+    as the input topics are (DESIGN §10, a replay does not bring an erased lead back). Imported here, not at
+    the top: it brings the Kafka clients, which the pure replay does not need."""
+    from streams.erasures import record_erased
+
+    every = list(events)
+    kept = [(schema, record) for schema, record in every if not record_erased(schema, record, is_erased)]
+    return kept, len(every) - len(kept)
 
 
 #: The event and field a category table keys on (``email_link`` matches inside ``link_url``: no value to

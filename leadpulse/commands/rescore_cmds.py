@@ -26,11 +26,12 @@ from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
-from agents.rescore import HistoryError, RescoreReport, read_history, rescore
+from agents.rescore import HistoryError, RescoreReport, leave_out_erased, read_history, rescore
 from agents.rules import RulesError, load_rules
 from leadpulse.commands.cli_output import fail, stdout_console
 from leadpulse.commands.settings_arg import cli_settings
 from schemas.coercion import to_millis
+from streams.settings import Settings
 from streams.topics import INPUTS, contract_name
 
 SHOWN_SKIPPED = 5
@@ -116,11 +117,50 @@ def _note(message: str) -> None:
     typer.echo(f"leadpulse rescore: {message}", err=True)
 
 
+def _note_erased(count: int) -> None:
+    if count:
+        _note(f"left out {count} records of leads erased with `leadpulse forget`")
+
+
+def _erasures(settings: Settings) -> set[str] | None:
+    """Identities on the configured broker's erasure log, or None (and a note) when it cannot be read.
+
+    None, not a failure: a history file is already in the user's hands, and a dry run only prints. Refusing
+    would stop rules work whenever the broker is away (an export checked on a laptop); filtering there is to
+    keep an erased lead out of the report as a topic replay does (DESIGN §10), so the note says it may be in.
+    No broker is started for this: an embedded one would have an empty log, which says nothing."""
+    from kafka.errors import KafkaError
+
+    from streams.broker import port_open
+    from streams.erasures import erased_identities
+
+    where = settings.bootstrap
+    hosts = [part.strip().rpartition(":") for part in where.split(",")]
+    problem = f"no broker at {where}"
+    if any(port_open(host.strip("[]"), int(port), timeout=1.0) for host, _, port in hosts):
+        try:
+            return erased_identities(settings)
+        except (KafkaError, TimeoutError, OSError) as exc:
+            problem = f"the erasure log at {where} could not be read ({type(exc).__name__}: {exc})"
+    _note(
+        f"erasures not checked: {problem}, so leads erased with `leadpulse forget` may be in this report "
+        "(start `leadpulse broker` or set LEADPULSE_KAFKA_BOOTSTRAP to leave them out)"
+    )
+    return None
+
+
 def _history(source: str) -> Any:
-    """Events of a file, or of input topics read from the configured broker (nothing is consumed)."""
+    """Events of a file, or of input topics read from the configured broker (nothing is consumed). Records of
+    erased leads are left out of both (a file's: when the broker's erasure log can be read, see _erasures)."""
     path = Path(source)
     if path.exists() and not path.is_dir():  # also /dev/null (check a rules file) and <(zcat history.gz)
-        return read_history(path)
+        events = list(read_history(path))
+        gone = _erasures(cli_settings()) if events else None
+        if not gone:
+            return events
+        events, erased = leave_out_erased(events, gone.__contains__)
+        _note_erased(erased)
+        return events
     settings = cli_settings()
     # with or without the deployment prefix, as `produce --topic` and `dlq list --topic` take it
     names = [t.name for t in INPUTS] if source == "inputs" else [contract_name(source, settings.topic_prefix)]
@@ -141,11 +181,7 @@ def _history(source: str) -> Any:
         )
     history = read_input_history(settings, [settings.topic(n) for n in names])
     skipped = history.skipped
-    if history.erased:
-        typer.echo(
-            f"leadpulse rescore: left out {history.erased} records of leads erased with `leadpulse forget`",
-            err=True,
-        )
+    _note_erased(history.erased)
     if skipped:
         shown = "".join(f"\n  {line}" for line in skipped[:SHOWN_SKIPPED])
         more = f"\n  ... and {len(skipped) - SHOWN_SKIPPED} more" if len(skipped) > SHOWN_SKIPPED else ""

@@ -13,6 +13,7 @@ from agents.rescore import HistoryError, read_history, replay, rescore
 from agents.rules import DEFAULT_RULES_PATH
 from agents.scoring import behaviour_at
 from leadpulse.commands import rescore_cmds
+from streams.broker import free_port
 from tests.unit.builders import DAY, HOUR, MIN, T0, activity, download, identified, rules, view, visit
 
 pytestmark = pytest.mark.unit
@@ -126,8 +127,16 @@ def test_history_errors_name_the_line(tmp_path: Path, line: str, problem: str) -
         list(read_history(path))
 
 
+def no_broker(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The CLI tests read a history file, for which rescore checks the erasure log when a broker answers:
+    point the settings at a port nobody listens on, whatever runs on this machine's 9092."""
+    monkeypatch.delenv("LEADPULSE_KAFKA_BOOTSTRAP", raising=False)
+    monkeypatch.setenv("LEADPULSE_BROKER_PORT", str(free_port()))
+
+
 @pytest.fixture()
-def cli() -> typer.Typer:
+def cli(monkeypatch: pytest.MonkeyPatch) -> typer.Typer:
+    no_broker(monkeypatch)
     app = typer.Typer()
     rescore_cmds.register(app)
 
@@ -174,7 +183,7 @@ def test_cli_json_format(tmp_path: Path, cli: typer.Typer) -> None:
         ],
     )
     assert result.exit_code == 0, result.output
-    doc = json.loads(result.output)
+    doc = json.loads(result.stdout)
     assert doc["stage_changes"] == 1 and doc["changes"][0]["lead_id"] == "L1"
     assert doc["changes"][0]["new_stage"] == "mql"
 

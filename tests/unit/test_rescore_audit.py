@@ -14,6 +14,7 @@ from typer.testing import CliRunner
 from agents.rescore import rescore
 from agents.rules import DEFAULT_RULES_PATH
 from tests.unit.builders import HOUR, T0, activity, download, identified, rules
+from tests.unit.test_rescore import no_broker
 
 pytestmark = pytest.mark.unit
 
@@ -35,7 +36,8 @@ def test_history_out_of_event_time_order_is_replayed_in_event_time_order() -> No
 
 
 @pytest.fixture()
-def cli() -> typer.Typer:
+def cli(monkeypatch: pytest.MonkeyPatch) -> typer.Typer:
+    no_broker(monkeypatch)
     from leadpulse.commands import rescore_cmds
 
     app = typer.Typer()
@@ -53,7 +55,7 @@ def run(cli: typer.Typer, tmp_path: Path, lines: list[dict[str, object]], *extra
     args = ["rescore", "--rules", str(new_rules), "--dry-run", "--now", "2024-01-02T00:00:00Z", *extra]
     result = CliRunner().invoke(cli, [*args, str(history)], env={"COLUMNS": "200"})
     assert result.exit_code == 0, result.output
-    return result.output
+    return result.stdout
 
 
 PROFILE = {"type": "lead_identified", "event_id": "p", "event_time": "2024-01-01T00:00:00Z", "source": "s"}
@@ -156,7 +158,7 @@ def test_rules_that_match_no_event_of_the_history_are_named(cli: typer.Typer, tm
     args = ["rescore", "--rules", str(typo), "--dry-run", "--now", "2024-01-02T00:00:00Z", "--format", "json"]
     result = CliRunner().invoke(cli, [*args, str(history)])
     assert result.exit_code == 0, result.output
-    unmatched = json.loads(result.output)["unmatched_rules"]
+    unmatched = json.loads(result.stdout)["unmatched_rules"]
     assert "page_category.pricng" in unmatched and not any(n.startswith("asset_type.") for n in unmatched)
     table = CliRunner().invoke(cli, [*args[:-2], str(history)], env={"COLUMNS": "200"}).output
     assert "had no event to score in this history" in table and "page_category.pricng" in table

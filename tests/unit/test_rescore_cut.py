@@ -12,7 +12,7 @@ from typer.testing import CliRunner
 from agents.rescore import rescore
 from leadpulse.commands import rescore_cmds
 from tests.unit.builders import HOUR, MIN, download, rules
-from tests.unit.test_rescore import HISTORY, NOW, cli_files
+from tests.unit.test_rescore import HISTORY, NOW, cli_files, no_broker
 
 pytestmark = pytest.mark.unit
 
@@ -25,7 +25,8 @@ LATER = [
 
 
 @pytest.fixture()
-def cli() -> typer.Typer:
+def cli(monkeypatch: pytest.MonkeyPatch) -> typer.Typer:
+    no_broker(monkeypatch)
     app = typer.Typer()
     rescore_cmds.register(app)
     app.command("noop")(lambda: None)

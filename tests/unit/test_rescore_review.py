@@ -14,12 +14,14 @@ from agents.rescore import LikelyTypo, replay, rescore, unmatched_rules
 from agents.rules import DEFAULT_RULES_PATH
 from agents.scoring import behaviour_at
 from tests.unit.builders import DAY, HOUR, T0, Lead, activity, download, identified, rules, visit
+from tests.unit.test_rescore import no_broker
 
 pytestmark = pytest.mark.unit
 
 
 @pytest.fixture()
-def cli() -> typer.Typer:
+def cli(monkeypatch: pytest.MonkeyPatch) -> typer.Typer:
+    no_broker(monkeypatch)
     from leadpulse.commands import rescore_cmds
 
     app = typer.Typer()
@@ -58,7 +60,7 @@ def test_only_a_key_close_to_an_unnamed_value_is_called_a_typo(cli: typer.Typer,
     # the shipped case_study asset type is simply absent here: said, but not as a typo
     [quiet] = [line for line in table.output.splitlines() if "asset_type.case_study" in line]
     assert "typo" not in quiet and "event_type." not in table.output
-    as_json = json.loads(CliRunner().invoke(cli, [*args, "--format", "json"]).output)
+    as_json = json.loads(CliRunner().invoke(cli, [*args, "--format", "json"]).stdout)
     assert as_json["likely_typos"] == {"page_category.pricng": {"value": "pricing", "events": 3}}
 
 
