@@ -255,7 +255,8 @@ def register(app: typer.Typer) -> None:
         except (RulesError, HistoryError, ValueError) as exc:
             raise fail(str(exc), 2) from None
         if report.after_now and fmt is not Format.json:  # json has it as after_now
-            _note(f"left out {report.after_now} events with an event_time after --now ({_iso(now_ms)})")
+            when = f"--now ({_iso(now_ms)})" if now else f"the time of this run ({_iso(now_ms)}, --now)"
+            _note(f"left out {report.after_now} events with an event_time after {when}")
         if fmt is Format.json:
             typer.echo(json.dumps(report.to_dict(), indent=2))
         elif fmt is Format.csv:
