@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import time
 from pathlib import Path
 
 import pytest
@@ -74,3 +75,16 @@ def test_help_says_now_cuts_the_history(cli: typer.Typer) -> None:
     out = CliRunner().invoke(cli, ["rescore", "--help"], env={"COLUMNS": "250"}).output
     assert "events after it are left out" in out
     assert "does not cut" not in out
+
+
+def test_without_now_the_note_names_the_time_of_the_run(tmp_path: Path, cli: typer.Typer) -> None:
+    """Events ahead of the clock (a tracker's clock; admissible up to 23 h ahead) are cut at the run's time,
+    and the note must not speak of a --now nobody gave."""
+    history, new_rules = cli_files(tmp_path)
+    _schema, ahead = download(lead="L5", t=int(time.time() * 1000) + HOUR, asset="inquiry", event_id="ahead")
+    with history.open("a") as out:
+        out.write(json.dumps({"type": "download", **ahead}) + "\n")
+    result = CliRunner().invoke(cli, ["rescore", "--rules", str(new_rules), "--dry-run", str(history)])
+    assert result.exit_code == 0, result.output
+    assert "left out 1 events with an event_time after the time of this run (" in result.stderr
+    assert "after --now" not in result.stderr
