@@ -1,15 +1,10 @@
 """Signed webhook delivery of hot-lead notifications: generic JSON or a Slack-compatible body.
 
-Signature (documented in ``docs/ingestion.md``; the scheme Stripe and others use, so receivers know it):
-
-    X-Leadpulse-Signature: t=<unix seconds>,v1=<hex HMAC-SHA256(secret, "<t>.<raw body>")>
-    X-Leadpulse-Idempotency-Key: <notification_id>
-
-The timestamp is inside the MAC so a captured request cannot be replayed later (receivers reject ``t``
-older than a tolerance); it is fresh on each attempt. The idempotency key is the notification id, stable
-across retries and pipeline replays, so a receiver that stores the keys it has seen shows each lead once.
-The sender signs with one secret; ``verify_signature`` accepts any matching ``v1=`` value, so receivers
-written against it keep working if a later version signs with the old and new secret during a rotation.
+This module is the HTTP delivery and its retry policy; its parts live beside it, one job each:
+``sinks.webhook_signing`` (the signature and idempotency headers, and ``verify_signature`` for receivers),
+``sinks.webhook_bodies`` (the JSON and Slack bodies) and ``sinks.webhook_targets`` (the endpoints from the
+settings). Their public names are imported here too, so ``from sinks.webhook import verify_signature`` (the
+docs' receiver snippet) and the notifier's imports keep working.
 
 Retries: network errors, timeouts, 408/425/429 and 5xx are retried with exponential backoff and jitter
 (``Retry-After``, seconds or a date, waited as a floor under the backoff, up to the cap); other answers are
@@ -27,268 +22,45 @@ notifier's stop waited out the backoff of a dead receiver: ~10 s per SIGTERM.)
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import hashlib
-import hmac
-import json
 import math
 import random
 import re
-import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from email.utils import parsedate_to_datetime
-from typing import Any, Literal
-from urllib.parse import quote, urlsplit
+from typing import Any
+from urllib.parse import urlsplit
 
 import aiohttp
-import yarl
 
+# re-exported (``X as X``): receivers, the notifier and tests import these from sinks.webhook
+from sinks.webhook_bodies import SLACK_FIELD_MAX as SLACK_FIELD_MAX
+from sinks.webhook_bodies import SLACK_SECTION_MAX as SLACK_SECTION_MAX
+from sinks.webhook_bodies import json_body as json_body
+from sinks.webhook_bodies import render as render
+from sinks.webhook_bodies import slack_body as slack_body
+from sinks.webhook_bodies import slack_text as slack_text
+from sinks.webhook_signing import IDEMPOTENCY_HEADER as IDEMPOTENCY_HEADER
+from sinks.webhook_signing import MIN_WEBHOOK_SECRET as MIN_WEBHOOK_SECRET
+from sinks.webhook_signing import SIGNATURE_HEADER as SIGNATURE_HEADER
+from sinks.webhook_signing import idempotency_key as idempotency_key
+from sinks.webhook_signing import sign as sign
+from sinks.webhook_signing import signature_header as signature_header
+from sinks.webhook_signing import verify_signature as verify_signature
+from sinks.webhook_targets import TargetKind as TargetKind
+from sinks.webhook_targets import WebhookTarget as WebhookTarget
+from sinks.webhook_targets import targets_from_settings as targets_from_settings
+from sinks.webhook_targets import without_url as without_url
 from streams.backoff import backoff_seconds
 from streams.metrics import Metrics
 from streams.settings import Settings
 from streams.stoppable import finished_before_stop
 
-SIGNATURE_HEADER = "X-Leadpulse-Signature"
-IDEMPOTENCY_HEADER = "X-Leadpulse-Idempotency-Key"
 ANSWER_READ = 256  # bytes of a refusal's body read, for its error code
 #: Retried besides every 5xx. Why every 5xx: only 500/502/503/504 were, so a receiver behind Cloudflare
 #: answering 520-524 while it restarted (origin down or slow) had each hot lead dead-lettered at once.
 RETRYABLE_STATUS = frozenset({408, 425, 429})
-TargetKind = Literal["json", "slack"]
-#: Shortest ``LEADPULSE_WEBHOOK_SECRET`` the notifier starts with without a warning (as
-#: ``LEADPULSE_EMAIL_HASH_KEY``): a short HMAC key can be guessed offline from one captured request, and then
-#: anyone can forge hot leads.
-MIN_WEBHOOK_SECRET = 16
-#: Slack refuses a message whose section text exceeds 3,000 characters (``invalid_blocks``, HTTP 400:
-#: a permanent failure, so the rep never saw the lead); the fallback ``text`` is kept as short.
-SLACK_SECTION_MAX = 3000
-SLACK_FIELD_MAX = 300  # one profile value or signal detail in a Slack message
-#: Printable ASCII except ``%``: the characters an idempotency key keeps as they are in its header.
-_HEADER_SAFE = "".join(chr(c) for c in range(0x21, 0x7F) if chr(c) != "%") + " "
-
-
-def _secret_bytes(secret: str | bytes) -> bytes:
-    return secret.encode("utf-8") if isinstance(secret, str) else secret
-
-
-def sign(secret: str | bytes, timestamp: int, body: bytes) -> str:
-    """Hex HMAC-SHA256 of ``"<timestamp>.<body>"``."""
-    return hmac.new(_secret_bytes(secret), str(timestamp).encode() + b"." + body, hashlib.sha256).hexdigest()
-
-
-def signature_header(secret: str | bytes, body: bytes, timestamp: int | None = None) -> str:
-    ts = int(time.time()) if timestamp is None else timestamp
-    return f"t={ts},v1={sign(secret, ts, body)}"
-
-
-def verify_signature(
-    secret: str | bytes, header: str | None, body: bytes, tolerance_s: float = 300, now: float | None = None
-) -> bool:
-    """Receiver side: True when ``header`` carries a valid MAC of ``body`` made within ``tolerance_s``.
-
-    Pass the raw request body exactly as received (parsing and re-serialising JSON changes the bytes).
-    """
-    if not header:
-        return False
-    timestamp: int | None = None
-    candidates: list[str] = []
-    for part in header.split(","):
-        name, _, value = part.strip().partition("=")
-        if name == "t" and value.isascii() and value.isdigit():
-            timestamp = int(value)
-        elif name == "v1" and value:
-            candidates.append(value)
-    if timestamp is None or not candidates:
-        return False
-    current = time.time() if now is None else now
-    if abs(current - timestamp) > tolerance_s:
-        return False
-    expected = sign(secret, timestamp, body).encode()
-    # bytes: compare_digest raises TypeError for a str with a non-ASCII character, which anyone can send
-    return any(hmac.compare_digest(expected, c.encode("utf-8", "replace")) for c in candidates)
-
-
-@dataclass(frozen=True)
-class WebhookTarget:
-    """One endpoint. Logs and metrics show ``name`` (``json-0``, ``slack-1``): URLs may hold tokens."""
-
-    name: str
-    url: str
-    kind: TargetKind = "json"
-
-    def __str__(self) -> str:
-        return f"<{self.name} at {self.host}>"
-
-    @property
-    def host(self) -> str:
-        """The URL's host name, or ``?``. Never raises: it is read while describing a failure, and a URL
-        ``urlsplit`` refuses (``http://[::1/x``) raised out of the sender there, sticking the lane."""
-        try:
-            return urlsplit(self.url).hostname or "?"
-        except ValueError:
-            return "?"
-
-
-def without_url(text: str, target: WebhookTarget) -> str:
-    """``text`` (an error, a log line) with ``target``'s URL, as configured or as aiohttp rewrites it,
-    replaced by ``<name at host>``: the path of a Slack or CRM webhook URL is its token."""
-    forms = {target.url}
-    with contextlib.suppress(TypeError, ValueError):
-        forms.add(str(yarl.URL(target.url)))
-    for form in sorted(filter(None, forms), key=len, reverse=True):
-        text = text.replace(form, str(target))
-    return text
-
-
-def targets_from_settings(settings: Settings) -> list[WebhookTarget]:
-    """``LEADPULSE_WEBHOOK_URLS`` get the JSON body, ``LEADPULSE_SLACK_WEBHOOK_URLS`` the Slack one.
-
-    URLs without surrounding whitespace: a space pasted after a URL into a Secret was sent as ``%20`` at
-    the end of its path, the receiver (Slack: ``no_service``) answered 404, and every hot lead became a
-    dead letter at its first attempt."""
-    targets = [WebhookTarget(f"json-{i}", u.strip(), "json") for i, u in enumerate(settings.webhook_urls)]
-    targets += [
-        WebhookTarget(f"slack-{i}", u.strip(), "slack") for i, u in enumerate(settings.slack_webhook_urls)
-    ]
-    return targets
-
-
-def idempotency_key(notification_id: str) -> str:
-    """The ``X-Leadpulse-Idempotency-Key`` value: ``notification_id`` with every character other than
-    printable ASCII (and ``%``) percent-encoded as UTF-8, so ``urllib.parse.unquote`` gives the id back.
-
-    Why: the id carries the lead id, which a tracker may send with any character. A CR or LF made aiohttp
-    refuse the request (header injection), an exception no retry or dead letter handled: the notification
-    was never delivered and its partition's offset never committed again. Non-ASCII went out as raw UTF-8,
-    which HTTP does not define (most servers read it as Latin-1). Ids of printable ASCII are unchanged."""
-    return quote(notification_id, safe=_HEADER_SAFE)
-
-
-def _iso(ms: int | None) -> str | None:
-    return None if ms is None else datetime.fromtimestamp(ms / 1000, UTC).isoformat().replace("+00:00", "Z")
-
-
-def json_body(hot: dict[str, Any]) -> bytes:
-    """The hot_lead record as JSON with ``type`` and ISO copies of its timestamps (epoch ms kept too)."""
-    payload = {
-        "type": "lead.hot",
-        **hot,
-        "became_hot_at_iso": _iso(hot.get("became_hot_at")),
-        "sla_due_at_iso": _iso(hot.get("sla_due_at")),
-    }
-    return json.dumps(payload, sort_keys=True, separators=(",", ":")).encode()
-
-
-def _clip(text: str, limit: int) -> str:
-    """``text`` in at most ``limit`` characters; never ends inside an ``&amp;``-style entity."""
-    if len(text) <= limit:
-        return text
-    cut = text[: limit - 1]
-    entity = cut.rfind("&")
-    return (cut[:entity] if entity >= 0 and ";" not in cut[entity:] else cut) + "…"
-
-
-#: Line breaks, other control characters and bidirectional overrides: shown as one space in Slack.
-_UNPRINTABLE = re.compile("[\x00-\x1f\x7f-\x9f\u2028\u2029\u202a-\u202e\u2066-\u2069]+")
-
-
-def slack_text(value: Any, limit: int = SLACK_FIELD_MAX) -> str:
-    """A lead's value as literal Slack mrkdwn text on one line: ``&``, ``<``, ``>`` escaped (Slack's rule),
-    control characters as a space, at most ``limit`` characters once escaped.
-
-    Why: the profile comes from forms and the public tracker. Unescaped, a company name such as
-    ``<!channel>`` notified the whole channel and ``<https://evil.example|Open in CRM>`` showed a link to
-    anywhere in a message the reps trust. A line break in a company name started a line of its own in the
-    message (a fake ``*Follow up before:*``), and the limit counted characters before escaping: four
-    profile values of ``&`` or ``<`` filled the section, and the clipping cut off the follow-up time."""
-    text = _UNPRINTABLE.sub(" ", str(value))
-    return _clip(text.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;"), limit)
-
-
-def _why_hot(reason: str) -> str:
-    """The record's reason in the words of the revenue model: a direct inquiry (catalog, inquiry, demo
-    request: the short SLA) or a score over the MQL threshold; the rule id stays for the rules file."""
-    if reason.startswith("immediate_mql:"):
-        return f"direct inquiry ({reason.removeprefix('immediate_mql:')})"
-    return "score over the MQL threshold" if reason == "score_threshold" else reason
-
-
-def _slack_date(ms: int, iso: str) -> str:
-    """A time Slack shows in each reader's own time zone (``<!date^…>``), with the UTC ISO time as the
-    fallback text for clients that cannot: a rep in Tokyo read a UTC deadline nine hours off."""
-    return f"<!date^{ms // 1000}^{{date_short_pretty}} {{time}}|{iso}>"
-
-
-def _clock(hot: dict[str, Any]) -> str:
-    """``"1 h clock, "``: how long the rep has from the moment the lead became hot (1 h for a direct
-    inquiry, 24 h by default, a segment's own), so the deadline's urgency is read at a glance."""
-    due, start = hot.get("sla_due_at"), hot.get("became_hot_at")
-    if not isinstance(due, int) or not isinstance(start, int) or due <= start:
-        return ""
-    minutes = (due - start) / 60_000
-    return f"{minutes / 60:g} h clock, " if minutes >= 60 else f"{minutes:.0f} min clock, "
-
-
-def slack_body(hot: dict[str, Any], top: int = 5) -> bytes:
-    """Incoming-webhook message: who, why (top signals), profile and the SLA due time. Every value from
-    the lead is escaped and clipped (``slack_text``) and each section kept within Slack's 3,000 characters;
-    the JSON body carries the full values.
-
-    The score shows its fit and behaviour parts: the signals listed are behaviour only, so a score of 105
-    next to signals worth 45 left a rep guessing where 60 came from (the profile). A lead with no owner says
-    so: nobody's clock is running for it, and in the demo unassigned hot leads breached most."""
-    who = slack_text(hot.get("email") or hot["lead_id"])
-    company = slack_text(hot.get("company_name") or hot.get("company_domain") or "unknown company")
-    parts = ""
-    if isinstance(hot.get("fit"), int | float) and isinstance(hot.get("behaviour"), int | float):
-        parts = f" (fit {hot['fit']:.0f} + behaviour {hot['behaviour']:.0f})"
-    headline = (
-        f":fire: Hot lead {who} ({company}), score {hot['score']:.0f}{parts}: "
-        f"{slack_text(_why_hot(str(hot['reason'])))}"
-    )
-    signals = sorted(hot.get("signals") or [], key=lambda s: -abs(s.get("current_points", 0.0)))[:top]
-    why = (
-        "\n".join(
-            f"• {slack_text(s['rule'])} ({slack_text(s['event_type'])}): {s['current_points']:+.0f}"
-            + (f" — {slack_text(s['detail'])}" if s.get("detail") else "")
-            for s in signals
-        )
-        or "• (no signals)"
-    )
-    profile = ", ".join(
-        slack_text(v)
-        for v in (
-            hot.get("job_title"),
-            hot.get("industry"),
-            hot.get("country"),
-            hot.get("company_size") and f"{hot['company_size']} employees",
-        )
-        if v
-    )
-    due = _iso(hot.get("sla_due_at"))
-    lines = [f"*Why:*\n{why}"]
-    if profile:
-        lines.append(f"*Profile:* {profile}")
-    owner = f"owner {slack_text(hot['owner'])}" if hot.get("owner") else "no owner assigned"
-    if due:
-        lines.append(f"*Follow up before:* {_slack_date(hot['sla_due_at'], due)} ({_clock(hot)}{owner})")
-    elif not hot.get("owner"):
-        lines.append("*Owner:* none assigned")
-    # clipped on whole lines where possible: the SLA line matters more than the fifth signal's detail
-    rest = "".join("\n" + line for line in lines[1:])
-    details = _clip(_clip(lines[0], max(SLACK_SECTION_MAX - len(rest), 200)) + rest, SLACK_SECTION_MAX)
-    headline = _clip(headline, SLACK_SECTION_MAX)
-    blocks = [
-        {"type": "section", "text": {"type": "mrkdwn", "text": headline}},
-        {"type": "section", "text": {"type": "mrkdwn", "text": details}},
-    ]
-    return json.dumps({"text": headline, "blocks": blocks}, separators=(",", ":")).encode()
-
-
-def render(target: WebhookTarget, hot: dict[str, Any]) -> bytes:
-    return slack_body(hot) if target.kind == "slack" else json_body(hot)
 
 
 _SETTING_DEFAULTS = Settings.model_fields  # one declaration of the retry defaults: streams/settings.py
