@@ -1,12 +1,14 @@
 """What the deployment files promise to ops, checked against the code that has to keep the promise.
 
 test_deploy_static.py checks that each file is valid for the tool that reads it and that metric names
-exist; this file checks the wiring between them: an alert for every way a component can vanish, and the
-autoscaler measuring the lag the consumer groups really have.
+exist; this file checks the wiring between them: an alert for every way a component can vanish, the
+autoscaler measuring the lag the consumer groups really have, and every LEADPULSE_* variable a manifest
+sets being a setting the code knows and accepts.
 """
 
 from __future__ import annotations
 
+import os
 import re
 from pathlib import Path
 from typing import Any
@@ -16,6 +18,7 @@ import yaml
 
 from agents.worker_clients import GROUP
 from sinks.sink_loop import SINK_GROUP
+from streams.settings import ENV_PREFIX, Settings, load_settings
 
 pytestmark = pytest.mark.integration
 
@@ -70,3 +73,100 @@ def test_keda_measures_the_lag_the_consumer_groups_have() -> None:
         assert trigger["consumerGroup"] == group, name
         assert trigger["bootstrapServers"] == bootstrap, name
         assert trigger.get("offsetResetPolicy", "latest") == resets[0], name
+
+
+# --- settings -------------------------------------------------------------------------------------------
+
+# What each process cannot run without (beyond the broker, which every one needs), on Kubernetes.
+REQUIRED = {
+    "leadpulse-worker": set(),
+    "leadpulse-sink": {"LEADPULSE_CLICKHOUSE_DSN", "LEADPULSE_EMAIL_HASH_KEY"},
+    "leadpulse-collector": {"LEADPULSE_WRITE_KEYS"},
+    "leadpulse-notifier": {"LEADPULSE_WEBHOOK_URLS", "LEADPULSE_WEBHOOK_SECRET"},
+}
+
+
+def image_env() -> dict[str, str]:
+    """The ``ENV`` of the Dockerfile's final stage (``KEY=value`` pairs, backslash continuations)."""
+    final = (ROOT / "Dockerfile").read_text().rsplit("\nFROM ", 1)[1].replace("\\\n", " ")
+    return dict(re.findall(r"\b([A-Z][A-Z0-9_]*)=(\S+)", "\n".join(re.findall(r"^ENV (.*)$", final, re.M))))
+
+
+def container_env(workload: dict[str, Any], config_maps: dict[str, dict[str, Any]]) -> dict[str, str]:
+    """LEADPULSE_* variables one workload's containers get, secrets with secret.example.yaml's values."""
+    example = load_yaml(K8S / "secret.example.yaml")
+    secrets = {example["metadata"]["name"]: example["stringData"]}
+    env = {k: v for k, v in image_env().items() if k.startswith(ENV_PREFIX)}
+    pod = workload["spec"]["template"]["spec"]
+    for container in [*pod.get("initContainers", []), *pod["containers"]]:
+        for source in container.get("envFrom", []):
+            env.update(config_maps[source["configMapRef"]["name"]]["data"])
+        for var in container.get("env", []):
+            if "value" in var:
+                env[var["name"]] = var["value"]
+            else:
+                ref = var["valueFrom"]["secretKeyRef"]
+                env[var["name"]] = secrets[ref["name"]][ref["key"]]
+    return env
+
+
+def compose_env() -> dict[str, dict[str, str]]:
+    """LEADPULSE_* variables of each compose service, ``${VAR:-default}`` read as its default."""
+    services = load_yaml(ROOT / "docker-compose.yml")["services"]
+    return {
+        name: {
+            key: re.sub(r"\$\{\w+:-([^}]*)\}", r"\1", str(value))
+            for key, value in (service.get("environment") or {}).items()
+            if key.startswith(ENV_PREFIX)
+        }
+        for name, service in services.items()
+    }
+
+
+def settings_from(env: dict[str, str], monkeypatch: pytest.MonkeyPatch) -> Settings:
+    """Settings as a process with exactly ``env`` would load them (JSON fields parsed as from the env)."""
+    for key in [k for k in os.environ if k.startswith(ENV_PREFIX)]:
+        monkeypatch.delenv(key)
+    for key, value in env.items():
+        monkeypatch.setenv(key, value)
+    monkeypatch.setenv(f"{ENV_PREFIX}DATA_DIR", str(ROOT / ".leadpulse-never-created"))
+    return load_settings()
+
+
+def test_every_leadpulse_variable_set_for_a_process_is_a_setting_it_accepts(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Settings ignore unknown ``LEADPULSE_*`` variables (``extra="ignore"``), so a misspelt one in a
+    manifest is silently the default; and a value they refuse (a SASL mechanism spelt as KEDA spells it)
+    would stop every pod at start. Both are caught here, not at the rollout."""
+    known = {f"{ENV_PREFIX}{field.upper()}" for field in Settings.model_fields}
+    config_maps = by_kind("ConfigMap")
+    workloads = {**by_kind("Deployment"), **by_kind("Job")}
+    environments = {f"k8s {name}": container_env(w, config_maps) for name, w in workloads.items()}
+    environments |= {f"compose {name}": env for name, env in compose_env().items() if env}
+    environments["Dockerfile"] = {k: v for k, v in image_env().items() if k.startswith(ENV_PREFIX)}
+    for where, env in environments.items():
+        assert set(env) <= known, f"{where}: unknown settings {sorted(set(env) - known)}"
+        settings_from(env, monkeypatch)  # raises SettingsError naming the variable
+    assert len(environments) >= 12
+
+
+def test_each_process_gets_the_settings_it_needs(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Kubernetes Deployments and the long-lived compose services: a reachable ops port, the real broker,
+    and what each process refuses to start without (compose's notifier has no receiver on purpose)."""
+    config_maps = by_kind("ConfigMap")
+    deployments = by_kind("Deployment")
+    assert set(deployments) == set(REQUIRED)
+    image = {k: v for k, v in image_env().items() if k.startswith(ENV_PREFIX)}
+    environments = {name: container_env(deployment, config_maps) for name, deployment in deployments.items()}
+    composed = compose_env()
+    environments |= {f"compose {job}": image | composed[job.removeprefix("leadpulse-")] for job in REQUIRED}
+    for where, env in environments.items():
+        required = REQUIRED.get(where, set()) | {f"{ENV_PREFIX}KAFKA_BOOTSTRAP"}
+        assert required <= set(env), f"{where}: missing {sorted(required - set(env))}"
+        settings = settings_from(env, monkeypatch)
+        # Probes and scrapes come from the pod IP or the service name: a process on loopback is unreachable.
+        assert settings.web_host == "0.0.0.0", where
+        assert not settings.embedded_broker, where
+        if where.endswith("sink"):
+            assert not settings.embedded_clickhouse and not settings.default_email_hash_key, where
