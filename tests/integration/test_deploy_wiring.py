@@ -2,12 +2,14 @@
 
 test_deploy_static.py checks that each file is valid for the tool that reads it and that metric names
 exist; this file checks the wiring between them: an alert for every way a component can vanish, the
-autoscaler measuring the lag the consumer groups really have, and every LEADPULSE_* variable a manifest
-sets being a setting the code knows and accepts.
+autoscaler measuring the lag the consumer groups really have, every LEADPULSE_* variable a manifest
+sets being a setting the code knows and accepts, and every label an alert or a panel selects, groups by
+or shows being one the code exports, with a value it sets.
 """
 
 from __future__ import annotations
 
+import json
 import os
 import re
 from pathlib import Path
@@ -15,10 +17,14 @@ from typing import Any
 
 import pytest
 import yaml
+from prometheus_client import CollectorRegistry
 
+from agents.notifier_group import GROUP_ID as NOTIFIER_GROUP
 from agents.worker_clients import GROUP
 from sinks.sink_loop import SINK_GROUP
+from streams.metrics import SLA_LEVELS, SLA_NAMES, Metrics
 from streams.settings import ENV_PREFIX, Settings, load_settings
+from streams.topics import TOPICS
 
 pytestmark = pytest.mark.integration
 
@@ -170,3 +176,70 @@ def test_each_process_gets_the_settings_it_needs(monkeypatch: pytest.MonkeyPatch
         assert not settings.embedded_broker, where
         if where.endswith("sink"):
             assert not settings.embedded_clickhouse and not settings.default_email_hash_key, where
+
+
+# --- labels ---------------------------------------------------------------------------------------------
+
+# Label values the code sets, for the labels whose values an alert or a panel may name.
+KNOWN_VALUES = {
+    "group": {GROUP, SINK_GROUP, NOTIFIER_GROUP},
+    "sla": set(SLA_NAMES),
+    "level": set(SLA_LEVELS),
+    "job": JOBS | {"prometheus"},
+    "topic": {spec.name for spec in TOPICS},
+    "source_topic": {spec.name for spec in TOPICS},
+}
+TARGET_LABELS = {"job", "instance"}
+
+
+def promql_expressions() -> list[tuple[str, str, str | None]]:
+    """(where, expression, legend) of every alert and every Prometheus panel."""
+    found: list[tuple[str, str, str | None]] = [(rule["alert"], rule["expr"], None) for rule in alert_rules()]
+    for path in sorted((ROOT / "deploy" / "grafana" / "dashboards").glob("*.json")):
+        stack = list(json.loads(path.read_text())["panels"])
+        while stack:
+            panel = stack.pop()
+            stack.extend(panel.get("panels", []))
+            for target in panel.get("targets", []):
+                if "expr" in target:
+                    where = f"{path.name}: {panel['title']}"
+                    found.append((where, target["expr"], target.get("legendFormat")))
+    return found
+
+
+def exported_labels() -> dict[str, set[str]]:
+    """Series name -> the label names a leadpulse process gives it (histogram series also get ``le``)."""
+    metrics = Metrics(CollectorRegistry(), process_metrics=True)
+    names: dict[str, set[str]] = {}
+    for family in metrics.registry.collect():
+        for sample in family.samples:
+            names.setdefault(sample.name, set()).update(sample.labels)
+    for collector in {id(c): c for c in metrics.registry._names_to_collectors.values()}.values():
+        declared = set(getattr(collector, "_labelnames", ()))
+        for name in metrics.registry._get_names(collector):
+            names.setdefault(name, set()).update(declared | ({"le"} if name.endswith("_bucket") else set()))
+    return names
+
+
+def test_alerts_and_panels_use_only_labels_and_values_the_code_exports() -> None:
+    """A selector on a label the series does not have, or on a value the code never sets, matches nothing:
+    the alert never fires, the panel is empty, and neither says so. Same for ``by (...)`` and legends."""
+    exported = exported_labels()
+    series = re.compile(r"\b((?:leadpulse|process|python)_[a-z0-9_]+)(?:\{([^}]*)\})?")
+    for where, expr, legend in promql_expressions():
+        used = series.findall(expr)
+        assert used or "ALERTS" in expr or "up{" in expr, where
+        available = set(TARGET_LABELS)
+        for name, selector in used:
+            assert name in exported, f"{where}: {name} is not exported"
+            available |= exported[name]
+            for label, op, value in re.findall(r'(\w+)\s*(=~|!~|!=|=)\s*"([^"]*)"', selector):
+                assert label in exported[name] | TARGET_LABELS, f"{where}: {name} has no label {label}"
+                if op in {"=", "!="} and label in KNOWN_VALUES:
+                    assert value in KNOWN_VALUES[label], f"{where}: {label}={value!r} is never exported"
+        grouped = {label.strip() for by in re.findall(r"\bby\s*\(([^)]*)\)", expr) for label in by.split(",")}
+        grouped.discard("")
+        assert grouped <= available, f"{where}: by {sorted(grouped - available)} not on these series"
+        shown = set(re.findall(r"\{\{\s*(\w+)\s*\}\}", legend or ""))
+        if used and grouped:
+            assert shown <= grouped, f"{where}: legend {sorted(shown - grouped)} is aggregated away"
