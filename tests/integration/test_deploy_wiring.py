@@ -51,6 +51,19 @@ def test_every_leadpulse_job_alerts_when_its_target_is_missing() -> None:
         assert f'absent(up{{job="{job}"}})' in exprs, f"no alert fires when {job} has no target"
 
 
+def test_every_alert_has_a_description_and_a_runbook_row() -> None:
+    """alerts.yml sends whoever is paged to docs/operations.md ("Alerts"): each alert needs its row there,
+    saying what it means and where to look first, and a description in the notification itself."""
+    text = (ROOT / "docs" / "operations.md").read_text()
+    table = text.split("### Alerts", 1)[1].split("\n## ", 1)[0]
+    rows = set(re.findall(r"^\| `(Leadpulse\w+)` \|", table, re.MULTILINE))
+    names = {rule["alert"] for rule in alert_rules()}
+    assert names - rows == set(), "alerts without a runbook row in docs/operations.md"
+    assert rows - names == set(), "runbook rows for alerts that no longer exist"
+    for rule in alert_rules():
+        assert len(rule["annotations"].get("description", "")) > 20, rule["alert"]
+
+
 def k8s_documents() -> list[dict[str, Any]]:
     skip = {"kustomization.yaml", "secret.example.yaml"}
     text = "\n---\n".join(p.read_text() for p in sorted(K8S.glob("*.yaml")) if p.name not in skip)
