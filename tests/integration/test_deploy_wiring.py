@@ -2,9 +2,9 @@
 
 test_deploy_static.py checks that each file is valid for the tool that reads it and that metric names
 exist; this file checks the wiring between them: an alert for every way a component can vanish, the
-autoscaler measuring the lag the consumer groups really have, every LEADPULSE_* variable a manifest
-sets being a setting the code knows and accepts, and every label an alert or a panel selects, groups by
-or shows being one the code exports, with a value it sets.
+autoscaler measuring the lag the consumer groups really have, every LEADPULSE_* variable a manifest sets
+being a setting the code knows and accepts, every container command being a CLI command, and every label
+an alert or a panel selects, groups by or shows being one the code exports, with a value it sets.
 """
 
 from __future__ import annotations
@@ -16,11 +16,13 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import typer
 import yaml
 from prometheus_client import CollectorRegistry
 
 from agents.notifier_group import GROUP_ID as NOTIFIER_GROUP
 from agents.worker_clients import GROUP
+from leadpulse.cli import app
 from sinks.sink_loop import SINK_GROUP
 from streams.metrics import SLA_LEVELS, SLA_NAMES, Metrics
 from streams.settings import ENV_PREFIX, Settings, load_settings
@@ -256,3 +258,33 @@ def test_alerts_and_panels_use_only_labels_and_values_the_code_exports() -> None
         shown = set(re.findall(r"\{\{\s*(\w+)\s*\}\}", legend or ""))
         if used and grouped:
             assert shown <= grouped, f"{where}: legend {sorted(shown - grouped)} is aggregated away"
+
+
+# --- commands -------------------------------------------------------------------------------------------
+
+
+def test_every_container_command_is_a_leadpulse_cli_command() -> None:
+    """The image's entrypoint is ``leadpulse``; a compose ``command`` or a container's ``args`` that names no
+    command (a renamed verb, ``topic create``) crash-loops with a usage error that no alert names."""
+    cli = typer.main.get_command(app)
+    invocations = {
+        f"compose {name}": service["command"]
+        for name, service in load_yaml(ROOT / "docker-compose.yml")["services"].items()
+        if service.get("build") == "."
+    }
+    for name, workload in {**by_kind("Deployment"), **by_kind("Job")}.items():
+        pod = workload["spec"]["template"]["spec"]
+        for container in [*pod.get("initContainers", []), *pod["containers"]]:
+            assert container["image"].startswith("leadpulse:"), name
+            invocations[f"k8s {name}/{container['name']}"] = container["args"]
+    assert len(invocations) >= 12
+    for where, args in invocations.items():
+        command: Any = cli  # typer's own (vendored) click: a group is what has subcommands
+        words = list(args)
+        while hasattr(command, "list_commands"):
+            assert words, f"{where}: {args} stops at a group"
+            context = command.make_context(command.name, [], resilient_parsing=True)
+            sub = command.get_command(context, words[0])
+            assert sub is not None, f"{where}: {words[0]!r} is not a command of {command.name!r}"
+            command, words = sub, words[1:]
+        command.make_context(command.name, words)  # raises on an unknown option or argument
