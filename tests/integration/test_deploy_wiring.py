@@ -288,3 +288,16 @@ def test_every_container_command_is_a_leadpulse_cli_command() -> None:
             assert sub is not None, f"{where}: {words[0]!r} is not a command of {command.name!r}"
             command, words = sub, words[1:]
         command.make_context(command.name, words)  # raises on an unknown option or argument
+
+
+def test_autoscaled_deployments_leave_the_replica_count_to_the_autoscaler() -> None:
+    """A Deployment's ``spec.replicas`` is applied again with every ``kubectl apply``: workers KEDA had
+    scaled to 6 for a backlog went back to 2 at the next release (a rebalance, every worker reloading its
+    states) until KEDA raised them again (another). Kubernetes' advice for autoscaled workloads: leave the
+    field out."""
+    scaled = {obj["spec"]["scaleTargetRef"]["name"] for obj in by_kind("ScaledObject").values()}
+    scaled |= {hpa["spec"]["scaleTargetRef"]["name"] for hpa in by_kind("HorizontalPodAutoscaler").values()}
+    deployments = by_kind("Deployment")
+    assert scaled == {"leadpulse-worker", "leadpulse-sink", "leadpulse-collector"}
+    for name in scaled:
+        assert "replicas" not in deployments[name]["spec"], f"{name}: replicas fights its autoscaler"
