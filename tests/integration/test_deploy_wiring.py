@@ -301,3 +301,14 @@ def test_autoscaled_deployments_leave_the_replica_count_to_the_autoscaler() -> N
     assert scaled == {"leadpulse-worker", "leadpulse-sink", "leadpulse-collector"}
     for name in scaled:
         assert "replicas" not in deployments[name]["spec"], f"{name}: replicas fights its autoscaler"
+
+
+def test_disruption_budgets_let_a_drain_evict_pods_that_are_not_ready() -> None:
+    """A sink is not ready while ClickHouse is away (RELIABILITY.md 2b), a collector while the broker is
+    unreachable at start, and KEDA adds sinks while the lag grows. Under the default policy
+    (IfHealthyBudget) a budget already spent by those unready pods refuses to evict them, so a node drain
+    hangs for the whole outage although evicting them costs nothing."""
+    budgets = by_kind("PodDisruptionBudget")
+    assert set(budgets) == {"leadpulse-worker", "leadpulse-sink", "leadpulse-collector"}
+    for name, budget in budgets.items():
+        assert budget["spec"].get("unhealthyPodEvictionPolicy") == "AlwaysAllow", name
