@@ -312,3 +312,16 @@ def test_disruption_budgets_let_a_drain_evict_pods_that_are_not_ready() -> None:
     assert set(budgets) == {"leadpulse-worker", "leadpulse-sink", "leadpulse-collector"}
     for name, budget in budgets.items():
         assert budget["spec"].get("unhealthyPodEvictionPolicy") == "AlwaysAllow", name
+
+
+def test_scrape_target_labels_do_not_collide_with_exported_labels() -> None:
+    """A target label that a series also carries renames the series' own to ``exported_<name>``: queries
+    written against the code's label read the target's instead, and compose and Kubernetes (whose
+    ServiceMonitor adds no such label) disagree."""
+    exported = set().union(*exported_labels().values())
+    config = load_yaml(PROMETHEUS / "prometheus.yml")
+    for job in config["scrape_configs"]:
+        for static in job.get("static_configs", []):
+            clashes = set(static.get("labels", {})) & exported
+            assert clashes == set(), f"{job['job_name']}: target labels {sorted(clashes)} hide the series'"
+    assert set(config["global"].get("external_labels", {})).isdisjoint(exported)
