@@ -325,3 +325,25 @@ def test_scrape_target_labels_do_not_collide_with_exported_labels() -> None:
             clashes = set(static.get("labels", {})) & exported
             assert clashes == set(), f"{job['job_name']}: target labels {sorted(clashes)} hide the series'"
     assert set(config["global"].get("external_labels", {})).isdisjoint(exported)
+
+
+def test_promql_functions_fit_the_metric_types() -> None:
+    """rate()/increase() on a gauge and delta() on a counter return numbers that mean nothing (a counter's
+    reset reads as a huge drop), and histogram_quantile() without ``le`` in its grouping returns nothing."""
+    metrics = Metrics(CollectorRegistry(), process_metrics=True)
+    kinds: dict[str, str] = {}
+    for family in metrics.registry.collect():
+        for sample in family.samples:
+            kinds[sample.name] = "gauge" if family.type in {"gauge", "info"} else "counter"
+    for collector in {id(c): c for c in metrics.registry._names_to_collectors.values()}.values():
+        kind = getattr(collector, "_type", None)  # labelled families have no samples before their first use
+        for name in metrics.registry._get_names(collector) if kind else ():
+            kinds[name] = "gauge" if kind == "gauge" else "counter"
+    for where, expr, _ in promql_expressions():
+        for function, name in re.findall(r"\b(i?rate|increase|delta|deriv|idelta)\(\s*([a-z_:]+)", expr):
+            wanted = "gauge" if function in {"delta", "deriv", "idelta"} else "counter"
+            assert kinds[name] == wanted, f"{where}: {function}() over the {kinds[name]} {name}"
+        groupings = re.findall(r"histogram_quantile\([^,]+,\s*\w+\s+by\s*\(([^)]*)\)", expr)
+        assert len(groupings) == expr.count("histogram_quantile"), f"{where}: a quantile not summed by le"
+        for grouping in groupings:
+            assert "le" in {label.strip() for label in grouping.split(",")}, f"{where}: quantile without le"
