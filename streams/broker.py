@@ -148,26 +148,48 @@ class EmbeddedBroker:
         self.stop()
 
 
+#: ``replication_factor`` meaning "the broker's ``default.replication.factor``" (KIP-464, Kafka >= 2.4).
+BROKER_DEFAULT_REPLICATION = -1
+
+
 def create_topics(
     bootstrap: str,
     prefix: str = "",
     specs: Iterable[TopicSpec] = TOPICS,
     admin_config: dict[str, object] | None = None,
-) -> list[str]:
-    """Create every catalogue topic that does not exist yet; returns the names it created."""
+    replication_factor: int = BROKER_DEFAULT_REPLICATION,
+) -> dict[str, int]:
+    """Create every catalogue topic that does not exist yet; returns the names it created, each with the
+    replication factor the broker reports for it (-1 if it reports none).
+
+    Why the broker's default and not 1: every topic used to be created with one replica, so on a production
+    cluster the lead-state changelog and the inputs had no copy and ``acks=all`` protected nothing (one broker
+    lost, data lost). ``LEADPULSE_TOPIC_REPLICATION_FACTOR`` sets it explicitly (a broker older than 2.4
+    refuses -1)."""
     admin = KafkaAdminClient(bootstrap_servers=bootstrap, **(admin_config or {}))
     try:
         existing = set(admin.list_topics())
         todo = [s for s in specs if prefix + s.name not in existing]
-        created = []
+        created: dict[str, int] = {}
         for spec in todo:
-            topic = NewTopic(prefix + spec.name, spec.partitions, 1, topic_configs=spec.configs())
+            topic = NewTopic(
+                prefix + spec.name, spec.partitions, replication_factor, topic_configs=spec.configs()
+            )
             with contextlib.suppress(TopicAlreadyExistsError):
-                admin.create_topics([topic])
-                created.append(topic.name)
+                response = admin.create_topics([topic])
+                created[topic.name] = _reported_replication(response, topic.name)
         return created
     finally:
         admin.close()
+
+
+def _reported_replication(response: Any, name: str) -> int:
+    """The replication factor in a CreateTopics response (v5+ reports it; older ones do not)."""
+    topics = response.get("topics", []) if isinstance(response, dict) else []
+    for topic in topics:
+        if topic.get("name") == name and isinstance(topic.get("replication_factor"), int):
+            return int(topic["replication_factor"])
+    return BROKER_DEFAULT_REPLICATION
 
 
 def partition_mismatches(
@@ -323,14 +345,20 @@ def running_broker(
                 "stop it or set LEADPULSE_BROKER_PORT"
             )
         if with_topics:
-            create_topics(settings.bootstrap, settings.topic_prefix)
+            create_topics(
+                settings.bootstrap,
+                settings.topic_prefix,
+                replication_factor=settings.topic_replication_factor,
+            )
         yield settings.bootstrap
         return
     broker = EmbeddedBroker(tansu_binary(settings), settings.broker_host, settings.broker_port, log_file)
     broker.start()
     try:
         if with_topics:
-            create_topics(broker.bootstrap, settings.topic_prefix)
+            create_topics(
+                broker.bootstrap, settings.topic_prefix, replication_factor=settings.topic_replication_factor
+            )
         yield broker.bootstrap
     finally:
         broker.stop()

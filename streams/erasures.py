@@ -91,7 +91,11 @@ def ensure_topic(settings: Settings) -> None:
     partitions, and every reader must see every erasure in one order, hence one partition."""
     try:
         create_topics(
-            settings.bootstrap, settings.topic_prefix, [ERASURES], admin_config=kafka_client_config(settings)
+            settings.bootstrap,
+            settings.topic_prefix,
+            [ERASURES],
+            admin_config=kafka_client_config(settings),
+            replication_factor=settings.topic_replication_factor,
         )
     except KafkaError as exc:  # no admin rights: the topic may still exist; producing/reading says if not
         log.warning("could not check/create topic %s: %s", settings.topic(ERASURES.name), exc)

@@ -42,6 +42,9 @@ class Settings(BaseSettings):
     # Kafka. Unset bootstrap = start (or reuse) the embedded Tansu broker on loopback.
     kafka_bootstrap: str | None = None
     topic_prefix: str = Field(default="", pattern=r"^[A-Za-z0-9._-]*$")
+    # Replicas of each topic `topics create` (and the processes' start) creates: -1 = the broker's
+    # default.replication.factor (Kafka >= 2.4; 1 on the embedded broker). Existing topics are not changed.
+    topic_replication_factor: int = Field(default=-1, ge=-1, le=32767)
     kafka_security_protocol: Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"] = "PLAINTEXT"
     kafka_sasl_mechanism: Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"] | None = None
     kafka_sasl_username: str | None = None
@@ -108,6 +111,13 @@ class Settings(BaseSettings):
             host, sep, port = part.strip().rpartition(":")
             if not sep or not host or not port.isdigit():
                 raise ValueError(f"expected host:port[,host:port...], got {part.strip()!r}")
+        return value
+
+    @field_validator("topic_replication_factor")
+    @classmethod
+    def _replicas(cls, value: int) -> int:
+        if value == 0:
+            raise ValueError("0 replicas: give 1 or more, or -1 for the broker's default")
         return value
 
     @field_validator("clickhouse_dsn")

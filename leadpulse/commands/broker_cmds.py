@@ -14,6 +14,7 @@ from rich.table import Table
 from leadpulse.commands.cli_output import fail, note_temporary_broker, report_error, stdout_console
 from leadpulse.commands.settings_arg import cli_settings
 from streams.broker import (
+    BROKER_DEFAULT_REPLICATION,
     BrokerError,
     create_topics,
     kafka_client_config,
@@ -42,14 +43,28 @@ def topics_create() -> None:
     settings = cli_settings()
     config = None if settings.embedded_broker else kafka_client_config(settings)
     note_temporary_broker(settings)  # else "created" topics that end with the command
+    replicas = settings.topic_replication_factor
     with running_broker(settings, with_topics=False) as bootstrap:
-        created = create_topics(bootstrap, settings.topic_prefix, admin_config=config)
+        created = create_topics(
+            bootstrap, settings.topic_prefix, admin_config=config, replication_factor=replicas
+        )
         problems = partition_mismatches(bootstrap, settings.topic_prefix, admin_config=config)
     console.print(f"created {len(created)} topic(s): {', '.join(created) or '(all existed)'}")
+    if created:
+        console.print(f"replication factor: {_replication(replicas, created)}", soft_wrap=True)
     for problem in problems[:-1]:
         report_error(problem)
     if problems:
         raise fail(problems[-1])
+
+
+def _replication(asked: int, created: dict[str, int]) -> str:
+    """What was asked and what the broker says it made: a production cluster answering 1 is the thing an
+    operator must see at once (LEADPULSE_TOPIC_REPLICATION_FACTOR)."""
+    reported = sorted({factor for factor in created.values() if factor >= 0})
+    wanted = "the broker's default" if asked == BROKER_DEFAULT_REPLICATION else str(asked)
+    got = ", ".join(map(str, reported)) if reported else "not reported by the broker"
+    return f"{got} (asked: {wanted}; LEADPULSE_TOPIC_REPLICATION_FACTOR)"
 
 
 @topics_app.command("list", help="Show the topic catalogue (names, schemas, partitions, retention).")

@@ -62,3 +62,23 @@ def test_topics_create_on_the_embedded_broker_counts_the_topics_it_created(
     first = create()
     assert f"created {len(TOPICS)} topic(s): " in first, first
     assert "created 0 topic(s): (all existed)" in create()
+
+
+@pytest.mark.parametrize(
+    ("setting", "reported"), [(None, "1 (asked: the broker's default;"), ("3", "3 (asked: 3;")]
+)
+def test_topics_create_asks_for_the_configured_replication_factor(
+    broker: EmbeddedBroker, broker_settings: Settings, tmp_path: Path, setting: str | None, reported: str
+) -> None:
+    """Topics were created with one replica whatever the cluster: on production Kafka the state changelog
+    had no copy. Default: the broker's own default (Tansu answers 1 for it); set: what is set (Tansu, one
+    node, reports what it was asked)."""
+    prefix = broker_settings.topic_prefix + f"rf{setting or 'default'}."
+    env = leadpulse_env(kafka_bootstrap=broker.bootstrap, topic_prefix=prefix, data_dir=tmp_path / "d")
+    if setting:
+        env["LEADPULSE_TOPIC_REPLICATION_FACTOR"] = setting
+    done = subprocess.run(
+        [*LEADPULSE, "topics", "create"], env=env, capture_output=True, text=True, timeout=120, check=False
+    )
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert f"replication factor: {reported} LEADPULSE_TOPIC_REPLICATION_FACTOR)" in done.stdout + done.stderr

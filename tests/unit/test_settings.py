@@ -37,6 +37,8 @@ def test_env_vars_are_read_with_the_leadpulse_prefix(monkeypatch: pytest.MonkeyP
         ("LEADPULSE_CLICKHOUSE_DSN", "mysql://x"),
         ("LEADPULSE_TOPIC_PREFIX", "bad prefix!"),
         ("LEADPULSE_LOG_LEVEL", "LOUD"),
+        ("LEADPULSE_TOPIC_REPLICATION_FACTOR", "0"),
+        ("LEADPULSE_TOPIC_REPLICATION_FACTOR", "-2"),
     ],
 )
 def test_a_wrong_value_names_the_variable(monkeypatch: pytest.MonkeyPatch, var: str, value: str) -> None:
