@@ -18,6 +18,7 @@ from clickhouse_connect.driver.client import Client
 from streams.settings import Settings
 
 DATABASE = "leadpulse"
+MEMORY_DSN = "chdb://:memory:"  # an engine that keeps nothing on disk
 
 
 def is_embedded(dsn: str) -> bool:
@@ -58,6 +59,19 @@ def _usable(location: str) -> None:
         raise EmbeddedDirectoryUnusable(location, exc.strerror or str(exc)) from None
     if not os.access(path, os.W_OK | os.X_OK):
         raise EmbeddedDirectoryUnusable(location, "not writable by this user")
+
+
+def holds_nothing(location: str) -> bool:
+    """Whether a chDB directory holds no data yet: it does not exist, or is an empty directory. A read-only
+    command must not open it then: opening creates the directory and chDB's files in it, so ``leadpulse
+    report`` run in the wrong directory left an empty ``.leadpulse/clickhouse`` behind."""
+    if location == ":memory:":
+        return False
+    path = Path(location)
+    try:
+        return not path.exists() or (path.is_dir() and not any(path.iterdir()))
+    except OSError:  # unreadable: opening it says why
+        return False
 
 
 def _locked(location: str) -> bool:
@@ -101,7 +115,8 @@ def get_client(settings: Settings, *, dsn: str | None = None, **kwargs: Any) -> 
     target = dsn or settings.dsn
     if is_embedded(target):
         location = chdb_location(target)
-        _usable(location)
+        if location != ":memory:":  # else a directory named ":memory:" was made in the current one
+            _usable(location)
         if _held_elsewhere(location):  # before chDB prints its own lock error to stderr
             raise EmbeddedEngineBusy(location)
         try:

@@ -31,7 +31,7 @@ from aiohttp import web
 from clickhouse_connect.driver.client import Client
 from clickhouse_connect.driver.exceptions import DatabaseError
 
-from sinks.clickhouse import EmbeddedEngineBusy, get_client
+from sinks.clickhouse import MEMORY_DSN, EmbeddedEngineBusy, chdb_location, get_client, holds_nothing
 from sinks.reports import Rows
 from sinks.sql_guard import QueryError as QueryError  # re-exported: callers catch it from here
 from sinks.sql_guard import check_read_only as check_read_only
@@ -296,8 +296,13 @@ def query_runner(settings: Settings) -> tuple[Runner, Callable[[], None]]:
     """
     if sink_serving(settings):
         return http_runner(sink_url(settings)), lambda: None
+    dsn = settings.dsn
+    if settings.embedded_clickhouse and holds_nothing(chdb_location(dsn)):
+        # An engine in memory answers as the empty directory would (no leadpulse database; SELECT 1 runs)
+        # without creating it, as opening it would: a read-only command leaves nothing behind.
+        dsn = MEMORY_DSN
     try:
-        client = get_client(settings)
+        client = get_client(settings, dsn=dsn)
     except Exception as exc:
         if isinstance(exc, EmbeddedEngineBusy):
             raise QueryError(
