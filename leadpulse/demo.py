@@ -29,6 +29,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from agents.sla import FOLLOW_UP, REJECTION_FEEDBACK
 from leadpulse.demo_services import DemoError, DemoUsageError, Service, WebhookReceiver, port_or_free
 from leadpulse.live_view import HotLeadFeed, LiveState, render, scored, scrape, total
+from sinks.reports.period import Period, make_period
 from streams.broker import free_port, running_broker
 from streams.collector_client import CollectorClient
 from streams.producer import Producer
@@ -49,6 +50,7 @@ class DemoResult:
     breaches_by_sla: dict[str, int]  # hot_lead_follow_up, rejection_feedback
     report_path: Path
     reports: dict[str, Any]
+    period: Period  # what the reports cover: report_period()
 
 
 SEEDS_FILE = "demo-seeds.json"  # the traffic seeds whose data the directory holds
@@ -190,7 +192,9 @@ def _run(
             _drive(state, publisher, plan, refresh, lambda: console.print(_status_line(state, feed)))
         if publisher.error:
             raise DemoError(f"publishing failed: {publisher.error}")
-        reports = _reports(settings.model_copy(update={"kafka_bootstrap": bootstrap, "sink_port": sink.port}))
+        period = report_period(int(time.time() * 1000))
+        local = settings.model_copy(update={"kafka_bootstrap": bootstrap, "sink_port": sink.port})
+        reports = _reports(local, period)
     finally:
         feed.stop()
         for service in reversed(services):
@@ -208,6 +212,7 @@ def _run(
         },
         settings.data_dir / "report.html",
         reports,
+        period,
     )
 
 
@@ -347,17 +352,22 @@ def _status_line(state: LiveState, feed: HotLeadFeed) -> str:
     )
 
 
-def _reports(settings: Settings) -> dict[str, Any]:
+def report_period(now_ms: int) -> Period:
+    """The period of the demo's reports: the one ``leadpulse report`` reads with no --since/--until (the last
+    90 days). The demo read 30, so once the data directory held an earlier demo's traffic older than that,
+    the command it suggests next (``leadpulse report funnel``) printed other numbers than the demo had."""
+    return make_period(None, None, now_ms)
+
+
+def _reports(settings: Settings, period: Period) -> dict[str, Any]:
     from sinks.query_service import query_runner
     from sinks.reports.content import content_report
     from sinks.reports.funnel import funnel_report
     from sinks.reports.health import health_report
-    from sinks.reports.period import make_period
     from sinks.reports.plan import plan_report
     from sinks.reports.sla import sla_report
 
     run, close = query_runner(settings)
-    period = make_period(None, None, int(time.time() * 1000), default_days=30)
     reports: dict[str, Callable[[], Any]] = {
         "content": lambda: content_report(run, period),
         "health": lambda: health_report(run, period),

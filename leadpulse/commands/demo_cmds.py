@@ -2,16 +2,20 @@
 
 from __future__ import annotations
 
+import datetime as dt
 import shutil
 import sys
 import time
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import typer
 
 from leadpulse.commands.cli_output import fail, stdout_console
 from leadpulse.commands.settings_arg import cli_settings
+
+if TYPE_CHECKING:
+    from sinks.reports.period import Period
 
 
 def register(app: typer.Typer) -> None:
@@ -70,13 +74,14 @@ def register(app: typer.Typer) -> None:
             )
         except DemoError as exc:
             raise fail(f"demo: {exc}", 2 if isinstance(exc, DemoUsageError) else 1) from None
+        console.print(period_line(result.period), markup=False, highlight=False)
         for name in ("content", "funnel", "sla"):
             console.rule(f"leadpulse report {name}")
             shown, note = terminal_report(name, result.reports[name])
             console.print(render(shown, "table"), markup=False, highlight=False)
             if note:
                 console.print(note, markup=False, highlight=False)
-        path = _write_html(result.report_path, result.reports, result)
+        path = _write_html(result.report_path, result.reports, result, period_line(result.period))
         console.rule("summary")
         by_sla = result.breaches_by_sla
         console.print(
@@ -92,7 +97,24 @@ def register(app: typer.Typer) -> None:
         console.print(hint, markup=False, highlight=False)
 
 
-def _write_html(path: Path, reports: dict[str, Any], result: object) -> Path | None:
+def period_line(period: Period) -> str:
+    """What the demo's reports cover, and that it is what ``leadpulse report`` reads by default: the
+    command the demo suggests next prints the same numbers."""
+    from sinks.reports.period import DAY_MS
+
+    def utc(ms: int) -> str:
+        return dt.datetime.fromtimestamp(ms / 1000, dt.UTC).strftime("%Y-%m-%d %H:%M")
+
+    days = round((period.until_ms - period.since_ms) / DAY_MS)
+    return (
+        f"reports of the last {days} days ({utc(period.since_ms)} to {utc(period.until_ms)} UTC), "
+        "as `leadpulse report` reads them without --since"
+    )
+
+
+def _write_html(
+    path: Path, reports: dict[str, Any], result: object, subtitle: str | None = None
+) -> Path | None:
     try:
         from sinks.reports.html import write_html_report
     except ImportError:
@@ -107,6 +129,7 @@ def _write_html(path: Path, reports: dict[str, Any], result: object) -> Path | N
         path,
         reports,
         title="leadpulse demo report",
+        subtitle=subtitle,
         generated_at_ms=int(time.time() * 1000),
         summary=summary,
     )

@@ -61,6 +61,8 @@ def test_demo_exits_zero_and_notifies_hot_leads(demo: tuple[Path, dict[str, str]
     assert hot > 0 and delivered == hot
     for title in ("leadpulse report content", "leadpulse report funnel", "leadpulse report sla"):
         assert title in result.stdout
+    # the period of `leadpulse report` without --since, which the closing lines suggest next (it was 30 days)
+    assert "reports of the last 90 days (" in result.stdout, result.stdout[:2000]
 
 
 def test_leads_made_to_miss_their_sla_are_reported_as_breached(
