@@ -305,9 +305,12 @@ def query_runner(settings: Settings) -> tuple[Runner, Callable[[], None]]:
         client = get_client(settings, dsn=dsn)
     except Exception as exc:
         if isinstance(exc, EmbeddedEngineBusy):
+            # Not "run `leadpulse sink`": a sink cannot open a directory another process holds either.
             raise QueryError(
                 f"{settings.shown_dsn} is locked by another process that does not serve queries on "
-                f"{sink_url(settings)}; run `leadpulse sink` (it serves the query API) or stop that process"
+                f"{sink_url(settings)}: a `leadpulse sink` listening on another port (set "
+                "LEADPULSE_SINK_PORT to its port), one still starting (try again when it is ready), or "
+                "another command using the directory (wait for it to end)"
             ) from None
         where = settings.shown_dsn
         raise QueryError(f"cannot open ClickHouse at {where}: {type(exc).__name__}: {exc}") from None

@@ -60,6 +60,13 @@ def test_sql_reads_its_own_data_directory_not_the_one_a_running_sink_owns(
         assert locked.returncode == 1
         assert "is owned by another process, normally a running `leadpulse sink`" in locked.stderr
         assert "Cannot lock file" not in locked.stderr
+        # `sql` there said "run `leadpulse sink`", which cannot open the locked directory either; it names
+        # the setting that finds the running sink, and that setting, as told, works.
+        refused = cli(["sql", "SELECT 1"], elsewhere)
+        assert refused.returncode == 2 and "set LEADPULSE_SINK_PORT to its port" in refused.stderr
+        assert "run `leadpulse sink`" not in refused.stderr, refused.stderr
+        as_told = cli(["sql", "SELECT 1"], {**elsewhere, "LEADPULSE_SINK_PORT": str(port)})
+        assert as_told.returncode == 0, as_told.stderr
     finally:
         sink.stop()
 
