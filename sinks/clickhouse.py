@@ -44,21 +44,22 @@ class EmbeddedEngineBusy(OSError):
 
 class EmbeddedDirectoryUnusable(OSError):
     """The chDB directory cannot be created or written (a file in its place, no permission): not something
-    a retry fixes, so the sink says it once instead of retrying "unavailable" forever."""
+    a retry fixes, so the sink says it once instead of retrying "unavailable" forever. ``setting`` is the
+    one that chose the directory: with LEADPULSE_CLICKHOUSE_DSN set, "set LEADPULSE_DATA_DIR" did nothing."""
 
-    def __init__(self, location: str, reason: str) -> None:
+    def __init__(self, location: str, reason: str, setting: str = "LEADPULSE_DATA_DIR") -> None:
         self.location = location
-        super().__init__(f"chdb://{location} cannot be used: {reason} (set LEADPULSE_DATA_DIR)")
+        super().__init__(f"chdb://{location} cannot be used: {reason} (set {setting})")
 
 
-def _usable(location: str) -> None:
+def _usable(location: str, setting: str) -> None:
     path = Path(location)
     try:
         path.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
-        raise EmbeddedDirectoryUnusable(location, exc.strerror or str(exc)) from None
+        raise EmbeddedDirectoryUnusable(location, exc.strerror or str(exc), setting) from None
     if not os.access(path, os.W_OK | os.X_OK):
-        raise EmbeddedDirectoryUnusable(location, "not writable by this user")
+        raise EmbeddedDirectoryUnusable(location, "not writable by this user", setting)
 
 
 def holds_nothing(location: str) -> bool:
@@ -116,7 +117,7 @@ def get_client(settings: Settings, *, dsn: str | None = None, **kwargs: Any) -> 
     if is_embedded(target):
         location = chdb_location(target)
         if location != ":memory:":  # else a directory named ":memory:" was made in the current one
-            _usable(location)
+            _usable(location, "LEADPULSE_CLICKHOUSE_DSN" if settings.clickhouse_dsn else "LEADPULSE_DATA_DIR")
         if _held_elsewhere(location):  # before chDB prints its own lock error to stderr
             raise EmbeddedEngineBusy(location)
         try:
