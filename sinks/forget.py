@@ -97,8 +97,9 @@ def forget_lead(
                 client = get_client(settings)
             except Exception as exc:
                 hint = (
-                    f"; a process owns it without serving queries on {sink_url(settings)}: stop it or "
-                    "run `leadpulse sink`, which applies erasures itself"
+                    f"; a process owns it without serving queries on {sink_url(settings)}: a `leadpulse "
+                    "sink` on another port (set LEADPULSE_SINK_PORT to its port: it applies the erasure), or "
+                    "another command using it (wait for it to end)"
                     if isinstance(exc, EmbeddedEngineBusy)
                     else ""
                 )

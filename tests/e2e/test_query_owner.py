@@ -67,6 +67,10 @@ def test_sql_reads_its_own_data_directory_not_the_one_a_running_sink_owns(
         assert "run `leadpulse sink`" not in refused.stderr, refused.stderr
         as_told = cli(["sql", "SELECT 1"], {**elsewhere, "LEADPULSE_SINK_PORT": str(port)})
         assert as_told.returncode == 0, as_told.stderr
+        # forget said "stop it or run `leadpulse sink`": the same dead end
+        not_forgotten = cli(["forget", "L-1", "--yes"], elsewhere)
+        assert not_forgotten.returncode == 1 and "set LEADPULSE_SINK_PORT" in not_forgotten.stderr
+        assert "run `leadpulse sink`" not in not_forgotten.stderr, not_forgotten.stderr
     finally:
         sink.stop()
 
