@@ -215,22 +215,24 @@ def terminal_report(name: str, sections: Sections) -> tuple[dict[str, list[dict[
     return shown, f"(some {what} left out here: `leadpulse report {name}` and the HTML report have them all)"
 
 
-def next_steps(data: Path, cwd: Path, argv0: str, on_path: str | None) -> str:
+def next_steps(data: Path, cwd: Path, argv0: str, on_path: str | None, dsn: str | None = None) -> str:
     """The demo's last lines: where its data is and the commands that read it, as this user can type them.
 
     ``bash run.sh demo`` runs ``.venv/bin/leadpulse`` inside the repository, so a bare ``leadpulse`` is often
     not on the PATH, and the default data directory ``.leadpulse`` is relative to the directory the demo ran
     in: "try `leadpulse report content`" failed with "command not found", or read an empty directory
-    elsewhere. ``on_path`` is what ``shutil.which("leadpulse")`` found."""
+    elsewhere. ``on_path`` is what ``shutil.which("leadpulse")`` found; ``dsn`` the (shown) ClickHouse DSN
+    when LEADPULSE_CLICKHOUSE_DSN is set: the data is there, not under ``data``, which it overrides."""
     exe, script = "leadpulse", cwd / argv0  # an absolute argv0 stays itself
     if script.name == "leadpulse" and script.exists():
         same = on_path is not None and Path(on_path).resolve() == script.resolve()
         exe = "leadpulse" if same else argv0
     data = data.resolve()
     default = data == (cwd / ".leadpulse").resolve()
-    cmd = exe if default else f"LEADPULSE_DATA_DIR={data} {exe}"
+    cmd = exe if default or dsn else f"LEADPULSE_DATA_DIR={data} {exe}"
+    where = f"data kept in {data}" if dsn is None else f"data stored in {dsn}"
     return (
-        f"data kept in {data}. Next, from {cwd}:\n"
+        f"{where}. Next, from {cwd}{' with the same LEADPULSE_CLICKHOUSE_DSN' if dsn else ''}:\n"
         f"  {cmd} report funnel      # also content, health, sla; plan --target 10M --deal-size 1M\n"
         f'  {cmd} sql "SELECT count() FROM leadpulse.events"'
     )

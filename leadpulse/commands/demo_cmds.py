@@ -93,7 +93,8 @@ def register(app: typer.Typer) -> None:
         )
         console.print(compliance_line(result.reports["sla"]["follow_up"][0]), markup=False, highlight=False)
         console.print(f"HTML report: {path}" if path else "HTML report: not written (renderer unavailable)")
-        hint = next_steps(settings.data_dir, Path.cwd(), sys.argv[0], shutil.which("leadpulse"))
+        dsn = settings.shown_dsn if settings.clickhouse_dsn else None  # the data is there, not in data_dir
+        hint = next_steps(settings.data_dir, Path.cwd(), sys.argv[0], shutil.which("leadpulse"), dsn)
         console.print(hint, markup=False, highlight=False)
 
 

@@ -44,3 +44,15 @@ def test_an_own_data_dir_is_part_of_the_command(tmp_path: Path) -> None:
 def test_python_dash_m_falls_back_to_the_command_name(tmp_path: Path) -> None:
     line = next_steps(tmp_path / ".leadpulse", tmp_path, "/x/leadpulse/cli.py", None)
     assert "\n  leadpulse report funnel " in line
+
+
+def test_a_clickhouse_dsn_is_where_the_data_is_said_to_be(tmp_path: Path) -> None:
+    """With LEADPULSE_CLICKHOUSE_DSN the demo's data is in that ClickHouse: the closing lines said "data kept
+    in DATA_DIR" and put LEADPULSE_DATA_DIR in front of the commands, which the DSN overrides; from a shell
+    without the DSN they read an empty embedded ClickHouse."""
+    dsn = "http://analyst:***@clickhouse.internal:8123"
+    line = next_steps(tmp_path / "mine", tmp_path, "leadpulse", None, dsn)
+    assert line.startswith(f"data stored in {dsn}. Next, from {tmp_path} ")
+    assert "with the same LEADPULSE_CLICKHOUSE_DSN:\n" in line
+    assert "data kept in" not in line and "LEADPULSE_DATA_DIR" not in line
+    assert "\n  leadpulse report funnel " in line
