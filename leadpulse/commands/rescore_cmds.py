@@ -177,7 +177,7 @@ def _history(source: str) -> Any:
         raise HistoryError(
             f"history: reading {source!r} needs a running broker; none at {settings.bootstrap} (start "
             "`leadpulse broker`, set LEADPULSE_KAFKA_BOOTSTRAP, or give a history file such as "
-            "`leadpulse generate` writes)"
+            "`leadpulse generate --out history.jsonl` writes)"
         )
     history = read_input_history(settings, [settings.topic(n) for n in names])
     skipped = history.skipped
