@@ -108,7 +108,8 @@ def register(app: typer.Typer) -> None:
         try:
             stats = run_sink(settings, stop, policy=BatchPolicy(batch_rows, batch_seconds))
         except EmbeddedEngineBusy as exc:  # a second sink on the same directory
-            raise fail(f"{exc}: one sink per embedded directory (set LEADPULSE_DATA_DIR)") from None
+            which = "LEADPULSE_CLICKHOUSE_DSN" if settings.clickhouse_dsn else "LEADPULSE_DATA_DIR"
+            raise fail(f"{exc}: one sink per embedded directory (set {which})") from None
         except EmbeddedDirectoryUnusable as exc:
             raise fail(str(exc)) from None
         typer.echo(

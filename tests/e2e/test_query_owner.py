@@ -67,6 +67,12 @@ def test_sql_reads_its_own_data_directory_not_the_one_a_running_sink_owns(
         assert "run `leadpulse sink`" not in refused.stderr, refused.stderr
         as_told = cli(["sql", "SELECT 1"], {**elsewhere, "LEADPULSE_SINK_PORT": str(port)})
         assert as_told.returncode == 0, as_told.stderr
+        # A second sink on the directory, chosen by LEADPULSE_CLICKHOUSE_DSN: the setting to change is that
+        # one (it said LEADPULSE_DATA_DIR, which the DSN overrides)
+        by_dsn = {**elsewhere, "LEADPULSE_CLICKHOUSE_DSN": f"chdb://{owned.resolve()}/clickhouse"}
+        second = cli(["sink"], by_dsn)
+        assert second.returncode == 1, second.stdout + second.stderr
+        assert "per embedded directory (set LEADPULSE_CLICKHOUSE_DSN)" in second.stderr, second.stderr
         # forget said "stop it or run `leadpulse sink`": the same dead end
         not_forgotten = cli(["forget", "L-1", "--yes"], elsewhere)
         assert not_forgotten.returncode == 1 and "set LEADPULSE_SINK_PORT" in not_forgotten.stderr
