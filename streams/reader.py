@@ -1,6 +1,6 @@
 """Read a topic back (from the beginning up to its current end), decoding each record with the registry.
 
-Used by the CLI (``leadpulse produce --read-back``, ``rescore`` from a topic) and tests. Decoding failures
+Used by the CLI (``rescore`` from a topic, ``dlq``, ``forget``'s profile links) and tests. Decoding failures
 are yielded as values, not raised: a poison record must never stop a reader.
 """
 
