@@ -193,6 +193,49 @@ def test_each_process_gets_the_settings_it_needs(monkeypatch: pytest.MonkeyPatch
             assert not settings.embedded_clickhouse and not settings.default_email_hash_key, where
 
 
+# What each command's code reads beyond the broker: ClickHouse credentials only where ClickHouse is opened
+# (sinks/clickhouse.py get_client: the sink, migrate, and report/sql/forget run by hand in the sink's
+# container), the email-hash key only in the sink (sinks/sink_loop.py), the write keys only in the collector,
+# the webhook targets and their secret only in the notifier. Kafka SASL (Kubernetes only) in all but migrate.
+CREDENTIALS = {
+    "worker": set(),
+    "sink": {"CLICKHOUSE_USER", "CLICKHOUSE_PASSWORD", "EMAIL_HASH_KEY"},
+    "collector": {"WRITE_KEYS"},
+    "notifier": {"WEBHOOK_URLS", "WEBHOOK_SECRET"},
+    "topics": set(),
+    "migrate": {"CLICKHOUSE_USER", "CLICKHOUSE_PASSWORD"},
+}
+SECRET_LIKE = re.compile(r"PASSWORD|SECRET|WRITE_KEYS|USERNAME|USER$|HASH_KEY|WEBHOOK_URLS")
+
+
+def test_each_process_gets_only_the_credentials_its_code_reads() -> None:
+    """Least privilege, on compose as on Kubernetes: compose gave the worker, collector, notifier and
+    ``topics`` the ClickHouse password and the email-hash key, which they never use, so a leak from any of
+    them (``docker inspect``, a crash dump, a debug shell) gave away the database. Missing ones fail too."""
+    composed = compose_env()
+    kubernetes = {
+        name.removeprefix("leadpulse-"): deployment["spec"]["template"]["spec"]["containers"]
+        for name, deployment in by_kind("Deployment").items()
+    }
+    kubernetes |= {
+        container["name"]: [container]
+        for job in by_kind("Job").values()
+        for container in [
+            *job["spec"]["template"]["spec"]["initContainers"],
+            *job["spec"]["template"]["spec"]["containers"],
+        ]
+    }
+    assert set(kubernetes) == set(CREDENTIALS)
+    for name, wanted in CREDENTIALS.items():
+        given = {key.removeprefix(ENV_PREFIX) for key in composed[name] if SECRET_LIKE.search(key)}
+        assert given == wanted, (
+            f"compose {name}: extra {sorted(given - wanted)}, missing {sorted(wanted - given)}"
+        )
+        refs = {var["name"].removeprefix(ENV_PREFIX) for c in kubernetes[name] for var in c.get("env", [])}
+        kafka = {"KAFKA_SASL_USERNAME", "KAFKA_SASL_PASSWORD"} if name != "migrate" else set()
+        assert refs == wanted | kafka, f"k8s {name}: extra {sorted(refs - wanted - kafka)}"
+
+
 # --- labels ---------------------------------------------------------------------------------------------
 
 # Label values the code sets, for the labels whose values an alert or a panel may name.
