@@ -15,6 +15,7 @@ import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import pytest
 import yaml
@@ -30,6 +31,7 @@ ROOT = Path(__file__).resolve().parents[2]
 PROMETHEUS = ROOT / "deploy" / "prometheus"
 GRAFANA = ROOT / "deploy" / "grafana"
 K8S = ROOT / "deploy" / "k8s"
+ALERTMANAGER = ROOT / "deploy" / "alertmanager" / "alertmanager.yml"
 DASHBOARDS = sorted((GRAFANA / "dashboards").glob("*.json"))
 CONTRACT_TABLES = {"events", "lead_scores", "stage_transitions", "sla_events", "hot_leads", "content"}
 # Tables beyond DESIGN §7's list that the dashboards may read (written by the same sink).
@@ -160,6 +162,51 @@ def test_every_dashboard_promql_expression_parses(tmp_path: Path) -> None:
     rule_file.write_text(yaml.safe_dump({"groups": [{"name": "dashboards", "rules": rules}]}))
     result = run(promtool(), "check", "rules", str(rule_file))
     assert result.returncode == 0, result.stdout + result.stderr
+
+
+def routes(route: dict[str, Any]) -> Iterator[dict[str, Any]]:
+    yield route
+    for child in route.get("routes", []):
+        yield from routes(child)
+
+
+def test_alertmanager_config_routes_every_alert_to_a_receiver_that_sends() -> None:
+    """Prometheus only evaluates the rules: with no Alertmanager (compose had none) an alert shows on its
+    /alerts page and reaches nobody. amtool, where installed, reads the file as Alertmanager does; the
+    structure is checked either way: every route names a defined receiver, and every receiver sends
+    somewhere (one without any ``*_configs`` drops what is routed to it without a word)."""
+    config = load_yaml(ALERTMANAGER)
+    known = {"global", "route", "receivers", "inhibit_rules", "templates", "time_intervals"}
+    assert set(config) <= known, f"unknown top-level keys {sorted(set(config) - known)}"
+    receivers = {receiver["name"]: receiver for receiver in config["receivers"]}
+    assert len(receivers) == len(config["receivers"]), "duplicate receiver names"
+    root = config["route"]
+    assert not {"matchers", "match", "match_re"} & set(root), "the root route must take every alert"
+    for route in routes(root):
+        assert route.get("receiver", root["receiver"]) in receivers, route
+    for name, receiver in receivers.items():
+        configs = [c for key, value in receiver.items() if key.endswith("_configs") for c in value]
+        assert configs, f"receiver {name} sends nowhere: alerts routed to it are dropped"
+        for webhook in receiver.get("webhook_configs", []):
+            assert urlsplit(webhook["url"]).scheme in {"http", "https"}, name
+    amtool = shutil.which("amtool")
+    if amtool is not None:
+        result = run(amtool, "check-config", str(ALERTMANAGER))
+        assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_compose_prometheus_sends_alerts_to_the_compose_alertmanager() -> None:
+    alertmanager = compose()["services"]["alertmanager"]
+    assert alertmanager["image"].startswith("prom/alertmanager:")
+    flags = dict(arg.removeprefix("--").split("=", 1) for arg in alertmanager["command"])
+    mounts = {volume.split(":")[1]: volume.split(":")[0] for volume in alertmanager["volumes"]}
+    assert mounts[flags["config.file"]] == "./deploy/alertmanager/alertmanager.yml"
+    # Prometheus reaches it by service name on Alertmanager's default port (no --web.listen-address).
+    assert "web.listen-address" not in flags
+    assert "healthcheck" in alertmanager
+    alerting = load_yaml(PROMETHEUS / "prometheus.yml")["alerting"]["alertmanagers"]
+    targets = [target for am in alerting for static in am["static_configs"] for target in static["targets"]]
+    assert targets == ["alertmanager:9093"]
 
 
 # --- Grafana ----------------------------------------------------------------------------------------------
