@@ -454,6 +454,27 @@ def test_services_expose_the_ops_port_to_the_service_monitor() -> None:
     assert any(port["port"] == 80 for port in services["leadpulse-collector"]["spec"]["ports"])
 
 
+def test_service_monitor_and_rule_recipe_carry_the_release_label_kube_prometheus_stack_selects() -> None:
+    """A kube-prometheus-stack Prometheus selects ServiceMonitors and PrometheusRules by ``release: <Helm
+    release name>``; the API server accepts one without the label and Prometheus never uses it, so the
+    ServiceMonitor shipped without any label was silently not scraped. Ship a default, the same one on the
+    README's PrometheusRule recipe, and tell the user to adjust it."""
+    monitor = by_kind("ServiceMonitor")["leadpulse"]
+    release = monitor["metadata"].get("labels", {}).get("release")
+    assert release, "no `release` label: kube-prometheus-stack's default selector ignores the ServiceMonitor"
+    readme = (ROOT / "deploy" / "README.md").read_text()
+    assert "Adjust the `release` label" in readme and "serviceMonitorSelector" in readme
+    found = re.search(r"yq '(\{[^']*\"PrometheusRule\"[^']*)' deploy/prometheus/alerts\.yml", readme)
+    assert found, "deploy/README.md: no yq recipe for the PrometheusRule"
+    rule = json.loads(re.sub(r":\s*\.\s*\}$", ": null}", found.group(1)))
+    assert rule["metadata"]["labels"]["release"] == release, "the rules would be ignored by that Prometheus"
+    yq = shutil.which("yq")
+    if yq is not None:  # run the recipe as the user will (either yq: both print YAML or JSON)
+        result = run(yq, found.group(1), "deploy/prometheus/alerts.yml")
+        assert result.returncode == 0, result.stderr
+        assert yaml.safe_load(result.stdout)["spec"] == load_yaml(PROMETHEUS / "alerts.yml")
+
+
 def test_rules_configmaps_are_generated_from_the_repository_files() -> None:
     config_maps = by_kind("ConfigMap")
     kustomization = load_yaml(K8S / "kustomization.yaml")
