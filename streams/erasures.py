@@ -28,7 +28,7 @@ from kafka.errors import KafkaError
 from schemas.errors import SchemaError
 from schemas.registry import default_registry
 from streams.broker import aiokafka_client_config, create_topics, is_tansu, kafka_client_config
-from streams.kafka_close import start_client, stop_consumer
+from streams.kafka_close import in_daemon_thread, start_client, stop_consumer
 from streams.settings import Settings
 from streams.tansu_compat import end_offsets
 from streams.topics import ERASURES
@@ -211,8 +211,9 @@ class ErasureLog:
         await start_client(consumer)
         self._consumer = consumer
         try:
-            await asyncio.to_thread(ensure_topic, self.settings)
-            tansu = await asyncio.to_thread(is_tansu, self.settings)
+            # daemon threads: a stop during a hung broker's 30 s bootstrap timeout does not wait for them
+            await in_daemon_thread(ensure_topic, self.settings)
+            tansu = await in_daemon_thread(is_tansu, self.settings)
         except BaseException:
             await self.stop()
             raise

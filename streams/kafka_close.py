@@ -45,17 +45,24 @@ work, close never returns: found with a ``read_topic`` generator abandoned and f
 over 10 minutes). ``close_kafka_consumer`` closes in a daemon thread and gives up after
 ``KAFKA_PYTHON_CLOSE_TIMEOUT_S`` with a warning; at interpreter exit it does not close at all (no thread
 can start or run then, and the process's sockets close with it).
+
+``in_daemon_thread`` runs any other blocking kafka-python call (a topic check, the cluster id) for an
+asyncio caller. ``asyncio.to_thread`` could not be given up: a cancelled caller left the call running in the
+loop's executor, and ``asyncio.run`` waits for that executor's threads at exit, so SIGTERM to a notifier
+whose broker hung during its start took kafka-python's 30 s bootstrap timeout (28 s measured, past the
+25 s the shutdown tests allow: ``tests/faults/test_notifier_start_broker_hung.py``).
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import contextvars
 import logging
 import sys
 import threading
 from collections.abc import Callable, Iterable
-from typing import Any
+from typing import Any, TypeVar
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.errors import KafkaError
@@ -65,6 +72,7 @@ from kafka import KafkaConsumer
 from streams.stoppable import finished_before_stop
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 
 class CoordinatorUnreachable(KafkaError):  # type: ignore[misc]  # aiokafka is untyped
@@ -308,3 +316,31 @@ def close_kafka_consumer(consumer: KafkaConsumer, timeout_s: float | None = None
         )
         return False
     return True
+
+
+async def in_daemon_thread(call: Callable[..., T], *args: Any) -> T:
+    """``call(*args)`` in a daemon thread of its own: a cancelled caller returns at once and the process
+    does not wait for the call at exit (see the module's docstring); the call finishes, or not, unseen."""
+    loop = asyncio.get_running_loop()
+    outcome: asyncio.Future[T] = loop.create_future()
+    context = contextvars.copy_context()  # as asyncio.to_thread: the caller's context variables
+
+    def settle(result: T | None, error: BaseException | None) -> None:
+        if outcome.done():  # the caller was cancelled meanwhile
+            return
+        if error is not None:
+            outcome.set_exception(error)
+        else:
+            outcome.set_result(result)  # type: ignore[arg-type]
+
+    def run() -> None:
+        try:
+            result, error = context.run(call, *args), None
+        except BaseException as exc:  # handed to the caller's loop
+            result, error = None, exc
+        with contextlib.suppress(RuntimeError):  # the loop is closed: nobody waits for it any more
+            loop.call_soon_threadsafe(settle, result, error)
+
+    name = f"kafka-python-{getattr(call, '__name__', 'call')}"
+    threading.Thread(target=run, name=name, daemon=True).start()
+    return await outcome
