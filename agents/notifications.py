@@ -188,7 +188,12 @@ class Notifier:
             enable_idempotence=False,
             **aiokafka_client_config(self.settings),
         )
-        await start_client(producer)
+        # With the broker hung, start() waits 40 s for a bootstrap answer, then fails: a stop meanwhile ends
+        # it at once (nothing is taken yet). Found by tests/faults/test_notifier_start_broker_hung.py:
+        # SIGTERM took 38 s and the notifier exited 1, "cannot reach the Kafka broker".
+        if not await finished_before_stop(start_client(producer), stop):
+            log.info("notifier stopped before its producer started")
+            return
         # built only now: an aiokafka client that is never started still complains "Unclosed" at exit
         consumer = AIOKafkaConsumer(
             self.topic,

@@ -9,6 +9,8 @@ that moment leaves it. The steps, with what they did before stop 28:
 - the erasure log's topic check (``streams.erasures.ErasureLog.start``): two blocking kafka-python calls in
   ``asyncio.to_thread``, each waiting up to 30 s for a bootstrap answer. A stop cancelled the wait but not
   the thread, and ``asyncio.run`` waits for its executor's threads at exit: SIGTERM took 28 s.
+- the producer's start (``Notifier._run``): not given up at a stop, it waited 40 s for a bootstrap answer and
+  failed; SIGTERM took 38 s and the notifier exited 1, "cannot reach the Kafka broker".
 """
 
 from __future__ import annotations
@@ -118,8 +120,10 @@ class PausingProxy:
     [
         # the erasure log's topic check (kafka-python, in a thread)
         (b"kafka-python", 1, "notifier stopped while reading the erasure log"),
+        # the dead-letter producer's start (aiokafka: the erasure log's consumer bootstrapped first)
+        (b"aiokafka", 2, "notifier stopped before its producer started"),
     ],
-    ids=["erasure-log-topic-check"],
+    ids=["erasure-log-topic-check", "producer-start"],
 )
 def test_sigterm_while_the_broker_hangs_at_the_notifiers_start_exits_in_time(
     tmp_path: Path, client: bytes, nth: int, where: str
