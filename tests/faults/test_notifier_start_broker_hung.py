@@ -11,6 +11,8 @@ that moment leaves it. The steps, with what they did before stop 28:
   the thread, and ``asyncio.run`` waits for its executor's threads at exit: SIGTERM took 28 s.
 - the producer's start (``Notifier._run``): not given up at a stop, it waited 40 s for a bootstrap answer and
   failed; SIGTERM took 38 s and the notifier exited 1, "cannot reach the Kafka broker".
+- the erasure log's consumer start and the consumer's group join were already given up at a stop
+  (``finished_before_stop``, ``start_unless_stopped``): covered so that they stay so.
 """
 
 from __future__ import annotations
@@ -118,12 +120,16 @@ class PausingProxy:
 @pytest.mark.parametrize(
     ("client", "nth", "where"),
     [
+        # the erasure log's consumer, its first client
+        (b"aiokafka", 1, "notifier stopped while reading the erasure log"),
         # the erasure log's topic check (kafka-python, in a thread)
         (b"kafka-python", 1, "notifier stopped while reading the erasure log"),
         # the dead-letter producer's start (aiokafka: the erasure log's consumer bootstrapped first)
         (b"aiokafka", 2, "notifier stopped before its producer started"),
+        # the consumer's group join
+        (b"aiokafka", 3, "notifier stopped before its first partition assignment"),
     ],
-    ids=["erasure-log-topic-check", "producer-start"],
+    ids=["erasure-log-consumer", "erasure-log-topic-check", "producer-start", "group-join"],
 )
 def test_sigterm_while_the_broker_hangs_at_the_notifiers_start_exits_in_time(
     tmp_path: Path, client: bytes, nth: int, where: str
