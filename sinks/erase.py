@@ -278,6 +278,44 @@ def remaining_rows(run: Runner, record: Mapping[str, Any]) -> dict[str, int]:
     return out
 
 
+#: Erasures per query of ``erasures_with_rows``: their identities travel as one query parameter.
+LEFT_CHUNK = 1000
+
+
+def _identities_sql(table: str, condition: str) -> str:
+    if condition == ANY_IDENTITY:
+        found = "arrayJoin([ifNull(lead_id, ''), ifNull(anonymous_id, '')])"
+    else:
+        found = "lead_id"
+    return f"SELECT DISTINCT {found} AS id FROM leadpulse.{table} WHERE {condition}"
+
+
+IDENTITIES_WITH_ROWS = (
+    "SELECT DISTINCT id FROM ("
+    + " UNION ALL ".join(_identities_sql(table, condition) for table, condition in BASE_TABLES)
+    + " UNION ALL SELECT DISTINCT arrayJoin(arrayMap(x -> JSONExtractString(x, 'lead_id'), "
+    f"JSONExtractArrayRaw(top_leads))) AS id FROM leadpulse.account_scores WHERE {TOP_LEADS_MATCH}"
+    ") WHERE id IN {ids:Array(String)}"
+)
+
+
+def erasures_with_rows(client: Client, records: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The erasure records some stored row (or account top-lead list) still holds an identity of.
+
+    Why: with a server, a sink that stored rows of a lead and stopped before its tail saw the lead's
+    erasure left them after ``forget``'s delete; the next sink reads that erasure at its start and must
+    sweep it (``ClickHouseSinkLoop._sweep_erasure``). One query per ``LEFT_CHUNK`` erasures, not one per
+    erasure: the log holds every erasure ever made, and nearly always nothing of them is left."""
+    left: list[dict[str, Any]] = []
+    for start in range(0, len(records), LEFT_CHUNK):
+        chunk = records[start : start + LEFT_CHUNK]
+        ids = sorted({identity for record in chunk for identity in record_identities(record)})
+        rows = client.query(IDENTITIES_WITH_ROWS, parameters={"ids": ids}).result_rows
+        found = {str(row[0]) for row in rows}
+        left.extend(record for record in chunk if found.intersection(record_identities(record)))
+    return left
+
+
 def recorded_erasure(run: Runner, record: Mapping[str, Any]) -> dict[str, int] | None:
     """Row counts of this erasure request as recorded in ``leadpulse.erasures``, or None if not yet."""
     rows = run(

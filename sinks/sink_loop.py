@@ -41,7 +41,14 @@ from clickhouse_connect.driver.client import Client
 from schemas.registry import HEADER_LEN, SchemaRegistry, default_registry
 from sinks.batch import BatchPolicy, ClickHouseBatchSink, Rejected, SinkBatch
 from sinks.dead_letters import DeadLetters
-from sinks.erase import already_applied, apply_erasure, event_head, recorded_erasure, remaining_rows
+from sinks.erase import (
+    already_applied,
+    apply_erasure,
+    erasures_with_rows,
+    event_head,
+    recorded_erasure,
+    remaining_rows,
+)
 from sinks.errors import SinkBackpressure
 from sinks.lag_report import LagReport
 from sinks.query_service import client_runner
@@ -163,6 +170,7 @@ class ClickHouseSinkLoop:
         self._pending_erasures: list[dict[str, Any]] = []
         self._erasures_flush_due = False  # erasures arrived: store what was taken before, once
         self._sweep_waits: dict[tuple[str, int], float] = {}  # server: sweeps waiting for forget's deletion
+        self._read_at_start: list[dict[str, Any]] = []  # server: looked at once for rows (``_left_at_start``)
         self.intake = RecordIntake(
             settings,
             self.registry,
@@ -185,12 +193,12 @@ class ClickHouseSinkLoop:
         self.erasures = ErasureLog(self.settings)
         await self.erasures.start()  # first: an aiokafka client never started still complains "Unclosed"
         if not self.apply_erasures:
-            # Read at start: nothing of those leads was taken by this process, so none is swept
-            # (``_sweep_erasure``). Taken here, before the tail task first runs (no await since start()
-            # returned), not at the first step: a first step that backs off before it looks for erasures
-            # (a resume point ClickHouse cannot give) took records, and an erasure arriving meanwhile was
-            # counted as read at start and not swept.
-            self.erasures.drain_new()
+            # Read at start: nothing of those leads is taken by this process, but an earlier sink may have
+            # stored rows of them after forget's delete; one query finds those (``_left_at_start``). Taken
+            # here, before the tail task first runs (no await since start() returned), not at the first
+            # step: a first step that backs off before it looks for erasures (a resume point ClickHouse
+            # cannot give) took records, and an erasure arriving meanwhile was counted as read at start.
+            self._read_at_start = self.erasures.drain_new()
         self.consumer = AIOKafkaConsumer(
             bootstrap_servers=self.settings.bootstrap,
             group_id=self.group,
@@ -322,8 +330,9 @@ class ClickHouseSinkLoop:
     async def drain(self) -> None:
         """On shutdown: one last attempt to store and commit what is batched; if it fails, leave it
         uncommitted (it is re-read on restart). With a ClickHouse server, erasures the tail has and no step
-        swept yet are swept after that store: it may hold rows of their leads taken before they arrived,
-        and the next process reads them at its start, so it does not sweep them (``_sweep_erasure``)."""
+        swept yet are swept after that store: it may hold rows of their leads taken before they arrived
+        (``_sweep_erasure``). What is left then (an erasure the tail had not seen, a sweep still waiting for
+        forget's deletion) the next sink finds at its start (``_left_at_start``)."""
         try:
             await self._flush(force=True)
         except SinkBackpressure as exc:
@@ -332,14 +341,15 @@ class ClickHouseSinkLoop:
         if self.apply_erasures:  # embedded: the next start applies what is not applied yet
             return
         problem = "their deletion by `leadpulse forget` was not recorded yet"
+        self._read_at_start = []  # not looked at now: the next start does
         try:
             await self._apply_erasures()
         except SinkBackpressure as exc:
             problem = str(exc)
         if self._pending_erasures:
             log.warning(
-                "shutdown: rows of erased lead(s) %s this sink stored may be left (%s); re-run "
-                "`leadpulse forget` for them",
+                "shutdown: rows of erased lead(s) %s this sink stored may be left (%s); the next sink "
+                "start sweeps them",
                 ", ".join(str(r["lead_id"]) for r in self._pending_erasures),
                 problem,
             )
@@ -366,6 +376,8 @@ class ClickHouseSinkLoop:
         if new:
             self._pending_erasures.extend(new)
             self._erasures_flush_due = True
+        if self._read_at_start and not self._listener.revoked:
+            await self._left_at_start()
         if not self._pending_erasures or self._listener.revoked:
             return  # (a revocation first: the batches it drops are re-read, without the erased records)
         if self._erasures_flush_due:  # once per arrival: what is taken later holds none of the lead's rows
@@ -385,6 +397,28 @@ class ClickHouseSinkLoop:
         finally:
             self._pending_erasures[:0] = waiting
 
+    async def _left_at_start(self) -> None:
+        """With a server: queue for a sweep the erasures read at start whose rows are still stored.
+
+        Why: a sink that stored rows of a lead and then stopped or crashed before its tail saw the lead's
+        erasure (or before its sweep ran) left them after ``forget``'s delete, for good: this process reads
+        that erasure at its start, takes none of the lead's records, and so never swept it. One query over
+        the base tables for every erasure read (``erasures_with_rows``); only those with rows are swept,
+        by the tail's rules (``_sweep_erasure``: after forget's own deletion is recorded)."""
+        if self.writing is not None:  # one statement at a time on the client
+            await self._finish_write()
+        try:
+            left = await asyncio.to_thread(erasures_with_rows, self.client, self._read_at_start)
+        except Exception as exc:  # ClickHouse busy/away: checked again after the back-off
+            raise SinkBackpressure("erasures", 5.0, exc) from exc
+        self._read_at_start = []
+        if left:
+            log.warning(
+                "erasure log: rows of %d lead(s) erased before this start are still stored; sweeping them",
+                len(left),
+            )
+            self._pending_erasures[:0] = left
+
     def _apply_erasure(self, record: dict[str, Any]) -> bool:
         """Whether ``record`` is done with (False: a sweep waits for ``forget``'s own deletion)."""
         if not self.apply_erasures:
@@ -403,8 +437,8 @@ class ClickHouseSinkLoop:
         (batched, or in an insert in flight) before its tail saw the erasure were inserted after that delete
         and stayed, with the erasure recorded as done. From the moment the tail has the erasure, the lead's
         records are dropped before they are taken; so once the earlier ones are stored (the flush before
-        this), one more delete leaves nothing. Erasures read at start are not swept: nothing of theirs was
-        taken by this process.
+        this), one more delete leaves nothing. Erasures read at start are swept only if rows of theirs are
+        still stored (``_left_at_start``): nothing of theirs was taken by this process, an earlier sink's.
 
         Not alongside ``forget``'s own deletion: both would rebuild the daily-view keys the lead fed
         (delete them, insert them again from the other leads' rows), and with both deletes before either
@@ -422,7 +456,7 @@ class ClickHouseSinkLoop:
             return True
         result = apply_erasure(self.client, record, applied_by="sink")
         log.warning(
-            "erasure %s: %d row(s) of the lead stored by this sink as the erasure arrived, deleted now",
+            "erasure %s: %d row(s) of the lead stored after forget's delete, deleted now",
             result.erasure_id,
             result.total,
         )
