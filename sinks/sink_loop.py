@@ -383,6 +383,10 @@ class ClickHouseSinkLoop:
         if self._erasures_flush_due:  # once per arrival: what is taken later holds none of the lead's rows
             await self._flush(force=True)
             self._erasures_flush_due = False
+        elif self.writing is not None:
+            # One statement at a time on the client: a server refuses a second one within its session, and a
+            # sweep waiting for forget's deletion asks at every step, right after a step started an insert.
+            await self._finish_write()
         waiting: list[dict[str, Any]] = []
         try:
             while self._pending_erasures:

@@ -12,6 +12,7 @@ from typing import Any
 import clickhouse_connect
 import pytest
 from clickhouse_connect.driver.client import Client
+from clickhouse_connect.driver.exceptions import OperationalError
 
 from sinks.batch import BatchPolicy
 from sinks.erase import LEFT_CHUNK, apply_erasure, erasures_with_rows, remaining_rows
@@ -189,3 +190,80 @@ def test_a_sweep_at_start_waits_for_forgets_own_deletion_so_the_daily_views_are_
     assert usage(ch, content) == 3
     sweeps = "SELECT count() FROM leadpulse.erasures WHERE erasure_id = {e:String} AND applied_by = 'sink'"
     assert count(ch, sweeps, e=record["erasure_id"]) == 0
+
+
+class OneStatementAtATime:
+    """A real client refusing a statement while one of its inserts runs, as a ClickHouse server does
+    within the session clickhouse-connect opens per client ("Session is locked", SESSION_IS_LOCKED)."""
+
+    def __init__(self, real: Client) -> None:
+        self.real = real
+        self.inserting = 0
+        self.refused = 0
+
+    def insert(self, *args: Any, **kwargs: Any) -> Any:
+        return self._insert(self.real.insert, *args, **kwargs)
+
+    def raw_insert(self, *args: Any, **kwargs: Any) -> Any:
+        return self._insert(self.real.raw_insert, *args, **kwargs)
+
+    def _insert(self, insert: Any, *args: Any, **kwargs: Any) -> Any:
+        self._check()
+        self.inserting += 1
+        try:
+            time.sleep(0.3)  # a server insert takes a while: the loop goes on meanwhile
+            return insert(*args, **kwargs)
+        finally:
+            self.inserting -= 1
+
+    def query(self, *args: Any, **kwargs: Any) -> Any:
+        self._check()
+        return self.real.query(*args, **kwargs)
+
+    def command(self, *args: Any, **kwargs: Any) -> Any:
+        self._check()
+        return self.real.command(*args, **kwargs)
+
+    def _check(self) -> None:
+        if self.inserting:
+            self.refused += 1
+            raise OperationalError("injected: Session is locked by a concurrent client")
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.real, name)
+
+
+def test_a_sweep_waiting_for_forget_never_queries_alongside_the_insert_in_flight(
+    ch: Client, broker_settings: Settings
+) -> None:
+    """While a sweep waits for forget's deletion to be recorded (up to ``SWEEP_WAIT_S``), every step asked
+    ClickHouse whether it was, also while the insert the step had just started was running, on the same
+    client: a server refuses that within the client's session, and each refusal paused the sink for a
+    back-off (5 s). Now a step with sweeps pending waits for the insert in flight first."""
+    settings = broker_settings
+    now = int(time.time() * 1000)
+    gone, stays = f"{settings.topic_prefix}L-gone", f"{settings.topic_prefix}L-kept"
+    client = OneStatementAtATime(ch)
+    loop = server_sink(settings, client, BatchPolicy(5, 0.05))  # type: ignore[arg-type]
+    running = RunningSink(loop)
+    record = erasure_record(gone, [], now)
+    try:
+        wait_for(lambda: bool(loop.stats.assigned), timeout=30, what="partitions assigned")
+        publish_erasure(settings, record)  # forget has logged it; its deletion has not run yet
+        wait_for(lambda: bool(loop._pending_erasures), timeout=30, what="the sweep waiting")
+        with Producer(settings) as producer:
+            for n in range(40):
+                producer.send(
+                    "web_visit",
+                    {"event_id": f"{stays}-v{n}", "event_time": now - n, "lead_id": stays, "source": "web",
+                     "url": "https://x.example/pricing", "page_category": "pricing"},
+                )  # fmt: skip
+                producer.flush(5.0)
+                time.sleep(0.05)
+        wait_for(lambda: topic_rows(ch, "events", settings) == 40, timeout=60, what="the visits stored")
+        apply_erasure(ch, record, applied_by="cli")
+        wait_for(lambda: not loop._pending_erasures, timeout=30, what="the sweep done with")
+    finally:
+        running.close()
+    assert client.refused == 0, f"{client.refused} statement(s) sent alongside an insert"
+    assert loop.stats.failures == 0
