@@ -17,6 +17,10 @@ waiting for room in a full lane queue, no new attempt starts, a retry backoff en
 notification so left is not dead-lettered and its offset is not committed: the next process delivers it
 (a receiver that had it drops the copy by its idempotency key). Found by an ops audit: with the receiver
 down a stop took the 10 s HTTP timeout, and with a full lane queue it never happened.
+
+This module is the Kafka shell: it takes notifications off ``leads.hot`` into the lanes and stops cleanly.
+What one target gets and when a notification counts as done is ``agents/notifier_delivery.py``; writing a
+dead letter, ``agents/notifier_dead_letters.py``; the group's offsets, ``agents/notifier_group.py``.
 """
 
 from __future__ import annotations
@@ -28,36 +32,31 @@ from typing import Any, Protocol
 
 import aiohttp
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRecord, TopicPartition
-from aiokafka.errors import KafkaError
 from prometheus_client import CollectorRegistry
 
+from agents.notifier_dead_letters import send_dead_letter
+from agents.notifier_delivery import work_lane
 from agents.notifier_group import GROUP_ID, GroupOffsets, NotifierRebalance, PendingOffsets, notifier_group
 from agents.webhook_lanes import Job, Lane, put_job
 from schemas.errors import SchemaError
 from schemas.registry import SchemaRegistry, default_registry
 from sinks.webhook import (
     MIN_WEBHOOK_SECRET,
-    DeliveryResult,
     RetryPolicy,
     Stopping,
     WebhookSender,
     WebhookTarget,
     policy_from_settings,
     targets_from_settings,
-    without_url,
 )
-from streams.backoff import Backoff
 from streams.broker import aiokafka_client_config
-from streams.dlq import dead_letter, encode_dead_letter, writer_headers
 from streams.kafka_close import start_client, start_unless_stopped, stop_consumer, stop_producer
 from streams.metrics import LagGauge, Metrics
 from streams.settings import Settings
 from streams.stoppable import finished_before_stop
-from streams.topics import DLQ, HOT_LEADS
+from streams.topics import HOT_LEADS
 
 log = logging.getLogger(__name__)
-DLQ_HEADERS = writer_headers("notifier")
-DLQ_RETRY_FIRST_S, DLQ_RETRY_MAX_S = 0.5, 10.0  # back-off between sends of a dead letter not acknowledged
 
 
 class ErasureCheck(Protocol):
@@ -151,7 +150,7 @@ class Notifier:
                 MIN_WEBHOOK_SECRET,
             )
         self._secret = secret
-        self._stop = asyncio.Event()  # run()'s: a dead letter not taken is sent again until it is set
+        self.stopping = asyncio.Event()  # run()'s: a dead letter not taken is sent again until it is set
         self.revocations = 0  # rebalances seen (NotifierRebalance): a fetched batch is left after one
 
     def ready(self) -> tuple[bool, dict[str, Any]]:
@@ -177,11 +176,8 @@ class Notifier:
             self.erasures = None
             await own.stop()
 
-    def _erased(self, job: Job) -> bool:
-        return self.erasures is not None and self.erasures.is_erased(job.hot.get("lead_id"))
-
     async def _run(self, stop: asyncio.Event) -> None:
-        self._stop = stop
+        self.stopping = stop
         producer = AIOKafkaProducer(
             bootstrap_servers=self.bootstrap,
             acks="all",
@@ -218,7 +214,9 @@ class Notifier:
                     session, self._secret, policy=self.policy, metrics=self.metrics, stop=stop
                 )
                 workers = [
-                    asyncio.create_task(self._work(lane, sender, producer), name=f"lane-{lane.target.name}")
+                    asyncio.create_task(
+                        work_lane(self, lane, sender, producer), name=f"lane-{lane.target.name}"
+                    )
                     for lane in self.lanes
                     for _ in range(self.concurrency)
                 ]
@@ -263,7 +261,7 @@ class Notifier:
             self.pending.add(tp, msg.offset, 1)
             epoch = self.pending.epoch(tp)
             try:
-                await self._dead_letter(producer, tp, msg.offset, msg.key, value, "decode", exc)
+                await send_dead_letter(self, producer, tp, msg.offset, msg.key, value, "decode", exc)
             except Stopping:
                 return False
             self.pending.done(tp, msg.offset, epoch)
@@ -274,131 +272,6 @@ class Notifier:
             if not await put_job(lane.queue, job, stop):
                 return False
         return True
-
-    async def _work(self, lane: Lane, sender: WebhookSender, producer: AIOKafkaProducer) -> None:
-        while True:
-            job = await lane.queue.get()
-            try:
-                if await self._settle(lane, sender, producer, job):
-                    self.pending.done(job.tp, job.offset, job.epoch)
-            except Exception:  # a bug in one delivery must not kill the lane; the offset stays uncommitted
-                log.exception("notifier lane %s failed on %s@%s", lane.target.name, job.tp, job.offset)
-            finally:
-                lane.queue.task_done()
-
-    async def _settle(self, lane: Lane, sender: WebhookSender, producer: AIOKafkaProducer, job: Job) -> bool:
-        """Whether ``job`` is settled for this lane: delivered or dead-lettered, here or by an earlier copy.
-        False when the notifier stopped first: no dead letter, and its offset is not committed."""
-        notification_id = str(job.hot["notification_id"])
-        first = lane.claim(notification_id)
-        if first is not None:
-            return await asyncio.shield(first)  # a cancelled waiter must not cancel the others' outcome
-        delivered = settled = False
-        if self._erased(job):
-            log.info("lead %s is erased: notification %s not delivered", job.hot["lead_id"], notification_id)
-            lane.finish(notification_id, True)
-            return True
-        try:
-            delivered = await self._deliver(lane, sender, producer, job)
-            settled = True
-        except Stopping:
-            pass
-        finally:
-            lane.finish(notification_id, delivered, settled)
-        return settled
-
-    async def _deliver(self, lane: Lane, sender: WebhookSender, producer: AIOKafkaProducer, job: Job) -> bool:
-        """Whether the receiver took it; a notification it did not take goes to the DLQ, and so does one
-        whose body cannot be rendered or whose delivery raised (a bug): raised out of here, the lane left it
-        neither delivered nor a dead letter and its partition was never committed past it again."""
-        try:
-            result = await sender.deliver(lane.target, job.hot, withdrawn=lambda: self._erased(job))
-        except Stopping:
-            raise
-        except Exception as exc:
-            log.exception("delivery to %s of %s@%s raised", lane.target.name, job.tp, job.offset)
-            error = f"delivery raised {type(exc).__name__}" + (f": {exc}" if str(exc) else "")
-            error = without_url(error, lane.target)  # the URL may hold a token
-            # a failure of the target as the sender counts one: LeadpulseWebhookFailing missed these letters
-            self.metrics.webhook_failures.labels(target=lane.target.name).inc()
-            result = DeliveryResult(lane.target, False, 0, None, error)
-        if not result.ok and self._erased(job):
-            # erased while it was retried: a dead letter would put its email back on a topic, and a replay
-            # of it would deliver it
-            log.info(
-                "lead %s erased during its delivery: notification %s dropped",
-                job.hot["lead_id"],
-                job.hot["notification_id"],
-            )
-            return True
-        if not result.ok:
-            reason = result.describe()
-            log.warning(
-                "%s; lead %s notification %s to the DLQ",
-                reason,
-                job.hot["lead_id"],
-                job.hot["notification_id"],
-            )
-            await self._dead_letter(
-                producer,
-                job.tp,
-                job.offset,
-                job.key,
-                job.value,
-                "webhook",
-                reason,
-                error_type="WebhookDeliveryFailed" if result.rendered else "WebhookRenderFailed",
-            )
-        return bool(result.ok)
-
-    async def _dead_letter(
-        self,
-        producer: AIOKafkaProducer,
-        tp: TopicPartition,
-        offset: int,
-        key: bytes | None,
-        value: bytes,
-        stage: str,
-        error: BaseException | str,
-        error_type: str | None = None,
-    ) -> None:
-        """Sent until the broker acknowledges it; ``Stopping`` when the notifier stops first (then the
-        offset stays uncommitted and the next process handles the notification again)."""
-        record = dead_letter(
-            tp.topic,
-            tp.partition,
-            offset,
-            key,
-            value,
-            stage,
-            error,
-            registry=self.registry,
-            error_type=error_type,
-        )
-        dlq_key, dlq_value = encode_dead_letter(record, self.registry)
-        backoff = Backoff(DLQ_RETRY_FIRST_S, DLQ_RETRY_MAX_S)
-        while True:
-            try:
-                await producer.send_and_wait(
-                    self.settings.topic(DLQ.name), value=dlq_value, key=dlq_key, headers=DLQ_HEADERS
-                )
-                break
-            except KafkaError as exc:
-                delay = backoff.next()
-                # Given up, the notification was neither delivered nor a dead letter, and its offset (so
-                # its partition's commits) stayed where it was until a restart.
-                log.warning(
-                    "dead letter of %s[%d]@%d not taken by the broker (%s: %s); sending it again in %.1f s",
-                    tp.topic,
-                    tp.partition,
-                    offset,
-                    type(exc).__name__,
-                    exc,
-                    delay,
-                )
-                if await _stopped_within(self._stop, delay):
-                    raise Stopping from exc
-        self.metrics.dlq_records.labels(source_topic=HOT_LEADS.name, stage=stage).inc()
 
     async def _drain(self, timeout_s: float) -> None:
         """Let attempts under way finish for up to ``timeout_s``; queued notifications and those in a
@@ -426,18 +299,6 @@ class Notifier:
     @property
     def committed(self) -> dict[TopicPartition, int]:
         return dict(self.offsets.committed)
-
-
-async def _stopped_within(stop: asyncio.Event, seconds: float) -> bool:
-    """Whether ``stop`` was set within ``seconds``. ``asyncio.timeout``, not ``wait_for``: on Python 3.11
-    ``wait_for`` swallowed a cancellation arriving as ``stop`` was set, and the lane's worker, cancelled at
-    the notifier's stop, went back to its queue and held the stop until it was cancelled again."""
-    try:
-        async with asyncio.timeout(seconds):
-            await stop.wait()
-    except TimeoutError:
-        return False
-    return True
 
 
 async def run_notifier(

@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 from aiokafka import TopicPartition
 
-from agents.notifications import _stopped_within
+from agents.notifier_dead_letters import _stopped_within
 from streams import kafka_close
 
 pytestmark = pytest.mark.unit
