@@ -17,104 +17,24 @@ that moment leaves it. The steps, with what they did before stop 28:
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import json
 import os
 import signal
-import struct
-import threading
 import time
-from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 
 from streams.broker import EmbeddedBroker, create_topics, free_port, tansu_binary
 from streams.settings import load_settings
+from tests.faults.pausing_proxy import PausingProxy
 from tests.processes import CliProcess, leadpulse_env, wait_until
 
 pytestmark = pytest.mark.faults
 
 #: As tests/faults/test_shutdown_broker_hung.py: under the notifier's 30 s grace period.
 STOP_WITHIN_S = 25.0
-
-
-class PausingProxy:
-    """Forwards ``127.0.0.1:port`` to ``upstream`` and calls ``pause`` once, before forwarding it, when the
-    ``nth`` connection whose first request names a client id starting with ``client`` comes in (the client
-    id is in every request's header)."""
-
-    def __init__(self, upstream: tuple[str, int], pause: Callable[[], None], client: bytes, nth: int) -> None:
-        self.upstream = upstream
-        self.pause = pause
-        self.client = client
-        self.nth = nth
-        self.seen = 0
-        self._writers: set[asyncio.StreamWriter] = set()
-        self.port = free_port()
-        self.paused = threading.Event()
-        self._loop = asyncio.new_event_loop()
-        self._thread = threading.Thread(target=self._loop.run_forever, name="pausing-proxy", daemon=True)
-        self._server: asyncio.Server | None = None
-
-    @property
-    def address(self) -> str:
-        return f"127.0.0.1:{self.port}"
-
-    def start(self) -> PausingProxy:
-        self._thread.start()
-        asyncio.run_coroutine_threadsafe(self._listen(), self._loop).result(10)
-        return self
-
-    def stop(self) -> None:
-        async def close() -> None:
-            if self._server is not None:
-                self._server.close()
-            for writer in self._writers:  # the handlers' reads end, and so do the handlers
-                writer.transport.abort()
-            handlers = [t for t in asyncio.all_tasks() if t is not asyncio.current_task()]
-            await asyncio.wait(handlers, timeout=3) if handlers else None
-
-        with contextlib.suppress(Exception):
-            asyncio.run_coroutine_threadsafe(close(), self._loop).result(5)
-        self._loop.call_soon_threadsafe(self._loop.stop)
-        self._thread.join(5)
-        self._loop.close()
-
-    async def _listen(self) -> None:
-        self._server = await asyncio.start_server(self._handle, "127.0.0.1", self.port, reuse_address=True)
-
-    async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        try:
-            # size, api key, api version, correlation id, then the client id (int16 length + bytes)
-            head = await reader.readexactly(14)
-            (length,) = struct.unpack(">h", head[12:14])
-            client_id = await reader.readexactly(max(length, 0))
-            up_reader, up_writer = await asyncio.open_connection(*self.upstream)
-        except (OSError, asyncio.IncompleteReadError):
-            writer.transport.abort()
-            return
-        if client_id.startswith(self.client):
-            self.seen += 1
-            if self.seen == self.nth:
-                self.pause()
-                self.paused.set()
-        up_writer.write(head + client_id)
-        self._writers |= {writer, up_writer}
-        try:
-            await asyncio.gather(self._pipe(reader, up_writer), self._pipe(up_reader, writer))
-        finally:
-            self._writers -= {writer, up_writer}
-            writer.transport.abort()
-            up_writer.transport.abort()
-
-    @staticmethod
-    async def _pipe(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        with contextlib.suppress(ConnectionError, OSError):
-            while data := await reader.read(65536):
-                writer.write(data)
-                await writer.drain()
 
 
 @pytest.mark.parametrize(
