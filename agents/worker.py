@@ -34,7 +34,7 @@ from agents.lead_store import ACCOUNT_PREFIX, LeadStore
 from agents.rules import Rules
 from agents.state import LeadState
 from agents.worker_batch import Batch, NotWritable, RecordTooLarge, flush
-from agents.worker_clients import GROUP, worker_consumer, worker_producer
+from agents.worker_clients import GROUP, check_broker, worker_consumer, worker_producer
 from agents.worker_clock import now_ms
 from agents.worker_erasures import ErasureSource, apply_erasures
 from agents.worker_rebalance import (
@@ -50,13 +50,14 @@ from schemas.errors import SchemaError
 from schemas.fast_codec import codec_for
 from schemas.registry import SchemaRegistry, default_registry
 from streams.backoff import Backoff
-from streams.broker import aiokafka_client_config, create_topics, is_tansu, kafka_client_config
+from streams.broker import aiokafka_client_config
 from streams.dlq import dead_letter, encode_dead_letter, writer_headers
 from streams.event_hygiene import InadmissibleEvent, check_admissible, invalid_reason
 from streams.kafka_close import commit, start_client, start_unless_stopped, stop_consumer, stop_producer
 from streams.metrics import LagGauge, Metrics, consumer_lags
 from streams.producer import lead_key
 from streams.settings import Settings
+from streams.stoppable import finished_before_stop
 from streams.topics import (
     ACCOUNTS,
     BY_SCHEMA,
@@ -65,7 +66,6 @@ from streams.topics import (
     INPUTS,
     LEAD_STATE,
     MAX_INPUT_RECORD_BYTES,
-    TOPICS,
 )
 
 log = logging.getLogger(__name__)
@@ -163,13 +163,19 @@ class LeadWorker:
     async def run(self, stop: asyncio.Event) -> None:
         settings = self.settings
         self.stop_event = stop
-        self.tansu = await asyncio.to_thread(is_tansu, settings)
-        await asyncio.to_thread(
-            create_topics, settings.bootstrap, settings.topic_prefix, TOPICS, kafka_client_config(settings)
-        )
+        # Each start step waits on the broker (kafka-python's 30 s bootstrap timeout, aiokafka's 40 s): a
+        # stop meanwhile ends it at once, nothing consumed yet. Found by
+        # tests/faults/test_worker_start_broker_hung.py (SIGTERM took up to 38 s, then exit 1).
+        checking = asyncio.ensure_future(check_broker(settings))
+        if not await finished_before_stop(checking, stop):
+            log.info("worker stopped before its topics were checked (nothing consumed)")
+            return
+        self.tansu = checking.result()
         security = aiokafka_client_config(settings)
         self.producer = worker_producer(settings, security)
-        await start_client(self.producer)
+        if not await finished_before_stop(start_client(self.producer), stop):  # closed by start_client
+            log.info("worker stopped before its producer started (nothing consumed)")
+            return
         self.sender = BatchSender(self.producer)
         producer_stopped = False
         try:

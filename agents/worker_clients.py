@@ -10,9 +10,24 @@ from typing import Any
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from aiokafka.coordinator.assignors.range import RangePartitionAssignor
 
+from streams.broker import create_topics, is_tansu, kafka_client_config
+from streams.kafka_close import in_daemon_thread
 from streams.settings import Settings
+from streams.topics import TOPICS
 
 GROUP = "leadpulse-worker"  # dashboards and alerts match this group label
+
+
+async def check_broker(settings: Settings) -> bool:
+    """Whether the broker is Tansu (``is_tansu``), once every topic is there (created if missing).
+
+    In daemon threads (``in_daemon_thread``), not ``asyncio.to_thread``: with the broker hung each call
+    waits kafka-python's 30 s bootstrap timeout, and ``asyncio.run`` waits at exit for an executor thread, so
+    a worker stopped meanwhile (``LeadWorker.run`` gives this up at a stop) still took up to 30 s to go."""
+    tansu = await in_daemon_thread(is_tansu, settings)
+    config = kafka_client_config(settings)
+    await in_daemon_thread(create_topics, settings.bootstrap, settings.topic_prefix, TOPICS, config)
+    return tansu
 
 
 def worker_producer(settings: Settings, security: dict[str, Any]) -> AIOKafkaProducer:

@@ -12,6 +12,7 @@ from streams.gc_tuning import tune_gc
 from streams.logs import setup_logging
 from streams.metrics import Metrics
 from streams.settings import Settings
+from streams.stoppable import finished_before_stop
 
 log = logging.getLogger(__name__)
 
@@ -22,9 +23,13 @@ async def serve_worker(settings: Settings, rules: Rules, metrics: Metrics, stop:
     from streams.web import bound_port, start_ops_server
 
     erasures = ErasureLog(settings)
-    await erasures.start()  # every erasure known before the first record is processed
+    worker = LeadWorker(settings, rules, metrics, erasures=erasures)
+    # Every erasure known before the first record is processed. With the broker hung the read waits up to
+    # 30-40 s per step: a stop meanwhile ends it (nothing consumed; ErasureLog.start closes its consumer).
+    if not await finished_before_stop(erasures.start(), stop):
+        log.info("worker stopped while reading the erasure log (nothing consumed)")
+        return worker
     try:
-        worker = LeadWorker(settings, rules, metrics, erasures=erasures)
         runner = await start_ops_server(settings.web_host, settings.web_port, metrics.registry, worker.ready)
         # the port bound: with LEADPULSE_WEB_PORT=0 the OS picks it
         log.info(
