@@ -128,7 +128,7 @@ async def read_to_end(
         tps = [TopicPartition(topic, p) for p in sorted(partitions)]
         consumer.assign(tps)
         await consumer.seek_to_beginning(*tps)
-        ends = await end_offsets(consumer, settings.bootstrap, tps, tansu)
+        ends = await end_offsets(consumer, settings, tps, tansu)
         pending = {tp for tp in tps if ends[tp] > 0}
         while pending:
             got = await consumer.getmany(*pending, timeout_ms=500, max_records=20_000)

@@ -221,7 +221,7 @@ class ErasureLog:
         try:
             consumer.assign([tp])
             await consumer.seek_to_beginning(tp)
-            end = (await end_offsets(consumer, self.settings.bootstrap, [tp], tansu)).get(tp, 0)
+            end = (await end_offsets(consumer, self.settings, [tp], tansu)).get(tp, 0)
             deadline = time.monotonic() + timeout_s
             while await consumer.position(tp) < end:
                 if time.monotonic() > deadline:

@@ -19,7 +19,9 @@ from typing import Any
 from aiokafka import AIOKafkaConsumer
 from aiokafka.structs import TopicPartition
 
+from streams.broker import aiokafka_client_config
 from streams.kafka_close import start_client, stop_consumer
+from streams.settings import Settings
 
 log = logging.getLogger(__name__)
 
@@ -27,17 +29,24 @@ _applied = False
 
 
 async def true_end_offsets(
-    bootstrap: str, reported: Mapping[Any, int], timeout_s: float = 60.0
+    bootstrap: str,
+    reported: Mapping[Any, int],
+    timeout_s: float = 60.0,
+    security: Mapping[str, Any] | None = None,
 ) -> dict[Any, int]:
     """Correct ListOffsets(latest) answers with Fetch high watermarks.
 
     Waits until every partition has answered a fetch: giving up early would hand back the buggy value and
-    so a stale restore (seen under CI load, where a 2-second budget was not enough)."""
+    so a stale restore (seen under CI load, where a 2-second budget was not enough). ``security``: the
+    aiokafka SASL/TLS settings (``streams.broker.aiokafka_client_config``); without them the fetch spoke
+    plaintext to a secured broker, and the worker's restore and every erasure log read failed there."""
     todo = {tp: end for tp, end in reported.items() if end > 0}
     result: dict[Any, int] = dict(reported)
     if not todo:
         return result
-    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False, group_id=None)
+    consumer = AIOKafkaConsumer(
+        bootstrap_servers=bootstrap, enable_auto_commit=False, group_id=None, **(security or {})
+    )
     await start_client(consumer)
     try:
         tps = {TopicPartition(tp.topic, tp.partition): tp for tp in todo}
@@ -63,7 +72,7 @@ async def true_end_offsets(
     return result
 
 
-def patch_faust_end_offsets(bootstrap: str) -> None:
+def patch_faust_end_offsets(bootstrap: str, security: Mapping[str, Any] | None = None) -> None:
     """Make Faust's aiokafka driver use corrected end offsets (idempotent)."""
     global _applied
     if _applied:
@@ -76,7 +85,7 @@ def patch_faust_end_offsets(bootstrap: str) -> None:
         reported = await original(self, list(partitions))
         if self.consumer.in_transaction:
             return reported
-        return await true_end_offsets(bootstrap, reported)
+        return await true_end_offsets(bootstrap, reported, security=security)
 
     faust_aiokafka.AIOKafkaConsumerThread._highwaters = _highwaters  # type: ignore[method-assign]
     _applied = True
@@ -84,8 +93,12 @@ def patch_faust_end_offsets(bootstrap: str) -> None:
 
 
 async def end_offsets(
-    consumer: AIOKafkaConsumer, bootstrap: str, tps: list[TopicPartition], embedded: bool
+    consumer: AIOKafkaConsumer, settings: Settings, tps: list[TopicPartition], embedded: bool
 ) -> dict[Any, int]:
-    """End offsets for plain aiokafka consumers (sinks, lag metrics), corrected on the embedded broker."""
+    """End offsets for plain aiokafka consumers (the worker's restore, erasure logs), corrected on Tansu
+    (``embedded``: ``streams.broker.is_tansu``, which also says yes when it cannot tell), with the same
+    SASL/TLS settings as ``consumer``'s."""
     reported = await consumer.end_offsets(tps)
-    return await true_end_offsets(bootstrap, reported) if embedded else dict(reported)
+    if not embedded:
+        return dict(reported)
+    return await true_end_offsets(settings.bootstrap, reported, security=aiokafka_client_config(settings))
