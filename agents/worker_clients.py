@@ -26,7 +26,14 @@ async def check_broker(settings: Settings) -> bool:
     a worker stopped meanwhile (``LeadWorker.run`` gives this up at a stop) still took up to 30 s to go."""
     tansu = await in_daemon_thread(is_tansu, settings)
     config = kafka_client_config(settings)
-    await in_daemon_thread(create_topics, settings.bootstrap, settings.topic_prefix, TOPICS, config)
+    await in_daemon_thread(
+        create_topics,
+        settings.bootstrap,
+        settings.topic_prefix,
+        TOPICS,
+        config,
+        settings.topic_replication_factor,
+    )
     return tansu
 
 
