@@ -62,6 +62,7 @@ from streams.broker import aiokafka_client_config
 from streams.erasures import ErasureLog
 from streams.kafka_close import commit, group_commits, start_unless_stopped, stop_consumer
 from streams.settings import Settings
+from streams.stoppable import finished_before_stop
 from streams.topics import spec_for
 
 log = logging.getLogger(__name__)
@@ -191,7 +192,12 @@ class ClickHouseSinkLoop:
     async def run_async(self, stop: threading.Event) -> None:
         config = aiokafka_client_config(self.settings)
         self.erasures = ErasureLog(self.settings)
-        await self.erasures.start()  # first: an aiokafka client never started still complains "Unclosed"
+        # First: an aiokafka client never started still complains "Unclosed". With the broker hung each step
+        # of the read waits 30-40 s: a stop meanwhile ends it (ErasureLog.start closes its consumer), as the
+        # worker's and the notifier's (tests/faults/test_sink_start_broker_hung.py: SIGTERM took 38-90+ s).
+        if not await finished_before_stop(self.erasures.start(), stop.is_set):
+            log.info("sink stopped while reading the erasure log (nothing consumed)")
+            return
         if not self.apply_erasures:
             # Read at start: nothing of those leads is taken by this process, but an earlier sink may have
             # stored rows of them after forget's delete; one query finds those (``_left_at_start``). Taken
