@@ -304,7 +304,7 @@ def erasures_with_rows(client: Client, records: list[dict[str, Any]]) -> list[di
 
     Why: with a server, a sink that stored rows of a lead and stopped before its tail saw the lead's
     erasure left them after ``forget``'s delete; the next sink reads that erasure at its start and must
-    sweep it (``ClickHouseSinkLoop._sweep_erasure``). One query per ``LEFT_CHUNK`` erasures, not one per
+    sweep it (``SinkErasures._sweep_erasure``). One query per ``LEFT_CHUNK`` erasures, not one per
     erasure: the log holds every erasure ever made, and nearly always nothing of them is left."""
     left: list[dict[str, Any]] = []
     for start in range(0, len(records), LEFT_CHUNK):

@@ -17,10 +17,10 @@ The loop's contract (DESIGN §7, STYLE "commit after durable"):
   stored are skipped: the gaps among them above the committed offset (a dead letter unacknowledged when the
   sink died, rows refused in a bisection whose batch a rebalance dropped) are taken again
   (``sinks.resume_point``). Revoked partitions are given up only after the insert in flight has ended
-  (``_Listener``), so that their next owner's resume point counts it;
+  (``sinks.sink_rebalance``), so that their next owner's resume point counts it;
 - records of leads erased with ``leadpulse forget`` (the erasure log, ``streams.erasures``) are dropped
   before insert, so a replay cannot bring them back; with embedded ClickHouse the sink owns the engine and
-  also deletes the lead's stored rows when an erasure arrives (``sinks.erase``).
+  also deletes the lead's stored rows when an erasure arrives (``sinks.erase``, ``sinks.sink_erasures``).
 """
 
 from __future__ import annotations
@@ -29,38 +29,30 @@ import asyncio
 import logging
 import threading
 import time
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
 from aiokafka import AIOKafkaConsumer, ConsumerRecord, TopicPartition
-from aiokafka.abc import ConsumerRebalanceListener
 from aiokafka.errors import CommitFailedError, IllegalStateError, KafkaError
 from clickhouse_connect.driver.client import Client
 
-from schemas.registry import HEADER_LEN, SchemaRegistry, default_registry
+from schemas.registry import SchemaRegistry, default_registry
 from sinks.batch import BatchPolicy, ClickHouseBatchSink, Rejected, SinkBatch
 from sinks.dead_letters import DeadLetters
-from sinks.erase import (
-    already_applied,
-    apply_erasure,
-    erasures_with_rows,
-    event_head,
-    recorded_erasure,
-    remaining_rows,
-)
 from sinks.errors import SinkBackpressure
 from sinks.lag_report import LagReport
-from sinks.query_service import client_runner
 from sinks.recent_ids import RecentIds
 from sinks.record_intake import SINK_TOPICS, RecordIntake
 from sinks.resume_point import ResumePoint
-from sinks.rows import EVENTS, TableSpec
+from sinks.rows import TableSpec
+from sinks.sink_erasures import SinkErasures
 from sinks.sink_hooks import SinkHooks
+from sinks.sink_rebalance import RebalanceListener, apply_rebalance, resume_from_first_fetch
+from sinks.sink_rejects import dead_letter_rejected
 from sinks.stored_positions import StoredPositions, check_same_log
 from streams.broker import aiokafka_client_config
 from streams.erasures import ErasureLog
-from streams.kafka_close import commit, group_commits, start_unless_stopped, stop_consumer
+from streams.kafka_close import commit, start_unless_stopped, stop_consumer
 from streams.settings import Settings
 from streams.stoppable import finished_before_stop
 from streams.topics import spec_for
@@ -74,12 +66,8 @@ SINK_GROUP = "leadpulse-sink"
 
 
 #: Seconds to wait before fetching again the records of partitions whose resume point ClickHouse could not
-#: give at their first fetch (``ClickHouseSinkLoop._resume_from_first_fetch``).
+#: give at their first fetch (``sinks.sink_rebalance.resume_from_first_fetch``).
 RESUME_RETRY_S = 5.0
-
-#: Seconds a sink with a ClickHouse server waits for ``forget``'s own deletion of a lead before it sweeps the
-#: lead's rows anyway (``ClickHouseSinkLoop._sweep_erasure``).
-SWEEP_WAIT_S = 300.0
 
 
 def sink_group(settings: Settings) -> str:
@@ -97,31 +85,6 @@ class SinkStats:
     commits: int = 0
     last_success: float = 0.0
     assigned: set[tuple[str, int]] = field(default_factory=set)
-
-
-class _Listener(ConsumerRebalanceListener):  # type: ignore[misc]
-    """Records what a rebalance changed; the loop acts on it between fetches (see ``_apply_rebalance``).
-
-    Revoked partitions are given up only once the insert in flight (``in_flight``) has ended: aiokafka
-    awaits this callback before it rejoins the group, so the partitions' next owner reads the stored
-    positions after that insert, not before (it would store the same records again, cut into other
-    batches, so with other dedup tokens). No insert starts while a revocation waits to be applied
-    (``ClickHouseSinkLoop._flush``). The insert's result is left to the loop."""
-
-    def __init__(self, in_flight: Callable[[], asyncio.Future[Any] | None]) -> None:
-        self.revoked: set[tuple[str, int]] = set()
-        self.assigned: set[tuple[str, int]] = set()
-        self.in_flight = in_flight
-
-    async def on_partitions_revoked(self, revoked: Any) -> None:
-        self.revoked.update((tp.topic, tp.partition) for tp in revoked)
-        insert = self.in_flight()
-        if insert is not None and not insert.done():
-            log.info("rebalance: waiting for the insert in flight before giving up partitions")
-            await asyncio.wait({insert})
-
-    async def on_partitions_assigned(self, assigned: Any) -> None:
-        self.assigned.update((tp.topic, tp.partition) for tp in assigned)
 
 
 class ClickHouseSinkLoop:
@@ -151,27 +114,24 @@ class ClickHouseSinkLoop:
         self.committed: dict[tuple[str, int], int] = {}
         self.resume: dict[tuple[str, int], ResumePoint] = {}  # what is stored already, per partition
         # Partitions assigned without a known committed offset: their highest stored offset, until their
-        # first fetch tells where the group's position is (``_resume_from_first_fetch``); None when
+        # first fetch tells where the group's position is (``resume_from_first_fetch``); None when
         # ClickHouse did not answer at assignment (read at the first fetch too).
         self.resume_pending: dict[tuple[str, int], int | None] = {}
         self.retry_at: float | None = None
         self.writing: tuple[SinkBatch, asyncio.Future[list[Rejected]]] | None = None  # the insert in flight
         self.max_poll_records = max_poll_records
         self.fast_path = fast_path
-        self._listener = _Listener(lambda: None if self.writing is None else self.writing[1])
+        self._listener = RebalanceListener(lambda: None if self.writing is None else self.writing[1])
         self.lag = LagReport(self.hooks, SINK_GROUP, settings.topic_prefix)
         self.positions = StoredPositions(settings, client, self.registry, self.email_key)
         self.dead_letters = DeadLetters(settings, self.registry)
         self.consumer: AIOKafkaConsumer | None = None
         # Erasures: read at start, tailed while running; applied to ClickHouse here when this process owns
         # the embedded engine. With a server, `leadpulse forget` deletes on the server itself, and the sink
-        # only sweeps what it stored of the lead around that moment (``_sweep_erasure``).
+        # only sweeps what it stored of the lead around that moment (``sinks.sink_erasures``).
         self.erasures: ErasureLog | None = None
         self.apply_erasures = settings.embedded_clickhouse
-        self._pending_erasures: list[dict[str, Any]] = []
-        self._erasures_flush_due = False  # erasures arrived: store what was taken before, once
-        self._sweep_waits: dict[tuple[str, int], float] = {}  # server: sweeps waiting for forget's deletion
-        self._read_at_start: list[dict[str, Any]] = []  # server: looked at once for rows (``_left_at_start``)
+        self.erasing = SinkErasures(self)
         self.intake = RecordIntake(
             settings,
             self.registry,
@@ -200,11 +160,12 @@ class ClickHouseSinkLoop:
             return
         if not self.apply_erasures:
             # Read at start: nothing of those leads is taken by this process, but an earlier sink may have
-            # stored rows of them after forget's delete; one query finds those (``_left_at_start``). Taken
-            # here, before the tail task first runs (no await since start() returned), not at the first
-            # step: a first step that backs off before it looks for erasures (a resume point ClickHouse
-            # cannot give) took records, and an erasure arriving meanwhile was counted as read at start.
-            self._read_at_start = self.erasures.drain_new()
+            # stored rows of them after forget's delete; one query finds those
+            # (``SinkErasures._left_at_start``). Taken here, before the tail task first runs (no await since
+            # start() returned), not at the first step: a first step that backs off before it looks for
+            # erasures (a resume point ClickHouse cannot give) took records, and an erasure arriving
+            # meanwhile was counted as read at start.
+            self.erasing.read_at_start = self.erasures.drain_new()
         self.consumer = AIOKafkaConsumer(
             bootstrap_servers=self.settings.bootstrap,
             group_id=self.group,
@@ -239,16 +200,16 @@ class ClickHouseSinkLoop:
                 # Paused: nothing comes back, except from partitions assigned in the same call (a new
                 # assignment starts unpaused): taken, never dropped, since the position moved past them.
                 records = await self.consumer.getmany(timeout_ms=int(min(wait, 0.5) * 1000))
-                await self._apply_rebalance()
+                await apply_rebalance(self)
                 await self._take_fetched(records)
                 await self.lag.report_due(self.consumer, self.committed)
                 return
             # No fetch this step (the failed batch is re-sent first), so apply here a rebalance noted since
             # the last one: ``_flush`` starts no insert while a revocation waits, and only this applies it.
-            await self._apply_rebalance()
+            await apply_rebalance(self)
         else:
             records = await self.consumer.getmany(timeout_ms=poll_ms, max_records=self.max_poll_records)
-            await self._apply_rebalance()
+            await apply_rebalance(self)
             if self.writing is not None and self.writing[1].done():
                 await self._settle_write()  # first: the records taken next must know what it stored
             await self._take_fetched(records)
@@ -263,60 +224,11 @@ class ClickHouseSinkLoop:
 
     async def _take_fetched(self, records: dict[TopicPartition, list[ConsumerRecord[bytes, bytes]]]) -> None:
         """Take what a fetch returned, but for partitions given up meanwhile (their next owner reads them)."""
-        left = await self._resume_from_first_fetch(records)  # (a partition given up is no longer pending)
+        # (a partition given up is no longer pending)
+        left = await resume_from_first_fetch(self, records, RESUME_RETRY_S)
         for tp, messages in records.items():
             if (tp.topic, tp.partition) in self.stats.assigned and (tp.topic, tp.partition) not in left:
                 self._take(tp, messages)
-
-    async def _resume_from_first_fetch(
-        self, records: dict[TopicPartition, list[ConsumerRecord[bytes, bytes]]]
-    ) -> set[tuple[str, int]]:
-        """The resume points of partitions assigned while their committed offset could not be read (the
-        group coordinator did not answer, or the group has none), or whose stored offsets ClickHouse did not
-        give then (``None`` in ``resume_pending``: read here too), once their first records are here.
-
-        Why wait: the gaps among the stored offsets are listed from a lower bound, and at most
-        ``MAX_GAPS`` of them; listed from offset 0, the gaps below the committed offset (every record
-        dead-lettered, dropped as a re-send or erased there) filled the listing, skipping ended at the
-        first unlisted one, below the committed offset, and every stored record above it was stored again.
-        The first fetched offset is where the group's position starts (the consumer reads the committed
-        offset itself before it fetches): nothing below it is taken, so the gaps are listed from there.
-
-        Returned: the partitions whose records are left untaken, because ClickHouse did not answer. They
-        stay pending, their position goes back to the first fetched offset and the loop backs off like for
-        any ClickHouse failure (before, the error ended the sink)."""
-        if not self.resume_pending:
-            return set()
-        firsts = {
-            (tp.topic, tp.partition): messages[0].offset
-            for tp, messages in records.items()
-            if messages and (tp.topic, tp.partition) in self.resume_pending
-        }
-        if not firsts:
-            return set()
-        if self.writing is not None:  # one statement at a time on the client (a session allows no other)
-            await self._settle_write()
-        pending = {key: self.resume_pending[key] for key in firsts}
-        try:
-            stored = {key: offset for key, offset in pending.items() if offset is not None}
-            unread = {key for key, offset in pending.items() if offset is None}
-            if unread:
-                stored.update(await self._stored_positions(unread))
-            points = await asyncio.to_thread(self.positions.resume_points, stored, firsts)
-        except Exception as exc:  # ClickHouse away or busy (unknown = retryable, as for inserts)
-            assert self.consumer is not None
-            assignment = self.consumer.assignment()
-            for key, offset in firsts.items():
-                if TopicPartition(*key) in assignment:
-                    self.consumer.seek(TopicPartition(*key), offset)  # fetched again after the back-off
-            what = "reading the stored offsets of newly fetched partitions"
-            self.hooks.unavailable()  # as an insert ClickHouse refuses: LeadpulseSinkFailing sees it
-            self._back_off(SinkBackpressure("resume", RESUME_RETRY_S, exc, what=what))
-            return set(firsts)
-        for key in firsts:
-            self.resume_pending.pop(key, None)
-        self.resume.update(points)
-        return set()
 
     async def _settle_write(self) -> None:
         """``_finish_write`` outside ``_flush``: a failed insert starts the back-off here."""
@@ -336,9 +248,7 @@ class ClickHouseSinkLoop:
     async def drain(self) -> None:
         """On shutdown: one last attempt to store and commit what is batched; if it fails, leave it
         uncommitted (it is re-read on restart). With a ClickHouse server, erasures the tail has and no step
-        swept yet are swept after that store: it may hold rows of their leads taken before they arrived
-        (``_sweep_erasure``). What is left then (an erasure the tail had not seen, a sweep still waiting for
-        forget's deletion) the next sink finds at its start (``_left_at_start``)."""
+        swept yet are swept after that store (``SinkErasures.at_shutdown``)."""
         try:
             await self._flush(force=True)
         except SinkBackpressure as exc:
@@ -346,19 +256,7 @@ class ClickHouseSinkLoop:
             return
         if self.apply_erasures:  # embedded: the next start applies what is not applied yet
             return
-        problem = "their deletion by `leadpulse forget` was not recorded yet"
-        self._read_at_start = []  # not looked at now: the next start does
-        try:
-            await self._apply_erasures()
-        except SinkBackpressure as exc:
-            problem = str(exc)
-        if self._pending_erasures:
-            log.warning(
-                "shutdown: rows of erased lead(s) %s this sink stored may be left (%s); the next sink "
-                "start sweeps them",
-                ", ".join(str(r["lead_id"]) for r in self._pending_erasures),
-                problem,
-            )
+        await self.erasing.at_shutdown()
 
     async def _settle_insert(self) -> None:
         """An insert still in flight when the loop ends (drain awaits it; an error may leave it) is awaited,
@@ -371,169 +269,19 @@ class ClickHouseSinkLoop:
         except Exception as exc:  # the loop is ending anyway; nothing of the batch was committed
             log.warning("the insert in flight at exit failed, its records will be re-read: %s", exc)
 
-    # --- erasures ---------------------------------------------------------------------------------------
+    # --- erasures (``sinks.sink_erasures``) -------------------------------------------------------------
     async def _apply_erasures(self) -> None:
-        """Delete newly erased leads from the embedded engine this process owns, or, with a server, sweep
-        what this sink stored of them (``_sweep_erasure``). Rows of the lead taken before the erasure
-        arrived are flushed first, so the deletion removes them too."""
-        if self.erasures is None:
-            return
-        new = self.erasures.drain_new()  # (server: those read at start are not, see run_async)
-        if new:
-            self._pending_erasures.extend(new)
-            self._erasures_flush_due = True
-        if self._read_at_start and not self._listener.revoked:
-            await self._left_at_start()
-        if not self._pending_erasures or self._listener.revoked:
-            return  # (a revocation first: the batches it drops are re-read, without the erased records)
-        if self._erasures_flush_due:  # once per arrival: what is taken later holds none of the lead's rows
-            await self._flush(force=True)
-            self._erasures_flush_due = False
-        elif self.writing is not None:
-            # One statement at a time on the client: a server refuses a second one within its session, and a
-            # sweep waiting for forget's deletion asks at every step, right after a step started an insert.
-            await self._finish_write()
-        waiting: list[dict[str, Any]] = []
-        try:
-            while self._pending_erasures:
-                record = self._pending_erasures[0]
-                try:
-                    done = await asyncio.to_thread(self._apply_erasure, record)
-                except Exception as exc:  # ClickHouse busy/away: keep it pending, back off like an insert
-                    raise SinkBackpressure("erasures", 5.0, exc) from exc
-                self._pending_erasures.pop(0)
-                if not done:
-                    waiting.append(record)
-        finally:
-            self._pending_erasures[:0] = waiting
+        """The step's erasure work: a method of the loop's, so that a test can make it fail."""
+        await self.erasing.apply()
 
-    async def _left_at_start(self) -> None:
-        """With a server: queue for a sweep the erasures read at start whose rows are still stored.
-
-        Why: a sink that stored rows of a lead and then stopped or crashed before its tail saw the lead's
-        erasure (or before its sweep ran) left them after ``forget``'s delete, for good: this process reads
-        that erasure at its start, takes none of the lead's records, and so never swept it. One query over
-        the base tables for every erasure read (``erasures_with_rows``); only those with rows are swept,
-        by the tail's rules (``_sweep_erasure``: after forget's own deletion is recorded)."""
-        if self.writing is not None:  # one statement at a time on the client
-            await self._finish_write()
-        try:
-            left = await asyncio.to_thread(erasures_with_rows, self.client, self._read_at_start)
-        except Exception as exc:  # ClickHouse busy/away: checked again after the back-off
-            raise SinkBackpressure("erasures", 5.0, exc) from exc
-        self._read_at_start = []
-        if left:
-            log.warning(
-                "erasure log: rows of %d lead(s) erased before this start are still stored; sweeping them",
-                len(left),
-            )
-            self._pending_erasures[:0] = left
-
-    def _apply_erasure(self, record: dict[str, Any]) -> bool:
-        """Whether ``record`` is done with (False: a sweep waits for ``forget``'s own deletion)."""
-        if not self.apply_erasures:
-            return self._sweep_erasure(record)
-        if already_applied(self.client, record):
-            return True
-        result = apply_erasure(self.client, record, applied_by="sink")
-        log.info("erasure %s applied: %d row(s) deleted", result.erasure_id, result.total)
-        return True
-
-    def _sweep_erasure(self, record: dict[str, Any]) -> bool:
-        """With a ClickHouse server, after the rows taken before the erasure arrived are stored: delete
-        whatever of the lead is stored now, recorded as applied by the sink, if anything is.
-
-        Why: ``forget`` logs the erasure, then deletes on the server. Rows of the lead this sink had taken
-        (batched, or in an insert in flight) before its tail saw the erasure were inserted after that delete
-        and stayed, with the erasure recorded as done. From the moment the tail has the erasure, the lead's
-        records are dropped before they are taken; so once the earlier ones are stored (the flush before
-        this), one more delete leaves nothing. Erasures read at start are swept only if rows of theirs are
-        still stored (``_left_at_start``): nothing of theirs was taken by this process, an earlier sink's.
-
-        Not alongside ``forget``'s own deletion: both would rebuild the daily-view keys the lead fed
-        (delete them, insert them again from the other leads' rows), and with both deletes before either
-        insert the other leads' counts were inserted twice. So the sweep waits (False) until that deletion is
-        recorded in ``leadpulse.erasures``, at most ``SWEEP_WAIT_S`` (a ``forget`` whose deletion failed
-        records nothing: the sweep then does its work)."""
-        run = client_runner(self.client)
-        key = (str(record["erasure_id"]), int(record["requested_at"]))
-        since = self._sweep_waits.setdefault(key, time.monotonic())
-        if recorded_erasure(run, record) is None and time.monotonic() - since < SWEEP_WAIT_S:
-            return False
-        self._sweep_waits.pop(key, None)
-        left = remaining_rows(run, record)
-        if not any(left.values()):
-            return True
-        result = apply_erasure(self.client, record, applied_by="sink")
-        log.warning(
-            "erasure %s: %d row(s) of the lead stored after forget's delete, deleted now",
-            result.erasure_id,
-            result.total,
-        )
-        return True
+    @property
+    def _pending_erasures(self) -> list[dict[str, Any]]:
+        """Erasures not done with yet (tests wait on it)."""
+        return self.erasing.pending
 
     def _erased(self, table: str) -> None:
         self.stats.erased += 1
         self.hooks.erased(table, 1)
-
-    # --- rebalance -------------------------------------------------------------------------------------
-    async def _apply_rebalance(self) -> None:
-        assert self.consumer is not None
-        listener = self._listener
-        if listener.revoked:
-            # Uncommitted batches of revoked partitions are dropped, not flushed: their next owner re-reads
-            # them from the committed offset and skips whatever part of them an earlier insert stored.
-            # A batch in flight cannot be dropped: its insert is let finish first, as if it had been
-            # written before the rebalance was noticed.
-            revoked, listener.revoked = listener.revoked, set()
-            if self.writing is not None:
-                await self._settle_write()
-            batches = [*self.sink.closed, *self.sink.batches.values()]
-            if any(tp in revoked for batch in batches for tp in batch.segments):
-                log.info("rebalance: dropping %d uncommitted batch(es)", self.sink.clear())
-                self.retry_at = None
-                self.consumer.resume(*self.consumer.assignment())
-            for tp in revoked:
-                self.intake.recent.drop_partition(tp)
-                self.next_offsets.pop(tp, None)
-                self.committed.pop(tp, None)
-                self.resume.pop(tp, None)
-                self.resume_pending.pop(tp, None)
-        self.stats.assigned = {(tp.topic, tp.partition) for tp in self.consumer.assignment()}
-        if listener.assigned:
-            assigned, listener.assigned = listener.assigned, set()
-            if self.retry_at is not None:  # a back-off no revocation ended (an erasure's) holds them too
-                self.consumer.pause(*self.consumer.assignment())
-            committed = await self._load_commits(assigned)  # first: the gaps are looked for above them
-            try:
-                kept = await self._stored_positions(assigned)
-                known = {tp: offset for tp, offset in kept.items() if tp in committed}
-                points = await asyncio.to_thread(self.positions.resume_points, known, committed)
-            except Exception as exc:  # ClickHouse away or busy: read at each partition's first fetch
-                log.warning("stored positions not read at assignment, read at the first fetch: %s", exc)
-                self.hooks.unavailable()
-                self.resume_pending.update(dict.fromkeys(assigned))
-                return
-            self.resume_pending.update({tp: offset for tp, offset in kept.items() if tp not in committed})
-            self.resume.update(points)
-
-    async def _stored_positions(self, assigned: set[tuple[str, int]]) -> dict[tuple[str, int], int]:
-        """The highest stored offset of each of ``assigned`` that has rows, after the same-log check."""
-        stored = await asyncio.to_thread(self.positions.stored_for, assigned)
-        return await self.positions.same_log_only(stored)
-
-    async def _load_commits(self, assigned: set[tuple[str, int]]) -> dict[tuple[str, int], int]:
-        """The group's committed offset of each newly assigned partition, so the lag metric is right from
-        the start (it counted from 0 for a partition with nothing new since a restart: a false lag of the
-        partition's whole length, and a false LeadpulseSinkStalled), and so that the stored rows' gaps are
-        looked for only above it. Returned: those found (none for a partition without a commit, or when the
-        coordinator does not answer: its gaps are then looked for from its first fetched offset,
-        ``_resume_from_first_fetch``)."""
-        assert self.consumer is not None
-        found = await group_commits(self.consumer, (TopicPartition(t, p) for t, p in assigned)) or {}
-        for tp, offset in found.items():
-            self.committed.setdefault((tp.topic, tp.partition), offset)
-        return {(tp.topic, tp.partition): offset for tp, offset in found.items()}
 
     # --- records -----------------------------------------------------------------------------------------
     def _take(self, tp: TopicPartition, messages: list[ConsumerRecord[bytes, bytes]]) -> None:
@@ -613,26 +361,7 @@ class ClickHouseSinkLoop:
         self.sink.discard(batch)
         table = batch.table.table
         self.stats.inserted[table] = self.stats.inserted.get(table, 0) + batch.size - len(rejected)
-        for bad in rejected:
-            # Not stored, so a corrected re-send of it is not a duplicate.
-            if batch.table.keyed_by_id and bad.value is not None:
-                record_id = (
-                    event_head(bad.value[HEADER_LEN:])[0]  # may not decode: read like the fast path
-                    if batch.table is EVENTS
-                    else self.positions.first_column((bad.topic, bad.partition), bad.offset, bad.value)
-                )
-                if record_id is not None:
-                    self.intake.recent.forget((bad.topic, bad.partition), record_id, bad.offset)
-            self._dead_letter(
-                bad.topic,
-                bad.partition,
-                bad.offset,
-                bad.key,
-                bad.value,
-                "sink",
-                bad.error_type,
-                bad.reason,
-            )
+        dead_letter_rejected(self, batch, rejected)
         self.stats.last_success = time.time()
         self._resume()
 
