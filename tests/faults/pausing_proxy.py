@@ -1,17 +1,25 @@
 """A TCP proxy in front of a private Tansu that hangs it (SIGSTOP, by the caller's ``pause``) when a given
 client's nth connection arrives: how the start-under-a-hung-broker fault tests put a process at one step of
-its start (tests/faults/test_notifier_start_broker_hung.py, test_worker_start_broker_hung.py).
+its start (tests/faults/test_*_start_broker_hung.py, test_collector_stop_broker_hung.py), and the two steps
+those tests share: ``hung_broker`` and ``sigterm_stops_in_time``.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
+import signal
 import struct
 import threading
-from collections.abc import Callable
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
 
-from streams.broker import free_port
+from streams.broker import EmbeddedBroker, create_topics, free_port, tansu_binary
+from streams.settings import load_settings
+from tests.processes import CliProcess
 
 
 class PausingProxy:
@@ -91,3 +99,67 @@ class PausingProxy:
             while data := await reader.read(65536):
                 writer.write(data)
                 await writer.drain()
+
+
+#: As tests/faults/test_shutdown_broker_hung.py: under the shortest grace period a process is given (30 s).
+STOP_WITHIN_S = 25.0
+
+
+@dataclass
+class HungBroker:
+    """A private Tansu behind a ``PausingProxy``: processes under test connect to ``address``."""
+
+    proxy: PausingProxy
+    pause: Callable[[], None]  # hangs the broker now (for a step no client id marks)
+    paused: threading.Event  # set once the broker hangs, by the proxy or by ``pause``
+
+    @property
+    def address(self) -> str:
+        return self.proxy.address
+
+
+@contextlib.contextmanager
+def hung_broker(tmp_path: Path, prefix: str, client: bytes, nth: int) -> Iterator[HungBroker]:
+    """A private Tansu with the catalogue under ``prefix``, paused (SIGSTOP) when the ``nth`` connection of
+    ``client`` comes in; resumed and stopped on exit."""
+    broker = EmbeddedBroker(tansu_binary(load_settings()), "127.0.0.1", free_port(), tmp_path / "tansu.log")
+    broker.start()
+    assert broker.process is not None
+    tansu_pid = broker.process.pid
+    paused = threading.Event()
+
+    def pause() -> None:
+        os.kill(tansu_pid, signal.SIGSTOP)
+        paused.set()
+
+    proxy: PausingProxy | None = None
+    try:
+        create_topics(broker.bootstrap, prefix)
+        proxy = PausingProxy((broker.host, broker.port), pause, client, nth).start()
+        yield HungBroker(proxy, pause, paused)
+    finally:
+        if paused.is_set():
+            os.kill(tansu_pid, signal.SIGCONT)
+        if proxy is not None:
+            proxy.stop()
+        broker.stop()
+
+
+def sigterm_stops_in_time(proc: CliProcess, what: str) -> str:
+    """SIGTERM ``proc`` (still running, its step waiting on the hung broker for 2 s) and check it exits 0
+    within ``STOP_WITHIN_S`` without a traceback or an unclosed client; its output."""
+    time.sleep(2)  # the step is under way, waiting for an answer
+    assert proc.proc.poll() is None, f"it exited when the broker hung ({what}):\n{proc.output()[-3000:]}"
+    started = time.monotonic()
+    proc.proc.send_signal(signal.SIGTERM)
+    with contextlib.suppress(Exception):
+        proc.proc.wait(90)
+    took = time.monotonic() - started
+    out = proc.output()
+    print(f"\nstop time with the broker hung at {what}: {took:.1f} s")
+    assert proc.proc.returncode is not None, f"still running 90 s after SIGTERM:\n{out[-3000:]}"
+    assert proc.proc.returncode == 0, f"exited with {proc.proc.returncode}:\n{out[-3000:]}"
+    assert took < STOP_WITHIN_S, f"took {took:.1f}s to stop:\n{out[-3000:]}"
+    for bad in ("Traceback", "Unclosed", "CancelledError"):
+        assert bad not in out, f"{bad!r} in its output:\n{out[-4000:]}"
+    return out

@@ -20,23 +20,16 @@ group consumer (``aiokafka-0…``, 2). What each did before stop 28 (measured wi
 
 from __future__ import annotations
 
-import contextlib
-import os
-import signal
-import time
 from pathlib import Path
 
 import pytest
 
-from streams.broker import EmbeddedBroker, create_topics, free_port, tansu_binary
-from streams.settings import load_settings
-from tests.faults.pausing_proxy import PausingProxy
+from streams.broker import free_port
+from tests.faults.pausing_proxy import hung_broker, sigterm_stops_in_time
 from tests.processes import CliProcess, leadpulse_env, wait_until
 
 pytestmark = pytest.mark.faults
 
-#: As tests/faults/test_shutdown_broker_hung.py: under the shortest grace period (30 s).
-STOP_WITHIN_S = 25.0
 READING_ERASURES = "worker stopped while reading the erasure log"
 
 
@@ -64,42 +57,18 @@ READING_ERASURES = "worker stopped while reading the erasure log"
 def test_sigterm_while_the_broker_hangs_at_the_workers_start_exits_in_time(
     tmp_path: Path, client: bytes, nth: int, where: str
 ) -> None:
-    broker = EmbeddedBroker(tansu_binary(load_settings()), "127.0.0.1", free_port(), tmp_path / "tansu.log")
-    broker.start()
-    assert broker.process is not None
-    tansu_pid = broker.process.pid
-    prefix = "hungstart."
-    create_topics(broker.bootstrap, prefix)
-    pause = lambda: os.kill(tansu_pid, signal.SIGSTOP)  # noqa: E731
-    proxy = PausingProxy((broker.host, broker.port), pause, client, nth).start()
-    env = leadpulse_env(
-        kafka_bootstrap=proxy.address,
-        topic_prefix=prefix,
-        data_dir=tmp_path / "worker",
-        web_port=free_port(),
-    )
-    proc = CliProcess(["worker"], env, tmp_path / "worker.log")
-    try:
-        step = f"the worker's connection {nth} of {client.decode()}"
-        wait_until(proxy.paused.is_set, 60, f"{step} (seen: {proxy.clients})", proc)
-        time.sleep(2)  # the step is under way, waiting for an answer
-        assert proc.proc.poll() is None, f"the worker exited when the broker hung:\n{proc.output()[-3000:]}"
-        started = time.monotonic()
-        proc.proc.send_signal(signal.SIGTERM)
-        with contextlib.suppress(Exception):
-            proc.proc.wait(90)
-        took = time.monotonic() - started
-        out = proc.output()
-        print(f"\nworker stop time with the broker hung at {step}: {took:.1f} s")
-        assert proc.proc.returncode is not None, f"still running 90 s after SIGTERM:\n{out[-3000:]}"
-        assert proc.proc.returncode == 0, f"exited with {proc.proc.returncode}:\n{out[-3000:]}"
-        assert took < STOP_WITHIN_S, f"took {took:.1f}s to stop:\n{out[-3000:]}"
-        assert where in out, out[-3000:]
-        for bad in ("Traceback", "Unclosed", "CancelledError"):
-            assert bad not in out, f"{bad!r} in its output:\n{out[-4000:]}"
-    finally:
-        if proxy.paused.is_set():
-            os.kill(tansu_pid, signal.SIGCONT)
-        proc.stop(timeout=5)
-        proxy.stop()
-        broker.stop()
+    with hung_broker(tmp_path, "hungstart.", client, nth) as hung:
+        env = leadpulse_env(
+            kafka_bootstrap=hung.address,
+            topic_prefix="hungstart.",
+            data_dir=tmp_path / "worker",
+            web_port=free_port(),
+        )
+        proc = CliProcess(["worker"], env, tmp_path / "worker.log")
+        try:
+            step = f"the worker's connection {nth} of {client.decode()}"
+            wait_until(hung.paused.is_set, 60, f"{step} (seen: {hung.proxy.clients})", proc)
+            out = sigterm_stops_in_time(proc, step)
+            assert where in out, out[-3000:]
+        finally:
+            proc.stop(timeout=5)
