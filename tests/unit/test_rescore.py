@@ -134,17 +134,18 @@ def no_broker(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("LEADPULSE_BROKER_PORT", str(free_port()))
 
 
-@pytest.fixture()
-def cli(monkeypatch: pytest.MonkeyPatch) -> typer.Typer:
+def rescore_app(monkeypatch: pytest.MonkeyPatch) -> typer.Typer:
+    """The rescore command in an app of its own, with no broker to ask for erasures (``no_broker``)."""
     no_broker(monkeypatch)
     app = typer.Typer()
     rescore_cmds.register(app)
-
-    @app.command("noop")
-    def noop() -> None:  # a second command keeps typer from collapsing the app into a single command
-        pass
-
+    app.command("noop")(lambda: None)  # a second command keeps typer from collapsing the app into one
     return app
+
+
+@pytest.fixture()
+def cli(monkeypatch: pytest.MonkeyPatch) -> typer.Typer:
+    return rescore_app(monkeypatch)
 
 
 def cli_files(tmp_path: Path) -> tuple[Path, Path]:

@@ -14,7 +14,7 @@ from typer.testing import CliRunner
 from agents.rescore import rescore
 from agents.rules import DEFAULT_RULES_PATH
 from tests.unit.builders import HOUR, T0, activity, download, identified, rules
-from tests.unit.test_rescore import no_broker
+from tests.unit.test_rescore import rescore_app
 
 pytestmark = pytest.mark.unit
 
@@ -37,13 +37,7 @@ def test_history_out_of_event_time_order_is_replayed_in_event_time_order() -> No
 
 @pytest.fixture()
 def cli(monkeypatch: pytest.MonkeyPatch) -> typer.Typer:
-    no_broker(monkeypatch)
-    from leadpulse.commands import rescore_cmds
-
-    app = typer.Typer()
-    rescore_cmds.register(app)
-    app.command("noop")(lambda: None)
-    return app
+    return rescore_app(monkeypatch)
 
 
 def run(cli: typer.Typer, tmp_path: Path, lines: list[dict[str, object]], *extra: str) -> str:

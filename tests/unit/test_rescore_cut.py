@@ -11,9 +11,8 @@ import typer
 from typer.testing import CliRunner
 
 from agents.rescore import rescore
-from leadpulse.commands import rescore_cmds
 from tests.unit.builders import HOUR, MIN, download, rules
-from tests.unit.test_rescore import HISTORY, NOW, cli_files, no_broker
+from tests.unit.test_rescore import HISTORY, NOW, cli_files, rescore_app
 
 pytestmark = pytest.mark.unit
 
@@ -27,11 +26,7 @@ LATER = [
 
 @pytest.fixture()
 def cli(monkeypatch: pytest.MonkeyPatch) -> typer.Typer:
-    no_broker(monkeypatch)
-    app = typer.Typer()
-    rescore_cmds.register(app)
-    app.command("noop")(lambda: None)
-    return app
+    return rescore_app(monkeypatch)
 
 
 def test_events_after_now_are_left_out_of_both_replays() -> None:

@@ -13,18 +13,14 @@ from typer.testing import CliRunner
 from agents.rescore import leave_out_erased
 from leadpulse.commands import rescore_cmds
 from tests.unit.builders import HOUR, T0, identified, visit
-from tests.unit.test_rescore import NOW, cli_files, no_broker
+from tests.unit.test_rescore import NOW, cli_files, rescore_app
 
 pytestmark = pytest.mark.unit
 
 
 @pytest.fixture()
 def cli(monkeypatch: pytest.MonkeyPatch) -> typer.Typer:
-    no_broker(monkeypatch)
-    app = typer.Typer()
-    rescore_cmds.register(app)
-    app.command("noop")(lambda: None)
-    return app
+    return rescore_app(monkeypatch)
 
 
 def test_leave_out_erased_drops_every_record_of_an_erased_identity() -> None:

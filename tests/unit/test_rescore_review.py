@@ -14,20 +14,14 @@ from agents.rescore import LikelyTypo, replay, rescore, unmatched_rules
 from agents.rules import DEFAULT_RULES_PATH
 from agents.scoring import behaviour_at
 from tests.unit.builders import DAY, HOUR, T0, Lead, activity, download, identified, rules, visit
-from tests.unit.test_rescore import no_broker
+from tests.unit.test_rescore import rescore_app
 
 pytestmark = pytest.mark.unit
 
 
 @pytest.fixture()
 def cli(monkeypatch: pytest.MonkeyPatch) -> typer.Typer:
-    no_broker(monkeypatch)
-    from leadpulse.commands import rescore_cmds
-
-    app = typer.Typer()
-    rescore_cmds.register(app)
-    app.command("noop")(lambda: None)
-    return app
+    return rescore_app(monkeypatch)
 
 
 def test_a_fallback_event_type_rule_is_not_reported_unmatched() -> None:
