@@ -117,7 +117,7 @@ def get_client(settings: Settings, *, dsn: str | None = None, **kwargs: Any) -> 
     if is_embedded(target):
         location = chdb_location(target)
         if location != ":memory:":  # else a directory named ":memory:" was made in the current one
-            _usable(location, "LEADPULSE_CLICKHOUSE_DSN" if settings.clickhouse_dsn else "LEADPULSE_DATA_DIR")
+            _usable(location, settings.dsn_setting)
         if _held_elsewhere(location):  # before chDB prints its own lock error to stderr
             raise EmbeddedEngineBusy(location)
         try:

@@ -219,6 +219,12 @@ class Settings(BaseSettings):
         return self.clickhouse_dsn or f"chdb://{self.chdb_path}"
 
     @property
+    def dsn_setting(self) -> str:
+        """The variable that chose ``dsn``, for messages telling the user which one to change (with a DSN
+        set, "set LEADPULSE_DATA_DIR" did nothing)."""
+        return "LEADPULSE_CLICKHOUSE_DSN" if self.clickhouse_dsn else "LEADPULSE_DATA_DIR"
+
+    @property
     def shown_dsn(self) -> str:
         """The DSN for messages and logs: a password written into it is masked."""
         parts = urlsplit(self.dsn)

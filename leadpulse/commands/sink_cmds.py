@@ -108,8 +108,7 @@ def register(app: typer.Typer) -> None:
         try:
             stats = run_sink(settings, stop, policy=BatchPolicy(batch_rows, batch_seconds))
         except EmbeddedEngineBusy as exc:  # a second sink on the same directory
-            which = "LEADPULSE_CLICKHOUSE_DSN" if settings.clickhouse_dsn else "LEADPULSE_DATA_DIR"
-            raise fail(f"{exc}: one sink per embedded directory (set {which})") from None
+            raise fail(f"{exc}: one sink per embedded directory (set {settings.dsn_setting})") from None
         except EmbeddedDirectoryUnusable as exc:
             raise fail(str(exc)) from None
         typer.echo(
