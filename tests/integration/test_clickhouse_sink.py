@@ -35,7 +35,6 @@ from schemas.registry import SCHEMA_DIR, SOE_MAGIC, default_registry, schema_fin
 from sinks.batch import BatchPolicy
 from sinks.erase import apply_erasure, remaining_rows
 from sinks.errors import SinkBackpressure
-from sinks.migrate import migrate
 from sinks.query_service import client_runner
 from sinks.recent_ids import RecentIds
 from sinks.replay import is_replayed, replay
@@ -55,14 +54,6 @@ from streams.settings import Settings
 pytestmark = pytest.mark.integration
 
 EVENT_SCHEMAS = ("web_visit", "email_click", "download", "content_view")
-
-
-@pytest.fixture(scope="module")
-def ch(clickhouse_dsn: str) -> Iterator[Client]:
-    client = clickhouse_connect.get_client(dsn=clickhouse_dsn)
-    migrate(client)
-    yield client
-    client.close()
 
 
 class FaultyClient:

@@ -6,17 +6,14 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Iterator
 from typing import Any
 
-import clickhouse_connect
 import pytest
 from clickhouse_connect.driver.client import Client
 from clickhouse_connect.driver.exceptions import OperationalError
 
 from sinks.batch import BatchPolicy
 from sinks.erase import LEFT_CHUNK, apply_erasure, erasures_with_rows, remaining_rows
-from sinks.migrate import migrate
 from sinks.query_service import client_runner
 from sinks.sink_loop import ClickHouseSinkLoop
 from streams.erasures import ErasureLog, erasure_record, publish_erasure
@@ -31,14 +28,6 @@ from tests.integration.test_clickhouse_sink import (
 )
 
 pytestmark = pytest.mark.integration
-
-
-@pytest.fixture(scope="module")
-def ch(clickhouse_dsn: str) -> Iterator[Client]:
-    client = clickhouse_connect.get_client(dsn=clickhouse_dsn)
-    migrate(client)
-    yield client
-    client.close()
 
 
 def server_sink(settings: Settings, ch: Client, policy: BatchPolicy) -> ClickHouseSinkLoop:
