@@ -12,7 +12,7 @@ from typing import Any
 
 import faust
 
-from streams.broker import is_tansu, kafka_client_config
+from streams.broker import aiokafka_client_config, is_tansu, kafka_client_config
 from streams.codec import register_codecs
 from streams.settings import Settings
 from streams.topics import INPUT_PARTITIONS
@@ -25,7 +25,8 @@ def create_app(settings: Settings, app_id: str = "leadpulse-worker") -> faust.Ap
     if tansu:
         from streams.tansu_compat import patch_faust_end_offsets
 
-        patch_faust_end_offsets(settings.bootstrap)
+        # the corrected end offsets come from a second consumer, which needs the same SASL/TLS settings
+        patch_faust_end_offsets(settings.bootstrap, security=aiokafka_client_config(settings))
     extra: dict[str, Any] = {}
     client = kafka_client_config(settings)
     if client.get("sasl_mechanism"):
