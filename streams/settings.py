@@ -123,7 +123,9 @@ class Settings(BaseSettings):
     @field_validator("clickhouse_dsn")
     @classmethod
     def _dsn_scheme(cls, value: str | None) -> str | None:
-        if value is None or value == "":
+        # a bare chdb:// is DESIGN §8's default (under the data directory), not chDB's in-memory engine,
+        # which lost everything migrated or stored at exit (chdb://:memory: still asks for that one)
+        if value is None or value in ("", "chdb://"):
             return None
         if not value.startswith(("chdb://", "http://", "https://", "clickhouse://", "clickhouses://")):
             scheme = value.split(":", 1)[0]  # only the scheme: a DSN may carry a password
