@@ -50,7 +50,7 @@ from sinks.sink_hooks import SinkHooks
 from sinks.sink_rebalance import RebalanceListener, apply_rebalance, resume_from_first_fetch
 from sinks.sink_rejects import dead_letter_rejected
 from sinks.stored_positions import StoredPositions, check_same_log
-from streams.broker import aiokafka_client_config
+from streams.broker import aiokafka_client_config, group_timeouts
 from streams.erasures import ErasureLog
 from streams.kafka_close import commit, start_unless_stopped, stop_consumer
 from streams.settings import Settings
@@ -166,17 +166,7 @@ class ClickHouseSinkLoop:
             # erasures (a resume point ClickHouse cannot give) took records, and an erasure arriving
             # meanwhile was counted as read at start.
             self.erasing.read_at_start = self.erasures.drain_new()
-        self.consumer = AIOKafkaConsumer(
-            bootstrap_servers=self.settings.bootstrap,
-            group_id=self.group,
-            enable_auto_commit=False,
-            auto_offset_reset="earliest",
-            session_timeout_ms=6000,
-            heartbeat_interval_ms=1000,
-            max_partition_fetch_bytes=8 * 1024 * 1024,
-            fetch_max_bytes=64 * 1024 * 1024,
-            **config,
-        )
+        self.consumer = self.group_consumer(config)
         self.consumer.subscribe(self.topics, listener=self._listener)
         try:
             log.info("joining consumer group %s on %d topics", self.group, len(self.topics))
@@ -191,6 +181,20 @@ class ClickHouseSinkLoop:
             await stop_consumer(self.consumer)
             await self.erasures.stop()
             await self.dead_letters.close()  # bounded like the consumer's close
+
+    def group_consumer(self, security: dict[str, Any]) -> AIOKafkaConsumer:
+        """The sink's group member; its timeouts follow the broker ``self.erasures`` found at start."""
+        assert self.erasures is not None
+        return AIOKafkaConsumer(
+            bootstrap_servers=self.settings.bootstrap,
+            group_id=self.group,
+            enable_auto_commit=False,
+            auto_offset_reset="earliest",
+            max_partition_fetch_bytes=8 * 1024 * 1024,
+            fetch_max_bytes=64 * 1024 * 1024,
+            **group_timeouts(self.erasures.tansu),
+            **security,
+        )
 
     async def step(self, poll_ms: int = 200) -> None:
         assert self.consumer is not None

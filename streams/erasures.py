@@ -175,6 +175,9 @@ class ErasureLog:
         self._consumer: AIOKafkaConsumer | None = None
         self._task: asyncio.Task[None] | None = None
         self.records = 0
+        #: whether the broker is Tansu (``streams.broker.is_tansu``), known once ``start`` returned: the
+        #: sink sizes its group timeouts by it without asking the broker a second time
+        self.tansu = True
 
     @property
     def active(self) -> bool:
@@ -213,7 +216,7 @@ class ErasureLog:
         try:
             # daemon threads: a stop during a hung broker's 30 s bootstrap timeout does not wait for them
             await in_daemon_thread(ensure_topic, self.settings)
-            tansu = await in_daemon_thread(is_tansu, self.settings)
+            self.tansu = tansu = await in_daemon_thread(is_tansu, self.settings)
         except BaseException:
             await self.stop()
             raise
