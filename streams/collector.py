@@ -26,7 +26,15 @@ from schemas.errors import SchemaValidationError
 from schemas.fast_codec import codec_for
 from schemas.registry import SchemaRegistry, default_registry
 from streams.bots import is_bot
-from streams.collector_publishers import AioKafkaPublisher, Publisher, PublishError, start_waiting
+from streams.collector_publishers import (
+    AioKafkaPublisher,
+    InFlight,
+    ProducerStartFailed,
+    PublishCut,
+    Publisher,
+    PublishError,
+    start_waiting,
+)
 from streams.intake import (
     BROWSER_TYPES,
     EVENT_TYPES,
@@ -53,11 +61,6 @@ from streams.web import PortInUse, add_ops_routes
 log = logging.getLogger(__name__)
 
 TRACKER_JS = Path(__file__).resolve().parent / "tracker.js"
-
-
-class ProducerStartFailed(OSError):
-    """The collector's Kafka producer did not start for an OS-level reason (a CA file missing or unreadable,
-    a TLS context refused). An OSError without an errno, named as the producer's: not a busy port."""
 
 
 def _error(status: int, code: str, message: str, **headers: str) -> web.Response:
@@ -94,6 +97,8 @@ class Collector:
         self.clock = clock
         self.rate_limits = TokenBuckets(settings.collector_rate_limit, settings.collector_rate_burst)
         self.started = False
+        # at a stop (aiohttp's on_shutdown, the port closed) requests in flight get a grace, then a 503
+        self.in_flight = InFlight(settings.collector_stop_grace_s)
         self.last_publish_error: str | None = None
 
     def app(self, start_publisher: bool = True) -> web.Application:
@@ -110,6 +115,7 @@ class Collector:
         add_ops_routes(app, self.metrics.registry, self.ready)
         if start_publisher:
             app.on_startup.append(self._start)
+        app.on_shutdown.append(self.in_flight.begin_stop)
         app.on_cleanup.append(self._stop)
         return app
 
@@ -142,6 +148,7 @@ class Collector:
         )
 
     async def _stop(self, app: web.Application) -> None:
+        self.in_flight.cancel()
         self.started = False
         await self.publisher.stop()
 
@@ -151,7 +158,9 @@ class Collector:
             detail["waiting_for"] = f"Kafka broker at {self.settings.bootstrap}"
         if self.last_publish_error:
             detail["last_publish_error"] = self.last_publish_error
-        return self.started and bool(self.keys), detail
+        if self.in_flight.stopping:
+            detail["stopping"] = True
+        return self.started and bool(self.keys) and not self.in_flight.stopping, detail
 
     @web.middleware
     async def _middleware(
@@ -201,6 +210,8 @@ class Collector:
 
     async def handle_events(self, request: web.Request) -> web.Response:
         received_at = int(self.clock() * 1000)
+        if self.in_flight.stopping:  # on a connection still open: refused unread, the client re-sends
+            return _stopping("the collector is stopping")
         if request.content_length is not None and request.content_length > self.limits.max_body_bytes:
             return self._too_large(request.content_length)
         header_key = key_from_authorization(request.headers.get("Authorization"))
@@ -305,7 +316,8 @@ class Collector:
                     outcome.rejected.append(too_large(a, len(value)))
                 else:
                     kept.append(a)
-                    messages.append((topics[a.schema][0], _key(a.record), value))
+                    key = lead_key(a.record)
+                    messages.append((topics[a.schema][0], key.encode() if key else None, value))
             if len(kept) < len(outcome.accepted):
                 outcome.accepted = kept
                 outcome.rejected.sort(key=lambda r: r.index)
@@ -315,7 +327,10 @@ class Collector:
                     raise PublishError(
                         f"the collector has not reached the broker {self.settings.bootstrap} yet"
                     )
-                await self.publisher.publish(messages)
+                await self.in_flight.publish(self.publisher, messages)
+            except PublishCut as exc:
+                self.metrics.collector_events.labels(source=source, result="unavailable").inc(len(messages))
+                return _stopping(str(exc))
             except PublishError as exc:
                 self.last_publish_error = str(exc)
                 log.warning("collector: %s", exc)
@@ -355,9 +370,9 @@ class Collector:
         )
 
 
-def _key(record: dict[str, Any]) -> bytes | None:
-    key = lead_key(record)
-    return key.encode() if key else None
+def _stopping(reason: str) -> web.Response:
+    resend = "retry it with the same event_ids (its events may still land: duplicates are removed downstream)"
+    return _error(503, "shutting_down", f"{reason}; not acknowledged, {resend}", **{"Retry-After": "2"})
 
 
 async def serve(collector: Collector, host: str, port: int, start_publisher: bool = True) -> web.AppRunner:
@@ -365,7 +380,9 @@ async def serve(collector: Collector, host: str, port: int, start_publisher: boo
 
     The producer starts first (``runner.setup``; not at all without ``start_publisher``), then the port is
     bound: only the bind's OSError is the port's, and this is the one place that names it."""
-    runner = web.AppRunner(collector.app(start_publisher), access_log=None)
+    # aiohttp's wait for requests in flight (then it drops them unanswered) only backs up InFlight's grace
+    shutdown_s = collector.settings.collector_stop_grace_s + 5
+    runner = web.AppRunner(collector.app(start_publisher), access_log=None, shutdown_timeout=shutdown_s)
     await runner.setup()
     site = web.TCPSite(runner, host, port)
     try:

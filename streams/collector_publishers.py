@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+import logging
 from collections.abc import Callable, Sequence
 from functools import lru_cache
 from typing import Any, Protocol
@@ -17,14 +18,28 @@ from aiokafka.partitioner import murmur2
 
 from streams.backoff import backoff_seconds
 from streams.broker import aiokafka_client_config
-from streams.kafka_close import start_client
+from streams.kafka_close import start_client, stop_producer
 from streams.settings import Settings
 
+log = logging.getLogger(__name__)
+
 Message = tuple[str, bytes | None, bytes]  # (topic, key, value)
+
+#: How long the producer's close may flush at a stop (AioKafkaPublisher.stop).
+FLUSH_AT_STOP_S = 1.0
+
+
+class ProducerStartFailed(OSError):
+    """The collector's Kafka producer did not start for an OS-level reason (a CA file missing or unreadable,
+    a TLS context refused). An OSError without an errno, named as the producer's: not a busy port."""
 
 
 class PublishError(Exception):
     """The broker did not acknowledge a batch; the client gets 503 and should retry."""
+
+
+class PublishCut(PublishError):
+    """The collector is stopping and its grace for requests in flight is over: 503, the client re-sends."""
 
 
 class Publisher(Protocol):
@@ -89,6 +104,9 @@ class AioKafkaPublisher:
                 # per future, and still raises the first failure.
                 for future in futures:
                     await future
+        except asyncio.CancelledError:  # cut at a stop (InFlight): the records sent may still fail or land
+            _retrieve_all(futures)
+            raise
         except TimeoutError as exc:
             _retrieve_all(futures)
             raise PublishError(
@@ -102,8 +120,78 @@ class AioKafkaPublisher:
             ) from exc
 
     async def stop(self) -> None:
+        """Flush and close, the flush given up after ``FLUSH_AT_STOP_S``: every request was answered before
+        (``InFlight``), so what is still unsent belongs to requests answered 503, which their clients re-send;
+        a hung broker held this for the publish timeout (up to 300 s) per batch."""
         if self._producer is not None:
-            await self._producer.stop()
+            await stop_producer(self._producer, FLUSH_AT_STOP_S)
+
+
+class InFlight:
+    """The publishes under way, so that a stop can end them: ``begin_stop`` (aiohttp's on_shutdown) sets
+    ``stopping`` (new requests are answered 503); after ``grace_s`` each publish still waiting raises
+    ``PublishCut`` (its request is answered 503), and so does any publish begun later.
+
+    Why: a request in flight waited for the broker's acknowledgement up to the publish timeout (up to 300 s),
+    and the stop waited for it, past an orchestrator's grace period (SIGKILL, the client's connection dropped
+    unanswered). Cutting is a cancellation of the request's own task (aiohttp runs one per request), taken
+    back here with ``uncancel``: no task or callback per publish on the request path."""
+
+    def __init__(self, grace_s: float) -> None:
+        self.grace_s = grace_s
+        self.stopping = False
+        self.cut_off = False
+        self._waiting: set[asyncio.Task[Any]] = set()
+        self._cut: set[asyncio.Task[Any]] = set()
+        self._timer: asyncio.TimerHandle | None = None
+
+    def __len__(self) -> int:
+        return len(self._waiting)
+
+    async def publish(self, publisher: Publisher, messages: Sequence[Message]) -> None:
+        if self.cut_off:
+            raise PublishCut("the collector is stopping")
+        task = asyncio.current_task()
+        assert task is not None
+        self._waiting.add(task)
+        try:
+            await publisher.publish(messages)
+        except asyncio.CancelledError:
+            if task not in self._cut:
+                raise
+            task.uncancel()
+            raise PublishCut("the collector is stopping and its grace for requests in flight ended") from None
+        finally:
+            self._waiting.discard(task)
+            self._cut.discard(task)
+
+    async def begin_stop(self, app: object = None) -> None:
+        """Stopping: publishes still waiting in ``grace_s`` are cut, each request answered 503."""
+        self.stopping = True
+        log.info(
+            "collector stopping: %d request(s) waiting for the broker get up to %g s "
+            "(LEADPULSE_COLLECTOR_STOP_GRACE_S), new ones 503",
+            len(self._waiting),
+            self.grace_s,
+        )
+        self._timer = asyncio.get_running_loop().call_later(self.grace_s, self._cut_all, self.grace_s)
+
+    def _cut_all(self, grace_s: float) -> None:
+        self.cut_off = True
+        for task in self._waiting - self._cut:
+            self._cut.add(task)
+            task.cancel()
+        if self._cut:
+            log.warning(
+                "collector stopping: %d request(s) still waiting for the broker after the %g s grace "
+                "answered 503 (their clients re-send; records already sent may still reach the broker)",
+                len(self._cut),
+                grace_s,
+            )
+
+    def cancel(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
 
 
 async def start_waiting(

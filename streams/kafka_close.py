@@ -227,14 +227,14 @@ async def _close_client(client: Any) -> None:
         log.debug("closing the Kafka client: %s", exc)
 
 
-async def stop_producer(producer: AIOKafkaProducer) -> bool:
-    """``producer.stop()`` (flush what is batched, close) within about ``STOP_TIMEOUT_S``; a broker that does
+async def stop_producer(producer: AIOKafkaProducer, timeout_s: float = STOP_TIMEOUT_S) -> bool:
+    """``producer.stop()`` (flush what is batched, close) within about ``timeout_s``; a broker that does
     not answer no longer holds the process for ``request_timeout_ms`` per batch. Returns False when the flush
     was given up: records not acknowledged by then are lost to this producer, so a caller must not have
     committed the input they came from (leadpulse commits only after the acknowledgement)."""
     stopping = asyncio.ensure_future(producer.stop())
     try:
-        done, _ = await asyncio.wait({stopping}, timeout=STOP_TIMEOUT_S)
+        done, _ = await asyncio.wait({stopping}, timeout=timeout_s)
     except asyncio.CancelledError:
         stopping.cancel()
         raise
@@ -243,7 +243,7 @@ async def stop_producer(producer: AIOKafkaProducer) -> bool:
         return True
     log.warning(
         "Kafka producer did not flush and close within %gs (the broker does not answer): closed without it",
-        STOP_TIMEOUT_S,
+        timeout_s,
     )
     stopping.cancel()
     with contextlib.suppress(asyncio.CancelledError, Exception):

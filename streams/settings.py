@@ -70,6 +70,9 @@ class Settings(BaseSettings):
     collector_port: int = Field(default=8088, ge=0, le=65535)
     # How long the collector waits for the broker's acknowledgement before answering 503 (client retries).
     collector_publish_timeout_s: float = Field(default=10.0, gt=0, le=300)
+    # At SIGTERM, how long requests in flight may still wait for the broker before they are answered 503
+    # (the client re-sends): bounds the stop whatever the publish timeout (docs/operations.md, Shutdown).
+    collector_stop_grace_s: float = Field(default=10.0, ge=0, le=120)
     # How long the collector retries a broker it cannot reach at start (serving, /ready not ready) before it
     # exits 1; 0 = exit at the first failed attempt (docs/ingestion.md).
     collector_broker_wait_s: float = Field(default=60.0, ge=0, le=3600)

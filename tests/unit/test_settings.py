@@ -39,6 +39,8 @@ def test_env_vars_are_read_with_the_leadpulse_prefix(monkeypatch: pytest.MonkeyP
         ("LEADPULSE_LOG_LEVEL", "LOUD"),
         ("LEADPULSE_TOPIC_REPLICATION_FACTOR", "0"),
         ("LEADPULSE_TOPIC_REPLICATION_FACTOR", "-2"),
+        ("LEADPULSE_COLLECTOR_STOP_GRACE_S", "-1"),
+        ("LEADPULSE_COLLECTOR_STOP_GRACE_S", "121"),
     ],
 )
 def test_a_wrong_value_names_the_variable(monkeypatch: pytest.MonkeyPatch, var: str, value: str) -> None:
