@@ -167,6 +167,8 @@ class InFlight:
 
     async def begin_stop(self, app: object = None) -> None:
         """Stopping: publishes still waiting in ``grace_s`` are cut, each request answered 503."""
+        if self.stopping:
+            return
         self.stopping = True
         log.info(
             "collector stopping: %d request(s) waiting for the broker get up to %g s "

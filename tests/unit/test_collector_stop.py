@@ -6,11 +6,18 @@ test_collector_stop_broker_hung.py."""
 from __future__ import annotations
 
 import asyncio
+import time
+import uuid
 from collections.abc import Sequence
+from typing import Any
 
+import aiohttp
 import pytest
 
+from streams.collector import Collector, serve
 from streams.collector_publishers import InFlight, Message, PublishCut
+from streams.settings import load_settings
+from streams.web import bound_port
 
 pytestmark = pytest.mark.unit
 
@@ -65,3 +72,46 @@ def test_another_cancellation_of_a_request_still_cancels_it() -> None:
         in_flight.cancel()
 
     asyncio.run(scenario())
+
+
+def test_the_collector_answers_503_shutting_down_in_flight_and_after_the_stop_began() -> None:
+    """In-process, over HTTP: a request waiting on a broker that never answers gets 503 ``shutting_down`` with
+    Retry-After once the grace ends (runner.cleanup, as at SIGTERM); one arriving while stopping gets it at
+    once, and /ready is 503."""
+
+    async def scenario() -> tuple[list[tuple[int, str | None, dict[str, Any]]], float]:
+        settings = load_settings(write_keys={"web": "k"}, collector_stop_grace_s=0.3)
+        collector = Collector(settings, publisher=NeverAcknowledged())
+        runner = await serve(collector, "127.0.0.1", 0)
+        url = f"http://127.0.0.1:{bound_port(runner)}"
+        event = {"type": "web_visit", "event_id": str(uuid.uuid4()), "event_time": int(time.time() * 1000)}
+        event.update({"anonymous_id": "a-1", "url": "https://example.com/pricing"})
+        answers = []
+        async with aiohttp.ClientSession(headers={"Authorization": "Bearer k"}) as session:
+
+            async def post() -> None:
+                async with session.post(url + "/v1/events", json=[event]) as response:
+                    answers.append(
+                        (response.status, response.headers.get("Retry-After"), await response.json())
+                    )
+
+            waiting = asyncio.create_task(post())
+            await asyncio.sleep(0.2)
+            assert len(collector.in_flight) == 1
+            started = asyncio.get_running_loop().time()
+            await (
+                collector.in_flight.begin_stop()
+            )  # what aiohttp's on_shutdown does, the port still open here
+            async with session.post(url + "/v1/events", json=[event]) as late:
+                assert (late.status, (await late.json())["error"]) == (503, "shutting_down")
+            await runner.cleanup()
+            took = asyncio.get_running_loop().time() - started
+            await waiting
+            ready, detail = collector.ready()
+            assert not ready and detail["stopping"], detail
+        return answers, took
+
+    answers, took = asyncio.run(scenario())
+    assert [(status, retry) for status, retry, _ in answers] == [(503, "2")], answers
+    assert answers[0][2]["error"] == "shutting_down", answers
+    assert took < 3, f"the stop took {took:.1f} s with a 0.3 s grace"
