@@ -162,7 +162,9 @@ def register(app: typer.Typer) -> None:
         "topics for reprocessing (profiles are not replayed: their emails are stored hashed).",
     )
     def replay_cmd(
-        since: str = typer.Option(None, help="start: 2026-01-31, an ISO datetime, or an age like 30d (default 90d)"),
+        since: str = typer.Option(
+            None, help="start: 2026-01-31, an ISO datetime, or an age like 30d (default 90d)"
+        ),
         until: str = typer.Option(None, help="end, exclusive; default now"),
     ) -> None:
         from sinks.query_service import QueryError, query_runner
