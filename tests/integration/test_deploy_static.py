@@ -22,7 +22,7 @@ import yaml
 from prometheus_client import CollectorRegistry
 
 from streams.metrics import Metrics
-from streams.settings import load_settings
+from streams.settings import Settings, load_settings
 from streams.topics import INPUT_PARTITIONS
 
 pytestmark = pytest.mark.integration
@@ -410,6 +410,19 @@ def test_deployments_probe_health_and_readiness_and_set_resources() -> None:
             assert {"cpu", "memory"} <= set(container["resources"]["requests"]), name
             assert "memory" in container["resources"]["limits"], name
             assert container["args"] == [name.removeprefix("leadpulse-")]
+
+
+def test_the_collector_keeps_serving_until_its_endpoint_is_removed() -> None:
+    """At SIGTERM the collector closes its port at once, while Services may still route to the pod for a
+    moment: the browser tracker does not retry, so without a preStop delay a rollout loses its events. The
+    delay and the collector's own stop (LEADPULSE_COLLECTOR_STOP_GRACE_S, default 10 s, plus ~4 s) must fit
+    the termination grace period."""
+    collector = by_kind("Deployment")["leadpulse-collector"]["spec"]["template"]["spec"]
+    (container,) = collector["containers"]
+    command = container["lifecycle"]["preStop"]["exec"]["command"]
+    assert command[0] == "sleep" and int(command[1]) >= 3
+    stop_grace = Settings.model_fields["collector_stop_grace_s"].default
+    assert int(command[1]) + stop_grace + 5 <= collector["terminationGracePeriodSeconds"]
 
 
 def pod_containers(workload: dict[str, Any]) -> list[dict[str, Any]]:
