@@ -7,7 +7,9 @@ means a slow or dead endpoint can never hold back scoring, and its offsets move 
 Why one lane (queue + tasks) per target: targets do not wait for each other. A notification is "done" when
 every lane has delivered it or given up on it (then it is a dead letter on ``dlq`` with the original bytes,
 stage ``webhook``); ``PendingOffsets`` commits a partition only up to its lowest unfinished offset, so a crash
-re-delivers, never loses (receivers dedup by the idempotency key). A hanging target is bounded by its
+re-delivers, never loses (receivers dedup by the idempotency key). Above that offset, which target finished
+what is written with each commit (``agents/notifier_progress.py``) and a target is not sent again what it
+finished: Slack has no idempotency key. A hanging target is bounded by its
 per-attempt timeout times its attempts; meanwhile its lane's queue absorbs up to ``queue_size`` notifications
 before the consumer waits.
 
@@ -37,6 +39,7 @@ from prometheus_client import CollectorRegistry
 from agents.notifier_dead_letters import send_dead_letter
 from agents.notifier_delivery import work_lane
 from agents.notifier_group import GROUP_ID, GroupOffsets, NotifierRebalance, PendingOffsets, notifier_group
+from agents.notifier_progress import ALL, ProgressLog, target_keys
 from agents.webhook_lanes import Job, Lane, put_job
 from schemas.errors import SchemaError
 from schemas.registry import SchemaRegistry, default_registry
@@ -114,7 +117,9 @@ class Notifier:
         self.commit_interval_s = commit_interval_s
         self.stop_grace_s = stop_grace_s
         self.bootstrap = bootstrap or settings.bootstrap
-        self.lanes = [Lane(t, queue_size) for t in self.targets]
+        self.lanes = [
+            Lane(t, queue_size, key=k) for t, k in zip(self.targets, target_keys(self.targets), strict=True)
+        ]
         for target in self.targets:  # at 0 from the start: rate() and increase() miss a series' first step
             for counter in (self.metrics.webhook_deliveries, self.metrics.webhook_failures):
                 counter.labels(target=target.name)
@@ -122,6 +127,7 @@ class Notifier:
         self.pending = PendingOffsets()
         self.topic = settings.topic(HOT_LEADS.name)
         self.assigned = False
+        self.progress = ProgressLog(settings, group_id=group_id, bootstrap=self.bootstrap)
         self.offsets = GroupOffsets(
             settings,
             group_id=group_id,
@@ -130,6 +136,7 @@ class Notifier:
             topic=self.topic,
             lag_gauge=self.lag_gauge,
             pending=self.pending,
+            progress=self.progress,
         )
         secret = settings.webhook_secret.get_secret_value() if settings.webhook_secret else None
         if not secret and any(t.kind == "json" for t in self.targets):
@@ -190,6 +197,7 @@ class Notifier:
         if not await finished_before_stop(start_client(producer), stop):
             log.info("notifier stopped before its producer started")
             return
+        self.progress.producer = producer
         # built only now: an aiokafka client that is never started still complains "Unclosed" at exit
         consumer = AIOKafkaConsumer(
             self.topic,
@@ -250,9 +258,15 @@ class Notifier:
                     return  # stopping: this offset and the later ones stay uncommitted
 
     async def _take(self, msg: ConsumerRecord, producer: AIOKafkaProducer, stop: asyncio.Event) -> bool:
-        """Queue ``msg`` to every lane, or dead-letter it if it does not decode; False when stopping first."""
+        """Queue ``msg`` to every lane that has not finished it before a restart, or dead-letter it if it
+        does not decode; False when stopping first."""
         tp = TopicPartition(msg.topic, msg.partition)
         value = msg.value or b""
+        skipped = self.pending.skipped(tp, msg.offset)
+        lanes = [] if ALL in skipped else [lane for lane in self.lanes if lane.key not in skipped]
+        if not lanes:  # every target finished it (or its dead letter was taken) before
+            self.pending.add(tp, msg.offset, 0, skipped)
+            return True
         try:
             _, hot = self.registry.decode(value, expect="hot_lead")
         except SchemaError as exc:
@@ -264,11 +278,11 @@ class Notifier:
                 await send_dead_letter(self, producer, tp, msg.offset, msg.key, value, "decode", exc)
             except Stopping:
                 return False
-            self.pending.done(tp, msg.offset, epoch)
+            self.pending.done(tp, msg.offset, epoch, ALL)
             return True
-        self.pending.add(tp, msg.offset, len(self.lanes))
+        self.pending.add(tp, msg.offset, len(lanes), skipped)
         job = Job(tp, msg.offset, msg.key, value, hot, self.pending.epoch(tp))
-        for lane in self.lanes:
+        for lane in lanes:
             if not await put_job(lane.queue, job, stop):
                 return False
         return True

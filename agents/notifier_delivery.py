@@ -31,7 +31,7 @@ async def work_lane(
         job = await lane.queue.get()
         try:
             if await _settle(notifier, lane, sender, producer, job):
-                notifier.pending.done(job.tp, job.offset, job.epoch)
+                notifier.pending.done(job.tp, job.offset, job.epoch, lane.key)
         except Exception:  # a bug in one delivery must not kill the lane; the offset stays uncommitted
             log.exception("notifier lane %s failed on %s@%s", lane.target.name, job.tp, job.offset)
         finally:

@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Any
 
 from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener, TopicPartition
 
+from agents.notifier_progress import ProgressLog, applicable
 from streams.broker import aiokafka_client_config
 from streams.kafka_close import commit, group_commits, start_client, stop_consumer
 from streams.metrics import LagGauge, consumer_lags
@@ -35,24 +36,45 @@ def notifier_group(settings: Settings) -> str:
 
 
 class PendingOffsets:
-    """Which offsets still have deliveries in flight; the committable position is the lowest of them."""
+    """Which offsets still have deliveries in flight; the committable position is the lowest of them.
+
+    Also which targets finished which offsets above it (``progress``), and what a target finished before a
+    restart (``carry``, read back by ``agents/notifier_progress.py``) so that it is not sent again."""
 
     def __init__(self) -> None:
         self._open: dict[TopicPartition, dict[int, int]] = {}
         self._next: dict[TopicPartition, int] = {}
         self._epoch: dict[TopicPartition, int] = {}  # revocations seen per partition
+        self._finished: dict[TopicPartition, dict[int, set[str]]] = {}  # offset -> targets done with it
+        self._carried: dict[TopicPartition, dict[int, set[str]]] = {}  # the same, from before a restart
 
     def epoch(self, tp: TopicPartition) -> int:
         """What a delivery added now reports back to ``done`` (a revocation starts a new epoch)."""
         return self._epoch.get(tp, 0)
 
-    def add(self, tp: TopicPartition, offset: int, parts: int) -> None:
+    def add(self, tp: TopicPartition, offset: int, parts: int, skipped: frozenset[str] = frozenset()) -> None:
+        """``parts`` deliveries to wait for; ``skipped``: targets that finished ``offset`` before."""
         if parts > 0:
             self._open.setdefault(tp, {})[offset] = parts
+        self._carried.get(tp, {}).pop(offset, None)
+        if skipped:
+            self._finished.setdefault(tp, {}).setdefault(offset, set()).update(skipped)
         self._next[tp] = max(self._next.get(tp, 0), offset + 1)
 
-    def done(self, tp: TopicPartition, offset: int, epoch: int = 0) -> None:
-        """One target finished ``offset``, added in ``epoch``.
+    def skipped(self, tp: TopicPartition, offset: int) -> frozenset[str]:
+        """The targets that finished ``offset`` before a restart or rebalance."""
+        return frozenset(self._carried.get(tp, {}).get(offset, ()))
+
+    def carry(self, tp: TopicPartition, done: dict[str, set[int]]) -> None:
+        by_offset: dict[int, set[str]] = {}
+        for target, offsets in done.items():
+            for offset in offsets:
+                by_offset.setdefault(offset, set()).add(target)
+        self._carried[tp] = by_offset
+
+    def done(self, tp: TopicPartition, offset: int, epoch: int = 0, target: str | None = None) -> None:
+        """``target`` (a ``notifier_progress.target_keys`` key, ``ALL``, or None: not recorded) finished
+        ``offset``, added in ``epoch``.
 
         Why the epoch: a partition revoked and assigned back to this process is fetched again, and the copy
         of each target waits for its first copy; the first copies' completions counted against the re-added
@@ -61,6 +83,8 @@ class PendingOffsets:
         open_ = self._open.get(tp)
         if open_ is None or offset not in open_ or epoch != self._epoch.get(tp, 0):
             return  # partition revoked meanwhile: its new owner (maybe this process again) re-delivers
+        if target is not None:
+            self._finished.setdefault(tp, {}).setdefault(offset, set()).add(target)
         open_[offset] -= 1
         if open_[offset] <= 0:
             del open_[offset]
@@ -69,10 +93,24 @@ class PendingOffsets:
         """Per partition, the offset to commit: everything below it is finished."""
         return {tp: min(self._open[tp]) if self._open.get(tp) else nxt for tp, nxt in self._next.items()}
 
+    def progress(self, tp: TopicPartition, base: int) -> dict[str, set[int]]:
+        """Per target, the offsets at or above ``base`` it finished (now or before a restart); the
+        bookkeeping below ``base`` is dropped (everything there is finished by every target)."""
+        out: dict[str, set[int]] = {}
+        for table in (self._finished.get(tp, {}), self._carried.get(tp, {})):
+            for offset in [o for o in table if o < base]:
+                del table[offset]
+            for offset, targets in table.items():
+                for target in targets:
+                    out.setdefault(target, set()).add(offset)
+        return out
+
     def drop(self, tps: Sequence[TopicPartition]) -> None:
         for tp in tps:
             self._open.pop(tp, None)
             self._next.pop(tp, None)
+            self._finished.pop(tp, None)
+            self._carried.pop(tp, None)
             self._epoch[tp] = self._epoch.get(tp, 0) + 1
 
     @property
@@ -93,6 +131,7 @@ class GroupOffsets:
         topic: str,
         lag_gauge: LagGauge,
         pending: PendingOffsets,
+        progress: ProgressLog | None = None,
     ) -> None:
         self.settings = settings
         self.group_id = group_id
@@ -101,21 +140,51 @@ class GroupOffsets:
         self.topic = topic
         self.lag_gauge = lag_gauge
         self.pending = pending
+        self.progress = progress
         self.committed: dict[TopicPartition, int] = {}
 
     async def commit(self, consumer: AIOKafkaConsumer) -> None:
+        """Commit what moved, then write the targets' progress above it (``agents/notifier_progress.py``).
+
+        Progress is written only after a commit that succeeded, so that a record's ``base`` is never above
+        the group's offset (such a record is ignored), and so that a broker that does not answer costs the
+        stop one commit timeout, not one more per record. Progress that changed while no offset moved
+        re-commits the same offsets first, for that reason."""
+        assigned = consumer.assignment()
+        committable = self.pending.committable()
         offsets = {
-            tp: off
-            for tp, off in self.pending.committable().items()
-            if self.committed.get(tp) != off and tp in consumer.assignment()
+            tp: off for tp, off in committable.items() if self.committed.get(tp) != off and tp in assigned
         }
-        if offsets:
+        writes = self._progress_writes(assigned, {**self.committed, **offsets})
+        if offsets or writes:
             try:
-                await commit(consumer, offsets)
+                await commit(consumer, offsets or {tp: base for tp, (base, _) in writes.items()})
                 self.committed.update(offsets)
             except Exception as exc:  # a failed commit only means re-delivery after a restart
                 log.warning("notifier commit failed (will retry): %s: %s", type(exc).__name__, exc)
+                writes = {}
+        for tp, (base, done) in sorted(writes.items()):
+            assert self.progress is not None  # there are writes only with one
+            try:
+                await self.progress.save(tp, base, done)
+            except Exception as exc:  # the last record written still holds: a restart re-sends more
+                log.warning("notifier progress not written (will retry): %s: %s", type(exc).__name__, exc)
+                break
         self.report_lag(consumer)  # also when nothing moved: a stuck receiver is exactly that case
+
+    def _progress_writes(
+        self, assigned: Any, bases: dict[TopicPartition, int]
+    ) -> dict[TopicPartition, tuple[int, dict[str, set[int]]]]:
+        """Per assigned partition with a committed offset, its progress when the last record lacks some."""
+        if self.progress is None:
+            return {}
+        writes = {}
+        for tp in assigned:
+            if (base := bases.get(tp)) is not None:
+                done = self.pending.progress(tp, base)
+                if self.progress.changed(tp, done):
+                    writes[tp] = (base, done)
+        return writes
 
     async def load_commits(self, consumer: AIOKafkaConsumer, assigned: Sequence[TopicPartition]) -> None:
         """The group's committed offset of each newly assigned partition, so that the lag counts from it
@@ -129,6 +198,10 @@ class GroupOffsets:
         missing = [tp for tp in assigned if tp not in found]
         if missing and self.inherit_from is not None:
             await self.inherit(consumer, missing, self.inherit_from)
+        if self.progress is not None:
+            records = await self.progress.load([tp for tp in assigned if tp in found])
+            for tp, record in records.items():
+                self.pending.carry(tp, applicable(record, found[tp]))
 
     async def inherit(self, consumer: AIOKafkaConsumer, tps: Sequence[TopicPartition], group: str) -> None:
         """Start ``tps`` at ``group``'s committed offsets and commit them as this group's own.
@@ -184,6 +257,8 @@ class NotifierRebalance(ConsumerRebalanceListener):  # type: ignore[misc]
         self.notifier.revocations += 1
         await self.notifier.offsets.commit(self.consumer)
         self.notifier.pending.drop(list(revoked))
+        if self.notifier.offsets.progress is not None:
+            self.notifier.offsets.progress.forget(revoked)
         for tp in revoked:
             self.notifier.offsets.committed.pop(tp, None)
 

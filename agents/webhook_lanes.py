@@ -37,8 +37,9 @@ class Lane:
     is not settled either and its offset stays uncommitted.
     """
 
-    def __init__(self, target: WebhookTarget, queue_size: int, remember: int = 10_000) -> None:
+    def __init__(self, target: WebhookTarget, queue_size: int, remember: int = 10_000, key: str = "") -> None:
         self.target = target
+        self.key = key  # its progress key (agents/notifier_progress.py): stable across restarts
         self.queue: asyncio.Queue[Job] = asyncio.Queue(maxsize=queue_size)
         self.handled: OrderedDict[str, asyncio.Future[bool]] = OrderedDict()
         self.remember = remember

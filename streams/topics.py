@@ -59,6 +59,11 @@ ACCOUNTS = TopicSpec("leadpulse.internal.accounts", "", "internal", retention_ms
 ERASURES = TopicSpec(
     "leadpulse.internal.erasures", "lead_erased", "internal", partitions=1, compacted=True, retention_ms=None
 )
+# The notifier's per-target progress above its committed offsets (agents/notifier_progress.py): one record
+# per group and leads.hot partition, latest wins; offsets and hashed target keys only, no lead data.
+NOTIFIER_PROGRESS = TopicSpec(
+    "leadpulse.internal.notifier_progress", "", "internal", compacted=True, retention_ms=None
+)
 
 TOPICS: tuple[TopicSpec, ...] = (
     WEB_VISITS,
@@ -77,6 +82,7 @@ TOPICS: tuple[TopicSpec, ...] = (
     LEAD_STATE,
     ACCOUNTS,
     ERASURES,
+    NOTIFIER_PROGRESS,
 )
 INPUTS: tuple[TopicSpec, ...] = tuple(t for t in TOPICS if t.role == "input")
 OUTPUTS: tuple[TopicSpec, ...] = tuple(t for t in TOPICS if t.role == "output")

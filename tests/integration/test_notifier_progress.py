@@ -1,0 +1,93 @@
+"""A restarted notifier does not send a target again what that target finished before the stop, while a
+target that had not finished gets everything (agents/notifier_progress.py). Before, the group's offsets held
+every target back to the oldest notification any one target owed, and a restart re-posted to Slack (no
+idempotency key) everything delivered while another target hung. Real broker, real receivers."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+
+from agents.notifications import Notifier
+from sinks.webhook import RetryPolicy, WebhookTarget
+from streams.settings import Settings
+from tests.integration.test_webhooks import (
+    Receiver,
+    committed_total,
+    hot_lead,
+    hot_settings,  # noqa: F401 (fixture)
+    publish,
+    receiver,  # noqa: F401 (fixture)
+    start,
+    wait_until,
+)
+
+pytestmark = pytest.mark.integration
+
+COUNT = 12
+HANG = RetryPolicy(max_attempts=2, base_s=0.02, cap_s=0.1, timeout_s=60.0)  # the hang outlasts the test
+
+
+async def first_run_with_one_target_hanging(
+    settings: Settings, state: Receiver, release: asyncio.Event, group: str
+) -> None:
+    """json-0 hangs on every notification while json-1 takes all of them; then the notifier stops."""
+    targets = [WebhookTarget("json-0", state.url + "/hang"), WebhookTarget("json-1", state.url + "/ok")]
+    notifier = Notifier(settings, targets=targets, policy=HANG, group_id=group, concurrency=2)
+    stop, task = await start(notifier)
+    await wait_until(lambda: notifier.assigned, 30, "partition assignment")
+    await asyncio.to_thread(publish, settings, [hot_lead(n) for n in range(COUNT)])
+    await wait_until(lambda: len(state.unique("ok")) == COUNT, 30, "every notification at json-1")
+    assert not state.unique("hang") and not release.is_set()
+    stop.set()
+    await asyncio.wait_for(task, 30)
+
+
+async def second_run(settings: Settings, targets: list[WebhookTarget], group: str, done: Receiver) -> None:
+    notifier = Notifier(settings, targets=targets, policy=HANG, group_id=group, concurrency=2)
+    stop, task = await start(notifier)
+    try:
+        await wait_until(lambda: len(done.unique("hang")) == COUNT, 60, "every notification at json-0")
+        await wait_until(lambda: notifier.pending.in_flight == 0, 30, "all deliveries finished")
+        await asyncio.sleep(1.0)  # room for a re-send to show
+    finally:
+        stop.set()
+        await asyncio.wait_for(task, 30)
+
+
+async def test_after_a_restart_a_target_is_not_sent_again_what_it_finished_while_another_hung(
+    hot_settings: Settings,  # noqa: F811
+    receiver: tuple[Receiver, asyncio.Event],  # noqa: F811
+) -> None:
+    state, release = receiver
+    await first_run_with_one_target_hanging(hot_settings, state, release, "n-progress")
+    assert await asyncio.to_thread(committed_total, hot_settings, "n-progress") <= COUNT
+    release.set()  # json-0 is healthy again: same targets, same order
+    targets = [WebhookTarget("json-0", state.url + "/hang"), WebhookTarget("json-1", state.url + "/ok")]
+    await second_run(hot_settings, targets, "n-progress", state)
+    # json-1 got each notification exactly once over both runs; json-0 got every one of them
+    assert {k: n for k, n in state.attempts.items() if k.startswith("ok|")} == {
+        f"ok|hot-{n}": 1 for n in range(COUNT)
+    }
+    assert state.unique("hang") == {f"hang|hot-{n}" for n in range(COUNT)}
+    assert await asyncio.to_thread(committed_total, hot_settings, "n-progress") == COUNT
+
+
+async def test_progress_of_a_target_is_not_applied_to_another_url_in_its_place(
+    hot_settings: Settings,  # noqa: F811
+    receiver: tuple[Receiver, asyncio.Event],  # noqa: F811
+) -> None:
+    """Names are positions in the configured lists: json-1 is another endpoint after the list changed, and
+    it must get every notification, though the json-1 of the first run had them all."""
+    state, release = receiver
+    await first_run_with_one_target_hanging(hot_settings, state, release, "n-progress-edit")
+    release.set()
+    state.fixed = True
+    targets = [WebhookTarget("json-0", state.url + "/hang"), WebhookTarget("json-1", state.url + "/fixable")]
+    await second_run(hot_settings, targets, "n-progress-edit", state)
+    assert state.unique("fixable") == {f"fixable|hot-{n}" for n in range(COUNT)}
+    assert {k: n for k, n in state.attempts.items() if k.startswith("ok|")} == {
+        f"ok|hot-{n}": 1 for n in range(COUNT)
+    }
+    assert state.unique("hang") == {f"hang|hot-{n}" for n in range(COUNT)}
