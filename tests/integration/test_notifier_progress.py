@@ -91,3 +91,39 @@ async def test_progress_of_a_target_is_not_applied_to_another_url_in_its_place(
         f"ok|hot-{n}": 1 for n in range(COUNT)
     }
     assert state.unique("hang") == {f"hang|hot-{n}" for n in range(COUNT)}
+
+
+async def test_after_a_rebalance_the_new_owner_does_not_send_a_target_what_it_finished(
+    hot_settings: Settings,  # noqa: F811
+    receiver: tuple[Receiver, asyncio.Event],  # noqa: F811
+) -> None:
+    """A second notifier joins the group while json-0 hangs: the partitions it takes over are not sent
+    again to json-1, which had them all; json-0 gets every one once it answers."""
+    state, release = receiver
+    targets = [WebhookTarget("json-0", state.url + "/hang"), WebhookTarget("json-1", state.url + "/ok")]
+    first = Notifier(hot_settings, targets=targets, policy=HANG, group_id="n-progress-join", concurrency=2)
+    stop_first, task_first = await start(first)
+    await wait_until(lambda: first.assigned, 30, "partition assignment")
+    await asyncio.to_thread(publish, hot_settings, [hot_lead(n) for n in range(COUNT)])
+    await wait_until(lambda: len(state.unique("ok")) == COUNT, 30, "every notification at json-1")
+    owned = len(first.pending.committable())
+    second = Notifier(hot_settings, targets=targets, policy=HANG, group_id="n-progress-join", concurrency=2)
+    stop_second, task_second = await start(second)
+    try:
+        await wait_until(lambda: second.assigned and first.revocations > 0, 30, "the rebalance")
+        await wait_until(lambda: bool(second.pending.committable()), 30, "the second notifier's fetch")
+        release.set()
+        await wait_until(lambda: len(state.unique("hang")) == COUNT, 60, "every notification at json-0")
+        await wait_until(
+            lambda: first.pending.in_flight == 0 and second.pending.in_flight == 0, 30, "all finished"
+        )
+        await asyncio.sleep(1.0)  # room for a re-send to show
+    finally:
+        stop_second.set()
+        stop_first.set()
+        await asyncio.gather(asyncio.wait_for(task_first, 30), asyncio.wait_for(task_second, 30))
+    assert owned > 0 and second.pending.committable()  # partitions did move
+    assert {k: n for k, n in state.attempts.items() if k.startswith("ok|")} == {
+        f"ok|hot-{n}": 1 for n in range(COUNT)
+    }
+    assert await asyncio.to_thread(committed_total, hot_settings, "n-progress-join") == COUNT
