@@ -8,7 +8,7 @@ Why one lane (queue + tasks) per target: targets do not wait for each other. A n
 every lane has delivered it or given up on it (then it is a dead letter on ``dlq`` with the original bytes,
 stage ``webhook``); ``PendingOffsets`` commits a partition only up to its lowest unfinished offset, so a crash
 re-delivers, never loses (receivers dedup by the idempotency key). Above that offset, which target finished
-what is written with each commit (``agents/notifier_progress.py``) and a target is not sent again what it
+what is written after commits (``agents/notifier_progress.py``) and a target is not sent again what it
 finished: Slack has no idempotency key. A hanging target is bounded by its
 per-attempt timeout times its attempts; meanwhile its lane's queue absorbs up to ``queue_size`` notifications
 before the consumer waits.
@@ -237,7 +237,7 @@ class Notifier:
                     for task in workers:
                         task.cancel()
                     await asyncio.gather(committer, *workers, return_exceptions=True)
-                    await self.offsets.commit(consumer)
+                    await self.offsets.commit(consumer, final=True)
         finally:
             await stop_consumer(consumer)
             await stop_producer(producer)

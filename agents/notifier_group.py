@@ -143,8 +143,9 @@ class GroupOffsets:
         self.progress = progress
         self.committed: dict[TopicPartition, int] = {}
 
-    async def commit(self, consumer: AIOKafkaConsumer) -> None:
-        """Commit what moved, then write the targets' progress above it (``agents/notifier_progress.py``).
+    async def commit(self, consumer: AIOKafkaConsumer, *, final: bool = False) -> None:
+        """Commit what moved, then write the targets' progress above it (``agents/notifier_progress.py``):
+        at most every ``WRITE_INTERVAL_S`` per partition, and always when ``final`` (a stop, a revocation).
 
         Progress is written only after a commit that succeeded, so that a record's ``base`` is never above
         the group's offset (such a record is ignored), and so that a broker that does not answer costs the
@@ -155,7 +156,7 @@ class GroupOffsets:
         offsets = {
             tp: off for tp, off in committable.items() if self.committed.get(tp) != off and tp in assigned
         }
-        writes = self._progress_writes(assigned, {**self.committed, **offsets})
+        writes = self._progress_writes(assigned, {**self.committed, **offsets}, final)
         if offsets or writes:
             try:
                 await commit(consumer, offsets or {tp: base for tp, (base, _) in writes.items()})
@@ -173,7 +174,7 @@ class GroupOffsets:
         self.report_lag(consumer)  # also when nothing moved: a stuck receiver is exactly that case
 
     def _progress_writes(
-        self, assigned: Any, bases: dict[TopicPartition, int]
+        self, assigned: Any, bases: dict[TopicPartition, int], final: bool
     ) -> dict[TopicPartition, tuple[int, dict[str, set[int]]]]:
         """Per assigned partition with a committed offset, its progress when the last record lacks some."""
         if self.progress is None:
@@ -182,7 +183,7 @@ class GroupOffsets:
         for tp in assigned:
             if (base := bases.get(tp)) is not None:
                 done = self.pending.progress(tp, base)
-                if self.progress.changed(tp, done):
+                if self.progress.changed(tp, done, final):
                     writes[tp] = (base, done)
         return writes
 
@@ -255,7 +256,7 @@ class NotifierRebalance(ConsumerRebalanceListener):  # type: ignore[misc]
 
     async def on_partitions_revoked(self, revoked: Any) -> None:
         self.notifier.revocations += 1
-        await self.notifier.offsets.commit(self.consumer)
+        await self.notifier.offsets.commit(self.consumer, final=True)
         self.notifier.pending.drop(list(revoked))
         if self.notifier.offsets.progress is not None:
             self.notifier.offsets.progress.forget(revoked)

@@ -47,6 +47,10 @@ ALL = "*"
 MAX_RECORD_BYTES = 32 * 1024
 #: Longest wait for the broker to take one record (it just answered a commit, so milliseconds).
 WRITE_TIMEOUT_S = 3.0
+#: Shortest time between two records of a partition while running (a stop or a revocation writes at once):
+#: bounds the topic's growth on a broker that does not compact (Tansu) to a record per 5 s per partition,
+#: at the price of re-sending up to that much of the other targets' deliveries after a crash.
+WRITE_INTERVAL_S = 5.0
 #: How many of a progress partition's last records are read for a key (one writer per partition).
 READ_WINDOW = 256
 
@@ -115,6 +119,7 @@ class ProgressLog:
         self.producer: AIOKafkaProducer | None = None  # the notifier's, once started
         self.partitions: int | None = None  # of the progress topic; None until read (or missing)
         self.written: dict[TopicPartition, Done] = {}
+        self.written_at: dict[TopicPartition, float] = {}  # monotonic time of the last write
         self.dropped = 0  # records not written because too large
         self._warned: set[str] = set()
 
@@ -198,9 +203,12 @@ class ProgressLog:
     def _partition(self, tp: TopicPartition) -> TopicPartition:
         return TopicPartition(self.topic, tp.partition % (self.partitions or 1))
 
-    def changed(self, tp: TopicPartition, done: Done) -> bool:
-        """Whether ``done`` holds something ``tp``'s last record does not (and progress can be written)."""
+    def changed(self, tp: TopicPartition, done: Done, final: bool = False) -> bool:
+        """Whether ``done`` holds something ``tp``'s last record does not, and is to be written now."""
         if self.producer is None or self.partitions is None:
+            return False
+        last_at = self.written_at.get(tp)
+        if not final and last_at is not None and time.monotonic() - last_at < WRITE_INTERVAL_S:
             return False
         last = self.written.get(tp, {})
         return not all(offsets <= last.get(k, set()) for k, offsets in done.items())
@@ -231,7 +239,9 @@ class ProgressLog:
                 timestamp_ms=int(time.time() * 1000),
             )
         self.written[tp] = {k: set(v) for k, v in done.items()}
+        self.written_at[tp] = time.monotonic()
 
     def forget(self, tps: Iterable[TopicPartition]) -> None:
         for tp in tps:
             self.written.pop(tp, None)
+            self.written_at.pop(tp, None)

@@ -6,10 +6,13 @@ from __future__ import annotations
 import pytest
 from aiokafka import TopicPartition
 
+from agents import notifier_progress
 from agents.notifier_group import PendingOffsets
 from agents.notifier_progress import (
     ALL,
     MAX_RECORD_BYTES,
+    WRITE_INTERVAL_S,
+    ProgressLog,
     applicable,
     decode,
     encode,
@@ -17,6 +20,7 @@ from agents.notifier_progress import (
     to_ranges,
 )
 from sinks.webhook import WebhookTarget
+from streams.settings import load_settings
 
 pytestmark = pytest.mark.unit
 TP = TopicPartition("leads.hot", 3)
@@ -90,3 +94,22 @@ def test_carried_progress_is_skipped_and_kept_until_the_offset_is_taken_again() 
     assert pending.progress(TP, 5) == {"a": {5, 6}, "b": {6}, ALL: {7}}
     pending.done(TP, 5, 0, "b")
     assert pending.committable() == {TP: 7}
+
+
+def test_a_running_notifier_writes_a_partitions_progress_at_most_every_interval_and_always_at_a_stop(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """On a broker that does not compact (Tansu) every record stays: the interval bounds its growth."""
+    progress = ProgressLog(load_settings(), group_id="g", bootstrap="127.0.0.1:1")
+    progress.partitions = 8
+    progress.producer = object()  # type: ignore[assignment]  # only whether there is one is read here
+    now = [1000.0]
+    monkeypatch.setattr(notifier_progress.time, "monotonic", lambda: now[0])
+    assert progress.changed(TP, {"a": {5}})
+    progress.written[TP], progress.written_at[TP] = {"a": {5}}, now[0]
+    assert not progress.changed(TP, {"a": {5}}, final=True)  # nothing new
+    now[0] += WRITE_INTERVAL_S - 0.1
+    assert not progress.changed(TP, {"a": {5, 6}})
+    assert progress.changed(TP, {"a": {5, 6}}, final=True)
+    now[0] += 0.2
+    assert progress.changed(TP, {"a": {5, 6}})
