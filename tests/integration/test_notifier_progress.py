@@ -6,13 +6,18 @@ idempotency key) everything delivered while another target hung. Real broker, re
 from __future__ import annotations
 
 import asyncio
+import os
+from collections.abc import Callable
 
 import pytest
 
 from agents.notifications import Notifier
 from sinks.webhook import RetryPolicy, WebhookTarget
+from streams.broker import EmbeddedBroker, create_topics
 from streams.settings import Settings
+from streams.topics import NOTIFIER_PROGRESS, TOPICS
 from tests.integration.test_webhooks import (
+    SECRET,
     Receiver,
     committed_total,
     hot_lead,
@@ -127,3 +132,31 @@ async def test_after_a_rebalance_the_new_owner_does_not_send_a_target_what_it_fi
         f"ok|hot-{n}": 1 for n in range(COUNT)
     }
     assert await asyncio.to_thread(committed_total, hot_settings, "n-progress-join") == COUNT
+
+
+async def test_without_the_progress_topic_the_notifier_delivers_as_before_and_says_so(
+    broker: EmbeddedBroker,
+    make_settings: Callable[..., Settings],
+    receiver: tuple[Receiver, asyncio.Event],  # noqa: F811
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """An upgrade that did not run `leadpulse topics create`: every notification is delivered, the stop is
+    prompt, and a warning names the missing topic (a restart re-sends as before the progress records)."""
+    prefix = f"np-missing-{os.getpid()}."
+    await asyncio.to_thread(
+        create_topics, broker.bootstrap, prefix, [t for t in TOPICS if t is not NOTIFIER_PROGRESS]
+    )
+    settings = make_settings(kafka_bootstrap=broker.bootstrap, topic_prefix=prefix, webhook_secret=SECRET)
+    state, _ = receiver
+    notifier = Notifier(settings, targets=[WebhookTarget("json-0", state.url + "/ok")], group_id="n-np")
+    stop, task = await start(notifier)
+    try:
+        await wait_until(lambda: notifier.assigned, 30, "partition assignment")
+        await asyncio.to_thread(publish, settings, [hot_lead(n) for n in range(COUNT)])
+        await wait_until(lambda: len(state.unique("ok")) == COUNT, 30, "every notification")
+        await wait_until(lambda: notifier.pending.in_flight == 0, 10, "all deliveries finished")
+    finally:
+        stop.set()
+        await asyncio.wait_for(task, 30)
+    assert f"topic {settings.topic(NOTIFIER_PROGRESS.name)} is missing" in caplog.text
+    assert await asyncio.to_thread(committed_total, settings, "n-np") == COUNT
