@@ -45,6 +45,8 @@ ALL = "*"
 #: Bound of one record (Kafka's own limit is ~1 MB): ranges stay short unless a target finishes offsets
 #: out of order for a long time; past it the partition keeps its last record (re-sends, as before).
 MAX_RECORD_BYTES = 32 * 1024
+#: Most offsets a record may hold, all targets together (a lane queue holds 10,000 by default).
+MAX_OFFSETS = 1_000_000
 #: Longest wait for the broker to take one record (it just answered a commit, so milliseconds).
 WRITE_TIMEOUT_S = 3.0
 #: Shortest time between two records of a partition while running (a stop or a revocation writes at once):
@@ -92,13 +94,16 @@ def decode(value: bytes | None) -> tuple[int, Done] | None:
     try:
         body = json.loads(value or b"")
         base = int(body["base"])
-        done = {
-            str(k): {o for first, last in ranges for o in range(int(first), int(last) + 1)}
-            for k, ranges in body["done"].items()
+        runs = {
+            str(k): [(int(first), int(last)) for first, last in ranges] for k, ranges in body["done"].items()
         }
     except (ValueError, TypeError, KeyError, AttributeError):
         return None
-    return base, done
+    if sum(last - first + 1 for ranges in runs.values() for first, last in ranges) > MAX_OFFSETS:
+        return None  # not one of ours: a partition never has that many notifications in flight
+    return base, {
+        k: {o for first, last in ranges for o in range(first, last + 1)} for k, ranges in runs.items()
+    }
 
 
 def applicable(record: tuple[int, Done] | None, committed: int | None) -> Done:

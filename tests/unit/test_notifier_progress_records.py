@@ -10,6 +10,7 @@ from agents import notifier_progress
 from agents.notifier_group import PendingOffsets
 from agents.notifier_progress import (
     ALL,
+    MAX_OFFSETS,
     MAX_RECORD_BYTES,
     WRITE_INTERVAL_S,
     ProgressLog,
@@ -36,7 +37,9 @@ def test_offsets_are_kept_as_runs_and_read_back() -> None:
 def test_a_record_too_large_is_not_encoded_and_garbage_is_not_decoded() -> None:
     scattered = set(range(0, 4 * MAX_RECORD_BYTES, 2))  # no two offsets in a run
     assert encode(0, {"a": scattered}) is None
-    for value in (None, b"", b"not json", b"[]", b'{"base": 1}', b'{"base": 1, "done": {"a": [[1]]}}'):
+    # one more offset than any record of ours holds: a run of 10**12 would take all the process's memory
+    huge = b'{"base": 0, "done": {"a": [[0, %d]]}}' % MAX_OFFSETS
+    for value in (None, b"", b"not json", b"[]", b'{"base": 1}', b'{"base": 1, "done": {"a": [[1]]}}', huge):
         assert decode(value) is None
 
 
