@@ -52,7 +52,7 @@ from sinks.webhook import (
     policy_from_settings,
     targets_from_settings,
 )
-from streams.broker import aiokafka_client_config
+from streams.broker import aiokafka_client_config, group_timeouts
 from streams.kafka_close import start_client, start_unless_stopped, stop_consumer, stop_producer
 from streams.metrics import LagGauge, Metrics
 from streams.settings import Settings
@@ -183,6 +183,19 @@ class Notifier:
             self.erasures = None
             await own.stop()
 
+    def group_consumer(self) -> AIOKafkaConsumer:
+        """The notifier's group member; its timeouts follow the broker's kind as the erasure log found it
+        (an erasure check a caller gave has none: Tansu assumed, the tests' broker)."""
+        return AIOKafkaConsumer(
+            self.topic,
+            bootstrap_servers=self.bootstrap,
+            group_id=self.group_id,
+            enable_auto_commit=False,
+            auto_offset_reset="earliest",
+            **group_timeouts(getattr(self.erasures, "tansu", True)),
+            **aiokafka_client_config(self.settings),
+        )
+
     async def _run(self, stop: asyncio.Event) -> None:
         self.stopping = stop
         producer = AIOKafkaProducer(
@@ -199,16 +212,7 @@ class Notifier:
             return
         self.progress.producer = producer
         # built only now: an aiokafka client that is never started still complains "Unclosed" at exit
-        consumer = AIOKafkaConsumer(
-            self.topic,
-            bootstrap_servers=self.bootstrap,
-            group_id=self.group_id,
-            enable_auto_commit=False,
-            auto_offset_reset="earliest",
-            session_timeout_ms=6000,
-            heartbeat_interval_ms=1000,
-            **aiokafka_client_config(self.settings),
-        )
+        consumer = self.group_consumer()
         consumer.subscribe([self.topic], listener=NotifierRebalance(self, consumer))
         try:
             log.info("joining consumer group %s on %s", self.group_id, self.topic)
