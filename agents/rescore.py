@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from agents.core import check_timers, step
+from agents.rescore_history import CompactHistory
 from agents.rules import Rules
 from agents.scoring import band, behaviour_at
 from agents.state import LeadState
@@ -107,10 +108,6 @@ class RescoreReport:
         }
 
 
-def _event_time(item: Event) -> int:
-    return int(item[1].get("event_time") or 0)
-
-
 def _key(event: dict[str, Any]) -> str:
     return str(event.get("lead_id") or event.get("anonymous_id"))
 
@@ -161,11 +158,18 @@ def rescore(events: Iterable[Event], old: Rules, new: Rules, now_ms: int) -> Res
 
     Only events up to ``now_ms`` are replayed (counted in ``after_now``): "as of --now" means as the leads
     stood then. Replayed, a later event was scored with its clock clamped to ``now_ms``, so a history running
-    past ``--now`` reported stages nobody had at that time."""
-    everything = list(events)
-    history = sorted((e for e in everything if _event_time(e) <= now_ms), key=_event_time)
-    before = outcomes(replay(history, old, now_ms), old)
-    after = outcomes(replay(history, new, now_ms), new)
+    past ``--now`` reported stages nobody had at that time.
+
+    Memory: the history is held as Avro bytes (``CompactHistory``; a ``read_history`` file already is) and
+    decoded event by event, once per replay; the rule hits are counted during the second replay. Holding it
+    as decoded dicts (~0.9-1.5 KB an event) did not fit months of topics. The replays run one after the
+    other, not side by side: one pass would decode each event once, but hold both replays' lead states at
+    the same time, more memory than a second decode costs time (docs/benchmarks.md, "Rescore memory")."""
+    history = events if isinstance(events, CompactHistory) else CompactHistory(events)
+    order = history.time_order(now_ms)
+    before = outcomes(replay(history.at(order), old, now_ms), old)
+    hits = RuleHits(new)  # counted during the second replay: no list of events is kept for it
+    after = outcomes(replay(hits.counting(history.at(order)), new, now_ms), new)
     changes = []
     for lead_id in sorted(before.keys() | after.keys()):
         a = before.get(lead_id, LeadOutcome("awareness", 0.0, "cold"))
@@ -173,8 +177,8 @@ def rescore(events: Iterable[Event], old: Rules, new: Rules, now_ms: int) -> Res
         if a.stage != b.stage or a.band != b.band:
             changes.append(Change(lead_id, a.stage, b.stage, a.score, b.score, a.band, b.band))
     changes.sort(key=lambda c: (-abs(c.delta), c.lead_id))
-    unmatched, typos = unmatched_rules(history, new)
-    return RescoreReport(len(history), len(after), changes, unmatched, typos, len(everything) - len(history))
+    unmatched, typos = hits.result()
+    return RescoreReport(len(order), len(after), changes, unmatched, typos, len(history) - len(order))
 
 
 def leave_out_erased(
@@ -190,6 +194,13 @@ def leave_out_erased(
     every = list(events)
     kept = [(schema, record) for schema, record in every if not record_erased(schema, record, is_erased)]
     return kept, len(every) - len(kept)
+
+
+def drop_erased(history: CompactHistory, is_erased: Callable[[str | None], bool]) -> int:
+    """``leave_out_erased`` in place on a compact history (no list of decoded events); how many went."""
+    from streams.erasures import record_erased
+
+    return history.drop(lambda schema, record: record_erased(schema, record, is_erased))
 
 
 #: The event and field a category table keys on (``email_link`` matches inside ``link_url``: no value to
@@ -217,48 +228,71 @@ def unmatched_rules(history: Iterable[Event], rules: Rules) -> tuple[tuple[str, 
     """Category rules (``table.key``) no event of ``history`` matches, by the worker's own lookup, and which
     of them look like a typo of a value the history holds that no rule names. Only tables whose event type
     the history holds (a history without downloads tells nothing of asset_type rules)."""
-    matched: set[str] = set()
-    schemas: set[str] = set()
-    unnamed: dict[str, Counter[str]] = {table: Counter() for table in RULE_TABLE_FIELD}
-    fields = {schema: (table, name) for table, (schema, name) in RULE_TABLE_FIELD.items() if name}
+    hits = RuleHits(rules)
     for schema, event in history:
-        schemas.add(schema)
-        rule = rules.match(schema, event)
+        hits.add(schema, event)
+    return hits.result()
+
+
+class RuleHits:
+    """What ``unmatched_rules`` needs of a history, counted an event at a time (``add``): the rules matched,
+    the event types seen and, per table, the values no rule names. ``rescore`` counts them during its replay
+    instead of keeping the history's events for a second pass."""
+
+    def __init__(self, rules: Rules) -> None:
+        self.rules = rules
+        self.matched: set[str] = set()
+        self.schemas: set[str] = set()
+        self.unnamed: dict[str, Counter[str]] = {table: Counter() for table in RULE_TABLE_FIELD}
+        self._fields = {schema: (table, name) for table, (schema, name) in RULE_TABLE_FIELD.items() if name}
+
+    def add(self, schema: str, event: dict[str, Any]) -> None:
+        self.schemas.add(schema)
+        rule = self.rules.match(schema, event)
         if rule is not None:
-            matched.add(rule.name)
-        table_field = fields.get(schema)
+            self.matched.add(rule.name)
+        table_field = self._fields.get(schema)
         if table_field and (rule is None or rule.name.startswith("event_type.")):
             value = event.get(table_field[1])
             if value:
-                unnamed[table_field[0]][str(value)] += 1
-    names = {
-        name
-        for name in rules.compiled.by_name
-        if RULE_TABLE_FIELD.get(name.partition(".")[0], ("",))[0] in schemas
-    }
-    unmatched = tuple(sorted(names - matched))
-    typos: dict[str, LikelyTypo] = {}
-    for name in unmatched:
-        table, _, key = name.partition(".")
-        by_lower = {value.lower(): value for value in unnamed[table]}
-        close = difflib.get_close_matches(key.lower(), list(by_lower), n=1, cutoff=0.8)
-        if close:
-            value = by_lower[close[0]]
-            typos[name] = LikelyTypo(value, unnamed[table][value])
-    return unmatched, typos
+                self.unnamed[table_field[0]][str(value)] += 1
+
+    def counting(self, events: Iterable[Event]) -> Iterator[Event]:
+        """``events``, each ``add``-ed as it passes."""
+        for schema, event in events:
+            self.add(schema, event)
+            yield schema, event
+
+    def result(self) -> tuple[tuple[str, ...], dict[str, LikelyTypo]]:
+        names = {
+            name
+            for name in self.rules.compiled.by_name
+            if RULE_TABLE_FIELD.get(name.partition(".")[0], ("",))[0] in self.schemas
+        }
+        unmatched = tuple(sorted(names - self.matched))
+        typos: dict[str, LikelyTypo] = {}
+        for name in unmatched:
+            table, _, key = name.partition(".")
+            by_lower = {value.lower(): value for value in self.unnamed[table]}
+            close = difflib.get_close_matches(key.lower(), list(by_lower), n=1, cutoff=0.8)
+            if close:
+                value = by_lower[close[0]]
+                typos[name] = LikelyTypo(value, self.unnamed[table][value])
+        return unmatched, typos
 
 
 #: Bad history lines named in the error; a file with more says how many others there are.
 SHOWN_BAD_LINES = 10
 
 
-def read_history(path: Path) -> Iterator[Event]:
-    """Events of a JSONL history file, validated against their schemas (see the module docstring).
+def read_history(path: Path) -> CompactHistory:
+    """Events of a JSONL history file, validated against their schemas (see the module docstring), held as
+    a ``CompactHistory`` (iterating it gives them back in file order).
 
     Every line is checked before any is replayed, and the error names each bad line (up to
     ``SHOWN_BAD_LINES``): fixing a file one line per run was the only way before."""
     registry = default_registry()
-    events: list[Event] = []
+    events = CompactHistory(registry=registry)
     problems: list[str] = []
     with path.open(encoding="utf-8") as lines:
         for lineno, line in enumerate(lines, start=1):
@@ -276,7 +310,7 @@ def read_history(path: Path) -> Iterator[Event]:
             + "\n  ".join(shown)
             + (f"\n  ... and {more} more" if more else "")
         )
-    yield from events
+    return events
 
 
 def _history_event(registry: SchemaRegistry, line: str) -> Event:

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import time
-from collections.abc import Generator, Iterable, Iterator
+from collections.abc import Callable, Generator, Iterable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -144,7 +144,9 @@ class InputHistory:
     erased: int  # records of identities erased with `leadpulse forget` (dropped, as the worker does)
 
 
-def read_input_history(settings: Settings, topics: list[str]) -> InputHistory:
+def read_input_history(
+    settings: Settings, topics: list[str], keep: Callable[[tuple[str, dict[str, Any]]], None] | None = None
+) -> InputHistory:
     """``(schema, record)`` of every input record the worker scores, from the given (prefixed) topics, in
     event-time order.
 
@@ -152,13 +154,18 @@ def read_input_history(settings: Settings, topics: list[str]) -> InputHistory:
     sees them in arrival order and the core scores by event time, so event time is the faithful replay.
     What the worker dead-letters (undecodable bytes, another topic's schema, no identity, from the future)
     is left out, and a line naming it is appended to ``skipped``. Records of erased identities are dropped
-    and only counted (DESIGN §10: a replay does not bring an erased lead back)."""
+    and only counted (DESIGN §10: a replay does not bring an erased lead back).
+
+    ``keep`` takes each record instead of ``events`` (then left empty): ``rescore`` holds months of topics
+    as Avro bytes (``agents.rescore_history``) and sorts them itself: a list of decoded records did not
+    fit."""
     by_topic = {settings.topic(spec.name): spec.schema for spec in INPUTS}
     gone: set[str] = set()
     for erasure in read_all(settings):
         gone |= identities(erasure)
     history = InputHistory([], [], 0)
     events, skipped = history.events, history.skipped
+    keep = keep or events.append
     for topic in topics:
         expected = by_topic[topic]
         for item in read_topic(settings, topic, idle_ms=500):
@@ -180,6 +187,6 @@ def read_input_history(settings: Settings, topics: list[str]) -> InputHistory:
             if gone and (item.record.get("lead_id") in gone or item.record.get("anonymous_id") in gone):
                 history.erased += 1
                 continue
-            events.append((item.schema, item.record))
+            keep((item.schema, item.record))
     events.sort(key=lambda e: int(e[1].get("event_time") or 0))
     return history

@@ -19,14 +19,14 @@ import time
 from datetime import UTC, datetime
 from enum import StrEnum
 from pathlib import Path
-from typing import Any
 
 import typer
 from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
-from agents.rescore import HistoryError, RescoreReport, leave_out_erased, read_history, rescore
+from agents.rescore import HistoryError, RescoreReport, drop_erased, read_history, rescore
+from agents.rescore_history import CompactHistory
 from agents.rules import RulesError, load_rules
 from leadpulse.commands.cli_output import fail, stdout_console
 from leadpulse.commands.settings_arg import cli_settings
@@ -149,17 +149,16 @@ def _erasures(settings: Settings) -> set[str] | None:
     return None
 
 
-def _history(source: str) -> Any:
-    """Events of a file, or of input topics read from the configured broker (nothing is consumed). Records of
-    erased leads are left out of both (a file's: when the broker's erasure log can be read, see _erasures)."""
+def _history(source: str) -> CompactHistory:
+    """Events of a file, or of input topics read from the configured broker (nothing is consumed), held
+    compactly (``agents.rescore_history``: months of topics did not fit in memory as decoded records). Records
+    of erased leads are left out of both (a file's: when the broker's erasure log can be read, _erasures)."""
     path = Path(source)
     if path.exists() and not path.is_dir():  # also /dev/null (check a rules file) and <(zcat history.gz)
-        events = list(read_history(path))
-        gone = _erasures(cli_settings()) if events else None
-        if not gone:
-            return events
-        events, erased = leave_out_erased(events, gone.__contains__)
-        _note_erased(erased)
+        events = read_history(path)
+        gone = _erasures(cli_settings()) if len(events) else None
+        if gone:
+            _note_erased(drop_erased(events, gone.__contains__))
         return events
     settings = cli_settings()
     # with or without the deployment prefix, as `produce --topic` and `dlq list --topic` take it
@@ -179,7 +178,8 @@ def _history(source: str) -> Any:
             "`leadpulse broker`, set LEADPULSE_KAFKA_BOOTSTRAP, or give a history file such as "
             "`leadpulse generate --out history.jsonl` writes)"
         )
-    history = read_input_history(settings, [settings.topic(n) for n in names])
+    events = CompactHistory()
+    history = read_input_history(settings, [settings.topic(n) for n in names], keep=events.append)
     skipped = history.skipped
     _note_erased(history.erased)
     if skipped:
@@ -190,7 +190,7 @@ def _history(source: str) -> Any:
             f"list`):{shown}{more}",
             err=True,
         )
-    return history.events
+    return events
 
 
 def _now_ms(now: str | None) -> int:
