@@ -64,5 +64,19 @@ def bench_soak(
     run_soak(events, leads, chunk)
 
 
+@bench_app.command(
+    "rescore",
+    help="rescore --dry-run on a generated history file: memory and time per event vs a list of dicts.",
+)
+def bench_rescore(
+    events: int = typer.Option(100_000, min=1000),
+    seed: int = typer.Option(1),
+    span_days: float = typer.Option(90.0, min=1, help="Days the history's event times span."),
+) -> None:
+    from bench.rescore_bench import run_rescore_bench
+
+    run_rescore_bench(events, seed, span_days)
+
+
 def register(app: typer.Typer) -> None:
     app.add_typer(bench_app, name="bench")
