@@ -79,7 +79,7 @@ def forget_lead(
     from sinks.clickhouse import EmbeddedEngineBusy, get_client
     from sinks.migrate import migrate
     from sinks.query_service import client_runner, http_runner, sink_serving, sink_url
-    from streams.broker import port_open, running_broker
+    from streams.broker import no_embedded_broker_running, running_broker
     from streams.erasures import erasure_record, publish_erasure, read_all
 
     # The erasure is logged under the stripped id (erasure_record): its linked ids are looked up under it too
@@ -107,7 +107,7 @@ def forget_lead(
             migrate(client)
             run = client_runner(client)
         anonymous = set(linked_anonymous_ids(run, lead_id))
-        if settings.embedded_broker and not port_open(settings.broker_host, settings.broker_port):
+        if no_embedded_broker_running(settings):
             note(
                 "no broker is running: the erasure is logged in a broker started for this command only; "
                 "workers and sinks started later will not see it"

@@ -69,6 +69,13 @@ def port_open(host: str, port: int, timeout: float = 0.2) -> bool:
         return False
 
 
+def no_embedded_broker_running(settings: Settings) -> bool:
+    """No cluster is configured (``LEADPULSE_KAFKA_BOOTSTRAP``) and nothing listens on the embedded broker's
+    port: ``running_broker`` would start a broker for this command only, whose in-memory topics end with it.
+    Commands check it first to refuse or say so (``dlq``, ``rescore`` from topics, ``forget``, publishing)."""
+    return settings.embedded_broker and not port_open(settings.broker_host, settings.broker_port)
+
+
 @dataclass
 class EmbeddedBroker:
     """A Tansu process on loopback with in-memory storage."""

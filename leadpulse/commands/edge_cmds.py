@@ -15,7 +15,7 @@ from rich.text import Text
 
 from leadpulse.commands.cli_output import fail, stdout_console
 from leadpulse.commands.settings_arg import cli_settings
-from streams.broker import BrokerError, port_open, running_broker
+from streams.broker import BrokerError, no_embedded_broker_running, running_broker
 from streams.dlq import (
     STAGES,
     DeadLetter,
@@ -54,7 +54,7 @@ def _need_running_broker(settings: Settings) -> None:
     """Dead letters are records on the broker's ``dlq`` topic. With no broker running, ``running_broker``
     would start an empty embedded one (its topics live in memory), so ``dlq list`` printed "0 dead
     letter(s)" after a demo had ended, as if none had been written: say where they went instead."""
-    if settings.embedded_broker and not port_open(settings.broker_host, settings.broker_port):
+    if no_embedded_broker_running(settings):
         raise fail(
             f"no broker is running at {settings.bootstrap}, so there are no dead letters to read: the "
             "embedded broker keeps its topics (dlq among them) in memory only while the process that started "

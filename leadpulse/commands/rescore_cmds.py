@@ -169,10 +169,10 @@ def _history(source: str) -> CompactHistory:
             f"history: {source!r} is neither a file nor an input topic; use a JSONL file, 'inputs' or one "
             f"of {', '.join(t.name for t in INPUTS)}"
         )
-    from streams.broker import port_open
+    from streams.broker import no_embedded_broker_running
     from streams.reader import read_input_history
 
-    if settings.embedded_broker and not port_open(settings.broker_host, settings.broker_port):
+    if no_embedded_broker_running(settings):
         raise HistoryError(
             f"history: reading {source!r} needs a running broker; none at {settings.bootstrap} (start "
             "`leadpulse broker`, set LEADPULSE_KAFKA_BOOTSTRAP, or give a history file such as "
