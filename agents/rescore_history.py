@@ -1,10 +1,10 @@
 """A re-scoring history held compactly: each event as its Avro bytes, decoded only when it is replayed.
 
 Why: ``leadpulse rescore`` must see the whole history before replaying any of it (it replays in event-time
-order, and a file's bad lines are all named before anything runs). Held as decoded dicts that is ~1.5 KB per
-event, so months of topics (tens of millions of events) did not fit in memory. Here an event costs its
+order, and a file's bad lines are all named before anything runs). Held as decoded dicts that is ~0.9-1.5 KB
+per event, so months of topics (tens of millions of events) did not fit in memory. Here an event costs its
 Single Object Encoding (~90 bytes for generated traffic) plus a bytes object, a list slot and an 8-byte
-event time (~140 bytes in all), and its place in the event-time order 8 more (``time_order``).
+event time (140-175 bytes in all), and its place in the event-time order 8 more (``time_order``).
 
 Exactness: the bytes come from the compiled encoder (``schemas.fast_codec``), which vouches only for records
 whose values already have the exact Python types of the schema (so decoding gives an equal record, types
