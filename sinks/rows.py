@@ -2,18 +2,19 @@
 
 Why here and not in SQL: the sink inserts plain tuples in the column order declared below, which is the
 fastest path through clickhouse-connect and keeps every column decision (JSON for nested signals, keyed
-hash for emails) in one reviewable place. Timestamps stay int epoch milliseconds: clickhouse-connect writes
-ints into ``DateTime64(3)`` as raw ticks without building datetime objects.
+hash for emails, also for those inside URLs: ``sinks.url_privacy``) in one reviewable place. Timestamps
+stay int epoch milliseconds: clickhouse-connect writes ints into ``DateTime64(3)`` as raw ticks without
+building datetime objects.
 """
 
 from __future__ import annotations
 
-import hashlib
-import hmac
 import json
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
+
+from sinks.url_privacy import keyed_email_hash, scrub_event, scrub_signals
 
 Row = tuple[Any, ...]
 ORIGIN_COLUMNS = ("topic", "partition", "offset")
@@ -61,10 +62,11 @@ def email_hash(email: str | None, key: bytes) -> str | None:
     and count leads by email without the address itself ever reaching ClickHouse (DESIGN §10)."""
     if not email:
         return None
-    return hmac.new(key, email.strip().lower().encode("utf-8"), hashlib.sha256).hexdigest()
+    return keyed_email_hash(email, key)
 
 
 def _event(schema: str, r: Mapping[str, Any], key: bytes) -> Row:
+    r = scrub_event(schema, r, key) or r  # emails in url/referrer/link_url/utm_* as tokens (DESIGN §10)
     return tuple(schema if name == "event_type" else r.get(name) for name in EVENT_FIELDS)
 
 
@@ -86,7 +88,7 @@ def _lead_score(schema: str, r: Mapping[str, Any], key: bytes) -> Row:
         r["computed_at"],
         r.get("account_domain"),
         r.get("account_score"),
-        _json(r.get("reasons") or []),
+        _json(scrub_signals(r.get("reasons") or [], key)),
         r["change_reason"],
     )
 
@@ -133,7 +135,7 @@ def _hot_lead(schema: str, r: Mapping[str, Any], key: bytes) -> Row:
         r["became_hot_at"],
         r.get("sla_due_at"),
         r.get("owner"),
-        _json(r.get("signals") or []),
+        _json(scrub_signals(r.get("signals") or [], key)),
         email_hash(r.get("email"), key),
         r.get("company_name"),
         r.get("company_domain"),

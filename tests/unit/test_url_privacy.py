@@ -1,0 +1,172 @@
+"""Emails inside URL and utm fields reach ClickHouse only as ``email-hash:<keyed hash>`` tokens (DESIGN §10),
+joinable with the ``email_hash`` columns, and everything else of the value stays byte-identical."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+from urllib.parse import urlsplit
+
+import pytest
+
+from schemas.registry import default_registry
+from sinks.rows import Origin, email_hash, to_row
+from sinks.url_privacy import (
+    SCRUBBED_FIELDS,
+    TOKEN_PREFIX,
+    raw_might_hold_email,
+    scrub_event,
+    scrub_signals,
+    scrub_text,
+)
+from streams.samples import sample_events
+
+pytestmark = pytest.mark.unit
+
+KEY = b"a-test-key-of-some-length"
+JANE = TOKEN_PREFIX + str(email_hash("jane@acme.com", KEY))
+
+
+def token(email: str) -> str:
+    return TOKEN_PREFIX + str(email_hash(email, KEY))
+
+
+@pytest.mark.parametrize(
+    ("value", "expected"),
+    [
+        ("jane@acme.com", JANE),
+        ("https://x.example/p?email=jane@acme.com&utm_source=mail", f"https://x.example/p?email={JANE}&utm_source=mail"),
+        ("https://x.example/p?e=jane%40acme.com", f"https://x.example/p?e={JANE}"),
+        ("https://x.example/p?e=Jane%40ACME.com#top", f"https://x.example/p?e={JANE}#top"),
+        ("https://x.example/u/jane@acme.com/profile", f"https://x.example/u/{JANE}/profile"),
+        ("mailto:jane@acme.com?subject=Hi", f"mailto:{JANE}?subject=Hi"),
+        ("https://x.example/?e=jane.doe+news@acme.co.uk", f"https://x.example/?e={token('jane.doe+news@acme.co.uk')}"),
+        ("https://x.example/?e=jane.doe%2Bnews%40acme.co.uk", f"https://x.example/?e={token('jane.doe+news@acme.co.uk')}"),
+        # A link inside a redirect parameter: the address is encoded twice; the escapes around it are kept.
+        (
+            "https://r.example/?to=https%3A%2F%2Fs.example%2F%3Femail%3Djane%2540acme.com%26a%3D1",
+            f"https://r.example/?to=https%3A%2F%2Fs.example%2F%3Femail%3D{JANE}%26a%3D1",
+        ),
+        ("x%3Djane%40acme.com", f"x%3D{JANE}"),  # not "x%" + the token of "3Djane@acme.com"
+        ("to=s%252F%253Fe%253Djane%2540acme.com%2526x", f"to=s%252F%253Fe%253D{JANE}%2526x"),
+        ("https://x.example/?e=jane%2Edoe%40acme.com", f"https://x.example/?e={token('jane.doe@acme.com')}"),
+        ("https://x.example/?e=jos%C3%A9%40acme.com&z=1", f"https://x.example/?e={token('josé@acme.com')}&z=1"),
+        ("https://x.example/?e=José@bücher.example", f"https://x.example/?e={token('josé@bücher.example')}"),
+    ],
+)  # fmt: skip
+def test_addresses_plain_encoded_or_in_a_path_become_the_token(value: str, expected: str) -> None:
+    assert scrub_text(value, KEY) == expected
+
+
+def test_several_addresses_in_one_value_each_become_their_own_token() -> None:
+    value = "https://x.example/fwd?from=jane@acme.com&to=bob%40corp.example&cc=Jane@Acme.com"
+    assert (
+        scrub_text(value, KEY)
+        == f"https://x.example/fwd?from={JANE}&to={token('bob@corp.example')}&cc={JANE}"
+    )
+
+
+def test_the_token_is_the_email_hash_column_value_and_a_valid_query_value() -> None:
+    scrubbed = scrub_text("https://x.example/p?email=Jane%40Acme.com&b=1", KEY)
+    parts = urlsplit(scrubbed)
+    assert (parts.scheme, parts.netloc, parts.path) == ("https", "x.example", "/p")
+    assert dict(p.split("=") for p in parts.query.split("&")) == {"email": JANE, "b": "1"}
+    assert JANE.removeprefix(TOKEN_PREFIX) == email_hash("  jane@acme.com ", KEY)
+
+
+@pytest.mark.parametrize(
+    "value",
+    [
+        "https://x.example/pricing?utm_source=news&utm_campaign=q3%20launch#plans",
+        "https://x.example/a%20b/%E2%9C%93?q=%2B1&x=40%",
+        "https://user@host.example/",  # a user name at the URL's host: not an address, the host is kept
+        "https://user:secret@host.example:8443/path?q=1",
+        "bounce://jane",
+        "@handle and a@b",  # no domain with a dot
+        "",
+    ],
+)
+def test_values_without_an_address_are_returned_byte_for_byte(value: str) -> None:
+    assert scrub_text(value, KEY) == value
+
+
+def test_an_address_as_the_user_name_of_a_url_is_scrubbed_and_the_host_kept() -> None:
+    scrubbed = scrub_text("https://jane%40acme.com:pw@host.example/p", KEY)
+    assert scrubbed == f"https://{JANE}:pw@host.example/p"
+    assert urlsplit(scrubbed).hostname == "host.example"
+
+
+def test_a_long_run_of_address_characters_costs_linear_time_and_keeps_no_full_address() -> None:
+    value = "a" * 100_000 + "@" + "b" * 100_000
+    assert scrub_text(value, KEY) == value  # no domain with a dot: nothing to replace
+    long_local = "x" * 100 + "@acme.com"
+    assert "@" not in scrub_text(long_local, KEY)
+
+
+def test_scrub_event_touches_only_url_and_utm_fields_and_returns_none_when_clean() -> None:
+    visit: dict[str, Any] = {
+        **next(sample_events("web_visit", 1)),
+        "url": "https://x.example/p?e=jane%40acme.com",
+        "referrer": "https://mail.example/?u=jane@acme.com",
+        "utm_content": "jane@acme.com",
+        "utm_term": "plain words",
+        "lead_id": "jane@acme.com",  # an id is not a URL field: the worker and forget() key on it as sent
+    }
+    scrubbed = scrub_event("web_visit", visit, KEY)
+    assert scrubbed is not None and scrubbed is not visit
+    assert (scrubbed["url"], scrubbed["referrer"], scrubbed["utm_content"]) == (
+        f"https://x.example/p?e={JANE}",
+        f"https://mail.example/?u={JANE}",
+        JANE,
+    )
+    assert {k: v for k, v in scrubbed.items() if k not in SCRUBBED_FIELDS["web_visit"]} == {
+        k: v for k, v in visit.items() if k not in SCRUBBED_FIELDS["web_visit"]
+    }
+    assert visit["url"].endswith("jane%40acme.com")  # the caller's record is not changed
+    assert scrub_event("web_visit", next(sample_events("web_visit", 1)), KEY) is None
+    click = {**next(sample_events("email_click", 1)), "link_url": "https://x.example/l?e=jane@acme.com"}
+    assert (scrub_event("email_click", click, KEY) or {})["link_url"] == f"https://x.example/l?e={JANE}"
+    assert scrub_event("download", {"content_id": "jane@acme.com"}, KEY) is None
+
+
+def test_the_encoded_record_test_finds_every_address_the_field_test_finds() -> None:
+    registry = default_registry()
+    for url in ("https://x.example/?e=jane@acme.com", "https://x.example/?e=jane%40acme.com", "j%2540a.com"):
+        record = {**next(sample_events("web_visit", 1)), "url": url}
+        assert raw_might_hold_email(registry.encode("web_visit", record)), url
+    assert not raw_might_hold_email(registry.encode("web_visit", next(sample_events("web_visit", 1))))
+
+
+def test_event_rows_hold_the_token_not_the_address() -> None:
+    record = {**next(sample_events("web_visit", 1)), "url": "https://x.example/p?email=jane%40acme.com"}
+    _spec, row = to_row("web_visit", record, Origin("t", 0, 1), KEY)
+    assert f"https://x.example/p?email={JANE}" in row
+    assert "jane" not in repr(row)
+
+
+def _signal(detail: str | None) -> dict[str, Any]:
+    return {"rule": "r", "event_type": "web_visit", "event_id": "e", "event_time": 1, "points": 1.0,
+            "current_points": 1.0, "detail": detail}  # fmt: skip
+
+
+def test_signal_details_in_score_and_hot_lead_rows_hold_the_token_not_the_address() -> None:
+    """The worker copies the event's url (``campaign:link_url`` for a click) into each signal's detail."""
+    signals = [
+        _signal("https://x.example/p?e=jane@acme.com"),
+        _signal("c1:https://x.example/l?e=jane%40acme.com"),
+    ]
+    assert [s["detail"] for s in scrub_signals(signals, KEY)] == [
+        f"https://x.example/p?e={JANE}",
+        f"c1:https://x.example/l?e={JANE}",
+    ]
+    clean = [_signal(None), _signal("pricing")]
+    assert scrub_signals(clean, KEY) is clean
+    score = {"lead_id": "L1", "score": 1.0, "fit": 0.0, "behaviour": 1.0, "previous_score": 0.0,
+             "band": "cold", "stage": "lead", "as_of": 1, "trigger_event_id": "e", "computed_at": 1,
+             "reasons": signals, "change_reason": "event"}  # fmt: skip
+    hot = {"notification_id": "n", "lead_id": "L1", "score": 1.0, "fit": 0.0, "behaviour": 1.0, "reason": "r",
+           "became_hot_at": 1, "signals": signals}  # fmt: skip
+    for schema, record in (("lead_score", score), ("hot_lead", hot)):
+        _spec, row = to_row(schema, record, Origin("t", 0, 1), KEY)
+        stored = next(v for v in row if isinstance(v, str) and v.startswith("[{"))
+        assert "jane" not in stored and json.loads(stored)[0]["detail"] == f"https://x.example/p?e={JANE}"
