@@ -1,7 +1,9 @@
 """Re-publish stored history from ClickHouse to the input topics, so workers can reprocess it.
 
-Why only events and sales activities: they are stored complete. Profiles (``lead_identified``) are stored
-with the email as a keyed hash, so they cannot be rebuilt faithfully; re-send those from their source.
+Why only events and sales activities: they are stored complete, but for an email inside a URL or utm value,
+stored as its ``email-hash:`` token (``sinks.url_privacy``): the worker reads nothing from it. Profiles
+(``lead_identified``) are stored with the email as a keyed hash, so they cannot be rebuilt faithfully;
+re-send those from their source.
 Records keep their ``event_id``, so downstream dedup (worker state, ReplacingMergeTree) makes a replay safe.
 They also carry the ``leadpulse-replayed`` header: they were read from ClickHouse, so the sink does not
 store them again (the daily views would count them twice: docs/clickhouse.md).
