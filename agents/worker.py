@@ -26,14 +26,11 @@ from typing import Any
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRecord, TopicPartition
 from aiokafka.errors import CommitFailedError, IllegalStateError, KafkaError
 
-from agents.account import AccountState, fold_lead_score, normalise_domain
 from agents.alignment import TopicAligner
-from agents.core import StepResult, step
-from agents.kafka_batches import BatchSender, caught_up, murmur2_partition
-from agents.lead_store import ACCOUNT_PREFIX, LeadStore
+from agents.kafka_batches import BatchSender, caught_up
+from agents.lead_store import LeadStore
 from agents.rules import Rules
-from agents.state import LeadState
-from agents.worker_batch import Batch, NotWritable, RecordTooLarge, flush
+from agents.worker_batch import NotWritable, RecordTooLarge
 from agents.worker_clients import GROUP, check_broker, worker_consumer, worker_producer
 from agents.worker_clock import now_ms
 from agents.worker_erasures import ErasureSource, apply_erasures
@@ -45,17 +42,14 @@ from agents.worker_rebalance import (
     reload,
     unless_stopped,
 )
+from agents.worker_records import process
 from agents.worker_sla_scan import ScanFailure, scan
-from schemas.errors import SchemaError
 from schemas.fast_codec import codec_for
 from schemas.registry import SchemaRegistry, default_registry
 from streams.backoff import Backoff
 from streams.broker import aiokafka_client_config
-from streams.dlq import dead_letter, encode_dead_letter, writer_headers
-from streams.event_hygiene import InadmissibleEvent, check_admissible, invalid_reason
 from streams.kafka_close import commit, start_client, start_unless_stopped, stop_consumer, stop_producer
 from streams.metrics import LagGauge, Metrics, consumer_lags
-from streams.producer import lead_key
 from streams.settings import Settings
 from streams.stoppable import finished_before_stop
 from streams.topics import (
@@ -65,14 +59,11 @@ from streams.topics import (
     IDENTITY,
     INPUTS,
     LEAD_STATE,
-    MAX_INPUT_RECORD_BYTES,
 )
 
 log = logging.getLogger(__name__)
 
 BATCH_MAX = 5000
-DLQ_HEADERS = writer_headers("worker")
-ACCOUNT_HOP_LAST = "account_domain"  # lead_score fields up to this one hold all of HOP_FIELDS
 IDLE_AFTER_S = 30.0  # caught up this long: SLA timers follow the wall clock again (worker_clock.py)
 ALIGN_WAIT_S = 2.0  # longest a partition's records wait for a co-partitioned topic that is behind
 RETRY_FIRST_S, RETRY_MAX_S = 0.5, 10.0  # back-off before starting over from what is durable
@@ -80,7 +71,6 @@ RETRY_FIRST_S, RETRY_MAX_S = 0.5, 10.0  # back-off before starting over from wha
 # milliseconds); then it is given up, uncommitted. With the client closes (at once, each bounded by
 # streams.kafka_close.STOP_TIMEOUT_S) the worker is gone in ~16 s with the broker hung (25 s allowed).
 STOP_GRACE_S = 3.0
-Decoded = tuple[ConsumerRecord, str, dict[str, Any]]  # (message, schema, record)
 
 
 class LeadWorker:
@@ -147,7 +137,7 @@ class LeadWorker:
         self.retry_at = 0.0
         self.retry_backoff = Backoff(RETRY_FIRST_S, RETRY_MAX_S)
         # Records the core raised for, by (topic, partition, offset): dead-lettered when read again
-        # (_failed_in_core); forgotten once committed past.
+        # (worker_failures.core_raised); forgotten once committed past.
         self.failed_in_core: dict[tuple[str, int, int], Exception] = {}
         # Leads the SLA scan failed for, retried after a back-off (worker_sla_scan._failed); both forgotten
         # for partitions that move away (worker_rebalance.forget_moved).
@@ -277,7 +267,7 @@ class LeadWorker:
         if generation == self.generation:
             ready = await self._aligned(fetched)
             if ready:
-                await self.process(ready)
+                await process(self, ready)
                 if self.reload_pending:  # the core raised: no scan on the states of the dropped pass
                     return
         elif fetched:
@@ -306,240 +296,7 @@ class LeadWorker:
             ready.update(released)
         return ready
 
-    # -- a batch -----------------------------------------------------------------------------------------
-
-    async def process(self, fetched: dict[TopicPartition, list[ConsumerRecord]]) -> None:
-        assert self.consumer is not None
-        owned = self.consumer.assignment()
-        parts = {tp: records for tp, records in fetched.items() if tp in owned and records}
-        if not parts:
-            return
-        batch = Batch()
-        now = now_ms()
-        decoded = [d for records in parts.values() for m in records if (d := self._decode(m, batch))]
-        # The batch's records in event-time order across topics (DESIGN §2: transitions follow event time):
-        # a lead's download and the profile that disqualifies it, or an MQL and the follow-up answering it,
-        # are applied in the order they happened, however far apart their topics were read. Stable sort:
-        # records of one time keep their partition order. (Across batches arrival order still decides:
-        # docs/scoring.md, "Event time and arrival order".)
-        decoded.sort(key=_event_time)
-        failed: dict[tuple[str, int, int], Exception] = {}
-        failed_keys: set[bytes | None] = set()
-        for message, schema, record in decoded:
-            if failed and message.key in failed_keys:
-                continue  # its state is half-updated: a failure now may be the first one's doing
-            try:
-                self._handle(message, schema, record, batch, now)
-            except Exception as exc:  # a core bug, or a record it cannot take: see _failed_in_core
-                log.exception(
-                    "the core raised for %s[%s]@%s", message.topic, message.partition, message.offset
-                )
-                failed[(message.topic, message.partition, message.offset)] = exc
-                failed_keys.add(message.key)
-        if failed:
-            self._failed_in_core(failed)
-            return
-        try:
-            await flush(self, batch)
-        except RecordTooLarge as exc:
-            self._too_large(exc, decoded)
-            return
-        except NotWritable as exc:
-            self._not_written(exc, decoded)
-            return
-        await self._commit({tp: records[-1].offset + 1 for tp, records in parts.items()})
-
-    def _failed_in_core(self, failed: dict[tuple[str, int, int], Exception]) -> None:
-        """The core raised for these records (topic, partition, offset): the batch is dropped unwritten, the
-        owned partitions are reloaded from what is durable at once, and when the batch comes again these
-        records are dead-lettered (stage ``process``) instead of being handled.
-
-        Why not dead-letter them and go on, as before: ``step`` updates a lead's state in place (a copy per
-        event would cost more than the scoring), so one that raised half-way left a half-updated state in
-        memory, which the batch (or the lead's next one) wrote to the changelog. Reloading restores every
-        state the batch touched; other records of a failed lead are not handled on the dropped pass (a
-        failure there could be the first one's doing) and are processed normally on the next."""
-        self.failed_in_core.update(failed)
-        self.reload_pending = True
-        self.retry_at = 0.0  # not the broker's doing: no back-off
-        log.warning(
-            "%d record(s) not handled (logged above): the batch is dropped, the owned partitions are "
-            "reloaded from the changelog and the committed offsets, and those records are dead-lettered",
-            len(failed),
-        )
-
-    def _too_large(self, exc: RecordTooLarge, decoded: list[Decoded]) -> None:
-        """Records of the batch too large to write (nothing was sent): the batch's input records of their keys
-        (the leads or accounts whose state or output grew too large) are dead-lettered when the batch comes
-        again, as for a record the core raised for, and the rest of the batch is processed as usual. The
-        lead keeps its last state that could be written; its next records grow it past the limit again and
-        are dead-lettered in turn, each with the size in its reason."""
-        by_key: dict[bytes | None, list[tuple[str, bytes | None, int]]] = {}
-        for record in exc.records:
-            by_key.setdefault(record[1], []).append(record)
-        failures: dict[bytes | None, Exception] = {
-            key: RecordTooLarge(found) for key, found in by_key.items()
-        }
-        self._fail_keys(failures, exc, decoded)
-
-    def _not_written(self, exc: NotWritable, decoded: list[Decoded]) -> None:
-        """Records of the batch that could not be built (``next_deadline``, a state's or an account's
-        encoding raised: a core bug; nothing was sent): handled like records too large to write, the batch's
-        input records of those keys are dead-lettered (stage ``process``, the exception in the error) when
-        the batch comes again, and the rest of the batch is processed. An account's input records are its
-        hops on the accounts topic (keyed by domain), as for an account too large to write."""
-        for key, (topic, failure) in exc.failures.items():
-            log.error(
-                "%s record of key %r could not be built",
-                topic,
-                key.decode(errors="replace"),
-                exc_info=(type(failure), failure, failure.__traceback__),
-            )
-        failures: dict[bytes | None, Exception] = {
-            key: NotWritable({key: failure}) for key, failure in exc.failures.items()
-        }
-        self._fail_keys(failures, exc, decoded)
-
-    def _fail_keys(
-        self, by_key: dict[bytes | None, Exception], exc: Exception, decoded: list[Decoded]
-    ) -> None:
-        """Dead-letter the batch's input records of these keys (a lead's, or ``ACCOUNT_PREFIX`` + the domain
-        of an account's hops) when it comes again, with their error; reload now (``_failed_in_core``)."""
-        failed: dict[tuple[str, int, int], Exception] = {}
-        for message, _schema, _record in decoded:
-            key = message.key
-            found = by_key.get(key) or (
-                by_key.get(ACCOUNT_PREFIX + key) if key and message.topic == self.accounts_topic else None
-            )
-            if found is not None:
-                failed[(message.topic, message.partition, message.offset)] = found
-        log.error("not written, %s; %d input record(s) of these keys will be dead-lettered", exc, len(failed))
-        if not failed:  # (every record comes from an input record of its key: not expected)
-            self.start_over(exc)
-            return
-        self._failed_in_core(failed)
-
-    def _decode(self, message: ConsumerRecord, batch: Batch) -> Decoded | None:
-        """The record's schema and fields, or None after dead-lettering it."""
-        topic = message.topic
-        batch.consumed[topic] = batch.consumed.get(topic, 0) + 1
-        expected = self.input_schema.get(topic)
-        size = len(message.value or b"")
-        if expected is not None and size > MAX_INPUT_RECORD_BYTES:
-            reason = f"record of {size} bytes exceeds the {MAX_INPUT_RECORD_BYTES}-byte input event limit"
-            self._dead_letter(batch, message, "validate", InadmissibleEvent("too_large", reason))
-            return None
-        try:
-            if topic == self.accounts_topic:  # only the fields the account fold reads, not the reasons
-                schema, record = self.codec.decode_head(message.value or b"", "lead_score", ACCOUNT_HOP_LAST)
-            else:
-                schema, record = self.codec.decode(message.value or b"", expect=expected)
-        except SchemaError as exc:
-            self._dead_letter(batch, message, "decode", exc)
-            return None
-        return message, schema, record
-
-    def _handle(
-        self, message: ConsumerRecord, schema: str, record: dict[str, Any], batch: Batch, now: int
-    ) -> None:
-        topic = message.topic
-        if self.failed_in_core:
-            failure = self.failed_in_core.get((topic, message.partition, message.offset))
-            if failure is not None:  # raised in the core on an earlier pass of this batch
-                self._dead_letter(batch, message, "process", failure)
-                return
-        if topic == self.accounts_topic:
-            self._fold_account(message, record, batch)
-            return
-        try:  # the record's timestamp, not now: a batch re-read after a crash is judged the same way
-            check_admissible(record, message.timestamp or now)
-        except InadmissibleEvent as exc:
-            self._dead_letter(batch, message, "validate", exc)
-            return
-        event_time = record.get("event_time")
-        if isinstance(event_time, int) and (self.watermark_ms is None or event_time > self.watermark_ms):
-            self.watermark_ms, self.watermark_seen_at_ms = event_time, now
-        key = message.key or (lead_key(record) or "").encode()
-        if self.erasures is not None and self._erased(key, record):
-            batch.erased[topic] = batch.erased.get(topic, 0) + 1
-            return
-        home = self._home(key, topic)
-        if home != message.partition or not message.key:
-            # Keyed differently from the lead partitioning (no key, or another partitioner): route it to
-            # the lead's partition through the identity topic rather than split the lead's state.
-            batch.sends.append((self.identity_topic, key, message.value or b"", None, None))
-            return
-        state = self._get(batch, key, home)
-        result = step(state, key.decode(), schema, record, self.rules, now, message.timestamp or None)
-        self._apply(batch, key, home, result)
-        if message.timestamp:
-            batch.arrived.append(message.timestamp)
-
-    def _fold_account(self, message: ConsumerRecord, record: dict[str, Any], batch: Batch) -> None:
-        """A lead's new score, on its account's partition: fold it into the account (lead → account)."""
-        if not message.key:
-            return  # the worker always keys these by domain
-        key = ACCOUNT_PREFIX + message.key
-        if key in batch.accounts:
-            account: AccountState | None = batch.accounts[key][1]
-        else:
-            account = self.store.get_account(key)
-        if self.erasures is not None and self.erasures.is_erased(record.get("lead_id")):
-            return
-        folded = fold_lead_score(account, record, self.rules.account_window_ms)
-        if folded is not None and folded is not account:
-            batch.accounts[key] = (message.partition, folded)
-
-    def _erased(self, key: bytes, record: dict[str, Any]) -> bool:
-        assert self.erasures is not None
-        return (
-            self.erasures.is_erased(key.decode())
-            or self.erasures.is_erased(record.get("lead_id"))
-            or self.erasures.is_erased(record.get("anonymous_id"))
-        )
-
-    def _home(self, key: bytes, topic: str) -> int:
-        known = self.store.partition_of(key)
-        if known is not None:
-            return known
-        count = self._partitions_per_topic.get(topic)
-        if count is None:
-            assert self.consumer is not None
-            count = len(self.consumer.partitions_for_topic(topic) or ()) or 1
-            self._partitions_per_topic[topic] = count
-        return murmur2_partition(key, count)
-
-    def _get(self, batch: Batch, key: bytes, home: int) -> LeadState | None:
-        if key not in batch.states:
-            batch.states[key] = self.store.get(key)
-            batch.home[key] = home
-        return batch.states[key]
-
-    def _apply(self, batch: Batch, key: bytes, home: int, result: StepResult) -> None:
-        batch.states[key] = result.state
-        batch.home[key] = home
-        if result.changed:
-            batch.dirty.add(key)
-        for output in result.outputs:
-            value = self.codec.encode(output.schema, output.record)
-            batch.sends.append((self.output_topics[output.schema], output.key.encode(), value, None, None))
-            batch.counted.append(output)
-            domain = output.record.get("account_domain") if output.schema == "lead_score" else None
-            if domain:
-                batch.sends.append(
-                    (self.accounts_topic, normalise_domain(domain).encode(), value, None, None)
-                )
-        for forward in result.forwards:
-            value = self.codec.encode(forward.schema, forward.event)
-            batch.sends.append((self.identity_topic, forward.key.encode(), value, None, None))
-
-    def _dead_letter(self, batch: Batch, message: ConsumerRecord, stage: str, exc: BaseException) -> None:
-        record = dead_letter(
-            message.topic, message.partition, message.offset, message.key, message.value, stage, exc
-        )
-        dlq_key, dlq_value = encode_dead_letter(record, self.registry)
-        batch.sends.append((self.dlq_topic, dlq_key, dlq_value, DLQ_HEADERS, None))
-        batch.dead_letters.append((self._unprefixed(message.topic), stage, invalid_reason(exc)))
+    # -- a batch (its records: agents/worker_records.py) ---------------------------------------------------
 
     async def _commit(self, offsets: dict[TopicPartition, int]) -> None:
         assert self.consumer is not None
@@ -580,10 +337,3 @@ class LeadWorker:
             "assigned_partitions": assigned,
             "leads_in_memory": len(self.store),
         }
-
-
-def _event_time(decoded: Decoded) -> int:
-    """Input events by event time; records without one (account hops) by their Kafka timestamp."""
-    message, _schema, record = decoded
-    event_time = record.get("event_time")
-    return event_time if isinstance(event_time, int) else int(message.timestamp or 0)

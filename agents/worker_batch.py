@@ -1,8 +1,9 @@
 """What one worker batch produced, and how it becomes durable: two acknowledged waves, outputs first, then
 state (the worker commits the batch's offsets only after both).
 
-Why its own module: the per-event path (``agents/worker.py``) only fills a ``Batch``; the order of the writes
-that makes a crash repeat work instead of losing it lives here, once, for batches, SLA scans and erasures.
+Why its own module: the per-event path (``agents/worker_records.py``) only fills a ``Batch``; the order of
+the writes that makes a crash repeat work instead of losing it lives here, once, for batches, SLA scans and
+erasures.
 """
 
 from __future__ import annotations
@@ -58,10 +59,10 @@ class NotWritable(Exception):
     the account's state or its ``account_score`` encoding. A core bug, e.g. a state holding a value the
     encoder refuses.
 
-    Why caught per key: these run after ``LeadWorker.process``'s per-record guard; the exception escaped the
-    poll loop and the worker exited, and after a restart the same batch raised again: a crash loop. The
+    Why caught per key: these run after ``worker_records.process``'s per-record guard; the exception escaped
+    the poll loop and the worker exited, and after a restart the same batch raised again: a crash loop. The
     worker drops the batch and dead-letters that key's input records when it comes again
-    (``LeadWorker._not_written``), as for a record too large to write."""
+    (``worker_failures.not_written``), as for a record too large to write."""
 
     def __init__(self, failures: dict[bytes, tuple[str, BaseException]]) -> None:
         self.failures = failures

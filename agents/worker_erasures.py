@@ -1,7 +1,8 @@
 """Erasure in the worker: an erased lead's states dropped and tombstoned durably, its score taken out of its
 account, and after a restore whatever of it the changelog still held purged.
 
-The per-event check (drop an erased lead's inputs) stays on the worker's hot path (``LeadWorker._erased``).
+The per-event check (drop an erased lead's inputs) stays on the worker's hot path
+(``worker_records._erased``).
 """
 
 from __future__ import annotations
@@ -205,7 +206,7 @@ def _decodable_accounts(worker: LeadWorker) -> list[tuple[bytes, int, AccountSta
     (a crash loop that processed nothing), and so did every erasure while it ran
     (tests/integration/test_worker_erasure_undecodable_account.py). Such an account cannot be checked for an
     erased lead, nor written; its own hops are dead-lettered by the per-record guard
-    (``LeadWorker._failed_in_core``), like the records of a lead state that does not decode."""
+    (``worker_failures.core_raised``), like the records of a lead state that does not decode."""
 
     def undecodable(key: bytes, exc: Exception) -> None:
         log.error(

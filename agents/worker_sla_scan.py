@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING
 from agents.core import check_timers, next_deadline
 from agents.worker_batch import Batch, NotWritable, RecordTooLarge, flush
 from agents.worker_clock import now_ms, timer_clock
+from agents.worker_records import apply_step, batch_state
 from streams.backoff import backoff_seconds
 
 if TYPE_CHECKING:
@@ -69,8 +70,8 @@ async def scan(worker: LeadWorker) -> None:
             if state is None or home is None:
                 worker.store.delete(key)
                 continue
-            worker._get(part, key, home)
-            worker._apply(part, key, home, check_timers(state, worker.rules, now))
+            batch_state(worker, part, key, home)
+            apply_step(worker, part, key, home, check_timers(state, worker.rules, now))
             if key not in part.dirty:  # nothing fired after all: do not look at it again until it is due
                 worker.store.put(key, home, state, next_deadline(state, worker.rules))
         except Exception:

@@ -17,8 +17,8 @@ import pytest
 from aiokafka.errors import KafkaTimeoutError, MessageSizeTooLargeError
 from prometheus_client import CollectorRegistry
 
-from agents import worker as worker_module
 from agents import worker_batch, worker_sla_scan
+from agents import worker_records as worker_module
 from agents.account import AccountState
 from agents.core import StepResult
 from agents.kafka_batches import BatchSender, Record, read_to_end

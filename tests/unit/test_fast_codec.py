@@ -19,7 +19,7 @@ from hypothesis import strategies as st
 from agents.account import HOP_FIELDS, AccountState, account_score_record, fold_lead_score
 from agents.core import step
 from agents.rules import load_rules
-from agents.worker import ACCOUNT_HOP_LAST
+from agents.worker_records import ACCOUNT_HOP_LAST
 from bench.workload import Workload
 from schemas.errors import SchemaError, TrailingBytes
 from schemas.fast_codec import codec_for

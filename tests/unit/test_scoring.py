@@ -8,8 +8,9 @@ from typing import Any
 
 import pytest
 
-from agents import core, worker
+from agents import core
 from agents import rescore as rescore_module
+from agents import worker_records as worker
 from agents.account import (
     AccountState,
     account_score_record,
