@@ -10,7 +10,7 @@ from typing import Any
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from aiokafka.coordinator.assignors.range import RangePartitionAssignor
 
-from streams.broker import create_topics, is_tansu, kafka_client_config
+from streams.broker import create_topics, group_timeouts, is_tansu, kafka_client_config
 from streams.kafka_close import in_daemon_thread
 from streams.settings import Settings
 from streams.topics import TOPICS
@@ -55,8 +55,7 @@ def worker_consumer(settings: Settings, tansu: bool, security: dict[str, Any]) -
         enable_auto_commit=False,
         auto_offset_reset="earliest",
         partition_assignment_strategy=(RangePartitionAssignor,),
-        session_timeout_ms=6000 if tansu else 30000,
-        heartbeat_interval_ms=1000 if tansu else 3000,
+        **group_timeouts(tansu),
         max_partition_fetch_bytes=4 * 1024 * 1024,
         **security,
     )

@@ -65,3 +65,14 @@ def notifier_timeouts(settings: Settings) -> tuple[int, int]:
 def test_the_notifier_uses_the_group_timeouts_of_its_broker(broker_settings: Settings) -> None:
     assert notifier_timeouts(broker_settings) == (6000, 1000)
     assert notifier_timeouts(broker_settings.model_copy(update={"tansu_workaround": False})) == (30000, 3000)
+
+
+def test_the_worker_uses_the_group_timeouts_of_its_broker(broker_settings: Settings) -> None:
+    from agents.worker_clients import worker_consumer
+
+    async def build(tansu: bool) -> tuple[int, int]:
+        consumer = worker_consumer(broker_settings, tansu, {})
+        return consumer._session_timeout_ms, consumer._heartbeat_interval_ms
+
+    assert asyncio.run(build(True)) == (6000, 1000)
+    assert asyncio.run(build(False)) == (30000, 3000)
