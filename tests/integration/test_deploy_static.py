@@ -531,3 +531,16 @@ def test_setup_job_creates_topics_then_migrates_with_only_the_secrets_each_step_
         "topics": {"kafka-sasl-username", "kafka-sasl-password"},
         "migrate": {"clickhouse-user", "clickhouse-password"},
     }
+
+
+def test_the_cluster_readme_records_every_migration_by_hand() -> None:
+    """deploy/clickhouse/README.md's INSERT into schema_migrations must name every migration: it listed 1-4
+    after 6 and 7 were added, so `leadpulse migrate` then ran their single-server DDL on the cluster (harmless
+    only because every statement is IF NOT EXISTS)."""
+    readme = (ROOT / "deploy" / "clickhouse" / "README.md").read_text()
+    recorded = set(re.findall(r"\((\d+), '(\w+)', 'cluster'\)", readme))
+    files = {
+        (str(int(path.stem.split("_", 1)[0])), path.stem.split("_", 1)[1])
+        for path in (ROOT / "sinks" / "migrations").glob("*.sql")
+    }
+    assert recorded == files
