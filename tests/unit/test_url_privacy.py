@@ -4,6 +4,7 @@ joinable with the ``email_hash`` columns, and everything else of the value stays
 from __future__ import annotations
 
 import json
+from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -12,6 +13,7 @@ import pytest
 from schemas.registry import default_registry
 from sinks.rows import Origin, email_hash, to_row
 from sinks.url_privacy import (
+    _FILE_EXTENSIONS,
     SCRUBBED_FIELDS,
     TOKEN_PREFIX,
     raw_might_hold_email,
@@ -88,6 +90,42 @@ def test_the_token_is_the_email_hash_column_value_and_a_valid_query_value() -> N
 )
 def test_values_without_an_address_are_returned_byte_for_byte(value: str) -> None:
     assert scrub_text(value, KEY) == value
+
+
+@pytest.mark.parametrize(
+    "value",
+    [
+        "https://x.example/img/hero@2x.png",  # a retina image: "hero" at host "2x.png" read as an address
+        "https://x.example/img/logo@3x.webp?w=200#top",
+        "https://x.example/ebooks/guide@v2.pdf",  # a catalogue item: its clicks were lost to the report
+        "https://x.example/downloads/Report@Final.PDF",
+        "https://x.example/fonts/inter@1.woff2",
+        "https://x.example/pages/pricing@2024.html?utm_source=mail",
+    ],
+)
+def test_file_names_with_an_at_sign_are_not_addresses(value: str) -> None:
+    """``name@host.ext`` where ``ext`` is a file extension and no top-level domain (png, pdf, html...): no
+    one has an address there, and tokenising it broke the URL's path (the content report matches on it)."""
+    assert scrub_text(value, KEY) == value
+    assert scrub_event("email_click", {"link_url": value}, KEY) is None
+
+
+def test_an_address_at_a_domain_named_like_a_file_is_still_scrubbed() -> None:
+    """Top-level domains that are also file extensions (.zip, .mov, .md, .map) are still read as addresses,
+    and so is a file extension anywhere but the last label."""
+    for address in ("jane@acme.zip", "jane@acme.mov", "jane@acme.md", "jane@pdf.acme.com"):
+        assert scrub_text(f"https://x.example/?e={address}", KEY) == f"https://x.example/?e={token(address)}"
+
+
+def test_no_file_extension_left_alone_is_a_top_level_domain() -> None:
+    """An address at a TLD in ``_FILE_EXTENSIONS`` would be stored in clear: checked against IANA's list
+    (the copy hypothesis ships)."""
+    import hypothesis
+
+    listed = Path(hypothesis.__file__).parent / "vendor" / "tlds-alpha-by-domain.txt"
+    tlds = {line.strip().lower() for line in listed.read_text().splitlines() if not line.startswith("#")}
+    assert len(tlds) > 1000 and {"com", "zip", "mov", "md", "map"} <= tlds
+    assert not _FILE_EXTENSIONS & tlds
 
 
 def test_an_address_as_the_user_name_of_a_url_is_scrubbed_and_the_host_kept() -> None:
