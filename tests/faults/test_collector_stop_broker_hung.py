@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import contextlib
 import json
+import os
+import signal
 import threading
 import time
 import urllib.error
@@ -21,7 +23,9 @@ from pathlib import Path
 
 import pytest
 
-from streams.broker import free_port
+from streams.broker import EmbeddedBroker, create_topics, free_port, tansu_binary
+from streams.reader import Decoded, read_topic
+from streams.settings import load_settings
 from tests.faults.pausing_proxy import hung_broker, sigterm_stops_in_time
 from tests.processes import CliProcess, http_ok, leadpulse_env, wait_until
 
@@ -91,11 +95,18 @@ def _post_and_keep_the_answer(port: int, answers: list[object]) -> None:
         answers.append(exc)
 
 
+@pytest.mark.parametrize(
+    ("grace_s", "requests", "sigterms"),
+    [(GRACE_S, 1, 1), (0, 4, 1), (GRACE_S, 4, 2)],
+    ids=["one-request", "grace-0-four-requests", "sigterm-twice-four-requests"],
+)
 def test_sigterm_with_a_long_publish_timeout_answers_the_request_in_flight_503_within_the_grace(
-    tmp_path: Path,
+    tmp_path: Path, grace_s: int, requests: int, sigterms: int
 ) -> None:
     """A publish timeout of 120 s (allowed up to 300) used to hold the stop for the request in flight: aiohttp
-    waited 60 s for it, then dropped its connection, past every orchestrator's grace period (SIGKILL)."""
+    waited 60 s for it, then dropped its connection, past every orchestrator's grace period (SIGKILL).
+    Also with a grace of 0 and several requests in flight, and with a second SIGTERM during the grace (as
+    an impatient operator or supervisor sends): it changes nothing, every request is still answered."""
     with hung_broker(tmp_path, "hunggrace.", b"nobody", 1) as hung:
         port = free_port()
         env = leadpulse_env(
@@ -104,27 +115,96 @@ def test_sigterm_with_a_long_publish_timeout_answers_the_request_in_flight_503_w
             data_dir=tmp_path / "collector",
             write_keys='{"web": "k"}',
             collector_publish_timeout_s=120,
-            collector_stop_grace_s=GRACE_S,
+            collector_stop_grace_s=grace_s,
         )
         proc = CliProcess(["collector", "--port", str(port)], env, tmp_path / "collector.log")
         answers: list[object] = []
         try:
             wait_until(lambda: http_ok(f"http://127.0.0.1:{port}/ready"), 60, "collector ready", proc)
             hung.pause()
-            client = threading.Thread(target=_post_and_keep_the_answer, args=(port, answers), daemon=True)
-            client.start()
+            clients = [
+                threading.Thread(target=_post_and_keep_the_answer, args=(port, answers), daemon=True)
+                for _ in range(requests)
+            ]
+            for client in clients:
+                client.start()
             started = time.monotonic()
-            out = sigterm_stops_in_time(proc, "a publish in flight, publish timeout 120 s")
+            if sigterms == 2:  # sigterm_stops_in_time sends its SIGTERM 2 s after it starts
+                threading.Timer(2.5, proc.proc.send_signal, args=(signal.SIGTERM,)).start()
+            out = sigterm_stops_in_time(proc, f"{requests} publish(es) in flight, publish timeout 120 s")
             took = time.monotonic() - started - 2  # sigterm_stops_in_time waits 2 s before its SIGTERM
-            client.join(10)
+            for client in clients:
+                client.join(10)
         finally:
             proc.stop(timeout=5)
     # the grace, the producer's flush given up after 1 s, its sender's close given up after 3 s (a produce
     # request waits on the hung broker)
-    assert took < GRACE_S + 6, f"stopped {took:.1f} s after SIGTERM, grace {GRACE_S} s:\n{out[-3000:]}"
-    assert len(answers) == 1 and isinstance(answers[0], tuple), f"no answer, the request is lost: {answers}"
-    status, headers, raw = answers[0]
-    assert status == 503, answers  # what CollectorClient (and every HTTP client told to) retries
-    assert headers.get("Retry-After"), headers
-    assert json.loads(raw)["error"] == "shutting_down", raw
+    assert took < grace_s + 6, f"stopped {took:.1f} s after SIGTERM, grace {grace_s} s:\n{out[-3000:]}"
+    assert len(answers) == requests, f"{requests - len(answers)} request(s) got no answer: {answers}"
+    for answer in answers:
+        assert isinstance(answer, tuple), f"no answer, the request is lost: {answers}"
+        status, headers, raw = answer
+        assert status == 503, answers  # what CollectorClient (and every HTTP client told to) retries
+        assert headers.get("Retry-After"), headers
+        assert json.loads(raw)["error"] == "shutting_down", raw
     assert "collector stopping" in out, out[-3000:]
+
+
+def test_sigterm_while_the_broker_is_slow_answers_202_for_what_it_acknowledges_within_the_grace(
+    tmp_path: Path,
+) -> None:
+    """The grace's purpose: a broker that hangs for 2 s across the SIGTERM (a leader election, a GC pause)
+    acknowledges within the 5 s grace, so the requests waiting on it are answered 202, and their events are
+    on the topic after the stop (the producer's 1 s flush at the stop has nothing of theirs left to send)."""
+    prefix = "slowgrace."
+    broker = EmbeddedBroker(tansu_binary(load_settings()), "127.0.0.1", free_port(), tmp_path / "tansu.log")
+    broker.start()
+    assert broker.process is not None
+    tansu = broker.process.pid
+    paused = False
+    try:
+        create_topics(broker.bootstrap, prefix)
+        port = free_port()
+        env = leadpulse_env(
+            kafka_bootstrap=broker.bootstrap,
+            topic_prefix=prefix,
+            data_dir=tmp_path / "collector",
+            write_keys='{"web": "k"}',
+            collector_publish_timeout_s=60,
+            collector_stop_grace_s=5,
+        )
+        proc = CliProcess(["collector", "--port", str(port)], env, tmp_path / "collector.log")
+        answers: list[object] = []
+        try:
+            wait_until(lambda: http_ok(f"http://127.0.0.1:{port}/ready"), 60, "collector ready", proc)
+            os.kill(tansu, signal.SIGSTOP)
+            paused = True
+            clients = [
+                threading.Thread(target=_post_and_keep_the_answer, args=(port, answers), daemon=True)
+                for _ in range(4)
+            ]
+            for client in clients:
+                client.start()
+            time.sleep(1)  # the requests wait on the broker
+            proc.proc.send_signal(signal.SIGTERM)
+            time.sleep(1)
+            os.kill(tansu, signal.SIGCONT)
+            paused = False
+            proc.proc.wait(30)
+            for client in clients:
+                client.join(10)
+        finally:
+            proc.stop(timeout=5)
+        out = proc.output()
+        assert proc.proc.returncode == 0, out[-3000:]
+        statuses = [a[0] if isinstance(a, tuple) else a for a in answers]
+        assert statuses == [202] * 4, f"{statuses}\n{out[-3000:]}"
+        settings = load_settings(kafka_bootstrap=broker.bootstrap, topic_prefix=prefix)
+        landed = [
+            d for d in read_topic(settings, settings.topic("events.web_visits")) if isinstance(d, Decoded)
+        ]
+        assert len(landed) == 4, landed
+    finally:
+        if paused:
+            os.kill(tansu, signal.SIGCONT)
+        broker.stop()

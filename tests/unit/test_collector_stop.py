@@ -6,6 +6,7 @@ test_collector_stop_broker_hung.py."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 import uuid
 from collections.abc import Sequence
@@ -56,6 +57,71 @@ def test_publishes_still_waiting_after_the_grace_are_cut_and_later_ones_at_once(
     results, took = asyncio.run(scenario())
     assert all(isinstance(r, PublishCut) for r in results), results
     assert 0.15 < took < 1.0, took
+
+
+class AcknowledgedLater:
+    """A publisher whose broker acknowledges when the test resolves ``acknowledged``."""
+
+    def __init__(self) -> None:
+        self.acknowledged: asyncio.Future[None] | None = None
+
+    async def start(self) -> None:
+        pass
+
+    async def publish(self, messages: Sequence[Message]) -> None:
+        self.acknowledged = asyncio.get_running_loop().create_future()
+        await self.acknowledged
+
+    async def stop(self) -> None:
+        pass
+
+
+@pytest.mark.parametrize("order", ["acknowledged-then-cut", "cut-then-acknowledged"])
+def test_a_publish_acknowledged_as_the_grace_ends_is_answered_truthfully(order: str) -> None:
+    """The acknowledgement and the end of the grace in one callback, either first: the publish either returns
+    (202: it was acknowledged) or raises ``PublishCut`` (503, the client re-sends; duplicates are removed
+    downstream), and the request's task keeps no cancellation (a later ``asyncio.timeout`` in it works)."""
+
+    async def scenario() -> tuple[object, int, float]:
+        loop = asyncio.get_running_loop()
+        in_flight = InFlight(grace_s=60)
+        publisher = AcknowledgedLater()
+
+        async def request() -> tuple[object, int, float]:
+            try:
+                await in_flight.publish(publisher, [("t", None, b"v")])
+                outcome: object = "acknowledged"
+            except PublishCut as exc:
+                outcome = exc
+            task = asyncio.current_task()
+            assert task is not None
+            started = loop.time()
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(0.05):
+                    await asyncio.sleep(1)
+            return outcome, task.cancelling(), loop.time() - started
+
+        def acknowledge() -> None:
+            assert publisher.acknowledged is not None
+            if not publisher.acknowledged.done():  # cut first: aiokafka skips a cancelled future so too
+                publisher.acknowledged.set_result(None)
+
+        def grace_ends() -> None:  # what InFlight's timer runs
+            in_flight._cut_all(in_flight.grace_s)
+
+        task = asyncio.create_task(request())
+        await asyncio.sleep(0)
+        await in_flight.begin_stop()
+        steps = [acknowledge, grace_ends] if order == "acknowledged-then-cut" else [grace_ends, acknowledge]
+        loop.call_soon(lambda: [step() for step in steps])
+        try:
+            return await task
+        finally:
+            in_flight.cancel()
+
+    outcome, cancelling, timed = asyncio.run(scenario())
+    assert outcome == "acknowledged" or isinstance(outcome, PublishCut), outcome
+    assert cancelling == 0 and timed < 0.5, (cancelling, timed)
 
 
 def test_another_cancellation_of_a_request_still_cancels_it() -> None:
