@@ -9,12 +9,13 @@ reports match a catalogue url up to the query string (docs/clickhouse.md).
 
 Matched: plain (``jane.doe+news@acme.com``), percent-encoded (``jane%40acme.com``, ``jane%2Bnews%40…``) and
 double-encoded (``jane%2540acme.com``, a link inside a redirect parameter). Left alone: a user name before a
-URL's host (``https://user@host.com/``: a login at that host, and the host is what reports match on), and a
-file name (``hero@2x.png``, ``guide@v2.pdf``: a "domain" ending in a file extension that is no top-level
-domain, ``_FILE_EXTENSIONS``; tokenised, a catalogue item's link no longer matched its url). Cost, measured
-with timeit beside the ~3.7 us the compiled decoder took for the same web visits: on the sink's fast path
-~0.06-0.1 us a record without an address (``raw_might_hold_email``: a ``memchr``); a record with one ~17 us
-(scrubbed, hashed, re-encoded), rare.
+URL's host (``https://user@host.com/``: a login at that host, and the host is what reports match on), a file
+name (``hero@2x.png``, ``guide@v2.pdf``: a "domain" ending in a file extension that is no top-level domain,
+``_FILE_EXTENSIONS``; tokenised, a catalogue item's link no longer matched its url), and an id at a "domain"
+whose last label has a digit (``meeting_…@thread.v2`` in a Teams link: top-level domains are letters,
+``_TLD``). Cost, measured with timeit beside the ~3.7 us the compiled decoder took for the same web visits: on
+the sink's fast path ~0.06-0.1 us a record without an address (``raw_might_hold_email``: a ``memchr``); a
+record with one ~17 us (scrubbed, hashed, re-encoded), rare.
 """
 
 from __future__ import annotations
@@ -45,16 +46,19 @@ _NOT_IN_ESCAPE_REVERSED = r"(?!%)(?![0-9A-Fa-f]%)(?!52%)(?![0-9A-Fa-f]52%)"
 _LOCAL_REVERSED = re.compile(rf"(?:{_ESCAPE_REVERSED}|[\w.+!$'*^`{{|}}~-]){{1,64}}{_NOT_IN_ESCAPE_REVERSED}")
 _LOCAL_MAX_CHARS = 64 * 5  # 64 characters, each at most a twice-encoded escape (%25XX)
 _LABEL = r"[^\W_](?:[\w-]{0,61}[^\W_])?"
-_DOMAIN = re.compile(rf"(?:{_LABEL}\.){{1,16}}[^\W\d_](?:[\w-]{{0,61}}[^\W_])")
+# The top-level domain: letters (an IANA rule) or an ``xn--`` IDN, not followed by a letter or digit, so
+# ``thread.v2`` (a Teams meeting id) is no domain, and ``acme.com_q3`` ends at ``com``.
+_TLD = r"(?:xn--[^\W_](?:[\w-]{0,57}[^\W_])?|[^\W\d_]{2,63})(?![^\W_])"
+_DOMAIN = re.compile(rf"(?:{_LABEL}\.){{1,16}}{_TLD}")
 _SEPARATOR = re.compile(r"@|%40|%2540")
 #: File extensions that are no top-level domain (checked against IANA's list; .zip, .mov, .md and .map are
-#: TLDs and stay out): ``hero@2x.png`` or ``guide@v2.pdf`` in a path names a file, not an address.
+#: TLDs and stay out): ``hero@2x.png`` or ``guide@v2.pdf`` in a path names a file, not an address. Those with
+#: a digit (mp4, woff2) are no TLD by ``_TLD`` already.
 _FILE_EXTENSIONS = frozenset(
     {"png", "jpg", "jpeg", "gif", "svg", "webp", "avif", "bmp", "ico", "tif", "tiff", "heic", "pdf", "html",
      "htm", "xhtml", "php", "asp", "aspx", "jsp", "js", "mjs", "css", "json", "xml", "txt", "csv", "doc",
-     "docx", "xls", "xlsx", "ppt", "pptx", "odt", "rtf", "mp3", "mp4", "m4a", "m4v", "webm", "ogg", "wav",
-     "avi", "mkv", "woff", "woff2", "ttf", "otf", "eot", "gz", "tgz", "tar", "rar", "exe", "apk", "msi",
-     "dmg", "epub"}
+     "docx", "xls", "xlsx", "ppt", "pptx", "odt", "rtf", "webm", "ogg", "wav", "avi", "mkv", "woff", "ttf",
+     "otf", "eot", "gz", "tgz", "tar", "rar", "exe", "apk", "msi", "dmg", "epub"}
 )  # fmt: skip
 _AUTHORITY_ENDS = frozenset("/?#:")
 

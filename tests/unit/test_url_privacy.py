@@ -110,6 +110,33 @@ def test_file_names_with_an_at_sign_are_not_addresses(value: str) -> None:
     assert scrub_event("email_click", {"link_url": value}, KEY) is None
 
 
+@pytest.mark.parametrize(
+    "value",
+    [
+        # Microsoft Teams meeting and channel links: "<id>@thread.v2" is a thread id, not an address
+        "https://teams.microsoft.com/l/meetup-join/19%3ameeting_NGE5ZTk0YjAtZDQ4%40thread.v2/0?context=%7b%7d",
+        "https://teams.microsoft.com/l/chat/19%3a8a2b@thread.tacv2/conversations",
+        "https://x.example/releases/tool@build.x86/",
+    ],
+)
+def test_a_domain_whose_last_label_has_a_digit_is_no_address(value: str) -> None:
+    """Top-level domains are letters (or ``xn--`` IDNs): ``thread.v2`` is no domain, and tokenising it broke
+    every meeting link a campaign sent (an email click's ``link_url``)."""
+    assert scrub_text(value, KEY) == value
+
+
+@pytest.mark.parametrize(
+    ("value", "address"),
+    [
+        ("e=jane@acme.xn--p1ai&x=1", "jane@acme.xn--p1ai"),  # an IDN TLD (.рф as punycode)
+        ("e=jane@acme.com_q3", "jane@acme.com"),  # what follows the TLD is not part of the address
+        ("e=jane@acme.com-news", "jane@acme.com"),
+    ],
+)
+def test_the_top_level_domain_ends_the_address(value: str, address: str) -> None:
+    assert scrub_text(value, KEY) == value.replace(address, token(address))
+
+
 def test_an_address_at_a_domain_named_like_a_file_is_still_scrubbed() -> None:
     """Top-level domains that are also file extensions (.zip, .mov, .md, .map) are still read as addresses,
     and so is a file extension anywhere but the last label."""
