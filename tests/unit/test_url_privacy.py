@@ -68,6 +68,19 @@ def test_several_addresses_in_one_value_each_become_their_own_token() -> None:
     )
 
 
+def test_a_pipe_delimits_an_address_so_its_token_joins_the_lead() -> None:
+    """Outlook Safe Links carry the recipient in ``data=05%7C01%7Cjane%40acme.com%7C…`` ('|'-separated):
+    with '|' read as part of the address (RFC 5322 allows it; no mail provider does) the token was the hash
+    of ``05|01|jane@acme.com``, which joins no lead's ``email_hash``."""
+    safe_link = (
+        "https://eur01.safelinks.protection.outlook.com/?url=https%3A%2F%2Fwww.acme.com%2Fpricing"
+        "&data=05%7C01%7Cjane%40acme.com%7C1b2c%7C0%7C638&sdata=x&reserved=0"
+    )
+    assert scrub_text(safe_link, KEY) == safe_link.replace("jane%40acme.com", JANE)
+    listed = "https://x.example/?to=bob@corp.example|Jane@Acme.com"
+    assert scrub_text(listed, KEY) == f"https://x.example/?to={token('bob@corp.example')}|{JANE}"
+
+
 def test_the_token_is_the_email_hash_column_value_and_a_valid_query_value() -> None:
     scrubbed = scrub_text("https://x.example/p?email=Jane%40Acme.com&b=1", KEY)
     parts = urlsplit(scrubbed)
