@@ -43,7 +43,7 @@ SCRUBBED_FIELDS: dict[str, tuple[str, ...]] = {
 # such a regex cost ~20 us a URL; matched on the reversed text before a separator it costs the address.
 # Reversed, an escape "%2B" reads "B2%", and the lookaheads keep the part from starting inside an escape
 # (%XX or %25XX), or "%3Djane%40acme.com" would be read as the address "3Djane@acme.com".
-_ESCAPE_REVERSED = r"(?:[1247ABDEabde]2|[EFef]5|06|[BDEbde]7|[0-9A-Fa-f][89A-Fa-f])(?:52)?%"
+_ESCAPE_REVERSED = r"(?:[147ABDEabde]2|[EFef]5|06|[BDEbde]7|[0-9A-Fa-f][89A-Fa-f])(?:52)?%"
 _NOT_IN_ESCAPE_REVERSED = r"(?!%)(?![0-9A-Fa-f]%)(?!52%)(?![0-9A-Fa-f]52%)"
 _LOCAL_REVERSED = re.compile(rf"(?:{_ESCAPE_REVERSED}|[\w.+!$'*^`{{}}~-]){{1,64}}{_NOT_IN_ESCAPE_REVERSED}")
 _LOCAL_MAX_CHARS = 64 * 5  # 64 characters, each at most a twice-encoded escape (%25XX)

@@ -81,6 +81,20 @@ def test_a_pipe_delimits_an_address_so_its_token_joins_the_lead() -> None:
     assert scrub_text(listed, KEY) == f"https://x.example/?to={token('bob@corp.example')}|{JANE}"
 
 
+@pytest.mark.parametrize(
+    "value",
+    [
+        "https://x.example/?state=%7B%22email%22%3A%22jane%40acme.com%22%7D",  # JSON in a query value
+        "https://r.example/?to=https%3A%2F%2Fs.example%2F%3Fs%3D%257B%2522e%2522%253A%2522jane%2540acme.com",
+    ],
+)
+def test_an_encoded_double_quote_is_no_part_of_the_address(value: str) -> None:
+    """``%22`` is '"', which an address holds only inside a quoted local part: read as one of its characters,
+    JSON in a URL (``{"email":"jane@acme.com"}`` encoded) gave the token of ``"jane@acme.com``, which joins
+    no lead."""
+    assert JANE in scrub_text(value, KEY)
+
+
 def test_the_token_is_the_email_hash_column_value_and_a_valid_query_value() -> None:
     scrubbed = scrub_text("https://x.example/p?email=Jane%40Acme.com&b=1", KEY)
     parts = urlsplit(scrubbed)
