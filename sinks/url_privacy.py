@@ -47,6 +47,10 @@ _ESCAPE_REVERSED = r"(?:[147ABDEabde]2|[EFef]5|06|[BDEbde]7|[0-9A-Fa-f][89A-Fa-f
 _NOT_IN_ESCAPE_REVERSED = r"(?!%)(?![0-9A-Fa-f]%)(?!52%)(?![0-9A-Fa-f]52%)"
 _LOCAL_REVERSED = re.compile(rf"(?:{_ESCAPE_REVERSED}|[\w.+!$'*^`{{}}~-]){{1,64}}{_NOT_IN_ESCAPE_REVERSED}")
 _LOCAL_MAX_CHARS = 64 * 5  # 64 characters, each at most a twice-encoded escape (%25XX)
+# What a local part does not start with here: its specials (plain or escaped, once or twice). RFC 5322 allows
+# them there, but in a URL they quote or mark up an address ('jane@acme.com', *jane@…*, {jane@…}), and read
+# into it the token joined no lead. Left in the URL as they are.
+_LEADING_SPECIALS = re.compile(r"(?:[.+!$'*^`{}~-]|%(?:25)?(?:2[147ABDE]|5E|60|7[BDE]))+", re.IGNORECASE)
 _LABEL = r"[^\W_](?:[\w-]{0,61}[^\W_])?"
 # The top-level domain: letters (an IANA rule) or an ``xn--`` IDN, not followed by a letter or digit, so
 # ``thread.v2`` (a Teams meeting id) is no domain, and ``acme.com_q3`` ends at ``com``.
@@ -109,6 +113,11 @@ def scrub_text(value: str, key: bytes) -> str:
         if local is None:
             continue
         start, end = at - local.end(), domain.end()
+        quoted = _LEADING_SPECIALS.match(value, start, at)
+        if quoted is not None:
+            start = quoted.end()
+            if start == at:
+                continue
         if _userinfo(value, start, end, separator[0]):
             continue
         address = unquote(value[start:at])

@@ -95,6 +95,23 @@ def test_an_encoded_double_quote_is_no_part_of_the_address(value: str) -> None:
     assert JANE in scrub_text(value, KEY)
 
 
+@pytest.mark.parametrize(
+    ("value", "expected"),
+    [
+        ("https://x.example/?q='jane@acme.com'", f"https://x.example/?q='{JANE}'"),
+        ("https://x.example/?q=%27jane%40acme.com%27", f"https://x.example/?q=%27{JANE}%27"),
+        ("https://x.example/?q=*Jane@acme.com*", f"https://x.example/?q=*{JANE}*"),
+        ("https://x.example/?q=%7Bjane%2540acme.com%7D", f"https://x.example/?q=%7B{JANE}%7D"),
+        ("https://x.example/?q=o'brien@acme.com", "https://x.example/?q=" + token("o'brien@acme.com")),
+        ("https://x.example/?q=_jane@acme.com", f"https://x.example/?q={token('_jane@acme.com')}"),
+    ],
+)
+def test_quotes_before_an_address_stay_outside_its_token(value: str, expected: str) -> None:
+    """A local part starting with a special character (' * { ~ . and the others RFC 5322 allows) is, in a URL,
+    an address quoted or marked up; read into it, the token joined no lead. Kept as they are in the URL."""
+    assert scrub_text(value, KEY) == expected
+
+
 def test_the_token_is_the_email_hash_column_value_and_a_valid_query_value() -> None:
     scrubbed = scrub_text("https://x.example/p?email=Jane%40Acme.com&b=1", KEY)
     parts = urlsplit(scrubbed)
