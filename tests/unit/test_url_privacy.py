@@ -112,6 +112,21 @@ def test_quotes_before_an_address_stay_outside_its_token(value: str, expected: s
     assert scrub_text(value, KEY) == expected
 
 
+@pytest.mark.parametrize(
+    ("value", "expected"),
+    [
+        # what a browser's location.href holds for ?e=José@bücher.example: non-ASCII percent-encoded
+        ("https://x.example/?e=Jos%C3%A9%40B%C3%BCcher.example&z=1", f"https://x.example/?e={token('josé@bücher.example')}&z=1"),
+        ("https://x.example/?e=jane@b%C3%BCcher.example", f"https://x.example/?e={token('jane@bücher.example')}"),
+        ("s%253Djane%2540b%25C3%25BCcher.example%2526x", f"s%253D{token('jane@bücher.example')}%2526x"),
+    ],
+)  # fmt: skip
+def test_an_address_at_a_percent_encoded_non_ascii_domain_is_scrubbed(value: str, expected: str) -> None:
+    """Browsers send non-ASCII in a URL percent-encoded: an address at ``bücher.example`` arrives as
+    ``b%C3%BCcher.example``, which was no domain to the scrub, so the address was stored in clear."""
+    assert scrub_text(value, KEY) == expected
+
+
 def test_the_token_is_the_email_hash_column_value_and_a_valid_query_value() -> None:
     scrubbed = scrub_text("https://x.example/p?email=Jane%40Acme.com&b=1", KEY)
     parts = urlsplit(scrubbed)
