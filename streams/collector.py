@@ -33,6 +33,7 @@ from streams.collector_publishers import (
     PublishCut,
     Publisher,
     PublishError,
+    StoppingRunner,
     start_waiting,
 )
 from streams.intake import (
@@ -168,6 +169,7 @@ class Collector:
     ) -> web.StreamResponse:
         """CORS on every answer (errors included, or the browser hides them) and request metrics."""
         start = time.perf_counter()
+        self.in_flight.requests += 1  # the stop waits for them to be answered (StoppingRunner)
         try:
             response = await handler(request)
         except web.HTTPException as exc:
@@ -184,6 +186,8 @@ class Collector:
         except Exception:  # a bug must still answer JSON with CORS, and be counted
             log.exception("collector: unexpected error answering %s %s", request.method, request.path)
             response = _error(500, "internal_error", "the collector failed on this request; see its log")
+        finally:
+            self.in_flight.request_done()
         response.headers["Access-Control-Allow-Origin"] = self.allowed_origin
         if request.path.startswith("/v1/"):
             self.metrics.collector_requests.labels(status=str(response.status)).inc()
@@ -372,7 +376,9 @@ class Collector:
 
 def _stopping(reason: str) -> web.Response:
     resend = "retry it with the same event_ids (its events may still land: duplicates are removed downstream)"
-    return _error(503, "shutting_down", f"{reason}; not acknowledged, {resend}", **{"Retry-After": "2"})
+    response = _error(503, "shutting_down", f"{reason}; not acknowledged, {resend}", **{"Retry-After": "2"})
+    response.force_close()  # Connection: close: its retry goes to a collector that is not stopping
+    return response
 
 
 async def serve(collector: Collector, host: str, port: int, start_publisher: bool = True) -> web.AppRunner:
@@ -380,9 +386,7 @@ async def serve(collector: Collector, host: str, port: int, start_publisher: boo
 
     The producer starts first (``runner.setup``; not at all without ``start_publisher``), then the port is
     bound: only the bind's OSError is the port's, and this is the one place that names it."""
-    # aiohttp's wait for requests in flight (then it drops them unanswered) only backs up InFlight's grace
-    shutdown_s = collector.settings.collector_stop_grace_s + 5
-    runner = web.AppRunner(collector.app(start_publisher), access_log=None, shutdown_timeout=shutdown_s)
+    runner = StoppingRunner(collector.app(start_publisher), collector.in_flight, access_log=None)
     await runner.setup()
     site = web.TCPSite(runner, host, port)
     try:

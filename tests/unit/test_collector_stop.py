@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import time
 import uuid
 from collections.abc import Sequence
@@ -181,3 +182,64 @@ def test_the_collector_answers_503_shutting_down_in_flight_and_after_the_stop_be
     assert [(status, retry) for status, retry, _ in answers] == [(503, "2")], answers
     assert answers[0][2]["error"] == "shutting_down", answers
     assert took < 3, f"the stop took {took:.1f} s with a 0.3 s grace"
+
+
+class Acknowledged:
+    """A publisher whose broker acknowledges at once."""
+
+    async def start(self) -> None:
+        pass
+
+    async def publish(self, messages: Sequence[Message]) -> None:
+        await asyncio.sleep(0)
+
+    async def stop(self) -> None:
+        pass
+
+
+@pytest.mark.parametrize("body_ends", ["within-the-grace", "after-the-grace"])
+def test_a_request_still_sending_its_body_at_the_stop_gets_an_answer(body_ends: str) -> None:
+    """A request reading its body (not publishing) when the stop begins is never cut there: its body ends
+    within the grace, it is published and answered 202; after it, it is answered 503 ``shutting_down``
+    without publishing. Never a 500 or a connection closed unanswered. Before StoppingRunner aiohttp closed
+    the connection first and dropped the rest of the body: the request waited for aiohttp's shutdown
+    timeout (grace + 5 s), holding the stop, and its connection was closed unanswered."""
+
+    async def scenario() -> tuple[bytes, float, float]:
+        settings = load_settings(write_keys={"web": "k"}, collector_stop_grace_s=0.5)
+        collector = Collector(settings, publisher=Acknowledged())
+        runner = await serve(collector, "127.0.0.1", 0)
+        event = {"type": "web_visit", "event_id": str(uuid.uuid4()), "event_time": int(time.time() * 1000)}
+        event.update({"anonymous_id": "a-1", "url": "https://example.com/pricing"})
+        body = json.dumps([event]).encode()
+        reader, writer = await asyncio.open_connection("127.0.0.1", bound_port(runner))
+        head = (
+            "POST /v1/events HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer k\r\n"
+            f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\n\r\n"
+        )
+        writer.write(head.encode() + body[:10])
+        await writer.drain()
+        await asyncio.sleep(0.1)  # the handler waits for the rest of the body
+        began = time.monotonic()
+        stopping = asyncio.create_task(runner.cleanup())  # what SIGTERM does
+        await asyncio.sleep(0.1 if body_ends == "within-the-grace" else 0.8)
+        assert collector.in_flight.stopping
+        writer.write(body[10:])
+        await writer.drain()
+        answer = await asyncio.wait_for(reader.read(), 10)
+        writer.close()
+        await stopping
+        accepted = collector.metrics.registry.get_sample_value(
+            "leadpulse_collector_events_total", {"source": "web", "result": "accepted"}
+        )
+        return answer, accepted or 0, time.monotonic() - began
+
+    answer, accepted, took = asyncio.run(scenario())
+    assert took < 3, f"the stop took {took:.1f} s (grace 0.5 s); it waited for a body that was dropped"
+    status = answer.split(b"\r\n", 1)[0]
+    if body_ends == "within-the-grace":
+        assert status == b"HTTP/1.1 202 Accepted" and accepted == 1, answer
+    else:
+        assert status == b"HTTP/1.1 503 Service Unavailable", answer
+        assert b'"shutting_down"' in answer and accepted == 0, answer
+        assert b"\r\nConnection: close\r\n" in answer, answer  # its retry opens a connection elsewhere
