@@ -183,7 +183,7 @@ class GroupOffsets:
         for tp in assigned:
             if (base := bases.get(tp)) is not None:
                 done = self.pending.progress(tp, base)
-                if self.progress.changed(tp, done, final):
+                if self.progress.changed(tp, base, done, final):
                     writes[tp] = (base, done)
         return writes
 
@@ -199,10 +199,10 @@ class GroupOffsets:
         missing = [tp for tp in assigned if tp not in found]
         if missing and self.inherit_from is not None:
             await self.inherit(consumer, missing, self.inherit_from)
-        if self.progress is not None:
-            records = await self.progress.load([tp for tp in assigned if tp in found])
+        if self.progress is not None:  # read for every partition: the first write supersedes a stale record
+            records = await self.progress.load(assigned)
             for tp, record in records.items():
-                self.pending.carry(tp, applicable(record, found[tp]))
+                self.pending.carry(tp, applicable(record, found.get(tp)))
 
     async def inherit(self, consumer: AIOKafkaConsumer, tps: Sequence[TopicPartition], group: str) -> None:
         """Start ``tps`` at ``group``'s committed offsets and commit them as this group's own.

@@ -16,8 +16,13 @@ an edited list would apply one endpoint's progress to another) nor its URL (it m
 Safety: a record only ever states facts (that offset was delivered, dead-lettered or dropped as erased for
 that target), so applying an old one merely re-sends, never loses. A record whose ``base`` is above the
 group's committed offset is ignored: the offsets were moved back (an operator's reset, expired group
-offsets), and a reset means "send again". A record larger than ``MAX_RECORD_BYTES`` is not written (logged
-once per partition, counted in ``dropped``): the last one written still holds.
+offsets), and a reset means "send again". For that test to hold, a partition's latest record must not
+outlive the state it describes: a record that differs from the current ``(base, done)`` is superseded, also
+by an empty one once everything is finished. Before, the record written while a target hung (base 0, the
+other target done with everything) stayed the latest after all was delivered, and a reset of the group to
+0 skipped that other target for every notification the operator asked to have sent again. A record larger
+than ``MAX_RECORD_BYTES`` is not written (logged once per partition, counted in ``dropped``): the last one
+written still holds.
 """
 
 from __future__ import annotations
@@ -123,7 +128,7 @@ class ProgressLog:
         self.topic = settings.topic(NOTIFIER_PROGRESS.name)
         self.producer: AIOKafkaProducer | None = None  # the notifier's, once started
         self.partitions: int | None = None  # of the progress topic; None until read (or missing)
-        self.written: dict[TopicPartition, Done] = {}
+        self.written: dict[TopicPartition, tuple[int, Done]] = {}  # the latest record (written or read)
         self.written_at: dict[TopicPartition, float] = {}  # monotonic time of the last write
         self.dropped = 0  # records not written because too large
         self._warned: set[str] = set()
@@ -137,8 +142,9 @@ class ProgressLog:
             log.warning(message, *args)
 
     async def load(self, tps: Sequence[TopicPartition]) -> dict[TopicPartition, tuple[int, Done]]:
-        """The latest record of each of ``tps`` that has one; {} (with a warning) when they cannot be read:
-        a restart then re-sends what the other targets had finished, as before."""
+        """The latest record of each of ``tps`` that has one, remembered as what a write must supersede;
+        {} (with a warning) when they cannot be read: a restart then re-sends what the other targets had
+        finished, as before."""
         reader = AIOKafkaConsumer(
             bootstrap_servers=self.bootstrap,
             group_id=None,
@@ -199,6 +205,7 @@ class ProgressLog:
                     tp = wanted.get(record.key or b"")
                     if tp is not None and (parsed := decode(record.value)) is not None:
                         found[tp] = parsed
+                        self.written[tp] = parsed
             for src in list(todo):
                 high = reader.highwater(src)
                 if high is not None and await reader.position(src) >= high:
@@ -208,15 +215,19 @@ class ProgressLog:
     def _partition(self, tp: TopicPartition) -> TopicPartition:
         return TopicPartition(self.topic, tp.partition % (self.partitions or 1))
 
-    def changed(self, tp: TopicPartition, done: Done, final: bool = False) -> bool:
-        """Whether ``done`` holds something ``tp``'s last record does not, and is to be written now."""
+    def changed(self, tp: TopicPartition, base: int, done: Done, final: bool = False) -> bool:
+        """Whether ``(base, done)`` differs from ``tp``'s latest record and is to be written now. Nothing is
+        written while both are empty (a single target delivering in order never writes)."""
         if self.producer is None or self.partitions is None:
             return False
         last_at = self.written_at.get(tp)
         if not final and last_at is not None and time.monotonic() - last_at < WRITE_INTERVAL_S:
             return False
-        last = self.written.get(tp, {})
-        return not all(offsets <= last.get(k, set()) for k, offsets in done.items())
+        last_base, last_done = self.written.get(tp, (base, {}))
+        done = {k: v for k, v in done.items() if v}
+        if not done and not any(last_done.values()):
+            return False
+        return (base, done) != (last_base, {k: v for k, v in last_done.items() if v})
 
     async def save(self, tp: TopicPartition, base: int, done: Done) -> None:
         """Write ``tp``'s progress; raises when the broker does not take it within ``WRITE_TIMEOUT_S``."""
@@ -233,7 +244,7 @@ class ProgressLog:
                 MAX_RECORD_BYTES,
                 self.dropped,
             )
-            self.written[tp] = {k: set(v) for k, v in done.items()}  # not tried again until it grows
+            self.written[tp] = (base, {k: set(v) for k, v in done.items()})  # not tried until it changes
             return
         async with asyncio.timeout(WRITE_TIMEOUT_S):
             await self.producer.send_and_wait(
@@ -243,7 +254,7 @@ class ProgressLog:
                 partition=self._partition(tp).partition,
                 timestamp_ms=int(time.time() * 1000),
             )
-        self.written[tp] = {k: set(v) for k, v in done.items()}
+        self.written[tp] = (base, {k: set(v) for k, v in done.items()})
         self.written_at[tp] = time.monotonic()
 
     def forget(self, tps: Iterable[TopicPartition]) -> None:

@@ -108,11 +108,26 @@ def test_a_running_notifier_writes_a_partitions_progress_at_most_every_interval_
     progress.producer = object()  # type: ignore[assignment]  # only whether there is one is read here
     now = [1000.0]
     monkeypatch.setattr(notifier_progress.time, "monotonic", lambda: now[0])
-    assert progress.changed(TP, {"a": {5}})
-    progress.written[TP], progress.written_at[TP] = {"a": {5}}, now[0]
-    assert not progress.changed(TP, {"a": {5}}, final=True)  # nothing new
+    assert progress.changed(TP, 5, {"a": {5}})
+    progress.written[TP], progress.written_at[TP] = (5, {"a": {5}}), now[0]
+    assert not progress.changed(TP, 5, {"a": {5}}, final=True)  # nothing new
     now[0] += WRITE_INTERVAL_S - 0.1
-    assert not progress.changed(TP, {"a": {5, 6}})
-    assert progress.changed(TP, {"a": {5, 6}}, final=True)
+    assert not progress.changed(TP, 5, {"a": {5, 6}})
+    assert progress.changed(TP, 5, {"a": {5, 6}}, final=True)
     now[0] += 0.2
-    assert progress.changed(TP, {"a": {5, 6}})
+    assert progress.changed(TP, 5, {"a": {5, 6}})
+
+
+def test_a_record_that_no_longer_describes_the_partition_is_superseded_even_by_an_empty_one() -> None:
+    """The latest record applies again after a reset of the group's offsets to its base or below: it must
+    not state progress that is over (everything delivered) or from an older base."""
+    progress = ProgressLog(load_settings(), group_id="g", bootstrap="127.0.0.1:1")
+    progress.partitions = 8
+    progress.producer = object()  # type: ignore[assignment]  # only whether there is one is read here
+    assert not progress.changed(TP, 7, {}, final=True)  # no record and nothing to state: nothing written
+    progress.written[TP] = (0, {"b": {0, 1, 2}})  # e.g. read back on assignment
+    assert progress.changed(TP, 3, {}, final=True)  # all finished since: an empty record replaces it
+    assert progress.changed(TP, 1, {"b": {1, 2}}, final=True)  # same facts above a newer base
+    assert not progress.changed(TP, 0, {"b": {0, 1, 2}}, final=True)
+    progress.written[TP] = (3, {})
+    assert not progress.changed(TP, 9, {}, final=True)  # an empty record holds for any later base
