@@ -127,7 +127,12 @@ class Notifier:
         self.pending = PendingOffsets()
         self.topic = settings.topic(HOT_LEADS.name)
         self.assigned = False
-        self.progress = ProgressLog(settings, group_id=group_id, bootstrap=self.bootstrap)
+        self.progress = ProgressLog(
+            settings,
+            group_id=group_id,
+            bootstrap=self.bootstrap,
+            dropped=self.metrics.notifier_progress_dropped,
+        )
         self.offsets = GroupOffsets(
             settings,
             group_id=group_id,

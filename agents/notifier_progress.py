@@ -21,8 +21,8 @@ outlive the state it describes: a record that differs from the current ``(base, 
 by an empty one once everything is finished. Before, the record written while a target hung (base 0, the
 other target done with everything) stayed the latest after all was delivered, and a reset of the group to
 0 skipped that other target for every notification the operator asked to have sent again. A record larger
-than ``MAX_RECORD_BYTES`` is not written (logged once per partition, counted in ``dropped``): the last one
-written still holds.
+than ``MAX_RECORD_BYTES`` is not written (logged once per partition, counted in ``dropped`` and
+``leadpulse_notifier_progress_dropped_total``): the last one written still holds.
 """
 
 from __future__ import annotations
@@ -36,6 +36,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
+from prometheus_client import Counter
 
 from sinks.webhook import WebhookTarget
 from streams.broker import aiokafka_client_config
@@ -121,8 +122,11 @@ def applicable(record: tuple[int, Done] | None, committed: int | None) -> Done:
 class ProgressLog:
     """Reads a group's progress records on assignment and writes them after commits."""
 
-    def __init__(self, settings: Settings, *, group_id: str, bootstrap: str) -> None:
+    def __init__(
+        self, settings: Settings, *, group_id: str, bootstrap: str, dropped: Counter | None = None
+    ) -> None:
         self.settings = settings
+        self.dropped_counter = dropped  # leadpulse_notifier_progress_dropped_total, when exported
         self.group_id = group_id
         self.bootstrap = bootstrap
         self.topic = settings.topic(NOTIFIER_PROGRESS.name)
@@ -235,6 +239,8 @@ class ProgressLog:
         value = encode(base, done)
         if value is None:
             self.dropped += 1
+            if self.dropped_counter is not None:
+                self.dropped_counter.inc()
             self._warn_once(
                 f"big-{tp}",
                 "notifier progress of %s[%d] exceeds %d bytes: not written (%d so far); a "

@@ -297,6 +297,13 @@ class Metrics:
             ["target"],
             registry=r,
         )
+        self.notifier_progress_dropped = Counter(
+            "leadpulse_notifier_progress_dropped_total",
+            "Per-target progress records the notifier did not write because they exceed their size limit "
+            "(agents/notifier_progress.py, MAX_RECORD_BYTES): the partition's last record still holds, so "
+            "a restart may send targets again what they had finished.",
+            registry=r,
+        )
 
         # --- collector: HTTP -> Kafka -------------------------------------------------------------------
         self.collector_requests = Counter(

@@ -7,6 +7,7 @@ import pytest
 from aiokafka import TopicPartition
 
 from agents import notifier_progress
+from agents.notifications import Notifier
 from agents.notifier_group import PendingOffsets
 from agents.notifier_progress import (
     ALL,
@@ -131,3 +132,15 @@ def test_a_record_that_no_longer_describes_the_partition_is_superseded_even_by_a
     assert not progress.changed(TP, 0, {"b": {0, 1, 2}}, final=True)
     progress.written[TP] = (3, {})
     assert not progress.changed(TP, 9, {}, final=True)  # an empty record holds for any later base
+
+
+async def test_a_record_too_large_to_write_is_counted_in_the_notifiers_metrics() -> None:
+    """Ops see progress that was not written (a restart then re-sends) on /metrics, not only in a log."""
+    slack = WebhookTarget("slack-0", "https://hooks.example/x", "slack")
+    notifier = Notifier(load_settings(), targets=[slack])
+    notifier.progress.producer = object()  # type: ignore[assignment]  # a record too large is never sent
+    registry = notifier.metrics.registry
+    assert registry.get_sample_value("leadpulse_notifier_progress_dropped_total") == 0
+    await notifier.progress.save(TP, 0, {"a": set(range(0, 4 * MAX_RECORD_BYTES, 2))})
+    assert registry.get_sample_value("leadpulse_notifier_progress_dropped_total") == 1
+    assert notifier.progress.dropped == 1
