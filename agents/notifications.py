@@ -271,7 +271,7 @@ class Notifier:
         does not decode; False when stopping first."""
         tp = TopicPartition(msg.topic, msg.partition)
         value = msg.value or b""
-        skipped = self.pending.skipped(tp, msg.offset)
+        skipped = self.pending.skipped(tp, msg.offset, msg.timestamp)
         lanes = [] if ALL in skipped else [lane for lane in self.lanes if lane.key not in skipped]
         if not lanes:  # every target finished it (or its dead letter was taken) before
             self.pending.add(tp, msg.offset, 0, skipped)

@@ -47,6 +47,7 @@ class PendingOffsets:
         self._epoch: dict[TopicPartition, int] = {}  # revocations seen per partition
         self._finished: dict[TopicPartition, dict[int, set[str]]] = {}  # offset -> targets done with it
         self._carried: dict[TopicPartition, dict[int, set[str]]] = {}  # the same, from before a restart
+        self._carried_at: dict[TopicPartition, int] = {}  # when that progress was written (ms)
 
     def epoch(self, tp: TopicPartition) -> int:
         """What a delivery added now reports back to ``done`` (a revocation starts a new epoch)."""
@@ -61,16 +62,33 @@ class PendingOffsets:
             self._finished.setdefault(tp, {}).setdefault(offset, set()).update(skipped)
         self._next[tp] = max(self._next.get(tp, 0), offset + 1)
 
-    def skipped(self, tp: TopicPartition, offset: int) -> frozenset[str]:
-        """The targets that finished ``offset`` before a restart or rebalance."""
+    def skipped(self, tp: TopicPartition, offset: int, timestamp_ms: int = -1) -> frozenset[str]:
+        """The targets that finished ``offset`` (a record of ``timestamp_ms``) before a restart or rebalance.
+
+        A record newer than the progress means the offsets were reused (leads.hot recreated while the
+        group's offsets survived, a log truncated by an unclean leader election): that progress is about
+        records the log no longer holds, and is dropped for the partition. Before, every target it named
+        was skipped for the new notifications at those offsets. A worker clock ahead of the notifier's
+        only costs re-sends."""
+        written_ms = self._carried_at.get(tp, -1)
+        if 0 <= written_ms < timestamp_ms and self._carried.get(tp):
+            del self._carried[tp]
+            log.warning(
+                "%s[%d]@%d is newer than the notifier progress read for it: offsets were reused, "
+                "the progress is ignored and every target is sent what follows",
+                tp.topic,
+                tp.partition,
+                offset,
+            )
         return frozenset(self._carried.get(tp, {}).get(offset, ()))
 
-    def carry(self, tp: TopicPartition, done: dict[str, set[int]]) -> None:
+    def carry(self, tp: TopicPartition, done: dict[str, set[int]], written_ms: int = -1) -> None:
         by_offset: dict[int, set[str]] = {}
         for target, offsets in done.items():
             for offset in offsets:
                 by_offset.setdefault(offset, set()).add(target)
         self._carried[tp] = by_offset
+        self._carried_at[tp] = written_ms
 
     def done(self, tp: TopicPartition, offset: int, epoch: int = 0, target: str | None = None) -> None:
         """``target`` (a ``notifier_progress.target_keys`` key, ``ALL``, or None: not recorded) finished
@@ -111,6 +129,7 @@ class PendingOffsets:
             self._next.pop(tp, None)
             self._finished.pop(tp, None)
             self._carried.pop(tp, None)
+            self._carried_at.pop(tp, None)
             self._epoch[tp] = self._epoch.get(tp, 0) + 1
 
     @property
@@ -202,7 +221,7 @@ class GroupOffsets:
         if self.progress is not None:  # read for every partition: the first write supersedes a stale record
             records = await self.progress.load(assigned)
             for tp, record in records.items():
-                self.pending.carry(tp, applicable(record, found.get(tp)))
+                self.pending.carry(tp, applicable(record, found.get(tp)), self.progress.read_ms.get(tp, -1))
 
     async def inherit(self, consumer: AIOKafkaConsumer, tps: Sequence[TopicPartition], group: str) -> None:
         """Start ``tps`` at ``group``'s committed offsets and commit them as this group's own.

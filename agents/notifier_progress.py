@@ -134,6 +134,7 @@ class ProgressLog:
         self.partitions: int | None = None  # of the progress topic; None until read (or missing)
         self.written: dict[TopicPartition, tuple[int, Done]] = {}  # the latest record (written or read)
         self.written_at: dict[TopicPartition, float] = {}  # monotonic time of the last write
+        self.read_ms: dict[TopicPartition, int] = {}  # the record read back: when it was written
         self.dropped = 0  # records not written because too large
         self._warned: set[str] = set()
 
@@ -210,6 +211,7 @@ class ProgressLog:
                     if tp is not None and (parsed := decode(record.value)) is not None:
                         found[tp] = parsed
                         self.written[tp] = parsed
+                        self.read_ms[tp] = record.timestamp
             for src in list(todo):
                 high = reader.highwater(src)
                 if high is not None and await reader.position(src) >= high:
@@ -267,3 +269,4 @@ class ProgressLog:
         for tp in tps:
             self.written.pop(tp, None)
             self.written_at.pop(tp, None)
+            self.read_ms.pop(tp, None)

@@ -100,6 +100,17 @@ def test_carried_progress_is_skipped_and_kept_until_the_offset_is_taken_again() 
     assert pending.committable() == {TP: 7}
 
 
+def test_carried_progress_is_dropped_at_a_record_newer_than_it_offsets_reused() -> None:
+    pending = PendingOffsets()
+    pending.carry(TP, {"a": {5, 6, 7}}, written_ms=1_000)
+    assert pending.skipped(TP, 5, 999) == {"a"}  # older than the progress: the record it is about
+    assert pending.skipped(TP, 6, 1_001) == frozenset()  # newer: another record at a reused offset
+    assert pending.skipped(TP, 7, 500) == frozenset()  # and so is everything after it
+    assert pending.progress(TP, 0) == {}
+    pending.carry(TP, {"a": {5}})  # no time known (-1): applied as before
+    assert pending.skipped(TP, 5, 10**13) == {"a"}
+
+
 def test_a_running_notifier_writes_a_partitions_progress_at_most_every_interval_and_always_at_a_stop(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
