@@ -105,7 +105,8 @@ def decode(value: bytes | None) -> tuple[int, Done] | None:
         }
     except (ValueError, TypeError, KeyError, AttributeError):
         return None
-    if sum(last - first + 1 for ranges in runs.values() for first, last in ranges) > MAX_OFFSETS:
+    # max(0, …): a backwards run counted negative and let a run of 10**12 through
+    if sum(max(0, last - first + 1) for ranges in runs.values() for first, last in ranges) > MAX_OFFSETS:
         return None  # not one of ours: a partition never has that many notifications in flight
     return base, {
         k: {o for first, last in ranges for o in range(first, last + 1)} for k, ranges in runs.items()

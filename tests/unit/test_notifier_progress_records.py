@@ -40,7 +40,19 @@ def test_a_record_too_large_is_not_encoded_and_garbage_is_not_decoded() -> None:
     assert encode(0, {"a": scattered}) is None
     # one more offset than any record of ours holds: a run of 10**12 would take all the process's memory
     huge = b'{"base": 0, "done": {"a": [[0, %d]]}}' % MAX_OFFSETS
-    for value in (None, b"", b"not json", b"[]", b'{"base": 1}', b'{"base": 1, "done": {"a": [[1]]}}', huge):
+    # a backwards run must not pay for a long one: their sum was 2, and 10**12 offsets were expanded (here
+    # 3 * MAX_OFFSETS, which fails quickly)
+    offset = b'{"base": 0, "done": {"a": [[0, %d]], "b": [[0, -%d]]}}' % (3 * MAX_OFFSETS, 3 * MAX_OFFSETS)
+    for value in (
+        None,
+        b"",
+        b"not json",
+        b"[]",
+        b'{"base": 1}',
+        b'{"base": 1, "done": {"a": [[1]]}}',
+        huge,
+        offset,
+    ):
         assert decode(value) is None
 
 
