@@ -128,7 +128,13 @@ def test_an_erasure_whose_account_cannot_be_encoded_is_dead_lettered_and_the_res
     assert letter["key"] == gone.encode() and letter["value"] is None, letter
     assert gone in letter["error"] and "buyer.example" in letter["error"] and "injected" in letter["error"]
     scores = outputs(broker_settings)["account_score"]
-    assert scores and all(r["leads"] == 2 for r in scores), "the account that could not be built was written"
+    named = [{t["lead_id"] for t in r["top_leads"]} for r in scores]
+    # Before the erasure the account is scored with both leads, or first with the erased one alone when the
+    # two profiles fall in separate batches (timing; it failed a CI run as "leads == 2"). What may never be
+    # written is the account the erasure could not build: the one that keeps `stays` without `gone`.
+    assert {gone, stays} in named, named
+    built_without_gone = [n for n in named if stays in n and gone not in n]
+    assert not built_without_gone, "the account that could not be built was written"
 
 
 def test_two_erased_leads_of_one_account_both_leave_it_in_the_same_erasure_batch(
