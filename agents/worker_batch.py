@@ -23,6 +23,7 @@ from agents.lead_store import due_header
 from agents.outputs import Output
 from agents.state import LeadState
 from agents.worker_clock import now_ms
+from streams.dlq import writer_headers
 from streams.event_hygiene import InadmissibleEvent
 from streams.metrics import observe_many
 
@@ -35,6 +36,9 @@ if TYPE_CHECKING:
 #: output copies a few of its fields); a lead state need not: its parts are bounded in number, not in bytes
 #: (up to 200 buffered anonymous events of up to 64 KiB each, 2,500 seen ids of up to 256 characters).
 MAX_RECORD_BYTES = 1_000_000
+
+#: Headers of every dead letter the worker writes (an input record's, an erasure's part not done).
+DLQ_HEADERS = writer_headers("worker")
 
 
 class RecordTooLarge(InadmissibleEvent):

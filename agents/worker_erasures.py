@@ -13,8 +13,8 @@ from typing import TYPE_CHECKING, Any, Protocol
 from agents.account import AccountState, without_lead
 from agents.kafka_batches import Record
 from agents.lead_store import ACCOUNT_PREFIX
-from agents.worker_batch import Batch, NotWritable, flush, send
-from streams.dlq import dead_letter, encode_dead_letter, writer_headers
+from agents.worker_batch import DLQ_HEADERS, Batch, NotWritable, flush, send
+from streams.dlq import dead_letter, encode_dead_letter
 from streams.erasures import erasure_id
 from streams.topics import ERASURES
 
@@ -22,7 +22,6 @@ if TYPE_CHECKING:
     from agents.worker import LeadWorker
 
 log = logging.getLogger("agents.worker")
-DLQ_HEADERS = writer_headers("worker")
 
 
 class ErasureSource(Protocol):

@@ -18,11 +18,11 @@ from agents.core import StepResult, step
 from agents.kafka_batches import murmur2_partition
 from agents.lead_store import ACCOUNT_PREFIX
 from agents.state import LeadState
-from agents.worker_batch import Batch, NotWritable, RecordTooLarge, flush
+from agents.worker_batch import DLQ_HEADERS, Batch, NotWritable, RecordTooLarge, flush
 from agents.worker_clock import now_ms
 from agents.worker_failures import core_raised, not_written, too_large
 from schemas.errors import SchemaError
-from streams.dlq import dead_letter, encode_dead_letter, writer_headers
+from streams.dlq import dead_letter, encode_dead_letter
 from streams.event_hygiene import InadmissibleEvent, check_admissible, invalid_reason
 from streams.producer import lead_key
 from streams.topics import MAX_INPUT_RECORD_BYTES
@@ -32,7 +32,6 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("agents.worker")  # the name it logged under before the split: log lines unchanged
 
-DLQ_HEADERS = writer_headers("worker")
 ACCOUNT_HOP_LAST = "account_domain"  # lead_score fields up to this one hold all of HOP_FIELDS
 Decoded = tuple[ConsumerRecord, str, dict[str, Any]]  # (message, schema, record)
 
