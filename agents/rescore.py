@@ -181,23 +181,12 @@ def rescore(events: Iterable[Event], old: Rules, new: Rules, now_ms: int) -> Res
     return RescoreReport(len(order), len(after), changes, unmatched, typos, len(history) - len(order))
 
 
-def leave_out_erased(
-    events: Iterable[Event], is_erased: Callable[[str | None], bool]
-) -> tuple[list[Event], int]:
-    """``events`` without the records of erased identities, and how many were left out.
+def drop_erased(history: CompactHistory, is_erased: Callable[[str | None], bool]) -> int:
+    """Leave out, in place, the records of erased identities; returns how many went.
 
     The predicate is the sink's and ``replay``'s (``streams.erasures.record_erased``): a history file is read
     as the input topics are (DESIGN §10, a replay does not bring an erased lead back). Imported here, not at
     the top: it brings the Kafka clients, which the pure replay does not need."""
-    from streams.erasures import record_erased
-
-    every = list(events)
-    kept = [(schema, record) for schema, record in every if not record_erased(schema, record, is_erased)]
-    return kept, len(every) - len(kept)
-
-
-def drop_erased(history: CompactHistory, is_erased: Callable[[str | None], bool]) -> int:
-    """``leave_out_erased`` in place on a compact history (no list of decoded events); how many went."""
     from streams.erasures import record_erased
 
     return history.drop(lambda schema, record: record_erased(schema, record, is_erased))

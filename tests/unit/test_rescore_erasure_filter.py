@@ -10,7 +10,8 @@ import pytest
 import typer
 from typer.testing import CliRunner
 
-from agents.rescore import leave_out_erased
+from agents.rescore import drop_erased
+from agents.rescore_history import CompactHistory
 from leadpulse.commands import rescore_cmds
 from tests.unit.builders import HOUR, T0, identified, visit
 from tests.unit.test_rescore import NOW, cli_files, rescore_app
@@ -23,7 +24,7 @@ def cli(monkeypatch: pytest.MonkeyPatch) -> typer.Typer:
     return rescore_app(monkeypatch)
 
 
-def test_leave_out_erased_drops_every_record_of_an_erased_identity() -> None:
+def test_drop_erased_drops_every_record_of_an_erased_identity() -> None:
     """The sink's predicate: the lead id or a linked anonymous id (a visit before the lead was known)."""
     events = [
         identified(lead="L1", t=T0, event_id="p1"),
@@ -31,10 +32,12 @@ def test_leave_out_erased_drops_every_record_of_an_erased_identity() -> None:
         visit(lead="L2", t=T0, category="blog", event_id="w2"),
         identified(lead="L3", t=T0 + HOUR, anon="A3", event_id="p3"),
     ]
-    kept, erased = leave_out_erased(events, {"L1", "A1", "A3"}.__contains__)
+    history = CompactHistory(events)
+    erased = drop_erased(history, {"L1", "A1", "A3"}.__contains__)
     assert erased == 3
-    assert [event["event_id"] for _, event in kept] == ["w2"]
-    assert leave_out_erased(events, set[str]().__contains__) == (events, 0)
+    assert [event["event_id"] for _, event in history] == ["w2"]
+    untouched = CompactHistory(events)
+    assert (drop_erased(untouched, set[str]().__contains__), list(untouched)) == (0, events)
 
 
 def test_a_history_file_without_a_broker_says_erasures_were_not_checked(
