@@ -33,9 +33,9 @@ from streams.collector_publishers import (
     PublishCut,
     Publisher,
     PublishError,
-    StoppingRunner,
     start_waiting,
 )
+from streams.collector_stop import StoppingRunner, admitted, request_began, request_ended, shutting_down
 from streams.intake import (
     BROWSER_TYPES,
     EVENT_TYPES,
@@ -169,7 +169,7 @@ class Collector:
     ) -> web.StreamResponse:
         """CORS on every answer (errors included, or the browser hides them) and request metrics."""
         start = time.perf_counter()
-        self.in_flight.requests += 1  # the stop waits for them to be answered (StoppingRunner)
+        request_began(request)  # the stop waits for it to be answered (StoppingRunner)
         try:
             response = await handler(request)
         except web.HTTPException as exc:
@@ -187,7 +187,9 @@ class Collector:
             log.exception("collector: unexpected error answering %s %s", request.method, request.path)
             response = _error(500, "internal_error", "the collector failed on this request; see its log")
         finally:
-            self.in_flight.request_done()
+            request_ended(request)
+        if self.in_flight.stopping:  # Connection: close: its client's next request goes to another collector
+            response.force_close()
         response.headers["Access-Control-Allow-Origin"] = self.allowed_origin
         if request.path.startswith("/v1/"):
             self.metrics.collector_requests.labels(status=str(response.status)).inc()
@@ -214,8 +216,9 @@ class Collector:
 
     async def handle_events(self, request: web.Request) -> web.Response:
         received_at = int(self.clock() * 1000)
-        if self.in_flight.stopping:  # on a connection still open: refused unread, the client re-sends
-            return _stopping("the collector is stopping")
+        # begun after the stop: refused unread (re-sent); one whose head was arriving then: read, in the grace
+        if self.in_flight.stopping and (self.in_flight.cut_off or not admitted(request)):
+            return shutting_down("the collector is stopping")
         if request.content_length is not None and request.content_length > self.limits.max_body_bytes:
             return self._too_large(request.content_length)
         header_key = key_from_authorization(request.headers.get("Authorization"))
@@ -334,7 +337,7 @@ class Collector:
                 await self.in_flight.publish(self.publisher, messages)
             except PublishCut as exc:
                 self.metrics.collector_events.labels(source=source, result="unavailable").inc(len(messages))
-                return _stopping(str(exc))
+                return shutting_down(str(exc))
             except PublishError as exc:
                 self.last_publish_error = str(exc)
                 log.warning("collector: %s", exc)
@@ -372,13 +375,6 @@ class Collector:
             f"{size} exceeds the limit of {self.limits.max_body_bytes} bytes; "
             f"send at most {self.limits.max_batch} events per request",
         )
-
-
-def _stopping(reason: str) -> web.Response:
-    resend = "retry it with the same event_ids (its events may still land: duplicates are removed downstream)"
-    response = _error(503, "shutting_down", f"{reason}; not acknowledged, {resend}", **{"Retry-After": "2"})
-    response.force_close()  # Connection: close: its retry goes to a collector that is not stopping
-    return response
 
 
 async def serve(collector: Collector, host: str, port: int, start_publisher: bool = True) -> web.AppRunner:

@@ -14,7 +14,6 @@ from collections.abc import Callable, Sequence
 from functools import lru_cache
 from typing import Any, Protocol
 
-from aiohttp import web
 from aiokafka.partitioner import murmur2
 
 from streams.backoff import backoff_seconds
@@ -129,8 +128,9 @@ class AioKafkaPublisher:
 
 
 class InFlight:
-    """The publishes under way, so that a stop can end them: ``begin_stop`` (aiohttp's on_shutdown) sets
-    ``stopping`` (new requests are answered 503); after ``grace_s`` each publish still waiting raises
+    """The publishes under way, so that a stop can end them: ``begin_stop`` (``StoppingRunner``, and aiohttp's
+    on_shutdown) sets ``stopping`` (requests begun after it are answered 503 unread: streams/collector_stop.py
+    tells them from those whose head was arriving); after ``grace_s`` each publish still waiting raises
     ``PublishCut`` (its request is answered 503), and so does any publish begun later.
 
     Why: a request in flight waited for the broker's acknowledgement up to the publish timeout (up to 300 s),
@@ -145,8 +145,6 @@ class InFlight:
         self._waiting: set[asyncio.Task[Any]] = set()
         self._cut: set[asyncio.Task[Any]] = set()
         self._timer: asyncio.TimerHandle | None = None
-        self.requests = 0  # requests in progress (the collector's middleware counts them), for the stop
-        self._answered: asyncio.Event | None = None
 
     def __len__(self) -> int:
         return len(self._waiting)
@@ -197,53 +195,6 @@ class InFlight:
     def cancel(self) -> None:
         if self._timer is not None:
             self._timer.cancel()
-
-    def request_done(self) -> None:
-        self.requests -= 1
-        if not self.requests and self._answered is not None:
-            self._answered.set()
-
-    async def wait_answered(self, timeout_s: float) -> bool:
-        """Wait for the requests in progress to be answered, up to ``timeout_s``; whether they were. A request
-        still receiving its body is answered once it has it (202 within the grace, then 503)."""
-        for _ in range(2):  # a head just parsed: its connection wakes, then starts its handler
-            await asyncio.sleep(0)
-        if self.requests:
-            self._answered = asyncio.Event()
-            try:
-                async with asyncio.timeout(timeout_s):
-                    await self._answered.wait()
-            except TimeoutError:
-                return False
-        return True
-
-
-class StoppingRunner(web.AppRunner):
-    """The collector's runner: ``cleanup`` (at SIGTERM) closes the port, begins the stop and waits for the
-    requests in progress to be answered, then lets aiohttp close the connections.
-
-    Why: aiohttp's own cleanup closes every connection first, and a closed connection drops the bytes still
-    arriving: a request whose body was on its way at SIGTERM never got the rest, waited for aiohttp's
-    shutdown timeout (the grace + 5 s), holding the stop, and was dropped unanswered. They get that time
-    here, and aiohttp's wait, once it has closed their connections, only backs it up (1 s)."""
-
-    def __init__(self, app: web.Application, in_flight: InFlight, **kwargs: Any) -> None:
-        super().__init__(app, shutdown_timeout=1.0, **kwargs)
-        self.in_flight = in_flight
-        self.wait_s = in_flight.grace_s + 5
-
-    async def cleanup(self) -> None:
-        for site in list(self.sites):
-            await site.stop()
-        await self.in_flight.begin_stop()
-        if not await self.in_flight.wait_answered(self.wait_s):
-            log.warning(
-                "collector stopping: %d request(s) still unanswered after %g s (a body still arriving), "
-                "their connections closed",
-                self.in_flight.requests,
-                self.wait_s,
-            )
-        await super().cleanup()
 
 
 async def start_waiting(

@@ -243,3 +243,42 @@ def test_a_request_still_sending_its_body_at_the_stop_gets_an_answer(body_ends: 
         assert status == b"HTTP/1.1 503 Service Unavailable", answer
         assert b'"shutting_down"' in answer and accepted == 0, answer
         assert b"\r\nConnection: close\r\n" in answer, answer  # its retry opens a connection elsewhere
+
+
+@pytest.mark.parametrize("case", ["head-then-gone", "body-drained-after-answer"])
+def test_connections_with_no_request_to_answer_do_not_hold_the_stop(case: str) -> None:
+    """The stop waits for a head that was arriving (tests/integration/test_collector_stop_mid_head.py), not
+    for a client that sent part of a head and closed, nor for the rest of a body sent after its request was
+    answered unread (401 here: aiohttp drains it; those bytes are no new request's head)."""
+
+    async def scenario() -> tuple[float, bytes]:
+        settings = load_settings(write_keys={"web": "k"}, collector_stop_grace_s=10)
+        collector = Collector(settings, publisher=Acknowledged())
+        runner = await serve(collector, "127.0.0.1", 0)
+        reader, writer = await asyncio.open_connection("127.0.0.1", bound_port(runner))
+        answer = b""
+        if case == "head-then-gone":
+            writer.write(b"POST /v1/events HTTP/1.1\r\nHost: x\r\nAutho")
+            await writer.drain()
+            await asyncio.sleep(0.1)
+            writer.close()
+        else:
+            body = b'[{"type": "web_visit"}]' * 100
+            writer.write(
+                b"POST /v1/events HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer nope\r\n"
+                b"Content-Length: %d\r\n\r\n%s" % (len(body), body[:10])
+            )
+            await writer.drain()
+            answer = await reader.readuntil(b"}")  # the 401, its body read no further
+            writer.write(body[10:])
+            await writer.drain()
+        await asyncio.sleep(0.2)
+        began = time.monotonic()
+        await runner.cleanup()
+        writer.close()
+        return time.monotonic() - began, answer
+
+    took, answer = asyncio.run(scenario())
+    assert took < 2, f"the stop took {took:.1f} s (grace 10 s): it waited for a request no one was sending"
+    if case == "body-drained-after-answer":
+        assert answer.startswith(b"HTTP/1.1 401"), answer
