@@ -130,6 +130,13 @@ class StoppingRunner(web.AppRunner):
         for connection in self._connections():
             connection.head_at_stop = connection.head_arriving
         await self.in_flight.begin_stop()  # never suspends: a head completing from now on finds its mark
+        if waiting := self._waiting():
+            log.info(
+                "collector stopping: %d request(s) begun before the stop (head or body maybe still arriving) "
+                "are read and answered, for up to %g s",
+                waiting,
+                self.wait_s,
+            )
         loop = asyncio.get_running_loop()
         deadline = loop.time() + self.wait_s
         while (waiting := self._waiting()) and loop.time() < deadline:
