@@ -40,6 +40,7 @@ from agents.notifier_dead_letters import send_dead_letter
 from agents.notifier_delivery import work_lane
 from agents.notifier_group import GROUP_ID, GroupOffsets, NotifierRebalance, PendingOffsets, notifier_group
 from agents.notifier_progress import ALL, ProgressLog, target_keys
+from agents.notifier_stop import stop_clients
 from agents.webhook_lanes import Job, Lane, put_job
 from schemas.errors import SchemaError
 from schemas.registry import SchemaRegistry, default_registry
@@ -53,7 +54,7 @@ from sinks.webhook import (
     targets_from_settings,
 )
 from streams.broker import aiokafka_client_config, group_timeouts
-from streams.kafka_close import start_client, start_unless_stopped, stop_consumer, stop_producer
+from streams.kafka_close import start_client, start_unless_stopped
 from streams.metrics import LagGauge, Metrics
 from streams.settings import Settings
 from streams.stoppable import finished_before_stop
@@ -246,10 +247,9 @@ class Notifier:
                     for task in workers:
                         task.cancel()
                     await asyncio.gather(committer, *workers, return_exceptions=True)
-                    await self.offsets.commit(consumer, final=True)
+                    await self.offsets.commit(consumer, final=True, stopping=True)
         finally:
-            await stop_consumer(consumer)
-            await stop_producer(producer)
+            await stop_clients(consumer, producer)  # at once, the producer's flush bounded (notifier_stop.py)
 
     async def _consume(
         self, consumer: AIOKafkaConsumer, producer: AIOKafkaProducer, stop: asyncio.Event

@@ -31,6 +31,13 @@ log = logging.getLogger("agents.notifications")  # the name it logged under befo
 GROUP_ID = "leadpulse-notifier"
 
 
+#: Longest wait for the commit at a stop (a healthy broker answers in milliseconds). Given up, what
+#: finished since the last commit (``commit_interval_s``, 0.5 s, of deliveries) is sent again after a
+#: restart; waited for as long as any other commit, it held a stop with the broker hung
+#: ``COMMIT_TIMEOUT_S`` before the clients' closes.
+STOP_COMMIT_TIMEOUT_S = 5.0
+
+
 def notifier_group(settings: Settings) -> str:
     return settings.topic_prefix + GROUP_ID
 
@@ -162,34 +169,64 @@ class GroupOffsets:
         self.progress = progress
         self.committed: dict[TopicPartition, int] = {}
 
-    async def commit(self, consumer: AIOKafkaConsumer, *, final: bool = False) -> None:
+    async def commit(
+        self, consumer: AIOKafkaConsumer, *, final: bool = False, stopping: bool = False
+    ) -> None:
         """Commit what moved, then write the targets' progress above it (``agents/notifier_progress.py``):
         at most every ``WRITE_INTERVAL_S`` per partition, and always when ``final`` (a stop, a revocation).
 
         Progress is written only after a commit that succeeded, so that a record's ``base`` is never above
         the group's offset (such a record is ignored), and so that a broker that does not answer costs the
         stop one commit timeout, not one more per record. Progress that changed while no offset moved
-        re-commits the same offsets first, for that reason."""
+        re-commits the same offsets first, for that reason.
+
+        ``stopping``: the stop's last commit, nothing is retried after it: given up after
+        ``STOP_COMMIT_TIMEOUT_S``, with a warning naming what was given up (a restart re-sends, no loss)."""
         assigned = consumer.assignment()
         committable = self.pending.committable()
         offsets = {
             tp: off for tp, off in committable.items() if self.committed.get(tp) != off and tp in assigned
         }
         writes = self._progress_writes(assigned, {**self.committed, **offsets}, final)
+        unwritten, reason = 0, ""
         if offsets or writes:
             try:
-                await commit(consumer, offsets or {tp: base for tp, (base, _) in writes.items()})
+                await commit(
+                    consumer,
+                    offsets or {tp: base for tp, (base, _) in writes.items()},
+                    STOP_COMMIT_TIMEOUT_S if stopping else None,
+                )
                 self.committed.update(offsets)
             except Exception as exc:  # a failed commit only means re-delivery after a restart
-                log.warning("notifier commit failed (will retry): %s: %s", type(exc).__name__, exc)
-                writes = {}
-        for tp, (base, done) in sorted(writes.items()):
+                reason = _reason(exc)
+                if stopping and offsets:
+                    log.warning(
+                        "notifier stopping: commit of %d partition(s) given up at the stop (%s); what was "
+                        "delivered since the last commit is sent again after a restart",
+                        len(offsets),
+                        reason,
+                    )
+                elif not stopping:
+                    log.warning("notifier commit failed (will retry): %s", reason)
+                unwritten, writes = len(writes), {}
+        for done_writes, (tp, (base, done)) in enumerate(sorted(writes.items())):
             assert self.progress is not None  # there are writes only with one
             try:
                 await self.progress.save(tp, base, done)
             except Exception as exc:  # the last record written still holds: a restart re-sends more
-                log.warning("notifier progress not written (will retry): %s: %s", type(exc).__name__, exc)
+                reason = _reason(exc)
+                if not stopping:
+                    log.warning("notifier progress not written (will retry): %s", reason)
+                unwritten = len(writes) - done_writes
                 break
+        if stopping and unwritten:
+            log.warning(
+                "notifier stopping: progress of %d partition(s) not written, given up at the stop (%s); a "
+                "restart may send targets again what they had finished (receivers drop it by idempotency "
+                "key, a Slack target shows it twice)",
+                unwritten,
+                reason,
+            )
         self.report_lag(consumer)  # also when nothing moved: a stuck receiver is exactly that case
 
     def _progress_writes(
@@ -266,6 +303,12 @@ class GroupOffsets:
         """Notifications not yet delivered (or given up) per partition: a stuck receiver shows as lag."""
         done = self.committed
         self.lag_gauge.report(consumer_lags(consumer, lambda tp: done.get(tp, 0), lambda _: HOT_LEADS.name))
+
+
+def _reason(exc: BaseException) -> str:
+    """``Type: message`` (a timeout has no message; a KafkaError's message already starts with its type)."""
+    name, text = type(exc).__name__, str(exc)
+    return text if text.startswith(name) else f"{name}: {text}" if text else name
 
 
 class NotifierRebalance(ConsumerRebalanceListener):  # type: ignore[misc]
