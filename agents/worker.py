@@ -156,7 +156,9 @@ class LeadWorker:
         # Each start step waits on the broker (kafka-python's 30 s bootstrap timeout, aiokafka's 40 s): a
         # stop meanwhile ends it at once, nothing consumed yet. Found by
         # tests/faults/test_worker_start_broker_hung.py (SIGTERM took up to 38 s, then exit 1).
-        checking = asyncio.ensure_future(check_broker(settings))
+        # The erasure log (started first: worker_process.serve_worker) knows whether the broker is Tansu: not
+        # asked a second time (a kafka-python admin client for the same answer).
+        checking = asyncio.ensure_future(check_broker(settings, getattr(self.erasures, "tansu", None)))
         if not await finished_before_stop(checking, stop):
             log.info("worker stopped before its topics were checked (nothing consumed)")
             return

@@ -18,13 +18,15 @@ from streams.topics import TOPICS
 GROUP = "leadpulse-worker"  # dashboards and alerts match this group label
 
 
-async def check_broker(settings: Settings) -> bool:
-    """Whether the broker is Tansu (``is_tansu``), once every topic is there (created if missing).
+async def check_broker(settings: Settings, tansu: bool | None = None) -> bool:
+    """Whether the broker is Tansu, once every topic is there (created if missing): ``tansu`` when the caller
+    knows it already (the worker's erasure log asked the broker a moment before), else ``is_tansu``.
 
     In daemon threads (``in_daemon_thread``), not ``asyncio.to_thread``: with the broker hung each call
     waits kafka-python's 30 s bootstrap timeout, and ``asyncio.run`` waits at exit for an executor thread, so
     a worker stopped meanwhile (``LeadWorker.run`` gives this up at a stop) still took up to 30 s to go."""
-    tansu = await in_daemon_thread(is_tansu, settings)
+    if tansu is None:
+        tansu = await in_daemon_thread(is_tansu, settings)
     config = kafka_client_config(settings)
     await in_daemon_thread(
         create_topics,
