@@ -36,7 +36,8 @@ from tests.processes import http_ok, pipeline_processes, wait_until
 
 pytestmark = pytest.mark.faults
 
-#: Under the notifier's 30 s grace period, with room for a commit attempt (10 s) before the close (10 s).
+#: Under the notifier's 30 s grace period: its last commit attempt (5 s at a stop), then the clients' closes
+#: (10 s, both at once).
 STOP_WITHIN_S = 25.0
 
 
