@@ -10,6 +10,7 @@ from typing import Any
 
 import pytest
 
+from agents import worker as worker_module
 from agents import worker_clients
 from agents.rules import load_rules
 from agents.worker import LeadWorker
@@ -31,26 +32,28 @@ class KnownBroker:
         return []
 
 
+class ProducerReached(Exception):
+    """The worker's start went past its topic check to its producer: where this test stops it."""
+
+
 def start_until_topics_checked(
     monkeypatch: pytest.MonkeyPatch, erasures: KnownBroker | None
 ) -> tuple[LeadWorker, list[object]]:
-    """Run the worker's start up to its topic check, then stop it; the worker and the Tansu checks made."""
+    """Run the worker's start through its topic check, up to its producer; the worker and the Tansu checks
+    made. Stopped by raising where the producer is built: a stop set from the topic check could win the race
+    with the check's own result (``finished_before_stop``) and leave ``tansu`` unset."""
     asked: list[object] = []
     monkeypatch.setattr(worker_clients, "is_tansu", lambda settings: asked.append(settings) or True)
+    monkeypatch.setattr(worker_clients, "create_topics", lambda *args, **kwargs: None)
+
+    def worker_producer(*args: object) -> None:
+        raise ProducerReached
+
+    monkeypatch.setattr(worker_module, "worker_producer", worker_producer)
     settings = load_settings(kafka_bootstrap=f"127.0.0.1:{free_port()}")  # nothing listens: never reached
     worker = LeadWorker(settings, load_rules(None), erasures=erasures)
-
-    async def start() -> None:
-        stop = asyncio.Event()
-        loop = asyncio.get_running_loop()
-
-        def create_topics(*args: object) -> None:  # in a daemon thread, the step before the producer's start
-            loop.call_soon_threadsafe(stop.set)
-
-        monkeypatch.setattr(worker_clients, "create_topics", create_topics)
-        await asyncio.wait_for(worker.run(stop), 20)
-
-    asyncio.run(start())
+    with pytest.raises(ProducerReached):
+        asyncio.run(asyncio.wait_for(worker.run(asyncio.Event()), 20))
     return worker, asked
 
 
