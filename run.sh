@@ -42,14 +42,15 @@ case "$verb" in
         .venv/bin/ruff check .
         .venv/bin/ruff format --check .
         .venv/bin/mypy
-        # Two pytest runs, one selection: the unit, integration, e2e and browser suites on three xdist
-        # workers (each with its own broker and chDB; files stay whole; three on two cores because these
-        # tests mostly wait on processes and brokers, README "Two commands"), then the fault suite alone, since
-        # it kills, hangs and restarts brokers and processes and times their recovery (README, "Two
-        # commands"). Exit 5 (nothing selected, e.g. `-k` naming tests of one run only) is not a failure.
+        # Two pytest runs, one selection: the unit, integration, e2e and browser suites on four xdist
+        # workers (each with its own broker and chDB; files stay whole; four on two cores because these tests
+        # mostly wait on processes and brokers), then the fault suite on three, since it kills, hangs and
+        # restarts brokers and processes and times their recovery: alongside the other suites its timings
+        # would share the CPU with them (README "Two commands"). Exit 5 (nothing selected, e.g. `-k` naming
+        # tests of one run only) is not a failure.
         run_pytest() { .venv/bin/pytest "$@" || { local code=$?; [ "$code" -eq 5 ] || return "$code"; }; }
-        run_pytest -m "(unit or integration or e2e or browser) and not faults" -n 3 --dist loadfile "$@"
-        run_pytest -m "faults" "$@"
+        run_pytest -m "(unit or integration or e2e or browser) and not faults" -n 4 --dist loadfile "$@"
+        run_pytest -m "faults" -n 3 --dist loadfile "$@"
         ;;
     *)
         echo "usage: bash run.sh demo|test [args...]" >&2; exit 2
