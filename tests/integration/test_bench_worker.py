@@ -146,7 +146,7 @@ def test_bench_measures_both_workers_and_the_latency(bench: tuple[dict[str, Any]
     flagged = any(result[worker]["upper_bound"] for worker in ("real", "naive"))
     assert ("an upper bound, not timed" in "\n".join(lines)) == flagged
     curve = result["latency_curve"]
-    assert [point["load"] for point in curve] == [0.1, 0.5] and result["latency"] is curve[1]
+    assert [point["load"] for point in curve] == [0.1, 0.25, 0.5] and result["latency"] is curve[2]
     for latency in curve:
         named = latency["sent"] - latency["anonymous"]
         assert 0 < latency["anonymous"] < latency["sent"]  # the workload has both, and only named ones count
@@ -155,11 +155,12 @@ def test_bench_measures_both_workers_and_the_latency(bench: tuple[dict[str, Any]
         assert named // 3 < latency["matched"] <= named
         assert 0 <= latency["p50_ms"] <= latency["p99_ms"] <= latency["max_ms"]
     # each load gets its own events, paced at its own rate
-    assert curve[0]["rate"] == pytest.approx(curve[1]["rate"] / 5)
-    assert curve[0]["sent"] < curve[1]["sent"]
+    assert curve[0]["rate"] == pytest.approx(curve[2]["rate"] / 5)
+    assert curve[1]["rate"] == pytest.approx(curve[2]["rate"] / 2)
+    assert curve[0]["sent"] < curve[1]["sent"] < curve[2]["sent"]
     printed = "\n".join(lines)
     assert "real/naive = " in printed
-    assert sum("event-to-score latency at" in line and "p99" in line for line in lines) == 2
+    assert sum("event-to-score latency at" in line and "p99" in line for line in lines) == 3
 
 
 def test_real_and_naive_workers_reach_the_oracle_stage_for_every_order_robust_lead(
