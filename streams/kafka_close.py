@@ -115,13 +115,19 @@ def _cancel_abandoned_commits(consumer: AIOKafkaConsumer) -> None:
     with the broker hung it failed when the client closed, logged as an error and, at exit, as "Task
     exception was never retrieved" with a traceback (found by tests/faults/test_notifier_stop_broker_hung.py).
     Its caller counts it as not committed, so it is cancelled (a request already sent may still be applied:
-    it commits only what the caller asked)."""
+    it commits only what the caller asked). Only a task no caller awaits any more: another caller's commit
+    on the same consumer (the notifier's commit loop, rebalance listener and stop) still holds the shield's
+    callback, and cancelling it raised CancelledError in a task nobody cancelled
+    (tests/faults/test_commit_given_up_alone.py). The caller's own shield dropped its callback before this
+    runs (the shield's done callback is scheduled before the caller's wake-up)."""
     coordinator = getattr(consumer, "_coordinator", None)
     for task in asyncio.all_tasks():
         coro: Any = task.get_coro()
         frame = getattr(coro, "cr_frame", None)
-        if getattr(coro, "__qualname__", "") == "GroupCoordinator._do_commit_offsets" and (
-            frame is not None and frame.f_locals.get("self") is coordinator
+        if (
+            getattr(coro, "__qualname__", "") == "GroupCoordinator._do_commit_offsets"
+            and (frame is not None and frame.f_locals.get("self") is coordinator)
+            and not getattr(task, "_callbacks", None)  # awaited by another caller's commit
         ):
             task.add_done_callback(_retrieved)
             task.cancel()
