@@ -45,9 +45,18 @@ class Connection(web.RequestHandler):
         self._draining: StreamReader | None = None  # the last request's body, while not all received
 
     def data_received(self, data: bytes) -> None:
+        # (empty lines before a head are no request: RFC 9112 2.2, sent by some clients after a body)
         if data and not self.answering and (self._draining is None or self._draining.is_eof()):
-            self.head_arriving = True
+            self.head_arriving = self.head_arriving or bool(data.strip(b"\r\n"))
         super().data_received(data)
+
+    async def finish_response(
+        self, request: web.BaseRequest, resp: web.StreamResponse, start_time: float | None
+    ) -> tuple[web.StreamResponse, bool]:
+        """Every answer, also one aiohttp gives without the middleware (a 417 to an unknown ``Expect``):
+        its head is no longer arriving (once marked, an idle keep-alive connection held the stop)."""
+        self.head_arriving = self.head_at_stop = False
+        return await super().finish_response(request, resp, start_time)
 
     def request_began(self) -> None:
         self.began_before_stop, self.head_at_stop = self.head_at_stop, False

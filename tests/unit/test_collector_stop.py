@@ -245,11 +245,16 @@ def test_a_request_still_sending_its_body_at_the_stop_gets_an_answer(body_ends: 
         assert b"\r\nConnection: close\r\n" in answer, answer  # its retry opens a connection elsewhere
 
 
-@pytest.mark.parametrize("case", ["head-then-gone", "body-drained-after-answer"])
+@pytest.mark.parametrize(
+    "case", ["head-then-gone", "body-drained-after-answer", "answered-by-aiohttp", "blank-line-after-answer"]
+)
 def test_connections_with_no_request_to_answer_do_not_hold_the_stop(case: str) -> None:
     """The stop waits for a head that was arriving (tests/integration/test_collector_stop_mid_head.py), not
     for a client that sent part of a head and closed, nor for the rest of a body sent after its request was
-    answered unread (401 here: aiohttp drains it; those bytes are no new request's head)."""
+    answered unread (401 here: aiohttp drains it; those bytes are no new request's head), nor for a
+    keep-alive connection idle after an answer aiohttp gave without the collector's middleware (417 to an
+    unknown ``Expect``) or after the empty line some clients send after a body (RFC 9112 2.2): both held the
+    stop for the grace + 5 s, taken for a head arriving."""
 
     async def scenario() -> tuple[float, bytes]:
         settings = load_settings(write_keys={"web": "k"}, collector_stop_grace_s=10)
@@ -262,6 +267,15 @@ def test_connections_with_no_request_to_answer_do_not_hold_the_stop(case: str) -
             await writer.drain()
             await asyncio.sleep(0.1)
             writer.close()
+        elif case in ("answered-by-aiohttp", "blank-line-after-answer"):
+            expect = b"Expect: something\r\n" if case == "answered-by-aiohttp" else b""
+            writer.write(b"GET /health HTTP/1.1\r\nHost: x\r\n%s\r\n" % expect)
+            await writer.drain()
+            answer = await reader.readuntil(b"\r\n\r\n")
+            await asyncio.sleep(0.05)
+            if case == "blank-line-after-answer":
+                writer.write(b"\r\n")
+                await writer.drain()
         else:
             body = b'[{"type": "web_visit"}]' * 100
             writer.write(
@@ -282,3 +296,5 @@ def test_connections_with_no_request_to_answer_do_not_hold_the_stop(case: str) -
     assert took < 2, f"the stop took {took:.1f} s (grace 10 s): it waited for a request no one was sending"
     if case == "body-drained-after-answer":
         assert answer.startswith(b"HTTP/1.1 401"), answer
+    if case == "answered-by-aiohttp":
+        assert answer.startswith(b"HTTP/1.1 417"), answer
