@@ -85,6 +85,12 @@ async def test_a_commit_given_up_leaves_another_callers_commit_alone(tmp_path: P
             await first
         assert time.monotonic() - started > 1.5
         assert not _commit_tasks(consumer), "the first commit's own task was not ended when it gave up"
+
+        # the broker back: a later commit on the same consumer works (no lock held, the connection in step)
+        os.kill(broker.process.pid, signal.SIGCONT)
+        paused = False
+        await kafka_close.commit(consumer, {tp: 3})
+        assert await kafka_close.committed(consumer, tp) == 3
     finally:
         if paused:
             os.kill(broker.process.pid, signal.SIGCONT)
