@@ -101,36 +101,34 @@ async def commit(
         async with asyncio.timeout(timeout_s):  # not wait_for: see the module's docstring
             await consumer.commit(offsets)
     except TimeoutError:
-        _cancel_abandoned_commits(consumer)
+        _retrieve_abandoned_commits(consumer)
         raise CoordinatorUnreachable(
             f"no group coordinator answered a commit within {timeout_s:g}s"
         ) from None
     except asyncio.CancelledError:
-        _cancel_abandoned_commits(consumer)
+        _retrieve_abandoned_commits(consumer)
         raise
 
 
-def _cancel_abandoned_commits(consumer: AIOKafkaConsumer) -> None:
-    """aiokafka sends a commit in a task of its own behind ``asyncio.shield``: a commit given up went on, and
-    with the broker hung it failed when the client closed, logged as an error and, at exit, as "Task
-    exception was never retrieved" with a traceback (found by tests/faults/test_notifier_stop_broker_hung.py).
-    Its caller counts it as not committed, so it is cancelled (a request already sent may still be applied:
-    it commits only what the caller asked). Only a task no caller awaits any more: another caller's commit
-    on the same consumer (the notifier's commit loop, rebalance listener and stop) still holds the shield's
-    callback, and cancelling it raised CancelledError in a task nobody cancelled
-    (tests/faults/test_commit_given_up_alone.py). The caller's own shield dropped its callback before this
-    runs (the shield's done callback is scheduled before the caller's wake-up)."""
+def _retrieve_abandoned_commits(consumer: AIOKafkaConsumer) -> None:
+    """aiokafka sends a commit in a task of its own behind ``asyncio.shield``: a commit given up goes on, and
+    with the broker hung it failed when the client closed, reported at exit as "Task exception was never
+    retrieved" with a traceback (found by tests/faults/test_notifier_stop_broker_hung.py). Its exception is
+    now retrieved (logged at debug) by a callback on the consumer's commit tasks.
+
+    Not cancelled: another caller may be awaiting the same kind of task on the same consumer (the notifier's
+    commit loop, rebalance listener and stop commit), and cancelling every commit task raised CancelledError
+    in a caller nobody cancelled (tests/faults/test_commit_given_up_alone.py). A commit given up may so still
+    be applied later: it commits only what its caller asked, and every caller counts it as not committed
+    (at worst a restart re-reads from an earlier offset; duplicates are dropped by id downstream)."""
     coordinator = getattr(consumer, "_coordinator", None)
     for task in asyncio.all_tasks():
         coro: Any = task.get_coro()
         frame = getattr(coro, "cr_frame", None)
-        if (
-            getattr(coro, "__qualname__", "") == "GroupCoordinator._do_commit_offsets"
-            and (frame is not None and frame.f_locals.get("self") is coordinator)
-            and not getattr(task, "_callbacks", None)  # awaited by another caller's commit
+        if getattr(coro, "__qualname__", "") == "GroupCoordinator._do_commit_offsets" and (
+            frame is not None and frame.f_locals.get("self") is coordinator
         ):
             task.add_done_callback(_retrieved)
-            task.cancel()
 
 
 def _retrieved(task: asyncio.Task[Any]) -> None:
