@@ -6,7 +6,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit
+from urllib.parse import unquote, urlsplit
 
 import pytest
 
@@ -294,3 +294,32 @@ def test_signal_details_in_score_and_hot_lead_rows_hold_the_token_not_the_addres
         _spec, row = to_row(schema, record, Origin("t", 0, 1), KEY)
         stored = next(v for v in row if isinstance(v, str) and v.startswith("[{"))
         assert "jane" not in stored and json.loads(stored)[0]["detail"] == f"https://x.example/p?e={JANE}"
+
+
+@pytest.mark.parametrize(
+    "value",
+    [
+        "https://mastodon.social/@jane@acme.social",
+        "https://mastodon.social/@user@instance.social/123",
+        "https://x.example/share/@Jane.Doe@fosstodon.org/with_replies?lang=en#top",
+    ],
+)
+def test_a_fediverse_handle_in_a_url_path_is_left_as_it_is(value: str) -> None:
+    """``/@user@instance`` is a public Mastodon/fediverse handle, not a mailbox: tokenised, a profile link no
+    longer matched its url."""
+    assert scrub_text(value, KEY) == value
+
+
+@pytest.mark.parametrize(
+    ("value", "address"),
+    [
+        ("https://x.example/?ref=@jane@acme.com", "jane@acme.com"),  # a query value: hashed, in doubt
+        ("https://x.example/p#/@jane@acme.com", "jane@acme.com"),  # a fragment
+        ("https://r.example/?next=https://mastodon.social/@jane@acme.com", "jane@acme.com"),  # a nested URL
+        ("https://x.example/u/@jane%40acme.com", "jane%40acme.com"),  # only a literal '@' makes a handle
+        ("https://x.example/@jane+news@acme.com", "jane+news@acme.com"),  # no handle has a '+'
+        ("https://x.example/@jane@acme.com.", "jane@acme.com"),  # the segment does not end at the host
+    ],
+)
+def test_an_at_sign_before_an_address_outside_a_handle_in_a_path_is_hashed(value: str, address: str) -> None:
+    assert scrub_text(value, KEY) == value.replace(address, token(unquote(address)))
