@@ -73,6 +73,10 @@ _FILE_EXTENSIONS = frozenset(
      "otf", "eot", "gz", "tgz", "tar", "rar", "exe", "apk", "msi", "dmg", "epub"}
 )  # fmt: skip
 _AUTHORITY_ENDS = frozenset("/?#:")
+_PATH_QUERY_FRAGMENT = re.compile(r"[/?#]")
+_AUTHORITY_END = re.compile(r"[/?#@]")
+# Look-around bound of the user-name test, keeping it linear in long values; a longer "user name" is hashed.
+_USERINFO_MAX_CHARS = 512
 # A fediverse account name (Mastodon's ``Account::USERNAME_RE``): letters, digits, '_', and '.'/'-' inside.
 _HANDLE_USER = re.compile(r"[a-z0-9_]+(?:[.-]+[a-z0-9_]+)*", re.IGNORECASE)
 
@@ -95,24 +99,30 @@ def email_token(email: str, key: bytes) -> str:
 
 def _userinfo(text: str, start: int, end: int) -> bool:
     """Whether ``text[start:end]``, around a literal ``@``, is ``user@host`` of a URL's authority: right after
-    ``//`` (nothing but userinfo between), and the host followed by the end, a port, a path, a query or a
-    fragment."""
-    slashes = text.rfind("//", 0, start)
-    if slashes < 0 or any(c in "/?#@" for c in text[slashes + 2 : start]):
+    ``//`` (nothing but userinfo between), the host followed by the end, a port, a path, a query or a
+    fragment, and that ``@`` the authority's last: the host follows the last one, as browsers and ``urllib``
+    read it, so in ``//jane@acme.com:pw@evil.example/`` the address is the user name and is scrubbed."""
+    slashes = text.rfind("//", max(0, start - _USERINFO_MAX_CHARS), start)
+    if slashes < 0 or _PATH_QUERY_FRAGMENT.search(text, slashes + 2, start):
         return False
-    return end == len(text) or text[end] in _AUTHORITY_ENDS
+    if end == len(text):
+        return True
+    if text[end] not in _AUTHORITY_ENDS:
+        return False
+    later = _AUTHORITY_END.search(text, end, end + _USERINFO_MAX_CHARS)  # a later '@', or the path
+    return text[later.start()] != "@" if later else end + _USERINFO_MAX_CHARS >= len(text)
 
 
-def _handle(text: str, start: int, at: int, end: int) -> bool:
-    """Whether ``text[start:end]`` is the ``user@instance`` of a fediverse handle in the URL's path: a whole
-    segment ``/@user@instance`` (literal '@'s, an account name), with no '?' or '#' before it. Anywhere else
-    (a query value, a fragment, a nested URL) ``@jane@acme.com`` may be a mention of an address: hashed."""
+def _handle(text: str, start: int, at: int, end: int, path_end: int) -> bool:
+    """Whether ``text[start:end]`` is the ``user@instance`` of a fediverse handle in the URL's path (which
+    ends at ``path_end``): a whole segment ``/@user@instance``, literal '@'s and an account name. Anywhere
+    else (a query value, a fragment, a nested URL) ``@jane@acme.com`` may be an address as a mention:
+    hashed."""
     return (
-        text.startswith("/@", start - 2)
+        start < path_end
+        and text.startswith("/@", start - 2)
         and (end == len(text) or text[end] in "/?#")
         and _HANDLE_USER.fullmatch(text, start, at) is not None
-        and "?" not in text[:start]
-        and "#" not in text[:start]
     )
 
 
@@ -122,6 +132,7 @@ def scrub_text(value: str, key: bytes) -> str:
         return value
     parts: list[str] = []
     done = 0  # value[:done] is in parts
+    path_end = min((i for i in (value.find("?"), value.find("#")) if i >= 0), default=len(value))
     for separator in _SEPARATOR.finditer(value):
         at, after = separator.span()
         domain = _DOMAIN.match(value, after)
@@ -137,7 +148,7 @@ def scrub_text(value: str, key: bytes) -> str:
             start = quoted.end()
             if start == at:
                 continue
-        if separator[0] == "@" and (_userinfo(value, start, end) or _handle(value, start, at, end)):
+        if separator[0] == "@" and (_userinfo(value, start, end) or _handle(value, start, at, end, path_end)):
             continue
         address = unquote(f"{value[start:at]}@{domain[0]}")
         if separator[0] == "%2540":

@@ -323,3 +323,25 @@ def test_a_fediverse_handle_in_a_url_path_is_left_as_it_is(value: str) -> None:
 )
 def test_an_at_sign_before_an_address_outside_a_handle_in_a_path_is_hashed(value: str, address: str) -> None:
     assert scrub_text(value, KEY) == value.replace(address, token(unquote(address)))
+
+
+@pytest.mark.parametrize(
+    ("value", "expected"),
+    [
+        ("https://jane@acme.com:pw@evil.example/", f"https://{JANE}:pw@evil.example/"),
+        ("https://jane@acme.com:@evil.example", f"https://{JANE}:@evil.example"),
+        ("ftp://Jane@Acme.com:s3cret@files.example:21/a", f"ftp://{JANE}:s3cret@files.example:21/a"),
+        ("https://jane@acme.com@evil.example/", f"https://{JANE}@evil.example/"),
+        ("https://t.example/r?next=https://jane@acme.com:pw@evil.example/", f"https://t.example/r?next=https://{JANE}:pw@evil.example/"),
+        ("https://t.example/r?next=https://jane@acme.com@evil.example/", f"https://t.example/r?next=https://{JANE}@evil.example/"),
+        ("https://t.example/r?u=https%3A%2F%2Fjane%40acme.com%3Apw%40host%2F", f"https://t.example/r?u=https%3A%2F%2F{JANE}%3Apw%40host%2F"),
+    ],
+)  # fmt: skip
+def test_an_address_in_a_user_name_before_a_password_is_scrubbed_and_the_host_kept(
+    value: str, expected: str
+) -> None:
+    """In ``https://jane@acme.com:pw@evil.example/`` the host is after the *last* '@' of the authority, so
+    ``jane@acme.com`` is the user name: it was read as "user jane at host acme.com, port ..." and stored in
+    clear, while ``pw@evil.example`` became a token and the URL lost its host."""
+    assert scrub_text(value, KEY) == expected
+    assert urlsplit(expected).hostname == urlsplit(value).hostname
