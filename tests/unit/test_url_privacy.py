@@ -104,6 +104,15 @@ def test_an_encoded_double_quote_is_no_part_of_the_address(value: str) -> None:
         ("https://x.example/?q=%7Bjane%2540acme.com%7D", f"https://x.example/?q=%7B{JANE}%7D"),
         ("https://x.example/?q=o'brien@acme.com", "https://x.example/?q=" + token("o'brien@acme.com")),
         ("https://x.example/?q=_jane@acme.com", f"https://x.example/?q={token('_jane@acme.com')}"),
+        # escaped Unicode quotes (“ ” « »): read in, the token was that of "“jane@acme.com"
+        (
+            "https://x.example/?q=%E2%80%9Cjane%40acme.com%E2%80%9D",
+            f"https://x.example/?q=%E2%80%9C{JANE}%E2%80%9D",
+        ),
+        (
+            "https://x.example/?q=%C2%AB%20jane%2540acme.com%C2%BB",
+            f"https://x.example/?q=%C2%AB%20{JANE}%C2%BB",
+        ),
     ],
 )
 def test_quotes_before_an_address_stay_outside_its_token(value: str, expected: str) -> None:
@@ -345,3 +354,26 @@ def test_an_address_in_a_user_name_before_a_password_is_scrubbed_and_the_host_ke
     clear, while ``pw@evil.example`` became a token and the URL lost its host."""
     assert scrub_text(value, KEY) == expected
     assert urlsplit(expected).hostname == urlsplit(value).hostname
+
+
+@pytest.mark.parametrize(
+    ("value", "expected"),
+    [
+        ("https://x.example/?e=jane%40acme.%E3%82%B3%E3%83%A0&z=1", f"https://x.example/?e={token('jane@acme.コム')}&z=1"),
+        ("https://x.example/?e=Jane%40Acme.%D0%A0%D0%A4", f"https://x.example/?e={token('jane@acme.рф')}"),
+        ("https://x.example/?e=jane%40acme.%d1%80%d1%84#x", f"https://x.example/?e={token('jane@acme.рф')}#x"),
+        ("s%253Djane%2540acme.%25D1%2580%25D1%2584%2526x", f"s%253D{token('jane@acme.рф')}%2526x"),
+        # a closing ” (escaped) after the address is no part of its top-level domain, nor is one after a dot
+        ("q=%E2%80%9Cjane%40acme.%D1%80%D1%84%E2%80%9D", f"q=%E2%80%9C{token('jane@acme.рф')}%E2%80%9D"),
+        ("q=jane%40acme.com.%E2%80%9D", f"q={JANE}.%E2%80%9D"),
+        # scripts whose letters carry combining marks (ा is a vowel sign), plain or escaped
+        ("e=jane@acme.भारत", f"e={token('jane@acme.भारत')}"),
+        ("e=jane@उदाहरण.भारत/x", f"e={token('jane@उदाहरण.भारत')}/x"),
+        ("e=jane%40acme.%E0%A4%AD%E0%A4%BE%E0%A4%B0%E0%A4%A4", f"e={token('jane@acme.भारत')}"),
+    ],
+)  # fmt: skip
+def test_an_address_at_a_non_ascii_top_level_domain_is_scrubbed(value: str, expected: str) -> None:
+    """``jane@acme.рф`` arrives from a browser as ``jane%40acme.%D1%80%D1%84``: the top-level domain, letters
+    only, did not read escapes, so the address was stored in clear; nor did a domain read a combining mark
+    (Devanagari vowel signs), so ``jane@acme.भारत`` was stored in clear too."""
+    assert scrub_text(value, KEY) == expected
