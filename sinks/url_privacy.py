@@ -10,8 +10,9 @@ reports match a catalogue url up to the query string (docs/clickhouse.md).
 Matched: plain (``jane.doe+news@acme.com``), percent-encoded (``jane%40acme.com``, ``jane%2Bnews%40…``) and
 double-encoded (``jane%2540acme.com``, a link inside a redirect parameter), non-ASCII letters and combining
 marks in both parts, the top-level domain too, as browsers send them (``jos%C3%A9%40b%C3%BCcher.example``,
-``jane%40acme.%D1%80%D1%84``). Left alone: a user name before a URL's host
-(``https://user@host.com/``: a login at that host, and the host is what reports match on), a file name
+``jane%40acme.%D1%80%D1%84``), escaped dots, letters and digits (``jane%40acme%2Ecom``). Left alone: a user
+name before a URL's host (``https://user@host.com/``: a login at that host, and the host is what reports match
+on), a file name
 (``hero@2x.png``, ``guide@v2.pdf``: a "domain" ending in a file extension that is no top-level domain,
 ``_FILE_EXTENSIONS``; tokenised, a catalogue item's link no longer matched its url), a fediverse handle in
 the URL's path (``https://mastodon.social/@jane@acme.social``: a public account name, ``_handle``), and an
@@ -56,14 +57,17 @@ def _combining_marks() -> str:
 _MARK = _combining_marks()
 # Local part: RFC 5322 atext (and any Unicode letter or mark, RFC 6531) without the characters that delimit
 # URL parts (& = / ? # %) or lists ('|': no mail provider allows it, and Outlook Safe Links carry
-# data=05|01|jane@acme.com|…), plus the percent-encoded forms of the kept specials (%2B is '+', %2E '.') and
-# of UTF-8 bytes (%C3%A9 is 'é'), once or twice encoded. Bounded (64 a local part, 63 a label, as in RFC
-# 5321).
+# data=05|01|jane@acme.com|…), plus the percent-encoded forms of the kept specials (%2B is '+', %2E '.'), of
+# ASCII letters and digits (%6A is 'j') and of UTF-8 bytes (%C3%A9 is 'é'), once or twice encoded. Bounded
+# (64 a local part, 63 a label, as in RFC 5321).
 # Why read backwards from each separator, not one regex over the value: tried at every position of a URL,
 # such a regex cost ~20 us a URL; matched on the reversed text before a separator it costs the address.
 # Reversed, an escape "%2B" reads "B2%", and the lookaheads keep the part from starting inside an escape
 # (%XX or %25XX), or "%3Djane%40acme.com" would be read as the address "3Djane@acme.com".
-_ESCAPE_REVERSED = r"(?:[147ABDEabde]2|[EFef]5|06|[BDEbde]7|[0-9A-Fa-f][89A-Fa-f])(?:52)?%"
+_ESCAPE_REVERSED = (
+    r"(?:[147ABDEabde]2|[0-9]3|[1-9A-Fa-f]4|[0-9AEFaef]5|[0-9A-Fa-f]6|[0-9ABDEabde]7|[0-9A-Fa-f][89A-Fa-f])"
+    r"(?:52)?%"
+)
 _NOT_IN_ESCAPE_REVERSED = r"(?!%)(?![0-9A-Fa-f]%)(?!52%)(?![0-9A-Fa-f]52%)"
 _LOCAL_REVERSED = re.compile(
     rf"(?:{_ESCAPE_REVERSED}|[\w.+!$'*^`{{}}~-]|{_MARK}){{1,64}}{_NOT_IN_ESCAPE_REVERSED}"
@@ -73,18 +77,23 @@ _LOCAL_MAX_CHARS = 64 * 5  # 64 characters, each at most a twice-encoded escape 
 # them there, but in a URL they quote or mark up an address ('jane@acme.com', *jane@…*, {jane@…}), and read
 # into it the token joined no lead. Left in the URL as they are.
 _LEADING_SPECIALS = re.compile(r"(?:[.+!$'*^`{}~-]|%(?:25)?(?:2[147ABDE]|5E|60|7[BDE]))+", re.IGNORECASE)
-# A domain label: letters, digits, marks and '-', a non-ASCII letter also as the escapes of its UTF-8 bytes
-# (once or twice encoded): browsers send ``bücher.example`` in a URL as ``b%C3%BCcher.example``.
+# A domain label: letters, digits, marks and '-', each also escaped (once or twice), a non-ASCII letter as the
+# escapes of its UTF-8 bytes: browsers send ``bücher.example`` in a URL as ``b%C3%BCcher.example``. The dots
+# between labels too (``acme%2Ecom``).
 _UTF8_ESCAPE = r"%(?:25)?[89A-Fa-f][0-9A-Fa-f]"
-_LABEL_END = rf"(?:[^\W_]|{_MARK}|{_UTF8_ESCAPE})"
-_LABEL = rf"(?:[^\W_]|{_UTF8_ESCAPE})(?:(?:[\w-]|{_MARK}|{_UTF8_ESCAPE}){{0,61}}{_LABEL_END})?"
+_LETTER_ESCAPE = r"%(?:25)?(?:[46][1-9A-Fa-f]|[57][0-9Aa])"
+
+_ALNUM_ESCAPE = rf"(?:{_UTF8_ESCAPE}|{_LETTER_ESCAPE}|%(?:25)?3[0-9])"
+_ALNUM = rf"(?:[^\W_]|{_ALNUM_ESCAPE})"
+_LABEL = rf"{_ALNUM}(?:(?:[\w-]|{_MARK}|{_ALNUM_ESCAPE}|%(?:25)?2[Dd]){{0,61}}(?:{_ALNUM}|{_MARK}))?"
+_DOT = r"(?:\.|%(?:25)?2[Ee])"
 # The top-level domain: letters (an IANA rule; and marks after the first) or an ``xn--`` IDN, not followed by
 # a letter or digit, so ``thread.v2`` (a Teams meeting id) is no domain, and ``acme.com_q3`` ends at ``com``.
 # Escaped (``acme.%D1%80%D1%84`` is ``acme.рф``) it is decoded and checked by ``_tld_length``, which also ends
 # it before an escaped ” after ``acme.com``.
-_TLD_CHAR = rf"(?:[^\W\d_]|{_UTF8_ESCAPE})"
+_TLD_CHAR = rf"(?:[^\W\d_]|{_UTF8_ESCAPE}|{_LETTER_ESCAPE})"
 _TLD = rf"(?P<tld>xn--[^\W_](?:[\w-]{{0,57}}[^\W_])?|{_TLD_CHAR}(?:{_TLD_CHAR}|{_MARK}){{1,251}})(?![^\W_])"
-_DOMAIN = re.compile(rf"(?:{_LABEL}(?P<dot>\.)){{1,16}}{_TLD}")
+_DOMAIN = re.compile(rf"(?:{_LABEL}(?P<dot>{_DOT})){{1,16}}{_TLD}")
 _UNIT = re.compile(r"%(?:25)?([0-9A-Fa-f]{2})|.", re.DOTALL)  # a character or an escaped byte
 _SEPARATOR = re.compile(r"@|%40|%2540")
 #: File extensions that are no top-level domain (checked against IANA's list; .zip, .mov, .md and .map are
@@ -212,7 +221,7 @@ def scrub_text(value: str, key: bytes) -> str:
     for separator in _SEPARATOR.finditer(value):
         at, after = separator.span()
         domain = _domain(value, after) if at > done else None
-        if domain is None or value[domain[1] : domain[0]].lower() in _FILE_EXTENSIONS:
+        if domain is None or unquote(unquote(value[domain[1] : domain[0]])).lower() in _FILE_EXTENSIONS:
             continue
         before = value[max(done, at - _LOCAL_MAX_CHARS) : at]
         local = _LOCAL_REVERSED.match(before[::-1])

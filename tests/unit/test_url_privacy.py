@@ -377,3 +377,26 @@ def test_an_address_at_a_non_ascii_top_level_domain_is_scrubbed(value: str, expe
     only, did not read escapes, so the address was stored in clear; nor did a domain read a combining mark
     (Devanagari vowel signs), so ``jane@acme.भारत`` was stored in clear too."""
     assert scrub_text(value, KEY) == expected
+
+
+@pytest.mark.parametrize(
+    ("value", "expected"),
+    [
+        ("https://x.example/?e=jane%40acme%2Ecom&z=1", f"https://x.example/?e={JANE}&z=1"),
+        ("https://x.example/?e=Jane%40ACME%2eCOM", f"https://x.example/?e={JANE}"),
+        ("https://x.example/?e=jane%2Edoe%40acme%2Eco%2Euk", f"https://x.example/?e={token('jane.doe@acme.co.uk')}"),
+        ("https://x.example/?e=jane%2edoe%40acme.com", f"https://x.example/?e={token('jane.doe@acme.com')}"),
+        ("to=s%253Fe%253Djane%2540acme%252Ecom%2526x", f"to=s%253Fe%253D{JANE}%2526x"),
+        # any letter, digit or '-' escaped (some encoders escape all but a few characters)
+        ("https://x.example/?e=%6Aane%40%61cme%2Dx.%63om", f"https://x.example/?e={token('jane@acme-x.com')}"),
+        ("https://x.example/?e=%4A%41%4E%45%40acme.com", f"https://x.example/?e={JANE}"),
+        # an escaped dot after the address ends a sentence, and one before a file extension still names a file
+        ("https://x.example/?e=jane%40acme.com%2E", f"https://x.example/?e={JANE}%2E"),
+        ("https://x.example/img/hero%402x%2Epng", "https://x.example/img/hero%402x%2Epng"),
+    ],
+)  # fmt: skip
+def test_an_address_with_an_escaped_dot_or_letter_is_scrubbed(value: str, expected: str) -> None:
+    """``%2E`` is '.', and an encoder may escape it (or any letter): ``jane%40acme%2Ecom`` had no domain with
+    a dot to the scrub and was stored in clear; ``%6Aane%40acme.com`` became ``%6A`` + the token of
+    ``ane@acme.com``, which joins no lead."""
+    assert scrub_text(value, KEY) == expected
