@@ -15,6 +15,7 @@ import asyncio
 import logging
 from typing import TYPE_CHECKING, Any
 
+from aiohttp import __version__ as aiohttp_version
 from aiohttp import web
 from aiohttp.streams import StreamReader
 
@@ -121,14 +122,23 @@ class StoppingRunner(web.AppRunner):
 
     async def _make_server(self) -> web.Server:
         """aiohttp's server for the app, remade as a ``_Server`` with its arguments: aiohttp has no setting
-        for the connection class (``_kwargs`` is the one attribute read that it does not document)."""
+        for the connection class (``_kwargs`` is the one attribute read that it does not document; without it,
+        aiohttp's own server, logged)."""
         made = await super()._make_server()
+        kwargs = getattr(made, "_kwargs", None)
+        if not isinstance(kwargs, dict):  # another aiohttp 3.x: serve all the same, without this one feature
+            log.warning(
+                "collector: this aiohttp (%s) has no Server._kwargs; a request whose head is still arriving "
+                "at a stop is closed unanswered (RELIABILITY.md 7e)",
+                aiohttp_version,
+            )
+            return made
         return _Server(
             made.request_handler,
             request_factory=made.request_factory,
             handler_cancellation=made.handler_cancellation,
             loop=asyncio.get_running_loop(),
-            **made._kwargs,
+            **kwargs,
         )
 
     async def cleanup(self) -> None:

@@ -298,3 +298,46 @@ def test_connections_with_no_request_to_answer_do_not_hold_the_stop(case: str) -
         assert answer.startswith(b"HTTP/1.1 401"), answer
     if case == "answered-by-aiohttp":
         assert answer.startswith(b"HTTP/1.1 417"), answer
+
+
+def test_an_aiohttp_without_server_kwargs_still_serves_with_its_own_server(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """``StoppingRunner`` rebuilds aiohttp's server from ``Server._kwargs`` (undocumented; pyproject allows
+    any aiohttp 3.x from 3.14): without it the collector serves with aiohttp's own server and says what it
+    loses, rather than failing at every start with an AttributeError. Simulated: an aiohttp keeping the
+    handler's arguments under another name."""
+    from aiohttp import web
+
+    from streams import collector_stop
+
+    class Renamed(web.Server):
+        def __call__(self) -> web.RequestHandler:
+            return web.RequestHandler(self, loop=self._loop, **self.handler_kwargs)
+
+    made_servers: list[web.Server] = []
+    original = web.AppRunner._make_server
+
+    async def without_kwargs(self: web.AppRunner) -> web.Server:
+        server = await original(self)
+        server.__class__ = Renamed
+        server.handler_kwargs = server.__dict__.pop("_kwargs")  # type: ignore[attr-defined]
+        made_servers.append(server)
+        return server
+
+    monkeypatch.setattr(web.AppRunner, "_make_server", without_kwargs)
+
+    async def scenario() -> int:
+        settings = load_settings(write_keys={"web": "k"})
+        runner = await serve(Collector(settings, publisher=Acknowledged()), "127.0.0.1", 0)
+        try:
+            url = f"http://127.0.0.1:{bound_port(runner)}/health"
+            async with aiohttp.ClientSession() as session, session.get(url) as response:
+                return response.status
+        finally:
+            await runner.cleanup()
+
+    with caplog.at_level("WARNING", logger=collector_stop.__name__):
+        assert asyncio.run(scenario()) == 200
+    assert len(made_servers) == 1 and isinstance(made_servers[0], Renamed)
+    assert "has no Server._kwargs" in caplog.text
