@@ -55,6 +55,21 @@ class CliProcess:
         return self.log.read_text(errors="replace")
 
 
+def collector_process(
+    tmp_path: Path, bootstrap: str, prefix: str, port: int, **settings: object
+) -> CliProcess:
+    """``leadpulse collector`` on ``port`` with the web write key ``k``, its data dir and log under
+    ``tmp_path``; ``settings`` are more ``LEADPULSE_*`` values (grace, publish timeout)."""
+    env = leadpulse_env(
+        kafka_bootstrap=bootstrap,
+        topic_prefix=prefix,
+        data_dir=tmp_path / "collector",
+        write_keys='{"web": "k"}',
+        **settings,
+    )
+    return CliProcess(["collector", "--port", str(port)], env, tmp_path / "collector.log")
+
+
 def wait_until(
     predicate: Callable[[], bool], timeout: float, what: str, proc: CliProcess | None = None
 ) -> None:

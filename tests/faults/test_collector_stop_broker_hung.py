@@ -27,7 +27,7 @@ from streams.broker import EmbeddedBroker, create_topics, free_port, tansu_binar
 from streams.reader import Decoded, read_topic
 from streams.settings import load_settings
 from tests.faults.pausing_proxy import hung_broker, sigterm_stops_in_time
-from tests.processes import CliProcess, http_ok, leadpulse_env, wait_until
+from tests.processes import collector_process, http_ok, wait_until
 
 pytestmark = pytest.mark.faults
 
@@ -51,13 +51,7 @@ def test_sigterm_while_the_broker_hangs_stops_the_collector_in_time(tmp_path: Pa
     client = b"aiokafka-producer" if when == "producer-start" else b"nobody"
     with hung_broker(tmp_path, "hungcollector.", client, 1) as hung:
         port = free_port()
-        env = leadpulse_env(
-            kafka_bootstrap=hung.address,
-            topic_prefix="hungcollector.",
-            data_dir=tmp_path / "collector",
-            write_keys='{"web": "k"}',
-        )
-        proc = CliProcess(["collector", "--port", str(port)], env, tmp_path / "collector.log")
+        proc = collector_process(tmp_path, hung.address, "hungcollector.", port)
         try:
             if when != "producer-start":
                 wait_until(lambda: http_ok(f"http://127.0.0.1:{port}/ready"), 60, "collector ready", proc)
@@ -109,15 +103,14 @@ def test_sigterm_with_a_long_publish_timeout_answers_the_request_in_flight_503_w
     an impatient operator or supervisor sends): it changes nothing, every request is still answered."""
     with hung_broker(tmp_path, "hunggrace.", b"nobody", 1) as hung:
         port = free_port()
-        env = leadpulse_env(
-            kafka_bootstrap=hung.address,
-            topic_prefix="hunggrace.",
-            data_dir=tmp_path / "collector",
-            write_keys='{"web": "k"}',
+        proc = collector_process(
+            tmp_path,
+            hung.address,
+            "hunggrace.",
+            port,
             collector_publish_timeout_s=120,
             collector_stop_grace_s=grace_s,
         )
-        proc = CliProcess(["collector", "--port", str(port)], env, tmp_path / "collector.log")
         answers: list[object] = []
         try:
             wait_until(lambda: http_ok(f"http://127.0.0.1:{port}/ready"), 60, "collector ready", proc)
@@ -165,15 +158,9 @@ def test_sigterm_while_the_broker_is_slow_answers_202_for_what_it_acknowledges_w
     try:
         create_topics(broker.bootstrap, prefix)
         port = free_port()
-        env = leadpulse_env(
-            kafka_bootstrap=broker.bootstrap,
-            topic_prefix=prefix,
-            data_dir=tmp_path / "collector",
-            write_keys='{"web": "k"}',
-            collector_publish_timeout_s=60,
-            collector_stop_grace_s=5,
+        proc = collector_process(
+            tmp_path, broker.bootstrap, prefix, port, collector_publish_timeout_s=60, collector_stop_grace_s=5
         )
-        proc = CliProcess(["collector", "--port", str(port)], env, tmp_path / "collector.log")
         answers: list[object] = []
         try:
             wait_until(lambda: http_ok(f"http://127.0.0.1:{port}/ready"), 60, "collector ready", proc)

@@ -21,7 +21,7 @@ import pytest
 from streams.broker import EmbeddedBroker, free_port
 from streams.reader import Decoded, read_topic
 from streams.settings import load_settings
-from tests.processes import CliProcess, http_ok, leadpulse_env, wait_until
+from tests.processes import collector_process, http_ok, wait_until
 
 pytestmark = pytest.mark.integration
 
@@ -52,14 +52,7 @@ def test_a_request_whose_head_is_arriving_at_sigterm_is_answered(
     tmp_path: Path, broker: EmbeddedBroker, fresh_prefix: str, head_ends: str
 ) -> None:
     port = free_port()
-    env = leadpulse_env(
-        kafka_bootstrap=broker.bootstrap,
-        topic_prefix=fresh_prefix,
-        data_dir=tmp_path / "collector",
-        write_keys='{"web": "k"}',
-        collector_stop_grace_s=GRACE_S,
-    )
-    proc = CliProcess(["collector", "--port", str(port)], env, tmp_path / "collector.log")
+    proc = collector_process(tmp_path, broker.bootstrap, fresh_prefix, port, collector_stop_grace_s=GRACE_S)
     event_id = str(uuid.uuid4())
     event = {"type": "web_visit", "event_id": event_id, "event_time": int(time.time() * 1000)}
     event.update({"anonymous_id": "a-1", "url": "https://example.com/pricing"})

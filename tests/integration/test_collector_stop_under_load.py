@@ -24,7 +24,7 @@ import pytest
 from streams.broker import EmbeddedBroker, free_port
 from streams.reader import Decoded, read_topic
 from streams.settings import load_settings
-from tests.processes import CliProcess, http_ok, leadpulse_env, wait_until
+from tests.processes import collector_process, http_ok, wait_until
 
 pytestmark = pytest.mark.integration
 
@@ -73,14 +73,7 @@ def test_sigterm_under_load_answers_202_only_for_events_on_the_topic(
     tmp_path: Path, broker: EmbeddedBroker, fresh_prefix: str, grace_s: int
 ) -> None:
     port = free_port()
-    env = leadpulse_env(
-        kafka_bootstrap=broker.bootstrap,
-        topic_prefix=fresh_prefix,
-        data_dir=tmp_path / "collector",
-        write_keys='{"web": "k"}',
-        collector_stop_grace_s=grace_s,
-    )
-    proc = CliProcess(["collector", "--port", str(port)], env, tmp_path / "collector.log")
+    proc = collector_process(tmp_path, broker.bootstrap, fresh_prefix, port, collector_stop_grace_s=grace_s)
     outcomes: list[tuple[object, list[str]]] = []
     stop = threading.Event()
     clients = [
