@@ -13,7 +13,7 @@ import signal
 import struct
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -85,9 +85,20 @@ class PausingProxy:
                 self.pause()
                 self.paused.set()
         up_writer.write(head + client_id)
+        await self._relay(self._pipe(reader, up_writer), up_reader, writer, up_writer)
+
+    async def _relay(
+        self,
+        requests: Awaitable[None],
+        up_reader: asyncio.StreamReader,
+        writer: asyncio.StreamWriter,
+        up_writer: asyncio.StreamWriter,
+    ) -> None:
+        """Run ``requests`` (the client's side, forwarded upstream) beside the answers piped back, both
+        connections known to ``stop`` meanwhile and aborted at the end."""
         self._writers |= {writer, up_writer}
         try:
-            await asyncio.gather(self._pipe(reader, up_writer), self._pipe(up_reader, writer))
+            await asyncio.gather(requests, self._pipe(up_reader, writer))
         finally:
             self._writers -= {writer, up_writer}
             writer.transport.abort()

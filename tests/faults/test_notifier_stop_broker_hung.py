@@ -52,13 +52,7 @@ class ProducePausingProxy(PausingProxy):
         except OSError:
             writer.transport.abort()
             return
-        self._writers |= {writer, up_writer}
-        try:
-            await asyncio.gather(self._requests(reader, up_writer), self._pipe(up_reader, writer))
-        finally:
-            self._writers -= {writer, up_writer}
-            writer.transport.abort()
-            up_writer.transport.abort()
+        await self._relay(self._requests(reader, up_writer), up_reader, writer, up_writer)
 
     async def _requests(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         with contextlib.suppress(ConnectionError, OSError, asyncio.IncompleteReadError):
