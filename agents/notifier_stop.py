@@ -12,12 +12,11 @@ targets again what they had finished, so both are given up (the worker closes it
 
 from __future__ import annotations
 
-import asyncio
 import logging
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 
-from streams.kafka_close import stop_consumer, stop_producer
+from streams import kafka_close
 
 log = logging.getLogger("agents.notifications")
 
@@ -27,14 +26,9 @@ PRODUCER_STOP_S = 1.0
 
 
 async def stop_clients(consumer: AIOKafkaConsumer, producer: AIOKafkaProducer) -> None:
-    """Leave the group and close the producer, both at once (each bounded: ``streams/kafka_close.py``)."""
-    results = await asyncio.gather(
-        stop_producer(producer, PRODUCER_STOP_S), stop_consumer(consumer), return_exceptions=True
-    )
-    for result in results:
-        if isinstance(result, BaseException):
-            raise result
-    if results[0] is False:
+    """Leave the group and close the producer, both at once (``streams.kafka_close.stop_clients``)."""
+    _left, flushed = await kafka_close.stop_clients(consumer, producer, PRODUCER_STOP_S)
+    if not flushed:
         log.warning(
             "notifier stopping: records the broker had not acknowledged were given up at the stop: progress "
             "(a restart may send targets again what they had finished) or dead letters (their notifications "

@@ -48,7 +48,7 @@ from schemas.fast_codec import codec_for
 from schemas.registry import SchemaRegistry, default_registry
 from streams.backoff import Backoff
 from streams.broker import aiokafka_client_config
-from streams.kafka_close import commit, start_client, start_unless_stopped, stop_consumer, stop_producer
+from streams.kafka_close import commit, start_client, start_unless_stopped, stop_clients, stop_producer
 from streams.metrics import LagGauge, Metrics, consumer_lags
 from streams.settings import Settings
 from streams.stoppable import finished_before_stop
@@ -185,16 +185,14 @@ class LeadWorker:
                     await self.poll_once()
             finally:
                 # Leaves the group, so the partitions move at once (unless the broker does not answer), and
-                # flushes the producer, both at once: with the broker hung each waits its own bound
-                # (streams/kafka_close.py), and one after the other they took up the whole grace period.
-                closed = await asyncio.gather(
-                    stop_consumer(self.consumer), stop_producer(self.producer), return_exceptions=True
-                )
+                # flushes the producer, both at once (streams/kafka_close.py). Cancelled meanwhile, the
+                # producer is closed again below.
+                try:
+                    self.left_group, _flushed = await stop_clients(self.consumer, self.producer)
+                except Exception:
+                    producer_stopped = True
+                    raise
                 producer_stopped = True
-                for result in closed:
-                    if isinstance(result, BaseException):
-                        raise result
-                self.left_group = bool(closed[0])
         finally:
             if not producer_stopped:
                 await stop_producer(self.producer)

@@ -261,6 +261,21 @@ async def _close_client(client: Any) -> None:
         log.debug("closing the Kafka client: %s", exc)
 
 
+async def stop_clients(
+    consumer: AIOKafkaConsumer, producer: AIOKafkaProducer, producer_timeout_s: float = STOP_TIMEOUT_S
+) -> tuple[bool, bool]:
+    """Leave the group (``stop_consumer``) and flush and close the producer (``stop_producer``) at once:
+    with the broker hung each waits its own bound, and one after the other they took up a whole grace
+    period. Both run to their end before an error of either is raised. Returns (left the group, flushed)."""
+    closed = await asyncio.gather(
+        stop_consumer(consumer), stop_producer(producer, producer_timeout_s), return_exceptions=True
+    )
+    for result in closed:
+        if isinstance(result, BaseException):
+            raise result
+    return bool(closed[0]), bool(closed[1])
+
+
 async def stop_producer(producer: AIOKafkaProducer, timeout_s: float = STOP_TIMEOUT_S) -> bool:
     """``producer.stop()`` (flush what is batched, close) within about ``timeout_s``; a broker that does
     not answer no longer holds the process for ``request_timeout_ms`` per batch. Returns False when the flush
