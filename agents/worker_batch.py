@@ -95,9 +95,26 @@ class Batch:
     erased: dict[str, int] = field(default_factory=dict)
 
 
+@dataclass
+class StateWave:
+    """A batch whose outputs are acknowledged: its encoded states, still to be written (``write_state``)."""
+
+    batch: Batch
+    writes: list[Record]
+    scored_at: float
+
+
 async def flush(worker: LeadWorker, batch: Batch) -> None:
     """Outputs first, acknowledged; state after. The reverse order could store "seen" state whose
     outputs never reached the broker, losing them on a crash."""
+    await write_state(worker, await write_outputs(worker, batch))
+
+
+async def write_outputs(worker: LeadWorker, batch: Batch) -> StateWave:
+    """The first wave: every record of the batch built (its states encoded too, so that one too large to
+    write or that raises stops the batch before anything is sent), its outputs sent and acknowledged, and
+    its states put in the store (the next batch reads them). The states' own write is returned, not sent:
+    the worker overlaps it with its next batch (``agents/worker.py``, ``LeadWorker.settle``)."""
     computed_at = now_ms()
     # (a try per key costs nothing until it raises: zero-cost exceptions since Python 3.11)
     failed: dict[bytes, tuple[str, BaseException]] = {}
@@ -149,10 +166,16 @@ async def flush(worker: LeadWorker, batch: Batch) -> None:
         worker.store.put(key, partition, state, due)
     for key, (partition, account) in batch.accounts.items():
         worker.store.put_account(key, partition, account)
-    await send(worker, writes)
+    return StateWave(batch, writes, scored_at)
+
+
+async def write_state(worker: LeadWorker, wave: StateWave) -> None:
+    """The second wave: the states of a batch whose outputs are acknowledged, written and acknowledged;
+    then the batch is counted (``count``)."""
+    await send(worker, wave.writes)
     worker.retry_backoff.reset()  # the broker takes writes again
     if worker.metrics:
-        count(worker, batch, scored_at)
+        count(worker, wave.batch, wave.scored_at)
 
 
 def count(worker: LeadWorker, batch: Batch, scored_at: float) -> None:

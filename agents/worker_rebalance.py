@@ -36,8 +36,13 @@ class WorkerRebalance(ConsumerRebalanceListener):  # type: ignore[misc]
         self.worker = worker
 
     async def on_partitions_revoked(self, revoked: Any) -> None:
-        # Waits for the batch in flight, which commits its offsets before the partitions move.
+        # Waits for the batch in flight and its write-behind, which commit its offsets before the partitions
+        # move. A write-behind that failed commits nothing: the partitions' next owners read the batch again.
         async with self.worker.lock:
+            try:
+                await self.worker.settle()
+            except Exception as exc:
+                self.worker.start_over(exc)
             self.worker.restoring = True
             # held records are not committed: whoever owns the partitions next reads them again
             self.worker.aligner.drop()

@@ -18,7 +18,7 @@ from agents.core import StepResult, step
 from agents.kafka_batches import murmur2_partition
 from agents.lead_store import ACCOUNT_PREFIX
 from agents.state import LeadState
-from agents.worker_batch import DLQ_HEADERS, Batch, NotWritable, RecordTooLarge, flush
+from agents.worker_batch import DLQ_HEADERS, Batch, NotWritable, RecordTooLarge, write_outputs
 from agents.worker_clock import now_ms
 from agents.worker_failures import core_raised, not_written, too_large
 from schemas.errors import SchemaError
@@ -66,14 +66,17 @@ async def process(worker: LeadWorker, fetched: dict[TopicPartition, list[Consume
         core_raised(worker, failed)
         return
     try:
-        await flush(worker, batch)
+        wave = await write_outputs(worker, batch)
     except RecordTooLarge as exc:
         too_large(worker, exc, decoded)
         return
     except NotWritable as exc:
         not_written(worker, exc, decoded)
         return
-    await worker._commit({tp: records[-1].offset + 1 for tp, records in parts.items()})
+    # The batch's scores are out. Its states and its offsets are written while the next batch is fetched and
+    # scored (LeadWorker.write_behind), after the previous batch's, which must be done first (order).
+    await worker.settle()
+    worker.write_behind(wave, {tp: records[-1].offset + 1 for tp, records in parts.items()})
 
 
 def _decode(worker: LeadWorker, message: ConsumerRecord, batch: Batch) -> Decoded | None:

@@ -1,0 +1,171 @@
+"""The worker's write-behind (agents/worker.py, ``LeadWorker.write_behind``) against the real broker: a batch's
+state wave and offset commit run while the next batch is scored, never before the batch's outputs are
+acknowledged, never committed before its states are, and finished at a stop.
+
+The state wave is held back by wrapping ``BatchSender.send`` (the broker itself is real): that is the only way
+to make "the previous batch's states are still on their way" last long enough to look at.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Sequence
+from typing import Any
+
+import pytest
+
+from agents.kafka_batches import BatchSender, Record, read_to_end
+from agents.lead_store import LeadStore
+from agents.rules import load_rules
+from agents.worker import LeadWorker
+from streams.producer import Producer
+from streams.settings import Settings
+from tests.integration.worker_harness import running_worker, wait_until
+
+pytestmark = pytest.mark.integration
+
+HOLD_MAX_S = 30.0  # a held state wave goes on by itself after this: a failing test never hangs
+
+
+def _visit(lead: str, at: int) -> dict[str, Any]:
+    return {
+        "event_id": f"{lead}-visit",
+        "event_time": at,
+        "lead_id": lead,
+        "source": "web",
+        "url": "https://x.example/pricing",
+        "page_category": "pricing",
+    }
+
+
+def _seen(worker: LeadWorker, lead: str) -> bool:
+    """The lead's visit is in the worker's store: put there once the batch's outputs were acknowledged."""
+    state = worker.store.get(lead.encode())
+    return state is not None and f"{lead}-visit" in state.seen
+
+
+def _committed_visits(worker: LeadWorker, settings: Settings) -> int:
+    """Records of the visits topic the worker committed past, over all partitions."""
+    visits = settings.topic("events.web_visits")
+    return sum(offset for tp, offset in worker.committed.items() if tp.topic == visits)
+
+
+def _durable(settings: Settings) -> LeadStore:
+    store = LeadStore()
+
+    def apply(partition: int, key: bytes, value: bytes | None, _headers: Any) -> None:
+        store.restore(partition, key, value, None)
+
+    topic = settings.topic("leadpulse.internal.lead_state")
+    asyncio.run(read_to_end(settings, topic, set(range(8)), True, apply))
+    return store
+
+
+class StateWaves:
+    """``BatchSender.send`` with each wave that writes lead states first told to ``started`` and held until
+    ``release`` is set (or ``HOLD_MAX_S``, or a fixed ``delay_s``)."""
+
+    def __init__(self, settings: Settings, monkeypatch: pytest.MonkeyPatch, delay_s: float | None = None):
+        self.state_topic = settings.topic("leadpulse.internal.lead_state")
+        self.delay_s = delay_s
+        self.started: list[float] = []
+        self.finished: list[float] = []
+        self.release: asyncio.Event | None = None
+        real_send = BatchSender.send
+        waves = self
+
+        async def send(sender: BatchSender, records: Sequence[Record]) -> None:
+            if not any(topic == waves.state_topic for topic, *_ in records):
+                await real_send(sender, records)
+                return
+            waves.started.append(time.monotonic())
+            if waves.delay_s is not None:
+                await asyncio.sleep(waves.delay_s)
+            else:
+                if waves.release is None:
+                    waves.release = asyncio.Event()
+                try:
+                    await asyncio.wait_for(waves.release.wait(), HOLD_MAX_S)
+                except TimeoutError:
+                    pass
+            await real_send(sender, records)
+            waves.finished.append(time.monotonic())
+
+        monkeypatch.setattr(BatchSender, "send", send)
+
+    def held(self) -> bool:
+        return len(self.started) > len(self.finished)
+
+
+def test_a_batch_is_scored_while_the_previous_batchs_states_wait_on_the_broker_and_commits_keep_order(
+    broker_settings: Settings, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Lead A's batch has its outputs acknowledged and its state wave held; lead B's batch, fetched after,
+    must still be scored (its outputs acknowledged, which puts it in the store). Serially, B waited for A's
+    state wave and commit. Nothing may be committed past A's records while A's states are not written."""
+    waves = StateWaves(broker_settings, monkeypatch)
+    worker = LeadWorker(broker_settings, load_rules(None), scan_interval_s=3600)
+    now = int(time.time() * 1000)
+    overlap: dict[str, object] = {}
+
+    async def scenario() -> None:
+        async with running_worker(worker) as running:
+            await wait_until(lambda: worker.ready()[0], running, seen=lambda: "worker never became ready")
+            waves.release = asyncio.Event()
+            try:
+                with Producer(broker_settings) as producer:
+                    producer.send("web_visit", _visit("L-a", now - 2_000))
+                await wait_until(waves.held, running, timeout_s=20, seen=lambda: "A's state wave never came")
+                assert _seen(worker, "L-a"), "A's state wave started before its outputs were acknowledged"
+                with Producer(broker_settings) as producer:
+                    producer.send("web_visit", _visit("L-b", now - 1_000))
+                await wait_until(
+                    lambda: _seen(worker, "L-b"),
+                    running,
+                    timeout_s=15,
+                    seen=lambda: "B was not scored while A's state wave was held",
+                )
+                overlap["held"] = waves.held()
+                overlap["committed"] = _committed_visits(worker, broker_settings)
+            finally:
+                waves.release.set()
+            await wait_until(
+                lambda: _committed_visits(worker, broker_settings) == 2,
+                running,
+                timeout_s=20,
+                seen=lambda: f"committed {worker.committed}",
+            )
+
+    asyncio.run(scenario())
+    assert overlap == {"held": True, "committed": 0}, overlap
+    durable = _durable(broker_settings)
+    for lead in ("L-a", "L-b"):
+        state = durable.get(lead.encode())
+        assert state is not None and f"{lead}-visit" in state.seen, lead
+
+
+def test_a_stop_finishes_the_last_batchs_state_wave_and_commit(
+    broker_settings: Settings, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The worker is told to stop while its last batch's states are on their way (scored, not yet written):
+    the stop waits for them and commits the batch, instead of leaving it to be processed again."""
+    waves = StateWaves(broker_settings, monkeypatch, delay_s=1.0)
+    worker = LeadWorker(broker_settings, load_rules(None), scan_interval_s=3600)
+    now = int(time.time() * 1000)
+    at_stop: dict[str, object] = {}
+
+    async def scenario() -> None:
+        async with running_worker(worker) as running:
+            await wait_until(lambda: worker.ready()[0], running, seen=lambda: "worker never became ready")
+            with Producer(broker_settings) as producer:
+                producer.send("web_visit", _visit("L-stop", now - 1_000))
+            await wait_until(lambda: _seen(worker, "L-stop"), running, timeout_s=20)
+            at_stop["held"] = waves.held()
+            at_stop["committed"] = _committed_visits(worker, broker_settings)
+
+    asyncio.run(scenario())
+    assert at_stop == {"held": True, "committed": 0}, at_stop
+    assert _committed_visits(worker, broker_settings) == 1, worker.committed
+    state = _durable(broker_settings).get(b"L-stop")
+    assert state is not None and "L-stop-visit" in state.seen
