@@ -14,10 +14,12 @@ What replaces it, one loop per process:
 - per batch: outputs and dead letters sent and acknowledged → each touched lead's state written once and
   acknowledged → offsets committed. A crash anywhere repeats work, never loses it: repeated outputs carry
   the same deterministic ids (dropped downstream), repeated events are recognised by the state's seen ids.
-- the last two steps (state, commit) run while the next batch is fetched and scored ("write-behind",
-  ``LeadWorker.write_behind``): only the outputs' acknowledgement is on the path from event to score. Each
-  batch's write-behind finishes before the next one starts, and before anything else that writes states,
-  reads them back or moves partitions (``settle``: the SLA scan, erasures, a reload, a rebalance, the stop).
+- the last two steps are a checkpoint of all batches since the last one (agents/worker_checkpoint.py): at
+  most every ``LEADPULSE_WORKER_COMMIT_INTERVAL_S``, each lead's state written once, then the offsets
+  committed, while the next batches are fetched and scored (``LeadWorker.checkpoint_now``). Only the
+  outputs' acknowledgement is on the path from event to score. A checkpoint's writes finish before the next
+  checkpoint's start, and everything pending is written before anything else writes states, reads them back
+  or moves partitions (``write_pending``: the SLA scan, erasures, a rebalance, the stop, a reload).
 """
 
 from __future__ import annotations
@@ -34,7 +36,8 @@ from agents.alignment import TopicAligner
 from agents.kafka_batches import BatchSender, caught_up
 from agents.lead_store import LeadStore
 from agents.rules import Rules
-from agents.worker_batch import NotWritable, RecordTooLarge, StateWave, write_state
+from agents.worker_batch import NotWritable, RecordTooLarge, count, send
+from agents.worker_checkpoint import Checkpoint
 from agents.worker_clients import GROUP, check_broker, worker_consumer, worker_producer
 from agents.worker_clock import now_ms
 from agents.worker_erasures import ErasureSource, apply_erasures
@@ -151,9 +154,14 @@ class LeadWorker:
         self.erasure_letters: set[tuple[str, str]] = set()
         # run()'s stop: a restore waiting on the broker gives way to it (worker_rebalance.unless_stopped)
         self.stop_event: asyncio.Event | None = None
-        # The last batch's state wave and offset commit, running while the next batch is fetched and scored
-        # (write_behind); None once settled.
+        # Batches scored since the last checkpoint (outputs acknowledged, states and offsets not written), and
+        # the last checkpoint's writes, running while the next batches are fetched and scored (None: settled).
+        self.checkpoint = Checkpoint()
+        self.commit_interval_s = settings.worker_commit_interval_s
         self.writing: asyncio.Task[None] | None = None
+        # A checkpoint's writes failed or were given up: what is pending after it must not be written (its
+        # offsets would commit past records whose states never reached the changelog); the reload drops it.
+        self.checkpoint_lost = False
 
     # -- lifecycle -------------------------------------------------------------------------------------
 
@@ -190,9 +198,9 @@ class LeadWorker:
             try:
                 while not stop.is_set():
                     await self.poll_once()
-                await self._settle_at_stop()
+                await self._write_at_stop()
             finally:
-                if self.writing is not None:  # poll_once raised: the batch's offsets are not committed
+                if self.writing is not None:  # poll_once raised: the checkpoint's offsets are not committed
                     self.writing.cancel()
                 # Leaves the group, so the partitions move at once (unless the broker does not answer), and
                 # flushes the producer, both at once (streams/kafka_close.py). Cancelled meanwhile, the
@@ -220,12 +228,16 @@ class LeadWorker:
         )
 
     async def _reload(self) -> None:
-        # The last batch's writes first: a commit landing after the changelog was read would skip records
-        # whose states the reload did not see. Its failure changes nothing: everything is reloaded anyway.
+        # What is pending is written first (the batches before the one that failed: their encoded states,
+        # not the states in memory), unless a checkpoint before it was lost; and the writes are waited for: a
+        # commit landing after the changelog was read would skip records whose states the reload did not see.
         try:
-            await self.settle()
+            if self.checkpoint_lost:
+                self.checkpoint = Checkpoint()
+            await self.write_pending()
         except Exception as exc:
-            log.info("the last batch's writes before the reload failed too (%s)", exc)
+            log.info("what was pending before the reload was not written either (%s)", exc)
+        self.checkpoint, self.checkpoint_lost = Checkpoint(), False
         try:
             if not await unless_stopped(self, reload(self)):
                 gave_up_restore(self)
@@ -283,8 +295,8 @@ class LeadWorker:
         if self.erasures is not None:
             erasures = self.erasures.drain_new()
             if erasures:
-                # (its tombstones after the last batch's state writes; failed, the reload purges erased leads)
-                await self.settle()
+                # (its tombstones after the pending state writes; failed, the reload purges erased leads)
+                await self.write_pending()
                 await apply_erasures(self, erasures)
         if generation == self.generation:
             ready = await self._aligned(fetched)
@@ -296,8 +308,10 @@ class LeadWorker:
             await refetch(self, fetched)
         if time.monotonic() >= self._next_scan:
             self._next_scan = time.monotonic() + self.scan_interval_s
-            await self.settle()
+            await self.write_pending()  # (the scan writes the states it fires for itself)
             await scan(self)
+        elif self.checkpoint.due(self.commit_interval_s):
+            await self.checkpoint_now()
         if self.metrics and time.monotonic() >= self._next_lag:
             self._next_lag = time.monotonic() + 5.0
             self._report_lag()
@@ -321,43 +335,63 @@ class LeadWorker:
 
     # -- a batch (its records: agents/worker_records.py) ---------------------------------------------------
 
-    def write_behind(self, wave: StateWave, offsets: dict[TopicPartition, int]) -> None:
-        """Write a batch's states, then commit its offsets, while the next batch is fetched and scored.
+    async def checkpoint_now(self) -> None:
+        """Write what the batches since the last checkpoint left (``self.checkpoint``): their states, then
+        commit their offsets, in a task that runs while the next batches are fetched and scored.
 
-        Why: each batch waited for three round trips (outputs, state, commit) before the next fetch, so under
-        live traffic the worker idled between small batches while events queued (docs/benchmarks.md, stop 30:
-        38 % of its time in epoll at a quarter of the max). The durability order is unchanged: a batch's
-        states are sent only once its outputs are acknowledged, its offsets committed only once its states
-        are; the caller settles the previous batch first, so states and commits keep the batches' order."""
-        assert self.writing is None, "the previous batch's writes were not settled"
-        self.writing = asyncio.ensure_future(self._state_then_commit(wave, offsets))
+        Why in the background: each batch waited for its state wave and its commit before the next fetch.
+        The durability order holds: every batch in the checkpoint has its outputs acknowledged, its offsets
+        are committed only once its states are, and the last checkpoint's writes finish first, so states and
+        commits keep the batches' order."""
+        pending = self.checkpoint
+        if not pending:
+            return
+        await self.settle()
+        self.checkpoint = Checkpoint()
+        self.writing = asyncio.ensure_future(self._state_then_commit(pending))
 
-    async def _state_then_commit(self, wave: StateWave, offsets: dict[TopicPartition, int]) -> None:
-        await write_state(self, wave)
-        await self._commit(offsets)
+    async def _state_then_commit(self, pending: Checkpoint) -> None:
+        await send(self, list(pending.records.values()))
+        self.retry_backoff.reset()  # the broker takes writes again
+        if self.metrics:
+            for wave in pending.waves:
+                count(self, wave.batch, wave.scored_at)
+        await self._commit(pending.offsets)
 
     async def settle(self) -> None:
-        """Wait for the last batch's state wave and commit (``write_behind``); raise what they raised (a
-        state wave the broker did not acknowledge: the caller starts over, nothing committed past it)."""
+        """Wait for the last checkpoint's writes (``checkpoint_now``); raise what they raised (a state wave
+        the broker did not acknowledge: the caller starts over, nothing committed past it)."""
         writing, self.writing = self.writing, None
-        if writing is not None:
-            await writing
-
-    async def _settle_at_stop(self) -> None:
-        """The last batch's writes, given ``STOP_GRACE_S`` as a batch in flight is (``poll_once``)."""
-        if self.writing is None:
+        if writing is None:
             return
         try:
-            if not await finished_before_stop(self.settle(), self.stop_event, grace_s=STOP_GRACE_S):
+            await writing
+        except BaseException:  # (also given up at a stop: cancelled)
+            self.checkpoint_lost = True
+            raise
+
+    async def write_pending(self) -> None:
+        """Everything scored written and committed (before the SLA scan, erasures, a rebalance, a reload,
+        the stop)."""
+        await self.checkpoint_now()
+        await self.settle()
+
+    async def _write_at_stop(self) -> None:
+        """What is pending, given ``STOP_GRACE_S`` as a batch in flight is (``poll_once``); nothing after a
+        lost checkpoint: processed again after the restart."""
+        if self.checkpoint_lost:
+            self.checkpoint = Checkpoint()
+        if not self.checkpoint and self.writing is None:
+            return
+        try:
+            if not await finished_before_stop(self.write_pending(), self.stop_event, grace_s=STOP_GRACE_S):
                 log.warning(
-                    "stopped while the last batch's state writes waited on the broker: given up after %g s, "
-                    "its offsets not committed (processed again after the restart)",
+                    "stopped while the last states' writes waited on the broker: given up after %g s, their "
+                    "offsets not committed (processed again after the restart)",
                     STOP_GRACE_S,
                 )
         except KafkaError as exc:
-            log.warning(
-                "the last batch's state writes failed at the stop (%s): its offsets not committed", exc
-            )
+            log.warning("the last states' writes failed at the stop (%s): offsets not committed", exc)
 
     async def _commit(self, offsets: dict[TopicPartition, int]) -> None:
         assert self.consumer is not None

@@ -9,7 +9,7 @@ erasures.
 from __future__ import annotations
 
 import time
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from itertools import chain
 from typing import TYPE_CHECKING
@@ -97,7 +97,8 @@ class Batch:
 
 @dataclass
 class StateWave:
-    """A batch whose outputs are acknowledged: its encoded states, still to be written (``write_state``)."""
+    """A batch whose outputs are acknowledged: its encoded states, still to be written (``write_state``, or
+    the worker's next checkpoint)."""
 
     batch: Batch
     writes: list[Record]
@@ -114,7 +115,11 @@ async def write_outputs(worker: LeadWorker, batch: Batch) -> StateWave:
     """The first wave: every record of the batch built (its states encoded too, so that one too large to
     write or that raises stops the batch before anything is sent), its outputs sent and acknowledged, and
     its states put in the store (the next batch reads them). The states' own write is returned, not sent:
-    the worker overlaps it with its next batch (``agents/worker.py``, ``LeadWorker.settle``)."""
+    the worker writes it at its next checkpoint (``agents/worker_checkpoint.py``).
+
+    Why encoded here and not at the checkpoint: ``step`` changes states in place, so once the next batch
+    ran, these bytes are the only copy of the state its outputs were sent for; a batch that fails (the
+    core raised, a record too large) is dropped, and the checkpoint before it is written from them."""
     computed_at = now_ms()
     # (a try per key costs nothing until it raises: zero-cost exceptions since Python 3.11)
     failed: dict[bytes, tuple[str, BaseException]] = {}
@@ -150,16 +155,7 @@ async def write_outputs(worker: LeadWorker, batch: Batch) -> StateWave:
         writes.append((worker.state_topic, key, value, None, partition))
     if failed:
         raise NotWritable(failed)
-    too_large = [
-        (topic, key, size)
-        for topic, key, value, _headers, _partition in chain(batch.sends, writes)
-        if value is not None and (size := len(value) + len(key or b"")) > MAX_RECORD_BYTES
-    ]
-    if too_large:
-        if worker.metrics:
-            for topic, _key, _size in too_large:
-                worker.metrics.records_too_large.labels(topic=worker._unprefixed(topic)).inc()
-        raise RecordTooLarge(too_large)
+    check_sizes(worker, chain(batch.sends, writes))
     await send(worker, batch.sends)
     scored_at = time.time()  # outputs acknowledged: the events' scores are out
     for key, partition, state, due in stored:
@@ -176,6 +172,20 @@ async def write_state(worker: LeadWorker, wave: StateWave) -> None:
     worker.retry_backoff.reset()  # the broker takes writes again
     if worker.metrics:
         count(worker, wave.batch, wave.scored_at)
+
+
+def check_sizes(worker: LeadWorker, records: Iterable[Record]) -> None:
+    """Raise ``RecordTooLarge`` (counted) for the records over ``MAX_RECORD_BYTES``, before any is sent."""
+    too_large = [
+        (topic, key, size)
+        for topic, key, value, _headers, _partition in records
+        if value is not None and (size := len(value) + len(key or b"")) > MAX_RECORD_BYTES
+    ]
+    if too_large:
+        if worker.metrics:
+            for topic, _key, _size in too_large:
+                worker.metrics.records_too_large.labels(topic=worker._unprefixed(topic)).inc()
+        raise RecordTooLarge(too_large)
 
 
 def count(worker: LeadWorker, batch: Batch, scored_at: float) -> None:

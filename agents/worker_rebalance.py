@@ -20,6 +20,7 @@ from aiokafka.errors import IllegalStateError
 
 from agents.kafka_batches import Headers, read_to_end
 from agents.lead_store import LeadStore, due_from_headers
+from agents.worker_checkpoint import Checkpoint
 from agents.worker_erasures import purge_erased
 from agents.worker_sla_scan import report_failing
 from streams.kafka_close import committed, group_commits
@@ -36,11 +37,13 @@ class WorkerRebalance(ConsumerRebalanceListener):  # type: ignore[misc]
         self.worker = worker
 
     async def on_partitions_revoked(self, revoked: Any) -> None:
-        # Waits for the batch in flight and its write-behind, which commit its offsets before the partitions
-        # move. A write-behind that failed commits nothing: the partitions' next owners read the batch again.
+        # Waits for the batch in flight, then writes what is pending and commits it before the partitions
+        # move. A write that fails commits nothing: the partitions' next owners read those batches again.
         async with self.worker.lock:
             try:
-                await self.worker.settle()
+                if self.worker.checkpoint_lost:  # (see LeadWorker.checkpoint_lost)
+                    self.worker.checkpoint = Checkpoint()
+                await self.worker.write_pending()
             except Exception as exc:
                 self.worker.start_over(exc)
             self.worker.restoring = True

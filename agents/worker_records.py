@@ -73,10 +73,10 @@ async def process(worker: LeadWorker, fetched: dict[TopicPartition, list[Consume
     except NotWritable as exc:
         not_written(worker, exc, decoded)
         return
-    # The batch's scores are out. Its states and its offsets are written while the next batch is fetched and
-    # scored (LeadWorker.write_behind), after the previous batch's, which must be done first (order).
-    await worker.settle()
-    worker.write_behind(wave, {tp: records[-1].offset + 1 for tp, records in parts.items()})
+    # The batch's scores are out; its states and offsets are written at the next checkpoint (worker.py).
+    worker.checkpoint.add(wave, {tp: records[-1].offset + 1 for tp, records in parts.items()})
+    if worker.checkpoint.due(worker.commit_interval_s):
+        await worker.checkpoint_now()
 
 
 def _decode(worker: LeadWorker, message: ConsumerRecord, batch: Batch) -> Decoded | None:

@@ -138,7 +138,7 @@ def _run(
         "workload_now_ms": workload.now_ms,
     }
 
-    out("real worker (agents/worker.py): batch loop, state in memory, written once per lead per batch")
+    out("real worker (agents/worker.py): batch loop, state in memory, written once per lead per checkpoint")
     real_settings = settings_for("real")
     real, worker = throughput_run(REAL, real_settings, records, root / "real.log", 600.0, out)
     try:

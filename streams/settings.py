@@ -84,6 +84,10 @@ class Settings(BaseSettings):
     # 0 = off (re-sends are then stored twice and collapse only under FINAL).
     sink_recent_ids: int = Field(default=10_000, ge=0, le=10_000_000)
     notifier_port: int = Field(default=6068, ge=0, le=65535)  # the notifier's /metrics, /health, /ready
+    # How often the worker writes its leads' states and commits its offsets (each lead's state once per
+    # interval, not once per batch: agents/worker_checkpoint.py); 0 = after every batch. A crash repeats at
+    # most this much work (same output ids, dropped downstream).
+    worker_commit_interval_s: float = Field(default=1.0, ge=0, le=60)
 
     # Collector write keys: JSON object {"source name": "key"}; webhook targets and signing secret.
     write_keys: dict[str, SecretStr] = Field(default_factory=dict)

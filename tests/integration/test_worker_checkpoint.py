@@ -1,6 +1,7 @@
-"""The worker's write-behind (agents/worker.py, ``LeadWorker.write_behind``) against the real broker: a batch's
-state wave and offset commit run while the next batch is scored, never before the batch's outputs are
-acknowledged, never committed before its states are, and finished at a stop.
+"""The worker's checkpoints (agents/worker_checkpoint.py) against the real broker: the states and offsets of
+the batches since the last checkpoint are written together, each lead's state once, while the next batches
+are scored; never before the batches' outputs are acknowledged, offsets never before their states, and what is
+pending is written at a stop.
 
 The state wave is held back by wrapping ``BatchSender.send`` (the broker itself is real): that is the only way
 to make "the previous batch's states are still on their way" last long enough to look at.
@@ -9,6 +10,7 @@ to make "the previous batch's states are still on their way" last long enough to
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 from collections.abc import Sequence
 from typing import Any
@@ -18,9 +20,11 @@ import pytest
 from agents.kafka_batches import BatchSender, Record, read_to_end
 from agents.lead_store import LeadStore
 from agents.rules import load_rules
+from agents.state import LeadState
 from agents.worker import LeadWorker
 from streams.producer import Producer
 from streams.settings import Settings
+from tests.integration.test_worker import raw_messages
 from tests.integration.worker_harness import running_worker, wait_until
 
 pytestmark = pytest.mark.integration
@@ -28,9 +32,9 @@ pytestmark = pytest.mark.integration
 HOLD_MAX_S = 30.0  # a held state wave goes on by itself after this: a failing test never hangs
 
 
-def _visit(lead: str, at: int) -> dict[str, Any]:
+def _visit(lead: str, at: int, name: str = "visit") -> dict[str, Any]:
     return {
-        "event_id": f"{lead}-visit",
+        "event_id": f"{lead}-{name}",
         "event_time": at,
         "lead_id": lead,
         "source": "web",
@@ -39,10 +43,10 @@ def _visit(lead: str, at: int) -> dict[str, Any]:
     }
 
 
-def _seen(worker: LeadWorker, lead: str) -> bool:
+def _seen(worker: LeadWorker, lead: str, name: str = "visit") -> bool:
     """The lead's visit is in the worker's store: put there once the batch's outputs were acknowledged."""
     state = worker.store.get(lead.encode())
-    return state is not None and f"{lead}-visit" in state.seen
+    return state is not None and f"{lead}-{name}" in state.seen
 
 
 def _committed_visits(worker: LeadWorker, settings: Settings) -> int:
@@ -85,10 +89,8 @@ class StateWaves:
             else:
                 if waves.release is None:
                     waves.release = asyncio.Event()
-                try:
+                with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(waves.release.wait(), HOLD_MAX_S)
-                except TimeoutError:
-                    pass
             await real_send(sender, records)
             waves.finished.append(time.monotonic())
 
@@ -145,13 +147,15 @@ def test_a_batch_is_scored_while_the_previous_batchs_states_wait_on_the_broker_a
         assert state is not None and f"{lead}-visit" in state.seen, lead
 
 
-def test_a_stop_finishes_the_last_batchs_state_wave_and_commit(
+def test_a_stop_writes_and_commits_what_the_last_batches_left_pending(
     broker_settings: Settings, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """The worker is told to stop while its last batch's states are on their way (scored, not yet written):
-    the stop waits for them and commits the batch, instead of leaving it to be processed again."""
+    """The worker is told to stop with a batch scored and its state not written yet (the checkpoint is not
+    due), and with the state wave slow: the stop writes it and commits the batch, instead of leaving it to
+    be processed again."""
     waves = StateWaves(broker_settings, monkeypatch, delay_s=1.0)
     worker = LeadWorker(broker_settings, load_rules(None), scan_interval_s=3600)
+    worker.commit_interval_s = 60.0
     now = int(time.time() * 1000)
     at_stop: dict[str, object] = {}
 
@@ -161,11 +165,44 @@ def test_a_stop_finishes_the_last_batchs_state_wave_and_commit(
             with Producer(broker_settings) as producer:
                 producer.send("web_visit", _visit("L-stop", now - 1_000))
             await wait_until(lambda: _seen(worker, "L-stop"), running, timeout_s=20)
-            at_stop["held"] = waves.held()
+            await asyncio.sleep(0.5)
+            at_stop["waves"] = len(waves.started)
             at_stop["committed"] = _committed_visits(worker, broker_settings)
 
     asyncio.run(scenario())
-    assert at_stop == {"held": True, "committed": 0}, at_stop
+    assert at_stop == {"waves": 0, "committed": 0}, at_stop
     assert _committed_visits(worker, broker_settings) == 1, worker.committed
     state = _durable(broker_settings).get(b"L-stop")
     assert state is not None and "L-stop-visit" in state.seen
+
+
+def test_a_lead_in_several_batches_between_checkpoints_is_written_once_with_all_of_them(
+    broker_settings: Settings,
+) -> None:
+    """Three batches for one lead within a checkpoint interval: one changelog record holding all three
+    visits (was one per batch: a busy lead's whole state re-written with every batch), and the offsets of
+    all three committed with it."""
+    worker = LeadWorker(broker_settings, load_rules(None), scan_interval_s=3600)
+    worker.commit_interval_s = 60.0
+    now = int(time.time() * 1000)
+    lead = "L-busy"
+    names = ("one", "two", "three")
+    between: dict[str, object] = {}
+
+    async def scenario() -> None:
+        async with running_worker(worker) as running:
+            await wait_until(lambda: worker.ready()[0], running, seen=lambda: "worker never became ready")
+            for i, name in enumerate(names):
+                with Producer(broker_settings) as producer:
+                    producer.send("web_visit", _visit(lead, now - 10_000 + i, name))
+                await wait_until(lambda name=name: _seen(worker, lead, name), running, timeout_s=20)
+            between["committed"] = _committed_visits(worker, broker_settings)
+
+    asyncio.run(scenario())
+    assert between == {"committed": 0}, between
+    assert _committed_visits(worker, broker_settings) == len(names), worker.committed
+    changelog = broker_settings.topic("leadpulse.internal.lead_state")
+    records = [m for m in raw_messages(broker_settings, changelog) if m.key == lead.encode()]
+    assert len(records) == 1, [m.offset for m in records]
+    state = LeadState.from_bytes(records[0].value)
+    assert {f"{lead}-{name}" for name in names} <= set(state.seen)
