@@ -36,7 +36,7 @@ from agents.alignment import TopicAligner
 from agents.kafka_batches import BatchSender, caught_up
 from agents.lead_store import LeadStore
 from agents.rules import Rules
-from agents.worker_batch import NotWritable, RecordTooLarge, count, send
+from agents.worker_batch import NotWritable, RecordTooLarge, send
 from agents.worker_checkpoint import Checkpoint
 from agents.worker_clients import GROUP, check_broker, worker_consumer, worker_producer
 from agents.worker_clock import now_ms
@@ -162,6 +162,9 @@ class LeadWorker:
         # A checkpoint's writes failed or were given up: what is pending after it must not be written (its
         # offsets would commit past records whose states never reached the changelog); the reload drops it.
         self.checkpoint_lost = False
+        # Per partition, the offset up to which this worker counted records in its metrics (when their
+        # batch's outputs were acknowledged): a batch processed again is not counted again (worker_records).
+        self.counted_to: dict[TopicPartition, int] = {}
 
     # -- lifecycle -------------------------------------------------------------------------------------
 
@@ -353,9 +356,6 @@ class LeadWorker:
     async def _state_then_commit(self, pending: Checkpoint) -> None:
         await send(self, list(pending.records.values()))
         self.retry_backoff.reset()  # the broker takes writes again
-        if self.metrics:
-            for wave in pending.waves:
-                count(self, wave.batch, wave.scored_at)
         await self._commit(pending.offsets)
 
     async def settle(self) -> None:

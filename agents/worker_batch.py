@@ -189,15 +189,18 @@ def check_sizes(worker: LeadWorker, records: Iterable[Record]) -> None:
 
 
 def count(worker: LeadWorker, batch: Batch, scored_at: float) -> None:
-    """The batch's metrics, once both waves are acknowledged.
+    """The batch's metrics, once: for an SLA scan's or an erasure's batch when both waves are acknowledged;
+    for a batch of input records when its outputs are (``worker_records``), unless this worker counted its
+    records before (``LeadWorker.counted_to``).
 
-    Why not as the events are handled, or once the outputs are out: a batch whose writes the broker did not
-    acknowledge is processed again after a start-over (``LeadWorker.start_over``), and each pass counted
-    its records, outputs and dead letters (a state wave refused after the outputs wave: every event of the
-    batch counted twice in ``leadpulse_events_consumed_total``, its hot leads twice in
-    ``leadpulse_hot_leads_total``). Counted here, a batch counts once, when it is done. The one repeat left is
-    a batch whose offset commit is refused because its partitions moved: their next owner reads the records
-    again and counts them as consumed (its outputs are duplicates, not emitted, not counted)."""
+    Why: a batch whose writes the broker did not acknowledge is processed again after a start-over
+    (``LeadWorker.start_over``), and each pass counted its records, outputs and dead letters (a state wave
+    refused after the outputs wave: every event of the batch counted twice in
+    ``leadpulse_events_consumed_total``, its hot leads twice in ``leadpulse_hot_leads_total``). Counted at
+    the checkpoint instead, the counts came in lumps a second apart, which the throughput bench reads. The
+    one repeat left is a batch whose offset commit is refused because its partitions moved: their next
+    owner reads the records again and counts them as consumed (its outputs are duplicates, not emitted, not
+    counted)."""
     metrics = worker.metrics
     assert metrics is not None
     observe_many(metrics.event_to_score_seconds, [max(0.0, scored_at - t / 1000) for t in batch.arrived])

@@ -32,7 +32,6 @@ class Checkpoint:
 
     records: dict[bytes, Record] = field(default_factory=dict)  # state records by key: the newest wins
     offsets: dict[TopicPartition, int] = field(default_factory=dict)
-    waves: list[StateWave] = field(default_factory=list)  # counted once written (worker_batch.count)
     opened_at: float | None = None
 
     def add(self, wave: StateWave, offsets: dict[TopicPartition, int]) -> None:
@@ -42,7 +41,6 @@ class Checkpoint:
             self.records.pop(key, None)  # (re-inserted: the records keep the order of their newest batch)
             self.records[key] = record
         self.offsets.update(offsets)
-        self.waves.append(wave)
         if self.opened_at is None:
             self.opened_at = time.monotonic()
 

@@ -79,6 +79,7 @@ def forget_moved(worker: LeadWorker, assigned: set[TopicPartition]) -> None:
     still name a record. ``scan_failed`` held such leads for good. Entries of partitions kept are kept: the
     record is still dead-lettered when read again, the lead's back-off still applies."""
     partitions = {tp.partition for tp in assigned}
+    worker.counted_to = {tp: offset for tp, offset in worker.counted_to.items() if tp in assigned}
     if worker.failed_in_core:
         worker.failed_in_core = {
             where: exc

@@ -9,6 +9,7 @@ extra layer per event.
 from __future__ import annotations
 
 import logging
+from bisect import bisect_left
 from typing import TYPE_CHECKING, Any
 
 from aiokafka import ConsumerRecord, TopicPartition
@@ -18,7 +19,7 @@ from agents.core import StepResult, step
 from agents.kafka_batches import murmur2_partition
 from agents.lead_store import ACCOUNT_PREFIX
 from agents.state import LeadState
-from agents.worker_batch import DLQ_HEADERS, Batch, NotWritable, RecordTooLarge, write_outputs
+from agents.worker_batch import DLQ_HEADERS, Batch, NotWritable, RecordTooLarge, count, write_outputs
 from agents.worker_clock import now_ms
 from agents.worker_failures import core_raised, not_written, too_large
 from schemas.errors import SchemaError
@@ -42,6 +43,37 @@ async def process(worker: LeadWorker, fetched: dict[TopicPartition, list[Consume
     parts = {tp: records for tp, records in fetched.items() if tp in owned and records}
     if not parts:
         return
+    again, new = _counted_before(worker, parts)
+    if again:  # (after a start-over: records whose batch was counted, its checkpoint then lost)
+        await _process(worker, again, counted=False)
+        if worker.reload_pending or not new:
+            return
+    await _process(worker, new, counted=True)
+
+
+def _counted_before(
+    worker: LeadWorker, parts: dict[TopicPartition, list[ConsumerRecord]]
+) -> tuple[dict[TopicPartition, list[ConsumerRecord]], dict[TopicPartition, list[ConsumerRecord]]]:
+    """The records this worker counted in its metrics already, and the rest (``LeadWorker.counted_to``)."""
+    marks = worker.counted_to
+    if not marks:
+        return {}, parts
+    again, new = {}, {}
+    for tp, records in parts.items():
+        mark = marks.get(tp)
+        if mark is None or records[0].offset >= mark:
+            new[tp] = records
+        elif records[-1].offset < mark:
+            again[tp] = records
+        else:
+            cut = bisect_left(records, mark, key=lambda r: r.offset)
+            again[tp], new[tp] = records[:cut], records[cut:]
+    return again, new
+
+
+async def _process(
+    worker: LeadWorker, parts: dict[TopicPartition, list[ConsumerRecord]], counted: bool
+) -> None:
     batch = Batch()
     now = now_ms()
     decoded = [d for records in parts.values() for m in records if (d := _decode(worker, m, batch))]
@@ -73,8 +105,14 @@ async def process(worker: LeadWorker, fetched: dict[TopicPartition, list[Consume
     except NotWritable as exc:
         not_written(worker, exc, decoded)
         return
-    # The batch's scores are out; its states and offsets are written at the next checkpoint (worker.py).
-    worker.checkpoint.add(wave, {tp: records[-1].offset + 1 for tp, records in parts.items()})
+    # The batch's scores are out: counted now, once (a batch processed again after its checkpoint was lost
+    # is not counted again); its states and offsets are written at the next checkpoint (worker.py).
+    offsets = {tp: records[-1].offset + 1 for tp, records in parts.items()}
+    if counted:
+        if worker.metrics:
+            count(worker, wave.batch, wave.scored_at)
+        worker.counted_to.update(offsets)
+    worker.checkpoint.add(wave, offsets)
     if worker.checkpoint.due(worker.commit_interval_s):
         await worker.checkpoint_now()
 
