@@ -237,7 +237,7 @@ class LeadWorker:
         try:
             if self.checkpoint_lost:
                 self.checkpoint = Checkpoint()
-            await self.write_pending()
+            await unless_stopped(self, self.write_pending())  # (a stop meanwhile: dropped, as at a crash)
         except Exception as exc:
             log.info("what was pending before the reload was not written either (%s)", exc)
         self.checkpoint, self.checkpoint_lost = Checkpoint(), False

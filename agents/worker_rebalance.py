@@ -43,7 +43,8 @@ class WorkerRebalance(ConsumerRebalanceListener):  # type: ignore[misc]
             try:
                 if self.worker.checkpoint_lost:  # (see LeadWorker.checkpoint_lost)
                     self.worker.checkpoint = Checkpoint()
-                await self.worker.write_pending()
+                if not await unless_stopped(self.worker, self.worker.write_pending()):
+                    log.warning("stopped while writing what was pending at a revocation: not committed")
             except Exception as exc:
                 self.worker.start_over(exc)
             self.worker.restoring = True
