@@ -35,7 +35,15 @@ from pathlib import Path
 from typing import Any
 
 from bench.latency import final_stages, paced_latency
-from bench.worker_harness import Throughput, WorkerProcess, input_topics, produce, wait_consumed, wait_idle
+from bench.worker_harness import (
+    Throughput,
+    WorkerProcess,
+    changelog_size,
+    input_topics,
+    produce,
+    wait_consumed,
+    wait_idle,
+)
 from bench.workload import Encoded, Workload, encode
 from schemas.registry import default_registry
 from streams.broker import EmbeddedBroker, create_topics, free_port, tansu_binary
@@ -163,6 +171,7 @@ def _run(
             result["latency_curve"] = curve
     finally:
         worker.stop()
+    result["changelog"] = changelog_size(real_settings)
 
     out(f"naive worker (bench/naive_worker.py): 4 tables, 4 writes per event; first {naive_events:,} events")
     naive_settings = settings_for("naive")
@@ -204,6 +213,9 @@ def report(result: dict[str, Any], out: Out) -> None:
         f"real/naive = {result['ratio']:.1f}x (target >= {TARGET_RATIO:g}x: {ok_ratio}); "
         f"real {real['events_per_s']:,.0f} events/s (target >= {TARGET_RATE:,}: {ok_rate})"
     )
+    if "changelog" in result:
+        records, size = result["changelog"]
+        out(f"lead-state changelog over the whole run (real worker): {records:,} records, {size:,} bytes")
     for lat in result.get("latency_curve", []):
         if "p50_ms" in lat:
             named = lat["sent"] - lat["anonymous"]

@@ -5,6 +5,7 @@ phase (``bench/latency.py``) and the soak (``bench/soak.py``).
 
 from __future__ import annotations
 
+import asyncio
 import os
 import signal
 import subprocess
@@ -16,11 +17,12 @@ from pathlib import Path
 
 from prometheus_client.parser import text_string_to_metric_families
 
+from agents.kafka_batches import read_to_end
 from bench.workload import Encoded
 from streams.broker import free_port
 from streams.producer import Producer
 from streams.settings import Settings
-from streams.topics import INPUTS
+from streams.topics import INPUTS, LEAD_STATE
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -176,3 +178,17 @@ def throughput(idle: Sample | None, counted: list[Sample], total: int) -> Throug
     return Throughput(
         events, seconds, events / seconds, last[2] - first[2], last[1] >= total, upper_bound=upper_bound
     )
+
+
+def changelog_size(settings: Settings) -> tuple[int, int]:
+    """(records, bytes of keys and values) in the lead-state changelog: every state write of the run, since
+    Tansu does not compact (how much the worker wrote, not what a compacted topic would keep)."""
+    found = [0, 0]
+
+    def apply(_partition: int, key: bytes, value: bytes | None, _headers: object) -> None:
+        found[0] += 1
+        found[1] += len(key or b"") + len(value or b"")
+
+    topic = settings.topic(LEAD_STATE.name)
+    asyncio.run(read_to_end(settings, topic, set(range(LEAD_STATE.partitions)), True, apply))
+    return found[0], found[1]
