@@ -17,6 +17,7 @@ from typing import Any
 
 import pytest
 
+from agents import worker_records
 from agents.kafka_batches import BatchSender, Record, read_to_end
 from agents.lead_store import LeadStore
 from agents.rules import load_rules
@@ -206,3 +207,58 @@ def test_a_lead_in_several_batches_between_checkpoints_is_written_once_with_all_
     assert len(records) == 1, [m.offset for m in records]
     state = LeadState.from_bytes(records[0].value)
     assert {f"{lead}-{name}" for name in names} <= set(state.seen)
+
+
+def test_a_stop_while_a_reload_writes_what_was_pending_to_a_hung_broker_is_not_held(
+    broker_settings: Settings, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A batch the core raises for makes the worker reload; first it writes what earlier batches left
+    pending. With the broker not answering that write, a stop must still end the worker within seconds (it
+    waited the producer's timeout, unbounded by the stop) and commit nothing past the unwritten states."""
+    real_send = BatchSender.send
+    state_topic = broker_settings.topic("leadpulse.internal.lead_state")
+    hang: dict[str, bool] = {"armed": False, "entered": False}
+
+    async def send(sender: BatchSender, records: Sequence[Record]) -> None:
+        if hang["armed"] and any(topic == state_topic for topic, *_ in records):
+            hang["entered"] = True
+            await asyncio.Event().wait()  # a broker that never answers
+        await real_send(sender, records)
+
+    monkeypatch.setattr(BatchSender, "send", send)
+    real_step = worker_records.step
+
+    def step_raising_for_boom(
+        state: LeadState | None, key: str, schema: str, event: dict[str, Any], *args: Any
+    ) -> Any:
+        if event.get("event_id") == "L-boom-visit":
+            raise RuntimeError("injected: the core fails for this event")
+        return real_step(state, key, schema, event, *args)
+
+    monkeypatch.setattr(worker_records, "step", step_raising_for_boom)
+    worker = LeadWorker(broker_settings, load_rules(None), scan_interval_s=3600)
+    worker.commit_interval_s = 60.0
+    now = int(time.time() * 1000)
+    took: dict[str, float] = {}
+
+    async def scenario() -> None:
+        stop = asyncio.Event()
+        running = asyncio.create_task(worker.run(stop))
+        try:
+            await wait_until(lambda: worker.ready()[0], running, seen=lambda: "worker never became ready")
+            with Producer(broker_settings) as producer:
+                producer.send("web_visit", _visit("L-first", now - 2_000))
+            await wait_until(lambda: _seen(worker, "L-first"), running, timeout_s=20)
+            hang["armed"] = True
+            with Producer(broker_settings) as producer:
+                producer.send("web_visit", _visit("L-boom", now - 1_000))
+            await wait_until(lambda: hang["entered"], running, timeout_s=20, seen=lambda: "no reload wrote")
+        finally:
+            started = time.monotonic()
+            stop.set()
+            await asyncio.wait_for(running, 20)
+            took["stop"] = time.monotonic() - started
+
+    asyncio.run(scenario())
+    assert took["stop"] < 10, took
+    assert _committed_visits(worker, broker_settings) == 0, worker.committed
