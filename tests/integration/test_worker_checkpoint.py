@@ -18,15 +18,14 @@ from typing import Any
 import pytest
 
 from agents import worker_records
-from agents.kafka_batches import BatchSender, Record, read_to_end
-from agents.lead_store import LeadStore
+from agents.kafka_batches import BatchSender, Record
 from agents.rules import load_rules
 from agents.state import LeadState
 from agents.worker import LeadWorker
 from streams.producer import Producer
 from streams.settings import Settings
 from tests.integration.test_worker import raw_messages
-from tests.integration.worker_harness import running_worker, wait_until
+from tests.integration.worker_harness import durable_states, running_worker, wait_until
 
 pytestmark = pytest.mark.integration
 
@@ -54,17 +53,6 @@ def _committed_visits(worker: LeadWorker, settings: Settings) -> int:
     """Records of the visits topic the worker committed past, over all partitions."""
     visits = settings.topic("events.web_visits")
     return sum(offset for tp, offset in worker.committed.items() if tp.topic == visits)
-
-
-def _durable(settings: Settings) -> LeadStore:
-    store = LeadStore()
-
-    def apply(partition: int, key: bytes, value: bytes | None, _headers: Any) -> None:
-        store.restore(partition, key, value, None)
-
-    topic = settings.topic("leadpulse.internal.lead_state")
-    asyncio.run(read_to_end(settings, topic, set(range(8)), True, apply))
-    return store
 
 
 class StateWaves:
@@ -142,7 +130,7 @@ def test_a_batch_is_scored_while_the_previous_batchs_states_wait_on_the_broker_a
 
     asyncio.run(scenario())
     assert overlap == {"held": True, "committed": 0}, overlap
-    durable = _durable(broker_settings)
+    durable = durable_states(broker_settings)
     for lead in ("L-a", "L-b"):
         state = durable.get(lead.encode())
         assert state is not None and f"{lead}-visit" in state.seen, lead
@@ -173,7 +161,7 @@ def test_a_stop_writes_and_commits_what_the_last_batches_left_pending(
     asyncio.run(scenario())
     assert at_stop == {"waves": 0, "committed": 0}, at_stop
     assert _committed_visits(worker, broker_settings) == 1, worker.committed
-    state = _durable(broker_settings).get(b"L-stop")
+    state = durable_states(broker_settings).get(b"L-stop")
     assert state is not None and "L-stop-visit" in state.seen
 
 

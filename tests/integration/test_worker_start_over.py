@@ -21,8 +21,8 @@ from agents import worker_batch, worker_sla_scan
 from agents import worker_records as worker_module
 from agents.account import AccountState
 from agents.core import StepResult
-from agents.kafka_batches import BatchSender, Record, read_to_end
-from agents.lead_store import ACCOUNT_PREFIX, LeadStore, due_header
+from agents.kafka_batches import BatchSender, Record
+from agents.lead_store import ACCOUNT_PREFIX, due_header
 from agents.rules import Rules, load_rules
 from agents.sla import FOLLOW_UP
 from agents.state import LeadState
@@ -34,7 +34,7 @@ from streams.reader import Decoded, read_topic
 from streams.settings import Settings
 from streams.topics import TOPICS
 from tests.integration.test_worker import HOUR, demo_request, outputs, profile
-from tests.integration.worker_harness import running_worker, wait_until
+from tests.integration.worker_harness import durable_states, running_worker, wait_until
 
 pytestmark = pytest.mark.integration
 
@@ -61,18 +61,6 @@ def _visit(lead: str, name: str, at: int) -> dict[str, Any]:
         "url": "https://x.example/pricing",
         "page_category": "pricing",
     }
-
-
-def _durable(settings: Settings) -> LeadStore:
-    """The lead states in the changelog (what a restart would restore)."""
-    store = LeadStore()
-
-    def apply(partition: int, key: bytes, value: bytes | None, _headers: Any) -> None:
-        store.restore(partition, key, value, None)
-
-    topic = settings.topic("leadpulse.internal.lead_state")
-    asyncio.run(read_to_end(settings, topic, set(range(8)), True, apply))
-    return store
 
 
 def _dead_letters(settings: Settings) -> list[dict[str, Any]]:
@@ -196,7 +184,7 @@ def test_a_step_that_raises_after_updating_the_state_in_place_leaves_no_trace_in
 
     asyncio.run(scenario())
     assert raised, "the injected bug never ran"
-    durable = _durable(broker_settings).get(lead.encode())
+    durable = durable_states(broker_settings).get(lead.encode())
     assert durable is not None and f"{lead}-after" in durable.seen and durable.stage == "mql"
     assert durable.fit != 999.0 and f"{lead}-broken" not in durable.seen, "a half-updated state was written"
     letters = [d for d in _dead_letters(broker_settings) if d["event_id"] == f"{lead}-broken"]
@@ -281,7 +269,7 @@ def test_a_state_too_large_to_write_dead_letters_its_events_instead_of_stalling_
     assert {d["error_type"] for d in letters} == {"RecordTooLarge"}, {d["error_type"] for d in letters}
     assert "leadpulse.internal.lead_state" in letters[0]["error"] and "bytes" in letters[0]["error"]
     assert len({d["event_id"] for d in letters}) == len(letters), "an event dead-lettered twice"
-    durable = _durable(broker_settings).get(anonymous.encode())
+    durable = durable_states(broker_settings).get(anonymous.encode())
     kept = len(durable.buffer) if durable is not None else 0
     assert kept + len(letters) == len(big), (kept, len(letters))
     assert durable is None or len(durable.to_bytes()) <= 1_000_000
@@ -338,7 +326,7 @@ def test_an_sla_scan_that_raises_for_one_lead_neither_stops_the_worker_nor_keeps
             assert state is not None and state.fit != 999.0, "the failed scan's change stayed in memory"
 
     asyncio.run(scenario())
-    durable = _durable(broker_settings).get(buggy.encode())
+    durable = durable_states(broker_settings).get(buggy.encode())
     assert durable is not None and durable.fit != 999.0 and f"{buggy}-later" in durable.seen
 
 
@@ -379,7 +367,7 @@ def test_a_state_the_sla_scan_grows_past_the_record_limit_does_not_hold_back_eve
 
     asyncio.run(scenario())
     assert len(scanned) == 1, f"the lead was scanned {len(scanned)} times (a reload per scan)"
-    durable = _durable(broker_settings)
+    durable = durable_states(broker_settings)
     fine_state, big_state = durable.get(fine.encode()), durable.get(big.encode())
     timer = fine_state.timers.get(FOLLOW_UP) if fine_state is not None else None
     assert timer is not None and len(timer.fired) >= 2, "the other lead's SLA firings were never written"
@@ -478,7 +466,7 @@ def test_a_state_that_cannot_be_encoded_dead_letters_its_events_instead_of_crash
 
     asyncio.run(scenario())
     assert raised, "the injected bug never ran"
-    durable = _durable(broker_settings)
+    durable = durable_states(broker_settings)
     bad_state, fine_state = durable.get(bad.encode()), durable.get(fine.encode())
     assert (
         bad_state is not None and f"{bad}-after" in bad_state.seen and f"{bad}-poison" not in bad_state.seen
@@ -554,7 +542,7 @@ def test_an_account_that_cannot_be_encoded_dead_letters_its_hops_instead_of_cras
     letters = [d for d in found["dead_letter"] if d["source_topic"].endswith("leadpulse.internal.accounts")]
     assert letters and all(d["stage"] == "process" and d["error_type"] == "NotWritable" for d in letters)
     assert "ValueError" in letters[0]["error"] and "injected" in letters[0]["error"], letters[0]
-    durable = _durable(broker_settings)
+    durable = durable_states(broker_settings)
     for lead in (bad, fine):
         state = durable.get(lead.encode())
         assert state is not None and f"{lead}-demo" in state.seen, lead

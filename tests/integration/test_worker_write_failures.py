@@ -17,14 +17,13 @@ import pytest
 from aiokafka.errors import KafkaConnectionError, KafkaTimeoutError
 
 from agents import worker_rebalance
-from agents.kafka_batches import BatchSender, Record, read_to_end
-from agents.lead_store import LeadStore
+from agents.kafka_batches import BatchSender, Record
 from agents.rules import load_rules
 from agents.worker import LeadWorker
 from streams.producer import Producer
 from streams.settings import Settings
 from tests.integration.test_worker import HOUR, demo_request, outputs, profile
-from tests.integration.worker_harness import running_worker, wait_until
+from tests.integration.worker_harness import durable_states, running_worker, wait_until
 
 pytestmark = pytest.mark.integration
 
@@ -130,19 +129,6 @@ def test_a_batch_whose_writes_the_broker_does_not_take_is_processed_again_after_
     asyncio.run(scenario())
     hot = {r["notification_id"] for r in outputs(broker_settings)["hot_lead"]}
     assert len(hot) == 1, f"hot leads emitted: {hot}"
-    durable = LeadStore()
-
-    def apply(partition: int, key: bytes, value: bytes | None, _headers: Any) -> None:
-        durable.restore(partition, key, value, None)
-
-    asyncio.run(
-        read_to_end(
-            broker_settings,
-            broker_settings.topic("leadpulse.internal.lead_state"),
-            set(range(8)),
-            True,
-            apply,
-        )
-    )
+    durable = durable_states(broker_settings)
     state = durable.get(lead.encode())
     assert state is not None and state.stage == "mql" and f"{lead}-demo" in state.seen

@@ -13,6 +13,8 @@ from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from typing import Any
 
+from agents.kafka_batches import read_to_end
+from agents.lead_store import LeadStore
 from agents.worker import LeadWorker
 from streams.erasures import ErasureLog
 from streams.settings import Settings
@@ -62,3 +64,15 @@ async def wait_until(
     while not condition():
         assert time.monotonic() < deadline and not running.done(), seen()
         await asyncio.sleep(0.1)
+
+
+def durable_states(settings: Settings) -> LeadStore:
+    """The lead states in the changelog (what a restart would restore), read after the worker stopped."""
+    store = LeadStore()
+
+    def apply(partition: int, key: bytes, value: bytes | None, _headers: Any) -> None:
+        store.restore(partition, key, value, None)
+
+    topic = settings.topic("leadpulse.internal.lead_state")
+    asyncio.run(read_to_end(settings, topic, set(range(8)), True, apply))
+    return store
