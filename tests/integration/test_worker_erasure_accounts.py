@@ -25,8 +25,8 @@ from streams.metrics import Metrics
 from streams.producer import Producer
 from streams.settings import Settings
 from tests.integration.test_worker import outputs, profile
-from tests.integration.test_worker_start_over import _dead_letters, _durable, _seen, _visit
-from tests.integration.worker_harness import ready_with_erasures, wait_until
+from tests.integration.test_worker_start_over import _dead_letters, _seen, _visit
+from tests.integration.worker_harness import durable_states, ready_with_erasures, wait_until
 
 pytestmark = pytest.mark.integration
 
@@ -35,7 +35,7 @@ ACCOUNT = ACCOUNT_PREFIX + b"buyer.example"  # profile()'s company domain
 
 def _durable_account(settings: Settings) -> AccountState | None:
     """The account's state in the changelog (what a restart would restore)."""
-    return _durable(settings).get_account(ACCOUNT)
+    return durable_states(settings).get_account(ACCOUNT)
 
 
 def test_an_erasure_whose_account_cannot_be_encoded_is_dead_lettered_and_the_rest_of_it_done(
@@ -116,7 +116,7 @@ def test_an_erasure_whose_account_cannot_be_encoded_is_dead_lettered_and_the_res
             assert account_leads() == {gone, stays}
 
     asyncio.run(restart())
-    durable = _durable(broker_settings)
+    durable = durable_states(broker_settings)
     assert durable.get(gone.encode()) is None, "the erased lead's state was not tombstoned"
     assert durable.get(stays.encode()) is not None
     letters = [

@@ -20,8 +20,8 @@ from streams.erasures import erasure_record, publish_erasure
 from streams.metrics import Metrics
 from streams.producer import Producer
 from streams.settings import Settings
-from tests.integration.test_worker_start_over import _dead_letters, _durable, _seen, _visit
-from tests.integration.worker_harness import ready_with_erasures, wait_until
+from tests.integration.test_worker_start_over import _dead_letters, _seen, _visit
+from tests.integration.worker_harness import durable_states, ready_with_erasures, wait_until
 
 pytestmark = pytest.mark.integration
 
@@ -56,7 +56,7 @@ def test_an_erased_lead_whose_state_does_not_decode_neither_stops_the_worker_nor
             await wait_until(lambda: _seen(worker, other, f"{other}-visit"), running, timeout_s=30)
 
     asyncio.run(scenario())
-    durable = _durable(broker_settings)
+    durable = durable_states(broker_settings)
     assert before.encode() not in durable and during.encode() not in durable, "not tombstoned"
     letters = [
         d for d in _dead_letters(broker_settings) if d["source_topic"].endswith("leadpulse.internal.erasures")

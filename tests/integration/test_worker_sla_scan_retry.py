@@ -26,8 +26,8 @@ from streams.metrics import Metrics
 from streams.producer import Producer
 from streams.settings import Settings
 from tests.integration.test_worker import HOUR, demo_request, profile
-from tests.integration.test_worker_start_over import _durable, _until_ready
-from tests.integration.worker_harness import running_worker, wait_until
+from tests.integration.test_worker_start_over import _until_ready
+from tests.integration.worker_harness import durable_states, running_worker, wait_until
 
 pytestmark = pytest.mark.integration
 
@@ -110,7 +110,7 @@ def test_a_lead_the_sla_scan_failed_for_once_gets_its_timers_back_after_the_relo
     assert raised == [lead]
     assert _failures(metrics) == 1.0
     assert _failing_leads(metrics) == 0.0  # the retry worked: nothing waits any more
-    durable = _durable(broker_settings).get(lead.encode())
+    durable = durable_states(broker_settings).get(lead.encode())
     timer = durable.timers.get(FOLLOW_UP) if durable is not None else None
     assert timer is not None and len(timer.fired) >= 2, "the lead's SLA firings were never written"
     assert durable is not None and durable.fit != 999.0
@@ -185,7 +185,7 @@ def test_many_leads_the_sla_scan_fails_for_do_not_hold_back_the_other_leads_time
 
     def durably_fired(lead: str) -> list[str]:
         """What the changelog says fired (the store in memory may hold a dropped scan's firings)."""
-        state = _durable(broker_settings).get(lead.encode())
+        state = durable_states(broker_settings).get(lead.encode())
         timer = state.timers.get(FOLLOW_UP) if state is not None else None
         return timer.fired if timer is not None else []
 
