@@ -160,7 +160,8 @@ class LeadWorker:
         self.commit_interval_s = settings.worker_commit_interval_s
         self.writing: asyncio.Task[None] | None = None
         # A checkpoint's writes failed or were given up: what is pending after it must not be written (its
-        # offsets would commit past records whose states never reached the changelog); the reload drops it.
+        # offsets would commit past records whose states never reached the changelog): checkpoint_now drops
+        # it, until the reload, which reads everything again, clears this.
         self.checkpoint_lost = False
         # Per partition, the offset up to which this worker counted records in its metrics (when their
         # batch's outputs were acknowledged): a batch processed again is not counted again (worker_records).
@@ -235,8 +236,6 @@ class LeadWorker:
         # not the states in memory), unless a checkpoint before it was lost; and the writes are waited for: a
         # commit landing after the changelog was read would skip records whose states the reload did not see.
         try:
-            if self.checkpoint_lost:
-                self.checkpoint = Checkpoint()
             await unless_stopped(self, self.write_pending())  # (a stop meanwhile: dropped, as at a crash)
         except Exception as exc:
             log.info("what was pending before the reload was not written either (%s)", exc)
@@ -345,7 +344,10 @@ class LeadWorker:
         Why in the background: each batch waited for its state wave and its commit before the next fetch.
         The durability order holds: every batch in the checkpoint has its outputs acknowledged, its offsets
         are committed only once its states are, and the last checkpoint's writes finish first, so states and
-        commits keep the batches' order."""
+        commits keep the batches' order. After a lost checkpoint what is pending is dropped, not written
+        (``checkpoint_lost``)."""
+        if self.checkpoint_lost:
+            self.checkpoint = Checkpoint()
         pending = self.checkpoint
         if not pending:
             return
@@ -379,8 +381,6 @@ class LeadWorker:
     async def _write_at_stop(self) -> None:
         """What is pending, given ``STOP_GRACE_S`` as a batch in flight is (``poll_once``); nothing after a
         lost checkpoint: processed again after the restart."""
-        if self.checkpoint_lost:
-            self.checkpoint = Checkpoint()
         if not self.checkpoint and self.writing is None:
             return
         try:

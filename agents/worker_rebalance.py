@@ -20,7 +20,6 @@ from aiokafka.errors import IllegalStateError
 
 from agents.kafka_batches import Headers, read_to_end
 from agents.lead_store import LeadStore, due_from_headers
-from agents.worker_checkpoint import Checkpoint
 from agents.worker_erasures import purge_erased
 from agents.worker_sla_scan import report_failing
 from streams.kafka_close import committed, group_commits
@@ -41,8 +40,6 @@ class WorkerRebalance(ConsumerRebalanceListener):  # type: ignore[misc]
         # move. A write that fails commits nothing: the partitions' next owners read those batches again.
         async with self.worker.lock:
             try:
-                if self.worker.checkpoint_lost:  # (see LeadWorker.checkpoint_lost)
-                    self.worker.checkpoint = Checkpoint()
                 if not await unless_stopped(self.worker, self.worker.write_pending()):
                     log.warning("stopped while writing what was pending at a revocation: not committed")
             except Exception as exc:
