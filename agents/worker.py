@@ -76,8 +76,14 @@ ALIGN_WAIT_S = 2.0  # longest a partition's records wait for a co-partitioned to
 RETRY_FIRST_S, RETRY_MAX_S = 0.5, 10.0  # back-off before starting over from what is durable
 # How long a batch in flight may still take once the worker is told to stop (a healthy broker takes
 # milliseconds); then it is given up, uncommitted. With the client closes (at once, each bounded by
-# streams.kafka_close.STOP_TIMEOUT_S) the worker is gone in ~16 s with the broker hung (25 s allowed).
+# streams.kafka_close.STOP_TIMEOUT_S, the producer's PRODUCER_STOP_S) the worker is gone in ~16 s with the
+# broker hung (the consumer's close bounds it; 25 s allowed), in ~4.5 s with it dead.
 STOP_GRACE_S = 3.0
+# How long the stop waits for the producer's unacknowledged records. Every send was awaited (or given up,
+# uncommitted) before the clients close, so on a healthy broker there are none, and what a dead or hung
+# broker still holds is processed again after the restart: with the close's general 10 s bound, a worker
+# whose broker was killed mid-batch took 13.5 s to stop (tests/faults/test_shutdown_broker_down.py).
+PRODUCER_STOP_S = 1.0
 
 
 class LeadWorker:
@@ -137,6 +143,7 @@ class LeadWorker:
         self.held_back: set[TopicPartition] = set()
         self.commits_to_load: set[TopicPartition] = set()  # assigned, their group offsets not read yet
         self.left_group = False  # the broker acknowledged our LeaveGroup at stop
+        self.gave_up_at_stop = False  # writes still waiting on the broker at the stop were given up
         self.started = False  # got its first assignment (a stop during the group join gives that up)
         # The states in memory cannot be trusted (a failed restore or write): nothing is processed until
         # the owned partitions are reloaded from what is durable (worker_rebalance.reload), after a back-off.
@@ -210,14 +217,16 @@ class LeadWorker:
                 # flushes the producer, both at once (streams/kafka_close.py). Cancelled meanwhile, the
                 # producer is closed again below.
                 try:
-                    self.left_group, _flushed = await stop_clients(self.consumer, self.producer)
+                    self.left_group, _flushed = await stop_clients(
+                        self.consumer, self.producer, PRODUCER_STOP_S
+                    )
                 except Exception:
                     producer_stopped = True
                     raise
                 producer_stopped = True
         finally:
             if not producer_stopped:
-                await stop_producer(self.producer)
+                await stop_producer(self.producer, PRODUCER_STOP_S)
 
     def start_over(self, exc: BaseException) -> None:
         """Process nothing more on the states in memory: back off, then reload (see ``reload_pending``)."""
@@ -274,6 +283,7 @@ class LeadWorker:
                 return
             try:
                 if not await unless_stopped(self, self._under_lock(generation, fetched), STOP_GRACE_S):
+                    self.gave_up_at_stop = True
                     log.warning(
                         "stopped while a batch's writes waited on the broker: given up after %g s, nothing "
                         "committed past them (they are processed again after the restart)",
@@ -385,12 +395,14 @@ class LeadWorker:
             return
         try:
             if not await finished_before_stop(self.write_pending(), self.stop_event, grace_s=STOP_GRACE_S):
+                self.gave_up_at_stop = True
                 log.warning(
                     "stopped while the last states' writes waited on the broker: given up after %g s, their "
                     "offsets not committed (processed again after the restart)",
                     STOP_GRACE_S,
                 )
         except KafkaError as exc:
+            self.gave_up_at_stop = True
             log.warning("the last states' writes failed at the stop (%s): offsets not committed", exc)
 
     async def _commit(self, offsets: dict[TopicPartition, int]) -> None:

@@ -59,12 +59,20 @@ def run_worker(settings: Settings, rules: Rules, loglevel: str = "info") -> None
             loop.add_signal_handler(sig, stop.set)
         worker = await serve_worker(settings, rules, metrics, stop)
         # (a worker stopped before its first assignment has said so itself)
-        if worker.started and worker.left_group:
-            log.info("worker stopped: the batch in flight finished, group left")
-        elif worker.started:  # logged before too, while stopping, with the reason (streams/kafka_close.py)
+        if not worker.started:
+            return
+        writes = (
+            "the writes still waiting on the broker were given up (processed again after the restart)"
+            if worker.gave_up_at_stop
+            else "the batch in flight finished"
+        )
+        if worker.left_group:
+            log.info("worker stopped: %s, group left", writes)
+        else:  # logged before too, while stopping, with the reason (streams/kafka_close.py)
             log.warning(
-                "worker stopped: the batch in flight finished; the group was not left (the broker did not "
-                "answer), so its partitions move to other workers after the session timeout"
+                "worker stopped: %s; the group was not left (the broker did not answer), so its partitions "
+                "move to other workers after the session timeout",
+                writes,
             )
 
     asyncio.run(main())

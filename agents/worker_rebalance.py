@@ -41,6 +41,7 @@ class WorkerRebalance(ConsumerRebalanceListener):  # type: ignore[misc]
         async with self.worker.lock:
             try:
                 if not await unless_stopped(self.worker, self.worker.write_pending()):
+                    self.worker.gave_up_at_stop = True
                     log.warning("stopped while writing what was pending at a revocation: not committed")
             except Exception as exc:
                 self.worker.start_over(exc)

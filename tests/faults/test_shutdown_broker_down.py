@@ -81,3 +81,58 @@ def test_sigterm_while_joining_the_group_after_the_broker_died_exits_promptly(
     finally:
         proc.stop(timeout=5)
         broker.stop()
+
+
+def test_sigterm_to_a_worker_busy_with_a_backlog_after_its_broker_was_killed_exits_promptly(
+    tmp_path: Path,
+) -> None:
+    """The broker ``kill -9``ed while the worker works through a backlog: its writes in flight can never be
+    acknowledged. The stop gives them up after ``STOP_GRACE_S`` (uncommitted: processed again after the
+    restart) and then closed the producer within the close's general 10 s bound, waiting for exactly those
+    records: 13.5 s in all. The worker now gives the producer ``PRODUCER_STOP_S`` (every send was awaited
+    or given up by then), and its last line says the writes were given up, not that the batch finished."""
+    from bench.worker_harness import produce
+    from bench.workload import Workload, encode
+    from leadpulse.live_view import scrape, total
+    from schemas.registry import default_registry
+
+    broker = EmbeddedBroker(tansu_binary(load_settings()), "127.0.0.1", free_port(), tmp_path / "tansu.log")
+    broker.start()
+    prefix = "busy."
+    create_topics(broker.bootstrap, prefix)
+    settings = load_settings().model_copy(
+        update={"kafka_bootstrap": broker.bootstrap, "topic_prefix": prefix}
+    )
+    events = 60_000
+    produced = produce(
+        settings, encode(Workload(seed=3, expected_events=events).take(events), default_registry())
+    )
+    assert produced == events
+    port = free_port()
+    proc = pipeline_processes(tmp_path, broker.bootstrap, prefix, {"worker": port})["worker"]
+    try:
+
+        def busy() -> bool:
+            consumed = total(scrape(f"http://127.0.0.1:{port}/metrics"), "leadpulse_events_consumed_total")
+            assert consumed < events, "the backlog was done before the broker could be killed"
+            return consumed >= 5_000
+
+        wait_until(busy, 90, "worker busy with the backlog", proc)
+        assert broker.process is not None
+        broker.process.kill()  # kill -9: connections refused from now on, nothing acknowledged
+        broker.process.wait()
+        time.sleep(0.5)
+        started = time.monotonic()
+        code = proc.stop(timeout=30)
+        took = time.monotonic() - started
+        out = proc.output()
+        assert code == 0, f"worker exited with {code} after SIGTERM:\n{out[-4000:]}"
+        # 3 s grace for the writes in flight + 1 s for the producer + connection closes; it was 13.5 s
+        assert took < 9, f"worker took {took:.1f}s to stop:\n{out[-4000:]}"
+        assert "given up" in out, out[-4000:]
+        assert "the batch in flight finished" not in out, out[-4000:]
+        for bad in ("Traceback", "Unclosed", "CancelledError"):
+            assert bad not in out, f"worker: {bad!r} in its output:\n{out[-4000:]}"
+    finally:
+        proc.stop(timeout=5)
+        broker.stop()

@@ -16,12 +16,15 @@ from collections.abc import Sequence
 from typing import Any
 
 import pytest
+from aiokafka import AIOKafkaConsumer
+from aiokafka.coordinator.assignors.range import RangePartitionAssignor
 
 from agents import worker_records
 from agents.kafka_batches import BatchSender, Record
 from agents.rules import load_rules
 from agents.state import LeadState
 from agents.worker import LeadWorker
+from agents.worker_clients import GROUP
 from streams.producer import Producer
 from streams.settings import Settings
 from tests.integration.test_worker import raw_messages
@@ -250,3 +253,72 @@ def test_a_stop_while_a_reload_writes_what_was_pending_to_a_hung_broker_is_not_h
     asyncio.run(scenario())
     assert took["stop"] < 10, took
     assert _committed_visits(worker, broker_settings) == 0, worker.committed
+
+
+def test_a_stop_while_a_revocation_writes_what_was_pending_to_a_hung_broker_is_not_held(
+    broker_settings: Settings, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A second member joins the group while a checkpoint is pending: the revocation writes it before the
+    partitions move. With the broker not answering that write, a stop must still end the worker within
+    seconds and commit nothing past the unwritten states (the reload's twin, above; this path had no test)."""
+    real_send = BatchSender.send
+    state_topic = broker_settings.topic("leadpulse.internal.lead_state")
+    hang: dict[str, bool] = {"armed": False, "entered": False}
+
+    async def send(sender: BatchSender, records: Sequence[Record]) -> None:
+        if hang["armed"] and any(topic == state_topic for topic, *_ in records):
+            hang["entered"] = True
+            await asyncio.Event().wait()  # a broker that never answers
+        await real_send(sender, records)
+
+    monkeypatch.setattr(BatchSender, "send", send)
+    worker = LeadWorker(broker_settings, load_rules(None), scan_interval_s=3600)
+    worker.commit_interval_s = 60.0  # the first batch's states stay pending until the revocation
+    now = int(time.time() * 1000)
+    took: dict[str, float] = {}
+
+    async def join(done: asyncio.Event) -> None:
+        member = AIOKafkaConsumer(
+            *worker.input_topics,
+            bootstrap_servers=broker_settings.bootstrap,
+            group_id=broker_settings.topic_prefix + GROUP,
+            enable_auto_commit=False,
+            session_timeout_ms=6000,
+            heartbeat_interval_ms=1000,
+            partition_assignment_strategy=(RangePartitionAssignor,),
+        )
+        await member.start()
+        try:
+            while not done.is_set():
+                await member.getmany(timeout_ms=200)
+        finally:
+            await member.stop()
+
+    async def scenario() -> None:
+        stop, done = asyncio.Event(), asyncio.Event()
+        running = asyncio.create_task(worker.run(stop))
+        joining: asyncio.Task[None] | None = None
+        try:
+            await wait_until(lambda: worker.ready()[0], running, seen=lambda: "worker never became ready")
+            with Producer(broker_settings) as producer:
+                producer.send("web_visit", _visit("L-first", now - 2_000))
+            await wait_until(lambda: _seen(worker, "L-first"), running, timeout_s=20)
+            assert worker.checkpoint, "the first batch's states were not pending"
+            hang["armed"] = True
+            joining = asyncio.create_task(join(done))
+            await wait_until(
+                lambda: hang["entered"], running, timeout_s=40, seen=lambda: "no revocation wrote"
+            )
+        finally:
+            started = time.monotonic()
+            stop.set()
+            await asyncio.wait_for(running, 20)
+            took["stop"] = time.monotonic() - started
+            done.set()
+            if joining is not None:
+                await asyncio.wait_for(joining, 20)
+
+    asyncio.run(scenario())
+    assert took["stop"] < 10, took
+    assert _committed_visits(worker, broker_settings) == 0, worker.committed
+    assert worker.gave_up_at_stop
