@@ -15,7 +15,7 @@ from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener, TopicPartition
 
 from agents.notifier_progress import ProgressLog, applicable
 from streams.broker import aiokafka_client_config
-from streams.kafka_close import commit, group_commits, start_client, stop_consumer
+from streams.kafka_close import STOP_COMMIT_TIMEOUT_S, commit, group_commits, start_client, stop_consumer
 from streams.metrics import LagGauge, consumer_lags
 from streams.settings import Settings
 from streams.topics import HOT_LEADS
@@ -29,13 +29,6 @@ log = logging.getLogger("agents.notifications")  # the name it logged under befo
 #: Catalogue name of the notifier's consumer group; the group itself carries LEADPULSE_TOPIC_PREFIX, as the
 #: worker's and the sink's do, so that deployments sharing a Kafka cluster never share a group.
 GROUP_ID = "leadpulse-notifier"
-
-
-#: Longest wait for the commit at a stop (a healthy broker answers in milliseconds). Given up, what
-#: finished since the last commit (``commit_interval_s``, 0.5 s, of deliveries) is sent again after a
-#: restart; waited for as long as any other commit, it held a stop with the broker hung
-#: ``COMMIT_TIMEOUT_S`` before the clients' closes.
-STOP_COMMIT_TIMEOUT_S = 5.0
 
 
 def notifier_group(settings: Settings) -> str:

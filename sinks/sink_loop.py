@@ -29,6 +29,7 @@ import asyncio
 import logging
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -52,7 +53,7 @@ from sinks.sink_rejects import dead_letter_rejected
 from sinks.stored_positions import StoredPositions, check_same_log
 from streams.broker import aiokafka_client_config, group_timeouts
 from streams.erasures import ErasureLog
-from streams.kafka_close import commit, start_unless_stopped, stop_consumer
+from streams.kafka_close import STOP_COMMIT_TIMEOUT_S, commit, start_unless_stopped, stop_consumer
 from streams.settings import Settings
 from streams.stoppable import finished_before_stop
 from streams.topics import spec_for
@@ -126,6 +127,7 @@ class ClickHouseSinkLoop:
         self.positions = StoredPositions(settings, client, self.registry, self.email_key)
         self.dead_letters = DeadLetters(settings, self.registry)
         self.consumer: AIOKafkaConsumer | None = None
+        self.stopping: Callable[[], bool] = lambda: False  # the stop's ``is_set`` once ``run_async`` runs
         # Erasures: read at start, tailed while running; applied to ClickHouse here when this process owns
         # the embedded engine. With a server, `leadpulse forget` deletes on the server itself, and the sink
         # only sweeps what it stored of the lead around that moment (``sinks.sink_erasures``).
@@ -151,6 +153,7 @@ class ClickHouseSinkLoop:
 
     async def run_async(self, stop: threading.Event) -> None:
         config = aiokafka_client_config(self.settings)
+        self.stopping = stop.is_set
         self.erasures = ErasureLog(self.settings)
         # First: an aiokafka client never started still complains "Unclosed". With the broker hung each step
         # of the read waits 30-40 s: a stop meanwhile ends it (ErasureLog.start closes its consumer), as the
@@ -396,8 +399,17 @@ class ClickHouseSinkLoop:
         if not todo:
             return
         await self.dead_letters.flush()  # dead letters durable before skipping them
+        # A commit in flight when the stop comes gives way at once: the drain's commits the same offsets
+        # again, within ``STOP_COMMIT_TIMEOUT_S``. With the broker killed mid-backlog the two waited 10 s
+        # each (tests/faults/test_shutdown_broker_down.py).
+        stopping = self.stopping()
         try:
-            await commit(self.consumer, todo)
+            if not await finished_before_stop(
+                commit(self.consumer, todo, STOP_COMMIT_TIMEOUT_S if stopping else None),
+                None if stopping else self.stopping,
+            ):
+                log.info("stopped while a commit waited on the broker: the stop's last commit tries again")
+                return
         except (CommitFailedError, IllegalStateError, KafkaError) as exc:
             # A rebalance moved the partitions: their next owner resumes from the stored rows.
             log.warning("offset commit refused (%s); will be retried or re-read by the next owner", exc)

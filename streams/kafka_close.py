@@ -82,6 +82,11 @@ class CoordinatorUnreachable(KafkaError):  # type: ignore[misc]  # aiokafka is u
 
 #: Longest wait for a commit or a committed-offset read (a healthy broker answers in milliseconds).
 COMMIT_TIMEOUT_S = 10.0
+#: Longest wait for the last commit at a stop (the notifier's and the sink's; a healthy broker answers in
+#: milliseconds). Given up, what was done since the last commit is done again after a restart (deliveries
+#: sent again, the sink's records read again and not stored twice); waited for as long as any other
+#: commit, it held a stop with the broker hung or gone ``COMMIT_TIMEOUT_S`` before the clients' closes.
+STOP_COMMIT_TIMEOUT_S = 5.0
 #: Longest wait for a client's clean close (a consumer leaving its group, a producer flushing) before it is
 #: closed without it; a healthy broker answers in milliseconds, and the grace periods are 30 to 60 s.
 STOP_TIMEOUT_S = 10.0

@@ -83,19 +83,34 @@ def test_sigterm_while_joining_the_group_after_the_broker_died_exits_promptly(
         broker.stop()
 
 
-def test_sigterm_to_a_worker_busy_with_a_backlog_after_its_broker_was_killed_exits_promptly(
-    tmp_path: Path,
+#: Per process: (metric that says it is busy, how much of it before the broker is killed, stop bound, the
+#: line its stop logs when writes or commits were given up).
+BUSY = {
+    "worker": ("leadpulse_events_consumed_total", 5_000, 9.0, "given up"),
+    "sink": ("leadpulse_sink_rows_total", 10_000, 12.0, "the stop's last commit tries again"),
+}
+
+
+@pytest.mark.parametrize("name", sorted(BUSY))
+def test_sigterm_to_a_process_busy_with_a_backlog_after_its_broker_was_killed_exits_promptly(
+    name: str, tmp_path: Path
 ) -> None:
-    """The broker ``kill -9``ed while the worker works through a backlog: its writes in flight can never be
-    acknowledged. The stop gives them up after ``STOP_GRACE_S`` (uncommitted: processed again after the
-    restart) and then closed the producer within the close's general 10 s bound, waiting for exactly those
-    records: 13.5 s in all. The worker now gives the producer ``PRODUCER_STOP_S`` (every send was awaited
-    or given up by then), and its last line says the writes were given up, not that the batch finished."""
+    """The broker ``kill -9``ed while the worker or the sink works through a backlog: nothing it sends can
+    be acknowledged any more.
+
+    - The worker gives up its writes in flight after ``STOP_GRACE_S`` (uncommitted: processed again after
+      the restart), then waited for exactly those records in its producer's close, within the close's
+      general 10 s bound: 13.5 s in all. It now gives the producer ``PRODUCER_STOP_S`` (every send was
+      awaited or given up by then), and its last line says the writes were given up, not that the batch
+      finished.
+    - The sink waited for the commit in flight (10 s), then for its drain's commit (10 s more): 20.6 s. The
+      commit in flight now gives way to the stop, and the stop's commit waits ``STOP_COMMIT_TIMEOUT_S``."""
     from bench.worker_harness import produce
     from bench.workload import Workload, encode
     from leadpulse.live_view import scrape, total
     from schemas.registry import default_registry
 
+    metric, threshold, bound_s, given_up = BUSY[name]
     broker = EmbeddedBroker(tansu_binary(load_settings()), "127.0.0.1", free_port(), tmp_path / "tansu.log")
     broker.start()
     prefix = "busy."
@@ -103,21 +118,21 @@ def test_sigterm_to_a_worker_busy_with_a_backlog_after_its_broker_was_killed_exi
     settings = load_settings().model_copy(
         update={"kafka_bootstrap": broker.bootstrap, "topic_prefix": prefix}
     )
-    events = 60_000
+    events = 120_000
     produced = produce(
         settings, encode(Workload(seed=3, expected_events=events).take(events), default_registry())
     )
     assert produced == events
     port = free_port()
-    proc = pipeline_processes(tmp_path, broker.bootstrap, prefix, {"worker": port})["worker"]
+    proc = pipeline_processes(tmp_path, broker.bootstrap, prefix, {name: port})[name]
     try:
 
         def busy() -> bool:
-            consumed = total(scrape(f"http://127.0.0.1:{port}/metrics"), "leadpulse_events_consumed_total")
-            assert consumed < events, "the backlog was done before the broker could be killed"
-            return consumed >= 5_000
+            done = total(scrape(f"http://127.0.0.1:{port}/metrics"), metric)
+            assert done < events * 0.9, f"{name}: the backlog was done before the broker could be killed"
+            return done >= threshold
 
-        wait_until(busy, 90, "worker busy with the backlog", proc)
+        wait_until(busy, 90, f"{name} busy with the backlog", proc)
         assert broker.process is not None
         broker.process.kill()  # kill -9: connections refused from now on, nothing acknowledged
         broker.process.wait()
@@ -126,13 +141,12 @@ def test_sigterm_to_a_worker_busy_with_a_backlog_after_its_broker_was_killed_exi
         code = proc.stop(timeout=30)
         took = time.monotonic() - started
         out = proc.output()
-        assert code == 0, f"worker exited with {code} after SIGTERM:\n{out[-4000:]}"
-        # 3 s grace for the writes in flight + 1 s for the producer + connection closes; it was 13.5 s
-        assert took < 9, f"worker took {took:.1f}s to stop:\n{out[-4000:]}"
-        assert "given up" in out, out[-4000:]
+        assert code == 0, f"{name} exited with {code} after SIGTERM:\n{out[-4000:]}"
+        assert took < bound_s, f"{name} took {took:.1f}s to stop:\n{out[-4000:]}"
+        assert given_up in out, out[-4000:]
         assert "the batch in flight finished" not in out, out[-4000:]
         for bad in ("Traceback", "Unclosed", "CancelledError"):
-            assert bad not in out, f"worker: {bad!r} in its output:\n{out[-4000:]}"
+            assert bad not in out, f"{name}: {bad!r} in its output:\n{out[-4000:]}"
     finally:
         proc.stop(timeout=5)
         broker.stop()
