@@ -37,6 +37,13 @@ def test_port_zero_prints_the_port_bound(
         assert match is not None
         port = int(match.group(1))
         assert port not in (0, configured), collector.output()
-        assert http_ok(f"http://127.0.0.1:{port}/ready"), collector.output()
+        # /ready, not at once: the collector listens before its producer has connected (it says "not ready"
+        # meanwhile, streams/collector.py); a busy CI machine caught it in between
+        wait_until(
+            lambda: http_ok(f"http://127.0.0.1:{port}/ready"),
+            30,
+            f"ready on the port printed ({port})",
+            collector,
+        )
     finally:
         assert collector.stop() == 0, collector.output()
