@@ -18,6 +18,7 @@ dashboards work whatever the prefix), table names, stage ids, SLA names, error k
 from __future__ import annotations
 
 import contextlib
+import logging
 from bisect import bisect_left
 from collections.abc import Callable, Iterable, Mapping
 from importlib import metadata
@@ -29,6 +30,8 @@ from prometheus_client.platform_collector import PlatformCollector
 from prometheus_client.process_collector import ProcessCollector
 
 from streams.topics import INPUTS
+
+log = logging.getLogger(__name__)
 
 NAMESPACE = "leadpulse"
 
@@ -87,8 +90,38 @@ def consumer_lags(
         fetched = consumer.highwater(tp)
         high = max(-1 if fetched is None else fetched, ends.get(tp, -1))
         if high >= 0:
-            lags[(topic(tp.topic), tp.partition)] = max(0, high - position(tp))
+            at = position(tp)
+            if fetched is not None and at > fetched:
+                _warn_past_log_end(topic(tp.topic), tp.partition, at, fetched)
+            lags[(topic(tp.topic), tp.partition)] = max(0, high - at)
     return lags
+
+
+#: (topic, partition, position) already warned about by ``_warn_past_log_end``, once per process.
+_PAST_LOG_END: set[tuple[str, int, int]] = set()
+
+
+def _warn_past_log_end(topic: str, partition: int, position: int, end: int) -> None:
+    """A position past the log end: the topic was recreated (or truncated) while the group kept its
+    offsets. Kafka answers such a fetch with OFFSET_OUT_OF_RANGE and the consumer starts over at the
+    earliest offset; Tansu 0.6 answers with no records, so the process read nothing from the partition until
+    the new log passed the old offset, and its lag showed 0 (measured: position 100, log end 15, nothing
+    read). Only the fetch high watermark is trusted: Tansu's ListOffsets(latest) falls short (DESIGN §11)."""
+    key = (topic, partition, position)
+    if key in _PAST_LOG_END:
+        return
+    _PAST_LOG_END.add(key)
+    log.warning(
+        "%s[%d]: the group's offset %d is past the log end %d (the topic was recreated or truncated while "
+        "the group kept its offsets): nothing is read from this partition until its log passes %d. Reset the "
+        "group's offsets to the earliest (kafka-consumer-groups --reset-offsets --to-earliest) or, on the "
+        "embedded broker, start from an empty data directory (docs/operations.md)",
+        topic,
+        partition,
+        position,
+        end,
+        position,
+    )
 
 
 class LagGauge:
