@@ -25,6 +25,7 @@ from streams.metrics import Metrics
 from streams.producer import Producer
 from streams.settings import Settings
 from tests.integration.worker_harness import running_worker, wait_until
+from tests.unit.builders import visit
 
 pytestmark = pytest.mark.integration
 
@@ -38,16 +39,7 @@ def test_a_group_offset_past_the_log_end_is_logged_with_the_partition_and_both_o
     now = int(time.time() * 1000)
     with Producer(broker_settings) as producer:
         for i in range(3):
-            producer.send(
-                "web_visit",
-                {
-                    "event_id": f"v{i}",
-                    "event_time": now,
-                    "lead_id": "L-1",
-                    "source": "web",
-                    "url": "https://x/",
-                },
-            )
+            producer.send(*visit("L-1", now, event_id=f"v{i}"))
 
     async def commit_past_the_end() -> int:
         """The worker group's offset set to ``PAST`` on every partition of the visits topic (as a group that

@@ -19,6 +19,7 @@ from kafka import KafkaConsumer
 from streams.producer import Producer
 from streams.reader import read_topic
 from streams.settings import Settings
+from tests.unit.builders import visit
 
 pytestmark = pytest.mark.integration
 
@@ -31,16 +32,7 @@ def test_a_first_fetch_slower_than_the_idle_time_still_reads_every_record(
     now = int(time.time() * 1000)
     with Producer(broker_settings) as producer:
         for i in range(5):
-            producer.send(
-                "web_visit",
-                {
-                    "event_id": f"v{i}",
-                    "event_time": now,
-                    "lead_id": f"L{i}",
-                    "source": "web",
-                    "url": "https://x/",
-                },
-            )
+            producer.send(*visit(f"L{i}", now, event_id=f"v{i}"))
     real_poll = KafkaConsumer.poll
     first: dict[int, float] = {}
 
