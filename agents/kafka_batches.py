@@ -14,10 +14,10 @@ from typing import Any
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.errors import IllegalStateError
-from aiokafka.partitioner import murmur2
 
 from streams.broker import aiokafka_client_config
 from streams.kafka_close import start_client, stop_consumer
+from streams.partitioner import key_hash, partition_of
 from streams.settings import Settings
 from streams.tansu_compat import end_offsets
 
@@ -47,11 +47,6 @@ def caught_up(consumer: AIOKafkaConsumer, tp: TopicPartition) -> bool:
     return high is not None and position is not None and position >= high
 
 
-def murmur2_partition(key: bytes, count: int) -> int:
-    """The Java client's default partitioner (the SDK's too): one lead's records share a partition."""
-    return int(murmur2(key) & 0x7FFFFFFF) % count
-
-
 class BatchSender:
     """Sends records and waits for every acknowledgement.
 
@@ -61,17 +56,18 @@ class BatchSender:
     def __init__(self, producer: AIOKafkaProducer) -> None:
         self.producer = producer
         self._partitions: dict[str, int] = {}
-        self._key_partition: dict[tuple[bytes, int], int] = {}
 
     async def send(self, records: Sequence[Record]) -> None:
         open_batches: dict[tuple[str, int], Any] = {}
         futures = []
-        known = self._key_partition
+        counts = self._partitions
         for topic, key, value, headers, partition in records:
             if partition is None:
-                count = self._partitions.get(topic)
-                found = known.get((key, count)) if key is not None and count is not None else None
-                partition = found if found is not None else await self.partition_for(topic, key)
+                count = counts.get(topic)
+                if key is not None and count is not None:
+                    partition = key_hash(key) % count
+                else:
+                    partition = await self.partition_for(topic, key)
             builder = open_batches.get((topic, partition))
             if builder is None:
                 builder = open_batches[(topic, partition)] = self.producer.create_batch()
@@ -99,12 +95,7 @@ class BatchSender:
             count = self._partitions[topic] = len(await self.producer.partitions_for(topic))
         if key is None:
             return random.randrange(count)
-        partition = self._key_partition.get((key, count))
-        if partition is None:
-            if len(self._key_partition) > 200_000:
-                self._key_partition.clear()
-            partition = self._key_partition[(key, count)] = murmur2_partition(key, count)
-        return partition
+        return partition_of(key, count)
 
 
 async def read_to_end(

@@ -127,6 +127,7 @@ class Compiled:
     __slots__ = (
         "account_window_ms",
         "by_name",
+        "decay_k",
         "dedup_window_ms",
         "email_links",
         "late_by_arrival",
@@ -143,6 +144,7 @@ class Compiled:
 
     def __init__(self) -> None:
         self.by_name: dict[str, CompiledRule] = {}
+        self.decay_k: dict[str, float] = {}  # rule name -> k: the decay loops' one lookup per entry
         self.tables: dict[str, dict[str, CompiledRule]] = {}
         self.email_links: tuple[tuple[str, CompiledRule], ...] = ()
         self.title_dq: re.Pattern[str] | None = None
@@ -175,6 +177,7 @@ class Compiled:
                 )
                 compiled[key.lower() if table == "email_link" else key] = rule
                 c.by_name[rule.name] = rule
+                c.decay_k[rule.name] = rule.k
             c.tables[table] = compiled
         c.email_links = tuple(c.tables["email_link"].items())
         if rules.disqualify.title_keywords:

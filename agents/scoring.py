@@ -188,12 +188,12 @@ def apply_event(state: LeadState, rule: CompiledRule, event_id: str, t: int) -> 
 
 def behaviour_at(state: LeadState, rules: Rules, as_of: int) -> float:
     """Sum of every rule's decayed points at ``as_of`` (rules no longer in the file contribute nothing)."""
-    by_name = rules.compiled.by_name
+    decay_k = rules.compiled.decay_k
     total = 0.0
     for name, (value, ref) in state.acc.items():
-        rule = by_name.get(name)
-        if rule is not None:
-            total += value * _exp(-rule.k * (as_of - ref))
+        k = decay_k.get(name)
+        if k is not None:
+            total += value * _exp(k * (ref - as_of))
     return total
 
 
@@ -231,11 +231,12 @@ def detail_of(schema: str, event: dict[str, Any]) -> str | None:
 
 
 def _currents(signals: list[Signal], rules: Rules, as_of: int) -> list[float]:
-    by_name = rules.compiled.by_name
+    """Each signal's points decayed to ``as_of`` (0 for a rule no longer in the file)."""
+    decay_k = rules.compiled.decay_k
     out = []
     for s in signals:
-        rule = by_name.get(s[0])
-        out.append(0.0 if rule is None else float(s[4]) * _exp(-rule.k * (as_of - int(s[3]))))
+        k = decay_k.get(s[0])
+        out.append(0.0 if k is None else float(s[4]) * _exp(k * (int(s[3]) - as_of)))
     return out
 
 
@@ -265,27 +266,23 @@ def record_signal(state: LeadState, rules: Rules, scored: Scored, schema: str, e
 
 
 def reasons(state: LeadState, rules: Rules, as_of: int) -> list[dict[str, Any]]:
-    """Top contributing signals for a ``lead_score``/``hot_lead`` record, largest current points first."""
-    by_name = rules.compiled.by_name
-    ranked: list[tuple[float, Signal]] = []
-    for s in state.signals:
-        rule = by_name.get(s[0])
-        ranked.append((0.0 if rule is None else float(s[4]) * _exp(-rule.k * (as_of - int(s[3]))), s))
-    ranked.sort(key=_first, reverse=True)  # stable: equal points keep their order of arrival
-    del ranked[rules.state.reasons :]
+    """Top contributing signals for a ``lead_score``/``hot_lead`` record, largest current points first.
+
+    Ranked by index (``currents.__getitem__``, a C call, not a Python key function per signal): one is built
+    for nearly every event. ``reverse=True`` keeps a stable sort's order for ties: equal points keep their
+    order of arrival."""
+    signals = state.signals
+    currents = _currents(signals, rules, as_of)
+    order = sorted(range(len(signals)), key=currents.__getitem__, reverse=True)
     return [
         {
-            "rule": s[0],
+            "rule": (s := signals[i])[0],
             "event_type": s[1],
             "event_id": s[2],
             "event_time": int(s[3]),
             "points": float(s[4]),
-            "current_points": current,
+            "current_points": currents[i],
             "detail": s[5],
         }
-        for current, s in ranked
+        for i in order[: rules.state.reasons]
     ]
-
-
-def _first(pair: tuple[float, Signal]) -> float:
-    return pair[0]

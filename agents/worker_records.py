@@ -16,7 +16,6 @@ from aiokafka import ConsumerRecord, TopicPartition
 
 from agents.account import AccountState, fold_lead_score, normalise_domain
 from agents.core import StepResult, step
-from agents.kafka_batches import murmur2_partition
 from agents.lead_store import ACCOUNT_PREFIX
 from agents.state import LeadState
 from agents.worker_batch import DLQ_HEADERS, Batch, NotWritable, RecordTooLarge, count, write_outputs
@@ -25,6 +24,7 @@ from agents.worker_failures import core_raised, not_written, too_large
 from schemas.errors import SchemaError
 from streams.dlq import dead_letter, encode_dead_letter
 from streams.event_hygiene import InadmissibleEvent, check_admissible, invalid_reason
+from streams.partitioner import partition_of
 from streams.producer import lead_key
 from streams.topics import MAX_INPUT_RECORD_BYTES
 
@@ -209,7 +209,7 @@ def _home(worker: LeadWorker, key: bytes, topic: str) -> int:
         assert worker.consumer is not None
         count = len(worker.consumer.partitions_for_topic(topic) or ()) or 1
         worker._partitions_per_topic[topic] = count
-    return murmur2_partition(key, count)
+    return partition_of(key, count)
 
 
 def batch_state(worker: LeadWorker, batch: Batch, key: bytes, home: int) -> LeadState | None:

@@ -16,9 +16,9 @@ from typing import Any
 
 import pytest
 
-from agents.kafka_batches import murmur2_partition
 from agents.rules import load_rules
 from agents.worker import LeadWorker
+from streams.partitioner import partition_of
 from streams.producer import Producer
 from streams.settings import Settings
 from streams.topics import INPUTS
@@ -37,7 +37,7 @@ def _same_partition(prefix: str, partition: int, count: int, partitions: int) ->
     found, n = [], 0
     while len(found) < count:
         lead = f"{prefix}{n}"
-        if murmur2_partition(lead.encode(), partitions) == partition:
+        if partition_of(lead.encode(), partitions) == partition:
             found.append(lead)
         n += 1
     return found
@@ -52,7 +52,7 @@ def test_answers_read_before_the_demo_requests_they_answer_still_follow_them(
 ) -> None:
     partitions = next(spec.partitions for spec in INPUTS if spec.name == "events.downloads")
     filler_lead = "BACKLOG-FILLER"
-    partition = murmur2_partition(filler_lead.encode(), partitions)
+    partition = partition_of(filler_lead.encode(), partitions)
     leads = _same_partition("BACKLOG-", partition, LEADS, partitions)
     start = int(time.time() * 1000) - 6 * HOUR
     padding = "x" * 120
