@@ -251,6 +251,11 @@ def _apply_activity(run: _Run, event: dict[str, Any]) -> None:
 def _score_event(run: _Run, schema: str, event: dict[str, Any]) -> None:
     state, rules, t = run.state, run.rules, run.t
     rule = rules.match(schema, event)
+    if rule is not None and schema == "content_view" and scoring.repeated_view(state, event, t, rules):
+        run.why.append(
+            f"{rule.name} not scored: page view {event['page_view_id']} scored already (event {run.trigger})"
+        )
+        return  # the view's first report scored it, moved its stage and made it an MQL if it does
     if rule is not None and t >= state.behaviour_since:
         scored = scoring.apply_event(state, rule, run.trigger, t)
         run.delta += scored.change_at(t, state.max_time)

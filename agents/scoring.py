@@ -19,7 +19,8 @@ from dataclasses import dataclass
 from typing import Any, Literal
 
 from agents.rules import DAY_MS, CompiledRule, Rules
-from agents.state import LeadState, Signal
+from agents.state import LeadState, Signal, remember
+from schemas.domain_rules import MAX_ID_CHARS
 
 Band = Literal["cold", "warm", "hot"]
 _exp = math.exp
@@ -184,6 +185,30 @@ def apply_event(state: LeadState, rule: CompiledRule, event_id: str, t: int) -> 
     _accumulate(state.acc, rule, -rule.points, int(last_t))
     _accumulate(state.acc, rule, rule.points, t)
     return Scored(rule, "replaced", displaced=str(last_id), displaced_at=int(last_t))
+
+
+#: Prefix of a page view's entry in ``LeadState.seen``: a control character, which no event id may hold
+#: (``schemas.domain_rules.identity_problem``), so a view can never pass for an event or the reverse.
+VIEW_MARK = "\x1f"
+
+
+def repeated_view(state: LeadState, event: dict[str, Any], t: int, rules: Rules) -> bool:
+    """Whether this content_view report belongs to a page view whose report was read already (and remember
+    the view when it is the first).
+
+    Why: the browser tracker reports an element's dwell each time the page is hidden, so one reading with two
+    tab switches sends three reports; each scored, so a case study read once earned three times its points
+    (up to its daily cap). Reports of one view share ``page_view_id``; the first one read scores, the rest
+    only go to history. The view is remembered in ``seen`` beside the event ids, so it shares their window
+    and bound. A report without the id (SDK, older trackers) is a view of its own, as before."""
+    page_view = event.get("page_view_id")
+    if not page_view or type(page_view) is not str or len(page_view) > MAX_ID_CHARS:
+        return False
+    view = f"{VIEW_MARK}{page_view}{VIEW_MARK}{event.get('content_id') or ''}"
+    if view in state.seen:
+        return True
+    remember(state, view, t, rules.dedup_window_ms, rules.state.max_seen_ids)
+    return False
 
 
 def behaviour_at(state: LeadState, rules: Rules, as_of: int) -> float:

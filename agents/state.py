@@ -1,28 +1,23 @@
 """Everything the agent remembers about one identity key (a lead_id, or an anonymous_id before stitching).
 
-Why one small record per key: it is stored in one Faust table and written once per lead per batch (each
-write is
-also a changelog record), so everything the core needs lives here and every growing part is bounded:
+Why one small record per key: it is stored in one Faust table and written once per lead per batch (each write
+is also a changelog record), so everything the core needs lives here and every growing part is bounded:
 
 - ``seen`` (event id -> event time) keeps ids whose event time is within ``state.dedup_window_days`` of the
-newest
-  event, at most ``state.max_seen_ids``. Events older than ``dedup_floor()`` are not scored at all
-  ("stale"), so
-  a duplicate can never score twice: either its id is still remembered, or it is below the floor. The price:
-  an
-  event arriving more than the window behind the lead's newest event (default 30 days) is ignored.
+  newest event, at most ``state.max_seen_ids``. Events older than ``dedup_floor()`` are not scored at all
+  ("stale"), so a duplicate can never score twice: either its id is still remembered, or it is below the
+  floor. The price: an event arriving more than the window behind the lead's newest event (default 30 days)
+  is ignored. It also holds the page views already scored (``scoring.repeated_view``), under keys that
+  begin with a control character, which no event id may contain.
 - ``caps`` keeps, per rule and event-time UTC day, the (time, id) of the events that scored, only for days
-inside
-  the same window.
+  inside the same window.
 - ``signals`` keeps the ``state.top_signals`` largest contributions; ``buffer`` (anonymous keys only) keeps
-at most
-  ``state.anonymous_buffer`` raw events for stitching; ``aliases`` at most ``MAX_ALIASES``.
+  at most ``state.anonymous_buffer`` raw events for stitching; ``aliases`` at most ``MAX_ALIASES``.
 
 Behaviour is kept as one exponentially decayed accumulator per rule: ``acc[rule] = [value, ref_ms]`` meaning
-the
-rule's points summed and decayed to ``ref_ms``. Because value(t) = value(t0)·2^(-(t-t0)/h) for any t, adding
-an
-event before or after ``ref_ms`` is exact, so out-of-order events give the same sum as in-order ones.
+the rule's points summed and decayed to ``ref_ms``. Because value(t) = value(t0)·2^(-(t-t0)/h) for any t,
+adding an event before or after ``ref_ms`` is exact, so out-of-order events give the same sum as in-order
+ones.
 """
 
 from __future__ import annotations

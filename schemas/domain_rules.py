@@ -82,6 +82,11 @@ def domain_checks(name: str, record: Mapping[str, Any]) -> Iterable[FieldError]:
         for field, value in (("lead_id", lead_id), ("anonymous_id", anonymous_id)):
             if isinstance(value, str) and value and not value.strip():  # it would key the event by blanks
                 yield FieldError(field, "must not be blank (whitespace only)")
+    page_view_id = record.get("page_view_id")
+    if isinstance(page_view_id, str):  # groups a page's reports in the worker's state and the reports
+        page_view_problem = identity_problem(page_view_id)
+        if page_view_problem is not None:
+            yield FieldError("page_view_id", page_view_problem)
     if name == "content_view":
         dwell = record.get("dwell_ms")
         if isinstance(dwell, int) and INT64[0] <= dwell < 0:  # out of range is reported by the type check

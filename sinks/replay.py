@@ -35,10 +35,11 @@ EVENT_SCHEMA_FIELDS = {
         "utm_campaign",
         "utm_term",
         "utm_content",
+        "page_view_id",
     ),
     "email_click": ("campaign_id", "email_id", "link_url"),
     "download": ("content_id", "asset_type"),
-    "content_view": ("content_id", "content_type", "dwell_ms", "percent_viewed", "channel"),
+    "content_view": ("content_id", "content_type", "dwell_ms", "percent_viewed", "channel", "page_view_id"),
 }
 COMMON = ("event_id", "event_time", "anonymous_id", "lead_id", "source", "received_at")
 TIMES = ("event_time", "received_at")

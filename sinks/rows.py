@@ -45,6 +45,7 @@ EVENT_FIELDS = (
     "dwell_ms",
     "percent_viewed",
     "channel",
+    "page_view_id",
 )
 
 

@@ -8,7 +8,9 @@
  *   <meta name="leadpulse:page-category" content="pricing"> or data-lp-page-category on <html>/<body>;
  * - email_click on load when the URL carries lp_campaign_id and lp_email_id (links in marketing emails);
  * - content_view per element with data-lp-content-id (and data-lp-content-type): dwell ms while visible,
- *   percent of the element scrolled into view, sent when the page is hidden;
+ *   percent of the element scrolled into view, sent each time the page is hidden (the dwell since the last
+ *   report); a page load's web_visit and content_view reports share a page_view_id, so reports and scoring
+ *   count the view once however many times the reader switched tabs;
  * - download on click of a link with data-lp-download (data-lp-content-id, data-lp-asset-type).
  * Events are batched (20 or 5 s) and sent with navigator.sendBeacon (falls back to fetch keepalive) as
  * text/plain JSON, a CORS-safelisted type, so no preflight is needed. sendBeacon cannot set headers, so the
@@ -53,6 +55,8 @@
 
   var anonymousId = cookie("lp_aid", cookie("lp_aid") || uuid());  // refreshes the expiry on every visit
   var leadId = cookie("lp_lid");
+  var pageViewId = uuid();  // this page load; page() starts a new one (a single-page app's route change)
+  var pageCalls = 0;
 
   function send(body) {
     try {
@@ -92,8 +96,10 @@
   }
 
   function page() {
+    if (pageCalls++) pageViewId = uuid();
     var q = new URLSearchParams(w.location.search);
-    var props = { url: w.location.href, referrer: d.referrer || null, page_category: pageCategory() };
+    var props = { url: w.location.href, referrer: d.referrer || null, page_category: pageCategory(),
+      page_view_id: pageViewId };
     ["utm_source", "utm_medium", "utm_campaign", "utm_term", "utm_content"].forEach(function (p) {
       props[p] = q.get(p);
     });
@@ -152,7 +158,7 @@
       if (s.dwell <= 0) return;
       track("content_view", { content_id: s.el.getAttribute("data-lp-content-id"),
         content_type: s.el.getAttribute("data-lp-content-type") || "page", dwell_ms: Math.min(Math.round(s.dwell), MAX_DWELL_MS),
-        percent_viewed: Math.round(s.pct * 10) / 10, channel: "web" });
+        percent_viewed: Math.round(s.pct * 10) / 10, channel: "web", page_view_id: pageViewId });
       s.dwell = 0;  // the next report carries only new dwell time
     });
   }

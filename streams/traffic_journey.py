@@ -249,6 +249,7 @@ class Journey:
                 "utm_campaign": utm_campaign,
                 "utm_term": None,
                 "utm_content": None,
+                "page_view_id": None,  # one report per view here: nothing to group (docs/traffic.md)
             },
         )
 
@@ -273,6 +274,7 @@ class Journey:
                 "dwell_ms": int(dwell_s * 1000),
                 "percent_viewed": round(min(100.0, share * 100), 1),
                 "channel": channel,
+                "page_view_id": None,
             },
         )
 

@@ -326,3 +326,9 @@ SELECT
     max(as_of)                     AS as_of
 FROM leadpulse.account_scores
 GROUP BY domain;
+
+-- Upgrades: sinks/migrations 008 onwards add columns with ALTER; the same here, local table and Distributed
+-- table alike (IF NOT EXISTS: safe to run this whole file again on a cluster set up before them).
+-- 008_page_views.sql
+ALTER TABLE leadpulse.events_local ON CLUSTER '{cluster}' ADD COLUMN IF NOT EXISTS page_view_id Nullable(String) AFTER channel;
+ALTER TABLE leadpulse.events ON CLUSTER '{cluster}' ADD COLUMN IF NOT EXISTS page_view_id Nullable(String) AFTER channel;

@@ -4,7 +4,9 @@ conversion of touched leads vs all leads, median days to the next stage (DESIGN 
 Definitions (also in docs/clickhouse.md):
 - a *touch* is a content_view or download of the item's id, or a web_visit / email_click whose url /
   link_url is the item's catalogue url (up to query string, fragment and trailing slash:
-  ``sinks/reports/identity.py``); views = content_view + web_visit touches;
+  ``sinks/reports/identity.py``); views = page views with a content_view or web_visit touch (the reports
+  of one page load share ``page_view_id``; an event without one is a view of its own); mean dwell = the
+  views' total content_view dwell / those views;
 - *influenced*: leads with a touch in the period followed, within ``window_days``, by a transition to
   mql, opportunity or customer;
 - *touched conversion*: share of touching leads with such a transition at/after their first touch;
@@ -40,10 +42,12 @@ lead_flags AS (
 ),
 usage AS (
     SELECT content_id,
-           countIf(event_type IN ('content_view', 'web_visit')) AS views,
+           uniqExactIf(view, event_type IN ('content_view', 'web_visit')) AS views,
            countIf(event_type = 'download') AS downloads,
            countIf(event_type = 'email_click') AS clicks,
-           avgIf(dwell_ms, event_type = 'content_view' AND dwell_ms IS NOT NULL) AS mean_dwell_ms
+           sumIf(dwell_ms, event_type = 'content_view' AND dwell_ms IS NOT NULL)
+             / nullIf(uniqExactIf(view, event_type = 'content_view' AND dwell_ms IS NOT NULL), 0)
+             AS mean_dwell_ms
     FROM touches GROUP BY content_id
 ),
 leads_agg AS (

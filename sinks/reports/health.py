@@ -30,7 +30,7 @@ STAGES = FUNNEL_PATH
 
 ITEMS = f"""
 WITH {RESOLVED_EVENTS},
-last AS (SELECT content_id, max(t) AS last_touch, count() AS touches FROM touches GROUP BY content_id)
+last AS (SELECT content_id, max(t) AS last_touch, uniqExact(view) AS touches FROM touches GROUP BY content_id)
 SELECT c.content_id AS content_id, c.title AS title, c.content_type AS content_type,
        c.funnel_stage AS funnel_stage, toString(c.updated_date) AS updated_date,
        if(l.content_id = '', NULL, l.last_touch) AS last_touch_ms, ifNull(l.touches, 0) AS touches,

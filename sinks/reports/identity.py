@@ -31,6 +31,8 @@ identity AS (
 ),
 ev AS (
     SELECT e.event_type AS event_type, toUnixTimestamp64Milli(e.event_time) AS t, e.dwell_ms AS dwell_ms,
+           -- one page load: its web_visit and its content_view reports share page_view_id (else one each)
+           coalesce(nullIf(e.page_view_id, ''), e.event_id) AS view,
            e.content_id AS item_id, coalesce(e.url, e.link_url) AS touch_url,
            coalesce(nullIf(e.lead_id, ''), nullIf(i.resolved, '')) AS lead,
            coalesce(nullIf(e.lead_id, ''), nullIf(i.resolved, ''), nullIf(e.anonymous_id, '')) AS visitor
@@ -53,22 +55,22 @@ catalogue_urls AS (
     FROM catalogue WHERE url IS NOT NULL
 ),
 url_touches AS (
-    SELECT event_type, t, dwell_ms, lead, cutFragment(assumeNotNull(touch_url)) AS full_key,
+    SELECT event_type, t, dwell_ms, view, lead, cutFragment(assumeNotNull(touch_url)) AS full_key,
            trimRight(cutQueryStringAndFragment(assumeNotNull(touch_url)), '/') AS page_key
     FROM ev WHERE item_id IS NULL AND touch_url IS NOT NULL
 ),
 touches AS (
-    SELECT assumeNotNull(item_id) AS content_id, event_type, t, dwell_ms, lead
+    SELECT assumeNotNull(item_id) AS content_id, event_type, t, dwell_ms, view, lead
     FROM ev WHERE item_id IS NOT NULL
     UNION ALL
     SELECT c.content_id AS content_id, u.event_type AS event_type, u.t AS t, u.dwell_ms AS dwell_ms,
-           u.lead AS lead
+           u.view AS view, u.lead AS lead
     FROM url_touches AS u
     INNER JOIN (SELECT content_id, url_key FROM catalogue_urls WHERE NOT with_query) AS c
         ON c.url_key = u.page_key
     UNION ALL
     SELECT c.content_id AS content_id, u.event_type AS event_type, u.t AS t, u.dwell_ms AS dwell_ms,
-           u.lead AS lead
+           u.view AS view, u.lead AS lead
     FROM url_touches AS u
     INNER JOIN (SELECT content_id, url_key FROM catalogue_urls WHERE with_query) AS c
         ON c.url_key = u.full_key

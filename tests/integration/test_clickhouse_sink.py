@@ -285,6 +285,58 @@ def _old_web_visit(event_id: str, lead_id: str) -> bytes:
     return SOE_MAGIC + struct.pack("<Q", schema_fingerprint(old)) + body.getvalue()
 
 
+def _old_content_view(event_id: str) -> bytes:
+    """A content view in the writer schema before page_view_id (schemas/history/content_view.v1.avsc)."""
+    old = json.loads((SCHEMA_DIR / "history" / "content_view.v1.avsc").read_text())
+    body = io.BytesIO()
+    fastavro.schemaless_writer(
+        body,
+        fastavro.parse_schema(old),
+        {
+            "event_id": event_id,
+            "event_time": 1_790_000_000_000,
+            "anonymous_id": None,
+            "lead_id": "L-pv",
+            "source": "v1",
+            "received_at": None,
+            "content_id": "cs-1",
+            "content_type": "case_study",
+            "dwell_ms": 1_000,
+            "percent_viewed": 20.0,
+            "channel": "web",
+        },
+    )
+    return SOE_MAGIC + struct.pack("<Q", schema_fingerprint(old)) + body.getvalue()
+
+
+def test_page_view_ids_are_stored_and_a_record_written_before_them_without_one(
+    ch: Client, broker_settings: Settings, start_sink: Callable[..., RunningSink]
+) -> None:
+    """The fast path ships the body undecoded: ClickHouse must find page_view_id in it (current writer);
+    a record of the version before it is re-encoded as current, with page_view_id null."""
+    settings = broker_settings
+    prefix = f"{settings.topic_prefix}pv-"
+    reports = [
+        {**record, "event_id": f"{prefix}{i}", "page_view_id": f"{prefix}view-{i % 2}"}
+        for i, record in enumerate(sample_events("content_view", 4, seed=8))
+    ]
+    with Producer(settings) as producer:
+        for record in reports:
+            producer.send("content_view", record)
+        producer.send_encoded(
+            settings.topic("events.content_views"), b"L-pv", _old_content_view(f"{prefix}old")
+        )
+    sink = start_sink(ch)
+    stored = "SELECT count() FROM leadpulse.events WHERE startsWith(event_id, {p:String})"
+    wait_for(lambda: count(ch, stored, p=prefix) == 5, what="five content views stored")
+    sink.close()
+    rows = ch.query(
+        "SELECT event_id, page_view_id FROM leadpulse.events FINAL WHERE startsWith(event_id, {p:String})",
+        parameters={"p": prefix},
+    ).result_rows
+    assert dict(rows) == {**{r["event_id"]: r["page_view_id"] for r in reports}, f"{prefix}old": None}
+
+
 def test_records_re_sent_on_their_partition_are_stored_once_also_in_the_daily_views(
     ch: Client, broker_settings: Settings, start_sink: Callable[..., RunningSink]
 ) -> None:

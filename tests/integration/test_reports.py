@@ -117,15 +117,25 @@ def build_history(seed: int = 11) -> History:
             who = (None, anon) if t < identified and i % 4 != 3 else (lead, None)
             kind = rng.choice(["content_view", "download", "web_visit", "email_click"])
             if kind == "content_view":
-                event(
-                    kind,
-                    t,
-                    *who,
-                    content_id=rng.choice(["C1", "C2", "C3", "C4", "X9"]),
-                    content_type="blog",
-                    dwell_ms=rng.randrange(0, 300_000),
-                    percent_viewed=50.0,
-                )
+                item = rng.choice(["C1", "C2", "C3", "C4", "X9"])
+                # Half are page views the browser tracker reported in 1-3 parts (the page hidden between
+                # them: a tab switch), sharing page_view_id; some of those pages are the item's catalogue
+                # page, so the page's web_visit shares it too. The rest carry no page_view_id (the SDK).
+                page_view = f"R-pv{n}" if rng.random() < 0.5 else None
+                for part in range(rng.randrange(1, 4) if page_view else 1):
+                    event(
+                        kind,
+                        t + part * 60_000,
+                        *who,
+                        content_id=item,
+                        content_type="blog",
+                        dwell_ms=rng.randrange(0, 300_000),
+                        percent_viewed=50.0,
+                        page_view_id=page_view,
+                    )
+                page_url = next((c[3] for c in CATALOGUE if c[0] == item), None)
+                if page_view and page_url and rng.random() < 0.5:
+                    event("web_visit", t - 1_000, *who, url=page_url, page_view_id=page_view)
             elif kind == "download":
                 event(kind, t, *who, content_id=rng.choice(["C2", "C3", "C6"]), asset_type="whitepaper")
             elif kind == "web_visit":
@@ -386,6 +396,11 @@ def in_period(t: int) -> bool:
     return SINCE <= t < UNTIL
 
 
+def view_of(e: dict[str, Any]) -> str:
+    """The page view an event belongs to: its page_view_id, else an event is a view of its own."""
+    return str(e.get("page_view_id") or e["event_id"])
+
+
 def touches(h: History) -> list[tuple[str, dict[str, Any], str | None]]:
     ident = identity(h)
     out = []
@@ -443,14 +458,16 @@ def expected_content(h: History, window_days: int = 30) -> dict[str, dict[str, A
             if after:
                 days.append((min(after) - min(times)) / DAY_MS)
         dwell = [e["dwell_ms"] for e, _ in rows if e["event_type"] == "content_view"]
+        viewed = {view_of(e) for e, _ in rows if e["event_type"] == "content_view"}
         touched = round(converted / len(lead_times), 4) if lead_times else None
         items[item] = {
-            "views": sum(e["event_type"] in ("content_view", "web_visit") for e, _ in rows),
+            # one page load's web_visit and content_view reports are one view
+            "views": len({view_of(e) for e, _ in rows if e["event_type"] in ("content_view", "web_visit")}),
             "downloads": sum(e["event_type"] == "download" for e, _ in rows),
             "clicks": sum(e["event_type"] == "email_click" for e, _ in rows),
             "unique_leads": len(lead_times),
             "influenced_leads": influenced,
-            "mean_dwell_seconds": round(sum(dwell) / len(dwell) / 1000, 1) if dwell else None,
+            "mean_dwell_seconds": round(sum(dwell) / len(viewed) / 1000, 1) if dwell else None,
             "touched_conversion": touched,
             "all_leads_conversion": baseline,
             "lift": round(touched / baseline, 2) if touched is not None and baseline else None,
@@ -503,6 +520,11 @@ def test_content_report_matches_independent_computation(run: Runner, history: Hi
     after = [t for t in history.transitions if t["occurred_at"] >= UNTIL and t["to_stage"] in TARGETS]
     assert any(t["lead_id"] in touching for t in after)  # conversions after --until exist and must not count
     assert any(w["influenced_leads"] > 0 for w in want.values())
+    # the history has page views reported in parts, and pages both visited and viewed: views < reports
+    reports = defaultdict(int)
+    for item, e, _ in touches(history):
+        reports[item] += e["event_type"] in ("content_view", "web_visit")
+    assert any(want[item]["views"] < count for item, count in reports.items())
     for item, expected in want.items():
         for key, value in expected.items():
             assert got[item][key] == (
@@ -524,9 +546,11 @@ def test_health_report_flags_unused_and_stale_content_and_stage_coverage(
     report = health_report(run, PERIOD, unused_days, stale_days)
     window_start = UNTIL - unused_days * DAY_MS
     last: dict[str, int] = {}
+    views: dict[str, set[str]] = defaultdict(set)
     for item, e, _ in touches(history):
         if e["event_time"] >= window_start:
             last[item] = max(last.get(item, 0), e["event_time"])
+            views[item].add(view_of(e))
     expected_flags = {}
     for cid, _, _stage, _, age in CATALOGUE:
         unused, stale = cid not in last, age > stale_days
@@ -536,6 +560,7 @@ def test_health_report_flags_unused_and_stale_content_and_stage_coverage(
     assert got == expected_flags
     assert expected_flags["C5"] == (True, True)
     for row in report["flagged"]:
+        assert row["touches"] == len(views[row["content_id"]]), row  # a page view's reports touch once
         if row["content_id"] in last:
             assert row["days_since_touch"] == pytest.approx(
                 (UNTIL - last[row["content_id"]]) / DAY_MS, abs=0.06

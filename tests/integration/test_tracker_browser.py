@@ -171,6 +171,47 @@ async def test_page_view_content_view_and_download_arrive_from_a_real_browser(
         assert record["source"] == "site"
         assert isinstance(record["received_at"], int)
     assert len({visit["event_id"], download["event_id"], view["event_id"]}) == 3
+    assert isinstance(visit["page_view_id"], str) and view["page_view_id"] == visit["page_view_id"]
+
+
+def _visibility(state: str) -> str:
+    """Script that makes the page report ``state`` (hidden: as on a tab switch) and tells the tracker."""
+    return (
+        "() => { Object.defineProperty(document, 'visibilityState', "
+        f"{{value: '{state}', configurable: true}}); "
+        "document.dispatchEvent(new Event('visibilitychange')); }"
+    )
+
+
+async def test_a_page_view_reported_in_parts_shares_one_page_view_id_and_the_next_load_gets_another(
+    site: Site, launch: Callable[..., Awaitable[Browser]]
+) -> None:
+    """The tracker reports an element's dwell each time the page is hidden: a reader who switches tabs twice
+    sends two or more content_view reports of one view. They must share the page's page_view_id, or the
+    worker would score the item once per report and the content report count a view per report."""
+    browser = await launch(DESKTOP_UA)
+    context = await browser.new_context()
+    page = await context.new_page()
+    await page.goto(site.page + "/pricing")
+    await page.wait_for_function("window.leadpulse && typeof window.leadpulse.track === 'function'")
+    await page.locator("#story").scroll_into_view_if_needed()
+    for _ in range(2):  # read, switch to another tab (a report), come back
+        await page.wait_for_timeout(400)
+        await page.evaluate(_visibility("hidden"))
+        await page.evaluate(_visibility("visible"))
+    await wait_for(lambda: ingested(site) >= 3, 15, "the page view and two content view reports")
+    await page.goto(site.page + "/pricing")  # a second load of the same page: a new page view
+    await page.wait_for_function("window.leadpulse && typeof window.leadpulse.track === 'function'")
+    await page.goto(site.page + "/bye")
+    await wait_for(lambda: ingested(site) >= 4, 15, "the second page view")
+    await context.close()
+
+    first, second = sorted(await records(site, "events.web_visits"), key=lambda r: int(str(r["event_time"])))
+    assert first["page_view_id"] != second["page_view_id"]
+    views = await records(site, "events.content_views")
+    assert len(views) >= 2 and len({v["event_id"] for v in views}) == len(views)
+    assert {v["page_view_id"] for v in views} == {first["page_view_id"]}
+    assert all(isinstance(v["dwell_ms"], int) and v["dwell_ms"] > 0 for v in views)
 
 
 async def test_a_content_view_of_more_than_a_day_is_sent_as_a_day_not_lost(

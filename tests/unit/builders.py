@@ -43,6 +43,7 @@ def visit(
     *,
     anon: str | None = None,
     event_id: str | None = None,
+    page_view: str | None = None,
 ) -> tuple[str, dict[str, Any]]:
     record = _base(lead, anon, t, event_id, "w")
     record.update(
@@ -54,6 +55,7 @@ def visit(
         utm_campaign=None,
         utm_term=None,
         utm_content=None,
+        page_view_id=page_view,
     )
     return "web_visit", record
 
@@ -91,14 +93,17 @@ def view(
     *,
     anon: str | None = None,
     event_id: str | None = None,
+    page_view: str | None = None,
+    content_id: str | None = None,
 ) -> tuple[str, dict[str, Any]]:
     record = _base(lead, anon, t, event_id, "v")
     record.update(
-        content_id=f"{content_type}-1",
+        content_id=content_id or f"{content_type}-1",
         content_type=content_type,
         dwell_ms=60_000,
         percent_viewed=80.0,
         channel=None,
+        page_view_id=page_view,
     )
     return "content_view", record
 

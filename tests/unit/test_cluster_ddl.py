@@ -21,8 +21,11 @@ MIGRATIONS = sorted((ROOT / "sinks" / "migrations").glob("*.sql"))
 CLUSTER = ROOT / "deploy" / "clickhouse" / "cluster.sql"
 CREATE = re.compile(
     r"CREATE (TABLE|MATERIALIZED VIEW|VIEW) IF NOT EXISTS leadpulse\.(\w+)(?: ON CLUSTER '\{cluster\}')?"
-    r"(.*?);\s*(?=CREATE|\Z)",
+    r"(.*?);\s*(?=CREATE|ALTER|\Z)",
     re.S,
+)
+ADD_COLUMN = re.compile(
+    r"ALTER TABLE leadpulse\.(\w+)(?: ON CLUSTER '\{cluster\}')? ADD COLUMN IF NOT EXISTS ([^;]+);", re.S
 )
 
 
@@ -30,6 +33,12 @@ def _statements(path: Path) -> dict[str, tuple[str, str]]:
     """name -> (kind, the rest of the statement), comments dropped."""
     text = "\n".join(line.split("--")[0] for line in path.read_text().splitlines())
     return {m.group(2): (m.group(1), m.group(3)) for m in CREATE.finditer(text)}
+
+
+def _added_columns(path: Path) -> set[tuple[str, str]]:
+    """(table, column definition) of each ``ALTER TABLE ... ADD COLUMN IF NOT EXISTS``, comments dropped."""
+    text = "\n".join(line.split("--")[0] for line in path.read_text().splitlines())
+    return {(m.group(1), " ".join(m.group(2).split())) for m in ADD_COLUMN.finditer(text)}
 
 
 def _columns(body: str) -> list[str]:
@@ -85,3 +94,19 @@ def test_every_view_exists_in_the_cluster_layout(name: str) -> None:
     target = re.search(r"TO leadpulse\.(\w+)", body)
     if target:  # a materialized view: into the shard's own local table
         assert f"TO leadpulse.{target.group(1)}_local" in CLUSTERED[name][1], name
+
+
+ADDED = {added for path in MIGRATIONS for added in _added_columns(path)}
+
+
+def test_the_migrations_add_what_this_test_expects() -> None:
+    assert ("events", "page_view_id Nullable(String) AFTER channel") in ADDED
+
+
+@pytest.mark.parametrize(("table", "column"), sorted(ADDED))
+def test_every_column_a_migration_adds_is_added_to_the_local_and_the_distributed_table(
+    table: str, column: str
+) -> None:
+    clustered = _added_columns(CLUSTER)
+    assert (f"{table}_local", column) in clustered, f"cluster.sql does not add {column} to {table}_local"
+    assert (table, column) in clustered, f"cluster.sql does not add {column} to the Distributed {table}"

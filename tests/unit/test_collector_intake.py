@@ -331,3 +331,31 @@ def test_a_future_event_time_says_after_correction_only_when_sent_at_corrected_i
     assert problems(intake({**VISIT, "event_time": ahead}, NOW)) == [
         ("event_time", "is 30.0 h in the future; the limit is 23 h (after clock-skew correction)")
     ]
+
+
+@pytest.mark.parametrize("event_type", ["web_visit", "content_view"])
+def test_the_trackers_page_view_id_is_accepted_on_visits_and_content_views(event_type: str) -> None:
+    event = {
+        "type": event_type,
+        "event_id": "e",
+        "anonymous_id": "a",
+        **BASE[event_type],
+        "page_view_id": "pv",
+    }
+    result = intake(event)
+    assert isinstance(result, Accepted), result
+    assert result.record["page_view_id"] == "pv"
+    assert isinstance(intake({k: v for k, v in event.items() if k != "page_view_id"}), Accepted)
+
+
+@pytest.mark.parametrize(
+    ("page_view_id", "problem"),
+    [
+        ("x" * 257, "must be at most 256 characters, got 257"),
+        ("pv\n1", "must not contain control characters ('\\n' at position 3)"),
+    ],
+)
+def test_a_page_view_id_that_cannot_group_reports_is_refused_naming_the_field(
+    page_view_id: str, problem: str
+) -> None:
+    assert problems(intake({**VISIT, "page_view_id": page_view_id})) == [("page_view_id", problem)]

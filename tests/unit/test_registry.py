@@ -13,6 +13,7 @@ from fastavro.schema import to_parsing_canonical_form
 
 from schemas.domain_rules import MAX_DWELL_MS
 from schemas.errors import SchemaValidationError, TrailingBytes, UnknownFingerprint, WireFormatError
+from schemas.fast_codec import codec_for
 from schemas.registry import SCHEMA_DIR, SchemaRegistry, crc64_avro, default_registry, to_millis
 
 pytestmark = pytest.mark.unit
@@ -125,6 +126,39 @@ def test_older_writer_version_resolves_to_current_reader_with_defaults() -> None
     assert name == "web_visit"
     assert record["lead_id"] == "L1"
     assert record["utm_source"] is None and record["received_at"] is None
+
+
+PAGE_VIEWLESS = {  # the versions before page_view_id (stop 33), each with a record of its fields
+    "content_view.v1.avsc": {
+        "content_id": "cs-1",
+        "content_type": "case_study",
+        "dwell_ms": 1_000,
+        "percent_viewed": 50.0,
+        "channel": "web",
+    },
+    "web_visit.v2.avsc": {"url": "https://x", "page_category": None, "referrer": None},
+}
+
+
+@pytest.mark.parametrize("history", sorted(PAGE_VIEWLESS))
+def test_a_record_written_before_page_view_id_reads_as_a_view_of_its_own(history: str) -> None:
+    """Producers built on the schema DESIGN §6 lists (no page_view_id) keep working: their records resolve
+    to the current schema with page_view_id null, on the registry's path and the worker's codec alike."""
+    registry = default_registry()
+    old = json.loads((SCHEMA_DIR / "history" / history).read_text())
+    name = history.split(".")[0]
+    assert "page_view_id" not in {f["name"] for f in old["fields"]}
+    assert "page_view_id" in {f["name"] for f in registry.schema(name).raw["fields"]}
+    common = {"event_id": "old-1", "event_time": 1_700_000_000_000, "anonymous_id": None, "lead_id": "L1"}
+    written = {**common, "source": "v", "received_at": None, **PAGE_VIEWLESS[history]}
+    buf = io.BytesIO()
+    buf.write(b"\xc3\x01" + struct.pack("<Q", _independent_crc64(to_parsing_canonical_form(old).encode())))
+    fastavro.schemaless_writer(buf, fastavro.parse_schema(old), written)
+    for decode in (registry.decode, codec_for(registry).decode):
+        decoded_as, record = decode(buf.getvalue())
+        assert decoded_as == name
+        assert record["page_view_id"] is None
+        assert {k: record[k] for k in written} == written
 
 
 def test_unknown_fingerprint_is_a_typed_error_naming_the_fingerprint() -> None:
@@ -430,7 +464,11 @@ def test_nested_records_report_their_path() -> None:
 
 def test_registry_loads_history_versions_for_decoding_only(tmp_path) -> None:
     registry = SchemaRegistry()
-    assert len(registry.by_fingerprint) == len(registry.current) + 1
+    history = list((SCHEMA_DIR / "history").glob("*.avsc"))
+    assert len(registry.by_fingerprint) == len(registry.current) + len(history)
+    assert {v.name for v in registry.by_fingerprint.values()} == set(
+        registry.current
+    )  # old versions: same names
     assert set(registry.current) == {p.stem for p in SCHEMA_DIR.glob("*.avsc")}
 
 

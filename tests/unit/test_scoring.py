@@ -336,6 +336,58 @@ def test_cap_keeps_the_earliest_events_of_the_day_whatever_the_arrival_order() -
     ]
 
 
+# --- page views: the tracker reports one view of an element in parts (each time the page is hidden) -----
+
+
+def test_the_reports_of_one_page_view_score_the_item_once() -> None:
+    lead = Lead()
+    lead.send(*[view(t=T0 + t, content_type="case_study", page_view="pv1") for t in (0, MIN, 2 * HOUR)])
+    assert lead.score() == pytest.approx(closed_form(10, 2 * HOUR, 30), abs=1e-9)  # not 3 x 10 (cap 3)
+    assert len(lead.state().signals) == 1
+    # two hours of decay move the score: the record says why the report added nothing
+    [record] = [o.record for o in lead.results[-1].outputs if o.schema == "lead_score"]
+    assert "case_study not scored: page view pv1 scored already" in record["change_reason"]
+
+
+def test_reports_without_a_page_view_id_score_each_as_before() -> None:
+    lead = Lead()
+    lead.send(*[view(t=T0 + i * MIN, content_type="case_study") for i in range(2)])
+    assert lead.score() == pytest.approx(closed_form(10, MIN, 30) + 10, abs=1e-9)
+
+
+@pytest.mark.parametrize(
+    ("second", "scores"),
+    [
+        (view(t=T0 + MIN, content_type="case_study", page_view="pv2"), 2),  # the next page load
+        (view(t=T0 + MIN, content_type="case_study", page_view="pv1", content_id="cs-2"), 2),  # another item
+        (view(t=T0 + MIN, content_type="case_study", page_view="pv1"), 1),
+    ],
+)
+def test_a_page_view_is_one_item_on_one_page_load(second: tuple[str, dict[str, Any]], scores: int) -> None:
+    lead = Lead()
+    lead.send(view(t=T0, content_type="case_study", page_view="pv1"), second)
+    assert len(lead.state().signals) == scores
+
+
+def test_a_page_view_reported_before_and_after_the_visitor_identified_scores_once() -> None:
+    lead = Lead()
+    lead.send(
+        view(lead=None, anon="A1", t=T0, content_type="case_study", page_view="pv1"),
+        identified("L1", T0 + MIN, anon="A1"),
+        view(lead="L1", anon="A1", t=T0 + 2 * MIN, content_type="case_study", page_view="pv1"),
+    )
+    assert len(lead.state().signals) == 1
+    assert lead.score() == pytest.approx(closed_form(10, 2 * MIN, 30), abs=1e-9)
+
+
+def test_a_page_view_id_cannot_pass_for_an_event_id() -> None:
+    """The view is remembered beside the event ids: an event whose id is the page view's id still scores."""
+    lead = Lead()
+    lead.send(view(t=T0, content_type="case_study", page_view="pv1"))
+    lead.send(download(t=T0 + MIN, asset="whitepaper", event_id="pv1"))
+    assert lead.score() == pytest.approx(closed_form(10, MIN, 30) + 15, abs=1e-9)
+
+
 @pytest.mark.parametrize(
     ("event", "points"),
     [
