@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from typing import Any, Literal
 
 from agents.rules import DAY_MS, CompiledRule, Rules
-from agents.state import LeadState, Signal, remember
+from agents.state import LeadState, Signal
 from schemas.domain_rules import MAX_ID_CHARS
 
 Band = Literal["cold", "warm", "hot"]
@@ -187,9 +187,9 @@ def apply_event(state: LeadState, rule: CompiledRule, event_id: str, t: int) -> 
     return Scored(rule, "replaced", displaced=str(last_id), displaced_at=int(last_t))
 
 
-#: Prefix of a page view's entry in ``LeadState.seen``: a control character, which no event id may hold
-#: (``schemas.domain_rules.identity_problem``), so a view can never pass for an event or the reverse.
-VIEW_MARK = "\x1f"
+#: Between a page view's id and the item's in ``LeadState.views`` keys: a control character, which ids
+#: checked by the collector or the SDK cannot hold.
+VIEW_SEPARATOR = "\x1f"
 
 
 def repeated_view(state: LeadState, event: dict[str, Any], t: int, rules: Rules) -> bool:
@@ -199,16 +199,29 @@ def repeated_view(state: LeadState, event: dict[str, Any], t: int, rules: Rules)
     Why: the browser tracker reports an element's dwell each time the page is hidden, so one reading with two
     tab switches sends three reports; each scored, so a case study read once earned three times its points
     (up to its daily cap). Reports of one view share ``page_view_id``; the first one read scores, the rest
-    only go to history. The view is remembered in ``seen`` beside the event ids, so it shares their window
-    and bound. A report without the id (SDK, older trackers) is a view of its own, as before."""
+    only go to history. A view is remembered by its newest report's time, so one still being reported stays
+    remembered; one forgotten (older than the dedup window, or the least recent beyond ``max_seen_ids``)
+    scores again if a report of it still comes. A report without the id (SDK, older trackers) is a view of
+    its own, as before."""
     page_view = event.get("page_view_id")
     if not page_view or type(page_view) is not str or len(page_view) > MAX_ID_CHARS:
         return False
-    view = f"{VIEW_MARK}{page_view}{VIEW_MARK}{event.get('content_id') or ''}"
-    if view in state.seen:
+    view = f"{page_view}{VIEW_SEPARATOR}{event.get('content_id') or ''}"
+    views = state.views
+    reported = views.get(view)
+    if reported is not None:
+        if t > reported:
+            views[view] = t
         return True
-    remember(state, view, t, rules.dedup_window_ms, rules.state.max_seen_ids)
+    views[view] = t
+    bound = rules.state.max_seen_ids
+    if len(views) > bound + bound // 4:  # amortised, as for the seen ids
+        state.views = dict(sorted(views.items(), key=_second)[-bound:])
     return False
+
+
+def _second(item: tuple[str, int]) -> int:
+    return item[1]
 
 
 def behaviour_at(state: LeadState, rules: Rules, as_of: int) -> float:

@@ -7,8 +7,11 @@ is also a changelog record), so everything the core needs lives here and every g
   newest event, at most ``state.max_seen_ids``. Events older than ``dedup_floor()`` are not scored at all
   ("stale"), so a duplicate can never score twice: either its id is still remembered, or it is below the
   floor. The price: an event arriving more than the window behind the lead's newest event (default 30 days)
-  is ignored. It also holds the page views already scored (``scoring.repeated_view``), under keys that
-  begin with a control character, which no event id may contain.
+  is ignored.
+- ``views`` (page view and item -> newest report time) keeps the page views already scored
+  (``scoring.repeated_view``) for the same window, at most ``state.max_seen_ids`` of them (the least
+  recently reported go first). Apart from ``seen``, so views never take the room of event ids, and a view
+  still being reported is not forgotten.
 - ``caps`` keeps, per rule and event-time UTC day, the (time, id) of the events that scored, only for days
   inside the same window.
 - ``signals`` keeps the ``state.top_signals`` largest contributions; ``buffer`` (anonymous keys only) keeps
@@ -97,6 +100,7 @@ class LeadState:
     signals: list[Signal] = field(default_factory=list)
     seen: dict[str, int] = field(default_factory=dict)
     evicted_to: int = NEVER  # newest event time ever evicted from ``seen`` by the count bound
+    views: dict[str, int] = field(default_factory=dict)  # page view + item -> newest report time
     max_time: int = NEVER
     last_score: float = 0.0
     last_as_of: int = NEVER
@@ -144,6 +148,7 @@ class LeadState:
             "signals": self.signals,
             "seen": self.seen,
             "evicted_to": self.evicted_to,
+            "views": self.views,
             "max_time": self.max_time,
             "last_score": self.last_score,
             "last_as_of": self.last_as_of,
@@ -178,6 +183,7 @@ class LeadState:
             signals=[list(s) for s in d.get("signals", [])],
             seen=dict(d.get("seen", {})),
             evicted_to=int(d.get("evicted_to", NEVER)),
+            views={k: int(t) for k, t in d.get("views", {}).items()},
             max_time=int(d.get("max_time", NEVER)),
             last_score=float(d.get("last_score", 0.0)),
             last_as_of=int(d.get("last_as_of", NEVER)),
@@ -244,6 +250,8 @@ def prune_window(state: LeadState, window_ms: int) -> None:
     floor_day = floor // 86_400_000
     if state.seen and min(state.seen.values()) < floor:  # usually nothing has left the window yet
         state.seen = {i: t for i, t in state.seen.items() if t >= floor}
+    if state.views and min(state.views.values()) < floor:
+        state.views = {k: t for k, t in state.views.items() if t >= floor}
     if state.caps:
         state.caps = {k: v for k, v in state.caps.items() if int(k.rsplit("|", 1)[1]) >= floor_day}
     if state.buffer:

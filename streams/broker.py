@@ -17,6 +17,7 @@ import subprocess
 import sys
 import threading
 import time
+import uuid
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -76,6 +77,9 @@ def no_embedded_broker_running(settings: Settings) -> bool:
     return settings.embedded_broker and not port_open(settings.broker_host, settings.broker_port)
 
 
+CLUSTER_ID_PREFIX = "leadpulse-"
+
+
 @dataclass
 class EmbeddedBroker:
     """A Tansu process on loopback with in-memory storage."""
@@ -85,6 +89,11 @@ class EmbeddedBroker:
     port: int = 9092
     log_file: Path | None = None
     process: subprocess.Popen[bytes] | None = field(default=None, init=False)
+    #: Ours alone (``leadpulse-`` + random), so ``wait_ready`` knows the broker answering is the one it
+    #: started: ``free_port`` hands out a port that another process may bind first, and then our Tansu
+    #: exits on the bind while the other broker answers as if it were ours (a fault test hung "its"
+    #: broker, another test's answered, and a request it expected to hang was accepted).
+    cluster_id: str = field(default_factory=lambda: f"{CLUSTER_ID_PREFIX}{uuid.uuid4().hex[:12]}", init=False)
 
     @property
     def bootstrap(self) -> str:
@@ -109,7 +118,7 @@ class EmbeddedBroker:
                 "--storage-engine",
                 "memory://tansu/",
                 "--cluster-id",
-                "leadpulse",
+                self.cluster_id,
             ],
             stdout=out,
             stderr=subprocess.STDOUT,
@@ -127,8 +136,16 @@ class EmbeddedBroker:
             if port_open(self.host, self.port):
                 try:
                     admin = KafkaAdminClient(bootstrap_servers=self.bootstrap, request_timeout_ms=3000)
-                    admin.list_topics()
-                    admin.close()
+                    try:
+                        answering = admin.describe_cluster().get("cluster_id")
+                    finally:
+                        admin.close()
+                    if answering != self.cluster_id:
+                        self.stop()
+                        raise BrokerError(
+                            f"another broker (cluster id {answering!r}) took {self.bootstrap} while Tansu "
+                            "was starting; choose another port (LEADPULSE_BROKER_PORT)"
+                        )
                     return
                 except KafkaError as exc:
                     last = exc
@@ -230,8 +247,13 @@ def partition_mismatches(
     return problems
 
 
-#: Cluster ids of Tansu brokers: ours (EmbeddedBroker) and Tansu's own default.
+#: Cluster ids of Tansu brokers: ours (EmbeddedBroker's begin with ``CLUSTER_ID_PREFIX``; before stop 33
+#: they were all "leadpulse") and Tansu's own default.
 TANSU_CLUSTER_IDS = frozenset({"leadpulse", "tansu_cluster"})
+
+
+def tansu_cluster_id(cluster_id: str) -> bool:
+    return cluster_id in TANSU_CLUSTER_IDS or cluster_id.startswith(CLUSTER_ID_PREFIX)
 
 
 def is_tansu(settings: Settings) -> bool:
@@ -250,7 +272,7 @@ def is_tansu(settings: Settings) -> bool:
             bootstrap_servers=settings.bootstrap, request_timeout_ms=5000, **kafka_client_config(settings)
         )
         try:
-            return str(admin.describe_cluster().get("cluster_id")) in TANSU_CLUSTER_IDS
+            return tansu_cluster_id(str(admin.describe_cluster().get("cluster_id")))
         finally:
             admin.close()
     except KafkaError as exc:

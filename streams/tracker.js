@@ -96,7 +96,10 @@
   }
 
   function page() {
-    if (pageCalls++) pageViewId = uuid();
+    if (pageCalls++) {  // a route change: what was read so far belongs to the page view it ends
+      reportContent();
+      pageViewId = uuid();
+    }
     var q = new URLSearchParams(w.location.search);
     var props = { url: w.location.href, referrer: d.referrer || null, page_category: pageCategory(),
       page_view_id: pageViewId };

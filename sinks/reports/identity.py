@@ -32,7 +32,9 @@ identity AS (
 ev AS (
     SELECT e.event_type AS event_type, toUnixTimestamp64Milli(e.event_time) AS t, e.dwell_ms AS dwell_ms,
            -- one page load: its web_visit and its content_view reports share page_view_id (else one each)
-           coalesce(nullIf(e.page_view_id, ''), e.event_id) AS view,
+           -- (prefixed: an SDK event's id and a tracker's page view id never merge)
+           if(ifNull(e.page_view_id, '') != '', concat('p:', assumeNotNull(e.page_view_id)),
+              concat('e:', e.event_id)) AS view,
            e.content_id AS item_id, coalesce(e.url, e.link_url) AS touch_url,
            coalesce(nullIf(e.lead_id, ''), nullIf(i.resolved, '')) AS lead,
            coalesce(nullIf(e.lead_id, ''), nullIf(i.resolved, ''), nullIf(e.anonymous_id, '')) AS visitor

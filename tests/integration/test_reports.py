@@ -398,7 +398,7 @@ def in_period(t: int) -> bool:
 
 def view_of(e: dict[str, Any]) -> str:
     """The page view an event belongs to: its page_view_id, else an event is a view of its own."""
-    return str(e.get("page_view_id") or e["event_id"])
+    return f"p:{e['page_view_id']}" if e.get("page_view_id") else f"e:{e['event_id']}"
 
 
 def touches(h: History) -> list[tuple[str, dict[str, Any], str | None]]:

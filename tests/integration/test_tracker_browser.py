@@ -259,3 +259,28 @@ async def test_headless_browser_with_its_default_user_agent_is_dropped_as_a_bot(
     await context.close()
     assert ingested(site) == 0
     assert await records(site, "events.web_visits") == []
+
+
+async def test_a_route_change_sends_what_was_read_under_the_page_view_it_ends(
+    site: Site, launch: Callable[..., Awaitable[Browser]]
+) -> None:
+    """Review finding: ``leadpulse.page()`` (a single-page app's route change) switched the id first, so the
+    dwell read before it went out later under the next page view: one reading, two views, scored twice."""
+    browser = await launch(DESKTOP_UA)
+    context = await browser.new_context()
+    page = await context.new_page()
+    await page.goto(site.page + "/pricing")
+    await page.wait_for_function("window.leadpulse && typeof window.leadpulse.track === 'function'")
+    await page.locator("#story").scroll_into_view_if_needed()
+    await page.wait_for_timeout(400)
+    await page.evaluate("() => window.leadpulse.page()")  # the route changes; the story stays in view
+    await page.wait_for_timeout(400)
+    await page.goto(site.page + "/bye")
+    await wait_for(lambda: ingested(site) >= 4, 15, "two page views and a content view of each")
+    await context.close()
+
+    first, second = sorted(await records(site, "events.web_visits"), key=lambda r: int(str(r["event_time"])))
+    assert first["page_view_id"] != second["page_view_id"]
+    views = await records(site, "events.content_views")
+    by_view = {v["page_view_id"] for v in views}
+    assert by_view == {first["page_view_id"], second["page_view_id"]}, views

@@ -23,6 +23,7 @@ from agents.core import step
 from agents.rescore import replay
 from agents.rules import RulesError, load_rules, rules_from_mapping
 from agents.scoring import band, disqualification, profile_fit
+from agents.state import LeadState
 from schemas.registry import default_registry
 from tests.unit.builders import (
     DAY,
@@ -381,11 +382,58 @@ def test_a_page_view_reported_before_and_after_the_visitor_identified_scores_onc
 
 
 def test_a_page_view_id_cannot_pass_for_an_event_id() -> None:
-    """The view is remembered beside the event ids: an event whose id is the page view's id still scores."""
+    """Views are remembered apart from the event ids: an event whose id is the page view's id still scores."""
     lead = Lead()
     lead.send(view(t=T0, content_type="case_study", page_view="pv1"))
     lead.send(download(t=T0 + MIN, asset="whitepaper", event_id="pv1"))
     assert lead.score() == pytest.approx(closed_form(10, MIN, 30) + 15, abs=1e-9)
+
+
+SMALL_STATE = {"state": {"max_seen_ids": 10}}
+
+
+def test_a_view_is_not_forgotten_for_the_event_ids_that_came_after_its_first_report() -> None:
+    """Review finding: with the view kept among the seen ids, the count bound dropped it and the reading's
+    next report, newer than every evicted id, scored again."""
+    lead = Lead(rules(**SMALL_STATE))
+    lead.send(view(t=T0, content_type="case_study", page_view="pv1"))
+    lead.send(*[visit(t=T0 + (1 + i) * MIN, category="blog") for i in range(13)])
+    lead.send(view(t=T0 + 20 * MIN, content_type="case_study", page_view="pv1"))
+    assert [s[0] for s in lead.state().signals].count("content_type.case_study") == 1
+    assert lead.state().acc["content_type.case_study"][0] == pytest.approx(10)
+
+
+def test_page_views_take_no_room_from_the_event_ids() -> None:
+    """Review finding: a view per report halved the event ids kept, so late events went stale sooner."""
+    with_views, without = Lead(rules(**SMALL_STATE)), Lead(rules(**SMALL_STATE))
+    for i in range(30):
+        with_views.send(view(t=T0 + i * MIN, event_id=f"v{i}", page_view=f"pv{i}"))
+        without.send(view(t=T0 + i * MIN, event_id=f"v{i}"))
+    assert with_views.state().seen == without.state().seen
+    assert with_views.state().evicted_to == without.state().evicted_to
+
+
+def test_page_views_are_bounded_keeping_the_most_recently_reported() -> None:
+    lead = Lead(rules(**SMALL_STATE))
+    lead.send(view(t=T0, page_view="kept"))
+    for i in range(30):
+        lead.send(view(t=T0 + (1 + i) * MIN, page_view=f"pv{i}"))
+        lead.send(view(t=T0 + (1 + i) * MIN + 1, page_view="kept"))  # still being reported
+    views = lead.state().views
+    assert len(views) <= 10 + 10 // 4
+    assert any(key.startswith("kept\x1f") for key in views)
+    assert not any(key.startswith("pv0\x1f") for key in views)
+
+
+def test_page_views_leave_with_the_dedup_window_and_survive_a_state_round_trip() -> None:
+    lead = Lead()
+    lead.send(view(t=T0, page_view="old"))
+    lead.send(view(t=T0 + 29 * DAY, page_view="recent"))
+    assert len(lead.state().views) == 2
+    restored = LeadState.from_bytes(lead.state().to_bytes())
+    assert restored.views == lead.state().views
+    lead.send(visit(t=T0 + 31 * DAY))  # a new day: the window (30 days) moves past the first view
+    assert [key.split("\x1f")[0] for key in lead.state().views] == ["recent"]
 
 
 @pytest.mark.parametrize(
