@@ -242,16 +242,18 @@ def remember(state: LeadState, event_id: str, event_time: int, window_ms: int, m
 
 
 def prune_window(state: LeadState, window_ms: int) -> None:
-    """Drop seen ids, cap buckets and buffered anonymous events older than the dedup window (called when the
-    lead's newest event time enters a new day). Without the seen ids here, a lead with fewer than
-    ``max_seen_ids`` events kept every id forever: the soak test measured 886k ids for 1M events where the
-    30-day window holds ~330k (issue #8, bounded state)."""
+    """Drop seen ids, page views, cap buckets and buffered anonymous events older than the dedup window
+    (called when the lead's newest event time enters a new day). Without the seen ids here, a lead with fewer
+    than ``max_seen_ids`` events kept every id forever: the soak test measured 886k ids for 1M events where
+    the 30-day window holds ~330k (issue #8, bounded state)."""
     floor = state.dedup_floor(window_ms)
     floor_day = floor // 86_400_000
     if state.seen and min(state.seen.values()) < floor:  # usually nothing has left the window yet
         state.seen = {i: t for i, t in state.seen.items() if t >= floor}
-    if state.views and min(state.views.values()) < floor:
-        state.views = {k: t for k, t in state.views.items() if t >= floor}
+    # views by the window alone: the seen ids' eviction floor says nothing about when a page was last read
+    window_floor = state.max_time - window_ms
+    if state.views and min(state.views.values()) < window_floor:
+        state.views = {k: t for k, t in state.views.items() if t >= window_floor}
     if state.caps:
         state.caps = {k: v for k, v in state.caps.items() if int(k.rsplit("|", 1)[1]) >= floor_day}
     if state.buffer:

@@ -89,7 +89,7 @@ def broker_behind_proxy(tmp_path: Path, prefix: str) -> Iterator[tuple[ProducePa
             [
                 *(str(broker.binary), "broker", "--listener-url", f"tcp://{broker.bootstrap}"),
                 *("--advertised-listener-url", f"tcp://{proxy.address}"),
-                *("--storage-engine", "memory://tansu/", "--cluster-id", "leadpulse"),
+                *("--storage-engine", "memory://tansu/", "--cluster-id", broker.cluster_id),
             ],
             stdout=log,
             stderr=subprocess.STDOUT,

@@ -74,7 +74,7 @@ class AdvertisingTansu(EmbeddedBroker):
                 "--storage-engine",
                 self.storage_engine,
                 "--cluster-id",
-                "leadpulse",
+                self.cluster_id,
             ],
             stdout=out,
             stderr=subprocess.STDOUT,

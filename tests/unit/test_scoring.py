@@ -403,6 +403,18 @@ def test_a_view_is_not_forgotten_for_the_event_ids_that_came_after_its_first_rep
     assert lead.state().acc["content_type.case_study"][0] == pytest.approx(10)
 
 
+def test_a_view_outlives_the_seen_ids_evicted_after_it_when_the_day_turns() -> None:
+    """Views leave with the dedup window after their last report, not with the seen ids' eviction floor (a
+    busy lead's floor is recent: the view would be forgotten at the next day and its next report score)."""
+    lead = Lead(rules(**SMALL_STATE))
+    lead.send(view(t=T0, content_type="case_study", page_view="pv1"))
+    lead.send(*[visit(t=T0 + (1 + i) * MIN, category="blog") for i in range(14)])
+    assert lead.state().evicted_to > T0  # the count bound evicted ids newer than the view
+    lead.send(visit(t=T0 + DAY, category="blog"))  # a new day: the window is pruned
+    lead.send(view(t=T0 + DAY + MIN, content_type="case_study", page_view="pv1"))
+    assert [s[0] for s in lead.state().signals].count("content_type.case_study") == 1
+
+
 def test_page_views_take_no_room_from_the_event_ids() -> None:
     """Review finding: a view per report halved the event ids kept, so late events went stale sooner."""
     with_views, without = Lead(rules(**SMALL_STATE)), Lead(rules(**SMALL_STATE))
