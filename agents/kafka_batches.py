@@ -17,7 +17,7 @@ from aiokafka.errors import IllegalStateError
 
 from streams.broker import aiokafka_client_config
 from streams.kafka_close import start_client, stop_consumer
-from streams.partitioner import key_hash, partition_of
+from streams.partitioner import partition_of
 from streams.settings import Settings
 from streams.tansu_compat import end_offsets
 
@@ -65,7 +65,7 @@ class BatchSender:
             if partition is None:
                 count = counts.get(topic)
                 if key is not None and count is not None:
-                    partition = key_hash(key) % count
+                    partition = partition_of(key, count)
                 else:
                     partition = await self.partition_for(topic, key)
             builder = open_batches.get((topic, partition))

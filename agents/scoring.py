@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from typing import Any, Literal
 
 from agents.rules import DAY_MS, CompiledRule, Rules
-from agents.state import LeadState, Signal
+from agents.state import LeadState, Signal, remember_view
 from schemas.domain_rules import MAX_ID_CHARS
 
 Band = Literal["cold", "warm", "hot"]
@@ -207,21 +207,7 @@ def repeated_view(state: LeadState, event: dict[str, Any], t: int, rules: Rules)
     if not page_view or type(page_view) is not str or len(page_view) > MAX_ID_CHARS:
         return False
     view = f"{page_view}{VIEW_SEPARATOR}{event.get('content_id') or ''}"
-    views = state.views
-    reported = views.get(view)
-    if reported is not None:
-        if t > reported:
-            views[view] = t
-        return True
-    views[view] = t
-    bound = rules.state.max_seen_ids
-    if len(views) > bound + bound // 4:  # amortised, as for the seen ids
-        state.views = dict(sorted(views.items(), key=_second)[-bound:])
-    return False
-
-
-def _second(item: tuple[str, int]) -> int:
-    return item[1]
+    return remember_view(state, view, t, rules.state.max_seen_ids)
 
 
 def behaviour_at(state: LeadState, rules: Rules, as_of: int) -> float:

@@ -28,6 +28,7 @@ from __future__ import annotations
 import json
 import math
 from dataclasses import dataclass, field
+from operator import itemgetter
 from typing import Any
 
 import orjson
@@ -239,6 +240,22 @@ def remember(state: LeadState, event_id: str, event_time: int, window_ms: int, m
         state.evicted_to = max(state.evicted_to, kept[max_ids][0] + 1)
         kept = kept[:max_ids]
     state.seen = {i: t for t, i in kept}
+
+
+def remember_view(state: LeadState, view: str, report_time: int, max_views: int) -> bool:
+    """Record a page view's report; whether the view was known already. A view keeps its newest report's
+    time (so one still being reported is not the first to go); the count is pruned as ``remember`` prunes
+    the seen ids, in amortised batches, the least recently reported first (the window: ``prune_window``)."""
+    views = state.views
+    reported = views.get(view)
+    if reported is not None:
+        if report_time > reported:
+            views[view] = report_time
+        return True
+    views[view] = report_time
+    if len(views) > max_views + max_views // 4:
+        state.views = dict(sorted(views.items(), key=itemgetter(1))[-max_views:])
+    return False
 
 
 def prune_window(state: LeadState, window_ms: int) -> None:

@@ -264,13 +264,19 @@ def test_batch_resent_after_lost_acknowledgement_is_stored_once_also_in_the_view
     assert usage == len(records)
 
 
-def _old_web_visit(event_id: str, lead_id: str) -> bytes:
-    """A web visit in the older writer schema (schemas/history/web_visit.v1.avsc): not on the fast path."""
-    old = json.loads((SCHEMA_DIR / "history" / "web_visit.v1.avsc").read_text())
+def _older_writer(history_file: str, record: dict[str, Any]) -> bytes:
+    """``record`` Single Object Encoded with an older writer schema (``schemas/history/``): the sink cannot
+    ship it undecoded, it resolves and re-encodes it as current."""
+    old = json.loads((SCHEMA_DIR / "history" / history_file).read_text())
     body = io.BytesIO()
-    fastavro.schemaless_writer(
-        body,
-        fastavro.parse_schema(old),
+    fastavro.schemaless_writer(body, fastavro.parse_schema(old), record)
+    return SOE_MAGIC + struct.pack("<Q", schema_fingerprint(old)) + body.getvalue()
+
+
+def _old_web_visit(event_id: str, lead_id: str) -> bytes:
+    """A web visit in the first writer schema (web_visit.v1.avsc)."""
+    return _older_writer(
+        "web_visit.v1.avsc",
         {
             "event_id": event_id,
             "event_time": 1_790_000_000_000,
@@ -282,16 +288,12 @@ def _old_web_visit(event_id: str, lead_id: str) -> bytes:
             "referrer": None,
         },
     )
-    return SOE_MAGIC + struct.pack("<Q", schema_fingerprint(old)) + body.getvalue()
 
 
 def _old_content_view(event_id: str) -> bytes:
-    """A content view in the writer schema before page_view_id (schemas/history/content_view.v1.avsc)."""
-    old = json.loads((SCHEMA_DIR / "history" / "content_view.v1.avsc").read_text())
-    body = io.BytesIO()
-    fastavro.schemaless_writer(
-        body,
-        fastavro.parse_schema(old),
+    """A content view in the writer schema before page_view_id (content_view.v1.avsc)."""
+    return _older_writer(
+        "content_view.v1.avsc",
         {
             "event_id": event_id,
             "event_time": 1_790_000_000_000,
@@ -306,7 +308,6 @@ def _old_content_view(event_id: str) -> bytes:
             "channel": "web",
         },
     )
-    return SOE_MAGIC + struct.pack("<Q", schema_fingerprint(old)) + body.getvalue()
 
 
 def test_page_view_ids_are_stored_and_a_record_written_before_them_without_one(

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 
 import pytest
 from aiohttp import web
-from playwright.async_api import Browser, async_playwright
+from playwright.async_api import Browser, BrowserContext, Page, async_playwright
 from prometheus_client import CollectorRegistry
 
 from schemas.domain_rules import MAX_DWELL_MS
@@ -134,14 +134,33 @@ async def records(site: Site, topic: str) -> list[dict[str, object]]:
     return [i.record for i in items if isinstance(i, Decoded)]
 
 
+TRACKER_LOADED = "window.leadpulse && typeof window.leadpulse.track === 'function'"
+
+
+async def open_page(
+    launch: Callable[..., Awaitable[Browser]], user_agent: str | None = DESKTOP_UA
+) -> tuple[BrowserContext, Page]:
+    """A fresh browser context and a page in it (a desktop user agent unless told otherwise)."""
+    browser = await launch(user_agent)
+    context = await browser.new_context()
+    return context, await context.new_page()
+
+
+async def load(page: Page, url: str) -> None:
+    """Open ``url`` and wait until the tracker runs on it."""
+    await page.goto(url)
+    await page.wait_for_function(TRACKER_LOADED)
+
+
+async def visits_in_order(site: Site) -> list[dict[str, object]]:
+    return sorted(await records(site, "events.web_visits"), key=lambda r: int(str(r["event_time"])))
+
+
 async def test_page_view_content_view_and_download_arrive_from_a_real_browser(
     site: Site, launch: Callable[..., Awaitable[Browser]]
 ) -> None:
-    browser = await launch(DESKTOP_UA)
-    context = await browser.new_context()
-    page = await context.new_page()
-    await page.goto(site.page + "/pricing?utm_source=newsletter&utm_campaign=spring&utm_medium=email")
-    await page.wait_for_function("window.leadpulse && typeof window.leadpulse.track === 'function'")
+    context, page = await open_page(launch)
+    await load(page, site.page + "/pricing?utm_source=newsletter&utm_campaign=spring&utm_medium=email")
     await page.locator("#story").scroll_into_view_if_needed()
     await page.wait_for_timeout(600)  # let the visitor read: dwell time to measure
     await page.locator("#dl").click()  # flushes the page view and the download at once
@@ -189,24 +208,20 @@ async def test_a_page_view_reported_in_parts_shares_one_page_view_id_and_the_nex
     """The tracker reports an element's dwell each time the page is hidden: a reader who switches tabs twice
     sends two or more content_view reports of one view. They must share the page's page_view_id, or the
     worker would score the item once per report and the content report count a view per report."""
-    browser = await launch(DESKTOP_UA)
-    context = await browser.new_context()
-    page = await context.new_page()
-    await page.goto(site.page + "/pricing")
-    await page.wait_for_function("window.leadpulse && typeof window.leadpulse.track === 'function'")
+    context, page = await open_page(launch)
+    await load(page, site.page + "/pricing")
     await page.locator("#story").scroll_into_view_if_needed()
     for _ in range(2):  # read, switch to another tab (a report), come back
         await page.wait_for_timeout(400)
         await page.evaluate(_visibility("hidden"))
         await page.evaluate(_visibility("visible"))
     await wait_for(lambda: ingested(site) >= 3, 15, "the page view and two content view reports")
-    await page.goto(site.page + "/pricing")  # a second load of the same page: a new page view
-    await page.wait_for_function("window.leadpulse && typeof window.leadpulse.track === 'function'")
+    await load(page, site.page + "/pricing")  # a second load of the same page: a new page view
     await page.goto(site.page + "/bye")
     await wait_for(lambda: ingested(site) >= 4, 15, "the second page view")
     await context.close()
 
-    first, second = sorted(await records(site, "events.web_visits"), key=lambda r: int(str(r["event_time"])))
+    first, second = await visits_in_order(site)
     assert first["page_view_id"] != second["page_view_id"]
     views = await records(site, "events.content_views")
     assert len(views) >= 2 and len({v["event_id"] for v in views}) == len(views)
@@ -227,8 +242,7 @@ async def test_a_content_view_of_more_than_a_day_is_sent_as_a_day_not_lost(
         "(() => { const real = Date.now.bind(Date); Date.now = () => real() + (window.__lpSkew || 0); })();"
     )
     page = await context.new_page()
-    await page.goto(site.page + "/pricing")
-    await page.wait_for_function("window.leadpulse && typeof window.leadpulse.track === 'function'")
+    await load(page, site.page + "/pricing")
     await page.locator("#story").scroll_into_view_if_needed()
     await page.wait_for_timeout(300)
     await page.evaluate(f"window.__lpSkew = {2 * MAX_DWELL_MS}")  # two days in view
@@ -245,11 +259,8 @@ async def test_a_content_view_of_more_than_a_day_is_sent_as_a_day_not_lost(
 async def test_headless_browser_with_its_default_user_agent_is_dropped_as_a_bot(
     site: Site, launch: Callable[..., Awaitable[Browser]]
 ) -> None:
-    browser = await launch()
-    context = await browser.new_context()  # "HeadlessChrome" in the user agent
-    page = await context.new_page()
-    await page.goto(site.page + "/pricing")
-    await page.wait_for_function("window.leadpulse && typeof window.leadpulse.track === 'function'")
+    context, page = await open_page(launch, user_agent=None)  # "HeadlessChrome" in the user agent
+    await load(page, site.page + "/pricing")
     await page.locator("#dl").click()
     await wait_for(
         lambda: (site.metrics.registry.get_sample_value("leadpulse_bots_dropped_total") or 0) >= 2,
@@ -266,11 +277,8 @@ async def test_a_route_change_sends_what_was_read_under_the_page_view_it_ends(
 ) -> None:
     """Review finding: ``leadpulse.page()`` (a single-page app's route change) switched the id first, so the
     dwell read before it went out later under the next page view: one reading, two views, scored twice."""
-    browser = await launch(DESKTOP_UA)
-    context = await browser.new_context()
-    page = await context.new_page()
-    await page.goto(site.page + "/pricing")
-    await page.wait_for_function("window.leadpulse && typeof window.leadpulse.track === 'function'")
+    context, page = await open_page(launch)
+    await load(page, site.page + "/pricing")
     await page.locator("#story").scroll_into_view_if_needed()
     await page.wait_for_timeout(400)
     await page.evaluate("() => window.leadpulse.page()")  # the route changes; the story stays in view
@@ -279,7 +287,7 @@ async def test_a_route_change_sends_what_was_read_under_the_page_view_it_ends(
     await wait_for(lambda: ingested(site) >= 4, 15, "two page views and a content view of each")
     await context.close()
 
-    first, second = sorted(await records(site, "events.web_visits"), key=lambda r: int(str(r["event_time"])))
+    first, second = await visits_in_order(site)
     assert first["page_view_id"] != second["page_view_id"]
     views = await records(site, "events.content_views")
     by_view = {v["page_view_id"] for v in views}
