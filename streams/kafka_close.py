@@ -34,7 +34,14 @@ stop at that moment, it went on committing, and the notifier's stop waited for i
 test: the notifier still running 30 s after stop).
 
 ``start_client`` closes a client whose ``start()`` failed (no broker at start-up): aiokafka leaves it open,
-and the process then ended with "Unclosed AIOKafkaConsumer" after its one-line error.
+and the process then ended with "Unclosed AIOKafkaConsumer" after its one-line error. A start cancelled
+(a stop) while its bootstrap waits for the Metadata answer leaves that connection open too: aiokafka's
+``bootstrap`` closes it on a ``KafkaError`` or a timeout only, and it is not among the client's connections,
+so the client's close misses it. A notifier stopped while its broker hung there ended with "Unclosed
+AIOKafkaConnection" (a fresh-clone CI run of stop 33). ``start_client`` therefore records the connections
+opened during its start, by wrapping the ``create_conn`` that ``aiokafka.client`` calls (only while a
+``start_client`` runs in the caller's context; elsewhere the wrapper just passes through), and closes any
+left open after a failed start.
 
 kafka-python 3.0.12 (``streams.reader``'s consumers): ``KafkaConsumer.close()`` hands work to the client's
 IO thread and waits for it with no time limit (``ConsumerCoordinator.close`` runs
@@ -64,7 +71,10 @@ import threading
 from collections.abc import Callable, Iterable
 from typing import Any, TypeVar
 
+import aiokafka.client as _aiokafka_client
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
+from aiokafka.conn import AIOKafkaConnection
+from aiokafka.conn import create_conn as _create_conn
 from aiokafka.errors import KafkaError
 from aiokafka.protocol.group import LeaveGroupRequest
 from kafka import KafkaConsumer
@@ -326,8 +336,37 @@ async def start_unless_stopped(
     return await finished_before_stop(start_client(consumer), stopped, poll_s=poll_s)
 
 
+class _OpenedInStart:
+    """The connections aiokafka opens while one ``start_client`` runs (recorded by ``_recording_create_conn``
+    while ``recording``; tasks the start spawns inherit the context, so recording ends with the start)."""
+
+    def __init__(self) -> None:
+        self.recording = True
+        self.connections: list[AIOKafkaConnection] = []
+
+
+_opened_in_start: contextvars.ContextVar[_OpenedInStart | None] = contextvars.ContextVar(
+    "opened_in_start", default=None
+)
+
+
+async def _recording_create_conn(*args: Any, **kwargs: Any) -> AIOKafkaConnection:
+    conn = await _create_conn(*args, **kwargs)
+    opened = _opened_in_start.get()
+    if opened is not None and opened.recording:
+        opened.connections.append(conn)
+    return conn
+
+
+# aiokafka's client opens every connection through the name it imported (a bootstrap's included)
+_aiokafka_client.create_conn = _recording_create_conn
+
+
 async def start_client(client: AIOKafkaConsumer | AIOKafkaProducer) -> None:
-    """``client.start()``; if it fails, the client is closed before the error propagates."""
+    """``client.start()``; if it fails, the client is closed before the error propagates, and so is any
+    connection its start opened that the client's close does not know (see the module's docstring)."""
+    opened = _OpenedInStart()
+    token = _opened_in_start.set(opened)
     try:
         await client.start()
     except BaseException:
@@ -336,7 +375,14 @@ async def start_client(client: AIOKafkaConsumer | AIOKafkaProducer) -> None:
                 await stop_consumer(client)
             else:
                 await stop_producer(client)
+        for conn in opened.connections:
+            if conn.connected():
+                conn.close()
         raise
+    finally:
+        opened.recording = False
+        opened.connections.clear()
+        _opened_in_start.reset(token)
 
 
 def close_kafka_consumer(consumer: KafkaConsumer, timeout_s: float | None = None) -> bool:

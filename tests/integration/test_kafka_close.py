@@ -4,6 +4,7 @@ kafka-python reader (``streams.reader``) abandoned after its broker stopped clos
 from __future__ import annotations
 
 import asyncio
+import gc
 import os
 import subprocess
 import sys
@@ -13,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from aiokafka import AIOKafkaConsumer, TopicPartition
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from kafka.coordinator.consumer import ConsumerCoordinator
 
 from streams import kafka_close
@@ -210,3 +211,67 @@ def test_a_reader_whose_consumer_close_hangs_is_closed_within_the_bound(
     finally:
         release.set()
         broker.stop()
+
+
+class _FirstAnswerOnly:
+    """A proxy to ``upstream`` that relays each connection's first request and its answer (ApiVersions, sent
+    as a connection opens), then reads nothing more: a broker that hangs right after a client connected, so
+    that the client's next request (a bootstrap's Metadata) waits."""
+
+    def __init__(self, upstream: tuple[str, int]) -> None:
+        self.upstream = upstream
+        self.held = asyncio.Event()  # a connection got its first answer and is held
+        self.closed_by_client = asyncio.Event()  # a held connection was closed by the client
+        self.server: asyncio.Server | None = None
+
+    async def start(self) -> str:
+        self.server = await asyncio.start_server(self._handle, "127.0.0.1", 0)
+        return f"127.0.0.1:{self.server.sockets[0].getsockname()[1]}"
+
+    async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        up_reader, up_writer = await asyncio.open_connection(*self.upstream)
+        try:
+            size = await reader.readexactly(4)
+            up_writer.write(size + await reader.readexactly(int.from_bytes(size, "big")))
+            size = await up_reader.readexactly(4)
+            writer.write(size + await up_reader.readexactly(int.from_bytes(size, "big")))
+            self.held.set()
+            while await reader.read(65536):  # the next requests: never relayed
+                pass
+            self.closed_by_client.set()
+        finally:
+            up_writer.close()
+            writer.close()
+
+    def close(self) -> None:
+        assert self.server is not None
+        self.server.close()
+
+
+async def test_a_producer_start_cancelled_while_its_bootstrap_waits_for_metadata_closes_that_connection(
+    broker: EmbeddedBroker,
+) -> None:
+    """aiokafka's bootstrap does not close its connection when cancelled while its Metadata request waits
+    (it closes it on a KafkaError or a timeout only): a SIGTERM to a notifier whose broker hung there ended
+    with "Unclosed AIOKafkaConnection" (a fresh-clone CI run of stop 33). ``start_client`` closes it."""
+    loop = asyncio.get_running_loop()
+    reported: list[str] = []
+    loop.set_exception_handler(lambda _loop, context: reported.append(str(context.get("message"))))
+    proxy = _FirstAnswerOnly((broker.host, broker.port))
+    try:
+        producer = AIOKafkaProducer(bootstrap_servers=await proxy.start(), request_timeout_ms=30000)
+        starting = asyncio.create_task(kafka_close.start_client(producer))
+        await asyncio.wait_for(proxy.held.wait(), 10)
+        await asyncio.sleep(0.2)  # the Metadata request is sent and waits
+        assert not starting.done()
+        starting.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await starting
+        del starting
+        await asyncio.wait_for(proxy.closed_by_client.wait(), 5)
+        gc.collect()
+        await asyncio.sleep(0)
+        assert not any("Unclosed" in message for message in reported), reported
+    finally:
+        proxy.close()
+        loop.set_exception_handler(None)
