@@ -30,7 +30,7 @@ from typing import Any
 import aiohttp
 
 from schemas.registry import default_registry
-from streams.broker import EmbeddedBroker, create_topics, free_port, tansu_binary
+from streams.broker import create_topics, free_port, start_private_broker
 from streams.producer import Producer
 from streams.samples import sample_events
 from streams.settings import Settings, load_settings
@@ -185,8 +185,7 @@ def run_collector_bench(
     """Measure SDK and collector rates in one run; returns the numbers and prints a summary."""
     with ExitStack() as stack:
         if bootstrap is None:
-            broker = EmbeddedBroker(tansu_binary(load_settings()), "127.0.0.1", free_port(), None)
-            broker.start()
+            broker = start_private_broker(None)
             stack.callback(broker.stop)
             bootstrap = broker.bootstrap
         prefix = f"bench-{uuid.uuid4().hex[:8]}."

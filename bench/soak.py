@@ -24,7 +24,7 @@ from bench.worker_bench import REAL
 from bench.worker_harness import WorkerProcess, input_topics, produce, wait_consumed
 from bench.workload import Workload, encode
 from schemas.registry import default_registry
-from streams.broker import EmbeddedBroker, create_topics, free_port, tansu_binary
+from streams.broker import create_topics, start_private_broker
 from streams.settings import load_settings
 
 WARM_UP_SHARE = 0.4  # the 30-day windows fill during the first third of the 90 days of event time
@@ -50,8 +50,7 @@ def run_soak(
     registry = default_registry()
     with tempfile.TemporaryDirectory(prefix="leadpulse-soak-", dir=work_dir) as tmp:
         root = Path(tmp)
-        broker = EmbeddedBroker(tansu_binary(load_settings()), "127.0.0.1", free_port(), root / "tansu.log")
-        broker.start()
+        broker = start_private_broker(root / "tansu.log")
         try:
             settings = load_settings(
                 broker_host=broker.host, broker_port=broker.port, data_dir=root / "data", topic_prefix="soak."

@@ -46,7 +46,7 @@ from bench.worker_harness import (
 )
 from bench.workload import Encoded, Workload, encode
 from schemas.registry import default_registry
-from streams.broker import EmbeddedBroker, create_topics, free_port, tansu_binary
+from streams.broker import EmbeddedBroker, create_topics, start_private_broker
 from streams.settings import Settings, load_settings
 
 REAL = [sys.executable, "-m", "leadpulse.cli", "worker"]
@@ -104,9 +104,7 @@ def run_worker_bench(
         raise ValueError(f"compare_stages needs naive_events == events, got {naive_events} and {events}")
     with tempfile.TemporaryDirectory(prefix="leadpulse-bench-", dir=work_dir) as tmp:
         root = Path(tmp)
-        base = load_settings()
-        broker = EmbeddedBroker(tansu_binary(base), "127.0.0.1", free_port(), root / "tansu.log")
-        broker.start()
+        broker = start_private_broker(root / "tansu.log")
         try:
             return _run(
                 root, broker, events, naive_events, seed, latency_seconds, naive_budget_s, compare_stages, out

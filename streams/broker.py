@@ -27,7 +27,7 @@ from kafka import KafkaAdminClient
 from kafka.admin import NewTopic
 from kafka.errors import KafkaError, TopicAlreadyExistsError
 
-from streams.settings import Settings
+from streams.settings import Settings, load_settings
 from streams.topics import TOPICS, TopicSpec
 
 log = logging.getLogger(__name__)
@@ -170,6 +170,28 @@ class EmbeddedBroker:
 
     def __exit__(self, *exc: object) -> None:
         self.stop()
+
+
+def start_private_broker(
+    log_file: Path | None, binary: Path | None = None, host: str = "127.0.0.1", attempts: int = 3
+) -> EmbeddedBroker:
+    """A started Tansu of its own on a free loopback port (tests, benchmarks): on a port that another
+    process bound between ``free_port`` and Tansu's bind, the start fails (Tansu exits, or readiness finds
+    another cluster id) and is tried again on another port, ``attempts`` times in all."""
+    if binary is None:
+        binary = tansu_binary(load_settings())
+    for attempt in range(1, attempts + 1):
+        broker = EmbeddedBroker(binary, host, free_port(host), log_file)
+        try:
+            broker.start()
+            return broker
+        except BrokerError as exc:
+            if attempt == attempts:
+                raise
+            log.warning(
+                "embedded broker on %s did not start (%s); trying another port", broker.bootstrap, exc
+            )
+    raise AssertionError("unreachable")
 
 
 #: ``replication_factor`` meaning "the broker's ``default.replication.factor``" (KIP-464, Kafka >= 2.4).

@@ -15,7 +15,7 @@ from typing import Any
 
 import pytest
 
-from streams.broker import EmbeddedBroker, create_topics, free_port, tansu_binary
+from streams.broker import EmbeddedBroker, create_topics, start_private_broker
 from streams.settings import Settings, load_settings
 
 _prefixes = itertools.count(1)
@@ -38,8 +38,7 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
 def broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[EmbeddedBroker]:
     """A real Kafka-protocol broker (Tansu) on a free loopback port, with the catalogue topics created."""
     log = tmp_path_factory.mktemp("tansu") / "tansu.log"
-    instance = EmbeddedBroker(tansu_binary(load_settings()), "127.0.0.1", free_port(), log)
-    instance.start()
+    instance = start_private_broker(log)
     create_topics(instance.bootstrap)
     yield instance
     instance.stop()

@@ -17,8 +17,7 @@ from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from streams.broker import EmbeddedBroker, create_topics, free_port, tansu_binary
-from streams.settings import load_settings
+from streams.broker import create_topics, free_port, start_private_broker
 from tests.processes import CliProcess
 
 
@@ -133,8 +132,7 @@ class HungBroker:
 def hung_broker(tmp_path: Path, prefix: str, client: bytes, nth: int) -> Iterator[HungBroker]:
     """A private Tansu with the catalogue under ``prefix``, paused (SIGSTOP) when the ``nth`` connection of
     ``client`` comes in; resumed and stopped on exit."""
-    broker = EmbeddedBroker(tansu_binary(load_settings()), "127.0.0.1", free_port(), tmp_path / "tansu.log")
-    broker.start()
+    broker = start_private_broker(tmp_path / "tansu.log")
     assert broker.process is not None
     tansu_pid = broker.process.pid
     paused = threading.Event()

@@ -23,7 +23,7 @@ from pathlib import Path
 
 import pytest
 
-from streams.broker import EmbeddedBroker, create_topics, free_port, tansu_binary
+from streams.broker import create_topics, free_port, start_private_broker
 from streams.reader import Decoded, read_topic
 from streams.settings import load_settings
 from tests.faults.pausing_proxy import hung_broker, sigterm_stops_in_time
@@ -150,8 +150,7 @@ def test_sigterm_while_the_broker_is_slow_answers_202_for_what_it_acknowledges_w
     acknowledges within the 5 s grace, so the requests waiting on it are answered 202, and their events are
     on the topic after the stop (the producer's 1 s flush at the stop has nothing of theirs left to send)."""
     prefix = "slowgrace."
-    broker = EmbeddedBroker(tansu_binary(load_settings()), "127.0.0.1", free_port(), tmp_path / "tansu.log")
-    broker.start()
+    broker = start_private_broker(tmp_path / "tansu.log")
     assert broker.process is not None
     tansu = broker.process.pid
     paused = False

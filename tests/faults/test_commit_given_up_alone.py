@@ -25,8 +25,7 @@ import pytest
 from aiokafka import AIOKafkaConsumer, TopicPartition
 
 from streams import kafka_close
-from streams.broker import EmbeddedBroker, create_topics, free_port, tansu_binary
-from streams.settings import load_settings
+from streams.broker import create_topics, start_private_broker
 
 pytestmark = pytest.mark.faults
 
@@ -44,8 +43,7 @@ def _commit_tasks(consumer: AIOKafkaConsumer) -> list[asyncio.Task[object]]:
 
 @pytest.mark.parametrize("given_up", ["timed-out", "cancelled"])
 async def test_a_commit_given_up_leaves_another_callers_commit_alone(tmp_path: Path, given_up: str) -> None:
-    broker = EmbeddedBroker(tansu_binary(load_settings()), "127.0.0.1", free_port(), tmp_path / "tansu.log")
-    broker.start()
+    broker = start_private_broker(tmp_path / "tansu.log")
     assert broker.process is not None
     paused = False
     consumer = AIOKafkaConsumer(

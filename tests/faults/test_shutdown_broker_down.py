@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from streams.broker import EmbeddedBroker, create_topics, free_port, tansu_binary
+from streams.broker import create_topics, free_port, start_private_broker
 from streams.settings import load_settings
 from tests.processes import CliProcess, http_ok, pipeline_processes, wait_until
 
@@ -35,8 +35,7 @@ def _stop_cleanly(name: str, proc: CliProcess, within_s: float) -> str:
 
 
 def test_sigterm_while_the_broker_is_down_exits_cleanly(tmp_path: Path) -> None:
-    broker = EmbeddedBroker(tansu_binary(load_settings()), "127.0.0.1", free_port(), tmp_path / "tansu.log")
-    broker.start()
+    broker = start_private_broker(tmp_path / "tansu.log")
     prefix = "down."
     create_topics(broker.bootstrap, prefix)
     ports = {name: free_port() for name in ("worker", "sink", "collector", "notifier")}
@@ -65,8 +64,7 @@ def test_sigterm_while_joining_the_group_after_the_broker_died_exits_promptly(
     process whose broker died while it joined its group (a Kafka restart during a rollout) ignored SIGTERM
     until SIGKILL; the worker was still running 10 min after it. Tansu answers a join after about half the
     6 s session timeout, so the broker is stopped just after the process says it is joining."""
-    broker = EmbeddedBroker(tansu_binary(load_settings()), "127.0.0.1", free_port(), tmp_path / "tansu.log")
-    broker.start()
+    broker = start_private_broker(tmp_path / "tansu.log")
     prefix = "join."
     create_topics(broker.bootstrap, prefix)
     port = free_port()
@@ -111,8 +109,7 @@ def test_sigterm_to_a_process_busy_with_a_backlog_after_its_broker_was_killed_ex
     from schemas.registry import default_registry
 
     metric, threshold, bound_s, given_up = BUSY[name]
-    broker = EmbeddedBroker(tansu_binary(load_settings()), "127.0.0.1", free_port(), tmp_path / "tansu.log")
-    broker.start()
+    broker = start_private_broker(tmp_path / "tansu.log")
     prefix = "busy."
     create_topics(broker.bootstrap, prefix)
     settings = load_settings().model_copy(

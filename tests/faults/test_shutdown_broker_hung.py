@@ -29,8 +29,7 @@ from aiokafka.coordinator.assignors.range import RangePartitionAssignor
 from aiokafka.coordinator.assignors.roundrobin import RoundRobinPartitionAssignor
 
 from leadpulse.live_view import scrape
-from streams.broker import EmbeddedBroker, create_topics, free_port, tansu_binary
-from streams.settings import load_settings
+from streams.broker import create_topics, free_port, start_private_broker
 from streams.topics import HOT_LEADS
 from tests.processes import http_ok, pipeline_processes, wait_until
 
@@ -90,8 +89,7 @@ async def _rebalance_all(bootstrap: str, groups: list[tuple[str, str, Callable[[
 
 
 def test_sigterm_while_the_broker_hangs_exits_within_the_grace_period(tmp_path: Path) -> None:
-    broker = EmbeddedBroker(tansu_binary(load_settings()), "127.0.0.1", free_port(), tmp_path / "tansu.log")
-    broker.start()
+    broker = start_private_broker(tmp_path / "tansu.log")
     assert broker.process is not None
     tansu_pid = broker.process.pid
     prefix = "hung."

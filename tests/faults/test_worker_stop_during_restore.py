@@ -26,7 +26,7 @@ from agents import worker_rebalance
 from agents.kafka_batches import BatchSender, Record
 from agents.rules import load_rules
 from agents.worker import LeadWorker
-from streams.broker import EmbeddedBroker, create_topics, free_port, tansu_binary
+from streams.broker import create_topics, start_private_broker
 from streams.producer import Producer
 from streams.settings import Settings, load_settings
 from tests.integration.test_worker import demo_request
@@ -41,8 +41,7 @@ STOP_WITHIN_S = 25.0
 def test_a_stop_while_a_rebalance_reads_the_changelog_from_a_hung_broker_is_honoured(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:
-    broker = EmbeddedBroker(tansu_binary(load_settings()), "127.0.0.1", free_port(), tmp_path / "tansu.log")
-    broker.start()
+    broker = start_private_broker(tmp_path / "tansu.log")
     assert broker.process is not None
     tansu_pid = broker.process.pid
     prefix = "restore-stop."
@@ -115,8 +114,7 @@ def test_a_stop_while_a_batch_waits_on_a_hung_broker_is_honoured(
 ) -> None:
     """The same for the batch in flight: its writes wait for acknowledgements up to the producer's request
     timeout (40 s), and the stop waited for them, then for the client closes: past the grace period."""
-    broker = EmbeddedBroker(tansu_binary(load_settings()), "127.0.0.1", free_port(), tmp_path / "tansu.log")
-    broker.start()
+    broker = start_private_broker(tmp_path / "tansu.log")
     assert broker.process is not None
     tansu_pid = broker.process.pid
     prefix = "batch-stop."

@@ -2,7 +2,8 @@
 
 ``free_port`` hands out a port another process may bind first; our Tansu then exits on the bind while the
 other broker answers. Readiness used to be "something Kafka answers there", so the caller went on with
-another process's broker (a fault test hung "its" broker by pid while another test's answered)."""
+another process's broker (a fault test hung "its" broker by pid while another test's answered). Tests and
+benchmarks start their own brokers with ``start_private_broker``, which tries another port then."""
 
 from __future__ import annotations
 
@@ -11,8 +12,17 @@ import sys
 from pathlib import Path
 
 import pytest
+from kafka import KafkaAdminClient
 
-from streams.broker import CLUSTER_ID_PREFIX, BrokerError, EmbeddedBroker, tansu_binary
+from streams import broker as broker_module
+from streams.broker import (
+    CLUSTER_ID_PREFIX,
+    BrokerError,
+    EmbeddedBroker,
+    free_port,
+    start_private_broker,
+    tansu_binary,
+)
 from streams.settings import load_settings
 
 pytestmark = pytest.mark.integration
@@ -36,3 +46,35 @@ def test_a_broker_that_took_the_port_first_is_not_taken_for_ours(
     finally:
         late.stop()
     assert broker.process is not None and broker.process.poll() is None  # the other broker is left alone
+
+
+def test_a_private_broker_whose_port_was_taken_starts_on_another(
+    broker: EmbeddedBroker, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """``start_private_broker`` (the tests' and benchmarks' own brokers): the first port handed out is the
+    session broker's, taken; the second is free."""
+    ports = iter([broker.port, free_port()])
+    monkeypatch.setattr(broker_module, "free_port", lambda host="127.0.0.1": next(ports))
+    own = start_private_broker(tmp_path / "own.log")
+    try:
+        assert own.port != broker.port and own.process is not None and own.process.poll() is None
+        assert describe_cluster_id(own.bootstrap) == own.cluster_id != broker.cluster_id
+        assert f"broker on 127.0.0.1:{broker.port} did not start" in caplog.text
+    finally:
+        own.stop()
+
+
+def test_a_private_broker_gives_up_after_its_attempts(
+    broker: EmbeddedBroker, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(broker_module, "free_port", lambda host="127.0.0.1": broker.port)
+    with pytest.raises(BrokerError, match="already in use"):
+        start_private_broker(tmp_path / "own.log", attempts=2)
+
+
+def describe_cluster_id(bootstrap: str) -> str:
+    admin = KafkaAdminClient(bootstrap_servers=bootstrap, request_timeout_ms=3000)
+    try:
+        return str(admin.describe_cluster()["cluster_id"])
+    finally:
+        admin.close()

@@ -18,7 +18,7 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from kafka.coordinator.consumer import ConsumerCoordinator
 
 from streams import kafka_close
-from streams.broker import EmbeddedBroker, create_topics, free_port, tansu_binary
+from streams.broker import EmbeddedBroker, create_topics, start_private_broker
 from streams.producer import Producer
 from streams.reader import read_topic
 from streams.settings import load_settings
@@ -30,8 +30,7 @@ async def test_commit_calls_give_up_and_stop_completes_once_the_broker_is_gone(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setattr(kafka_close, "COMMIT_TIMEOUT_S", 1.0)
-    broker = EmbeddedBroker(tansu_binary(load_settings()), "127.0.0.1", free_port(), tmp_path / "tansu.log")
-    broker.start()
+    broker = start_private_broker(tmp_path / "tansu.log")
     try:
         create_topics(broker.bootstrap, "kc.")
         topic = "kc.events.web_visits"
@@ -73,8 +72,7 @@ async def test_a_start_waiting_for_its_first_assignment_gives_up_when_stopped_af
 ) -> None:
     """A subscribed consumer's ``start()`` waits for its first assignment, for ever once the broker is gone:
     a worker, sink or notifier whose broker died while it joined its group ignored SIGTERM until SIGKILL."""
-    broker = EmbeddedBroker(tansu_binary(load_settings()), "127.0.0.1", free_port(), tmp_path / "tansu.log")
-    broker.start()
+    broker = start_private_broker(tmp_path / "tansu.log")
 
     def joining() -> AIOKafkaConsumer:
         consumer = AIOKafkaConsumer(
@@ -116,14 +114,13 @@ async def test_a_start_waiting_for_its_first_assignment_gives_up_when_stopped_af
 _ABANDONING_READER = """
 import sys
 from pathlib import Path
-from streams.broker import EmbeddedBroker, create_topics, free_port, tansu_binary
+from streams.broker import create_topics, start_private_broker
 from streams.producer import Producer
 from streams.reader import read_topic
 from streams.settings import load_settings
 
 base = load_settings()
-broker = EmbeddedBroker(tansu_binary(base), "127.0.0.1", free_port(), Path(sys.argv[1]))
-broker.start()
+broker = start_private_broker(Path(sys.argv[1]))
 try:
     create_topics(broker.bootstrap, "ab.")
     settings = base.model_copy(update={"kafka_bootstrap": broker.bootstrap, "topic_prefix": "ab."})
@@ -179,8 +176,7 @@ def test_a_reader_whose_consumer_close_hangs_is_closed_within_the_bound(
 
     monkeypatch.setattr(ConsumerCoordinator, "close", hanging_close)
     base = load_settings()
-    broker = EmbeddedBroker(tansu_binary(base), "127.0.0.1", free_port(), tmp_path / "tansu.log")
-    broker.start()
+    broker = start_private_broker(tmp_path / "tansu.log")
     try:
         create_topics(broker.bootstrap, "rc.")
         settings = base.model_copy(update={"kafka_bootstrap": broker.bootstrap, "topic_prefix": "rc."})

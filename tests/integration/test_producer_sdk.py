@@ -281,12 +281,11 @@ def test_no_broker_at_start_is_one_clear_error(broker_settings: Settings) -> Non
 def test_close_after_the_broker_went_away_raises_the_delivery_error_naming_the_events(tmp_path) -> None:
     """kafka-python's own close() then timed out too, and its KafkaTimeoutError replaced the DeliveryError
     that names the events to re-send."""
-    from streams.broker import EmbeddedBroker, create_topics, free_port, tansu_binary
+    from streams.broker import create_topics, start_private_broker
     from streams.producer import DeliveryError
     from streams.settings import load_settings
 
-    broker = EmbeddedBroker(tansu_binary(load_settings()), "127.0.0.1", free_port(), tmp_path / "tansu.log")
-    broker.start()
+    broker = start_private_broker(tmp_path / "tansu.log")
     try:
         create_topics(broker.bootstrap)
         settings = load_settings(kafka_bootstrap=broker.bootstrap, data_dir=tmp_path)
