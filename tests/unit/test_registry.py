@@ -103,14 +103,20 @@ def test_round_trip_preserves_every_field() -> None:
     assert decoded == event
 
 
-def test_older_writer_version_resolves_to_current_reader_with_defaults() -> None:
-    registry = default_registry()
-    old = json.loads((SCHEMA_DIR / "history" / "web_visit.v1.avsc").read_text())
+def _older_writer(history: str, record: dict[str, object]) -> bytes:
+    """``record`` as a producer on the old schema ``history`` (a file of schemas/history) writes it: its own
+    fingerprint (computed independently of the registry) and body."""
+    old = json.loads((SCHEMA_DIR / "history" / history).read_text())
     buf = io.BytesIO()
     buf.write(b"\xc3\x01" + struct.pack("<Q", _independent_crc64(to_parsing_canonical_form(old).encode())))
-    fastavro.schemaless_writer(
-        buf,
-        fastavro.parse_schema(old),
+    fastavro.schemaless_writer(buf, fastavro.parse_schema(old), record)
+    return buf.getvalue()
+
+
+def test_older_writer_version_resolves_to_current_reader_with_defaults() -> None:
+    registry = default_registry()
+    written = _older_writer(
+        "web_visit.v1.avsc",
         {
             "event_id": "old-1",
             "event_time": 1_700_000_000_000,
@@ -122,7 +128,7 @@ def test_older_writer_version_resolves_to_current_reader_with_defaults() -> None
             "referrer": None,
         },
     )
-    name, record = registry.decode(buf.getvalue())
+    name, record = registry.decode(written)
     assert name == "web_visit"
     assert record["lead_id"] == "L1"
     assert record["utm_source"] is None and record["received_at"] is None
@@ -151,11 +157,9 @@ def test_a_record_written_before_page_view_id_reads_as_a_view_of_its_own(history
     assert "page_view_id" in {f["name"] for f in registry.schema(name).raw["fields"]}
     common = {"event_id": "old-1", "event_time": 1_700_000_000_000, "anonymous_id": None, "lead_id": "L1"}
     written = {**common, "source": "v", "received_at": None, **PAGE_VIEWLESS[history]}
-    buf = io.BytesIO()
-    buf.write(b"\xc3\x01" + struct.pack("<Q", _independent_crc64(to_parsing_canonical_form(old).encode())))
-    fastavro.schemaless_writer(buf, fastavro.parse_schema(old), written)
+    data = _older_writer(history, written)
     for decode in (registry.decode, codec_for(registry).decode):
-        decoded_as, record = decode(buf.getvalue())
+        decoded_as, record = decode(data)
         assert decoded_as == name
         assert record["page_view_id"] is None
         assert {k: record[k] for k in written} == written
@@ -204,18 +208,13 @@ def test_a_body_written_with_more_fields_than_its_fingerprint_names_is_refused_n
 def test_trailing_bytes_after_an_older_writer_versions_record_are_refused_too() -> None:
     """The resolving read (writer schema != reader schema) stops at the record's end as well."""
     registry = default_registry()
-    old = json.loads((SCHEMA_DIR / "history" / "web_visit.v1.avsc").read_text())
-    buf = io.BytesIO()
-    buf.write(b"\xc3\x01" + struct.pack("<Q", _independent_crc64(to_parsing_canonical_form(old).encode())))
     record = {"event_id": "old-1", "event_time": 1, "anonymous_id": None, "lead_id": "L1", "source": "v1"}
-    fastavro.schemaless_writer(
-        buf,
-        fastavro.parse_schema(old),
-        {**record, "url": "https://x", "page_category": None, "referrer": None},
+    data = _older_writer(
+        "web_visit.v1.avsc", {**record, "url": "https://x", "page_category": None, "referrer": None}
     )
-    assert registry.decode(buf.getvalue())[1]["lead_id"] == "L1"
+    assert registry.decode(data)[1]["lead_id"] == "L1"
     with pytest.raises(TrailingBytes, match=r"^1 trailing byte after the web_visit record"):
-        registry.decode(buf.getvalue() + b"\x00")
+        registry.decode(data + b"\x00")
 
 
 def test_validation_names_every_bad_field() -> None:
