@@ -8,6 +8,7 @@ import signal
 
 from agents.rules import Rules
 from agents.worker import LeadWorker
+from leadpulse import native
 from streams.gc_tuning import tune_gc
 from streams.logs import setup_logging
 from streams.metrics import Metrics
@@ -49,6 +50,7 @@ def run_worker(settings: Settings, rules: Rules, loglevel: str = "info") -> None
     from prometheus_client import CollectorRegistry
 
     setup_logging(loglevel)
+    log.info("per-event modules: %s", native.describe())
     metrics = Metrics(CollectorRegistry(), component="worker", process_metrics=True)
     tune_gc()
 

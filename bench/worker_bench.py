@@ -45,6 +45,7 @@ from bench.worker_harness import (
     wait_idle,
 )
 from bench.workload import Encoded, Workload, encode
+from leadpulse import native
 from schemas.registry import default_registry
 from streams.broker import EmbeddedBroker, create_topics, start_private_broker
 from streams.settings import Settings, load_settings
@@ -145,6 +146,8 @@ def _run(
     }
 
     out("real worker (agents/worker.py): batch loop, state in memory, written once per lead per checkpoint")
+    # the worker subprocess imports what this process does (same tree, same LEADPULSE_NATIVE)
+    out(f"  per-event modules: {native.describe()}")
     real_settings = settings_for("real")
     real, worker = throughput_run(REAL, real_settings, records, root / "real.log", 600.0, out)
     try:

@@ -21,7 +21,7 @@ from agents.kafka_batches import read_to_end
 from bench.workload import Encoded
 from streams.broker import free_port
 from streams.producer import Producer
-from streams.settings import Settings
+from streams.settings import Settings, environ_without_settings
 from streams.topics import INPUTS, LEAD_STATE
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -44,7 +44,7 @@ class WorkerProcess:
 
     def __init__(self, command: list[str], settings: Settings, log: Path) -> None:
         self.port = free_port()
-        env = {k: v for k, v in os.environ.items() if not k.startswith("LEADPULSE_")}
+        env = environ_without_settings()
         env.update(
             LEADPULSE_BROKER_HOST=settings.broker_host,
             LEADPULSE_BROKER_PORT=str(settings.broker_port),

@@ -226,9 +226,9 @@ def _env(
     secret: str,
     keys: dict[str, str],
 ) -> dict[str, str]:
-    import os
+    from streams.settings import environ_without_settings
 
-    env = {k: v for k, v in os.environ.items() if not k.startswith("LEADPULSE_")}
+    env = environ_without_settings()
     env.update(
         {
             "LEADPULSE_KAFKA_BOOTSTRAP": bootstrap,

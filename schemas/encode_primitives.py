@@ -72,7 +72,7 @@ Write = Callable[[bytearray, Any], None]  # appends the Avro encoding or raises 
 
 
 def utf8(value: str) -> bool:
-    """Whether Avro (UTF-8) can hold ``value``: not with a lone surrogate (JSON ``"\ud800"``), which the
+    """Whether Avro (UTF-8) can hold ``value``: not with a lone surrogate (JSON ``"\\ud800"``), which the
     registry refuses naming the field. ASCII, the common case, is checked first at C speed."""
     if value.isascii():
         return True

@@ -6,6 +6,8 @@ not a pydantic location tuple.
 
 from __future__ import annotations
 
+import os
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Literal
 from urllib.parse import urlsplit, urlunsplit
@@ -13,6 +15,8 @@ from urllib.parse import urlsplit, urlunsplit
 from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 from pydantic_settings import SettingsError as SourceError
+
+from leadpulse.native import ENV_SWITCH
 
 ENV_PREFIX = "LEADPULSE_"
 #: The shipped email-hash key: public, so only for local data (``Settings.default_email_hash_key``).
@@ -267,3 +271,11 @@ def load_settings(**overrides: Any) -> Settings:
                 continue
             problems.append(f"{ENV_PREFIX}{str(err['loc'][0]).upper()}: {err['msg']}")
         raise SettingsError("invalid settings: " + "; ".join(problems)) from None
+
+
+def environ_without_settings(environ: Mapping[str, str] | None = None) -> dict[str, str]:
+    """The environment for a child process given settings of its own: every ``LEADPULSE_*`` setting of this
+    one dropped, the compiled modules' switch kept (``LEADPULSE_NATIVE`` is not a setting,
+    leadpulse/native.py: dropped, ``LEADPULSE_NATIVE=0 leadpulse demo`` ran its worker compiled)."""
+    source = os.environ if environ is None else environ
+    return {k: v for k, v in source.items() if not k.startswith("LEADPULSE_") or k == ENV_SWITCH}

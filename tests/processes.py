@@ -13,13 +13,15 @@ from collections.abc import Callable
 from pathlib import Path
 
 from streams.broker import free_port
+from streams.settings import environ_without_settings
 
 LEADPULSE = [sys.executable, "-m", "leadpulse.cli"]
 
 
 def leadpulse_env(**settings: object) -> dict[str, str]:
-    """The current environment plus LEADPULSE_* variables from keyword arguments."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith("LEADPULSE_")}
+    """The current environment plus LEADPULSE_* variables from keyword arguments (and LEADPULSE_NATIVE, the
+    compiled modules' switch, which is not a setting)."""
+    env = environ_without_settings()
     env.update({f"LEADPULSE_{k.upper()}": str(v) for k, v in settings.items() if v is not None})
     env["PYTHONUNBUFFERED"] = "1"
     return env
