@@ -11,7 +11,8 @@ How it stays safe:
 - **Optional.** ``python -m leadpulse.native build`` (``run.sh`` runs it after installing) compiles into
   ``leadpulse/_native/<digest>/``. Without a compiler, or if the build fails, it says why in one line and
   everything runs as plain Python, as before.
-- **Never stale.** The digest covers the compiled modules' sources and the interpreter's extension suffix. A
+- **Never stale.** The digest covers every module of the compiled ones' packages (what they import from
+  too) and the interpreter's extension suffix. A
   package's ``__init__`` calls ``native_path``, which puts the build first on the package's ``__path__`` only
   when a complete build of exactly these sources exists: an edited module runs interpreted (all of them do:
   compiled modules call each other directly, so a mix could run stale code) until the next build.
@@ -49,9 +50,8 @@ NATIVE_MODULES = (
     "schemas/encode_primitives.py",  # the generated Avro codecs' primitives (worker, collector)
     "schemas/fast_decode.py",  # the sink's and the worker's decoder of current-version records
 )
-#: The packages holding them; each one's ``__init__`` calls ``native_path``.
-NATIVE_PACKAGES = ("agents", "streams", "schemas")
-#: Whose sources a build is of (``digest``): the compiled modules' packages and what they import from.
+#: The packages holding them, whose every module a build is of (``digest``: the compiled modules and what
+#: they import from); each one's ``__init__`` calls ``native_path``.
 SOURCE_PACKAGES = ("agents", "streams", "schemas")
 ENV_SWITCH = "LEADPULSE_NATIVE"
 ROOT = Path(__file__).resolve().parent.parent

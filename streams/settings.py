@@ -7,7 +7,6 @@ not a pydantic location tuple.
 from __future__ import annotations
 
 import os
-from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Literal
 from urllib.parse import urlsplit, urlunsplit
@@ -273,9 +272,8 @@ def load_settings(**overrides: Any) -> Settings:
         raise SettingsError("invalid settings: " + "; ".join(problems)) from None
 
 
-def environ_without_settings(environ: Mapping[str, str] | None = None) -> dict[str, str]:
+def environ_without_settings() -> dict[str, str]:
     """The environment for a child process given settings of its own: every ``LEADPULSE_*`` setting of this
     one dropped, the compiled modules' switch kept (``LEADPULSE_NATIVE`` is not a setting,
     leadpulse/native.py: dropped, ``LEADPULSE_NATIVE=0 leadpulse demo`` ran its worker compiled)."""
-    source = os.environ if environ is None else environ
-    return {k: v for k, v in source.items() if not k.startswith("LEADPULSE_") or k == ENV_SWITCH}
+    return {k: v for k, v in os.environ.items() if not k.startswith(ENV_PREFIX) or k == ENV_SWITCH}

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 import re
 import subprocess
 import sys
@@ -16,6 +15,7 @@ from playwright.async_api import async_playwright
 
 from agents.stages import recycle_cause
 from streams.broker import free_port
+from streams.settings import environ_without_settings
 from tests.integration.test_tracker_browser import CHROMIUM, CHROMIUM_ARGS
 
 pytestmark = [pytest.mark.e2e, pytest.mark.browser]
@@ -46,7 +46,7 @@ def demo(
     tmp_path_factory: pytest.TempPathFactory,
 ) -> tuple[Path, dict[str, str], subprocess.CompletedProcess[str]]:
     cwd = tmp_path_factory.mktemp("demo")
-    env = {k: v for k, v in os.environ.items() if not k.startswith("LEADPULSE_")}
+    env = environ_without_settings()
     env["LEADPULSE_BROKER_PORT"] = str(free_port())  # the default 9092 may be taken on a developer machine
     result = leadpulse(["demo", "--duration", "40", "--rate", "500", "--no-live"], cwd, env)
     return cwd, env, result
@@ -227,7 +227,7 @@ async def test_html_report_renders_its_charts_in_headless_chromium(
 
 
 def test_demo_through_the_http_collector_stores_every_published_event(tmp_path: Path) -> None:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("LEADPULSE_")}
+    env = environ_without_settings()
     env["LEADPULSE_BROKER_PORT"] = str(free_port())
     result = leadpulse(
         ["demo", "--duration", "15", "--rate", "400", "--no-live", "--via", "collector"], tmp_path, env
